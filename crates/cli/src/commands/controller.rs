@@ -1,0 +1,45 @@
+//! `tessera controller`: runs the REST API on the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tessera_controller::Controller;
+use tessera_store::{RedbStore, Store};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory of the store file (`tessera.redb`); created if missing.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "/var/lib/tessera")]
+    data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let path = args.data_dir.join("tessera.redb");
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).with_context(|| format!("cannot open store {}", path.display()))?);
+    let controller = Arc::new(Controller::new(store));
+    controller.bootstrap().await.context("cannot create the default project")?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), "controller serving");
+    tessera_controller::serve(listener, controller, shutdown_signal()).await?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

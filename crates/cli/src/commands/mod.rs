@@ -1,0 +1,37 @@
+//! The subcommands. Each turns arguments into API calls and prints a table or JSON.
+
+pub mod controller;
+pub mod endpoint;
+pub mod host;
+pub mod network;
+pub mod policy;
+pub mod project;
+
+use serde::Serialize;
+
+use crate::client::Client;
+
+pub struct Ctx {
+    pub client: Client,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Prints `value` as pretty JSON when `--json` is set, else `human()`.
+    pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            print!("{}", human());
+        }
+        Ok(())
+    }
+}
+
+pub fn join<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}

@@ -1,0 +1,76 @@
+//! `tessera policy add|show|list|delete`.
+
+use std::collections::BTreeMap;
+
+use tessera_model::{Policy, PolicyCreate, RuleSpec};
+
+use super::Ctx;
+use crate::client::seg;
+use crate::table::Table;
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Create a policy from rules such as "pass tcp red any <> green 80".
+    ///
+    /// A rule is ACTION PROTOCOL SRC SRC_PORTS DIRECTION DST DST_PORTS [log]:
+    /// ACTION pass|deny|reject; PROTOCOL any|tcp|udp|icmp|icmpv6|NUMBER;
+    /// SRC/DST any, a CIDR or a network name; PORTS any, N, N-M or a comma list;
+    /// DIRECTION > (one way) or <> (both ways). Rules apply in order; the first match wins.
+    Add {
+        name: String,
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Show a policy and its rules.
+    Show { policy: String },
+    /// List policies.
+    List,
+    /// Delete policies; deleting a missing policy succeeds.
+    Delete {
+        #[arg(required = true)]
+        policies: Vec<String>,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    match cmd {
+        Cmd::Add { name, rules, project } => {
+            let req = PolicyCreate { name, project, rules: rules.into_iter().map(RuleSpec::Line).collect() };
+            let p: Policy = c.post("/v1/policies", &req).await?;
+            ctx.print(&p, || format!("policy {} with {} rules, id {}\n", p.fq_name, p.rules.len(), p.id))
+        }
+        Cmd::Show { policy } => {
+            let p: Policy = c.get(&format!("/v1/policies/{}", seg(&policy))).await?;
+            ctx.print(&p, || {
+                let mut out = format!("Policy\nName: {}\nUUID: {}\nRules:\n", p.fq_name, p.id);
+                let mut t = Table::new(&["#", "RULE"]);
+                for (i, r) in p.rules.iter().enumerate() {
+                    t.row(vec![i.to_string(), r.to_string()]);
+                }
+                for line in t.render().lines() {
+                    out += &format!("    {line}\n");
+                }
+                out
+            })
+        }
+        Cmd::List => {
+            let ps: Vec<Policy> = c.get("/v1/policies").await?;
+            ctx.print(&ps, || {
+                let mut t = Table::new(&["NAME", "RULES", "ID"]);
+                for p in &ps {
+                    t.row(vec![p.fq_name.to_string(), p.rules.len().to_string(), p.id.to_string()]);
+                }
+                t.render()
+            })
+        }
+        Cmd::Delete { policies } => {
+            for p in &policies {
+                c.delete(&format!("/v1/policies/{}", seg(p))).await?;
+            }
+            ctx.print(&BTreeMap::from([("deleted", &policies)]), || policies.iter().map(|p| format!("policy {p} deleted\n")).collect())
+        }
+    }
+}

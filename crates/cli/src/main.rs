@@ -1,0 +1,92 @@
+//! `tessera`: one binary for the controller, the agent, the plugins and the CLI.
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// The controller refused the request (the error is on stderr).
+    pub const REFUSED: u8 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: u8 = 2;
+    /// The controller could not be reached.
+    pub const UNREACHABLE: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Overlay networks for containers")]
+pub struct Cli {
+    /// The controller's URL.
+    #[arg(long, global = true, env = "TESSERA_CONTROLLER", default_value = "http://127.0.0.1:8082")]
+    controller: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller: the REST API and the source of truth.
+    Controller(commands::controller::Args),
+    /// Networks: add, show, list, update, delete.
+    #[command(subcommand)]
+    Network(commands::network::Cmd),
+    /// Policies: ordered rules connecting networks.
+    #[command(subcommand)]
+    Policy(commands::policy::Cmd),
+    /// Endpoints (ports) of containers in networks.
+    #[command(subcommand)]
+    Endpoint(commands::endpoint::Cmd),
+    /// Hosts running an agent.
+    #[command(subcommand)]
+    Host(commands::host::Cmd),
+    /// Projects (DOMAIN:PROJECT) that own networks and policies.
+    #[command(subcommand)]
+    Project(commands::project::Cmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = commands::Ctx { client: client::Client::new(&cli.controller), json: cli.json };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Controller(a) => commands::controller::run(a).await,
+            Command::Network(c) => commands::network::run(&ctx, c).await,
+            Command::Policy(c) => commands::policy::run(&ctx, c).await,
+            Command::Endpoint(c) => commands::endpoint::run(&ctx, c).await,
+            Command::Host(c) => commands::host::run(&ctx, c).await,
+            Command::Project(c) => commands::project::run(&ctx, c).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = match e.downcast_ref::<client::ClientError>() {
+                Some(client::ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+                Some(_) => exit::REFUSED,
+                None => exit::REFUSED,
+            };
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The HTTP edge: routes, request decoding and the mapping of errors to the
+//! wire. Handlers only translate; decisions live in [`crate::service`].
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tessera_model::{
+    Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy,
+    PolicyCreate,
+};
+use utoipa::OpenApi;
+
+use crate::error::{Error, ErrorBody};
+use crate::service::{Controller, Created, EndpointFilter, NetworkIpam, Project, ProjectCreate};
+
+type Ctl = State<Arc<Controller>>;
+
+/// An error on its way to the wire.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        if code == tessera_model::ErrorCode::Internal {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body decoded whatever its Content-Type, with errors that name the
+/// offending field path.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError(FieldError::new("body", e.body_text()).into()))?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_string() } else { path };
+            ApiError(FieldError::new(field, e.into_inner().to_string()).into())
+        })
+    }
+}
+
+fn created<T: Serialize>(c: Created<T>) -> Response {
+    let status = if c.created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(c.object)).into_response()
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ProjectFilter {
+    /// Only networks of this project (`domain:project`).
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusUpdate {
+    pub status: EndpointStatus,
+}
+
+pub fn router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/projects", get(list_projects).post(create_project))
+        .route("/v1/projects/{name}", get(get_project).delete(delete_project))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route("/v1/networks/{id}", get(get_network).patch(update_network).delete(delete_network))
+        .route("/v1/networks/{id}/ipam", get(network_ipam))
+        .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
+        .route("/v1/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
+        .route("/v1/endpoints/{id}/status", put(set_endpoint_status))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
+        .route("/v1/policies", get(list_policies).post(create_policy))
+        .route("/v1/policies/{id}", get(get_policy).delete(delete_policy))
+        .fallback(not_found)
+        .with_state(ctl)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::not_found("path", uri.path()))
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+async fn readyz(State(ctl): Ctl) -> Response {
+    match ctl.store().revision().await {
+        Ok(rev) => (StatusCode::OK, format!("ready revision={rev}\n")).into_response(),
+        Err(e) => {
+            let err = Error::Store(e);
+            let mut body = err.body();
+            body.error.code = tessera_model::ErrorCode::Unavailable;
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/v1/projects", responses((status = 200, body = Vec<Project>)))]
+async fn list_projects(State(ctl): Ctl) -> ApiResult<Json<Vec<Project>>> {
+    Ok(Json(ctl.list_projects().await?))
+}
+
+#[utoipa::path(post, path = "/v1/projects", request_body = ProjectCreate,
+    responses((status = 201, body = Project), (status = 200, description = "already existed", body = Project), (status = 400, body = ErrorBody)))]
+async fn create_project(State(ctl): Ctl, Body(req): Body<ProjectCreate>) -> ApiResult<Response> {
+    Ok(created(ctl.create_project(req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{name}", params(("name" = String, Path, description = "domain:project")),
+    responses((status = 200, body = Project), (status = 404, body = ErrorBody)))]
+async fn get_project(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Json<Project>> {
+    Ok(Json(ctl.get_project(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{name}", params(("name" = String, Path, description = "domain:project")),
+    responses((status = 204, description = "deleted or absent"), (status = 409, body = ErrorBody)))]
+async fn delete_project(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_project(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/networks", params(ProjectFilter), responses((status = 200, body = Vec<Network>)))]
+async fn list_networks(State(ctl): Ctl, Query(f): Query<ProjectFilter>) -> ApiResult<Json<Vec<Network>>> {
+    Ok(Json(ctl.list_networks(f.project.as_deref()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/networks", request_body = NetworkCreate,
+    responses((status = 201, body = Network), (status = 200, description = "an identical network existed", body = Network),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_network(State(ctl): Ctl, Body(req): Body<NetworkCreate>) -> ApiResult<Response> {
+    Ok(created(ctl.create_network(req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/networks/{id}", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
+async fn get_network(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Network>> {
+    Ok(Json(ctl.get_network(&id).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/networks/{id}", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    request_body = NetworkUpdate, responses((status = 200, body = Network), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_network(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<NetworkUpdate>) -> ApiResult<Json<Network>> {
+    Ok(Json(ctl.update_network(&id, req).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/networks/{id}", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    responses((status = 204, description = "deleted or absent"), (status = 409, description = "endpoints remain", body = ErrorBody)))]
+async fn delete_network(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_network(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/networks/{id}/ipam", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    responses((status = 200, body = NetworkIpam), (status = 404, body = ErrorBody)))]
+async fn network_ipam(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<NetworkIpam>> {
+    Ok(Json(ctl.network_ipam(&id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/endpoints", params(EndpointFilter), responses((status = 200, body = Vec<Endpoint>)))]
+async fn list_endpoints(State(ctl): Ctl, Query(f): Query<EndpointFilter>) -> ApiResult<Json<Vec<Endpoint>>> {
+    Ok(Json(ctl.list_endpoints(&f).await?))
+}
+
+#[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointCreate,
+    responses((status = 201, body = Endpoint), (status = 200, description = "the same endpoint existed", body = Endpoint),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_endpoint(State(ctl): Ctl, Body(req): Body<EndpointCreate>) -> ApiResult<Response> {
+    Ok(created(ctl.create_endpoint(req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/endpoints/{id}", params(("id" = String, Path)), responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)))]
+async fn get_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Endpoint>> {
+    Ok(Json(ctl.get_endpoint(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", params(("id" = String, Path)), responses((status = 204, description = "deleted or absent")))]
+async fn delete_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_endpoint(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/v1/endpoints/{id}/status", params(("id" = String, Path)), request_body = StatusUpdate,
+    responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)))]
+async fn set_endpoint_status(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<StatusUpdate>) -> ApiResult<Json<Endpoint>> {
+    Ok(Json(ctl.set_endpoint_status(&id, req.status).await?))
+}
+
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<Host>)))]
+async fn list_hosts(State(ctl): Ctl) -> ApiResult<Json<Vec<Host>>> {
+    Ok(Json(ctl.list_hosts().await?))
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{name}", params(("name" = String, Path)), responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+async fn get_host(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Json<Host>> {
+    Ok(Json(ctl.get_host(&name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/hosts/{name}", params(("name" = String, Path)), request_body = HostRegister,
+    responses((status = 200, body = Host), (status = 400, body = ErrorBody)))]
+async fn register_host(State(ctl): Ctl, Path(name): Path<String>, Body(req): Body<HostRegister>) -> ApiResult<Json<Host>> {
+    Ok(Json(ctl.register_host(&name, req).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/hosts/{name}", params(("name" = String, Path)),
+    responses((status = 204, description = "deleted or absent"), (status = 409, body = ErrorBody)))]
+async fn delete_host(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_host(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/policies", responses((status = 200, body = Vec<Policy>)))]
+async fn list_policies(State(ctl): Ctl) -> ApiResult<Json<Vec<Policy>>> {
+    Ok(Json(ctl.list_policies().await?))
+}
+
+#[utoipa::path(post, path = "/v1/policies", request_body = PolicyCreate,
+    responses((status = 201, body = Policy), (status = 200, description = "an identical policy existed", body = Policy),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_policy(State(ctl): Ctl, Body(req): Body<PolicyCreate>) -> ApiResult<Response> {
+    Ok(created(ctl.create_policy(req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/policies/{id}", params(("id" = String, Path)), responses((status = 200, body = Policy), (status = 404, body = ErrorBody)))]
+async fn get_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Policy>> {
+    Ok(Json(ctl.get_policy(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/policies/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "deleted or absent"), (status = 409, description = "attached to networks", body = ErrorBody)))]
+async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_policy(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The OpenAPI document, generated from the handlers and model types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tessera controller API", description = "Overlay networks for containers: networks, endpoints, hosts and policies."),
+    paths(
+        healthz, readyz, list_projects, create_project, get_project, delete_project, list_networks, create_network, get_network,
+        update_network, delete_network, network_ipam, list_endpoints, create_endpoint, get_endpoint, delete_endpoint,
+        set_endpoint_status, list_hosts, get_host, register_host, delete_host, list_policies, create_policy, get_policy, delete_policy
+    ),
+    components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
+)]
+pub struct ApiDoc;

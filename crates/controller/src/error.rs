@@ -1,0 +1,77 @@
+//! The controller's typed errors; `api` maps them to the wire once.
+
+use serde::{Deserialize, Serialize};
+use tessera_model::{ErrorCode, FieldError};
+use tessera_store::StoreError;
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String, field: Option<String> },
+    #[error("{what}")]
+    AlreadyExists { what: String, field: Option<String> },
+    #[error("{kind} {name} is in use by {}", users.join(", "))]
+    InUse { kind: &'static str, name: String, users: Vec<String> },
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("concurrent changes kept conflicting with {0}; retry")]
+    Conflict(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl Error {
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound { kind, name: name.into(), field: None }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Error::InUse { .. } => ErrorCode::InUse,
+            Error::Exhausted(_) => ErrorCode::Exhausted,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// The JSON error body every endpoint of the API returns.
+    pub fn body(&self) -> ErrorBody {
+        let (field, details) = match self {
+            Error::Invalid(e) => (Some(e.field.clone()), None),
+            Error::NotFound { field, .. } | Error::AlreadyExists { field, .. } => (field.clone(), None),
+            Error::InUse { users, .. } => (None, Some(serde_json::json!({ "used_by": users }))),
+            _ => (None, None),
+        };
+        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), field, details } }
+    }
+}
+
+/// `{"error": {"code": "...", "message": "...", "field": "...", "details": ...}}`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable message naming the field and the reason.
+    pub message: String,
+    /// The request field at fault, as a path such as `subnets[0].cidr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

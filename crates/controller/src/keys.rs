@@ -1,0 +1,86 @@
+//! The controller's key layout in the store.
+//!
+//! Objects live under `/tessera/<kind>/<id>`; secondary indexes that enforce
+//! uniqueness (names, VNIs, MACs, addresses) live under `/tessera/index/...`
+//! and are written in the same transaction as the object they index, with a
+//! `Compare::Absent` on the index key. Agents watch `/tessera/` from a revision.
+
+use std::net::IpAddr;
+
+use tessera_model::{FqName, MacAddr, ProjectName, Vni};
+use uuid::Uuid;
+
+pub const ROOT: &str = "/tessera/";
+pub const PROJECTS: &str = "/tessera/projects/";
+pub const NETWORKS: &str = "/tessera/networks/";
+pub const ENDPOINTS: &str = "/tessera/endpoints/";
+pub const HOSTS: &str = "/tessera/hosts/";
+pub const POLICIES: &str = "/tessera/policies/";
+pub const VNI_INDEX: &str = "/tessera/index/vni/";
+
+pub fn project(p: &ProjectName) -> String {
+    format!("{PROJECTS}{p}")
+}
+
+pub fn network(id: Uuid) -> String {
+    format!("{NETWORKS}{id}")
+}
+
+pub fn network_name(n: &FqName) -> String {
+    format!("/tessera/index/network-name/{n}")
+}
+
+/// Prefix of the name index of the networks of one project.
+pub fn network_names_of(p: &ProjectName) -> String {
+    format!("/tessera/index/network-name/{p}:")
+}
+
+pub fn vni(v: Vni) -> String {
+    format!("{VNI_INDEX}{:08}", v.get())
+}
+
+pub fn endpoint(id: Uuid) -> String {
+    format!("{ENDPOINTS}{id}")
+}
+
+/// Endpoint names are unique within their network; this prefix lists a network's endpoints.
+pub fn endpoints_of(network: Uuid) -> String {
+    format!("/tessera/index/endpoint-name/{network}/")
+}
+
+pub fn endpoint_name(network: Uuid, name: &str) -> String {
+    format!("{}{name}", endpoints_of(network))
+}
+
+pub fn mac(m: MacAddr) -> String {
+    format!("/tessera/index/mac/{m}")
+}
+
+/// Address allocations of one subnet, sorted numerically by their key.
+pub fn allocations_of(network: Uuid, subnet: usize) -> String {
+    format!("/tessera/ipam/{network}/{subnet}/")
+}
+
+pub fn allocations_of_network(network: Uuid) -> String {
+    format!("/tessera/ipam/{network}/")
+}
+
+pub fn allocation(network: Uuid, subnet: usize, addr: IpAddr) -> String {
+    format!("{}{}", allocations_of(network, subnet), tessera_ipam::sort_key(addr))
+}
+
+pub fn host(name: &str) -> String {
+    format!("{HOSTS}{name}")
+}
+
+pub fn policy(id: Uuid) -> String {
+    format!("{POLICIES}{id}")
+}
+
+pub fn policy_name(n: &FqName) -> String {
+    format!("/tessera/index/policy-name/{n}")
+}
+
+pub fn policy_names_of(p: &ProjectName) -> String {
+    format!("/tessera/index/policy-name/{p}:")
+}

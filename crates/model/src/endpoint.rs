@@ -1,0 +1,158 @@
+//! Endpoints (ports): one interface of a container or namespace in a network.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A unicast, locally administered address made from `random` bytes: the
+    /// multicast bit is cleared and the locally-administered bit set.
+    pub fn local_from(mut random: [u8; 6]) -> Self {
+        random[0] = (random[0] & 0xfe) | 0x02;
+        MacAddr(random)
+    }
+
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0
+    }
+
+    pub fn octets(&self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address such as 02:00:00:00:00:01"));
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(&parts) {
+            if p.len() != 2 {
+                return Err(format!("{s:?} is not a MAC address such as 02:00:00:00:00:01"));
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address such as 02:00:00:00:00:01"))?;
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+/// Who an endpoint belongs to, as the runtime that attached it knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Path of the network namespace, such as `/proc/1234/ns/net` or `/run/netns/c1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_endpoint_id: Option<String>,
+    /// Interface name inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+}
+
+/// Life cycle of an endpoint as its host's agent reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointStatus {
+    /// Stored; the host's agent has not yet programmed it.
+    #[default]
+    Pending,
+    /// Programmed in the host's data plane.
+    Active,
+    /// The agent failed to program it; see the agent's log.
+    Failed,
+}
+
+/// An endpoint (port): a MAC and one address per address family of its network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Endpoint {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Uuid,
+    /// Unique within the network; a create with an existing name and the
+    /// same request returns the existing endpoint (safe retries).
+    pub name: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub network: Uuid,
+    /// The host (agent) that owns the data plane of this endpoint.
+    pub host: String,
+    pub mac: MacAddr,
+    /// Addresses with the prefix length of their subnet.
+    #[schema(value_type = Vec<String>, example = json!(["192.168.10.2/24"]))]
+    pub ips: Vec<IpNet>,
+    pub owner: Owner,
+    pub status: EndpointStatus,
+}
+
+/// Request to create an endpoint (`POST /v1/endpoints`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointCreate {
+    /// Network name (bare or fully qualified) or UUID.
+    pub network: String,
+    /// Unique within the network; generated when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub host: String,
+    /// A chosen MAC; generated (locally administered, unique) when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Static addresses, at most one per address family; the others are allocated.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_mac_is_local_unicast() {
+        let m = MacAddr::local_from([0xff; 6]);
+        assert_eq!(m.to_string(), "fe:ff:ff:ff:ff:ff");
+        assert!(m.is_unicast());
+        assert_eq!(m.0[0] & 0x02, 0x02);
+    }
+
+    #[test]
+    fn mac_parses_and_displays() {
+        let m: MacAddr = "02:1A:74:99:fe:5f".parse().unwrap();
+        assert_eq!(m.to_string(), "02:1a:74:99:fe:5f");
+        assert!("02:1a:74:99:fe".parse::<MacAddr>().is_err());
+        assert!("02:1a:74:99:fe:5g".parse::<MacAddr>().is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! Validation errors and the stable, machine-readable error codes of the API.
+
+use serde::{Deserialize, Serialize};
+
+/// A request field that failed validation, and why.
+///
+/// `field` is a path into the request body as a user wrote it, for example
+/// `subnets[1].gateway` or `rules[0].dst_ports`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError { field: field.into(), reason: reason.into() }
+    }
+
+    /// Prefixes the field path, so nested validators can report full paths:
+    /// `FieldError::new("cidr", ..).within("subnets[0]")` names `subnets[0].cidr`.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_string()
+        } else if self.field.starts_with('[') {
+            format!("{parent}{}", self.field)
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+}
+
+/// Stable error codes of the API's JSON error body (`error.code`).
+///
+/// Scripts match on these; their spelling never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid (HTTP 400).
+    InvalidArgument,
+    /// The named object does not exist (HTTP 404).
+    NotFound,
+    /// An object with that name, VNI, address or MAC already exists (HTTP 409).
+    AlreadyExists,
+    /// The object is in use and cannot be changed or deleted (HTTP 409).
+    InUse,
+    /// An address pool has no free address left (HTTP 409).
+    Exhausted,
+    /// A concurrent change won; retrying is safe (HTTP 409).
+    Conflict,
+    /// The server failed; the request may be retried (HTTP 500).
+    Internal,
+    /// The server cannot serve now, for example its store is not open (HTTP 503).
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::InUse => "in_use",
+            ErrorCode::Exhausted => "exhausted",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Exhausted | ErrorCode::Conflict => 409,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! [`RedbStore`]: the durable [`Store`], one crash-safe file managed by
+//! [redb](https://docs.rs/redb).
+//!
+//! # On-disk layout
+//!
+//! Three redb tables (record encodings in [`codec`](crate::codec)):
+//!
+//! | table    | key                         | value                                   |
+//! |----------|-----------------------------|-----------------------------------------|
+//! | `kv`     | key (`&str`)                | value + create/mod revision + version   |
+//! | `events` | `(revision u64, index u32)` | one event (kind, key, value, revisions) |
+//! | `meta`   | name (`&str`)               | `u64`                                   |
+//!
+//! `meta` holds `format` (layout version, 1), `revision` (current revision)
+//! and `compacted` (newest revision whose events were discarded). `index`
+//! orders the events of one transaction (etcd's sub-revision).
+//!
+//! # Durability and concurrency
+//!
+//! Each changing [`Store::txn`] is one redb write transaction committed with
+//! [`redb::Durability::Immediate`] (fsync) before `txn` returns, so an
+//! acknowledged write survives `kill -9` or power loss. redb serializes
+//! writers; reads run in MVCC read transactions concurrently with writes. All
+//! redb calls block, so they run on [`tokio::task::spawn_blocking`].
+//!
+//! Only one process may open the file; a second open fails with
+//! [`StoreError::AlreadyOpen`]. A file left by a killed process is
+//! repaired by redb on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::codec;
+use crate::engine::{self, EventLog, TxnView};
+use crate::{Event, KeyValue, RangeResult, Store, StoreError, StoreOptions, Txn, TxnResult};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+const FORMAT: u64 = 1;
+
+/// A [`Store`] kept in one redb file. Cheap to clone: clones share the open
+/// database, which is closed when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    retain_events: u64,
+    revisions: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.inner.path)
+            .field("retain_events", &self.inner.retain_events)
+            .finish()
+    }
+}
+
+fn backend<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::backend(op, e.into())
+}
+
+impl RedbStore {
+    /// Opens (creating if missing) the store file at `path` with default
+    /// options. Blocking: call it at startup or inside `spawn_blocking`.
+    ///
+    /// Fails with [`StoreError::AlreadyOpen`] if another process (or another
+    /// handle in this process) has the file open, with [`StoreError::Open`]
+    /// if the file is not a store or cannot be repaired.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`RedbStore::open`] with explicit options. The retention applies from
+    /// the next write on.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
+                path: path.to_owned(),
+            },
+            other => StoreError::Open {
+                path: path.to_owned(),
+                source: Box::new(other),
+            },
+        })?;
+
+        // Create the tables and check the layout version.
+        let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(backend("set durability"))?;
+        let revision = {
+            write.open_table(KV).map_err(backend("open table kv"))?;
+            write.open_table(EVENTS).map_err(backend("open table events"))?;
+            let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
+            let format = meta.get(META_FORMAT).map_err(backend("read meta"))?.map(|g| g.value());
+            match format {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT).map_err(backend("write meta"))?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("meta/{META_FORMAT}"),
+                        reason: format!(
+                            "{} has layout version {other}, this build understands {FORMAT}",
+                            path.display()
+                        ),
+                    })
+                }
+            }
+            read_meta(&meta, META_REVISION)?
+        };
+        write.commit().map_err(backend("commit write transaction"))?;
+
+        tracing::debug!(path = %path.display(), revision, "opened store");
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                retain_events: options.retain_events,
+                revisions: tokio::sync::watch::channel(revision).0,
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::backend(op, e))?
+    }
+}
+
+fn read_meta(
+    meta: &impl ReadableTable<&'static str, u64>,
+    name: &'static str,
+) -> Result<u64, StoreError> {
+    Ok(meta
+        .get(name)
+        .map_err(backend("read meta"))?
+        .map_or(0, |g| g.value()))
+}
+
+impl Inner {
+    fn txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
+        let mut write = self.db.begin_write().map_err(backend("begin write transaction"))?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(backend("set durability"))?;
+        let applied = {
+            let meta = write.open_table(META).map_err(backend("open table meta"))?;
+            let current = read_meta(&meta, META_REVISION)?;
+            let mut kv = write.open_table(KV).map_err(backend("open table kv"))?;
+            engine::execute(&mut KvView(&mut kv), txn, current)?
+        };
+        if applied.events.is_empty() {
+            // Nothing changed: no revision, nothing to make durable.
+            write.abort().map_err(backend("abort write transaction"))?;
+            return Ok(applied.result);
+        }
+        {
+            let revision = applied.result.revision;
+            let mut events = write.open_table(EVENTS).map_err(backend("open table events"))?;
+            for (index, event) in applied.events.iter().enumerate() {
+                let index = u32::try_from(index).map_err(|_| StoreError::InvalidTxn {
+                    key: event.kv.key.clone(),
+                    reason: "more than 2^32 changes in one transaction".into(),
+                })?;
+                events
+                    .insert((revision, index), codec::encode_event(event).as_slice())
+                    .map_err(backend("append event"))?;
+            }
+            let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
+            meta.insert(META_REVISION, revision).map_err(backend("write meta"))?;
+            if let Some(compacted) = engine::compact(&mut EventsLog(&mut events), self.retain_events)? {
+                let previous = read_meta(&meta, META_COMPACTED)?;
+                meta.insert(META_COMPACTED, previous.max(compacted))
+                    .map_err(backend("write meta"))?;
+            }
+        }
+        write.commit().map_err(backend("commit write transaction"))?;
+
+        let revision = applied.result.revision;
+        // Commits are serialized but their notifications may race: keep the
+        // published revision monotonic.
+        self.revisions.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            *latest = (*latest).max(revision);
+            newer
+        });
+        Ok(applied.result)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let kv = read.open_table(KV).map_err(backend("open table kv"))?;
+        let record = kv.get(key).map_err(backend("read key"))?;
+        record.map(|g| codec::decode_kv(key, g.value())).transpose()
+    }
+
+    fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let meta = read.open_table(META).map_err(backend("open table meta"))?;
+        let kv = read.open_table(KV).map_err(backend("open table kv"))?;
+        let revision = read_meta(&meta, META_REVISION)?;
+        let mut kvs = Vec::new();
+        for entry in kv.range(prefix..).map_err(backend("range keys"))? {
+            let (key, value) = entry.map_err(backend("range keys"))?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            kvs.push(codec::decode_kv(key, value.value())?);
+        }
+        Ok(RangeResult { kvs, revision })
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let meta = read.open_table(META).map_err(backend("open table meta"))?;
+        read_meta(&meta, META_REVISION)
+    }
+
+    fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let meta = read.open_table(META).map_err(backend("open table meta"))?;
+        let compacted = read_meta(&meta, META_COMPACTED)?;
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let events = read.open_table(EVENTS).map_err(backend("open table events"))?;
+        let mut out = Vec::new();
+        for entry in events.range((first, 0)..).map_err(backend("range events"))? {
+            let (id, bytes) = entry.map_err(backend("range events"))?;
+            let (revision, index) = id.value();
+            let bytes = bytes.value();
+            // Decode only matching events (an unreadable key is decoded to
+            // report the corruption).
+            if codec::event_key(bytes).is_some_and(|k| !k.starts_with(prefix.as_bytes())) {
+                continue;
+            }
+            out.push(codec::decode_event(revision, index, bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+struct KvView<'t, 'txn>(&'t mut redb::Table<'txn, &'static str, &'static [u8]>);
+
+impl TxnView for KvView<'_, '_> {
+    fn get(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let record = self.0.get(key).map_err(backend("read key"))?;
+        record.map(|g| codec::decode_kv(key, g.value())).transpose()
+    }
+
+    fn prefix_is_empty(&mut self, prefix: &str) -> Result<bool, StoreError> {
+        let mut range = self.0.range(prefix..).map_err(backend("range keys"))?;
+        match range.next() {
+            None => Ok(true),
+            Some(entry) => {
+                let (key, _) = entry.map_err(backend("range keys"))?;
+                Ok(!key.value().starts_with(prefix))
+            }
+        }
+    }
+
+    fn keys_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        for entry in self.0.range(prefix..).map_err(backend("range keys"))? {
+            let (key, _) = entry.map_err(backend("range keys"))?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.push(key.to_owned());
+        }
+        Ok(keys)
+    }
+
+    fn put(&mut self, kv: KeyValue) -> Result<(), StoreError> {
+        self.0
+            .insert(kv.key.as_str(), codec::encode_kv(&kv).as_slice())
+            .map_err(backend("write key"))?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.0.remove(key).map_err(backend("delete key"))?.is_some())
+    }
+}
+
+struct EventsLog<'t, 'txn>(&'t mut redb::Table<'txn, (u64, u32), &'static [u8]>);
+
+impl EventLog for EventsLog<'_, '_> {
+    fn len(&mut self) -> Result<u64, StoreError> {
+        self.0.len().map_err(backend("count events"))
+    }
+
+    fn oldest_revision(&mut self) -> Result<Option<u64>, StoreError> {
+        let first = self.0.first().map_err(backend("read events"))?;
+        Ok(first.map(|(id, _)| id.value().0))
+    }
+
+    fn pop_oldest(&mut self) -> Result<Option<u64>, StoreError> {
+        let first = self.0.pop_first().map_err(backend("compact events"))?;
+        Ok(first.map(|(id, _)| id.value().0))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedbStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_owned();
+        self.blocking("get", move |inner| inner.get(&key)).await
+    }
+
+    async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking("range", move |inner| inner.range(&prefix)).await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        self.blocking("txn", move |inner| inner.txn(&txn)).await
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.blocking("revision", Inner::revision).await
+    }
+
+    async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking("events_since", move |inner| inner.events_since(&prefix, after))
+            .await
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.revisions.subscribe()
+    }
+}
