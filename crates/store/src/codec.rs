@@ -42,7 +42,10 @@ pub(crate) fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError>
     let (Some(create_revision), Some(mod_revision), Some(version)) =
         (reader.u64(), reader.u64(), reader.u64())
     else {
-        return Err(corrupt(format!("record of {} bytes is truncated", bytes.len())));
+        return Err(corrupt(format!(
+            "record of {} bytes is truncated",
+            bytes.len()
+        )));
     };
     Ok(KeyValue {
         key: key.to_owned(),
@@ -93,7 +96,10 @@ pub(crate) fn decode_event(revision: u64, index: u32, bytes: &[u8]) -> Result<Ev
     let (Some(create_revision), Some(mod_revision), Some(version), Some(key_len)) =
         (reader.u64(), reader.u64(), reader.u64(), reader.u32())
     else {
-        return Err(corrupt(format!("record of {} bytes is truncated", bytes.len())));
+        return Err(corrupt(format!(
+            "record of {} bytes is truncated",
+            bytes.len()
+        )));
     };
     let key = reader
         .take(key_len as usize)
@@ -145,11 +151,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
     }
 
     fn rest(self) -> &'a [u8] {
@@ -163,14 +173,22 @@ mod tests {
     use proptest::prelude::*;
 
     fn kv_strategy() -> impl Strategy<Value = KeyValue> {
-        ("[a-z/é]{1,12}", proptest::collection::vec(any::<u8>(), 0..64), any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(key, value, create_revision, mod_revision, version)| KeyValue {
-                key,
-                value,
-                create_revision,
-                mod_revision,
-                version,
-            })
+        (
+            "[a-z/é]{1,12}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(key, value, create_revision, mod_revision, version)| KeyValue {
+                    key,
+                    value,
+                    create_revision,
+                    mod_revision,
+                    version,
+                },
+            )
     }
 
     proptest! {
@@ -197,10 +215,19 @@ mod tests {
 
     #[test]
     fn a_truncated_record_is_reported_as_corrupt_with_its_key() {
-        let kv = KeyValue { key: "a".into(), value: b"v".to_vec(), create_revision: 1, mod_revision: 2, version: 2 };
+        let kv = KeyValue {
+            key: "a".into(),
+            value: b"v".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 2,
+        };
         let bytes = encode_kv(&kv);
         let err = decode_kv("a", &bytes[..10]).unwrap_err();
-        assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "a"), "{err}");
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if key == "a"),
+            "{err}"
+        );
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 

@@ -102,7 +102,10 @@ impl MemStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing under the lock panics short of a bug; if it did, keep
         // serving the state rather than cascade the panic into every caller.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, StoreError>) -> Result<T, StoreError> {

@@ -1,36 +1,14 @@
 //! [`RedbStore`]: the durable [`Store`], one crash-safe file managed by
-//! [redb](https://docs.rs/redb).
-//!
-//! # On-disk layout
-//!
-//! Three redb tables (record encodings in [`codec`](crate::codec)):
-//!
-//! | table    | key                         | value                                   |
-//! |----------|-----------------------------|-----------------------------------------|
-//! | `kv`     | key (`&str`)                | value + create/mod revision + version   |
-//! | `events` | `(revision u64, index u32)` | one event (kind, key, value, revisions) |
-//! | `meta`   | name (`&str`)               | `u64`                                   |
-//!
-//! `meta` holds `format` (layout version, 1), `revision` (current revision)
-//! and `compacted` (newest revision whose events were discarded). `index`
-//! orders the events of one transaction (etcd's sub-revision).
-//!
-//! # Durability and concurrency
-//!
-//! Each changing [`Store::txn`] is one redb write transaction committed with
-//! [`redb::Durability::Immediate`] (fsync) before `txn` returns, so an
-//! acknowledged write survives `kill -9` or power loss. redb serializes
-//! writers; reads run in MVCC read transactions concurrently with writes. All
-//! redb calls block, so they run on [`tokio::task::spawn_blocking`].
-//!
-//! Only one process may open the file; a second open fails with
-//! [`StoreError::AlreadyOpen`]. A file left by a killed process is
-//! repaired by redb on open.
+//! [redb](https://docs.rs/redb). The on-disk layout and the durability
+//! guarantees are documented on the type, so they appear in the public docs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
 use crate::codec;
 use crate::engine::{self, EventLog, TxnView};
@@ -47,6 +25,42 @@ const FORMAT: u64 = 1;
 
 /// A [`Store`] kept in one redb file. Cheap to clone: clones share the open
 /// database, which is closed when the last clone is dropped.
+///
+/// # Durability and concurrency
+///
+/// Each [`Store::txn`] that changes something is one redb write transaction
+/// committed with [`redb::Durability::Immediate`] (fsync) before `txn`
+/// returns, so an acknowledged write survives `kill -9` or power loss; a
+/// transaction that changes nothing is aborted and costs no fsync. redb
+/// serializes writers; reads run in MVCC read transactions concurrently with
+/// writes. All redb calls block, so they run on
+/// [`tokio::task::spawn_blocking`].
+///
+/// Only one process may open the file (redb locks it); a second open fails
+/// with [`StoreError::AlreadyOpen`]. A file left by a killed process is
+/// repaired by redb on open.
+///
+/// # On-disk layout (format 1)
+///
+/// Three redb tables:
+///
+/// | table    | key                         | value                      |
+/// |----------|-----------------------------|----------------------------|
+/// | `kv`     | key (`&str`)                | key-value record (below)   |
+/// | `events` | `(revision u64, index u32)` | event record (below)       |
+/// | `meta`   | name (`&str`)               | `u64`                      |
+///
+/// `meta` holds `format` (layout version, 1), `revision` (current revision)
+/// and `compacted` (newest revision whose events were discarded, 0 if none).
+/// `index` orders the events of one transaction (etcd's sub-revision).
+///
+/// Records are little-endian and start with a format byte (1):
+///
+/// * key-value record: `[1] [create_revision u64] [mod_revision u64]
+///   [version u64] [value bytes ..]`
+/// * event record: `[1] [kind u8: 0 put, 1 delete] [create_revision u64]
+///   [mod_revision u64] [version u64] [key length u32] [key UTF-8 ..]
+///   [value bytes ..]`
 #[derive(Clone)]
 pub struct RedbStore {
     inner: Arc<Inner>,
@@ -97,18 +111,26 @@ impl RedbStore {
         })?;
 
         // Create the tables and check the layout version.
-        let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
+        let mut write = db
+            .begin_write()
+            .map_err(backend("begin write transaction"))?;
         write
             .set_durability(Durability::Immediate)
             .map_err(backend("set durability"))?;
         let revision = {
             write.open_table(KV).map_err(backend("open table kv"))?;
-            write.open_table(EVENTS).map_err(backend("open table events"))?;
+            write
+                .open_table(EVENTS)
+                .map_err(backend("open table events"))?;
             let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            let format = meta.get(META_FORMAT).map_err(backend("read meta"))?.map(|g| g.value());
+            let format = meta
+                .get(META_FORMAT)
+                .map_err(backend("read meta"))?
+                .map(|g| g.value());
             match format {
                 None => {
-                    meta.insert(META_FORMAT, FORMAT).map_err(backend("write meta"))?;
+                    meta.insert(META_FORMAT, FORMAT)
+                        .map_err(backend("write meta"))?;
                 }
                 Some(FORMAT) => {}
                 Some(other) => {
@@ -123,7 +145,9 @@ impl RedbStore {
             }
             read_meta(&meta, META_REVISION)?
         };
-        write.commit().map_err(backend("commit write transaction"))?;
+        write
+            .commit()
+            .map_err(backend("commit write transaction"))?;
 
         tracing::debug!(path = %path.display(), revision, "opened store");
         Ok(RedbStore {
@@ -165,7 +189,10 @@ fn read_meta(
 
 impl Inner {
     fn txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
-        let mut write = self.db.begin_write().map_err(backend("begin write transaction"))?;
+        let mut write = self
+            .db
+            .begin_write()
+            .map_err(backend("begin write transaction"))?;
         write
             .set_durability(Durability::Immediate)
             .map_err(backend("set durability"))?;
@@ -182,7 +209,9 @@ impl Inner {
         }
         {
             let revision = applied.result.revision;
-            let mut events = write.open_table(EVENTS).map_err(backend("open table events"))?;
+            let mut events = write
+                .open_table(EVENTS)
+                .map_err(backend("open table events"))?;
             for (index, event) in applied.events.iter().enumerate() {
                 let index = u32::try_from(index).map_err(|_| StoreError::InvalidTxn {
                     key: event.kv.key.clone(),
@@ -193,14 +222,19 @@ impl Inner {
                     .map_err(backend("append event"))?;
             }
             let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            meta.insert(META_REVISION, revision).map_err(backend("write meta"))?;
-            if let Some(compacted) = engine::compact(&mut EventsLog(&mut events), self.retain_events)? {
+            meta.insert(META_REVISION, revision)
+                .map_err(backend("write meta"))?;
+            if let Some(compacted) =
+                engine::compact(&mut EventsLog(&mut events), self.retain_events)?
+            {
                 let previous = read_meta(&meta, META_COMPACTED)?;
                 meta.insert(META_COMPACTED, previous.max(compacted))
                     .map_err(backend("write meta"))?;
             }
         }
-        write.commit().map_err(backend("commit write transaction"))?;
+        write
+            .commit()
+            .map_err(backend("commit write transaction"))?;
 
         let revision = applied.result.revision;
         // Commits are serialized but their notifications may race: keep the
@@ -214,14 +248,20 @@ impl Inner {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(backend("begin read transaction"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let record = kv.get(key).map_err(backend("read key"))?;
         record.map(|g| codec::decode_kv(key, g.value())).transpose()
     }
 
     fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let revision = read_meta(&meta, META_REVISION)?;
@@ -238,13 +278,19 @@ impl Inner {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         read_meta(&meta, META_REVISION)
     }
 
     fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let compacted = read_meta(&meta, META_COMPACTED)?;
         if after < compacted {
@@ -256,9 +302,14 @@ impl Inner {
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let events = read.open_table(EVENTS).map_err(backend("open table events"))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(backend("open table events"))?;
         let mut out = Vec::new();
-        for entry in events.range((first, 0)..).map_err(backend("range events"))? {
+        for entry in events
+            .range((first, 0)..)
+            .map_err(backend("range events"))?
+        {
             let (id, bytes) = entry.map_err(backend("range events"))?;
             let (revision, index) = id.value();
             let bytes = bytes.value();
@@ -344,7 +395,8 @@ impl Store for RedbStore {
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("range", move |inner| inner.range(&prefix)).await
+        self.blocking("range", move |inner| inner.range(&prefix))
+            .await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -357,8 +409,10 @@ impl Store for RedbStore {
 
     async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("events_since", move |inner| inner.events_since(&prefix, after))
-            .await
+        self.blocking("events_since", move |inner| {
+            inner.events_since(&prefix, after)
+        })
+        .await
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

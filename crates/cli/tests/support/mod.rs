@@ -1,0 +1,164 @@
+//! Test support: a real controller process on loopback with its own data directory.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A `tessera controller` child process; killed on drop.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+impl ControllerProcess {
+    /// Starts a controller on a fresh data directory and waits until it is ready.
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let dir = tmp.path().to_path_buf();
+        let mut c = Self::start_on(&dir, free_port());
+        c._tmp = Some(tmp);
+        c
+    }
+
+    /// Starts a controller on `data_dir` (kept by the caller) and `port`.
+    pub fn start_on(data_dir: &Path, port: u16) -> Self {
+        let child = Command::new(BIN)
+            .args(["controller", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("TESSERA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera controller");
+        let c = ControllerProcess {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        };
+        c.wait_ready();
+        c
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::blocking::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("controller at {} did not become ready within 20 s", self.url);
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this controller; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("TESSERA_CONTROLLER", &self.url)
+            .env("TESSERA_LOG", "warn")
+            .output()
+            .expect("run tessera CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the CLI with `--json`, asserts success and parses stdout.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let (code, out, err) = self.cli(&a);
+        assert_eq!(code, 0, "tessera {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tessera {args:?} printed non-JSON ({e}): {out}"))
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking JSON client of the API that returns (status, body).
+pub struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    pub fn new(c: &ControllerProcess) -> Self {
+        Api { base: c.url.clone(), http: reqwest::blocking::Client::new() }
+    }
+
+    fn send(&self, rb: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+        let r = rb.send().expect("request reaches the controller");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+    }
+
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body.to_string()))
+    }
+
+    pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(&body))
+    }
+
+    pub fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(&body))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+    }
+}
+
+/// Asserts an error response: status, stable code, and the field it names.
+#[track_caller]
+pub fn assert_error(resp: &(u16, Value), status: u16, code: &str, field: Option<&str>) {
+    let (s, body) = resp;
+    assert_eq!(*s, status, "unexpected status; body: {body}");
+    assert_eq!(body["error"]["code"], code, "unexpected code; body: {body}");
+    if let Some(f) = field {
+        assert_eq!(body["error"]["field"], f, "unexpected field; body: {body}");
+    }
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
+}
