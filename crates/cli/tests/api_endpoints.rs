@@ -47,10 +47,30 @@ fn static_address_is_honoured_and_a_taken_one_refused() {
     let (s, e) = ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.77"]}));
     assert_eq!(s, 201, "{e}");
     assert_eq!(e["ips"], json!(["192.168.4.77/24"]));
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.77"]})), 409, "already_exists", Some("ips[0]"));
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.1"]})), 400, "invalid_argument", Some("ips[0]"));
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.0"]})), 400, "invalid_argument", Some("ips[0]"));
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "ips": ["10.0.0.1"]})), 400, "invalid_argument", Some("ips[0]"));
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.77"]})),
+        409,
+        "already_exists",
+        Some("ips[0]"),
+    );
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.1"]})),
+        400,
+        "invalid_argument",
+        Some("ips[0]"),
+    );
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "ips": ["192.168.4.0"]})),
+        400,
+        "invalid_argument",
+        Some("ips[0]"),
+    );
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "ips": ["10.0.0.1"]})),
+        400,
+        "invalid_argument",
+        Some("ips[0]"),
+    );
     assert_error(&ep(&api, json!({"network": "net", "host": "h1", "ips": ["nope"]})), 400, "invalid_argument", Some("ips[0]"));
 }
 
@@ -96,7 +116,12 @@ fn endpoint_references_must_exist() {
     setup(&api, &["10.0.0.0/24"]);
     assert_error(&ep(&api, json!({"network": "nope", "host": "h1"})), 404, "not_found", Some("network"));
     assert_error(&ep(&api, json!({"network": "net", "host": "ghost"})), 404, "not_found", Some("host"));
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "mac": "01:00:00:00:00:01"})), 400, "invalid_argument", Some("mac"));
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "mac": "01:00:00:00:00:01"})),
+        400,
+        "invalid_argument",
+        Some("mac"),
+    );
 }
 
 #[test]
@@ -105,7 +130,12 @@ fn chosen_mac_must_be_unique() {
     let api = Api::new(&c);
     setup(&api, &["10.0.0.0/24"]);
     assert_eq!(ep(&api, json!({"network": "net", "host": "h1", "mac": "02:00:00:00:00:01"})).0, 201);
-    assert_error(&ep(&api, json!({"network": "net", "host": "h1", "mac": "02:00:00:00:00:01"})), 409, "already_exists", Some("mac"));
+    assert_error(
+        &ep(&api, json!({"network": "net", "host": "h1", "mac": "02:00:00:00:00:01"})),
+        409,
+        "already_exists",
+        Some("mac"),
+    );
 }
 
 #[test]
@@ -205,7 +235,10 @@ fn policy_life_cycle_and_rule_validation() {
     let c = ControllerProcess::start();
     let api = Api::new(&c);
     setup(&api, &["10.0.0.0/24"]);
-    let (s, p) = api.post("/v1/policies", json!({"name": "web", "rules": ["pass tcp net any <> any 80,443", "deny any any any > 10.0.0.0/8 any log"]}));
+    let (s, p) = api.post(
+        "/v1/policies",
+        json!({"name": "web", "rules": ["pass tcp net any <> any 80,443", "deny any any any > 10.0.0.0/8 any log"]}),
+    );
     assert_eq!(s, 201, "{p}");
     assert_eq!(p["rules"][0]["protocol"], "tcp");
     assert_eq!(p["rules"][0]["src"], "default-domain:admin:net");
@@ -214,10 +247,30 @@ fn policy_life_cycle_and_rule_validation() {
     assert_eq!(p["rules"][1]["log"], true);
     assert_eq!(api.get("/v1/policies/web").1, p);
     assert_eq!(api.get("/v1/policies").1.as_array().unwrap().len(), 1);
-    assert_error(&api.post("/v1/policies", json!({"name": "x", "rules": ["pass tcp ghost any <> any 80"]})), 404, "not_found", Some("rules[0].src"));
-    assert_error(&api.post("/v1/policies", json!({"name": "x", "rules": ["pass icmp any 22 <> any any"]})), 400, "invalid_argument", Some("rules[0].src_ports"));
-    assert_error(&api.post("/v1/policies", json!({"name": "x", "rules": ["pass any 10.0.0.1/8 any <> any any"]})), 400, "invalid_argument", Some("rules[0].src"));
-    assert_error(&api.post("/v1/policies", json!({"name": "x", "rules": ["pass tcp"]})), 400, "invalid_argument", Some("rules[0]"));
+    assert_error(
+        &api.post("/v1/policies", json!({"name": "x", "rules": ["pass tcp ghost any <> any 80"]})),
+        404,
+        "not_found",
+        Some("rules[0].src"),
+    );
+    assert_error(
+        &api.post("/v1/policies", json!({"name": "x", "rules": ["pass icmp any 22 <> any any"]})),
+        400,
+        "invalid_argument",
+        Some("rules[0].src_ports"),
+    );
+    assert_error(
+        &api.post("/v1/policies", json!({"name": "x", "rules": ["pass any 10.0.0.1/8 any <> any any"]})),
+        400,
+        "invalid_argument",
+        Some("rules[0].src"),
+    );
+    assert_error(
+        &api.post("/v1/policies", json!({"name": "x", "rules": ["pass tcp"]})),
+        400,
+        "invalid_argument",
+        Some("rules[0]"),
+    );
     assert_error(&api.post("/v1/policies", json!({"name": "web", "rules": []})), 409, "already_exists", Some("name"));
     assert_eq!(api.delete("/v1/policies/web").0, 204);
     assert_eq!(api.delete("/v1/policies/web").0, 204);

@@ -36,7 +36,8 @@ fn network_is_created_shown_listed_updated_and_deleted() {
     let (_, list) = api.get("/v1/networks");
     assert_eq!(list.as_array().unwrap().len(), 1);
 
-    let (s, up) = api.patch("/v1/networks/net4", json!({"add_route_targets": ["64512:300"], "remove_route_targets": ["64512:100"]}));
+    let (s, up) =
+        api.patch("/v1/networks/net4", json!({"add_route_targets": ["64512:300"], "remove_route_targets": ["64512:100"]}));
     assert_eq!(s, 200, "{up}");
     assert_eq!(up["import_targets"], json!(["target:64512:200", "target:64512:300"]));
 
@@ -60,7 +61,8 @@ fn identical_create_is_a_safe_retry_but_a_different_one_is_a_duplicate() {
 #[test]
 fn malformed_cidr_is_rejected_naming_the_field() {
     let c = ControllerProcess::start();
-    let r = Api::new(&c).post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "10.0.0.0/24"}, {"cidr": "10.0.300.0/24"}]}));
+    let r =
+        Api::new(&c).post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "10.0.0.0/24"}, {"cidr": "10.0.300.0/24"}]}));
     assert_error(&r, 400, "invalid_argument", Some("subnets[1].cidr"));
 }
 
@@ -75,7 +77,8 @@ fn cidr_with_host_bits_is_rejected() {
 #[test]
 fn overlapping_subnets_in_one_network_are_rejected() {
     let c = ControllerProcess::start();
-    let r = Api::new(&c).post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "10.0.0.0/16"}, {"cidr": "10.0.1.0/24"}]}));
+    let r =
+        Api::new(&c).post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "10.0.0.0/16"}, {"cidr": "10.0.1.0/24"}]}));
     assert_error(&r, 400, "invalid_argument", Some("subnets[1].cidr"));
 }
 
@@ -89,7 +92,8 @@ fn gateway_outside_its_subnet_is_rejected() {
 #[test]
 fn chosen_gateway_is_kept() {
     let c = ControllerProcess::start();
-    let (s, n) = Api::new(&c).post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "192.168.4.0/24", "gateway": "192.168.4.4"}]}));
+    let (s, n) = Api::new(&c)
+        .post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "192.168.4.0/24", "gateway": "192.168.4.4"}]}));
     assert_eq!(s, 201);
     assert_eq!(n["subnets"][0]["gateway"], "192.168.4.4");
 }

@@ -7,13 +7,33 @@ use support::ControllerProcess;
 #[test]
 fn network_add_show_list_update_delete() {
     let c = ControllerProcess::start();
-    let (code, out, err) = c.cli(&["network", "add", "net4", "--subnet", "192.168.4.0/24", "--subnet", "2002:1::/64", "--gateway", "192.168.4.4", "--route-target", "64512:100"]);
+    let (code, out, err) = c.cli(&[
+        "network",
+        "add",
+        "net4",
+        "--subnet",
+        "192.168.4.0/24",
+        "--subnet",
+        "2002:1::/64",
+        "--gateway",
+        "192.168.4.4",
+        "--route-target",
+        "64512:100",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("default-domain:admin:net4"), "{out}");
 
     let (code, out, _) = c.cli(&["network", "show", "net4"]);
     assert_eq!(code, 0);
-    for want in ["Name: default-domain:admin:net4", "target:64512:100", "subnet: 192.168.4.0/24, gateway: 192.168.4.4", "subnet: 2002:1::/64, gateway: 2002:1::1", "Policies:", "Floating IP pools:", "Endpoints:"] {
+    for want in [
+        "Name: default-domain:admin:net4",
+        "target:64512:100",
+        "subnet: 192.168.4.0/24, gateway: 192.168.4.4",
+        "subnet: 2002:1::/64, gateway: 2002:1::1",
+        "Policies:",
+        "Floating IP pools:",
+        "Endpoints:",
+    ] {
         assert!(out.contains(want), "show lacks {want:?}:\n{out}");
     }
     let shown = c.cli_json(&["network", "show", "net4"]);
@@ -27,7 +47,17 @@ fn network_add_show_list_update_delete() {
     assert_eq!(c.cli_json(&["network", "list"]).as_array().unwrap().len(), 1);
 
     assert_eq!(c.cli(&["policy", "add", "allow-all", "--rule", "pass any any any <> any any"]).0, 0);
-    let up = c.cli_json(&["network", "update", "net4", "--policy", "allow-all", "--add-route-target", "target:64512:200", "--remove-route-target", "64512:100"]);
+    let up = c.cli_json(&[
+        "network",
+        "update",
+        "net4",
+        "--policy",
+        "allow-all",
+        "--add-route-target",
+        "target:64512:200",
+        "--remove-route-target",
+        "64512:100",
+    ]);
     assert_eq!(up["import_targets"], serde_json::json!(["target:64512:200"]));
     assert_eq!(up["policies"].as_array().unwrap().len(), 1);
     let (_, out, _) = c.cli(&["network", "show", "net4"]);
@@ -71,7 +101,15 @@ fn policy_add_show_list_delete() {
     let c = ControllerProcess::start();
     c.cli(&["network", "add", "red", "--subnet", "192.168.10.0/24"]);
     c.cli(&["network", "add", "green", "--subnet", "192.168.20.0/24"]);
-    let p = c.cli_json(&["policy", "add", "web", "--rule", "pass tcp red any <> green 80", "--rule", "deny any any any <> any any log"]);
+    let p = c.cli_json(&[
+        "policy",
+        "add",
+        "web",
+        "--rule",
+        "pass tcp red any <> green 80",
+        "--rule",
+        "deny any any any <> any any log",
+    ]);
     assert_eq!(p["rules"].as_array().unwrap().len(), 2);
     let (code, out, _) = c.cli(&["policy", "show", "web"]);
     assert_eq!(code, 0);

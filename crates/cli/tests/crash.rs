@@ -32,12 +32,19 @@ fn acknowledged_writes_survive_kill_9() {
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("w{w}-{i}");
                     i += 1;
-                    let Ok(r) = http.post(format!("{url}/v1/endpoints")).json(&json!({"network": "net", "host": "h1", "name": name})).send() else {
+                    let Ok(r) = http
+                        .post(format!("{url}/v1/endpoints"))
+                        .json(&json!({"network": "net", "host": "h1", "name": name}))
+                        .send()
+                    else {
                         break;
                     };
                     if r.status().as_u16() == 201 {
                         let body: serde_json::Value = r.json().unwrap();
-                        acked.lock().unwrap().push((body["id"].as_str().unwrap().to_string(), body["ips"][0].as_str().unwrap().to_string()));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((body["id"].as_str().unwrap().to_string(), body["ips"][0].as_str().unwrap().to_string()));
                     }
                 }
             })

@@ -52,9 +52,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError(FieldError::new("body", e.body_text()).into()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError(FieldError::new("body", e.body_text()).into()))?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
             let path = e.path().to_string();
@@ -215,7 +213,11 @@ async fn delete_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<S
 
 #[utoipa::path(put, path = "/v1/endpoints/{id}/status", params(("id" = String, Path)), request_body = StatusUpdate,
     responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)))]
-async fn set_endpoint_status(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<StatusUpdate>) -> ApiResult<Json<Endpoint>> {
+async fn set_endpoint_status(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Body(req): Body<StatusUpdate>,
+) -> ApiResult<Json<Endpoint>> {
     Ok(Json(ctl.set_endpoint_status(&id, req.status).await?))
 }
 
@@ -269,11 +271,36 @@ async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Sta
 /// The OpenAPI document, generated from the handlers and model types above.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tessera controller API", description = "Overlay networks for containers: networks, endpoints, hosts and policies."),
+    info(
+        title = "Tessera controller API",
+        description = "Overlay networks for containers: networks, endpoints, hosts and policies."
+    ),
     paths(
-        healthz, readyz, list_projects, create_project, get_project, delete_project, list_networks, create_network, get_network,
-        update_network, delete_network, network_ipam, list_endpoints, create_endpoint, get_endpoint, delete_endpoint,
-        set_endpoint_status, list_hosts, get_host, register_host, delete_host, list_policies, create_policy, get_policy, delete_policy
+        healthz,
+        readyz,
+        list_projects,
+        create_project,
+        get_project,
+        delete_project,
+        list_networks,
+        create_network,
+        get_network,
+        update_network,
+        delete_network,
+        network_ipam,
+        list_endpoints,
+        create_endpoint,
+        get_endpoint,
+        delete_endpoint,
+        set_endpoint_status,
+        list_hosts,
+        get_host,
+        register_host,
+        delete_host,
+        list_policies,
+        create_policy,
+        get_policy,
+        delete_policy
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

@@ -235,8 +235,8 @@ impl Controller {
         let id = match reference.parse::<Uuid>() {
             Ok(id) => id,
             Err(_) => {
-                let fq = FqName::resolve(reference, &ProjectName::default_project())
-                    .map_err(|r| FieldError::new("network", r))?;
+                let fq =
+                    FqName::resolve(reference, &ProjectName::default_project()).map_err(|r| FieldError::new("network", r))?;
                 let kv = self.store.get(&keys::network_name(&fq)).await?.ok_or_else(|| Error::not_found("network", reference))?;
                 uuid_of(&kv)?
             }
@@ -301,7 +301,7 @@ impl Controller {
         let mut export_targets = both;
         merge(&mut import_targets, parse_route_targets("import_targets", &req.import_targets)?);
         merge(&mut export_targets, parse_route_targets("export_targets", &req.export_targets)?);
-        for (k, _) in &req.labels {
+        for k in req.labels.keys() {
             if k.is_empty() {
                 return Err(FieldError::new("labels", "label keys must not be empty").into());
             }
@@ -368,13 +368,28 @@ impl Controller {
                         None => None,
                     };
                     return Err(Error::AlreadyExists {
-                        what: format!("VNI {vni} is already used by network {}", owner.unwrap_or_else(|| "another network".into())),
+                        what: format!(
+                            "VNI {vni} is already used by network {}",
+                            owner.unwrap_or_else(|| "another network".into())
+                        ),
                         field: Some("vni".into()),
                     });
                 }
                 Some(1) => continue,
-                Some(2) => return Err(Error::NotFound { kind: "project", name: fq_name.project().to_string(), field: Some("project".into()) }),
-                _ => return Err(Error::NotFound { kind: "policy", name: "attached policy".into(), field: Some("policies".into()) }),
+                Some(2) => {
+                    return Err(Error::NotFound {
+                        kind: "project",
+                        name: fq_name.project().to_string(),
+                        field: Some("project".into()),
+                    })
+                }
+                _ => {
+                    return Err(Error::NotFound {
+                        kind: "policy",
+                        name: "attached policy".into(),
+                        field: Some("policies".into()),
+                    })
+                }
             }
         }
         Err(Error::Conflict(format!("network {fq_name}")))
@@ -604,7 +619,9 @@ impl Controller {
                 return Ok(Created { object: endpoint, created: true });
             }
             match r.failed.first().copied() {
-                Some(0) => return Err(Error::NotFound { kind: "network", name: req.network.clone(), field: Some("network".into()) }),
+                Some(0) => {
+                    return Err(Error::NotFound { kind: "network", name: req.network.clone(), field: Some("network".into()) })
+                }
                 Some(1) => continue, // created concurrently: the loop returns it or reports the clash
                 Some(2) if chosen_mac.is_some() => {
                     return Err(Error::AlreadyExists { what: format!("MAC {mac} is already in use"), field: Some("mac".into()) })
@@ -630,7 +647,8 @@ impl Controller {
     async fn allocate_in(&self, network: Uuid, family: &[(usize, &tessera_model::Subnet)]) -> Result<(usize, IpAddr)> {
         let mut full = Vec::new();
         for (i, subnet) in family {
-            let plan: SubnetPlan = subnet.plan().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
+            let plan: SubnetPlan =
+                subnet.plan().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
             let prefix = keys::allocations_of(network, *i);
             let taken = self.store.range(&prefix).await?.kvs;
             let allocated = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
@@ -692,7 +710,8 @@ impl Controller {
     pub async fn set_endpoint_status(&self, id: &str, status: EndpointStatus) -> Result<Endpoint> {
         let uuid: Uuid = id.parse().map_err(|_| FieldError::new("id", format!("{id:?} is not a UUID")))?;
         for _ in 0..MAX_ATTEMPTS {
-            let (mut ep, rev) = self.get_json::<Endpoint>(&keys::endpoint(uuid)).await?.ok_or_else(|| Error::not_found("endpoint", id))?;
+            let (mut ep, rev) =
+                self.get_json::<Endpoint>(&keys::endpoint(uuid)).await?.ok_or_else(|| Error::not_found("endpoint", id))?;
             if ep.status == status {
                 return Ok(ep);
             }
@@ -782,7 +801,11 @@ impl Controller {
             for (side, ep) in [("src", &rule.src), ("dst", &rule.dst)] {
                 if let tessera_model::RuleEndpoint::Network(n) = ep {
                     if self.store.get(&keys::network_name(n)).await?.is_none() {
-                        return Err(Error::NotFound { kind: "network", name: n.to_string(), field: Some(format!("rules[{i}].{side}")) });
+                        return Err(Error::NotFound {
+                            kind: "network",
+                            name: n.to_string(),
+                            field: Some(format!("rules[{i}].{side}")),
+                        });
                     }
                 }
             }
@@ -800,7 +823,10 @@ impl Controller {
         if existing.rules == policy.rules {
             return Ok(Created { object: existing, created: false });
         }
-        Err(Error::AlreadyExists { what: format!("policy {fq_name} already exists with different rules"), field: Some("name".into()) })
+        Err(Error::AlreadyExists {
+            what: format!("policy {fq_name} already exists with different rules"),
+            field: Some("name".into()),
+        })
     }
 
     /// Deletes a policy attached to no network. Deleting a missing policy is Ok.

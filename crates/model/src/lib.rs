@@ -18,7 +18,7 @@ pub use error::{ErrorCode, FieldError};
 pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
-pub use policy::{Action, Direction, Endpoint as RuleEndpoint, PortRange, Policy, PolicyCreate, Protocol, Rule, RuleSpec};
+pub use policy::{Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PortRange, Protocol, Rule, RuleSpec};
 pub use route_target::RouteTarget;
 pub use uuid::Uuid;
 
@@ -28,11 +28,7 @@ mod schemas {
     use utoipa::openapi::{RefOr, Schema};
 
     fn scalar(ty: Type, description: &str, example: serde_json::Value) -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(SchemaType::new(ty))
-            .description(Some(description))
-            .examples([example])
-            .into()
+        ObjectBuilder::new().schema_type(SchemaType::new(ty)).description(Some(description)).examples([example]).into()
     }
 
     macro_rules! schema {

@@ -5,7 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-
 /// The domain of the default project, as in the seeds.
 pub const DEFAULT_DOMAIN: &str = "default-domain";
 /// The project used when a request names none.

@@ -179,9 +179,7 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet, FieldError> {
 }
 
 fn parse_pool(field: &str, s: &str) -> Result<Range, FieldError> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| FieldError::new(field, format!("{s:?} is not a pool; expected FIRST-LAST")))?;
+    let (a, b) = s.split_once('-').ok_or_else(|| FieldError::new(field, format!("{s:?} is not a pool; expected FIRST-LAST")))?;
     Ok(Range { start: parse_addr(field, a)?, end: parse_addr(field, b)? })
 }
 
@@ -200,12 +198,8 @@ impl SubnetCreate {
             }
             _ => tessera_ipam::default_gateway(cidr),
         };
-        let pools = self
-            .pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| parse_pool(&format!("pools[{i}]"), p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let pools =
+            self.pools.iter().enumerate().map(|(i, p)| parse_pool(&format!("pools[{i}]"), p)).collect::<Result<Vec<_>, _>>()?;
         let dns_servers = self
             .dns_servers
             .iter()
@@ -214,7 +208,9 @@ impl SubnetCreate {
             .collect::<Result<Vec<_>, _>>()?;
         SubnetPlan::new(cidr, gateway, pools.clone()).map_err(|e| {
             let field = match e {
-                tessera_ipam::IpamError::GatewayOutsideSubnet { .. } | tessera_ipam::IpamError::GatewayReserved { .. } => "gateway",
+                tessera_ipam::IpamError::GatewayOutsideSubnet { .. } | tessera_ipam::IpamError::GatewayReserved { .. } => {
+                    "gateway"
+                }
                 tessera_ipam::IpamError::HostBitsSet { .. } => "cidr",
                 _ => "pools",
             };

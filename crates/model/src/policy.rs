@@ -174,11 +174,8 @@ fn parse_ports(field: &str, s: &str) -> Result<Vec<PortRange>, FieldError> {
     if s.eq_ignore_ascii_case("any") {
         return Ok(Vec::new());
     }
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| FieldError::new(field, format!("{p:?} is not a port number 0-65535")))
-    };
+    let port =
+        |p: &str| p.trim().parse::<u16>().map_err(|_| FieldError::new(field, format!("{p:?} is not a port number 0-65535")));
     s.split(',')
         .map(|part| {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
@@ -416,7 +413,12 @@ mod tests {
         let j = r#"{"name":"p","rules":["pass any any any <> any any"]}"#;
         let p: PolicyCreate = serde_json::from_str(j).unwrap();
         let rules = p.validate_rules(&ProjectName::default_project()).unwrap();
-        let structured = serde_json::to_string(&PolicyCreate { name: "p".into(), project: None, rules: vec![RuleSpec::Structured(rules[0].clone())] }).unwrap();
+        let structured = serde_json::to_string(&PolicyCreate {
+            name: "p".into(),
+            project: None,
+            rules: vec![RuleSpec::Structured(rules[0].clone())],
+        })
+        .unwrap();
         let back: PolicyCreate = serde_json::from_str(&structured).unwrap();
         assert_eq!(back.validate_rules(&ProjectName::default_project()).unwrap(), rules);
     }

@@ -32,17 +32,15 @@ impl FromStr for RouteTarget {
         let Some((admin, number)) = s.rsplit_once(':') else {
             return Err(format!("{input:?} is not a route target; expected ASN:NUMBER or IPV4:NUMBER"));
         };
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("{input:?}: the assigned number {number:?} is not a non-negative integer"))?;
+        let number: u64 =
+            number.parse().map_err(|_| format!("{input:?}: the assigned number {number:?} is not a non-negative integer"))?;
         if let Ok(addr) = admin.parse::<Ipv4Addr>() {
             let number = u16::try_from(number)
                 .map_err(|_| format!("{input:?}: with an IPv4 administrator the number must fit in 2 bytes (0..=65535)"))?;
             return Ok(RouteTarget::Ip { addr, number });
         }
-        let asn: u64 = admin
-            .parse()
-            .map_err(|_| format!("{input:?}: the administrator {admin:?} is neither an ASN nor an IPv4 address"))?;
+        let asn: u64 =
+            admin.parse().map_err(|_| format!("{input:?}: the administrator {admin:?} is neither an ASN nor an IPv4 address"))?;
         if asn == 0 {
             return Err(format!("{input:?}: ASN 0 is reserved"));
         }

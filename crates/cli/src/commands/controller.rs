@@ -19,12 +19,15 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let path = args.data_dir.join("tessera.redb");
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).with_context(|| format!("cannot open store {}", path.display()))?);
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&path).with_context(|| format!("cannot open store {}", path.display()))?);
     let controller = Arc::new(Controller::new(store));
     controller.bootstrap().await.context("cannot create the default project")?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, store = %path.display(), "controller serving");
     tessera_controller::serve(listener, controller, shutdown_signal()).await?;
     tracing::info!("controller stopped");

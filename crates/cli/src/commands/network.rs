@@ -136,7 +136,14 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                             rts.push(format!("{e} (export)"));
                         }
                     }
-                    t.row(vec![n.fq_name.to_string(), n.vni.to_string(), join(&subnets), join(&rts), n.policies.len().to_string(), n.id.to_string()]);
+                    t.row(vec![
+                        n.fq_name.to_string(),
+                        n.vni.to_string(),
+                        join(&subnets),
+                        join(&rts),
+                        n.policies.len().to_string(),
+                        n.id.to_string(),
+                    ]);
                 }
                 t.render()
             })
@@ -156,7 +163,9 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             for n in &networks {
                 c.delete(&format!("/v1/networks/{}", seg(n))).await?;
             }
-            ctx.print(&BTreeMap::from([("deleted", &networks)]), || networks.iter().map(|n| format!("network {n} deleted\n")).collect())
+            ctx.print(&BTreeMap::from([("deleted", &networks)]), || {
+                networks.iter().map(|n| format!("network {n} deleted\n")).collect()
+            })
         }
     }
 }
@@ -189,7 +198,13 @@ fn render_show(s: &Shown) -> String {
     if !s.endpoints.is_empty() {
         let mut t = Table::new(&["NAME", "HOST", "MAC", "ADDRESSES", "STATUS"]);
         for e in &s.endpoints {
-            t.row(vec![e.name.clone(), e.host.clone(), e.mac.to_string(), join(&e.ips), format!("{:?}", e.status).to_lowercase()]);
+            t.row(vec![
+                e.name.clone(),
+                e.host.clone(),
+                e.mac.to_string(),
+                join(&e.ips),
+                format!("{:?}", e.status).to_lowercase(),
+            ]);
         }
         for line in t.render().lines() {
             out += &format!("    {line}\n");

@@ -70,7 +70,9 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             for p in &policies {
                 c.delete(&format!("/v1/policies/{}", seg(p))).await?;
             }
-            ctx.print(&BTreeMap::from([("deleted", &policies)]), || policies.iter().map(|p| format!("policy {p} deleted\n")).collect())
+            ctx.print(&BTreeMap::from([("deleted", &policies)]), || {
+                policies.iter().map(|p| format!("policy {p} deleted\n")).collect()
+            })
         }
     }
 }

@@ -42,7 +42,9 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             for p in &projects {
                 c.delete(&format!("/v1/projects/{}", seg(p))).await?;
             }
-            ctx.print(&BTreeMap::from([("deleted", &projects)]), || projects.iter().map(|p| format!("project {p} deleted\n")).collect())
+            ctx.print(&BTreeMap::from([("deleted", &projects)]), || {
+                projects.iter().map(|p| format!("project {p} deleted\n")).collect()
+            })
         }
     }
 }
