@@ -1,0 +1,129 @@
+//! Controller benchmarks: IPAM allocation and API create throughput.
+//!
+//! Each figure is printed beside its baseline measured in the same run:
+//! - in-memory IPAM allocation ÷ inserting the same addresses into a BTreeMap
+//!   (the data structure's floor);
+//! - endpoint creation through the HTTP API of a real controller process
+//!   (validation, IPAM, indexes, one durable transaction each) ÷ bare durable
+//!   transactions on the same store engine with the same concurrency.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use tessera_ipam::{Allocator, SubnetPlan};
+use tessera_store::{Compare, Op, RedbStore, Store, Txn};
+
+const IPAM_ALLOCS: usize = 60_000;
+const API_CREATES: usize = 2_000;
+const CONCURRENCY: usize = 32;
+
+fn ipam() {
+    let plan = SubnetPlan::new("10.0.0.0/16".parse().unwrap(), Some("10.0.0.1".parse().unwrap()), vec![]).unwrap();
+    let mut alloc: Allocator<u32> = Allocator::new(plan);
+    let t = Instant::now();
+    let mut got = Vec::with_capacity(IPAM_ALLOCS);
+    for i in 0..IPAM_ALLOCS as u32 {
+        got.push(alloc.allocate(i).unwrap());
+    }
+    let ipam_rate = IPAM_ALLOCS as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut map: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    for (i, a) in got.iter().enumerate() {
+        map.insert(*a, i as u32);
+    }
+    let base_rate = IPAM_ALLOCS as f64 / t.elapsed().as_secs_f64();
+    std::hint::black_box(map);
+    println!(
+        "ipam allocate (/16, {IPAM_ALLOCS} addresses): {:.0}/s; baseline BTreeMap insert {:.0}/s; ratio {:.2}",
+        ipam_rate,
+        base_rate,
+        ipam_rate / base_rate
+    );
+}
+
+async fn store_baseline() -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("bench.redb")).unwrap());
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (w..API_CREATES).step_by(CONCURRENCY) {
+                    let key = format!("/bench/{i}");
+                    let txn = Txn::new().when(Compare::Absent(key.clone())).then(Op::Put { key, value: vec![0u8; 400] });
+                    assert!(store.txn(txn).await.unwrap().succeeded);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    API_CREATES as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn api_creates(url: String) -> f64 {
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|w| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                for i in (w..API_CREATES).step_by(CONCURRENCY) {
+                    let r = client
+                        .post(format!("{url}/v1/endpoints"))
+                        .json(&json!({"network": "bench", "host": "h1", "name": format!("e{i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 201);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    API_CREATES as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks benches to list tests; there are none.
+    }
+    ipam();
+    let c = support::ControllerProcess::start();
+    let api = support::Api::new(&c);
+    assert_eq!(api.post("/v1/networks", json!({"name": "bench", "subnets": [{"cidr": "10.0.0.0/16"}]})).0, 201);
+    assert_eq!(api.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = rt.block_on(store_baseline());
+    let t = Instant::now();
+    let mut nets = 0;
+    for i in 0..200 {
+        let (s, _) = api.post(
+            "/v1/networks",
+            json!({"name": format!("n{i}"), "subnets": [{"cidr": format!("10.{}.{}.0/24", 100 + i / 250, i % 250)}]}),
+        );
+        assert_eq!(s, 201);
+        nets += 1;
+    }
+    let net_rate = nets as f64 / t.elapsed().as_secs_f64();
+    let api_rate = rt.block_on(api_creates(c.url.clone()));
+    println!(
+        "api endpoint create ({API_CREATES}, {CONCURRENCY} concurrent): {:.0}/s; baseline durable store txn {:.0}/s; ratio {:.2}",
+        api_rate,
+        base,
+        api_rate / base
+    );
+    println!("api network create (sequential, one client): {net_rate:.0}/s");
+}
