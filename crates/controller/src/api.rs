@@ -9,8 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy,
     PolicyCreate,
@@ -95,6 +97,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
         .route("/v1/policies", get(list_policies).post(create_policy))
         .route("/v1/policies/{id}", get(get_policy).delete(delete_policy))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/watch", get(watch))
         .fallback(not_found)
         .with_state(ctl)
 }
@@ -266,6 +270,31 @@ async fn get_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<P
 async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
     ctl.delete_policy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WatchParams {
+    /// Stream changes after this revision (from a snapshot or a previous event).
+    pub after: u64,
+}
+
+/// Every object agents mirror, consistent at one revision.
+#[utoipa::path(get, path = "/v1/snapshot", responses((status = 200, body = Snapshot)))]
+async fn snapshot(State(ctl): Ctl) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(crate::watch::snapshot(ctl.store().as_ref()).await?))
+}
+
+/// Changes after a revision, as newline-delimited JSON `WatchEvent`s, with
+/// periodic progress events; ends with an error event when the revision was
+/// compacted (fetch a new snapshot then).
+#[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses((status = 200, body = WatchEvent, content_type = "application/x-ndjson")))]
+async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
+    let lines = crate::watch::watch(ctl.store().clone(), p.after).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }
 
 /// The OpenAPI document, generated from the handlers and model types above.

@@ -8,6 +8,7 @@ pub mod api;
 pub mod error;
 pub mod keys;
 pub mod service;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

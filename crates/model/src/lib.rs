@@ -12,6 +12,7 @@ pub mod names;
 pub mod network;
 pub mod policy;
 pub mod route_target;
+pub mod watch;
 
 pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, MacAddr, Owner};
 pub use error::{ErrorCode, FieldError};

@@ -1,0 +1,101 @@
+//! Snapshots and watches of the objects agents mirror, translated from the
+//! store's key-value events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tessera_model::watch::{Object, ObjectRef, Snapshot, WatchEvent};
+use tessera_store::{EventKind, KeyValue, Store, StoreError};
+
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// How often a quiet watch sends a progress event.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
+    let de = |e: serde_json::Error| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() };
+    let k = kv.key.as_str();
+    Ok(Some(if k.starts_with(keys::NETWORKS) {
+        Object::Network(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::ENDPOINTS) {
+        Object::Endpoint(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::HOSTS) {
+        Object::Host(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::POLICIES) {
+        Object::Policy(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else {
+        return Ok(None);
+    }))
+}
+
+fn ref_of(key: &str) -> Option<ObjectRef> {
+    let (kind, prefix) =
+        [("network", keys::NETWORKS), ("endpoint", keys::ENDPOINTS), ("host", keys::HOSTS), ("policy", keys::POLICIES)]
+            .into_iter()
+            .find(|(_, p)| key.starts_with(p))?;
+    Some(ObjectRef { kind: kind.into(), id: key[prefix.len()..].to_string() })
+}
+
+/// All mirrored objects, consistent at one revision.
+pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
+    let r = store.range(keys::ROOT).await?;
+    let mut s = Snapshot { revision: r.revision, ..Default::default() };
+    for kv in &r.kvs {
+        match object_of(kv)? {
+            Some(Object::Network(n)) => s.networks.push(n),
+            Some(Object::Endpoint(e)) => s.endpoints.push(e),
+            Some(Object::Host(h)) => s.hosts.push(h),
+            Some(Object::Policy(p)) => s.policies.push(p),
+            None => {}
+        }
+    }
+    Ok(s)
+}
+
+/// Changes to mirrored objects after revision `after`, with a progress event
+/// whenever nothing happened for [`PROGRESS_EVERY`]. Ends with an `Error`
+/// event when the store cannot continue (for example `after` was compacted).
+pub fn watch(store: Arc<dyn Store>, after: u64) -> impl Stream<Item = WatchEvent> + Send {
+    let events = tessera_store::watch(store, keys::ROOT.to_string(), after);
+    futures::stream::unfold((events, after, false), move |(mut events, mut last, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let next = tokio::time::timeout(PROGRESS_EVERY, events.next()).await;
+            match next {
+                Err(_) => {
+                    return Some((WatchEvent::Progress { revision: last }, (events, last, false)));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    let code = if matches!(e, StoreError::Compacted { .. }) { "compacted" } else { "internal" };
+                    return Some((WatchEvent::Error { code: code.into(), message: e.to_string() }, (events, last, true)));
+                }
+                Ok(Some(Ok(ev))) => {
+                    last = ev.revision;
+                    let out = match ev.kind {
+                        EventKind::Put => match object_of(&ev.kv) {
+                            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object }),
+                            Ok(None) => None,
+                            Err(e) => {
+                                return Some((
+                                    WatchEvent::Error { code: "internal".into(), message: e.to_string() },
+                                    (events, last, true),
+                                ))
+                            }
+                        },
+                        EventKind::Delete => {
+                            ref_of(&ev.kv.key).map(|object| WatchEvent::Delete { revision: ev.revision, object })
+                        }
+                    };
+                    if let Some(out) = out {
+                        return Some((out, (events, last, false)));
+                    }
+                }
+            }
+        }
+    })
+}
