@@ -51,6 +51,17 @@ enum Command {
     /// Projects (DOMAIN:PROJECT) that own networks and policies.
     #[command(subcommand)]
     Project(commands::project::Cmd),
+    /// Build a demo fabric on this machine and play the seeds' scenario.
+    Demo(commands::demo::Args),
+    /// Run the host agent: reconcile this host's data plane to the controller's intent.
+    Agent(commands::agent::AgentArgs),
+    /// Put a running container or network namespace into a network.
+    Attach(commands::agent::AttachArgs),
+    /// Take a container or network namespace out of a network (or of all).
+    Detach(commands::agent::DetachArgs),
+    /// The host's interface table.
+    #[command(subcommand)]
+    Vif(commands::agent::VifCmd),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +86,13 @@ fn main() -> ExitCode {
             Command::Endpoint(c) => commands::endpoint::run(&ctx, c).await,
             Command::Host(c) => commands::host::run(&ctx, c).await,
             Command::Project(c) => commands::project::run(&ctx, c).await,
+            Command::Demo(a) => tokio::task::spawn_blocking(move || commands::demo::run(a))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("demo crashed: {e}"))),
+            Command::Agent(a) => commands::agent::run_agent(&cli.controller, a).await,
+            Command::Attach(a) => commands::agent::attach(&ctx, a).await,
+            Command::Detach(a) => commands::agent::detach(&ctx, a).await,
+            Command::Vif(c) => commands::agent::vif(&ctx, c).await,
         }
     });
     match result {

@@ -1,6 +1,8 @@
 //! The subcommands. Each turns arguments into API calls and prints a table or JSON.
 
+pub mod agent;
 pub mod controller;
+pub mod demo;
 pub mod endpoint;
 pub mod host;
 pub mod network;

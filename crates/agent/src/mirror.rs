@@ -1,0 +1,126 @@
+//! Mirrors the controller's intent: a snapshot, then the watch stream after
+//! it; reconnects with backoff, and keeps the last state while the
+//! controller is away so the host keeps forwarding.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tessera_model::watch::{Snapshot, WatchEvent};
+use tokio::sync::watch;
+
+use crate::controller::ControllerClient;
+
+/// A watch that shows nothing, not even progress, for this long is dead.
+const SILENCE: Duration = Duration::from_secs(15);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where the mirror keeps its last snapshot, so that an agent restarted while
+/// the controller is away still knows the intent.
+pub fn snapshot_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("snapshot.json")
+}
+
+/// Loads the snapshot a previous run saved, if any.
+pub fn load_saved(state_dir: &std::path::Path) -> Option<Snapshot> {
+    let bytes = std::fs::read(snapshot_file(state_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn save(state_dir: &std::path::Path, snap: &Snapshot) {
+    let path = snapshot_file(state_dir);
+    let tmp = path.with_extension("json.tmp");
+    let res = serde_json::to_vec(snap)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the mirrored snapshot");
+    }
+}
+
+/// Runs forever: publishes every new state on `tx` and the connection state on `connected`.
+pub async fn run(
+    client: ControllerClient,
+    state_dir: PathBuf,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    connected: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reported_down = false;
+    loop {
+        let mut snap = match client.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                if !reported_down {
+                    tracing::warn!(controller = client.url(), error = %e, "controller unreachable; keeping the last known state");
+                    reported_down = true;
+                }
+                connected.send_replace(false);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if reported_down {
+            tracing::info!(controller = client.url(), revision = snap.revision, "controller reachable again; resyncing");
+            reported_down = false;
+        }
+        backoff = Duration::from_millis(100);
+        connected.send_replace(true);
+        save(&state_dir, &snap);
+        tx.send_replace(Some(Arc::new(snap.clone())));
+        let stream = match client.watch(snap.revision).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch refused; retrying");
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let first = match tokio::time::timeout(SILENCE, stream.next()).await {
+                Ok(Some(Ok(ev))) => ev,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "watch broke; resyncing");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("watch silent for {SILENCE:?}; resyncing");
+                    break;
+                }
+            };
+            // Apply everything already received before publishing once.
+            let mut changed = false;
+            let mut ev = Some(first);
+            let mut resync = false;
+            while let Some(e) = ev.take() {
+                match &e {
+                    WatchEvent::Error { code, message } => {
+                        tracing::info!(code, message, "watch ended by the controller; resyncing");
+                        resync = true;
+                        break;
+                    }
+                    WatchEvent::Progress { .. } => snap.apply(&e),
+                    _ => {
+                        snap.apply(&e);
+                        changed = true;
+                    }
+                }
+                if let Some(Some(Ok(next))) = stream.next().now_or_never() {
+                    ev = Some(next);
+                }
+            }
+            if changed {
+                save(&state_dir, &snap);
+                tx.send_replace(Some(Arc::new(snap.clone())));
+            }
+            if resync {
+                break;
+            }
+        }
+        connected.send_replace(false);
+    }
+}

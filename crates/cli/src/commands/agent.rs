@@ -1,0 +1,212 @@
+//! `tessera agent`, `tessera attach|detach` and `tessera vif list`: the host
+//! side, reached through the agent's unix socket.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tessera_agent::api::{AttachRequest, DetachRequest, DetachResponse};
+use tessera_agent::{uds, AgentConfig, DEFAULT_SOCKET};
+use tessera_model::Endpoint;
+
+use super::{join, Ctx};
+use crate::table::Table;
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// This host's name in the fabric.
+    #[arg(long)]
+    host: String,
+    /// This host's underlay address: the local end of every VXLAN tunnel.
+    #[arg(long)]
+    underlay_ip: IpAddr,
+    /// The local API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where the agent keeps the last intent it saw.
+    #[arg(long, default_value = "/var/lib/tessera/agent")]
+    state_dir: PathBuf,
+}
+
+pub async fn run_agent(controller: &str, a: AgentArgs) -> anyhow::Result<()> {
+    let config = AgentConfig {
+        host: a.host,
+        underlay_ip: a.underlay_ip,
+        controller: controller.to_string(),
+        socket: a.socket,
+        state_dir: a.state_dir,
+    };
+    tessera_agent::run(config, super::controller::shutdown_signal()).await
+}
+
+/// Which namespace: exactly one of these.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A network namespace: a path, or a name under /run/netns.
+    #[arg(long)]
+    netns: Option<String>,
+    /// The network namespace of a running process.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A running Docker container (name or id).
+    #[arg(long)]
+    docker: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AttachArgs {
+    /// The network (name, domain:project:name or UUID).
+    #[arg(long)]
+    network: String,
+    #[command(flatten)]
+    target: Target,
+    /// A static address (at most one per address family).
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    /// Interface name inside the namespace.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// The agent's socket.
+    #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct DetachArgs {
+    /// Only this network; every network of the namespace when absent.
+    #[arg(long)]
+    network: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    ifname: Option<String>,
+    #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+pub enum VifCmd {
+    /// The host's interface table: kind, MAC, addresses, VRF, flags, MTU, counters.
+    List {
+        #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// Sends one request to the agent and decodes its answer or its error body.
+pub async fn agent_call<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> anyhow::Result<T> {
+    let body = body.map(serde_json::to_vec).transpose()?;
+    let (status, bytes) = uds::request(socket, method, path, body)
+        .await
+        .with_context(|| format!("is the agent running? (tessera agent --socket {})", socket.display()))?;
+    if status.is_success() {
+        return Ok(serde_json::from_slice(&bytes)?);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    match v["error"]["message"].as_str() {
+        Some(m) => bail!("{m}"),
+        None => bail!("agent answered {status}: {}", String::from_utf8_lossy(&bytes)),
+    }
+}
+
+/// Resolves the target to (netns path, container id).
+async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
+    if let Some(ns) = &t.netns {
+        let path = if ns.contains('/') { ns.clone() } else { format!("/run/netns/{ns}") };
+        return Ok((path, None));
+    }
+    if let Some(pid) = t.pid {
+        return Ok((format!("/proc/{pid}/ns/net"), None));
+    }
+    let name = t.docker.as_deref().unwrap_or_default();
+    let sock = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let (status, bytes) = uds::request(Path::new(&sock), Method::GET, &format!("/containers/{name}/json"), None)
+        .await
+        .with_context(|| format!("cannot reach Docker at {sock}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if !status.is_success() {
+        bail!("docker: {}", v["message"].as_str().unwrap_or("container not found"));
+    }
+    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
+    if pid == 0 {
+        bail!("docker container {name} is not running");
+    }
+    Ok((format!("/proc/{pid}/ns/net"), v["Id"].as_str().map(str::to_string)))
+}
+
+pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
+    let (netns, container_id) = resolve(&a.target).await?;
+    let req = AttachRequest { network: a.network, netns, ips: a.ips, ifname: Some(a.ifname), container_id, name: None };
+    let ep: Endpoint = agent_call(&a.socket, Method::POST, "/v1/attach", Some(&req)).await?;
+    ctx.print(&ep, || format!("attached {} to {}: {} mac {}\n", req.netns, req.network, join(&ep.ips), ep.mac))
+}
+
+pub async fn detach(ctx: &Ctx, a: DetachArgs) -> anyhow::Result<()> {
+    let (netns, container_id) = resolve(&a.target).await?;
+    let req = DetachRequest {
+        netns: if container_id.is_some() { None } else { Some(netns) },
+        container_id,
+        network: a.network,
+        ifname: a.ifname,
+    };
+    let r: DetachResponse = agent_call(&a.socket, Method::POST, "/v1/detach", Some(&req)).await?;
+    ctx.print(&r, || {
+        if r.detached.is_empty() {
+            "nothing to detach\n".to_string()
+        } else {
+            r.detached.iter().map(|e| format!("detached {} ({})\n", e.name, join(&e.ips))).collect()
+        }
+    })
+}
+
+pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
+    let VifCmd::List { socket } = cmd;
+    let vifs: Vec<tessera_dataplane::VifEntry> = agent_call(&socket, Method::GET, "/v1/vifs", None::<&()>).await?;
+    ctx.print(&vifs, || {
+        let mut t = Table::new(&[
+            "NAME",
+            "KIND",
+            "MAC",
+            "ADDRESSES",
+            "VRF",
+            "FLAGS",
+            "MTU",
+            "RX PKTS",
+            "RX BYTES",
+            "RX ERR/DROP",
+            "TX PKTS",
+            "TX BYTES",
+            "TX ERR/DROP",
+        ]);
+        for v in &vifs {
+            t.row(vec![
+                v.name.clone(),
+                format!("{:?}", v.kind).to_lowercase(),
+                v.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                join(&v.addrs),
+                v.vni.map(|n| format!("vni {n}")).unwrap_or_else(|| "-".into()),
+                v.flags.join(","),
+                v.mtu.to_string(),
+                v.rx_packets.to_string(),
+                v.rx_bytes.to_string(),
+                format!("{}/{}", v.rx_errors, v.rx_dropped),
+                v.tx_packets.to_string(),
+                v.tx_bytes.to_string(),
+                format!("{}/{}", v.tx_errors, v.tx_dropped),
+            ]);
+        }
+        t.render()
+    })
+}

@@ -1,0 +1,234 @@
+//! The operations a plan is made of: one variant per kernel operation, named
+//! after the kernel concept, each documented with its iproute2 / nft
+//! equivalent (which is also what `Display` prints, for logs and golden
+//! files).
+//!
+//! Contracts shared by every appliers ([`crate::Dataplane::apply`]):
+//! - `*Install` and `*Add` replace an existing object of the same key where the
+//!   kernel allows it, so retrying is safe;
+//! - `*Uninstall`, `*Delete` of an object that is already gone succeed;
+//! - actions run in the order given, and a failed action does not stop the
+//!   ones after it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tessera_model::{MacAddr, Vni};
+use uuid::Uuid;
+
+use crate::desired::{SysctlKey, VRF_UNREACHABLE_METRIC};
+use crate::nft::SKELETON_VERSION;
+use crate::observed::{
+    AddressEntry, FdbEntry, IpFamily, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// `sysctl -w KEY=VALUE` (a write to `/proc/sys/KEY` in the data plane's
+    /// namespace).
+    SysctlWrite { key: SysctlKey, value: String },
+    /// `nft -f SKELETON`: creates `table inet tessera` (conntrack zone map and
+    /// raw-priority chains) and `table bridge tessera` (anti-spoofing sets and
+    /// chain), replacing older versions of them together with their elements.
+    NftTablesInstall,
+    /// `nft add element FAMILY tessera SET { ELEMENT }`. Adding an element
+    /// that exists succeeds.
+    NftSetElementAdd(NftElement),
+    /// `nft delete element FAMILY tessera SET { ELEMENT }`.
+    NftSetElementDelete(NftElement),
+    /// `ip link add NAME address MAC mtu MTU up type bridge mcast_snooping 0`
+    LinkAddBridge { name: String, mac: MacAddr, mtu: u32 },
+    /// `ip link add NAME address MAC mtu MTU up type vxlan id VNI local LOCAL
+    /// dev UNDERLAY dstport PORT nolearning`
+    LinkAddVxlan { name: String, vni: Vni, local: IpAddr, underlay: String, port: u16, mac: MacAddr, mtu: u32 },
+    /// `ip link add NAME mtu MTU master BRIDGE up type veth peer name IFNAME
+    /// address MAC mtu MTU netns NETNS`: the container side is created
+    /// directly inside the container's namespace, with its final name.
+    VethAdd { name: String, bridge: String, mtu: u32, netns: PathBuf, peer_ifname: String, peer_mac: MacAddr },
+    /// `ip link set NAME up`
+    LinkSetUp { name: String },
+    /// `ip link set NAME mtu MTU`
+    LinkSetMtu { name: String, mtu: u32 },
+    /// `ip link del NAME`. Routes, neighbour, FDB and proxy entries, addresses
+    /// and parameters of the link go with it; deleting one end of a veth
+    /// deletes the other.
+    LinkDelete { name: String },
+    /// `ip addr add ADDR dev DEV` (IPv4 /32: no connected route), or
+    /// `ip -6 addr add ADDR dev DEV nodad noprefixroute`.
+    AddressInstall(AddressEntry),
+    /// `ip addr del ADDR dev DEV`
+    AddressUninstall(AddressEntry),
+    /// `ip [-6] rule add iif IIF lookup TABLE pref PRIORITY`
+    RuleInstall(RuleEntry),
+    /// `ip [-6] rule del iif IIF lookup TABLE pref PRIORITY`
+    RuleUninstall(RuleEntry),
+    /// `ip [-6] route replace DST dev DEV [scope link] table TABLE`, or
+    /// `ip [-6] route replace unreachable DST metric 4278198272 table TABLE`.
+    RouteInstall(RouteEntry),
+    /// `ip [-6] route del ...` (same arguments as the install).
+    RouteUninstall(RouteEntry),
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`
+    NeighInstall(NeighEntry),
+    /// `ip neigh del IP dev DEV`
+    NeighUninstall(NeighEntry),
+    /// `bridge fdb replace MAC dev DEV dst DST self permanent`
+    FdbInstall(FdbEntry),
+    /// `bridge fdb del MAC dev DEV dst DST self`
+    FdbUninstall(FdbEntry),
+    /// `ip -6 neigh add proxy IP dev DEV`
+    ProxyNeighInstall(ProxyNeighEntry),
+    /// `ip -6 neigh del proxy IP dev DEV`
+    ProxyNeighUninstall(ProxyNeighEntry),
+    /// Inside the container's namespace NETNS:
+    /// `ip link set IFNAME address MAC mtu MTU up`,
+    /// `ip addr replace ADDR dev IFNAME [nodad]` for each address (other
+    /// global addresses removed), `ip [-6] route replace default via GW` for
+    /// each gateway; then, on the host, `ip link set HOST_VETH alias ID`,
+    /// which marks the endpoint as complete. Idempotent.
+    ContainerIfaceConfigure {
+        host_veth: String,
+        endpoint: Uuid,
+        netns: PathBuf,
+        ifname: String,
+        mac: MacAddr,
+        addrs: Vec<IpNet>,
+        gateways: Vec<IpAddr>,
+        mtu: u32,
+    },
+}
+
+impl Action {
+    /// The variant name, for logs and error reports.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Action::SysctlWrite { .. } => "SysctlWrite",
+            Action::NftTablesInstall => "NftTablesInstall",
+            Action::NftSetElementAdd(_) => "NftSetElementAdd",
+            Action::NftSetElementDelete(_) => "NftSetElementDelete",
+            Action::LinkAddBridge { .. } => "LinkAddBridge",
+            Action::LinkAddVxlan { .. } => "LinkAddVxlan",
+            Action::VethAdd { .. } => "VethAdd",
+            Action::LinkSetUp { .. } => "LinkSetUp",
+            Action::LinkSetMtu { .. } => "LinkSetMtu",
+            Action::LinkDelete { .. } => "LinkDelete",
+            Action::AddressInstall(_) => "AddressInstall",
+            Action::AddressUninstall(_) => "AddressUninstall",
+            Action::RuleInstall(_) => "RuleInstall",
+            Action::RuleUninstall(_) => "RuleUninstall",
+            Action::RouteInstall(_) => "RouteInstall",
+            Action::RouteUninstall(_) => "RouteUninstall",
+            Action::NeighInstall(_) => "NeighInstall",
+            Action::NeighUninstall(_) => "NeighUninstall",
+            Action::FdbInstall(_) => "FdbInstall",
+            Action::FdbUninstall(_) => "FdbUninstall",
+            Action::ProxyNeighInstall(_) => "ProxyNeighInstall",
+            Action::ProxyNeighUninstall(_) => "ProxyNeighUninstall",
+            Action::ContainerIfaceConfigure { .. } => "ContainerIfaceConfigure",
+        }
+    }
+
+    /// Whether the action is carried out by nftables (and so is part of the
+    /// plan's single nft transaction).
+    pub fn is_nft(&self) -> bool {
+        matches!(self, Action::NftTablesInstall | Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_))
+    }
+
+    /// Whether the action removes something (and so succeeds when it is
+    /// already gone).
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Action::NftSetElementDelete(_)
+                | Action::LinkDelete { .. }
+                | Action::AddressUninstall(_)
+                | Action::RuleUninstall(_)
+                | Action::RouteUninstall(_)
+                | Action::NeighUninstall(_)
+                | Action::FdbUninstall(_)
+                | Action::ProxyNeighUninstall(_)
+        )
+    }
+}
+
+fn family_flag(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        ""
+    } else {
+        " -6"
+    }
+}
+
+fn route_args(r: &RouteEntry) -> String {
+    let dst = if r.dst.prefix_len() == 0 { "default".to_string() } else { r.dst.to_string() };
+    match &r.target {
+        RouteTarget::Dev(dev) if r.dst.addr().is_ipv4() => format!("{dst} dev {dev} scope link table {}", r.table),
+        RouteTarget::Dev(dev) => format!("{dst} dev {dev} table {}", r.table),
+        RouteTarget::Unreachable => format!("unreachable {dst} metric {VRF_UNREACHABLE_METRIC} table {}", r.table),
+    }
+}
+
+fn rule_args(r: &RuleEntry) -> String {
+    format!("iif {} lookup {} pref {}", r.iifname, r.table, r.priority)
+}
+
+fn rule_flag(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::V4 => "",
+        IpFamily::V6 => " -6",
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::SysctlWrite { key, value } => write!(f, "sysctl -w {key}={value}"),
+            Action::NftTablesInstall => write!(f, "nft -f tessera-skeleton-{SKELETON_VERSION} # inet tessera, bridge tessera"),
+            Action::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
+            Action::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
+            Action::LinkAddBridge { name, mac, mtu } => {
+                write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0")
+            }
+            Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => write!(
+                f,
+                "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
+            ),
+            Action::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
+                f,
+                "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}",
+                netns.display()
+            ),
+            Action::LinkSetUp { name } => write!(f, "ip link set {name} up"),
+            Action::LinkSetMtu { name, mtu } => write!(f, "ip link set {name} mtu {mtu}"),
+            Action::LinkDelete { name } => write!(f, "ip link del {name}"),
+            Action::AddressInstall(a) if a.addr.addr().is_ipv4() => write!(f, "ip addr add {} dev {}", a.addr, a.dev),
+            Action::AddressInstall(a) => write!(f, "ip -6 addr add {} dev {} nodad noprefixroute", a.addr, a.dev),
+            Action::AddressUninstall(a) => write!(f, "ip{} addr del {} dev {}", family_flag(a.addr.addr()), a.addr, a.dev),
+            Action::RuleInstall(r) => write!(f, "ip{} rule add {}", rule_flag(r.family), rule_args(r)),
+            Action::RuleUninstall(r) => write!(f, "ip{} rule del {}", rule_flag(r.family), rule_args(r)),
+            Action::RouteInstall(r) => write!(f, "ip{} route replace {}", family_flag(r.dst.addr()), route_args(r)),
+            Action::RouteUninstall(r) => write!(f, "ip{} route del {}", family_flag(r.dst.addr()), route_args(r)),
+            Action::NeighInstall(n) => {
+                write!(f, "ip{} neigh replace {} lladdr {} dev {} nud permanent", family_flag(n.ip), n.ip, n.mac, n.dev)
+            }
+            Action::NeighUninstall(n) => write!(f, "ip{} neigh del {} dev {}", family_flag(n.ip), n.ip, n.dev),
+            Action::FdbInstall(e) => write!(f, "bridge fdb replace {} dev {} dst {} self permanent", e.mac, e.dev, e.dst),
+            Action::FdbUninstall(e) => write!(f, "bridge fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
+            Action::ProxyNeighInstall(p) => write!(f, "ip{} neigh add proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
+            Action::ProxyNeighUninstall(p) => write!(f, "ip{} neigh del proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
+            Action::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+                write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
+                for a in addrs {
+                    let nodad = if a.addr().is_ipv6() { " nodad" } else { "" };
+                    write!(f, "; ip{} addr replace {a} dev {ifname}{nodad}", family_flag(a.addr()))?;
+                }
+                for g in gateways {
+                    write!(f, "; ip{} route replace default via {g} dev {ifname}", family_flag(*g))?;
+                }
+                write!(f, "'; ip link set {host_veth} alias {endpoint}")
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The desired state of the data plane of one host, and the names and numbers
+//! derived from it.
+//!
+//! Pure values: the agent builds a [`DesiredHost`] from what the controller
+//! streams, the planner compares it with what the kernel holds. Every kernel
+//! name Tessera uses (`tb<vni>`, `tx<vni>`, `tv<uuid8>`), every table id and
+//! every MAC address it invents is computed here, so the planner, the observer
+//! and the tests agree on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tessera_model::{MacAddr, Vni};
+use uuid::Uuid;
+
+/// First routing table id used for a network's VRF: the VRF of VNI `v` is
+/// table `TABLE_BASE + v`. Tables at or above this id belong to Tessera.
+pub const TABLE_BASE: u32 = 0x10000;
+
+/// Priority of the `ip rule`s that select a network's VRF by incoming
+/// interface. Rules at this priority whose interface is `tb*` or `tx*` belong
+/// to Tessera.
+pub const RULE_PRIORITY: u32 = 1000;
+
+/// Metric of the `unreachable default` route that ends every VRF, the same as
+/// the Linux VRF device uses, so that a lookup that misses in a VRF never
+/// falls through to the host's main table.
+pub const VRF_UNREACHABLE_METRIC: u32 = 4_278_198_272;
+
+/// The IANA VXLAN UDP port.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// Prefix of the bridge of a network (`tb` + decimal VNI).
+pub const BRIDGE_PREFIX: &str = "tb";
+/// Prefix of the VXLAN device of a network (`tx` + decimal VNI).
+pub const VXLAN_PREFIX: &str = "tx";
+/// Prefix of the host side of an endpoint's veth (`tv` + 8 hex digits of the
+/// endpoint id).
+pub const VETH_PREFIX: &str = "tv";
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// Everything Tessera wants in the kernel of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredHost {
+    /// The host's address on the underlay: the local end of every VXLAN tunnel.
+    pub underlay_ip: IpAddr,
+    /// The device that holds `underlay_ip`; VXLAN devices are bound to it.
+    pub underlay_ifname: String,
+    /// MTU of the underlay device; overlay MTUs are derived from it.
+    pub underlay_mtu: u32,
+    /// The networks that have at least one endpoint on this host (or that the
+    /// agent otherwise wants present).
+    pub networks: Vec<DesiredNetwork>,
+}
+
+/// One network (one VRF) on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredNetwork {
+    pub vni: Vni,
+    /// Conntrack zone of the network's traffic; unique per host, never 0.
+    pub zone: u16,
+    pub subnets: Vec<DesiredSubnet>,
+    /// Endpoints attached on this host.
+    pub local: Vec<LocalEndpoint>,
+    /// Endpoints of this network on other hosts.
+    pub remote: Vec<RemoteEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredSubnet {
+    pub cidr: IpNet,
+    /// The gateway the containers use; held by the network's bridge.
+    pub gateway: Option<IpAddr>,
+}
+
+/// An endpoint attached on this host: a veth pair whose far end lives in the
+/// container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalEndpoint {
+    pub id: Uuid,
+    pub mac: MacAddr,
+    /// Addresses with the prefix length of their subnet (`10.0.0.2/24`).
+    pub ips: Vec<IpNet>,
+    /// The container's network namespace: `/proc/PID/ns/net` or
+    /// `/run/netns/NAME`.
+    pub netns: PathBuf,
+    /// Name of the interface inside the container (`eth0`).
+    pub ifname: String,
+}
+
+/// An endpoint of the network on another host, reached through VXLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    pub ip: IpAddr,
+    /// Underlay address of the host that holds it.
+    pub host_underlay: IpAddr,
+}
+
+/// Why a [`DesiredHost`] cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct DesiredError {
+    /// Path of the offending field, such as `networks[1].local[0].ifname`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl DesiredError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DesiredError { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// `tb<vni>`: the network's bridge, its local L2 segment.
+pub fn bridge_name(vni: Vni) -> String {
+    format!("{BRIDGE_PREFIX}{}", vni.get())
+}
+
+/// `tx<vni>`: the network's VXLAN device.
+pub fn vxlan_name(vni: Vni) -> String {
+    format!("{VXLAN_PREFIX}{}", vni.get())
+}
+
+/// `tv` + the first 8 hex digits of the endpoint id: the host side of the
+/// endpoint's veth.
+pub fn host_veth_name(id: Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!("{VETH_PREFIX}{}", &hex[..8])
+}
+
+/// The routing table that is the network's VRF.
+pub fn table_id(vni: Vni) -> u32 {
+    TABLE_BASE + vni.get()
+}
+
+/// The MAC address of every VXLAN device of the host whose underlay address is
+/// `ip`: `0e:00:a:b:c:d` for IPv4 `a.b.c.d`; for IPv6 `0e` followed by five
+/// bytes of the FNV-1a hash of the address (stable across builds and hosts).
+/// Remote hosts compute the same value, so neighbour and FDB entries need no
+/// exchange of MAC addresses.
+pub fn vtep_mac(ip: IpAddr) -> MacAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            MacAddr([0x0e, 0x00, a, b, c, d])
+        }
+        IpAddr::V6(v6) => {
+            let h = fnv1a64(&v6.octets()).to_be_bytes();
+            MacAddr([0x0e, h[0], h[1], h[2], h[3], h[4]])
+        }
+    }
+}
+
+/// The MAC address of a network's bridge (the containers' gateway MAC):
+/// `0e:01:` + the 24-bit VNI + `:01`, the same on every host so that it never
+/// changes under a container.
+pub fn bridge_mac(vni: Vni) -> MacAddr {
+    let [_, a, b, c] = vni.get().to_be_bytes();
+    MacAddr([0x0e, 0x01, a, b, c, 0x01])
+}
+
+/// MTU of the overlay on an underlay of `underlay_mtu`: VXLAN costs 50 bytes
+/// over IPv4 and 70 over IPv6.
+pub fn overlay_mtu(underlay_ip: IpAddr, underlay_mtu: u32) -> u32 {
+    let overhead = if underlay_ip.is_ipv4() { 50 } else { 70 };
+    underlay_mtu.saturating_sub(overhead)
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A kernel parameter under `/proc/sys`, as a path relative to it
+/// (`net/ipv4/conf/tb100/proxy_arp`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SysctlKey(pub String);
+
+impl SysctlKey {
+    /// `net/ipv4/conf/DEV/PARAM`
+    pub fn ipv4_conf(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv4/conf/{dev}/{param}"))
+    }
+    /// `net/ipv6/conf/DEV/PARAM`
+    pub fn ipv6_conf(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv6/conf/{dev}/{param}"))
+    }
+    /// `net/ipv4/neigh/DEV/PARAM`
+    pub fn ipv4_neigh(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv4/neigh/{dev}/{param}"))
+    }
+    /// `net/ipv6/neigh/DEV/PARAM`
+    pub fn ipv6_neigh(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv6/neigh/{dev}/{param}"))
+    }
+    /// The dotted name `sysctl(8)` uses.
+    pub fn dotted(&self) -> String {
+        self.0.replace('/', ".")
+    }
+}
+
+impl fmt::Display for SysctlKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.dotted())
+    }
+}
+
+/// Host-wide parameters the data plane needs: forwarding on.
+pub fn host_sysctls() -> Vec<(SysctlKey, &'static str)> {
+    vec![(SysctlKey("net/ipv4/ip_forward".into()), "1"), (SysctlKey("net/ipv6/conf/all/forwarding".into()), "1")]
+}
+
+/// Parameters of a network's bridge: it answers ARP and NS for the network's
+/// remote endpoints at once (proxy, no delay), forwards, and never runs DAD on
+/// its gateway addresses. Reverse-path filtering is off: the VRF is chosen by
+/// `ip rule`, which the reverse-path check does not see.
+pub fn bridge_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
+    vec![
+        (SysctlKey::ipv4_conf(dev, "forwarding"), "1"),
+        (SysctlKey::ipv4_conf(dev, "proxy_arp"), "1"),
+        (SysctlKey::ipv4_conf(dev, "rp_filter"), "0"),
+        (SysctlKey::ipv4_neigh(dev, "proxy_delay"), "0"),
+        (SysctlKey::ipv6_conf(dev, "forwarding"), "1"),
+        (SysctlKey::ipv6_conf(dev, "proxy_ndp"), "1"),
+        (SysctlKey::ipv6_conf(dev, "accept_dad"), "0"),
+        (SysctlKey::ipv6_neigh(dev, "proxy_delay"), "0"),
+    ]
+}
+
+/// Parameters of a network's VXLAN device.
+pub fn vxlan_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
+    vec![
+        (SysctlKey::ipv4_conf(dev, "forwarding"), "1"),
+        (SysctlKey::ipv4_conf(dev, "rp_filter"), "0"),
+        (SysctlKey::ipv6_conf(dev, "forwarding"), "1"),
+        (SysctlKey::ipv6_conf(dev, "accept_dad"), "0"),
+    ]
+}
+
+fn ifname_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("must not be empty".into())
+    } else if name.len() > IFNAME_MAX {
+        Some(format!("{name:?} is longer than {IFNAME_MAX} bytes"))
+    } else if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        Some(format!("{name:?} is not a valid interface name"))
+    } else {
+        None
+    }
+}
+
+impl DesiredNetwork {
+    /// The gateway of the subnet that contains `ip`, if that subnet has one.
+    pub fn gateway_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.subnets.iter().find(|s| s.cidr.contains(&ip)).and_then(|s| s.gateway)
+    }
+}
+
+impl DesiredHost {
+    /// MTU of every overlay interface (VXLAN devices, bridges, veths).
+    pub fn overlay_mtu(&self) -> u32 {
+        overlay_mtu(self.underlay_ip, self.underlay_mtu)
+    }
+
+    /// Checks what the planner relies on: unique VNIs, zones, endpoint ids and
+    /// interface names; addresses inside the network's subnets; gateways
+    /// inside their subnet; remote hosts of the underlay's address family.
+    pub fn validate(&self) -> Result<(), DesiredError> {
+        if let Some(reason) = ifname_error(&self.underlay_ifname) {
+            return Err(DesiredError::new("underlay_ifname", reason));
+        }
+        if self.overlay_mtu() < 576 {
+            return Err(DesiredError::new("underlay_mtu", format!("{} leaves an overlay MTU below 576", self.underlay_mtu)));
+        }
+        let mut vnis = BTreeSet::new();
+        let mut zones = BTreeSet::new();
+        let mut veths: BTreeMap<String, Uuid> = BTreeMap::new();
+        for (n, net) in self.networks.iter().enumerate() {
+            let at = |f: &str| format!("networks[{n}].{f}");
+            if !vnis.insert(net.vni) {
+                return Err(DesiredError::new(at("vni"), format!("VNI {} appears twice", net.vni)));
+            }
+            if net.zone == 0 {
+                return Err(DesiredError::new(at("zone"), "zone 0 is the host's own; use 1..=65535"));
+            }
+            if !zones.insert(net.zone) {
+                return Err(DesiredError::new(at("zone"), format!("zone {} is used by two networks", net.zone)));
+            }
+            for (s, sub) in net.subnets.iter().enumerate() {
+                if let Some(gw) = sub.gateway {
+                    if !sub.cidr.contains(&gw) {
+                        return Err(DesiredError::new(
+                            at(&format!("subnets[{s}].gateway")),
+                            format!("{gw} is outside {}", sub.cidr),
+                        ));
+                    }
+                }
+            }
+            let mut seen_ips = BTreeSet::new();
+            for (e, ep) in net.local.iter().enumerate() {
+                let at_ep = |f: &str| at(&format!("local[{e}].{f}"));
+                if let Some(reason) = ifname_error(&ep.ifname) {
+                    return Err(DesiredError::new(at_ep("ifname"), reason));
+                }
+                if !ep.mac.is_unicast() {
+                    return Err(DesiredError::new(at_ep("mac"), format!("{} is not unicast", ep.mac)));
+                }
+                let veth = host_veth_name(ep.id);
+                if let Some(other) = veths.insert(veth.clone(), ep.id) {
+                    return Err(DesiredError::new(
+                        at_ep("id"),
+                        format!("endpoints {other} and {} share the host interface name {veth}", ep.id),
+                    ));
+                }
+                for (i, ip) in ep.ips.iter().enumerate() {
+                    let Some(sub) = net.subnets.iter().find(|s| s.cidr.contains(&ip.addr())) else {
+                        return Err(DesiredError::new(
+                            at_ep(&format!("ips[{i}]")),
+                            format!("{ip} is in none of the network's subnets"),
+                        ));
+                    };
+                    if sub.cidr.prefix_len() != ip.prefix_len() {
+                        return Err(DesiredError::new(
+                            at_ep(&format!("ips[{i}]")),
+                            format!("{ip} must have the prefix length of {}", sub.cidr),
+                        ));
+                    }
+                    if sub.gateway == Some(ip.addr()) {
+                        return Err(DesiredError::new(
+                            at_ep(&format!("ips[{i}]")),
+                            format!("{} is the subnet's gateway", ip.addr()),
+                        ));
+                    }
+                    if !seen_ips.insert(ip.addr()) {
+                        return Err(DesiredError::new(
+                            at_ep(&format!("ips[{i}]")),
+                            format!("{} is used twice in the network", ip.addr()),
+                        ));
+                    }
+                }
+            }
+            for (r, rem) in net.remote.iter().enumerate() {
+                let at_rem = |f: &str| at(&format!("remote[{r}].{f}"));
+                if rem.host_underlay.is_ipv4() != self.underlay_ip.is_ipv4() {
+                    return Err(DesiredError::new(
+                        at_rem("host_underlay"),
+                        format!("{} is not of the underlay's address family", rem.host_underlay),
+                    ));
+                }
+                if rem.host_underlay == self.underlay_ip {
+                    return Err(DesiredError::new(at_rem("host_underlay"), "is this host's own underlay address"));
+                }
+                if !seen_ips.insert(rem.ip) {
+                    return Err(DesiredError::new(at_rem("ip"), format!("{} is used twice in the network", rem.ip)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vni(v: u32) -> Vni {
+        Vni::new(v).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_vni_and_the_endpoint_id() {
+        assert_eq!(bridge_name(vni(100)), "tb100");
+        assert_eq!(vxlan_name(vni(16_777_215)), "tx16777215");
+        let id: Uuid = "a1b2c3d4-0000-4000-8000-000000000001".parse().unwrap();
+        assert_eq!(host_veth_name(id), "tva1b2c3d4");
+        assert_eq!(table_id(vni(1)), 0x10001);
+    }
+
+    #[test]
+    fn vtep_mac_embeds_an_ipv4_underlay_address() {
+        assert_eq!(vtep_mac("10.99.1.2".parse().unwrap()).to_string(), "0e:00:0a:63:01:02");
+    }
+
+    #[test]
+    fn vtep_mac_of_ipv6_is_stable_and_local_unicast() {
+        let a = vtep_mac("2001:db8::1".parse().unwrap());
+        assert_eq!(a, vtep_mac("2001:db8::1".parse().unwrap()));
+        assert_ne!(a, vtep_mac("2001:db8::2".parse().unwrap()));
+        assert_eq!(a.0[0], 0x0e);
+        assert!(a.is_unicast());
+    }
+
+    #[test]
+    fn overlay_mtu_subtracts_the_vxlan_overhead() {
+        assert_eq!(overlay_mtu("10.0.0.1".parse().unwrap(), 1500), 1450);
+        assert_eq!(overlay_mtu("2001:db8::1".parse().unwrap(), 1500), 1430);
+    }
+}

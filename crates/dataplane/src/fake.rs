@@ -1,0 +1,309 @@
+//! [`FakeDataplane`]: a [`Dataplane`] that records typed calls and keeps a
+//! model of the kernel, for tests of code that reconciles (no root).
+//!
+//! The model follows the kernel where the order of a plan matters: an object
+//! on a link that does not exist fails with `ENODEV`, a link that exists
+//! cannot be added again (`EEXIST`), deleting a link takes its routes,
+//! neighbour and FDB entries, addresses and parameters with it, and removing
+//! what is gone succeeds. Errors can be injected per action and for observe.
+
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::action::Action;
+use crate::nft::SKELETON_VERSION;
+use crate::observed::{LinkKind, LinkState, Observed, RouteTarget, VxlanState};
+use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError, VifEntry};
+
+/// A call made to the fake, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Observe,
+    Apply(Vec<Action>),
+    Interfaces,
+}
+
+type Matcher = Box<dyn Fn(&Action) -> bool + Send>;
+
+struct Injected {
+    matches: Matcher,
+    errno: i32,
+    /// How many more times it fires; `None`: always.
+    remaining: Option<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    kernel: Observed,
+    calls: Vec<Call>,
+    injected: Vec<Injected>,
+    observe_errors: Vec<i32>,
+    interfaces: Vec<VifEntry>,
+}
+
+/// A recording, error-injecting stand-in for a Linux data plane.
+#[derive(Default)]
+pub struct FakeDataplane {
+    state: Mutex<State>,
+}
+
+impl FakeDataplane {
+    /// A fake whose kernel holds nothing of Tessera's.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fake whose kernel starts as `kernel`.
+    pub fn with_kernel(kernel: Observed) -> Self {
+        let fake = Self::default();
+        fake.lock().kernel = kernel;
+        fake
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The modelled kernel state now.
+    pub fn kernel(&self) -> Observed {
+        self.lock().kernel.clone()
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Every action passed to `apply` so far, in order.
+    pub fn applied(&self) -> Vec<Action> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Apply(a) => Some(a.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Makes every action matching `matches` fail with `errno`.
+    pub fn fail_action(&self, matches: impl Fn(&Action) -> bool + Send + 'static, errno: i32) {
+        self.lock().injected.push(Injected { matches: Box::new(matches), errno, remaining: None });
+    }
+
+    /// Makes the next action matching `matches` fail with `errno`.
+    pub fn fail_action_once(&self, matches: impl Fn(&Action) -> bool + Send + 'static, errno: i32) {
+        self.lock().injected.push(Injected { matches: Box::new(matches), errno, remaining: Some(1) });
+    }
+
+    /// Makes the next `observe` fail with `errno`.
+    pub fn fail_observe_once(&self, errno: i32) {
+        self.lock().observe_errors.push(errno);
+    }
+
+    /// What `interfaces` returns.
+    pub fn set_interfaces(&self, entries: Vec<VifEntry>) {
+        self.lock().interfaces = entries;
+    }
+}
+
+fn injected_errno(injected: &mut Vec<Injected>, action: &Action) -> Option<i32> {
+    let i = injected.iter().position(|inj| (inj.matches)(action))?;
+    let errno = injected[i].errno;
+    if let Some(n) = injected[i].remaining.as_mut() {
+        *n -= 1;
+        if *n == 0 {
+            injected.remove(i);
+        }
+    }
+    Some(errno)
+}
+
+fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+fn need_link(k: &Observed, dev: &str) -> io::Result<()> {
+    if k.links.contains_key(dev) {
+        Ok(())
+    } else {
+        Err(err(ENODEV))
+    }
+}
+
+// Errno values, spelled out to keep the crate free of a libc dependency.
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+
+/// Carries out one action on the modelled kernel.
+fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
+    match action {
+        Action::SysctlWrite { key, value } => {
+            let dev = key.0.split('/').nth(3);
+            if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default")) {
+                need_link(k, dev).map_err(|_| err(ENOENT))?;
+            }
+            k.sysctls.insert(key.clone(), value.clone());
+        }
+        Action::NftTablesInstall => {
+            k.nft.skeleton = Some(SKELETON_VERSION.to_string());
+            k.nft.elements.clear();
+        }
+        Action::NftSetElementAdd(e) => {
+            if k.nft.skeleton.is_none() {
+                return Err(err(ENOENT));
+            }
+            k.nft.elements.insert(e.clone());
+        }
+        Action::NftSetElementDelete(e) => {
+            k.nft.elements.remove(e);
+        }
+        Action::LinkAddBridge { name, mac, mtu } => {
+            add_link(
+                k,
+                name,
+                LinkState { kind: LinkKind::Bridge, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None },
+            )?;
+        }
+        Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
+            let kind = LinkKind::Vxlan(VxlanState {
+                vni: vni.get(),
+                local: Some(*local),
+                port: *port,
+                underlay: Some(underlay.clone()),
+                learning: false,
+            });
+            add_link(k, name, LinkState { kind, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None })?;
+        }
+        Action::VethAdd { name, bridge, mtu, .. } => {
+            need_link(k, bridge)?;
+            add_link(
+                k,
+                name,
+                LinkState { kind: LinkKind::Veth, mtu: *mtu, mac: None, up: true, master: Some(bridge.clone()), alias: None },
+            )?;
+        }
+        Action::LinkSetUp { name } => {
+            k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.up = true;
+        }
+        Action::LinkSetMtu { name, mtu } => {
+            k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.mtu = *mtu;
+        }
+        Action::LinkDelete { name } => {
+            if k.links.remove(name).is_some() {
+                k.addresses.retain(|a| &a.dev != name);
+                k.routes.retain(|r| !matches!(&r.target, RouteTarget::Dev(d) if d == name));
+                k.neighbours.retain(|n| &n.dev != name);
+                k.fdb.retain(|f| &f.dev != name);
+                k.proxy_neighbours.retain(|p| &p.dev != name);
+                k.sysctls.retain(|key, _| key.0.split('/').nth(3) != Some(name.as_str()));
+                for link in k.links.values_mut() {
+                    if link.master.as_ref() == Some(name) {
+                        link.master = None;
+                    }
+                }
+            }
+        }
+        Action::AddressInstall(a) => {
+            need_link(k, &a.dev)?;
+            k.addresses.insert(a.clone());
+        }
+        Action::AddressUninstall(a) => {
+            k.addresses.remove(a);
+        }
+        Action::RuleInstall(r) => {
+            k.rules.insert(r.clone());
+        }
+        Action::RuleUninstall(r) => {
+            k.rules.remove(r);
+        }
+        Action::RouteInstall(r) => {
+            if let RouteTarget::Dev(d) = &r.target {
+                need_link(k, d)?;
+            }
+            k.routes.retain(|o| !(o.table == r.table && o.dst == r.dst));
+            k.routes.insert(r.clone());
+        }
+        Action::RouteUninstall(r) => {
+            k.routes.remove(r);
+        }
+        Action::NeighInstall(n) => {
+            need_link(k, &n.dev)?;
+            k.neighbours.retain(|o| !(o.dev == n.dev && o.ip == n.ip));
+            k.neighbours.insert(n.clone());
+        }
+        Action::NeighUninstall(n) => {
+            k.neighbours.retain(|o| !(o.dev == n.dev && o.ip == n.ip));
+        }
+        Action::FdbInstall(f) => {
+            need_link(k, &f.dev)?;
+            k.fdb.insert(f.clone());
+        }
+        Action::FdbUninstall(f) => {
+            k.fdb.remove(f);
+        }
+        Action::ProxyNeighInstall(p) => {
+            need_link(k, &p.dev)?;
+            k.proxy_neighbours.insert(p.clone());
+        }
+        Action::ProxyNeighUninstall(p) => {
+            k.proxy_neighbours.remove(p);
+        }
+        Action::ContainerIfaceConfigure { host_veth, endpoint, .. } => {
+            let link = k.links.get_mut(host_veth).ok_or_else(|| err(ENODEV))?;
+            link.alias = Some(endpoint.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn add_link(k: &mut Observed, name: &str, link: LinkState) -> io::Result<()> {
+    if k.links.contains_key(name) {
+        return Err(err(EEXIST));
+    }
+    k.links.insert(name.to_string(), link);
+    Ok(())
+}
+
+#[async_trait]
+impl Dataplane for FakeDataplane {
+    async fn observe(&self) -> Result<Observed, DataplaneError> {
+        let mut s = self.lock();
+        s.calls.push(Call::Observe);
+        if !s.observe_errors.is_empty() {
+            let errno = s.observe_errors.remove(0);
+            return Err(DataplaneError::Kernel { op: "observe", object: "links".into(), source: err(errno) });
+        }
+        Ok(s.kernel.clone())
+    }
+
+    async fn apply(&self, actions: &[Action]) -> Result<ApplyReport, DataplaneError> {
+        let mut s = self.lock();
+        s.calls.push(Call::Apply(actions.to_vec()));
+        let mut report = ApplyReport::default();
+        for action in actions {
+            let result = match injected_errno(&mut s.injected, action) {
+                Some(errno) => Err(err(errno)),
+                None => simulate(&mut s.kernel, action),
+            };
+            match result {
+                Ok(()) => report.applied.push(action.clone()),
+                Err(source) => report.failures.push(ActionFailure {
+                    action: action.clone(),
+                    error: DataplaneError::Kernel { op: action.op(), object: action.to_string(), source },
+                }),
+            }
+        }
+        Ok(report)
+    }
+
+    async fn interfaces(&self) -> Result<Vec<VifEntry>, DataplaneError> {
+        let mut s = self.lock();
+        s.calls.push(Call::Interfaces);
+        Ok(s.interfaces.clone())
+    }
+}

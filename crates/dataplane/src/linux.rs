@@ -1,0 +1,1078 @@
+//! [`LinuxDataplane`]: the kernel data plane, through rtnetlink, `nft` and
+//! `/proc/sys`.
+//!
+//! Namespaces are explicit. A `LinuxDataplane` owns one dedicated OS thread
+//! (never a tokio worker) that stays in the data plane's network namespace
+//! for its whole life and runs a single-threaded runtime: its netlink socket,
+//! the `nft` processes it starts and its `/proc/sys` writes all belong to
+//! that namespace. [`LinuxDataplane::new`] uses the namespace of the calling
+//! thread; [`LinuxDataplane::in_netns`] enters the namespace at a path first.
+//! Work inside a container's namespace (configuring the container side of a
+//! veth) runs on a short-lived thread that enters the container's namespace,
+//! opens a netlink socket there, and exits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, IpVersion, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use tessera_model::MacAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::action::Action;
+use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, SysctlKey, VRF_UNREACHABLE_METRIC};
+use crate::nft::{element_batch, parse_tables, skeleton_script};
+use crate::observed::{
+    owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, NeighEntry, NftElement,
+    NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, VxlanState,
+};
+use crate::vif::{VifEntry, VifKind};
+use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// The `nft` program, looked up in `PATH`.
+const NFT: &str = "nft";
+
+enum Request {
+    Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
+    Apply(Vec<Action>, oneshot::Sender<ApplyReport>),
+    Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
+    LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
+}
+
+/// The Linux data plane of one network namespace (the host's, for an agent).
+pub struct LinuxDataplane {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl LinuxDataplane {
+    /// A data plane for the network namespace of the calling thread.
+    pub async fn new() -> Result<Self, DataplaneError> {
+        Self::start(None).await
+    }
+
+    /// A data plane for the network namespace at `path` (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`). The calling thread's namespace is not changed.
+    pub async fn in_netns(path: impl Into<PathBuf>) -> Result<Self, DataplaneError> {
+        Self::start(Some(path.into())).await
+    }
+
+    async fn start(netns: Option<PathBuf>) -> Result<Self, DataplaneError> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("tessera-dataplane".into())
+            .spawn(move || worker(netns, ready_tx, rx))
+            .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "data plane thread".into(), source })?;
+        ready_rx.await.map_err(|_| DataplaneError::WorkerGone)??;
+        Ok(LinuxDataplane { requests })
+    }
+
+    /// The interface that holds the address `ip`, and its MTU: how an agent
+    /// finds its underlay device.
+    pub async fn link_with_address(&self, ip: IpAddr) -> Result<Option<(String, u32)>, DataplaneError> {
+        self.call(|tx| Request::LinkWithAddress(ip, tx)).await?
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, DataplaneError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(make(tx)).map_err(|_| DataplaneError::WorkerGone)?;
+        rx.await.map_err(|_| DataplaneError::WorkerGone)
+    }
+}
+
+#[async_trait]
+impl Dataplane for LinuxDataplane {
+    async fn observe(&self) -> Result<Observed, DataplaneError> {
+        self.call(Request::Observe).await?
+    }
+
+    async fn apply(&self, actions: &[Action]) -> Result<ApplyReport, DataplaneError> {
+        let actions = actions.to_vec();
+        self.call(|tx| Request::Apply(actions, tx)).await
+    }
+
+    async fn interfaces(&self) -> Result<Vec<VifEntry>, DataplaneError> {
+        self.call(Request::Interfaces).await?
+    }
+}
+
+/// Enters the network namespace at `path`, for the calling thread only.
+fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
+    let netns_err = |source: io::Error| DataplaneError::Netns { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(netns_err)?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(io::Error::from(e)))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, DataplaneError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| DataplaneError::Kernel {
+        op: "start runtime",
+        object: "data plane thread".into(),
+        source,
+    })
+}
+
+fn connect() -> Result<Handle, DataplaneError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| DataplaneError::Kernel {
+        op: "open",
+        object: "netlink socket".into(),
+        source,
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn worker(
+    netns: Option<PathBuf>,
+    ready: oneshot::Sender<Result<(), DataplaneError>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
+    let setup = || -> Result<tokio::runtime::Runtime, DataplaneError> {
+        if let Some(path) = &netns {
+            enter_netns(path)?;
+        }
+        runtime()
+    };
+    let rt = match setup() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let handle = match connect() {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let kernel = Kernel { handle };
+        while let Some(req) = requests.recv().await {
+            match req {
+                Request::Observe(reply) => {
+                    let _ = reply.send(kernel.observe().await);
+                }
+                Request::Apply(actions, reply) => {
+                    let _ = reply.send(kernel.apply(&actions).await);
+                }
+                Request::Interfaces(reply) => {
+                    let _ = reply.send(kernel.interfaces().await);
+                }
+                Request::LinkWithAddress(ip, reply) => {
+                    let _ = reply.send(kernel.link_with_address(ip).await);
+                }
+            }
+        }
+    });
+}
+
+/// The interface of the calling thread's network namespace that holds `ip`,
+/// and its MTU (see [`LinuxDataplane::link_with_address`]).
+pub async fn link_with_address(ip: IpAddr) -> Result<Option<(String, u32)>, DataplaneError> {
+    LinuxDataplane::new().await?.link_with_address(ip).await
+}
+
+/// Runs `f` with a netlink handle whose socket lives in the network namespace
+/// at `path`, on a thread of its own that exits afterwards.
+async fn in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T, DataplaneError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, DataplaneError>>,
+{
+    let path = path.to_path_buf();
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("tessera-netns".into())
+        .spawn(move || {
+            let run = || -> Result<T, DataplaneError> {
+                enter_netns(&path)?;
+                runtime()?.block_on(async move { f(connect()?).await })
+            };
+            let _ = tx.send(run());
+        })
+        .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "namespace thread".into(), source })?;
+    rx.await.map_err(|_| DataplaneError::WorkerGone)?
+}
+
+fn nl_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn kernel_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
+    let object = object.into();
+    move |e| DataplaneError::Kernel { op, object, source: nl_io(e) }
+}
+
+fn errno_err(op: &'static str, object: impl Into<String>, errno: i32) -> DataplaneError {
+    DataplaneError::Kernel { op, object: object.into(), source: io::Error::from_raw_os_error(errno) }
+}
+
+fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
+    <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn neigh_addr(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // FDB entries (AF_BRIDGE) carry the remote's address undecoded.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// One link as read from the kernel.
+struct RawLink {
+    index: u32,
+    name: String,
+    kind: Option<InfoKind>,
+    vxlan: Vec<InfoVxlan>,
+    flags: LinkFlags,
+    mtu: u32,
+    mac: Option<MacAddr>,
+    master: Option<u32>,
+    alias: Option<String>,
+    stats: Option<rtnetlink::packet_route::link::Stats64>,
+}
+
+fn raw_link(msg: LinkMessage) -> RawLink {
+    let mut l = RawLink {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        vxlan: Vec::new(),
+        flags: msg.header.flags,
+        mtu: 0,
+        mac: None,
+        master: None,
+        alias: None,
+        stats: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Mtu(m) => l.mtu = m,
+            LinkAttribute::Address(a) => l.mac = mac_of(&a),
+            LinkAttribute::Controller(m) => l.master = Some(m),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a),
+            LinkAttribute::Stats64(s) => l.stats = Some(s),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => l.kind = Some(k),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = v,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// The kernel of one namespace, driven through one netlink handle.
+struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    async fn links(&self) -> Result<Vec<RawLink>, DataplaneError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(kernel_err("observe", "links"))?;
+        Ok(msgs.into_iter().map(raw_link).collect())
+    }
+
+    async fn addresses(&self) -> Result<Vec<(u32, IpNet, AddressScope)>, DataplaneError> {
+        address_dump(&self.handle, None).await
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>, DataplaneError> {
+        link_index(&self.handle, name).await
+    }
+
+    async fn need_index(&self, op: &'static str, name: &str) -> Result<u32, DataplaneError> {
+        self.link_index(name).await?.ok_or_else(|| errno_err(op, name, ENODEV))
+    }
+
+    async fn observe(&self) -> Result<Observed, DataplaneError> {
+        let mut obs = Observed::default();
+        let links = self.links().await?;
+        let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut owned: BTreeMap<u32, OwnedName> = BTreeMap::new();
+        for l in &links {
+            let Some(which) = owned_link_name(&l.name) else { continue };
+            owned.insert(l.index, which);
+            let kind = match &l.kind {
+                Some(InfoKind::Bridge) => LinkKind::Bridge,
+                Some(InfoKind::Veth) => LinkKind::Veth,
+                Some(InfoKind::Vxlan) => LinkKind::Vxlan(vxlan_state(&l.vxlan, &names)),
+                Some(other) => LinkKind::Other(format!("{other:?}").to_lowercase()),
+                None => LinkKind::Other("none".into()),
+            };
+            obs.links.insert(
+                l.name.clone(),
+                LinkState {
+                    kind,
+                    mtu: l.mtu,
+                    mac: l.mac,
+                    up: l.flags.contains(LinkFlags::Up),
+                    master: l.master.and_then(|m| names.get(&m).cloned()),
+                    alias: l.alias.clone(),
+                },
+            );
+        }
+        let is_bridge = |i: u32| matches!(owned.get(&i), Some(OwnedName::Bridge(_)));
+        let is_vxlan = |i: u32| matches!(owned.get(&i), Some(OwnedName::Vxlan(_)));
+        let name_of = |i: u32| names.get(&i).cloned().unwrap_or_default();
+
+        for (index, addr, scope) in self.addresses().await? {
+            // Link-local addresses are the kernel's, not ours.
+            if is_bridge(index) && scope == AddressScope::Universe {
+                obs.addresses.insert(AddressEntry { dev: name_of(index), addr });
+            }
+        }
+
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let template = match version {
+                IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+                IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            };
+            let routes: Vec<RouteMessage> =
+                self.handle.route().get(template).execute().try_collect().await.map_err(kernel_err("observe", "routes"))?;
+            for r in routes {
+                if let Some(entry) = route_entry(&r, &names) {
+                    obs.routes.insert(entry);
+                }
+            }
+            let rules: Vec<RuleMessage> =
+                self.handle.rule().get(version.clone()).execute().try_collect().await.map_err(kernel_err("observe", "rules"))?;
+            for r in rules {
+                if let Some(entry) = rule_entry(&r) {
+                    obs.rules.insert(entry);
+                }
+            }
+        }
+
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let neighs: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(kernel_err("observe", "neighbours"))?;
+            for n in neighs {
+                if n.header.state != NeighbourState::Permanent || !is_vxlan(n.header.ifindex) {
+                    continue;
+                }
+                let (ip, mac) = neigh_ip_mac(&n);
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    obs.neighbours.insert(NeighEntry { dev: name_of(n.header.ifindex), ip, mac });
+                }
+            }
+            let proxies: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .proxies()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(kernel_err("observe", "proxy neighbours"))?;
+            for n in proxies {
+                if !is_bridge(n.header.ifindex) {
+                    continue;
+                }
+                if let (Some(ip), _) = neigh_ip_mac(&n) {
+                    obs.proxy_neighbours.insert(ProxyNeighEntry { dev: name_of(n.header.ifindex), ip });
+                }
+            }
+        }
+
+        let fdb: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel_err("observe", "fdb"))?;
+        for n in fdb {
+            if !is_vxlan(n.header.ifindex) {
+                continue;
+            }
+            if let (Some(dst), Some(mac)) = neigh_ip_mac(&n) {
+                obs.fdb.insert(FdbEntry { dev: name_of(n.header.ifindex), mac, dst });
+            }
+        }
+
+        let mut keys: Vec<SysctlKey> = host_sysctls().into_iter().map(|(k, _)| k).collect();
+        for (index, which) in &owned {
+            let name = name_of(*index);
+            match which {
+                OwnedName::Bridge(_) => keys.extend(bridge_sysctls(&name).into_iter().map(|(k, _)| k)),
+                OwnedName::Vxlan(_) => keys.extend(vxlan_sysctls(&name).into_iter().map(|(k, _)| k)),
+                OwnedName::HostVeth => {}
+            }
+        }
+        for key in keys {
+            if let Ok(v) = std::fs::read_to_string(Path::new("/proc/sys").join(&key.0)) {
+                obs.sysctls.insert(key, v.trim().to_string());
+            }
+        }
+
+        obs.nft = nft_observe().await?;
+        Ok(obs)
+    }
+
+    async fn apply(&self, actions: &[Action]) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut nft_done = false;
+        for action in actions {
+            if action.is_nft() {
+                if !nft_done {
+                    nft_done = true;
+                    let block: Vec<&Action> = actions.iter().filter(|a| a.is_nft()).collect();
+                    for (a, result) in nft_apply(&block).await {
+                        record(&mut report, a, result);
+                    }
+                }
+                continue;
+            }
+            let span = tracing::debug_span!("action", op = action.op());
+            let mut result = self.apply_one(action).instrument(span).await;
+            if action.is_removal() {
+                if let Err(e) = &result {
+                    if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) {
+                        result = Ok(());
+                    }
+                }
+            }
+            record(&mut report, action, result);
+        }
+        report
+    }
+
+    async fn apply_one(&self, action: &Action) -> Result<(), DataplaneError> {
+        let op = action.op();
+        let h = &self.handle;
+        match action {
+            Action::SysctlWrite { key, value } => std::fs::write(Path::new("/proc/sys").join(&key.0), value)
+                .map_err(|source| DataplaneError::Kernel { op, object: key.dotted(), source }),
+            Action::NftTablesInstall | Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_) => {
+                unreachable!("nft actions are applied as one batch")
+            }
+            Action::LinkAddBridge { name, mac, mtu } => {
+                let msg = LinkBridge::new(name).mcast_snooping(false).mtu(*mtu).address(mac.0.to_vec()).up().build();
+                h.link().add(msg).execute().await.map_err(kernel_err(op, name))
+            }
+            Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
+                let dev = self.need_index(op, underlay).await?;
+                let b = LinkVxlan::new(name, vni.get()).dev(dev).port(*port).learning(false);
+                let b = match local {
+                    IpAddr::V4(v4) => b.local(*v4),
+                    IpAddr::V6(v6) => b.local6(*v6),
+                };
+                let msg = b.mtu(*mtu).address(mac.0.to_vec()).up().build();
+                h.link().add(msg).execute().await.map_err(kernel_err(op, name))
+            }
+            Action::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => {
+                let master = self.need_index(op, bridge).await?;
+                let ns = File::open(netns).map_err(|source| DataplaneError::Netns { path: netns.clone(), source })?;
+                let peer = LinkUnspec::new_with_name(peer_ifname)
+                    .address(peer_mac.0.to_vec())
+                    .mtu(*mtu)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build();
+                let msg = LinkVeth::new(name, peer_ifname)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .mtu(*mtu)
+                    .controller(master)
+                    .up()
+                    .build();
+                let result = h.link().add(msg).execute().await.map_err(kernel_err(op, name));
+                drop(ns);
+                result
+            }
+            Action::LinkSetUp { name } => {
+                let index = self.need_index(op, name).await?;
+                h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(kernel_err(op, name))
+            }
+            Action::LinkSetMtu { name, mtu } => {
+                let index = self.need_index(op, name).await?;
+                h.link().set(LinkUnspec::new_with_index(index).mtu(*mtu).build()).execute().await.map_err(kernel_err(op, name))
+            }
+            Action::LinkDelete { name } => {
+                let index = self.need_index(op, name).await?;
+                h.link().del(index).execute().await.map_err(kernel_err(op, name))
+            }
+            Action::AddressInstall(a) => {
+                let index = self.need_index(op, &a.dev).await?;
+                let mut req = h.address().add(index, a.addr.addr(), a.addr.prefix_len()).replace();
+                if a.addr.addr().is_ipv6() {
+                    req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad | AddressFlags::Noprefixroute));
+                }
+                req.execute().await.map_err(kernel_err(op, a.addr.to_string()))
+            }
+            Action::AddressUninstall(a) => {
+                let index = self.need_index(op, &a.dev).await?;
+                h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
+            }
+            Action::RuleInstall(r) => {
+                let req = h
+                    .rule()
+                    .add()
+                    .input_interface(r.iifname.clone())
+                    .table_id(r.table)
+                    .priority(r.priority)
+                    .action(RuleAction::ToTable);
+                let result = match r.family {
+                    IpFamily::V4 => req.v4().execute().await,
+                    IpFamily::V6 => req.v6().execute().await,
+                };
+                match result.map_err(kernel_err(op, action.to_string())) {
+                    Err(e) if e.errno() == Some(EEXIST) => Ok(()),
+                    other => other,
+                }
+            }
+            Action::RuleUninstall(r) => h.rule().del(rule_message(r)).execute().await.map_err(kernel_err(op, action.to_string())),
+            Action::RouteInstall(r) => {
+                let msg = self.route_message(op, r, false).await?;
+                h.route().add(msg).replace().execute().await.map_err(kernel_err(op, action.to_string()))
+            }
+            Action::RouteUninstall(r) => {
+                let msg = self.route_message(op, r, true).await?;
+                h.route().del(msg).execute().await.map_err(kernel_err(op, action.to_string()))
+            }
+            Action::NeighInstall(n) => {
+                let index = self.need_index(op, &n.dev).await?;
+                h.neighbours()
+                    .add(index, n.ip)
+                    .link_layer_address(&n.mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, action.to_string()))
+            }
+            Action::NeighUninstall(n) => {
+                let index = self.need_index(op, &n.dev).await?;
+                h.neighbours()
+                    .del(neigh_message(index, n.ip, NeighbourFlags::empty()))
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, action.to_string()))
+            }
+            Action::FdbInstall(f) => {
+                let index = self.need_index(op, &f.dev).await?;
+                h.neighbours()
+                    .add_bridge(index, &f.mac.0)
+                    .destination(f.dst)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, action.to_string()))
+            }
+            Action::FdbUninstall(f) => {
+                let index = self.need_index(op, &f.dev).await?;
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Bridge;
+                msg.header.ifindex = index;
+                msg.header.flags = NeighbourFlags::Own;
+                msg.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+                msg.attributes.push(NeighbourAttribute::Destination(ip_to_neigh(f.dst)));
+                h.neighbours().del(msg).execute().await.map_err(kernel_err(op, action.to_string()))
+            }
+            Action::ProxyNeighInstall(p) => {
+                let index = self.need_index(op, &p.dev).await?;
+                h.neighbours()
+                    .add(index, p.ip)
+                    .flags(NeighbourFlags::Proxy)
+                    .state(NeighbourState::Permanent)
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, action.to_string()))
+            }
+            Action::ProxyNeighUninstall(p) => {
+                let index = self.need_index(op, &p.dev).await?;
+                h.neighbours()
+                    .del(neigh_message(index, p.ip, NeighbourFlags::Proxy))
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, action.to_string()))
+            }
+            Action::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+                let host_index = self.need_index(op, host_veth).await?;
+                let (ifname, mac, addrs, gateways, mtu) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu);
+                in_netns(netns, move |handle| async move {
+                    configure_container_iface(&handle, &ifname, mac, &addrs, &gateways, mtu).await
+                })
+                .await?;
+                // Last: the mark that the endpoint is complete.
+                h.link()
+                    .set(LinkUnspec::new_with_index(host_index).alias(endpoint.to_string()).build())
+                    .execute()
+                    .await
+                    .map_err(kernel_err(op, host_veth.clone()))
+            }
+        }
+    }
+
+    async fn route_message(&self, op: &'static str, r: &RouteEntry, for_delete: bool) -> Result<RouteMessage, DataplaneError> {
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dst.addr(), r.dst.prefix_len())
+            .map_err(|e| DataplaneError::Kernel { op, object: r.dst.to_string(), source: io::Error::other(e.to_string()) })?
+            .table_id(r.table);
+        let b = match &r.target {
+            RouteTarget::Dev(dev) => {
+                let index = self.need_index(op, dev).await?;
+                let scope = if r.dst.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
+                b.output_interface(index).scope(scope)
+            }
+            RouteTarget::Unreachable => b.kind(RouteType::Unreachable).priority(VRF_UNREACHABLE_METRIC),
+        };
+        let b = if for_delete { b.protocol(RouteProtocol::Unspec).scope(RouteScope::NoWhere) } else { b };
+        Ok(b.build())
+    }
+
+    async fn link_with_address(&self, ip: IpAddr) -> Result<Option<(String, u32)>, DataplaneError> {
+        let Some(index) = self.addresses().await?.into_iter().find(|(_, a, _)| a.addr() == ip).map(|(i, _, _)| i) else {
+            return Ok(None);
+        };
+        Ok(self.links().await?.into_iter().find(|l| l.index == index).map(|l| (l.name, l.mtu)))
+    }
+
+    async fn interfaces(&self) -> Result<Vec<VifEntry>, DataplaneError> {
+        let links = self.links().await?;
+        let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut addrs: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+        for (index, addr, _) in self.addresses().await? {
+            addrs.entry(index).or_default().push(addr);
+        }
+        let mut out = Vec::new();
+        for l in links {
+            let master = l.master.and_then(|m| names.get(&m).cloned());
+            let owned = owned_link_name(&l.name);
+            let (kind, vni) = match owned {
+                Some(OwnedName::Bridge(v)) => (VifKind::Bridge, Some(v)),
+                Some(OwnedName::Vxlan(v)) => (VifKind::Tunnel, Some(v)),
+                Some(OwnedName::HostVeth) => {
+                    let vni = master.as_deref().and_then(owned_link_name).and_then(|o| match o {
+                        OwnedName::Bridge(v) => Some(v),
+                        _ => None,
+                    });
+                    (VifKind::Endpoint, vni)
+                }
+                None if l.kind.is_none() && !l.flags.contains(LinkFlags::Loopback) => (VifKind::Physical, None),
+                None => (VifKind::Host, None),
+            };
+            let s = l.stats.unwrap_or_default();
+            out.push(VifEntry {
+                name: l.name,
+                index: l.index,
+                kind,
+                mac: l.mac,
+                addrs: addrs.remove(&l.index).unwrap_or_default(),
+                vni,
+                master,
+                flags: flag_names(l.flags),
+                mtu: l.mtu,
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                rx_errors: s.rx_errors,
+                rx_dropped: s.rx_dropped,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                tx_errors: s.tx_errors,
+                tx_dropped: s.tx_dropped,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn flag_names(flags: LinkFlags) -> Vec<String> {
+    [
+        (LinkFlags::Loopback, "loopback"),
+        (LinkFlags::Broadcast, "broadcast"),
+        (LinkFlags::Noarp, "noarp"),
+        (LinkFlags::Promisc, "promisc"),
+        (LinkFlags::Multicast, "multicast"),
+        (LinkFlags::Up, "up"),
+        (LinkFlags::LowerUp, "lower_up"),
+        (LinkFlags::Running, "running"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .map(|(_, name)| name.to_string())
+    .collect()
+}
+
+fn record(report: &mut ApplyReport, action: &Action, result: Result<(), DataplaneError>) {
+    match result {
+        Ok(()) => report.applied.push(action.clone()),
+        Err(error) => report.failures.push(ActionFailure { action: action.clone(), error }),
+    }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, DataplaneError> {
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some(msg.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let e = kernel_err("find link", name)(e);
+            if e.errno() == Some(ENODEV) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn address_dump(handle: &Handle, index: Option<u32>) -> Result<Vec<(u32, IpNet, AddressScope)>, DataplaneError> {
+    let mut req = handle.address().get();
+    if let Some(i) = index {
+        req = req.set_link_index_filter(i);
+    }
+    let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel_err("observe", "addresses"))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = addr.or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        if let Some(addr) = addr {
+            if let Ok(net) = IpNet::new(addr, m.header.prefix_len) {
+                out.push((m.header.index, net, m.header.scope));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = if addr.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(addr.addr()));
+    m.attributes.push(AddressAttribute::Address(addr.addr()));
+    m
+}
+
+fn ip_to_neigh(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn neigh_message(index: u32, ip: IpAddr, flags: NeighbourFlags) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.ifindex = index;
+    m.header.flags = flags;
+    m.attributes.push(NeighbourAttribute::Destination(ip_to_neigh(ip)));
+    m
+}
+
+fn neigh_ip_mac(n: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => ip = neigh_addr(d),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+fn rule_message(r: &RuleEntry) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = match r.family {
+        IpFamily::V4 => AddressFamily::Inet,
+        IpFamily::V6 => AddressFamily::Inet6,
+    };
+    m.header.action = RuleAction::ToTable;
+    m.attributes.push(RuleAttribute::Iifname(r.iifname.clone()));
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m
+}
+
+fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
+    let mut iif = None;
+    let mut table = u32::from(m.header.table);
+    let mut priority = 0;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Iifname(n) => iif = Some(n.clone()),
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => priority = *p,
+            _ => {}
+        }
+    }
+    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), priority, table) {
+        return None;
+    }
+    let family = match m.header.family {
+        AddressFamily::Inet => IpFamily::V4,
+        AddressFamily::Inet6 => IpFamily::V6,
+        _ => return None,
+    };
+    Some(RuleEntry { family, iifname: iif?, table, priority })
+}
+
+fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteEntry> {
+    if m.header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let mut table = u32::from(m.header.table);
+    let mut dst = None;
+    let mut oif = None;
+    let mut has_gateway = false;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => dst = route_addr(d),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => has_gateway = true,
+            _ => {}
+        }
+    }
+    if !owned_table(table) {
+        return None;
+    }
+    let any = match m.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let dst = IpNet::new(dst.unwrap_or(any), m.header.destination_prefix_length).ok()?;
+    let target = match m.header.kind {
+        RouteType::Unreachable => RouteTarget::Unreachable,
+        RouteType::Unicast if !has_gateway => RouteTarget::Dev(names.get(&oif?)?.clone()),
+        // Not something Tessera makes: left alone.
+        _ => return None,
+    };
+    Some(RouteEntry { table, dst, target })
+}
+
+fn vxlan_state(infos: &[InfoVxlan], names: &BTreeMap<u32, String>) -> VxlanState {
+    let mut s = VxlanState { vni: 0, local: None, port: 0, underlay: None, learning: true };
+    for i in infos {
+        match i {
+            InfoVxlan::Id(v) => s.vni = *v,
+            InfoVxlan::Local(v4) => s.local = Some(IpAddr::V4(*v4)),
+            InfoVxlan::Local6(v6) => s.local = Some(IpAddr::V6(*v6)),
+            InfoVxlan::Port(p) => s.port = *p,
+            InfoVxlan::Link(l) => s.underlay = names.get(l).cloned(),
+            InfoVxlan::Learning(l) => s.learning = *l,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Inside a container's namespace: the interface's MAC, MTU, addresses,
+/// state and default routes.
+async fn configure_container_iface(
+    handle: &Handle,
+    ifname: &str,
+    mac: MacAddr,
+    addrs: &[IpNet],
+    gateways: &[IpAddr],
+    mtu: u32,
+) -> Result<(), DataplaneError> {
+    const OP: &str = "ContainerIfaceConfigure";
+    let index = link_index(handle, ifname).await?.ok_or_else(|| errno_err(OP, ifname, ENODEV))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).address(mac.0.to_vec()).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(kernel_err(OP, ifname))?;
+    let want: BTreeSet<IpNet> = addrs.iter().copied().collect();
+    for (_, have, scope) in address_dump(handle, Some(index)).await? {
+        if scope == AddressScope::Universe && !want.contains(&have) {
+            handle.address().del(address_message(index, have)).execute().await.map_err(kernel_err(OP, have.to_string()))?;
+        }
+    }
+    for a in addrs {
+        let mut req = handle.address().add(index, a.addr(), a.prefix_len()).replace();
+        if a.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(kernel_err(OP, a.to_string()))?;
+    }
+    for gw in gateways {
+        let any =
+            if gw.is_ipv4() { IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(any, 0)
+            .and_then(|b| b.gateway(*gw))
+            .map_err(|e| DataplaneError::Kernel { op: OP, object: gw.to_string(), source: io::Error::other(e.to_string()) })?
+            .output_interface(index)
+            .build();
+        handle.route().add(msg).replace().execute().await.map_err(kernel_err(OP, format!("default via {gw}")))?;
+    }
+    Ok(())
+}
+
+/// Runs `nft ARGS`, feeding `input` on standard input; returns standard
+/// output, or standard error as the error.
+async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(NFT);
+    cmd.args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {NFT}: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).await.map_err(|e| format!("writing to {NFT}: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("waiting for {NFT}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+async fn nft_list(family: &str) -> Result<Option<String>, DataplaneError> {
+    match nft_run(&["-j", "list", "table", family, "tessera"], None).await {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.contains("No such file or directory") => Ok(None),
+        Err(message) => Err(DataplaneError::Nft { op: "list", message }),
+    }
+}
+
+async fn nft_observe() -> Result<NftState, DataplaneError> {
+    let inet = nft_list("inet").await?;
+    let bridge = nft_list("bridge").await?;
+    parse_tables(inet.as_deref(), bridge.as_deref()).map_err(|message| DataplaneError::Nft { op: "list", message })
+}
+
+/// Applies the plan's nft actions: the skeleton (one `nft -f` transaction)
+/// if asked for, then every element change in one JSON transaction. A failed
+/// element transaction is retried once without the deletes of elements that
+/// are already gone, so that removing what is gone succeeds.
+async fn nft_apply<'a>(block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
+    let mut results = Vec::new();
+    let mut skeleton_error = None;
+    if let Some(install) = block.iter().find(|a| matches!(a, Action::NftTablesInstall)) {
+        let result = nft_run(&["-f", "-"], Some(&skeleton_script())).await;
+        if let Err(message) = &result {
+            skeleton_error = Some(message.clone());
+        }
+        results.push((*install, result.map(|_| ()).map_err(|message| DataplaneError::Nft { op: "install tables", message })));
+    }
+    let deletes: Vec<(&Action, &NftElement)> = block
+        .iter()
+        .filter_map(|a| match a {
+            Action::NftSetElementDelete(e) => Some((*a, e)),
+            _ => None,
+        })
+        .collect();
+    let adds: Vec<(&Action, &NftElement)> = block
+        .iter()
+        .filter_map(|a| match a {
+            Action::NftSetElementAdd(e) => Some((*a, e)),
+            _ => None,
+        })
+        .collect();
+    if deletes.is_empty() && adds.is_empty() {
+        return results;
+    }
+    let outcome = match skeleton_error {
+        Some(message) => Err(format!("tables not installed: {message}")),
+        None => nft_elements(&deletes, &adds).await,
+    };
+    for (a, _) in deletes.iter().chain(adds.iter()) {
+        results.push((*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "update elements", message })));
+    }
+    results
+}
+
+async fn nft_elements(deletes: &[(&Action, &NftElement)], adds: &[(&Action, &NftElement)]) -> Result<(), String> {
+    let batch = |deletes: &[&NftElement]| -> Result<String, String> {
+        serde_json::to_string(&element_batch(deletes.iter().copied(), adds.iter().map(|(_, e)| *e))).map_err(|e| e.to_string())
+    };
+    let all: Vec<&NftElement> = deletes.iter().map(|(_, e)| *e).collect();
+    let first = match nft_run(&["-j", "-f", "-"], Some(&batch(&all)?)).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    // Some element to delete may be gone already: keep only those present.
+    let present = nft_observe().await.map_err(|e| format!("{first}; then {e}"))?.elements;
+    let still: Vec<&NftElement> = all.into_iter().filter(|e| present.contains(e)).collect();
+    if still.len() == deletes.len() {
+        return Err(first);
+    }
+    if still.is_empty() && adds.is_empty() {
+        return Ok(());
+    }
+    nft_run(&["-j", "-f", "-"], Some(&batch(&still)?)).await.map(|_| ())
+}

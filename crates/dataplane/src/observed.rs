@@ -1,0 +1,285 @@
+//! What the kernel of a host holds that belongs to Tessera.
+//!
+//! Pure types, filled by a [`crate::Dataplane`]'s `observe`. Ownership is
+//! decided by name and number only, so an agent that restarts adopts what an
+//! earlier run left:
+//! - links named `tb<digits>` (bridges), `tx<digits>` (VXLAN devices),
+//!   `tv<8 hex digits>` (host sides of endpoint veths);
+//! - routes in tables at or above [`TABLE_BASE`];
+//! - rules at [`RULE_PRIORITY`] whose input interface is `tb*` or `tx*`;
+//! - neighbour and FDB entries on `tx*`, proxy neighbour entries on `tb*`,
+//!   addresses on `tb*`;
+//! - the nftables tables `inet tessera` and `bridge tessera`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tessera_model::{MacAddr, Vni};
+
+use crate::desired::{SysctlKey, BRIDGE_PREFIX, RULE_PRIORITY, TABLE_BASE, VETH_PREFIX, VXLAN_PREFIX};
+
+/// The Tessera-owned part of a host's kernel state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Owned links, by name.
+    pub links: BTreeMap<String, LinkState>,
+    /// Addresses on owned bridges.
+    pub addresses: BTreeSet<AddressEntry>,
+    /// Routes in owned tables (kernel-made clones excluded).
+    pub routes: BTreeSet<RouteEntry>,
+    /// Owned rules.
+    pub rules: BTreeSet<RuleEntry>,
+    /// Permanent neighbour entries on owned VXLAN devices.
+    pub neighbours: BTreeSet<NeighEntry>,
+    /// FDB entries with a remote destination on owned VXLAN devices.
+    pub fdb: BTreeSet<FdbEntry>,
+    /// Proxy neighbour entries on owned bridges.
+    pub proxy_neighbours: BTreeSet<ProxyNeighEntry>,
+    /// The values of the parameters Tessera sets, for the links it owns and
+    /// the host-wide ones. A parameter that cannot be read is absent.
+    pub sysctls: BTreeMap<SysctlKey, String>,
+    pub nft: NftState,
+}
+
+/// One link, as far as the planner cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    pub kind: LinkKind,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Name of the bridge the link is a port of.
+    pub master: Option<String>,
+    /// `ip link set DEV alias ...`: on an endpoint's host veth, the endpoint
+    /// id, written once the container side is fully configured.
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkKind {
+    Bridge,
+    Vxlan(VxlanState),
+    Veth,
+    /// Any other kind (named like ours, but not what we would have made).
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanState {
+    pub vni: u32,
+    pub local: Option<IpAddr>,
+    pub port: u16,
+    /// Name of the device the tunnel is bound to.
+    pub underlay: Option<String>,
+    pub learning: bool,
+}
+
+/// `ip addr add ADDR dev DEV`
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AddressEntry {
+    pub dev: String,
+    pub addr: IpNet,
+}
+
+/// A route of a VRF table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub table: u32,
+    pub dst: IpNet,
+    pub target: RouteTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RouteTarget {
+    /// `dev DEV scope link`: the destination is on the link.
+    Dev(String),
+    /// `unreachable`, at [`crate::desired::VRF_UNREACHABLE_METRIC`].
+    Unreachable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+    /// The `ip` option selecting the family (`-4` / `-6`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "-4",
+            IpFamily::V6 => "-6",
+        }
+    }
+}
+
+/// `ip rule add iif IIF lookup TABLE pref PRIORITY`
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub family: IpFamily,
+    pub iifname: String,
+    pub table: u32,
+    pub priority: u32,
+}
+
+/// `ip neigh add IP lladdr MAC dev DEV nud permanent`
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NeighEntry {
+    pub dev: String,
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+}
+
+/// `bridge fdb add MAC dev DEV dst DST self permanent`
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FdbEntry {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: IpAddr,
+}
+
+/// `ip neigh add proxy IP dev DEV`
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProxyNeighEntry {
+    pub dev: String,
+    pub ip: IpAddr,
+}
+
+/// Tessera's two nftables tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftState {
+    /// The skeleton version marker found in `inet tessera` and
+    /// `bridge tessera` (the comment of their last rule); `None` when either
+    /// table is missing or carries no marker.
+    pub skeleton: Option<String>,
+    /// Elements of the tables' sets and maps.
+    pub elements: BTreeSet<NftElement>,
+}
+
+/// One element of a set or map of Tessera's nftables tables.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NftElement {
+    /// `inet tessera` map `zones`: `"IFNAME" : ZONE`, the conntrack zone of
+    /// packets entering (or leaving by) a network's bridge or VXLAN device.
+    Zone { ifname: String, zone: u16 },
+    /// `bridge tessera` set `ep4`: `"PORT" . MAC . IPV4`, an IPv4 source an
+    /// endpoint may use (also checked as ARP sender).
+    Ep4 { port: String, mac: MacAddr, ip: std::net::Ipv4Addr },
+    /// `bridge tessera` set `ep6`: `"PORT" . MAC . IPV6`.
+    Ep6 { port: String, mac: MacAddr, ip: std::net::Ipv6Addr },
+    /// `bridge tessera` set `epmac`: `"PORT" . MAC`, the port's own MAC
+    /// (link-local NDP, DHCP, ARP sender hardware address).
+    EpMac { port: String, mac: MacAddr },
+}
+
+impl NftElement {
+    /// `(family, table, set)` that holds the element.
+    pub fn location(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            NftElement::Zone { .. } => ("inet", "tessera", "zones"),
+            NftElement::Ep4 { .. } => ("bridge", "tessera", "ep4"),
+            NftElement::Ep6 { .. } => ("bridge", "tessera", "ep6"),
+            NftElement::EpMac { .. } => ("bridge", "tessera", "epmac"),
+        }
+    }
+
+    /// The endpoint port the element is about, for port elements.
+    pub fn port(&self) -> Option<&str> {
+        match self {
+            NftElement::Zone { .. } => None,
+            NftElement::Ep4 { port, .. } | NftElement::Ep6 { port, .. } | NftElement::EpMac { port, .. } => Some(port),
+        }
+    }
+}
+
+impl fmt::Display for NftElement {
+    /// The element in nft syntax, after `inet tessera zones` or the like.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (family, table, set) = self.location();
+        write!(f, "{family} {table} {set} {{ ")?;
+        match self {
+            NftElement::Zone { ifname, zone } => write!(f, "\"{ifname}\" : {zone}")?,
+            NftElement::Ep4 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
+            NftElement::Ep6 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
+            NftElement::EpMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
+        }
+        f.write_str(" }")
+    }
+}
+
+/// What kind of Tessera object a link name denotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnedName {
+    Bridge(Vni),
+    Vxlan(Vni),
+    HostVeth,
+}
+
+/// Whether `name` is one Tessera gives its links, and which.
+pub fn owned_link_name(name: &str) -> Option<OwnedName> {
+    let vni_of = |digits: &str| -> Option<Vni> {
+        if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+            return None;
+        }
+        Vni::new(digits.parse().ok()?).ok()
+    };
+    if let Some(rest) = name.strip_prefix(BRIDGE_PREFIX) {
+        return vni_of(rest).map(OwnedName::Bridge);
+    }
+    if let Some(rest) = name.strip_prefix(VXLAN_PREFIX) {
+        return vni_of(rest).map(OwnedName::Vxlan);
+    }
+    if let Some(rest) = name.strip_prefix(VETH_PREFIX) {
+        if rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Some(OwnedName::HostVeth);
+        }
+    }
+    None
+}
+
+/// Whether a routing table id is a Tessera VRF.
+pub fn owned_table(table: u32) -> bool {
+    table >= TABLE_BASE
+}
+
+/// Whether a rule is Tessera's.
+pub fn owned_rule(iifname: Option<&str>, priority: u32, table: u32) -> bool {
+    priority == RULE_PRIORITY
+        && owned_table(table)
+        && matches!(iifname.and_then(owned_link_name), Some(OwnedName::Bridge(_) | OwnedName::Vxlan(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_is_by_exact_name_shape() {
+        assert_eq!(owned_link_name("tb100"), Some(OwnedName::Bridge(Vni::new(100).unwrap())));
+        assert_eq!(owned_link_name("tx7"), Some(OwnedName::Vxlan(Vni::new(7).unwrap())));
+        assert_eq!(owned_link_name("tv0123abcd"), Some(OwnedName::HostVeth));
+        for not_ours in ["tb", "tb0", "tb012", "tbx", "tx99999999", "tv0123ABCD", "tv0123abc", "eth0", "tap1"] {
+            assert_eq!(owned_link_name(not_ours), None, "{not_ours}");
+        }
+    }
+
+    #[test]
+    fn rules_are_owned_only_at_our_priority_and_tables() {
+        assert!(owned_rule(Some("tb5"), RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("tb5"), RULE_PRIORITY + 1, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("eth0"), RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("tb5"), RULE_PRIORITY, 254));
+        assert!(!owned_rule(None, RULE_PRIORITY, TABLE_BASE + 5));
+    }
+}

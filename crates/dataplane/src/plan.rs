@@ -1,0 +1,405 @@
+//! The planner: desired state and observed kernel state in, an ordered list of
+//! [`Action`]s out. Pure and deterministic.
+//!
+//! The plan is minimal: an object that is present and right is left alone,
+//! so a converged host gets an empty plan and an agent that restarts adopts
+//! what the kernel holds without touching running traffic.
+//!
+//! Order of a plan:
+//! 1. host-wide parameters (forwarding);
+//! 2. nftables, as one block (one transaction when applied): the tables'
+//!    skeleton if missing or outdated, element deletes, element adds;
+//! 3. teardown of what is no longer wanted: rules, routes, proxy neighbour,
+//!    neighbour and FDB entries, addresses, then links (endpoint veths, VXLAN
+//!    devices, bridges). Objects that live on a link being deleted are not
+//!    removed one by one: they go with the link;
+//! 4. per network, by VNI: bridge (and its parameters, addresses), VXLAN
+//!    device (and its parameters), rules, routes, FDB, neighbour and proxy
+//!    entries, then its endpoints: veth, container side.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::action::Action;
+use crate::desired::{
+    bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
+    DesiredHost, DesiredNetwork, LocalEndpoint, SysctlKey, RULE_PRIORITY, VXLAN_PORT,
+};
+use crate::nft::SKELETON_VERSION;
+use crate::observed::{
+    AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, NeighEntry, NftElement, Observed, ProxyNeighEntry, RouteEntry,
+    RouteTarget, RuleEntry, VxlanState,
+};
+
+/// Computes the actions that take the kernel from `observed` to `desired`.
+///
+/// `desired` should have passed [`DesiredHost::validate`]; the planner does
+/// not check it again.
+pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
+    let want = Want::of(desired);
+    let mut out = Vec::new();
+
+    // 1. Host-wide parameters.
+    for (key, value) in host_sysctls() {
+        sysctl(&mut out, observed, &BTreeSet::new(), key, value);
+    }
+
+    // 2. nftables.
+    let skeleton_ok = observed.nft.skeleton.as_deref() == Some(SKELETON_VERSION);
+    let empty = BTreeSet::new();
+    let have_elements = if skeleton_ok { &observed.nft.elements } else { &empty };
+    if !skeleton_ok {
+        out.push(Action::NftTablesInstall);
+    }
+    for e in have_elements.difference(&want.elements) {
+        out.push(Action::NftSetElementDelete(e.clone()));
+    }
+    for e in want.elements.difference(have_elements) {
+        out.push(Action::NftSetElementAdd(e.clone()));
+    }
+
+    // 3. Teardown.
+    let doomed = doomed_links(&want, observed);
+    let on_doomed = |dev: &str| doomed.contains(dev);
+    for r in observed.rules.difference(&want.rules) {
+        out.push(Action::RuleUninstall(r.clone()));
+    }
+    for r in observed.routes.difference(&want.routes) {
+        if !matches!(&r.target, RouteTarget::Dev(d) if on_doomed(d)) {
+            out.push(Action::RouteUninstall(r.clone()));
+        }
+    }
+    for p in observed.proxy_neighbours.difference(&want.proxy_neighbours) {
+        if !on_doomed(&p.dev) {
+            out.push(Action::ProxyNeighUninstall(p.clone()));
+        }
+    }
+    let wanted_neigh_keys: BTreeSet<(&str, IpAddr)> = want.neighbours.iter().map(|n| (n.dev.as_str(), n.ip)).collect();
+    for n in observed.neighbours.difference(&want.neighbours) {
+        // A neighbour that only changes its MAC is replaced in place below.
+        if !on_doomed(&n.dev) && !wanted_neigh_keys.contains(&(n.dev.as_str(), n.ip)) {
+            out.push(Action::NeighUninstall(n.clone()));
+        }
+    }
+    for e in observed.fdb.difference(&want.fdb) {
+        if !on_doomed(&e.dev) {
+            out.push(Action::FdbUninstall(e.clone()));
+        }
+    }
+    for a in observed.addresses.difference(&want.addresses) {
+        if !on_doomed(&a.dev) {
+            out.push(Action::AddressUninstall(a.clone()));
+        }
+    }
+    // Endpoint veths first, then tunnels, then bridges.
+    let mut doomed_sorted: Vec<&String> = doomed.iter().collect();
+    doomed_sorted.sort_by_key(|n| (link_rank(n), n.to_string()));
+    for name in doomed_sorted {
+        out.push(Action::LinkDelete { name: name.clone() });
+    }
+
+    // 4. Build, network by network.
+    let present = |name: &str| -> Option<&LinkState> {
+        if doomed.contains(name) {
+            None
+        } else {
+            observed.links.get(name)
+        }
+    };
+    let mut networks: Vec<&DesiredNetwork> = desired.networks.iter().collect();
+    networks.sort_by_key(|n| n.vni);
+    let mtu = desired.overlay_mtu();
+    for net in networks {
+        let tb = bridge_name(net.vni);
+        let tx = vxlan_name(net.vni);
+
+        // Bridge.
+        match present(&tb) {
+            None => out.push(Action::LinkAddBridge { name: tb.clone(), mac: bridge_mac(net.vni), mtu }),
+            Some(link) => link_fixups(&mut out, &tb, link, mtu),
+        }
+        for (key, value) in bridge_sysctls(&tb) {
+            sysctl(&mut out, observed, &doomed, key, value);
+        }
+        for a in want.addresses.iter().filter(|a| a.dev == tb) {
+            if doomed.contains(&tb) || !observed.addresses.contains(a) {
+                out.push(Action::AddressInstall(a.clone()));
+            }
+        }
+
+        // VXLAN device.
+        match present(&tx) {
+            None => out.push(Action::LinkAddVxlan {
+                name: tx.clone(),
+                vni: net.vni,
+                local: desired.underlay_ip,
+                underlay: desired.underlay_ifname.clone(),
+                port: VXLAN_PORT,
+                mac: vtep_mac(desired.underlay_ip),
+                mtu,
+            }),
+            Some(link) => link_fixups(&mut out, &tx, link, mtu),
+        }
+        for (key, value) in vxlan_sysctls(&tx) {
+            sysctl(&mut out, observed, &doomed, key, value);
+        }
+
+        // Rules selecting the VRF.
+        for r in want.rules.iter().filter(|r| r.table == table_id(net.vni)) {
+            if !observed.rules.contains(r) {
+                out.push(Action::RuleInstall(r.clone()));
+            }
+        }
+
+        // The VRF's routes.
+        let missing = |dev: &str, present_in_observed: bool| doomed.contains(dev) || !present_in_observed;
+        for r in want.routes.iter().filter(|r| r.table == table_id(net.vni)) {
+            let dev_doomed = matches!(&r.target, RouteTarget::Dev(d) if doomed.contains(d));
+            if dev_doomed || !observed.routes.contains(r) {
+                out.push(Action::RouteInstall(r.clone()));
+            }
+        }
+
+        // Tunnel endpoints: FDB before the neighbour entries that use them.
+        for e in want.fdb.iter().filter(|e| e.dev == tx) {
+            if missing(&e.dev, observed.fdb.contains(e)) {
+                out.push(Action::FdbInstall(e.clone()));
+            }
+        }
+        for n in want.neighbours.iter().filter(|n| n.dev == tx) {
+            if missing(&n.dev, observed.neighbours.contains(n)) {
+                out.push(Action::NeighInstall(n.clone()));
+            }
+        }
+        for p in want.proxy_neighbours.iter().filter(|p| p.dev == tb) {
+            if missing(&p.dev, observed.proxy_neighbours.contains(p)) {
+                out.push(Action::ProxyNeighInstall(p.clone()));
+            }
+        }
+
+        // Endpoints.
+        let mut endpoints: Vec<&LocalEndpoint> = net.local.iter().collect();
+        endpoints.sort_by_key(|e| host_veth_name(e.id));
+        for ep in endpoints {
+            let name = host_veth_name(ep.id);
+            let configure = || Action::ContainerIfaceConfigure {
+                host_veth: name.clone(),
+                endpoint: ep.id,
+                netns: ep.netns.clone(),
+                ifname: ep.ifname.clone(),
+                mac: ep.mac,
+                addrs: ep.ips.clone(),
+                gateways: gateways(net, ep),
+                mtu,
+            };
+            match present(&name) {
+                None => {
+                    out.push(Action::VethAdd {
+                        name: name.clone(),
+                        bridge: tb.clone(),
+                        mtu,
+                        netns: ep.netns.clone(),
+                        peer_ifname: ep.ifname.clone(),
+                        peer_mac: ep.mac,
+                    });
+                    out.push(configure());
+                }
+                Some(link) => {
+                    let mtu_wrong = link.mtu != mtu;
+                    link_fixups(&mut out, &name, link, mtu);
+                    let complete = link.alias.as_deref() == Some(ep.id.to_string().as_str());
+                    // With the skeleton in place, the anti-spoofing elements
+                    // tell which MAC and addresses the port was given.
+                    let elements_differ =
+                        skeleton_ok && port_elements(&observed.nft.elements, &name) != port_elements(&want.elements, &name);
+                    if !complete || mtu_wrong || elements_differ {
+                        out.push(configure());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The kernel objects a desired state implies, keyed like [`Observed`].
+struct Want {
+    links: BTreeMap<String, LinkState>,
+    addresses: BTreeSet<AddressEntry>,
+    routes: BTreeSet<RouteEntry>,
+    rules: BTreeSet<RuleEntry>,
+    neighbours: BTreeSet<NeighEntry>,
+    fdb: BTreeSet<FdbEntry>,
+    proxy_neighbours: BTreeSet<ProxyNeighEntry>,
+    elements: BTreeSet<NftElement>,
+}
+
+impl Want {
+    fn of(desired: &DesiredHost) -> Self {
+        let mtu = desired.overlay_mtu();
+        let mut w = Want {
+            links: BTreeMap::new(),
+            addresses: BTreeSet::new(),
+            routes: BTreeSet::new(),
+            rules: BTreeSet::new(),
+            neighbours: BTreeSet::new(),
+            fdb: BTreeSet::new(),
+            proxy_neighbours: BTreeSet::new(),
+            elements: BTreeSet::new(),
+        };
+        for net in &desired.networks {
+            let tb = bridge_name(net.vni);
+            let tx = vxlan_name(net.vni);
+            let table = table_id(net.vni);
+            w.links.insert(
+                tb.clone(),
+                LinkState { kind: LinkKind::Bridge, mtu, mac: Some(bridge_mac(net.vni)), up: true, master: None, alias: None },
+            );
+            w.links.insert(
+                tx.clone(),
+                LinkState {
+                    kind: LinkKind::Vxlan(VxlanState {
+                        vni: net.vni.get(),
+                        local: Some(desired.underlay_ip),
+                        port: VXLAN_PORT,
+                        underlay: Some(desired.underlay_ifname.clone()),
+                        learning: false,
+                    }),
+                    mtu,
+                    mac: Some(vtep_mac(desired.underlay_ip)),
+                    up: true,
+                    master: None,
+                    alias: None,
+                },
+            );
+            for family in [IpFamily::V4, IpFamily::V6] {
+                for iif in [&tb, &tx] {
+                    w.rules.insert(RuleEntry { family, iifname: iif.clone(), table, priority: RULE_PRIORITY });
+                }
+                let any: IpNet = match family {
+                    IpFamily::V4 => "0.0.0.0/0".parse().expect("literal"),
+                    IpFamily::V6 => "::/0".parse().expect("literal"),
+                };
+                w.routes.insert(RouteEntry { table, dst: any, target: RouteTarget::Unreachable });
+            }
+            for sub in &net.subnets {
+                w.routes.insert(RouteEntry { table, dst: sub.cidr.trunc(), target: RouteTarget::Dev(tb.clone()) });
+                if let Some(gw) = sub.gateway {
+                    w.addresses.insert(AddressEntry { dev: tb.clone(), addr: IpNet::from(gw) });
+                }
+            }
+            for rem in &net.remote {
+                let mac = vtep_mac(rem.host_underlay);
+                w.routes.insert(RouteEntry { table, dst: IpNet::from(rem.ip), target: RouteTarget::Dev(tx.clone()) });
+                w.neighbours.insert(NeighEntry { dev: tx.clone(), ip: rem.ip, mac });
+                w.fdb.insert(FdbEntry { dev: tx.clone(), mac, dst: rem.host_underlay });
+                if rem.ip.is_ipv6() {
+                    w.proxy_neighbours.insert(ProxyNeighEntry { dev: tb.clone(), ip: rem.ip });
+                }
+            }
+            w.elements.insert(NftElement::Zone { ifname: tb.clone(), zone: net.zone });
+            w.elements.insert(NftElement::Zone { ifname: tx.clone(), zone: net.zone });
+            for ep in &net.local {
+                let port = host_veth_name(ep.id);
+                w.links.insert(
+                    port.clone(),
+                    LinkState {
+                        kind: LinkKind::Veth,
+                        mtu,
+                        mac: None,
+                        up: true,
+                        master: Some(tb.clone()),
+                        alias: Some(ep.id.to_string()),
+                    },
+                );
+                w.elements.insert(NftElement::EpMac { port: port.clone(), mac: ep.mac });
+                for ip in &ep.ips {
+                    w.elements.insert(match ip.addr() {
+                        IpAddr::V4(ip) => NftElement::Ep4 { port: port.clone(), mac: ep.mac, ip },
+                        IpAddr::V6(ip) => NftElement::Ep6 { port: port.clone(), mac: ep.mac, ip },
+                    });
+                }
+            }
+        }
+        w
+    }
+}
+
+/// Links to delete: owned links that are not wanted, and wanted links whose
+/// kind or identity is wrong (they are deleted and made again). A veth whose
+/// bridge is made again is made again too.
+fn doomed_links(want: &Want, observed: &Observed) -> BTreeSet<String> {
+    let mut doomed = BTreeSet::new();
+    for (name, have) in &observed.links {
+        let Some(w) = want.links.get(name) else {
+            doomed.insert(name.clone());
+            continue;
+        };
+        let wrong = match (&w.kind, &have.kind) {
+            (LinkKind::Bridge, LinkKind::Bridge) => have.mac != w.mac,
+            (LinkKind::Vxlan(wv), LinkKind::Vxlan(hv)) => wv != hv || have.mac != w.mac,
+            (LinkKind::Veth, LinkKind::Veth) => have.master != w.master,
+            _ => true,
+        };
+        if wrong {
+            doomed.insert(name.clone());
+        }
+    }
+    let bridges_remade: BTreeSet<String> = doomed.iter().filter(|n| want.links.contains_key(*n)).cloned().collect();
+    for (name, have) in &observed.links {
+        if matches!(have.kind, LinkKind::Veth) && have.master.as_ref().is_some_and(|m| bridges_remade.contains(m)) {
+            doomed.insert(name.clone());
+        }
+    }
+    doomed
+}
+
+/// Deletion order: endpoint veths, then VXLAN devices, then bridges.
+fn link_rank(name: &str) -> u8 {
+    use crate::observed::{owned_link_name, OwnedName};
+    match owned_link_name(name) {
+        Some(OwnedName::HostVeth) => 0,
+        Some(OwnedName::Vxlan(_)) => 1,
+        Some(OwnedName::Bridge(_)) => 2,
+        None => 3,
+    }
+}
+
+/// MTU and admin state of a link that is kept.
+fn link_fixups(out: &mut Vec<Action>, name: &str, link: &LinkState, mtu: u32) {
+    if link.mtu != mtu {
+        out.push(Action::LinkSetMtu { name: name.to_string(), mtu });
+    }
+    if !link.up {
+        out.push(Action::LinkSetUp { name: name.to_string() });
+    }
+}
+
+/// A parameter write, unless the kernel already has the value (a parameter of
+/// a link being made again is written in any case).
+fn sysctl(out: &mut Vec<Action>, observed: &Observed, doomed: &BTreeSet<String>, key: SysctlKey, value: &str) {
+    let dev_remade = key.0.split('/').nth(3).is_some_and(|dev| doomed.contains(dev));
+    if dev_remade || observed.sysctls.get(&key).map(|v| v.trim()) != Some(value) {
+        out.push(Action::SysctlWrite { key, value: value.to_string() });
+    }
+}
+
+/// The gateways a local endpoint routes through: one per address family, the
+/// gateway of the subnet of its first address of that family.
+fn gateways(net: &DesiredNetwork, ep: &LocalEndpoint) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in &ep.ips {
+        if let Some(gw) = net.gateway_for(ip.addr()) {
+            if !out.iter().any(|g| g.is_ipv4() == gw.is_ipv4()) {
+                out.push(gw);
+            }
+        }
+    }
+    out
+}
+
+fn port_elements<'a>(elements: &'a BTreeSet<NftElement>, port: &str) -> BTreeSet<&'a NftElement> {
+    elements.iter().filter(|e| e.port() == Some(port)).collect()
+}

@@ -1,0 +1,103 @@
+//! `reconcile` against the fake data plane: observe, plan, apply, report.
+
+use std::path::PathBuf;
+
+use tessera_dataplane::fake::Call;
+use tessera_dataplane::{
+    reconcile, Action, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, LocalEndpoint, RemoteEndpoint,
+};
+use tessera_model::Vni;
+
+const ENOMEM: i32 = 12;
+const EBUSY: i32 = 16;
+
+fn desired() -> DesiredHost {
+    DesiredHost {
+        underlay_ip: "10.99.0.1".parse().unwrap(),
+        underlay_ifname: "eth0".into(),
+        underlay_mtu: 1500,
+        networks: vec![DesiredNetwork {
+            vni: Vni::new(7).unwrap(),
+            zone: 7,
+            subnets: vec![DesiredSubnet { cidr: "10.7.0.0/24".parse().unwrap(), gateway: Some("10.7.0.1".parse().unwrap()) }],
+            local: vec![LocalEndpoint {
+                id: "0000beef-0000-4000-8000-000000000001".parse().unwrap(),
+                mac: "02:00:00:00:be:ef".parse().unwrap(),
+                ips: vec!["10.7.0.2/24".parse().unwrap()],
+                netns: PathBuf::from("/run/netns/c"),
+                ifname: "eth0".into(),
+            }],
+            remote: vec![RemoteEndpoint { ip: "10.7.0.3".parse().unwrap(), host_underlay: "10.99.0.2".parse().unwrap() }],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn second_reconcile_of_a_converged_host_does_nothing() {
+    let fake = FakeDataplane::new();
+    let first = reconcile(&fake, &desired()).await.unwrap();
+    assert!(first.is_ok() && !first.is_noop(), "{:?}", first.failures);
+    let second = reconcile(&fake, &desired()).await.unwrap();
+    assert!(second.is_noop());
+    assert_eq!(fake.calls().last(), Some(&Call::Observe), "no apply when there is nothing to do");
+}
+
+#[tokio::test]
+async fn a_failed_action_is_reported_and_the_rest_still_applied() {
+    let fake = FakeDataplane::new();
+    fake.fail_action_once(|a| matches!(a, Action::RuleInstall(r) if r.iifname == "tx7"), EBUSY);
+    let report = reconcile(&fake, &desired()).await.unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(report.applied.iter().any(|a| matches!(a, Action::ContainerIfaceConfigure { .. })), "later actions still ran");
+    assert_eq!(report.failures[0].error.errno(), Some(EBUSY));
+}
+
+#[tokio::test]
+async fn the_next_reconcile_retries_only_what_failed() {
+    let fake = FakeDataplane::new();
+    fake.fail_action_once(|a| matches!(a, Action::FdbInstall(_)), ENOMEM);
+    let report = reconcile(&fake, &desired()).await.unwrap();
+    assert_eq!(report.failures.len(), 1);
+    let retry = reconcile(&fake, &desired()).await.unwrap();
+    assert!(retry.is_ok());
+    let retried: Vec<String> = retry.applied.iter().map(|a| a.to_string()).collect();
+    assert_eq!(retried, vec!["bridge fdb replace 0e:00:0a:63:00:02 dev tx7 dst 10.99.0.2 self permanent"]);
+}
+
+#[tokio::test]
+async fn an_observe_failure_is_an_error_and_nothing_is_applied() {
+    let fake = FakeDataplane::new();
+    fake.fail_observe_once(ENOMEM);
+    let err = reconcile(&fake, &desired()).await.unwrap_err();
+    assert!(matches!(err, DataplaneError::Kernel { .. }));
+    assert_eq!(fake.calls(), vec![Call::Observe]);
+}
+
+#[tokio::test]
+async fn an_invalid_desired_state_is_refused_before_touching_anything() {
+    let fake = FakeDataplane::new();
+    let mut bad = desired();
+    bad.networks[0].local[0].ips = vec!["192.168.1.2/24".parse().unwrap()];
+    let err = reconcile(&fake, &bad).await.unwrap_err();
+    match err {
+        DataplaneError::Invalid(e) => {
+            assert_eq!(e.field, "networks[0].local[0].ips[0]");
+            assert!(e.reason.contains("none of the network's subnets"), "{}", e.reason);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn removing_everything_leaves_no_tessera_object() {
+    let fake = FakeDataplane::new();
+    reconcile(&fake, &desired()).await.unwrap();
+    let mut empty = desired();
+    empty.networks.clear();
+    let report = reconcile(&fake, &empty).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    let k = fake.kernel();
+    assert!(k.links.is_empty() && k.routes.is_empty() && k.rules.is_empty(), "{k:#?}");
+    assert!(k.neighbours.is_empty() && k.fdb.is_empty() && k.addresses.is_empty() && k.nft.elements.is_empty(), "{k:#?}");
+}
