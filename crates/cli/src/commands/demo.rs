@@ -6,12 +6,10 @@
 //! network reach each other across hosts over VXLAN, and red and green stay
 //! isolated. Every step prints what it did and whether it worked.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use tessera_fabric::{exec_in, Fabric, FabricSpec, Netns};
+use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec, Fabric};
 
 /// Prefix of every namespace the demo makes.
 pub const PREFIX: &str = "tdemo";
@@ -65,45 +63,6 @@ fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find the tessera binary")
 }
 
-/// Runs the tessera CLI inside `ns` and returns its stdout, failing with its stderr.
-fn tessera_in(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
-    let out = exec_in(ns, exe()?, args).with_context(|| format!("cannot run tessera {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!("tessera {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Pings `dst` from `ns`; returns the number of replies out of `count`.
-fn ping(ns: &Netns, dst: &str, count: u32) -> anyhow::Result<u32> {
-    let out = exec_in(ns, "ping", ["-c", &count.to_string(), "-i", "0.2", "-W", "1", dst])
-        .context("cannot run ping (install iputils-ping)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received").and_then(|n| n.parse().ok())))
-        .unwrap_or(0))
-}
-
-fn spawn_logged(fabric: &Fabric, host: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut cmd = Command::new(exe()?);
-    cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).env("TESSERA_LOG", "info");
-    fabric.spawn(host, cmd)?;
-    Ok(())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
-}
-
 pub fn down() -> anyhow::Result<()> {
     let report = Fabric::teardown_prefix(PREFIX)?;
     let _ = std::fs::remove_dir_all(RUN_DIR);
@@ -126,142 +85,78 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let run_dir = PathBuf::from(RUN_DIR);
     let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir)?;
-    let mut step = Step { n: 0, total: 9, failures: 0 };
+    let mut step = Step { n: 0, total: 8, failures: 0 };
     println!("Tessera demo: two hosts on this machine, networks red and green, containers on both hosts.\n");
 
-    step.start("fabric: underlay bridge and hosts h1, h2 as network namespaces");
-    let mut fabric = Fabric::build(FabricSpec::new(PREFIX, ["h1", "h2"]))?;
-    let h1 = fabric.host("h1")?;
-    let h2 = fabric.host("h2")?;
-    let (ip1, ip2) = (h1.underlay_ip.to_string(), h2.underlay_ip.to_string());
-    step.ok(&format!("h1 {ip1}, h2 {ip2} on {}", fabric.underlay()));
+    step.start("fabric: hosts h1 and h2 as network namespaces on an underlay bridge; controller on h1, an agent on each host");
+    let mut cluster = Cluster::start(ClusterSpec::new(PREFIX, &["h1", "h2"], exe()?, &run_dir))?;
+    let (ip1, ip2) = (cluster.underlay_ip("h1")?, cluster.underlay_ip("h2")?);
+    step.ok(&format!("h1 {ip1}, h2 {ip2}; controller {}; both hosts registered", cluster.url));
 
-    step.start("controller on h1");
-    let url = format!("http://{ip1}:8082");
-    let data = run_dir.join("controller");
-    spawn_logged(
-        &fabric,
-        "h1",
-        &["controller", "--data-dir", data.to_str().unwrap_or(RUN_DIR), "--listen", &format!("{ip1}:8082")],
-        &run_dir.join("controller.log"),
-    )?;
-    let h1ns = &fabric.host("h1")?.netns;
-    wait_until("the controller", Duration::from_secs(20), || tessera_in(h1ns, &["--controller", &url, "host", "list"]).is_ok())?;
-    step.ok(&format!("serving {url}"));
-
-    step.start("agents on h1 and h2");
-    for (h, ip) in [("h1", &ip1), ("h2", &ip2)] {
-        let dir = run_dir.join(h);
-        std::fs::create_dir_all(&dir)?;
-        let sock = dir.join("agent.sock");
-        spawn_logged(
-            &fabric,
-            h,
-            &[
-                "--controller",
-                &url,
-                "agent",
-                "--host",
-                h,
-                "--underlay-ip",
-                ip,
-                "--socket",
-                sock.to_str().unwrap_or_default(),
-                "--state-dir",
-                dir.to_str().unwrap_or_default(),
-            ],
-            &run_dir.join(format!("agent-{h}.log")),
-        )?;
-    }
-    wait_until("both hosts to register", Duration::from_secs(20), || {
-        tessera_in(h1ns, &["--controller", &url, "host", "list", "--json"])
-            .ok()
-            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
-            .and_then(|v| v.as_array().map(|a| a.len()))
-            == Some(2)
-    })?;
-    step.ok("h1 and h2 registered");
-
-    step.start("networks red 192.168.10.0/24 and green 192.168.20.0/24");
-    tessera_in(
-        h1ns,
-        &["--controller", &url, "network", "add", "red", "--subnet", "192.168.10.0/24", "--subnet", "fd00:10::/64"],
-    )?;
-    tessera_in(h1ns, &["--controller", &url, "network", "add", "green", "--subnet", "192.168.20.0/24"])?;
+    step.start("networks red 192.168.10.0/24 + fd00:10::/64 and green 192.168.20.0/24");
+    cluster.cli_ok(&["network", "add", "red", "--subnet", "192.168.10.0/24", "--subnet", "fd00:10::/64"])?;
+    cluster.cli_ok(&["network", "add", "green", "--subnet", "192.168.20.0/24"])?;
     step.ok("created");
 
-    step.start("containers red1, green1 on h1 and red2, green2 on h2, attached");
+    step.start("containers red1, green1 on h1 and red2, green2 on h2, attached with tessera attach");
     let mut addrs = std::collections::BTreeMap::new();
-    let mut containers = std::collections::BTreeMap::new();
     for (name, host, network) in
         [("red1", "h1", "red"), ("red2", "h2", "red"), ("green1", "h1", "green"), ("green2", "h2", "green")]
     {
-        let c = fabric.add_container(host, name)?;
-        let sock = run_dir.join(host).join("agent.sock");
-        let out = tessera_in(
-            &fabric.host(host)?.netns,
-            &[
-                "attach",
-                "--network",
-                network,
-                "--netns",
-                c.netns.path().to_str().unwrap_or_default(),
-                "--socket",
-                sock.to_str().unwrap_or_default(),
-                "--json",
-            ],
-        )?;
-        let ep: serde_json::Value = serde_json::from_str(&out)?;
-        let ips: Vec<String> = ep["ips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .map(|s| s.split('/').next().unwrap_or(s).to_string())
-            .collect();
-        addrs.insert(name, ips);
-        containers.insert(name, c);
+        cluster.container(host, name)?;
+        let ep = cluster.attach(name, network, &[])?;
+        addrs.insert(name, addresses(&ep));
     }
     step.ok(&addrs.iter().map(|(n, a)| format!("{n} {}", a.join(" "))).collect::<Vec<_>>().join(", "));
 
-    let check_ping = |step: &mut Step, from: &str, to: &str, family: usize, expect: bool| -> anyhow::Result<()> {
+    let check_ping = |step: &mut Step, from: &str, to: &str, family: usize| -> anyhow::Result<()> {
         let dst = addrs[to].get(family).cloned().unwrap_or_default();
-        let got = ping(&containers[from].netns, &dst, 3)?;
-        let passed = if expect { got == 3 } else { got == 0 };
-        let verdict = if expect { "reachable" } else { "isolated" };
-        step.check(passed, &format!("{got}/3 replies from {dst}: {}", if passed { verdict } else { "unexpected" }));
+        let got = cluster.ping(from, &dst, 3)?;
+        step.check(got == 3, &format!("{got}/3 replies from {dst}: {}", if got == 3 { "reachable" } else { "NOT reachable" }));
         Ok(())
     };
     step.start("red1 (h1) -> red2 (h2), IPv4 across hosts over VXLAN");
-    check_ping(&mut step, "red1", "red2", 0, true)?;
+    check_ping(&mut step, "red1", "red2", 0)?;
     step.start("red1 (h1) -> red2 (h2), IPv6 across hosts over VXLAN");
-    check_ping(&mut step, "red1", "red2", 1, true)?;
+    check_ping(&mut step, "red1", "red2", 1)?;
     step.start("green2 (h2) -> green1 (h1)");
-    check_ping(&mut step, "green2", "green1", 0, true)?;
-    step.start("red1 (h1) -> green1 (h1) and red1 -> green2 (h2): different networks");
-    let g1 = ping(&containers["red1"].netns, &addrs["green1"][0], 2)?;
-    let g2 = ping(&containers["red1"].netns, &addrs["green2"][0], 2)?;
-    step.check(g1 == 0 && g2 == 0, &format!("{}/4 replies: {}", g1 + g2, if g1 + g2 == 0 { "isolated" } else { "NOT isolated" }));
+    check_ping(&mut step, "green2", "green1", 0)?;
+    step.start("red1 -> green1 (same host) and red1 -> green2 (other host): different networks");
+    let g1 = cluster.ping("red1", &addrs["green1"][0], 2)?;
+    let g2 = cluster.ping("red1", &addrs["green2"][0], 2)?;
+    step.check(g1 + g2 == 0, &format!("{}/4 replies: {}", g1 + g2, if g1 + g2 == 0 { "isolated" } else { "NOT isolated" }));
+    step.start("interface table of h1 (tessera vif list)");
+    let vifs: serde_json::Value = {
+        let sock = cluster.agent_socket("h1").display().to_string();
+        let out = exec_in(cluster.host_netns("h1")?, exe()?, ["vif", "list", "--socket", &sock, "--json"])?;
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let kinds: Vec<String> = vifs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some(format!("{} ({})", v["name"].as_str()?, v["kind"].as_str()?)))
+        .collect();
+    step.check(!kinds.is_empty(), &kinds.join(", "));
 
     println!();
     if args.keep {
-        fabric.keep();
-        let sock1 = run_dir.join("h1/agent.sock");
+        cluster.fabric.keep();
+        std::mem::forget(cluster);
+        let bin = exe()?.display().to_string();
         println!("The fabric is still running. Explore it:");
-        println!("  ip netns exec {PREFIX}-h1 {} --controller {url} network show red", exe()?.display());
-        println!("  {} vif list --socket {}", exe()?.display(), sock1.display());
+        println!("  ip netns exec {PREFIX}-h1 {bin} --controller http://{ip1}:8082 network show red");
+        println!("  {bin} vif list --socket {RUN_DIR}/h1/agent.sock");
         println!("  ip netns exec {PREFIX}-h1-red1 ping {}", addrs["red2"][0]);
         println!("  ip netns exec {PREFIX}-h1 tcpdump -ni eth0 udp port 4789");
         println!("  logs: {RUN_DIR}/*.log");
-        println!("Remove it with: {} demo down", exe()?.display());
+        println!("Remove it with: {bin} demo down");
     }
     if step.failures > 0 {
         bail!("{} of {} steps failed; logs are in {RUN_DIR}", step.failures, step.total);
     }
     println!("demo passed: containers of one network reach each other across hosts; networks are isolated");
     if !args.keep {
-        drop(fabric);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(())
