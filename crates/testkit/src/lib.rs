@@ -263,6 +263,19 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// The last `lines` lines of every log (controller and agents), for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut names = vec!["controller".to_string()];
+        names.extend(self.spec.hosts.iter().map(|h| format!("agent-{h}")));
+        for n in names {
+            let text = std::fs::read_to_string(self.log(&n)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out += &format!("==> {n}.log <==\n{}\n", all[all.len().saturating_sub(lines)..].join("\n"));
+        }
+        out
+    }
+
     /// Runs `program args` inside a container.
     pub fn exec(&self, container: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
         Ok(exec_in(self.netns_of(container)?, program, args)?)
