@@ -14,12 +14,18 @@ fn cluster(hosts: &[&str]) -> (Cluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let prefix = format!("tov{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
     let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
-    let c = Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
+    let c =
+        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
     (c, dir)
 }
 
 fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -37,7 +43,9 @@ fn privileged_same_network_reaches_across_hosts_over_vxlan() {
     // VXLAN with the network's VNI on the underlay, seen by tcpdump on h1's eth0.
     let h1 = c.host_netns("h1").unwrap();
     let mut cmd = std::process::Command::new("tcpdump");
-    cmd.args(["-n", "-i", "eth0", "-c", "2", "udp", "port", "4789"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    cmd.args(["-n", "-i", "eth0", "-c", "2", "udp", "port", "4789"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
     let dump = tessera_fabric::spawn_in(h1, cmd).expect("run tcpdump (install tcpdump)");
     thread::sleep(Duration::from_millis(500));
     assert_eq!(c.ping("c1", &a2[0], 3).unwrap(), 3, "IPv4 across hosts");
@@ -142,7 +150,10 @@ fn privileged_agent_kill_9_does_not_cut_traffic_and_restarts_converge() {
     let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), server).unwrap();
     thread::sleep(Duration::from_millis(300));
     let mut client = std::process::Command::new("iperf3");
-    client.args(["-c", &a2[0], "-t", "6", "-i", "1", "-J", "-b", "200M"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    client
+        .args(["-c", &a2[0], "-t", "6", "-i", "1", "-J", "-b", "200M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let cli = c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), client).unwrap();
     thread::sleep(Duration::from_secs(1));
     c.kill_agent("h1");
@@ -219,7 +230,9 @@ fn privileged_two_hundred_endpoints_across_three_hosts_all_reachable() {
                     .chunks(10)
                     .map(|chunk| {
                         let c = &c;
-                        s.spawn(move || chunk.iter().filter(|a| c.ping(from, a, 1).unwrap_or(0) == 0).cloned().collect::<Vec<_>>())
+                        s.spawn(move || {
+                            chunk.iter().filter(|a| c.ping(from, a, 1).unwrap_or(0) == 0).cloned().collect::<Vec<_>>()
+                        })
                     })
                     .collect();
                 handles.into_iter().flat_map(|h| h.join().unwrap()).collect()

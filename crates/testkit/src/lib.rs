@@ -8,6 +8,8 @@
 //! and every namespace it made is removed when it is dropped.
 #![forbid(unsafe_code)]
 
+pub mod docker;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -274,6 +276,13 @@ impl Cluster {
             out += &format!("==> {n}.log <==\n{}\n", all[all.len().saturating_sub(lines)..].join("\n"));
         }
         out
+    }
+
+    /// Runs `tessera ARGS` inside `host` with extra environment variables.
+    pub fn tessera_on(&self, host: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(&self.spec.bin);
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Ok(tessera_fabric::spawn_in(self.host_netns(host)?, cmd)?.wait_with_output()?)
     }
 
     /// Runs `program args` inside a container.
