@@ -17,6 +17,9 @@ pub enum ControllerError {
     Decode(String),
 }
 
+/// Attempts of one request while the controller is unreachable (about 6 s in all).
+const SEND_ATTEMPTS: u32 = 6;
+
 #[derive(Clone)]
 pub struct ControllerClient {
     base: String,
@@ -33,7 +36,25 @@ impl ControllerClient {
         &self.base
     }
 
+    /// Sends a request, retrying while the controller cannot be reached
+    /// (every request the agent makes is idempotent: endpoints are named).
     async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ControllerError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let Some(this) = req.try_clone() else { return self.send_once(req).await };
+            match self.send_once(this).await {
+                Err(ControllerError::Unreachable { .. }) if attempt < SEND_ATTEMPTS => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ControllerError> {
         let resp = req.timeout(Duration::from_secs(15)).send().await.map_err(|source| self.unreachable(source))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|source| self.unreachable(source))?;

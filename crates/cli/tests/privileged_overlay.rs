@@ -8,15 +8,19 @@ use std::time::{Duration, Instant};
 use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec};
 
 static N: AtomicUsize = AtomicUsize::new(0);
+/// One fabric at a time: two cores run every host, container and process of a test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A cluster with a unique prefix and its own run directory (kept alive by the returned guard).
-fn cluster(hosts: &[&str]) -> (Cluster, tempfile::TempDir) {
+/// A cluster with a unique prefix and its own run directory; the guard keeps
+/// other tests of this file from starting a fabric meanwhile.
+fn cluster(hosts: &[&str]) -> (Cluster, (tempfile::TempDir, std::sync::MutexGuard<'static, ()>)) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("temporary directory");
     let prefix = format!("tov{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
     let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
     let c =
         Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
-    (c, dir)
+    (c, (dir, guard))
 }
 
 fn ok(out: std::process::Output, what: &str) -> String {
@@ -244,14 +248,72 @@ fn privileged_two_hundred_endpoints_across_three_hosts_all_reachable() {
         }
         if !unreachable.is_empty() {
             let h = hosts[names.iter().position(|n| n == from).unwrap() % 3];
-            let routes = exec_in(c.host_netns(h).unwrap(), "ip", ["route", "show", "table", "all"]).unwrap();
-            let neigh = exec_in(c.host_netns(h).unwrap(), "ip", ["neigh", "show"]).unwrap();
-            panic!(
-                "from {from} on {h}, unreachable: {unreachable:?}\nroutes:\n{}\nneighbours:\n{}\n{}",
-                String::from_utf8_lossy(&routes.stdout),
-                String::from_utf8_lossy(&neigh.stdout),
-                c.logs_tail(30)
-            );
+            let mut report = format!("from {from} on {h}, unreachable: {unreachable:?}\n");
+            let run = |ns: &tessera_testkit::Netns, args: &[&str]| {
+                String::from_utf8_lossy(&exec_in(ns, args[0], &args[1..]).unwrap().stdout).into_owned()
+            };
+            for a in unreachable.iter().take(2) {
+                let i = addrs.iter().position(|x| x == a).unwrap();
+                let (target, th) = (&names[i], hosts[i % 3]);
+                report += &format!("== {a} is {target} on {th}\n");
+                report += &format!("-- {target}: ip neigh\n{}", run(c.netns_of(target).unwrap(), &["ip", "neigh"]));
+                report += &format!("-- {target}: ip -s link\n{}", run(c.netns_of(target).unwrap(), &["ip", "-s", "link"]));
+                report += &format!(
+                    "-- {th}: ip neigh | grep {a}\n{}",
+                    run(c.host_netns(th).unwrap(), &["ip", "neigh"])
+                        .lines()
+                        .filter(|l| l.starts_with(&format!("{a} ")))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                report += &format!(
+                    "\n-- {th}: routes to {a}\n{}",
+                    run(c.host_netns(th).unwrap(), &["ip", "route", "get", a, "iif", "tx4096"])
+                );
+                report += &format!(
+                    "-- {h}: ip route get {a} from c1\n{}",
+                    run(c.host_netns(h).unwrap(), &["ip", "route", "show", "table", "all", a])
+                );
+                report += &format!(
+                    "-- {from}: ip neigh {a}\n{}",
+                    run(c.netns_of(from).unwrap(), &["ip", "neigh"])
+                        .lines()
+                        .filter(|l| l.starts_with(&format!("{a} ")))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                let mut dump = std::process::Command::new("tcpdump");
+                dump.args(["-n", "-e", "-i", "eth0", "-c", "20"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null());
+                let mut dump = tessera_fabric::spawn_in(c.netns_of(target).unwrap(), dump).unwrap();
+                thread::sleep(Duration::from_millis(300));
+                let _ = c.ping(from, a, 2);
+                report +=
+                    &format!("-- {th}: host ping {a}\n{}", run(c.host_netns(th).unwrap(), &["ping", "-c", "1", "-W", "1", a]));
+                thread::sleep(Duration::from_millis(500));
+                let _ = dump.kill();
+                report += &format!(
+                    "-- tcpdump in {target} while {from} pings\n{}",
+                    String::from_utf8_lossy(&dump.wait_with_output().unwrap().stdout)
+                );
+                report +=
+                    &format!("-- {th}: ip -s neigh {a}\n{}", run(c.host_netns(th).unwrap(), &["ip", "-s", "neigh", "show", a]));
+                report += &format!(
+                    "\n-- {th}: nft counters\n{}",
+                    run(c.host_netns(th).unwrap(), &["nft", "list", "ruleset"])
+                        .lines()
+                        .filter(|l| l.contains("counter"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            report += &format!("-- {h}: bridge link\n{}", run(c.host_netns(h).unwrap(), &["bridge", "link"]));
+            if let Ok(secs) = std::env::var("TESSERA_TEST_HOLD").map(|s| s.parse::<u64>().unwrap_or(0)) {
+                eprintln!("{report}\nholding the fabric {} for {secs} s", c.spec().prefix);
+                thread::sleep(Duration::from_secs(secs));
+            }
+            panic!("{report}\n{}", c.logs_tail(10));
         }
     }
 }
