@@ -272,6 +272,24 @@ fn policy_life_cycle_and_rule_validation() {
         Some("rules[0]"),
     );
     assert_error(&api.post("/v1/policies", json!({"name": "web", "rules": []})), 409, "already_exists", Some("name"));
+    let (s, up) = api.patch("/v1/policies/web", json!({"rules": ["reject udp any any > net 53"]}));
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(up["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(up["id"], p["id"]);
+    assert_error(
+        &api.patch("/v1/policies/web", json!({"rules": ["pass tcp ghost any <> any 80"]})),
+        404,
+        "not_found",
+        Some("rules[0].src"),
+    );
+    assert_error(
+        &api.patch("/v1/policies/web", json!({"rules": ["pass udp any any <> any 99999"]})),
+        400,
+        "invalid_argument",
+        Some("rules[0].dst_ports"),
+    );
+    assert_eq!(api.get("/v1/policies/web").1["rules"], up["rules"], "a refused update changes nothing");
+    assert_error(&api.patch("/v1/policies/ghost", json!({"rules": []})), 404, "not_found", None);
     assert_eq!(api.delete("/v1/policies/web").0, 204);
     assert_eq!(api.delete("/v1/policies/web").0, 204);
 }

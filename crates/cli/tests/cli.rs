@@ -117,6 +117,8 @@ fn policy_add_show_list_delete() {
     assert!(out.contains("deny any any any <> any any log"), "{out}");
     let (_, out, _) = c.cli(&["policy", "list"]);
     assert!(out.contains("default-domain:admin:web"));
+    let up = c.cli_json(&["policy", "update", "web", "--rule", "pass icmp red any <> green any"]);
+    assert_eq!(up["rules"].as_array().unwrap().len(), 1);
     let (code, _, err) = c.cli(&["policy", "add", "bad", "--rule", "pass tcp red any => green 80"]);
     assert_eq!(code, 1);
     assert!(err.contains("rules[0].direction"), "{err}");

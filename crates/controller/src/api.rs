@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy,
-    PolicyCreate,
+    PolicyCreate, PolicyUpdate,
 };
 use utoipa::OpenApi;
 
@@ -96,7 +96,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
         .route("/v1/policies", get(list_policies).post(create_policy))
-        .route("/v1/policies/{id}", get(get_policy).delete(delete_policy))
+        .route("/v1/policies/{id}", get(get_policy).patch(update_policy).delete(delete_policy))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
         .fallback(not_found)
@@ -263,6 +263,12 @@ async fn create_policy(State(ctl): Ctl, Body(req): Body<PolicyCreate>) -> ApiRes
 #[utoipa::path(get, path = "/v1/policies/{id}", params(("id" = String, Path)), responses((status = 200, body = Policy), (status = 404, body = ErrorBody)))]
 async fn get_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Policy>> {
     Ok(Json(ctl.get_policy(&id).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/policies/{id}", params(("id" = String, Path)), request_body = PolicyUpdate,
+    responses((status = 200, body = Policy), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_policy(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<PolicyUpdate>) -> ApiResult<Json<Policy>> {
+    Ok(Json(ctl.update_policy(&id, req).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/policies/{id}", params(("id" = String, Path)),

@@ -20,7 +20,7 @@ use tessera_ipam::SubnetPlan;
 use tessera_model::network::{parse_route_targets, validate_subnets};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, FqName, Host, HostRegister, MacAddr, Network, NetworkCreate,
-    NetworkUpdate, Policy, PolicyCreate, ProjectName, RouteTarget, Vni,
+    NetworkUpdate, Policy, PolicyCreate, PolicyUpdate, ProjectName, RouteTarget, Vni,
 };
 use tessera_store::{Compare, KeyValue, Op, Store, Txn};
 use uuid::Uuid;
@@ -78,7 +78,7 @@ pub struct SubnetUsage {
 pub struct Allocation {
     #[schema(value_type = String)]
     pub address: IpAddr,
-    /// `endpoint:<uuid>`.
+    /// `endpoint:<uuid>`, or `reservation:<owner>` for a reserved address.
     pub owner: String,
 }
 
@@ -551,6 +551,26 @@ impl Controller {
         if self.store.get(&keys::host(&req.host)).await?.is_none() {
             return Err(Error::NotFound { kind: "host", name: req.host.clone(), field: Some("host".into()) });
         }
+        // An endpoint made from a reservation takes all its addresses from it,
+        // so that deleting it can give every one of them back.
+        let adopt = match &req.owner.reservation {
+            Some(token) => {
+                check_owner("owner.reservation", token)?;
+                for v4 in [true, false] {
+                    let has_family = net.subnets.iter().any(|s| s.cidr.addr().is_ipv4() == v4);
+                    if has_family && !statics.iter().any(|(_, a)| a.is_ipv4() == v4) {
+                        let family = if v4 { "IPv4" } else { "IPv6" };
+                        return Err(FieldError::new(
+                            "ips",
+                            format!("an endpoint made from reservation {token} needs a static {family} address of it"),
+                        )
+                        .into());
+                    }
+                }
+                Some(reservation_owner(token))
+            }
+            None => None,
+        };
 
         let lock = self.ipam_lock(net.id);
         let _guard = lock.lock().await;
@@ -604,7 +624,16 @@ impl Controller {
                 .when(Compare::Absent(keys::endpoint_name(net.id, &name)))
                 .when(Compare::Absent(keys::mac(mac)));
             for (i, a) in &ips {
-                txn = txn.when(Compare::Absent(keys::allocation(net.id, *i, *a)));
+                let key = keys::allocation(net.id, *i, *a);
+                // A static address reserved by the endpoint's reservation is adopted; any other must be free.
+                let reserved = match &adopt {
+                    Some(owner) => self.store.get(&key).await?.filter(|kv| kv.value == owner.as_bytes()),
+                    None => None,
+                };
+                txn = txn.when(match reserved {
+                    Some(kv) => Compare::ValueEquals(key, kv.value),
+                    None => Compare::Absent(key),
+                });
             }
             txn = txn
                 .then(put(keys::endpoint(id), &endpoint))
@@ -677,8 +706,9 @@ impl Controller {
         Ok(eps)
     }
 
-    /// Deletes an endpoint and releases its MAC and addresses. Deleting a
-    /// missing endpoint is Ok.
+    /// Deletes an endpoint and releases its MAC and addresses (or, for an
+    /// endpoint made from a reservation, returns them to that reservation).
+    /// Deleting a missing endpoint is Ok.
     pub async fn delete_endpoint(&self, id: &str) -> Result<()> {
         let uuid: Uuid = id.parse().map_err(|_| FieldError::new("id", format!("{id:?} is not a UUID")))?;
         for _ in 0..MAX_ATTEMPTS {
@@ -694,7 +724,12 @@ impl Controller {
             if let Some((net, _)) = net {
                 for ip in &ep.ips {
                     if let Some((i, _)) = net.subnet_of(ip.addr()) {
-                        txn = txn.then(del(keys::allocation(ep.network, i, ip.addr())));
+                        let key = keys::allocation(ep.network, i, ip.addr());
+                        txn = txn.then(match &ep.owner.reservation {
+                            // The addresses go back to the reservation they came from.
+                            Some(token) => put_str(key, &reservation_owner(token)),
+                            None => del(key),
+                        });
                     }
                 }
             }
@@ -722,6 +757,148 @@ impl Controller {
             }
         }
         Err(Error::Conflict(format!("endpoint {id}")))
+    }
+
+    // ------------------------------------------------------------ reservations
+
+    /// Reserves an address of a network for `owner`: the chosen one, or the
+    /// lowest free one of a subnet. Retry-safe: when the owner already holds
+    /// the chosen address (or, without a chosen one, any address of the
+    /// subnet), that reservation is returned with `created: false`.
+    pub async fn reserve_address(&self, reference: &str, req: ReservationCreate) -> Result<Created<Reservation>> {
+        check_owner("owner", &req.owner)?;
+        let (net, _) = self.find_network(reference).await?;
+        let chosen: Option<IpAddr> = match req.address.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => Some(
+                a.split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|_| FieldError::new("address", format!("{a:?} is not an IP address")))?,
+            ),
+            _ => None,
+        };
+        let wanted_subnet: Option<IpNet> = match req.subnet.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => Some(tessera_model::network::parse_cidr("subnet", s)?),
+            _ => None,
+        };
+        let index = match (chosen, wanted_subnet) {
+            (Some(a), _) => {
+                let (i, s) = net
+                    .subnet_of(a)
+                    .ok_or_else(|| FieldError::new("address", format!("{a} is in no subnet of network {}", net.fq_name)))?;
+                if let Some(w) = wanted_subnet.filter(|w| *w != s.cidr) {
+                    return Err(FieldError::new("address", format!("{a} is not in subnet {w}")).into());
+                }
+                let plan = s.plan().map_err(|e| FieldError::new("address", e.to_string()))?;
+                plan.is_allocatable(a).map_err(|e| FieldError::new("address", e.to_string()))?;
+                i
+            }
+            (None, Some(w)) => net
+                .subnets
+                .iter()
+                .position(|s| s.cidr == w)
+                .ok_or_else(|| FieldError::new("subnet", format!("{w} is not a subnet of network {}", net.fq_name)))?,
+            (None, None) => return Err(FieldError::new("subnet", "name a subnet or an address to reserve").into()),
+        };
+        let subnet = net.subnets[index].clone();
+        let owner = reservation_owner(&req.owner);
+        let reservation = |address| Reservation { network: net.id, subnet: subnet.cidr, address, owner: req.owner.clone() };
+
+        let lock = self.ipam_lock(net.id);
+        let _guard = lock.lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let prefix = keys::allocations_of(net.id, index);
+            let address = match chosen {
+                Some(a) => {
+                    if let Some(kv) = self.store.get(&keys::allocation(net.id, index, a)).await? {
+                        if kv.value == owner.as_bytes() {
+                            return Ok(Created { object: reservation(a), created: false });
+                        }
+                        return Err(Error::AlreadyExists {
+                            what: format!("address {a} is already in use in network {}", net.fq_name),
+                            field: Some("address".into()),
+                        });
+                    }
+                    a
+                }
+                None => {
+                    let held = self.store.range(&prefix).await?.kvs.into_iter().find(|kv| kv.value == owner.as_bytes());
+                    if let Some(a) = held.and_then(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..])) {
+                        return Ok(Created { object: reservation(a), created: false });
+                    }
+                    self.allocate_in(net.id, &[(index, &subnet)]).await?.1
+                }
+            };
+            let key = keys::allocation(net.id, index, address);
+            let txn = Txn::new()
+                .when(Compare::Exists(keys::network(net.id)))
+                .when(Compare::Absent(key.clone()))
+                .then(put_str(key, &owner));
+            let r = self.commit(txn).await?;
+            if r.succeeded {
+                tracing::info!(network = %net.fq_name, address = %address, owner = %req.owner, "address reserved");
+                return Ok(Created { object: reservation(address), created: true });
+            }
+            if r.failed.first() == Some(&0) {
+                return Err(Error::NotFound { kind: "network", name: reference.into(), field: None });
+            }
+        }
+        Err(Error::Conflict(format!("reservation in network {}", net.fq_name)))
+    }
+
+    /// The reserved (not yet adopted) addresses of a network.
+    pub async fn list_reservations(&self, reference: &str) -> Result<Vec<Reservation>> {
+        let (net, _) = self.find_network(reference).await?;
+        let mut out = Vec::new();
+        for (i, s) in net.subnets.iter().enumerate() {
+            let prefix = keys::allocations_of(net.id, i);
+            for kv in self.store.range(&prefix).await?.kvs {
+                let Some(owner) = std::str::from_utf8(&kv.value).ok().and_then(|v| v.strip_prefix(RESERVATION_OWNER_PREFIX))
+                else {
+                    continue;
+                };
+                if let Some(address) = tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]) {
+                    out.push(Reservation { network: net.id, subnet: s.cidr, address, owner: owner.to_string() });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Releases a reserved address, only if `owner` (when given) holds it.
+    /// Releasing an address that is free, or a network that is gone, is Ok;
+    /// an address an endpoint holds (or another owner reserved) is `in_use`.
+    pub async fn release_reservation(&self, reference: &str, address: &str, owner: Option<&str>) -> Result<()> {
+        let addr: IpAddr =
+            address.trim().parse().map_err(|_| FieldError::new("address", format!("{address:?} is not an IP address")))?;
+        if let Some(o) = owner {
+            check_owner("owner", o)?;
+        }
+        let net = match self.find_network(reference).await {
+            Ok((n, _)) => n,
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some((index, _)) = net.subnet_of(addr) else { return Ok(()) };
+        let key = keys::allocation(net.id, index, addr);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else { return Ok(()) };
+            let holder = String::from_utf8_lossy(&kv.value).into_owned();
+            let releasable = match owner {
+                Some(o) => holder == reservation_owner(o),
+                None => holder.starts_with(RESERVATION_OWNER_PREFIX),
+            };
+            if !releasable {
+                return Err(Error::InUse { kind: "address", name: addr.to_string(), users: vec![holder] });
+            }
+            let txn = Txn::new().when(Compare::ValueEquals(key.clone(), kv.value)).then(del(key.clone()));
+            if self.commit(txn).await?.succeeded {
+                tracing::info!(network = %net.fq_name, address = %addr, owner = %holder, "reservation released");
+                return Ok(());
+            }
+        }
+        Err(Error::Conflict(format!("reservation of {addr}")))
     }
 
     // ------------------------------------------------------------------- hosts
@@ -797,19 +974,7 @@ impl Controller {
         let fq_name = FqName::resolve(&req.name, &default_project).map_err(|r| FieldError::new("name", r))?;
         let rules = req.validate_rules(fq_name.project())?;
         self.require_project("project", fq_name.project()).await?;
-        for (i, rule) in rules.iter().enumerate() {
-            for (side, ep) in [("src", &rule.src), ("dst", &rule.dst)] {
-                if let tessera_model::RuleEndpoint::Network(n) = ep {
-                    if self.store.get(&keys::network_name(n)).await?.is_none() {
-                        return Err(Error::NotFound {
-                            kind: "network",
-                            name: n.to_string(),
-                            field: Some(format!("rules[{i}].{side}")),
-                        });
-                    }
-                }
-            }
-        }
+        self.check_rule_networks(&rules).await?;
         let policy = Policy { id: Uuid::new_v4(), fq_name: fq_name.clone(), rules };
         let txn = Txn::new()
             .when(Compare::Absent(keys::policy_name(&fq_name)))
@@ -827,6 +992,40 @@ impl Controller {
             what: format!("policy {fq_name} already exists with different rules"),
             field: Some("name".into()),
         })
+    }
+
+    /// Replaces a policy's rules; the rules must name only existing networks.
+    pub async fn update_policy(&self, reference: &str, req: PolicyUpdate) -> Result<Policy> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut policy, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
+            let rules = req.validate_rules(policy.fq_name.project())?;
+            self.check_rule_networks(&rules).await?;
+            policy.rules = rules;
+            let txn =
+                Txn::new().when(Compare::ModRevision(keys::policy(policy.id), rev)).then(put(keys::policy(policy.id), &policy));
+            if self.commit(txn).await?.succeeded {
+                tracing::info!(policy = %policy.fq_name, rules = policy.rules.len(), "policy updated");
+                return Ok(policy);
+            }
+        }
+        Err(Error::Conflict(format!("policy {reference}")))
+    }
+
+    async fn check_rule_networks(&self, rules: &[tessera_model::Rule]) -> Result<()> {
+        for (i, rule) in rules.iter().enumerate() {
+            for (side, ep) in [("src", &rule.src), ("dst", &rule.dst)] {
+                if let tessera_model::RuleEndpoint::Network(n) = ep {
+                    if self.store.get(&keys::network_name(n)).await?.is_none() {
+                        return Err(Error::NotFound {
+                            kind: "network",
+                            name: n.to_string(),
+                            field: Some(format!("rules[{i}].{side}")),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a policy attached to no network. Deleting a missing policy is Ok.

@@ -81,6 +81,12 @@ pub struct Owner {
     /// Interface name inside the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
+    /// The address reservation (its owner token) the endpoint's addresses
+    /// come from. Creating the endpoint adopts the addresses that token holds;
+    /// deleting it returns every address of the endpoint to the reservation,
+    /// which its owner then releases (Docker's IPAM does at `ReleaseAddress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
 }
 
 /// Life cycle of an endpoint as its host's agent reports it.

@@ -331,20 +331,39 @@ pub struct PolicyCreate {
     pub rules: Vec<RuleSpec>,
 }
 
+/// Request to replace a policy's rules (`PATCH /v1/policies/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdate {
+    /// The new ordered rule list.
+    pub rules: Vec<RuleSpec>,
+}
+
+impl PolicyUpdate {
+    pub fn validate_rules(&self, project: &ProjectName) -> Result<Vec<Rule>, FieldError> {
+        validate_rules(&self.rules, project)
+    }
+}
+
+/// Parses and checks every rule; `rules[i]` names the failing one.
+pub fn validate_rules(rules: &[RuleSpec], project: &ProjectName) -> Result<Vec<Rule>, FieldError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("rules[{i}]");
+            match r {
+                RuleSpec::Line(line) => Rule::parse(&field, line, project),
+                RuleSpec::Structured(rule) => rule.check(&field).map(|()| rule.clone()),
+            }
+        })
+        .collect()
+}
+
 impl PolicyCreate {
     /// Parses and checks every rule; `rules[i]` names the failing one.
     pub fn validate_rules(&self, project: &ProjectName) -> Result<Vec<Rule>, FieldError> {
-        self.rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let field = format!("rules[{i}]");
-                match r {
-                    RuleSpec::Line(line) => Rule::parse(&field, line, project),
-                    RuleSpec::Structured(rule) => rule.check(&field).map(|()| rule.clone()),
-                }
-            })
-            .collect()
+        validate_rules(&self.rules, project)
     }
 }
 

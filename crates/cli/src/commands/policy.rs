@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use tessera_model::{Policy, PolicyCreate, RuleSpec};
+use tessera_model::{Policy, PolicyCreate, PolicyUpdate, RuleSpec};
 
 use super::Ctx;
 use crate::client::seg;
@@ -23,6 +23,12 @@ pub enum Cmd {
         #[arg(long)]
         project: Option<String>,
     },
+    /// Replace a policy's rules (in order).
+    Update {
+        policy: String,
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+    },
     /// Show a policy and its rules.
     Show { policy: String },
     /// List policies.
@@ -41,6 +47,11 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             let req = PolicyCreate { name, project, rules: rules.into_iter().map(RuleSpec::Line).collect() };
             let p: Policy = c.post("/v1/policies", &req).await?;
             ctx.print(&p, || format!("policy {} with {} rules, id {}\n", p.fq_name, p.rules.len(), p.id))
+        }
+        Cmd::Update { policy, rules } => {
+            let req = PolicyUpdate { rules: rules.into_iter().map(RuleSpec::Line).collect() };
+            let p: Policy = c.patch(&format!("/v1/policies/{}", seg(&policy)), &req).await?;
+            ctx.print(&p, || format!("policy {} now has {} rules\n", p.fq_name, p.rules.len()))
         }
         Cmd::Show { policy } => {
             let p: Policy = c.get(&format!("/v1/policies/{}", seg(&policy))).await?;
