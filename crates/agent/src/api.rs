@@ -33,6 +33,16 @@ pub struct AttachRequest {
     /// interface when absent, so that a retried attach is idempotent.
     #[serde(default)]
     pub name: Option<String>,
+    /// A chosen MAC for the interface; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The Docker endpoint this attach serves (the Docker plugin's Join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_endpoint_id: Option<String>,
+    /// The address reservation whose addresses (given in `ips`) the endpoint
+    /// adopts, and returns to when it is detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
 }
 
 /// `POST /v1/detach`: take a namespace out of one network or of all.

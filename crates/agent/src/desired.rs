@@ -1,16 +1,32 @@
 //! From the mirrored intent to the desired data plane of this host (pure).
 //!
-//! A network is present on a host while at least one of its endpoints lives
+//! A network is *local* on a host while at least one of its endpoints lives
 //! there. Its VRF then holds the network's subnets and, for every endpoint of
 //! the network on another *known* host, a route through that host's VTEP; an
 //! endpoint whose host is no longer registered contributes nothing, so
 //! removing a host drops its routes everywhere.
+//!
+//! Policies and route targets (compiled by `tessera-policy`):
+//! - a network whose routes a local network imports is *present* too, even
+//!   without local endpoints: its VXLAN device carries the traffic towards
+//!   it, and its bridge holds the route to its subnets;
+//! - every present network imports the present networks the topology says
+//!   it imports (route leaking; overlapping subnets are never leaked);
+//! - two present networks that import each other share a conntrack zone for
+//!   the flows between them (after the networks' own zones, probing from a
+//!   hash of the pair, so the same networks always get the same zones);
+//! - every ordered pair of present networks that routes (and every local
+//!   network within itself) gets its compiled program, unless the program
+//!   passes everything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use tessera_dataplane::desired::{DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, RemoteEndpoint};
+use tessera_dataplane::desired::{
+    DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairZone, RemoteEndpoint,
+};
+use tessera_dataplane::tessera_policy::{self, Compiler};
 use tessera_model::watch::Snapshot;
 use tessera_model::{Endpoint, Vni};
 use uuid::Uuid;
@@ -50,17 +66,67 @@ pub fn zones(vnis: &BTreeSet<Vni>) -> BTreeMap<Vni, u16> {
     out
 }
 
+/// Conntrack zones of pairs of networks: from a hash of the pair, probing
+/// upwards past zone 0 and the zones in `used`, in pair order.
+pub fn pair_zones(pairs: &BTreeSet<(Vni, Vni)>, used: &BTreeSet<u16>) -> BTreeMap<(Vni, Vni), u16> {
+    let mut used = used.clone();
+    let mut out = BTreeMap::new();
+    for (a, b) in pairs {
+        let mut h = tessera_policy::flow::Fnv::new();
+        h.bytes(&a.get().to_be_bytes());
+        h.bytes(&b.get().to_be_bytes());
+        let mut z = (h.finish() & 0xffff) as u16;
+        loop {
+            if z != 0 && used.insert(z) {
+                break;
+            }
+            z = z.wrapping_add(1);
+        }
+        out.insert((*a, *b), z);
+    }
+    out
+}
+
+/// This host's desired data plane and what could not be part of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPlan {
+    pub desired: DesiredHost,
+    pub skipped: Skipped,
+    /// Route leaks the intent asks for that were refused (overlapping
+    /// subnets), worth a warning.
+    pub leak_warnings: Vec<tessera_policy::LeakWarning>,
+}
+
 /// Computes the desired data plane of `me` from `snap`.
 pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped) {
+    let plan = host_plan(snap, me);
+    (plan.desired, plan.skipped)
+}
+
+/// Computes the desired data plane of `me` from `snap`, with the warnings
+/// about refused route leaks.
+pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
     let underlay: HashMap<&str, IpAddr> = snap.hosts.iter().map(|h| (h.name.as_str(), h.underlay_ip)).collect();
     let mut by_network: BTreeMap<Uuid, Vec<&Endpoint>> = BTreeMap::new();
     for e in &snap.endpoints {
         by_network.entry(e.network).or_default().push(e);
     }
+    let compiler = Compiler::new(&snap.networks, &snap.policies);
+    let topology = compiler.topology();
+    let has_local = |id: &Uuid| {
+        by_network
+            .get(id)
+            .is_some_and(|eps| eps.iter().any(|e| e.host == me.name && e.owner.netns.as_ref().is_some_and(|n| !n.is_empty())))
+    };
+    let local_ids: BTreeSet<Uuid> = snap.networks.iter().map(|n| n.id).filter(has_local).collect();
+    let present_ids: BTreeSet<Uuid> = local_ids.iter().flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
     let mut skipped = Skipped::default();
     let mut networks: Vec<DesiredNetwork> = Vec::new();
     for net in &snap.networks {
-        let Some(eps) = by_network.get(&net.id) else { continue };
+        let eps = by_network.get(&net.id).map(Vec::as_slice).unwrap_or_default();
+        if eps.is_empty() && !present_ids.contains(&net.id) {
+            continue;
+        }
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for e in eps {
@@ -82,17 +148,24 @@ pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped
                 remote.extend(e.ips.iter().map(|ip| RemoteEndpoint { ip: ip.addr(), host_underlay: *host_underlay }));
             }
         }
-        if local.is_empty() {
+        if !present_ids.contains(&net.id) {
             continue;
         }
         local.sort_by_key(|l| l.id);
         remote.sort_by_key(|r| (r.ip, r.host_underlay));
+        let mut imports: Vec<Vni> = topology
+            .imports(net.id)
+            .filter(|i| present_ids.contains(i))
+            .filter_map(|i| compiler.network(i).map(|n| n.vni))
+            .collect();
+        imports.sort();
         networks.push(DesiredNetwork {
             vni: net.vni,
             zone: 0,
             subnets: net.subnets.iter().map(|s| DesiredSubnet { cidr: s.cidr, gateway: s.gateway }).collect(),
             local,
             remote,
+            imports,
         });
     }
     networks.sort_by_key(|n| n.vni);
@@ -100,13 +173,44 @@ pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped
     for n in &mut networks {
         n.zone = z[&n.vni];
     }
-    let host = DesiredHost {
+
+    let id_of: BTreeMap<Vni, Uuid> =
+        snap.networks.iter().filter(|n| present_ids.contains(&n.id)).map(|n| (n.vni, n.id)).collect();
+    let imports_of = |v: Vni| networks.iter().find(|n| n.vni == v).map(|n| n.imports.as_slice()).unwrap_or_default();
+    let mut pairs: BTreeSet<(Vni, Vni)> = BTreeSet::new();
+    for n in &networks {
+        for i in &n.imports {
+            if n.vni < *i && imports_of(*i).contains(&n.vni) {
+                pairs.insert((n.vni, *i));
+            }
+        }
+    }
+    let used: BTreeSet<u16> = networks.iter().map(|n| n.zone).collect();
+    let shared_zones: Vec<PairZone> =
+        pair_zones(&pairs, &used).into_iter().map(|((a, b), zone)| PairZone { a, b, zone }).collect();
+
+    let mut policies = Vec::new();
+    for n in &networks {
+        let is_local = !n.local.is_empty();
+        let dsts = is_local.then_some(n.vni).into_iter().chain(n.imports.iter().copied());
+        for d in dsts {
+            let (Some(s_id), Some(d_id)) = (id_of.get(&n.vni), id_of.get(&d)) else { continue };
+            let Some(program) = compiler.program(*s_id, *d_id) else { continue };
+            if !program.is_pass_all() {
+                policies.push(PairPolicy { src: n.vni, dst: d, lists: program.lists });
+            }
+        }
+    }
+
+    let desired = DesiredHost {
         underlay_ip: me.underlay_ip,
         underlay_ifname: me.underlay_ifname.clone(),
         underlay_mtu: me.underlay_mtu,
         networks,
+        pair_zones: shared_zones,
+        policies,
     };
-    (host, skipped)
+    HostPlan { desired, skipped, leak_warnings: topology.warnings.clone() }
 }
 
 #[cfg(test)]
@@ -212,6 +316,108 @@ mod tests {
         let (d, skipped) = desired_host(&s, &me());
         assert!(d.networks.is_empty());
         assert_eq!(skipped.0.len(), 1);
+    }
+
+    fn pass_all(n: u128) -> tessera_model::Policy {
+        tessera_model::Policy {
+            id: Uuid::from_u128(n),
+            fq_name: format!("default-domain:admin:p{n}").parse().unwrap(),
+            rules: vec![tessera_model::Rule::parse(
+                "r",
+                "pass any any any <> any any",
+                &tessera_model::ProjectName::default_project(),
+            )
+            .unwrap()],
+        }
+    }
+
+    /// n1 (local on h1) and n2 (only on h2) with a pass-all policy on both.
+    fn connected() -> Snapshot {
+        let mut s = snap();
+        s.policies.push(pass_all(100));
+        for n in &mut s.networks[..2] {
+            n.policies = vec![Uuid::from_u128(100)];
+        }
+        s
+    }
+
+    #[test]
+    fn a_network_a_local_one_imports_is_present_without_endpoints() {
+        let (d, _) = desired_host(&connected(), &me());
+        let vnis: Vec<u32> = d.networks.iter().map(|n| n.vni.get()).collect();
+        assert_eq!(vnis, vec![4096, 4097]);
+        let n2 = &d.networks[1];
+        assert!(n2.local.is_empty());
+        assert_eq!(n2.remote.len(), 1, "its remote endpoints, so that routes to them work");
+        assert_eq!(d.networks[0].imports, vec![Vni::new(4097).unwrap()]);
+        assert_eq!(n2.imports, vec![Vni::new(4096).unwrap()]);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn networks_that_import_each_other_share_a_zone_apart_from_their_own() {
+        let (d, _) = desired_host(&connected(), &me());
+        assert_eq!(d.pair_zones.len(), 1);
+        let pz = &d.pair_zones[0];
+        assert_eq!((pz.a.get(), pz.b.get()), (4096, 4097));
+        assert!(d.networks.iter().all(|n| n.zone != pz.zone));
+        assert_eq!(desired_host(&connected(), &me()).0.pair_zones, d.pair_zones, "stable");
+    }
+
+    #[test]
+    fn programs_are_compiled_for_pairs_that_route() {
+        let (d, _) = desired_host(&connected(), &me());
+        let pairs: Vec<(u32, u32)> = d.policies.iter().map(|p| (p.src.get(), p.dst.get())).collect();
+        assert_eq!(
+            pairs,
+            vec![(4096, 4097), (4097, 4096)],
+            "pass-all between networks still needs both lists; within n1 nothing"
+        );
+    }
+
+    #[test]
+    fn detaching_the_policy_drops_the_other_network_and_its_program() {
+        let mut s = connected();
+        s.networks[0].policies.clear();
+        let (d, _) = desired_host(&s, &me());
+        assert_eq!(d.networks.len(), 1);
+        assert!(d.networks[0].imports.is_empty() && d.pair_zones.is_empty() && d.policies.is_empty());
+    }
+
+    #[test]
+    fn a_one_way_route_target_imports_one_way_without_a_shared_zone() {
+        let mut s = snap();
+        s.networks[0].import_targets = vec!["64512:1".parse().unwrap()];
+        s.networks[1].export_targets = vec!["64512:1".parse().unwrap()];
+        let (d, _) = desired_host(&s, &me());
+        assert_eq!(d.networks[0].imports, vec![Vni::new(4097).unwrap()]);
+        assert!(d.networks[1].imports.is_empty());
+        assert!(d.pair_zones.is_empty());
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn overlapping_networks_are_not_leaked_and_warned_about() {
+        let mut s = connected();
+        s.networks[1].subnets[0].cidr = "192.168.10.128/25".parse().unwrap();
+        let plan = host_plan(&s, &me());
+        assert_eq!(plan.desired.networks.len(), 1);
+        assert!(plan.desired.networks[0].imports.is_empty());
+        assert_eq!(plan.leak_warnings.len(), 2);
+    }
+
+    #[test]
+    fn an_intra_network_deny_compiles_a_program_within_the_network() {
+        let mut s = snap();
+        let mut p = pass_all(7);
+        p.rules =
+            vec![tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project())
+                .unwrap()];
+        s.policies.push(p);
+        s.networks[0].policies = vec![Uuid::from_u128(7)];
+        let (d, _) = desired_host(&s, &me());
+        assert_eq!(d.policies.len(), 1);
+        assert_eq!((d.policies[0].src.get(), d.policies[0].dst.get()), (4096, 4096));
     }
 
     #[test]

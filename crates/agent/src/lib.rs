@@ -128,13 +128,14 @@ impl Agent {
             network: req.network.clone(),
             name: Some(name),
             host: self.me.name.clone(),
-            mac: None,
+            mac: req.mac.clone(),
             ips: req.ips.clone(),
             owner: Owner {
                 container_id: req.container_id.clone(),
                 netns: Some(req.netns.clone()),
-                docker_endpoint_id: None,
+                docker_endpoint_id: req.docker_endpoint_id.clone(),
                 ifname: Some(ifname),
+                reservation: req.reservation.clone(),
             },
         };
         let ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;

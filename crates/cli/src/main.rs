@@ -55,6 +55,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run the host agent: reconcile this host's data plane to the controller's intent.
     Agent(commands::agent::AgentArgs),
+    /// Run Docker's network and IPAM driver for this host (`docker network create -d tessera`).
+    DockerPlugin(commands::docker_plugin::Args),
     /// Put a running container or network namespace into a network.
     Attach(commands::agent::AttachArgs),
     /// Take a container or network namespace out of a network (or of all).
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log their work; the demo and the CLI only warn, their output is for people.
     let default_level = match cli.command {
-        Command::Controller(_) | Command::Agent(_) => "info",
+        Command::Controller(_) | Command::Agent(_) | Command::DockerPlugin(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("demo crashed: {e}"))),
             Command::Agent(a) => commands::agent::run_agent(&cli.controller, a).await,
+            Command::DockerPlugin(a) => commands::docker_plugin::run(&cli.controller, a).await,
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy,
-    PolicyCreate, PolicyUpdate,
+    PolicyCreate, PolicyUpdate, Reservation, ReservationCreate,
 };
 use utoipa::OpenApi;
 
@@ -90,6 +90,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/networks", get(list_networks).post(create_network))
         .route("/v1/networks/{id}", get(get_network).patch(update_network).delete(delete_network))
         .route("/v1/networks/{id}/ipam", get(network_ipam))
+        .route("/v1/networks/{id}/reservations", get(list_reservations).post(reserve_address))
+        .route("/v1/networks/{id}/reservations/{address}", axum::routing::delete(release_reservation))
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
         .route("/v1/endpoints/{id}/status", put(set_endpoint_status))
@@ -190,6 +192,40 @@ async fn delete_network(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<St
     responses((status = 200, body = NetworkIpam), (status = 404, body = ErrorBody)))]
 async fn network_ipam(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<NetworkIpam>> {
     Ok(Json(ctl.network_ipam(&id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReleaseParams {
+    /// Release only if this owner holds the reservation.
+    pub owner: Option<String>,
+}
+
+/// Reserves an address for an owner before any endpoint exists (Docker's IPAM).
+#[utoipa::path(post, path = "/v1/networks/{id}/reservations", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    request_body = ReservationCreate,
+    responses((status = 201, body = Reservation), (status = 200, description = "the owner already held it", body = Reservation),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "taken or exhausted", body = ErrorBody)))]
+async fn reserve_address(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<ReservationCreate>) -> ApiResult<Response> {
+    Ok(created(ctl.reserve_address(&id, req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/networks/{id}/reservations", params(("id" = String, Path, description = "UUID, name or domain:project:name")),
+    responses((status = 200, body = Vec<Reservation>), (status = 404, body = ErrorBody)))]
+async fn list_reservations(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Vec<Reservation>>> {
+    Ok(Json(ctl.list_reservations(&id).await?))
+}
+
+/// Releases a reserved address; releasing a free address is Ok.
+#[utoipa::path(delete, path = "/v1/networks/{id}/reservations/{address}",
+    params(("id" = String, Path, description = "UUID, name or domain:project:name"), ("address" = String, Path), ReleaseParams),
+    responses((status = 204, description = "released or absent"), (status = 409, description = "held by an endpoint or another owner", body = ErrorBody)))]
+async fn release_reservation(
+    State(ctl): Ctl,
+    Path((id, address)): Path<(String, String)>,
+    Query(p): Query<ReleaseParams>,
+) -> ApiResult<StatusCode> {
+    ctl.release_reservation(&id, &address, p.owner.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/endpoints", params(EndpointFilter), responses((status = 200, body = Vec<Endpoint>)))]
@@ -323,6 +359,9 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
         update_network,
         delete_network,
         network_ipam,
+        reserve_address,
+        list_reservations,
+        release_reservation,
         list_endpoints,
         create_endpoint,
         get_endpoint,

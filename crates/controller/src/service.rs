@@ -18,9 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tessera_ipam::SubnetPlan;
 use tessera_model::network::{parse_route_targets, validate_subnets};
+use tessera_model::reservation::{check_owner, reservation_owner, RESERVATION_OWNER_PREFIX};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, FqName, Host, HostRegister, MacAddr, Network, NetworkCreate,
-    NetworkUpdate, Policy, PolicyCreate, PolicyUpdate, ProjectName, RouteTarget, Vni,
+    NetworkUpdate, Policy, PolicyCreate, PolicyUpdate, ProjectName, Reservation, ReservationCreate, RouteTarget, Vni,
 };
 use tessera_store::{Compare, KeyValue, Op, Store, Txn};
 use uuid::Uuid;
@@ -803,6 +804,16 @@ impl Controller {
         };
         let subnet = net.subnets[index].clone();
         let owner = reservation_owner(&req.owner);
+        let take_over = match &req.from {
+            Some(from) => {
+                check_owner("from", from)?;
+                if chosen.is_none() {
+                    return Err(FieldError::new("address", "taking a reservation over needs its address").into());
+                }
+                Some(reservation_owner(from))
+            }
+            None => None,
+        };
         let reservation = |address| Reservation { network: net.id, subnet: subnet.cidr, address, owner: req.owner.clone() };
 
         let lock = self.ipam_lock(net.id);
@@ -814,6 +825,14 @@ impl Controller {
                     if let Some(kv) = self.store.get(&keys::allocation(net.id, index, a)).await? {
                         if kv.value == owner.as_bytes() {
                             return Ok(Created { object: reservation(a), created: false });
+                        }
+                        if take_over.as_ref().is_some_and(|from| kv.value == from.as_bytes()) {
+                            let key = keys::allocation(net.id, index, a);
+                            let txn = Txn::new().when(Compare::ValueEquals(key.clone(), kv.value)).then(put_str(key, &owner));
+                            if self.commit(txn).await?.succeeded {
+                                return Ok(Created { object: reservation(a), created: true });
+                            }
+                            continue;
                         }
                         return Err(Error::AlreadyExists {
                             what: format!("address {a} is already in use in network {}", net.fq_name),

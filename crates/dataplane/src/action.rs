@@ -22,31 +22,60 @@ use uuid::Uuid;
 use crate::desired::{SysctlKey, VRF_UNREACHABLE_METRIC};
 use crate::nft::SKELETON_VERSION;
 use crate::observed::{
-    AddressEntry, FdbEntry, IpFamily, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
+    AddressEntry, FdbEntry, IpFamily, MapElement, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
 };
+use crate::policy::POLICY_TABLE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// `sysctl -w KEY=VALUE` (a write to `/proc/sys/KEY` in the data plane's
     /// namespace).
     SysctlWrite { key: SysctlKey, value: String },
-    /// `nft -f SKELETON`: creates `table inet tessera` (conntrack zone map and
-    /// raw-priority chains) and `table bridge tessera` (anti-spoofing sets and
-    /// chain), replacing older versions of them together with their elements.
+    /// `nft -f SKELETON`: creates `table inet tessera` (conntrack zone maps
+    /// and raw-priority chains), `table bridge tessera` (anti-spoofing sets
+    /// and chain) and `table inet tessera_policy` (the forward hook and an
+    /// empty dispatch chain), replacing older versions of them together with
+    /// their elements, chains and maps.
     NftTablesInstall,
     /// `nft add element FAMILY tessera SET { ELEMENT }`. Adding an element
     /// that exists succeeds.
     NftSetElementAdd(NftElement),
     /// `nft delete element FAMILY tessera SET { ELEMENT }`.
     NftSetElementDelete(NftElement),
+    /// `nft add map inet tessera_policy NAME { type ADDR . ADDR . inet_proto
+    /// . inet_service . inet_service : verdict; flags interval; counter; }`
+    NftMapAdd { name: String, family: tessera_policy::Family },
+    /// `nft delete map inet tessera_policy NAME` (once no rule looks it up).
+    NftMapDelete { name: String },
+    /// `nft add element inet tessera_policy MAP { KEY : VERDICT, ... }`
+    NftMapElementsAdd { map: String, elements: Vec<MapElement> },
+    /// `nft delete element inet tessera_policy MAP { KEY, ... }`
+    NftMapElementsDelete { map: String, elements: Vec<MapElement> },
+    /// `nft add chain inet tessera_policy NAME; flush chain ...; add rule
+    /// inet tessera_policy NAME RULE` for each rule: creates the chain or
+    /// replaces its rules.
+    NftChainInstall { name: String, rules: Vec<String> },
+    /// `nft delete chain inet tessera_policy NAME` (once nothing jumps to it).
+    NftChainDelete { name: String },
+    /// `conntrack -D -w ZONE`: deletes every conntrack entry of the zone (both
+    /// address families), so that flows a policy change no longer allows
+    /// end; flows still allowed are picked up again, as new, by their next
+    /// packet. Runs after the nftables transaction.
+    ConntrackZoneFlush { zone: u16 },
+    /// `ip link set NAME type bridge_slave isolated on`: the port may talk to
+    /// the bridge only, so traffic between two endpoints on the host is
+    /// routed (and firewalled) rather than bridged.
+    BridgePortIsolate { name: String },
     /// `ip link add NAME address MAC mtu MTU up type bridge mcast_snooping 0`
     LinkAddBridge { name: String, mac: MacAddr, mtu: u32 },
     /// `ip link add NAME address MAC mtu MTU up type vxlan id VNI local LOCAL
     /// dev UNDERLAY dstport PORT nolearning`
     LinkAddVxlan { name: String, vni: Vni, local: IpAddr, underlay: String, port: u16, mac: MacAddr, mtu: u32 },
     /// `ip link add NAME mtu MTU master BRIDGE up type veth peer name IFNAME
-    /// address MAC mtu MTU netns NETNS`: the container side is created
-    /// directly inside the container's namespace, with its final name.
+    /// address MAC mtu MTU netns NETNS; ip link set NAME type bridge_slave
+    /// isolated on`: the container side is created directly inside the
+    /// container's namespace, with its final name; the host side is an
+    /// isolated port of the bridge.
     VethAdd { name: String, bridge: String, mtu: u32, netns: PathBuf, peer_ifname: String, peer_mac: MacAddr },
     /// `ip link set NAME up`
     LinkSetUp { name: String },
@@ -61,9 +90,9 @@ pub enum Action {
     AddressInstall(AddressEntry),
     /// `ip addr del ADDR dev DEV`
     AddressUninstall(AddressEntry),
-    /// `ip [-6] rule add iif IIF lookup TABLE pref PRIORITY`
+    /// `ip [-6] rule add iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
     RuleInstall(RuleEntry),
-    /// `ip [-6] rule del iif IIF lookup TABLE pref PRIORITY`
+    /// `ip [-6] rule del iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
     RuleUninstall(RuleEntry),
     /// `ip [-6] route replace DST dev DEV [scope link] table TABLE`, or
     /// `ip [-6] route replace unreachable DST metric 4278198272 table TABLE`.
@@ -108,6 +137,14 @@ impl Action {
             Action::NftTablesInstall => "NftTablesInstall",
             Action::NftSetElementAdd(_) => "NftSetElementAdd",
             Action::NftSetElementDelete(_) => "NftSetElementDelete",
+            Action::NftMapAdd { .. } => "NftMapAdd",
+            Action::NftMapDelete { .. } => "NftMapDelete",
+            Action::NftMapElementsAdd { .. } => "NftMapElementsAdd",
+            Action::NftMapElementsDelete { .. } => "NftMapElementsDelete",
+            Action::NftChainInstall { .. } => "NftChainInstall",
+            Action::NftChainDelete { .. } => "NftChainDelete",
+            Action::ConntrackZoneFlush { .. } => "ConntrackZoneFlush",
+            Action::BridgePortIsolate { .. } => "BridgePortIsolate",
             Action::LinkAddBridge { .. } => "LinkAddBridge",
             Action::LinkAddVxlan { .. } => "LinkAddVxlan",
             Action::VethAdd { .. } => "VethAdd",
@@ -133,7 +170,18 @@ impl Action {
     /// Whether the action is carried out by nftables (and so is part of the
     /// plan's single nft transaction).
     pub fn is_nft(&self) -> bool {
-        matches!(self, Action::NftTablesInstall | Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_))
+        matches!(
+            self,
+            Action::NftTablesInstall
+                | Action::NftSetElementAdd(_)
+                | Action::NftSetElementDelete(_)
+                | Action::NftMapAdd { .. }
+                | Action::NftMapDelete { .. }
+                | Action::NftMapElementsAdd { .. }
+                | Action::NftMapElementsDelete { .. }
+                | Action::NftChainInstall { .. }
+                | Action::NftChainDelete { .. }
+        )
     }
 
     /// Whether the action removes something (and so succeeds when it is
@@ -142,6 +190,9 @@ impl Action {
         matches!(
             self,
             Action::NftSetElementDelete(_)
+                | Action::NftMapDelete { .. }
+                | Action::NftMapElementsDelete { .. }
+                | Action::NftChainDelete { .. }
                 | Action::LinkDelete { .. }
                 | Action::AddressUninstall(_)
                 | Action::RuleUninstall(_)
@@ -171,7 +222,26 @@ fn route_args(r: &RouteEntry) -> String {
 }
 
 fn rule_args(r: &RuleEntry) -> String {
-    format!("iif {} lookup {} pref {}", r.iifname, r.table, r.priority)
+    format!("{} lookup {} pref {}", r.selector, r.table, r.priority)
+}
+
+/// At most a few elements, then how many there are in all.
+fn elements_brief(f: &mut fmt::Formatter<'_>, elements: &[MapElement], keys_only: bool) -> fmt::Result {
+    const SHOWN: usize = 8;
+    for (i, e) in elements.iter().take(SHOWN).enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        if keys_only {
+            write!(f, "{}", e.key)?;
+        } else {
+            write!(f, "{e}")?;
+        }
+    }
+    if elements.len() > SHOWN {
+        write!(f, ", ... ({} elements)", elements.len())?;
+    }
+    Ok(())
 }
 
 fn rule_flag(f: IpFamily) -> &'static str {
@@ -185,9 +255,35 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::SysctlWrite { key, value } => write!(f, "sysctl -w {key}={value}"),
-            Action::NftTablesInstall => write!(f, "nft -f tessera-skeleton-{SKELETON_VERSION} # inet tessera, bridge tessera"),
+            Action::NftTablesInstall => {
+                write!(f, "nft -f tessera-skeleton-{SKELETON_VERSION} # inet tessera, bridge tessera, inet {POLICY_TABLE}")
+            }
             Action::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
             Action::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
+            Action::NftMapAdd { name, family } => {
+                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::nft::policy_map_type(*family))
+            }
+            Action::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
+            Action::NftMapElementsAdd { map, elements } => {
+                write!(f, "nft add element inet {POLICY_TABLE} {map} {{ ")?;
+                elements_brief(f, elements, false)?;
+                f.write_str(" }")
+            }
+            Action::NftMapElementsDelete { map, elements } => {
+                write!(f, "nft delete element inet {POLICY_TABLE} {map} {{ ")?;
+                elements_brief(f, elements, true)?;
+                f.write_str(" }")
+            }
+            Action::NftChainInstall { name, rules } => {
+                write!(f, "nft add chain inet {POLICY_TABLE} {name}; flush chain inet {POLICY_TABLE} {name}")?;
+                for r in rules {
+                    write!(f, "; add rule inet {POLICY_TABLE} {name} {r}")?;
+                }
+                Ok(())
+            }
+            Action::NftChainDelete { name } => write!(f, "nft delete chain inet {POLICY_TABLE} {name}"),
+            Action::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
+            Action::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
             Action::LinkAddBridge { name, mac, mtu } => {
                 write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0")
             }
@@ -197,7 +293,7 @@ impl fmt::Display for Action {
             ),
             Action::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
                 f,
-                "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}",
+                "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}; ip link set {name} type bridge_slave isolated on",
                 netns.display()
             ),
             Action::LinkSetUp { name } => write!(f, "ip link set {name} up"),

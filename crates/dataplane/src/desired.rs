@@ -55,8 +55,36 @@ pub struct DesiredHost {
     /// MTU of the underlay device; overlay MTUs are derived from it.
     pub underlay_mtu: u32,
     /// The networks that have at least one endpoint on this host (or that the
-    /// agent otherwise wants present).
+    /// agent otherwise wants present, such as a network whose routes a local
+    /// network imports: its VXLAN device carries the traffic towards it).
     pub networks: Vec<DesiredNetwork>,
+    /// Conntrack zones shared by two networks that route to each other, so
+    /// that both directions of a flow between them meet in one zone.
+    #[serde(default)]
+    pub pair_zones: Vec<PairZone>,
+    /// The firewall programs of new flows between networks (or within one);
+    /// a pair without a program passes everything.
+    #[serde(default)]
+    pub policies: Vec<PairPolicy>,
+}
+
+/// The conntrack zone of flows between networks `a` and `b` (which import
+/// each other's routes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairZone {
+    pub a: Vni,
+    pub b: Vni,
+    pub zone: u16,
+}
+
+/// The program that decides new flows entering the host from network `src`'s
+/// bridge towards network `dst` (`src == dst` for flows within a network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPolicy {
+    pub src: Vni,
+    pub dst: Vni,
+    /// Evaluated in order; the flow passes when every list passes.
+    pub lists: Vec<tessera_policy::RuleList>,
 }
 
 /// One network (one VRF) on a host.
@@ -70,6 +98,12 @@ pub struct DesiredNetwork {
     pub local: Vec<LocalEndpoint>,
     /// Endpoints of this network on other hosts.
     pub remote: Vec<RemoteEndpoint>,
+    /// Networks (present on the host) whose routes this network's VRF holds:
+    /// their subnets through their bridge, their remote endpoints through
+    /// their VXLAN device. None may overlap this network's subnets or each
+    /// other.
+    #[serde(default)]
+    pub imports: Vec<Vni>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,19 +249,31 @@ impl fmt::Display for SysctlKey {
     }
 }
 
-/// Host-wide parameters the data plane needs: forwarding on.
+/// Host-wide parameters the data plane needs: forwarding on; replies the
+/// kernel makes for a packet (TCP resets and ICMP errors of `reject`) carry
+/// the packet's firewall mark, so that an `ip rule fwmark` routes them in the
+/// network's VRF.
 pub fn host_sysctls() -> Vec<(SysctlKey, &'static str)> {
-    vec![(SysctlKey("net/ipv4/ip_forward".into()), "1"), (SysctlKey("net/ipv6/conf/all/forwarding".into()), "1")]
+    vec![
+        (SysctlKey("net/ipv4/ip_forward".into()), "1"),
+        (SysctlKey("net/ipv6/conf/all/forwarding".into()), "1"),
+        (SysctlKey("net/ipv4/fwmark_reflect".into()), "1"),
+        (SysctlKey("net/ipv6/fwmark_reflect".into()), "1"),
+    ]
 }
 
-/// Parameters of a network's bridge: it answers ARP and NS for the network's
-/// remote endpoints at once (proxy, no delay), forwards, and never runs DAD on
-/// its gateway addresses. Reverse-path filtering is off: the VRF is chosen by
-/// `ip rule`, which the reverse-path check does not see.
+/// Parameters of a network's bridge: it answers ARP and NS for every address
+/// of the network at once (proxy, no delay; `proxy_arp_pvlan` also for
+/// addresses behind the bridge itself, since its ports are isolated and all
+/// traffic between two local endpoints is routed through the host, where the
+/// firewall sees it), forwards, and never runs DAD on its gateway addresses.
+/// Reverse-path filtering is off: the VRF is chosen by `ip rule`, which the
+/// reverse-path check does not see.
 pub fn bridge_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
     vec![
         (SysctlKey::ipv4_conf(dev, "forwarding"), "1"),
         (SysctlKey::ipv4_conf(dev, "proxy_arp"), "1"),
+        (SysctlKey::ipv4_conf(dev, "proxy_arp_pvlan"), "1"),
         (SysctlKey::ipv4_conf(dev, "rp_filter"), "0"),
         (SysctlKey::ipv4_neigh(dev, "proxy_delay"), "0"),
         (SysctlKey::ipv6_conf(dev, "forwarding"), "1"),
@@ -349,6 +395,26 @@ impl DesiredHost {
                     }
                 }
             }
+            for (i, imp) in net.imports.iter().enumerate() {
+                let at_imp = at(&format!("imports[{i}]"));
+                let Some(other) = self.networks.iter().find(|o| o.vni == *imp) else {
+                    return Err(DesiredError::new(at_imp, format!("VNI {imp} is not a network of this host")));
+                };
+                if *imp == net.vni {
+                    return Err(DesiredError::new(at_imp, "a network does not import itself"));
+                }
+                let mut seen: Vec<&DesiredSubnet> = net.subnets.iter().collect();
+                for earlier in &net.imports[..i] {
+                    seen.extend(self.networks.iter().filter(|o| o.vni == *earlier).flat_map(|o| &o.subnets));
+                }
+                for sub in &other.subnets {
+                    if let Some(clash) =
+                        seen.iter().find(|s| s.cidr.contains(&sub.cidr.network()) || sub.cidr.contains(&s.cidr.network()))
+                    {
+                        return Err(DesiredError::new(at_imp, format!("{} of VNI {imp} overlaps {}", sub.cidr, clash.cidr)));
+                    }
+                }
+            }
             for (r, rem) in net.remote.iter().enumerate() {
                 let at_rem = |f: &str| at(&format!("remote[{r}].{f}"));
                 if rem.host_underlay.is_ipv4() != self.underlay_ip.is_ipv4() {
@@ -365,7 +431,45 @@ impl DesiredHost {
                 }
             }
         }
+        let present = |v: Vni| self.networks.iter().find(|n| n.vni == v);
+        let mut pairs = BTreeSet::new();
+        for (i, pz) in self.pair_zones.iter().enumerate() {
+            let at = |f: &str| format!("pair_zones[{i}].{f}");
+            let (Some(a), Some(b)) = (present(pz.a), present(pz.b)) else {
+                return Err(DesiredError::new(at("a"), "both networks of a pair zone must be on the host"));
+            };
+            if pz.a == pz.b || !a.imports.contains(&pz.b) || !b.imports.contains(&pz.a) {
+                return Err(DesiredError::new(at("b"), "a pair zone joins two networks that import each other"));
+            }
+            if !pairs.insert((pz.a.min(pz.b), pz.a.max(pz.b))) {
+                return Err(DesiredError::new(at("b"), "the pair has two zones"));
+            }
+            if pz.zone == 0 {
+                return Err(DesiredError::new(at("zone"), "zone 0 is the host's own; use 1..=65535"));
+            }
+            if !zones.insert(pz.zone) {
+                return Err(DesiredError::new(at("zone"), format!("zone {} is used twice", pz.zone)));
+            }
+        }
+        let mut programs = BTreeSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if present(p.src).is_none() || present(p.dst).is_none() {
+                return Err(DesiredError::new(format!("policies[{i}]"), "both networks of a program must be on the host"));
+            }
+            if !programs.insert((p.src, p.dst)) {
+                return Err(DesiredError::new(format!("policies[{i}]"), format!("two programs for {} > {}", p.src, p.dst)));
+            }
+        }
         Ok(())
+    }
+
+    /// The conntrack zone of flows from network `src` to network `dst`: the
+    /// pair's zone between two networks, the network's own within one.
+    pub fn flow_zone(&self, src: Vni, dst: Vni) -> Option<u16> {
+        if src == dst {
+            return self.networks.iter().find(|n| n.vni == src).map(|n| n.zone);
+        }
+        self.pair_zones.iter().find(|p| (p.a == src && p.b == dst) || (p.a == dst && p.b == src)).map(|p| p.zone)
     }
 }
 

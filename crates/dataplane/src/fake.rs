@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::action::Action;
 use crate::nft::SKELETON_VERSION;
-use crate::observed::{LinkKind, LinkState, Observed, RouteTarget, VxlanState};
+use crate::observed::{LinkKind, LinkState, Observed, ObservedChain, ObservedMap, RouteTarget, VxlanState};
 use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError, VifEntry};
 
 /// A call made to the fake, in order.
@@ -23,6 +23,7 @@ pub enum Call {
     Observe,
     Apply(Vec<Action>),
     Interfaces,
+    PolicyCounters,
 }
 
 type Matcher = Box<dyn Fn(&Action) -> bool + Send>;
@@ -41,6 +42,7 @@ struct State {
     injected: Vec<Injected>,
     observe_errors: Vec<i32>,
     interfaces: Vec<VifEntry>,
+    element_counters: Vec<crate::policy::ElementCounter>,
 }
 
 /// A recording, error-injecting stand-in for a Linux data plane.
@@ -108,6 +110,11 @@ impl FakeDataplane {
     pub fn set_interfaces(&self, entries: Vec<VifEntry>) {
         self.lock().interfaces = entries;
     }
+
+    /// The per-element counters `policy_counters` sums.
+    pub fn set_element_counters(&self, counters: Vec<crate::policy::ElementCounter>) {
+        self.lock().element_counters = counters;
+    }
 }
 
 fn injected_errno(injected: &mut Vec<Injected>, action: &Action) -> Option<i32> {
@@ -152,6 +159,44 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
         Action::NftTablesInstall => {
             k.nft.skeleton = Some(SKELETON_VERSION.to_string());
             k.nft.elements.clear();
+            k.nft.policy = Default::default();
+            k.nft.policy.chains.insert(crate::policy::DISPATCH.into(), ObservedChain { digest: None, default: None });
+        }
+        Action::NftMapAdd { name, family } => {
+            if k.nft.skeleton.is_none() || k.nft.policy.maps.contains_key(name) {
+                return Err(err(if k.nft.skeleton.is_none() { ENOENT } else { EEXIST }));
+            }
+            k.nft.policy.maps.insert(name.clone(), ObservedMap { family: *family, elements: Default::default() });
+        }
+        Action::NftMapDelete { name } => {
+            k.nft.policy.maps.remove(name);
+        }
+        Action::NftMapElementsAdd { map, elements } => {
+            let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
+            for e in elements {
+                m.elements.retain(|x| x.key != e.key);
+                m.elements.insert(e.clone());
+            }
+        }
+        Action::NftMapElementsDelete { map, elements } => {
+            if let Some(m) = k.nft.policy.maps.get_mut(map) {
+                for e in elements {
+                    m.elements.retain(|x| x.key != e.key);
+                }
+            }
+        }
+        Action::NftChainInstall { name, rules } => {
+            if k.nft.skeleton.is_none() {
+                return Err(err(ENOENT));
+            }
+            k.nft.policy.chains.insert(name.clone(), crate::policy::chain_state_of(rules));
+        }
+        Action::NftChainDelete { name } => {
+            k.nft.policy.chains.remove(name);
+        }
+        Action::ConntrackZoneFlush { .. } => {}
+        Action::BridgePortIsolate { name } => {
+            k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.isolated = true;
         }
         Action::NftSetElementAdd(e) => {
             if k.nft.skeleton.is_none() {
@@ -166,7 +211,15 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             add_link(
                 k,
                 name,
-                LinkState { kind: LinkKind::Bridge, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None },
+                LinkState {
+                    kind: LinkKind::Bridge,
+                    mtu: *mtu,
+                    mac: Some(*mac),
+                    up: true,
+                    master: None,
+                    alias: None,
+                    isolated: false,
+                },
             )?;
         }
         Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
@@ -177,14 +230,26 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 underlay: Some(underlay.clone()),
                 learning: false,
             });
-            add_link(k, name, LinkState { kind, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None })?;
+            add_link(
+                k,
+                name,
+                LinkState { kind, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None, isolated: false },
+            )?;
         }
         Action::VethAdd { name, bridge, mtu, .. } => {
             need_link(k, bridge)?;
             add_link(
                 k,
                 name,
-                LinkState { kind: LinkKind::Veth, mtu: *mtu, mac: None, up: true, master: Some(bridge.clone()), alias: None },
+                LinkState {
+                    kind: LinkKind::Veth,
+                    mtu: *mtu,
+                    mac: None,
+                    up: true,
+                    master: Some(bridge.clone()),
+                    alias: None,
+                    isolated: true,
+                },
             )?;
         }
         Action::LinkSetUp { name } => {
@@ -305,5 +370,11 @@ impl Dataplane for FakeDataplane {
         let mut s = self.lock();
         s.calls.push(Call::Interfaces);
         Ok(s.interfaces.clone())
+    }
+
+    async fn policy_counters(&self, desired: &crate::DesiredHost) -> Result<Vec<crate::RuleCounter>, DataplaneError> {
+        let mut s = self.lock();
+        s.calls.push(Call::PolicyCounters);
+        Ok(crate::policy::rule_counters(desired, &s.element_counters))
     }
 }

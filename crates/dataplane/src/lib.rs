@@ -30,9 +30,30 @@
 //!   routes: containers get ARP/NS answers from their gateway but, for now,
 //!   no ping reply from it.
 //!
-//! Modules: [`desired`], [`observed`], [`action`], [`mod@plan`] and [`nft`] are
-//! pure; [`linux`] talks to the kernel (netlink, `nft`, `/proc/sys`);
-//! [`fake`] is the recording stand-in for tests.
+//! - every endpoint port is an *isolated* bridge port and the bridge answers
+//!   ARP (`proxy_arp_pvlan`) and NS (a proxy entry per address) for every
+//!   address of the network: traffic between two endpoints on one host is
+//!   routed through the host (TTL decremented once, ICMP redirects dropped)
+//!   and so meets the firewall in the forward hook exactly as traffic
+//!   between hosts does;
+//! - a network's VRF may import another network's routes (route leaking by
+//!   policy or route target): its subnets through that network's bridge,
+//!   its remote endpoints through that network's VXLAN device, so the
+//!   packet travels on the destination network's VNI and the receiving host
+//!   delivers it with its own VRF; the network imported from is present on
+//!   the host for that (its devices), even without local endpoints;
+//! - the firewall of flows between and within networks is
+//!   `table inet tessera_policy` ([`policy`]): per pair of networks, a chain
+//!   of a few verdict-map lookups built by `tessera-policy`; `reject` marks
+//!   the packet with the source network's table number, and with
+//!   `fwmark_reflect` plus one `ip rule fwmark` per network the reset or
+//!   ICMP error is routed in that VRF;
+//! - when a change may refuse flows it let through, the conntrack zone of
+//!   the pair is flushed (`conntrack -D -w ZONE`), so running flows end.
+//!
+//! Modules: [`desired`], [`observed`], [`action`], [`mod@plan`], [`policy`]
+//! and [`nft`] are pure; [`linux`] talks to the kernel (netlink, `nft`,
+//! `conntrack`, `/proc/sys`); [`fake`] is the recording stand-in for tests.
 #![deny(unsafe_code)]
 
 pub mod action;
@@ -42,6 +63,7 @@ pub mod linux;
 pub mod nft;
 pub mod observed;
 pub mod plan;
+pub mod policy;
 pub mod vif;
 
 use std::io;
@@ -53,12 +75,15 @@ use tracing::Instrument;
 pub use action::Action;
 pub use desired::{
     bridge_name, host_veth_name, table_id, vtep_mac, vxlan_name, DesiredError, DesiredHost, DesiredNetwork, DesiredSubnet,
-    LocalEndpoint, RemoteEndpoint,
+    LocalEndpoint, PairPolicy, PairZone, RemoteEndpoint,
 };
 pub use fake::FakeDataplane;
 pub use linux::LinuxDataplane;
 pub use observed::Observed;
 pub use plan::plan;
+pub use policy::RuleCounter;
+/// The policy compiler whose programs [`DesiredHost::policies`] holds.
+pub use tessera_policy;
 pub use vif::{VifEntry, VifKind};
 
 /// Why an observation or an action failed.
@@ -79,6 +104,9 @@ pub enum DataplaneError {
     /// `nft` failed, or its output could not be read.
     #[error("nft {op}: {message}")]
     Nft { op: &'static str, message: String },
+    /// `conntrack` failed.
+    #[error("conntrack -D -w {zone}: {message}")]
+    Conntrack { zone: u16, message: String },
     /// A network namespace could not be opened or entered.
     #[error("network namespace {}: {source}", path.display())]
     Netns {
@@ -158,6 +186,13 @@ pub trait Dataplane: Send + Sync {
     /// The interface table (`tessera vif list`): every link of the data
     /// plane's namespace with its Tessera role and counters.
     async fn interfaces(&self) -> Result<Vec<VifEntry>, DataplaneError>;
+
+    /// Hit counters of the policy rules, attributed to rules as `desired`
+    /// (the state last reconciled) compiles them; one entry per rule of the
+    /// programs of `desired`, zeros included. See [`RuleCounter`] for what a
+    /// hit is. Counters start at zero when an element is installed (a rule
+    /// whose boxes move to another map starts again).
+    async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError>;
 }
 
 /// Validates `desired`, observes, plans and applies. Returns the apply report

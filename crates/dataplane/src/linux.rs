@@ -11,7 +11,8 @@
 //! veth) runs on a short-lived thread that enters the container's namespace,
 //! opens a netlink socket there, and exits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -24,7 +25,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -33,19 +36,20 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use tessera_model::MacAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::action::Action;
-use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, SysctlKey, VRF_UNREACHABLE_METRIC};
-use crate::nft::{element_batch, parse_tables, skeleton_script};
+use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
+use crate::nft::{parse_policy_listing, parse_policy_map, parse_tables, policy_map_counters, script};
 use crate::observed::{
-    owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, NeighEntry, NftElement,
-    NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, VxlanState,
+    owned_link_name, owned_rule, owned_table, AddressEntry, ElementVerdict, FdbEntry, IpFamily, LinkKind, LinkState, MapElement,
+    NeighEntry, NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
+use crate::policy::{map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
 use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
 
@@ -57,11 +61,14 @@ const EADDRNOTAVAIL: i32 = 99;
 
 /// The `nft` program, looked up in `PATH`.
 const NFT: &str = "nft";
+/// The `conntrack` program (conntrack-tools), looked up in `PATH`.
+const CONNTRACK: &str = "conntrack";
 
 enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
     Apply(Vec<Action>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
+    PolicyCounters(Box<DesiredHost>, oneshot::Sender<Result<Vec<RuleCounter>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
 }
 
@@ -120,6 +127,11 @@ impl Dataplane for LinuxDataplane {
     async fn interfaces(&self) -> Result<Vec<VifEntry>, DataplaneError> {
         self.call(Request::Interfaces).await?
     }
+
+    async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
+        let desired = Box::new(desired.clone());
+        self.call(|tx| Request::PolicyCounters(desired, tx)).await?
+    }
 }
 
 /// Enters the network namespace at `path`, for the calling thread only.
@@ -174,7 +186,7 @@ fn worker(
             }
         };
         let _ = ready.send(Ok(()));
-        let kernel = Kernel { handle };
+        let kernel = Kernel { handle, policy_cache: RefCell::new(HashMap::new()) };
         while let Some(req) = requests.recv().await {
             match req {
                 Request::Observe(reply) => {
@@ -185,6 +197,9 @@ fn worker(
                 }
                 Request::Interfaces(reply) => {
                     let _ = reply.send(kernel.interfaces().await);
+                }
+                Request::PolicyCounters(desired, reply) => {
+                    let _ = reply.send(kernel.policy_counters(&desired).await);
                 }
                 Request::LinkWithAddress(ip, reply) => {
                     let _ = reply.send(kernel.link_with_address(ip).await);
@@ -276,6 +291,7 @@ struct RawLink {
     mac: Option<MacAddr>,
     master: Option<u32>,
     alias: Option<String>,
+    isolated: bool,
     stats: Option<rtnetlink::packet_route::link::Stats64>,
 }
 
@@ -290,6 +306,7 @@ fn raw_link(msg: LinkMessage) -> RawLink {
         mac: None,
         master: None,
         alias: None,
+        isolated: false,
         stats: None,
     };
     for attr in msg.attributes {
@@ -305,6 +322,9 @@ fn raw_link(msg: LinkMessage) -> RawLink {
                     match info {
                         LinkInfo::Kind(k) => l.kind = Some(k),
                         LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = v,
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            l.isolated = port.iter().any(|p| matches!(p, InfoBridgePort::Isolated(true)));
+                        }
                         _ => {}
                     }
                 }
@@ -318,6 +338,30 @@ fn raw_link(msg: LinkMessage) -> RawLink {
 /// The kernel of one namespace, driven through one netlink handle.
 struct Kernel {
     handle: Handle,
+    /// The elements of the policy maps as this data plane last read or
+    /// wrote them, with their digest: used while the digest in the comment
+    /// of the rule that looks a map up is the same, so that big maps are not
+    /// listed on every observation.
+    policy_cache: RefCell<HashMap<String, CachedMap>>,
+}
+
+struct CachedMap {
+    digest: u64,
+    elements: BTreeMap<tessera_policy::FlowBox, ElementVerdict>,
+}
+
+impl CachedMap {
+    fn of(elements: impl IntoIterator<Item = MapElement>) -> Self {
+        let mut c = CachedMap { digest: 0, elements: elements.into_iter().map(|e| (e.key, e.verdict)).collect() };
+        c.rehash();
+        c
+    }
+    fn rehash(&mut self) {
+        self.digest = map_digest(&self.set());
+    }
+    fn set(&self) -> BTreeSet<MapElement> {
+        self.elements.iter().map(|(k, v)| MapElement { key: *k, verdict: v.clone() }).collect()
+    }
 }
 
 impl Kernel {
@@ -363,6 +407,7 @@ impl Kernel {
                     up: l.flags.contains(LinkFlags::Up),
                     master: l.master.and_then(|m| names.get(&m).cloned()),
                     alias: l.alias.clone(),
+                    isolated: l.isolated,
                 },
             );
         }
@@ -470,8 +515,152 @@ impl Kernel {
             }
         }
 
-        obs.nft = nft_observe().await?;
+        obs.nft = self.nft_observe().await?;
         Ok(obs)
+    }
+
+    /// The three tables: `inet tessera` and `bridge tessera` listed in full,
+    /// `inet tessera_policy` tersely; a policy map's elements come from the
+    /// cache when the digest in its lookup rule's comment matches, else from
+    /// listing that map.
+    async fn nft_observe(&self) -> Result<NftState, DataplaneError> {
+        let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
+        let inet = nft_list(&["-j", "list", "table", "inet", "tessera"]).await?;
+        let bridge = nft_list(&["-j", "list", "table", "bridge", "tessera"]).await?;
+        let policy = nft_list(&["-j", "-t", "list", "table", "inet", POLICY_TABLE]).await?;
+        let listing = policy.as_deref().map(parse_policy_listing).transpose().map_err(nft_err)?;
+        let mut state = parse_tables(inet.as_deref(), bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
+        let Some(listing) = listing else {
+            self.policy_cache.borrow_mut().clear();
+            return Ok(state);
+        };
+        self.policy_cache.borrow_mut().retain(|name, _| listing.maps.contains_key(name));
+        for (name, (_, digest)) in &listing.maps {
+            let cached = {
+                let cache = self.policy_cache.borrow();
+                cache.get(name).filter(|c| Some(c.digest) == *digest).map(CachedMap::set)
+            };
+            let elements = match cached {
+                Some(set) => set,
+                None => {
+                    let doc = nft_list(&["-j", "-n", "list", "map", "inet", POLICY_TABLE, name])
+                        .await?
+                        .ok_or_else(|| nft_err(format!("map {name} vanished while listing")))?;
+                    let parsed = parse_policy_map(&doc).map_err(nft_err)?;
+                    let entry = CachedMap::of(parsed.into_iter().map(|(e, _, _)| e));
+                    let set = entry.set();
+                    self.policy_cache.borrow_mut().insert(name.clone(), entry);
+                    set
+                }
+            };
+            if let Some(m) = state.policy.maps.get_mut(name) {
+                m.elements = elements;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Applies a plan's nftables actions as one `nft -f -` transaction. When
+    /// it fails, the tables are read again, deletions of what is already
+    /// gone are left out, and it is retried once. The policy map cache
+    /// follows what the kernel holds.
+    async fn nft_apply<'a>(&self, block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
+        let text = script(block, &|_| false);
+        let outcome = match nft_run(&["-f", "-"], Some(&text)).await {
+            Ok(_) => Ok(()),
+            Err(first) => match self.nft_observe().await {
+                Err(e) => Err(format!("{first}; then {e}")),
+                Ok(now) => {
+                    let trimmed: Vec<Action> = block.iter().filter_map(|a| without_absent(a, &now)).collect();
+                    if trimmed.len() == block.len() && trimmed.iter().zip(block).all(|(a, b)| a == *b) {
+                        Err(first)
+                    } else {
+                        let refs: Vec<&Action> = trimmed.iter().collect();
+                        nft_run(&["-f", "-"], Some(&script(&refs, &|_| false)))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("{first}; retried: {e}"))
+                    }
+                }
+            },
+        };
+        match &outcome {
+            Ok(()) => self.cache_follow(block),
+            Err(_) => self.cache_forget(block),
+        }
+        block.iter().map(|a| (*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "apply", message }))).collect()
+    }
+
+    /// Brings the policy map cache in line with a transaction that succeeded.
+    fn cache_follow(&self, block: &[&Action]) {
+        let mut cache = self.policy_cache.borrow_mut();
+        let mut touched: BTreeSet<&str> = BTreeSet::new();
+        for a in block {
+            match a {
+                Action::NftTablesInstall => cache.clear(),
+                Action::NftMapAdd { name, .. } => {
+                    cache.insert(name.clone(), CachedMap::of([]));
+                }
+                Action::NftMapDelete { name } => {
+                    cache.remove(name);
+                }
+                Action::NftMapElementsAdd { map, elements } => {
+                    if let Some(c) = cache.get_mut(map) {
+                        c.elements.extend(elements.iter().map(|e| (e.key, e.verdict.clone())));
+                        touched.insert(map);
+                    }
+                }
+                Action::NftMapElementsDelete { map, elements } => {
+                    if let Some(c) = cache.get_mut(map) {
+                        for e in elements {
+                            c.elements.remove(&e.key);
+                        }
+                        touched.insert(map);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for name in touched {
+            if let Some(c) = cache.get_mut(name) {
+                c.rehash();
+            }
+        }
+    }
+
+    /// Forgets the cached maps a failed transaction was about.
+    fn cache_forget(&self, block: &[&Action]) {
+        let mut cache = self.policy_cache.borrow_mut();
+        for a in block {
+            match a {
+                Action::NftTablesInstall => cache.clear(),
+                Action::NftMapAdd { name, .. } | Action::NftMapDelete { name } => {
+                    cache.remove(name);
+                }
+                Action::NftMapElementsAdd { map, .. } | Action::NftMapElementsDelete { map, .. } => {
+                    cache.remove(map);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hit counters of the rules `desired` compiles to: one listing of the
+    /// whole policy table, its element counters summed per rule.
+    async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
+        let nft_err = |message: String| DataplaneError::Nft { op: "list counters", message };
+        let Some(doc) = nft_list(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await? else {
+            return Ok(rule_counters(desired, &[]));
+        };
+        let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| nft_err(e.to_string()))?;
+        let mut counters: Vec<ElementCounter> = Vec::new();
+        for obj in v.get("nftables").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            let Some(map) = obj.get("map") else { continue };
+            let Some(name) = map.get("name").and_then(serde_json::Value::as_str) else { continue };
+            let one = serde_json::json!({ "nftables": [obj] }).to_string();
+            counters.extend(policy_map_counters(name, &one).map_err(nft_err)?);
+        }
+        Ok(rule_counters(desired, &counters))
     }
 
     async fn apply(&self, actions: &[Action]) -> ApplyReport {
@@ -482,7 +671,7 @@ impl Kernel {
                 if !nft_done {
                     nft_done = true;
                     let block: Vec<&Action> = actions.iter().filter(|a| a.is_nft()).collect();
-                    for (a, result) in nft_apply(&block).await {
+                    for (a, result) in self.nft_apply(&block).await {
                         record(&mut report, a, result);
                     }
                 }
@@ -508,8 +697,21 @@ impl Kernel {
         match action {
             Action::SysctlWrite { key, value } => std::fs::write(Path::new("/proc/sys").join(&key.0), value)
                 .map_err(|source| DataplaneError::Kernel { op, object: key.dotted(), source }),
-            Action::NftTablesInstall | Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_) => {
+            Action::NftTablesInstall
+            | Action::NftSetElementAdd(_)
+            | Action::NftSetElementDelete(_)
+            | Action::NftMapAdd { .. }
+            | Action::NftMapDelete { .. }
+            | Action::NftMapElementsAdd { .. }
+            | Action::NftMapElementsDelete { .. }
+            | Action::NftChainInstall { .. }
+            | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
+            }
+            Action::ConntrackZoneFlush { zone } => conntrack_zone_flush(*zone).await,
+            Action::BridgePortIsolate { name } => {
+                let index = self.need_index(op, name).await?;
+                bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
             }
             Action::LinkAddBridge { name, mac, mtu } => {
                 let msg = LinkBridge::new(name).mcast_snooping(false).mtu(*mtu).address(mac.0.to_vec()).up().build();
@@ -541,7 +743,9 @@ impl Kernel {
                     .build();
                 let result = h.link().add(msg).execute().await.map_err(kernel_err(op, name));
                 drop(ns);
-                result
+                result?;
+                let index = self.need_index(op, name).await?;
+                bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
             }
             Action::LinkSetUp { name } => {
                 let index = self.need_index(op, name).await?;
@@ -568,13 +772,11 @@ impl Kernel {
                 h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
             }
             Action::RuleInstall(r) => {
-                let req = h
-                    .rule()
-                    .add()
-                    .input_interface(r.iifname.clone())
-                    .table_id(r.table)
-                    .priority(r.priority)
-                    .action(RuleAction::ToTable);
+                let req = h.rule().add().table_id(r.table).priority(r.priority).action(RuleAction::ToTable);
+                let req = match &r.selector {
+                    RuleSelector::Iif(name) => req.input_interface(name.clone()),
+                    RuleSelector::FwMark(mark) => req.fw_mark(*mark),
+                };
                 let result = match r.family {
                     IpFamily::V4 => req.v4().execute().await,
                     IpFamily::V6 => req.v6().execute().await,
@@ -855,7 +1057,10 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
         IpFamily::V6 => AddressFamily::Inet6,
     };
     m.header.action = RuleAction::ToTable;
-    m.attributes.push(RuleAttribute::Iifname(r.iifname.clone()));
+    match &r.selector {
+        RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+        RuleSelector::FwMark(mark) => m.attributes.push(RuleAttribute::FwMark(*mark)),
+    }
     m.attributes.push(RuleAttribute::Table(r.table));
     m.attributes.push(RuleAttribute::Priority(r.priority));
     m
@@ -863,17 +1068,19 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
 
 fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
     let mut iif = None;
+    let mut fwmark = None;
     let mut table = u32::from(m.header.table);
     let mut priority = 0;
     for a in &m.attributes {
         match a {
             RuleAttribute::Iifname(n) => iif = Some(n.clone()),
+            RuleAttribute::FwMark(mark) => fwmark = Some(*mark),
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Priority(p) => priority = *p,
             _ => {}
         }
     }
-    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), priority, table) {
+    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), fwmark, priority, table) {
         return None;
     }
     let family = match m.header.family {
@@ -881,7 +1088,12 @@ fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
         AddressFamily::Inet6 => IpFamily::V6,
         _ => return None,
     };
-    Some(RuleEntry { family, iifname: iif?, table, priority })
+    let selector = match (iif, fwmark) {
+        (Some(name), _) => RuleSelector::Iif(name),
+        (None, Some(mark)) => RuleSelector::FwMark(mark),
+        (None, None) => return None,
+    };
+    Some(RuleEntry { family, selector, table, priority })
 }
 
 fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteEntry> {
@@ -1001,78 +1213,58 @@ async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
     }
 }
 
-async fn nft_list(family: &str) -> Result<Option<String>, DataplaneError> {
-    match nft_run(&["-j", "list", "table", family, "tessera"], None).await {
+/// `nft ARGS` for a listing; `None` when the table or map does not exist.
+async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
+    match nft_run(args, None).await {
         Ok(out) => Ok(Some(out)),
         Err(e) if e.contains("No such file or directory") => Ok(None),
         Err(message) => Err(DataplaneError::Nft { op: "list", message }),
     }
 }
 
-async fn nft_observe() -> Result<NftState, DataplaneError> {
-    let inet = nft_list("inet").await?;
-    let bridge = nft_list("bridge").await?;
-    parse_tables(inet.as_deref(), bridge.as_deref()).map_err(|message| DataplaneError::Nft { op: "list", message })
-}
-
-/// Applies the plan's nft actions: the skeleton (one `nft -f` transaction)
-/// if asked for, then every element change in one JSON transaction. A failed
-/// element transaction is retried once without the deletes of elements that
-/// are already gone, so that removing what is gone succeeds.
-async fn nft_apply<'a>(block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
-    let mut results = Vec::new();
-    let mut skeleton_error = None;
-    if let Some(install) = block.iter().find(|a| matches!(a, Action::NftTablesInstall)) {
-        let result = nft_run(&["-f", "-"], Some(&skeleton_script())).await;
-        if let Err(message) = &result {
-            skeleton_error = Some(message.clone());
+/// `action` without the deletions of what `now` no longer holds (`None`:
+/// nothing left of it).
+fn without_absent(action: &Action, now: &NftState) -> Option<Action> {
+    match action {
+        Action::NftSetElementDelete(e) if !now.elements.contains(e) => None,
+        Action::NftChainDelete { name } if !now.policy.chains.contains_key(name) => None,
+        Action::NftMapDelete { name } if !now.policy.maps.contains_key(name) => None,
+        Action::NftMapElementsDelete { map, elements } => {
+            let have = now.policy.maps.get(map)?;
+            let keys: BTreeSet<_> = have.elements.iter().map(|e| e.key).collect();
+            let still: Vec<MapElement> = elements.iter().filter(|e| keys.contains(&e.key)).cloned().collect();
+            (!still.is_empty()).then(|| Action::NftMapElementsDelete { map: map.clone(), elements: still })
         }
-        results.push((*install, result.map(|_| ()).map_err(|message| DataplaneError::Nft { op: "install tables", message })));
+        other => Some(other.clone()),
     }
-    let deletes: Vec<(&Action, &NftElement)> = block
-        .iter()
-        .filter_map(|a| match a {
-            Action::NftSetElementDelete(e) => Some((*a, e)),
-            _ => None,
-        })
-        .collect();
-    let adds: Vec<(&Action, &NftElement)> = block
-        .iter()
-        .filter_map(|a| match a {
-            Action::NftSetElementAdd(e) => Some((*a, e)),
-            _ => None,
-        })
-        .collect();
-    if deletes.is_empty() && adds.is_empty() {
-        return results;
-    }
-    let outcome = match skeleton_error {
-        Some(message) => Err(format!("tables not installed: {message}")),
-        None => nft_elements(&deletes, &adds).await,
-    };
-    for (a, _) in deletes.iter().chain(adds.iter()) {
-        results.push((*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "update elements", message })));
-    }
-    results
 }
 
-async fn nft_elements(deletes: &[(&Action, &NftElement)], adds: &[(&Action, &NftElement)]) -> Result<(), String> {
-    let batch = |deletes: &[&NftElement]| -> Result<String, String> {
-        serde_json::to_string(&element_batch(deletes.iter().copied(), adds.iter().map(|(_, e)| *e))).map_err(|e| e.to_string())
-    };
-    let all: Vec<&NftElement> = deletes.iter().map(|(_, e)| *e).collect();
-    let first = match nft_run(&["-j", "-f", "-"], Some(&batch(&all)?)).await {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    // Some element to delete may be gone already: keep only those present.
-    let present = nft_observe().await.map_err(|e| format!("{first}; then {e}"))?.elements;
-    let still: Vec<&NftElement> = all.into_iter().filter(|e| present.contains(e)).collect();
-    if still.len() == deletes.len() {
-        return Err(first);
+/// `ip link set dev INDEX type bridge_slave isolated on`
+async fn bridge_port_isolate(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    h.link().change(LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true)).build()).execute().await
+}
+
+/// `conntrack -D -w ZONE`: deletes the zone's entries, IPv4 and IPv6 (the
+/// tool exits 1 when there were none, which is success here).
+async fn conntrack_zone_flush(zone: u16) -> Result<(), DataplaneError> {
+    let zone_arg = zone.to_string();
+    let out = tokio::process::Command::new(CONNTRACK)
+        .args(["-D", "-w", &zone_arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| DataplaneError::Kernel {
+            op: "ConntrackZoneFlush",
+            object: format!("cannot run {CONNTRACK}"),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("flow entries have been deleted") {
+        Ok(())
+    } else {
+        Err(DataplaneError::Conntrack { zone, message: stderr.trim().to_string() })
     }
-    if still.is_empty() && adds.is_empty() {
-        return Ok(());
-    }
-    nft_run(&["-j", "-f", "-"], Some(&batch(&still)?)).await.map(|_| ())
 }

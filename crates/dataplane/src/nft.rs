@@ -1,41 +1,55 @@
-//! Tessera's nftables tables, as values: the skeleton, the JSON batch that
-//! adds and deletes elements, and the parser of `nft -j list table` output.
-//! Pure; [`crate::linux`] runs `nft`.
+//! Tessera's nftables tables, as values: the skeleton, the script that
+//! carries out a plan's nftables actions in one transaction, and the parsers
+//! of `nft -j list` output. Pure; [`crate::linux`] runs `nft`.
 //!
-//! `table inet tessera` gives each network's traffic its own conntrack zone,
-//! with one map lookup per packet (`ct zone set iifname map @zones`), so that
-//! overlapping addresses in different networks never share conntrack entries.
+//! `table inet tessera` gives each network's traffic its own conntrack zone
+//! (`ct zone set iifname map @zones`), so that overlapping addresses in
+//! different networks never share conntrack entries. Two networks that route
+//! to each other share a *pair zone* for the flows between them (maps `pz4`
+//! and `pz6`: a packet entering a bridge towards the other network's
+//! subnets, or a tunnel from them), so that both directions of such a flow
+//! meet in one zone on every host; the first `ct zone set` that matches a
+//! packet wins, so the pair lookups come first. Its output chain also drops
+//! the ICMP redirects the host would send on a bridge: traffic between two
+//! endpoints of one bridge is routed through the host on purpose (see
+//! [`crate::desired::bridge_sysctls`]).
 //!
 //! `table bridge tessera` is the anti-spoofing filter of endpoint ports: a
 //! frame that enters a `tv*` port passes only if its (port, MAC, source
 //! address) is in a set, so the cost per frame does not grow with the number
 //! of endpoints.
 //!
-//! The skeleton is written in nft's own syntax because nft 1.0.6 (Debian 12)
-//! cannot declare a `typeof ... : ct zone` map in JSON; it is installed in one
-//! transaction and only when missing or outdated. Elements, the part that
-//! changes with every endpoint, go through the `nftables` crate's JSON.
+//! `table inet tessera_policy` is the firewall of flows between and within
+//! networks (see [`crate::policy`]).
+//!
+//! Everything is written in nft's own syntax, as one script per plan run by
+//! `nft -f -`: one transaction. (nft 1.0.6, Debian 12, cannot declare a
+//! `typeof ... : ct zone` map in JSON.) Listings are read as JSON.
 
-use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use nftables::batch::Batch;
-use nftables::expr::{Expression, NamedExpression};
-use nftables::schema::{Element, NfListObject, Nftables};
-use nftables::types::NfFamily;
+use ipnet::IpNet;
 use serde_json::Value;
 use tessera_model::MacAddr;
+use tessera_policy::{Family, FlowBox, Verdict};
 
-use crate::observed::{NftElement, NftState};
+use crate::action::Action;
+use crate::observed::{ElementVerdict, MapElement, NftElement, NftState, ObservedChain};
+use crate::policy::{parse_digest_comment, ElementCounter, POLICY_TABLE};
 
-/// Version marker of the skeleton, kept as the comment of the last rule of
-/// each table. Change it whenever [`skeleton_script`] changes: agents then
+/// Version marker of the skeleton, kept as the comment of a rule of each
+/// table. Change it whenever [`skeleton_script`] changes: agents then
 /// replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v1";
+pub const SKELETON_VERSION: &str = "tessera-v2";
 
-/// The nft script that (re)creates both tables, in one transaction. Creating
-/// and deleting first makes it work whether or not the tables exist; their
-/// elements are lost and must be added again.
+/// How many map elements go on one line of a script.
+const ELEMENTS_PER_LINE: usize = 512;
+
+/// The nft script that (re)creates the three tables, in one transaction.
+/// Creating and deleting first makes it work whether or not the tables
+/// exist; their elements, chains and maps are lost and must be added again.
 pub fn skeleton_script() -> String {
     format!(
         r#"table inet tessera {{}}
@@ -44,12 +58,26 @@ table inet tessera {{
     map zones {{
         typeof iifname : ct zone
     }}
+    map pz4 {{
+        typeof iifname . ip daddr : ct zone
+        flags interval
+    }}
+    map pz6 {{
+        typeof iifname . ip6 daddr : ct zone
+        flags interval
+    }}
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
+        iifname "tb*" ct zone set iifname . ip daddr map @pz4
+        iifname "tx*" ct zone set iifname . ip saddr map @pz4
+        iifname "tb*" ct zone set iifname . ip6 daddr map @pz6
+        iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
     }}
     chain output {{
         type filter hook output priority raw; policy accept;
+        oifname "tb*" icmp type redirect drop
+        oifname "tb*" icmpv6 type nd-redirect drop
         ct zone set oifname map @zones comment "{v}"
     }}
 }}
@@ -77,60 +105,262 @@ table bridge tessera {{
         counter drop comment "{v}"
     }}
 }}
+table inet {p} {{}}
+delete table inet {p}
+table inet {p} {{
+    chain dispatch {{
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        ct state established,related accept
+        jump dispatch comment "{v}"
+    }}
+}}
 "#,
-        v = SKELETON_VERSION
+        v = SKELETON_VERSION,
+        p = POLICY_TABLE,
     )
 }
 
-fn element_object(e: &NftElement) -> NfListObject<'static> {
-    let (family, table, set) = e.location();
-    let s = |v: String| Expression::String(Cow::Owned(v));
-    let value = match e {
-        NftElement::Zone { ifname, zone } => Expression::List(vec![s(ifname.clone()), Expression::Number(u32::from(*zone))]),
-        NftElement::Ep4 { port, mac, ip } => {
-            Expression::Named(NamedExpression::Concat(vec![s(port.clone()), s(mac.to_string()), s(ip.to_string())]))
+/// The map declaration of a policy verdict map of `family`.
+pub fn policy_map_type(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service : verdict; flags interval; counter;",
+        Family::V6 => "type ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service : verdict; flags interval; counter;",
+    }
+}
+
+fn element_lines<'a>(out: &mut String, verb: &str, map: &str, items: impl Iterator<Item = String> + 'a) {
+    let items: Vec<String> = items.collect();
+    for chunk in items.chunks(ELEMENTS_PER_LINE) {
+        let _ = writeln!(out, "{verb} element inet {POLICY_TABLE} {map} {{ {} }}", chunk.join(", "));
+    }
+}
+
+/// The nft script of a block of nftables actions, in their order. With
+/// `skip_deletes`, deletions of the given objects are left out (what a retry
+/// does after finding them gone).
+pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
+    let mut out = String::new();
+    for action in block {
+        if skip(action) {
+            continue;
         }
-        NftElement::Ep6 { port, mac, ip } => {
-            Expression::Named(NamedExpression::Concat(vec![s(port.clone()), s(mac.to_string()), s(ip.to_string())]))
+        match action {
+            Action::NftTablesInstall => out.push_str(&skeleton_script()),
+            Action::NftSetElementAdd(e) => {
+                let _ = writeln!(out, "add element {e}");
+            }
+            Action::NftSetElementDelete(e) => {
+                let _ = writeln!(out, "delete element {e}");
+            }
+            Action::NftMapAdd { name, family } => {
+                let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", policy_map_type(*family));
+            }
+            Action::NftMapDelete { name } => {
+                let _ = writeln!(out, "delete map inet {POLICY_TABLE} {name}");
+            }
+            Action::NftMapElementsAdd { map, elements } => {
+                element_lines(&mut out, "add", map, elements.iter().map(|e| e.to_string()));
+            }
+            Action::NftMapElementsDelete { map, elements } => {
+                element_lines(&mut out, "delete", map, elements.iter().map(|e| e.key.to_string()));
+            }
+            Action::NftChainInstall { name, rules } => {
+                let _ = writeln!(out, "add chain inet {POLICY_TABLE} {name}");
+                let _ = writeln!(out, "flush chain inet {POLICY_TABLE} {name}");
+                for r in rules {
+                    let _ = writeln!(out, "add rule inet {POLICY_TABLE} {name} {r}");
+                }
+            }
+            Action::NftChainDelete { name } => {
+                let _ = writeln!(out, "delete chain inet {POLICY_TABLE} {name}");
+            }
+            _ => {}
         }
-        NftElement::EpMac { port, mac } => Expression::Named(NamedExpression::Concat(vec![s(port.clone()), s(mac.to_string())])),
+    }
+    out
+}
+
+/// What `nft -j -t list table inet tessera_policy` says: the chains (with
+/// the digest and verdict of their last rule), the verdict maps (family, and
+/// the digest in the comment of the rule that looks them up), and whether
+/// the skeleton marker is there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyListing {
+    pub marker: bool,
+    pub chains: BTreeMap<String, ObservedChain>,
+    pub maps: BTreeMap<String, (Family, Option<u64>)>,
+}
+
+fn nft_objects(doc: &str) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_str(doc).map_err(|e| format!("nft output is not JSON: {e}"))?;
+    v.get("nftables").and_then(Value::as_array).cloned().ok_or_else(|| "nft output has no \"nftables\" array".to_string())
+}
+
+fn verdict_of(expr: &Value) -> Option<Verdict> {
+    let last = expr.as_array()?.last()?;
+    if last.get("return").is_some() {
+        Some(Verdict::Pass)
+    } else if last.get("drop").is_some() {
+        Some(Verdict::Deny)
+    } else if last.get("goto").is_some() {
+        Some(Verdict::Reject)
+    } else {
+        None
+    }
+}
+
+/// Parses a terse (`-t`) JSON listing of `inet tessera_policy`.
+pub fn parse_policy_listing(doc: &str) -> Result<PolicyListing, String> {
+    let mut out = PolicyListing::default();
+    let mut last_rule: BTreeMap<String, (Option<u64>, Option<Verdict>)> = BTreeMap::new();
+    for obj in nft_objects(doc)? {
+        if let Some(chain) = obj.get("chain") {
+            let name = chain.get("name").and_then(Value::as_str).unwrap_or_default();
+            if chain.get("hook").is_none() {
+                last_rule.entry(name.to_string()).or_insert((None, None));
+            }
+        } else if let Some(map) = obj.get("map") {
+            let name = map.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let first = map.get("type").and_then(Value::as_array).and_then(|t| t.first()).and_then(Value::as_str);
+            let family = match first {
+                Some("ipv4_addr") => Family::V4,
+                Some("ipv6_addr") => Family::V6,
+                _ => continue,
+            };
+            out.maps.entry(name).or_insert((family, None)).0 = family;
+        } else if let Some(rule) = obj.get("rule") {
+            let chain = rule.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
+            let comment = rule.get("comment").and_then(Value::as_str);
+            if comment == Some(crate::nft::SKELETON_VERSION) {
+                out.marker = true;
+            }
+            let digest = comment.and_then(parse_digest_comment);
+            let expr = rule.get("expr").cloned().unwrap_or(Value::Null);
+            // A lookup rule: its comment is the digest of its map.
+            let looked_up = expr.as_array().into_iter().flatten().find_map(|x| {
+                x.get("vmap").and_then(|v| v.get("data")).and_then(Value::as_str).and_then(|d| d.strip_prefix('@'))
+            });
+            if let Some(map) = looked_up {
+                let entry = out.maps.entry(map.to_string()).or_insert((Family::V4, None));
+                entry.1 = digest;
+            }
+            if let Some(slot) = last_rule.get_mut(&chain) {
+                *slot = (digest, verdict_of(&expr));
+            }
+        }
+    }
+    out.chains = last_rule.into_iter().map(|(name, (digest, default))| (name, ObservedChain { digest, default })).collect();
+    Ok(out)
+}
+
+fn json_u128_addr(v: &Value) -> Option<(Family, u128)> {
+    let a: IpAddr = v.as_str()?.parse().ok()?;
+    Some((Family::of(a), tessera_policy::flow::addr_bits(a)))
+}
+
+/// One field of a concatenated key: `(lo, hi)`, and the family for address
+/// fields.
+fn json_range(v: &Value) -> Option<(Option<Family>, u128, u128)> {
+    if let Some(p) = v.get("prefix") {
+        let (family, addr) = json_u128_addr(p.get("addr")?)?;
+        let len = u32::try_from(p.get("len")?.as_u64()?).ok()?;
+        let host = family.bits().checked_sub(len)?;
+        let mask = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+        return Some((Some(family), addr & !mask, addr | mask));
+    }
+    if let Some(r) = v.get("range").and_then(Value::as_array) {
+        let (a, b) = (json_range(r.first()?)?, json_range(r.get(1)?)?);
+        return Some((a.0, a.1, b.2));
+    }
+    if let Some(n) = v.as_u64() {
+        return Some((None, u128::from(n), u128::from(n)));
+    }
+    let (family, addr) = json_u128_addr(v)?;
+    Some((Some(family), addr, addr))
+}
+
+fn json_flow_box(v: &Value) -> Option<FlowBox> {
+    let parts = v.get("concat")?.as_array()?;
+    let [src, dst, proto, sport, dport] = parts.as_slice() else { return None };
+    let (sf, slo, shi) = json_range(src)?;
+    let (df, dlo, dhi) = json_range(dst)?;
+    let family = sf?;
+    if df? != family {
+        return None;
+    }
+    let small = |v: &Value| -> Option<(u128, u128)> {
+        let (f, lo, hi) = json_range(v)?;
+        f.is_none().then_some((lo, hi))
     };
-    NfListObject::Element(Element {
-        family: if family == "inet" { NfFamily::INet } else { NfFamily::Bridge },
-        table: Cow::Borrowed(table),
-        name: Cow::Borrowed(set),
-        elem: Cow::Owned(vec![value]),
+    let (plo, phi) = small(proto)?;
+    let (splo, sphi) = small(sport)?;
+    let (dplo, dphi) = small(dport)?;
+    Some(FlowBox {
+        family,
+        src: (slo, shi),
+        dst: (dlo, dhi),
+        proto: (u8::try_from(plo).ok()?, u8::try_from(phi).ok()?),
+        sport: (u16::try_from(splo).ok()?, u16::try_from(sphi).ok()?),
+        dport: (u16::try_from(dplo).ok()?, u16::try_from(dphi).ok()?),
     })
 }
 
-/// One JSON batch (one `nft -j -f` transaction): the deletes, then the adds.
-pub fn element_batch<'a>(
-    deletes: impl IntoIterator<Item = &'a NftElement>,
-    adds: impl IntoIterator<Item = &'a NftElement>,
-) -> Nftables<'static> {
-    let mut batch = Batch::new();
-    for e in deletes {
-        batch.delete(element_object(e));
+fn json_verdict(v: &Value) -> Option<ElementVerdict> {
+    if v.get("return").is_some() {
+        Some(ElementVerdict::Return)
+    } else if v.get("drop").is_some() {
+        Some(ElementVerdict::Drop)
+    } else {
+        Some(ElementVerdict::Goto(v.get("goto")?.get("target")?.as_str()?.to_string()))
     }
-    for e in adds {
-        batch.add(element_object(e));
+}
+
+/// One element of a policy map listing: the element and its counter.
+fn json_map_element(elem: &Value) -> Option<(MapElement, u64, u64)> {
+    let [key, verdict] = elem.as_array()?.as_slice() else { return None };
+    let inner = key.get("elem");
+    let val = inner.and_then(|e| e.get("val")).unwrap_or(key);
+    let counter = inner.and_then(|e| e.get("counter"));
+    let n = |f: &str| counter.and_then(|c| c.get(f)).and_then(Value::as_u64).unwrap_or(0);
+    Some((MapElement { key: json_flow_box(val)?, verdict: json_verdict(verdict)? }, n("packets"), n("bytes")))
+}
+
+/// Parses `nft -j -n list map inet tessera_policy NAME`: the elements and
+/// their counters. An element that cannot be read is an error, so that the
+/// planner never deletes what it did not understand.
+pub fn parse_policy_map(doc: &str) -> Result<Vec<(MapElement, u64, u64)>, String> {
+    let mut out = Vec::new();
+    for obj in nft_objects(doc)? {
+        let Some(map) = obj.get("map") else { continue };
+        for elem in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            out.push(json_map_element(elem).ok_or_else(|| format!("cannot read element {elem} of a policy map"))?);
+        }
     }
-    batch.to_nftables()
+    Ok(out)
+}
+
+/// The element counters of a policy map listing.
+pub fn policy_map_counters(map: &str, doc: &str) -> Result<Vec<ElementCounter>, String> {
+    Ok(parse_policy_map(doc)?
+        .into_iter()
+        .map(|(e, packets, bytes)| ElementCounter { map: map.to_string(), key: e.key, packets, bytes })
+        .collect())
 }
 
 /// Parses the output of `nft -j list table inet tessera` and
 /// `nft -j list table bridge tessera` (`None` for a table that does not
-/// exist). Unknown objects are ignored; an element that cannot be read is an
-/// error, so that the planner never deletes what it did not understand.
-pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>) -> Result<NftState, String> {
+/// exist), and the policy table's listing. Unknown objects are ignored; an
+/// element that cannot be read is an error. The policy maps' elements are
+/// not in a terse listing: they are left empty here.
+pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&PolicyListing>) -> Result<NftState, String> {
     let mut state = NftState::default();
     let mut markers = 0;
     for doc in [inet, bridge] {
         let Some(doc) = doc else { continue };
-        let v: Value = serde_json::from_str(doc).map_err(|e| format!("nft output is not JSON: {e}"))?;
-        let objects = v.get("nftables").and_then(Value::as_array).ok_or("nft output has no \"nftables\" array")?;
         let mut has_marker = false;
-        for obj in objects {
+        for obj in nft_objects(doc)? {
             if let Some(rule) = obj.get("rule") {
                 if rule.get("comment").and_then(Value::as_str) == Some(SKELETON_VERSION) {
                     has_marker = true;
@@ -153,7 +383,20 @@ pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>) -> Result<NftState
             markers += 1;
         }
     }
-    if markers == 2 {
+    if let Some(p) = policy {
+        if p.marker {
+            markers += 1;
+        }
+        state.policy.chains = p.chains.clone();
+        state.policy.maps = p
+            .maps
+            .iter()
+            .map(|(name, (family, _))| {
+                (name.clone(), crate::observed::ObservedMap { family: *family, elements: BTreeSet::new() })
+            })
+            .collect();
+    }
+    if markers == 3 {
         state.skeleton = Some(SKELETON_VERSION.to_string());
     }
     Ok(state)
@@ -174,6 +417,22 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
             let ifname = pair.first()?.as_str()?.to_string();
             let zone = u16::try_from(pair.get(1)?.as_u64()?).ok()?;
             Some(NftElement::Zone { ifname, zone })
+        }
+        ("inet", "pz4") | ("inet", "pz6") => {
+            let pair = elem.as_array()?;
+            let key = pair.first()?;
+            let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
+            let parts = key.get("concat")?.as_array()?;
+            let ifname = parts.first()?.as_str()?.to_string();
+            let (f, lo, hi) = json_range(parts.get(1)?)?;
+            let f = f?;
+            let host_bits = 128 - (hi - lo).leading_zeros();
+            let net = IpNet::new(f.addr(lo), (f.bits() - host_bits) as u8).ok()?;
+            if tessera_policy::flow::net_range(&net) != (lo, hi) {
+                return None;
+            }
+            let zone = u16::try_from(pair.get(1)?.as_u64()?).ok()?;
+            Some(NftElement::PairZone { ifname, net, zone })
         }
         ("bridge", "ep4") | ("bridge", "ep6") => {
             let parts = concat(elem)?;
@@ -201,8 +460,10 @@ mod tests {
       {"table": {"family": "inet", "name": "tessera", "handle": 1}},
       {"map": {"family": "inet", "name": "zones", "table": "tessera", "type": "ifname", "handle": 2, "map": "integer",
                "elem": [["tb1", 5], ["tx1", 5]]}},
+      {"map": {"family": "inet", "name": "pz4", "table": "tessera", "type": ["ifname", "ipv4_addr"], "handle": 3, "map": "integer", "flags": ["interval"],
+               "elem": [[{"concat": ["tb1", {"prefix": {"addr": "10.0.1.0", "len": 24}}]}, 7], [{"concat": ["tx1", "10.0.2.5"]}, 7]]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v1", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v2", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -212,20 +473,40 @@ mod tests {
                "elem": [{"elem": {"val": {"concat": ["tv12345678", "02:00:00:00:00:01", "2001:db8::2"]}, "counter": {"packets": 0, "bytes": 0}}}]}},
       {"set": {"family": "bridge", "name": "epmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 4,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v1", "expr": []}}]}"#;
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v2", "expr": []}}]}"#;
+
+    const POLICY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+      {"table": {"family": "inet", "name": "tessera_policy", "handle": 1}},
+      {"map": {"family": "inet", "name": "m1_2_0_0_4_0", "table": "tessera_policy", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"], "stmt": [{"counter": null}]}},
+      {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},
+      {"chain": {"family": "inet", "table": "tessera_policy", "name": "forward", "handle": 2, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+      {"chain": {"family": "inet", "table": "tessera_policy", "name": "l1_2_0", "handle": 5}},
+      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "forward", "handle": 4, "comment": "tessera-v2", "expr": [{"jump": {"target": "dispatch"}}]}},
+      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "l1_2_0", "handle": 6, "comment": "d=00000000000000ab",
+                "expr": [{"vmap": {"key": {"concat": []}, "data": "@m1_2_0_0_4_0"}}]}},
+      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "l1_2_0", "handle": 7, "comment": "d=00000000000000cd", "expr": [{"drop": null}]}}]}"#;
+
+    const MAP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "inet", "name": "m4", "table": "tessera_policy",
+      "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"],
+      "elem": [[{"elem": {"val": {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 24}}, {"prefix": {"addr": "0.0.0.0", "len": 0}}, 6, {"range": [0, 65535]}, 80]}, "counter": {"packets": 3, "bytes": 180}}}, {"return": null}],
+               [{"elem": {"val": {"concat": ["10.0.0.5", {"range": ["192.168.0.0", "192.168.0.10"]}, {"range": [0, 255]}, {"range": [1000, 2000]}, {"range": [0, 65535]}]}, "counter": {"packets": 0, "bytes": 0}}}, {"goto": {"target": "rj1"}}]],
+      "stmt": [{"counter": null}]}}]}"#;
 
     fn mac() -> MacAddr {
         "02:00:00:00:00:01".parse().unwrap()
     }
 
     #[test]
-    fn parses_both_tables_and_their_elements() {
-        let state = parse_tables(Some(INET), Some(BRIDGE)).unwrap();
+    fn parses_the_tables_and_their_elements() {
+        let policy = parse_policy_listing(POLICY).unwrap();
+        let state = parse_tables(Some(INET), Some(BRIDGE), Some(&policy)).unwrap();
         assert_eq!(state.skeleton.as_deref(), Some(SKELETON_VERSION));
         let port = "tv12345678".to_string();
-        let want: std::collections::BTreeSet<NftElement> = [
+        let want: BTreeSet<NftElement> = [
             NftElement::Zone { ifname: "tb1".into(), zone: 5 },
             NftElement::Zone { ifname: "tx1".into(), zone: 5 },
+            NftElement::PairZone { ifname: "tb1".into(), net: "10.0.1.0/24".parse().unwrap(), zone: 7 },
+            NftElement::PairZone { ifname: "tx1".into(), net: "10.0.2.5/32".parse().unwrap(), zone: 7 },
             NftElement::Ep4 { port: port.clone(), mac: mac(), ip: "10.0.0.2".parse().unwrap() },
             NftElement::Ep6 { port: port.clone(), mac: mac(), ip: "2001:db8::2".parse().unwrap() },
             NftElement::EpMac { port, mac: mac() },
@@ -235,33 +516,40 @@ mod tests {
     }
 
     #[test]
+    fn reads_policy_chains_maps_and_digests() {
+        let p = parse_policy_listing(POLICY).unwrap();
+        assert!(p.marker);
+        assert_eq!(p.chains["l1_2_0"], ObservedChain { digest: Some(0xcd), default: Some(Verdict::Deny) });
+        assert_eq!(p.chains["dispatch"], ObservedChain { digest: None, default: None });
+        assert!(!p.chains.contains_key("forward"), "base chains are the skeleton's");
+        assert_eq!(p.maps["m1_2_0_0_4_0"], (Family::V4, Some(0xab)));
+    }
+
+    #[test]
+    fn reads_policy_map_elements_and_counters() {
+        let elems = parse_policy_map(MAP).unwrap();
+        assert_eq!(elems.len(), 2);
+        assert_eq!(elems[0].0.to_string(), "10.0.0.0/24 . 0.0.0.0/0 . 6 . 0-65535 . 80 : return");
+        assert_eq!((elems[0].1, elems[0].2), (3, 180));
+        assert_eq!(elems[1].0.to_string(), "10.0.0.5 . 192.168.0.0-192.168.0.10 . 0-255 . 1000-2000 . 0-65535 : goto rj1");
+    }
+
+    #[test]
     fn a_missing_table_means_no_skeleton() {
-        let state = parse_tables(Some(INET), None).unwrap();
+        let state = parse_tables(Some(INET), None, None).unwrap();
         assert_eq!(state.skeleton, None);
-        assert_eq!(state.elements.len(), 2);
+        assert_eq!(state.elements.len(), 4);
     }
 
     #[test]
     fn an_unreadable_element_is_an_error() {
         let bad = BRIDGE.replace("10.0.0.2", "not-an-ip");
-        assert!(parse_tables(None, Some(&bad)).is_err());
+        assert!(parse_tables(None, Some(&bad), None).is_err());
+        assert!(parse_policy_map(&MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
     }
 
     #[test]
-    fn element_batch_is_one_json_document_with_deletes_first() {
-        let add = NftElement::Ep4 { port: "tv12345678".into(), mac: mac(), ip: "10.0.0.2".parse().unwrap() };
-        let del = NftElement::Zone { ifname: "tb1".into(), zone: 5 };
-        let json = serde_json::to_value(element_batch([&del], [&add])).unwrap();
-        let want = serde_json::json!({"nftables": [
-            {"delete": {"element": {"family": "inet", "table": "tessera", "name": "zones", "elem": [["tb1", 5]]}}},
-            {"add": {"element": {"family": "bridge", "table": "tessera", "name": "ep4",
-                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01", "10.0.0.2"]}]}}}
-        ]});
-        assert_eq!(json, want);
-    }
-
-    #[test]
-    fn skeleton_carries_its_version_in_both_tables() {
-        assert_eq!(skeleton_script().matches(SKELETON_VERSION).count(), 2);
+    fn skeleton_carries_its_version_in_every_table() {
+        assert_eq!(skeleton_script().matches(SKELETON_VERSION).count(), 3);
     }
 }

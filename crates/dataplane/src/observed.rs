@@ -6,10 +6,12 @@
 //! - links named `tb<digits>` (bridges), `tx<digits>` (VXLAN devices),
 //!   `tv<8 hex digits>` (host sides of endpoint veths);
 //! - routes in tables at or above [`TABLE_BASE`];
-//! - rules at [`RULE_PRIORITY`] whose input interface is `tb*` or `tx*`;
+//! - rules at [`RULE_PRIORITY`] whose input interface is `tb*` or `tx*`, or
+//!   whose firewall mark is the number of the table they select;
 //! - neighbour and FDB entries on `tx*`, proxy neighbour entries on `tb*`,
 //!   addresses on `tb*`;
-//! - the nftables tables `inet tessera` and `bridge tessera`.
+//! - the nftables tables `inet tessera`, `bridge tessera` and
+//!   `inet tessera_policy`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -57,6 +59,10 @@ pub struct LinkState {
     /// `ip link set DEV alias ...`: on an endpoint's host veth, the endpoint
     /// id, written once the container side is fully configured.
     pub alias: Option<String>,
+    /// `bridge_slave isolated`: the bridge port forwards only to the bridge
+    /// itself, never to another port.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,13 +130,32 @@ impl IpFamily {
     }
 }
 
-/// `ip rule add iif IIF lookup TABLE pref PRIORITY`
+/// `ip rule add SELECTOR lookup TABLE pref PRIORITY`
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RuleEntry {
     pub family: IpFamily,
-    pub iifname: String,
+    pub selector: RuleSelector,
     pub table: u32,
     pub priority: u32,
+}
+
+/// What an `ip rule` matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RuleSelector {
+    /// `iif NAME`: packets that came in on a network's bridge or tunnel.
+    Iif(String),
+    /// `fwmark MARK`: packets the host itself answers for a network (reject
+    /// replies), marked with the network's table number.
+    FwMark(u32),
+}
+
+impl fmt::Display for RuleSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSelector::Iif(name) => write!(f, "iif {name}"),
+            RuleSelector::FwMark(mark) => write!(f, "fwmark {mark:#x}"),
+        }
+    }
 }
 
 /// `ip neigh add IP lladdr MAC dev DEV nud permanent`
@@ -156,15 +181,91 @@ pub struct ProxyNeighEntry {
     pub ip: IpAddr,
 }
 
-/// Tessera's two nftables tables.
+/// Tessera's nftables tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftState {
-    /// The skeleton version marker found in `inet tessera` and
-    /// `bridge tessera` (the comment of their last rule); `None` when either
-    /// table is missing or carries no marker.
+    /// The skeleton version marker found in all three tables (the comment
+    /// of a rule of each); `None` when a table is missing or carries no
+    /// marker.
     pub skeleton: Option<String>,
-    /// Elements of the tables' sets and maps.
+    /// Elements of the sets and maps of `inet tessera` and `bridge tessera`.
     pub elements: BTreeSet<NftElement>,
+    /// The chains and maps of `inet tessera_policy` that the planner manages.
+    #[serde(default)]
+    pub policy: PolicyState,
+}
+
+/// The planner-managed part of `inet tessera_policy`: chains, known by the
+/// digest their last rule carries, and verdict maps with their elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
+    pub chains: BTreeMap<String, ObservedChain>,
+    pub maps: BTreeMap<String, ObservedMap>,
+}
+
+/// A chain of `inet tessera_policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedChain {
+    /// The digest in the comment (`d=HEX`) of its last rule; `None` when it
+    /// has none (an empty or foreign chain).
+    pub digest: Option<u64>,
+    /// The verdict of its last rule, for rule-list chains: what a flow that
+    /// no entry matches gets.
+    pub default: Option<tessera_policy::Verdict>,
+}
+
+/// A verdict map of `inet tessera_policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedMap {
+    pub family: tessera_policy::Family,
+    pub elements: BTreeSet<MapElement>,
+}
+
+/// One element of a policy verdict map: a flow box and what it does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MapElement {
+    pub key: tessera_policy::FlowBox,
+    pub verdict: ElementVerdict,
+}
+
+/// The verdict of a [`MapElement`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ElementVerdict {
+    /// `return`: the list passes the flow.
+    Return,
+    /// `drop`
+    Drop,
+    /// `goto CHAIN`: reject, or log then decide.
+    Goto(String),
+}
+
+impl ElementVerdict {
+    /// Whether the element lets the flow through its list (a log chain's
+    /// name says what it does after logging).
+    pub fn passes(&self) -> bool {
+        match self {
+            ElementVerdict::Return => true,
+            ElementVerdict::Drop => false,
+            ElementVerdict::Goto(chain) => crate::policy::log_chain_passes(chain),
+        }
+    }
+}
+
+impl fmt::Display for ElementVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElementVerdict::Return => f.write_str("return"),
+            ElementVerdict::Drop => f.write_str("drop"),
+            ElementVerdict::Goto(c) => write!(f, "goto {c}"),
+        }
+    }
+}
+
+impl fmt::Display for MapElement {
+    /// `KEY : VERDICT`, as in `nft add element`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} : {}", self.key, self.verdict)
+    }
 }
 
 /// One element of a set or map of Tessera's nftables tables.
@@ -181,6 +282,11 @@ pub enum NftElement {
     /// `bridge tessera` set `epmac`: `"PORT" . MAC`, the port's own MAC
     /// (link-local NDP, DHCP, ARP sender hardware address).
     EpMac { port: String, mac: MacAddr },
+    /// `inet tessera` map `pz4` or `pz6`: `"IFNAME" . PREFIX : ZONE`, the
+    /// conntrack zone shared by two networks that route to each other: a
+    /// packet entering a bridge towards `PREFIX`, or a tunnel from `PREFIX`,
+    /// belongs to a flow between the two networks.
+    PairZone { ifname: String, net: IpNet, zone: u16 },
 }
 
 impl NftElement {
@@ -191,13 +297,15 @@ impl NftElement {
             NftElement::Ep4 { .. } => ("bridge", "tessera", "ep4"),
             NftElement::Ep6 { .. } => ("bridge", "tessera", "ep6"),
             NftElement::EpMac { .. } => ("bridge", "tessera", "epmac"),
+            NftElement::PairZone { net, .. } if net.addr().is_ipv4() => ("inet", "tessera", "pz4"),
+            NftElement::PairZone { .. } => ("inet", "tessera", "pz6"),
         }
     }
 
     /// The endpoint port the element is about, for port elements.
     pub fn port(&self) -> Option<&str> {
         match self {
-            NftElement::Zone { .. } => None,
+            NftElement::Zone { .. } | NftElement::PairZone { .. } => None,
             NftElement::Ep4 { port, .. } | NftElement::Ep6 { port, .. } | NftElement::EpMac { port, .. } => Some(port),
         }
     }
@@ -213,6 +321,7 @@ impl fmt::Display for NftElement {
             NftElement::Ep4 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
             NftElement::Ep6 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
             NftElement::EpMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
+            NftElement::PairZone { ifname, net, zone } => write!(f, "\"{ifname}\" . {net} : {zone}")?,
         }
         f.write_str(" }")
     }
@@ -253,11 +362,12 @@ pub fn owned_table(table: u32) -> bool {
     table >= TABLE_BASE
 }
 
-/// Whether a rule is Tessera's.
-pub fn owned_rule(iifname: Option<&str>, priority: u32, table: u32) -> bool {
-    priority == RULE_PRIORITY
-        && owned_table(table)
-        && matches!(iifname.and_then(owned_link_name), Some(OwnedName::Bridge(_) | OwnedName::Vxlan(_)))
+/// Whether a rule is Tessera's: at our priority, selecting one of our tables
+/// by one of our links, or by a mark equal to the table's number.
+pub fn owned_rule(iifname: Option<&str>, fwmark: Option<u32>, priority: u32, table: u32) -> bool {
+    let by_link = matches!(iifname.and_then(owned_link_name), Some(OwnedName::Bridge(_) | OwnedName::Vxlan(_)));
+    let by_mark = iifname.is_none() && fwmark == Some(table);
+    priority == RULE_PRIORITY && owned_table(table) && (by_link || by_mark)
 }
 
 #[cfg(test)]
@@ -276,10 +386,12 @@ mod tests {
 
     #[test]
     fn rules_are_owned_only_at_our_priority_and_tables() {
-        assert!(owned_rule(Some("tb5"), RULE_PRIORITY, TABLE_BASE + 5));
-        assert!(!owned_rule(Some("tb5"), RULE_PRIORITY + 1, TABLE_BASE + 5));
-        assert!(!owned_rule(Some("eth0"), RULE_PRIORITY, TABLE_BASE + 5));
-        assert!(!owned_rule(Some("tb5"), RULE_PRIORITY, 254));
-        assert!(!owned_rule(None, RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(owned_rule(Some("tb5"), None, RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("tb5"), None, RULE_PRIORITY + 1, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("eth0"), None, RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(!owned_rule(Some("tb5"), None, RULE_PRIORITY, 254));
+        assert!(!owned_rule(None, None, RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(owned_rule(None, Some(TABLE_BASE + 5), RULE_PRIORITY, TABLE_BASE + 5));
+        assert!(!owned_rule(None, Some(0x4000), RULE_PRIORITY, TABLE_BASE + 5));
     }
 }

@@ -6,16 +6,21 @@
 //! what the kernel holds without touching running traffic.
 //!
 //! Order of a plan:
-//! 1. host-wide parameters (forwarding);
+//! 1. host-wide parameters (forwarding, fwmark reflection);
 //! 2. nftables, as one block (one transaction when applied): the tables'
-//!    skeleton if missing or outdated, element deletes, element adds;
+//!    skeleton if missing or outdated; set element deletes; the policy
+//!    table's changes in an order where every reference is valid (see
+//!    `policy_actions`); set element adds;
 //! 3. teardown of what is no longer wanted: rules, routes, proxy neighbour,
 //!    neighbour and FDB entries, addresses, then links (endpoint veths, VXLAN
 //!    devices, bridges). Objects that live on a link being deleted are not
 //!    removed one by one: they go with the link;
 //! 4. per network, by VNI: bridge (and its parameters, addresses), VXLAN
 //!    device (and its parameters), rules, routes, FDB, neighbour and proxy
-//!    entries, then its endpoints: veth, container side.
+//!    entries, then its endpoints: veth, container side;
+//! 5. routes leaked from other networks (they need those networks' devices);
+//! 6. conntrack: the zones of flows a change may no longer allow are
+//!    flushed (see `conntrack_flushes`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -29,9 +34,10 @@ use crate::desired::{
 };
 use crate::nft::SKELETON_VERSION;
 use crate::observed::{
-    AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, NeighEntry, NftElement, Observed, ProxyNeighEntry, RouteEntry,
-    RouteTarget, RuleEntry, VxlanState,
+    AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry, NftElement, Observed, PolicyState,
+    ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
+use crate::policy::{list_chain, pair_chain, policy_objects, ChainKind, PolicyObjects, DISPATCH};
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
 ///
@@ -49,13 +55,18 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
     // 2. nftables.
     let skeleton_ok = observed.nft.skeleton.as_deref() == Some(SKELETON_VERSION);
     let empty = BTreeSet::new();
+    let empty_policy = PolicyState::default();
     let have_elements = if skeleton_ok { &observed.nft.elements } else { &empty };
+    let have_policy = if skeleton_ok { &observed.nft.policy } else { &empty_policy };
     if !skeleton_ok {
         out.push(Action::NftTablesInstall);
     }
     for e in have_elements.difference(&want.elements) {
         out.push(Action::NftSetElementDelete(e.clone()));
     }
+    let want_policy = policy_objects(desired);
+    let diffs = map_diffs(&want_policy, have_policy);
+    policy_actions(&mut out, &want_policy, have_policy, &diffs);
     for e in want.elements.difference(have_elements) {
         out.push(Action::NftSetElementAdd(e.clone()));
     }
@@ -153,9 +164,13 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
             }
         }
 
-        // The VRF's routes.
+        // The VRF's own routes (leaked ones come once every device exists).
         let missing = |dev: &str, present_in_observed: bool| doomed.contains(dev) || !present_in_observed;
-        for r in want.routes.iter().filter(|r| r.table == table_id(net.vni)) {
+        let own = |r: &&RouteEntry| match &r.target {
+            RouteTarget::Dev(d) => *d == tb || *d == tx,
+            RouteTarget::Unreachable => true,
+        };
+        for r in want.routes.iter().filter(|r| r.table == table_id(net.vni)).filter(own) {
             let dev_doomed = matches!(&r.target, RouteTarget::Dev(d) if doomed.contains(d));
             if dev_doomed || !observed.routes.contains(r) {
                 out.push(Action::RouteInstall(r.clone()));
@@ -209,6 +224,9 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
                 Some(link) => {
                     let mtu_wrong = link.mtu != mtu;
                     link_fixups(&mut out, &name, link, mtu);
+                    if !link.isolated {
+                        out.push(Action::BridgePortIsolate { name: name.clone() });
+                    }
                     let complete = link.alias.as_deref() == Some(ep.id.to_string().as_str());
                     // With the skeleton in place, the anti-spoofing elements
                     // tell which MAC and addresses the port was given.
@@ -219,6 +237,156 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
                     }
                 }
             }
+        }
+    }
+
+    // 5. Leaked routes: through another network's bridge or tunnel.
+    for r in &want.routes {
+        let RouteTarget::Dev(dev) = &r.target else { continue };
+        let table_dev_vni = crate::observed::owned_link_name(dev).and_then(|o| match o {
+            crate::observed::OwnedName::Bridge(v) | crate::observed::OwnedName::Vxlan(v) => Some(v),
+            crate::observed::OwnedName::HostVeth => None,
+        });
+        if table_dev_vni.is_some_and(|v| table_id(v) == r.table) {
+            continue;
+        }
+        if doomed.contains(dev) || !observed.routes.contains(r) {
+            out.push(Action::RouteInstall(r.clone()));
+        }
+    }
+
+    // 6. Conntrack.
+    let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
+    for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs) {
+        out.push(Action::ConntrackZoneFlush { zone });
+    }
+    out
+}
+
+/// Per planner-managed policy map: the elements to delete and to add.
+struct MapDiff {
+    deletes: Vec<MapElement>,
+    adds: Vec<MapElement>,
+}
+
+fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDiff> {
+    let mut out = BTreeMap::new();
+    for (name, spec) in &want.maps {
+        let diff = match have.maps.get(name) {
+            Some(m) => MapDiff {
+                deletes: m.elements.iter().filter(|e| !spec.elements.contains_key(*e)).cloned().collect(),
+                adds: spec.elements.keys().filter(|e| !m.elements.contains(*e)).cloned().collect(),
+            },
+            None => MapDiff { deletes: vec![], adds: spec.elements.keys().cloned().collect() },
+        };
+        out.insert(name.clone(), diff);
+    }
+    out
+}
+
+/// The policy part of the nftables block, ordered so that every reference
+/// is valid at each step: element deletes; reject and log chains (which map
+/// elements jump to); new maps and their elements; rule-list, pair and
+/// dispatch chains (which look maps up and jump to lists); then deletions,
+/// users first: pair and rule-list chains, maps, log and reject chains.
+fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyState, diffs: &BTreeMap<String, MapDiff>) {
+    for (name, d) in diffs {
+        if have.maps.contains_key(name) && !d.deletes.is_empty() {
+            out.push(Action::NftMapElementsDelete { map: name.clone(), elements: d.deletes.clone() });
+        }
+    }
+    let mut installs: Vec<(&String, &crate::policy::ChainSpec)> =
+        want.chains.iter().filter(|(name, spec)| have.chains.get(*name).and_then(|c| c.digest) != Some(spec.digest)).collect();
+    installs.sort_by_key(|(name, spec)| (spec.kind, *name));
+    let install = |out: &mut Vec<Action>, kinds: &[ChainKind]| {
+        for (name, spec) in installs.iter().filter(|(_, s)| kinds.contains(&s.kind)) {
+            out.push(Action::NftChainInstall { name: (*name).clone(), rules: spec.rules.clone() });
+        }
+    };
+    install(out, &[ChainKind::Reject, ChainKind::Log]);
+    for (name, spec) in &want.maps {
+        if !have.maps.contains_key(name) {
+            out.push(Action::NftMapAdd { name: name.clone(), family: spec.family });
+        }
+    }
+    for (name, d) in diffs {
+        if !d.adds.is_empty() {
+            out.push(Action::NftMapElementsAdd { map: name.clone(), elements: d.adds.clone() });
+        }
+    }
+    install(out, &[ChainKind::List, ChainKind::Pair, ChainKind::Dispatch]);
+    let mut deletes: Vec<(ChainKind, &String)> = have
+        .chains
+        .keys()
+        .filter(|n| !want.chains.contains_key(*n) && n.as_str() != DISPATCH)
+        .map(|n| (ChainKind::of(n).unwrap_or(ChainKind::Pair), n))
+        .collect();
+    deletes.sort_by(|a, b| b.cmp(a));
+    for (_, name) in deletes.iter().filter(|(k, _)| *k >= ChainKind::List) {
+        out.push(Action::NftChainDelete { name: (*name).clone() });
+    }
+    for name in have.maps.keys() {
+        if !want.maps.contains_key(name) {
+            out.push(Action::NftMapDelete { name: name.clone() });
+        }
+    }
+    for (_, name) in deletes.iter().filter(|(k, _)| *k < ChainKind::List) {
+        out.push(Action::NftChainDelete { name: (*name).clone() });
+    }
+}
+
+/// The conntrack zones to flush so that flows a change no longer allows
+/// end. A zone is flushed when
+/// - it was a pair zone and is no longer one (the networks were
+///   disconnected, or the zone renumbered);
+/// - the program of a pair that uses it may now refuse what it let through:
+///   the program is new (restrictions on a pair that passed everything), a
+///   rule list is new, its default became deny or reject, a pass element is
+///   gone from one of its maps, or a deny or reject element appeared.
+///
+/// Changes that only widen what passes (pass elements added, deny elements
+/// removed, a list or a whole program removed) flush nothing. A flushed flow
+/// that is still allowed continues: its next packet is evaluated again as
+/// new and conntrack picks it up (TCP included).
+fn conntrack_flushes(
+    desired: &DesiredHost,
+    want: &PolicyObjects,
+    have: &PolicyState,
+    have_elements: &BTreeSet<NftElement>,
+    diffs: &BTreeMap<String, MapDiff>,
+) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    let wanted: BTreeSet<u16> = desired.pair_zones.iter().map(|p| p.zone).collect();
+    for e in have_elements {
+        if let NftElement::PairZone { zone, .. } = e {
+            if !wanted.contains(zone) {
+                out.insert(*zone);
+            }
+        }
+    }
+    for prog in desired.policies.iter().filter(|p| !p.lists.is_empty()) {
+        let Some(zone) = desired.flow_zone(prog.src, prog.dst) else { continue };
+        let narrowed = !have.chains.contains_key(&pair_chain(prog.src, prog.dst))
+            || prog.lists.iter().enumerate().any(|(i, list)| {
+                let lname = list_chain(prog.src, prog.dst, i);
+                let (Some(h), Some(w)) = (have.chains.get(&lname), want.chains.get(&lname)) else { return true };
+                if h.digest == Some(w.digest) {
+                    return false;
+                }
+                if h.default != Some(list.default) && list.default != tessera_policy::Verdict::Pass {
+                    return true;
+                }
+                let prefix = format!("m{}_{}_{i}_", prog.src, prog.dst);
+                let gone_maps = have.maps.iter().filter(|(n, _)| n.starts_with(&prefix) && !want.maps.contains_key(*n));
+                let gone_pass = gone_maps.flat_map(|(_, m)| &m.elements).any(|e| e.verdict.passes());
+                let changed = diffs
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(&prefix))
+                    .any(|(_, d)| d.deletes.iter().any(|e| e.verdict.passes()) || d.adds.iter().any(|e| !e.verdict.passes()));
+                gone_pass || changed
+            });
+        if narrowed {
+            out.insert(zone);
         }
     }
     out
@@ -255,7 +423,15 @@ impl Want {
             let table = table_id(net.vni);
             w.links.insert(
                 tb.clone(),
-                LinkState { kind: LinkKind::Bridge, mtu, mac: Some(bridge_mac(net.vni)), up: true, master: None, alias: None },
+                LinkState {
+                    kind: LinkKind::Bridge,
+                    mtu,
+                    mac: Some(bridge_mac(net.vni)),
+                    up: true,
+                    master: None,
+                    alias: None,
+                    isolated: false,
+                },
             );
             w.links.insert(
                 tx.clone(),
@@ -272,12 +448,19 @@ impl Want {
                     up: true,
                     master: None,
                     alias: None,
+                    isolated: false,
                 },
             );
             for family in [IpFamily::V4, IpFamily::V6] {
                 for iif in [&tb, &tx] {
-                    w.rules.insert(RuleEntry { family, iifname: iif.clone(), table, priority: RULE_PRIORITY });
+                    w.rules.insert(RuleEntry {
+                        family,
+                        selector: RuleSelector::Iif(iif.clone()),
+                        table,
+                        priority: RULE_PRIORITY,
+                    });
                 }
+                w.rules.insert(RuleEntry { family, selector: RuleSelector::FwMark(table), table, priority: RULE_PRIORITY });
                 let any: IpNet = match family {
                     IpFamily::V4 => "0.0.0.0/0".parse().expect("literal"),
                     IpFamily::V6 => "::/0".parse().expect("literal"),
@@ -299,6 +482,16 @@ impl Want {
                     w.proxy_neighbours.insert(ProxyNeighEntry { dev: tb.clone(), ip: rem.ip });
                 }
             }
+            for imp in &net.imports {
+                let Some(other) = desired.networks.iter().find(|n| n.vni == *imp) else { continue };
+                let (otb, otx) = (bridge_name(other.vni), vxlan_name(other.vni));
+                for sub in &other.subnets {
+                    w.routes.insert(RouteEntry { table, dst: sub.cidr.trunc(), target: RouteTarget::Dev(otb.clone()) });
+                }
+                for rem in &other.remote {
+                    w.routes.insert(RouteEntry { table, dst: IpNet::from(rem.ip), target: RouteTarget::Dev(otx.clone()) });
+                }
+            }
             w.elements.insert(NftElement::Zone { ifname: tb.clone(), zone: net.zone });
             w.elements.insert(NftElement::Zone { ifname: tx.clone(), zone: net.zone });
             for ep in &net.local {
@@ -312,14 +505,29 @@ impl Want {
                         up: true,
                         master: Some(tb.clone()),
                         alias: Some(ep.id.to_string()),
+                        isolated: true,
                     },
                 );
                 w.elements.insert(NftElement::EpMac { port: port.clone(), mac: ep.mac });
                 for ip in &ep.ips {
+                    // Isolated ports: the bridge answers NS for local endpoints too.
+                    if ip.addr().is_ipv6() {
+                        w.proxy_neighbours.insert(ProxyNeighEntry { dev: tb.clone(), ip: ip.addr() });
+                    }
                     w.elements.insert(match ip.addr() {
                         IpAddr::V4(ip) => NftElement::Ep4 { port: port.clone(), mac: ep.mac, ip },
                         IpAddr::V6(ip) => NftElement::Ep6 { port: port.clone(), mac: ep.mac, ip },
                     });
+                }
+            }
+        }
+        for pz in &desired.pair_zones {
+            for (x, y) in [(pz.a, pz.b), (pz.b, pz.a)] {
+                let Some(other) = desired.networks.iter().find(|n| n.vni == y) else { continue };
+                for sub in &other.subnets {
+                    for ifname in [bridge_name(x), vxlan_name(x)] {
+                        w.elements.insert(NftElement::PairZone { ifname, net: sub.cidr.trunc(), zone: pz.zone });
+                    }
                 }
             }
         }

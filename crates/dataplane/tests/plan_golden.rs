@@ -17,7 +17,14 @@ const EP_A: &str = "a1b2c3d4-0000-4000-8000-00000000000a";
 const EP_B: &str = "b1b2c3d4-0000-4000-8000-00000000000b";
 
 fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
-    DesiredHost { underlay_ip: "10.99.0.1".parse().unwrap(), underlay_ifname: "eth0".into(), underlay_mtu: 1500, networks }
+    DesiredHost {
+        underlay_ip: "10.99.0.1".parse().unwrap(),
+        underlay_ifname: "eth0".into(),
+        underlay_mtu: 1500,
+        networks,
+        pair_zones: vec![],
+        policies: vec![],
+    }
 }
 
 fn network(vni: u32, zone: u16) -> DesiredNetwork {
@@ -30,6 +37,7 @@ fn network(vni: u32, zone: u16) -> DesiredNetwork {
         ],
         local: vec![],
         remote: vec![],
+        imports: vec![],
     }
 }
 
@@ -162,8 +170,8 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     let mut kernel = converged(&desired);
     kernel.nft.skeleton = Some("tessera-v0".into());
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
-    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v1 # inet tessera, bridge tessera");
-    assert_eq!(actual.len(), 1 + 2 + 3, "skeleton, two zones, three port elements: {actual:#?}");
+    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v2 # inet tessera, bridge tessera, inet tessera_policy");
+    assert_eq!(actual.len(), 1 + 1 + 2 + 3, "skeleton, dispatch chain, two zones, three port elements: {actual:#?}");
 }
 
 #[test]
@@ -173,6 +181,15 @@ fn link_set_down_by_someone_is_set_up_again() {
     kernel.links.get_mut("tx100").unwrap().up = false;
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
     assert_eq!(actual, vec!["ip link set tx100 up"]);
+}
+
+#[test]
+fn endpoint_port_that_is_not_isolated_is_isolated() {
+    let desired = host(vec![with_endpoint(network(100, 1))]);
+    let mut kernel = converged(&desired);
+    kernel.links.get_mut("tva1b2c3d4").unwrap().isolated = false;
+    let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
+    assert_eq!(actual, vec!["ip link set tva1b2c3d4 type bridge_slave isolated on"]);
 }
 
 #[test]
@@ -204,4 +221,118 @@ fn check_against(case: &str, desired: &DesiredHost, kernel: &Observed) {
     }
     let expected = std::fs::read_to_string(&path).unwrap();
     assert_eq!(actual, expected, "plan for {case} differs from {}", path.display());
+}
+
+// ---- policies: route leaks, pair zones, programs ----
+
+mod policies {
+    use super::*;
+    use tessera_dataplane::{PairPolicy, PairZone};
+    use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
+    use tessera_policy::Compiler;
+
+    fn model_net(id: u128, name: &str, vni: u32, cidrs: &[&str], policies: &[u128]) -> Network {
+        Network {
+            id: Uuid::from_u128(id),
+            fq_name: format!("default-domain:admin:{name}").parse().unwrap(),
+            vni: Vni::new(vni).unwrap(),
+            subnets: cidrs
+                .iter()
+                .map(|c| Subnet { cidr: c.parse().unwrap(), gateway: None, pools: vec![], dns_servers: vec![] })
+                .collect(),
+            import_targets: vec![],
+            export_targets: vec![],
+            shared: false,
+            external: false,
+            policies: policies.iter().map(|p| Uuid::from_u128(*p)).collect(),
+            labels: Default::default(),
+        }
+    }
+
+    fn model_policy(id: u128, rules: &[&str]) -> Policy {
+        Policy {
+            id: Uuid::from_u128(id),
+            fq_name: format!("default-domain:admin:p{id}").parse().unwrap(),
+            rules: rules.iter().map(|r| Rule::parse("r", r, &ProjectName::default_project()).unwrap()).collect(),
+        }
+    }
+
+    /// red (VNI 100, 10.0.0.0/24, an endpoint here) and green (VNI 200,
+    /// 10.2.0.0/24, an endpoint on 10.99.0.2), connected by `rules`
+    /// attached to both; `None`: no policy at all.
+    fn connected(rules: Option<&[&str]>) -> DesiredHost {
+        let policies: Vec<Policy> = rules.map(|r| vec![model_policy(9, r)]).unwrap_or_default();
+        let attached: Vec<u128> = policies.iter().map(|_| 9).collect();
+        let nets =
+            vec![model_net(1, "red", 100, &["10.0.0.0/24"], &attached), model_net(2, "green", 200, &["10.2.0.0/24"], &attached)];
+        let c = Compiler::new(&nets, &policies);
+        let mut red = network(100, 1);
+        red.subnets.truncate(1);
+        red.local.push(endpoint(EP_A, "02:00:00:00:00:0a", &["10.0.0.2/24"], "/run/netns/c1"));
+        let mut green = network(200, 2);
+        green.subnets = vec![DesiredSubnet { cidr: "10.2.0.0/24".parse().unwrap(), gateway: Some("10.2.0.1".parse().unwrap()) }];
+        green.remote.push(remote("10.2.0.3", "10.99.0.2"));
+        let (r, g) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut d = host(vec![]);
+        if c.topology().bidirectional(r, g) {
+            red.imports = vec![green.vni];
+            green.imports = vec![red.vni];
+            d.pair_zones.push(PairZone { a: red.vni, b: green.vni, zone: 3 });
+            for (s, dst, sv, dv) in [(r, g, red.vni, green.vni), (g, r, green.vni, red.vni), (r, r, red.vni, red.vni)] {
+                let prog = c.program(s, dst).unwrap();
+                if !prog.is_pass_all() {
+                    d.policies.push(PairPolicy { src: sv, dst: dv, lists: prog.lists });
+                }
+            }
+            d.networks = vec![red, green];
+        } else {
+            d.networks = vec![red];
+        }
+        d
+    }
+
+    const WEB: &[&str] = &["pass tcp any any <> any 80", "pass icmp any any <> any any"];
+
+    #[test]
+    fn a_policy_connects_two_networks() {
+        check("policy_connects_two_networks", &connected(None), &connected(Some(WEB)));
+    }
+
+    #[test]
+    fn changing_a_pass_rule_changes_two_elements_and_flushes_the_pair_zone() {
+        check(
+            "policy_pass_rule_changed",
+            &connected(Some(WEB)),
+            &connected(Some(&["pass tcp any any <> any 8080", "pass icmp any any <> any any"])),
+        );
+    }
+
+    #[test]
+    fn adding_a_pass_rule_flushes_nothing() {
+        let wider: &[&str] = &["pass tcp any any <> any 80", "pass icmp any any <> any any", "pass udp any any <> any 53"];
+        let actions = plan(&connected(Some(wider)), &converged(&connected(Some(WEB))));
+        assert!(!actions.is_empty());
+        assert!(
+            !actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { .. })),
+            "widening must not cut running flows: {actions:#?}"
+        );
+    }
+
+    #[test]
+    fn adding_a_deny_rule_in_front_flushes_the_pair_zone() {
+        let narrower: &[&str] = &["deny tcp any any <> any 22", "pass tcp any any <> any 80", "pass icmp any any <> any any"];
+        let actions = plan(&connected(Some(narrower)), &converged(&connected(Some(WEB))));
+        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
+    }
+
+    #[test]
+    fn detaching_the_policy_removes_leaks_programs_and_flows() {
+        check("policy_detached", &connected(Some(WEB)), &connected(None));
+    }
+
+    #[test]
+    fn a_converged_policy_plans_nothing() {
+        let d = connected(Some(WEB));
+        assert_eq!(plan(&d, &converged(&d)), vec![]);
+    }
 }

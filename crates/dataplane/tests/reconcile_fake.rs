@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use tessera_dataplane::fake::Call;
+use tessera_dataplane::observed::RuleSelector;
 use tessera_dataplane::{
     reconcile, Action, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, LocalEndpoint, RemoteEndpoint,
 };
@@ -28,7 +29,10 @@ fn desired() -> DesiredHost {
                 ifname: "eth0".into(),
             }],
             remote: vec![RemoteEndpoint { ip: "10.7.0.3".parse().unwrap(), host_underlay: "10.99.0.2".parse().unwrap() }],
+            imports: vec![],
         }],
+        pair_zones: vec![],
+        policies: vec![],
     }
 }
 
@@ -45,7 +49,7 @@ async fn second_reconcile_of_a_converged_host_does_nothing() {
 #[tokio::test]
 async fn a_failed_action_is_reported_and_the_rest_still_applied() {
     let fake = FakeDataplane::new();
-    fake.fail_action_once(|a| matches!(a, Action::RuleInstall(r) if r.iifname == "tx7"), EBUSY);
+    fake.fail_action_once(|a| matches!(a, Action::RuleInstall(r) if r.selector == RuleSelector::Iif("tx7".into())), EBUSY);
     let report = reconcile(&fake, &desired()).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert!(report.applied.iter().any(|a| matches!(a, Action::ContainerIfaceConfigure { .. })), "later actions still ran");

@@ -33,9 +33,14 @@ pub struct ReservationCreate {
     /// address of. Needed unless `address` is given.
     #[serde(default)]
     pub subnet: Option<String>,
-    /// A chosen address; it must be allocatable and free.
+    /// A chosen address; it must be allocatable and free (or held by `from`).
     #[serde(default)]
     pub address: Option<String>,
+    /// Takes the chosen `address` over from the reservation of this owner
+    /// (for example to gather the addresses of one endpoint, reserved one by
+    /// one, under a single owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// An address held by a reservation.

@@ -1,6 +1,14 @@
 //! A real `dockerd` (Debian's docker.io) inside a host namespace, with its
 //! own data root, exec root, pid file and socket, and a busybox image made
 //! with `docker import` (no registry is reachable).
+//!
+//! Several dockerds on one machine each need their own plugin directory
+//! (dockerd finds plugins at the fixed path `/run/docker/plugins`): with
+//! [`DockerdOptions::plugins_dir`] dockerd runs in a mount namespace of its
+//! own where that directory is bind-mounted over `/run/docker/plugins`. Its
+//! exec root is made a shared mount first, so the network namespaces dockerd
+//! mounts there for its containers (the `SandboxKey`s plugins are given) are
+//! visible to the plugin and the agent outside.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,11 +20,28 @@ use tessera_fabric::{spawn_in, Netns};
 /// The image tag [`Dockerd::import_busybox`] creates.
 pub const BUSYBOX_IMAGE: &str = "tessera/busybox";
 
+/// Where dockerd looks for plugin sockets.
+const PLUGINS_DIR: &str = "/run/docker/plugins";
+
+/// How to start dockerd, beyond the defaults (no bridge, no iptables).
+#[derive(Debug, Clone, Default)]
+pub struct DockerdOptions {
+    /// Run dockerd in a private mount namespace with this directory over
+    /// `/run/docker/plugins` (put the plugin's socket in it).
+    pub plugins_dir: Option<PathBuf>,
+    /// `--authorization-plugin` for each name.
+    pub authorization_plugins: Vec<String>,
+    /// `--live-restore`: containers keep running while dockerd restarts.
+    pub live_restore: bool,
+}
+
 /// A dockerd process; on drop its containers are removed, it is stopped and
 /// its mounts and directories are removed.
 pub struct Dockerd {
     dir: PathBuf,
     socket: PathBuf,
+    netns: String,
+    options: DockerdOptions,
     child: Option<Child>,
 }
 
@@ -24,36 +49,100 @@ impl Dockerd {
     /// Starts dockerd inside `netns` with everything under `dir`, and waits until it answers.
     /// Its networking is left to Tessera: no bridge, no iptables.
     pub fn start(netns: &Netns, dir: &Path) -> anyhow::Result<Dockerd> {
+        Self::start_with(netns, dir, DockerdOptions::default())
+    }
+
+    /// [`Dockerd::start`] with options.
+    pub fn start_with(netns: &Netns, dir: &Path, options: DockerdOptions) -> anyhow::Result<Dockerd> {
         which("dockerd").context("dockerd is missing: apt-get install docker.io")?;
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("docker.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
-            .arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--userland-proxy=false"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = spawn_in(netns, cmd).context("cannot start dockerd")?;
-        let d = Dockerd { dir: dir.to_path_buf(), socket, child: Some(child) };
+        let mut d = Dockerd { dir: dir.to_path_buf(), socket, netns: netns.name().to_string(), options, child: None };
+        d.spawn(netns)?;
+        Ok(d)
+    }
+
+    /// The command line: dockerd, or a shell that enters a private mount
+    /// namespace, mounts the plugin directory and execs dockerd.
+    fn command(&self) -> anyhow::Result<Command> {
+        let exec_root = self.dir.join("exec");
+        let mut args: Vec<String> = vec![
+            "--data-root".into(),
+            self.dir.join("data").display().to_string(),
+            "--exec-root".into(),
+            exec_root.display().to_string(),
+            "--pidfile".into(),
+            self.dir.join("dockerd.pid").display().to_string(),
+            "--host".into(),
+            format!("unix://{}", self.socket.display()),
+        ];
+        args.extend(
+            ["--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--userland-proxy=false"]
+                .map(String::from),
+        );
+        for p in &self.options.authorization_plugins {
+            args.push(format!("--authorization-plugin={p}"));
+        }
+        if self.options.live_restore {
+            args.push("--live-restore".into());
+        }
+        let Some(plugins) = &self.options.plugins_dir else {
+            let mut cmd = Command::new("dockerd");
+            cmd.args(&args);
+            return Ok(cmd);
+        };
+        std::fs::create_dir_all(plugins)?;
+        std::fs::create_dir_all(PLUGINS_DIR)?;
+        share_mount(&exec_root)?;
+        // In the new mount namespace: keep the exec root shared with the host's
+        // (so container namespaces mounted there are seen outside), make the mount
+        // holding /run/docker/plugins private (so the bind below stays inside),
+        // then put this dockerd's plugin directory in place.
+        let script = r#"set -e
+parent=$(findmnt -n -o TARGET --target /run/docker/plugins)
+mount --make-private "$parent"
+mount --make-private /
+mount --bind "$1" /run/docker/plugins
+shift
+exec dockerd "$@""#;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "unchanged", "sh", "-c", script, "sh"]).arg(plugins).args(&args);
+        Ok(cmd)
+    }
+
+    fn spawn(&mut self, netns: &Netns) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("dockerd.log"))?;
+        let _ = std::fs::remove_file(self.dir.join("dockerd.pid"));
+        let mut cmd = self.command()?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.child = Some(spawn_in(netns, cmd).context("cannot start dockerd")?);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if d.docker(&["version", "--format", "{{.Server.Version}}"]).map(|o| o.status.success()).unwrap_or(false) {
-                return Ok(d);
+            if self.docker(&["version", "--format", "{{.Server.Version}}"]).map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+                bail!("dockerd exited ({status}); its log ends with:\n{}", tail(&log, 20));
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(d.dir.join("dockerd.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
                 bail!("dockerd did not answer within 60 s; its log ends with:\n{}", tail(&log, 20));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Stops dockerd (SIGTERM) and starts it again on the same directories.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let netns = Netns::open(&self.netns)?;
+        self.spawn(&netns)
+    }
+
+    /// The log of this dockerd.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("dockerd.log")
     }
 
     pub fn socket(&self) -> &Path {
@@ -104,11 +193,11 @@ impl Dockerd {
         Ok(())
     }
 
-    /// Stops the daemon now (SIGTERM, then SIGKILL after 10 s) without cleaning up.
+    /// Stops the daemon now (SIGTERM, then SIGKILL after 30 s) without cleaning up.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
@@ -150,6 +239,22 @@ impl Drop for Dockerd {
     }
 }
 
+/// `mount --bind DIR DIR; mount --make-shared DIR` (once: a directory that is
+/// already a mount point is only made shared).
+fn share_mount(dir: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir)?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let is_mount_point = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).any(|m| Path::new(m) == dir);
+    if !is_mount_point {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("cannot bind-mount {} onto itself", dir.display()))?;
+    }
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+        .with_context(|| format!("cannot make {} a shared mount", dir.display()))?;
+    Ok(())
+}
+
 fn which(program: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
@@ -162,4 +267,151 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One host's Docker in a [`crate::Cluster`]: the Tessera Docker plugin
+/// (`tessera docker-plugin`, in the host's namespace, talking to the host's
+/// agent) and a dockerd that finds it in its own plugin directory and uses it
+/// as its authorization hook, with live restore. Drop it before the cluster:
+/// its containers are removed through the plugin and the agent.
+pub struct DockerHost {
+    dockerd: Option<Dockerd>,
+    plugin: Option<Child>,
+    host: String,
+    netns: String,
+    dir: PathBuf,
+    bin: PathBuf,
+    controller: String,
+    agent_socket: PathBuf,
+}
+
+impl DockerHost {
+    /// Starts the plugin, then dockerd, on `host`, with everything under `dir`.
+    pub fn start(c: &crate::Cluster, host: &str, dir: &Path) -> anyhow::Result<DockerHost> {
+        std::fs::create_dir_all(dir)?;
+        let netns = c.host_netns(host)?;
+        let mut h = DockerHost {
+            dockerd: None,
+            plugin: None,
+            host: host.to_string(),
+            netns: netns.name().to_string(),
+            dir: dir.to_path_buf(),
+            bin: c.spec().bin.clone(),
+            controller: c.url.clone(),
+            agent_socket: c.agent_socket(host),
+        };
+        h.start_plugin()?;
+        let options = DockerdOptions {
+            plugins_dir: Some(h.plugins_dir()),
+            authorization_plugins: vec!["tessera".into()],
+            live_restore: true,
+        };
+        h.dockerd = Some(Dockerd::start_with(netns, &dir.join("docker"), options)?);
+        Ok(h)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn dockerd(&self) -> &Dockerd {
+        self.dockerd.as_ref().expect("dockerd runs while the DockerHost lives")
+    }
+
+    pub fn dockerd_mut(&mut self) -> &mut Dockerd {
+        self.dockerd.as_mut().expect("dockerd runs while the DockerHost lives")
+    }
+
+    /// The directory dockerd sees as `/run/docker/plugins`.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.join("plugins")
+    }
+
+    pub fn plugin_socket(&self) -> PathBuf {
+        self.plugins_dir().join("tessera.sock")
+    }
+
+    pub fn plugin_log(&self) -> PathBuf {
+        self.dir.join("plugin.log")
+    }
+
+    /// Starts (or restarts) the plugin and waits until its socket answers.
+    pub fn start_plugin(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.plugins_dir())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.plugin_log())?;
+        let socket = self.plugin_socket();
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--controller")
+            .arg(&self.controller)
+            .arg("docker-plugin")
+            .arg("--host")
+            .arg(&self.host)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--agent-socket")
+            .arg(&self.agent_socket)
+            .arg("--docker-host")
+            .arg(format!("unix://{}", self.dir.join("docker").join("docker.sock").display()))
+            .arg("--state-dir")
+            .arg(self.dir.join("plugin-state"))
+            .env("TESSERA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let netns = Netns::open(&self.netns)?;
+        self.plugin = Some(spawn_in(&netns, cmd).context("cannot start tessera docker-plugin")?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the docker plugin of {} did not listen within 30 s; see {}", self.host, self.plugin_log().display())
+    }
+
+    /// Stops the plugin (SIGTERM) and waits for it.
+    pub fn stop_plugin(&mut self) {
+        if let Some(mut c) = self.plugin.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the plugin (SIGKILL) and reaps it.
+    pub fn kill_plugin(&mut self) {
+        if let Some(mut c) = self.plugin.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn docker(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.dockerd().docker(args)
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.dockerd().docker_ok(args)
+    }
+
+    /// The last lines of the plugin's and dockerd's logs, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (name, path) in [("plugin", self.plugin_log()), ("dockerd", self.dir.join("docker").join("dockerd.log"))] {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+            let all: Vec<&str> = text.lines().collect();
+            out += &format!("==> {} {name} <==\n{}\n", self.host, all[all.len().saturating_sub(lines)..].join("\n"));
+        }
+        out
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        // dockerd first, while the plugin still serves its containers' leaving.
+        drop(self.dockerd.take());
+        self.kill_plugin();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -148,7 +148,15 @@ async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
 
 pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
     let (netns, container_id) = resolve(&a.target).await?;
-    let req = AttachRequest { network: a.network, netns, ips: a.ips, ifname: Some(a.ifname), container_id, name: None };
+    let req = AttachRequest {
+        network: a.network,
+        netns,
+        ips: a.ips,
+        ifname: Some(a.ifname),
+        container_id,
+        name: None,
+        ..Default::default()
+    };
     let ep: Endpoint = agent_call(&a.socket, Method::POST, "/v1/attach", Some(&req)).await?;
     ctx.print(&ep, || format!("attached {} to {}: {} mac {}\n", req.netns, req.network, join(&ep.ips), ep.mac))
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod controller;
 pub mod demo;
+pub mod docker_plugin;
 pub mod endpoint;
 pub mod host;
 pub mod network;

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod intent;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

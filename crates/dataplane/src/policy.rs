@@ -1,0 +1,384 @@
+//! The firewall of flows between (and within) networks, as nftables objects
+//! of `table inet tessera_policy` (pure).
+//!
+//! Where it runs: the `forward` hook, after conntrack. The skeleton's base
+//! chain accepts `ct state established,related` first (replies and packets
+//! of allowed flows never walk rules), then jumps to `dispatch`, which looks
+//! up the input and output interfaces in one anonymous verdict map:
+//! `"tb<S>" . "tb<D>"` and `"tb<S>" . "tx<D>"` jump to the program of flows
+//! from network `S` to network `D`. Only flows that enter from a local
+//! bridge are evaluated: every flow is decided once, on the host where it
+//! starts, and traffic that arrives through a tunnel was decided there
+//! (each host still removes the conntrack entries of flows that a change
+//! no longer allows, on both sides).
+//!
+//! Objects, for the program of flows from VNI `S` to VNI `D`:
+//! - chain `p<S>_<D>`: `jump l<S>_<D>_0; jump l<S>_<D>_1; accept`;
+//! - chain `l<S>_<D>_<i>` (rule list `i`): for each layer, for each family,
+//!   for each shard, one lookup
+//!   `ip saddr . ip daddr . meta l4proto . th sport . th dport vmap @MAP`,
+//!   then the list's default verdict. An element's verdict is `return` for
+//!   pass (the next list decides), `drop` for deny, `goto rj<S>` for reject,
+//!   or `goto g…` for a rule marked `log`;
+//! - maps `m<S>_<D>_<i>_<layer>_<4|6>_<shard>`: `flags interval; counter`
+//!   (a hit counter per element, summed per rule by [`rule_counters`]). A
+//!   layer's elements are spread over `2^k` maps of at most
+//!   [`MAX_MAP_ELEMENTS`] by a stable hash of their key, because the kernel's
+//!   update of a concatenated interval map costs time in proportion to its
+//!   size: a one-rule change touches one or two small maps;
+//! - chain `g<S>_<D>_<i>_<policy8>_<rule><p|d|r>`: `log prefix "tessera
+//!   POLICY#RULE SRC>DST VERDICT " level info`, then the verdict (the kernel
+//!   log is the log of flows: `IN=` and `OUT=` name the networks' devices,
+//!   `SRC= DST= PROTO= SPT= DPT=` the five-tuple);
+//! - chain `rj<S>`: sets the packet mark to the VRF table of `S` (with
+//!   `fwmark_reflect`, the reset or ICMP error the kernel sends back carries
+//!   it, and `ip rule fwmark` routes it in `S`'s VRF), then `reject with tcp
+//!   reset` for TCP and `reject` (ICMP port unreachable) otherwise.
+//!
+//! Every chain ends with a rule whose comment is `d=<digest>` of the chain's
+//! rules, and every lookup rule's comment is the digest of its map's
+//! elements: the planner replaces a chain only when its digest differs, and
+//! the Linux data plane knows from the comments whether the elements it
+//! remembers are those the kernel holds, without listing big maps again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_model::Vni;
+use tessera_policy::flow::Fnv;
+use tessera_policy::{Entry, Family, RuleRef, Verdict};
+
+use crate::desired::{bridge_name, table_id, vxlan_name, DesiredHost, PairPolicy};
+use crate::observed::{ElementVerdict, MapElement};
+
+/// The table of the firewall of network pairs.
+pub const POLICY_TABLE: &str = "tessera_policy";
+/// The chain the forward hook jumps to: the pair dispatch.
+pub const DISPATCH: &str = "dispatch";
+/// Most elements in one verdict map (see the module docs).
+pub const MAX_MAP_ELEMENTS: usize = 8192;
+
+/// What a chain is for; chains are installed in this order (a chain only
+/// refers to chains of an earlier kind) and deleted in the reverse order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChainKind {
+    Reject,
+    Log,
+    List,
+    Pair,
+    Dispatch,
+}
+
+impl ChainKind {
+    /// The kind of a chain name Tessera gives.
+    pub fn of(name: &str) -> Option<ChainKind> {
+        if name == DISPATCH {
+            return Some(ChainKind::Dispatch);
+        }
+        match name.as_bytes().first()? {
+            b'r' if name.starts_with("rj") => Some(ChainKind::Reject),
+            b'g' => Some(ChainKind::Log),
+            b'l' => Some(ChainKind::List),
+            b'p' => Some(ChainKind::Pair),
+            _ => None,
+        }
+    }
+}
+
+/// A chain as the planner wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    /// Rules in nft syntax; the last carries `comment "d=<digest>"`.
+    pub rules: Vec<String>,
+    pub digest: u64,
+    pub kind: ChainKind,
+    /// For rule-list chains: the verdict of flows no entry matches.
+    pub default: Option<Verdict>,
+}
+
+/// A verdict map as the planner wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapSpec {
+    pub family: Family,
+    /// Each element with the rule it comes from.
+    pub elements: BTreeMap<MapElement, RuleRef>,
+    pub digest: u64,
+}
+
+/// All planner-managed objects of `inet tessera_policy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyObjects {
+    pub chains: BTreeMap<String, ChainSpec>,
+    pub maps: BTreeMap<String, MapSpec>,
+}
+
+/// `p<S>_<D>`
+pub fn pair_chain(src: Vni, dst: Vni) -> String {
+    format!("p{src}_{dst}")
+}
+
+/// `l<S>_<D>_<i>`
+pub fn list_chain(src: Vni, dst: Vni, i: usize) -> String {
+    format!("l{src}_{dst}_{i}")
+}
+
+/// `rj<S>`
+pub fn reject_chain(src: Vni) -> String {
+    format!("rj{src}")
+}
+
+/// The rule-list chain a map belongs to (`m<S>_<D>_<i>_…` → `l<S>_<D>_<i>`).
+pub fn map_list_chain(map: &str) -> Option<String> {
+    let rest = map.strip_prefix('m')?;
+    let parts: Vec<&str> = rest.split('_').collect();
+    (parts.len() == 6).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
+}
+
+/// The (source, destination) VNIs of a pair or rule-list chain name.
+pub fn chain_pair(name: &str) -> Option<(u32, u32)> {
+    let rest = name.strip_prefix('p').or_else(|| name.strip_prefix('l'))?;
+    let mut parts = rest.split('_');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether the log chain `name` passes the flow after logging it.
+pub fn log_chain_passes(name: &str) -> bool {
+    name.starts_with('g') && name.ends_with('p')
+}
+
+fn digest_of<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h = Fnv::new();
+    for p in parts {
+        h.bytes(p.as_bytes());
+        h.byte(b'\n');
+    }
+    h.finish()
+}
+
+/// The digest of a map's elements (a stable hash, independent of insertion
+/// order).
+pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64 {
+    let mut h = Fnv::new();
+    for e in elements {
+        h.bytes(&e.key.stable_hash().to_be_bytes());
+        match &e.verdict {
+            ElementVerdict::Return => h.byte(b'r'),
+            ElementVerdict::Drop => h.byte(b'd'),
+            ElementVerdict::Goto(c) => {
+                h.byte(b'g');
+                h.bytes(c.as_bytes());
+            }
+        }
+    }
+    h.finish()
+}
+
+/// `d=<16 hex digits>`, the comment that carries a digest.
+pub fn digest_comment(d: u64) -> String {
+    format!("d={d:016x}")
+}
+
+/// Reads a digest comment.
+pub fn parse_digest_comment(c: &str) -> Option<u64> {
+    u64::from_str_radix(c.strip_prefix("d=")?, 16).ok()
+}
+
+fn chain(kind: ChainKind, mut body: Vec<String>, last: &str, default: Option<Verdict>) -> ChainSpec {
+    body.push(last.to_string());
+    let digest = digest_of(body.iter().map(String::as_str));
+    let n = body.len();
+    body[n - 1] = format!("{last} comment \"{}\"", digest_comment(digest));
+    ChainSpec { rules: body, digest, kind, default }
+}
+
+/// What the kernel will report about a chain made of `rules`: the digest in
+/// the last rule's comment and the verdict it ends with.
+pub fn chain_state_of(rules: &[String]) -> crate::observed::ObservedChain {
+    let last = rules.last().map(String::as_str).unwrap_or_default();
+    let digest = last.split("comment \"").nth(1).and_then(|c| c.strip_suffix('"')).and_then(parse_digest_comment);
+    let default = if last.starts_with("return") {
+        Some(Verdict::Pass)
+    } else if last.starts_with("drop") {
+        Some(Verdict::Deny)
+    } else if last.starts_with("goto") {
+        Some(Verdict::Reject)
+    } else {
+        None
+    };
+    crate::observed::ObservedChain { digest, default }
+}
+
+/// The number of maps a layer of `n` elements is spread over.
+pub fn shard_count(n: usize) -> usize {
+    n.div_ceil(MAX_MAP_ELEMENTS).max(1).next_power_of_two()
+}
+
+fn verdict_letter(v: Verdict) -> char {
+    match v {
+        Verdict::Pass => 'p',
+        Verdict::Deny => 'd',
+        Verdict::Reject => 'r',
+    }
+}
+
+fn plain_verdict(v: Verdict, src: Vni) -> String {
+    match v {
+        Verdict::Pass => "return".into(),
+        Verdict::Deny => "drop".into(),
+        Verdict::Reject => format!("goto {}", reject_chain(src)),
+    }
+}
+
+/// The objects of every program of `desired`.
+pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
+    let mut out = PolicyObjects::default();
+    let mut dispatch: Vec<String> = Vec::new();
+    let mut sources: BTreeSet<Vni> = BTreeSet::new();
+    let mut programs: Vec<&PairPolicy> = desired.policies.iter().filter(|p| !p.lists.is_empty()).collect();
+    programs.sort_by_key(|p| (p.src, p.dst));
+    for prog in programs {
+        let (s, d) = (prog.src, prog.dst);
+        sources.insert(s);
+        let mut jumps = Vec::new();
+        for (i, list) in prog.lists.iter().enumerate() {
+            let lname = list_chain(s, d, i);
+            jumps.push(format!("jump {lname}"));
+            list_objects(&mut out, s, d, i, list);
+        }
+        let pname = pair_chain(s, d);
+        out.chains.insert(pname.clone(), chain(ChainKind::Pair, jumps, "accept", None));
+        let (tb_s, tb_d, tx_d) = (bridge_name(s), bridge_name(d), vxlan_name(d));
+        dispatch.push(format!("\"{tb_s}\" . \"{tb_d}\" : jump {pname}"));
+        dispatch.push(format!("\"{tb_s}\" . \"{tx_d}\" : jump {pname}"));
+    }
+    for s in sources {
+        let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
+        out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
+    }
+    let body = if dispatch.is_empty() { vec![] } else { vec![format!("iifname . oifname vmap {{ {} }}", dispatch.join(", "))] };
+    out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
+    out
+}
+
+fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) {
+    // Group the entries by layer and family.
+    let mut layers: BTreeMap<(u32, Family), Vec<&Entry>> = BTreeMap::new();
+    for e in &list.entries {
+        layers.entry((e.layer, e.key.family)).or_default().push(e);
+    }
+    let mut lookups = Vec::new();
+    for ((layer, family), entries) in layers {
+        let shards = shard_count(entries.len());
+        let mut maps: Vec<BTreeMap<MapElement, RuleRef>> = vec![BTreeMap::new(); shards];
+        for e in entries {
+            let verdict = match &e.log {
+                None => match e.verdict {
+                    Verdict::Pass => ElementVerdict::Return,
+                    Verdict::Deny => ElementVerdict::Drop,
+                    Verdict::Reject => ElementVerdict::Goto(reject_chain(s)),
+                },
+                Some(prefix) => {
+                    let policy8 = &e.origin.policy.simple().to_string()[..8];
+                    let g = format!("g{s}_{d}_{i}_{policy8}_{}{}", e.origin.rule, verdict_letter(e.verdict));
+                    out.chains.entry(g.clone()).or_insert_with(|| {
+                        let log = format!("log prefix \"{}\" level info", prefix.replace('"', "'"));
+                        chain(ChainKind::Log, vec![log], &plain_verdict(e.verdict, s), None)
+                    });
+                    ElementVerdict::Goto(g)
+                }
+            };
+            let shard = (e.key.stable_hash() % shards as u64) as usize;
+            maps[shard].insert(MapElement { key: e.key, verdict }, e.origin);
+        }
+        let (fam, sel) = match family {
+            Family::V4 => (4, "ip"),
+            Family::V6 => (6, "ip6"),
+        };
+        for (k, elements) in maps.into_iter().enumerate() {
+            if elements.is_empty() {
+                continue;
+            }
+            let name = format!("m{s}_{d}_{i}_{layer}_{fam}_{k}");
+            let digest = map_digest(elements.keys());
+            lookups.push(format!(
+                "{sel} saddr . {sel} daddr . meta l4proto . th sport . th dport vmap @{name} comment \"{}\"",
+                digest_comment(digest)
+            ));
+            out.maps.insert(name, MapSpec { family, elements, digest });
+        }
+    }
+    out.chains.insert(list_chain(s, d, i), chain(ChainKind::List, lookups, &plain_verdict(list.default, s), Some(list.default)));
+}
+
+/// One rule's hit counter: packets and bytes of the new flows it decided
+/// (the first packet of each flow it let through; every packet of flows it
+/// dropped or rejected, since those never become established). A rule that
+/// applies to several pairs of networks, or to both ends of one pair, sums
+/// the hits of each place it is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RuleCounter {
+    pub policy: uuid::Uuid,
+    pub rule: usize,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A map element's counter as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementCounter {
+    pub map: String,
+    pub key: tessera_policy::FlowBox,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Sums element counters per rule, attributing each element to the rule
+/// `desired` compiles it from. Elements `desired` does not hold are ignored;
+/// rules without hits are reported with zeros.
+pub fn rule_counters(desired: &DesiredHost, counters: &[ElementCounter]) -> Vec<RuleCounter> {
+    let objects = policy_objects(desired);
+    let mut origin: BTreeMap<(&str, tessera_policy::FlowBox), RuleRef> = BTreeMap::new();
+    let mut sums: BTreeMap<RuleRef, (u64, u64)> = BTreeMap::new();
+    for (name, map) in &objects.maps {
+        for (e, r) in &map.elements {
+            origin.insert((name.as_str(), e.key), *r);
+            sums.entry(*r).or_default();
+        }
+    }
+    for c in counters {
+        if let Some(r) = origin.get(&(c.map.as_str(), c.key)) {
+            let s = sums.entry(*r).or_default();
+            s.0 += c.packets;
+            s.1 += c.bytes;
+        }
+    }
+    sums.into_iter().map(|(r, (packets, bytes))| RuleCounter { policy: r.policy, rule: r.rule, packets, bytes }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let (s, d) = (Vni::new(100).unwrap(), Vni::new(200).unwrap());
+        assert_eq!(chain_pair(&pair_chain(s, d)), Some((100, 200)));
+        assert_eq!(chain_pair(&list_chain(s, d, 1)), Some((100, 200)));
+        assert_eq!(map_list_chain("m100_200_1_0_4_3").as_deref(), Some("l100_200_1"));
+        assert_eq!(ChainKind::of("rj100"), Some(ChainKind::Reject));
+        assert_eq!(ChainKind::of("dispatch"), Some(ChainKind::Dispatch));
+        assert!(log_chain_passes("g1_2_0_abcdef01_3p") && !log_chain_passes("g1_2_0_abcdef01_3d"));
+    }
+
+    #[test]
+    fn shards_grow_by_powers_of_two() {
+        assert_eq!(shard_count(0), 1);
+        assert_eq!(shard_count(MAX_MAP_ELEMENTS), 1);
+        assert_eq!(shard_count(MAX_MAP_ELEMENTS + 1), 2);
+        assert_eq!(shard_count(50_000), 8);
+    }
+
+    #[test]
+    fn digest_comments_round_trip() {
+        assert_eq!(parse_digest_comment(&digest_comment(0xdead_beef)), Some(0xdead_beef));
+    }
+}

@@ -1,0 +1,328 @@
+//! Privileged tests of policies and route targets on the Linux data plane
+//! (root; they fail, saying why, when they cannot run). Each test builds its
+//! own fabric (two host namespaces on an underlay bridge, container
+//! namespaces; see `support`), computes each host's desired state from an
+//! intent the way the agent does (`support::intent`), reconciles it with a
+//! `LinuxDataplane` per host, and checks with real packets from inside the
+//! containers.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::intent::{network, placed, policy, route_targets, tcp_connect, Intent, TcpServers};
+use support::{Fabric, Host};
+use tessera_dataplane::{reconcile, Dataplane, DesiredHost, LinuxDataplane};
+use uuid::Uuid;
+
+const RED: u128 = 1;
+const GREEN: u128 = 2;
+
+/// Two hosts and their data planes.
+struct Pair {
+    h1: Host,
+    h2: Host,
+    dp1: LinuxDataplane,
+    dp2: LinuxDataplane,
+}
+
+impl Pair {
+    async fn new(f: &mut Fabric) -> Pair {
+        let h1 = f.host("h1");
+        let h2 = f.host("h2");
+        let dp1 = LinuxDataplane::in_netns(h1.netns_path()).await.expect("data plane in h1");
+        let dp2 = LinuxDataplane::in_netns(h2.netns_path()).await.expect("data plane in h2");
+        Pair { h1, h2, dp1, dp2 }
+    }
+
+    /// Reconciles both hosts to `intent`; returns their desired states.
+    async fn converge(&self, intent: &Intent) -> (DesiredHost, DesiredHost) {
+        let hosts = [&self.h1, &self.h2];
+        let d1 = intent.desired(&hosts, &self.h1);
+        let d2 = intent.desired(&hosts, &self.h2);
+        for (dp, d) in [(&self.dp1, &d1), (&self.dp2, &d2)] {
+            let report = reconcile(dp, d).await.expect("reconcile");
+            assert!(report.is_ok(), "failed actions: {:#?}", report.failures);
+            let again = reconcile(dp, d).await.expect("reconcile");
+            assert!(again.is_noop(), "a converged host must plan nothing, got {:#?}", again.applied);
+        }
+        (d1, d2)
+    }
+}
+
+/// red (VNI 100) with a container on h1, green (VNI 200) with one on h2.
+fn red_green(f: &mut Fabric, p: &Pair) -> (Intent, String, String) {
+    let r1 = f.netns("r1");
+    let g1 = f.netns("g1");
+    let red = network(RED, "red", 100, "192.168.10.0/24", "2001:db8:10::/64");
+    let green = network(GREEN, "green", 200, "192.168.20.0/24", "2001:db8:20::/64");
+    let endpoints = vec![
+        placed(1, &red, &p.h1, &r1, &["192.168.10.2/24", "2001:db8:10::2/64"]),
+        placed(2, &green, &p.h2, &g1, &["192.168.20.2/24", "2001:db8:20::2/64"]),
+    ];
+    (Intent { networks: vec![red, green], policies: vec![], endpoints }, r1, g1)
+}
+
+fn both(intent: &mut Intent, policies: &[u128]) {
+    intent.attach("red", policies);
+    intent.attach("green", policies);
+}
+
+const PASS_ALL: u128 = 0x100;
+
+/// The replies a `ping -n` output shows, by sequence number.
+fn replied_seqs(out: &str) -> Vec<u32> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn privileged_seed_scenario_pass_all_connects_and_detaching_isolates_a_running_ping() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(PASS_ALL, "pass-all", &["pass any any any <> any any"]));
+    p.converge(&intent).await;
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "red and green start isolated");
+    assert!(f.ping_fails(&g1, "2001:db8:10::2"), "red and green start isolated (IPv6)");
+    let table = f.exec_ok(&p.h1.ns, "ip", &["route", "show", "table", "65636"]);
+    assert!(!table.contains("192.168.20"), "no leak without a policy:\n{table}");
+
+    both(&mut intent, &[PASS_ALL]);
+    p.converge(&intent).await;
+    let table = f.exec_ok(&p.h1.ns, "ip", &["route", "show", "table", "65636"]);
+    assert!(table.contains("192.168.20.0/24 dev tb200") && table.contains("192.168.20.2 dev tx200"), "{table}");
+    assert!(f.ping(&r1, "192.168.20.2", 3), "red -> green");
+    assert!(f.ping(&g1, "192.168.10.2", 3), "green -> red");
+    assert!(f.ping(&r1, "2001:db8:20::2", 3), "red -> green over IPv6");
+
+    // A ping runs while the policy is detached from both networks.
+    let running = f.spawn(&r1, "ping", &["-n", "-i", "0.1", "-c", "60", "-W", "1", "192.168.20.2"], Stdio::null());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    both(&mut intent, &[]);
+    let detached = Instant::now();
+    p.converge(&intent).await;
+    let converged_in = detached.elapsed();
+    let out = f.wait(running, Duration::from_secs(15));
+    let seqs = replied_seqs(&out);
+    let last = seqs.iter().max().copied().unwrap_or(0);
+    let allowed = 15 + (converged_in.as_millis() / 100) as u32 + 5;
+    assert!(seqs.len() >= 5, "the running ping worked before the change:\n{out}");
+    assert!(last <= allowed, "the running ping kept getting replies after the detach (last {last} > {allowed}):\n{out}");
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "isolated again");
+    assert!(f.ping_fails(&g1, "192.168.10.2"), "isolated again, the other way");
+    let table = f.exec_ok(&p.h1.ns, "ip", &["route", "show", "table", "65636"]);
+    assert!(!table.contains("192.168.20"), "routes of green left in red's VRF:\n{table}");
+    let links = f.exec_ok(&p.h1.ns, "ip", &["-br", "link"]);
+    assert!(!links.contains("tb200"), "green's devices left on h1:\n{links}");
+}
+
+#[tokio::test]
+async fn privileged_removing_the_pass_rule_ends_a_running_ping_while_routes_stay() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(0x200, "web-and-ping", &["pass tcp any any <> any 80", "pass icmp any any <> any any"]));
+    both(&mut intent, &[0x200]);
+    p.converge(&intent).await;
+    assert!(f.ping(&r1, "192.168.20.2", 2));
+    let _web = TcpServers::start(&g1, &[80]);
+
+    let running = f.spawn(&r1, "ping", &["-n", "-i", "0.1", "-c", "60", "-W", "1", "192.168.20.2"], Stdio::null());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    intent.policies[0] = policy(0x200, "web-and-ping", &["pass tcp any any <> any 80"]);
+    let changed = Instant::now();
+    let (d1, _) = p.converge(&intent).await;
+    let converged_in = changed.elapsed();
+    assert!(d1.networks[0].imports.contains(&tessera_model::Vni::new(200).unwrap()), "still connected by the web rule");
+    let out = f.wait(running, Duration::from_secs(15));
+    let seqs = replied_seqs(&out);
+    let allowed = 15 + (converged_in.as_millis() / 100) as u32 + 5;
+    assert!(seqs.len() >= 5, "{out}");
+    assert!(
+        seqs.iter().all(|s| *s <= allowed),
+        "an established ping survived the removal of the rule that allowed it (conntrack not flushed):\n{out}"
+    );
+    assert!(f.ping_fails(&r1, "192.168.20.2"));
+    tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).expect("tcp/80 still passes");
+}
+
+#[tokio::test]
+async fn privileged_tcp_80_passes_and_tcp_22_is_denied_between_networks() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(0x300, "web", &["pass tcp red any <> green 80"]));
+    both(&mut intent, &[0x300]);
+    p.converge(&intent).await;
+    let _servers = TcpServers::start(&g1, &[80, 22]);
+    tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).expect("tcp/80 passes");
+    tcp_connect(&r1, "[2001:db8:20::2]:80", Duration::from_secs(2)).expect("tcp/80 passes over IPv6");
+    let e = tcp_connect(&r1, "192.168.20.2:22", Duration::from_millis(1500)).expect_err("tcp/22 must be denied");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "deny drops silently: {e}");
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "icmp is not in the policy");
+}
+
+#[tokio::test]
+async fn privileged_reject_is_refused_at_once_while_deny_times_out() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(
+        0x400,
+        "p",
+        &[
+            "reject tcp any any <> any 22",
+            "deny tcp any any <> any 23",
+            "reject icmp any any <> any any",
+            "pass any any any <> any any",
+        ],
+    ));
+    both(&mut intent, &[0x400]);
+    p.converge(&intent).await;
+    let _servers = TcpServers::start(&g1, &[22, 23, 80]);
+    tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).expect("the rest passes");
+
+    let t = Instant::now();
+    let refused = tcp_connect(&r1, "192.168.20.2:22", Duration::from_secs(3)).expect_err("tcp/22 is rejected");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "reject answers a TCP reset: {refused}");
+    assert!(t.elapsed() < Duration::from_secs(1), "a reset comes at once");
+    let refused6 = tcp_connect(&r1, "[2001:db8:20::2]:22", Duration::from_secs(3)).expect_err("tcp/22 is rejected");
+    assert_eq!(refused6.kind(), ErrorKind::ConnectionRefused, "reject answers a TCP reset over IPv6: {refused6}");
+
+    let dropped = tcp_connect(&r1, "192.168.20.2:23", Duration::from_millis(1500)).expect_err("tcp/23 is denied");
+    assert_eq!(dropped.kind(), ErrorKind::TimedOut, "deny drops silently: {dropped}");
+
+    let ping = f.exec(&r1, "ping", &["-n", "-c", "1", "-W", "2", "192.168.20.2"]);
+    let text = String::from_utf8_lossy(&ping.stdout);
+    assert!(text.contains("Unreachable"), "a rejected ping gets an ICMP unreachable:\n{text}");
+}
+
+#[tokio::test]
+async fn privileged_one_way_rule_lets_connections_start_from_one_side_only() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(0x500, "oneway", &["pass tcp red any > green 80"]));
+    both(&mut intent, &[0x500]);
+    p.converge(&intent).await;
+    let _g = TcpServers::start(&g1, &[80]);
+    let _r = TcpServers::start(&r1, &[80]);
+    tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).expect("red -> green:80 starts");
+    let e = tcp_connect(&g1, "192.168.10.2:80", Duration::from_millis(1500)).expect_err("green -> red:80 must not start");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+}
+
+#[tokio::test]
+async fn privileged_route_targets_both_ways_connect_and_one_way_only_leaks_one_way() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    for net in ["red", "green"] {
+        intent.network_mut(net).import_targets = route_targets(&["64512:100"]);
+        intent.network_mut(net).export_targets = route_targets(&["64512:100"]);
+    }
+    p.converge(&intent).await;
+    assert!(f.ping(&r1, "192.168.20.2", 2), "RT both ways: red -> green without any policy");
+    assert!(f.ping(&g1, "192.168.10.2", 2), "RT both ways: green -> red");
+    assert!(f.ping(&g1, "2001:db8:10::2", 2), "RT both ways over IPv6");
+
+    // A deny rule still applies between RT-connected networks.
+    intent.policies.push(policy(0x600, "no-icmp", &["deny icmp any any <> any any"]));
+    intent.attach("green", &[0x600]);
+    p.converge(&intent).await;
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "green's deny rule applies to traffic entering green");
+    assert!(f.ping(&r1, "2001:db8:20::2", 2), "icmpv6 is not denied");
+
+    // One way: red imports green's routes, green does not import red's.
+    intent.attach("green", &[]);
+    intent.network_mut("green").import_targets = route_targets(&["64512:999"]);
+    p.converge(&intent).await;
+    let red_table = f.exec_ok(&p.h1.ns, "ip", &["route", "show", "table", "65636"]);
+    assert!(red_table.contains("192.168.20.0/24") && red_table.contains("192.168.20.2 dev tx200"), "{red_table}");
+    let green_table = f.exec_ok(&p.h2.ns, "ip", &["route", "show", "table", "65736"]);
+    assert!(!green_table.contains("192.168.10"), "green must not get red's routes:\n{green_table}");
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "replies have no route back: one way is routes only");
+    assert!(f.ping_fails(&g1, "192.168.10.2"), "green has no route to red");
+}
+
+#[tokio::test]
+async fn privileged_hit_counters_increase_with_traffic() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(0x700, "counted", &["pass tcp any any <> any 80", "pass icmp any any <> any any"]));
+    both(&mut intent, &[0x700]);
+    let (d1, _) = p.converge(&intent).await;
+    let hits = |c: &[tessera_dataplane::RuleCounter], rule: usize| {
+        c.iter().filter(|c| c.policy == Uuid::from_u128(0x700) && c.rule == rule).map(|c| c.packets).sum::<u64>()
+    };
+    let before = p.dp1.policy_counters(&d1).await.unwrap();
+    assert_eq!(before.len(), 2, "one counter per rule: {before:?}");
+    assert_eq!(hits(&before, 1), 0);
+    for _ in 0..3 {
+        assert!(f.ping(&r1, "192.168.20.2", 1));
+    }
+    let _web = TcpServers::start(&g1, &[80]);
+    for _ in 0..4 {
+        tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).unwrap();
+    }
+    let after = p.dp1.policy_counters(&d1).await.unwrap();
+    assert!(hits(&after, 1) >= 3, "three pings are three new ICMP flows: {after:?}");
+    assert!(hits(&after, 0) >= 4, "four connections are four new TCP flows: {after:?}");
+    assert!(after.iter().all(|c| c.bytes >= c.packets * 20), "{after:?}");
+}
+
+#[tokio::test]
+async fn privileged_ipv6_rule_works() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(
+        0x800,
+        "v6",
+        &["pass icmpv6 any any <> any any", "pass tcp 2001:db8:10::/64 any > 2001:db8:20::/64 443"],
+    ));
+    both(&mut intent, &[0x800]);
+    p.converge(&intent).await;
+    let _s = TcpServers::start(&g1, &[443]);
+    assert!(f.ping(&r1, "2001:db8:20::2", 2), "ICMPv6 passes");
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "IPv4 ICMP does not");
+    tcp_connect(&r1, "[2001:db8:20::2]:443", Duration::from_secs(2)).expect("tcp/443 over IPv6 passes");
+    let e = tcp_connect(&r1, "192.168.20.2:443", Duration::from_millis(1500)).expect_err("not over IPv4");
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+}
+
+#[tokio::test]
+async fn privileged_intra_network_deny_applies_on_one_host_and_across_hosts() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (a, b, c) = (f.netns("a"), f.netns("b"), f.netns("c"));
+    let red = network(RED, "red", 100, "192.168.10.0/24", "2001:db8:10::/64");
+    let endpoints = vec![
+        placed(1, &red, &p.h1, &a, &["192.168.10.2/24", "2001:db8:10::2/64"]),
+        placed(2, &red, &p.h1, &b, &["192.168.10.3/24", "2001:db8:10::3/64"]),
+        placed(3, &red, &p.h2, &c, &["192.168.10.4/24", "2001:db8:10::4/64"]),
+    ];
+    let mut intent = Intent { networks: vec![red], policies: vec![], endpoints };
+    p.converge(&intent).await;
+    assert!(f.ping(&a, "192.168.10.3", 2), "same host, no policy");
+    assert!(f.ping(&a, "2001:db8:10::3", 2), "same host over IPv6 (proxy NDP on isolated ports)");
+    assert!(f.ping(&a, "192.168.10.4", 2), "across hosts, no policy");
+    let route = f.exec_ok(&a, "ping", &["-n", "-c", "1", "192.168.10.3"]);
+    assert!(route.contains("ttl=63"), "traffic between two local endpoints is routed through the host:\n{route}");
+
+    intent.policies.push(policy(0x900, "no-ping", &["deny icmp any any <> any any", "deny icmpv6 any any <> any any"]));
+    intent.attach("red", &[0x900]);
+    p.converge(&intent).await;
+    assert!(f.ping_fails(&a, "192.168.10.3"), "denied between two containers on the same host");
+    assert!(f.ping_fails(&b, "2001:db8:10::2"), "denied on the same host over IPv6");
+    assert!(f.ping_fails(&a, "192.168.10.4"), "denied across hosts");
+    assert!(f.ping_fails(&c, "192.168.10.3"), "denied across hosts, the other way");
+    let _s = TcpServers::start(&b, &[80]);
+    tcp_connect(&a, "192.168.10.3:80", Duration::from_secs(2)).expect("the rest of the network's traffic passes");
+}

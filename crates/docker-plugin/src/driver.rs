@@ -1,0 +1,882 @@
+//! The plugin's operations: Docker's calls in; the controller, the host's
+//! agent and Docker's Engine API out. The decisions are in the pure modules
+//! ([`crate::spec`], [`crate::pool`], [`crate::names`], [`crate::plan`]);
+//! this module sequences them and keeps what must be remembered between
+//! Docker's calls.
+//!
+//! Life of a container's network, as Docker 20.10 drives it:
+//!
+//! 1. `RequestPool` / `RequestAddress` (gateway) / `CreateNetwork`: the
+//!    Tessera network is made (or, for a network another host made, found)
+//!    and the Docker network ID bound to it.
+//! 2. `RequestAddress` per family: an address reserved at the controller by
+//!    a fresh owner token.
+//! 3. `CreateEndpoint`: the endpoint's reservations are gathered under one
+//!    token; the MAC is chosen.
+//! 4. `Join`: the agent attaches the sandbox (`SandboxKey`) as the next free
+//!    `ethN`, adopting the reserved addresses; Docker moves no interface.
+//! 5. `Leave`: the agent detaches; the addresses go back to the reservation.
+//! 6. `DeleteEndpoint`, `ReleaseAddress`: the reservation is released.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::Method;
+use ipnet::IpNet;
+use tessera_agent::api::{AttachRequest, DetachRequest};
+use tessera_dataplane::Dataplane;
+use tessera_model::{Endpoint, MacAddr, Network, ReservationCreate, Uuid};
+use tokio::sync::watch;
+
+use crate::ctl::{Ctl, CtlError};
+use crate::docker::{Docker, DockerError};
+use crate::names::{endpoint_mac, next_ifname, ReservationToken};
+use crate::plan::{self, DockerNetwork, InFlight};
+use crate::pool::{self, PoolId, PoolRegistry};
+use crate::protocol::{
+    AuthzRequest, AuthzResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
+    EngineNetworkCreate, JoinRequest, JoinResponse, PLUGIN_NAME,
+};
+use crate::spec::{self, DockerNetworkSpec, DockerSubnet, SpecError};
+
+/// How long a call waits for a network whose Tessera side is being made.
+const BIND_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the authz hook's record of a `docker network create` is kept.
+const PENDING_CREATE_TTL: Duration = Duration::from_secs(60);
+/// Endpoints joined this recently are in flight for the reconciliation.
+const RECENT: Duration = Duration::from_secs(120);
+
+/// How the plugin was started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This host's name in the fabric (its agent's `--host`).
+    pub host: String,
+    /// The controller's URL.
+    pub controller: String,
+    /// The host agent's socket.
+    pub agent_socket: PathBuf,
+    /// dockerd's Engine API: `unix:///var/run/docker.sock`.
+    pub docker_host: String,
+    /// Where the plugin listens: `/run/docker/plugins/tessera.sock`.
+    pub socket: PathBuf,
+    /// Where the plugin keeps its mirror of the controller.
+    pub state_dir: PathBuf,
+}
+
+/// Why a call failed; its text is what `docker` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Controller(#[from] CtlError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("the Tessera agent at {socket}: {message}")]
+    Agent { socket: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+/// What a Docker network ID stands for.
+#[derive(Debug, Clone)]
+enum Bind {
+    /// The Tessera network is being made (Docker has not yet said the name).
+    Pending,
+    Ready(Network),
+    /// It could not be made; every call on the network answers this.
+    Failed(String),
+}
+
+struct NetState {
+    tx: watch::Sender<Bind>,
+    since: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Joining,
+    Joined,
+    Left,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointState {
+    ips: Vec<IpNet>,
+    mac: MacAddr,
+    token: Option<String>,
+    sandbox: Option<String>,
+    ifname: Option<String>,
+    phase: Phase,
+    since: Instant,
+}
+
+/// A `docker network create` seen by the authz hook: what Docker will not
+/// tell the driver (the name and the labels).
+#[derive(Debug, Clone)]
+struct PendingCreate {
+    name: String,
+    labels: BTreeMap<String, String>,
+    options: BTreeMap<String, String>,
+    pools: BTreeSet<IpNet>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    pools: PoolRegistry,
+    networks: HashMap<String, NetState>,
+    creates: Vec<PendingCreate>,
+    /// The owner token of each address this plugin reserved.
+    reserved: HashMap<(Uuid, IpAddr), String>,
+    endpoints: HashMap<String, EndpointState>,
+}
+
+/// The plugin: one per host, next to its dockerd and agent.
+pub struct Plugin {
+    pub cfg: Config,
+    pub(crate) ctl: Ctl,
+    pub(crate) docker: Docker,
+    state: Mutex<State>,
+    sandboxes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wakes the synchronisation loop.
+    pub(crate) kick: tokio::sync::Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn subnets_of(req: &CreateNetworkRequest, pools: &PoolRegistry) -> Vec<DockerSubnet> {
+    req.pools()
+        .map(|d| DockerSubnet {
+            pool: d.pool,
+            gateway: d.gateway.map(|g| g.addr()),
+            ip_range: pools.get(d.pool).and_then(|e| e.ip_range),
+        })
+        .collect()
+}
+
+/// `domain:project:name` of the network a create request makes, for lookups.
+fn reference_of(create: &tessera_model::NetworkCreate) -> String {
+    match &create.project {
+        Some(p) => format!("{p}:{}", create.name),
+        None => create.name.clone(),
+    }
+}
+
+impl Plugin {
+    pub fn new(cfg: Config) -> Self {
+        let ctl = Ctl::new(&cfg.controller);
+        let docker = Docker::new(&cfg.docker_host);
+        Plugin {
+            cfg,
+            ctl,
+            docker,
+            state: Mutex::default(),
+            sandboxes: Mutex::default(),
+            kick: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ------------------------------------------------------------ bindings
+
+    /// Binds a Docker network ID to its Tessera network and its pools.
+    pub(crate) fn bind(&self, docker_id: &str, net: Network, subnets: &[DockerSubnet]) {
+        let mut st = self.state();
+        for s in subnets {
+            st.pools.bind(s.pool, s.ip_range, docker_id);
+        }
+        match st.networks.get(docker_id) {
+            Some(ns) => {
+                ns.tx.send_replace(Bind::Ready(net));
+            }
+            None => {
+                st.networks.insert(docker_id.into(), NetState { tx: watch::channel(Bind::Ready(net)).0, since: Instant::now() });
+            }
+        }
+    }
+
+    fn mark(&self, docker_id: &str, bind: Bind) {
+        let mut st = self.state();
+        match st.networks.get(docker_id) {
+            Some(ns) => {
+                ns.tx.send_replace(bind);
+            }
+            None => {
+                st.networks.insert(docker_id.into(), NetState { tx: watch::channel(bind).0, since: Instant::now() });
+            }
+        }
+    }
+
+    /// The Tessera network of a Docker network: from memory, waiting while it
+    /// is being made, else found again through Docker's view (after a restart).
+    async fn network_of(&self, docker_id: &str) -> Result<Network> {
+        let rx = self.state().networks.get(docker_id).map(|ns| ns.tx.subscribe());
+        let mut rx = match rx {
+            Some(rx) => rx,
+            None => {
+                self.bind_from_docker(docker_id).await?;
+                self.state()
+                    .networks
+                    .get(docker_id)
+                    .map(|ns| ns.tx.subscribe())
+                    .ok_or_else(|| DriverError::NotFound(format!("Docker network {docker_id} has no Tessera network")))?
+            }
+        };
+        let bind = tokio::time::timeout(BIND_TIMEOUT, rx.wait_for(|b| !matches!(b, Bind::Pending)))
+            .await
+            .map_err(|_| DriverError::NotFound(format!("the Tessera network of Docker network {docker_id} is still being made")))?
+            .map_err(|_| DriverError::NotFound(format!("Docker network {docker_id} was removed")))?
+            .clone();
+        match bind {
+            Bind::Ready(n) => Ok(n),
+            Bind::Failed(reason) => Err(DriverError::Invalid(reason)),
+            Bind::Pending => unreachable!("waited for a settled binding"),
+        }
+    }
+
+    /// Finds the Tessera network of one Docker network through Docker's view.
+    async fn bind_from_docker(&self, docker_id: &str) -> Result<()> {
+        let d = self
+            .docker
+            .network(docker_id)
+            .await?
+            .ok_or_else(|| DriverError::NotFound(format!("Docker knows no network {docker_id}")))?;
+        let networks = self.ctl.networks().await?;
+        let net = plan::tessera_network_of(&d, &networks)
+            .ok_or_else(|| DriverError::NotFound(format!("Docker network {} has no Tessera network", d.name)))?;
+        self.bind(&d.id, net.clone(), &d.subnets);
+        Ok(())
+    }
+
+    /// Binds every Docker network of the tessera driver (after a restart).
+    pub(crate) async fn bind_all(&self, docker: &[DockerNetwork], networks: &[Network]) {
+        for d in docker {
+            if let Some(n) = plan::tessera_network_of(d, networks) {
+                let known = matches!(self.state().networks.get(&d.id).map(|ns| ns.tx.borrow().clone()), Some(Bind::Ready(_)));
+                if !known {
+                    self.bind(&d.id, n.clone(), &d.subnets);
+                }
+            }
+        }
+    }
+
+    /// What the reconciliation must leave alone.
+    pub(crate) fn in_flight(&self) -> InFlight {
+        let st = self.state();
+        let mut f = InFlight::default();
+        for (id, ns) in &st.networks {
+            match &*ns.tx.borrow() {
+                Bind::Pending | Bind::Failed(_) => {
+                    f.docker_networks.insert(id.clone());
+                }
+                // Bound moments ago: the controller's snapshot may not show it yet.
+                Bind::Ready(n) if ns.since.elapsed() < RECENT => {
+                    f.tessera_networks.insert(n.id);
+                    f.docker_networks.insert(id.clone());
+                }
+                Bind::Ready(_) => {}
+            }
+        }
+        for (eid, e) in &st.endpoints {
+            if e.phase == Phase::Joining || e.since.elapsed() < RECENT {
+                f.endpoints.insert(eid.clone());
+            }
+        }
+        f
+    }
+
+    /// Forgets a Docker network that is gone.
+    pub(crate) fn forget_network(&self, docker_id: &str) {
+        let mut st = self.state();
+        st.networks.remove(docker_id);
+        st.pools.unbind_network(docker_id);
+    }
+
+    // ------------------------------------------------------------ networks
+
+    /// Creates the Tessera network, or finds the one another host made.
+    async fn create_or_adopt(&self, create: &tessera_model::NetworkCreate, subnets: &[DockerSubnet]) -> Result<Network> {
+        match self.ctl.create_network(create).await {
+            Ok((n, _)) => Ok(n),
+            Err(e) if e.code() == Some("already_exists") => {
+                let existing = self.ctl.network(&reference_of(create)).await?.ok_or(e)?;
+                if !spec::is_docker_network(&existing) {
+                    return Err(DriverError::Invalid(format!(
+                        "Tessera network {} exists and was not made through Docker; use -o {}={} to use it",
+                        existing.fq_name,
+                        spec::OPT_NETWORK,
+                        existing.fq_name
+                    )));
+                }
+                spec::subnets_match(&existing, subnets).map_err(DriverError::Invalid)?;
+                tracing::info!(network = %existing.fq_name, "the network exists already (made through another host's Docker)");
+                Ok(existing)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `NetworkDriver.CreateNetwork`.
+    pub async fn create_network(self: &Arc<Self>, req: CreateNetworkRequest) -> Result<()> {
+        let nid = req.network_id.clone();
+        let driver_options = req.driver_options();
+        let opts = spec::driver_options(&driver_options)?;
+        let subnets = subnets_of(&req, &self.state().pools);
+        let pools: BTreeSet<IpNet> = subnets.iter().map(|s| s.pool).collect();
+        let seen = self.take_pending_create(&pools, &driver_options);
+
+        if let Some(reference) = &opts.network {
+            let net = self.ctl.network(reference).await?.ok_or_else(|| {
+                DriverError::NotFound(format!("option {}: there is no Tessera network {reference}", spec::OPT_NETWORK))
+            })?;
+            spec::subnets_match(&net, &subnets).map_err(DriverError::Invalid)?;
+            tracing::info!(docker_network = %nid, network = %net.fq_name, "Docker network mapped onto a Tessera network");
+            self.bind(&nid, net, &subnets);
+            return Ok(());
+        }
+        if let Some(p) = seen {
+            let spec = DockerNetworkSpec { name: p.name, labels: p.labels, options: driver_options, subnets: subnets.clone() };
+            let create = spec::network_create(&spec)?;
+            let net = self.create_or_adopt(&create, &subnets).await?;
+            tracing::info!(docker_network = %nid, network = %net.fq_name, vni = %net.vni, "network created");
+            self.bind(&nid, net, &subnets);
+            self.kick.notify_one();
+            return Ok(());
+        }
+        // Without the authz hook Docker tells neither the name nor the labels
+        // now: check what can be checked, and finish once Docker shows the network.
+        let probe = DockerNetworkSpec { name: "pending".into(), labels: BTreeMap::new(), options: driver_options, subnets };
+        spec::network_create(&probe)?;
+        self.mark(&nid, Bind::Pending);
+        for s in &probe.subnets {
+            self.state().pools.bind(s.pool, s.ip_range, &nid);
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.finish_create(nid).await });
+        Ok(())
+    }
+
+    /// Makes the Tessera network of a Docker network once Docker shows its
+    /// name and labels (the path without the authz hook).
+    async fn finish_create(self: Arc<Self>, nid: String) {
+        let deadline = Instant::now() + BIND_TIMEOUT;
+        let mut delay = Duration::from_millis(10);
+        let d = loop {
+            if !self.state().networks.contains_key(&nid) {
+                return; // Docker rolled the creation back
+            }
+            match self.docker.network(&nid).await {
+                Ok(Some(d)) => break d,
+                Ok(None) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                Ok(None) => return self.mark(&nid, Bind::Failed(format!("Docker never showed network {nid}"))),
+                Err(e) => return self.mark(&nid, Bind::Failed(e.to_string())),
+            }
+        };
+        let spec = DockerNetworkSpec { name: d.name.clone(), labels: d.labels, options: d.options, subnets: d.subnets.clone() };
+        let result = match spec::network_create(&spec) {
+            Ok(create) => self.create_or_adopt(&create, &d.subnets).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(net) => {
+                tracing::info!(docker_network = %d.name, network = %net.fq_name, vni = %net.vni, "network created");
+                self.bind(&nid, net, &d.subnets);
+                self.kick.notify_one();
+            }
+            Err(e) => {
+                let reason = format!("Docker network {} cannot be used: {e}; remove it and create it again", d.name);
+                tracing::error!(docker_network = %d.name, error = %e, "network not created in Tessera");
+                self.mark(&nid, Bind::Failed(reason));
+            }
+        }
+    }
+
+    /// `NetworkDriver.DeleteNetwork`: deletes the Tessera network (fabric
+    /// wide) when it was made through Docker; a network mapped with
+    /// `-o tessera.network` is only unmapped. A network with endpoints on any
+    /// host is kept and the removal refused.
+    pub async fn delete_network(&self, docker_id: &str) -> Result<()> {
+        let net = match self.network_of(docker_id).await {
+            Ok(n) => Some(n),
+            Err(DriverError::NotFound(_)) | Err(DriverError::Invalid(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(net) = net.filter(spec::is_docker_network) {
+            if let Err(e) = self.ctl.delete_network(net.id).await {
+                if e.code() == Some("in_use") {
+                    return Err(DriverError::Invalid(format!("network {} is in use elsewhere in the fabric: {e}", net.fq_name)));
+                }
+                return Err(e.into());
+            }
+            tracing::info!(network = %net.fq_name, "network deleted");
+        }
+        self.forget_network(docker_id);
+        self.kick.notify_one();
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- IPAM
+
+    /// `IpamDriver.RequestPool`.
+    pub fn request_pool(&self, pool: Option<IpNet>, sub_pool: Option<IpNet>, v6: bool) -> Result<(PoolId, IpNet)> {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let pool = pool.ok_or_else(|| {
+            DriverError::Invalid(format!("the {PLUGIN_NAME} IPAM driver needs an {family} --subnet (it never picks one)"))
+        })?;
+        let id = self.state().pools.request(pool, sub_pool, v6).map_err(DriverError::Invalid)?;
+        Ok((id, pool))
+    }
+
+    /// `IpamDriver.ReleasePool`.
+    pub fn release_pool(&self, id: &str) -> Result<()> {
+        if let Ok(id) = id.parse::<PoolId>() {
+            let mut st = self.state();
+            if st.pools.get(id.0).is_some_and(|e| e.network.is_none()) {
+                st.pools.release(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Docker network using a pool, found again through Docker after a restart.
+    async fn network_of_pool(&self, pool: IpNet) -> Result<String> {
+        if let Some(n) = self.state().pools.network_of(pool) {
+            return Ok(n.to_string());
+        }
+        let docker = self.docker.tessera_networks().await?;
+        let networks = self.ctl.networks().await?;
+        self.bind_all(&docker, &networks).await;
+        self.state()
+            .pools
+            .network_of(pool)
+            .map(str::to_string)
+            .ok_or_else(|| DriverError::NotFound(format!("no Docker network of this host uses pool {pool}")))
+    }
+
+    /// `IpamDriver.RequestAddress`: the gateway (computed, reserved by the
+    /// subnet itself) or an endpoint's address, reserved at the controller.
+    pub async fn request_address(&self, pool_id: &str, address: Option<IpAddr>, gateway: bool) -> Result<IpNet> {
+        let id: PoolId = pool_id.parse().map_err(DriverError::Invalid)?;
+        if gateway {
+            return pool::gateway(id.0, address).map_err(DriverError::Invalid);
+        }
+        let nid = self.network_of_pool(id.0).await?;
+        let net = self.network_of(&nid).await?;
+        let token = ReservationToken { host: self.cfg.host.clone(), created_ms: now_ms(), nonce: rand::random() }.encode();
+        let req = ReservationCreate {
+            owner: token.clone(),
+            subnet: Some(id.0.to_string()),
+            address: address.map(|a| a.to_string()),
+            from: None,
+        };
+        let r = self.ctl.reserve(net.id, &req).await?;
+        self.state().reserved.insert((net.id, r.address), token);
+        Ok(r.address_with_prefix())
+    }
+
+    /// `IpamDriver.ReleaseAddress`: releases the reservation of an address;
+    /// the gateway and addresses of networks that are gone need nothing.
+    pub async fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<()> {
+        let Ok(id) = pool_id.parse::<PoolId>() else { return Ok(()) };
+        let nid = match self.network_of_pool(id.0).await {
+            Ok(n) => n,
+            Err(DriverError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let net = match self.network_of(&nid).await {
+            Ok(n) => n,
+            Err(DriverError::NotFound(_)) | Err(DriverError::Invalid(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if net.subnets.iter().any(|s| s.gateway == Some(address)) {
+            return Ok(());
+        }
+        self.state().reserved.remove(&(net.id, address));
+        match self.ctl.release(net.id, address, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("in_use") => {
+                // An endpoint still holds it (its Leave failed); the reconciliation deletes it.
+                tracing::warn!(network = %net.fq_name, %address, error = %e, "address still held by an endpoint");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The owner token of a reserved address: remembered, else asked for.
+    async fn token_of(&self, network: Uuid, address: IpAddr) -> Result<Option<String>> {
+        if let Some(t) = self.state().reserved.get(&(network, address)) {
+            return Ok(Some(t.clone()));
+        }
+        Ok(self.ctl.reservations(network).await?.into_iter().find(|r| r.address == address).map(|r| r.owner))
+    }
+
+    // ----------------------------------------------------------- endpoints
+
+    /// `NetworkDriver.CreateEndpoint`: gathers the endpoint's reserved
+    /// addresses under one owner and picks its MAC.
+    pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
+        let net = self.network_of(&req.network_id).await?;
+        let iface = req.interface.clone().unwrap_or_default();
+        let ips: Vec<IpNet> = [iface.address, iface.address_ipv6].into_iter().flatten().collect();
+        let mut token: Option<String> = None;
+        for ip in &ips {
+            let Some(t) = self.token_of(net.id, ip.addr()).await? else { continue };
+            match &token {
+                None => token = Some(t),
+                Some(first) if *first != t => {
+                    let take = ReservationCreate {
+                        owner: first.clone(),
+                        subnet: None,
+                        address: Some(ip.addr().to_string()),
+                        from: Some(t),
+                    };
+                    self.ctl.reserve(net.id, &take).await?;
+                    self.state().reserved.insert((net.id, ip.addr()), first.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        let mac = iface.mac_address.unwrap_or_else(|| endpoint_mac(&req.endpoint_id));
+        self.state().endpoints.insert(
+            req.endpoint_id.clone(),
+            EndpointState {
+                ips,
+                mac,
+                token,
+                sandbox: None,
+                ifname: None,
+                phase: Phase::Created,
+                since: Instant::now(),
+            },
+        );
+        let interface = iface
+            .mac_address
+            .is_none()
+            .then_some(EndpointInterface { mac_address: Some(mac), ..Default::default() });
+        Ok(CreateEndpointResponse { interface })
+    }
+
+    fn sandbox_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(key.to_string()).or_default().clone()
+    }
+
+    /// The links of a sandbox, by name.
+    async fn sandbox_links(&self, sandbox: &str) -> Result<Vec<String>> {
+        let dp = tessera_dataplane::LinuxDataplane::in_netns(sandbox)
+            .await
+            .map_err(|e| DriverError::Invalid(format!("cannot enter the container's network namespace {sandbox}: {e}")))?;
+        let vifs = dp
+            .interfaces()
+            .await
+            .map_err(|e| DriverError::Invalid(format!("cannot list the links of {sandbox}: {e}")))?;
+        Ok(vifs.into_iter().map(|v| v.name).collect())
+    }
+
+    async fn agent<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
+        let socket = self.cfg.agent_socket.display().to_string();
+        let agent_err = |message: String| DriverError::Agent { socket: socket.clone(), message };
+        let body = serde_json::to_vec(body).map_err(|e| agent_err(e.to_string()))?;
+        let (status, bytes) = tessera_agent::uds::request(&self.cfg.agent_socket, Method::POST, path, Some(body))
+            .await
+            .map_err(|e| agent_err(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| agent_err(e.to_string()));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("answered {status}"));
+        Err(agent_err(message))
+    }
+
+    /// `NetworkDriver.Join`: the agent creates the interface inside the
+    /// sandbox (the next free `ethN`) with the endpoint's MAC and reserved
+    /// addresses, and the default routes via the network's gateways; so the
+    /// answer names no interface to move and no gateway to set.
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        let eid = req.endpoint_id.clone();
+        let ep = self.state().endpoints.get(&eid).cloned().ok_or_else(|| {
+            DriverError::NotFound(format!("endpoint {eid} was not created through this plugin (was it restarted?); retry"))
+        })?;
+        let net = self.network_of(&req.network_id).await?;
+        let lock = self.sandbox_lock(&req.sandbox_key);
+        let _guard = lock.lock().await;
+        let ifname = match &ep.ifname {
+            Some(i) => i.clone(),
+            None => next_ifname(self.sandbox_links(&req.sandbox_key).await?.iter().map(String::as_str)),
+        };
+        if let Some(e) = self.state().endpoints.get_mut(&eid) {
+            e.sandbox = Some(req.sandbox_key.clone());
+            e.ifname = Some(ifname.clone());
+            e.phase = Phase::Joining;
+        }
+        let attach = AttachRequest {
+            network: net.id.to_string(),
+            netns: req.sandbox_key.clone(),
+            ips: ep.ips.iter().map(|ip| ip.addr().to_string()).collect(),
+            ifname: Some(ifname.clone()),
+            container_id: None,
+            name: Some(eid.clone()),
+            mac: Some(ep.mac.to_string()),
+            docker_endpoint_id: Some(eid.clone()),
+            reservation: ep.token.clone(),
+        };
+        let result: Result<Endpoint> = self.agent("/v1/attach", &attach).await;
+        if let Some(e) = self.state().endpoints.get_mut(&eid) {
+            e.phase = if result.is_ok() { Phase::Joined } else { Phase::Created };
+            e.since = Instant::now();
+        }
+        let ep = result?;
+        tracing::info!(network = %net.fq_name, endpoint = %eid, ifname = %ifname, ips = ?ep.ips, "joined");
+        Ok(JoinResponse { disable_gateway_service: true, ..Default::default() })
+    }
+
+    /// The Tessera endpoint of a Docker endpoint, if any.
+    async fn tessera_endpoint(&self, network: Uuid, eid: &str) -> Result<Option<Endpoint>> {
+        Ok(self.ctl.endpoints(Some(network), Some(&self.cfg.host)).await?.into_iter().find(|e| e.name == eid))
+    }
+
+    /// `NetworkDriver.Leave`: the agent removes the interface; the addresses
+    /// go back to the reservation until `ReleaseAddress`.
+    pub async fn leave(&self, network_id: &str, eid: &str) -> Result<()> {
+        let net = match self.network_of(network_id).await {
+            Ok(n) => n,
+            Err(DriverError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let known = self.state().endpoints.get(eid).cloned();
+        let (netns, ifname) = match known.as_ref().and_then(|e| Some((e.sandbox.clone()?, e.ifname.clone()?))) {
+            Some(k) => k,
+            None => match self.tessera_endpoint(net.id, eid).await? {
+                Some(e) => (e.owner.netns.unwrap_or_default(), e.owner.ifname.unwrap_or_default()),
+                None => return Ok(()),
+            },
+        };
+        let detach = DetachRequest {
+            netns: Some(netns),
+            container_id: None,
+            network: Some(net.id.to_string()),
+            ifname: Some(ifname),
+        };
+        let _: serde_json::Value = self.agent("/v1/detach", &detach).await?;
+        if let Some(e) = self.state().endpoints.get_mut(eid) {
+            e.phase = Phase::Left;
+        }
+        tracing::info!(network = %net.fq_name, endpoint = %eid, "left");
+        Ok(())
+    }
+
+    /// `NetworkDriver.DeleteEndpoint`: forgets the endpoint; a Tessera
+    /// endpoint left behind by a failed `Join` is deleted.
+    pub async fn delete_endpoint(&self, network_id: &str, eid: &str) -> Result<()> {
+        let known = self.state().endpoints.remove(eid);
+        if let Some(sandbox) = known.as_ref().and_then(|e| e.sandbox.clone()) {
+            let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+            if s.get(&sandbox).is_some_and(|l| Arc::strong_count(l) == 1) {
+                s.remove(&sandbox);
+            }
+        }
+        if known.as_ref().is_some_and(|e| matches!(e.phase, Phase::Created | Phase::Left)) {
+            return Ok(());
+        }
+        let net = match self.network_of(network_id).await {
+            Ok(n) => n,
+            Err(DriverError::NotFound(_)) | Err(DriverError::Invalid(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some(e) = self.tessera_endpoint(net.id, eid).await? {
+            self.ctl.delete_endpoint(e.id).await?;
+            tracing::info!(network = %net.fq_name, endpoint = %eid, "endpoint deleted");
+        }
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- authz
+
+    /// Takes the authz hook's record of the `docker network create` that
+    /// Docker is carrying out: same pools, same options.
+    fn take_pending_create(&self, pools: &BTreeSet<IpNet>, options: &BTreeMap<String, String>) -> Option<PendingCreate> {
+        let mut st = self.state();
+        st.creates.retain(|p| p.at.elapsed() < PENDING_CREATE_TTL);
+        let i = st.creates.iter().position(|p| p.pools == *pools && p.options == *options)?;
+        Some(st.creates.remove(i))
+    }
+
+    /// `AuthZPlugin.AuthZReq`: when dockerd runs with `--authorization-plugin
+    /// tessera`, a `docker network create` for the tessera driver is checked
+    /// here, where its name and labels are visible (the driver protocol never
+    /// shows them): bad input is refused before Docker makes anything.
+    /// Every other request is allowed untouched.
+    pub fn authorize(&self, req: &AuthzRequest) -> AuthzResponse {
+        let path = req.request_uri.split('?').next().unwrap_or_default();
+        if req.request_method != "POST" || !path.ends_with("/networks/create") {
+            return AuthzResponse::allow();
+        }
+        let Ok(create) = crate::protocol::decode::<EngineNetworkCreate>(&req.request_body) else {
+            return AuthzResponse::allow(); // Docker itself answers malformed requests
+        };
+        if create.driver != PLUGIN_NAME {
+            return AuthzResponse::allow();
+        }
+        let ipam = create.ipam.clone().unwrap_or_default();
+        let subnets: Vec<DockerSubnet> = ipam
+            .config
+            .iter()
+            .filter_map(|c| Some(DockerSubnet { pool: c.subnet?, gateway: c.gateway, ip_range: c.ip_range }))
+            .collect();
+        let spec = DockerNetworkSpec {
+            name: create.name.clone(),
+            labels: create.labels.clone(),
+            options: create.options.clone(),
+            subnets: subnets.clone(),
+        };
+        // A network mapped onto an existing Tessera network takes nothing from its labels.
+        if !create.options.contains_key(spec::OPT_NETWORK) && ipam.driver == PLUGIN_NAME {
+            if let Err(e) = spec::network_create(&spec) {
+                tracing::info!(network = %create.name, error = %e, "docker network create refused");
+                return AuthzResponse::deny(format!("{PLUGIN_NAME}: {e}"));
+            }
+        }
+        let mut st = self.state();
+        st.creates.retain(|p| p.at.elapsed() < PENDING_CREATE_TTL);
+        st.creates.push(PendingCreate {
+            name: create.name,
+            labels: create.labels,
+            options: create.options,
+            pools: subnets.iter().map(|s| s.pool).collect(),
+            at: Instant::now(),
+        });
+        AuthzResponse::allow()
+    }
+
+    // ----------------------------------------------------- reconciliation
+
+    /// Executes one reconciliation plan; every action is tried, failures
+    /// are logged (the next round retries them).
+    pub(crate) async fn execute(&self, actions: Vec<plan::Action>, networks: &[Network], docker: &[DockerNetwork]) {
+        for a in actions {
+            let result: Result<()> = match &a {
+                plan::Action::Bind { docker_id, network } => {
+                    if let (Some(n), Some(d)) =
+                        (networks.iter().find(|n| n.id == *network), docker.iter().find(|d| d.id == *docker_id))
+                    {
+                        let known =
+                            matches!(self.state().networks.get(docker_id).map(|ns| ns.tx.borrow().clone()), Some(Bind::Ready(_)));
+                        if !known {
+                            self.bind(docker_id, n.clone(), &d.subnets);
+                        }
+                    }
+                    Ok(())
+                }
+                plan::Action::CreateDockerNetwork { request, .. } => {
+                    tracing::info!(network = %request.name, "creating the network in this host's Docker");
+                    self.docker.create_network(request).await.map(|_| ()).map_err(Into::into)
+                }
+                plan::Action::DeleteDockerNetwork { docker_id, name } => {
+                    tracing::info!(network = %name, "removing a network whose Tessera network is gone from this host's Docker");
+                    let r = self.docker.delete_network(docker_id).await;
+                    if r.is_ok() {
+                        self.forget_network(docker_id);
+                    }
+                    r.map_err(Into::into)
+                }
+                plan::Action::DeleteEndpoint { id, name } => {
+                    tracing::info!(endpoint = %name, "deleting an endpoint whose Docker endpoint is gone");
+                    self.ctl.delete_endpoint(*id).await.map_err(Into::into)
+                }
+                plan::Action::ReleaseReservation { network, address, owner } => {
+                    tracing::info!(%address, owner = %owner, "releasing a reservation no Docker endpoint holds");
+                    self.ctl.release(*network, *address, Some(owner)).await.map_err(Into::into)
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(action = ?a, error = %e, "reconciliation step failed; will retry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EngineIpam;
+
+    fn plugin() -> Plugin {
+        Plugin::new(Config {
+            host: "h1".into(),
+            controller: "http://127.0.0.1:1".into(),
+            agent_socket: "/nonexistent/agent.sock".into(),
+            docker_host: "unix:///nonexistent/docker.sock".into(),
+            socket: "/nonexistent/tessera.sock".into(),
+            state_dir: "/nonexistent".into(),
+        })
+    }
+
+    fn authz_create(body: serde_json::Value) -> AuthzRequest {
+        AuthzRequest {
+            request_method: "POST".into(),
+            request_uri: "/v1.41/networks/create".into(),
+            request_body: body.to_string().into_bytes(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn authz_refuses_a_malformed_rt_label_and_allows_everything_else() {
+        let p = plugin();
+        let bad = authz_create(serde_json::json!({
+            "Name": "net4", "Driver": "tessera", "Labels": {"rt": "banana"},
+            "IPAM": {"Driver": "tessera", "Config": [{"Subnet": "10.0.0.0/24"}]}
+        }));
+        let r = p.authorize(&bad);
+        assert!(!r.allow);
+        assert!(r.msg.contains("label rt") && r.msg.contains("banana"), "{}", r.msg);
+        let other = AuthzRequest { request_method: "GET".into(), request_uri: "/v1.41/containers/json".into(), ..Default::default() };
+        assert!(p.authorize(&other).allow);
+        let bridge = authz_create(serde_json::json!({"Name": "b", "Driver": "bridge", "Labels": {"rt": "banana"}}));
+        assert!(p.authorize(&bridge).allow);
+    }
+
+    #[test]
+    fn authz_remembers_the_name_for_create_network() {
+        let p = plugin();
+        let ok = authz_create(serde_json::json!({
+            "Name": "net4", "Driver": "tessera", "Labels": {"rt": "64512:100"}, "Options": {"vni": "7"},
+            "IPAM": {"Driver": "tessera", "Config": [{"Subnet": "10.0.0.0/24"}]}
+        }));
+        assert!(p.authorize(&ok).allow);
+        let pools = BTreeSet::from(["10.0.0.0/24".parse().unwrap()]);
+        let opts = BTreeMap::from([("vni".to_string(), "7".to_string())]);
+        assert!(p.take_pending_create(&pools, &BTreeMap::new()).is_none(), "options must match too");
+        let seen = p.take_pending_create(&pools, &opts).unwrap();
+        assert_eq!((seen.name.as_str(), seen.labels["rt"].as_str()), ("net4", "64512:100"));
+        assert!(p.take_pending_create(&pools, &opts).is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_pool_without_subnet_is_refused_with_the_reason() {
+        let p = plugin();
+        let e = p.request_pool(None, None, true).unwrap_err();
+        assert!(e.to_string().contains("needs an IPv6 --subnet"), "{e}");
+        let (id, pool) = p.request_pool(Some("10.0.0.0/24".parse().unwrap()), None, false).unwrap();
+        assert_eq!((id.to_string(), pool.to_string()), ("tessera/10.0.0.0/24".to_string(), "10.0.0.0/24".to_string()));
+        let _ = EngineIpam::default();
+    }
+}

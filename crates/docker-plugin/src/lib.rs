@@ -1,0 +1,48 @@
+//! Tessera's Docker integration: a libnetwork remote network driver and IPAM
+//! driver (plus an optional authz hook) on `/run/docker/plugins/tessera.sock`.
+//!
+//! The pure part: [`protocol`] (the wire types), [`spec`] (Docker network ↔
+//! Tessera network), [`pool`] (pool IDs, gateways, this host's pools),
+//! [`names`] (interface names, MACs, reservation tokens) and [`plan`] (the
+//! reconciliation of a dockerd with Tessera). The IO part: [`driver`] (the
+//! operations), [`server`] (the HTTP edge), [`sync`] (the loop that creates
+//! Tessera's Docker networks in this host's dockerd and removes leftovers),
+//! [`docker`] and [`ctl`] (clients of the Engine API and of the controller).
+#![forbid(unsafe_code)]
+
+pub mod ctl;
+pub mod docker;
+pub mod driver;
+pub mod names;
+pub mod plan;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod spec;
+pub mod sync;
+
+use std::sync::Arc;
+
+pub use driver::{Config, Plugin};
+
+/// Serves the plugin on its socket until `shutdown` resolves. Containers
+/// stay connected while the plugin is away: their interfaces belong to the
+/// agent's data plane.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener = tokio::net::UnixListener::bind(&cfg.socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.socket.display()))?;
+    let socket = cfg.socket.clone();
+    tracing::info!(host = %cfg.host, socket = %socket.display(), controller = %cfg.controller,
+        agent = %cfg.agent_socket.display(), docker = %cfg.docker_host, "docker plugin serving");
+    let plugin = Arc::new(Plugin::new(cfg));
+    let sync = tokio::spawn(sync::run(plugin.clone()));
+    let served = axum::serve(listener, server::router(plugin)).with_graceful_shutdown(shutdown).await;
+    sync.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("docker plugin stopped; containers stay connected");
+    Ok(served?)
+}

@@ -1,0 +1,220 @@
+//! Compiled programs: what a host's firewall evaluates for the new flows of
+//! one ordered pair of networks.
+//!
+//! A [`PairProgram`] for flows from `S` to `D` is a list of [`RuleList`]s;
+//! the flow passes when every list passes, and otherwise gets the verdict of
+//! the first list that does not pass. For `S == D` there is one list: the
+//! policies attached to `S`, default pass. For `S != D` there are two: the
+//! policies attached to `S` (the flow leaving `S`) and those attached to `D`
+//! (the flow entering `D`), each defaulting to deny, or to pass when a route
+//! target connects the two networks. Lists that can only pass are left out,
+//! and two identical lists (the same policies attached to both networks)
+//! are evaluated once; a program with no list passes everything.
+//!
+//! Each list is a set of [`Entry`]s in layers (see [`crate::layer`]): the
+//! entry of the lowest layer that contains the flow decides; no entry means
+//! the list's default.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_model::{Action, Network, Policy};
+use uuid::Uuid;
+
+use crate::flow::{Flow, FlowBox};
+use crate::layer::assign_layers;
+use crate::rules::{rule_boxes, rule_matches};
+use crate::topology::{attached, Topology};
+
+/// What happens to a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    Pass,
+    /// Dropped silently.
+    Deny,
+    /// Answered with a TCP reset or an ICMP(v6) port unreachable.
+    Reject,
+}
+
+impl From<Action> for Verdict {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Pass => Verdict::Pass,
+            Action::Deny => Verdict::Deny,
+            Action::Reject => Verdict::Reject,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Deny => "deny",
+            Verdict::Reject => "reject",
+        })
+    }
+}
+
+/// A rule of a policy: the policy and the rule's index in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub policy: Uuid,
+    pub rule: usize,
+}
+
+/// One compiled box of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: FlowBox,
+    pub verdict: Verdict,
+    /// The rule the box comes from (hit counters are summed per rule).
+    pub origin: RuleRef,
+    /// For rules marked `log`: the kernel log prefix of the flows they
+    /// match, `tessera POLICY#RULE SRC>DST VERDICT ` (at most 127 bytes).
+    pub log: Option<String>,
+    /// The layer (lookup) that holds the box; boxes of one layer never
+    /// overlap.
+    pub layer: u32,
+}
+
+/// One policy list specialised to a pair of networks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RuleList {
+    /// The verdict when no entry matches.
+    pub default: Verdict,
+    /// In rule order (the order of the policies, then of their rules).
+    pub entries: Vec<Entry>,
+}
+
+impl RuleList {
+    /// Number of layers (lookups per family) the list needs.
+    pub fn layers(&self) -> u32 {
+        self.entries.iter().map(|e| e.layer + 1).max().unwrap_or(0)
+    }
+
+    /// The list's verdict for `flow`.
+    pub fn verdict(&self, flow: &Flow) -> Verdict {
+        self.entries.iter().filter(|e| e.key.contains(flow)).min_by_key(|e| e.layer).map_or(self.default, |e| e.verdict)
+    }
+
+    /// Whether every flow passes (and nothing is logged).
+    fn passes_everything(&self) -> bool {
+        self.default == Verdict::Pass && self.entries.iter().all(|e| e.verdict == Verdict::Pass && e.log.is_none())
+    }
+}
+
+/// What a host evaluates for new flows from network `src` to network `dst`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PairProgram {
+    pub src: Uuid,
+    pub dst: Uuid,
+    pub lists: Vec<RuleList>,
+}
+
+impl PairProgram {
+    /// The program's verdict for `flow`: pass if every list passes, else the
+    /// verdict of the first list that does not.
+    pub fn verdict(&self, flow: &Flow) -> Verdict {
+        self.lists.iter().map(|l| l.verdict(flow)).find(|v| *v != Verdict::Pass).unwrap_or(Verdict::Pass)
+    }
+
+    /// True when the program lets everything through (no firewall needed).
+    pub fn is_pass_all(&self) -> bool {
+        self.lists.is_empty()
+    }
+}
+
+const LOG_PREFIX_MAX: usize = 127;
+
+fn log_prefix(policy: &Policy, rule: usize, src: &Network, dst: &Network, verdict: Verdict) -> String {
+    let mut s = format!("tessera {}#{rule} {}>{} {verdict} ", policy.fq_name.name(), src.name(), dst.name());
+    if s.len() > LOG_PREFIX_MAX {
+        let mut cut = LOG_PREFIX_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Compiles the policies `list` (in order) for flows from `src` to `dst`.
+pub fn compile_list(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> RuleList {
+    let mut boxes: Vec<FlowBox> = Vec::new();
+    let mut meta: Vec<(Verdict, RuleRef, Option<String>)> = Vec::new();
+    for policy in list {
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let verdict = Verdict::from(rule.action);
+            let origin = RuleRef { policy: policy.id, rule: i };
+            let log = rule.log.then(|| log_prefix(policy, i, src, dst, verdict));
+            for b in rule_boxes(rule, src, dst) {
+                boxes.push(b);
+                meta.push((verdict, origin, log.clone()));
+            }
+        }
+    }
+    let layers = assign_layers(&boxes);
+    let entries: Vec<Entry> = boxes
+        .into_iter()
+        .zip(meta)
+        .zip(layers)
+        .filter_map(|((key, (verdict, origin, log)), layer)| Some(Entry { key, verdict, origin, log, layer: layer? }))
+        .collect();
+    RuleList { default, entries }
+}
+
+/// The default verdict of the lists of flows from `src` to `dst`: pass
+/// within a network and between networks a route target connects, deny
+/// otherwise.
+pub fn default_verdict(topology: &Topology, src: Uuid, dst: Uuid) -> Verdict {
+    if src == dst || topology.route_target_connected(src, dst) {
+        Verdict::Pass
+    } else {
+        Verdict::Deny
+    }
+}
+
+/// Compiles the program of new flows from `src` to `dst`.
+pub fn compile_pair(src: &Network, dst: &Network, policies: &HashMap<Uuid, &Policy>, topology: &Topology) -> PairProgram {
+    let default = default_verdict(topology, src.id, dst.id);
+    let mut lists: Vec<RuleList> = Vec::new();
+    let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
+    let mut compiled: Vec<&[Uuid]> = Vec::new();
+    for owner in owners {
+        // The same policies in the same order compile to the same list.
+        if compiled.contains(&owner.policies.as_slice()) {
+            continue;
+        }
+        compiled.push(&owner.policies);
+        let list = compile_list(&attached(owner, policies), src, dst, default);
+        if !list.passes_everything() && !lists.contains(&list) {
+            lists.push(list);
+        }
+    }
+    PairProgram { src: src.id, dst: dst.id, lists }
+}
+
+/// The reference verdict for `flow` from `src` to `dst`, read straight from
+/// the rules: the executable form of the semantics in the crate docs.
+pub fn reference_verdict(
+    src: &Network,
+    dst: &Network,
+    policies: &HashMap<Uuid, &Policy>,
+    topology: &Topology,
+    flow: &Flow,
+) -> Verdict {
+    let default = default_verdict(topology, src.id, dst.id);
+    let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
+    for owner in owners {
+        let first = attached(owner, policies)
+            .into_iter()
+            .flat_map(|p| p.rules.iter())
+            .find(|r| rule_matches(r, src, dst, flow))
+            .map_or(default, |r| Verdict::from(r.action));
+        if first != Verdict::Pass {
+            return first;
+        }
+    }
+    Verdict::Pass
+}
