@@ -779,6 +779,16 @@ impl Controller {
             ),
             _ => None,
         };
+        let take_over = match &req.from {
+            Some(from) => {
+                check_owner("from", from)?;
+                if chosen.is_none() {
+                    return Err(FieldError::new("address", "taking a reservation over needs its address").into());
+                }
+                Some(reservation_owner(from))
+            }
+            None => None,
+        };
         let wanted_subnet: Option<IpNet> = match req.subnet.as_deref().map(str::trim) {
             Some(s) if !s.is_empty() => Some(tessera_model::network::parse_cidr("subnet", s)?),
             _ => None,
@@ -804,16 +814,6 @@ impl Controller {
         };
         let subnet = net.subnets[index].clone();
         let owner = reservation_owner(&req.owner);
-        let take_over = match &req.from {
-            Some(from) => {
-                check_owner("from", from)?;
-                if chosen.is_none() {
-                    return Err(FieldError::new("address", "taking a reservation over needs its address").into());
-                }
-                Some(reservation_owner(from))
-            }
-            None => None,
-        };
         let reservation = |address| Reservation { network: net.id, subnet: subnet.cidr, address, owner: req.owner.clone() };
 
         let lock = self.ipam_lock(net.id);

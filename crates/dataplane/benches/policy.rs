@@ -33,7 +33,6 @@ use support::{Fabric, Host};
 use tessera_dataplane::{reconcile, LinuxDataplane};
 
 const PORT: u16 = 5001;
-const OTHER_PORT: u16 = 5002;
 const ROUND: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
 const CHANGES: usize = 20;
@@ -42,16 +41,16 @@ const SMALL: usize = 10;
 const BIG_POLICY: u128 = 0x50;
 const SMALL_POLICY: u128 = 0x10;
 
-/// `n` rules, the matching one (`pass tcp any any > any PORT`) last: deny
+/// `n` rules, the matching one (`ACTION tcp any any > any PORT`) last: deny
 /// rules for other ports first.
-fn rules(n: usize, pass_port: u16) -> Vec<String> {
+fn rules(n: usize, last: &str) -> Vec<String> {
     let mut r: Vec<String> = (0..n - 1).map(|i| format!("deny tcp any any > any {}", 10_000 + i)).collect();
-    r.push(format!("pass tcp any any > any {pass_port}"));
+    r.push(format!("{last} tcp any any > any {PORT}"));
     r
 }
 
-fn set_policy(intent: &mut Intent, id: u128, n: usize, pass_port: u16) {
-    let lines = rules(n, pass_port);
+fn set_policy(intent: &mut Intent, id: u128, n: usize, last: &str) {
+    let lines = rules(n, last);
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let p = policy(id, &format!("p{n}"), &refs);
     match intent.policies.iter_mut().find(|x| x.id == p.id) {
@@ -128,13 +127,14 @@ impl Bench {
         }
     }
 
-    /// Applies `n`-rule policy `id` with its pass rule on `port` to h1
-    /// (timed, with probes from r1 to `target` watching for the flip), then
-    /// to h2. Returns the milliseconds from the start of the change to the
-    /// first probe that saw it enforced.
-    async fn change(&mut self, id: u128, n: usize, port: u16, target: SocketAddr) -> f64 {
-        set_policy(&mut self.intent, id, n, port);
-        let should_pass = port == PORT;
+    /// Applies `n`-rule policy `id` whose last rule is `last` (pass or
+    /// deny) to h1 (timed, with probes from r1 to `target` watching for the
+    /// flip), then to h2. Returns the milliseconds from the start of the
+    /// change to the first probe that saw it enforced, and those spent
+    /// computing the desired state and reconciling.
+    async fn change(&mut self, id: u128, n: usize, last: &str, target: SocketAddr) -> (f64, f64, f64) {
+        set_policy(&mut self.intent, id, n, last);
+        let should_pass = last == "pass";
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         let ns = self.r1.clone();
@@ -152,29 +152,36 @@ impl Bench {
         });
         let hosts = [&self.h1, &self.h2];
         let d1 = self.intent.desired(&hosts, &self.h1);
+        let compiled = t0.elapsed();
         let report = reconcile(&self.dp1, &d1).await.expect("reconcile h1");
         assert!(report.is_ok(), "{:#?}", report.failures);
+        let reconciled = t0.elapsed() - compiled;
         done.store(true, Ordering::Relaxed);
         let seen = prober.join().unwrap();
         assert!(seen != Duration::MAX, "the change was never enforced");
         let d2 = self.intent.desired(&hosts, &self.h2);
         let report = reconcile(&self.dp2, &d2).await.expect("reconcile h2");
         assert!(report.is_ok(), "{:#?}", report.failures);
-        seen.as_secs_f64() * 1e3
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        (ms(seen), ms(compiled), ms(reconciled))
     }
 
     /// Latencies (ms) of `CHANGES` changes of policy `id` (`n` rules),
-    /// alternating its pass port away from and back to `PORT`.
-    async fn changes(&mut self, id: u128, n: usize, target: SocketAddr) -> Vec<f64> {
-        let mut out = Vec::new();
+    /// alternating its last rule between deny and pass; and the medians of
+    /// the compile and reconcile parts.
+    async fn changes(&mut self, id: u128, n: usize, target: SocketAddr) -> (Vec<f64>, f64, f64) {
+        let (mut out, mut compile, mut apply) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..CHANGES {
-            let port = if i % 2 == 0 { OTHER_PORT } else { PORT };
-            out.push(self.change(id, n, port, target).await);
+            let last = if i % 2 == 0 { "deny" } else { "pass" };
+            let (seen, c, a) = self.change(id, n, last, target).await;
+            out.push(seen);
+            compile.push(c);
+            apply.push(a);
         }
         if CHANGES % 2 == 1 {
-            self.change(id, n, PORT, target).await;
+            self.change(id, n, "pass", target).await;
         }
-        out
+        (out, median(compile), median(apply))
     }
 }
 
@@ -202,8 +209,8 @@ async fn run() {
         placed(4, &blue, &h2, &b1, &["192.168.30.2/24"]),
     ];
     let mut intent = Intent { networks: vec![red, green, blue], policies: vec![], endpoints };
-    set_policy(&mut intent, SMALL_POLICY, SMALL, PORT);
-    set_policy(&mut intent, BIG_POLICY, BIG, PORT);
+    set_policy(&mut intent, SMALL_POLICY, SMALL, "pass");
+    set_policy(&mut intent, BIG_POLICY, BIG, "pass");
     intent.attach("green", &[BIG_POLICY]);
     intent.attach("blue", &[SMALL_POLICY]);
 
@@ -239,8 +246,11 @@ async fn run() {
         big / small2
     );
 
-    let small_changes = b.changes(SMALL_POLICY, SMALL, to_blue).await;
-    let big_changes = b.changes(BIG_POLICY, BIG, to_green).await;
+    let (small_changes, s_compile, s_apply) = b.changes(SMALL_POLICY, SMALL, to_blue).await;
+    let (big_changes, b_compile, b_apply) = b.changes(BIG_POLICY, BIG, to_green).await;
+    println!(
+        "  (medians: compiling the desired state {b_compile:.1} ms and reconciling {b_apply:.1} ms with {BIG} rules; {s_compile:.1} ms and {s_apply:.1} ms with {SMALL})"
+    );
     let (bp50, bp99) = (percentile(&big_changes, 0.5), percentile(&big_changes, 0.99));
     let (sp50, sp99) = (percentile(&small_changes, 0.5), percentile(&small_changes, 0.99));
     println!(

@@ -225,17 +225,18 @@ fn rule_args(r: &RuleEntry) -> String {
     format!("{} lookup {} pref {}", r.selector, r.table, r.priority)
 }
 
-/// At most a few elements, then how many there are in all.
-fn elements_brief(f: &mut fmt::Formatter<'_>, elements: &[MapElement], keys_only: bool) -> fmt::Result {
+/// At most a few elements (keys in the map's field order), then how many
+/// there are in all.
+fn elements_brief(f: &mut fmt::Formatter<'_>, map: &str, elements: &[MapElement], keys_only: bool) -> fmt::Result {
     const SHOWN: usize = 8;
+    let order = crate::policy::map_order(map);
     for (i, e) in elements.iter().take(SHOWN).enumerate() {
         if i > 0 {
             f.write_str(", ")?;
         }
-        if keys_only {
-            write!(f, "{}", e.key)?;
-        } else {
-            write!(f, "{e}")?;
+        f.write_str(&crate::policy::key_text(&e.key, order))?;
+        if !keys_only {
+            write!(f, " : {}", e.verdict)?;
         }
     }
     if elements.len() > SHOWN {
@@ -261,17 +262,17 @@ impl fmt::Display for Action {
             Action::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
             Action::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
             Action::NftMapAdd { name, family } => {
-                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::nft::policy_map_type(*family))
+                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::policy::map_type(*family, crate::policy::map_order(name)))
             }
             Action::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
             Action::NftMapElementsAdd { map, elements } => {
                 write!(f, "nft add element inet {POLICY_TABLE} {map} {{ ")?;
-                elements_brief(f, elements, false)?;
+                elements_brief(f, map, elements, false)?;
                 f.write_str(" }")
             }
             Action::NftMapElementsDelete { map, elements } => {
                 write!(f, "nft delete element inet {POLICY_TABLE} {map} {{ ")?;
-                elements_brief(f, elements, true)?;
+                elements_brief(f, map, elements, true)?;
                 f.write_str(" }")
             }
             Action::NftChainInstall { name, rules } => {

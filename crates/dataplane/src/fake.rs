@@ -166,23 +166,29 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             if k.nft.skeleton.is_none() || k.nft.policy.maps.contains_key(name) {
                 return Err(err(if k.nft.skeleton.is_none() { ENOENT } else { EEXIST }));
             }
-            k.nft.policy.maps.insert(name.clone(), ObservedMap { family: *family, elements: Default::default() });
+            k.nft.policy.maps.insert(name.clone(), ObservedMap::of(*family, Default::default()));
         }
         Action::NftMapDelete { name } => {
             k.nft.policy.maps.remove(name);
         }
         Action::NftMapElementsAdd { map, elements } => {
             let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
+            let mut set = (*m.elements).clone();
             for e in elements {
-                m.elements.retain(|x| x.key != e.key);
-                m.elements.insert(e.clone());
+                if set.iter().any(|x| x.key == e.key) {
+                    return Err(err(EEXIST));
+                }
+                set.insert(e.clone());
             }
+            *m = ObservedMap::of(m.family, set);
         }
         Action::NftMapElementsDelete { map, elements } => {
             if let Some(m) = k.nft.policy.maps.get_mut(map) {
+                let mut set = (*m.elements).clone();
                 for e in elements {
-                    m.elements.retain(|x| x.key != e.key);
+                    set.retain(|x| x.key != e.key);
                 }
+                *m = ObservedMap::of(m.family, set);
             }
         }
         Action::NftChainInstall { name, rules } => {

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -46,10 +47,10 @@ use crate::action::Action;
 use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
 use crate::nft::{parse_policy_listing, parse_policy_map, parse_tables, policy_map_counters, script};
 use crate::observed::{
-    owned_link_name, owned_rule, owned_table, AddressEntry, ElementVerdict, FdbEntry, IpFamily, LinkKind, LinkState, MapElement,
+    owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement,
     NeighEntry, NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
-use crate::policy::{map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
+use crate::policy::{element_hash, map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
 use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
 
@@ -345,22 +346,16 @@ struct Kernel {
     policy_cache: RefCell<HashMap<String, CachedMap>>,
 }
 
+/// A policy map as last read or written, and its digest.
 struct CachedMap {
     digest: u64,
-    elements: BTreeMap<tessera_policy::FlowBox, ElementVerdict>,
+    elements: Arc<BTreeSet<MapElement>>,
 }
 
 impl CachedMap {
     fn of(elements: impl IntoIterator<Item = MapElement>) -> Self {
-        let mut c = CachedMap { digest: 0, elements: elements.into_iter().map(|e| (e.key, e.verdict)).collect() };
-        c.rehash();
-        c
-    }
-    fn rehash(&mut self) {
-        self.digest = map_digest(&self.set());
-    }
-    fn set(&self) -> BTreeSet<MapElement> {
-        self.elements.iter().map(|(k, v)| MapElement { key: *k, verdict: v.clone() }).collect()
+        let elements: BTreeSet<MapElement> = elements.into_iter().collect();
+        CachedMap { digest: map_digest(&elements), elements: Arc::new(elements) }
     }
 }
 
@@ -538,22 +533,23 @@ impl Kernel {
         for (name, (_, digest)) in &listing.maps {
             let cached = {
                 let cache = self.policy_cache.borrow();
-                cache.get(name).filter(|c| Some(c.digest) == *digest).map(CachedMap::set)
+                cache.get(name).filter(|c| Some(c.digest) == *digest).map(|c| (c.digest, c.elements.clone()))
             };
-            let elements = match cached {
-                Some(set) => set,
+            let (digest, elements) = match cached {
+                Some(hit) => hit,
                 None => {
                     let doc = nft_list(&["-j", "-n", "list", "map", "inet", POLICY_TABLE, name])
                         .await?
                         .ok_or_else(|| nft_err(format!("map {name} vanished while listing")))?;
                     let parsed = parse_policy_map(&doc).map_err(nft_err)?;
                     let entry = CachedMap::of(parsed.into_iter().map(|(e, _, _)| e));
-                    let set = entry.set();
+                    let hit = (entry.digest, entry.elements.clone());
                     self.policy_cache.borrow_mut().insert(name.clone(), entry);
-                    set
+                    hit
                 }
             };
             if let Some(m) = state.policy.maps.get_mut(name) {
+                m.digest = digest;
                 m.elements = elements;
             }
         }
@@ -594,7 +590,6 @@ impl Kernel {
     /// Brings the policy map cache in line with a transaction that succeeded.
     fn cache_follow(&self, block: &[&Action]) {
         let mut cache = self.policy_cache.borrow_mut();
-        let mut touched: BTreeSet<&str> = BTreeSet::new();
         for a in block {
             match a {
                 Action::NftTablesInstall => cache.clear(),
@@ -606,24 +601,25 @@ impl Kernel {
                 }
                 Action::NftMapElementsAdd { map, elements } => {
                     if let Some(c) = cache.get_mut(map) {
-                        c.elements.extend(elements.iter().map(|e| (e.key, e.verdict.clone())));
-                        touched.insert(map);
+                        let set = Arc::make_mut(&mut c.elements);
+                        for e in elements {
+                            if set.insert(e.clone()) {
+                                c.digest = c.digest.wrapping_add(element_hash(e));
+                            }
+                        }
                     }
                 }
                 Action::NftMapElementsDelete { map, elements } => {
                     if let Some(c) = cache.get_mut(map) {
+                        let set = Arc::make_mut(&mut c.elements);
                         for e in elements {
-                            c.elements.remove(&e.key);
+                            if set.remove(e) {
+                                c.digest = c.digest.wrapping_sub(element_hash(e));
+                            }
                         }
-                        touched.insert(map);
                     }
                 }
                 _ => {}
-            }
-        }
-        for name in touched {
-            if let Some(c) = cache.get_mut(name) {
-                c.rehash();
             }
         }
     }

@@ -37,7 +37,7 @@ use tessera_policy::{Family, FlowBox, Verdict};
 
 use crate::action::Action;
 use crate::observed::{ElementVerdict, MapElement, NftElement, NftState, ObservedChain};
-use crate::policy::{parse_digest_comment, ElementCounter, POLICY_TABLE};
+use crate::policy::{key_text, map_order, map_type, parse_digest_comment, ElementCounter, POLICY_TABLE};
 
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`skeleton_script`] changes: agents then
@@ -122,14 +122,6 @@ table inet {p} {{
     )
 }
 
-/// The map declaration of a policy verdict map of `family`.
-pub fn policy_map_type(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service : verdict; flags interval; counter;",
-        Family::V6 => "type ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service : verdict; flags interval; counter;",
-    }
-}
-
 fn element_lines<'a>(out: &mut String, verb: &str, map: &str, items: impl Iterator<Item = String> + 'a) {
     let items: Vec<String> = items.collect();
     for chunk in items.chunks(ELEMENTS_PER_LINE) {
@@ -155,16 +147,18 @@ pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
                 let _ = writeln!(out, "delete element {e}");
             }
             Action::NftMapAdd { name, family } => {
-                let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", policy_map_type(*family));
+                let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", map_type(*family, map_order(name)));
             }
             Action::NftMapDelete { name } => {
                 let _ = writeln!(out, "delete map inet {POLICY_TABLE} {name}");
             }
             Action::NftMapElementsAdd { map, elements } => {
-                element_lines(&mut out, "add", map, elements.iter().map(|e| e.to_string()));
+                let order = map_order(map);
+                element_lines(&mut out, "add", map, elements.iter().map(|e| format!("{} : {}", key_text(&e.key, order), e.verdict)));
             }
             Action::NftMapElementsDelete { map, elements } => {
-                element_lines(&mut out, "delete", map, elements.iter().map(|e| e.key.to_string()));
+                let order = map_order(map);
+                element_lines(&mut out, "delete", map, elements.iter().map(|e| key_text(&e.key, order)));
             }
             Action::NftChainInstall { name, rules } => {
                 let _ = writeln!(out, "add chain inet {POLICY_TABLE} {name}");
@@ -281,9 +275,16 @@ fn json_range(v: &Value) -> Option<(Option<Family>, u128, u128)> {
     Some((Some(family), addr, addr))
 }
 
-fn json_flow_box(v: &Value) -> Option<FlowBox> {
+fn json_flow_box(v: &Value, order: [usize; 5]) -> Option<FlowBox> {
     let parts = v.get("concat")?.as_array()?;
-    let [src, dst, proto, sport, dport] = parts.as_slice() else { return None };
+    if parts.len() != 5 {
+        return None;
+    }
+    let mut canonical: [&Value; 5] = [&Value::Null; 5];
+    for (k, field) in order.iter().enumerate() {
+        canonical[*field] = &parts[k];
+    }
+    let [src, dst, proto, sport, dport] = canonical;
     let (sf, slo, shi) = json_range(src)?;
     let (df, dlo, dhi) = json_range(dst)?;
     let family = sf?;
@@ -318,13 +319,13 @@ fn json_verdict(v: &Value) -> Option<ElementVerdict> {
 }
 
 /// One element of a policy map listing: the element and its counter.
-fn json_map_element(elem: &Value) -> Option<(MapElement, u64, u64)> {
+fn json_map_element(elem: &Value, order: [usize; 5]) -> Option<(MapElement, u64, u64)> {
     let [key, verdict] = elem.as_array()?.as_slice() else { return None };
     let inner = key.get("elem");
     let val = inner.and_then(|e| e.get("val")).unwrap_or(key);
     let counter = inner.and_then(|e| e.get("counter"));
     let n = |f: &str| counter.and_then(|c| c.get(f)).and_then(Value::as_u64).unwrap_or(0);
-    Some((MapElement { key: json_flow_box(val)?, verdict: json_verdict(verdict)? }, n("packets"), n("bytes")))
+    Some((MapElement { key: json_flow_box(val, order)?, verdict: json_verdict(verdict)? }, n("packets"), n("bytes")))
 }
 
 /// Parses `nft -j -n list map inet tessera_policy NAME`: the elements and
@@ -334,8 +335,9 @@ pub fn parse_policy_map(doc: &str) -> Result<Vec<(MapElement, u64, u64)>, String
     let mut out = Vec::new();
     for obj in nft_objects(doc)? {
         let Some(map) = obj.get("map") else { continue };
+        let order = map_order(map.get("name").and_then(Value::as_str).unwrap_or_default());
         for elem in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
-            out.push(json_map_element(elem).ok_or_else(|| format!("cannot read element {elem} of a policy map"))?);
+            out.push(json_map_element(elem, order).ok_or_else(|| format!("cannot read element {elem} of a policy map"))?);
         }
     }
     Ok(out)
@@ -392,7 +394,7 @@ pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&Po
             .maps
             .iter()
             .map(|(name, (family, _))| {
-                (name.clone(), crate::observed::ObservedMap { family: *family, elements: BTreeSet::new() })
+                (name.clone(), crate::observed::ObservedMap::of(*family, BTreeSet::new()))
             })
             .collect();
     }
@@ -486,7 +488,7 @@ mod tests {
                 "expr": [{"vmap": {"key": {"concat": []}, "data": "@m1_2_0_0_4_0"}}]}},
       {"rule": {"family": "inet", "table": "tessera_policy", "chain": "l1_2_0", "handle": 7, "comment": "d=00000000000000cd", "expr": [{"drop": null}]}}]}"#;
 
-    const MAP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "inet", "name": "m4", "table": "tessera_policy",
+    const MAP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "inet", "name": "m1_2_0_0_4_0_01234", "table": "tessera_policy",
       "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"],
       "elem": [[{"elem": {"val": {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 24}}, {"prefix": {"addr": "0.0.0.0", "len": 0}}, 6, {"range": [0, 65535]}, 80]}, "counter": {"packets": 3, "bytes": 180}}}, {"return": null}],
                [{"elem": {"val": {"concat": ["10.0.0.5", {"range": ["192.168.0.0", "192.168.0.10"]}, {"range": [0, 255]}, {"range": [1000, 2000]}, {"range": [0, 65535]}]}, "counter": {"packets": 0, "bytes": 0}}}, {"goto": {"target": "rj1"}}]],
@@ -546,6 +548,15 @@ mod tests {
         let bad = BRIDGE.replace("10.0.0.2", "not-an-ip");
         assert!(parse_tables(None, Some(&bad), None).is_err());
         assert!(parse_policy_map(&MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
+    }
+
+    #[test]
+    fn policy_map_keys_are_read_in_the_map_order() {
+        let doc = r#"{"nftables": [{"map": {"family": "inet", "name": "m1_2_0_0_4_0_40123", "table": "tessera_policy",
+          "type": ["inet_service", "ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
+          "elem": [[{"concat": [22, {"prefix": {"addr": "0.0.0.0", "len": 0}}, {"prefix": {"addr": "10.0.0.0", "len": 8}}, 6, {"range": [0, 65535]}]}, {"drop": null}]]}}]}"#;
+        let elems = parse_policy_map(doc).unwrap();
+        assert_eq!(elems[0].0.to_string(), "0.0.0.0/0 . 10.0.0.0/8 . 6 . 0-65535 . 22 : drop");
     }
 
     #[test]

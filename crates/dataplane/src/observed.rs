@@ -218,7 +218,18 @@ pub struct ObservedChain {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedMap {
     pub family: tessera_policy::Family,
-    pub elements: BTreeSet<MapElement>,
+    /// [`crate::policy::map_digest`] of the elements.
+    pub digest: u64,
+    /// Shared with the Linux data plane's cache: big maps are not copied on
+    /// every observation.
+    pub elements: std::sync::Arc<BTreeSet<MapElement>>,
+}
+
+impl ObservedMap {
+    /// A map holding `elements`.
+    pub fn of(family: tessera_policy::Family, elements: BTreeSet<MapElement>) -> Self {
+        ObservedMap { family, digest: crate::policy::map_digest(&elements), elements: std::sync::Arc::new(elements) }
+    }
 }
 
 /// One element of a policy verdict map: a flow box and what it does.

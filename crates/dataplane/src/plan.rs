@@ -269,15 +269,27 @@ struct MapDiff {
     adds: Vec<MapElement>,
 }
 
+/// The element changes of every wanted map whose digest differs from what
+/// the kernel holds (an element whose verdict changes is deleted and added).
 fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDiff> {
     let mut out = BTreeMap::new();
     for (name, spec) in &want.maps {
         let diff = match have.maps.get(name) {
-            Some(m) => MapDiff {
-                deletes: m.elements.iter().filter(|e| !spec.elements.contains_key(*e)).cloned().collect(),
-                adds: spec.elements.keys().filter(|e| !m.elements.contains(*e)).cloned().collect(),
-            },
-            None => MapDiff { deletes: vec![], adds: spec.elements.keys().cloned().collect() },
+            Some(m) if m.digest == spec.digest && m.elements.len() == spec.elements.len() => continue,
+            Some(m) => {
+                let wanted: std::collections::HashSet<&MapElement> = spec.elements.iter().map(|(e, _)| e).collect();
+                let mut deletes: Vec<MapElement> = m.elements.iter().filter(|e| !wanted.contains(e)).cloned().collect();
+                let mut adds: Vec<MapElement> =
+                    spec.elements.iter().map(|(e, _)| e).filter(|e| !m.elements.contains(*e)).cloned().collect();
+                deletes.sort();
+                adds.sort();
+                MapDiff { deletes, adds }
+            }
+            None => {
+                let mut adds: Vec<MapElement> = spec.elements.iter().map(|(e, _)| e.clone()).collect();
+                adds.sort();
+                MapDiff { deletes: vec![], adds }
+            }
         };
         out.insert(name.clone(), diff);
     }
@@ -378,7 +390,7 @@ fn conntrack_flushes(
                 }
                 let prefix = format!("m{}_{}_{i}_", prog.src, prog.dst);
                 let gone_maps = have.maps.iter().filter(|(n, _)| n.starts_with(&prefix) && !want.maps.contains_key(*n));
-                let gone_pass = gone_maps.flat_map(|(_, m)| &m.elements).any(|e| e.verdict.passes());
+                let gone_pass = gone_maps.flat_map(|(_, m)| m.elements.iter()).any(|e| e.verdict.passes());
                 let changed = diffs
                     .iter()
                     .filter(|(n, _)| n.starts_with(&prefix))

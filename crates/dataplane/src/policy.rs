@@ -20,12 +20,17 @@
 //!   then the list's default verdict. An element's verdict is `return` for
 //!   pass (the next list decides), `drop` for deny, `goto rj<S>` for reject,
 //!   or `goto g…` for a rule marked `log`;
-//! - maps `m<S>_<D>_<i>_<layer>_<4|6>_<shard>`: `flags interval; counter`
-//!   (a hit counter per element, summed per rule by [`rule_counters`]). A
-//!   layer's elements are spread over `2^k` maps of at most
-//!   [`MAX_MAP_ELEMENTS`] by a stable hash of their key, because the kernel's
-//!   update of a concatenated interval map costs time in proportion to its
-//!   size: a one-rule change touches one or two small maps;
+//! - maps `m<S>_<D>_<i>_<layer>_<4|6>_<shard>_<order>`: `flags interval;
+//!   counter` (a hit counter per element, summed per rule by
+//!   [`rule_counters`]). A layer's elements are spread over `2^k` maps of at
+//!   most [`MAX_MAP_ELEMENTS`] by a stable hash of their key, because the
+//!   kernel's update of a concatenated interval map costs time in proportion
+//!   to its size: a one-rule change touches one or two small maps. The key's
+//!   fields are concatenated most selective first (`<order>` lists them:
+//!   0 source, 1 destination, 2 protocol, 3 source port, 4 destination
+//!   port), because the kernel's lookup (and insertion) in such a map costs
+//!   in proportion to the elements that still match after each field: a
+//!   list of port rules looks the port up first;
 //! - chain `g<S>_<D>_<i>_<policy8>_<rule><p|d|r>`: `log prefix "tessera
 //!   POLICY#RULE SRC>DST VERDICT " level info`, then the verdict (the kernel
 //!   log is the log of flows: `IN=` and `OUT=` name the networks' devices,
@@ -99,9 +104,91 @@ pub struct ChainSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapSpec {
     pub family: Family,
-    /// Each element with the rule it comes from.
-    pub elements: BTreeMap<MapElement, RuleRef>,
+    /// Each element with the rule it comes from, in no particular order;
+    /// keys are unique.
+    pub elements: Vec<(MapElement, RuleRef)>,
+    /// [`map_digest`] of the elements.
     pub digest: u64,
+}
+
+/// The canonical field order of a flow box key.
+pub const CANONICAL_ORDER: [usize; 5] = [0, 1, 2, 3, 4];
+
+/// The key field order of a map, from the last part of its name (canonical
+/// when the name has none).
+pub fn map_order(name: &str) -> [usize; 5] {
+    let Some(last) = name.rsplit('_').next() else { return CANONICAL_ORDER };
+    let digits: Vec<usize> = last.bytes().filter(u8::is_ascii_digit).map(|b| usize::from(b - b'0')).collect();
+    let mut order = CANONICAL_ORDER;
+    if last.len() == 5 && digits.len() == 5 {
+        let mut seen = [false; 5];
+        for (i, d) in digits.iter().enumerate() {
+            if *d > 4 || seen[*d] {
+                return CANONICAL_ORDER;
+            }
+            seen[*d] = true;
+            order[i] = *d;
+        }
+    }
+    order
+}
+
+/// The data type of a key field.
+fn field_type(family: Family, field: usize) -> &'static str {
+    match (field, family) {
+        (0 | 1, Family::V4) => "ipv4_addr",
+        (0 | 1, Family::V6) => "ipv6_addr",
+        (2, _) => "inet_proto",
+        _ => "inet_service",
+    }
+}
+
+/// The declaration of a policy verdict map: `type ... : verdict; flags
+/// interval; counter;`.
+pub fn map_type(family: Family, order: [usize; 5]) -> String {
+    let types: Vec<&str> = order.iter().map(|f| field_type(family, *f)).collect();
+    format!("type {} : verdict; flags interval; counter;", types.join(" . "))
+}
+
+/// The key expression that looks a map up.
+pub fn lookup_key(family: Family, order: [usize; 5]) -> String {
+    let sel = match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    };
+    let exprs: Vec<String> = order
+        .iter()
+        .map(|f| match f {
+            0 => format!("{sel} saddr"),
+            1 => format!("{sel} daddr"),
+            2 => "meta l4proto".to_string(),
+            3 => "th sport".to_string(),
+            _ => "th dport".to_string(),
+        })
+        .collect();
+    exprs.join(" . ")
+}
+
+/// A flow box as a key of a map with field order `order`.
+pub fn key_text(key: &tessera_policy::FlowBox, order: [usize; 5]) -> String {
+    let canonical = key.to_string();
+    let fields: Vec<&str> = canonical.split(" . ").collect();
+    order.iter().map(|f| fields[*f]).collect::<Vec<_>>().join(" . ")
+}
+
+/// The most selective first: fields ordered by how many distinct ranges the
+/// boxes have in them (the canonical order breaks ties).
+pub fn selective_order<'a>(keys: impl Iterator<Item = &'a tessera_policy::FlowBox> + Clone) -> [usize; 5] {
+    let mut counts = [0usize; 5];
+    for (f, count) in counts.iter_mut().enumerate() {
+        let mut ranges: Vec<(u128, u128)> = keys.clone().map(|k| k.dims()[f]).collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        *count = ranges.len();
+    }
+    let mut order = CANONICAL_ORDER;
+    order.sort_by_key(|f| std::cmp::Reverse(counts[*f]));
+    order
 }
 
 /// All planner-managed objects of `inet tessera_policy`.
@@ -130,7 +217,7 @@ pub fn reject_chain(src: Vni) -> String {
 pub fn map_list_chain(map: &str) -> Option<String> {
     let rest = map.strip_prefix('m')?;
     let parts: Vec<&str> = rest.split('_').collect();
-    (parts.len() == 6).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
+    (parts.len() == 7).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
 }
 
 /// The (source, destination) VNIs of a pair or rule-list chain name.
@@ -154,22 +241,24 @@ fn digest_of<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
     h.finish()
 }
 
-/// The digest of a map's elements (a stable hash, independent of insertion
-/// order).
-pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64 {
-    let mut h = Fnv::new();
-    for e in elements {
-        h.bytes(&e.key.stable_hash().to_be_bytes());
-        match &e.verdict {
-            ElementVerdict::Return => h.byte(b'r'),
-            ElementVerdict::Drop => h.byte(b'd'),
-            ElementVerdict::Goto(c) => {
-                h.byte(b'g');
-                h.bytes(c.as_bytes());
-            }
+/// A stable hash of one map element.
+pub fn element_hash(e: &MapElement) -> u64 {
+    let v = match &e.verdict {
+        ElementVerdict::Return => 1,
+        ElementVerdict::Drop => 2,
+        ElementVerdict::Goto(c) => {
+            let mut h = Fnv::new();
+            h.bytes(c.as_bytes());
+            h.finish() | 3
         }
-    }
-    h.finish()
+    };
+    tessera_policy::flow::mix(e.key.stable_hash(), v)
+}
+
+/// The digest of a map's elements: the (wrapping) sum of their hashes, so
+/// it does not depend on their order and follows adds and deletes.
+pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64 {
+    elements.into_iter().fold(0u64, |acc, e| acc.wrapping_add(element_hash(e)))
 }
 
 /// `d=<16 hex digits>`, the comment that carries a digest.
@@ -267,8 +356,10 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
     }
     let mut lookups = Vec::new();
     for ((layer, family), entries) in layers {
+        let order = selective_order(entries.iter().map(|e| &e.key));
+        let order_name: String = order.iter().map(|f| char::from(b'0' + *f as u8)).collect();
         let shards = shard_count(entries.len());
-        let mut maps: Vec<BTreeMap<MapElement, RuleRef>> = vec![BTreeMap::new(); shards];
+        let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
         for e in entries {
             let verdict = match &e.log {
                 None => match e.verdict {
@@ -287,22 +378,20 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
                 }
             };
             let shard = (e.key.stable_hash() % shards as u64) as usize;
-            maps[shard].insert(MapElement { key: e.key, verdict }, e.origin);
+            maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
         }
-        let (fam, sel) = match family {
-            Family::V4 => (4, "ip"),
-            Family::V6 => (6, "ip6"),
+        let key = lookup_key(family, order);
+        let fam = match family {
+            Family::V4 => 4,
+            Family::V6 => 6,
         };
         for (k, elements) in maps.into_iter().enumerate() {
             if elements.is_empty() {
                 continue;
             }
-            let name = format!("m{s}_{d}_{i}_{layer}_{fam}_{k}");
-            let digest = map_digest(elements.keys());
-            lookups.push(format!(
-                "{sel} saddr . {sel} daddr . meta l4proto . th sport . th dport vmap @{name} comment \"{}\"",
-                digest_comment(digest)
-            ));
+            let name = format!("m{s}_{d}_{i}_{layer}_{fam}_{k}_{order_name}");
+            let digest = map_digest(elements.iter().map(|(e, _)| e));
+            lookups.push(format!("{key} vmap @{name} comment \"{}\"", digest_comment(digest)));
             out.maps.insert(name, MapSpec { family, elements, digest });
         }
     }
@@ -339,7 +428,7 @@ pub fn rule_counters(desired: &DesiredHost, counters: &[ElementCounter]) -> Vec<
     let mut origin: BTreeMap<(&str, tessera_policy::FlowBox), RuleRef> = BTreeMap::new();
     let mut sums: BTreeMap<RuleRef, (u64, u64)> = BTreeMap::new();
     for (name, map) in &objects.maps {
-        for (e, r) in &map.elements {
+        for (e, r) in map.elements.iter() {
             origin.insert((name.as_str(), e.key), *r);
             sums.entry(*r).or_default();
         }
@@ -363,7 +452,9 @@ mod tests {
         let (s, d) = (Vni::new(100).unwrap(), Vni::new(200).unwrap());
         assert_eq!(chain_pair(&pair_chain(s, d)), Some((100, 200)));
         assert_eq!(chain_pair(&list_chain(s, d, 1)), Some((100, 200)));
-        assert_eq!(map_list_chain("m100_200_1_0_4_3").as_deref(), Some("l100_200_1"));
+        assert_eq!(map_list_chain("m100_200_1_0_4_3_40123").as_deref(), Some("l100_200_1"));
+        assert_eq!(map_order("m100_200_1_0_4_3_40123"), [4, 0, 1, 2, 3]);
+        assert_eq!(map_order("m100_200_1_0_4_3_40023"), CANONICAL_ORDER, "not a permutation");
         assert_eq!(ChainKind::of("rj100"), Some(ChainKind::Reject));
         assert_eq!(ChainKind::of("dispatch"), Some(ChainKind::Dispatch));
         assert!(log_chain_passes("g1_2_0_abcdef01_3p") && !log_chain_passes("g1_2_0_abcdef01_3d"));
@@ -375,6 +466,30 @@ mod tests {
         assert_eq!(shard_count(MAX_MAP_ELEMENTS), 1);
         assert_eq!(shard_count(MAX_MAP_ELEMENTS + 1), 2);
         assert_eq!(shard_count(50_000), 8);
+    }
+
+    #[test]
+    fn keys_follow_the_map_order() {
+        let key = tessera_policy::FlowBox { dport: (80, 80), proto: (6, 6), ..tessera_policy::FlowBox::everything(Family::V4) };
+        assert_eq!(key_text(&key, [4, 2, 0, 1, 3]), "80 . 6 . 0.0.0.0/0 . 0.0.0.0/0 . 0-65535");
+        assert_eq!(lookup_key(Family::V6, [4, 2, 0, 1, 3]), "th dport . meta l4proto . ip6 saddr . ip6 daddr . th sport");
+        assert_eq!(
+            map_type(Family::V4, [4, 0, 1, 2, 3]),
+            "type inet_service . ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict; flags interval; counter;"
+        );
+        let ports: Vec<tessera_policy::FlowBox> = (1..5).map(|p| tessera_policy::FlowBox { dport: (p, p), ..key }).collect();
+        assert_eq!(selective_order(ports.iter()), [4, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_order() {
+        let e = |p: u16, v: ElementVerdict| MapElement {
+            key: tessera_policy::FlowBox { dport: (p, p), ..tessera_policy::FlowBox::everything(Family::V4) },
+            verdict: v,
+        };
+        let (a, b) = (e(1, ElementVerdict::Return), e(2, ElementVerdict::Drop));
+        assert_eq!(map_digest([&a, &b]), map_digest([&b, &a]));
+        assert_ne!(map_digest([&a]), map_digest([&e(1, ElementVerdict::Drop)]));
     }
 
     #[test]

@@ -20,25 +20,25 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 use ipnet::IpNet;
 use tessera_agent::api::{AttachRequest, DetachRequest};
-use tessera_dataplane::Dataplane;
 use tessera_model::{Endpoint, MacAddr, Network, ReservationCreate, Uuid};
 use tokio::sync::watch;
 
 use crate::ctl::{Ctl, CtlError};
 use crate::docker::{Docker, DockerError};
-use crate::names::{endpoint_mac, next_ifname, ReservationToken};
+use crate::names::{endpoint_mac, next_ifname, ReservationToken, IFNAME_PREFIX};
+use crate::netns;
 use crate::plan::{self, DockerNetwork, InFlight};
 use crate::pool::{self, PoolId, PoolRegistry};
 use crate::protocol::{
-    AuthzRequest, AuthzResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
-    EngineNetworkCreate, JoinRequest, JoinResponse, PLUGIN_NAME,
+    CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
+    EngineNetworkCreate, InterfaceName, JoinRequest, JoinResponse, PLUGIN_NAME,
 };
 use crate::spec::{self, DockerNetworkSpec, DockerSubnet, SpecError};
 
@@ -48,6 +48,8 @@ const BIND_TIMEOUT: Duration = Duration::from_secs(20);
 const PENDING_CREATE_TTL: Duration = Duration::from_secs(60);
 /// Endpoints joined this recently are in flight for the reconciliation.
 const RECENT: Duration = Duration::from_secs(120);
+/// The prefix of the temporary host-namespace name of an interface Docker moves into a container.
+const SRC_PREFIX: &str = "tdk";
 
 /// How the plugin was started.
 #[derive(Debug, Clone)]
@@ -62,8 +64,13 @@ pub struct Config {
     pub docker_host: String,
     /// Where the plugin listens: `/run/docker/plugins/tessera.sock`.
     pub socket: PathBuf,
-    /// Where the plugin keeps its mirror of the controller.
+    /// Where the plugin keeps its mirror of the controller (and the staging
+    /// namespaces of interfaces on their way into containers).
     pub state_dir: PathBuf,
+    /// How long a released address stays reserved for the next container of
+    /// this host asking for one in its subnet (a restarted container gets its
+    /// address back); zero releases at once.
+    pub address_hold: Duration,
 }
 
 /// Why a call failed; its text is what `docker` prints.
@@ -113,7 +120,10 @@ struct EndpointState {
     ips: Vec<IpNet>,
     mac: MacAddr,
     token: Option<String>,
+    /// The container's namespace (Docker's `SandboxKey`).
     sandbox: Option<String>,
+    /// The plugin's namespace the agent built the interface in.
+    staging: Option<PathBuf>,
     ifname: Option<String>,
     phase: Phase,
     since: Instant,
@@ -122,16 +132,27 @@ struct EndpointState {
 /// A `docker network create` seen by the authz hook: what Docker will not
 /// tell the driver (the name and the labels).
 #[derive(Debug, Clone)]
-struct PendingCreate {
-    name: String,
-    labels: BTreeMap<String, String>,
+pub(crate) struct PendingCreate {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
     options: BTreeMap<String, String>,
     pools: BTreeSet<IpNet>,
     at: Instant,
 }
 
+/// An address Docker released, held for a restarting container.
+#[derive(Debug, Clone)]
+struct Parked {
+    network: Uuid,
+    address: IpAddr,
+    token: String,
+    at: Instant,
+}
+
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
+    /// Per pool, the most recently released addresses last.
+    parked: HashMap<IpNet, Vec<Parked>>,
     pools: PoolRegistry,
     networks: HashMap<String, NetState>,
     creates: Vec<PendingCreate>,
@@ -187,7 +208,7 @@ impl Plugin {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -283,10 +304,9 @@ impl Plugin {
                 Bind::Pending | Bind::Failed(_) => {
                     f.docker_networks.insert(id.clone());
                 }
-                // Bound moments ago: the controller's snapshot may not show it yet.
+                // Bound moments ago: this dockerd has it, though its list may not show it yet.
                 Bind::Ready(n) if ns.since.elapsed() < RECENT => {
                     f.tessera_networks.insert(n.id);
-                    f.docker_networks.insert(id.clone());
                 }
                 Bind::Ready(_) => {}
             }
@@ -411,24 +431,31 @@ impl Plugin {
     /// `NetworkDriver.DeleteNetwork`: deletes the Tessera network (fabric
     /// wide) when it was made through Docker; a network mapped with
     /// `-o tessera.network` is only unmapped. A network with endpoints on any
-    /// host is kept and the removal refused.
+    /// host is kept in Tessera (the authz hook refuses such a removal before
+    /// Docker makes it; without the hook, the synchronisation brings the
+    /// Docker network back).
     pub async fn delete_network(&self, docker_id: &str) -> Result<()> {
         let net = match self.network_of(docker_id).await {
             Ok(n) => Some(n),
             Err(DriverError::NotFound(_)) | Err(DriverError::Invalid(_)) => None,
             Err(e) => return Err(e),
         };
+        // Docker removes its network whatever the driver answers (only its
+        // own checks can refuse); the authz hook is where Tessera can refuse.
+        self.forget_network(docker_id);
+        self.kick.notify_one();
         if let Some(net) = net.filter(spec::is_docker_network) {
             if let Err(e) = self.ctl.delete_network(net.id).await {
                 if e.code() == Some("in_use") {
-                    return Err(DriverError::Invalid(format!("network {} is in use elsewhere in the fabric: {e}", net.fq_name)));
+                    return Err(DriverError::Invalid(format!(
+                        "network {} is in use elsewhere in the fabric and stays in Tessera: {e}",
+                        net.fq_name
+                    )));
                 }
                 return Err(e.into());
             }
             tracing::info!(network = %net.fq_name, "network deleted");
         }
-        self.forget_network(docker_id);
-        self.kick.notify_one();
         Ok(())
     }
 
@@ -470,8 +497,15 @@ impl Plugin {
             .ok_or_else(|| DriverError::NotFound(format!("no Docker network of this host uses pool {pool}")))
     }
 
-    /// `IpamDriver.RequestAddress`: the gateway (computed, reserved by the
-    /// subnet itself) or an endpoint's address, reserved at the controller.
+    fn new_token(&self) -> String {
+        ReservationToken { host: self.cfg.host.clone(), created_ms: now_ms(), nonce: rand::random() }.encode()
+    }
+
+    /// `IpamDriver.RequestAddress`: the gateway (computed; Tessera's IPAM
+    /// never hands it out) or an endpoint's address, reserved at the
+    /// controller: the chosen one, else the one this host released last in
+    /// the subnet (so that `docker restart` keeps a container's address),
+    /// else the lowest free one.
     pub async fn request_address(&self, pool_id: &str, address: Option<IpAddr>, gateway: bool) -> Result<IpNet> {
         let id: PoolId = pool_id.parse().map_err(DriverError::Invalid)?;
         if gateway {
@@ -479,19 +513,87 @@ impl Plugin {
         }
         let nid = self.network_of_pool(id.0).await?;
         let net = self.network_of(&nid).await?;
-        let token = ReservationToken { host: self.cfg.host.clone(), created_ms: now_ms(), nonce: rand::random() }.encode();
+        if address.is_none() {
+            while let Some(p) = self.unpark(id.0, net.id) {
+                let token = self.new_token();
+                let take = ReservationCreate {
+                    owner: token.clone(),
+                    subnet: None,
+                    address: Some(p.address.to_string()),
+                    from: Some(p.token.clone()),
+                };
+                match self.ctl.reserve(net.id, &take).await {
+                    Ok(r) => {
+                        self.state().reserved.insert((net.id, r.address), token);
+                        return Ok(r.address_with_prefix());
+                    }
+                    Err(e) => tracing::debug!(address = %p.address, error = %e, "a held address is gone"),
+                }
+            }
+        }
+        let token = self.new_token();
+        // A chosen address this host holds (its container is restarting) is taken over.
+        let from = address.and_then(|a| self.unpark_address(id.0, net.id, a)).map(|p| p.token);
         let req = ReservationCreate {
             owner: token.clone(),
             subnet: Some(id.0.to_string()),
             address: address.map(|a| a.to_string()),
-            from: None,
+            from,
         };
         let r = self.ctl.reserve(net.id, &req).await?;
         self.state().reserved.insert((net.id, r.address), token);
         Ok(r.address_with_prefix())
     }
 
-    /// `IpamDriver.ReleaseAddress`: releases the reservation of an address;
+    /// The most recently held address of a pool that is still within its hold.
+    fn unpark(&self, pool: IpNet, network: Uuid) -> Option<Parked> {
+        let hold = self.cfg.address_hold;
+        let mut st = self.state();
+        let stack = st.parked.get_mut(&pool)?;
+        let i = stack.iter().rposition(|p| p.network == network && p.at.elapsed() < hold)?;
+        Some(stack.remove(i))
+    }
+
+    /// A held address, taken out of the hold (whatever its age: it is still reserved).
+    fn unpark_address(&self, pool: IpNet, network: Uuid, address: IpAddr) -> Option<Parked> {
+        let mut st = self.state();
+        let stack = st.parked.get_mut(&pool)?;
+        let i = stack.iter().position(|p| p.network == network && p.address == address)?;
+        Some(stack.remove(i))
+    }
+
+    /// When the next held address is due for release.
+    pub(crate) fn next_release_in(&self) -> Option<Duration> {
+        let hold = self.cfg.address_hold;
+        self.state().parked.values().flatten().map(|p| hold.saturating_sub(p.at.elapsed())).min()
+    }
+
+    /// Releases held addresses whose hold is over. Best effort: what fails
+    /// stays for the next round (or for the reconciliation of orphans).
+    pub(crate) async fn release_expired(&self) {
+        let hold = self.cfg.address_hold;
+        let expired: Vec<Parked> = {
+            let mut st = self.state();
+            let mut out = Vec::new();
+            for stack in st.parked.values_mut() {
+                let (old, keep): (Vec<Parked>, Vec<Parked>) = stack.drain(..).partition(|p| p.at.elapsed() >= hold);
+                *stack = keep;
+                out.extend(old);
+            }
+            st.parked.retain(|_, v| !v.is_empty());
+            out
+        };
+        for p in expired {
+            if let Err(e) = self.ctl.release(p.network, p.address, Some(&p.token)).await {
+                if e.code() != Some("in_use") {
+                    tracing::warn!(address = %p.address, error = %e, "cannot release a held address");
+                }
+            }
+        }
+    }
+
+    /// `IpamDriver.ReleaseAddress`: the address is held for this host's next
+    /// container in the subnet for [`Config::address_hold`], then released;
     /// the gateway and addresses of networks that are gone need nothing.
     pub async fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<()> {
         let Ok(id) = pool_id.parse::<PoolId>() else { return Ok(()) };
@@ -508,7 +610,28 @@ impl Plugin {
         if net.subnets.iter().any(|s| s.gateway == Some(address)) {
             return Ok(());
         }
-        self.state().reserved.remove(&(net.id, address));
+        let held = self.state().reserved.remove(&(net.id, address));
+        if !self.cfg.address_hold.is_zero() {
+            let current = match held {
+                Some(t) => Some(t),
+                None => self.token_of(net.id, address).await?,
+            };
+            if let Some(from) = current {
+                let token = self.new_token();
+                let park = ReservationCreate {
+                    owner: token.clone(),
+                    subnet: None,
+                    address: Some(address.to_string()),
+                    from: Some(from),
+                };
+                if self.ctl.reserve(net.id, &park).await.is_ok() {
+                    let parked = Parked { network: net.id, address, token, at: Instant::now() };
+                    self.state().parked.entry(id.0).or_default().push(parked);
+                    self.kick.notify_one(); // to release it when its hold is over
+                    return Ok(());
+                }
+            }
+        }
         match self.ctl.release(net.id, address, None).await {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("in_use") => {
@@ -562,6 +685,7 @@ impl Plugin {
                 mac,
                 token,
                 sandbox: None,
+                staging: None,
                 ifname: None,
                 phase: Phase::Created,
                 since: Instant::now(),
@@ -579,16 +703,30 @@ impl Plugin {
         s.entry(key.to_string()).or_default().clone()
     }
 
-    /// The links of a sandbox, by name.
-    async fn sandbox_links(&self, sandbox: &str) -> Result<Vec<String>> {
-        let dp = tessera_dataplane::LinuxDataplane::in_netns(sandbox)
-            .await
-            .map_err(|e| DriverError::Invalid(format!("cannot enter the container's network namespace {sandbox}: {e}")))?;
-        let vifs = dp
-            .interfaces()
-            .await
-            .map_err(|e| DriverError::Invalid(format!("cannot list the links of {sandbox}: {e}")))?;
-        Ok(vifs.into_iter().map(|v| v.name).collect())
+    /// Where the agent builds the interface of a Docker endpoint.
+    pub(crate) fn staging_path(&self, eid: &str) -> PathBuf {
+        let short: String = eid.chars().take(12).collect();
+        self.cfg.state_dir.join("netns").join(short)
+    }
+
+    /// The interface name the endpoint will likely get in the container:
+    /// the lowest `ethN` that neither the container (if it runs already) nor
+    /// another of its endpoints holds. (Docker picks the name; this one names
+    /// the interface until then.)
+    async fn predicted_ifname(&self, sandbox: &str, eid: &str) -> Result<String> {
+        let mut taken = if netns::is_netns(Path::new(sandbox)) {
+            netns::link_names(Path::new(sandbox)).await.map_err(|e| DriverError::Invalid(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let st = self.state();
+        taken.extend(
+            st.endpoints
+                .iter()
+                .filter(|(id, e)| id.as_str() != eid && e.sandbox.as_deref() == Some(sandbox))
+                .filter_map(|(_, e)| e.ifname.clone()),
+        );
+        Ok(next_ifname(taken.iter().map(String::as_str)))
     }
 
     async fn agent<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
@@ -606,10 +744,12 @@ impl Plugin {
         Err(agent_err(message))
     }
 
-    /// `NetworkDriver.Join`: the agent creates the interface inside the
-    /// sandbox (the next free `ethN`) with the endpoint's MAC and reserved
-    /// addresses, and the default routes via the network's gateways; so the
-    /// answer names no interface to move and no gateway to set.
+    /// `NetworkDriver.Join`: the agent builds the endpoint's interface in a
+    /// staging namespace (MAC, addresses, MTU, the host side in the network's
+    /// bridge); the plugin moves its container end into the host namespace
+    /// under a temporary name, which the answer names for Docker to move into
+    /// the container (Docker calls `Join` before the container's namespace
+    /// exists) with the network's gateways for its default routes.
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let eid = req.endpoint_id.clone();
         let ep = self.state().endpoints.get(&eid).cloned().ok_or_else(|| {
@@ -620,32 +760,59 @@ impl Plugin {
         let _guard = lock.lock().await;
         let ifname = match &ep.ifname {
             Some(i) => i.clone(),
-            None => next_ifname(self.sandbox_links(&req.sandbox_key).await?.iter().map(String::as_str)),
+            None => self.predicted_ifname(&req.sandbox_key, &eid).await?,
         };
+        let staging = self.staging_path(&eid);
         if let Some(e) = self.state().endpoints.get_mut(&eid) {
             e.sandbox = Some(req.sandbox_key.clone());
+            e.staging = Some(staging.clone());
             e.ifname = Some(ifname.clone());
             e.phase = Phase::Joining;
         }
-        let attach = AttachRequest {
-            network: net.id.to_string(),
-            netns: req.sandbox_key.clone(),
-            ips: ep.ips.iter().map(|ip| ip.addr().to_string()).collect(),
-            ifname: Some(ifname.clone()),
-            container_id: None,
-            name: Some(eid.clone()),
-            mac: Some(ep.mac.to_string()),
-            docker_endpoint_id: Some(eid.clone()),
-            reservation: ep.token.clone(),
-        };
-        let result: Result<Endpoint> = self.agent("/v1/attach", &attach).await;
+        let result = self.build_interface(&net, &eid, &ep, &staging, &ifname).await;
         if let Some(e) = self.state().endpoints.get_mut(&eid) {
             e.phase = if result.is_ok() { Phase::Joined } else { Phase::Created };
             e.since = Instant::now();
         }
-        let ep = result?;
+        let src_name = result?;
+        let gateway = |v4: bool| net.subnets.iter().filter(|s| s.cidr.addr().is_ipv4() == v4).find_map(|s| s.gateway);
+        let has = |v4: bool| ep.ips.iter().any(|ip| ip.addr().is_ipv4() == v4);
         tracing::info!(network = %net.fq_name, endpoint = %eid, ifname = %ifname, ips = ?ep.ips, "joined");
-        Ok(JoinResponse { disable_gateway_service: true, ..Default::default() })
+        Ok(JoinResponse {
+            interface_name: Some(InterfaceName { src_name, dst_prefix: IFNAME_PREFIX.into() }),
+            gateway: gateway(true).filter(|_| has(true)),
+            gateway_ipv6: gateway(false).filter(|_| has(false)),
+            static_routes: Vec::new(),
+            disable_gateway_service: true,
+        })
+    }
+
+    /// The agent attaches the staging namespace; its container end is then
+    /// moved to the host namespace. Returns the interface's name there.
+    async fn build_interface(
+        &self,
+        net: &Network,
+        eid: &str,
+        ep: &EndpointState,
+        staging: &Path,
+        ifname: &str,
+    ) -> Result<String> {
+        netns::create(staging).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let attach = AttachRequest {
+            network: net.id.to_string(),
+            netns: staging.display().to_string(),
+            ips: ep.ips.iter().map(|ip| ip.addr().to_string()).collect(),
+            ifname: Some(ifname.to_string()),
+            container_id: None,
+            name: Some(eid.to_string()),
+            mac: Some(ep.mac.to_string()),
+            docker_endpoint_id: Some(eid.to_string()),
+            reservation: ep.token.clone(),
+        };
+        let _: Endpoint = self.agent("/v1/attach", &attach).await?;
+        let src_name = format!("{SRC_PREFIX}{}", eid.chars().take(8).collect::<String>());
+        netns::move_to_host(staging, ifname, &src_name).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
+        Ok(src_name)
     }
 
     /// The Tessera endpoint of a Docker endpoint, if any.
@@ -662,20 +829,26 @@ impl Plugin {
             Err(e) => return Err(e),
         };
         let known = self.state().endpoints.get(eid).cloned();
-        let (netns, ifname) = match known.as_ref().and_then(|e| Some((e.sandbox.clone()?, e.ifname.clone()?))) {
-            Some(k) => k,
+        let (netns, ifname) = match known.as_ref().and_then(|e| Some((e.staging.clone()?, e.ifname.clone()?))) {
+            Some((s, i)) => (s.display().to_string(), i),
             None => match self.tessera_endpoint(net.id, eid).await? {
                 Some(e) => (e.owner.netns.unwrap_or_default(), e.owner.ifname.unwrap_or_default()),
-                None => return Ok(()),
+                None => {
+                    let _ = netns::delete(&self.staging_path(eid));
+                    return Ok(());
+                }
             },
         };
         let detach = DetachRequest {
-            netns: Some(netns),
+            netns: Some(netns.clone()),
             container_id: None,
             network: Some(net.id.to_string()),
             ifname: Some(ifname),
         };
         let _: serde_json::Value = self.agent("/v1/detach", &detach).await?;
+        if let Err(e) = netns::delete(Path::new(&netns)) {
+            tracing::warn!(error = %e, "cannot remove the staging namespace");
+        }
         if let Some(e) = self.state().endpoints.get_mut(eid) {
             e.phase = Phase::Left;
         }
@@ -705,6 +878,9 @@ impl Plugin {
             self.ctl.delete_endpoint(e.id).await?;
             tracing::info!(network = %net.fq_name, endpoint = %eid, "endpoint deleted");
         }
+        if let Err(e) = netns::delete(&self.staging_path(eid)) {
+            tracing::warn!(error = %e, "cannot remove the staging namespace");
+        }
         Ok(())
     }
 
@@ -712,65 +888,66 @@ impl Plugin {
 
     /// Takes the authz hook's record of the `docker network create` that
     /// Docker is carrying out: same pools, same options.
-    fn take_pending_create(&self, pools: &BTreeSet<IpNet>, options: &BTreeMap<String, String>) -> Option<PendingCreate> {
+    pub(crate) fn take_pending_create(&self, pools: &BTreeSet<IpNet>, options: &BTreeMap<String, String>) -> Option<PendingCreate> {
         let mut st = self.state();
         st.creates.retain(|p| p.at.elapsed() < PENDING_CREATE_TTL);
         let i = st.creates.iter().position(|p| p.pools == *pools && p.options == *options)?;
         Some(st.creates.remove(i))
     }
 
-    /// `AuthZPlugin.AuthZReq`: when dockerd runs with `--authorization-plugin
-    /// tessera`, a `docker network create` for the tessera driver is checked
-    /// here, where its name and labels are visible (the driver protocol never
-    /// shows them): bad input is refused before Docker makes anything.
-    /// Every other request is allowed untouched.
-    pub fn authorize(&self, req: &AuthzRequest) -> AuthzResponse {
-        let path = req.request_uri.split('?').next().unwrap_or_default();
-        if req.request_method != "POST" || !path.ends_with("/networks/create") {
-            return AuthzResponse::allow();
-        }
-        let Ok(create) = crate::protocol::decode::<EngineNetworkCreate>(&req.request_body) else {
-            return AuthzResponse::allow(); // Docker itself answers malformed requests
-        };
-        if create.driver != PLUGIN_NAME {
-            return AuthzResponse::allow();
-        }
-        let ipam = create.ipam.clone().unwrap_or_default();
-        let subnets: Vec<DockerSubnet> = ipam
-            .config
-            .iter()
-            .filter_map(|c| Some(DockerSubnet { pool: c.subnet?, gateway: c.gateway, ip_range: c.ip_range }))
-            .collect();
-        let spec = DockerNetworkSpec {
-            name: create.name.clone(),
-            labels: create.labels.clone(),
-            options: create.options.clone(),
-            subnets: subnets.clone(),
-        };
-        // A network mapped onto an existing Tessera network takes nothing from its labels.
-        if !create.options.contains_key(spec::OPT_NETWORK) && ipam.driver == PLUGIN_NAME {
-            if let Err(e) = spec::network_create(&spec) {
-                tracing::info!(network = %create.name, error = %e, "docker network create refused");
-                return AuthzResponse::deny(format!("{PLUGIN_NAME}: {e}"));
-            }
-        }
+    /// Records a `docker network create` the authz hook saw.
+    pub(crate) fn push_pending_create(&self, create: &EngineNetworkCreate, pools: BTreeSet<IpNet>) {
         let mut st = self.state();
         st.creates.retain(|p| p.at.elapsed() < PENDING_CREATE_TTL);
         st.creates.push(PendingCreate {
-            name: create.name,
-            labels: create.labels,
-            options: create.options,
-            pools: subnets.iter().map(|s| s.pool).collect(),
+            name: create.name.clone(),
+            labels: create.labels.clone(),
+            options: create.options.clone(),
+            pools,
             at: Instant::now(),
         });
-        AuthzResponse::allow()
+    }
+
+    /// The Tessera network a Docker network (name or ID) of this host is bound to, if any.
+    pub(crate) async fn bound_network(&self, reference: &str) -> Result<Option<Network>> {
+        let Some(d) = self.docker.network(reference).await? else { return Ok(None) };
+        let bind = self.state().networks.get(&d.id).map(|ns| ns.tx.borrow().clone());
+        match bind {
+            Some(Bind::Ready(n)) => Ok(Some(n)),
+            Some(_) => Ok(None),
+            None => match self.network_of(&d.id).await {
+                Ok(n) => Ok(Some(n)),
+                Err(DriverError::NotFound(_)) | Err(DriverError::Invalid(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     // ----------------------------------------------------- reconciliation
 
+    /// Removes staging namespaces that no endpoint of this host uses (left by
+    /// a plugin that was killed between `Join` and `Leave`).
+    pub(crate) fn remove_stale_staging(&self, endpoints: &[Endpoint]) {
+        let dir = self.cfg.state_dir.join("netns");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let busy: BTreeSet<PathBuf> = self.state().endpoints.values().filter_map(|e| e.staging.clone()).collect();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let used = endpoints.iter().any(|e| e.owner.netns.as_deref() == Some(path.to_string_lossy().as_ref()));
+            if used || busy.contains(&path) {
+                continue;
+            }
+            match netns::delete(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a stale staging namespace"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove a stale staging namespace"),
+            }
+        }
+    }
+
     /// Executes one reconciliation plan; every action is tried, failures
     /// are logged (the next round retries them).
     pub(crate) async fn execute(&self, actions: Vec<plan::Action>, networks: &[Network], docker: &[DockerNetwork]) {
+        let mut fresh: Option<Vec<Network>> = None;
         for a in actions {
             let result: Result<()> = match &a {
                 plan::Action::Bind { docker_id, network } => {
@@ -790,12 +967,26 @@ impl Plugin {
                     self.docker.create_network(request).await.map(|_| ()).map_err(Into::into)
                 }
                 plan::Action::DeleteDockerNetwork { docker_id, name } => {
-                    tracing::info!(network = %name, "removing a network whose Tessera network is gone from this host's Docker");
-                    let r = self.docker.delete_network(docker_id).await;
-                    if r.is_ok() {
-                        self.forget_network(docker_id);
+                    // The snapshot may lag behind the controller: ask it before removing anything.
+                    let fresh = match &fresh {
+                        Some(f) => f,
+                        None => fresh.insert(self.ctl.networks().await.unwrap_or_else(|_| networks.to_vec())),
+                    };
+                    let d = docker.iter().find(|d| d.id == *docker_id);
+                    match d.and_then(|d| plan::tessera_network_of(d, fresh).map(|n| (d, n))) {
+                        Some((d, n)) => {
+                            self.bind(docker_id, n.clone(), &d.subnets);
+                            Ok(())
+                        }
+                        None => {
+                            tracing::info!(network = %name, "removing a network whose Tessera network is gone from this host's Docker");
+                            let r = self.docker.delete_network(docker_id).await;
+                            if r.is_ok() {
+                                self.forget_network(docker_id);
+                            }
+                            r.map_err(Into::into)
+                        }
                     }
-                    r.map_err(Into::into)
                 }
                 plan::Action::DeleteEndpoint { id, name } => {
                     tracing::info!(endpoint = %name, "deleting an endpoint whose Docker endpoint is gone");
@@ -826,48 +1017,8 @@ mod tests {
             docker_host: "unix:///nonexistent/docker.sock".into(),
             socket: "/nonexistent/tessera.sock".into(),
             state_dir: "/nonexistent".into(),
+            address_hold: Duration::from_secs(30),
         })
-    }
-
-    fn authz_create(body: serde_json::Value) -> AuthzRequest {
-        AuthzRequest {
-            request_method: "POST".into(),
-            request_uri: "/v1.41/networks/create".into(),
-            request_body: body.to_string().into_bytes(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn authz_refuses_a_malformed_rt_label_and_allows_everything_else() {
-        let p = plugin();
-        let bad = authz_create(serde_json::json!({
-            "Name": "net4", "Driver": "tessera", "Labels": {"rt": "banana"},
-            "IPAM": {"Driver": "tessera", "Config": [{"Subnet": "10.0.0.0/24"}]}
-        }));
-        let r = p.authorize(&bad);
-        assert!(!r.allow);
-        assert!(r.msg.contains("label rt") && r.msg.contains("banana"), "{}", r.msg);
-        let other = AuthzRequest { request_method: "GET".into(), request_uri: "/v1.41/containers/json".into(), ..Default::default() };
-        assert!(p.authorize(&other).allow);
-        let bridge = authz_create(serde_json::json!({"Name": "b", "Driver": "bridge", "Labels": {"rt": "banana"}}));
-        assert!(p.authorize(&bridge).allow);
-    }
-
-    #[test]
-    fn authz_remembers_the_name_for_create_network() {
-        let p = plugin();
-        let ok = authz_create(serde_json::json!({
-            "Name": "net4", "Driver": "tessera", "Labels": {"rt": "64512:100"}, "Options": {"vni": "7"},
-            "IPAM": {"Driver": "tessera", "Config": [{"Subnet": "10.0.0.0/24"}]}
-        }));
-        assert!(p.authorize(&ok).allow);
-        let pools = BTreeSet::from(["10.0.0.0/24".parse().unwrap()]);
-        let opts = BTreeMap::from([("vni".to_string(), "7".to_string())]);
-        assert!(p.take_pending_create(&pools, &BTreeMap::new()).is_none(), "options must match too");
-        let seen = p.take_pending_create(&pools, &opts).unwrap();
-        assert_eq!((seen.name.as_str(), seen.labels["rt"].as_str()), ("net4", "64512:100"));
-        assert!(p.take_pending_create(&pools, &opts).is_none(), "taken once");
     }
 
     #[test]

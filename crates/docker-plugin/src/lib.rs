@@ -10,10 +10,12 @@
 //! [`docker`] and [`ctl`] (clients of the Engine API and of the controller).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod ctl;
 pub mod docker;
 pub mod driver;
 pub mod names;
+pub mod netns;
 pub mod plan;
 pub mod pool;
 pub mod protocol;

@@ -119,7 +119,7 @@ pub async fn create(path: &Path) -> Result<(), NetnsError> {
     }
     // The loopback of the new namespace, up, as in any container.
     in_netns("bring up lo in", path, |h, _| async move {
-        let mut links = h.link().get().match_name("lo".into()).execute();
+        let mut links = h.link().get().match_name("lo".to_string()).execute();
         if let Some(lo) = links.try_next().await.map_err(|e| e.to_string())? {
             h.link().set(LinkUnspec::new_with_index(lo.header.index).up().build()).execute().await.map_err(|e| e.to_string())?;
         }

@@ -216,7 +216,7 @@ async fn release_address(State(p): P, bytes: Bytes) -> Response {
 
 async fn authz_request(State(p): P, bytes: Bytes) -> Response {
     match decode::<AuthzRequest>(&bytes) {
-        Ok(req) => ok(&p.authorize(&req)),
+        Ok(req) => ok(&p.authorize(&req).await),
         // Never stand in dockerd's way over a request the hook cannot read.
         Err(e) => {
             tracing::warn!(error = %e, "undecodable authz request; allowed");

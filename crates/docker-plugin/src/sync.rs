@@ -49,11 +49,14 @@ pub async fn run(plugin: Arc<Plugin>) {
     let mut docker_down = false;
     loop {
         let mut forced = false;
+        let release_in = plugin.next_release_in();
+        let wait = release_in.map_or(SYNC_EVERY, |d| d.min(SYNC_EVERY));
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = plugin.kick.notified() => forced = true,
-            _ = tokio::time::sleep(SYNC_EVERY) => forced = true,
+            _ = tokio::time::sleep(wait) => forced = release_in.is_none_or(|d| d >= SYNC_EVERY),
         }
+        plugin.release_expired().await;
         let Some(snap) = rx.borrow_and_update().clone() else { continue };
         let key = docker_networks_key(&snap);
         let cleanup = *connected.borrow() && last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY);
@@ -109,6 +112,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         }
         plugin.execute(actions, &snap.networks, &docker).await;
         if cleanup {
+            plugin.remove_stale_staging(&view.endpoints);
             last_cleanup = Some(Instant::now());
         }
         last_key = Some(key);

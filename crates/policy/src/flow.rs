@@ -156,20 +156,26 @@ impl FlowBox {
         ]
     }
 
-    /// A stable 64-bit hash of the box (FNV-1a over its fields), the same in
-    /// every build and on every host.
+    /// A stable 64-bit hash of the box, the same in every build and on
+    /// every host (a multiply-xorshift mix of its fields).
     pub fn stable_hash(&self) -> u64 {
-        let mut h = Fnv::new();
-        h.byte(match self.family {
-            Family::V4 => 4,
-            Family::V6 => 6,
-        });
-        for (lo, hi) in self.dims() {
-            h.bytes(&lo.to_be_bytes());
-            h.bytes(&hi.to_be_bytes());
+        let mut h = mix(0x243f_6a88_85a3_08d3, self.family as u64);
+        for v in [self.src.0, self.src.1, self.dst.0, self.dst.1] {
+            h = mix(mix(h, v as u64), (v >> 64) as u64);
         }
-        h.finish()
+        let small = u64::from(self.proto.0)
+            | u64::from(self.proto.1) << 8
+            | u64::from(self.sport.0) << 16
+            | u64::from(self.sport.1) << 32
+            | u64::from(self.dport.0) << 48;
+        mix(mix(h, small), u64::from(self.dport.1))
     }
+}
+
+/// One step of a stable 64-bit mixing hash.
+pub fn mix(h: u64, v: u64) -> u64 {
+    let x = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
 }
 
 /// Writes an address range the way nft does: `A`, `A/LEN` or `A-B`.

@@ -20,6 +20,10 @@ use tessera_fabric::{spawn_in, Netns};
 /// The image tag [`Dockerd::import_busybox`] creates.
 pub const BUSYBOX_IMAGE: &str = "tessera/busybox";
 
+/// How long the plugins of [`DockerHost`]s hold a released address (short, so
+/// that tests need not wait long to see every address free again).
+pub const ADDRESS_HOLD_SECS: u64 = 8;
+
 /// Where dockerd looks for plugin sockets.
 const PLUGINS_DIR: &str = "/run/docker/plugins";
 
@@ -335,6 +339,11 @@ impl DockerHost {
         self.dir.join("plugin.log")
     }
 
+    /// The plugin's `--state-dir` (its staging namespaces are under `netns/`).
+    pub fn plugin_state_dir(&self) -> PathBuf {
+        self.dir.join("plugin-state")
+    }
+
     /// Starts (or restarts) the plugin and waits until its socket answers.
     pub fn start_plugin(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(self.plugins_dir())?;
@@ -354,7 +363,9 @@ impl DockerHost {
             .arg("--docker-host")
             .arg(format!("unix://{}", self.dir.join("docker").join("docker.sock").display()))
             .arg("--state-dir")
-            .arg(self.dir.join("plugin-state"))
+            .arg(self.plugin_state_dir())
+            .arg("--address-hold")
+            .arg(ADDRESS_HOLD_SECS.to_string())
             .env("TESSERA_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -412,6 +423,14 @@ impl Drop for DockerHost {
         // dockerd first, while the plugin still serves its containers' leaving.
         drop(self.dockerd.take());
         self.kill_plugin();
+        // Staging namespaces the plugin left (it cleans up at Leave; a killed one cannot).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut under: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&self.dir)).collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -21,9 +21,13 @@ pub struct Args {
     /// This host's name in the fabric, as its agent was started with.
     #[arg(long)]
     host: String,
-    /// Where the plugin keeps its mirror of the controller.
+    /// Where the plugin keeps its state (a mirror of the controller, staging namespaces).
     #[arg(long, default_value = "/var/lib/tessera/docker-plugin")]
     state_dir: PathBuf,
+    /// Seconds a released address stays held for the next container of this
+    /// host in its subnet, so that a restarted container keeps its address.
+    #[arg(long, default_value_t = 30)]
+    address_hold: u64,
 }
 
 pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
@@ -34,6 +38,7 @@ pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
         docker_host: a.docker_host,
         socket: a.socket,
         state_dir: a.state_dir,
+        address_hold: std::time::Duration::from_secs(a.address_hold),
     };
     tessera_docker_plugin::run(cfg, super::controller::shutdown_signal()).await
 }

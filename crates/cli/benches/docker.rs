@@ -1,0 +1,102 @@
+//! `docker run` to a container with a working network, Tessera ÷ Docker's
+//! own bridge driver, measured in the same run on the same machine.
+//!
+//! One host of a Tessera fabric (controller, agent, `tessera docker-plugin`)
+//! with two real dockerds side by side in its namespace: one using Tessera
+//! (`-d tessera --ipam-driver tessera`, the plugin also its authz hook, as
+//! the privileged tests run it), one plain with a user-defined bridge network
+//! (`-d bridge`, Docker's IPAM). For each, `CONTAINERS` times, interleaved:
+//! the time from `docker run -d` until a ping from inside the container to
+//! its network's gateway first succeeds. Prints the figures and the ratio
+//! (goal: Tessera ≤ 1.2 × bridge).
+
+use std::time::{Duration, Instant};
+
+use tessera_testkit::docker::{DockerHost, Dockerd, BUSYBOX_IMAGE};
+use tessera_testkit::{Cluster, ClusterSpec};
+
+const CONTAINERS: usize = 20;
+
+/// Runs a container and pings the gateway from inside until it answers; the elapsed time.
+fn run_until_ping(d: &Dockerd, name: &str, network: &str, gateway: &str) -> Duration {
+    let t = Instant::now();
+    d.docker_ok(&["run", "-d", "--name", name, "--net", network, BUSYBOX_IMAGE, "sleep", "3600"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let deadline = t + Duration::from_secs(30);
+    loop {
+        let out = d.docker(&["exec", name, "ping", "-c", "1", "-W", "1", gateway]).unwrap();
+        if out.status.success() {
+            return t.elapsed();
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {gateway}");
+    }
+}
+
+struct Stats {
+    median: f64,
+    p90: f64,
+    mean: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p90: at(0.9),
+        mean: ms.iter().sum::<f64>() / ms.len() as f64,
+        min: ms[0],
+        max: ms[ms.len() - 1],
+    }
+}
+
+fn show(label: &str, s: &Stats) {
+    println!(
+        "  {label:<8} median {:>7.1} ms  p90 {:>7.1} ms  mean {:>7.1} ms  min {:>7.1} ms  max {:>7.1} ms",
+        s.median, s.p90, s.mean, s.min, s.max
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("tdb{}", std::process::id() % 100_000);
+    let c = Cluster::start(ClusterSpec::new(&prefix, &["h1"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
+        .unwrap_or_else(|e| panic!("cannot start a Tessera fabric (run as root): {e:#}"));
+    let tessera = DockerHost::start(&c, "h1", &dir.path().join("tessera"))
+        .unwrap_or_else(|e| panic!("cannot start dockerd with the plugin (apt-get install docker.io): {e:#}"));
+    let bridge = Dockerd::start(c.host_netns("h1").unwrap(), &dir.path().join("bridge")).unwrap();
+    tessera.dockerd().import_busybox().unwrap();
+    bridge.import_busybox().unwrap();
+    tessera
+        .docker_ok(&["network", "create", "-d", "tessera", "--ipam-driver", "tessera", "--subnet", "10.91.0.0/24", "tnet"])
+        .unwrap();
+    bridge.docker_ok(&["network", "create", "-d", "bridge", "--subnet", "10.92.0.0/24", "bnet"]).unwrap();
+
+    // One of each first, untimed: image and page caches, lazy plugin activation.
+    run_until_ping(tessera.dockerd(), "warm-t", "tnet", "10.91.0.1");
+    run_until_ping(&bridge, "warm-b", "bnet", "10.92.0.1");
+
+    let mut t_ms = Vec::new();
+    let mut b_ms = Vec::new();
+    for i in 0..CONTAINERS {
+        t_ms.push(run_until_ping(tessera.dockerd(), &format!("t{i}"), "tnet", "10.91.0.1").as_secs_f64() * 1e3);
+        b_ms.push(run_until_ping(&bridge, &format!("b{i}"), "bnet", "10.92.0.1").as_secs_f64() * 1e3);
+    }
+    let (t, b) = (stats(t_ms), stats(b_ms));
+    println!("docker run until the first ping from inside succeeds, {CONTAINERS} containers each (interleaved):");
+    show("tessera", &t);
+    show("bridge", &b);
+    println!(
+        "  ratio tessera ÷ bridge: median {:.2}, mean {:.2}, p90 {:.2} (goal ≤ 1.2)",
+        t.median / b.median,
+        t.mean / b.mean,
+        t.p90 / b.p90
+    );
+    drop(bridge);
+    drop(tessera);
+}
