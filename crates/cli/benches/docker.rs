@@ -6,9 +6,9 @@
 //! (`-d tessera --ipam-driver tessera`, the plugin also its authz hook, as
 //! the privileged tests run it), one plain with a user-defined bridge network
 //! (`-d bridge`, Docker's IPAM). For each, `CONTAINERS` times, interleaved:
-//! the time from `docker run -d` until a ping from inside the container to
-//! its network's gateway first succeeds. Prints the figures and the ratio
-//! (goal: Tessera ≤ 1.2 × bridge).
+//! the time from `docker run -d` until a ping from inside the new container
+//! to a peer container of its network first succeeds. Prints the figures and
+//! the ratio (goal: Tessera ≤ 1.2 × bridge).
 
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,18 @@ use tessera_testkit::{Cluster, ClusterSpec};
 
 const CONTAINERS: usize = 20;
 
-/// Runs a container and pings the gateway from inside until it answers; the elapsed time.
-fn run_until_ping(d: &Dockerd, name: &str, network: &str, gateway: &str) -> Duration {
+/// Runs a container and pings `peer` from inside until it answers; the elapsed time.
+fn run_until_ping(d: &Dockerd, name: &str, network: &str, peer: &str) -> Duration {
     let t = Instant::now();
     d.docker_ok(&["run", "-d", "--name", name, "--net", network, BUSYBOX_IMAGE, "sleep", "3600"])
         .unwrap_or_else(|e| panic!("{e:#}"));
     let deadline = t + Duration::from_secs(30);
     loop {
-        let out = d.docker(&["exec", name, "ping", "-c", "1", "-W", "1", gateway]).unwrap();
+        let out = d.docker(&["exec", name, "ping", "-c", "1", "-W", "1", peer]).unwrap();
         if out.status.success() {
             return t.elapsed();
         }
-        assert!(Instant::now() < deadline, "{name} never reached {gateway}");
+        assert!(Instant::now() < deadline, "{name} never reached {peer}");
     }
 }
 
@@ -77,18 +77,29 @@ fn main() {
         .unwrap();
     bridge.docker_ok(&["network", "create", "-d", "bridge", "--subnet", "10.92.0.0/24", "bnet"]).unwrap();
 
-    // One of each first, untimed: image and page caches, lazy plugin activation.
-    run_until_ping(tessera.dockerd(), "warm-t", "tnet", "10.91.0.1");
-    run_until_ping(&bridge, "warm-b", "bnet", "10.92.0.1");
+    // A peer in each network to ping, started untimed (it also warms the caches).
+    let peer = |d: &Dockerd, network: &str| {
+        d.docker_ok(&["run", "-d", "--name", "peer", "--net", network, BUSYBOX_IMAGE, "sleep", "3600"]).unwrap();
+        d.docker_ok(&["inspect", "-f", &format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}"), "peer"]).unwrap()
+    };
+    let t_peer = peer(tessera.dockerd(), "tnet");
+    let b_peer = peer(&bridge, "bnet");
+    run_until_ping(tessera.dockerd(), "warm-t", "tnet", &t_peer);
+    run_until_ping(&bridge, "warm-b", "bnet", &b_peer);
 
     let mut t_ms = Vec::new();
     let mut b_ms = Vec::new();
     for i in 0..CONTAINERS {
-        t_ms.push(run_until_ping(tessera.dockerd(), &format!("t{i}"), "tnet", "10.91.0.1").as_secs_f64() * 1e3);
-        b_ms.push(run_until_ping(&bridge, &format!("b{i}"), "bnet", "10.92.0.1").as_secs_f64() * 1e3);
+        t_ms.push(run_until_ping(tessera.dockerd(), &format!("t{i}"), "tnet", &t_peer).as_secs_f64() * 1e3);
+        b_ms.push(run_until_ping(&bridge, &format!("b{i}"), "bnet", &b_peer).as_secs_f64() * 1e3);
+    }
+    if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
+        for (i, (t, b)) in t_ms.iter().zip(&b_ms).enumerate() {
+            println!("  #{i:<2} tessera {t:>7.1} ms  bridge {b:>7.1} ms");
+        }
     }
     let (t, b) = (stats(t_ms), stats(b_ms));
-    println!("docker run until the first ping from inside succeeds, {CONTAINERS} containers each (interleaved):");
+    println!("docker run until the first ping from inside to a peer succeeds, {CONTAINERS} containers each (interleaved):");
     show("tessera", &t);
     show("bridge", &b);
     println!(
@@ -97,6 +108,12 @@ fn main() {
         t.mean / b.mean,
         t.p90 / b.p90
     );
+    if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
+        let log = std::fs::read_to_string(tessera.plugin_log()).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("interface built") || l.contains("Join answered")) {
+            println!("{l}");
+        }
+    }
     drop(bridge);
     drop(tessera);
 }

@@ -51,6 +51,14 @@ pub enum Action {
     NftMapElementsAdd { map: String, elements: Vec<MapElement> },
     /// `nft delete element inet tessera_policy MAP { KEY, ... }`
     NftMapElementsDelete { map: String, elements: Vec<MapElement> },
+    /// `nft flush map inet tessera_policy NAME`: empties a map whose elements
+    /// are not known (before adding them all).
+    NftMapFlush { map: String },
+    /// `nft delete element inet tessera_policy digests { KEY, ... }; add
+    /// element inet tessera_policy digests { KEY : VALUE, ... }` (128-bit
+    /// keys and values written as IPv6 addresses): records the digests of
+    /// the chains and maps the same transaction writes.
+    NftDigestsUpdate { deletes: Vec<(u128, u128)>, adds: Vec<(u128, u128)> },
     /// `nft add chain inet tessera_policy NAME; flush chain ...; add rule
     /// inet tessera_policy NAME RULE` for each rule: creates the chain or
     /// replaces its rules.
@@ -141,6 +149,8 @@ impl Action {
             Action::NftMapDelete { .. } => "NftMapDelete",
             Action::NftMapElementsAdd { .. } => "NftMapElementsAdd",
             Action::NftMapElementsDelete { .. } => "NftMapElementsDelete",
+            Action::NftMapFlush { .. } => "NftMapFlush",
+            Action::NftDigestsUpdate { .. } => "NftDigestsUpdate",
             Action::NftChainInstall { .. } => "NftChainInstall",
             Action::NftChainDelete { .. } => "NftChainDelete",
             Action::ConntrackZoneFlush { .. } => "ConntrackZoneFlush",
@@ -179,6 +189,8 @@ impl Action {
                 | Action::NftMapDelete { .. }
                 | Action::NftMapElementsAdd { .. }
                 | Action::NftMapElementsDelete { .. }
+                | Action::NftMapFlush { .. }
+                | Action::NftDigestsUpdate { .. }
                 | Action::NftChainInstall { .. }
                 | Action::NftChainDelete { .. }
         )
@@ -283,6 +295,20 @@ impl fmt::Display for Action {
                 Ok(())
             }
             Action::NftChainDelete { name } => write!(f, "nft delete chain inet {POLICY_TABLE} {name}"),
+            Action::NftMapFlush { map } => write!(f, "nft flush map inet {POLICY_TABLE} {map}"),
+            Action::NftDigestsUpdate { deletes, adds } => {
+                let v6 = |x: &u128| std::net::Ipv6Addr::from(*x);
+                f.write_str("nft")?;
+                if !deletes.is_empty() {
+                    let keys: Vec<String> = deletes.iter().map(|(k, _)| v6(k).to_string()).collect();
+                    write!(f, " delete element inet {POLICY_TABLE} digests {{ {} }};", keys.join(", "))?;
+                }
+                if !adds.is_empty() {
+                    let pairs: Vec<String> = adds.iter().map(|(k, v)| format!("{} : {}", v6(k), v6(v))).collect();
+                    write!(f, " add element inet {POLICY_TABLE} digests {{ {} }}", pairs.join(", "))?;
+                }
+                Ok(())
+            }
             Action::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
             Action::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
             Action::LinkAddBridge { name, mac, mtu } => {

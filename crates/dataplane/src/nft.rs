@@ -37,7 +37,7 @@ use tessera_policy::{Family, FlowBox, Verdict};
 
 use crate::action::Action;
 use crate::observed::{ElementVerdict, MapElement, NftElement, NftState, ObservedChain};
-use crate::policy::{key_text, map_order, map_type, parse_digest_comment, ElementCounter, POLICY_TABLE};
+use crate::policy::{derive_digests, key_text, map_order, map_type, skeleton_marker, ElementCounter, DIGESTS, POLICY_TABLE};
 
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`skeleton_script`] changes: agents then
@@ -108,17 +108,23 @@ table bridge tessera {{
 table inet {p} {{}}
 delete table inet {p}
 table inet {p} {{
+    map digests {{
+        type ipv6_addr : ipv6_addr
+        elements = {{ {mk} : {mv} }}
+    }}
     chain dispatch {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         ct state established,related accept
-        jump dispatch comment "{v}"
+        jump dispatch
     }}
 }}
 "#,
         v = SKELETON_VERSION,
         p = POLICY_TABLE,
+        mk = std::net::Ipv6Addr::from(skeleton_marker().0),
+        mv = std::net::Ipv6Addr::from(skeleton_marker().1),
     )
 }
 
@@ -170,21 +176,31 @@ pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
             Action::NftChainDelete { name } => {
                 let _ = writeln!(out, "delete chain inet {POLICY_TABLE} {name}");
             }
+            Action::NftMapFlush { map } => {
+                let _ = writeln!(out, "flush map inet {POLICY_TABLE} {map}");
+            }
+            Action::NftDigestsUpdate { deletes, adds } => {
+                let v6 = |x: &u128| std::net::Ipv6Addr::from(*x).to_string();
+                let dels = deletes.iter().map(|(k, _)| v6(k));
+                element_lines(&mut out, "delete", DIGESTS, dels);
+                let ads = adds.iter().map(|(k, v)| format!("{} : {}", v6(k), v6(v)));
+                element_lines(&mut out, "add", DIGESTS, ads);
+            }
             _ => {}
         }
     }
     out
 }
 
-/// What `nft -j -t list table inet tessera_policy` says: the chains (with
-/// the digest and verdict of their last rule), the verdict maps (family, and
-/// the digest in the comment of the rule that looks them up), and whether
-/// the skeleton marker is there.
+/// What the cheap listings of `inet tessera_policy` say: `nft -j list
+/// chains` (the planner-managed chains: those of the table without a hook),
+/// `nft -j -t list maps` (the verdict maps and their families) and `nft -j
+/// list map inet tessera_policy digests`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyListing {
-    pub marker: bool,
-    pub chains: BTreeMap<String, ObservedChain>,
-    pub maps: BTreeMap<String, (Family, Option<u64>)>,
+    pub chains: BTreeSet<String>,
+    pub maps: BTreeMap<String, Family>,
+    pub digests: BTreeMap<u128, u128>,
 }
 
 fn nft_objects(doc: &str) -> Result<Vec<Value>, String> {
@@ -192,60 +208,45 @@ fn nft_objects(doc: &str) -> Result<Vec<Value>, String> {
     v.get("nftables").and_then(Value::as_array).cloned().ok_or_else(|| "nft output has no \"nftables\" array".to_string())
 }
 
-fn verdict_of(expr: &Value) -> Option<Verdict> {
-    let last = expr.as_array()?.last()?;
-    if last.get("return").is_some() {
-        Some(Verdict::Pass)
-    } else if last.get("drop").is_some() {
-        Some(Verdict::Deny)
-    } else if last.get("goto").is_some() {
-        Some(Verdict::Reject)
-    } else {
-        None
-    }
+fn ours(obj: &Value) -> bool {
+    obj.get("family").and_then(Value::as_str) == Some("inet") && obj.get("table").and_then(Value::as_str) == Some(POLICY_TABLE)
 }
 
-/// Parses a terse (`-t`) JSON listing of `inet tessera_policy`.
-pub fn parse_policy_listing(doc: &str) -> Result<PolicyListing, String> {
+/// Parses the three listings (`None` for the digests when the table does
+/// not exist).
+pub fn parse_policy_listing(chains: &str, maps: &str, digests: Option<&str>) -> Result<PolicyListing, String> {
     let mut out = PolicyListing::default();
-    let mut last_rule: BTreeMap<String, (Option<u64>, Option<Verdict>)> = BTreeMap::new();
-    for obj in nft_objects(doc)? {
-        if let Some(chain) = obj.get("chain") {
-            let name = chain.get("name").and_then(Value::as_str).unwrap_or_default();
-            if chain.get("hook").is_none() {
-                last_rule.entry(name.to_string()).or_insert((None, None));
-            }
-        } else if let Some(map) = obj.get("map") {
-            let name = map.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            let first = map.get("type").and_then(Value::as_array).and_then(|t| t.first()).and_then(Value::as_str);
-            let family = match first {
-                Some("ipv4_addr") => Family::V4,
-                Some("ipv6_addr") => Family::V6,
-                _ => continue,
-            };
-            out.maps.entry(name).or_insert((family, None)).0 = family;
-        } else if let Some(rule) = obj.get("rule") {
-            let chain = rule.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
-            let comment = rule.get("comment").and_then(Value::as_str);
-            if comment == Some(crate::nft::SKELETON_VERSION) {
-                out.marker = true;
-            }
-            let digest = comment.and_then(parse_digest_comment);
-            let expr = rule.get("expr").cloned().unwrap_or(Value::Null);
-            // A lookup rule: its comment is the digest of its map.
-            let looked_up = expr.as_array().into_iter().flatten().find_map(|x| {
-                x.get("vmap").and_then(|v| v.get("data")).and_then(Value::as_str).and_then(|d| d.strip_prefix('@'))
-            });
-            if let Some(map) = looked_up {
-                let entry = out.maps.entry(map.to_string()).or_insert((Family::V4, None));
-                entry.1 = digest;
-            }
-            if let Some(slot) = last_rule.get_mut(&chain) {
-                *slot = (digest, verdict_of(&expr));
-            }
+    for obj in nft_objects(chains)? {
+        let Some(chain) = obj.get("chain").filter(|c| ours(c)) else { continue };
+        if chain.get("hook").is_none() {
+            out.chains.insert(chain.get("name").and_then(Value::as_str).unwrap_or_default().to_string());
         }
     }
-    out.chains = last_rule.into_iter().map(|(name, (digest, default))| (name, ObservedChain { digest, default })).collect();
+    for obj in nft_objects(maps)? {
+        let Some(map) = obj.get("map").filter(|m| ours(m)) else { continue };
+        let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
+        let types: Vec<&str> = map.get("type").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let family = if types.contains(&"ipv6_addr") {
+            Family::V6
+        } else if types.contains(&"ipv4_addr") {
+            Family::V4
+        } else {
+            continue;
+        };
+        if name != DIGESTS {
+            out.maps.insert(name.to_string(), family);
+        }
+    }
+    let Some(digests) = digests else { return Ok(out) };
+    let v6 = |v: &Value| -> Option<u128> { v.as_str()?.parse::<std::net::Ipv6Addr>().ok().map(u128::from) };
+    for obj in nft_objects(digests)? {
+        let Some(map) = obj.get("map") else { continue };
+        for elem in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            let pair = elem.as_array().filter(|p| p.len() == 2).ok_or_else(|| format!("cannot read digest {elem}"))?;
+            let (Some(k), Some(v)) = (v6(&pair[0]), v6(&pair[1])) else { return Err(format!("cannot read digest {elem}")) };
+            out.digests.insert(k, v);
+        }
+    }
     Ok(out)
 }
 
@@ -353,9 +354,9 @@ pub fn policy_map_counters(map: &str, doc: &str) -> Result<Vec<ElementCounter>, 
 
 /// Parses the output of `nft -j list table inet tessera` and
 /// `nft -j list table bridge tessera` (`None` for a table that does not
-/// exist), and the policy table's listing. Unknown objects are ignored; an
+/// exist), and the policy table's listings. Unknown objects are ignored; an
 /// element that cannot be read is an error. The policy maps' elements are
-/// not in a terse listing: they are left empty here.
+/// left unknown here.
 pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&PolicyListing>) -> Result<NftState, String> {
     let mut state = NftState::default();
     let mut markers = 0;
@@ -386,17 +387,18 @@ pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&Po
         }
     }
     if let Some(p) = policy {
-        if p.marker {
+        let (mk, mv) = skeleton_marker();
+        if p.digests.get(&mk) == Some(&mv) {
             markers += 1;
         }
-        state.policy.chains = p.chains.clone();
+        state.policy.chains = p.chains.iter().map(|n| (n.clone(), ObservedChain::default())).collect();
         state.policy.maps = p
             .maps
             .iter()
-            .map(|(name, (family, _))| {
-                (name.clone(), crate::observed::ObservedMap::of(*family, BTreeSet::new()))
-            })
+            .map(|(name, family)| (name.clone(), crate::observed::ObservedMap { family: *family, digest: None, elements: None }))
             .collect();
+        state.policy.digests = p.digests.clone();
+        derive_digests(&mut state.policy);
     }
     if markers == 3 {
         state.skeleton = Some(SKELETON_VERSION.to_string());
@@ -477,16 +479,36 @@ mod tests {
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
       {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v2", "expr": []}}]}"#;
 
-    const POLICY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
-      {"table": {"family": "inet", "name": "tessera_policy", "handle": 1}},
-      {"map": {"family": "inet", "name": "m1_2_0_0_4_0", "table": "tessera_policy", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"], "stmt": [{"counter": null}]}},
+    const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "forward", "handle": 2, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "l1_2_0", "handle": 5}},
-      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "forward", "handle": 4, "comment": "tessera-v2", "expr": [{"jump": {"target": "dispatch"}}]}},
-      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "l1_2_0", "handle": 6, "comment": "d=00000000000000ab",
-                "expr": [{"vmap": {"key": {"concat": []}, "data": "@m1_2_0_0_4_0"}}]}},
-      {"rule": {"family": "inet", "table": "tessera_policy", "chain": "l1_2_0", "handle": 7, "comment": "d=00000000000000cd", "expr": [{"drop": null}]}}]}"#;
+      {"chain": {"family": "inet", "table": "other", "name": "l9_9_0", "handle": 5}}]}"#;
+
+    const MAPS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+      {"map": {"family": "inet", "name": "digests", "table": "tessera_policy", "type": "ipv6_addr", "handle": 2, "map": "ipv6_addr"}},
+      {"map": {"family": "inet", "name": "m1_2_0_0_4_0_40123", "table": "tessera_policy", "type": ["inet_service", "ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"], "stmt": [{"counter": null}]}}]}"#;
+
+    fn digests_doc(pairs: &[(u128, u128)]) -> String {
+        let elems: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("[\"{}\", \"{}\"]", std::net::Ipv6Addr::from(*k), std::net::Ipv6Addr::from(*v)))
+            .collect();
+        format!(
+            r#"{{"nftables": [{{"map": {{"family": "inet", "name": "digests", "table": "tessera_policy", "type": "ipv6_addr", "map": "ipv6_addr", "elem": [{}]}}}}]}}"#,
+            elems.join(", ")
+        )
+    }
+
+    fn policy_listing() -> PolicyListing {
+        use crate::policy::{chain_digest_value, map_digest_value, name_key};
+        let doc = digests_doc(&[
+            skeleton_marker(),
+            (name_key("l1_2_0"), chain_digest_value(0xcd, Some(Verdict::Deny))),
+            (name_key("m1_2_0_0_4_0_40123"), map_digest_value(0xab)),
+        ]);
+        parse_policy_listing(CHAINS, MAPS, Some(&doc)).unwrap()
+    }
 
     const MAP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "inet", "name": "m1_2_0_0_4_0_01234", "table": "tessera_policy",
       "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 3, "map": "verdict", "flags": ["interval"],
@@ -500,8 +522,7 @@ mod tests {
 
     #[test]
     fn parses_the_tables_and_their_elements() {
-        let policy = parse_policy_listing(POLICY).unwrap();
-        let state = parse_tables(Some(INET), Some(BRIDGE), Some(&policy)).unwrap();
+        let state = parse_tables(Some(INET), Some(BRIDGE), Some(&policy_listing())).unwrap();
         assert_eq!(state.skeleton.as_deref(), Some(SKELETON_VERSION));
         let port = "tv12345678".to_string();
         let want: BTreeSet<NftElement> = [
@@ -519,12 +540,21 @@ mod tests {
 
     #[test]
     fn reads_policy_chains_maps_and_digests() {
-        let p = parse_policy_listing(POLICY).unwrap();
-        assert!(p.marker);
+        let state = parse_tables(Some(INET), Some(BRIDGE), Some(&policy_listing())).unwrap();
+        let p = &state.policy;
         assert_eq!(p.chains["l1_2_0"], ObservedChain { digest: Some(0xcd), default: Some(Verdict::Deny) });
         assert_eq!(p.chains["dispatch"], ObservedChain { digest: None, default: None });
         assert!(!p.chains.contains_key("forward"), "base chains are the skeleton's");
-        assert_eq!(p.maps["m1_2_0_0_4_0"], (Family::V4, Some(0xab)));
+        assert!(!p.chains.contains_key("l9_9_0"), "chains of other tables are not ours");
+        let m = &p.maps["m1_2_0_0_4_0_40123"];
+        assert_eq!((m.family, m.digest, m.elements.is_none()), (Family::V4, Some(0xab), true));
+        assert!(!p.maps.contains_key("digests"));
+    }
+
+    #[test]
+    fn without_the_marker_the_skeleton_is_outdated() {
+        let listing = parse_policy_listing(CHAINS, MAPS, Some(&digests_doc(&[]))).unwrap();
+        assert_eq!(parse_tables(Some(INET), Some(BRIDGE), Some(&listing)).unwrap().skeleton, None);
     }
 
     #[test]
@@ -561,6 +591,8 @@ mod tests {
 
     #[test]
     fn skeleton_carries_its_version_in_every_table() {
-        assert_eq!(skeleton_script().matches(SKELETON_VERSION).count(), 3);
+        let script = skeleton_script();
+        assert_eq!(script.matches(SKELETON_VERSION).count(), 2);
+        assert!(script.contains(&std::net::Ipv6Addr::from(skeleton_marker().1).to_string()));
     }
 }

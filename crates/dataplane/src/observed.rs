@@ -195,22 +195,23 @@ pub struct NftState {
     pub policy: PolicyState,
 }
 
-/// The planner-managed part of `inet tessera_policy`: chains, known by the
-/// digest their last rule carries, and verdict maps with their elements.
+/// The planner-managed part of `inet tessera_policy`: chains and verdict
+/// maps, with the digests recorded for them in the `digests` map (see
+/// [`crate::policy`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyState {
     pub chains: BTreeMap<String, ObservedChain>,
     pub maps: BTreeMap<String, ObservedMap>,
+    /// The elements of the `digests` map, as they are.
+    pub digests: BTreeMap<u128, u128>,
 }
 
 /// A chain of `inet tessera_policy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedChain {
-    /// The digest in the comment (`d=HEX`) of its last rule; `None` when it
-    /// has none (an empty or foreign chain).
+    /// The digest of its rules recorded in `digests`; `None` when none is.
     pub digest: Option<u64>,
-    /// The verdict of its last rule, for rule-list chains: what a flow that
-    /// no entry matches gets.
+    /// For rule-list chains: the verdict of flows no entry matches.
     pub default: Option<tessera_policy::Verdict>,
 }
 
@@ -218,17 +219,23 @@ pub struct ObservedChain {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedMap {
     pub family: tessera_policy::Family,
-    /// [`crate::policy::map_digest`] of the elements.
-    pub digest: u64,
-    /// Shared with the Linux data plane's cache: big maps are not copied on
-    /// every observation.
-    pub elements: std::sync::Arc<BTreeSet<MapElement>>,
+    /// The digest of its elements recorded in `digests`
+    /// ([`crate::policy::map_digest`]); `None` when none is.
+    pub digest: Option<u64>,
+    /// Its elements, when known: the Linux data plane does not list big maps
+    /// on every observation; it shares what it remembers while the recorded
+    /// digest says it is still right.
+    pub elements: Option<std::sync::Arc<BTreeSet<MapElement>>>,
 }
 
 impl ObservedMap {
-    /// A map holding `elements`.
+    /// A map holding `elements` (known).
     pub fn of(family: tessera_policy::Family, elements: BTreeSet<MapElement>) -> Self {
-        ObservedMap { family, digest: crate::policy::map_digest(&elements), elements: std::sync::Arc::new(elements) }
+        ObservedMap {
+            family,
+            digest: Some(crate::policy::map_digest(&elements)),
+            elements: Some(std::sync::Arc::new(elements)),
+        }
     }
 }
 

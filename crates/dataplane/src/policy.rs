@@ -40,11 +40,16 @@
 //!   it, and `ip rule fwmark` routes it in `S`'s VRF), then `reject with tcp
 //!   reset` for TCP and `reject` (ICMP port unreachable) otherwise.
 //!
-//! Every chain ends with a rule whose comment is `d=<digest>` of the chain's
-//! rules, and every lookup rule's comment is the digest of its map's
-//! elements: the planner replaces a chain only when its digest differs, and
-//! the Linux data plane knows from the comments whether the elements it
-//! remembers are those the kernel holds, without listing big maps again.
+//! Digests: the map `digests` (`ipv6_addr : ipv6_addr`) holds, for every
+//! chain and map the planner manages, the 128-bit hash of its name (the key)
+//! and the digest of its content (the value: [`chain_digest_value`],
+//! [`map_digest_value`]), written in the same transaction as the object.
+//! Listing it is cheap whatever the size of the maps (listing a rule that
+//! looks up a big map, or a big map, is not: `nft` reads every element), so
+//! the planner replaces a chain only when its digest differs, changes a map
+//! only when its digest differs, and the Linux data plane knows whether the
+//! elements it remembers are those the kernel holds. The skeleton's marker
+//! is an element of that map too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,7 +97,7 @@ impl ChainKind {
 /// A chain as the planner wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
-    /// Rules in nft syntax; the last carries `comment "d=<digest>"`.
+    /// Rules in nft syntax.
     pub rules: Vec<String>,
     pub digest: u64,
     pub kind: ChainKind,
@@ -198,6 +203,100 @@ pub struct PolicyObjects {
     pub maps: BTreeMap<String, MapSpec>,
 }
 
+impl PolicyObjects {
+    /// The elements of the `digests` map: every chain and map, and the
+    /// skeleton marker.
+    pub fn digests(&self) -> BTreeMap<u128, u128> {
+        let mut out: BTreeMap<u128, u128> = BTreeMap::new();
+        let (k, v) = skeleton_marker();
+        out.insert(k, v);
+        for (name, c) in &self.chains {
+            out.insert(name_key(name), chain_digest_value(c.digest, c.default));
+        }
+        for (name, m) in &self.maps {
+            out.insert(name_key(name), map_digest_value(m.digest));
+        }
+        out
+    }
+}
+
+/// The name of the map of digests.
+pub const DIGESTS: &str = "digests";
+
+const KIND_CHAIN: u128 = 1;
+const KIND_MAP: u128 = 2;
+const KIND_SKELETON: u128 = 3;
+
+/// The key of an object in the `digests` map: two stable 64-bit hashes of
+/// its name.
+pub fn name_key(name: &str) -> u128 {
+    let mut f = Fnv::new();
+    f.bytes(name.as_bytes());
+    let mut m = 0x5851_f42d_4c95_7f2du64;
+    for b in name.bytes() {
+        m = tessera_policy::flow::mix(m, u64::from(b));
+    }
+    (u128::from(f.finish()) << 64) | u128::from(m)
+}
+
+fn verdict_code(v: Option<Verdict>) -> u128 {
+    match v {
+        None => 0,
+        Some(Verdict::Pass) => 1,
+        Some(Verdict::Deny) => 2,
+        Some(Verdict::Reject) => 3,
+    }
+}
+
+/// A chain's entry in `digests`: its kind, default verdict and digest.
+pub fn chain_digest_value(digest: u64, default: Option<Verdict>) -> u128 {
+    (KIND_CHAIN << 120) | (verdict_code(default) << 64) | u128::from(digest)
+}
+
+/// A map's entry in `digests`.
+pub fn map_digest_value(digest: u64) -> u128 {
+    (KIND_MAP << 120) | u128::from(digest)
+}
+
+/// The skeleton's marker in `digests`.
+pub fn skeleton_marker() -> (u128, u128) {
+    let mut f = Fnv::new();
+    f.bytes(crate::nft::SKELETON_VERSION.as_bytes());
+    (name_key("tessera skeleton"), (KIND_SKELETON << 120) | u128::from(f.finish()))
+}
+
+/// Reads an entry of `digests`: the digest, and for chains the default
+/// verdict; `None` for a value of another kind.
+pub fn decode_chain_value(v: u128) -> Option<(u64, Option<Verdict>)> {
+    if v >> 120 != KIND_CHAIN {
+        return None;
+    }
+    let default = match (v >> 64) & 0xff {
+        1 => Some(Verdict::Pass),
+        2 => Some(Verdict::Deny),
+        3 => Some(Verdict::Reject),
+        _ => None,
+    };
+    Some((v as u64, default))
+}
+
+/// Reads a map's entry of `digests`.
+pub fn decode_map_value(v: u128) -> Option<u64> {
+    (v >> 120 == KIND_MAP).then_some(v as u64)
+}
+
+/// Fills the digests of `state`'s chains and maps from its `digests`.
+pub fn derive_digests(state: &mut crate::observed::PolicyState) {
+    for (name, c) in state.chains.iter_mut() {
+        let (digest, default) = state.digests.get(&name_key(name)).and_then(|v| decode_chain_value(*v)).unzip();
+        c.digest = digest;
+        c.default = default.flatten();
+    }
+    for (name, m) in state.maps.iter_mut() {
+        m.digest = state.digests.get(&name_key(name)).and_then(|v| decode_map_value(*v));
+    }
+}
+
 /// `p<S>_<D>`
 pub fn pair_chain(src: Vni, dst: Vni) -> String {
     format!("p{src}_{dst}")
@@ -261,39 +360,10 @@ pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64
     elements.into_iter().fold(0u64, |acc, e| acc.wrapping_add(element_hash(e)))
 }
 
-/// `d=<16 hex digits>`, the comment that carries a digest.
-pub fn digest_comment(d: u64) -> String {
-    format!("d={d:016x}")
-}
-
-/// Reads a digest comment.
-pub fn parse_digest_comment(c: &str) -> Option<u64> {
-    u64::from_str_radix(c.strip_prefix("d=")?, 16).ok()
-}
-
 fn chain(kind: ChainKind, mut body: Vec<String>, last: &str, default: Option<Verdict>) -> ChainSpec {
     body.push(last.to_string());
     let digest = digest_of(body.iter().map(String::as_str));
-    let n = body.len();
-    body[n - 1] = format!("{last} comment \"{}\"", digest_comment(digest));
     ChainSpec { rules: body, digest, kind, default }
-}
-
-/// What the kernel will report about a chain made of `rules`: the digest in
-/// the last rule's comment and the verdict it ends with.
-pub fn chain_state_of(rules: &[String]) -> crate::observed::ObservedChain {
-    let last = rules.last().map(String::as_str).unwrap_or_default();
-    let digest = last.split("comment \"").nth(1).and_then(|c| c.strip_suffix('"')).and_then(parse_digest_comment);
-    let default = if last.starts_with("return") {
-        Some(Verdict::Pass)
-    } else if last.starts_with("drop") {
-        Some(Verdict::Deny)
-    } else if last.starts_with("goto") {
-        Some(Verdict::Reject)
-    } else {
-        None
-    };
-    crate::observed::ObservedChain { digest, default }
 }
 
 /// The number of maps a layer of `n` elements is spread over.
@@ -391,7 +461,7 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
             }
             let name = format!("m{s}_{d}_{i}_{layer}_{fam}_{k}_{order_name}");
             let digest = map_digest(elements.iter().map(|(e, _)| e));
-            lookups.push(format!("{key} vmap @{name} comment \"{}\"", digest_comment(digest)));
+            lookups.push(format!("{key} vmap @{name}"));
             out.maps.insert(name, MapSpec { family, elements, digest });
         }
     }
@@ -493,7 +563,10 @@ mod tests {
     }
 
     #[test]
-    fn digest_comments_round_trip() {
-        assert_eq!(parse_digest_comment(&digest_comment(0xdead_beef)), Some(0xdead_beef));
+    fn digest_values_round_trip() {
+        assert_eq!(decode_chain_value(chain_digest_value(0xdead_beef, Some(Verdict::Deny))), Some((0xdead_beef, Some(Verdict::Deny))));
+        assert_eq!(decode_chain_value(map_digest_value(7)), None);
+        assert_eq!(decode_map_value(map_digest_value(7)), Some(7));
+        assert_ne!(name_key("l1_2_0"), name_key("l1_2_1"));
     }
 }

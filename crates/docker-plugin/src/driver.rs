@@ -797,7 +797,9 @@ impl Plugin {
         staging: &Path,
         ifname: &str,
     ) -> Result<String> {
+        let t = Instant::now();
         netns::create(staging).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let staged = t.elapsed();
         let attach = AttachRequest {
             network: net.id.to_string(),
             netns: staging.display().to_string(),
@@ -810,8 +812,15 @@ impl Plugin {
             reservation: ep.token.clone(),
         };
         let _: Endpoint = self.agent("/v1/attach", &attach).await?;
+        let attached = t.elapsed();
         let src_name = format!("{SRC_PREFIX}{}", eid.chars().take(8).collect::<String>());
         netns::move_to_host(staging, ifname, &src_name).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
+        tracing::debug!(
+            staging_ms = staged.as_millis() as u64,
+            attach_ms = (attached - staged).as_millis() as u64,
+            move_ms = (t.elapsed() - attached).as_millis() as u64,
+            "interface built"
+        );
         Ok(src_name)
     }
 

@@ -117,15 +117,7 @@ pub async fn create(path: &Path) -> Result<(), NetnsError> {
         let _ = std::fs::remove_file(path);
         return Err(err("create", path, e));
     }
-    // The loopback of the new namespace, up, as in any container.
-    in_netns("bring up lo in", path, |h, _| async move {
-        let mut links = h.link().get().match_name("lo".to_string()).execute();
-        if let Some(lo) = links.try_next().await.map_err(|e| e.to_string())? {
-            h.link().set(LinkUnspec::new_with_index(lo.header.index).up().build()).execute().await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-    .await
+    Ok(())
 }
 
 /// `ip netns delete`: unmounts and removes `path`. Deleting what is gone is Ok.

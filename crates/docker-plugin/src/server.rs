@@ -150,7 +150,10 @@ async fn endpoint_info(bytes: Bytes) -> Response {
 async fn join(State(p): P, bytes: Bytes) -> Response {
     let req = body!(bytes, JoinRequest);
     let span = tracing::info_span!("Join", docker_network = %req.network_id, endpoint = %req.endpoint_id);
-    net("Join", p.join(req).instrument(span).await)
+    let t = std::time::Instant::now();
+    let r = p.join(req).instrument(span).await;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "Join answered");
+    net("Join", r)
 }
 
 async fn leave(State(p): P, bytes: Bytes) -> Response {
