@@ -23,9 +23,15 @@ fn run_until_ping(d: &Dockerd, name: &str, network: &str, peer: &str) -> Duratio
     d.docker_ok(&["run", "-d", "--name", name, "--net", network, BUSYBOX_IMAGE, "sleep", "3600"])
         .unwrap_or_else(|e| panic!("{e:#}"));
     let deadline = t + Duration::from_secs(30);
+    let started = t.elapsed();
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let out = d.docker(&["exec", name, "ping", "-c", "1", "-W", "1", peer]).unwrap();
         if out.status.success() {
+            if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
+                println!("  {name}: running after {:.1} ms, {attempts} ping attempt(s)", started.as_secs_f64() * 1e3);
+            }
             return t.elapsed();
         }
         assert!(Instant::now() < deadline, "{name} never reached {peer}");
@@ -43,13 +49,7 @@ struct Stats {
 fn stats(mut ms: Vec<f64>) -> Stats {
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p90: at(0.9),
-        mean: ms.iter().sum::<f64>() / ms.len() as f64,
-        min: ms[0],
-        max: ms[ms.len() - 1],
-    }
+    Stats { median: at(0.5), p90: at(0.9), mean: ms.iter().sum::<f64>() / ms.len() as f64, min: ms[0], max: ms[ms.len() - 1] }
 }
 
 fn show(label: &str, s: &Stats) {
@@ -67,7 +67,9 @@ fn main() {
     let prefix = format!("tdb{}", std::process::id() % 100_000);
     let c = Cluster::start(ClusterSpec::new(&prefix, &["h1"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
         .unwrap_or_else(|e| panic!("cannot start a Tessera fabric (run as root): {e:#}"));
-    let tessera = DockerHost::start(&c, "h1", &dir.path().join("tessera"))
+    // TESSERA_BENCH_AUTHZ=0: the plugin as network and IPAM driver only, not as dockerd's authz hook.
+    let authz = std::env::var("TESSERA_BENCH_AUTHZ").map_or(true, |v| v != "0");
+    let tessera = DockerHost::start_with(&c, "h1", &dir.path().join("tessera"), authz)
         .unwrap_or_else(|e| panic!("cannot start dockerd with the plugin (apt-get install docker.io): {e:#}"));
     let bridge = Dockerd::start(c.host_netns("h1").unwrap(), &dir.path().join("bridge")).unwrap();
     tessera.dockerd().import_busybox().unwrap();
@@ -99,7 +101,10 @@ fn main() {
         }
     }
     let (t, b) = (stats(t_ms), stats(b_ms));
-    println!("docker run until the first ping from inside to a peer succeeds, {CONTAINERS} containers each (interleaved):");
+    let hook = if authz { "with" } else { "without" };
+    println!(
+        "docker run until the first ping from inside to a peer succeeds, {CONTAINERS} containers each (interleaved; tessera {hook} the authz hook):"
+    );
     show("tessera", &t);
     show("bridge", &b);
     println!(
@@ -112,6 +117,10 @@ fn main() {
         let log = std::fs::read_to_string(tessera.plugin_log()).unwrap_or_default();
         for l in log.lines().filter(|l| l.contains("interface built") || l.contains("Join answered")) {
             println!("{l}");
+        }
+        let dlog = std::fs::read_to_string(tessera.dockerd().log()).unwrap_or_default();
+        for l in dlog.lines().filter(|l| l.contains("level=warn") || l.contains("level=error")) {
+            println!("dockerd: {l}");
         }
     }
     drop(bridge);

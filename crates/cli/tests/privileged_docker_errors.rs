@@ -112,3 +112,48 @@ fn privileged_a_network_in_use_cannot_be_removed_and_removal_propagates_when_fre
         !network_names(&f.d1).contains("gone") && !network_names(&f.d2).contains("gone")
     });
 }
+
+#[test]
+fn privileged_without_the_authz_hook_labels_are_read_after_creation_and_a_bad_one_is_reported_at_first_use() {
+    let f = Fabric::start_with(false);
+    // The driver protocol tells neither name nor labels: the plugin reads them from
+    // Docker right after Docker made the network.
+    create_network(&f.d1, "lazy", &["--subnet", "10.77.0.0/24", "--label", "rt=64512:77"]);
+    wait_for("lazy in Tessera", Duration::from_secs(20), || f.tessera_has("lazy"));
+    assert_eq!(f.show("lazy")["network"]["import_targets"], serde_json::json!(["target:64512:77"]));
+    wait_for("lazy on host 2", Duration::from_secs(30), || network_names(&f.d2).contains("lazy"));
+    run(&f.d1, "z1", &["--net", "lazy"]);
+    run(&f.d2, "z2", &["--net", "lazy"]);
+    let (z2, _) = container_ips(&f.d2, "z2", "lazy");
+    assert!(reaches(&f.d1, "z1", &z2), "z1 -> z2\n{}", f.logs());
+
+    // Options are still checked when the network is made.
+    let err = fails(
+        &f.d1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "tessera",
+            "--ipam-driver",
+            "tessera",
+            "--subnet",
+            "10.78.1.0/24",
+            "-o",
+            "colour=red",
+            "opt",
+        ],
+    );
+    assert!(err.contains("unknown option"), "{err}");
+    assert_nothing_made(&f, "opt");
+
+    // A bad label cannot be refused in time: Docker makes the network, Tessera does not,
+    // and the first use says why.
+    create_network(&f.d1, "badrt", &["--subnet", "10.78.0.0/24", "--label", "rt=banana"]);
+    let err = fails(&f.d1, &["run", "-d", "--name", "z3", "--net", "badrt", BUSYBOX_IMAGE, "sleep", "60"]);
+    assert!(err.contains("label rt") && err.contains("banana"), "{err}");
+    assert!(!f.tessera_has("badrt"));
+    ok(&f.d1, &["rm", "-f", "z3"]);
+    ok(&f.d1, &["network", "rm", "badrt"]);
+    assert_nothing_made(&f, "badrt");
+}

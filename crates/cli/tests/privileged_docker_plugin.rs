@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use privileged_docker_support::*;
 
-const NET4: &[&str] =
-    &["--subnet", "192.168.4.0/24", "--subnet", "2002:1::/64", "--ipv6", "--label", "rt=64512:100,64512:200"];
+const NET4: &[&str] = &["--subnet", "192.168.4.0/24", "--subnet", "2002:1::/64", "--ipv6", "--label", "rt=64512:100,64512:200"];
 
 #[test]
 fn privileged_seed_steps_create_inspect_run_and_ping_across_two_hosts() {
@@ -158,7 +157,22 @@ fn privileged_static_addresses_and_gateways_are_honoured() {
 
     // The same address again is refused with the reason, and leaves nothing in Tessera.
     wait_for("fixed on host 2", Duration::from_secs(30), || network_names(&f.d2).contains("fixed"));
-    let err = fails(&f.d2, &["run", "-d", "--name", "s2", "--net", "fixed", "--ip", "10.63.0.77", tessera_testkit::docker::BUSYBOX_IMAGE, "sleep", "60"]);
+    let err = fails(
+        &f.d2,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "s2",
+            "--net",
+            "fixed",
+            "--ip",
+            "10.63.0.77",
+            tessera_testkit::docker::BUSYBOX_IMAGE,
+            "sleep",
+            "60",
+        ],
+    );
     assert!(err.contains("10.63.0.77 is already in use"), "{err}");
     assert_eq!(f.show("fixed")["endpoints"].as_array().unwrap().len(), 1);
     assert_eq!(f.allocated("fixed"), 2, "only s1's two addresses");

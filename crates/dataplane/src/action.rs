@@ -241,12 +241,11 @@ fn rule_args(r: &RuleEntry) -> String {
 /// there are in all.
 fn elements_brief(f: &mut fmt::Formatter<'_>, map: &str, elements: &[MapElement], keys_only: bool) -> fmt::Result {
     const SHOWN: usize = 8;
-    let order = crate::policy::map_order(map);
     for (i, e) in elements.iter().take(SHOWN).enumerate() {
         if i > 0 {
             f.write_str(", ")?;
         }
-        f.write_str(&crate::policy::key_text(&e.key, order))?;
+        f.write_str(&crate::policy::map_key_text(map, &e.key))?;
         if !keys_only {
             write!(f, " : {}", e.verdict)?;
         }
@@ -274,7 +273,7 @@ impl fmt::Display for Action {
             Action::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
             Action::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
             Action::NftMapAdd { name, family } => {
-                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::policy::map_type(*family, crate::policy::map_order(name)))
+                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::policy::map_type(name, *family))
             }
             Action::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
             Action::NftMapElementsAdd { map, elements } => {

@@ -160,42 +160,64 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             k.nft.skeleton = Some(SKELETON_VERSION.to_string());
             k.nft.elements.clear();
             k.nft.policy = Default::default();
-            k.nft.policy.chains.insert(crate::policy::DISPATCH.into(), ObservedChain { digest: None, default: None });
+            k.nft.policy.chains.insert(crate::policy::DISPATCH.into(), ObservedChain::default());
+            let (mk, mv) = crate::policy::skeleton_marker();
+            k.nft.policy.digests.insert(mk, mv);
         }
         Action::NftMapAdd { name, family } => {
             if k.nft.skeleton.is_none() || k.nft.policy.maps.contains_key(name) {
                 return Err(err(if k.nft.skeleton.is_none() { ENOENT } else { EEXIST }));
             }
-            k.nft.policy.maps.insert(name.clone(), ObservedMap::of(*family, Default::default()));
+            k.nft
+                .policy
+                .maps
+                .insert(name.clone(), ObservedMap { family: *family, digest: None, elements: Some(Default::default()) });
         }
         Action::NftMapDelete { name } => {
             k.nft.policy.maps.remove(name);
         }
         Action::NftMapElementsAdd { map, elements } => {
             let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
-            let mut set = (*m.elements).clone();
-            for e in elements {
-                if set.iter().any(|x| x.key == e.key) {
-                    return Err(err(EEXIST));
-                }
-                set.insert(e.clone());
+            let mut set = m.elements.as_deref().cloned().unwrap_or_default();
+            let keys: std::collections::BTreeSet<_> = set.iter().map(|x| x.key).collect();
+            if elements.iter().any(|e| keys.contains(&e.key)) {
+                return Err(err(EEXIST));
             }
-            *m = ObservedMap::of(m.family, set);
+            set.extend(elements.iter().cloned());
+            m.elements = Some(std::sync::Arc::new(set));
         }
         Action::NftMapElementsDelete { map, elements } => {
             if let Some(m) = k.nft.policy.maps.get_mut(map) {
-                let mut set = (*m.elements).clone();
+                let mut set = m.elements.as_deref().cloned().unwrap_or_default();
                 for e in elements {
                     set.retain(|x| x.key != e.key);
                 }
-                *m = ObservedMap::of(m.family, set);
+                m.elements = Some(std::sync::Arc::new(set));
             }
+        }
+        Action::NftMapFlush { map } => {
+            let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
+            m.elements = Some(Default::default());
+        }
+        Action::NftDigestsUpdate { deletes, adds } => {
+            if k.nft.skeleton.is_none() {
+                return Err(err(ENOENT));
+            }
+            for (key, _) in deletes {
+                k.nft.policy.digests.remove(key);
+            }
+            for (key, v) in adds {
+                k.nft.policy.digests.insert(*key, *v);
+            }
+            crate::policy::derive_digests(&mut k.nft.policy);
         }
         Action::NftChainInstall { name, rules } => {
             if k.nft.skeleton.is_none() {
                 return Err(err(ENOENT));
             }
-            k.nft.policy.chains.insert(name.clone(), crate::policy::chain_state_of(rules));
+            let _ = rules;
+            k.nft.policy.chains.entry(name.clone()).or_default();
+            crate::policy::derive_digests(&mut k.nft.policy);
         }
         Action::NftChainDelete { name } => {
             k.nft.policy.chains.remove(name);

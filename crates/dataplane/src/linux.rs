@@ -45,10 +45,10 @@ use tracing::Instrument;
 
 use crate::action::Action;
 use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
-use crate::nft::{parse_policy_listing, parse_policy_map, parse_tables, policy_map_counters, script};
+use crate::nft::{parse_policy_listing, parse_tables, policy_map_counters, script};
 use crate::observed::{
-    owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement,
-    NeighEntry, NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
+    owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry,
+    NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
 use crate::policy::{element_hash, map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
@@ -514,44 +514,30 @@ impl Kernel {
         Ok(obs)
     }
 
-    /// The three tables: `inet tessera` and `bridge tessera` listed in full,
-    /// `inet tessera_policy` tersely; a policy map's elements come from the
-    /// cache when the digest in its lookup rule's comment matches, else from
-    /// listing that map.
+    /// The three tables: `inet tessera` and `bridge tessera` listed in full;
+    /// of `inet tessera_policy`, the chain names, the maps (tersely) and the
+    /// `digests` map, all cheap whatever the maps hold. A policy map's
+    /// elements come from the cache when the digest recorded for it is the
+    /// one the cache holds, and are left unknown otherwise (the planner then
+    /// refills the map if it must change it).
     async fn nft_observe(&self) -> Result<NftState, DataplaneError> {
         let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
         let inet = nft_list(&["-j", "list", "table", "inet", "tessera"]).await?;
         let bridge = nft_list(&["-j", "list", "table", "bridge", "tessera"]).await?;
-        let policy = nft_list(&["-j", "-t", "list", "table", "inet", POLICY_TABLE]).await?;
-        let listing = policy.as_deref().map(parse_policy_listing).transpose().map_err(nft_err)?;
-        let mut state = parse_tables(inet.as_deref(), bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
-        let Some(listing) = listing else {
-            self.policy_cache.borrow_mut().clear();
-            return Ok(state);
-        };
-        self.policy_cache.borrow_mut().retain(|name, _| listing.maps.contains_key(name));
-        for (name, (_, digest)) in &listing.maps {
-            let cached = {
-                let cache = self.policy_cache.borrow();
-                cache.get(name).filter(|c| Some(c.digest) == *digest).map(|c| (c.digest, c.elements.clone()))
-            };
-            let (digest, elements) = match cached {
-                Some(hit) => hit,
-                None => {
-                    let doc = nft_list(&["-j", "-n", "list", "map", "inet", POLICY_TABLE, name])
-                        .await?
-                        .ok_or_else(|| nft_err(format!("map {name} vanished while listing")))?;
-                    let parsed = parse_policy_map(&doc).map_err(nft_err)?;
-                    let entry = CachedMap::of(parsed.into_iter().map(|(e, _, _)| e));
-                    let hit = (entry.digest, entry.elements.clone());
-                    self.policy_cache.borrow_mut().insert(name.clone(), entry);
-                    hit
-                }
-            };
-            if let Some(m) = state.policy.maps.get_mut(name) {
-                m.digest = digest;
-                m.elements = elements;
+        let digests = nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, crate::policy::DIGESTS]).await?;
+        let listing = match &digests {
+            None => None,
+            Some(digests) => {
+                let chains = nft_list(&["-j", "list", "chains", "inet"]).await?.unwrap_or_default();
+                let maps = nft_list(&["-j", "-t", "list", "maps", "inet"]).await?.unwrap_or_default();
+                Some(parse_policy_listing(&chains, &maps, Some(digests)).map_err(nft_err)?)
             }
+        };
+        let mut state = parse_tables(inet.as_deref(), bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
+        let mut cache = self.policy_cache.borrow_mut();
+        cache.retain(|name, c| state.policy.maps.get(name).is_some_and(|m| m.digest == Some(c.digest)));
+        for (name, m) in state.policy.maps.iter_mut() {
+            m.elements = cache.get(name).map(|c| c.elements.clone());
         }
         Ok(state)
     }
@@ -599,6 +585,9 @@ impl Kernel {
                 Action::NftMapDelete { name } => {
                     cache.remove(name);
                 }
+                Action::NftMapFlush { map } => {
+                    cache.insert(map.clone(), CachedMap::of([]));
+                }
                 Action::NftMapElementsAdd { map, elements } => {
                     if let Some(c) = cache.get_mut(map) {
                         let set = Arc::make_mut(&mut c.elements);
@@ -633,7 +622,9 @@ impl Kernel {
                 Action::NftMapAdd { name, .. } | Action::NftMapDelete { name } => {
                     cache.remove(name);
                 }
-                Action::NftMapElementsAdd { map, .. } | Action::NftMapElementsDelete { map, .. } => {
+                Action::NftMapElementsAdd { map, .. }
+                | Action::NftMapElementsDelete { map, .. }
+                | Action::NftMapFlush { map } => {
                     cache.remove(map);
                 }
                 _ => {}
@@ -653,6 +644,9 @@ impl Kernel {
         for obj in v.get("nftables").and_then(serde_json::Value::as_array).into_iter().flatten() {
             let Some(map) = obj.get("map") else { continue };
             let Some(name) = map.get("name").and_then(serde_json::Value::as_str) else { continue };
+            if name == crate::policy::DIGESTS {
+                continue;
+            }
             let one = serde_json::json!({ "nftables": [obj] }).to_string();
             counters.extend(policy_map_counters(name, &one).map_err(nft_err)?);
         }
@@ -700,6 +694,8 @@ impl Kernel {
             | Action::NftMapDelete { .. }
             | Action::NftMapElementsAdd { .. }
             | Action::NftMapElementsDelete { .. }
+            | Action::NftMapFlush { .. }
+            | Action::NftDigestsUpdate { .. }
             | Action::NftChainInstall { .. }
             | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
@@ -1205,7 +1201,7 @@ async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(crate::nft::shorten(String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
 }
 
@@ -1227,9 +1223,14 @@ fn without_absent(action: &Action, now: &NftState) -> Option<Action> {
         Action::NftMapDelete { name } if !now.policy.maps.contains_key(name) => None,
         Action::NftMapElementsDelete { map, elements } => {
             let have = now.policy.maps.get(map)?;
-            let keys: BTreeSet<_> = have.elements.iter().map(|e| e.key).collect();
+            let Some(known) = &have.elements else { return Some(action.clone()) };
+            let keys: BTreeSet<_> = known.iter().map(|e| e.key).collect();
             let still: Vec<MapElement> = elements.iter().filter(|e| keys.contains(&e.key)).cloned().collect();
             (!still.is_empty()).then(|| Action::NftMapElementsDelete { map: map.clone(), elements: still })
+        }
+        Action::NftDigestsUpdate { deletes, adds } => {
+            let still: Vec<(u128, u128)> = deletes.iter().filter(|(k, _)| now.policy.digests.contains_key(k)).copied().collect();
+            Some(Action::NftDigestsUpdate { deletes: still, adds: adds.clone() })
         }
         other => Some(other.clone()),
     }

@@ -33,11 +33,28 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 use tessera_model::MacAddr;
-use tessera_policy::{Family, FlowBox, Verdict};
+use tessera_policy::Family;
 
 use crate::action::Action;
-use crate::observed::{ElementVerdict, MapElement, NftElement, NftState, ObservedChain};
-use crate::policy::{derive_digests, key_text, map_order, map_type, skeleton_marker, ElementCounter, DIGESTS, POLICY_TABLE};
+use crate::observed::{NftElement, NftState, ObservedChain};
+use crate::policy::{derive_digests, map_fields, map_key_text, map_type, skeleton_marker, ElementCounter, DIGESTS, POLICY_TABLE};
+
+/// Longest error text kept from `nft` (it echoes the offending input, which
+/// may be a line of thousands of elements).
+const ERROR_MAX: usize = 2000;
+
+/// `message`, cut to [`ERROR_MAX`] bytes.
+pub fn shorten(mut message: String) -> String {
+    if message.len() > ERROR_MAX {
+        let mut cut = ERROR_MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" …");
+    }
+    message
+}
 
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`skeleton_script`] changes: agents then
@@ -153,18 +170,21 @@ pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
                 let _ = writeln!(out, "delete element {e}");
             }
             Action::NftMapAdd { name, family } => {
-                let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", map_type(*family, map_order(name)));
+                let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", map_type(name, *family));
             }
             Action::NftMapDelete { name } => {
                 let _ = writeln!(out, "delete map inet {POLICY_TABLE} {name}");
             }
             Action::NftMapElementsAdd { map, elements } => {
-                let order = map_order(map);
-                element_lines(&mut out, "add", map, elements.iter().map(|e| format!("{} : {}", key_text(&e.key, order), e.verdict)));
+                element_lines(
+                    &mut out,
+                    "add",
+                    map,
+                    elements.iter().map(|e| format!("{} : {}", map_key_text(map, &e.key), e.verdict)),
+                );
             }
             Action::NftMapElementsDelete { map, elements } => {
-                let order = map_order(map);
-                element_lines(&mut out, "delete", map, elements.iter().map(|e| key_text(&e.key, order)));
+                element_lines(&mut out, "delete", map, elements.iter().map(|e| map_key_text(map, &e.key)));
             }
             Action::NftChainInstall { name, rules } => {
                 let _ = writeln!(out, "add chain inet {POLICY_TABLE} {name}");
@@ -225,17 +245,12 @@ pub fn parse_policy_listing(chains: &str, maps: &str, digests: Option<&str>) -> 
     for obj in nft_objects(maps)? {
         let Some(map) = obj.get("map").filter(|m| ours(m)) else { continue };
         let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
-        let types: Vec<&str> = map.get("type").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        let family = if types.contains(&"ipv6_addr") {
-            Family::V6
-        } else if types.contains(&"ipv4_addr") {
-            Family::V4
-        } else {
+        if name == DIGESTS {
             continue;
-        };
-        if name != DIGESTS {
-            out.maps.insert(name.to_string(), family);
         }
+        // The name says the family (a hash of ports has no address field).
+        let Some(family) = crate::policy::map_family(name) else { continue };
+        out.maps.insert(name.to_string(), family);
     }
     let Some(digests) = digests else { return Ok(out) };
     let v6 = |v: &Value| -> Option<u128> { v.as_str()?.parse::<std::net::Ipv6Addr>().ok().map(u128::from) };
@@ -276,80 +291,38 @@ fn json_range(v: &Value) -> Option<(Option<Family>, u128, u128)> {
     Some((Some(family), addr, addr))
 }
 
-fn json_flow_box(v: &Value, order: [usize; 5]) -> Option<FlowBox> {
-    let parts = v.get("concat")?.as_array()?;
-    if parts.len() != 5 {
-        return None;
-    }
-    let mut canonical: [&Value; 5] = [&Value::Null; 5];
-    for (k, field) in order.iter().enumerate() {
-        canonical[*field] = &parts[k];
-    }
-    let [src, dst, proto, sport, dport] = canonical;
-    let (sf, slo, shi) = json_range(src)?;
-    let (df, dlo, dhi) = json_range(dst)?;
-    let family = sf?;
-    if df? != family {
-        return None;
-    }
-    let small = |v: &Value| -> Option<(u128, u128)> {
-        let (f, lo, hi) = json_range(v)?;
-        f.is_none().then_some((lo, hi))
+/// An element's key as ranges of `fields` key fields.
+fn json_key_ranges(val: &Value, fields: usize) -> Option<Vec<(u128, u128)>> {
+    let parts: Vec<&Value> = match val.get("concat") {
+        Some(c) => c.as_array()?.iter().collect(),
+        None => vec![val],
     };
-    let (plo, phi) = small(proto)?;
-    let (splo, sphi) = small(sport)?;
-    let (dplo, dphi) = small(dport)?;
-    Some(FlowBox {
-        family,
-        src: (slo, shi),
-        dst: (dlo, dhi),
-        proto: (u8::try_from(plo).ok()?, u8::try_from(phi).ok()?),
-        sport: (u16::try_from(splo).ok()?, u16::try_from(sphi).ok()?),
-        dport: (u16::try_from(dplo).ok()?, u16::try_from(dphi).ok()?),
-    })
-}
-
-fn json_verdict(v: &Value) -> Option<ElementVerdict> {
-    if v.get("return").is_some() {
-        Some(ElementVerdict::Return)
-    } else if v.get("drop").is_some() {
-        Some(ElementVerdict::Drop)
-    } else {
-        Some(ElementVerdict::Goto(v.get("goto")?.get("target")?.as_str()?.to_string()))
+    if parts.len() != fields {
+        return None;
     }
+    parts.iter().map(|p| json_range(p).map(|(_, lo, hi)| (lo, hi))).collect()
 }
 
-/// One element of a policy map listing: the element and its counter.
-fn json_map_element(elem: &Value, order: [usize; 5]) -> Option<(MapElement, u64, u64)> {
-    let [key, verdict] = elem.as_array()?.as_slice() else { return None };
-    let inner = key.get("elem");
-    let val = inner.and_then(|e| e.get("val")).unwrap_or(key);
-    let counter = inner.and_then(|e| e.get("counter"));
-    let n = |f: &str| counter.and_then(|c| c.get(f)).and_then(Value::as_u64).unwrap_or(0);
-    Some((MapElement { key: json_flow_box(val, order)?, verdict: json_verdict(verdict)? }, n("packets"), n("bytes")))
-}
-
-/// Parses `nft -j -n list map inet tessera_policy NAME`: the elements and
-/// their counters. An element that cannot be read is an error, so that the
-/// planner never deletes what it did not understand.
-pub fn parse_policy_map(doc: &str) -> Result<Vec<(MapElement, u64, u64)>, String> {
+/// The element counters of a policy map, from `nft -j -n list map inet
+/// tessera_policy NAME` (or a listing holding that map): each key as ranges
+/// of the map's key fields. An element that cannot be read is an error.
+pub fn policy_map_counters(map: &str, doc: &str) -> Result<Vec<ElementCounter>, String> {
+    let fields = map_fields(map).len();
     let mut out = Vec::new();
     for obj in nft_objects(doc)? {
-        let Some(map) = obj.get("map") else { continue };
-        let order = map_order(map.get("name").and_then(Value::as_str).unwrap_or_default());
-        for elem in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
-            out.push(json_map_element(elem, order).ok_or_else(|| format!("cannot read element {elem} of a policy map"))?);
+        let Some(m) = obj.get("map").filter(|m| m.get("name").and_then(Value::as_str) == Some(map)) else { continue };
+        for elem in m.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            let unreadable = || format!("cannot read element {elem} of {map}");
+            let key = elem.as_array().and_then(|p| p.first()).ok_or_else(unreadable)?;
+            let inner = key.get("elem");
+            let val = inner.and_then(|e| e.get("val")).unwrap_or(key);
+            let counter = inner.and_then(|e| e.get("counter"));
+            let n = |f: &str| counter.and_then(|c| c.get(f)).and_then(Value::as_u64).unwrap_or(0);
+            let key = json_key_ranges(val, fields).ok_or_else(unreadable)?;
+            out.push(ElementCounter { map: map.to_string(), key, packets: n("packets"), bytes: n("bytes") });
         }
     }
     Ok(out)
-}
-
-/// The element counters of a policy map listing.
-pub fn policy_map_counters(map: &str, doc: &str) -> Result<Vec<ElementCounter>, String> {
-    Ok(parse_policy_map(doc)?
-        .into_iter()
-        .map(|(e, packets, bytes)| ElementCounter { map: map.to_string(), key: e.key, packets, bytes })
-        .collect())
 }
 
 /// Parses the output of `nft -j list table inet tessera` and
@@ -459,6 +432,7 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_policy::Verdict;
 
     const INET: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
       {"table": {"family": "inet", "name": "tessera", "handle": 1}},
@@ -558,12 +532,23 @@ mod tests {
     }
 
     #[test]
-    fn reads_policy_map_elements_and_counters() {
-        let elems = parse_policy_map(MAP).unwrap();
-        assert_eq!(elems.len(), 2);
-        assert_eq!(elems[0].0.to_string(), "10.0.0.0/24 . 0.0.0.0/0 . 6 . 0-65535 . 80 : return");
-        assert_eq!((elems[0].1, elems[0].2), (3, 180));
-        assert_eq!(elems[1].0.to_string(), "10.0.0.5 . 192.168.0.0-192.168.0.10 . 0-255 . 1000-2000 . 0-65535 : goto rj1");
+    fn reads_policy_map_counters() {
+        let c = policy_map_counters("m1_2_0_0_4_0_01234", MAP).unwrap();
+        assert_eq!(c.len(), 2);
+        let a = |s: &str| tessera_policy::flow::addr_bits(s.parse().unwrap());
+        assert_eq!(c[0].key, vec![(a("10.0.0.0"), a("10.0.0.255")), (0, u128::from(u32::MAX)), (6, 6), (0, 65535), (80, 80)]);
+        assert_eq!((c[0].packets, c[0].bytes), (3, 180));
+        assert_eq!(c[1].key[1], (a("192.168.0.0"), a("192.168.0.10")));
+    }
+
+    #[test]
+    fn reads_hash_map_counters() {
+        let doc = r#"{"nftables": [{"map": {"family": "inet", "name": "h1_2_0_0_4_0badcafe0_4", "table": "tessera_policy",
+          "type": "inet_service", "map": "verdict",
+          "elem": [[{"elem": {"val": 22, "counter": {"packets": 5, "bytes": 300}}}, {"drop": null}]]}}]}"#;
+        let c = policy_map_counters("h1_2_0_0_4_0badcafe0_4", doc).unwrap();
+        assert_eq!(c, vec![ElementCounter { map: "h1_2_0_0_4_0badcafe0_4".into(), key: vec![(22, 22)], packets: 5, bytes: 300 }]);
+        assert!(policy_map_counters("m1_2_0_0_4_0_01234", &MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
     }
 
     #[test]
@@ -577,16 +562,6 @@ mod tests {
     fn an_unreadable_element_is_an_error() {
         let bad = BRIDGE.replace("10.0.0.2", "not-an-ip");
         assert!(parse_tables(None, Some(&bad), None).is_err());
-        assert!(parse_policy_map(&MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
-    }
-
-    #[test]
-    fn policy_map_keys_are_read_in_the_map_order() {
-        let doc = r#"{"nftables": [{"map": {"family": "inet", "name": "m1_2_0_0_4_0_40123", "table": "tessera_policy",
-          "type": ["inet_service", "ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
-          "elem": [[{"concat": [22, {"prefix": {"addr": "0.0.0.0", "len": 0}}, {"prefix": {"addr": "10.0.0.0", "len": 8}}, 6, {"range": [0, 65535]}]}, {"drop": null}]]}}]}"#;
-        let elems = parse_policy_map(doc).unwrap();
-        assert_eq!(elems[0].0.to_string(), "0.0.0.0/0 . 10.0.0.0/8 . 6 . 0-65535 . 22 : drop");
     }
 
     #[test]

@@ -231,11 +231,7 @@ pub struct ObservedMap {
 impl ObservedMap {
     /// A map holding `elements` (known).
     pub fn of(family: tessera_policy::Family, elements: BTreeSet<MapElement>) -> Self {
-        ObservedMap {
-            family,
-            digest: Some(crate::policy::map_digest(&elements)),
-            elements: Some(std::sync::Arc::new(elements)),
-        }
+        ObservedMap { family, digest: Some(crate::policy::map_digest(&elements)), elements: Some(std::sync::Arc::new(elements)) }
     }
 }
 

@@ -44,7 +44,9 @@ use crate::policy::{list_chain, pair_chain, policy_objects, ChainKind, PolicyObj
 /// `desired` should have passed [`DesiredHost::validate`]; the planner does
 /// not check it again.
 pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
+    let t = std::time::Instant::now();
     let want = Want::of(desired);
+    eprintln!("  T want {:?}", t.elapsed());
     let mut out = Vec::new();
 
     // 1. Host-wide parameters.
@@ -64,9 +66,15 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
     for e in have_elements.difference(&want.elements) {
         out.push(Action::NftSetElementDelete(e.clone()));
     }
+    let t = std::time::Instant::now();
     let want_policy = policy_objects(desired);
+    eprintln!("  T objects {:?}", t.elapsed());
+    let t = std::time::Instant::now();
     let diffs = map_diffs(&want_policy, have_policy);
+    eprintln!("  T diffs {:?}", t.elapsed());
+    let t = std::time::Instant::now();
     policy_actions(&mut out, &want_policy, have_policy, &diffs);
+    eprintln!("  T actions {:?}", t.elapsed());
     for e in want.elements.difference(have_elements) {
         out.push(Action::NftSetElementAdd(e.clone()));
     }
@@ -255,6 +263,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         }
     }
 
+    eprintln!("  T before ct");
     // 6. Conntrack.
     let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
     for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs) {
@@ -265,31 +274,78 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
 
 /// Per planner-managed policy map: the elements to delete and to add.
 struct MapDiff {
+    /// The kernel's elements are not known: empty the map first.
+    flush: bool,
     deletes: Vec<MapElement>,
     adds: Vec<MapElement>,
 }
 
-/// The element changes of every wanted map whose digest differs from what
-/// the kernel holds (an element whose verdict changes is deleted and added).
+/// `have` minus `want` and `want` minus `have`, by sorting both on the
+/// elements' stable hashes and merging (exact: elements of equal hash are
+/// compared), in time proportional to the maps' size.
+fn element_diff<'a>(
+    have: impl Iterator<Item = &'a MapElement>,
+    want: impl Iterator<Item = &'a MapElement>,
+) -> (Vec<MapElement>, Vec<MapElement>) {
+    let hashed = |it: &mut dyn Iterator<Item = &'a MapElement>| -> Vec<(u64, &'a MapElement)> {
+        let mut v: Vec<(u64, &MapElement)> = it.map(|e| (crate::policy::element_hash(e), e)).collect();
+        v.sort_unstable_by_key(|(h, _)| *h);
+        v
+    };
+    let (mut have, mut want) = (have, want);
+    let (h, w) = (hashed(&mut have), hashed(&mut want));
+    let (mut deletes, mut adds) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < h.len() || j < w.len() {
+        let (hk, wk) = (h.get(i).map(|x| x.0), w.get(j).map(|x| x.0));
+        match (hk, wk) {
+            (Some(a), Some(b)) if a == b => {
+                let (i2, j2) =
+                    (i + h[i..].iter().take_while(|x| x.0 == a).count(), j + w[j..].iter().take_while(|x| x.0 == a).count());
+                deletes.extend(h[i..i2].iter().filter(|x| !w[j..j2].iter().any(|y| y.1 == x.1)).map(|x| x.1.clone()));
+                adds.extend(w[j..j2].iter().filter(|y| !h[i..i2].iter().any(|x| x.1 == y.1)).map(|y| y.1.clone()));
+                (i, j) = (i2, j2);
+            }
+            (Some(a), Some(b)) if a < b => {
+                deletes.push(h[i].1.clone());
+                i += 1;
+            }
+            (Some(_), None) => {
+                deletes.push(h[i].1.clone());
+                i += 1;
+            }
+            _ => {
+                adds.push(w[j].1.clone());
+                j += 1;
+            }
+        }
+    }
+    deletes.sort();
+    adds.sort();
+    (deletes, adds)
+}
+
+/// The element changes of every wanted map whose recorded digest differs
+/// from the wanted one (an element whose verdict changes is deleted and
+/// added; a map whose elements are not known is emptied and filled).
 fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDiff> {
     let mut out = BTreeMap::new();
+    let all = |spec: &crate::policy::MapSpec| -> Vec<MapElement> {
+        let mut adds: Vec<MapElement> = spec.elements.iter().map(|(e, _)| e.clone()).collect();
+        adds.sort();
+        adds
+    };
     for (name, spec) in &want.maps {
         let diff = match have.maps.get(name) {
-            Some(m) if m.digest == spec.digest && m.elements.len() == spec.elements.len() => continue,
-            Some(m) => {
-                let wanted: std::collections::HashSet<&MapElement> = spec.elements.iter().map(|(e, _)| e).collect();
-                let mut deletes: Vec<MapElement> = m.elements.iter().filter(|e| !wanted.contains(e)).cloned().collect();
-                let mut adds: Vec<MapElement> =
-                    spec.elements.iter().map(|(e, _)| e).filter(|e| !m.elements.contains(*e)).cloned().collect();
-                deletes.sort();
-                adds.sort();
-                MapDiff { deletes, adds }
-            }
-            None => {
-                let mut adds: Vec<MapElement> = spec.elements.iter().map(|(e, _)| e.clone()).collect();
-                adds.sort();
-                MapDiff { deletes: vec![], adds }
-            }
+            None => MapDiff { flush: false, deletes: vec![], adds: all(spec) },
+            Some(m) if m.digest == Some(spec.digest) => continue,
+            Some(m) => match &m.elements {
+                None => MapDiff { flush: true, deletes: vec![], adds: all(spec) },
+                Some(have) => {
+                    let (deletes, adds) = element_diff(have.iter(), spec.elements.iter().map(|(e, _)| e));
+                    MapDiff { flush: false, deletes, adds }
+                }
+            },
         };
         out.insert(name.clone(), diff);
     }
@@ -303,7 +359,9 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
 /// users first: pair and rule-list chains, maps, log and reject chains.
 fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyState, diffs: &BTreeMap<String, MapDiff>) {
     for (name, d) in diffs {
-        if have.maps.contains_key(name) && !d.deletes.is_empty() {
+        if d.flush {
+            out.push(Action::NftMapFlush { map: name.clone() });
+        } else if have.maps.contains_key(name) && !d.deletes.is_empty() {
             out.push(Action::NftMapElementsDelete { map: name.clone(), elements: d.deletes.clone() });
         }
     }
@@ -345,6 +403,14 @@ fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyStat
     for (_, name) in deletes.iter().filter(|(k, _)| *k < ChainKind::List) {
         out.push(Action::NftChainDelete { name: (*name).clone() });
     }
+    let wanted = want.digests();
+    let deletes: Vec<(u128, u128)> =
+        have.digests.iter().filter(|(k, v)| wanted.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
+    let adds: Vec<(u128, u128)> =
+        wanted.iter().filter(|(k, v)| have.digests.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
+    if !deletes.is_empty() || !adds.is_empty() {
+        out.push(Action::NftDigestsUpdate { deletes, adds });
+    }
 }
 
 /// The conntrack zones to flush so that flows a change no longer allows
@@ -382,19 +448,16 @@ fn conntrack_flushes(
             || prog.lists.iter().enumerate().any(|(i, list)| {
                 let lname = list_chain(prog.src, prog.dst, i);
                 let (Some(h), Some(w)) = (have.chains.get(&lname), want.chains.get(&lname)) else { return true };
-                if h.digest == Some(w.digest) {
-                    return false;
-                }
-                if h.default != Some(list.default) && list.default != tessera_policy::Verdict::Pass {
+                if h.digest != Some(w.digest) && h.default != Some(list.default) && list.default != tessera_policy::Verdict::Pass
+                {
                     return true;
                 }
-                let prefix = format!("m{}_{}_{i}_", prog.src, prog.dst);
-                let gone_maps = have.maps.iter().filter(|(n, _)| n.starts_with(&prefix) && !want.maps.contains_key(*n));
-                let gone_pass = gone_maps.flat_map(|(_, m)| m.elements.iter()).any(|e| e.verdict.passes());
-                let changed = diffs
-                    .iter()
-                    .filter(|(n, _)| n.starts_with(&prefix))
-                    .any(|(_, d)| d.deletes.iter().any(|e| e.verdict.passes()) || d.adds.iter().any(|e| !e.verdict.passes()));
+                let of_list = |n: &String| crate::policy::map_list_chain(n).as_ref() == Some(&lname);
+                let mut gone = have.maps.iter().filter(|(n, _)| of_list(n) && !want.maps.contains_key(*n));
+                let gone_pass = gone.any(|(_, m)| m.elements.as_ref().is_none_or(|els| els.iter().any(|e| e.verdict.passes())));
+                let changed = diffs.iter().filter(|(n, _)| of_list(n)).any(|(_, d)| {
+                    d.flush || d.deletes.iter().any(|e| e.verdict.passes()) || d.adds.iter().any(|e| !e.verdict.passes())
+                });
                 gone_pass || changed
             });
         if narrowed {

@@ -119,23 +119,37 @@ pub struct MapSpec {
 /// The canonical field order of a flow box key.
 pub const CANONICAL_ORDER: [usize; 5] = [0, 1, 2, 3, 4];
 
-/// The key field order of a map, from the last part of its name (canonical
-/// when the name has none).
-pub fn map_order(name: &str) -> [usize; 5] {
-    let Some(last) = name.rsplit('_').next() else { return CANONICAL_ORDER };
-    let digits: Vec<usize> = last.bytes().filter(u8::is_ascii_digit).map(|b| usize::from(b - b'0')).collect();
-    let mut order = CANONICAL_ORDER;
-    if last.len() == 5 && digits.len() == 5 {
-        let mut seen = [false; 5];
-        for (i, d) in digits.iter().enumerate() {
-            if *d > 4 || seen[*d] {
-                return CANONICAL_ORDER;
-            }
-            seen[*d] = true;
-            order[i] = *d;
-        }
+/// The key fields of a map, from the last part of its name (0 source, 1
+/// destination, 2 protocol, 3 source port, 4 destination port): all five
+/// for an interval map (`m…`), in lookup order; the exact fields for a hash
+/// map (`h…`). Canonical when the name has no valid list.
+pub fn map_fields(name: &str) -> Vec<usize> {
+    let Some(last) = name.rsplit('_').next() else { return CANONICAL_ORDER.to_vec() };
+    let fields: Vec<usize> = last.bytes().map(|b| usize::from(b.wrapping_sub(b'0'))).collect();
+    let mut seen = [false; 5];
+    let valid = !fields.is_empty() && fields.iter().all(|f| *f < 5 && !std::mem::replace(&mut seen[*f], true));
+    let complete = fields.len() == 5 || name.starts_with('h');
+    if valid && complete {
+        fields
+    } else {
+        CANONICAL_ORDER.to_vec()
     }
-    order
+}
+
+/// The address family of a policy map, from its name
+/// (`m|h<S>_<D>_<i>_<layer>_<4|6>_…`).
+pub fn map_family(name: &str) -> Option<Family> {
+    match name.get(1..)?.split('_').nth(4)? {
+        "4" => Some(Family::V4),
+        "6" => Some(Family::V6),
+        _ => None,
+    }
+}
+
+/// Whether a map is a concatenated interval map (`m…`), rather than a hash
+/// of exact keys (`h…`).
+pub fn map_is_interval(name: &str) -> bool {
+    !name.starts_with('h')
 }
 
 /// The data type of a key field.
@@ -148,45 +162,88 @@ fn field_type(family: Family, field: usize) -> &'static str {
     }
 }
 
-/// The declaration of a policy verdict map: `type ... : verdict; flags
-/// interval; counter;`.
-pub fn map_type(family: Family, order: [usize; 5]) -> String {
-    let types: Vec<&str> = order.iter().map(|f| field_type(family, *f)).collect();
-    format!("type {} : verdict; flags interval; counter;", types.join(" . "))
+/// The declaration of the policy verdict map `name`: `type ... : verdict;
+/// [flags interval;] counter;`.
+pub fn map_type(name: &str, family: Family) -> String {
+    let types: Vec<&str> = map_fields(name).iter().map(|f| field_type(family, *f)).collect();
+    let flags = if map_is_interval(name) { " flags interval;" } else { "" };
+    format!("type {} : verdict;{flags} counter;", types.join(" . "))
 }
 
-/// The key expression that looks a map up.
-pub fn lookup_key(family: Family, order: [usize; 5]) -> String {
+fn field_expr(family: Family, field: usize) -> String {
     let sel = match family {
         Family::V4 => "ip",
         Family::V6 => "ip6",
     };
-    let exprs: Vec<String> = order
-        .iter()
-        .map(|f| match f {
-            0 => format!("{sel} saddr"),
-            1 => format!("{sel} daddr"),
-            2 => "meta l4proto".to_string(),
-            3 => "th sport".to_string(),
-            _ => "th dport".to_string(),
-        })
-        .collect();
-    exprs.join(" . ")
+    match field {
+        0 => format!("{sel} saddr"),
+        1 => format!("{sel} daddr"),
+        2 => "meta l4proto".to_string(),
+        3 => "th sport".to_string(),
+        _ => "th dport".to_string(),
+    }
 }
 
-/// A flow box as a key of a map with field order `order`.
-pub fn key_text(key: &tessera_policy::FlowBox, order: [usize; 5]) -> String {
+/// The key expression that looks up a map with these key fields.
+pub fn lookup_key(family: Family, fields: &[usize]) -> String {
+    fields.iter().map(|f| field_expr(family, *f)).collect::<Vec<_>>().join(" . ")
+}
+
+/// A flow box as a key of a map with these key fields (the box's other
+/// fields are the map's template).
+pub fn key_text(key: &tessera_policy::FlowBox, fields: &[usize]) -> String {
     let canonical = key.to_string();
-    let fields: Vec<&str> = canonical.split(" . ").collect();
-    order.iter().map(|f| fields[*f]).collect::<Vec<_>>().join(" . ")
+    let parts: Vec<&str> = canonical.split(" . ").collect();
+    fields.iter().map(|f| parts[*f]).collect::<Vec<_>>().join(" . ")
+}
+
+/// The key of a flow box in the map `name`.
+pub fn map_key_text(name: &str, key: &tessera_policy::FlowBox) -> String {
+    key_text(key, &map_fields(name))
+}
+
+/// The projection of a flow box on a map's key fields, as ranges.
+pub fn key_ranges(key: &tessera_policy::FlowBox, fields: &[usize]) -> Vec<(u128, u128)> {
+    let dims = key.dims();
+    fields.iter().map(|f| dims[*f]).collect()
+}
+
+/// The matches that stand for a hash map's template: the fields not in the
+/// key, where they restrict anything (a full address range only fixes the
+/// family).
+fn template_matches(template: &tessera_policy::FlowBox, key_fields: &[usize]) -> String {
+    let canonical = template.to_string();
+    let parts: Vec<&str> = canonical.split(" . ").collect();
+    let dims = template.dims();
+    let full = |f: usize| match f {
+        0 | 1 => (0, template.family.max()),
+        2 => (0, 255),
+        _ => (0, 65535),
+    };
+    let mut out: Vec<String> = Vec::new();
+    let addresses_free = !key_fields.contains(&0) && !key_fields.contains(&1) && dims[0] == full(0) && dims[1] == full(1);
+    if addresses_free {
+        out.push(match template.family {
+            Family::V4 => "meta nfproto ipv4".into(),
+            Family::V6 => "meta nfproto ipv6".into(),
+        });
+    }
+    for f in 0..5 {
+        if !key_fields.contains(&f) && dims[f] != full(f) {
+            out.push(format!("{} {}", field_expr(template.family, f), parts[f]));
+        }
+    }
+    out.join(" ")
 }
 
 /// The most selective first: fields ordered by how many distinct ranges the
-/// boxes have in them (the canonical order breaks ties).
-pub fn selective_order<'a>(keys: impl Iterator<Item = &'a tessera_policy::FlowBox> + Clone) -> [usize; 5] {
+/// boxes have in them (estimated on at most 4096 of them; the canonical
+/// order breaks ties).
+pub fn selective_order<'a>(keys: impl ExactSizeIterator<Item = &'a tessera_policy::FlowBox> + Clone) -> [usize; 5] {
+    let step = keys.len().div_ceil(4096).max(1);
     let mut counts = [0usize; 5];
     for (f, count) in counts.iter_mut().enumerate() {
-        let mut ranges: Vec<(u128, u128)> = keys.clone().map(|k| k.dims()[f]).collect();
+        let mut ranges: Vec<(u128, u128)> = keys.clone().step_by(step).map(|k| k.dims()[f]).collect();
         ranges.sort_unstable();
         ranges.dedup();
         *count = ranges.len();
@@ -312,11 +369,12 @@ pub fn reject_chain(src: Vni) -> String {
     format!("rj{src}")
 }
 
-/// The rule-list chain a map belongs to (`m<S>_<D>_<i>_…` → `l<S>_<D>_<i>`).
+/// The rule-list chain a map belongs to (`m<S>_<D>_<i>_…` or
+/// `h<S>_<D>_<i>_…` → `l<S>_<D>_<i>`).
 pub fn map_list_chain(map: &str) -> Option<String> {
-    let rest = map.strip_prefix('m')?;
+    let rest = map.strip_prefix('m').or_else(|| map.strip_prefix('h'))?;
     let parts: Vec<&str> = rest.split('_').collect();
-    (parts.len() == 7).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
+    (parts.len() >= 4).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
 }
 
 /// The (source, destination) VNIs of a pair or rule-list chain name.
@@ -418,48 +476,131 @@ pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
     out
 }
 
+/// A fast hasher for in-memory grouping (not stable across builds; only
+/// used for `HashMap`s that never leave the process).
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl std::hash::Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = tessera_policy::flow::mix(self.0, u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = tessera_policy::flow::mix(self.0, v);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = tessera_policy::flow::mix(tessera_policy::flow::mix(self.0, v as u64), (v >> 64) as u64);
+    }
+}
+
+/// Smallest group of boxes worth a hash map of its own.
+pub const HASH_MIN: usize = 32;
+/// Most elements in one hash map.
+pub const MAX_HASH_ELEMENTS: usize = 65_536;
+
+fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry) -> ElementVerdict {
+    match &e.log {
+        None => match e.verdict {
+            Verdict::Pass => ElementVerdict::Return,
+            Verdict::Deny => ElementVerdict::Drop,
+            Verdict::Reject => ElementVerdict::Goto(reject_chain(s)),
+        },
+        Some(prefix) => {
+            let policy8 = &e.origin.policy.simple().to_string()[..8];
+            let g = format!("g{s}_{d}_{i}_{policy8}_{}{}", e.origin.rule, verdict_letter(e.verdict));
+            out.chains.entry(g.clone()).or_insert_with(|| {
+                let log = format!("log prefix \"{}\" level info", prefix.replace('"', "'"));
+                chain(ChainKind::Log, vec![log], &plain_verdict(e.verdict, s), None)
+            });
+            ElementVerdict::Goto(g)
+        }
+    }
+}
+
+/// The maps of one rule list. Per layer and family, boxes that are exact
+/// points in some fields and share the same ranges in the others (a list of
+/// ports, of host addresses, of address-and-port pairs) go to a hash map of
+/// their exact fields, looked up behind matches on the shared ranges: its
+/// updates and lookups cost the same whatever its size. The other boxes go
+/// to concatenated interval maps (`pipapo`), sharded.
 fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) {
-    // Group the entries by layer and family.
+    type Signature = [Option<(u128, u128)>; 5];
+    type Groups<'e> = std::collections::HashMap<Signature, Vec<&'e Entry>, std::hash::BuildHasherDefault<MixHasher>>;
     let mut layers: BTreeMap<(u32, Family), Vec<&Entry>> = BTreeMap::new();
     for e in &list.entries {
         layers.entry((e.layer, e.key.family)).or_default().push(e);
     }
+    let fam_digit = |f: Family| match f {
+        Family::V4 => 4,
+        Family::V6 => 6,
+    };
     let mut lookups = Vec::new();
     for ((layer, family), entries) in layers {
-        let order = selective_order(entries.iter().map(|e| &e.key));
+        let mut groups: Groups = Groups::default();
+        for e in &entries {
+            let sig: Signature = e.key.dims().map(|(lo, hi)| (lo != hi).then_some((lo, hi)));
+            groups.entry(sig).or_default().push(e);
+        }
+        // In a stable order (the first entry of each group, in rule order).
+        let mut groups: Vec<(Signature, Vec<&Entry>)> = groups.into_iter().collect();
+        groups.sort_by_key(|(_, g)| (g[0].origin, g[0].key));
+        let mut interval: Vec<&Entry> = Vec::new();
+        for (sig, group) in groups {
+            // Exact fields whose value varies are the key; the others are the template.
+            let key_fields: Vec<usize> = (0..5)
+                .filter(|f| sig[*f].is_none() && group.iter().any(|e| e.key.dims()[*f] != group[0].key.dims()[*f]))
+                .collect();
+            if group.len() < HASH_MIN || key_fields.is_empty() {
+                interval.extend(group);
+                continue;
+            }
+            let template = group[0].key;
+            let matches = template_matches(&template, &key_fields);
+            let mut th = Fnv::new();
+            th.bytes(matches.as_bytes());
+            let fields: String = key_fields.iter().map(|f| char::from(b'0' + *f as u8)).collect();
+            let shards = group.len().div_ceil(MAX_HASH_ELEMENTS).max(1).next_power_of_two();
+            let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
+            for e in group {
+                let verdict = element_verdict(out, s, d, i, e);
+                let shard = (e.key.stable_hash() % shards as u64) as usize;
+                maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
+            }
+            let key = lookup_key(family, &key_fields);
+            for (k, elements) in maps.into_iter().enumerate() {
+                let name = format!("h{s}_{d}_{i}_{layer}_{}_{:08x}{k}_{fields}", fam_digit(family), th.finish() as u32);
+                let digest = map_digest(elements.iter().map(|(e, _)| e));
+                let rule =
+                    if matches.is_empty() { format!("{key} vmap @{name}") } else { format!("{matches} {key} vmap @{name}") };
+                lookups.push(rule);
+                out.maps.insert(name, MapSpec { family, elements, digest });
+            }
+        }
+        if interval.is_empty() {
+            continue;
+        }
+        let order = selective_order(interval.iter().map(|e| &e.key));
         let order_name: String = order.iter().map(|f| char::from(b'0' + *f as u8)).collect();
-        let shards = shard_count(entries.len());
+        let shards = shard_count(interval.len());
         let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
-        for e in entries {
-            let verdict = match &e.log {
-                None => match e.verdict {
-                    Verdict::Pass => ElementVerdict::Return,
-                    Verdict::Deny => ElementVerdict::Drop,
-                    Verdict::Reject => ElementVerdict::Goto(reject_chain(s)),
-                },
-                Some(prefix) => {
-                    let policy8 = &e.origin.policy.simple().to_string()[..8];
-                    let g = format!("g{s}_{d}_{i}_{policy8}_{}{}", e.origin.rule, verdict_letter(e.verdict));
-                    out.chains.entry(g.clone()).or_insert_with(|| {
-                        let log = format!("log prefix \"{}\" level info", prefix.replace('"', "'"));
-                        chain(ChainKind::Log, vec![log], &plain_verdict(e.verdict, s), None)
-                    });
-                    ElementVerdict::Goto(g)
-                }
-            };
+        for e in interval {
+            let verdict = element_verdict(out, s, d, i, e);
             let shard = (e.key.stable_hash() % shards as u64) as usize;
             maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
         }
-        let key = lookup_key(family, order);
-        let fam = match family {
-            Family::V4 => 4,
-            Family::V6 => 6,
-        };
+        let key = lookup_key(family, &order);
         for (k, elements) in maps.into_iter().enumerate() {
             if elements.is_empty() {
                 continue;
             }
-            let name = format!("m{s}_{d}_{i}_{layer}_{fam}_{k}_{order_name}");
+            let name = format!("m{s}_{d}_{i}_{layer}_{}_{k}_{order_name}", fam_digit(family));
             let digest = map_digest(elements.iter().map(|(e, _)| e));
             lookups.push(format!("{key} vmap @{name}"));
             out.maps.insert(name, MapSpec { family, elements, digest });
@@ -481,11 +622,12 @@ pub struct RuleCounter {
     pub bytes: u64,
 }
 
-/// A map element's counter as the kernel reports it.
+/// A map element's counter as the kernel reports it: the element's key as
+/// ranges of the map's key fields ([`map_fields`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementCounter {
     pub map: String,
-    pub key: tessera_policy::FlowBox,
+    pub key: Vec<(u128, u128)>,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -495,16 +637,17 @@ pub struct ElementCounter {
 /// rules without hits are reported with zeros.
 pub fn rule_counters(desired: &DesiredHost, counters: &[ElementCounter]) -> Vec<RuleCounter> {
     let objects = policy_objects(desired);
-    let mut origin: BTreeMap<(&str, tessera_policy::FlowBox), RuleRef> = BTreeMap::new();
+    let mut origin: BTreeMap<(&str, Vec<(u128, u128)>), RuleRef> = BTreeMap::new();
     let mut sums: BTreeMap<RuleRef, (u64, u64)> = BTreeMap::new();
     for (name, map) in &objects.maps {
+        let fields = map_fields(name);
         for (e, r) in map.elements.iter() {
-            origin.insert((name.as_str(), e.key), *r);
+            origin.insert((name.as_str(), key_ranges(&e.key, &fields)), *r);
             sums.entry(*r).or_default();
         }
     }
     for c in counters {
-        if let Some(r) = origin.get(&(c.map.as_str(), c.key)) {
+        if let Some(r) = origin.get(&(c.map.as_str(), c.key.clone())) {
             let s = sums.entry(*r).or_default();
             s.0 += c.packets;
             s.1 += c.bytes;
@@ -523,8 +666,14 @@ mod tests {
         assert_eq!(chain_pair(&pair_chain(s, d)), Some((100, 200)));
         assert_eq!(chain_pair(&list_chain(s, d, 1)), Some((100, 200)));
         assert_eq!(map_list_chain("m100_200_1_0_4_3_40123").as_deref(), Some("l100_200_1"));
-        assert_eq!(map_order("m100_200_1_0_4_3_40123"), [4, 0, 1, 2, 3]);
-        assert_eq!(map_order("m100_200_1_0_4_3_40023"), CANONICAL_ORDER, "not a permutation");
+        assert_eq!(map_list_chain("h100_200_1_0_4_0badcafe0_4").as_deref(), Some("l100_200_1"));
+        assert_eq!(map_fields("m100_200_1_0_4_3_40123"), vec![4, 0, 1, 2, 3]);
+        assert_eq!(map_fields("m100_200_1_0_4_3_40023"), CANONICAL_ORDER.to_vec(), "not a permutation");
+        assert_eq!(map_fields("h100_200_1_0_4_0badcafe0_04"), vec![0, 4]);
+        assert!(!map_is_interval("h100_200_1_0_4_0badcafe0_04"));
+        assert_eq!(map_family("h100_200_1_0_4_0badcafe0_04"), Some(Family::V4));
+        assert_eq!(map_family("m100_200_1_2_6_3_40123"), Some(Family::V6));
+        assert_eq!(map_family("digests"), None);
         assert_eq!(ChainKind::of("rj100"), Some(ChainKind::Reject));
         assert_eq!(ChainKind::of("dispatch"), Some(ChainKind::Dispatch));
         assert!(log_chain_passes("g1_2_0_abcdef01_3p") && !log_chain_passes("g1_2_0_abcdef01_3d"));
@@ -541,12 +690,14 @@ mod tests {
     #[test]
     fn keys_follow_the_map_order() {
         let key = tessera_policy::FlowBox { dport: (80, 80), proto: (6, 6), ..tessera_policy::FlowBox::everything(Family::V4) };
-        assert_eq!(key_text(&key, [4, 2, 0, 1, 3]), "80 . 6 . 0.0.0.0/0 . 0.0.0.0/0 . 0-65535");
-        assert_eq!(lookup_key(Family::V6, [4, 2, 0, 1, 3]), "th dport . meta l4proto . ip6 saddr . ip6 daddr . th sport");
+        assert_eq!(key_text(&key, &[4, 2, 0, 1, 3]), "80 . 6 . 0.0.0.0/0 . 0.0.0.0/0 . 0-65535");
+        assert_eq!(lookup_key(Family::V6, &[4, 2, 0, 1, 3]), "th dport . meta l4proto . ip6 saddr . ip6 daddr . th sport");
         assert_eq!(
-            map_type(Family::V4, [4, 0, 1, 2, 3]),
+            map_type("m1_2_0_0_4_0_40123", Family::V4),
             "type inet_service . ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict; flags interval; counter;"
         );
+        assert_eq!(map_type("h1_2_0_0_4_0badcafe0_4", Family::V4), "type inet_service : verdict; counter;");
+        assert_eq!(template_matches(&key, &[4]), "meta nfproto ipv4 meta l4proto 6");
         let ports: Vec<tessera_policy::FlowBox> = (1..5).map(|p| tessera_policy::FlowBox { dport: (p, p), ..key }).collect();
         assert_eq!(selective_order(ports.iter()), [4, 0, 1, 2, 3]);
     }
@@ -564,7 +715,10 @@ mod tests {
 
     #[test]
     fn digest_values_round_trip() {
-        assert_eq!(decode_chain_value(chain_digest_value(0xdead_beef, Some(Verdict::Deny))), Some((0xdead_beef, Some(Verdict::Deny))));
+        assert_eq!(
+            decode_chain_value(chain_digest_value(0xdead_beef, Some(Verdict::Deny))),
+            Some((0xdead_beef, Some(Verdict::Deny)))
+        );
         assert_eq!(decode_chain_value(map_digest_value(7)), None);
         assert_eq!(decode_map_value(map_digest_value(7)), Some(7));
         assert_ne!(name_key("l1_2_0"), name_key("l1_2_1"));

@@ -307,8 +307,13 @@ async fn privileged_deleting_endpoint_then_network_leaves_nothing_behind() {
             let routes = f.exec_ok(ns, "ip", &[fam, "route", "show", "table", "all"]);
             assert!(!routes.contains("table 65636"), "VRF routes left behind:\n{routes}");
         }
-        let nft = f.exec_ok(ns, "nft", &["-j", "list", "ruleset"]);
-        assert!(!nft.contains("\"elem\""), "nft elements left behind:\n{nft}");
+        // (The policy table's `digests` map keeps the skeleton's marker.)
+        for (family, table) in [("inet", "tessera"), ("bridge", "tessera")] {
+            let nft = f.exec_ok(ns, "nft", &["-j", "list", "table", family, table]);
+            assert!(!nft.contains("\"elem\""), "nft elements left behind:\n{nft}");
+        }
+        let policy = f.exec_ok(ns, "nft", &["list", "table", "inet", "tessera_policy"]);
+        assert!(!policy.contains("chain l") && !policy.contains("map m"), "policy objects left behind:\n{policy}");
         let observed = dp.observe().await.unwrap();
         assert!(observed.links.is_empty() && observed.routes.is_empty() && observed.rules.is_empty(), "{observed:#?}");
         assert!(observed.nft.elements.is_empty());

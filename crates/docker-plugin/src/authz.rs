@@ -98,8 +98,7 @@ impl Plugin {
             }
         };
         // This host's endpoints: Docker refuses on its own, with its own message.
-        let elsewhere: BTreeSet<&str> =
-            endpoints.iter().filter(|e| e.host != self.cfg.host).map(|e| e.host.as_str()).collect();
+        let elsewhere: BTreeSet<&str> = endpoints.iter().filter(|e| e.host != self.cfg.host).map(|e| e.host.as_str()).collect();
         if elsewhere.is_empty() {
             return AuthzResponse::allow();
         }
@@ -163,7 +162,8 @@ mod tests {
         let r = p.authorize(&bad).await;
         assert!(!r.allow);
         assert!(r.msg.contains("label rt") && r.msg.contains("banana"), "{}", r.msg);
-        let other = AuthzRequest { request_method: "GET".into(), request_uri: "/v1.41/containers/json".into(), ..Default::default() };
+        let other =
+            AuthzRequest { request_method: "GET".into(), request_uri: "/v1.41/containers/json".into(), ..Default::default() };
         assert!(p.authorize(&other).await.allow);
         let bridge = authz_create(serde_json::json!({"Name": "b", "Driver": "bridge", "Labels": {"rt": "banana"}}));
         assert!(p.authorize(&bridge).await.allow);
@@ -188,7 +188,8 @@ mod tests {
     #[tokio::test]
     async fn a_removal_it_cannot_check_is_allowed() {
         let p = plugin(); // no dockerd, no controller behind it
-        let del = AuthzRequest { request_method: "DELETE".into(), request_uri: "/v1.41/networks/net4".into(), ..Default::default() };
+        let del =
+            AuthzRequest { request_method: "DELETE".into(), request_uri: "/v1.41/networks/net4".into(), ..Default::default() };
         assert!(p.authorize(&del).await.allow);
     }
 }

@@ -130,15 +130,14 @@ impl Docker {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, DockerError> {
-        let (status, bytes) = uds::request(&self.socket, method, &format!("{API}{path}"), body).await.map_err(|e| {
-            DockerError::Unreachable { socket: self.socket.display().to_string(), reason: e.to_string() }
-        })?;
+        let (status, bytes) = uds::request(&self.socket, method, &format!("{API}{path}"), body)
+            .await
+            .map_err(|e| DockerError::Unreachable { socket: self.socket.display().to_string(), reason: e.to_string() })?;
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message =
-            v["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        let message = v["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         Err(DockerError::Refused { what: what.into(), status: status.as_u16(), message })
     }
 
@@ -177,7 +176,8 @@ impl Docker {
 
     /// `docker network create`; returns the new network's ID.
     pub async fn create_network(&self, req: &EngineNetworkCreate) -> Result<String, DockerError> {
-        let mut body = serde_json::to_value(req).map_err(|e| DockerError::Decode { what: "network create".into(), reason: e.to_string() })?;
+        let mut body = serde_json::to_value(req)
+            .map_err(|e| DockerError::Decode { what: "network create".into(), reason: e.to_string() })?;
         body["CheckDuplicate"] = true.into();
         let bytes = self.call(Method::POST, "/networks/create", Some(body.to_string().into_bytes()), "network create").await?;
         Ok(Self::parse::<CreatedNetwork>(&bytes, "network create")?.id)

@@ -37,8 +37,8 @@ use crate::netns;
 use crate::plan::{self, DockerNetwork, InFlight};
 use crate::pool::{self, PoolId, PoolRegistry};
 use crate::protocol::{
-    CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
-    EngineNetworkCreate, InterfaceName, JoinRequest, JoinResponse, PLUGIN_NAME,
+    CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface, EngineNetworkCreate, InterfaceName,
+    JoinRequest, JoinResponse, PLUGIN_NAME,
 };
 use crate::spec::{self, DockerNetworkSpec, DockerSubnet, SpecError};
 
@@ -109,9 +109,12 @@ struct NetState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// `CreateEndpoint` answered; nothing made yet.
     Created,
     Joining,
     Joined,
+    /// `Join` failed part way: a Tessera endpoint may exist.
+    Failed,
     Left,
 }
 
@@ -198,14 +201,7 @@ impl Plugin {
     pub fn new(cfg: Config) -> Self {
         let ctl = Ctl::new(&cfg.controller);
         let docker = Docker::new(&cfg.docker_host);
-        Plugin {
-            cfg,
-            ctl,
-            docker,
-            state: Mutex::default(),
-            sandboxes: Mutex::default(),
-            kick: tokio::sync::Notify::new(),
-        }
+        Plugin { cfg, ctl, docker, state: Mutex::default(), sandboxes: Mutex::default(), kick: tokio::sync::Notify::new() }
     }
 
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -691,10 +687,7 @@ impl Plugin {
                 since: Instant::now(),
             },
         );
-        let interface = iface
-            .mac_address
-            .is_none()
-            .then_some(EndpointInterface { mac_address: Some(mac), ..Default::default() });
+        let interface = iface.mac_address.is_none().then_some(EndpointInterface { mac_address: Some(mac), ..Default::default() });
         Ok(CreateEndpointResponse { interface })
     }
 
@@ -771,7 +764,7 @@ impl Plugin {
         }
         let result = self.build_interface(&net, &eid, &ep, &staging, &ifname).await;
         if let Some(e) = self.state().endpoints.get_mut(&eid) {
-            e.phase = if result.is_ok() { Phase::Joined } else { Phase::Created };
+            e.phase = if result.is_ok() { Phase::Joined } else { Phase::Failed };
             e.since = Instant::now();
         }
         let src_name = result?;
@@ -897,7 +890,11 @@ impl Plugin {
 
     /// Takes the authz hook's record of the `docker network create` that
     /// Docker is carrying out: same pools, same options.
-    pub(crate) fn take_pending_create(&self, pools: &BTreeSet<IpNet>, options: &BTreeMap<String, String>) -> Option<PendingCreate> {
+    pub(crate) fn take_pending_create(
+        &self,
+        pools: &BTreeSet<IpNet>,
+        options: &BTreeMap<String, String>,
+    ) -> Option<PendingCreate> {
         let mut st = self.state();
         st.creates.retain(|p| p.at.elapsed() < PENDING_CREATE_TTL);
         let i = st.creates.iter().position(|p| p.pools == *pools && p.options == *options)?;

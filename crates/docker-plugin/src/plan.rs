@@ -92,9 +92,7 @@ pub fn tessera_network_of<'a>(d: &DockerNetwork, networks: &'a [Network]) -> Opt
         .or_else(|| d.labels.get(KEY_PROJECT))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(ProjectName::default_project);
-    networks
-        .iter()
-        .find(|n| spec::is_docker_network(n) && spec::docker_name(n) == d.name && *n.fq_name.project() == project)
+    networks.iter().find(|n| spec::is_docker_network(n) && spec::docker_name(n) == d.name && *n.fq_name.project() == project)
 }
 
 /// Computes the actions that bring this host's dockerd and Tessera into agreement.
@@ -134,10 +132,8 @@ pub fn plan(input: &PlanInput<'_>, docker: &[DockerNetwork], tessera: &TesseraVi
         }
         out.push(Action::DeleteEndpoint { id: e.id, name: e.name.clone() });
     }
-    let held: BTreeSet<(Uuid, IpAddr)> = bound
-        .iter()
-        .flat_map(|(net, d)| d.endpoints.values().flatten().map(move |a| (*net, *a)))
-        .collect();
+    let held: BTreeSet<(Uuid, IpAddr)> =
+        bound.iter().flat_map(|(net, d)| d.endpoints.values().flatten().map(move |a| (*net, *a))).collect();
     for r in &tessera.reservations {
         let Some(token) = ReservationToken::parse(&r.owner) else { continue };
         let young = input.now_ms.saturating_sub(token.created_ms) < input.grace_ms;

@@ -172,10 +172,9 @@ impl CreateNetworkRequest {
     /// The `-o KEY=VALUE` options (values that are not strings are kept as JSON text).
     pub fn driver_options(&self) -> BTreeMap<String, String> {
         match self.options.get(GENERIC_OPTIONS) {
-            Some(serde_json::Value::Object(m)) => m
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                .collect(),
+            Some(serde_json::Value::Object(m)) => {
+                m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect()
+            }
             _ => BTreeMap::new(),
         }
     }

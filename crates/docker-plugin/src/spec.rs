@@ -95,7 +95,9 @@ pub fn driver_options(opts: &BTreeMap<String, String>) -> Result<DriverOptions, 
             _ => {
                 return Err(SpecError::new(
                     source,
-                    format!("unknown option; the {PLUGIN_NAME} driver knows {KEY_RT}, {KEY_VNI}, {KEY_PROJECT} and {OPT_NETWORK}"),
+                    format!(
+                        "unknown option; the {PLUGIN_NAME} driver knows {KEY_RT}, {KEY_VNI}, {KEY_PROJECT} and {OPT_NETWORK}"
+                    ),
                 ))
             }
         }
@@ -192,8 +194,7 @@ pub fn network_create(spec: &DockerNetworkSpec) -> Result<NetworkCreate, SpecErr
 
 /// Names the `--subnet` a subnet validation error is about.
 fn subnet_error(subnets: &[DockerSubnet], e: FieldError) -> SpecError {
-    let index: Option<usize> =
-        e.field.strip_prefix("subnets[").and_then(|r| r.split(']').next()).and_then(|i| i.parse().ok());
+    let index: Option<usize> = e.field.strip_prefix("subnets[").and_then(|r| r.split(']').next()).and_then(|i| i.parse().ok());
     match index.and_then(|i| subnets.get(i)) {
         Some(s) => SpecError::new(format!("--subnet {}", s.pool), e.reason),
         None => SpecError::new("--subnet", e.to_string()),
@@ -205,10 +206,8 @@ fn subnet_error(subnets: &[DockerSubnet], e: FieldError) -> SpecError {
 /// network is mapped onto it.
 pub fn subnets_match(net: &Network, subnets: &[DockerSubnet]) -> Result<(), String> {
     let mut have: Vec<(IpNet, Option<IpAddr>)> = net.subnets.iter().map(|s| (s.cidr, s.gateway)).collect();
-    let mut want: Vec<(IpNet, Option<IpAddr>)> = subnets
-        .iter()
-        .map(|s| (s.pool, s.gateway.or_else(|| tessera_ipam_default_gateway(s.pool))))
-        .collect();
+    let mut want: Vec<(IpNet, Option<IpAddr>)> =
+        subnets.iter().map(|s| (s.pool, s.gateway.or_else(|| tessera_ipam_default_gateway(s.pool)))).collect();
     have.sort();
     want.sort();
     if have == want {
@@ -288,8 +287,7 @@ mod tests {
 
     #[test]
     fn the_seed_network_becomes_a_tessera_network_with_route_targets() {
-        let req =
-            network_create(&spec(&[("rt", "64512:100,64512:200")], &[], &["192.168.4.0/24", "2002:1::/64"])).unwrap();
+        let req = network_create(&spec(&[("rt", "64512:100,64512:200")], &[], &["192.168.4.0/24", "2002:1::/64"])).unwrap();
         assert_eq!(req.name, "net4");
         assert_eq!(req.route_targets, ["64512:100", "64512:200"]);
         assert_eq!(req.subnets.iter().map(|s| s.cidr.as_str()).collect::<Vec<_>>(), ["192.168.4.0/24", "2002:1::/64"]);

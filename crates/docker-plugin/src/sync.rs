@@ -95,12 +95,7 @@ pub async fn run(plugin: Arc<Plugin>) {
             }
         }
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let input = PlanInput {
-            host: &plugin.cfg.host,
-            now_ms,
-            grace_ms: RESERVATION_GRACE.as_millis() as u64,
-            cleanup,
-        };
+        let input = PlanInput { host: &plugin.cfg.host, now_ms, grace_ms: RESERVATION_GRACE.as_millis() as u64, cleanup };
         let mut actions = plan::plan(&input, &docker, &view, &plugin.in_flight());
         if !*connected.borrow() {
             // A stale view must not remove anything.

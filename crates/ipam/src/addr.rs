@@ -59,9 +59,7 @@ pub fn sort_key(addr: IpAddr) -> String {
 /// digits; in particular uppercase digits, signs and whitespace are rejected,
 /// so every accepted key is the canonical key of its address.
 pub fn parse_sort_key(key: &str) -> Option<IpAddr> {
-    let canonical_digits = key
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let canonical_digits = key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !canonical_digits {
         return None;
     }
@@ -89,10 +87,7 @@ mod tests {
     #[test]
     fn ipv6_value_is_its_128_bit_number() {
         assert_eq!(addr_to_u128(ip("::1")), 1);
-        assert_eq!(
-            addr_to_u128(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
-            u128::MAX
-        );
+        assert_eq!(addr_to_u128(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), u128::MAX);
     }
 
     #[test]

@@ -30,12 +30,7 @@ pub struct Allocator<O> {
 impl<O: Ord + Clone> Allocator<O> {
     /// An allocator for `plan` with nothing allocated.
     pub fn new(plan: SubnetPlan) -> Self {
-        Allocator {
-            plan,
-            by_addr: BTreeMap::new(),
-            by_owner: BTreeMap::new(),
-            search_from: 0,
-        }
+        Allocator { plan, by_addr: BTreeMap::new(), by_owner: BTreeMap::new(), search_from: 0 }
     }
 
     /// The plan this allocator hands addresses out from.
@@ -64,10 +59,7 @@ impl<O: Ord + Clone> Allocator<O> {
             .map(|(&addr, _)| addr)
             .filter(|addr| addr.is_ipv6() == self.plan.is_ipv6())
             .map(addr_to_u128);
-        let free = self
-            .plan
-            .lowest_free_from(&subnet, self.search_from, allocated)
-            .ok_or_else(|| self.plan.exhausted())?;
+        let free = self.plan.lowest_free_from(&subnet, self.search_from, allocated).ok_or_else(|| self.plan.exhausted())?;
         // Everything allocatable up to and including `free` is now taken.
         self.search_from = free.saturating_add(1);
         let addr = subnet.addr(free);
@@ -97,11 +89,7 @@ impl<O: Ord + Clone> Allocator<O> {
     /// Releases every address held by `owner` and returns them, ascending.
     /// Releasing an owner that holds nothing is fine and returns nothing.
     pub fn release(&mut self, owner: &O) -> Vec<IpAddr> {
-        let released: Vec<IpAddr> = self
-            .by_owner
-            .remove(owner)
-            .map(|held| held.into_iter().collect())
-            .unwrap_or_default();
+        let released: Vec<IpAddr> = self.by_owner.remove(owner).map(|held| held.into_iter().collect()).unwrap_or_default();
         for addr in &released {
             self.by_addr.remove(addr);
             self.search_from = self.search_from.min(addr_to_u128(*addr));

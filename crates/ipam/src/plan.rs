@@ -65,9 +65,7 @@ impl FromStr for Range {
 
     /// Parses `"<start>-<end>"`; whitespace around either address is allowed.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let invalid = || IpamError::InvalidRange {
-            input: input.to_owned(),
-        };
+        let invalid = || IpamError::InvalidRange { input: input.to_owned() };
         let (start, end) = input.split_once('-').ok_or_else(invalid)?;
         let start = start.trim().parse().map_err(|_| invalid())?;
         let end = end.trim().parse().map_err(|_| invalid())?;
@@ -152,34 +150,19 @@ impl SubnetPlan {
 
         if let Some(gateway) = gateway {
             if gateway.is_ipv6() != subnet.v6 {
-                return Err(IpamError::FamilyMismatch {
-                    addr: gateway,
-                    cidr,
-                });
+                return Err(IpamError::FamilyMismatch { addr: gateway, cidr });
             }
             if !subnet.contains(gateway) {
                 return Err(IpamError::GatewayOutsideSubnet { gateway, cidr });
             }
             if let Some(reason) = subnet.reserved_reason(addr_to_u128(gateway)) {
-                return Err(IpamError::GatewayReserved {
-                    gateway,
-                    cidr,
-                    reason,
-                });
+                return Err(IpamError::GatewayReserved { gateway, cidr, reason });
             }
         }
 
-        let pools = if pools.is_empty() {
-            vec![subnet.usable_range()]
-        } else {
-            validate_pools(&subnet, pools)?
-        };
+        let pools = if pools.is_empty() { vec![subnet.usable_range()] } else { validate_pools(&subnet, pools)? };
 
-        Ok(SubnetPlan {
-            cidr,
-            gateway,
-            pools,
-        })
+        Ok(SubnetPlan { cidr, gateway, pools })
     }
 
     /// The addresses that are never handed out, in ascending order: the IPv4
@@ -188,10 +171,7 @@ impl SubnetPlan {
     /// (none for `/127` and `/128`), and the gateway if any.
     pub fn reserved(&self) -> Vec<IpAddr> {
         let subnet = Subnet::of(self.cidr);
-        self.reserved_offsets(&subnet)
-            .into_iter()
-            .map(|value| subnet.addr(value))
-            .collect()
+        self.reserved_offsets(&subnet).into_iter().map(|value| subnet.addr(value)).collect()
     }
 
     /// Whether `addr` may be handed out: `Ok(())` if it is of the subnet's
@@ -230,18 +210,10 @@ impl SubnetPlan {
     /// Runs in O(len(allocated) + number of pools), never O(subnet size).
     /// Returns [`IpamError::Exhausted`] when every allocatable address is
     /// taken.
-    pub fn next_free<I: IntoIterator<Item = IpAddr>>(
-        &self,
-        allocated: I,
-    ) -> Result<IpAddr, IpamError> {
+    pub fn next_free<I: IntoIterator<Item = IpAddr>>(&self, allocated: I) -> Result<IpAddr, IpamError> {
         let subnet = Subnet::of(self.cidr);
-        let allocated = allocated
-            .into_iter()
-            .filter(|addr| addr.is_ipv6() == subnet.v6)
-            .map(addr_to_u128);
-        self.lowest_free_from(&subnet, 0, allocated)
-            .map(|value| subnet.addr(value))
-            .ok_or_else(|| self.exhausted())
+        let allocated = allocated.into_iter().filter(|addr| addr.is_ipv6() == subnet.v6).map(addr_to_u128);
+        self.lowest_free_from(&subnet, 0, allocated).map(|value| subnet.addr(value)).ok_or_else(|| self.exhausted())
     }
 
     /// Number of allocatable addresses (pool addresses that are not
@@ -252,8 +224,7 @@ impl SubnetPlan {
         self.spans(&subnet)
             .into_iter()
             .map(|(start, end)| {
-                let reserved_inside =
-                    reserved.iter().filter(|&&r| start <= r && r <= end).count() as u128;
+                let reserved_inside = reserved.iter().filter(|&&r| start <= r && r <= end).count() as u128;
                 // The span holds (end - start) + 1 addresses; the reserved
                 // ones inside it are distinct, so at most that many.
                 match reserved_inside.checked_sub(1) {
@@ -266,10 +237,7 @@ impl SubnetPlan {
 
     /// The error for a plan with no free address left.
     pub(crate) fn exhausted(&self) -> IpamError {
-        IpamError::Exhausted {
-            cidr: self.cidr,
-            capacity: self.capacity(),
-        }
+        IpamError::Exhausted { cidr: self.cidr, capacity: self.capacity() }
     }
 
     /// Whether this plan hands out IPv6 addresses.
@@ -279,12 +247,7 @@ impl SubnetPlan {
 
     /// The lowest allocatable value `>= from` that `allocated` does not
     /// yield. `allocated` yields values of this plan's family, ascending.
-    pub(crate) fn lowest_free_from(
-        &self,
-        subnet: &Subnet,
-        from: u128,
-        allocated: impl Iterator<Item = u128>,
-    ) -> Option<u128> {
+    pub(crate) fn lowest_free_from(&self, subnet: &Subnet, from: u128, allocated: impl Iterator<Item = u128>) -> Option<u128> {
         let reserved = self.reserved_offsets(subnet);
         let mut allocated = allocated.peekable();
         for (start, end) in self.spans(subnet) {
@@ -315,12 +278,7 @@ impl SubnetPlan {
             .pools
             .iter()
             .filter(|pool| pool.start.is_ipv6() == subnet.v6 && pool.end.is_ipv6() == subnet.v6)
-            .map(|pool| {
-                (
-                    addr_to_u128(pool.start).max(subnet.network),
-                    addr_to_u128(pool.end).min(subnet.last),
-                )
-            })
+            .map(|pool| (addr_to_u128(pool.start).max(subnet.network), addr_to_u128(pool.end).min(subnet.last)))
             .filter(|(start, end)| start <= end)
             .collect();
         spans.sort_unstable();
@@ -347,16 +305,12 @@ impl SubnetPlan {
 
     /// Why `value` is reserved in this plan, if it is.
     fn reserved_reason(&self, subnet: &Subnet, value: u128) -> Option<&'static str> {
-        subnet
-            .reserved_reason(value)
-            .or_else(|| (self.gateway_offset(subnet) == Some(value)).then_some(GATEWAY))
+        subnet.reserved_reason(value).or_else(|| (self.gateway_offset(subnet) == Some(value)).then_some(GATEWAY))
     }
 
     /// The gateway as a value, if it exists and is of the subnet's family.
     fn gateway_offset(&self, subnet: &Subnet) -> Option<u128> {
-        self.gateway
-            .filter(|gateway| gateway.is_ipv6() == subnet.v6)
-            .map(addr_to_u128)
+        self.gateway.filter(|gateway| gateway.is_ipv6() == subnet.v6).map(addr_to_u128)
     }
 }
 
@@ -381,10 +335,7 @@ fn validate_pools(subnet: &Subnet, mut pools: Vec<Range>) -> Result<Vec<Range>, 
     for pair in pools.windows(2) {
         if let [first, second] = pair {
             if addr_to_u128(second.start) <= addr_to_u128(first.end) {
-                return Err(IpamError::PoolsOverlap {
-                    first: *first,
-                    second: *second,
-                });
+                return Err(IpamError::PoolsOverlap { first: *first, second: *second });
             }
         }
     }
@@ -442,11 +393,7 @@ impl Subnet {
     /// Why `value` is reserved by the subnet itself (the gateway aside).
     fn reserved_reason(&self, value: u128) -> Option<&'static str> {
         if self.has_network_reserved() && value == self.network {
-            Some(if self.v6 {
-                SUBNET_ROUTER_ANYCAST
-            } else {
-                NETWORK_ADDRESS
-            })
+            Some(if self.v6 { SUBNET_ROUTER_ANYCAST } else { NETWORK_ADDRESS })
         } else if self.has_broadcast_reserved() && value == self.last {
             Some(BROADCAST_ADDRESS)
         } else {
@@ -468,16 +415,8 @@ impl Subnet {
 
     /// The whole subnet minus the addresses the subnet itself reserves.
     fn usable_range(&self) -> Range {
-        let start = if self.has_network_reserved() {
-            self.network + 1
-        } else {
-            self.network
-        };
-        let end = if self.has_broadcast_reserved() {
-            self.last - 1
-        } else {
-            self.last
-        };
+        let start = if self.has_network_reserved() { self.network + 1 } else { self.network };
+        let end = if self.has_broadcast_reserved() { self.last - 1 } else { self.last };
         Range::new(self.addr(start), self.addr(end))
     }
 }

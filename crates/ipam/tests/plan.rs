@@ -68,26 +68,17 @@ fn ipv6_128_has_no_default_gateway() {
 #[test]
 fn ipv4_24_reserves_network_gateway_and_broadcast() {
     let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![]);
-    assert_eq!(
-        plan.reserved(),
-        ips(&["10.0.0.0", "10.0.0.1", "10.0.0.255"])
-    );
+    assert_eq!(plan.reserved(), ips(&["10.0.0.0", "10.0.0.1", "10.0.0.255"]));
 }
 
 #[test]
 fn ipv4_31_reserves_nothing_without_gateway() {
-    assert_eq!(
-        plan("10.0.0.0/31", None, vec![]).reserved(),
-        Vec::<IpAddr>::new()
-    );
+    assert_eq!(plan("10.0.0.0/31", None, vec![]).reserved(), Vec::<IpAddr>::new());
 }
 
 #[test]
 fn ipv4_32_reserves_nothing_without_gateway() {
-    assert_eq!(
-        plan("10.0.0.9/32", None, vec![]).reserved(),
-        Vec::<IpAddr>::new()
-    );
+    assert_eq!(plan("10.0.0.9/32", None, vec![]).reserved(), Vec::<IpAddr>::new());
 }
 
 #[test]
@@ -98,10 +89,7 @@ fn ipv6_64_reserves_only_subnet_router_anycast_and_gateway() {
 
 #[test]
 fn ipv6_127_reserves_nothing_without_gateway() {
-    assert_eq!(
-        plan("fd00::/127", None, vec![]).reserved(),
-        Vec::<IpAddr>::new()
-    );
+    assert_eq!(plan("fd00::/127", None, vec![]).reserved(), Vec::<IpAddr>::new());
 }
 
 #[test]
@@ -114,10 +102,7 @@ fn ipv6_does_not_reserve_the_all_ones_address() {
 
 #[test]
 fn ipv4_24_with_gateway_has_253_allocatable_addresses() {
-    assert_eq!(
-        plan("10.0.0.0/24", Some("10.0.0.1"), vec![]).capacity(),
-        253
-    );
+    assert_eq!(plan("10.0.0.0/24", Some("10.0.0.1"), vec![]).capacity(), 253);
 }
 
 #[test]
@@ -148,24 +133,13 @@ fn ipv6_slash_zero_capacity_is_all_but_the_anycast_address() {
 
 #[test]
 fn capacity_counts_only_pool_addresses() {
-    let plan = plan(
-        "10.0.0.0/24",
-        Some("10.0.0.1"),
-        vec![
-            range("10.0.0.10", "10.0.0.19"),
-            range("10.0.0.100", "10.0.0.100"),
-        ],
-    );
+    let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![range("10.0.0.10", "10.0.0.19"), range("10.0.0.100", "10.0.0.100")]);
     assert_eq!(plan.capacity(), 11);
 }
 
 #[test]
 fn capacity_excludes_reserved_addresses_inside_pools() {
-    let plan = plan(
-        "10.0.0.0/24",
-        Some("10.0.0.1"),
-        vec![range("10.0.0.0", "10.0.0.255")],
-    );
+    let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![range("10.0.0.0", "10.0.0.255")]);
     assert_eq!(plan.capacity(), 253);
 }
 
@@ -180,25 +154,13 @@ fn a_host_address_in_the_pool_is_allocatable() {
 #[test]
 fn the_gateway_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![]);
-    assert_eq!(
-        plan.is_allocatable(ip("10.0.0.1")),
-        Err(IpamError::Reserved {
-            addr: ip("10.0.0.1"),
-            reason: "gateway"
-        })
-    );
+    assert_eq!(plan.is_allocatable(ip("10.0.0.1")), Err(IpamError::Reserved { addr: ip("10.0.0.1"), reason: "gateway" }));
 }
 
 #[test]
 fn the_network_address_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", None, vec![]);
-    assert_eq!(
-        plan.is_allocatable(ip("10.0.0.0")),
-        Err(IpamError::Reserved {
-            addr: ip("10.0.0.0"),
-            reason: "network address"
-        })
-    );
+    assert_eq!(plan.is_allocatable(ip("10.0.0.0")), Err(IpamError::Reserved { addr: ip("10.0.0.0"), reason: "network address" }));
 }
 
 #[test]
@@ -206,10 +168,7 @@ fn the_broadcast_address_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", None, vec![]);
     assert_eq!(
         plan.is_allocatable(ip("10.0.0.255")),
-        Err(IpamError::Reserved {
-            addr: ip("10.0.0.255"),
-            reason: "broadcast address"
-        })
+        Err(IpamError::Reserved { addr: ip("10.0.0.255"), reason: "broadcast address" })
     );
 }
 
@@ -218,10 +177,7 @@ fn the_ipv6_subnet_router_anycast_address_is_not_allocatable() {
     let plan = plan("fd00::/64", None, vec![]);
     assert_eq!(
         plan.is_allocatable(ip("fd00::")),
-        Err(IpamError::Reserved {
-            addr: ip("fd00::"),
-            reason: "subnet-router anycast address"
-        })
+        Err(IpamError::Reserved { addr: ip("fd00::"), reason: "subnet-router anycast address" })
     );
 }
 
@@ -230,10 +186,7 @@ fn an_address_outside_the_subnet_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", None, vec![]);
     assert_eq!(
         plan.is_allocatable(ip("10.0.1.5")),
-        Err(IpamError::OutsideSubnet {
-            addr: ip("10.0.1.5"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::OutsideSubnet { addr: ip("10.0.1.5"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -242,10 +195,7 @@ fn an_address_outside_the_pools_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", None, vec![range("10.0.0.10", "10.0.0.20")]);
     assert_eq!(
         plan.is_allocatable(ip("10.0.0.21")),
-        Err(IpamError::OutsidePools {
-            addr: ip("10.0.0.21"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::OutsidePools { addr: ip("10.0.0.21"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -254,10 +204,7 @@ fn an_address_of_the_other_family_is_not_allocatable() {
     let plan = plan("10.0.0.0/24", None, vec![]);
     assert_eq!(
         plan.is_allocatable(ip("fd00::5")),
-        Err(IpamError::FamilyMismatch {
-            addr: ip("fd00::5"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::FamilyMismatch { addr: ip("fd00::5"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -278,24 +225,13 @@ fn next_free_fills_the_lowest_gap() {
 
 #[test]
 fn next_free_skips_the_gateway_inside_a_pool() {
-    let plan = plan(
-        "10.0.0.0/24",
-        Some("10.0.0.11"),
-        vec![range("10.0.0.10", "10.0.0.20")],
-    );
+    let plan = plan("10.0.0.0/24", Some("10.0.0.11"), vec![range("10.0.0.10", "10.0.0.20")]);
     assert_eq!(plan.next_free(ips(&["10.0.0.10"])), Ok(ip("10.0.0.12")));
 }
 
 #[test]
 fn next_free_moves_on_to_the_next_pool_when_one_is_full() {
-    let plan = plan(
-        "10.0.0.0/24",
-        None,
-        vec![
-            range("10.0.0.100", "10.0.0.101"),
-            range("10.0.0.10", "10.0.0.11"),
-        ],
-    );
+    let plan = plan("10.0.0.0/24", None, vec![range("10.0.0.100", "10.0.0.101"), range("10.0.0.10", "10.0.0.11")]);
     let allocated = ips(&["10.0.0.10", "10.0.0.11"]);
     assert_eq!(plan.next_free(allocated), Ok(ip("10.0.0.100")));
 }
@@ -340,69 +276,41 @@ fn next_free_in_an_ipv6_8_does_not_enumerate_the_subnet() {
 #[test]
 fn next_free_reaches_the_top_of_the_ipv6_address_space() {
     let plan = plan("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126", None, vec![]);
-    let allocated = ips(&[
-        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd",
-        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
-    ]);
-    assert_eq!(
-        plan.next_free(allocated),
-        Ok(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
-    );
+    let allocated = ips(&["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"]);
+    assert_eq!(plan.next_free(allocated), Ok(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
 }
 
 #[test]
 fn next_free_on_a_full_subnet_reports_exhaustion() {
     let plan = plan("10.0.0.0/30", Some("10.0.0.1"), vec![]);
-    assert_eq!(
-        plan.next_free(ips(&["10.0.0.2"])),
-        Err(IpamError::Exhausted {
-            cidr: net("10.0.0.0/30"),
-            capacity: 1
-        })
-    );
+    assert_eq!(plan.next_free(ips(&["10.0.0.2"])), Err(IpamError::Exhausted { cidr: net("10.0.0.0/30"), capacity: 1 }));
 }
 
 #[test]
 fn exhaustion_message_names_the_subnet_and_its_capacity() {
     let plan = plan("10.0.0.0/30", Some("10.0.0.1"), vec![]);
-    let error = plan
-        .next_free(ips(&["10.0.0.2"]))
-        .expect_err("subnet is full");
-    assert_eq!(
-        error.to_string(),
-        "subnet 10.0.0.0/30 is exhausted: all 1 allocatable addresses are in use"
-    );
+    let error = plan.next_free(ips(&["10.0.0.2"])).expect_err("subnet is full");
+    assert_eq!(error.to_string(), "subnet 10.0.0.0/30 is exhausted: all 1 allocatable addresses are in use");
 }
 
 // ---- validation ------------------------------------------------------------
 
 #[test]
 fn a_cidr_with_host_bits_set_is_rejected() {
-    assert_eq!(
-        SubnetPlan::new(net("10.0.0.1/24"), None, vec![]),
-        Err(IpamError::HostBitsSet {
-            cidr: net("10.0.0.1/24")
-        })
-    );
+    assert_eq!(SubnetPlan::new(net("10.0.0.1/24"), None, vec![]), Err(IpamError::HostBitsSet { cidr: net("10.0.0.1/24") }));
 }
 
 #[test]
 fn host_bits_message_suggests_the_network() {
     let error = SubnetPlan::new(net("10.0.0.1/24"), None, vec![]).expect_err("host bits");
-    assert_eq!(
-        error.to_string(),
-        "subnet 10.0.0.1/24 has host bits set; did you mean 10.0.0.0/24?"
-    );
+    assert_eq!(error.to_string(), "subnet 10.0.0.1/24 has host bits set; did you mean 10.0.0.0/24?");
 }
 
 #[test]
 fn a_gateway_outside_the_subnet_is_rejected() {
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.1.1")), vec![]),
-        Err(IpamError::GatewayOutsideSubnet {
-            gateway: ip("10.0.1.1"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::GatewayOutsideSubnet { gateway: ip("10.0.1.1"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -410,11 +318,7 @@ fn a_gateway_outside_the_subnet_is_rejected() {
 fn a_gateway_on_the_network_address_is_rejected() {
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.0.0")), vec![]),
-        Err(IpamError::GatewayReserved {
-            gateway: ip("10.0.0.0"),
-            cidr: net("10.0.0.0/24"),
-            reason: "network address",
-        })
+        Err(IpamError::GatewayReserved { gateway: ip("10.0.0.0"), cidr: net("10.0.0.0/24"), reason: "network address" })
     );
 }
 
@@ -422,11 +326,7 @@ fn a_gateway_on_the_network_address_is_rejected() {
 fn a_gateway_on_the_broadcast_address_is_rejected() {
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.0.255")), vec![]),
-        Err(IpamError::GatewayReserved {
-            gateway: ip("10.0.0.255"),
-            cidr: net("10.0.0.0/24"),
-            reason: "broadcast address",
-        })
+        Err(IpamError::GatewayReserved { gateway: ip("10.0.0.255"), cidr: net("10.0.0.0/24"), reason: "broadcast address" })
     );
 }
 
@@ -434,10 +334,7 @@ fn a_gateway_on_the_broadcast_address_is_rejected() {
 fn a_gateway_of_the_other_family_is_rejected() {
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), Some(ip("fd00::1")), vec![]),
-        Err(IpamError::FamilyMismatch {
-            addr: ip("fd00::1"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::FamilyMismatch { addr: ip("fd00::1"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -452,20 +349,14 @@ fn a_pool_outside_the_subnet_is_rejected() {
     let pool = range("10.0.0.250", "10.0.1.5");
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]),
-        Err(IpamError::PoolOutsideSubnet {
-            pool,
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::PoolOutsideSubnet { pool, cidr: net("10.0.0.0/24") })
     );
 }
 
 #[test]
 fn a_reversed_pool_is_rejected() {
     let pool = range("10.0.0.20", "10.0.0.10");
-    assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]),
-        Err(IpamError::PoolReversed { pool })
-    );
+    assert_eq!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]), Err(IpamError::PoolReversed { pool }));
 }
 
 #[test]
@@ -473,10 +364,7 @@ fn a_pool_of_mixed_families_is_rejected() {
     let pool = range("10.0.0.10", "fd00::10");
     assert_eq!(
         SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]),
-        Err(IpamError::FamilyMismatch {
-            addr: ip("fd00::10"),
-            cidr: net("10.0.0.0/24")
-        })
+        Err(IpamError::FamilyMismatch { addr: ip("fd00::10"), cidr: net("10.0.0.0/24") })
     );
 }
 
@@ -484,32 +372,19 @@ fn a_pool_of_mixed_families_is_rejected() {
 fn overlapping_pools_are_rejected() {
     let first = range("10.0.0.10", "10.0.0.20");
     let second = range("10.0.0.20", "10.0.0.30");
-    assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), None, vec![second, first]),
-        Err(IpamError::PoolsOverlap { first, second })
-    );
+    assert_eq!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![second, first]), Err(IpamError::PoolsOverlap { first, second }));
 }
 
 #[test]
 fn a_pool_nested_in_another_is_rejected_as_overlap() {
     let outer = range("10.0.0.10", "10.0.0.50");
     let inner = range("10.0.0.20", "10.0.0.30");
-    assert!(matches!(
-        SubnetPlan::new(net("10.0.0.0/24"), None, vec![outer, inner]),
-        Err(IpamError::PoolsOverlap { .. })
-    ));
+    assert!(matches!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![outer, inner]), Err(IpamError::PoolsOverlap { .. })));
 }
 
 #[test]
 fn adjacent_pools_are_accepted() {
-    let plan = plan(
-        "10.0.0.0/24",
-        None,
-        vec![
-            range("10.0.0.10", "10.0.0.19"),
-            range("10.0.0.20", "10.0.0.29"),
-        ],
-    );
+    let plan = plan("10.0.0.0/24", None, vec![range("10.0.0.10", "10.0.0.19"), range("10.0.0.20", "10.0.0.29")]);
     assert_eq!(plan.capacity(), 20);
 }
 
@@ -521,10 +396,7 @@ fn no_pools_means_the_whole_usable_ipv4_subnet() {
 
 #[test]
 fn no_pools_means_the_whole_ipv4_31() {
-    assert_eq!(
-        plan("10.0.0.0/31", None, vec![]).pools,
-        vec![range("10.0.0.0", "10.0.0.1")]
-    );
+    assert_eq!(plan("10.0.0.0/31", None, vec![]).pools, vec![range("10.0.0.0", "10.0.0.1")]);
 }
 
 #[test]
@@ -537,52 +409,31 @@ fn no_pools_means_everything_but_the_anycast_address_in_ipv6() {
 fn pools_are_stored_sorted_by_start() {
     let high = range("10.0.0.100", "10.0.0.110");
     let low = range("10.0.0.10", "10.0.0.20");
-    assert_eq!(
-        plan("10.0.0.0/24", None, vec![high, low]).pools,
-        vec![low, high]
-    );
+    assert_eq!(plan("10.0.0.0/24", None, vec![high, low]).pools, vec![low, high]);
 }
 
 // ---- ranges and serialisation ----------------------------------------------
 
 #[test]
 fn a_range_displays_as_start_dash_end() {
-    assert_eq!(
-        range("10.0.0.10", "10.0.0.20").to_string(),
-        "10.0.0.10-10.0.0.20"
-    );
+    assert_eq!(range("10.0.0.10", "10.0.0.20").to_string(), "10.0.0.10-10.0.0.20");
 }
 
 #[test]
 fn a_range_parses_from_its_display_form() {
-    assert_eq!(
-        "fd00::10-fd00::ff".parse(),
-        Ok(range("fd00::10", "fd00::ff"))
-    );
+    assert_eq!("fd00::10-fd00::ff".parse(), Ok(range("fd00::10", "fd00::ff")));
 }
 
 #[test]
 fn a_range_without_a_dash_does_not_parse() {
-    assert_eq!(
-        "10.0.0.10".parse::<Range>(),
-        Err(IpamError::InvalidRange {
-            input: "10.0.0.10".to_owned()
-        })
-    );
+    assert_eq!("10.0.0.10".parse::<Range>(), Err(IpamError::InvalidRange { input: "10.0.0.10".to_owned() }));
 }
 
 #[test]
 fn a_plan_round_trips_through_json() {
-    let plan = plan(
-        "10.0.0.0/24",
-        Some("10.0.0.1"),
-        vec![range("10.0.0.10", "10.0.0.20")],
-    );
+    let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![range("10.0.0.10", "10.0.0.20")]);
     let json = serde_json::to_string(&plan).expect("serialise");
-    assert_eq!(
-        serde_json::from_str::<SubnetPlan>(&json).expect("deserialise"),
-        plan
-    );
+    assert_eq!(serde_json::from_str::<SubnetPlan>(&json).expect("deserialise"), plan);
 }
 
 #[test]

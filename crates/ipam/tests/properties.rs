@@ -19,8 +19,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use tessera_ipam::{
-    addr_to_u128, default_gateway, parse_sort_key, sort_key, u128_to_addr, Allocator, IpamError,
-    Range, SubnetPlan,
+    addr_to_u128, default_gateway, parse_sort_key, sort_key, u128_to_addr, Allocator, IpamError, Range, SubnetPlan,
 };
 
 /// Largest subnet (in addresses) that the brute-force oracles walk.
@@ -61,33 +60,17 @@ fn op() -> impl Strategy<Value = Op> {
 /// A prefix length biased towards the edge sizes of a family with `bits`
 /// address bits.
 fn prefix_len(bits: u8, smallest_prefix: u8) -> impl Strategy<Value = u8> {
-    prop_oneof![
-        Just(bits),
-        Just(bits - 1),
-        Just(bits - 2),
-        Just(bits - 3),
-        smallest_prefix..=bits,
-    ]
+    prop_oneof![Just(bits), Just(bits - 1), Just(bits - 2), Just(bits - 3), smallest_prefix..=bits,]
 }
 
 /// A random subnet of either family. With `small`, at most
 /// [`BRUTE_FORCE_LIMIT`] addresses; otherwise any size down to `/0`.
 fn cidr(small: bool) -> impl Strategy<Value = IpNet> {
     let (v4_min, v6_min) = if small { (22, 118) } else { (0, 0) };
-    let v4 = (any::<u32>(), prefix_len(32, v4_min)).prop_map(|(addr, len)| {
-        IpNet::V4(
-            Ipv4Net::new(addr.into(), len)
-                .expect("prefix <= 32")
-                .trunc(),
-        )
-    });
-    let v6 = (any::<u128>(), prefix_len(128, v6_min)).prop_map(|(addr, len)| {
-        IpNet::V6(
-            Ipv6Net::new(addr.into(), len)
-                .expect("prefix <= 128")
-                .trunc(),
-        )
-    });
+    let v4 = (any::<u32>(), prefix_len(32, v4_min))
+        .prop_map(|(addr, len)| IpNet::V4(Ipv4Net::new(addr.into(), len).expect("prefix <= 32").trunc()));
+    let v6 = (any::<u128>(), prefix_len(128, v6_min))
+        .prop_map(|(addr, len)| IpNet::V6(Ipv6Net::new(addr.into(), len).expect("prefix <= 128").trunc()));
     prop_oneof![v4, v6]
 }
 
@@ -106,19 +89,9 @@ impl Facts {
         let v6 = matches!(cidr, IpNet::V6(_));
         let bits = if v6 { 128 } else { 32 };
         let host_bits = bits - u32::from(cidr.prefix_len());
-        let host_mask = if host_bits == 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
+        let host_mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
         let network = addr_to_u128(cidr.network());
-        Facts {
-            v6,
-            network,
-            last: network | host_mask,
-            host_mask,
-            host_bits,
-        }
+        Facts { v6, network, last: network | host_mask, host_mask, host_bits }
     }
 
     fn addr(&self, value: u128) -> IpAddr {
@@ -142,11 +115,10 @@ fn oracle_allocatable(plan: &SubnetPlan, addr: IpAddr) -> bool {
     }
     let value = addr_to_u128(addr);
     let in_subnet = facts.network <= value && value <= facts.last;
-    let in_pool = plan.pools.iter().any(|pool| {
-        pool.start.is_ipv6() == facts.v6
-            && addr_to_u128(pool.start) <= value
-            && value <= addr_to_u128(pool.end)
-    });
+    let in_pool = plan
+        .pools
+        .iter()
+        .any(|pool| pool.start.is_ipv6() == facts.v6 && addr_to_u128(pool.start) <= value && value <= addr_to_u128(pool.end));
     let network_reserved = facts.host_bits >= 2 && value == facts.network;
     let broadcast_reserved = !facts.v6 && facts.host_bits >= 2 && value == facts.last;
     let gateway = plan.gateway == Some(addr);
@@ -156,23 +128,15 @@ fn oracle_allocatable(plan: &SubnetPlan, addr: IpAddr) -> bool {
 /// A random valid plan for a subnet from `cidrs`: no, default or random
 /// gateway, and either no pools or up to four disjoint random pools.
 fn plan(cidrs: impl Strategy<Value = IpNet>) -> impl Strategy<Value = SubnetPlan> {
-    (
-        cidrs,
-        0..3u8,
-        any::<u128>(),
-        prop::collection::vec(any::<u128>(), 0..8),
-    )
-        .prop_map(|(cidr, gateway_kind, gateway_offset, pool_offsets)| {
+    (cidrs, 0..3u8, any::<u128>(), prop::collection::vec(any::<u128>(), 0..8)).prop_map(
+        |(cidr, gateway_kind, gateway_offset, pool_offsets)| {
             let facts = Facts::of(cidr);
             let gateway = match gateway_kind {
                 0 => None,
                 1 => default_gateway(cidr),
                 _ => Some(facts.inside(gateway_offset)),
             };
-            let mut bounds: Vec<u128> = pool_offsets
-                .iter()
-                .map(|&o| facts.network | (o & facts.host_mask))
-                .collect();
+            let mut bounds: Vec<u128> = pool_offsets.iter().map(|&o| facts.network | (o & facts.host_mask)).collect();
             bounds.sort_unstable();
             bounds.dedup();
             // Consecutive pairs of distinct sorted values are disjoint ranges.
@@ -186,7 +150,8 @@ fn plan(cidrs: impl Strategy<Value = IpNet>) -> impl Strategy<Value = SubnetPlan
             SubnetPlan::new(cidr, gateway, pools.clone())
                 .or_else(|_| SubnetPlan::new(cidr, None, pools))
                 .expect("generated pools are valid")
-        })
+        },
+    )
 }
 
 /// Edge addresses worth requesting statically.
@@ -213,16 +178,12 @@ fn edges(plan: &SubnetPlan) -> Vec<IpAddr> {
 /// walking the whole (small) subnet.
 fn brute_force_next_free(plan: &SubnetPlan, model: &BTreeMap<IpAddr, Owner>) -> Option<IpAddr> {
     let facts = Facts::of(plan.cidr);
-    (facts.network..=facts.last)
-        .map(|v| facts.addr(v))
-        .find(|&addr| oracle_allocatable(plan, addr) && !model.contains_key(&addr))
+    (facts.network..=facts.last).map(|v| facts.addr(v)).find(|&addr| oracle_allocatable(plan, addr) && !model.contains_key(&addr))
 }
 
 fn brute_force_capacity(plan: &SubnetPlan) -> u128 {
     let facts = Facts::of(plan.cidr);
-    (facts.network..=facts.last)
-        .filter(|&v| oracle_allocatable(plan, facts.addr(v)))
-        .count() as u128
+    (facts.network..=facts.last).filter(|&v| oracle_allocatable(plan, facts.addr(v))).count() as u128
 }
 
 /// Runs `ops` against an allocator and a model, checking every property
@@ -239,11 +200,7 @@ fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(
 
     for op in ops {
         let held_by = |model: &BTreeMap<IpAddr, Owner>, owner: Owner| -> Vec<IpAddr> {
-            model
-                .iter()
-                .filter(|(_, o)| **o == owner)
-                .map(|(a, _)| *a)
-                .collect()
+            model.iter().filter(|(_, o)| **o == owner).map(|(a, _)| *a).collect()
         };
         match op {
             Op::Allocate(owner) => {
@@ -256,13 +213,7 @@ fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(
                 } else {
                     // Property 3: exhausted exactly when everything is taken.
                     if model.len() as u128 == capacity {
-                        prop_assert_eq!(
-                            result,
-                            Err(IpamError::Exhausted {
-                                cidr: plan.cidr,
-                                capacity
-                            })
-                        );
+                        prop_assert_eq!(result, Err(IpamError::Exhausted { cidr: plan.cidr, capacity }));
                     } else {
                         // Lowest-free policy, including after releases.
                         prop_assert_eq!(result.clone(), expected_next);
@@ -272,10 +223,7 @@ fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(
                     }
                 }
             }
-            Op::StaticInside(owner, _)
-            | Op::StaticAnywhere(owner, _)
-            | Op::StaticEdge(owner, _)
-            | Op::StaticHeld(owner, _) => {
+            Op::StaticInside(owner, _) | Op::StaticAnywhere(owner, _) | Op::StaticEdge(owner, _) | Op::StaticHeld(owner, _) => {
                 let addr = match op {
                     Op::StaticInside(_, offset) => facts.inside(offset),
                     Op::StaticAnywhere(_, raw) => facts.addr(raw),
@@ -283,22 +231,17 @@ fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(
                         let edges = edges(&plan);
                         edges[index % edges.len()]
                     }
-                    Op::StaticHeld(_, index) => {
-                        match model.keys().nth(index % model.len().max(1)) {
-                            Some(&addr) => addr,
-                            None => continue,
-                        }
-                    }
+                    Op::StaticHeld(_, index) => match model.keys().nth(index % model.len().max(1)) {
+                        Some(&addr) => addr,
+                        None => continue,
+                    },
                     _ => unreachable!("outer match covers only static requests"),
                 };
                 let result = alloc.allocate_static(owner, addr);
                 if !oracle_allocatable(&plan, addr) {
                     prop_assert!(result.is_err(), "{} granted but not allocatable", addr);
                     prop_assert!(
-                        !matches!(
-                            result,
-                            Err(IpamError::InUse { .. } | IpamError::Exhausted { .. })
-                        ),
+                        !matches!(result, Err(IpamError::InUse { .. } | IpamError::Exhausted { .. })),
                         "unexpected error {:?}",
                         result
                     );
@@ -340,10 +283,7 @@ fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(
         }
         // Property 4: next_free is the brute-force lowest free address.
         if brute_force {
-            let expected = brute_force_next_free(&plan, &model).ok_or(IpamError::Exhausted {
-                cidr: plan.cidr,
-                capacity,
-            });
+            let expected = brute_force_next_free(&plan, &model).ok_or(IpamError::Exhausted { cidr: plan.cidr, capacity });
             prop_assert_eq!(plan.next_free(model.keys().copied()), expected);
         }
     }

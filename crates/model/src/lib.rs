@@ -20,7 +20,9 @@ pub use error::{ErrorCode, FieldError};
 pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
-pub use policy::{Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PortRange, Protocol, Rule, RuleSpec};
+pub use policy::{
+    Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PortRange, Protocol, Rule, RuleSpec,
+};
 pub use reservation::{Reservation, ReservationCreate};
 pub use route_target::RouteTarget;
 pub use uuid::Uuid;

@@ -44,11 +44,13 @@ fn within(inner: &[(u128, u128); 5], outer: &[(u128, u128); 5]) -> bool {
     inner.iter().zip(outer).all(|(i, o)| o.0 <= i.0 && i.1 <= o.1)
 }
 
-/// The dimension with the most distinct ranges.
+/// The dimension with the most distinct ranges (estimated on a sample of
+/// at most 4096 boxes).
 fn sweep_dimension(dims: &[[(u128, u128); 5]]) -> usize {
+    let step = dims.len().div_ceil(4096).max(1);
     let mut best = (0, 0);
     for d in 0..5 {
-        let mut ranges: Vec<(u128, u128)> = dims.iter().map(|b| b[d]).collect();
+        let mut ranges: Vec<(u128, u128)> = dims.iter().step_by(step).map(|b| b[d]).collect();
         ranges.sort_unstable();
         ranges.dedup();
         if ranges.len() > best.1 {
@@ -64,7 +66,7 @@ fn layers_of(dims: &[[(u128, u128); 5]]) -> Vec<Option<u32>> {
     // earlier[j]: the boxes before j (in priority order) that overlap it.
     let mut earlier: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&k| dims[k][d].0);
+    order.sort_unstable_by_key(|&k| (dims[k][d].0, k));
     let mut active: Vec<usize> = Vec::new();
     for &j in &order {
         let lo = dims[j][d].0;

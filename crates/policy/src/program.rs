@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::flow::{Flow, FlowBox};
 use crate::layer::assign_layers;
-use crate::rules::{rule_boxes, rule_matches};
+use crate::rules::{rule_boxes_into, rule_matches, Side};
 use crate::topology::{attached, Topology};
 
 /// What happens to a new flow.
@@ -141,26 +141,27 @@ fn log_prefix(policy: &Policy, rule: usize, src: &Network, dst: &Network, verdic
 
 /// Compiles the policies `list` (in order) for flows from `src` to `dst`.
 pub fn compile_list(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> RuleList {
+    let (s, d) = (Side::of(src), Side::of(dst));
     let mut boxes: Vec<FlowBox> = Vec::new();
-    let mut meta: Vec<(Verdict, RuleRef, Option<String>)> = Vec::new();
-    for policy in list {
+    // For each box: the policy (index in `list`) and rule it comes from.
+    let mut from: Vec<(u32, u32)> = Vec::new();
+    for (p, policy) in list.iter().enumerate() {
         for (i, rule) in policy.rules.iter().enumerate() {
-            let verdict = Verdict::from(rule.action);
-            let origin = RuleRef { policy: policy.id, rule: i };
-            let log = rule.log.then(|| log_prefix(policy, i, src, dst, verdict));
-            for b in rule_boxes(rule, src, dst) {
-                boxes.push(b);
-                meta.push((verdict, origin, log.clone()));
-            }
+            let before = boxes.len();
+            rule_boxes_into(rule, &s, &d, &mut boxes);
+            from.extend(std::iter::repeat_n((p as u32, i as u32), boxes.len() - before));
         }
     }
     let layers = assign_layers(&boxes);
-    let entries: Vec<Entry> = boxes
-        .into_iter()
-        .zip(meta)
-        .zip(layers)
-        .filter_map(|((key, (verdict, origin, log)), layer)| Some(Entry { key, verdict, origin, log, layer: layer? }))
-        .collect();
+    let mut entries = Vec::with_capacity(boxes.len());
+    for ((key, (p, i)), layer) in boxes.into_iter().zip(from).zip(layers) {
+        let Some(layer) = layer else { continue };
+        let policy = list[p as usize];
+        let rule = &policy.rules[i as usize];
+        let verdict = Verdict::from(rule.action);
+        let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
+        entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
+    }
     RuleList { default, entries }
 }
 

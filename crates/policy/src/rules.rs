@@ -13,24 +13,43 @@ use tessera_model::{Direction, Network, PortRange, Protocol, Rule, RuleEndpoint}
 
 use crate::flow::{addr_bits, net_range, Family, Flow, FlowBox};
 
+/// What rule specialisation needs to know about one side of a pair: the
+/// network, the families of its subnets and their ranges.
+#[derive(Debug, Clone)]
+pub struct Side<'a> {
+    pub network: &'a Network,
+    families: [bool; 2],
+    ranges: Vec<(Family, (u128, u128))>,
+}
+
+impl<'a> Side<'a> {
+    pub fn of(network: &'a Network) -> Self {
+        let ranges: Vec<(Family, (u128, u128))> =
+            network.subnets.iter().map(|s| (Family::of(s.cidr.addr()), net_range(&s.cidr))).collect();
+        let families = [ranges.iter().any(|r| r.0 == Family::V4), ranges.iter().any(|r| r.0 == Family::V6)];
+        Side { network, families, ranges }
+    }
+}
+
+/// At most two address ranges (one per family).
+type Ranges = [Option<(Family, (u128, u128))>; 2];
+
 /// The address ranges an endpoint matches on `side`, by family; `None` when
 /// it cannot match that side at all.
-fn endpoint_ranges(e: &RuleEndpoint, side: &Network) -> Option<Vec<(Family, (u128, u128))>> {
-    let families = || -> Vec<Family> {
-        Family::BOTH.into_iter().filter(|f| side.subnets.iter().any(|s| Family::of(s.cidr.addr()) == *f)).collect()
+fn endpoint_ranges(e: &RuleEndpoint, side: &Side) -> Option<Ranges> {
+    let all = || -> Ranges {
+        let f = |i: usize, fam: Family| side.families[i].then_some((fam, (0, fam.max())));
+        [f(0, Family::V4), f(1, Family::V6)]
     };
     match e {
-        RuleEndpoint::Any => Some(families().into_iter().map(|f| (f, (0, f.max()))).collect()),
-        RuleEndpoint::Network(n) if *n == side.fq_name => Some(families().into_iter().map(|f| (f, (0, f.max()))).collect()),
+        RuleEndpoint::Any => Some(all()),
+        RuleEndpoint::Network(n) if *n == side.network.fq_name => Some(all()),
         RuleEndpoint::Network(_) => None,
         RuleEndpoint::Cidr(c) => {
             let family = Family::of(c.addr());
             let range = net_range(c);
-            let touches = side.subnets.iter().any(|s| {
-                let (lo, hi) = net_range(&s.cidr);
-                Family::of(s.cidr.addr()) == family && lo <= range.1 && range.0 <= hi
-            });
-            touches.then(|| vec![(family, range)])
+            let touches = side.ranges.iter().any(|(f, (lo, hi))| *f == family && *lo <= range.1 && range.0 <= *hi);
+            touches.then_some([Some((family, range)), None])
         }
     }
 }
@@ -48,11 +67,13 @@ pub(crate) fn protocol_range(p: Protocol) -> ((u8, u8), Option<Family>) {
     }
 }
 
-fn port_ranges(ports: &[PortRange]) -> Vec<(u16, u16)> {
+const ANY_PORT: [PortRange; 1] = [PortRange { start: 0, end: u16::MAX }];
+
+fn port_ranges(ports: &[PortRange]) -> &[PortRange] {
     if ports.is_empty() {
-        vec![(0, u16::MAX)]
+        &ANY_PORT
     } else {
-        ports.iter().map(|r| (r.start, r.end)).collect()
+        ports
     }
 }
 
@@ -61,20 +82,38 @@ fn port_ranges(ports: &[PortRange]) -> Vec<(u16, u16)> {
 /// overlap is cut out of the second), in a deterministic order. Empty when
 /// the rule cannot match such a flow.
 pub fn rule_boxes(rule: &Rule, src: &Network, dst: &Network) -> Vec<FlowBox> {
+    let mut out = Vec::new();
+    rule_boxes_into(rule, &Side::of(src), &Side::of(dst), &mut out);
+    out
+}
+
+/// [`rule_boxes`] for prepared sides, appended to `out`.
+pub fn rule_boxes_into(rule: &Rule, src: &Side, dst: &Side, out: &mut Vec<FlowBox>) {
     let (proto, only) = protocol_range(rule.protocol);
-    let mut out: Vec<FlowBox> = Vec::new();
-    let mut add = |from: &RuleEndpoint, to: &RuleEndpoint, sports: &[PortRange], dports: &[PortRange]| {
+    let first = out.len();
+    let add = |out: &mut Vec<FlowBox>, from: &RuleEndpoint, to: &RuleEndpoint, sports: &[PortRange], dports: &[PortRange]| {
         let (Some(s), Some(d)) = (endpoint_ranges(from, src), endpoint_ranges(to, dst)) else { return };
-        for (sf, sr) in &s {
-            for (df, dr) in &d {
+        for (sf, sr) in s.iter().flatten() {
+            for (df, dr) in d.iter().flatten() {
                 if sf != df || only.is_some_and(|f| f != *sf) {
                     continue;
                 }
                 for sp in port_ranges(sports) {
                     for dp in port_ranges(dports) {
-                        let b = FlowBox { family: *sf, src: *sr, dst: *dr, proto, sport: sp, dport: dp };
+                        let b = FlowBox {
+                            family: *sf,
+                            src: *sr,
+                            dst: *dr,
+                            proto,
+                            sport: (sp.start, sp.end),
+                            dport: (dp.start, dp.end),
+                        };
+                        if !out[first..].iter().any(|e| e.overlaps(&b)) {
+                            out.push(b);
+                            continue;
+                        }
                         let mut pieces = vec![b];
-                        for earlier in out.iter() {
+                        for earlier in &out[first..] {
                             pieces = pieces.into_iter().flat_map(|p| subtract(p, earlier)).collect();
                         }
                         out.extend(pieces);
@@ -83,12 +122,11 @@ pub fn rule_boxes(rule: &Rule, src: &Network, dst: &Network) -> Vec<FlowBox> {
             }
         }
     };
-    add(&rule.src, &rule.dst, &rule.src_ports, &rule.dst_ports);
+    add(out, &rule.src, &rule.dst, &rule.src_ports, &rule.dst_ports);
     if rule.direction == Direction::Both {
         // The other way: from the rule's destination to its source, ports swapped.
-        add(&rule.dst, &rule.src, &rule.dst_ports, &rule.src_ports);
+        add(out, &rule.dst, &rule.src, &rule.dst_ports, &rule.src_ports);
     }
-    out
 }
 
 /// `b` minus `a`: at most two pieces per dimension, disjoint from `a` and

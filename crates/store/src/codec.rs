@@ -30,30 +30,16 @@ pub(crate) fn encode_kv(kv: &KeyValue) -> Vec<u8> {
 
 /// Decodes a record written by [`encode_kv`] for `key`.
 pub(crate) fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: key.to_owned(),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { key: key.to_owned(), reason };
     let mut reader = Reader::new(bytes);
     let format = reader.u8().ok_or_else(|| corrupt("empty record".into()))?;
     if format != FORMAT {
         return Err(corrupt(format!("unknown record format {format}")));
     }
-    let (Some(create_revision), Some(mod_revision), Some(version)) =
-        (reader.u64(), reader.u64(), reader.u64())
-    else {
-        return Err(corrupt(format!(
-            "record of {} bytes is truncated",
-            bytes.len()
-        )));
+    let (Some(create_revision), Some(mod_revision), Some(version)) = (reader.u64(), reader.u64(), reader.u64()) else {
+        return Err(corrupt(format!("record of {} bytes is truncated", bytes.len())));
     };
-    Ok(KeyValue {
-        key: key.to_owned(),
-        value: reader.rest().to_vec(),
-        create_revision,
-        mod_revision,
-        version,
-    })
+    Ok(KeyValue { key: key.to_owned(), value: reader.rest().to_vec(), create_revision, mod_revision, version })
 }
 
 /// Encodes `event` (its revision is the table key).
@@ -78,10 +64,7 @@ pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
 
 /// Decodes an event written by [`encode_event`] at `(revision, index)`.
 pub(crate) fn decode_event(revision: u64, index: u32, bytes: &[u8]) -> Result<Event, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: format!("events/{revision}/{index}"),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { key: format!("events/{revision}/{index}"), reason };
     let mut reader = Reader::new(bytes);
     let format = reader.u8().ok_or_else(|| corrupt("empty record".into()))?;
     if format != FORMAT {
@@ -96,25 +79,14 @@ pub(crate) fn decode_event(revision: u64, index: u32, bytes: &[u8]) -> Result<Ev
     let (Some(create_revision), Some(mod_revision), Some(version), Some(key_len)) =
         (reader.u64(), reader.u64(), reader.u64(), reader.u32())
     else {
-        return Err(corrupt(format!(
-            "record of {} bytes is truncated",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("record of {} bytes is truncated", bytes.len())));
     };
-    let key = reader
-        .take(key_len as usize)
-        .ok_or_else(|| corrupt(format!("key of {key_len} bytes is truncated")))?;
+    let key = reader.take(key_len as usize).ok_or_else(|| corrupt(format!("key of {key_len} bytes is truncated")))?;
     let key = std::str::from_utf8(key).map_err(|e| corrupt(format!("key is not UTF-8: {e}")))?;
     Ok(Event {
         revision,
         kind,
-        kv: KeyValue {
-            key: key.to_owned(),
-            value: reader.rest().to_vec(),
-            create_revision,
-            mod_revision,
-            version,
-        },
+        kv: KeyValue { key: key.to_owned(), value: reader.rest().to_vec(), create_revision, mod_revision, version },
     })
 }
 
@@ -151,15 +123,11 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
+        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
     }
 
     fn rest(self) -> &'a [u8] {
@@ -173,22 +141,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn kv_strategy() -> impl Strategy<Value = KeyValue> {
-        (
-            "[a-z/é]{1,12}",
-            proptest::collection::vec(any::<u8>(), 0..64),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
+        ("[a-z/é]{1,12}", proptest::collection::vec(any::<u8>(), 0..64), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(key, value, create_revision, mod_revision, version)| KeyValue {
+                key,
+                value,
+                create_revision,
+                mod_revision,
+                version,
+            },
         )
-            .prop_map(
-                |(key, value, create_revision, mod_revision, version)| KeyValue {
-                    key,
-                    value,
-                    create_revision,
-                    mod_revision,
-                    version,
-                },
-            )
     }
 
     proptest! {
@@ -215,19 +176,10 @@ mod tests {
 
     #[test]
     fn a_truncated_record_is_reported_as_corrupt_with_its_key() {
-        let kv = KeyValue {
-            key: "a".into(),
-            value: b"v".to_vec(),
-            create_revision: 1,
-            mod_revision: 2,
-            version: 2,
-        };
+        let kv = KeyValue { key: "a".into(), value: b"v".to_vec(), create_revision: 1, mod_revision: 2, version: 2 };
         let bytes = encode_kv(&kv);
         let err = decode_kv("a", &bytes[..10]).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Corrupt { key, .. } if key == "a"),
-            "{err}"
-        );
+        assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "a"), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 

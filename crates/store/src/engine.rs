@@ -40,11 +40,7 @@ pub(crate) struct Applied {
 /// Validation happens before anything is read or written, so an
 /// [`StoreError::InvalidTxn`] leaves the view untouched. A view error may
 /// leave it half-applied: the caller must then abort its transaction.
-pub(crate) fn execute(
-    view: &mut impl TxnView,
-    txn: &Txn,
-    current: u64,
-) -> Result<Applied, StoreError> {
+pub(crate) fn execute(view: &mut impl TxnView, txn: &Txn, current: u64) -> Result<Applied, StoreError> {
     validate(&txn.success)?;
     validate(&txn.failure)?;
 
@@ -55,11 +51,7 @@ pub(crate) fn execute(
         }
     }
     let succeeded = failed.is_empty();
-    let ops = if succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
+    let ops = if succeeded { &txn.success } else { &txn.failure };
 
     let revision = current + 1;
     let mut events = Vec::new();
@@ -101,14 +93,7 @@ pub(crate) fn execute(
     }
 
     let revision = if events.is_empty() { current } else { revision };
-    Ok(Applied {
-        result: TxnResult {
-            succeeded,
-            revision,
-            failed,
-        },
-        events,
-    })
+    Ok(Applied { result: TxnResult { succeeded, revision, failed }, events })
 }
 
 fn holds(view: &mut impl TxnView, compare: &Compare) -> Result<bool, StoreError> {
@@ -125,10 +110,7 @@ fn holds(view: &mut impl TxnView, compare: &Compare) -> Result<bool, StoreError>
 /// etcd's rules for one branch: keys are non-empty, a key is put at most
 /// once, and no put key is deleted by the same branch.
 fn validate(ops: &[Op]) -> Result<(), StoreError> {
-    let invalid = |key: &str, reason: &str| StoreError::InvalidTxn {
-        key: key.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let invalid = |key: &str, reason: &str| StoreError::InvalidTxn { key: key.to_owned(), reason: reason.to_owned() };
     let mut puts = BTreeSet::new();
     for op in ops {
         match op {
@@ -148,16 +130,10 @@ fn validate(ops: &[Op]) -> Result<(), StoreError> {
         let clash = match op {
             Op::Put { .. } => None,
             Op::Delete { key } => puts.contains(key.as_str()).then_some(key),
-            Op::DeletePrefix { prefix } => puts
-                .iter()
-                .find(|k| k.starts_with(prefix.as_str()))
-                .map(|_| prefix),
+            Op::DeletePrefix { prefix } => puts.iter().find(|k| k.starts_with(prefix.as_str())).map(|_| prefix),
         };
         if let Some(key) = clash {
-            return Err(invalid(
-                key,
-                "the same branch both puts and deletes this key",
-            ));
+            return Err(invalid(key, "the same branch both puts and deletes this key"));
         }
     }
     Ok(())
@@ -212,12 +188,7 @@ mod tests {
             Ok(!self.0.keys().any(|k| k.starts_with(prefix)))
         }
         fn keys_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            Ok(self
-                .0
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect())
+            Ok(self.0.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
         }
         fn put(&mut self, kv: KeyValue) -> Result<(), StoreError> {
             self.0.insert(kv.key.clone(), kv);
@@ -231,15 +202,9 @@ mod tests {
     #[test]
     fn putting_the_same_key_twice_in_one_branch_is_rejected_before_any_change() {
         let mut view = MapView::default();
-        let txn = Txn::new()
-            .then(Op::put("a", "1"))
-            .then(Op::put("b", "1"))
-            .then(Op::put("a", "2"));
+        let txn = Txn::new().then(Op::put("a", "1")).then(Op::put("b", "1")).then(Op::put("a", "2"));
         let err = execute(&mut view, &txn, 0).unwrap_err();
-        assert!(
-            matches!(err, StoreError::InvalidTxn { ref key, .. } if key == "a"),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::InvalidTxn { ref key, .. } if key == "a"), "{err}");
         assert!(view.0.is_empty());
     }
 
@@ -248,29 +213,17 @@ mod tests {
         let mut view = MapView::default();
         for txn in [
             Txn::new().then(Op::put("a/1", "x")).then(Op::delete("a/1")),
-            Txn::new()
-                .then(Op::delete_prefix("a/"))
-                .then(Op::put("a/1", "x")),
-            Txn::new()
-                .otherwise(Op::delete_prefix(""))
-                .otherwise(Op::put("z", "x")),
+            Txn::new().then(Op::delete_prefix("a/")).then(Op::put("a/1", "x")),
+            Txn::new().otherwise(Op::delete_prefix("")).otherwise(Op::put("z", "x")),
         ] {
-            assert!(
-                matches!(
-                    execute(&mut view, &txn, 0),
-                    Err(StoreError::InvalidTxn { .. })
-                ),
-                "{txn:?}"
-            );
+            assert!(matches!(execute(&mut view, &txn, 0), Err(StoreError::InvalidTxn { .. })), "{txn:?}");
         }
     }
 
     #[test]
     fn the_two_branches_are_validated_independently() {
         let mut view = MapView::default();
-        let txn = Txn::new()
-            .then(Op::put("a", "1"))
-            .otherwise(Op::put("a", "2"));
+        let txn = Txn::new().then(Op::put("a", "1")).otherwise(Op::put("a", "2"));
         let applied = execute(&mut view, &txn, 7).unwrap();
         assert!(applied.result.succeeded);
         assert_eq!(applied.result.revision, 8);
@@ -287,22 +240,8 @@ mod tests {
     #[test]
     fn overlapping_deletes_produce_one_event_per_deleted_key() {
         let mut view = MapView::default();
-        execute(
-            &mut view,
-            &Txn::new()
-                .then(Op::put("a/1", "x"))
-                .then(Op::put("a/2", "x")),
-            0,
-        )
-        .unwrap();
-        let applied = execute(
-            &mut view,
-            &Txn::new()
-                .then(Op::delete("a/1"))
-                .then(Op::delete_prefix("a/")),
-            1,
-        )
-        .unwrap();
+        execute(&mut view, &Txn::new().then(Op::put("a/1", "x")).then(Op::put("a/2", "x")), 0).unwrap();
+        let applied = execute(&mut view, &Txn::new().then(Op::delete("a/1")).then(Op::delete_prefix("a/")), 1).unwrap();
         let keys: Vec<_> = applied.events.iter().map(|e| e.kv.key.as_str()).collect();
         assert_eq!(keys, ["a/1", "a/2"]);
         assert_eq!(applied.result.revision, 2);

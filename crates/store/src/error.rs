@@ -95,17 +95,12 @@ pub enum StoreError {
 impl StoreError {
     /// Wraps a backend error raised while doing `op`.
     pub fn backend(op: &'static str, source: impl Into<BoxError>) -> Self {
-        StoreError::Backend {
-            op,
-            source: source.into(),
-        }
+        StoreError::Backend { op, source: source.into() }
     }
 
     /// An [`StoreError::Injected`] error with the given text.
     pub fn injected(reason: impl Into<String>) -> Self {
-        StoreError::Injected {
-            reason: reason.into(),
-        }
+        StoreError::Injected { reason: reason.into() }
     }
 
     /// True for [`StoreError::Compacted`]: the caller must re-list.

@@ -65,6 +65,4 @@ pub use error::{BoxError, StoreError};
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 pub use store::{watch, Store};
-pub use types::{
-    Compare, Event, EventKind, KeyValue, Op, RangeResult, StoreOptions, Txn, TxnResult,
-};
+pub use types::{Compare, Event, EventKind, KeyValue, Op, RangeResult, StoreOptions, Txn, TxnResult};

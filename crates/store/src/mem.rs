@@ -102,10 +102,7 @@ impl MemStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing under the lock panics short of a bug; if it did, keep
         // serving the state rather than cascade the panic into every caller.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -119,10 +116,7 @@ impl MemStore {
 
 struct MapView<'a>(&'a mut BTreeMap<String, KeyValue>);
 
-fn under<'a>(
-    map: &'a BTreeMap<String, KeyValue>,
-    prefix: &'a str,
-) -> impl Iterator<Item = &'a KeyValue> + 'a {
+fn under<'a>(map: &'a BTreeMap<String, KeyValue>, prefix: &'a str) -> impl Iterator<Item = &'a KeyValue> + 'a {
     map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
         .take_while(move |(key, _)| key.starts_with(prefix))
         .map(|(_, kv)| kv)
@@ -166,12 +160,7 @@ impl Store for MemStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        self.read(|state| {
-            Ok(RangeResult {
-                kvs: under(&state.kv, prefix).cloned().collect(),
-                revision: state.revision,
-            })
-        })
+        self.read(|state| Ok(RangeResult { kvs: under(&state.kv, prefix).cloned().collect(), revision: state.revision }))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -214,19 +203,11 @@ impl Store for MemStore {
     async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         self.read(|state| {
             if after < state.compacted {
-                return Err(StoreError::Compacted {
-                    requested: after,
-                    compacted: state.compacted,
-                });
+                return Err(StoreError::Compacted { requested: after, compacted: state.compacted });
             }
             // Events are in revision order; skip the old ones by binary search.
             let start = state.events.partition_point(|e| e.revision <= after);
-            Ok(state
-                .events
-                .range(start..)
-                .filter(|e| e.kv.key.starts_with(prefix))
-                .cloned()
-                .collect())
+            Ok(state.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)).cloned().collect())
         })
     }
 

@@ -5,10 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::codec;
 use crate::engine::{self, EventLog, TxnView};
@@ -75,10 +72,7 @@ struct Inner {
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore")
-            .field("path", &self.inner.path)
-            .field("retain_events", &self.inner.retain_events)
-            .finish()
+        f.debug_struct("RedbStore").field("path", &self.inner.path).field("retain_events", &self.inner.retain_events).finish()
     }
 }
 
@@ -101,53 +95,33 @@ impl RedbStore {
     /// the next write on.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
-                path: path.to_owned(),
-            },
-            other => StoreError::Open {
-                path: path.to_owned(),
-                source: Box::new(other),
-            },
+            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_owned() },
+            other => StoreError::Open { path: path.to_owned(), source: Box::new(other) },
         })?;
 
         // Create the tables and check the layout version.
-        let mut write = db
-            .begin_write()
-            .map_err(backend("begin write transaction"))?;
-        write
-            .set_durability(Durability::Immediate)
-            .map_err(backend("set durability"))?;
+        let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
+        write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
         let revision = {
             write.open_table(KV).map_err(backend("open table kv"))?;
-            write
-                .open_table(EVENTS)
-                .map_err(backend("open table events"))?;
+            write.open_table(EVENTS).map_err(backend("open table events"))?;
             let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            let format = meta
-                .get(META_FORMAT)
-                .map_err(backend("read meta"))?
-                .map(|g| g.value());
+            let format = meta.get(META_FORMAT).map_err(backend("read meta"))?.map(|g| g.value());
             match format {
                 None => {
-                    meta.insert(META_FORMAT, FORMAT)
-                        .map_err(backend("write meta"))?;
+                    meta.insert(META_FORMAT, FORMAT).map_err(backend("write meta"))?;
                 }
                 Some(FORMAT) => {}
                 Some(other) => {
                     return Err(StoreError::Corrupt {
                         key: format!("meta/{META_FORMAT}"),
-                        reason: format!(
-                            "{} has layout version {other}, this build understands {FORMAT}",
-                            path.display()
-                        ),
+                        reason: format!("{} has layout version {other}, this build understands {FORMAT}", path.display()),
                     })
                 }
             }
             read_meta(&meta, META_REVISION)?
         };
-        write
-            .commit()
-            .map_err(backend("commit write transaction"))?;
+        write.commit().map_err(backend("commit write transaction"))?;
 
         tracing::debug!(path = %path.display(), revision, "opened store");
         Ok(RedbStore {
@@ -171,31 +145,18 @@ impl RedbStore {
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::backend(op, e))?
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::backend(op, e))?
     }
 }
 
-fn read_meta(
-    meta: &impl ReadableTable<&'static str, u64>,
-    name: &'static str,
-) -> Result<u64, StoreError> {
-    Ok(meta
-        .get(name)
-        .map_err(backend("read meta"))?
-        .map_or(0, |g| g.value()))
+fn read_meta(meta: &impl ReadableTable<&'static str, u64>, name: &'static str) -> Result<u64, StoreError> {
+    Ok(meta.get(name).map_err(backend("read meta"))?.map_or(0, |g| g.value()))
 }
 
 impl Inner {
     fn txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
-        let mut write = self
-            .db
-            .begin_write()
-            .map_err(backend("begin write transaction"))?;
-        write
-            .set_durability(Durability::Immediate)
-            .map_err(backend("set durability"))?;
+        let mut write = self.db.begin_write().map_err(backend("begin write transaction"))?;
+        write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
         let applied = {
             let meta = write.open_table(META).map_err(backend("open table meta"))?;
             let current = read_meta(&meta, META_REVISION)?;
@@ -209,32 +170,22 @@ impl Inner {
         }
         {
             let revision = applied.result.revision;
-            let mut events = write
-                .open_table(EVENTS)
-                .map_err(backend("open table events"))?;
+            let mut events = write.open_table(EVENTS).map_err(backend("open table events"))?;
             for (index, event) in applied.events.iter().enumerate() {
                 let index = u32::try_from(index).map_err(|_| StoreError::InvalidTxn {
                     key: event.kv.key.clone(),
                     reason: "more than 2^32 changes in one transaction".into(),
                 })?;
-                events
-                    .insert((revision, index), codec::encode_event(event).as_slice())
-                    .map_err(backend("append event"))?;
+                events.insert((revision, index), codec::encode_event(event).as_slice()).map_err(backend("append event"))?;
             }
             let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            meta.insert(META_REVISION, revision)
-                .map_err(backend("write meta"))?;
-            if let Some(compacted) =
-                engine::compact(&mut EventsLog(&mut events), self.retain_events)?
-            {
+            meta.insert(META_REVISION, revision).map_err(backend("write meta"))?;
+            if let Some(compacted) = engine::compact(&mut EventsLog(&mut events), self.retain_events)? {
                 let previous = read_meta(&meta, META_COMPACTED)?;
-                meta.insert(META_COMPACTED, previous.max(compacted))
-                    .map_err(backend("write meta"))?;
+                meta.insert(META_COMPACTED, previous.max(compacted)).map_err(backend("write meta"))?;
             }
         }
-        write
-            .commit()
-            .map_err(backend("commit write transaction"))?;
+        write.commit().map_err(backend("commit write transaction"))?;
 
         let revision = applied.result.revision;
         // Commits are serialized but their notifications may race: keep the
@@ -248,20 +199,14 @@ impl Inner {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(backend("begin read transaction"))?;
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let record = kv.get(key).map_err(backend("read key"))?;
         record.map(|g| codec::decode_kv(key, g.value())).transpose()
     }
 
     fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(backend("begin read transaction"))?;
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let revision = read_meta(&meta, META_REVISION)?;
@@ -278,38 +223,24 @@ impl Inner {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(backend("begin read transaction"))?;
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         read_meta(&meta, META_REVISION)
     }
 
     fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(backend("begin read transaction"))?;
+        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let compacted = read_meta(&meta, META_COMPACTED)?;
         if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
+            return Err(StoreError::Compacted { requested: after, compacted });
         }
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let events = read
-            .open_table(EVENTS)
-            .map_err(backend("open table events"))?;
+        let events = read.open_table(EVENTS).map_err(backend("open table events"))?;
         let mut out = Vec::new();
-        for entry in events
-            .range((first, 0)..)
-            .map_err(backend("range events"))?
-        {
+        for entry in events.range((first, 0)..).map_err(backend("range events"))? {
             let (id, bytes) = entry.map_err(backend("range events"))?;
             let (revision, index) = id.value();
             let bytes = bytes.value();
@@ -357,9 +288,7 @@ impl TxnView for KvView<'_, '_> {
     }
 
     fn put(&mut self, kv: KeyValue) -> Result<(), StoreError> {
-        self.0
-            .insert(kv.key.as_str(), codec::encode_kv(&kv).as_slice())
-            .map_err(backend("write key"))?;
+        self.0.insert(kv.key.as_str(), codec::encode_kv(&kv).as_slice()).map_err(backend("write key"))?;
         Ok(())
     }
 
@@ -395,8 +324,7 @@ impl Store for RedbStore {
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("range", move |inner| inner.range(&prefix))
-            .await
+        self.blocking("range", move |inner| inner.range(&prefix)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -409,10 +337,7 @@ impl Store for RedbStore {
 
     async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("events_since", move |inner| {
-            inner.events_since(&prefix, after)
-        })
-        .await
+        self.blocking("events_since", move |inner| inner.events_since(&prefix, after)).await
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

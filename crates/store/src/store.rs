@@ -72,19 +72,9 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// Works for any backend: it polls [`Store::events_since`] each time
 /// [`Store::subscribe`] signals a new revision.
-pub fn watch(
-    store: Arc<dyn Store>,
-    prefix: String,
-    after: u64,
-) -> BoxStream<'static, Result<Event, StoreError>> {
-    let state = WatchState {
-        revisions: store.subscribe(),
-        store,
-        prefix,
-        cursor: after,
-        pending: VecDeque::new(),
-        finished: false,
-    };
+pub fn watch(store: Arc<dyn Store>, prefix: String, after: u64) -> BoxStream<'static, Result<Event, StoreError>> {
+    let state =
+        WatchState { revisions: store.subscribe(), store, prefix, cursor: after, pending: VecDeque::new(), finished: false };
     futures::stream::unfold(state, |mut state| async move {
         loop {
             if state.finished {

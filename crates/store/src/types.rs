@@ -120,10 +120,7 @@ pub enum Op {
 impl Op {
     /// [`Op::Put`].
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-        }
+        Op::Put { key: key.into(), value: value.into() }
     }
 
     /// [`Op::Delete`].
@@ -133,9 +130,7 @@ impl Op {
 
     /// [`Op::DeletePrefix`].
     pub fn delete_prefix(prefix: impl Into<String>) -> Self {
-        Op::DeletePrefix {
-            prefix: prefix.into(),
-        }
+        Op::DeletePrefix { prefix: prefix.into() }
     }
 }
 
@@ -232,11 +227,7 @@ pub struct Event {
 impl Event {
     /// A put event for `kv` (its revision is `kv.mod_revision`).
     pub fn put(kv: KeyValue) -> Self {
-        Event {
-            revision: kv.mod_revision,
-            kind: EventKind::Put,
-            kv,
-        }
+        Event { revision: kv.mod_revision, kind: EventKind::Put, kv }
     }
 
     /// A delete event for `key` at `revision`.
@@ -244,13 +235,7 @@ impl Event {
         Event {
             revision,
             kind: EventKind::Delete,
-            kv: KeyValue {
-                key: key.into(),
-                value: Vec::new(),
-                create_revision: 0,
-                mod_revision: revision,
-                version: 0,
-            },
+            kv: KeyValue { key: key.into(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 },
         }
     }
 }
@@ -273,8 +258,6 @@ impl StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            retain_events: Self::DEFAULT_RETAIN_EVENTS,
-        }
+        StoreOptions { retain_events: Self::DEFAULT_RETAIN_EVENTS }
     }
 }

@@ -21,20 +21,13 @@ pub struct Backend {
 pub type Opener = fn(StoreOptions) -> Backend;
 
 fn open_mem(options: StoreOptions) -> Backend {
-    Backend {
-        store: Arc::new(MemStore::with_options(options)),
-        _dir: None,
-    }
+    Backend { store: Arc::new(MemStore::with_options(options)), _dir: None }
 }
 
 fn open_redb(options: StoreOptions) -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store =
-        RedbStore::open_with(&dir.path().join("store.redb"), options).expect("open redb store");
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-    }
+    let store = RedbStore::open_with(&dir.path().join("store.redb"), options).expect("open redb store");
+    Backend { store: Arc::new(store), _dir: Some(dir) }
 }
 
 /// Upper bound for anything a test awaits, so a bug hangs no CI job.
@@ -97,9 +90,7 @@ mod specs {
     use std::sync::Arc;
 
     use futures::stream::{BoxStream, StreamExt};
-    use tessera_store::{
-        watch, Compare, Event, EventKind, KeyValue, Op, Store, StoreError, StoreOptions, Txn,
-    };
+    use tessera_store::{watch, Compare, Event, EventKind, KeyValue, Op, Store, StoreError, StoreOptions, Txn};
     use tokio::time::timeout;
 
     use crate::{Opener, PATIENCE};
@@ -111,47 +102,30 @@ mod specs {
     }
 
     async fn put(store: &Arc<dyn Store>, key: &str, value: &str) -> u64 {
-        let result = store
-            .txn(Txn::new().then(Op::put(key, value)))
-            .await
-            .unwrap();
+        let result = store.txn(Txn::new().then(Op::put(key, value))).await.unwrap();
         assert!(result.succeeded);
         result.revision
     }
 
     async fn delete(store: &Arc<dyn Store>, key: &str) -> u64 {
-        store
-            .txn(Txn::new().then(Op::delete(key)))
-            .await
-            .unwrap()
-            .revision
+        store.txn(Txn::new().then(Op::delete(key))).await.unwrap().revision
     }
 
     /// Runs `compare` alone and returns whether it held.
     async fn holds(store: &Arc<dyn Store>, compare: Compare) -> bool {
         let before = store.revision().await.unwrap();
         let result = store.txn(Txn::new().when(compare.clone())).await.unwrap();
-        assert_eq!(
-            result.revision, before,
-            "a compare-only txn changes nothing"
-        );
+        assert_eq!(result.revision, before, "a compare-only txn changes nothing");
         assert_eq!(result.failed.is_empty(), result.succeeded, "{compare:?}");
         result.succeeded
     }
 
     async fn next(stream: &mut BoxStream<'static, Result<Event, StoreError>>) -> Event {
-        timeout(PATIENCE, stream.next())
-            .await
-            .expect("event in time")
-            .expect("stream open")
-            .expect("no error")
+        timeout(PATIENCE, stream.next()).await.expect("event in time").expect("stream open").expect("no error")
     }
 
     fn keys(events: &[Event]) -> Vec<(u64, EventKind, &str)> {
-        events
-            .iter()
-            .map(|e| (e.revision, e.kind, e.kv.key.as_str()))
-            .collect()
+        events.iter().map(|e| (e.revision, e.kind, e.kv.key.as_str())).collect()
     }
 
     pub async fn an_empty_store_is_at_revision_zero(open: Opener) {
@@ -176,26 +150,15 @@ mod specs {
     pub async fn all_changes_of_one_txn_share_its_revision(open: Opener) {
         let (_b, store) = self::open(open);
         put(&store, "gone", "x").await;
-        let result = store
-            .txn(
-                Txn::new()
-                    .then(Op::put("b", "1"))
-                    .then(Op::put("a", "1"))
-                    .then(Op::delete("gone")),
-            )
-            .await
-            .unwrap();
+        let result =
+            store.txn(Txn::new().then(Op::put("b", "1")).then(Op::put("a", "1")).then(Op::delete("gone"))).await.unwrap();
         assert_eq!(result.revision, 2);
         assert_eq!(store.get("a").await.unwrap().unwrap().mod_revision, 2);
         assert_eq!(store.get("b").await.unwrap().unwrap().mod_revision, 2);
         let events = store.events_since("", 1).await.unwrap();
         assert_eq!(
             keys(&events),
-            [
-                (2, EventKind::Put, "b"),
-                (2, EventKind::Put, "a"),
-                (2, EventKind::Delete, "gone")
-            ],
+            [(2, EventKind::Put, "b"), (2, EventKind::Put, "a"), (2, EventKind::Delete, "gone")],
             "events of one txn come in op order"
         );
     }
@@ -215,19 +178,11 @@ mod specs {
         put(&store, "k", "v2").await;
         assert_eq!(store.get("k").await.unwrap(), Some(kv("v2", 1, 3, 2)));
         put(&store, "k", "v2").await;
-        assert_eq!(
-            store.get("k").await.unwrap(),
-            Some(kv("v2", 1, 4, 3)),
-            "an identical put is still a change"
-        );
+        assert_eq!(store.get("k").await.unwrap(), Some(kv("v2", 1, 4, 3)), "an identical put is still a change");
         delete(&store, "k").await;
         assert_eq!(store.get("k").await.unwrap(), None);
         put(&store, "k", "again").await;
-        assert_eq!(
-            store.get("k").await.unwrap(),
-            Some(kv("again", 6, 6, 1)),
-            "re-creation starts over"
-        );
+        assert_eq!(store.get("k").await.unwrap(), Some(kv("again", 6, 6, 1)), "re-creation starts over");
     }
 
     pub async fn a_txn_that_changes_nothing_creates_no_revision_and_no_event(open: Opener) {
@@ -237,27 +192,19 @@ mod specs {
             Txn::new(),
             Txn::new().then(Op::delete("missing")),
             Txn::new().then(Op::delete_prefix("nothing/")),
-            Txn::new()
-                .when(Compare::absent("a"))
-                .then(Op::put("a", "2")),
+            Txn::new().when(Compare::absent("a")).then(Op::put("a", "2")),
         ];
         for txn in no_ops {
             let result = store.txn(txn.clone()).await.unwrap();
             assert_eq!(result.revision, 1, "{txn:?}");
         }
         assert_eq!(store.revision().await.unwrap(), 1);
-        assert_eq!(
-            keys(&store.events_since("", 0).await.unwrap()),
-            [(1, EventKind::Put, "a")]
-        );
+        assert_eq!(keys(&store.events_since("", 0).await.unwrap()), [(1, EventKind::Put, "a")]);
     }
 
     pub async fn deleting_a_missing_key_is_ok(open: Opener) {
         let (_b, store) = self::open(open);
-        let result = store
-            .txn(Txn::new().then(Op::delete("missing")))
-            .await
-            .unwrap();
+        let result = store.txn(Txn::new().then(Op::delete("missing"))).await.unwrap();
         assert!(result.succeeded);
         assert_eq!(result.revision, 0);
     }
@@ -275,10 +222,7 @@ mod specs {
 
     pub async fn mod_revision_compare(open: Opener) {
         let (_b, store) = self::open(open);
-        assert!(
-            holds(&store, Compare::mod_revision("k", 0)).await,
-            "a missing key has mod revision 0"
-        );
+        assert!(holds(&store, Compare::mod_revision("k", 0)).await, "a missing key has mod revision 0");
         put(&store, "k", "v").await;
         put(&store, "other", "v").await;
         assert!(holds(&store, Compare::mod_revision("k", 1)).await);
@@ -288,10 +232,7 @@ mod specs {
 
     pub async fn version_compare(open: Opener) {
         let (_b, store) = self::open(open);
-        assert!(
-            holds(&store, Compare::version("k", 0)).await,
-            "a missing key has version 0"
-        );
+        assert!(holds(&store, Compare::version("k", 0)).await, "a missing key has version 0");
         put(&store, "k", "v").await;
         put(&store, "k", "v").await;
         assert!(holds(&store, Compare::version("k", 2)).await);
@@ -300,35 +241,23 @@ mod specs {
 
     pub async fn prefix_empty_compare(open: Opener) {
         let (_b, store) = self::open(open);
-        assert!(
-            holds(&store, Compare::prefix_empty("")).await,
-            "an empty store is empty"
-        );
+        assert!(holds(&store, Compare::prefix_empty("")).await, "an empty store is empty");
         put(&store, "net/a", "v").await;
         put(&store, "nets", "v").await;
         assert!(!holds(&store, Compare::prefix_empty("net/")).await);
-        assert!(
-            !holds(&store, Compare::prefix_empty("net/a")).await,
-            "the prefix itself is under the prefix"
-        );
+        assert!(!holds(&store, Compare::prefix_empty("net/a")).await, "the prefix itself is under the prefix");
         assert!(holds(&store, Compare::prefix_empty("net/b")).await);
         assert!(holds(&store, Compare::prefix_empty("net/a/")).await);
         assert!(holds(&store, Compare::prefix_empty("m")).await);
         assert!(holds(&store, Compare::prefix_empty("o")).await);
         assert!(!holds(&store, Compare::prefix_empty("")).await);
-        store
-            .txn(Txn::new().then(Op::delete_prefix("net/")))
-            .await
-            .unwrap();
+        store.txn(Txn::new().then(Op::delete_prefix("net/"))).await.unwrap();
         assert!(holds(&store, Compare::prefix_empty("net/")).await);
     }
 
     pub async fn value_equals_compare(open: Opener) {
         let (_b, store) = self::open(open);
-        assert!(
-            !holds(&store, Compare::value_equals("k", "")).await,
-            "never holds for a missing key"
-        );
+        assert!(!holds(&store, Compare::value_equals("k", "")).await, "never holds for a missing key");
         put(&store, "k", "v").await;
         assert!(holds(&store, Compare::value_equals("k", "v")).await);
         assert!(!holds(&store, Compare::value_equals("k", "w")).await);
@@ -354,14 +283,7 @@ mod specs {
         assert_eq!(result.failed, [1, 3]);
         assert_eq!(store.get("x").await.unwrap(), None);
 
-        let result = store
-            .txn(
-                Txn::new()
-                    .when(Compare::exists("a"))
-                    .when(Compare::absent("b")),
-            )
-            .await
-            .unwrap();
+        let result = store.txn(Txn::new().when(Compare::exists("a")).when(Compare::absent("b"))).await.unwrap();
         assert!(result.succeeded);
         assert!(result.failed.is_empty());
     }
@@ -387,51 +309,21 @@ mod specs {
         for key in ["a", "a/1", "a/2", "a/2/x", "ab", "b"] {
             put(&store, key, "v").await;
         }
-        let result = store
-            .txn(Txn::new().then(Op::delete_prefix("a/")))
-            .await
-            .unwrap();
+        let result = store.txn(Txn::new().then(Op::delete_prefix("a/"))).await.unwrap();
         assert_eq!(result.revision, 7);
-        let left: Vec<_> = store
-            .range("")
-            .await
-            .unwrap()
-            .kvs
-            .into_iter()
-            .map(|kv| kv.key)
-            .collect();
+        let left: Vec<_> = store.range("").await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
         assert_eq!(left, ["a", "ab", "b"]);
         assert_eq!(
             keys(&store.events_since("", 6).await.unwrap()),
-            [
-                (7, EventKind::Delete, "a/1"),
-                (7, EventKind::Delete, "a/2"),
-                (7, EventKind::Delete, "a/2/x")
-            ]
+            [(7, EventKind::Delete, "a/1"), (7, EventKind::Delete, "a/2"), (7, EventKind::Delete, "a/2/x")]
         );
-        store
-            .txn(Txn::new().then(Op::delete_prefix("")))
-            .await
-            .unwrap();
-        assert!(
-            store.range("").await.unwrap().kvs.is_empty(),
-            "the empty prefix deletes everything"
-        );
+        store.txn(Txn::new().then(Op::delete_prefix(""))).await.unwrap();
+        assert!(store.range("").await.unwrap().kvs.is_empty(), "the empty prefix deletes everything");
     }
 
     pub async fn range_is_sorted_by_key_and_limited_to_the_prefix(open: Opener) {
         let (_b, store) = self::open(open);
-        for key in [
-            "/n/c",
-            "/m",
-            "/n",
-            "/n/a",
-            "/nz",
-            "/n/b/deep",
-            "/o",
-            "/n/é",
-            "/n/Z",
-        ] {
+        for key in ["/n/c", "/m", "/n", "/n/a", "/nz", "/n/b/deep", "/o", "/n/é", "/n/Z"] {
             put(&store, key, key).await;
         }
         let under = |prefix: &'static str| {
@@ -442,14 +334,8 @@ mod specs {
                 kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
             }
         };
-        assert_eq!(
-            under("/n/").await,
-            ["/n/Z", "/n/a", "/n/b/deep", "/n/c", "/n/é"]
-        );
-        assert_eq!(
-            under("/n").await,
-            ["/n", "/n/Z", "/n/a", "/n/b/deep", "/n/c", "/n/é", "/nz"]
-        );
+        assert_eq!(under("/n/").await, ["/n/Z", "/n/a", "/n/b/deep", "/n/c", "/n/é"]);
+        assert_eq!(under("/n").await, ["/n", "/n/Z", "/n/a", "/n/b/deep", "/n/c", "/n/é", "/nz"]);
         assert_eq!(under("/n/b").await, ["/n/b/deep"]);
         assert_eq!(under("/p").await, Vec::<String>::new());
         assert_eq!(under("").await.len(), 9);
@@ -460,10 +346,7 @@ mod specs {
         put(&store, "a", "1").await;
         put(&store, "b", "1").await;
         let listing = store.range("a").await.unwrap();
-        assert_eq!(
-            listing.revision, 2,
-            "the store's revision, not the newest mod revision in the range"
-        );
+        assert_eq!(listing.revision, 2, "the store's revision, not the newest mod revision in the range");
         assert_eq!(listing.kvs.len(), 1);
     }
 
@@ -473,21 +356,13 @@ mod specs {
         let invalid = [
             Txn::new().then(Op::put("b", "1")).then(Op::put("b", "2")),
             Txn::new().then(Op::put("b", "1")).then(Op::delete("b")),
-            Txn::new()
-                .then(Op::delete_prefix("b"))
-                .then(Op::put("b/1", "1")),
-            Txn::new()
-                .when(Compare::exists("zzz"))
-                .otherwise(Op::put("b", "1"))
-                .otherwise(Op::put("b", "1")),
+            Txn::new().then(Op::delete_prefix("b")).then(Op::put("b/1", "1")),
+            Txn::new().when(Compare::exists("zzz")).otherwise(Op::put("b", "1")).otherwise(Op::put("b", "1")),
             Txn::new().then(Op::put("", "1")),
         ];
         for txn in invalid {
             let err = store.txn(txn.clone()).await.unwrap_err();
-            assert!(
-                matches!(err, StoreError::InvalidTxn { .. }),
-                "{txn:?}: {err}"
-            );
+            assert!(matches!(err, StoreError::InvalidTxn { .. }), "{txn:?}: {err}");
         }
         assert_eq!(store.revision().await.unwrap(), 1);
         assert_eq!(store.range("").await.unwrap().kvs.len(), 1);
@@ -502,12 +377,7 @@ mod specs {
         put(&store, "a/1", "y").await; // 5
         assert_eq!(
             keys(&store.events_since("a/", 0).await.unwrap()),
-            [
-                (1, EventKind::Put, "a/1"),
-                (3, EventKind::Put, "a/2"),
-                (4, EventKind::Delete, "a/1"),
-                (5, EventKind::Put, "a/1"),
-            ]
+            [(1, EventKind::Put, "a/1"), (3, EventKind::Put, "a/2"), (4, EventKind::Delete, "a/1"), (5, EventKind::Put, "a/1"),]
         );
         assert_eq!(
             keys(&store.events_since("a/", 3).await.unwrap()),
@@ -516,16 +386,9 @@ mod specs {
         );
         assert_eq!(store.events_since("", 0).await.unwrap().len(), 5);
         assert!(store.events_since("", 5).await.unwrap().is_empty());
-        assert!(
-            store.events_since("", 99).await.unwrap().is_empty(),
-            "the future is empty, not an error"
-        );
+        assert!(store.events_since("", 99).await.unwrap().is_empty(), "the future is empty, not an error");
         let put_event = &store.events_since("a/1", 4).await.unwrap()[0];
-        assert_eq!(
-            put_event.kv,
-            store.get("a/1").await.unwrap().unwrap(),
-            "a put event carries the full record"
-        );
+        assert_eq!(put_event.kv, store.get("a/1").await.unwrap().unwrap(), "a put event carries the full record");
     }
 
     pub async fn a_delete_event_carries_the_key_and_the_deletion_revision(open: Opener) {
@@ -538,13 +401,7 @@ mod specs {
             [Event {
                 revision: 2,
                 kind: EventKind::Delete,
-                kv: KeyValue {
-                    key: "k".into(),
-                    value: vec![],
-                    create_revision: 0,
-                    mod_revision: 2,
-                    version: 0
-                },
+                kv: KeyValue { key: "k".into(), value: vec![], create_revision: 0, mod_revision: 2, version: 0 },
             }]
         );
     }
@@ -557,50 +414,25 @@ mod specs {
         }
         for after in [0, 4] {
             match store.events_since("", after).await {
-                Err(StoreError::Compacted {
-                    requested,
-                    compacted,
-                }) => {
+                Err(StoreError::Compacted { requested, compacted }) => {
                     assert_eq!((requested, compacted), (after, 5));
                 }
                 other => panic!("after {after}: expected Compacted, got {other:?}"),
             }
         }
         let retained = store.events_since("", 5).await.unwrap();
-        assert_eq!(
-            retained.iter().map(|e| e.revision).collect::<Vec<_>>(),
-            [6, 7, 8, 9, 10]
-        );
-        assert_eq!(
-            store.range("").await.unwrap().kvs.len(),
-            10,
-            "compaction drops events, never keys"
-        );
+        assert_eq!(retained.iter().map(|e| e.revision).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+        assert_eq!(store.range("").await.unwrap().kvs.len(), 10, "compaction drops events, never keys");
     }
 
     pub async fn compaction_discards_whole_revisions(open: Opener) {
         let backend = open(StoreOptions { retain_events: 3 });
         let store = Arc::clone(&backend.store);
-        store
-            .txn(Txn::new().then(Op::put("a", "1")).then(Op::put("b", "1")))
-            .await
-            .unwrap();
-        store
-            .txn(Txn::new().then(Op::put("c", "1")).then(Op::put("d", "1")))
-            .await
-            .unwrap();
+        store.txn(Txn::new().then(Op::put("a", "1")).then(Op::put("b", "1"))).await.unwrap();
+        store.txn(Txn::new().then(Op::put("c", "1")).then(Op::put("d", "1"))).await.unwrap();
         // 4 events > 3: keeping 3 would split revision 1, so all of it goes.
-        assert!(matches!(
-            store.events_since("", 0).await,
-            Err(StoreError::Compacted {
-                requested: 0,
-                compacted: 1
-            })
-        ));
-        assert_eq!(
-            keys(&store.events_since("", 1).await.unwrap()),
-            [(2, EventKind::Put, "c"), (2, EventKind::Put, "d")]
-        );
+        assert!(matches!(store.events_since("", 0).await, Err(StoreError::Compacted { requested: 0, compacted: 1 })));
+        assert_eq!(keys(&store.events_since("", 1).await.unwrap()), [(2, EventKind::Put, "c"), (2, EventKind::Put, "d")]);
     }
 
     pub async fn subscribe_reports_the_latest_revision_before_txn_returns(open: Opener) {
@@ -610,14 +442,8 @@ mod specs {
         put(&store, "a", "1").await;
         assert!(revisions.has_changed().unwrap());
         assert_eq!(*revisions.borrow_and_update(), 1);
-        store
-            .txn(Txn::new().then(Op::delete("missing")))
-            .await
-            .unwrap();
-        assert!(
-            !revisions.has_changed().unwrap(),
-            "a txn that changes nothing notifies nobody"
-        );
+        store.txn(Txn::new().then(Op::delete("missing"))).await.unwrap();
+        assert!(!revisions.has_changed().unwrap(), "a txn that changes nothing notifies nobody");
     }
 
     pub async fn watch_delivers_history_then_live_events(open: Opener) {
@@ -628,12 +454,7 @@ mod specs {
         let mut stream = watch(Arc::clone(&store), String::new(), 1);
         assert_eq!(next(&mut stream).await.kv.key, "b");
         assert_eq!(next(&mut stream).await.kv.key, "c");
-        assert!(
-            timeout(std::time::Duration::from_millis(50), stream.next())
-                .await
-                .is_err(),
-            "nothing more until the next write"
-        );
+        assert!(timeout(std::time::Duration::from_millis(50), stream.next()).await.is_err(), "nothing more until the next write");
         put(&store, "d", "1").await;
         let live = next(&mut stream).await;
         assert_eq!((live.revision, live.kv.key.as_str()), (4, "d"));
@@ -646,16 +467,9 @@ mod specs {
         let (_b, store) = self::open(open);
         let stream = watch(Arc::clone(&store), "a/".into(), 0);
         for i in 0..10 {
-            put(
-                &store,
-                &format!("{}/{i}", if i % 2 == 0 { "a" } else { "b" }),
-                "v",
-            )
-            .await;
+            put(&store, &format!("{}/{i}", if i % 2 == 0 { "a" } else { "b" }), "v").await;
         }
-        let events: Vec<_> = timeout(PATIENCE, stream.take(5).collect::<Vec<_>>())
-            .await
-            .unwrap();
+        let events: Vec<_> = timeout(PATIENCE, stream.take(5).collect::<Vec<_>>()).await.unwrap();
         let seen: Vec<_> = events.into_iter().map(|e| e.unwrap().kv.key).collect();
         assert_eq!(seen, ["a/0", "a/2", "a/4", "a/6", "a/8"]);
     }
@@ -668,20 +482,8 @@ mod specs {
         }
         let mut stream = watch(Arc::clone(&store), String::new(), 0);
         let first = timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
-        assert!(
-            matches!(
-                first,
-                Err(StoreError::Compacted {
-                    requested: 0,
-                    compacted: 3
-                })
-            ),
-            "{first:?}"
-        );
-        assert!(
-            timeout(PATIENCE, stream.next()).await.unwrap().is_none(),
-            "the stream ends after an error"
-        );
+        assert!(matches!(first, Err(StoreError::Compacted { requested: 0, compacted: 3 })), "{first:?}");
+        assert!(timeout(PATIENCE, stream.next()).await.unwrap().is_none(), "the stream ends after an error");
     }
 
     pub async fn a_watcher_of_a_quiet_prefix_is_not_compacted_away(open: Opener) {
@@ -692,9 +494,7 @@ mod specs {
             put(&store, &format!("busy/{i}"), "v").await;
             // Let the watcher look (and find nothing) now and then.
             if i % 5 == 0 {
-                assert!(timeout(std::time::Duration::from_millis(20), stream.next())
-                    .await
-                    .is_err());
+                assert!(timeout(std::time::Duration::from_millis(20), stream.next()).await.is_err());
             }
         }
         put(&store, "quiet/x", "v").await;
@@ -717,34 +517,20 @@ mod specs {
                 })
             })
             .collect();
-        let events = timeout(
-            PATIENCE,
-            stream.take((WRITERS * PUTS) as usize).collect::<Vec<_>>(),
-        )
-        .await
-        .expect("all events in time");
+        let events =
+            timeout(PATIENCE, stream.take((WRITERS * PUTS) as usize).collect::<Vec<_>>()).await.expect("all events in time");
         for writer in writers {
             writer.await.unwrap();
         }
-        let revisions: Vec<u64> = events
-            .iter()
-            .map(|e| e.as_ref().unwrap().revision)
-            .collect();
-        assert_eq!(
-            revisions,
-            (1..=WRITERS * PUTS).collect::<Vec<_>>(),
-            "every revision exactly once, in order"
-        );
+        let revisions: Vec<u64> = events.iter().map(|e| e.as_ref().unwrap().revision).collect();
+        assert_eq!(revisions, (1..=WRITERS * PUTS).collect::<Vec<_>>(), "every revision exactly once, in order");
         let mut per_writer: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for event in events {
             let key = event.unwrap().kv.key;
             per_writer.entry(key[..2].to_owned()).or_default().push(key);
         }
         for (_, keys) in per_writer {
-            assert!(
-                keys.windows(2).all(|w| w[0] < w[1]),
-                "each writer's puts in its order"
-            );
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "each writer's puts in its order");
             assert_eq!(keys.len() as u64, PUTS);
         }
     }
@@ -765,11 +551,7 @@ mod specs {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         // The mirror: list, then apply watched events on top.
         let listing = store.range("k/").await.unwrap();
-        let mut mirror: BTreeMap<String, KeyValue> = listing
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
+        let mut mirror: BTreeMap<String, KeyValue> = listing.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         let mut stream = watch(Arc::clone(&store), "k/".into(), listing.revision);
         writer.await.unwrap();
         let last = store.revision().await.unwrap();
@@ -787,14 +569,8 @@ mod specs {
                 }
             }
         }
-        let truth: BTreeMap<String, KeyValue> = store
-            .range("k/")
-            .await
-            .unwrap()
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
+        let truth: BTreeMap<String, KeyValue> =
+            store.range("k/").await.unwrap().kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         assert_eq!(mirror, truth);
     }
 }
@@ -835,16 +611,8 @@ mod backends_agree {
     }
 
     fn txn() -> impl Strategy<Value = Txn> {
-        (
-            proptest::collection::vec(compare(), 0..3),
-            proptest::collection::vec(op(), 0..4),
-            proptest::collection::vec(op(), 0..3),
-        )
-            .prop_map(|(compares, success, failure)| Txn {
-                compares,
-                success,
-                failure,
-            })
+        (proptest::collection::vec(compare(), 0..3), proptest::collection::vec(op(), 0..4), proptest::collection::vec(op(), 0..3))
+            .prop_map(|(compares, success, failure)| Txn { compares, success, failure })
     }
 
     proptest! {

@@ -14,18 +14,11 @@ async fn fail_next_txn_fails_exactly_the_next_txn_and_applies_nothing() {
     let store = MemStore::new();
     store.fail_next_txn(StoreError::injected("disk full"));
     let err = store.txn(put("a")).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Injected { reason } if reason == "disk full"),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::Injected { reason } if reason == "disk full"), "{err}");
     assert_eq!(store.revision().await.unwrap(), 0);
     assert_eq!(store.get("a").await.unwrap(), None);
 
-    assert_eq!(
-        store.txn(put("a")).await.unwrap().revision,
-        1,
-        "only one txn fails"
-    );
+    assert_eq!(store.txn(put("a")).await.unwrap().revision, 1, "only one txn fails");
 }
 
 #[tokio::test]
@@ -34,11 +27,7 @@ async fn fail_next_txn_after_apply_applies_the_txn_but_reports_an_error() {
     let mut revisions = store.subscribe();
     store.fail_next_txn_after_apply(StoreError::injected("timeout"));
     assert!(store.txn(put("a")).await.is_err());
-    assert_eq!(
-        store.get("a").await.unwrap().unwrap().mod_revision,
-        1,
-        "the change happened"
-    );
+    assert_eq!(store.get("a").await.unwrap().unwrap().mod_revision, 1, "the change happened");
     assert_eq!(*revisions.borrow_and_update(), 1, "and watchers were told");
 }
 
@@ -49,13 +38,7 @@ async fn injected_txn_failures_are_returned_in_injection_order() {
     store.fail_next_txn_after_apply(StoreError::injected("second"));
     let first = store.txn(put("a")).await.unwrap_err();
     let second = store.txn(put("b")).await.unwrap_err();
-    assert_eq!(
-        (first.to_string(), second.to_string()),
-        (
-            "injected failure: first".into(),
-            "injected failure: second".into()
-        )
-    );
+    assert_eq!((first.to_string(), second.to_string()), ("injected failure: first".into(), "injected failure: second".into()));
     assert_eq!(store.get("a").await.unwrap(), None);
     assert!(store.get("b").await.unwrap().is_some());
 }

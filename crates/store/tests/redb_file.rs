@@ -20,11 +20,7 @@ const HOLD_CHILD: &str = "TESSERA_STORE_TEST_HOLD_CHILD";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime")
 }
 
 /// Runs the test `name` of this binary as a child process with `env`, its
@@ -65,10 +61,7 @@ fn reopening_keeps_keys_revision_events_and_compaction_point() {
         {
             let store = RedbStore::open_with(&path, StoreOptions { retain_events: 3 }).unwrap();
             for i in 0..5 {
-                store
-                    .txn(Txn::new().then(Op::put(format!("k{i}"), vec![i])))
-                    .await
-                    .unwrap();
+                store.txn(Txn::new().then(Op::put(format!("k{i}"), vec![i]))).await.unwrap();
             }
             store.txn(Txn::new().then(Op::delete("k0"))).await.unwrap();
         }
@@ -81,30 +74,11 @@ fn reopening_keeps_keys_revision_events_and_compaction_point() {
         assert_eq!(listing.kvs[3].value, [4]);
         assert_eq!(listing.kvs[3].mod_revision, 5);
         let events = store.events_since("", 3).await.unwrap();
-        let summary: Vec<_> = events
-            .iter()
-            .map(|e| (e.revision, e.kind, e.kv.key.as_str()))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                (4, EventKind::Put, "k3"),
-                (5, EventKind::Put, "k4"),
-                (6, EventKind::Delete, "k0")
-            ]
-        );
-        assert!(matches!(
-            store.events_since("", 2).await,
-            Err(StoreError::Compacted {
-                requested: 2,
-                compacted: 3
-            })
-        ));
+        let summary: Vec<_> = events.iter().map(|e| (e.revision, e.kind, e.kv.key.as_str())).collect();
+        assert_eq!(summary, [(4, EventKind::Put, "k3"), (5, EventKind::Put, "k4"), (6, EventKind::Delete, "k0")]);
+        assert!(matches!(store.events_since("", 2).await, Err(StoreError::Compacted { requested: 2, compacted: 3 })));
         // The revision counter continues where it stopped.
-        let next = store
-            .txn(Txn::new().then(Op::put("k5", "v")))
-            .await
-            .unwrap();
+        let next = store.txn(Txn::new().then(Op::put("k5", "v"))).await.unwrap();
         assert_eq!(next.revision, 7);
         assert_eq!(*store.subscribe().borrow(), 7);
     });
@@ -130,10 +104,7 @@ fn a_second_open_in_the_same_process_fails_with_already_open() {
     let path = dir.path().join("store.redb");
     let first = RedbStore::open(&path).unwrap();
     let err = RedbStore::open(&path).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::AlreadyOpen { path: p } if p == &path),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::AlreadyOpen { path: p } if p == &path), "{err}");
     drop(first);
     RedbStore::open(&path).expect("open succeeds once the first handle is dropped");
 }
@@ -142,10 +113,7 @@ fn a_second_open_in_the_same_process_fails_with_already_open() {
 fn a_file_held_by_another_process_cannot_be_opened() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
-    let mut child = spawn_child(
-        "child_holds_the_file_open",
-        &[(HOLD_CHILD, path.to_str().unwrap())],
-    );
+    let mut child = spawn_child("child_holds_the_file_open", &[(HOLD_CHILD, path.to_str().unwrap())]);
     let lines = lines_of(&mut child);
     loop {
         let line = lines.recv_timeout(PATIENCE).expect("child reports READY");
@@ -158,10 +126,7 @@ fn a_file_held_by_another_process_cannot_be_opened() {
     let err = RedbStore::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::AlreadyOpen { .. }), "{err}");
     let message = err.to_string();
-    assert!(
-        message.contains(path.to_str().unwrap()),
-        "the error names the file: {message}"
-    );
+    assert!(message.contains(path.to_str().unwrap()), "the error names the file: {message}");
     assert!(message.contains("already open"), "{message}");
 
     child.kill().unwrap();
@@ -191,10 +156,7 @@ fn acknowledged_writes_survive_sigkill() {
 
     for round in 0..ROUNDS {
         let round = round.to_string();
-        let mut child = spawn_child(
-            "child_writes_until_killed",
-            &[(CRASH_CHILD, path.to_str().unwrap()), (CRASH_ROUND, &round)],
-        );
+        let mut child = spawn_child("child_writes_until_killed", &[(CRASH_CHILD, path.to_str().unwrap()), (CRASH_ROUND, &round)]);
         let lines = lines_of(&mut child);
         let mut parse = |line: String| {
             // The first line follows libtest's "test <name> ... ".
@@ -208,9 +170,7 @@ fn acknowledged_writes_survive_sigkill() {
         };
         let mut acks = 0;
         while acks < ACKS_BEFORE_KILL {
-            let line = lines
-                .recv_timeout(PATIENCE)
-                .expect("child keeps acknowledging writes");
+            let line = lines.recv_timeout(PATIENCE).expect("child keeps acknowledging writes");
             acks += usize::from(parse(line));
         }
         child.kill().expect("SIGKILL the writer mid-burst");
@@ -223,11 +183,7 @@ fn acknowledged_writes_survive_sigkill() {
         let store = RedbStore::open(&path).expect("a killed writer's file reopens");
         runtime().block_on(async {
             for (key, revision) in &acknowledged {
-                let kv = store
-                    .get(key)
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("acknowledged {key} is lost"));
+                let kv = store.get(key).await.unwrap().unwrap_or_else(|| panic!("acknowledged {key} is lost"));
                 assert_eq!(kv.mod_revision, *revision, "{key}");
                 assert_eq!(kv.value, key.as_bytes());
             }
@@ -235,10 +191,7 @@ fn acknowledged_writes_survive_sigkill() {
             assert!(store.revision().await.unwrap() >= last);
             let events = store.events_since("", 0).await.unwrap();
             assert!(events.windows(2).all(|w| w[0].revision < w[1].revision));
-            assert!(
-                events.len() as u64 >= last,
-                "the event log is as durable as the keys"
-            );
+            assert!(events.len() as u64 >= last, "the event log is as durable as the keys");
         });
     }
 }
@@ -260,10 +213,7 @@ fn child_writes_until_killed() {
                 tokio::spawn(async move {
                     for i in 0u64.. {
                         let key = format!("crash/{round}/{w}/{i:08}");
-                        let result = store
-                            .txn(Txn::new().then(Op::put(key.clone(), key.clone())))
-                            .await
-                            .unwrap();
+                        let result = store.txn(Txn::new().then(Op::put(key.clone(), key.clone()))).await.unwrap();
                         println!("ACK {key} {}", result.revision);
                     }
                 })
@@ -281,14 +231,8 @@ fn a_file_that_is_not_a_store_is_rejected_with_a_typed_error() {
     let path = dir.path().join("garbage");
     std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
     let err = RedbStore::open(&path).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Open { path: p, .. } if p == &path),
-        "{err}"
-    );
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "the cause is kept"
-    );
+    assert!(matches!(&err, StoreError::Open { path: p, .. } if p == &path), "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "the cause is kept");
 }
 
 #[test]

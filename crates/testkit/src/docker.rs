@@ -292,6 +292,11 @@ pub struct DockerHost {
 impl DockerHost {
     /// Starts the plugin, then dockerd, on `host`, with everything under `dir`.
     pub fn start(c: &crate::Cluster, host: &str, dir: &Path) -> anyhow::Result<DockerHost> {
+        Self::start_with(c, host, dir, true)
+    }
+
+    /// [`DockerHost::start`], with dockerd using the plugin as its authz hook or not.
+    pub fn start_with(c: &crate::Cluster, host: &str, dir: &Path, authz: bool) -> anyhow::Result<DockerHost> {
         std::fs::create_dir_all(dir)?;
         let netns = c.host_netns(host)?;
         let mut h = DockerHost {
@@ -307,7 +312,7 @@ impl DockerHost {
         h.start_plugin()?;
         let options = DockerdOptions {
             plugins_dir: Some(h.plugins_dir()),
-            authorization_plugins: if std::env::var_os("TESSERA_NO_AUTHZ").is_some() { vec![] } else { vec!["tessera".into()] },
+            authorization_plugins: if authz { vec!["tessera".into()] } else { Vec::new() },
             live_restore: true,
         };
         h.dockerd = Some(Dockerd::start_with(netns, &dir.join("docker"), options)?);

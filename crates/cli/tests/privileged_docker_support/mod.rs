@@ -28,14 +28,20 @@ pub struct Fabric {
 }
 
 impl Fabric {
+    /// Both dockerds use the plugin as their authz hook.
     pub fn start() -> Fabric {
+        Self::start_with(true)
+    }
+
+    /// With or without the authz hook.
+    pub fn start_with(authz: bool) -> Fabric {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("tdp{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
         let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
             .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
         let start = |h: &str| {
-            let d = DockerHost::start(&c, h, &dir.path().join(format!("docker-{h}")))
+            let d = DockerHost::start_with(&c, h, &dir.path().join(format!("docker-{h}")), authz)
                 .unwrap_or_else(|e| panic!("cannot start dockerd and the plugin on {h} (apt-get install docker.io): {e:#}"));
             d.dockerd().import_busybox().unwrap_or_else(|e| panic!("cannot import busybox on {h}: {e:#}"));
             d
