@@ -635,6 +635,7 @@ pub struct ElementCounter {
 /// Sums element counters per rule, attributing each element to the rule
 /// `desired` compiles it from. Elements `desired` does not hold are ignored;
 /// rules without hits are reported with zeros.
+#[allow(clippy::type_complexity)] // a local map keyed by (map name, element key)
 pub fn rule_counters(desired: &DesiredHost, counters: &[ElementCounter]) -> Vec<RuleCounter> {
     let objects = policy_objects(desired);
     let mut origin: BTreeMap<(&str, Vec<(u128, u128)>), RuleRef> = BTreeMap::new();
