@@ -15,16 +15,21 @@
 //! - two present networks that import each other share a conntrack zone for
 //!   the flows between them (after the networks' own zones, probing from a
 //!   hash of the pair, so the same networks always get the same zones);
-//! - every ordered pair of present networks that routes (and every local
-//!   network within itself) gets its compiled program, unless the program
-//!   passes everything.
+//! - every ordered pair of networks whose flows start here (a local network
+//!   to itself or to a network it imports) gets its compiled program, unless
+//!   the program passes everything; flows that start elsewhere are decided
+//!   there;
+//! - every pair whose flows arrive here through a tunnel (a present network
+//!   without local endpoints to a network it imports) is watched by a
+//!   fingerprint of its program's inputs, so that a change ends its flows
+//!   here too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use tessera_dataplane::desired::{
-    DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairZone, RemoteEndpoint,
+    DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
 use tessera_dataplane::tessera_policy::{self, Compiler};
 use tessera_model::watch::Snapshot;
@@ -106,6 +111,14 @@ pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped
 /// Computes the desired data plane of `me` from `snap`, with the warnings
 /// about refused route leaks.
 pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
+    host_plan_cached(snap, me, &mut tessera_policy::ListCache::new())
+}
+
+/// [`host_plan`], compiling only the rule lists whose inputs changed since
+/// the last call with the same `cache` (an agent keeps one across
+/// reconciles: a one-rule change in a 50,000-rule policy then recompiles
+/// that policy's lists only). Lists the result does not use leave the cache.
+pub fn host_plan_cached(snap: &Snapshot, me: &HostIdentity, cache: &mut tessera_policy::ListCache) -> HostPlan {
     let underlay: HashMap<&str, IpAddr> = snap.hosts.iter().map(|h| (h.name.as_str(), h.underlay_ip)).collect();
     let mut by_network: BTreeMap<Uuid, Vec<&Endpoint>> = BTreeMap::new();
     for e in &snap.endpoints {
@@ -189,13 +202,18 @@ pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
     let shared_zones: Vec<PairZone> =
         pair_zones(&pairs, &used).into_iter().map(|((a, b), zone)| PairZone { a, b, zone }).collect();
 
-    let mut policies = Vec::new();
+    let (mut policies, mut watches) = (Vec::new(), Vec::new());
     for n in &networks {
-        let is_local = !n.local.is_empty();
-        let dsts = is_local.then_some(n.vni).into_iter().chain(n.imports.iter().copied());
-        for d in dsts {
-            let (Some(s_id), Some(d_id)) = (id_of.get(&n.vni), id_of.get(&d)) else { continue };
-            let Some(program) = compiler.program(*s_id, *d_id) else { continue };
+        let Some(s_id) = id_of.get(&n.vni) else { continue };
+        if n.local.is_empty() {
+            for d in &n.imports {
+                let Some(fingerprint) = id_of.get(d).and_then(|d_id| compiler.fingerprint(*s_id, *d_id)) else { continue };
+                watches.push(PairWatch { src: n.vni, dst: *d, fingerprint });
+            }
+            continue;
+        }
+        for d in std::iter::once(n.vni).chain(n.imports.iter().copied()) {
+            let Some(program) = id_of.get(&d).and_then(|d_id| compiler.program_cached(*s_id, *d_id, cache)) else { continue };
             if !program.is_pass_all() {
                 policies.push(PairPolicy { src: n.vni, dst: d, lists: program.lists });
             }
@@ -209,7 +227,9 @@ pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
         networks,
         pair_zones: shared_zones,
         policies,
+        watches,
     };
+    cache.retain_used();
     HostPlan { desired, skipped, leak_warnings: topology.warnings.clone() }
 }
 
@@ -365,14 +385,21 @@ mod tests {
     }
 
     #[test]
-    fn programs_are_compiled_for_pairs_that_route() {
+    fn programs_are_compiled_for_flows_that_start_here_and_watched_for_the_others() {
         let (d, _) = desired_host(&connected(), &me());
         let pairs: Vec<(u32, u32)> = d.policies.iter().map(|p| (p.src.get(), p.dst.get())).collect();
         assert_eq!(
             pairs,
-            vec![(4096, 4097), (4097, 4096)],
-            "pass-all between networks still needs both lists; within n1 nothing"
+            vec![(4096, 4097)],
+            "n1 -> n2 starts here (pass-all between networks is still a list); within n1 nothing"
         );
+        let watched: Vec<(u32, u32)> = d.watches.iter().map(|w| (w.src.get(), w.dst.get())).collect();
+        assert_eq!(watched, vec![(4097, 4096)], "n2 has no endpoint here: its flows to n1 arrive through the tunnel");
+        let mut changed = connected();
+        changed.policies[0].rules.push(
+            tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
+        );
+        assert_ne!(desired_host(&changed, &me()).0.watches[0].fingerprint, d.watches[0].fingerprint);
     }
 
     #[test]
@@ -381,7 +408,7 @@ mod tests {
         s.networks[0].policies.clear();
         let (d, _) = desired_host(&s, &me());
         assert_eq!(d.networks.len(), 1);
-        assert!(d.networks[0].imports.is_empty() && d.pair_zones.is_empty() && d.policies.is_empty());
+        assert!(d.networks[0].imports.is_empty() && d.pair_zones.is_empty() && d.policies.is_empty() && d.watches.is_empty());
     }
 
     #[test]
@@ -418,6 +445,21 @@ mod tests {
         let (d, _) = desired_host(&s, &me());
         assert_eq!(d.policies.len(), 1);
         assert_eq!((d.policies[0].src.get(), d.policies[0].dst.get()), (4096, 4096));
+    }
+
+    #[test]
+    fn a_cache_recompiles_only_changed_lists_and_gives_the_same_result() {
+        let mut cache = tessera_policy::ListCache::new();
+        let first = host_plan_cached(&connected(), &me(), &mut cache);
+        assert_eq!(first.desired, host_plan(&connected(), &me()).desired);
+        assert_eq!(cache.len(), 2, "n1 -> n2, and n1 within itself (which passes everything)");
+        let mut changed = connected();
+        changed.policies[0].rules.push(
+            tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
+        );
+        let second = host_plan_cached(&changed, &me(), &mut cache);
+        assert_eq!(second.desired, host_plan(&changed, &me()).desired);
+        assert_eq!(cache.len(), 2, "the old lists left the cache");
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn privileged_bad_network_input_is_refused_with_its_reason_and_nothing_is_made()
     // A subnet this host's Docker already uses in another network.
     create_network(&f.d1, "first", &["--subnet", "10.72.0.0/24"]);
     let err = create("second", &["--subnet", "10.72.0.0/25"]);
-    assert!(err.contains("overlaps 10.72.0.0/24"), "{err}");
+    assert!(err.contains("overlaps 10.72.0.0/24 of Docker network first"), "{err}");
     assert_nothing_made(&f, "second");
 
     // Good input still works afterwards, and the refused names are free.

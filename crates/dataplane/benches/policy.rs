@@ -208,7 +208,7 @@ async fn run() {
         placed(3, &green, &h2, &g1, &["192.168.20.2/24"]),
         placed(4, &blue, &h2, &b1, &["192.168.30.2/24"]),
     ];
-    let mut intent = Intent { networks: vec![red, green, blue], policies: vec![], endpoints };
+    let mut intent = Intent { networks: vec![red, green, blue], policies: vec![], endpoints, ..Default::default() };
     set_policy(&mut intent, SMALL_POLICY, SMALL, "pass");
     set_policy(&mut intent, BIG_POLICY, BIG, "pass");
     intent.attach("green", &[BIG_POLICY]);
@@ -246,6 +246,7 @@ async fn run() {
         big / small2
     );
 
+    b.flush_conntrack();
     let (small_changes, s_compile, s_apply) = b.changes(SMALL_POLICY, SMALL, to_blue).await;
     let (big_changes, b_compile, b_apply) = b.changes(BIG_POLICY, BIG, to_green).await;
     println!(

@@ -62,10 +62,26 @@ pub struct DesiredHost {
     /// that both directions of a flow between them meet in one zone.
     #[serde(default)]
     pub pair_zones: Vec<PairZone>,
-    /// The firewall programs of new flows between networks (or within one);
-    /// a pair without a program passes everything.
+    /// The firewall programs of new flows between networks (or within one)
+    /// that start on this host (from a local network's bridge); a pair
+    /// without a program passes everything.
     #[serde(default)]
     pub policies: Vec<PairPolicy>,
+    /// Pairs whose flows arrive here through a tunnel (decided on the host
+    /// where they start): the fingerprint of their program's inputs, so that
+    /// a change ends their flows here too.
+    #[serde(default)]
+    pub watches: Vec<PairWatch>,
+}
+
+/// A pair of networks this host does not enforce but whose flows it carries
+/// (see [`DesiredHost::watches`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairWatch {
+    pub src: Vni,
+    pub dst: Vni,
+    /// Changes whenever the pair's program may (`tessera_policy::Compiler::fingerprint`).
+    pub fingerprint: u64,
 }
 
 /// The conntrack zone of flows between networks `a` and `b` (which import
@@ -458,6 +474,17 @@ impl DesiredHost {
             }
             if !programs.insert((p.src, p.dst)) {
                 return Err(DesiredError::new(format!("policies[{i}]"), format!("two programs for {} > {}", p.src, p.dst)));
+            }
+        }
+        for (i, w) in self.watches.iter().enumerate() {
+            if present(w.src).is_none() || present(w.dst).is_none() {
+                return Err(DesiredError::new(format!("watches[{i}]"), "both networks of a watch must be on the host"));
+            }
+            if !programs.insert((w.src, w.dst)) {
+                return Err(DesiredError::new(
+                    format!("watches[{i}]"),
+                    format!("{} > {} is programmed or watched twice", w.src, w.dst),
+                ));
             }
         }
         Ok(())

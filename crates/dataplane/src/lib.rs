@@ -75,7 +75,7 @@ use tracing::Instrument;
 pub use action::Action;
 pub use desired::{
     bridge_name, host_veth_name, table_id, vtep_mac, vxlan_name, DesiredError, DesiredHost, DesiredNetwork, DesiredSubnet,
-    LocalEndpoint, PairPolicy, PairZone, RemoteEndpoint,
+    LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
 pub use fake::FakeDataplane;
 pub use linux::LinuxDataplane;

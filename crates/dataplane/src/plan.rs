@@ -37,16 +37,14 @@ use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry, NftElement, Observed, PolicyState,
     ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
-use crate::policy::{list_chain, pair_chain, policy_objects, ChainKind, PolicyObjects, DISPATCH};
+use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects, DISPATCH};
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
 ///
 /// `desired` should have passed [`DesiredHost::validate`]; the planner does
 /// not check it again.
 pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
-    let t = std::time::Instant::now();
     let want = Want::of(desired);
-    eprintln!("  T want {:?}", t.elapsed());
     let mut out = Vec::new();
 
     // 1. Host-wide parameters.
@@ -66,15 +64,33 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
     for e in have_elements.difference(&want.elements) {
         out.push(Action::NftSetElementDelete(e.clone()));
     }
-    let t = std::time::Instant::now();
-    let want_policy = policy_objects(desired);
-    eprintln!("  T objects {:?}", t.elapsed());
-    let t = std::time::Instant::now();
+    // Rule lists the kernel holds as they should be (same fingerprint) are
+    // left alone: neither rebuilt nor diffed.
+    let mut kept: BTreeSet<String> = BTreeSet::new();
+    let mut list_digests: Vec<(u128, u128)> = Vec::new();
+    for prog in desired.policies.iter().filter(|p| !p.lists.is_empty()) {
+        for (i, list) in prog.lists.iter().enumerate() {
+            let lname = list_chain(prog.src, prog.dst, i);
+            let (k, v) = crate::policy::list_fingerprint_digest(&lname, list.fingerprint);
+            if list.fingerprint != 0 && have_policy.digests.get(&k) == Some(&v) && have_policy.chains.contains_key(&lname) {
+                kept.insert(lname);
+            }
+            list_digests.push((k, v));
+        }
+    }
+    let want_policy = policy_objects_except(desired, &kept);
     let diffs = map_diffs(&want_policy, have_policy);
-    eprintln!("  T diffs {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    policy_actions(&mut out, &want_policy, have_policy, &diffs);
-    eprintln!("  T actions {:?}", t.elapsed());
+    let mut want_digests = want_policy.digests();
+    want_digests.extend(desired.watches.iter().map(crate::policy::watch_digest));
+    want_digests.extend(list_digests);
+    let keeps = |name: &str| crate::policy::object_list(name).is_some_and(|l| kept.contains(&l));
+    for name in have_policy.chains.keys().chain(have_policy.maps.keys()).filter(|n| keeps(n)) {
+        let key = crate::policy::name_key(name);
+        if let Some(v) = have_policy.digests.get(&key) {
+            want_digests.insert(key, *v);
+        }
+    }
+    policy_actions(&mut out, &want_policy, &want_digests, have_policy, &diffs, &keeps);
     for e in want.elements.difference(have_elements) {
         out.push(Action::NftSetElementAdd(e.clone()));
     }
@@ -263,10 +279,9 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         }
     }
 
-    eprintln!("  T before ct");
     // 6. Conntrack.
     let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
-    for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs) {
+    for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs, &kept) {
         out.push(Action::ConntrackZoneFlush { zone });
     }
     out
@@ -357,7 +372,14 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
 /// elements jump to); new maps and their elements; rule-list, pair and
 /// dispatch chains (which look maps up and jump to lists); then deletions,
 /// users first: pair and rule-list chains, maps, log and reject chains.
-fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyState, diffs: &BTreeMap<String, MapDiff>) {
+fn policy_actions(
+    out: &mut Vec<Action>,
+    want: &PolicyObjects,
+    wanted: &BTreeMap<u128, u128>,
+    have: &PolicyState,
+    diffs: &BTreeMap<String, MapDiff>,
+    kept: &dyn Fn(&str) -> bool,
+) {
     for (name, d) in diffs {
         if d.flush {
             out.push(Action::NftMapFlush { map: name.clone() });
@@ -388,7 +410,7 @@ fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyStat
     let mut deletes: Vec<(ChainKind, &String)> = have
         .chains
         .keys()
-        .filter(|n| !want.chains.contains_key(*n) && n.as_str() != DISPATCH)
+        .filter(|n| !want.chains.contains_key(*n) && n.as_str() != DISPATCH && !kept(n))
         .map(|n| (ChainKind::of(n).unwrap_or(ChainKind::Pair), n))
         .collect();
     deletes.sort_by(|a, b| b.cmp(a));
@@ -396,14 +418,13 @@ fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyStat
         out.push(Action::NftChainDelete { name: (*name).clone() });
     }
     for name in have.maps.keys() {
-        if !want.maps.contains_key(name) {
+        if !want.maps.contains_key(name) && !kept(name) {
             out.push(Action::NftMapDelete { name: name.clone() });
         }
     }
     for (_, name) in deletes.iter().filter(|(k, _)| *k < ChainKind::List) {
         out.push(Action::NftChainDelete { name: (*name).clone() });
     }
-    let wanted = want.digests();
     let deletes: Vec<(u128, u128)> =
         have.digests.iter().filter(|(k, v)| wanted.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
     let adds: Vec<(u128, u128)> =
@@ -417,6 +438,8 @@ fn policy_actions(out: &mut Vec<Action>, want: &PolicyObjects, have: &PolicyStat
 /// end. A zone is flushed when
 /// - it was a pair zone and is no longer one (the networks were
 ///   disconnected, or the zone renumbered);
+/// - the fingerprint of a watched pair (flows that arrive through a tunnel)
+///   changed;
 /// - the program of a pair that uses it may now refuse what it let through:
 ///   the program is new (restrictions on a pair that passed everything), a
 ///   rule list is new, its default became deny or reject, a pass element is
@@ -432,6 +455,7 @@ fn conntrack_flushes(
     have: &PolicyState,
     have_elements: &BTreeSet<NftElement>,
     diffs: &BTreeMap<String, MapDiff>,
+    kept: &BTreeSet<String>,
 ) -> BTreeSet<u16> {
     let mut out = BTreeSet::new();
     let wanted: BTreeSet<u16> = desired.pair_zones.iter().map(|p| p.zone).collect();
@@ -442,11 +466,22 @@ fn conntrack_flushes(
             }
         }
     }
+    for w in &desired.watches {
+        let (key, value) = crate::policy::watch_digest(w);
+        if have.digests.get(&key) != Some(&value) {
+            if let Some(zone) = desired.flow_zone(w.src, w.dst) {
+                out.insert(zone);
+            }
+        }
+    }
     for prog in desired.policies.iter().filter(|p| !p.lists.is_empty()) {
         let Some(zone) = desired.flow_zone(prog.src, prog.dst) else { continue };
         let narrowed = !have.chains.contains_key(&pair_chain(prog.src, prog.dst))
             || prog.lists.iter().enumerate().any(|(i, list)| {
                 let lname = list_chain(prog.src, prog.dst, i);
+                if kept.contains(&lname) {
+                    return false;
+                }
                 let (Some(h), Some(w)) = (have.chains.get(&lname), want.chains.get(&lname)) else { return true };
                 if h.digest != Some(w.digest) && h.default != Some(list.default) && list.default != tessera_policy::Verdict::Pass
                 {

@@ -14,23 +14,29 @@
 //!
 //! Objects, for the program of flows from VNI `S` to VNI `D`:
 //! - chain `p<S>_<D>`: `jump l<S>_<D>_0; jump l<S>_<D>_1; accept`;
-//! - chain `l<S>_<D>_<i>` (rule list `i`): for each layer, for each family,
-//!   for each shard, one lookup
-//!   `ip saddr . ip daddr . meta l4proto . th sport . th dport vmap @MAP`,
-//!   then the list's default verdict. An element's verdict is `return` for
-//!   pass (the next list decides), `drop` for deny, `goto rj<S>` for reject,
-//!   or `goto g…` for a rule marked `log`;
-//! - maps `m<S>_<D>_<i>_<layer>_<4|6>_<shard>_<order>`: `flags interval;
-//!   counter` (a hit counter per element, summed per rule by
-//!   [`rule_counters`]). A layer's elements are spread over `2^k` maps of at
-//!   most [`MAX_MAP_ELEMENTS`] by a stable hash of their key, because the
-//!   kernel's update of a concatenated interval map costs time in proportion
-//!   to its size: a one-rule change touches one or two small maps. The key's
-//!   fields are concatenated most selective first (`<order>` lists them:
-//!   0 source, 1 destination, 2 protocol, 3 source port, 4 destination
-//!   port), because the kernel's lookup (and insertion) in such a map costs
-//!   in proportion to the elements that still match after each field: a
-//!   list of port rules looks the port up first;
+//! - chain `l<S>_<D>_<i>` (rule list `i`): for each layer (see
+//!   `tessera_policy::layer`), for each family, one lookup per map of the
+//!   layer, then the list's default verdict. An element's verdict is `return`
+//!   for pass (the next list decides), `drop` for deny, `goto rj<S>` for
+//!   reject, or `goto g…` for a rule marked `log`. The boxes of a layer never
+//!   overlap, so the maps of a layer can be looked up in any order;
+//! - hash maps `h<S>_<D>_<i>_<layer>_<4|6>_<template><shard>_<fields>`: boxes
+//!   that are exact points in some fields and share the same ranges in the
+//!   others (a list of ports, of host addresses, of address and port pairs)
+//!   are looked up by their exact fields, behind plain matches on the shared
+//!   ranges (`meta nfproto ipv4 meta l4proto 6 th dport vmap @h…`). A hash
+//!   map's lookup, insertion and deletion cost the same whatever its size,
+//!   so a list of 50,000 port rules is one lookup and a one-rule change two
+//!   element operations;
+//! - interval maps `m<S>_<D>_<i>_<layer>_<4|6>_<shard>_<order>` for the
+//!   other boxes: concatenated `ADDR . ADDR . inet_proto . inet_service .
+//!   inet_service` with `flags interval` (the kernel's `pipapo`). The key's
+//!   fields are concatenated most selective first (`<order>` lists them: 0
+//!   source, 1 destination, 2 protocol, 3 source port, 4 destination port),
+//!   because a lookup (and an insertion) costs in proportion to the elements
+//!   that still match after each field. Updating such a map costs time in
+//!   proportion to its size, so a layer's boxes are spread over `2^k` maps of
+//!   at most [`MAX_MAP_ELEMENTS`] by a stable hash of their key;
 //! - chain `g<S>_<D>_<i>_<policy8>_<rule><p|d|r>`: `log prefix "tessera
 //!   POLICY#RULE SRC>DST VERDICT " level info`, then the verdict (the kernel
 //!   log is the log of flows: `IN=` and `OUT=` name the networks' devices,
@@ -40,6 +46,9 @@
 //!   it, and `ip rule fwmark` routes it in `S`'s VRF), then `reject with tcp
 //!   reset` for TCP and `reject` (ICMP port unreachable) otherwise.
 //!
+//! Every map has `counter`: a hit counter per element, summed per rule by
+//! [`rule_counters`].
+//!
 //! Digests: the map `digests` (`ipv6_addr : ipv6_addr`) holds, for every
 //! chain and map the planner manages, the 128-bit hash of its name (the key)
 //! and the digest of its content (the value: [`chain_digest_value`],
@@ -48,8 +57,12 @@
 //! looks up a big map, or a big map, is not: `nft` reads every element), so
 //! the planner replaces a chain only when its digest differs, changes a map
 //! only when its digest differs, and the Linux data plane knows whether the
-//! elements it remembers are those the kernel holds. The skeleton's marker
-//! is an element of that map too.
+//! elements it remembers are those the kernel holds. The map also holds the
+//! skeleton's marker; for every rule list, the fingerprint of what it was
+//! compiled from (a list whose fingerprint is unchanged is left alone: its
+//! objects are neither rebuilt nor compared, so a change costs in proportion
+//! to the lists it touches); and for every watched pair (flows that arrive
+//! through a tunnel), the fingerprint of its program's inputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,7 +77,7 @@ use crate::observed::{ElementVerdict, MapElement};
 pub const POLICY_TABLE: &str = "tessera_policy";
 /// The chain the forward hook jumps to: the pair dispatch.
 pub const DISPATCH: &str = "dispatch";
-/// Most elements in one verdict map (see the module docs).
+/// Most elements in one interval map (see the module docs).
 pub const MAX_MAP_ELEMENTS: usize = 8192;
 
 /// What a chain is for; chains are installed in this order (a chain only
@@ -283,6 +296,13 @@ pub const DIGESTS: &str = "digests";
 const KIND_CHAIN: u128 = 1;
 const KIND_MAP: u128 = 2;
 const KIND_SKELETON: u128 = 3;
+const KIND_WATCH: u128 = 4;
+const KIND_LIST: u128 = 5;
+
+/// A watched pair's entry in `digests`: key and value.
+pub fn watch_digest(w: &crate::desired::PairWatch) -> (u128, u128) {
+    (name_key(&format!("w{}_{}", w.src, w.dst)), (KIND_WATCH << 120) | u128::from(w.fingerprint))
+}
 
 /// The key of an object in the `digests` map: two stable 64-bit hashes of
 /// its name.
@@ -377,6 +397,24 @@ pub fn map_list_chain(map: &str) -> Option<String> {
     (parts.len() >= 4).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]))
 }
 
+/// The rule list an object belongs to: the list chain itself, its maps and
+/// its log chains (`g<S>_<D>_<i>_…`).
+pub fn object_list(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix('g') {
+        let parts: Vec<&str> = rest.split('_').collect();
+        return (parts.len() >= 4).then(|| format!("l{}_{}_{}", parts[0], parts[1], parts[2]));
+    }
+    if name.starts_with('l') {
+        return Some(name.to_string());
+    }
+    map_list_chain(name)
+}
+
+/// A rule list's fingerprint entry in `digests`: key and value.
+pub fn list_fingerprint_digest(list_chain: &str, fingerprint: u64) -> (u128, u128) {
+    (name_key(&format!("f{list_chain}")), (KIND_LIST << 120) | u128::from(fingerprint))
+}
+
 /// The (source, destination) VNIs of a pair or rule-list chain name.
 pub fn chain_pair(name: &str) -> Option<(u32, u32)> {
     let rest = name.strip_prefix('p').or_else(|| name.strip_prefix('l'))?;
@@ -447,6 +485,13 @@ fn plain_verdict(v: Verdict, src: Vni) -> String {
 
 /// The objects of every program of `desired`.
 pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
+    policy_objects_except(desired, &BTreeSet::new())
+}
+
+/// [`policy_objects`] without the objects of the rule lists named in `kept`
+/// (their chain, maps and log chains), which the kernel already holds as
+/// they should be.
+pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> PolicyObjects {
     let mut out = PolicyObjects::default();
     let mut dispatch: Vec<String> = Vec::new();
     let mut sources: BTreeSet<Vni> = BTreeSet::new();
@@ -459,7 +504,9 @@ pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
         for (i, list) in prog.lists.iter().enumerate() {
             let lname = list_chain(s, d, i);
             jumps.push(format!("jump {lname}"));
-            list_objects(&mut out, s, d, i, list);
+            if !kept.contains(&lname) {
+                list_objects(&mut out, s, d, i, list);
+            }
         }
         let pname = pair_chain(s, d);
         out.chains.insert(pname.clone(), chain(ChainKind::Pair, jumps, "accept", None));
@@ -544,9 +591,22 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
     let mut lookups = Vec::new();
     for ((layer, family), entries) in layers {
         let mut groups: Groups = Groups::default();
+        let mut last: Option<(Signature, Vec<&Entry>)> = None;
         for e in &entries {
             let sig: Signature = e.key.dims().map(|(lo, hi)| (lo != hi).then_some((lo, hi)));
-            groups.entry(sig).or_default().push(e);
+            // Runs of one signature (the usual case) skip the hash map.
+            match &mut last {
+                Some((s, run)) if *s == sig => run.push(e),
+                _ => {
+                    if let Some((s, run)) = last.take() {
+                        groups.entry(s).or_default().extend(run);
+                    }
+                    last = Some((sig, vec![e]));
+                }
+            }
+        }
+        if let Some((s, run)) = last {
+            groups.entry(s).or_default().extend(run);
         }
         // In a stable order (the first entry of each group, in rule order).
         let mut groups: Vec<(Signature, Vec<&Entry>)> = groups.into_iter().collect();
@@ -675,6 +735,10 @@ mod tests {
         assert_eq!(map_family("h100_200_1_0_4_0badcafe0_04"), Some(Family::V4));
         assert_eq!(map_family("m100_200_1_2_6_3_40123"), Some(Family::V6));
         assert_eq!(map_family("digests"), None);
+        assert_eq!(object_list("g1_2_0_abcdef01_3p").as_deref(), Some("l1_2_0"));
+        assert_eq!(object_list("h1_2_1_0_4_0badcafe0_4").as_deref(), Some("l1_2_1"));
+        assert_eq!(object_list("l1_2_0").as_deref(), Some("l1_2_0"));
+        assert_eq!(object_list("p1_2"), None);
         assert_eq!(ChainKind::of("rj100"), Some(ChainKind::Reject));
         assert_eq!(ChainKind::of("dispatch"), Some(ChainKind::Dispatch));
         assert!(log_chain_passes("g1_2_0_abcdef01_3p") && !log_chain_passes("g1_2_0_abcdef01_3d"));
@@ -701,6 +765,61 @@ mod tests {
         assert_eq!(template_matches(&key, &[4]), "meta nfproto ipv4 meta l4proto 6");
         let ports: Vec<tessera_policy::FlowBox> = (1..5).map(|p| tessera_policy::FlowBox { dport: (p, p), ..key }).collect();
         assert_eq!(selective_order(ports.iter()), [4, 0, 1, 2, 3]);
+    }
+
+    fn host_with(rules: &[String]) -> DesiredHost {
+        use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
+        let net = |id: u128, cidr: &str| Network {
+            id: uuid::Uuid::from_u128(id),
+            fq_name: format!("default-domain:admin:n{id}").parse().unwrap(),
+            vni: Vni::new(id as u32).unwrap(),
+            subnets: vec![Subnet { cidr: cidr.parse().unwrap(), gateway: None, pools: vec![], dns_servers: vec![] }],
+            import_targets: vec![],
+            export_targets: vec![],
+            shared: false,
+            external: false,
+            policies: vec![],
+            labels: Default::default(),
+        };
+        let p = Policy {
+            id: uuid::Uuid::from_u128(9),
+            fq_name: "default-domain:admin:p".parse().unwrap(),
+            rules: rules.iter().map(|r| Rule::parse("r", r, &ProjectName::default_project()).unwrap()).collect(),
+        };
+        let (a, b) = (net(1, "10.0.0.0/24"), net(2, "10.1.0.0/24"));
+        let list = tessera_policy::compile_list(&[&p], &a, &b, Verdict::Deny);
+        DesiredHost {
+            underlay_ip: "10.99.0.1".parse().unwrap(),
+            underlay_ifname: "eth0".into(),
+            underlay_mtu: 1500,
+            networks: vec![],
+            pair_zones: vec![],
+            policies: vec![PairPolicy { src: a.vni, dst: b.vni, lists: vec![list] }],
+            watches: vec![],
+        }
+    }
+
+    #[test]
+    fn a_list_of_port_rules_is_one_hash_lookup() {
+        let rules: Vec<String> = (0..100).map(|p| format!("deny tcp any any > any {}", 1000 + p)).collect();
+        let o = policy_objects(&host_with(&rules));
+        assert_eq!(o.maps.len(), 1, "{:?}", o.maps.keys());
+        let (name, map) = o.maps.iter().next().unwrap();
+        assert!(name.starts_with("h1_2_0_0_4_") && name.ends_with("_4"), "{name}");
+        assert_eq!(map.elements.len(), 100);
+        assert_eq!(map_type(name, Family::V4), "type inet_service : verdict; counter;");
+        let list = &o.chains["l1_2_0"].rules;
+        assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name}"));
+        assert_eq!(list[1], "drop");
+    }
+
+    #[test]
+    fn ranges_go_to_interval_maps() {
+        let rules: Vec<String> = (0..40).map(|p| format!("deny tcp any any > any {}-{}", 1000 + 10 * p, 1005 + 10 * p)).collect();
+        let o = policy_objects(&host_with(&rules));
+        assert_eq!(o.maps.len(), 1);
+        let name = o.maps.keys().next().unwrap();
+        assert!(name.starts_with("m1_2_0_0_4_0_4"), "the port is the most selective field: {name}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
         networks,
         pair_zones: vec![],
         policies: vec![],
+        watches: vec![],
     }
 }
 
@@ -227,7 +228,7 @@ fn check_against(case: &str, desired: &DesiredHost, kernel: &Observed) {
 
 mod policies {
     use super::*;
-    use tessera_dataplane::{PairPolicy, PairZone};
+    use tessera_dataplane::{PairPolicy, PairWatch, PairZone};
     use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
     use tessera_policy::Compiler;
 
@@ -278,12 +279,14 @@ mod policies {
             red.imports = vec![green.vni];
             green.imports = vec![red.vni];
             d.pair_zones.push(PairZone { a: red.vni, b: green.vni, zone: 3 });
-            for (s, dst, sv, dv) in [(r, g, red.vni, green.vni), (g, r, green.vni, red.vni), (r, r, red.vni, red.vni)] {
+            for (s, dst, sv, dv) in [(r, g, red.vni, green.vni), (r, r, red.vni, red.vni)] {
                 let prog = c.program(s, dst).unwrap();
                 if !prog.is_pass_all() {
                     d.policies.push(PairPolicy { src: sv, dst: dv, lists: prog.lists });
                 }
             }
+            // green has no endpoint here: its flows to red arrive through the tunnel.
+            d.watches.push(PairWatch { src: green.vni, dst: red.vni, fingerprint: c.fingerprint(g, r).unwrap() });
             d.networks = vec![red, green];
         } else {
             d.networks = vec![red];
@@ -307,10 +310,17 @@ mod policies {
         );
     }
 
+    /// The state of a host that enforces the pair (and watches nothing).
+    fn enforcing(rules: Option<&[&str]>) -> DesiredHost {
+        let mut d = connected(rules);
+        d.watches.clear();
+        d
+    }
+
     #[test]
-    fn adding_a_pass_rule_flushes_nothing() {
+    fn adding_a_pass_rule_flushes_nothing_where_the_pair_is_enforced() {
         let wider: &[&str] = &["pass tcp any any <> any 80", "pass icmp any any <> any any", "pass udp any any <> any 53"];
-        let actions = plan(&connected(Some(wider)), &converged(&connected(Some(WEB))));
+        let actions = plan(&enforcing(Some(wider)), &converged(&enforcing(Some(WEB))));
         assert!(!actions.is_empty());
         assert!(
             !actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { .. })),
@@ -321,13 +331,20 @@ mod policies {
     #[test]
     fn adding_a_deny_rule_in_front_flushes_the_pair_zone() {
         let narrower: &[&str] = &["deny tcp any any <> any 22", "pass tcp any any <> any 80", "pass icmp any any <> any any"];
-        let actions = plan(&connected(Some(narrower)), &converged(&connected(Some(WEB))));
+        let actions = plan(&enforcing(Some(narrower)), &converged(&enforcing(Some(WEB))));
         assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
     }
 
     #[test]
     fn detaching_the_policy_removes_leaks_programs_and_flows() {
         check("policy_detached", &connected(Some(WEB)), &connected(None));
+    }
+
+    #[test]
+    fn any_change_flushes_a_watched_pair() {
+        let wider: &[&str] = &["pass tcp any any <> any 80", "pass icmp any any <> any any", "pass udp any any <> any 53"];
+        let actions = plan(&connected(Some(wider)), &converged(&connected(Some(WEB))));
+        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
     }
 
     #[test]

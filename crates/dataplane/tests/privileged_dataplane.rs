@@ -47,6 +47,7 @@ fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
         networks,
         pair_zones: vec![],
         policies: vec![],
+        watches: vec![],
     }
 }
 

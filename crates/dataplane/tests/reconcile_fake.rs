@@ -33,6 +33,7 @@ fn desired() -> DesiredHost {
         }],
         pair_zones: vec![],
         policies: vec![],
+        watches: vec![],
     }
 }
 

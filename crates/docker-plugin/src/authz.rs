@@ -74,7 +74,7 @@ impl Plugin {
             };
             if let Err(e) = spec::network_create(&spec) {
                 tracing::info!(network = %create.name, error = %e, "docker network create refused");
-                return AuthzResponse::deny(format!("{PLUGIN_NAME}: {e}"));
+                return AuthzResponse::deny(e.to_string());
             }
         }
         self.push_pending_create(&create, subnets.iter().map(|s| s.pool).collect::<BTreeSet<_>>());
@@ -105,7 +105,7 @@ impl Plugin {
         let hosts: Vec<&str> = elsewhere.into_iter().collect();
         tracing::info!(network = %net.fq_name, hosts = ?hosts, "docker network rm refused: in use on other hosts");
         AuthzResponse::deny(format!(
-            "{PLUGIN_NAME}: network {} is in use by {} endpoint(s) on host(s) {}; it is removed everywhere once they leave",
+            "network {} is in use by {} endpoint(s) on host(s) {}; it is removed everywhere once they leave",
             spec::docker_name(&net),
             endpoints.iter().filter(|e| e.host != self.cfg.host).count(),
             hosts.join(", ")

@@ -214,7 +214,7 @@ impl Plugin {
     pub(crate) fn bind(&self, docker_id: &str, net: Network, subnets: &[DockerSubnet]) {
         let mut st = self.state();
         for s in subnets {
-            st.pools.bind(s.pool, s.ip_range, docker_id);
+            st.pools.bind(s.pool, s.ip_range, docker_id, Some(spec::docker_name(&net)));
         }
         match st.networks.get(docker_id) {
             Some(ns) => {
@@ -279,12 +279,19 @@ impl Plugin {
         Ok(())
     }
 
+    /// Whether a Docker network is bound to that Tessera network (not to an
+    /// older one of the same name, nor pending).
+    fn is_bound_to(&self, docker_id: &str, network: Uuid) -> bool {
+        let st = self.state();
+        let bind = st.networks.get(docker_id).map(|ns| ns.tx.borrow().clone());
+        matches!(bind, Some(Bind::Ready(n)) if n.id == network)
+    }
+
     /// Binds every Docker network of the tessera driver (after a restart).
     pub(crate) async fn bind_all(&self, docker: &[DockerNetwork], networks: &[Network]) {
         for d in docker {
             if let Some(n) = plan::tessera_network_of(d, networks) {
-                let known = matches!(self.state().networks.get(&d.id).map(|ns| ns.tx.borrow().clone()), Some(Bind::Ready(_)));
-                if !known {
+                if !self.is_bound_to(&d.id, n.id) {
                     self.bind(&d.id, n.clone(), &d.subnets);
                 }
             }
@@ -379,7 +386,7 @@ impl Plugin {
         spec::network_create(&probe)?;
         self.mark(&nid, Bind::Pending);
         for s in &probe.subnets {
-            self.state().pools.bind(s.pool, s.ip_range, &nid);
+            self.state().pools.bind(s.pool, s.ip_range, &nid, None);
         }
         let me = self.clone();
         tokio::spawn(async move { me.finish_create(nid).await });
@@ -960,9 +967,7 @@ impl Plugin {
                     if let (Some(n), Some(d)) =
                         (networks.iter().find(|n| n.id == *network), docker.iter().find(|d| d.id == *docker_id))
                     {
-                        let known =
-                            matches!(self.state().networks.get(docker_id).map(|ns| ns.tx.borrow().clone()), Some(Bind::Ready(_)));
-                        if !known {
+                        if !self.is_bound_to(docker_id, n.id) {
                             self.bind(docker_id, n.clone(), &d.subnets);
                         }
                     }

@@ -61,8 +61,10 @@ pub fn default_gateway(cidr: IpNet) -> Option<IpAddr> {
 pub struct PoolEntry {
     /// `--ip-range`.
     pub ip_range: Option<IpNet>,
-    /// The Docker network using the pool, once `CreateNetwork` named it.
+    /// The Docker network (ID) using the pool, once `CreateNetwork` named it.
     pub network: Option<String>,
+    /// Its name, for messages, once known.
+    pub name: Option<String>,
 }
 
 /// The pools this host's dockerd uses.
@@ -90,23 +92,28 @@ impl PoolRegistry {
         if let Some((other, entry)) =
             self.pools.iter().find(|(o, _)| **o != pool && (o.contains(&pool.network()) || pool.contains(&o.network())))
         {
-            let user = entry.network.as_deref().map(|n| format!(" of Docker network {n}")).unwrap_or_default();
+            let user =
+                entry.name.as_deref().or(entry.network.as_deref()).map(|n| format!(" of Docker network {n}")).unwrap_or_default();
             return Err(format!("--subnet {pool} overlaps {other}{user} on this host"));
         }
         if let Some(entry) = self.pools.get(&pool) {
-            if let Some(n) = &entry.network {
+            if let Some(n) = entry.name.as_ref().or(entry.network.as_ref()) {
                 return Err(format!("--subnet {pool} is already used by Docker network {n} on this host"));
             }
         }
-        self.pools.insert(pool, PoolEntry { ip_range, network: None });
+        self.pools.insert(pool, PoolEntry { ip_range, network: None, name: None });
         Ok(PoolId(pool))
     }
 
-    /// Records that `network` uses `pool` (at `CreateNetwork`, or when the
-    /// plugin learns Docker's networks at start).
-    pub fn bind(&mut self, pool: IpNet, ip_range: Option<IpNet>, network: &str) {
-        let entry = self.pools.entry(pool).or_insert(PoolEntry { ip_range, network: None });
+    /// Records that `network` (a Docker network ID; `name`, when known) uses
+    /// `pool` (at `CreateNetwork`, or when the plugin learns Docker's networks
+    /// at start).
+    pub fn bind(&mut self, pool: IpNet, ip_range: Option<IpNet>, network: &str, name: Option<&str>) {
+        let entry = self.pools.entry(pool).or_insert(PoolEntry { ip_range, network: None, name: None });
         entry.network = Some(network.to_string());
+        if name.is_some() {
+            entry.name = name.map(str::to_string);
+        }
         if entry.ip_range.is_none() {
             entry.ip_range = ip_range;
         }
@@ -164,7 +171,7 @@ mod tests {
     fn overlapping_pools_on_one_host_are_refused() {
         let mut r = PoolRegistry::default();
         r.request(net("10.0.0.0/16"), None, false).unwrap();
-        r.bind(net("10.0.0.0/16"), None, "net-a");
+        r.bind(net("10.0.0.0/16"), None, "0123abcd", Some("net-a"));
         let e = r.request(net("10.0.5.0/24"), None, false).unwrap_err();
         assert!(e.contains("overlaps 10.0.0.0/16 of Docker network net-a"), "{e}");
         let e = r.request(net("10.0.0.0/16"), None, false).unwrap_err();
@@ -192,8 +199,8 @@ mod tests {
     #[test]
     fn unbinding_a_network_frees_its_pools() {
         let mut r = PoolRegistry::default();
-        r.bind(net("10.0.0.0/24"), None, "n1");
-        r.bind(net("fd00::/64"), None, "n1");
+        r.bind(net("10.0.0.0/24"), None, "n1", None);
+        r.bind(net("fd00::/64"), None, "n1", None);
         assert_eq!(r.network_of(net("fd00::/64")), Some("n1"));
         r.unbind_network("n1");
         assert!(r.request(net("10.0.0.0/24"), None, false).is_ok());

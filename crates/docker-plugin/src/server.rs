@@ -2,6 +2,11 @@
 //! decode, call [`Plugin`], and map its errors to the wire once: `Err` for
 //! the network driver, `Error` for the IPAM driver, a refusal for authz.
 //!
+//! Every handler reads the whole body, even one it ignores: a connection
+//! whose request body is left unread is closed after the answer, and
+//! dockerd, which keeps connections to plugins open, would then find it
+//! broken and wait a second before retrying.
+//!
 //! A body that cannot be decoded is answered with HTTP 400 (and `Err`, which
 //! Docker's plugin client reads whatever the status); an operation that fails
 //! is answered with HTTP 200 and the error field, as the protocol asks.
@@ -109,15 +114,15 @@ async fn unknown(uri: axum::http::Uri) -> Response {
     reply(StatusCode::NOT_FOUND, &NetworkErrorResponse { err: format!("{PLUGIN_NAME}: unknown call {}", uri.path()) })
 }
 
-async fn activate() -> Response {
+async fn activate(_body: Bytes) -> Response {
     ok(&ActivateResponse::tessera())
 }
 
-async fn capabilities() -> Response {
+async fn capabilities(_body: Bytes) -> Response {
     ok(&CapabilitiesResponse { scope: "local".into(), connectivity_scope: "local".into() })
 }
 
-async fn empty() -> Response {
+async fn empty(_body: Bytes) -> Response {
     ok(&Empty {})
 }
 
@@ -134,7 +139,10 @@ async fn delete_network(State(p): P, bytes: Bytes) -> Response {
 
 async fn create_endpoint(State(p): P, bytes: Bytes) -> Response {
     let req = body!(bytes, CreateEndpointRequest);
-    net("CreateEndpoint", p.create_endpoint(req).await)
+    let t = std::time::Instant::now();
+    let r = p.create_endpoint(req).await;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "CreateEndpoint answered");
+    net("CreateEndpoint", r)
 }
 
 async fn delete_endpoint(State(p): P, bytes: Bytes) -> Response {
@@ -151,6 +159,7 @@ async fn join(State(p): P, bytes: Bytes) -> Response {
     let req = body!(bytes, JoinRequest);
     let span = tracing::info_span!("Join", docker_network = %req.network_id, endpoint = %req.endpoint_id);
     let t = std::time::Instant::now();
+    tracing::debug!("Join asked");
     let r = p.join(req).instrument(span).await;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "Join answered");
     net("Join", r)
@@ -177,11 +186,11 @@ async fn revoke_external(bytes: Bytes) -> Response {
     ok(&Empty {})
 }
 
-async fn ipam_capabilities() -> Response {
+async fn ipam_capabilities(_body: Bytes) -> Response {
     ok(&IpamCapabilitiesResponse { requires_mac_address: false, requires_request_replay: false })
 }
 
-async fn address_spaces() -> Response {
+async fn address_spaces(_body: Bytes) -> Response {
     ok(&AddressSpacesResponse {
         local_default_address_space: format!("{PLUGIN_NAME}-local"),
         global_default_address_space: format!("{PLUGIN_NAME}-global"),
@@ -205,10 +214,12 @@ async fn release_pool(State(p): P, bytes: Bytes) -> Response {
 
 async fn request_address(State(p): P, bytes: Bytes) -> Response {
     let req = body!(bytes, RequestAddressRequest);
+    let t = std::time::Instant::now();
     let r = p
         .request_address(&req.pool_id, req.address, req.is_gateway())
         .await
         .map(|address| RequestAddressResponse { address, data: Default::default() });
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "RequestAddress answered");
     ipam("RequestAddress", r)
 }
 
@@ -228,6 +239,6 @@ async fn authz_request(State(p): P, bytes: Bytes) -> Response {
     }
 }
 
-async fn authz_response() -> Response {
+async fn authz_response(_body: Bytes) -> Response {
     ok(&AuthzResponse::allow())
 }

@@ -237,6 +237,15 @@ impl Fnv {
     }
 }
 
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes(bytes);
+    }
+}
+
 impl Default for Fnv {
     fn default() -> Self {
         Self::new()

@@ -52,7 +52,10 @@ pub mod topology;
 use std::collections::HashMap;
 
 pub use flow::{Family, Flow, FlowBox};
-pub use program::{compile_list, compile_pair, reference_verdict, Entry, PairProgram, RuleList, RuleRef, Verdict};
+pub use program::{
+    compile_list, compile_pair, compile_pair_cached, list_fingerprint, reference_verdict, Entry, ListCache, PairProgram,
+    RuleList, RuleRef, Verdict,
+};
 pub use topology::{LeakWarning, Topology};
 
 use tessera_model::{Network, Policy};
@@ -88,6 +91,38 @@ impl<'a> Compiler<'a> {
     /// network).
     pub fn program(&self, src: Uuid, dst: Uuid) -> Option<PairProgram> {
         Some(compile_pair(self.network(src)?, self.network(dst)?, &self.policies, &self.topology))
+    }
+
+    /// A fingerprint of everything the program of flows from `src` to `dst`
+    /// depends on (the two networks' names and subnets, the contents of the
+    /// policies attached to each, in order, and whether a route target
+    /// connects them): it changes whenever the program may. A host that does
+    /// not enforce a pair (the flows arrive through a tunnel, decided where
+    /// they start) watches the fingerprint to know when to end the pair's
+    /// flows, without compiling the program. Stable for one build.
+    pub fn fingerprint(&self, src: Uuid, dst: Uuid) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = flow::Fnv::new();
+        for id in [src, dst] {
+            let net = self.network(id)?;
+            net.fq_name.hash(&mut h);
+            for s in &net.subnets {
+                s.cidr.hash(&mut h);
+            }
+            for p in topology::attached(net, &self.policies) {
+                p.id.hash(&mut h);
+                p.fq_name.hash(&mut h);
+                p.rules.hash(&mut h);
+            }
+            h.write_u8(0xff);
+        }
+        self.topology.route_target_connected(src, dst).hash(&mut h);
+        Some(h.finish())
+    }
+
+    /// [`Compiler::program`], taking unchanged lists from `cache`.
+    pub fn program_cached(&self, src: Uuid, dst: Uuid, cache: &mut ListCache) -> Option<PairProgram> {
+        Some(compile_pair_cached(self.network(src)?, self.network(dst)?, &self.policies, &self.topology, cache))
     }
 
     /// The reference verdict of `flow` from `src` to `dst` (see

@@ -85,6 +85,72 @@ pub struct RuleList {
     pub default: Verdict,
     /// In rule order (the order of the policies, then of their rules).
     pub entries: Vec<Entry>,
+    /// A hash of everything the list is compiled from
+    /// ([`list_fingerprint`]): equal fingerprints, equal lists. A data plane
+    /// uses it to leave alone what did not change, a [`ListCache`] to
+    /// compile only what did.
+    #[serde(default)]
+    pub fingerprint: u64,
+}
+
+/// The fingerprint of the list compiled from `list` for flows from `src` to
+/// `dst` with `default`: a hash of the policies (ids, names and rules, in
+/// order), of the two networks' names and subnets, and of the default.
+/// Stable for one build.
+pub fn list_fingerprint(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = crate::flow::Fnv::new();
+    for p in list {
+        p.id.hash(&mut h);
+        p.fq_name.hash(&mut h);
+        p.rules.hash(&mut h);
+    }
+    for n in [src, dst] {
+        h.write_u8(0xff);
+        n.fq_name.hash(&mut h);
+        for s in &n.subnets {
+            s.cidr.hash(&mut h);
+        }
+    }
+    default.hash(&mut h);
+    h.finish()
+}
+
+/// Compiled lists by fingerprint, kept between compilations so that a
+/// change recompiles only the lists it touches. Lists not used by the last
+/// [`ListCache::retain_used`] round are dropped then.
+#[derive(Debug, Clone, Default)]
+pub struct ListCache {
+    lists: HashMap<u64, RuleList>,
+    used: std::collections::HashSet<u64>,
+}
+
+impl ListCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The compiled list, from the cache or compiled now.
+    pub fn get_or_compile(&mut self, list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> RuleList {
+        let fp = list_fingerprint(list, src, dst, default);
+        self.used.insert(fp);
+        self.lists.entry(fp).or_insert_with(|| compile_list(list, src, dst, default)).clone()
+    }
+
+    /// Drops the lists not asked for since the last call.
+    pub fn retain_used(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.lists.retain(|fp, _| used.contains(fp));
+    }
+
+    /// Number of lists held.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
 }
 
 impl RuleList {
@@ -162,7 +228,7 @@ pub fn compile_list(list: &[&Policy], src: &Network, dst: &Network, default: Ver
         let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
         entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
     }
-    RuleList { default, entries }
+    RuleList { default, entries, fingerprint: list_fingerprint(list, src, dst, default) }
 }
 
 /// The default verdict of the lists of flows from `src` to `dst`: pass
@@ -178,6 +244,17 @@ pub fn default_verdict(topology: &Topology, src: Uuid, dst: Uuid) -> Verdict {
 
 /// Compiles the program of new flows from `src` to `dst`.
 pub fn compile_pair(src: &Network, dst: &Network, policies: &HashMap<Uuid, &Policy>, topology: &Topology) -> PairProgram {
+    compile_pair_cached(src, dst, policies, topology, &mut ListCache::new())
+}
+
+/// [`compile_pair`], taking unchanged lists from `cache`.
+pub fn compile_pair_cached(
+    src: &Network,
+    dst: &Network,
+    policies: &HashMap<Uuid, &Policy>,
+    topology: &Topology,
+    cache: &mut ListCache,
+) -> PairProgram {
     let default = default_verdict(topology, src.id, dst.id);
     let mut lists: Vec<RuleList> = Vec::new();
     let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
@@ -188,7 +265,7 @@ pub fn compile_pair(src: &Network, dst: &Network, policies: &HashMap<Uuid, &Poli
             continue;
         }
         compiled.push(&owner.policies);
-        let list = compile_list(&attached(owner, policies), src, dst, default);
+        let list = cache.get_or_compile(&attached(owner, policies), src, dst, default);
         if !list.passes_everything() && !lists.contains(&list) {
             lists.push(list);
         }

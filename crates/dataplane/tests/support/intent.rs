@@ -1,7 +1,8 @@
 //! The intent of a test fabric (networks, policies, endpoints placed on
 //! hosts) and the desired state of each host, computed the way the agent
 //! does (`tessera-agent`'s `desired` module): local networks, networks they
-//! import, leaked routes, pair zones and compiled programs. Also helpers that
+//! import, leaked routes, pair zones, compiled programs of the pairs whose
+//! flows start here and fingerprints of the others. Also helpers that
 //! run TCP servers and clients inside container namespaces.
 
 use std::fs::File;
@@ -14,7 +15,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tessera_dataplane::tessera_policy::Compiler;
-use tessera_dataplane::{DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairZone, RemoteEndpoint};
+use tessera_dataplane::{
+    DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
+};
 use tessera_model::{MacAddr, Network, Policy, ProjectName, RouteTarget, Rule, Subnet, Vni};
 use uuid::Uuid;
 
@@ -90,6 +93,9 @@ pub struct Intent {
     pub networks: Vec<Network>,
     pub policies: Vec<Policy>,
     pub endpoints: Vec<Placed>,
+    /// Compiled rule lists per host, kept between calls like an agent keeps
+    /// them.
+    pub cache: std::cell::RefCell<std::collections::HashMap<String, tessera_dataplane::tessera_policy::ListCache>>,
 }
 
 impl Intent {
@@ -149,15 +155,26 @@ impl Intent {
             }
         }
         let id_of = |v: Vni| self.networks.iter().find(|n| n.vni == v).unwrap().id;
-        let mut policies = Vec::new();
+        let (mut policies, mut watches) = (Vec::new(), Vec::new());
         for n in &networks {
-            let dsts = (!n.local.is_empty()).then_some(n.vni).into_iter().chain(n.imports.iter().copied());
-            for d in dsts {
-                let program = compiler.program(id_of(n.vni), id_of(d)).unwrap();
+            if n.local.is_empty() {
+                for d in &n.imports {
+                    let fingerprint = compiler.fingerprint(id_of(n.vni), id_of(*d)).unwrap();
+                    watches.push(PairWatch { src: n.vni, dst: *d, fingerprint });
+                }
+                continue;
+            }
+            for d in std::iter::once(n.vni).chain(n.imports.iter().copied()) {
+                let mut caches = self.cache.borrow_mut();
+                let cache = caches.entry(me.ns.clone()).or_default();
+                let program = compiler.program_cached(id_of(n.vni), id_of(d), cache).unwrap();
                 if !program.is_pass_all() {
                     policies.push(PairPolicy { src: n.vni, dst: d, lists: program.lists });
                 }
             }
+        }
+        if let Some(cache) = self.cache.borrow_mut().get_mut(&me.ns) {
+            cache.retain_used();
         }
         DesiredHost {
             underlay_ip: me.underlay_ip,
@@ -166,6 +183,7 @@ impl Intent {
             networks,
             pair_zones,
             policies,
+            watches,
         }
     }
 }
