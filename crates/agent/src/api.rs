@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tessera_model::Endpoint;
+use tessera_model::{Endpoint, Network};
 
+use crate::inventory::{CheckRequest, CheckResponse, GcRequest};
 use crate::Agent;
 
 /// `POST /v1/attach`: put a network namespace into a network.
@@ -106,6 +107,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/attach", post(attach))
         .route("/v1/detach", post(detach))
+        .route("/v1/check", post(check))
+        .route("/v1/gc", post(gc))
+        .route("/v1/networks/{reference}", get(network))
         .route("/v1/vifs", get(vifs))
         .route("/v1/status", get(status))
         .with_state(agent)
@@ -119,6 +123,20 @@ async fn attach(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Res
 async fn detach(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Result<Json<DetachResponse>, ApiError> {
     let req: DetachRequest = decode(&body)?;
     Ok(Json(DetachResponse { detached: agent.detach(req).await? }))
+}
+
+async fn check(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Result<Json<CheckResponse>, ApiError> {
+    let req: CheckRequest = decode(&body)?;
+    Ok(Json(agent.check(req).await?))
+}
+
+async fn gc(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Result<Json<DetachResponse>, ApiError> {
+    let req: GcRequest = decode(&body)?;
+    Ok(Json(DetachResponse { detached: agent.gc(req).await? }))
+}
+
+async fn network(State(agent): State<Arc<Agent>>, Path(reference): Path<String>) -> Result<Json<Network>, ApiError> {
+    Ok(Json(agent.network(&reference).await?))
 }
 
 async fn vifs(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {

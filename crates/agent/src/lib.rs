@@ -12,6 +12,7 @@
 pub mod api;
 pub mod controller;
 pub mod desired;
+pub mod inventory;
 pub mod mirror;
 pub mod uds;
 

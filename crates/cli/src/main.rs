@@ -64,9 +64,16 @@ enum Command {
     /// The host's interface table.
     #[command(subcommand)]
     Vif(commands::agent::VifCmd),
+    /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
+    #[command(subcommand)]
+    Cni(commands::cni::Cmd),
 }
 
 fn main() -> ExitCode {
+    // Runtimes execute the plugin with the CNI environment, not with arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return commands::cni::plugin_main();
+    }
     let cli = Cli::parse();
     // Servers log their work; the demo and the CLI only warn, their output is for people.
     let default_level = match cli.command {
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
+            Command::Cni(c) => commands::cni::run(&ctx, c).await,
         }
     });
     match result {

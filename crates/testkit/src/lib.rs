@@ -8,6 +8,7 @@
 //! and every namespace it made is removed when it is dropped.
 #![forbid(unsafe_code)]
 
+pub mod cni;
 pub mod docker;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
 //! The subcommands. Each turns arguments into API calls and prints a table or JSON.
 
 pub mod agent;
+pub mod cni;
 pub mod controller;
 pub mod demo;
 pub mod docker_plugin;

@@ -22,6 +22,9 @@ pub enum Cmd {
         /// Gateway of the subnet that contains it (default: each subnet's first usable address).
         #[arg(long = "gateway")]
         gateways: Vec<String>,
+        /// A DNS server for the containers, given to every subnet of its address family; repeat for several.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
         /// Route target imported and exported, ASN:N or IPV4:N; repeat for several.
         #[arg(long = "route-target")]
         route_targets: Vec<String>,
@@ -76,8 +79,21 @@ struct Shown {
     endpoints: Vec<Endpoint>,
 }
 
-fn subnets_with_gateways(subnets: &[String], gateways: &[String]) -> anyhow::Result<Vec<SubnetCreate>> {
+fn subnets_with_gateways(subnets: &[String], gateways: &[String], dns: &[String]) -> anyhow::Result<Vec<SubnetCreate>> {
     let mut out: Vec<SubnetCreate> = subnets.iter().map(|s| SubnetCreate::cidr(s)).collect();
+    for d in dns {
+        let Ok(addr) = d.parse::<std::net::IpAddr>() else {
+            bail!("--dns: {d:?} is not an IP address");
+        };
+        let same_family: Vec<&mut SubnetCreate> = out
+            .iter_mut()
+            .filter(|s| s.cidr.parse::<ipnet::IpNet>().is_ok_and(|n| n.addr().is_ipv4() == addr.is_ipv4()))
+            .collect();
+        if same_family.is_empty() {
+            bail!("--dns: no subnet of {addr}'s address family");
+        }
+        same_family.into_iter().for_each(|s| s.dns_servers.push(d.clone()));
+    }
     for g in gateways {
         let Ok(addr) = g.parse::<std::net::IpAddr>() else {
             bail!("--gateway: {g:?} is not an IP address");
@@ -93,11 +109,11 @@ fn subnets_with_gateways(subnets: &[String], gateways: &[String]) -> anyhow::Res
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
-        Cmd::Add { name, subnets, gateways, route_targets, vni, project, policies, shared, external } => {
+        Cmd::Add { name, subnets, gateways, dns, route_targets, vni, project, policies, shared, external } => {
             let req = NetworkCreate {
                 name,
                 project,
-                subnets: subnets_with_gateways(&subnets, &gateways)?,
+                subnets: subnets_with_gateways(&subnets, &gateways, &dns)?,
                 vni,
                 route_targets,
                 shared,
