@@ -135,4 +135,11 @@ impl ControllerClient {
     pub async fn get_network(&self, reference: &str) -> Result<tessera_model::Network, ControllerError> {
         self.send(self.http.get(format!("{}/v1/networks/{reference}", self.base))).await
     }
+
+    /// Replaces the hit counters the controller holds for `host`.
+    pub async fn report_counters(&self, host: &str, report: &tessera_model::HostCounters) -> Result<(), ControllerError> {
+        self.send::<serde_json::Value>(self.http.put(format!("{}/v1/hosts/{host}/counters", self.base)).json(report))
+            .await
+            .map(|_| ())
+    }
 }

@@ -233,6 +233,33 @@ pub fn host_plan_cached(snap: &Snapshot, me: &HostIdentity, cache: &mut tessera_
     HostPlan { desired, skipped, leak_warnings: topology.warnings.clone() }
 }
 
+/// [`host_plan_cached`] across reconciles: the agent keeps one, so that a
+/// change recompiles only the rule lists it touches, and learns when the
+/// route-leak warnings change (to log them once, not on every reconcile).
+#[derive(Debug, Default)]
+pub struct Planner {
+    cache: tessera_policy::ListCache,
+    warnings: Vec<tessera_policy::LeakWarning>,
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This host's plan, and the leak warnings when they differ from those
+    /// of the previous plan (`Some(vec![])` when they are all gone).
+    pub fn plan(&mut self, snap: &Snapshot, me: &HostIdentity) -> (HostPlan, Option<Vec<tessera_policy::LeakWarning>>) {
+        let plan = host_plan_cached(snap, me, &mut self.cache);
+        let changed = plan.leak_warnings != self.warnings;
+        if changed {
+            self.warnings = plan.leak_warnings.clone();
+        }
+        let warnings = changed.then(|| self.warnings.clone());
+        (plan, warnings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +487,18 @@ mod tests {
         let second = host_plan_cached(&changed, &me(), &mut cache);
         assert_eq!(second.desired, host_plan(&changed, &me()).desired);
         assert_eq!(cache.len(), 2, "the old lists left the cache");
+    }
+
+    #[test]
+    fn a_planner_reports_leak_warnings_once_per_change() {
+        let mut s = connected();
+        s.networks[1].subnets[0].cidr = "192.168.10.128/25".parse().unwrap();
+        let mut planner = Planner::new();
+        let (first, warnings) = planner.plan(&s, &me());
+        assert_eq!(first, host_plan(&s, &me()));
+        assert_eq!(warnings.map(|w| w.len()), Some(2), "new warnings are reported");
+        assert_eq!(planner.plan(&s, &me()).1, None, "the same warnings are not reported again");
+        assert_eq!(planner.plan(&connected(), &me()).1, Some(vec![]), "their end is reported");
     }
 
     #[test]

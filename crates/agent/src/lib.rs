@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod counters;
 pub mod desired;
 pub mod inventory;
 pub mod mirror;
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 use crate::api::{AgentStatus, ApiError, AttachRequest, DetachRequest};
 use crate::controller::{ControllerClient, ControllerError};
-use crate::desired::{desired_host, HostIdentity};
+use crate::desired::{HostIdentity, Planner};
 
 /// The default path of the agent's local API socket.
 pub const DEFAULT_SOCKET: &str = "/run/tessera/agent.sock";
@@ -73,6 +74,8 @@ pub struct Agent {
     connected: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
     kick: Notify,
+    planner: std::sync::Mutex<Planner>,
+    counters: Arc<counters::Counters>,
 }
 
 fn controller_error(e: ControllerError) -> ApiError {
@@ -234,7 +237,11 @@ impl Agent {
     async fn reconcile_once(&self, snap: &Snapshot) {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
-        let (desired, skipped) = desired_host(snap, &self.me);
+        let (plan, leak_warnings) = self.planner.lock().unwrap_or_else(|p| p.into_inner()).plan(snap, &self.me);
+        for w in leak_warnings.iter().flatten() {
+            tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");
+        }
+        let (desired, skipped) = (Arc::new(plan.desired), plan.skipped);
         for (id, reason) in &skipped.0 {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");
         }
@@ -254,6 +261,7 @@ impl Agent {
             }
         };
         drop(_enter);
+        self.counters.reconciled(desired.clone());
         self.report_status(snap, &programmed, &skipped);
         self.progress.send_modify(|p| {
             p.reconciles += 1;
@@ -319,7 +327,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         connected: conn_rx,
         progress: watch::channel(Progress::default()).0,
         kick: Notify::new(),
+        planner: std::sync::Mutex::new(Planner::new()),
+        counters: Arc::new(counters::Counters::new()),
     });
+    tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
 
     // Register, then keep the registration fresh.
     let reg = client.clone();

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy,
-    PolicyCreate, PolicyUpdate, Reservation, ReservationCreate,
+    Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
+    NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate,
 };
 use utoipa::OpenApi;
 
@@ -97,8 +97,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/endpoints/{id}/status", put(set_endpoint_status))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
+        .route("/v1/hosts/{name}/counters", put(report_counters))
         .route("/v1/policies", get(list_policies).post(create_policy))
         .route("/v1/policies/{id}", get(get_policy).patch(update_policy).delete(delete_policy))
+        .route("/v1/policies/{id}/counters", get(policy_counters))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
         .fallback(not_found)
@@ -289,22 +291,43 @@ async fn list_policies(State(ctl): Ctl) -> ApiResult<Json<Vec<Policy>>> {
     Ok(Json(ctl.list_policies().await?))
 }
 
+/// Creates a policy. Rules an earlier rule shadows are stored and listed in `warnings`.
 #[utoipa::path(post, path = "/v1/policies", request_body = PolicyCreate,
-    responses((status = 201, body = Policy), (status = 200, description = "an identical policy existed", body = Policy),
+    responses((status = 201, body = PolicyView), (status = 200, description = "an identical policy existed", body = PolicyView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_policy(State(ctl): Ctl, Body(req): Body<PolicyCreate>) -> ApiResult<Response> {
     Ok(created(ctl.create_policy(req).await?))
 }
 
-#[utoipa::path(get, path = "/v1/policies/{id}", params(("id" = String, Path)), responses((status = 200, body = Policy), (status = 404, body = ErrorBody)))]
-async fn get_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Policy>> {
-    Ok(Json(ctl.get_policy(&id).await?))
+/// A policy, the warnings about its rules, and the hit counters of its rules.
+#[utoipa::path(get, path = "/v1/policies/{id}", params(("id" = String, Path)), responses((status = 200, body = PolicyView), (status = 404, body = ErrorBody)))]
+async fn get_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<PolicyView>> {
+    Ok(Json(ctl.show_policy(&id).await?))
 }
 
+/// Replaces a policy's rules. Rules an earlier rule shadows are stored and listed in `warnings`.
 #[utoipa::path(patch, path = "/v1/policies/{id}", params(("id" = String, Path)), request_body = PolicyUpdate,
-    responses((status = 200, body = Policy), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn update_policy(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<PolicyUpdate>) -> ApiResult<Json<Policy>> {
+    responses((status = 200, body = PolicyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_policy(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<PolicyUpdate>) -> ApiResult<Json<PolicyView>> {
     Ok(Json(ctl.update_policy(&id, req).await?))
+}
+
+/// Hit counters of a policy's rules (new flows each rule decided), summed
+/// over hosts and per host. Kept in memory from the agents' last reports:
+/// they restart from zero with the controller.
+#[utoipa::path(get, path = "/v1/policies/{id}/counters", params(("id" = String, Path)),
+    responses((status = 200, body = PolicyCounters), (status = 404, body = ErrorBody)))]
+async fn policy_counters(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<PolicyCounters>> {
+    Ok(Json(ctl.policy_counters(&id).await?))
+}
+
+/// An agent's report of the hit counters of the rules its host enforces; it
+/// replaces the host's previous report.
+#[utoipa::path(put, path = "/v1/hosts/{name}/counters", params(("name" = String, Path)), request_body = HostCounters,
+    responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 404, description = "the host is not registered", body = ErrorBody)))]
+async fn report_counters(State(ctl): Ctl, Path(name): Path<String>, Body(req): Body<HostCounters>) -> ApiResult<StatusCode> {
+    ctl.report_counters(&name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(delete, path = "/v1/policies/{id}", params(("id" = String, Path)),
@@ -374,7 +397,10 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
         list_policies,
         create_policy,
         get_policy,
-        delete_policy
+        update_policy,
+        delete_policy,
+        policy_counters,
+        report_counters
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

@@ -20,8 +20,9 @@ use tessera_ipam::SubnetPlan;
 use tessera_model::network::{parse_route_targets, validate_subnets};
 use tessera_model::reservation::{check_owner, reservation_owner, RESERVATION_OWNER_PREFIX};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatus, FieldError, FqName, Host, HostRegister, MacAddr, Network, NetworkCreate,
-    NetworkUpdate, Policy, PolicyCreate, PolicyUpdate, ProjectName, Reservation, ReservationCreate, RouteTarget, Vni,
+    Endpoint, EndpointCreate, EndpointStatus, FieldError, FqName, Host, HostCounters, HostRegister, MacAddr, Network,
+    NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, ProjectName, Reservation,
+    ReservationCreate, RouteTarget, Vni,
 };
 use tessera_store::{Compare, KeyValue, Op, Store, Txn};
 use uuid::Uuid;
@@ -98,6 +99,10 @@ pub struct Controller {
     /// concurrent requests do not race for the same free address (the store's
     /// compares still guard against other controllers).
     ipam_locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last hit-counter report of each host. Counters are observations,
+    /// not intent: they live in memory only (a restarted controller shows
+    /// zeros until the agents report again, within seconds).
+    counters: std::sync::Mutex<HashMap<String, HostCounters>>,
 }
 
 fn now() -> u64 {
@@ -144,7 +149,7 @@ fn random_mac() -> MacAddr {
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Controller { store, ipam_locks: Default::default() }
+        Controller { store, ipam_locks: Default::default(), counters: Default::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -959,6 +964,7 @@ impl Controller {
             return Err(Error::InUse { kind: "host", name: name.into(), users });
         }
         self.commit(Txn::new().then(del(keys::host(name)))).await?;
+        self.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
     }
 
@@ -980,6 +986,30 @@ impl Controller {
         Ok(self.find_policy_in(reference, &ProjectName::default_project()).await?.0)
     }
 
+    /// A policy with the warnings about its rules and their hit counters.
+    pub async fn show_policy(&self, reference: &str) -> Result<PolicyView> {
+        let policy = self.get_policy(reference).await?;
+        let counters = self.counters_of(&policy);
+        Ok(PolicyView { counters: Some(counters), ..PolicyView::of(policy) })
+    }
+
+    /// The hit counters of a policy's rules, summed over hosts and per host.
+    pub async fn policy_counters(&self, reference: &str) -> Result<PolicyCounters> {
+        Ok(self.counters_of(&self.get_policy(reference).await?))
+    }
+
+    fn counters_of(&self, policy: &Policy) -> PolicyCounters {
+        let reports = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        PolicyCounters::sum(policy.id, policy.rules.len(), reports.iter().map(|(h, r)| (h.as_str(), r)))
+    }
+
+    /// Replaces the hit counters `host` last reported. The host must be registered.
+    pub async fn report_counters(&self, host: &str, report: HostCounters) -> Result<()> {
+        self.get_host(host).await?;
+        self.counters.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), report);
+        Ok(())
+    }
+
     pub async fn list_policies(&self) -> Result<Vec<Policy>> {
         let mut p: Vec<Policy> = self.list_json(keys::POLICIES).await?;
         p.sort_by(|a, b| a.fq_name.cmp(&b.fq_name));
@@ -987,8 +1017,9 @@ impl Controller {
     }
 
     /// Creates a policy whose rules name only existing networks. An identical
-    /// policy of the same name is returned with `created: false`.
-    pub async fn create_policy(&self, req: PolicyCreate) -> Result<Created<Policy>> {
+    /// policy of the same name is returned with `created: false`. Shadowed
+    /// rules are stored, and warned about in the answer.
+    pub async fn create_policy(&self, req: PolicyCreate) -> Result<Created<PolicyView>> {
         let default_project = project_of("project", &req.project)?;
         let fq_name = FqName::resolve(&req.name, &default_project).map_err(|r| FieldError::new("name", r))?;
         let rules = req.validate_rules(fq_name.project())?;
@@ -1001,11 +1032,11 @@ impl Controller {
             .then(put_str(keys::policy_name(&fq_name), &policy.id.to_string()));
         if self.commit(txn).await?.succeeded {
             tracing::info!(policy = %fq_name, rules = policy.rules.len(), "policy created");
-            return Ok(Created { object: policy, created: true });
+            return Ok(Created { object: PolicyView::of(policy), created: true });
         }
         let (existing, _) = self.find_policy_in(&fq_name.to_string(), &default_project).await?;
         if existing.rules == policy.rules {
-            return Ok(Created { object: existing, created: false });
+            return Ok(Created { object: PolicyView::of(existing), created: false });
         }
         Err(Error::AlreadyExists {
             what: format!("policy {fq_name} already exists with different rules"),
@@ -1014,7 +1045,8 @@ impl Controller {
     }
 
     /// Replaces a policy's rules; the rules must name only existing networks.
-    pub async fn update_policy(&self, reference: &str, req: PolicyUpdate) -> Result<Policy> {
+    /// Shadowed rules are stored, and warned about in the answer.
+    pub async fn update_policy(&self, reference: &str, req: PolicyUpdate) -> Result<PolicyView> {
         for _ in 0..MAX_ATTEMPTS {
             let (mut policy, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
             let rules = req.validate_rules(policy.fq_name.project())?;
@@ -1024,7 +1056,7 @@ impl Controller {
                 Txn::new().when(Compare::ModRevision(keys::policy(policy.id), rev)).then(put(keys::policy(policy.id), &policy));
             if self.commit(txn).await?.succeeded {
                 tracing::info!(policy = %policy.fq_name, rules = policy.rules.len(), "policy updated");
-                return Ok(policy);
+                return Ok(PolicyView::of(policy));
             }
         }
         Err(Error::Conflict(format!("policy {reference}")))

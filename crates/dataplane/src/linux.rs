@@ -69,7 +69,9 @@ enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
     Apply(Vec<Action>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
-    PolicyCounters(Box<DesiredHost>, oneshot::Sender<Result<Vec<RuleCounter>, DataplaneError>>),
+    /// `nft -j -n list table inet tessera_policy`, run beside the other
+    /// requests (it may take a while with big maps).
+    ListPolicyTable(oneshot::Sender<Result<Option<String>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
 }
 
@@ -129,9 +131,15 @@ impl Dataplane for LinuxDataplane {
         self.call(Request::Interfaces).await?
     }
 
+    /// The listing runs beside the data plane's other work (a reconcile
+    /// never waits for it), and the attribution to rules on a blocking
+    /// thread of the caller's runtime.
     async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
-        let desired = Box::new(desired.clone());
-        self.call(|tx| Request::PolicyCounters(desired, tx)).await?
+        let doc = self.call(Request::ListPolicyTable).await??;
+        let desired = desired.clone();
+        tokio::task::spawn_blocking(move || policy_counters(&desired, doc.as_deref()))
+            .await
+            .map_err(|_| DataplaneError::WorkerGone)?
     }
 }
 
@@ -199,8 +207,13 @@ fn worker(
                 Request::Interfaces(reply) => {
                     let _ = reply.send(kernel.interfaces().await);
                 }
-                Request::PolicyCounters(desired, reply) => {
-                    let _ = reply.send(kernel.policy_counters(&desired).await);
+                Request::ListPolicyTable(reply) => {
+                    // Its own task: the `nft` process starts from this
+                    // thread (so in this namespace) and the next requests
+                    // are served while it runs.
+                    tokio::spawn(async move {
+                        let _ = reply.send(nft_list(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await);
+                    });
                 }
                 Request::LinkWithAddress(ip, reply) => {
                     let _ = reply.send(kernel.link_with_address(ip).await);
@@ -630,27 +643,6 @@ impl Kernel {
                 _ => {}
             }
         }
-    }
-
-    /// Hit counters of the rules `desired` compiles to: one listing of the
-    /// whole policy table, its element counters summed per rule.
-    async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
-        let nft_err = |message: String| DataplaneError::Nft { op: "list counters", message };
-        let Some(doc) = nft_list(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await? else {
-            return Ok(rule_counters(desired, &[]));
-        };
-        let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| nft_err(e.to_string()))?;
-        let mut counters: Vec<ElementCounter> = Vec::new();
-        for obj in v.get("nftables").and_then(serde_json::Value::as_array).into_iter().flatten() {
-            let Some(map) = obj.get("map") else { continue };
-            let Some(name) = map.get("name").and_then(serde_json::Value::as_str) else { continue };
-            if name == crate::policy::DIGESTS {
-                continue;
-            }
-            let one = serde_json::json!({ "nftables": [obj] }).to_string();
-            counters.extend(policy_map_counters(name, &one).map_err(nft_err)?);
-        }
-        Ok(rule_counters(desired, &counters))
     }
 
     async fn apply(&self, actions: &[Action]) -> ApplyReport {
@@ -1212,6 +1204,26 @@ async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
         Err(e) if e.contains("No such file or directory") => Ok(None),
         Err(message) => Err(DataplaneError::Nft { op: "list", message }),
     }
+}
+
+/// Hit counters of the rules `desired` compiles to, from a listing of the
+/// whole policy table (`None`: there is no table), its element counters
+/// summed per rule.
+fn policy_counters(desired: &DesiredHost, doc: Option<&str>) -> Result<Vec<RuleCounter>, DataplaneError> {
+    let nft_err = |message: String| DataplaneError::Nft { op: "list counters", message };
+    let Some(doc) = doc else { return Ok(rule_counters(desired, &[])) };
+    let v: serde_json::Value = serde_json::from_str(doc).map_err(|e| nft_err(e.to_string()))?;
+    let mut counters: Vec<ElementCounter> = Vec::new();
+    for obj in v.get("nftables").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let Some(map) = obj.get("map") else { continue };
+        let Some(name) = map.get("name").and_then(serde_json::Value::as_str) else { continue };
+        if name == crate::policy::DIGESTS {
+            continue;
+        }
+        let one = serde_json::json!({ "nftables": [obj] }).to_string();
+        counters.extend(policy_map_counters(name, &one).map_err(nft_err)?);
+    }
+    Ok(rule_counters(desired, &counters))
 }
 
 /// `action` without the deletions of what `now` no longer holds (`None`:

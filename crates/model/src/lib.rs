@@ -5,6 +5,7 @@
 //! above this crate cannot hold an invalid VNI, route target or name.
 #![forbid(unsafe_code)]
 
+pub mod counters;
 pub mod endpoint;
 pub mod error;
 pub mod host;
@@ -13,18 +14,22 @@ pub mod network;
 pub mod policy;
 pub mod reservation;
 pub mod route_target;
+pub mod shadow;
 pub mod watch;
 
+pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};
 pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, MacAddr, Owner};
 pub use error::{ErrorCode, FieldError};
 pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
 pub use policy::{
-    Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PortRange, Protocol, Rule, RuleSpec,
+    Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PortRange, Protocol, Rule,
+    RuleSpec,
 };
 pub use reservation::{Reservation, ReservationCreate};
 pub use route_target::RouteTarget;
+pub use shadow::{PolicyWarning, ShadowedRule};
 pub use uuid::Uuid;
 
 /// OpenAPI schemas of the types that travel as strings or numbers.

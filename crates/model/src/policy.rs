@@ -320,6 +320,27 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
+/// A policy as the API answers it: the policy's own fields, the warnings
+/// about its rules (shadowed rules), and, from `GET /v1/policies/{id}`, the
+/// hit counters of its rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    #[serde(flatten)]
+    pub policy: Policy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::shadow::PolicyWarning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<crate::counters::PolicyCounters>,
+}
+
+impl PolicyView {
+    /// The policy with the warnings about its rules.
+    pub fn of(policy: Policy) -> Self {
+        let warnings = crate::shadow::rule_warnings(&policy.rules);
+        PolicyView { policy, warnings, counters: None }
+    }
+}
+
 /// Request to create a policy (`POST /v1/policies`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

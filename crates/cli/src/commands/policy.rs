@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use tessera_model::{Policy, PolicyCreate, PolicyUpdate, RuleSpec};
+use tessera_model::{Policy, PolicyCreate, PolicyUpdate, PolicyView, PolicyWarning, RuleSpec};
 
 use super::Ctx;
 use crate::client::seg;
@@ -29,7 +29,8 @@ pub enum Cmd {
         #[arg(long = "rule")]
         rules: Vec<String>,
     },
-    /// Show a policy and its rules.
+    /// Show a policy, its rules and their hit counters (new flows each rule
+    /// decided, packets and bytes, summed over hosts).
     Show { policy: String },
     /// List policies.
     List,
@@ -45,24 +46,35 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Add { name, rules, project } => {
             let req = PolicyCreate { name, project, rules: rules.into_iter().map(RuleSpec::Line).collect() };
-            let p: Policy = c.post("/v1/policies", &req).await?;
-            ctx.print(&p, || format!("policy {} with {} rules, id {}\n", p.fq_name, p.rules.len(), p.id))
+            let v: PolicyView = c.post("/v1/policies", &req).await?;
+            warn(&v.warnings);
+            let p = &v.policy;
+            ctx.print(&v, || format!("policy {} with {} rules, id {}\n", p.fq_name, p.rules.len(), p.id))
         }
         Cmd::Update { policy, rules } => {
             let req = PolicyUpdate { rules: rules.into_iter().map(RuleSpec::Line).collect() };
-            let p: Policy = c.patch(&format!("/v1/policies/{}", seg(&policy)), &req).await?;
-            ctx.print(&p, || format!("policy {} now has {} rules\n", p.fq_name, p.rules.len()))
+            let v: PolicyView = c.patch(&format!("/v1/policies/{}", seg(&policy)), &req).await?;
+            warn(&v.warnings);
+            let p = &v.policy;
+            ctx.print(&v, || format!("policy {} now has {} rules\n", p.fq_name, p.rules.len()))
         }
         Cmd::Show { policy } => {
-            let p: Policy = c.get(&format!("/v1/policies/{}", seg(&policy))).await?;
-            ctx.print(&p, || {
+            let v: PolicyView = c.get(&format!("/v1/policies/{}", seg(&policy))).await?;
+            ctx.print(&v, || {
+                let p = &v.policy;
                 let mut out = format!("Policy\nName: {}\nUUID: {}\nRules:\n", p.fq_name, p.id);
-                let mut t = Table::new(&["#", "RULE"]);
+                let mut t = Table::new(&["#", "RULE", "PACKETS", "BYTES"]);
                 for (i, r) in p.rules.iter().enumerate() {
-                    t.row(vec![i.to_string(), r.to_string()]);
+                    let hits = v.counters.as_ref().and_then(|c| c.rules.get(i));
+                    let (packets, bytes) =
+                        hits.map_or(("-".into(), "-".into()), |h| (h.packets.to_string(), h.bytes.to_string()));
+                    t.row(vec![i.to_string(), r.to_string(), packets, bytes]);
                 }
                 for line in t.render().lines() {
                     out += &format!("    {line}\n");
+                }
+                for w in &v.warnings {
+                    out += &format!("Warning: {}\n", w.message);
                 }
                 out
             })
@@ -85,5 +97,12 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 policies.iter().map(|p| format!("policy {p} deleted\n")).collect()
             })
         }
+    }
+}
+
+/// Prints the warnings about a policy's rules on standard error.
+fn warn(warnings: &[PolicyWarning]) {
+    for w in warnings {
+        eprintln!("warning: {}", w.message);
     }
 }

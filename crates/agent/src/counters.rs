@@ -1,0 +1,116 @@
+//! Hit counters of the policy rules this host enforces: read from the data
+//! plane and reported to the controller (`PUT /v1/hosts/{name}/counters`),
+//! which sums them over hosts for `tessera policy show`.
+//!
+//! Off the critical path: the reconcile loop only hands over the desired
+//! state it reconciled to ([`Counters::reconciled`], a `watch` send). A task
+//! of its own ([`Counters::run`]) reads the counters at most every
+//! [`COLLECT_EVERY`], attributes them to rules as that desired state
+//! compiles them, and sends a report when they changed. A failed read or
+//! report is retried at the next round; counters are observations, and the
+//! next report replaces the last one whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_dataplane::{Dataplane, DesiredHost, RuleCounter};
+use tessera_model::{HostCounters, RuleHits};
+use tokio::sync::watch;
+
+use crate::controller::ControllerClient;
+
+/// Counters are read and reported at most this often.
+pub const COLLECT_EVERY: Duration = Duration::from_secs(2);
+
+/// The hand-over from the reconcile loop to the counter task.
+pub struct Counters {
+    desired: watch::Sender<Option<Arc<DesiredHost>>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Counters {
+    pub fn new() -> Self {
+        Counters { desired: watch::channel(None).0 }
+    }
+
+    /// Records the desired state the kernel was last reconciled to: the
+    /// counters of its rules are read from then on. Never waits.
+    pub fn reconciled(&self, desired: Arc<DesiredHost>) {
+        self.desired.send_replace(Some(desired));
+    }
+
+    /// Reads and reports the counters until the agent stops.
+    pub async fn run(self: Arc<Self>, dp: Arc<dyn Dataplane>, client: ControllerClient, host: String) {
+        let mut rx = self.desired.subscribe();
+        let mut last: Option<HostCounters> = None;
+        loop {
+            tokio::time::sleep(COLLECT_EVERY).await;
+            let Some(desired) = rx.borrow_and_update().clone() else { continue };
+            if desired.policies.is_empty() && last.as_ref().is_some_and(|l| l.rules.is_empty()) {
+                continue;
+            }
+            let report = match dp.policy_counters(&desired).await {
+                Ok(c) => report(&c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the policy counters");
+                    continue;
+                }
+            };
+            if last.as_ref() == Some(&report) {
+                continue;
+            }
+            match client.report_counters(&host, &report).await {
+                Ok(()) => last = Some(report),
+                Err(e) => tracing::debug!(error = %e, "cannot report the policy counters"),
+            }
+        }
+    }
+}
+
+/// The report of a host's rule counters.
+pub fn report(counters: &[RuleCounter]) -> HostCounters {
+    HostCounters {
+        rules: counters.iter().map(|c| RuleHits { policy: c.policy, rule: c.rule, packets: c.packets, bytes: c.bytes }).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_dataplane::FakeDataplane;
+
+    #[test]
+    fn a_report_carries_every_rule_counter() {
+        let id = uuid::Uuid::from_u128(7);
+        let r = report(&[
+            RuleCounter { policy: id, rule: 0, packets: 3, bytes: 180 },
+            RuleCounter { policy: id, rule: 1, packets: 0, bytes: 0 },
+        ]);
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!((r.rules[0].policy, r.rules[0].rule, r.rules[0].packets, r.rules[0].bytes), (id, 0, 3, 180));
+    }
+
+    #[tokio::test]
+    async fn the_hand_over_keeps_the_latest_desired_state() {
+        let c = Counters::new();
+        let rx = c.desired.subscribe();
+        let d = Arc::new(DesiredHost {
+            underlay_ip: "10.99.0.1".parse().unwrap(),
+            underlay_ifname: "eth0".into(),
+            underlay_mtu: 1500,
+            networks: vec![],
+            pair_zones: vec![],
+            policies: vec![],
+            watches: vec![],
+        });
+        c.reconciled(d.clone());
+        assert!(Arc::ptr_eq(rx.borrow().as_ref().unwrap(), &d));
+        let fake = FakeDataplane::new();
+        assert!(fake.policy_counters(&d).await.unwrap().is_empty(), "no programs, no counters");
+    }
+}
