@@ -174,25 +174,7 @@ exec dockerd "$@""#;
 
     /// Imports a busybox root file system (from busybox-static) as [`BUSYBOX_IMAGE`].
     pub fn import_busybox(&self) -> anyhow::Result<()> {
-        let busybox = which("busybox").context("busybox is missing: apt-get install busybox-static")?;
-        let root = self.dir.join("busybox-rootfs");
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin)?;
-        std::fs::copy(&busybox, bin.join("busybox"))?;
-        for applet in [
-            "sh", "sleep", "ip", "ping", "ping6", "ifconfig", "cat", "ls", "udhcpc", "nc", "route", "hostname", "wget", "httpd",
-            "true",
-        ] {
-            let link = bin.join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", link)?;
-            }
-        }
-        let tar = self.dir.join("busybox.tar");
-        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?;
-        if !status.success() {
-            bail!("tar of the busybox root file system failed");
-        }
+        let tar = busybox_tar(&self.dir)?;
         self.docker_ok(&["import", &tar.display().to_string(), BUSYBOX_IMAGE])?;
         Ok(())
     }
@@ -259,7 +241,32 @@ fn share_mount(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which(program: &str) -> anyhow::Result<PathBuf> {
+/// Makes `DIR/busybox.tar`: a root file system of busybox-static and the
+/// applets the tests use, for `docker import` and `podman import`.
+pub fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
+    let busybox = which("busybox").context("busybox is missing: apt-get install busybox-static")?;
+    let root = dir.join("busybox-rootfs");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(&busybox, bin.join("busybox"))?;
+    for applet in [
+        "sh", "sleep", "ip", "ping", "ping6", "ifconfig", "cat", "ls", "udhcpc", "nc", "route", "hostname", "wget", "httpd",
+        "true",
+    ] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    let tar = dir.join("busybox.tar");
+    let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?;
+    if !status.success() {
+        bail!("tar of the busybox root file system failed");
+    }
+    Ok(tar)
+}
+
+pub(crate) fn which(program: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

@@ -10,6 +10,7 @@
 
 pub mod cni;
 pub mod docker;
+pub mod podman;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
