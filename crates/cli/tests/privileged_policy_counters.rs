@@ -1,0 +1,105 @@
+//! Privileged tier: policy hit counters as a user sees them, with the real
+//! controller and agents on hosts-as-namespaces. Needs root; fails with the
+//! reason when it cannot run.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_testkit::{addresses, Cluster, ClusterSpec};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+/// One fabric at a time: two cores run every host, container and process of a test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A cluster with a unique prefix and its own run directory; the guard keeps
+/// other tests of this file from starting a fabric meanwhile.
+fn cluster(hosts: &[&str]) -> (Cluster, (tempfile::TempDir, std::sync::MutexGuard<'static, ()>)) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let prefix = format!("tpc{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
+    let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
+    let c =
+        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
+    (c, (dir, guard))
+}
+
+/// Packets and bytes of rule `rule` of `policy`, as `tessera policy show --json` prints them.
+fn hits(c: &Cluster, policy: &str, rule: usize) -> (u64, u64) {
+    let v = c.cli_json(&["policy", "show", policy]).expect("tessera policy show");
+    let r = &v["counters"]["rules"][rule];
+    assert_eq!(r["rule"].as_u64(), Some(rule as u64), "one counter per rule, in order: {v}");
+    (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap())
+}
+
+/// Waits until rule `rule` of `policy` shows at least `packets` packets; returns what it shows.
+fn wait_for_hits(c: &Cluster, policy: &str, rule: usize, packets: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = hits(c, policy, rule);
+        if now.0 >= packets {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rule {rule} of {policy} shows {now:?}, expected at least {packets} packets\n{}",
+            c.logs_tail(15)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn privileged_rule_hit_counters_increase_with_traffic() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.21.0.0/24", "--subnet", "fd00:21::/64"]).unwrap();
+    c.cli_ok(&["network", "add", "green", "--subnet", "10.22.0.0/24", "--subnet", "fd00:22::/64"]).unwrap();
+    c.cli_ok(&[
+        "policy",
+        "add",
+        "web",
+        "--rule",
+        "pass icmp red any <> green any",
+        "--rule",
+        "pass icmpv6 red any <> green any",
+        "--rule",
+        "deny tcp red any > green 22",
+    ])
+    .unwrap();
+    for n in ["red", "green"] {
+        c.cli_ok(&["network", "update", n, "--policy", "web"]).unwrap();
+    }
+    c.container("h1", "r1").unwrap();
+    c.container("h2", "g1").unwrap();
+    c.attach("r1", "red", &[]).unwrap();
+    let g1 = addresses(&c.attach("g1", "green", &[]).unwrap());
+
+    // The policy reaches both hosts; the first flow that passes is a hit.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.ping("r1", &g1[0], 1).unwrap() != 1 {
+        assert!(Instant::now() < deadline, "red never reached green through the policy\n{}", c.logs_tail(15));
+    }
+    let (p0, b0) = wait_for_hits(&c, "web", 0, 1);
+    assert!(b0 > 0, "a hit has bytes");
+
+    // Each ping process is one new ICMP flow: three more flows, three more hits.
+    for _ in 0..3 {
+        assert_eq!(c.ping("r1", &g1[0], 1).unwrap(), 1);
+    }
+    let (p1, b1) = wait_for_hits(&c, "web", 0, p0 + 3);
+    assert!(b1 > b0, "bytes grow with packets: {b0} then {b1}");
+
+    // IPv6 hits its own rule; the deny rule, which no traffic matched, stays at zero.
+    assert_eq!(c.ping("r1", &g1[1], 1).unwrap(), 1, "ICMPv6 passes");
+    wait_for_hits(&c, "web", 1, 1);
+    assert_eq!(hits(&c, "web", 2), (0, 0), "no traffic matched rule 2");
+
+    // The counters are those of the host where the flows start, and the
+    // table a user reads shows them.
+    let v = c.cli_json(&["policy", "show", "web"]).unwrap();
+    assert!(v["counters"]["hosts"]["h1"][0]["packets"].as_u64().unwrap() >= p1, "{v}");
+    let table = c.cli_ok(&["policy", "show", "web"]).unwrap();
+    assert!(table.contains("PACKETS") && table.contains("BYTES"), "{table}");
+    let row = table.lines().find(|l| l.contains("pass icmp ")).unwrap_or_else(|| panic!("{table}"));
+    let packets: u64 = row.split_whitespace().rev().nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{row}"));
+    assert!(packets >= p1, "the table shows {packets} packets for rule 0, the API {p1}: {table}");
+}
