@@ -535,16 +535,19 @@ impl Kernel {
     /// refills the map if it must change it).
     async fn nft_observe(&self) -> Result<NftState, DataplaneError> {
         let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
-        let inet = nft_list(&["-j", "list", "table", "inet", "tessera"]).await?;
-        let bridge = nft_list(&["-j", "list", "table", "bridge", "tessera"]).await?;
-        let digests = nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, crate::policy::DIGESTS]).await?;
+        // Five small listings, each an `nft` process: run side by side.
+        let (inet, bridge, digests, chains, maps) = futures::try_join!(
+            nft_list(&["-j", "list", "table", "inet", "tessera"]),
+            nft_list(&["-j", "list", "table", "bridge", "tessera"]),
+            nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, crate::policy::DIGESTS]),
+            nft_list(&["-j", "list", "chains", "inet"]),
+            nft_list(&["-j", "-t", "list", "maps", "inet"]),
+        )?;
         let listing = match &digests {
             None => None,
-            Some(digests) => {
-                let chains = nft_list(&["-j", "list", "chains", "inet"]).await?.unwrap_or_default();
-                let maps = nft_list(&["-j", "-t", "list", "maps", "inet"]).await?.unwrap_or_default();
-                Some(parse_policy_listing(&chains, &maps, Some(digests)).map_err(nft_err)?)
-            }
+            Some(digests) => Some(
+                parse_policy_listing(&chains.unwrap_or_default(), &maps.unwrap_or_default(), Some(digests)).map_err(nft_err)?,
+            ),
         };
         let mut state = parse_tables(inet.as_deref(), bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
         let mut cache = self.policy_cache.borrow_mut();
