@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tessera_dataplane::desired::host_veth_name;
 use tessera_dataplane::linux::LinuxDataplane;
 use tessera_dataplane::Dataplane;
+use tessera_model::names::DEFAULT_PROJECT;
 use tessera_model::{Endpoint, Network};
 use uuid::Uuid;
 
@@ -58,9 +59,25 @@ fn check_failed(message: String) -> ApiError {
 }
 
 impl Agent {
-    /// The network `reference` names, from the controller.
+    /// The network `reference` (a UUID, a fully qualified name or a name in
+    /// the default project) names: from the mirror when it holds it (no
+    /// round trip, and it works while the controller is away), else from the
+    /// controller, which also resolves names in other projects.
     pub async fn network(&self, reference: &str) -> Result<Network, ApiError> {
-        self.client.get_network(reference).await.map_err(controller_error)
+        let mirrored = self.snapshot.borrow().as_ref().and_then(|s| {
+            s.networks
+                .iter()
+                .find(|n| {
+                    n.id.to_string() == reference
+                        || n.fq_name.to_string() == reference
+                        || n.fq_name.to_string() == format!("{DEFAULT_PROJECT}:{reference}")
+                })
+                .cloned()
+        });
+        match mirrored {
+            Some(n) => Ok(n),
+            None => self.client.get_network(reference).await.map_err(controller_error),
+        }
     }
 
     /// The endpoints of this host in `network` that belong to `container_id`

@@ -144,7 +144,13 @@ impl Agent {
         };
         let ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;
         tracing::info!(endpoint = %ep.name, network = %req.network, netns = %req.netns, "attaching");
-        self.kick.notify_one();
+        // A new endpoint reaches the mirror through the watch, and that change
+        // reconciles; a kick now would only reconcile the old intent first.
+        // Kick when the mirror already holds it (a retried attach) unprogrammed.
+        let mirrored = self.snapshot.borrow().as_ref().is_some_and(|s| s.endpoints.iter().any(|e| e.id == ep.id));
+        if mirrored && !self.progress.borrow().programmed.contains(&ep.id) {
+            self.kick.notify_one();
+        }
         self.wait(|p| p.programmed.contains(&ep.id), &format!("endpoint {} to be programmed", ep.name)).await?;
         Ok(ep)
     }
@@ -246,7 +252,9 @@ impl Agent {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");
         }
         let present: BTreeSet<Uuid> = desired.networks.iter().flat_map(|n| n.local.iter().map(|l| l.id)).collect();
+        let started = std::time::Instant::now();
         let result = tessera_dataplane::reconcile(self.dp.as_ref(), &desired).await;
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         let (programmed, last_error) = match &result {
             Ok(report) if report.failures.is_empty() => (present.clone(), None),
             Ok(report) => {

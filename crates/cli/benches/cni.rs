@@ -99,6 +99,20 @@ fn main() {
         del_all(&rt, &reference, &r_tag, wide);
     }
 
+    if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
+        let log = std::fs::read_to_string(c.log("agent-h1")).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("plan applied") || l.contains("attaching") || l.contains("TMP")).take(60) {
+            println!("agent: {l}");
+        }
+        let exec: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                assert!(rt.version("tessera", "1.0.0").unwrap().success);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        println!("plugin exec + VERSION: p50 {:.1} ms", percentile(&exec, 0.5));
+    }
     println!("CNI ADD latency, exec to exit (Tessera through its agent ÷ bridge + host-local), same run:");
     for (label, t, r) in [("1 at a time", &t1, &r1), ("50 concurrent", &tn, &rn)] {
         let (tp50, tp99, rp50, rp99) = (percentile(t, 0.5), percentile(t, 0.99), percentile(r, 0.5), percentile(r, 0.99));

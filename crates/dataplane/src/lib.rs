@@ -201,15 +201,26 @@ pub trait Dataplane: Send + Sync {
 pub async fn reconcile(dp: &dyn Dataplane, desired: &DesiredHost) -> Result<ApplyReport, DataplaneError> {
     let span = tracing::info_span!("reconcile", underlay = %desired.underlay_ip, networks = desired.networks.len());
     async move {
+        let t0 = std::time::Instant::now();
         desired.validate()?;
         let observed = dp.observe().await?;
+        let t1 = std::time::Instant::now();
         let actions = plan(desired, &observed);
+        let t2 = std::time::Instant::now();
+        let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
         if actions.is_empty() {
-            tracing::debug!("data plane converged");
+            tracing::debug!(observe_ms = ms(t0, t1), plan_ms = ms(t1, t2), "data plane converged");
             return Ok(ApplyReport::default());
         }
         let report = dp.apply(&actions).await?;
-        tracing::info!(planned = actions.len(), failed = report.failures.len(), "data plane plan applied");
+        tracing::info!(
+            planned = actions.len(),
+            failed = report.failures.len(),
+            observe_ms = ms(t0, t1),
+            plan_ms = ms(t1, t2),
+            apply_ms = ms(t2, std::time::Instant::now()),
+            "data plane plan applied"
+        );
         Ok(report)
     }
     .instrument(span)

@@ -21,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -195,7 +196,7 @@ fn worker(
             }
         };
         let _ = ready.send(Ok(()));
-        let kernel = Kernel { handle, policy_cache: RefCell::new(HashMap::new()) };
+        let kernel = Kernel { handle, policy_cache: RefCell::new(HashMap::new()), nft_seen: RefCell::new(None) };
         while let Some(req) = requests.recv().await {
             match req {
                 Request::Observe(reply) => {
@@ -357,7 +358,15 @@ struct Kernel {
     /// of the rule that looks a map up is the same, so that big maps are not
     /// listed on every observation.
     policy_cache: RefCell<HashMap<String, CachedMap>>,
+    /// The nftables state as last listed, kept in step with the element
+    /// changes applied since (see [`Kernel::nft_observe`]).
+    nft_seen: RefCell<Option<(NftState, Instant)>>,
 }
+
+/// How long an nftables state may be carried forward from writes before it
+/// is listed again: the bound on how long a change made behind Tessera's
+/// back (an `nft flush`) goes unrepaired.
+const NFT_RELIST_AFTER: Duration = Duration::from_secs(5);
 
 /// A policy map as last read or written, and its digest.
 struct CachedMap {
@@ -533,7 +542,25 @@ impl Kernel {
     /// elements come from the cache when the digest recorded for it is the
     /// one the cache holds, and are left unknown otherwise (the planner then
     /// refills the map if it must change it).
+    ///
+    /// Listing costs an `nft` process per table (about 10 ms together), the
+    /// bulk of an observation; so the state last listed is carried forward
+    /// through the set element changes applied since (what attaching and
+    /// detaching endpoints write), and listed again after any other nftables
+    /// change, a failed transaction, or [`NFT_RELIST_AFTER`].
     async fn nft_observe(&self) -> Result<NftState, DataplaneError> {
+        if let Some((state, at)) = self.nft_seen.borrow().as_ref() {
+            if at.elapsed() < NFT_RELIST_AFTER {
+                return Ok(state.clone());
+            }
+        }
+        let state = self.nft_list_state().await?;
+        *self.nft_seen.borrow_mut() = Some((state.clone(), Instant::now()));
+        Ok(state)
+    }
+
+    /// Lists the three tables (no carrying forward).
+    async fn nft_list_state(&self) -> Result<NftState, DataplaneError> {
         let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
         // Five small listings, each an `nft` process: run side by side.
         let (inet, bridge, digests, chains, maps) = futures::try_join!(
@@ -566,7 +593,7 @@ impl Kernel {
         let text = script(block, &|_| false);
         let outcome = match nft_run(&["-f", "-"], Some(&text)).await {
             Ok(_) => Ok(()),
-            Err(first) => match self.nft_observe().await {
+            Err(first) => match self.nft_list_state().await {
                 Err(e) => Err(format!("{first}; then {e}")),
                 Ok(now) => {
                     let trimmed: Vec<Action> = block.iter().filter_map(|a| without_absent(a, &now)).collect();
@@ -586,7 +613,32 @@ impl Kernel {
             Ok(()) => self.cache_follow(block),
             Err(_) => self.cache_forget(block),
         }
+        self.seen_follow(block, outcome.is_ok());
         block.iter().map(|a| (*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "apply", message }))).collect()
+    }
+
+    /// Carries the listed nftables state through a transaction: set element
+    /// changes are applied to it; anything else, or a failure, drops it so
+    /// that the next observation lists the tables.
+    fn seen_follow(&self, block: &[&Action], ok: bool) {
+        let mut seen = self.nft_seen.borrow_mut();
+        let Some((state, _)) = seen.as_mut() else { return };
+        let elements_only = block.iter().all(|a| matches!(a, Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_)));
+        if !ok || !elements_only {
+            *seen = None;
+            return;
+        }
+        for a in block {
+            match a {
+                Action::NftSetElementAdd(e) => {
+                    state.elements.insert(e.clone());
+                }
+                Action::NftSetElementDelete(e) => {
+                    state.elements.remove(e);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Brings the policy map cache in line with a transaction that succeeded.
@@ -648,29 +700,40 @@ impl Kernel {
         }
     }
 
+    /// Applies the plan: the nftables block (one transaction) runs beside
+    /// the netlink actions, which run in the plan's order. Nothing in the
+    /// kernel orders the two: set and map elements name interfaces by name,
+    /// whether they exist yet or not, and the bridge table drops what a port
+    /// sends until the port's elements are in (so a port up before them is
+    /// closed, not open).
     async fn apply(&self, actions: &[Action]) -> ApplyReport {
+        let block: Vec<&Action> = actions.iter().filter(|a| a.is_nft()).collect();
+        let nft = async {
+            if block.is_empty() {
+                Vec::new()
+            } else {
+                self.nft_apply(&block).await
+            }
+        };
+        let netlink = async {
+            let mut out = Vec::new();
+            for action in actions.iter().filter(|a| !a.is_nft()) {
+                let span = tracing::debug_span!("action", op = action.op());
+                let mut result = self.apply_one(action).instrument(span).await;
+                if action.is_removal() {
+                    if let Err(e) = &result {
+                        if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) {
+                            result = Ok(());
+                        }
+                    }
+                }
+                out.push((action, result));
+            }
+            out
+        };
+        let (nft_results, netlink_results) = futures::join!(nft, netlink);
         let mut report = ApplyReport::default();
-        let mut nft_done = false;
-        for action in actions {
-            if action.is_nft() {
-                if !nft_done {
-                    nft_done = true;
-                    let block: Vec<&Action> = actions.iter().filter(|a| a.is_nft()).collect();
-                    for (a, result) in self.nft_apply(&block).await {
-                        record(&mut report, a, result);
-                    }
-                }
-                continue;
-            }
-            let span = tracing::debug_span!("action", op = action.op());
-            let mut result = self.apply_one(action).instrument(span).await;
-            if action.is_removal() {
-                if let Err(e) = &result {
-                    if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) {
-                        result = Ok(());
-                    }
-                }
-            }
+        for (action, result) in nft_results.into_iter().chain(netlink_results) {
             record(&mut report, action, result);
         }
         report

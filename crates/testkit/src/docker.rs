@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tessera_fabric::{spawn_in, Netns};
 
+use crate::unmount_under;
+
 /// The image tag [`Dockerd::import_busybox`] creates.
 pub const BUSYBOX_IMAGE: &str = "tessera/busybox";
 
@@ -210,15 +212,7 @@ impl Drop for Dockerd {
         }
         self.stop();
         // Unmount what dockerd left under its directories, deepest first.
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut under: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&self.dir)).collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(mount = m, error = %e, "cannot unmount what dockerd left");
-            }
-        }
+        unmount_under(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove dockerd's directory");
         }
@@ -436,13 +430,7 @@ impl Drop for DockerHost {
         drop(self.dockerd.take());
         self.kill_plugin();
         // Staging namespaces the plugin left (it cleans up at Leave; a killed one cannot).
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut under: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&self.dir)).collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -331,3 +331,17 @@ impl Drop for Cluster {
         self.kill_controller();
     }
 }
+
+/// Unmounts every mount point below `dir`, deepest first (what dockerd and
+/// Podman leave under their directories). Best effort: a failure is logged.
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(dir)).collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in under {
+        if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = m, error = %e, "cannot unmount");
+        }
+    }
+}

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use tessera_fabric::{spawn_in, Netns};
 
 use crate::docker::busybox_tar;
+use crate::unmount_under;
 
 /// The image tag [`Podman::start`] imports.
 pub const BUSYBOX_IMAGE: &str = "localhost/tessera/busybox";
@@ -89,13 +90,7 @@ impl Drop for Podman {
         if let Err(e) = self.podman_ok(&["rm", "-af", "-t", "0"]) {
             tracing::warn!(error = %e, "cannot remove podman's containers");
         }
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut under: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&self.dir)).collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove podman's directory");
         }
