@@ -245,7 +245,14 @@ fn policy_life_cycle_and_rule_validation() {
     assert_eq!(p["rules"][0]["dst_ports"], json!([{"start": 80, "end": 80}, {"start": 443, "end": 443}]));
     assert_eq!(p["rules"][1]["direction"], ">");
     assert_eq!(p["rules"][1]["log"], true);
-    assert_eq!(api.get("/v1/policies/web").1, p);
+    let mut shown = api.get("/v1/policies/web").1;
+    assert_eq!(
+        shown["counters"]["rules"].as_array().map(Vec::len),
+        Some(2),
+        "a counter per rule, zero before any traffic: {shown}"
+    );
+    shown.as_object_mut().unwrap().remove("counters");
+    assert_eq!(shown, p, "show returns the policy as created, with its counters");
     assert_eq!(api.get("/v1/policies").1.as_array().unwrap().len(), 1);
     assert_error(
         &api.post("/v1/policies", json!({"name": "x", "rules": ["pass tcp ghost any <> any 80"]})),
