@@ -196,6 +196,12 @@ impl Action {
         )
     }
 
+    /// Whether the action ends conntrack entries (`conntrack -D`): it must
+    /// run after the rules that refuse those flows are in place.
+    pub fn is_conntrack(&self) -> bool {
+        matches!(self, Action::ConntrackZoneFlush { .. })
+    }
+
     /// Whether the action removes something (and so succeeds when it is
     /// already gone).
     pub fn is_removal(&self) -> bool {

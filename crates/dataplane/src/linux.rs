@@ -49,9 +49,9 @@ use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, S
 use crate::nft::{parse_policy_listing, parse_tables, policy_map_counters, script};
 use crate::observed::{
     owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry,
-    NftState, Observed, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
+    NftState, Observed, ObservedMap, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
-use crate::policy::{element_hash, map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
+use crate::policy::{derive_digests, element_hash, map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
 use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
 
@@ -617,17 +617,20 @@ impl Kernel {
         block.iter().map(|a| (*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "apply", message }))).collect()
     }
 
-    /// Carries the listed nftables state through a transaction: set element
-    /// changes are applied to it; anything else, or a failure, drops it so
-    /// that the next observation lists the tables.
+    /// Carries the listed nftables state through a transaction that
+    /// succeeded: set element changes and the policy table's chains, maps,
+    /// map elements and digests are applied to it (the policy map elements
+    /// from the cache, which [`Kernel::cache_follow`] has already brought in
+    /// line); the skeleton's installation, or a failure, drops it so that the
+    /// next observation lists the tables.
     fn seen_follow(&self, block: &[&Action], ok: bool) {
         let mut seen = self.nft_seen.borrow_mut();
         let Some((state, _)) = seen.as_mut() else { return };
-        let elements_only = block.iter().all(|a| matches!(a, Action::NftSetElementAdd(_) | Action::NftSetElementDelete(_)));
-        if !ok || !elements_only {
+        if !ok || block.iter().any(|a| !a.is_nft() || matches!(a, Action::NftTablesInstall)) {
             *seen = None;
             return;
         }
+        let mut policy_changed = false;
         for a in block {
             match a {
                 Action::NftSetElementAdd(e) => {
@@ -636,7 +639,40 @@ impl Kernel {
                 Action::NftSetElementDelete(e) => {
                     state.elements.remove(e);
                 }
+                Action::NftMapAdd { name, family } => {
+                    policy_changed = true;
+                    state.policy.maps.insert(name.clone(), ObservedMap { family: *family, digest: None, elements: None });
+                }
+                Action::NftMapDelete { name } => {
+                    policy_changed = true;
+                    state.policy.maps.remove(name);
+                }
+                Action::NftChainInstall { name, .. } => {
+                    policy_changed = true;
+                    state.policy.chains.entry(name.clone()).or_default();
+                }
+                Action::NftChainDelete { name } => {
+                    policy_changed = true;
+                    state.policy.chains.remove(name);
+                }
+                Action::NftDigestsUpdate { deletes, adds } => {
+                    policy_changed = true;
+                    for (k, _) in deletes {
+                        state.policy.digests.remove(k);
+                    }
+                    state.policy.digests.extend(adds.iter().copied());
+                }
+                Action::NftMapElementsAdd { .. } | Action::NftMapElementsDelete { .. } | Action::NftMapFlush { .. } => {
+                    policy_changed = true;
+                }
                 _ => {}
+            }
+        }
+        if policy_changed {
+            derive_digests(&mut state.policy);
+            let cache = self.policy_cache.borrow();
+            for (name, m) in state.policy.maps.iter_mut() {
+                m.elements = cache.get(name).filter(|c| m.digest == Some(c.digest)).map(|c| c.elements.clone());
             }
         }
     }
@@ -701,7 +737,8 @@ impl Kernel {
     }
 
     /// Applies the plan: the nftables block (one transaction) runs beside
-    /// the netlink actions, which run in the plan's order. Nothing in the
+    /// the netlink actions, which run in the plan's order; conntrack zone
+    /// flushes come after both. Nothing in the
     /// kernel orders the two: set and map elements name interfaces by name,
     /// whether they exist yet or not, and the bridge table drops what a port
     /// sends until the port's elements are in (so a port up before them is
@@ -717,7 +754,7 @@ impl Kernel {
         };
         let netlink = async {
             let mut out = Vec::new();
-            for action in actions.iter().filter(|a| !a.is_nft()) {
+            for action in actions.iter().filter(|a| !a.is_nft() && !a.is_conntrack()) {
                 let span = tracing::debug_span!("action", op = action.op());
                 let mut result = self.apply_one(action).instrument(span).await;
                 if action.is_removal() {
@@ -734,6 +771,12 @@ impl Kernel {
         let (nft_results, netlink_results) = futures::join!(nft, netlink);
         let mut report = ApplyReport::default();
         for (action, result) in nft_results.into_iter().chain(netlink_results) {
+            record(&mut report, action, result);
+        }
+        // Last, once the transaction has made the new rules effective: a
+        // flow ended earlier could start again under the old ones.
+        for action in actions.iter().filter(|a| a.is_conntrack()) {
+            let result = self.apply_one(action).await;
             record(&mut report, action, result);
         }
         report
