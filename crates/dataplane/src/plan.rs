@@ -295,48 +295,34 @@ struct MapDiff {
     adds: Vec<MapElement>,
 }
 
-/// `have` minus `want` and `want` minus `have`, by sorting both on the
-/// elements' stable hashes and merging (exact: elements of equal hash are
-/// compared), in time proportional to the maps' size.
+/// `have` minus `want` and `want` minus `have`: `want` is sorted (rule
+/// order is usually key order already, so this is close to linear) and
+/// merged with `have`, which is in order.
 fn element_diff<'a>(
-    have: impl Iterator<Item = &'a MapElement>,
+    have: &'a BTreeSet<MapElement>,
     want: impl Iterator<Item = &'a MapElement>,
 ) -> (Vec<MapElement>, Vec<MapElement>) {
-    let hashed = |it: &mut dyn Iterator<Item = &'a MapElement>| -> Vec<(u64, &'a MapElement)> {
-        let mut v: Vec<(u64, &MapElement)> = it.map(|e| (crate::policy::element_hash(e), e)).collect();
-        v.sort_unstable_by_key(|(h, _)| *h);
-        v
-    };
-    let (mut have, mut want) = (have, want);
-    let (h, w) = (hashed(&mut have), hashed(&mut want));
+    let mut want: Vec<&MapElement> = want.collect();
+    want.sort_unstable();
+    want.dedup();
     let (mut deletes, mut adds) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < h.len() || j < w.len() {
-        let (hk, wk) = (h.get(i).map(|x| x.0), w.get(j).map(|x| x.0));
-        match (hk, wk) {
-            (Some(a), Some(b)) if a == b => {
-                let (i2, j2) =
-                    (i + h[i..].iter().take_while(|x| x.0 == a).count(), j + w[j..].iter().take_while(|x| x.0 == a).count());
-                deletes.extend(h[i..i2].iter().filter(|x| !w[j..j2].iter().any(|y| y.1 == x.1)).map(|x| x.1.clone()));
-                adds.extend(w[j..j2].iter().filter(|y| !h[i..i2].iter().any(|x| x.1 == y.1)).map(|y| y.1.clone()));
-                (i, j) = (i2, j2);
-            }
-            (Some(a), Some(b)) if a < b => {
-                deletes.push(h[i].1.clone());
-                i += 1;
-            }
-            (Some(_), None) => {
-                deletes.push(h[i].1.clone());
-                i += 1;
-            }
-            _ => {
-                adds.push(w[j].1.clone());
-                j += 1;
-            }
+    let mut h = have.iter().peekable();
+    let mut w = want.into_iter().peekable();
+    loop {
+        match (h.peek(), w.peek()) {
+            (Some(x), Some(y)) => match (*x).cmp(*y) {
+                std::cmp::Ordering::Equal => {
+                    h.next();
+                    w.next();
+                }
+                std::cmp::Ordering::Less => deletes.push(h.next().cloned().expect("peeked")),
+                std::cmp::Ordering::Greater => adds.push(w.next().cloned().expect("peeked")),
+            },
+            (Some(_), None) => deletes.push(h.next().cloned().expect("peeked")),
+            (None, Some(_)) => adds.push(w.next().cloned().expect("peeked")),
+            (None, None) => break,
         }
     }
-    deletes.sort();
-    adds.sort();
     (deletes, adds)
 }
 
@@ -357,7 +343,7 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
             Some(m) => match &m.elements {
                 None => MapDiff { flush: true, deletes: vec![], adds: all(spec) },
                 Some(have) => {
-                    let (deletes, adds) = element_diff(have.iter(), spec.elements.iter().map(|(e, _)| e));
+                    let (deletes, adds) = element_diff(have, spec.elements.iter().map(|(e, _)| e));
                     MapDiff { flush: false, deletes, adds }
                 }
             },

@@ -53,8 +53,8 @@ use std::collections::HashMap;
 
 pub use flow::{Family, Flow, FlowBox};
 pub use program::{
-    compile_list, compile_pair, compile_pair_cached, list_fingerprint, reference_verdict, Entry, ListCache, PairProgram,
-    RuleList, RuleRef, Verdict,
+    compile_list, compile_pair, compile_pair_cached, list_fingerprint, policy_hash, reference_verdict, Entry, ListCache,
+    PairProgram, RuleList, RuleRef, Verdict,
 };
 pub use topology::{LeakWarning, Topology};
 
@@ -66,6 +66,9 @@ use uuid::Uuid;
 pub struct Compiler<'a> {
     networks: HashMap<Uuid, &'a Network>,
     policies: HashMap<Uuid, &'a Policy>,
+    /// [`policy_hash`] of every policy, computed once: a big policy is
+    /// hashed once per compilation, not once per list or watched pair.
+    hashes: HashMap<Uuid, u64>,
     topology: Topology,
 }
 
@@ -75,6 +78,7 @@ impl<'a> Compiler<'a> {
         Compiler {
             networks: networks.iter().map(|n| (n.id, n)).collect(),
             policies: policies.iter().map(|p| (p.id, p)).collect(),
+            hashes: policies.iter().map(|p| (p.id, policy_hash(p))).collect(),
             topology: Topology::compute(networks, policies),
         }
     }
@@ -110,9 +114,7 @@ impl<'a> Compiler<'a> {
                 s.cidr.hash(&mut h);
             }
             for p in topology::attached(net, &self.policies) {
-                p.id.hash(&mut h);
-                p.fq_name.hash(&mut h);
-                p.rules.hash(&mut h);
+                h.write_u64(self.policy_hash(p));
             }
             h.write_u8(0xff);
         }
@@ -122,7 +124,21 @@ impl<'a> Compiler<'a> {
 
     /// [`Compiler::program`], taking unchanged lists from `cache`.
     pub fn program_cached(&self, src: Uuid, dst: Uuid, cache: &mut ListCache) -> Option<PairProgram> {
-        Some(compile_pair_cached(self.network(src)?, self.network(dst)?, &self.policies, &self.topology, cache))
+        let hash_of = |p: &Policy| self.policy_hash(p);
+        Some(program::compile_pair_hashed(
+            self.network(src)?,
+            self.network(dst)?,
+            &self.policies,
+            &self.topology,
+            cache,
+            &hash_of,
+        ))
+    }
+
+    /// The [`policy_hash`] of `p`, computed once by [`Compiler::new`] (or now
+    /// for a policy it was not given).
+    fn policy_hash(&self, p: &Policy) -> u64 {
+        self.hashes.get(&p.id).copied().unwrap_or_else(|| policy_hash(p))
     }
 
     /// The reference verdict of `flow` from `src` to `dst` (see

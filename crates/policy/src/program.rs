@@ -98,12 +98,27 @@ pub struct RuleList {
 /// order), of the two networks' names and subnets, and of the default.
 /// Stable for one build.
 pub fn list_fingerprint(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> u64 {
+    fingerprint_of(list.iter().map(|p| policy_hash(p)), src, dst, default)
+}
+
+/// A hash of one policy's id, name and rules (in order): what a list's
+/// fingerprint takes from each of its policies. A [`crate::Compiler`]
+/// computes it once per policy, however many lists the policy is part of.
+pub fn policy_hash(p: &Policy) -> u64 {
+    use std::hash::Hash;
+    let mut h = crate::flow::Fnv::new();
+    p.id.hash(&mut h);
+    p.fq_name.hash(&mut h);
+    p.rules.hash(&mut h);
+    h.finish()
+}
+
+/// [`list_fingerprint`] from the [`policy_hash`]es of the list's policies.
+fn fingerprint_of(policy_hashes: impl Iterator<Item = u64>, src: &Network, dst: &Network, default: Verdict) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = crate::flow::Fnv::new();
-    for p in list {
-        p.id.hash(&mut h);
-        p.fq_name.hash(&mut h);
-        p.rules.hash(&mut h);
+    for p in policy_hashes {
+        h.write_u64(p);
     }
     for n in [src, dst] {
         h.write_u8(0xff);
@@ -133,8 +148,20 @@ impl ListCache {
     /// The compiled list, from the cache or compiled now.
     pub fn get_or_compile(&mut self, list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> RuleList {
         let fp = list_fingerprint(list, src, dst, default);
+        self.get_or_compile_fingerprinted(fp, list, src, dst, default)
+    }
+
+    /// [`ListCache::get_or_compile`] when the fingerprint is known.
+    fn get_or_compile_fingerprinted(
+        &mut self,
+        fp: u64,
+        list: &[&Policy],
+        src: &Network,
+        dst: &Network,
+        default: Verdict,
+    ) -> RuleList {
         self.used.insert(fp);
-        self.lists.entry(fp).or_insert_with(|| compile_list(list, src, dst, default)).clone()
+        self.lists.entry(fp).or_insert_with(|| compile_list_fingerprinted(list, src, dst, default, fp)).clone()
     }
 
     /// Drops the lists not asked for since the last call.
@@ -207,6 +234,10 @@ fn log_prefix(policy: &Policy, rule: usize, src: &Network, dst: &Network, verdic
 
 /// Compiles the policies `list` (in order) for flows from `src` to `dst`.
 pub fn compile_list(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> RuleList {
+    compile_list_fingerprinted(list, src, dst, default, list_fingerprint(list, src, dst, default))
+}
+
+fn compile_list_fingerprinted(list: &[&Policy], src: &Network, dst: &Network, default: Verdict, fingerprint: u64) -> RuleList {
     let (s, d) = (Side::of(src), Side::of(dst));
     let mut boxes: Vec<FlowBox> = Vec::new();
     // For each box: the policy (index in `list`) and rule it comes from.
@@ -228,7 +259,7 @@ pub fn compile_list(list: &[&Policy], src: &Network, dst: &Network, default: Ver
         let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
         entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
     }
-    RuleList { default, entries, fingerprint: list_fingerprint(list, src, dst, default) }
+    RuleList { default, entries, fingerprint }
 }
 
 /// The default verdict of the lists of flows from `src` to `dst`: pass
@@ -255,6 +286,19 @@ pub fn compile_pair_cached(
     topology: &Topology,
     cache: &mut ListCache,
 ) -> PairProgram {
+    compile_pair_hashed(src, dst, policies, topology, cache, &|p| policy_hash(p))
+}
+
+/// [`compile_pair_cached`] with the policies' [`policy_hash`]es from
+/// `hash_of`.
+pub(crate) fn compile_pair_hashed(
+    src: &Network,
+    dst: &Network,
+    policies: &HashMap<Uuid, &Policy>,
+    topology: &Topology,
+    cache: &mut ListCache,
+    hash_of: &dyn Fn(&Policy) -> u64,
+) -> PairProgram {
     let default = default_verdict(topology, src.id, dst.id);
     let mut lists: Vec<RuleList> = Vec::new();
     let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
@@ -265,7 +309,9 @@ pub fn compile_pair_cached(
             continue;
         }
         compiled.push(&owner.policies);
-        let list = cache.get_or_compile(&attached(owner, policies), src, dst, default);
+        let list = attached(owner, policies);
+        let fp = fingerprint_of(list.iter().map(|p| hash_of(p)), src, dst, default);
+        let list = cache.get_or_compile_fingerprinted(fp, &list, src, dst, default);
         if !list.passes_everything() && !lists.contains(&list) {
             lists.push(list);
         }
