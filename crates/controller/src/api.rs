@@ -80,6 +80,10 @@ pub struct StatusUpdate {
     pub status: EndpointStatus,
 }
 
+/// The largest request body the API reads: a policy of 50,000 rules is
+/// about 2 MiB of JSON, over axum's default limit.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -104,6 +108,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctl)
 }
 
