@@ -101,7 +101,7 @@ fn main() {
 
     if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
         let log = std::fs::read_to_string(c.log("agent-h1")).unwrap_or_default();
-        for l in log.lines().filter(|l| l.contains("plan applied") || l.contains("attaching") || l.contains("TMP")).take(60) {
+        for l in log.lines().filter(|l| l.contains("plan applied") || l.contains("attaching")).take(60) {
             println!("agent: {l}");
         }
         let exec: Vec<f64> = (0..20)

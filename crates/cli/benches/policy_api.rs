@@ -4,7 +4,7 @@
 //! A two-host Tessera (controller, agents) with two pairs of networks, each
 //! pair connected by a policy attached to both: `red → green` under a
 //! 50,000-rule policy, `blue → yellow` under a 10-rule one; in both the
-//! matching rule (`tcp any any > any 5001`) is last, after deny rules for
+//! matching rule (`tcp SRC any > DST 5001`) is last, after deny rules for
 //! other ports; the two networks of a pair share a route target, so they
 //! route to each other whatever the rules say, and the rules decide. A
 //! client container on h1 probes a server container on h2.
@@ -30,9 +30,13 @@ const CHANGES: usize = 20;
 const BIG: usize = 50_000;
 const SMALL: usize = 10;
 
-fn rules(n: usize, last: &str) -> Vec<String> {
-    let mut r: Vec<String> = (0..n - 1).map(|i| format!("deny tcp any any > any {}", 10_000 + i)).collect();
-    r.push(format!("{last} tcp any any > any {PORT}"));
+/// `n` rules from `src` to `dst`, the matching one (`ACTION tcp SRC any >
+/// DST PORT`) last, deny rules for other ports first. Naming the networks
+/// (not `any`) keeps each policy to its own pair: a pass rule to `any` would
+/// connect the pairs to each other, and a change would also change routes.
+fn rules(n: usize, src: &str, dst: &str, last: &str) -> Vec<String> {
+    let mut r: Vec<String> = (0..n - 1).map(|i| format!("deny tcp {src} any > {dst} {}", 10_000 + i)).collect();
+    r.push(format!("{last} tcp {src} any > {dst} {PORT}"));
     r
 }
 
@@ -80,6 +84,7 @@ fn percentile(ms: &[f64], q: f64) -> f64 {
 struct Pair {
     policy: &'static str,
     n: usize,
+    nets: (&'static str, &'static str),
     client: String,
     dst: SocketAddr,
 }
@@ -99,8 +104,8 @@ fn main() {
     })
     .unwrap()
     .unwrap();
-    let set = |name: &str, n: usize, last: &str, create: bool| {
-        let body = json!({ "name": name, "rules": rules(n, last) });
+    let set = |name: &str, n: usize, (src, dst): (&str, &str), last: &str, create: bool| {
+        let body = json!({ "name": name, "rules": rules(n, src, dst, last) });
         let resp = if create {
             http.post(format!("{url}/v1/policies")).json(&body).send()
         } else {
@@ -115,11 +120,14 @@ fn main() {
         ("big", BIG, "red", "green", "10.83.1.0/24", "10.83.2.0/24", "64512:831"),
         ("small", SMALL, "blue", "yellow", "10.83.3.0/24", "10.83.4.0/24", "64512:832"),
     ] {
-        let t = Instant::now();
-        set(policy, n, "pass", true);
-        println!("  created policy {policy} ({n} rules) in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
         for (net, cidr) in [(src, s_net), (dst, d_net)] {
-            c.cli_ok(&["network", "add", net, "--subnet", cidr, "--policy", policy, "--route-target", rt]).unwrap();
+            c.cli_ok(&["network", "add", net, "--subnet", cidr, "--route-target", rt]).unwrap();
+        }
+        let t = Instant::now();
+        set(policy, n, (src, dst), "pass", true);
+        println!("  created policy {policy} ({n} rules) in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        for net in [src, dst] {
+            c.cli_ok(&["network", "update", net, "--policy", policy]).unwrap();
         }
         let client = format!("{src}-c");
         let server = format!("{dst}-s");
@@ -128,10 +136,10 @@ fn main() {
         c.attach(&client, src, &[]).unwrap();
         let ip = addresses(&c.attach(&server, dst, &[]).unwrap())[0].clone();
         serve(c.netns_of(&server).unwrap(), &ip);
-        let dst: SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
-        wait_for(c.netns_of(&client).unwrap(), dst, true, Duration::from_secs(60))
+        let dst_addr: SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
+        wait_for(c.netns_of(&client).unwrap(), dst_addr, true, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}\n{}", c.logs_tail(20)));
-        pairs.push(Pair { policy, n, client, dst });
+        pairs.push(Pair { policy, n, nets: (src, dst), client, dst: dst_addr });
     }
 
     let mut times: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
@@ -139,7 +147,7 @@ fn main() {
         let (last, want) = if i % 2 == 0 { ("reject", false) } else { ("pass", true) };
         for (k, p) in pairs.iter().enumerate() {
             let t = Instant::now();
-            set(p.policy, p.n, last, false);
+            set(p.policy, p.n, p.nets, last, false);
             wait_for(c.netns_of(&p.client).unwrap(), p.dst, want, Duration::from_secs(30))
                 .unwrap_or_else(|e| panic!("{} ({} rules): {e}\n{}", p.policy, p.n, c.logs_tail(20)));
             times[k].push(t.elapsed().as_secs_f64() * 1e3);

@@ -8,7 +8,7 @@
 //! race for a generated value (a VNI, a MAC, an address), the operation picks
 //! again and retries.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -1062,21 +1062,30 @@ impl Controller {
         Err(Error::Conflict(format!("policy {reference}")))
     }
 
+    /// Checks that every network the rules name exists: each distinct name
+    /// once (a 50,000-rule policy names a handful of networks), the error
+    /// naming the first rule that uses a missing one.
     async fn check_rule_networks(&self, rules: &[tessera_model::Rule]) -> Result<()> {
+        let mut first_use: BTreeMap<&FqName, (usize, &str)> = BTreeMap::new();
         for (i, rule) in rules.iter().enumerate() {
             for (side, ep) in [("src", &rule.src), ("dst", &rule.dst)] {
                 if let tessera_model::RuleEndpoint::Network(n) = ep {
-                    if self.store.get(&keys::network_name(n)).await?.is_none() {
-                        return Err(Error::NotFound {
-                            kind: "network",
-                            name: n.to_string(),
-                            field: Some(format!("rules[{i}].{side}")),
-                        });
-                    }
+                    first_use.entry(n).or_insert((i, side));
                 }
             }
         }
-        Ok(())
+        let mut missing: Option<(usize, &str, &FqName)> = None;
+        for (n, (i, side)) in first_use {
+            if self.store.get(&keys::network_name(n)).await?.is_none() && missing.is_none_or(|(j, _, _)| i < j) {
+                missing = Some((i, side, n));
+            }
+        }
+        match missing {
+            Some((i, side, n)) => {
+                Err(Error::NotFound { kind: "network", name: n.to_string(), field: Some(format!("rules[{i}].{side}")) })
+            }
+            None => Ok(()),
+        }
     }
 
     /// Deletes a policy attached to no network. Deleting a missing policy is Ok.

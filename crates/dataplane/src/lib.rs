@@ -212,6 +212,13 @@ pub async fn reconcile(dp: &dyn Dataplane, desired: &DesiredHost) -> Result<Appl
             tracing::debug!(observe_ms = ms(t0, t1), plan_ms = ms(t1, t2), "data plane converged");
             return Ok(ApplyReport::default());
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut ops: std::collections::BTreeMap<&str, usize> = Default::default();
+            for a in &actions {
+                *ops.entry(a.op()).or_default() += 1;
+            }
+            tracing::debug!(?ops, "applying");
+        }
         let report = dp.apply(&actions).await?;
         tracing::info!(
             planned = actions.len(),

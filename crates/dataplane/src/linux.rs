@@ -774,9 +774,11 @@ impl Kernel {
             record(&mut report, action, result);
         }
         // Last, once the transaction has made the new rules effective: a
-        // flow ended earlier could start again under the old ones.
-        for action in actions.iter().filter(|a| a.is_conntrack()) {
-            let result = self.apply_one(action).await;
+        // flow ended earlier could start again under the old ones. The zones
+        // are independent, and each flush walks the whole conntrack table:
+        // side by side.
+        let flushes = actions.iter().filter(|a| a.is_conntrack()).map(|a| async move { (a, self.apply_one(a).await) });
+        for (action, result) in futures::future::join_all(flushes).await {
             record(&mut report, action, result);
         }
         report
