@@ -171,13 +171,7 @@ impl Agent {
                 !valid.contains(&key)
             })
             .collect();
-        for e in &stale {
-            self.client.delete_endpoint(e.id).await.map_err(controller_error)?;
-            tracing::info!(endpoint = %e.name, network = %req.network, "garbage-collected");
-        }
-        let ids: BTreeSet<Uuid> = stale.iter().map(|e| e.id).collect();
-        self.kick.notify_one();
-        self.wait(|p| p.present.is_disjoint(&ids), "the data plane to remove the endpoints").await?;
-        Ok(stale)
+        tracing::info!(network = %req.network, stale = stale.len(), known = req.valid.len(), "garbage collection");
+        self.remove(stale).await
     }
 }

@@ -176,6 +176,12 @@ impl Agent {
                     && req.ifname.as_ref().is_none_or(|i| e.owner.ifname.as_deref().unwrap_or(desired::DEFAULT_IFNAME) == i)
             })
             .collect();
+        self.remove(victims).await
+    }
+
+    /// Deletes `victims` at the controller and waits until this host's data
+    /// plane no longer holds them; returns them.
+    async fn remove(&self, victims: Vec<Endpoint>) -> Result<Vec<Endpoint>, ApiError> {
         for e in &victims {
             self.client.delete_endpoint(e.id).await.map_err(controller_error)?;
             tracing::info!(endpoint = %e.name, "detaching");

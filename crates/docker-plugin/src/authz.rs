@@ -116,21 +116,11 @@ impl Plugin {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use super::*;
-    use crate::driver::Config;
 
     fn plugin() -> Plugin {
-        Plugin::new(Config {
-            host: "h1".into(),
-            controller: "http://127.0.0.1:1".into(),
-            agent_socket: "/nonexistent/agent.sock".into(),
-            docker_host: "unix:///nonexistent/docker.sock".into(),
-            socket: "/nonexistent/tessera.sock".into(),
-            state_dir: "/nonexistent".into(),
-            address_hold: Duration::from_secs(30),
-        })
+        crate::driver::unconnected_plugin()
     }
 
     fn authz_create(body: serde_json::Value) -> AuthzRequest {

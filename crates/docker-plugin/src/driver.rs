@@ -1015,21 +1015,28 @@ impl Plugin {
     }
 }
 
+/// A plugin on host `h1` whose controller, agent and dockerd are all
+/// unreachable: for unit tests of what needs none of them.
+#[cfg(test)]
+pub(crate) fn unconnected_plugin() -> Plugin {
+    Plugin::new(Config {
+        host: "h1".into(),
+        controller: "http://127.0.0.1:1".into(),
+        agent_socket: "/nonexistent/agent.sock".into(),
+        docker_host: "unix:///nonexistent/docker.sock".into(),
+        socket: "/nonexistent/tessera.sock".into(),
+        state_dir: "/nonexistent".into(),
+        address_hold: Duration::from_secs(30),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::EngineIpam;
 
     fn plugin() -> Plugin {
-        Plugin::new(Config {
-            host: "h1".into(),
-            controller: "http://127.0.0.1:1".into(),
-            agent_socket: "/nonexistent/agent.sock".into(),
-            docker_host: "unix:///nonexistent/docker.sock".into(),
-            socket: "/nonexistent/tessera.sock".into(),
-            state_dir: "/nonexistent".into(),
-            address_hold: Duration::from_secs(30),
-        })
+        unconnected_plugin()
     }
 
     #[test]

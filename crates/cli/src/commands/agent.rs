@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use hyper::Method;
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_agent::api::{AttachRequest, DetachRequest, DetachResponse};
@@ -97,25 +97,58 @@ pub enum VifCmd {
     },
 }
 
-/// Sends one request to the agent and decodes its answer or its error body.
+/// A failed call to the agent's local API: the HTTP status
+/// (`503 Service Unavailable` when the agent could not be reached), the
+/// error code and the message of the agent's error body.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+/// Sends one request to the agent and decodes its answer, or returns its
+/// refusal with the status and error code kept (the CNI plugin maps them).
+pub async fn agent_request<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T, Refusal> {
+    let body = body.map(|b| serde_json::to_vec(b).expect("request types serialize"));
+    let (status, bytes) = uds::request(socket, method, path, body).await.map_err(|e| Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unreachable".into(),
+        message: format!(
+            "the Tessera agent is unreachable at {}: {e}; is it running? (tessera agent --socket {0})",
+            socket.display()
+        ),
+    })?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| Refusal {
+            status,
+            code: "internal".into(),
+            message: format!("the agent's answer to {path} is not understood: {e}"),
+        });
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    Err(Refusal {
+        status,
+        code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+        message: v["error"]["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("agent answered {status}: {}", String::from_utf8_lossy(&bytes))),
+    })
+}
+
+/// [`agent_request`] for the CLI: a refusal is an error with the agent's message.
 pub async fn agent_call<T: DeserializeOwned>(
     socket: &Path,
     method: Method,
     path: &str,
     body: Option<&impl Serialize>,
 ) -> anyhow::Result<T> {
-    let body = body.map(serde_json::to_vec).transpose()?;
-    let (status, bytes) = uds::request(socket, method, path, body)
-        .await
-        .with_context(|| format!("is the agent running? (tessera agent --socket {})", socket.display()))?;
-    if status.is_success() {
-        return Ok(serde_json::from_slice(&bytes)?);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    match v["error"]["message"].as_str() {
-        Some(m) => bail!("{m}"),
-        None => bail!("agent answered {status}: {}", String::from_utf8_lossy(&bytes)),
-    }
+    agent_request(socket, method, path, body).await.map_err(|r| anyhow::anyhow!(r.message))
 }
 
 /// Resolves the target to (netns path, container id).

@@ -30,12 +30,13 @@ use serde::Serialize;
 use serde_json::json;
 use tessera_agent::api::{AgentStatus, AttachRequest, DetachRequest, DetachResponse};
 use tessera_agent::inventory::{CheckRequest, CheckResponse, GcRequest, KnownAttachment};
-use tessera_agent::{uds, DEFAULT_SOCKET};
+use tessera_agent::DEFAULT_SOCKET;
 use tessera_cni::config::PLUGIN_TYPE;
 use tessera_cni::{attach_result, endpoint_name, CniError, Code, Command, Invocation, NetConf, Version, ENDPOINT_PREFIX};
 use tessera_dataplane::desired::host_veth_name;
 use tessera_model::{Endpoint, Network};
 
+use super::agent::{agent_request, Refusal};
 use super::Ctx;
 
 /// Runs one CNI invocation: reads the environment and standard input,
@@ -222,12 +223,10 @@ struct Agent {
     socket: PathBuf,
 }
 
-/// A failed agent call: its HTTP status (none when the agent could not be
-/// reached), the error code and message of the agent's body.
-struct Refusal {
-    status: StatusCode,
-    code: String,
-    message: String,
+impl Agent {
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T, Refusal> {
+        agent_request(&self.socket, method, path, body).await
+    }
 }
 
 impl Refusal {
@@ -242,33 +241,6 @@ impl Refusal {
             _ => otherwise,
         };
         CniError::new(code, self.message, format!("agent: HTTP {} {}", self.status.as_u16(), self.code))
-    }
-}
-
-impl Agent {
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T, Refusal> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("request types serialize"));
-        let (status, bytes) = uds::request(&self.socket, method, path, body).await.map_err(|e| Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unreachable".into(),
-            message: format!("the Tessera agent is unreachable at {}: {e}", self.socket.display()),
-        })?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| Refusal {
-                status,
-                code: "internal".into(),
-                message: format!("the agent's answer to {path} is not understood: {e}"),
-            });
-        }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Err(Refusal {
-            status,
-            code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-            message: v["error"]["message"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| format!("agent answered {status}: {}", String::from_utf8_lossy(&bytes))),
-        })
     }
 }
 
