@@ -57,6 +57,7 @@
 #![deny(unsafe_code)]
 
 pub mod action;
+pub mod conntrack;
 pub mod desired;
 pub mod fake;
 pub mod linux;

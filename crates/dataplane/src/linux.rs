@@ -64,7 +64,6 @@ const EADDRNOTAVAIL: i32 = 99;
 /// The `nft` program, looked up in `PATH`.
 const NFT: &str = "nft";
 /// The `conntrack` program (conntrack-tools), looked up in `PATH`.
-const CONNTRACK: &str = "conntrack";
 
 enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
@@ -196,7 +195,12 @@ fn worker(
             }
         };
         let _ = ready.send(Ok(()));
-        let kernel = Kernel { handle, policy_cache: RefCell::new(HashMap::new()), nft_seen: RefCell::new(None) };
+        let kernel = Kernel {
+            handle,
+            policy_cache: RefCell::new(HashMap::new()),
+            nft_seen: RefCell::new(None),
+            ct_in_kernel: crate::conntrack::kernel_flushes_by_zone(),
+        };
         while let Some(req) = requests.recv().await {
             match req {
                 Request::Observe(reply) => {
@@ -361,6 +365,9 @@ struct Kernel {
     /// The nftables state as last listed, kept in step with the element
     /// changes applied since (see [`Kernel::nft_observe`]).
     nft_seen: RefCell<Option<(NftState, Instant)>>,
+    /// Whether conntrack zones are flushed by the kernel (see
+    /// [`crate::conntrack`]).
+    ct_in_kernel: bool,
 }
 
 /// How long an nftables state may be carried forward from writes before it
@@ -775,8 +782,7 @@ impl Kernel {
         }
         // Last, once the transaction has made the new rules effective: a
         // flow ended earlier could start again under the old ones. The zones
-        // are independent, and each flush walks the whole conntrack table:
-        // side by side.
+        // are independent: side by side.
         let flushes = actions.iter().filter(|a| a.is_conntrack()).map(|a| async move { (a, self.apply_one(a).await) });
         for (action, result) in futures::future::join_all(flushes).await {
             record(&mut report, action, result);
@@ -803,7 +809,7 @@ impl Kernel {
             | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
             }
-            Action::ConntrackZoneFlush { zone } => conntrack_zone_flush(*zone).await,
+            Action::ConntrackZoneFlush { zone } => crate::conntrack::flush_zone(*zone, self.ct_in_kernel).await,
             Action::BridgePortIsolate { name } => {
                 let index = self.need_index(op, name).await?;
                 bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
@@ -1362,29 +1368,4 @@ fn without_absent(action: &Action, now: &NftState) -> Option<Action> {
 /// `ip link set dev INDEX type bridge_slave isolated on`
 async fn bridge_port_isolate(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
     h.link().change(LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true)).build()).execute().await
-}
-
-/// `conntrack -D -w ZONE`: deletes the zone's entries, IPv4 and IPv6 (the
-/// tool exits 1 when there were none, which is success here).
-async fn conntrack_zone_flush(zone: u16) -> Result<(), DataplaneError> {
-    let zone_arg = zone.to_string();
-    let out = tokio::process::Command::new(CONNTRACK)
-        .args(["-D", "-w", &zone_arg])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| DataplaneError::Kernel {
-            op: "ConntrackZoneFlush",
-            object: format!("cannot run {CONNTRACK}"),
-            source,
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || stderr.contains("flow entries have been deleted") {
-        Ok(())
-    } else {
-        Err(DataplaneError::Conntrack { zone, message: stderr.trim().to_string() })
-    }
 }

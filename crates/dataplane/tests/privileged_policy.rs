@@ -373,3 +373,51 @@ async fn privileged_log_rule_sends_new_flows_through_its_log_chain() {
         assert!(log.contains("tessera audit#0 red>green pass"), "no log line for the flow");
     }
 }
+
+/// Entries in conntrack zones 7, 8 and 9 of namespace `ns` (a TCP flow each,
+/// made with `conntrack -I`), and a counter of a zone's entries.
+fn conntrack_zones<'a>(f: &'a Fabric, ns: &str) -> impl Fn(u16) -> usize + 'a {
+    for (zone, sport) in [(7, "1001"), (7, "1002"), (8, "1003"), (9, "1004")] {
+        f.exec_ok(
+            ns,
+            "conntrack",
+            &["-I", "-s", "10.7.0.1", "-d", "10.7.0.2", "-p", "tcp", "--sport", sport, "--dport", "80"]
+                .into_iter()
+                .chain(["--state", "ESTABLISHED", "-t", "300", "-w", &zone.to_string()])
+                .collect::<Vec<_>>(),
+        );
+    }
+    let ns = ns.to_string();
+    move |zone: u16| {
+        let out = f.exec(&ns, "conntrack", &["-L", "-w", &zone.to_string()]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("10.7.0.1")).count()
+    }
+}
+
+#[test]
+fn privileged_conntrack_zone_flush_ends_that_zone_only() {
+    let mut f = Fabric::new();
+    let kernel = tessera_dataplane::conntrack::kernel_flushes_by_zone();
+    // Both ways of flushing: in the kernel (where it can; else the
+    // program again) and with the `conntrack` program.
+    for (name, in_kernel) in [("k", kernel), ("p", false)] {
+        let ns = f.netns(name);
+        let count = conntrack_zones(&f, &ns);
+        assert_eq!((count(7), count(8), count(9)), (2, 1, 1), "the entries were not made");
+        let path = format!("/run/netns/{ns}");
+        let flushed = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                tessera_dataplane::conntrack::flush_zone(7, in_kernel).await?;
+                // A zone without entries is no error.
+                tessera_dataplane::conntrack::flush_zone(7, in_kernel).await
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(flushed.is_ok(), "flush ({name}): {flushed:?}");
+        assert_eq!((count(7), count(8), count(9)), (0, 1, 1), "flush in the kernel: {in_kernel}");
+    }
+}
