@@ -319,6 +319,7 @@ mod tests {
             ],
             hosts: vec![host("h1", "10.99.0.1"), host("h2", "10.99.0.2"), host("h3", "10.99.0.3")],
             policies: vec![],
+            pending: Default::default(),
         }
     }
 
@@ -374,7 +375,8 @@ mod tests {
                 "pass any any any <> any any",
                 &tessera_model::ProjectName::default_project(),
             )
-            .unwrap()],
+            .unwrap()]
+            .into(),
         }
     }
 
@@ -466,7 +468,8 @@ mod tests {
         let mut p = pass_all(7);
         p.rules =
             vec![tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project())
-                .unwrap()];
+                .unwrap()]
+            .into();
         s.policies.push(p);
         s.networks[0].policies = vec![Uuid::from_u128(7)];
         let (d, _) = desired_host(&s, &me());

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
-    NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate,
+    NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate, RuleChange,
+    RuleInsert, RuleSpec,
 };
 use utoipa::OpenApi;
 
@@ -105,6 +106,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/policies", get(list_policies).post(create_policy))
         .route("/v1/policies/{id}", get(get_policy).patch(update_policy).delete(delete_policy))
         .route("/v1/policies/{id}/counters", get(policy_counters))
+        .route("/v1/policies/{id}/rules", axum::routing::post(insert_rule))
+        .route("/v1/policies/{id}/rules/{index}", put(set_rule).delete(delete_rule))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
         .fallback(not_found)
@@ -317,6 +320,38 @@ async fn update_policy(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<
     Ok(Json(ctl.update_policy(&id, req).await?))
 }
 
+/// The rule index of a path, or a field error naming `index`.
+fn rule_index(index: &str) -> Result<usize, Error> {
+    index.parse().map_err(|_| FieldError::new("index", format!("{index:?} is not a rule index (0, 1, ...)")).into())
+}
+
+/// Replaces one rule of a policy: only that rule travels, is stored and
+/// reaches the agents. Warnings that involve the rule are in `warnings`.
+#[utoipa::path(put, path = "/v1/policies/{id}/rules/{index}", params(("id" = String, Path), ("index" = usize, Path)),
+    request_body = RuleSpec,
+    responses((status = 200, body = RuleChange), (status = 400, body = ErrorBody), (status = 404, description = "no such policy, rule or network", body = ErrorBody)))]
+async fn set_rule(
+    State(ctl): Ctl,
+    Path((id, index)): Path<(String, String)>,
+    Body(rule): Body<RuleSpec>,
+) -> ApiResult<Json<RuleChange>> {
+    Ok(Json(ctl.set_rule(&id, rule_index(&index)?, rule).await?))
+}
+
+/// Inserts one rule into a policy, at `at` (the end without it).
+#[utoipa::path(post, path = "/v1/policies/{id}/rules", params(("id" = String, Path)), request_body = RuleInsert,
+    responses((status = 200, body = RuleChange), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn insert_rule(State(ctl): Ctl, Path(id): Path<String>, Body(req): Body<RuleInsert>) -> ApiResult<Json<RuleChange>> {
+    Ok(Json(ctl.insert_rule(&id, req).await?))
+}
+
+/// Deletes one rule of a policy; the later rules move up one.
+#[utoipa::path(delete, path = "/v1/policies/{id}/rules/{index}", params(("id" = String, Path), ("index" = usize, Path)),
+    responses((status = 200, body = RuleChange), (status = 404, description = "no such policy or rule", body = ErrorBody)))]
+async fn delete_rule(State(ctl): Ctl, Path((id, index)): Path<(String, String)>) -> ApiResult<Json<RuleChange>> {
+    Ok(Json(ctl.delete_rule(&id, rule_index(&index)?).await?))
+}
+
 /// Hit counters of a policy's rules (new flows each rule decided), summed
 /// over hosts and per host. Kept in memory from the agents' last reports:
 /// they restart from zero with the controller.
@@ -404,6 +439,9 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
         get_policy,
         update_policy,
         delete_policy,
+        set_rule,
+        insert_rule,
+        delete_rule,
         policy_counters,
         report_counters
     ),

@@ -16,6 +16,8 @@ pub const NETWORKS: &str = "/tessera/networks/";
 pub const ENDPOINTS: &str = "/tessera/endpoints/";
 pub const HOSTS: &str = "/tessera/hosts/";
 pub const POLICIES: &str = "/tessera/policies/";
+/// Chunks of policies' rules: `/tessera/policy-rules/<policy>/<chunk, 16 hex digits>`.
+pub const POLICY_RULES: &str = "/tessera/policy-rules/";
 pub const VNI_INDEX: &str = "/tessera/index/vni/";
 
 pub fn project(p: &ProjectName) -> String {
@@ -75,6 +77,14 @@ pub fn host(name: &str) -> String {
 
 pub fn policy(id: Uuid) -> String {
     format!("{POLICIES}{id}")
+}
+
+pub fn policy_rules_of(id: Uuid) -> String {
+    format!("{POLICY_RULES}{id}/")
+}
+
+pub fn policy_rules(id: Uuid, chunk: u64) -> String {
+    format!("{POLICY_RULES}{id}/{chunk:016x}")
 }
 
 pub fn policy_name(n: &FqName) -> String {

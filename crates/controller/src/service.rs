@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use tessera_ipam::SubnetPlan;
 use tessera_model::network::{parse_route_targets, validate_subnets};
 use tessera_model::reservation::{check_owner, reservation_owner, RESERVATION_OWNER_PREFIX};
+use tessera_model::watch::{ChunkRef, PolicyHeader, PolicyRules};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatus, FieldError, FqName, Host, HostCounters, HostRegister, MacAddr, Network,
     NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, ProjectName, Reservation,
-    ReservationCreate, RouteTarget, Vni,
+    ReservationCreate, RouteTarget, RuleChange, RuleChunk, RuleInsert, RuleSpec, Rules, Vni, RULE_CHUNK,
 };
 use tessera_store::{Compare, KeyValue, Op, Store, Txn};
 use uuid::Uuid;
@@ -103,6 +104,9 @@ pub struct Controller {
     /// not intent: they live in memory only (a restarted controller shows
     /// zeros until the agents report again, within seconds).
     counters: std::sync::Mutex<HashMap<String, HostCounters>>,
+    /// Chunks of policy rules as last read, by key, with their revision:
+    /// reading a big policy parses only the chunks that changed.
+    chunks: std::sync::Mutex<HashMap<String, (u64, Arc<RuleChunk>)>>,
 }
 
 fn now() -> u64 {
@@ -149,7 +153,7 @@ fn random_mac() -> MacAddr {
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Controller { store, ipam_locks: Default::default(), counters: Default::default() }
+        Controller { store, ipam_locks: Default::default(), counters: Default::default(), chunks: Default::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -970,16 +974,68 @@ impl Controller {
 
     // ---------------------------------------------------------------- policies
 
-    async fn find_policy_in(&self, reference: &str, project: &ProjectName) -> Result<(Policy, u64)> {
-        let id = match reference.parse::<Uuid>() {
-            Ok(id) => id,
+    /// The id of the policy `reference` names (an id, or a name resolved in
+    /// `project`).
+    async fn policy_id(&self, reference: &str, project: &ProjectName) -> Result<Uuid> {
+        match reference.parse::<Uuid>() {
+            Ok(id) => Ok(id),
             Err(_) => {
                 let fq = FqName::resolve(reference, project).map_err(|r| FieldError::new("policy", r))?;
                 let kv = self.store.get(&keys::policy_name(&fq)).await?.ok_or_else(|| Error::not_found("policy", reference))?;
-                uuid_of(&kv)?
+                uuid_of(&kv)
             }
-        };
+        }
+    }
+
+    async fn policy_header(&self, reference: &str) -> Result<(PolicyHeader, u64)> {
+        let id = self.policy_id(reference, &ProjectName::default_project()).await?;
         self.get_json(&keys::policy(id)).await?.ok_or_else(|| Error::not_found("policy", reference))
+    }
+
+    /// A chunk of rules from its stored value, parsed once per revision.
+    fn chunk_of(&self, kv: &KeyValue) -> Result<Arc<RuleChunk>> {
+        let mut cache = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((rev, c)) = cache.get(&kv.key) {
+            if *rev == kv.mod_revision {
+                return Ok(c.clone());
+            }
+        }
+        let stored: PolicyRules = decode(kv)?;
+        let chunk = Arc::new(RuleChunk::new(stored.id, stored.rules));
+        cache.insert(kv.key.clone(), (kv.mod_revision, chunk.clone()));
+        Ok(chunk)
+    }
+
+    /// A policy whole: its header (and the header's revision) and its
+    /// chunks. The header and the chunks are two reads; a change between
+    /// them (a chunk missing, or of another length than the header says)
+    /// is read again.
+    async fn read_policy(&self, id: Uuid) -> Result<Option<(Policy, u64)>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((header, rev)) = self.get_json::<PolicyHeader>(&keys::policy(id)).await? else { return Ok(None) };
+            let prefix = keys::policy_rules_of(id);
+            let kvs = self.store.range(&prefix).await?.kvs;
+            let mut by_id = HashMap::new();
+            for kv in &kvs {
+                let c = self.chunk_of(kv)?;
+                by_id.insert(c.id, c);
+            }
+            self.chunks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, _| !k.starts_with(&prefix) || kvs.iter().any(|kv| &kv.key == k));
+            let chunks: Option<Vec<Arc<RuleChunk>>> =
+                header.chunks.iter().map(|r| by_id.get(&r.id).filter(|c| c.rules.len() == r.len).cloned()).collect();
+            if let Some(chunks) = chunks {
+                return Ok(Some((Policy { id, fq_name: header.fq_name, rules: Rules::from_chunks(chunks) }, rev)));
+            }
+        }
+        Err(Error::Conflict(format!("policy {id} changed while it was read")))
+    }
+
+    async fn find_policy_in(&self, reference: &str, project: &ProjectName) -> Result<(Policy, u64)> {
+        let id = self.policy_id(reference, project).await?;
+        self.read_policy(id).await?.ok_or_else(|| Error::not_found("policy", reference))
     }
 
     pub async fn get_policy(&self, reference: &str) -> Result<Policy> {
@@ -1011,9 +1067,16 @@ impl Controller {
     }
 
     pub async fn list_policies(&self) -> Result<Vec<Policy>> {
-        let mut p: Vec<Policy> = self.list_json(keys::POLICIES).await?;
-        p.sort_by(|a, b| a.fq_name.cmp(&b.fq_name));
-        Ok(p)
+        let headers: Vec<PolicyHeader> = self.list_json(keys::POLICIES).await?;
+        let mut out = Vec::with_capacity(headers.len());
+        for h in headers {
+            // A policy deleted since the listing is left out.
+            if let Some((p, _)) = self.read_policy(h.id).await? {
+                out.push(p);
+            }
+        }
+        out.sort_by(|a, b| a.fq_name.cmp(&b.fq_name));
+        Ok(out)
     }
 
     /// Creates a policy whose rules name only existing networks. An identical
@@ -1025,10 +1088,10 @@ impl Controller {
         let rules = req.validate_rules(fq_name.project())?;
         self.require_project("project", fq_name.project()).await?;
         self.check_rule_networks(&rules).await?;
-        let policy = Policy { id: Uuid::new_v4(), fq_name: fq_name.clone(), rules };
+        let policy = Policy { id: Uuid::new_v4(), fq_name: fq_name.clone(), rules: Rules::from_vec(rules) };
         let txn = Txn::new()
             .when(Compare::Absent(keys::policy_name(&fq_name)))
-            .then(put(keys::policy(policy.id), &policy))
+            .then_all(policy_ops(&policy, &[]))
             .then(put_str(keys::policy_name(&fq_name), &policy.id.to_string()));
         if self.commit(txn).await?.succeeded {
             tracing::info!(policy = %fq_name, rules = policy.rules.len(), "policy created");
@@ -1045,19 +1108,156 @@ impl Controller {
     }
 
     /// Replaces a policy's rules; the rules must name only existing networks.
-    /// Shadowed rules are stored, and warned about in the answer.
+    /// Shadowed rules are stored, and warned about in the answer. Chunks of
+    /// rules that did not change are kept (not written, not sent to agents).
     pub async fn update_policy(&self, reference: &str, req: PolicyUpdate) -> Result<PolicyView> {
         for _ in 0..MAX_ATTEMPTS {
-            let (mut policy, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
-            let rules = req.validate_rules(policy.fq_name.project())?;
+            let (old, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
+            let rules = req.validate_rules(old.fq_name.project())?;
             self.check_rule_networks(&rules).await?;
-            policy.rules = rules;
+            let policy = Policy { rules: rechunk(&old.rules, rules), ..old.clone() };
+            let old_refs = PolicyHeader::of(&old).chunks;
             let txn =
-                Txn::new().when(Compare::ModRevision(keys::policy(policy.id), rev)).then(put(keys::policy(policy.id), &policy));
+                Txn::new().when(Compare::ModRevision(keys::policy(policy.id), rev)).then_all(policy_ops(&policy, &old_refs));
             if self.commit(txn).await?.succeeded {
                 tracing::info!(policy = %policy.fq_name, rules = policy.rules.len(), "policy updated");
                 return Ok(PolicyView::of(policy));
             }
+        }
+        Err(Error::Conflict(format!("policy {reference}")))
+    }
+
+    /// Replaces rule `index` of a policy (one chunk written). The answer
+    /// carries the warnings that involve the rule.
+    pub async fn set_rule(&self, reference: &str, index: usize, spec: RuleSpec) -> Result<RuleChange> {
+        self.edit_rule(reference, RuleEdit::Set(index, spec)).await
+    }
+
+    /// Inserts a rule before rule `at` (at the end without `at`).
+    pub async fn insert_rule(&self, reference: &str, req: RuleInsert) -> Result<RuleChange> {
+        self.edit_rule(reference, RuleEdit::Insert(req.at, req.rule)).await
+    }
+
+    /// Removes rule `index` of a policy.
+    pub async fn delete_rule(&self, reference: &str, index: usize) -> Result<RuleChange> {
+        self.edit_rule(reference, RuleEdit::Delete(index)).await
+    }
+
+    /// One rule-level edit: reads the header and the one chunk the rule is
+    /// in, writes that chunk (and the header when the chunk's length
+    /// changes), each compared with the revision it was read at.
+    async fn edit_rule(&self, reference: &str, edit: RuleEdit) -> Result<RuleChange> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut header, rev) = self.policy_header(reference).await?;
+            let total: usize = header.chunks.iter().map(|c| c.len).sum();
+            let new_rule = match &edit {
+                RuleEdit::Set(_, spec) | RuleEdit::Insert(_, spec) => {
+                    let rule = tessera_model::policy::validate_rules(std::slice::from_ref(spec), header.fq_name.project())
+                        .map_err(|e| FieldError::new(e.field.replacen("rules[0]", "rule", 1), e.reason))?
+                        .remove(0);
+                    self.check_rule_networks(std::slice::from_ref(&rule)).await.map_err(|e| match e {
+                        Error::NotFound { kind, name, field } => {
+                            Error::NotFound { kind, name, field: field.map(|f| f.replacen("rules[0]", "rule", 1)) }
+                        }
+                        e => e,
+                    })?;
+                    Some(rule)
+                }
+                RuleEdit::Delete(_) => None,
+            };
+            let (index, append) = match &edit {
+                RuleEdit::Set(i, _) | RuleEdit::Delete(i) => (*i, false),
+                RuleEdit::Insert(at, _) => match at {
+                    Some(i) if *i <= total => (*i, *i == total),
+                    Some(i) => {
+                        return Err(FieldError::new("at", format!("{i} is past the end: the policy has {total} rules")).into())
+                    }
+                    None => (total, true),
+                },
+            };
+            if !append && index >= total {
+                return Err(Error::NotFound {
+                    kind: "rule",
+                    name: format!("{index} of policy {} ({total} rules)", header.fq_name),
+                    field: Some("index".into()),
+                });
+            }
+            // The chunk the rule is in (for an append: the last one).
+            let mut start = 0;
+            let mut at = None;
+            for (c, r) in header.chunks.iter().enumerate() {
+                if index < start + r.len || (append && c + 1 == header.chunks.len()) {
+                    at = Some((c, index - start));
+                    break;
+                }
+                start += r.len;
+            }
+            let mut txn = Txn::new().when(Compare::ModRevision(keys::policy(header.id), rev));
+            let next_id = header.chunks.iter().map(|c| c.id + 1).max().unwrap_or(0);
+            match at {
+                None => {
+                    // An empty policy: the first chunk.
+                    let rule = new_rule.clone().expect("only an insert reaches an empty policy");
+                    let chunk = PolicyRules { policy: header.id, id: next_id, rules: vec![rule] };
+                    txn = txn
+                        .when(Compare::Absent(keys::policy_rules(header.id, next_id)))
+                        .then(put(keys::policy_rules(header.id, next_id), &chunk));
+                    header.chunks.push(ChunkRef { id: next_id, len: 1 });
+                    txn = txn.then(put(keys::policy(header.id), &header));
+                }
+                Some((c, offset)) => {
+                    let cref = header.chunks[c];
+                    let key = keys::policy_rules(header.id, cref.id);
+                    let kv = self.store.get(&key).await?.ok_or_else(|| Error::Conflict(format!("policy {reference}")))?;
+                    let mut chunk: PolicyRules = decode(&kv)?;
+                    if chunk.rules.len() != cref.len {
+                        continue;
+                    }
+                    txn = txn.when(Compare::ModRevision(key.clone(), kv.mod_revision));
+                    match &edit {
+                        RuleEdit::Set(..) => {
+                            chunk.rules[offset] = new_rule.clone().expect("a set has a rule");
+                            txn = txn.then(put(key, &chunk));
+                        }
+                        RuleEdit::Insert(..) => {
+                            chunk.rules.insert(offset, new_rule.clone().expect("an insert has a rule"));
+                            if chunk.rules.len() > RULE_CHUNK {
+                                let tail = chunk.rules.split_off(chunk.rules.len() / 2);
+                                let second = PolicyRules { policy: header.id, id: next_id, rules: tail };
+                                header.chunks.insert(c + 1, ChunkRef { id: next_id, len: second.rules.len() });
+                                txn = txn.then(put(keys::policy_rules(header.id, next_id), &second));
+                            }
+                            header.chunks[c].len = chunk.rules.len();
+                            txn = txn.then(put(key, &chunk)).then(put(keys::policy(header.id), &header));
+                        }
+                        RuleEdit::Delete(_) => {
+                            chunk.rules.remove(offset);
+                            if chunk.rules.is_empty() {
+                                header.chunks.remove(c);
+                                txn = txn.then(put(keys::policy(header.id), &header)).then(del(key));
+                            } else {
+                                header.chunks[c].len = chunk.rules.len();
+                                txn = txn.then(put(key, &chunk)).then(put(keys::policy(header.id), &header));
+                            }
+                        }
+                    }
+                }
+            }
+            if !self.commit(txn).await?.succeeded {
+                continue;
+            }
+            let rules = header.chunks.iter().map(|c| c.len).sum();
+            tracing::info!(policy = %header.fq_name, index, rules, "policy rule {}", edit.verb());
+            // Warnings come after the change is stored (and on its way to
+            // the agents): they need every rule.
+            let warnings = match self.read_policy(header.id).await? {
+                Some((p, _)) => tessera_model::shadow::rule_warnings(&p.rules.to_vec())
+                    .into_iter()
+                    .filter(|w| !matches!(edit, RuleEdit::Delete(_)) && w.involves(index))
+                    .collect(),
+                None => Vec::new(),
+            };
+            return Ok(RuleChange { policy: header.id, fq_name: header.fq_name, index, rule: new_rule, rules, warnings });
         }
         Err(Error::Conflict(format!("policy {reference}")))
     }
@@ -1105,15 +1305,72 @@ impl Controller {
         if !users.is_empty() {
             return Err(Error::InUse { kind: "policy", name: policy.fq_name.to_string(), users });
         }
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::ModRevision(keys::policy(policy.id), rev))
             .then(del(keys::policy(policy.id)))
             .then(del(keys::policy_name(&policy.fq_name)));
+        for c in policy.rules.chunks() {
+            txn = txn.then(del(keys::policy_rules(policy.id, c.id)));
+        }
         if self.commit(txn).await?.succeeded {
             return Ok(());
         }
         Err(Error::Conflict(format!("policy {reference}")))
     }
+}
+
+/// A rule-level edit of a policy.
+enum RuleEdit {
+    Set(usize, RuleSpec),
+    Insert(Option<usize>, RuleSpec),
+    Delete(usize),
+}
+
+impl RuleEdit {
+    fn verb(&self) -> &'static str {
+        match self {
+            RuleEdit::Set(..) => "replaced",
+            RuleEdit::Insert(..) => "inserted",
+            RuleEdit::Delete(_) => "deleted",
+        }
+    }
+}
+
+/// The store operations that write `policy`: its chunks that `old` (the
+/// chunks stored now) does not hold, then its header, then deletions of the
+/// chunks of `old` it no longer has. Chunks first: an agent assembles a
+/// policy when its header arrives.
+fn policy_ops(policy: &Policy, old: &[ChunkRef]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for c in policy.rules.chunks() {
+        if !old.iter().any(|o| o.id == c.id) {
+            let stored = PolicyRules { policy: policy.id, id: c.id, rules: c.rules.clone() };
+            ops.push(put(keys::policy_rules(policy.id, c.id), &stored));
+        }
+    }
+    ops.push(put(keys::policy(policy.id), &PolicyHeader::of(policy)));
+    for o in old {
+        if !policy.rules.chunks().iter().any(|c| c.id == o.id) {
+            ops.push(del(keys::policy_rules(policy.id, o.id)));
+        }
+    }
+    ops
+}
+
+/// `rules` in chunks: a chunk equal to one of `old` at the same place keeps
+/// it (its id, not rewritten); the others get new ids, so that an agent
+/// takes them in only with the header that lists them.
+fn rechunk(old: &Rules, rules: Vec<tessera_model::Rule>) -> Rules {
+    let fresh = Rules::from_vec(rules);
+    let mut next = old.chunks().iter().map(|c| c.id + 1).max().unwrap_or(0);
+    let chunks = fresh.chunks().iter().enumerate().map(|(i, c)| match old.chunks().get(i) {
+        Some(o) if o.rules == c.rules => o.clone(),
+        _ => {
+            next += 1;
+            Arc::new(RuleChunk::new(next - 1, c.rules.clone()))
+        }
+    });
+    Rules::from_chunks(chunks.collect::<Vec<_>>())
 }
 
 fn merge(into: &mut Vec<RouteTarget>, more: Vec<RouteTarget>) {

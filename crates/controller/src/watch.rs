@@ -25,12 +25,17 @@ fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
         Object::Host(serde_json::from_slice(&kv.value).map_err(de)?)
     } else if k.starts_with(keys::POLICIES) {
         Object::Policy(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::POLICY_RULES) {
+        Object::PolicyRules(serde_json::from_slice(&kv.value).map_err(de)?)
     } else {
         return Ok(None);
     }))
 }
 
 fn ref_of(key: &str) -> Option<ObjectRef> {
+    if let Some(rest) = key.strip_prefix(keys::POLICY_RULES) {
+        return Some(ObjectRef { kind: "policy_rules".into(), id: rest.to_string() });
+    }
     let (kind, prefix) =
         [("network", keys::NETWORKS), ("endpoint", keys::ENDPOINTS), ("host", keys::HOSTS), ("policy", keys::POLICIES)]
             .into_iter()
@@ -42,14 +47,21 @@ fn ref_of(key: &str) -> Option<ObjectRef> {
 pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
     let r = store.range(keys::ROOT).await?;
     let mut s = Snapshot { revision: r.revision, ..Default::default() };
+    let mut headers = Vec::new();
+    let mut chunks: std::collections::HashMap<uuid::Uuid, Vec<tessera_model::watch::PolicyRules>> = Default::default();
     for kv in &r.kvs {
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
             Some(Object::Endpoint(e)) => s.endpoints.push(e),
             Some(Object::Host(h)) => s.hosts.push(h),
-            Some(Object::Policy(p)) => s.policies.push(p),
+            Some(Object::Policy(p)) => headers.push(p),
+            Some(Object::PolicyRules(c)) => chunks.entry(c.policy).or_default().push(c),
             None => {}
         }
+    }
+    for h in headers {
+        let mine = chunks.remove(&h.id).unwrap_or_default();
+        s.add_policy(h, mine);
     }
     Ok(s)
 }

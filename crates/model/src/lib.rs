@@ -14,6 +14,7 @@ pub mod network;
 pub mod policy;
 pub mod reservation;
 pub mod route_target;
+pub mod rules;
 pub mod shadow;
 pub mod watch;
 
@@ -25,10 +26,11 @@ pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
 pub use policy::{
     Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PortRange, Protocol, Rule,
-    RuleSpec,
+    RuleChange, RuleInsert, RuleSpec,
 };
 pub use reservation::{Reservation, ReservationCreate};
 pub use route_target::RouteTarget;
+pub use rules::{RuleChunk, Rules, RULE_CHUNK};
 pub use shadow::{PolicyWarning, ShadowedRule};
 pub use uuid::Uuid;
 

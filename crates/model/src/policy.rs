@@ -317,7 +317,7 @@ pub struct Policy {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     pub fq_name: FqName,
-    pub rules: Vec<Rule>,
+    pub rules: crate::Rules,
 }
 
 /// A policy as the API answers it: the policy's own fields, the warnings
@@ -336,7 +336,7 @@ pub struct PolicyView {
 impl PolicyView {
     /// The policy with the warnings about its rules.
     pub fn of(policy: Policy) -> Self {
-        let warnings = crate::shadow::rule_warnings(&policy.rules);
+        let warnings = crate::shadow::rule_warnings(&policy.rules.to_vec());
         PolicyView { policy, warnings, counters: None }
     }
 }
@@ -350,6 +350,37 @@ pub struct PolicyCreate {
     pub project: Option<String>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+}
+
+/// Request to insert a rule (`POST /v1/policies/{id}/rules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleInsert {
+    /// The rule, in the one-line form or structured.
+    pub rule: RuleSpec,
+    /// The index the rule takes (the rules from there move down one); the
+    /// end when absent.
+    #[serde(default)]
+    pub at: Option<usize>,
+}
+
+/// The answer to a rule-level change of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleChange {
+    #[schema(value_type = String, format = Uuid)]
+    pub policy: Uuid,
+    pub fq_name: FqName,
+    /// The index of the rule changed, inserted or deleted.
+    pub index: usize,
+    /// The rule now at `index` (absent for a deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Rule>,
+    /// How many rules the policy has now.
+    pub rules: usize,
+    /// The warnings that involve the rule (it is shadowed, or shadows a
+    /// later rule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::shadow::PolicyWarning>,
 }
 
 /// Request to replace a policy's rules (`PATCH /v1/policies/{id}`).

@@ -62,6 +62,14 @@ impl From<ShadowedRule> for PolicyWarning {
     }
 }
 
+impl PolicyWarning {
+    /// Whether the warning is about rule `i`, or names it as the earlier rule.
+    pub fn involves(&self, i: usize) -> bool {
+        let name = format!("rules[{i}]");
+        self.field == name || self.earlier == name
+    }
+}
+
 /// The warnings about `rules` (one per shadowed rule, in rule order).
 pub fn rule_warnings(rules: &[Rule]) -> Vec<PolicyWarning> {
     shadowed_rules(rules).into_iter().map(PolicyWarning::from).collect()

@@ -1,18 +1,110 @@
 //! The wire types agents use to mirror the controller's state: a snapshot at
 //! a revision, then a stream of changes after it.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::{Endpoint, Host, Network, Policy};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Endpoint, FqName, Host, Network, Policy, RuleChunk, Rules};
 
 /// Everything agents mirror, consistent at `revision`.
+///
+/// Policies travel as a header ([`PolicyHeader`]: name and chunk order) and
+/// chunks of rules ([`PolicyRules`]), each its own object, so that a
+/// one-rule change sends one chunk. A snapshot assembles them into
+/// `policies`; a chunk that arrives before the header that lists it (a
+/// policy's rules replaced whole: new chunks first, then the header), or a
+/// header whose chunks have not all arrived, waits until the policy is
+/// complete, so a half-applied change is never seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub revision: u64,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub hosts: Vec<Host>,
+    #[serde(with = "chunked")]
+    #[schema(value_type = Vec<ChunkedPolicy>)]
     pub policies: Vec<Policy>,
+    /// Policy parts received but not yet assembled.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub pending: Pending,
+}
+
+/// Chunks not (yet) in an assembled policy, and headers waiting for chunks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pending {
+    chunks: BTreeMap<(Uuid, u64), Arc<RuleChunk>>,
+    headers: BTreeMap<Uuid, PolicyHeader>,
+}
+
+/// What the store holds of a policy under its own key: its name and its
+/// chunks of rules, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyHeader {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Uuid,
+    pub fq_name: FqName,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A chunk of a policy's rules as its header lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChunkRef {
+    pub id: u64,
+    pub len: usize,
+}
+
+/// A chunk of a policy's rules, stored and sent on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyRules {
+    #[schema(value_type = String, format = Uuid)]
+    pub policy: Uuid,
+    pub id: u64,
+    pub rules: Vec<crate::Rule>,
+}
+
+/// A policy in a snapshot: the header's fields with the chunks inline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChunkedPolicy {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Uuid,
+    pub fq_name: FqName,
+    #[schema(value_type = Vec<PolicyRules>)]
+    pub chunks: Vec<RuleChunk>,
+}
+
+impl PolicyHeader {
+    /// The header of `p` as chunked now.
+    pub fn of(p: &Policy) -> Self {
+        PolicyHeader {
+            id: p.id,
+            fq_name: p.fq_name.clone(),
+            chunks: p.rules.chunks().iter().map(|c| ChunkRef { id: c.id, len: c.rules.len() }).collect(),
+        }
+    }
+}
+
+mod chunked {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(policies: &[Policy], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(policies.iter().map(|p| ChunkedPolicy {
+            id: p.id,
+            fq_name: p.fq_name.clone(),
+            chunks: p.rules.chunks().iter().map(|c| (**c).clone()).collect(),
+        }))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Policy>, D::Error> {
+        let list = Vec::<ChunkedPolicy>::deserialize(d)?;
+        Ok(list
+            .into_iter()
+            .map(|c| Policy { id: c.id, fq_name: c.fq_name, rules: Rules::from_chunks(c.chunks.into_iter().map(Arc::new)) })
+            .collect())
+    }
 }
 
 /// One line of `GET /v1/watch` (newline-delimited JSON).
@@ -38,10 +130,14 @@ pub enum Object {
     Network(Network),
     Endpoint(Endpoint),
     Host(Host),
-    Policy(Policy),
+    /// A policy's name and the order of its chunks.
+    Policy(PolicyHeader),
+    /// A chunk of a policy's rules.
+    PolicyRules(PolicyRules),
 }
 
-/// The identity of a deleted object: its type and its key (UUID or host name).
+/// The identity of a deleted object: its type and its key (UUID, host name,
+/// or `POLICY/CHUNK` for a chunk of rules, `policy_rules`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectRef {
     #[serde(rename = "type")]
@@ -59,7 +155,8 @@ impl Snapshot {
                     Object::Network(n) => upsert(&mut self.networks, n.clone(), |x| x.id == n.id),
                     Object::Endpoint(e) => upsert(&mut self.endpoints, e.clone(), |x| x.id == e.id),
                     Object::Host(h) => upsert(&mut self.hosts, h.clone(), |x| x.name == h.name),
-                    Object::Policy(p) => upsert(&mut self.policies, p.clone(), |x| x.id == p.id),
+                    Object::Policy(h) => self.put_header(h.clone()),
+                    Object::PolicyRules(c) => self.put_chunk(c),
                 }
             }
             WatchEvent::Delete { revision, object } if *revision > self.revision => {
@@ -69,7 +166,16 @@ impl Snapshot {
                     "network" => self.networks.retain(|x| x.id.to_string() != id),
                     "endpoint" => self.endpoints.retain(|x| x.id.to_string() != id),
                     "host" => self.hosts.retain(|x| x.name != id),
-                    "policy" => self.policies.retain(|x| x.id.to_string() != id),
+                    "policy" => {
+                        self.policies.retain(|x| x.id.to_string() != id);
+                        self.pending.headers.retain(|p, _| p.to_string() != id);
+                        self.pending.chunks.retain(|(p, _), _| p.to_string() != id);
+                    }
+                    "policy_rules" => {
+                        if let Some((p, c)) = parse_chunk_ref(id) {
+                            self.pending.chunks.remove(&(p, c));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -77,6 +183,79 @@ impl Snapshot {
             _ => {}
         }
     }
+}
+
+impl Snapshot {
+    /// Whether chunks or headers wait for their policy to be complete.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.chunks.is_empty() || !self.pending.headers.is_empty()
+    }
+
+    /// Adds a policy from its header and its chunks (as the controller
+    /// reads them); chunks the header does not list are ignored, and a
+    /// header whose chunks are missing waits like one from a watch.
+    pub fn add_policy(&mut self, header: PolicyHeader, chunks: Vec<PolicyRules>) {
+        for c in chunks {
+            self.pending.chunks.insert((c.policy, c.id), Arc::new(RuleChunk::new(c.id, c.rules)));
+        }
+        self.put_header(header);
+        self.pending.chunks.retain(|(p, _), _| self.pending.headers.contains_key(p));
+    }
+
+    fn put_header(&mut self, h: PolicyHeader) {
+        let current = self.policies.iter().find(|p| p.id == h.id);
+        let mut chunks = Vec::with_capacity(h.chunks.len());
+        for r in &h.chunks {
+            let found = self
+                .pending
+                .chunks
+                .get(&(h.id, r.id))
+                .or_else(|| current.and_then(|p| p.rules.chunks().iter().find(|c| c.id == r.id)))
+                .filter(|c| c.rules.len() == r.len);
+            match found {
+                Some(c) => chunks.push(c.clone()),
+                None => {
+                    self.pending.headers.insert(h.id, h);
+                    return;
+                }
+            }
+        }
+        self.pending.headers.remove(&h.id);
+        for r in &h.chunks {
+            self.pending.chunks.remove(&(h.id, r.id));
+        }
+        let policy = Policy { id: h.id, fq_name: h.fq_name, rules: Rules::from_chunks(chunks) };
+        upsert(&mut self.policies, policy, |x| x.id == h.id);
+    }
+
+    fn put_chunk(&mut self, c: &PolicyRules) {
+        let chunk = Arc::new(RuleChunk::new(c.id, c.rules.clone()));
+        // In place only when the length is the same (a rule replaced): a
+        // chunk that grew or shrank comes with a new header, which decides.
+        let same = |x: &Arc<RuleChunk>| x.id == c.id && x.rules.len() == c.rules.len();
+        match self.policies.iter_mut().find(|p| p.id == c.policy && p.rules.chunks().iter().any(same)) {
+            Some(p) => {
+                let chunks = p.rules.chunks().iter().map(|x| if x.id == c.id { chunk.clone() } else { x.clone() });
+                p.rules = Rules::from_chunks(chunks.collect::<Vec<_>>());
+            }
+            None => {
+                self.pending.chunks.insert((c.policy, c.id), chunk);
+            }
+        }
+        if let Some(h) = self.pending.headers.get(&c.policy).cloned() {
+            self.put_header(h);
+        }
+    }
+}
+
+/// `POLICY/CHUNK` of a `policy_rules` reference.
+pub fn chunk_ref(policy: Uuid, chunk: u64) -> String {
+    format!("{policy}/{chunk:016x}")
+}
+
+fn parse_chunk_ref(s: &str) -> Option<(Uuid, u64)> {
+    let (p, c) = s.split_once('/')?;
+    Some((p.parse().ok()?, u64::from_str_radix(c, 16).ok()?))
 }
 
 fn upsert<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {

@@ -103,13 +103,16 @@ pub fn list_fingerprint(list: &[&Policy], src: &Network, dst: &Network, default:
 
 /// A hash of one policy's id, name and rules (in order): what a list's
 /// fingerprint takes from each of its policies. A [`crate::Compiler`]
-/// computes it once per policy, however many lists the policy is part of.
+/// computes it once per policy, however many lists the policy is part of;
+/// the rules' part is [`tessera_model::Rules::fingerprint`], from the hashes
+/// the rule chunks keep (a chunk shared with an earlier copy of the policy
+/// is not hashed again).
 pub fn policy_hash(p: &Policy) -> u64 {
-    use std::hash::Hash;
+    use std::hash::{Hash, Hasher};
     let mut h = crate::flow::Fnv::new();
     p.id.hash(&mut h);
     p.fq_name.hash(&mut h);
-    p.rules.hash(&mut h);
+    h.write_u64(p.rules.fingerprint());
     h.finish()
 }
 

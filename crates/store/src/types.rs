@@ -179,6 +179,12 @@ impl Txn {
         self
     }
 
+    /// Adds ops to the success branch, in order.
+    pub fn then_all(mut self, ops: impl IntoIterator<Item = Op>) -> Self {
+        self.success.extend(ops);
+        self
+    }
+
     /// Adds an op to the failure branch.
     pub fn otherwise(mut self, op: Op) -> Self {
         self.failure.push(op);
