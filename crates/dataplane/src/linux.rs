@@ -63,7 +63,6 @@ const EADDRNOTAVAIL: i32 = 99;
 
 /// The `nft` program, looked up in `PATH`.
 const NFT: &str = "nft";
-/// The `conntrack` program (conntrack-tools), looked up in `PATH`.
 
 enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
