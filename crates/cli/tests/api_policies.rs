@@ -91,4 +91,132 @@ fn the_openapi_document_describes_counters_and_warnings() {
     assert!(doc["paths"]["/v1/hosts/{name}/counters"]["put"].is_object());
     assert!(doc["components"]["schemas"]["PolicyView"].is_object());
     assert!(doc["components"]["schemas"]["PolicyWarning"].is_object());
+    assert!(doc["paths"]["/v1/policies/{id}/rules/{index}"]["put"].is_object());
+    assert!(doc["paths"]["/v1/policies/{id}/rules/{index}"]["delete"].is_object());
+    assert!(doc["paths"]["/v1/policies/{id}/rules"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["RuleChange"].is_object());
+}
+
+/// The ports of the rules of `policy` as the API and the snapshot agents
+/// start from show them (they must agree).
+fn stored_ports(api: &Api, policy: &str) -> Vec<u64> {
+    let (_, p) = api.get(&format!("/v1/policies/{policy}"));
+    let ports: Vec<u64> = p["rules"].as_array().unwrap().iter().map(|r| r["dst_ports"][0]["start"].as_u64().unwrap()).collect();
+    let (_, snap) = api.get("/v1/snapshot");
+    let sp = snap["policies"].as_array().unwrap().iter().find(|x| x["id"] == p["id"]).expect("the policy is in the snapshot");
+    let from_snapshot: Vec<u64> = sp["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["rules"].as_array().unwrap().iter().map(|r| r["dst_ports"][0]["start"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ports, from_snapshot, "the API and the snapshot disagree");
+    ports
+}
+
+#[test]
+fn one_rule_is_replaced_inserted_and_deleted_in_a_big_policy() {
+    let c = ControllerProcess::start();
+    let api = Api::new(&c);
+    networks(&api);
+    let n = 1000u64;
+    let rules: Vec<String> = (0..n).map(|i| format!("deny tcp red any > green {}", 10_000 + i)).collect();
+    let (s, p) = api.post("/v1/policies", json!({"name": "big", "rules": rules}));
+    assert_eq!(s, 201, "{p}");
+    let mut want: Vec<u64> = (0..n).map(|i| 10_000 + i).collect();
+    assert_eq!(stored_ports(&api, "big"), want);
+
+    // Replace: the answer names the rule and the policy's size.
+    let (s, ch) = api.put("/v1/policies/big/rules/700", json!("pass tcp red any > green 80"));
+    assert_eq!(s, 200, "{ch}");
+    assert_eq!((ch["index"].as_u64(), ch["rules"].as_u64()), (Some(700), Some(n)));
+    assert_eq!(ch["rule"]["action"], "pass");
+    want[700] = 80;
+    assert_eq!(stored_ports(&api, "big"), want);
+    // The same change again is the same state (retry-safe).
+    let (s, _) = api.put("/v1/policies/big/rules/700", json!("pass tcp red any > green 80"));
+    assert_eq!(s, 200);
+    assert_eq!(stored_ports(&api, "big"), want);
+
+    // Insert in the middle (chunks fill and split), at the start, at the end.
+    for k in 0..300u64 {
+        let (s, ch) =
+            api.post("/v1/policies/big/rules", json!({"rule": format!("deny udp red any > green {}", 30_000 + k), "at": 5}));
+        assert_eq!(s, 200, "{ch}");
+        want.insert(5, 30_000 + k);
+    }
+    let (s, _) = api.post("/v1/policies/big/rules", json!({"rule": "deny tcp red any > green 1", "at": 0}));
+    assert_eq!(s, 200);
+    want.insert(0, 1);
+    let (s, ch) = api.post("/v1/policies/big/rules", json!({"rule": "deny tcp red any > green 2"}));
+    assert_eq!(s, 200);
+    assert_eq!(ch["index"].as_u64(), Some(want.len() as u64));
+    want.push(2);
+    assert_eq!(stored_ports(&api, "big"), want);
+
+    // Delete: the later rules move up.
+    for last in [false, false, false, true] {
+        let i = if last { want.len() - 1 } else { [0usize, 100, 500][want.len() % 3] };
+        let (s, ch) = api.delete(&format!("/v1/policies/big/rules/{i}"));
+        assert_eq!(s, 200, "{ch}");
+        assert!(ch.get("rule").is_none());
+        want.remove(i);
+    }
+    assert_eq!(stored_ports(&api, "big"), want);
+
+    // A whole update keeps working after rule-level edits.
+    let (s, _) = api.patch("/v1/policies/big", json!({"rules": ["deny tcp red any > green 9"]}));
+    assert_eq!(s, 200);
+    assert_eq!(stored_ports(&api, "big"), vec![9]);
+    let (s, _) = api.delete("/v1/policies/big/rules/0");
+    assert_eq!(s, 200);
+    let (_, p) = api.get("/v1/policies/big");
+    assert_eq!(p["rules"].as_array().unwrap().len(), 0);
+    let (s, _) = api.post("/v1/policies/big/rules", json!({"rule": "deny tcp red any > green 3"}));
+    assert_eq!(s, 200);
+    assert_eq!(stored_ports(&api, "big"), vec![3]);
+    let (s, _) = api.delete("/v1/policies/big");
+    assert_eq!(s, 204);
+    let (_, snap) = api.get("/v1/snapshot");
+    assert_eq!(snap["policies"].as_array().unwrap().len(), 0, "{snap}");
+}
+
+#[test]
+fn rule_level_changes_refuse_bad_input_and_warn_about_shadowing() {
+    let c = ControllerProcess::start();
+    let api = Api::new(&c);
+    networks(&api);
+    let (s, _) =
+        api.post("/v1/policies", json!({"name": "web", "rules": ["pass tcp red any <> green 80", "deny any any any > any any"]}));
+    assert_eq!(s, 201);
+    assert_error(&api.put("/v1/policies/web/rules/5", json!("pass tcp red any > green 80")), 404, "not_found", Some("index"));
+    assert_error(
+        &api.put("/v1/policies/web/rules/x", json!("pass tcp red any > green 80")),
+        400,
+        "invalid_argument",
+        Some("index"),
+    );
+    assert_error(&api.put("/v1/policies/web/rules/0", json!("pass tcp red any > blue 80")), 404, "not_found", Some("rule.dst"));
+    assert_error(
+        &api.put("/v1/policies/web/rules/0", json!("pass icmp red 80 > green any")),
+        400,
+        "invalid_argument",
+        Some("rule.src_ports"),
+    );
+    assert_error(
+        &api.post("/v1/policies/web/rules", json!({"rule": "pass any any any > any any", "at": 3})),
+        400,
+        "invalid_argument",
+        Some("at"),
+    );
+    assert_error(&api.delete("/v1/policies/web/rules/2"), 404, "not_found", Some("index"));
+    assert_error(&api.put("/v1/policies/nope/rules/0", json!("pass any any any > any any")), 404, "not_found", None);
+    let (_, p) = api.get("/v1/policies/web");
+    assert_eq!(p["rules"].as_array().unwrap().len(), 2, "nothing changed: {p}");
+
+    // A rule the earlier one covers is stored, with a warning about it.
+    let (s, ch) = api.post("/v1/policies/web/rules", json!({"rule": "deny tcp red any > green 80"}));
+    assert_eq!(s, 200, "{ch}");
+    assert_eq!(ch["warnings"][0]["field"], "rules[2]", "{ch}");
+    assert_eq!(ch["warnings"][0]["earlier"], "rules[0]", "{ch}");
 }

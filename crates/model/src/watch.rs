@@ -146,10 +146,14 @@ pub struct ObjectRef {
 }
 
 impl Snapshot {
-    /// Applies one event; events at or below the snapshot's revision are ignored.
+    /// Applies one event; events below the snapshot's revision are ignored.
+    /// The events of one transaction share its revision, so an event at the
+    /// snapshot's revision is applied (the watch after a snapshot sends
+    /// nothing at or below it, and applying a put or delete again changes
+    /// nothing).
     pub fn apply(&mut self, ev: &WatchEvent) {
         match ev {
-            WatchEvent::Put { revision, object } if *revision > self.revision => {
+            WatchEvent::Put { revision, object } if *revision >= self.revision => {
                 self.revision = *revision;
                 match object {
                     Object::Network(n) => upsert(&mut self.networks, n.clone(), |x| x.id == n.id),
@@ -159,7 +163,7 @@ impl Snapshot {
                     Object::PolicyRules(c) => self.put_chunk(c),
                 }
             }
-            WatchEvent::Delete { revision, object } if *revision > self.revision => {
+            WatchEvent::Delete { revision, object } if *revision >= self.revision => {
                 self.revision = *revision;
                 let id = object.id.as_str();
                 match object.kind.as_str() {
@@ -262,5 +266,91 @@ fn upsert<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
     match list.iter_mut().find(|x| same(x)) {
         Some(slot) => *slot = item,
         None => list.push(item),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ProjectName, Rule};
+
+    fn rule(port: u16) -> Rule {
+        Rule::parse("r", &format!("deny tcp any any > any {port}"), &ProjectName::default_project()).unwrap()
+    }
+
+    fn chunk(policy: Uuid, id: u64, ports: std::ops::Range<u16>) -> PolicyRules {
+        PolicyRules { policy, id, rules: ports.map(rule).collect() }
+    }
+
+    fn header(policy: Uuid, chunks: &[(u64, usize)]) -> PolicyHeader {
+        PolicyHeader {
+            id: policy,
+            fq_name: FqName::resolve("p", &ProjectName::default_project()).unwrap(),
+            chunks: chunks.iter().map(|(id, len)| ChunkRef { id: *id, len: *len }).collect(),
+        }
+    }
+
+    fn put(rev: u64, object: Object) -> WatchEvent {
+        WatchEvent::Put { revision: rev, object }
+    }
+
+    fn ports(s: &Snapshot) -> Vec<u16> {
+        s.policies[0].rules.iter().map(|r| r.dst_ports[0].start).collect()
+    }
+
+    #[test]
+    fn a_policy_is_assembled_when_its_header_and_chunks_are_all_there() {
+        let id = Uuid::from_u128(7);
+        let mut s = Snapshot::default();
+        s.apply(&put(1, Object::PolicyRules(chunk(id, 0, 0..3))));
+        assert!(s.policies.is_empty() && s.has_pending());
+        // The header lists a chunk not yet received: it waits.
+        s.apply(&put(2, Object::Policy(header(id, &[(0, 3), (1, 2)]))));
+        assert!(s.policies.is_empty());
+        s.apply(&put(3, Object::PolicyRules(chunk(id, 1, 10..12))));
+        assert_eq!(ports(&s), vec![0, 1, 2, 10, 11]);
+        assert!(!s.has_pending());
+
+        // A rule replaced: one chunk of the same length, applied at once.
+        let mut c = chunk(id, 1, 10..12);
+        c.rules[1] = rule(99);
+        s.apply(&put(4, Object::PolicyRules(c)));
+        assert_eq!(ports(&s), vec![0, 1, 2, 10, 99]);
+
+        // The rules replaced whole: a new chunk, then the header, then the
+        // old chunks deleted; until the header, the old rules stand.
+        s.apply(&put(5, Object::PolicyRules(chunk(id, 2, 20..21))));
+        assert_eq!(ports(&s), vec![0, 1, 2, 10, 99]);
+        // The header in the same transaction (the same revision).
+        s.apply(&put(5, Object::Policy(header(id, &[(2, 1)]))));
+        assert_eq!(s.revision, 5);
+        assert_eq!(ports(&s), vec![20]);
+        // Older events are ignored.
+        s.apply(&put(4, Object::Policy(header(id, &[(0, 3)]))));
+        assert_eq!(ports(&s), vec![20]);
+
+        let mut s = Snapshot::default();
+        s.add_policy(header(id, &[(0, 3)]), vec![chunk(id, 0, 0..3)]);
+        s.apply(&put(1, Object::PolicyRules(chunk(id, 2, 20..21))));
+        s.apply(&put(2, Object::Policy(header(id, &[(2, 1)]))));
+        for old in ["0", "1"] {
+            let r = ObjectRef { kind: "policy_rules".into(), id: format!("{id}/{:0>16}", old) };
+            s.apply(&WatchEvent::Delete { revision: 3, object: r });
+        }
+        assert_eq!(ports(&s), vec![20]);
+        assert!(!s.has_pending());
+
+        // A grown chunk waits for the header that says so.
+        s.apply(&put(4, Object::PolicyRules(chunk(id, 2, 20..22))));
+        assert_eq!(ports(&s), vec![20]);
+        s.apply(&put(5, Object::Policy(header(id, &[(2, 2)]))));
+        assert_eq!(ports(&s), vec![20, 21]);
+
+        // Serialised and read back (the agent's saved snapshot), chunks keep their ids.
+        let back: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back.policies, s.policies);
+        assert_eq!(back.policies[0].rules.chunks()[0].id, 2);
+        s.apply(&WatchEvent::Delete { revision: 6, object: ObjectRef { kind: "policy".into(), id: id.to_string() } });
+        assert!(s.policies.is_empty() && !s.has_pending());
     }
 }
