@@ -28,6 +28,47 @@ pub fn load_saved(state_dir: &std::path::Path) -> Option<Snapshot> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Saves snapshots on a blocking thread, off the path from a change to the
+/// data plane (a snapshot holding a 50,000-rule policy is ~9 MB of JSON):
+/// the newest one handed over is written, older ones not yet written are
+/// skipped.
+#[derive(Clone)]
+struct Saver {
+    dir: PathBuf,
+    latest: Arc<std::sync::Mutex<Option<Arc<Snapshot>>>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Saver {
+    fn new(dir: PathBuf) -> Self {
+        Saver { dir, latest: Default::default(), busy: Default::default() }
+    }
+
+    fn save(&self, snap: Arc<Snapshot>) {
+        use std::sync::atomic::Ordering;
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || loop {
+            let next = me.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match next {
+                Some(s) => save(&me.dir, &s),
+                None => {
+                    me.busy.store(false, Ordering::Release);
+                    // A snapshot handed over after the take and before the
+                    // store: this thread writes it, unless another started.
+                    let more = me.latest.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+                    if !more || me.busy.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 fn save(state_dir: &std::path::Path, snap: &Snapshot) {
     let path = snapshot_file(state_dir);
     let tmp = path.with_extension("json.tmp");
@@ -49,6 +90,7 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
+    let saver = Saver::new(state_dir);
     loop {
         let mut snap = match client.snapshot().await {
             Ok(s) => s,
@@ -69,8 +111,9 @@ pub async fn run(
         }
         backoff = Duration::from_millis(100);
         connected.send_replace(true);
-        save(&state_dir, &snap);
-        tx.send_replace(Some(Arc::new(snap.clone())));
+        let published = Arc::new(snap.clone());
+        tx.send_replace(Some(published.clone()));
+        saver.save(published);
         let stream = match client.watch(snap.revision).await {
             Ok(s) => s,
             Err(e) => {
@@ -114,8 +157,9 @@ pub async fn run(
                 }
             }
             if changed {
-                save(&state_dir, &snap);
-                tx.send_replace(Some(Arc::new(snap.clone())));
+                let published = Arc::new(snap.clone());
+                tx.send_replace(Some(published.clone()));
+                saver.save(published);
             }
             if resync {
                 break;

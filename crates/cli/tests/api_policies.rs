@@ -220,3 +220,32 @@ fn rule_level_changes_refuse_bad_input_and_warn_about_shadowing() {
     assert_eq!(ch["warnings"][0]["field"], "rules[2]", "{ch}");
     assert_eq!(ch["warnings"][0]["earlier"], "rules[0]", "{ch}");
 }
+
+#[test]
+fn the_cli_changes_one_rule() {
+    let c = ControllerProcess::start();
+    networks(&Api::new(&c));
+    let (code, _, err) =
+        c.cli(&["policy", "add", "p", "--rule", "deny tcp red any > green 22", "--rule", "pass any any any <> any any"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = c.cli(&["policy", "rule", "set", "p", "0", "reject tcp red any > green 23"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rule 0 replaced") && out.contains("2 rules"), "{out}");
+    let (code, out, _) = c.cli(&["policy", "rule", "insert", "p", "deny udp red any > green 53", "--at", "1", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["index"].as_u64(), v["rules"].as_u64()), (Some(1), Some(3)), "{v}");
+    // A rule the last one covers: inserted, with a warning on stderr.
+    let (code, _, err) = c.cli(&["policy", "rule", "insert", "p", "deny icmp red any > green any"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("warning: rules[3] is shadowed by rules[2]"), "{err}");
+    let (code, _, _) = c.cli(&["policy", "rule", "delete", "p", "3"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = c.cli(&["policy", "show", "p"]);
+    let lines: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("reject tcp") && lines[1].contains("deny udp") && lines[2].contains("pass any"), "{out}");
+    let (code, _, err) = c.cli(&["policy", "rule", "delete", "p", "7"]);
+    assert_eq!(code, 1, "a missing rule is refused");
+    assert!(err.contains("not found") && err.contains("3 rules"), "{err}");
+}

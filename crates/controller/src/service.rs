@@ -1249,13 +1249,13 @@ impl Controller {
             let rules = header.chunks.iter().map(|c| c.len).sum();
             tracing::info!(policy = %header.fq_name, index, rules, "policy rule {}", edit.verb());
             // Warnings come after the change is stored (and on its way to
-            // the agents): they need every rule.
-            let warnings = match self.read_policy(header.id).await? {
-                Some((p, _)) => tessera_model::shadow::rule_warnings(&p.rules.to_vec())
-                    .into_iter()
-                    .filter(|w| !matches!(edit, RuleEdit::Delete(_)) && w.involves(index))
-                    .collect(),
-                None => Vec::new(),
+            // the agents): they compare the rule with every other one (the
+            // chunks are parsed only where they changed).
+            let warnings = match (&edit, self.read_policy(header.id).await?) {
+                (RuleEdit::Set(..) | RuleEdit::Insert(..), Some((p, _))) => {
+                    tessera_model::shadow::warnings_about(p.rules.iter(), index)
+                }
+                _ => Vec::new(),
             };
             return Ok(RuleChange { policy: header.id, fq_name: header.fq_name, index, rule: new_rule, rules, warnings });
         }

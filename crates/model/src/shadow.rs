@@ -159,6 +159,33 @@ fn single_dport(p: &Part) -> Option<u16> {
     }
 }
 
+/// Whether `outer` matches every flow `inner` matches.
+pub fn covers(outer: &Rule, inner: &Rule) -> bool {
+    let o = parts(outer);
+    parts(inner).iter().all(|p| o.iter().any(|x| part_within(p, x)))
+}
+
+/// The warnings that involve rule `i` of `rules`, in linear time (what a
+/// one-rule change is told): rule `i` is shadowed by the first earlier rule
+/// that covers it; a later rule that rule `i` covers is shadowed by it (an
+/// even earlier rule may cover it too).
+pub fn warnings_about<'a>(rules: impl IntoIterator<Item = &'a Rule>, i: usize) -> Vec<PolicyWarning> {
+    let rules: Vec<&Rule> = rules.into_iter().collect();
+    let Some(rule) = rules.get(i) else { return Vec::new() };
+    let mine = parts(rule);
+    let within = |inner: &[Part], outer: &[Part]| inner.iter().all(|p| outer.iter().any(|x| part_within(p, x)));
+    let mut out = Vec::new();
+    if let Some(j) = rules[..i].iter().position(|r| within(&mine, &parts(r))) {
+        out.push(ShadowedRule { rule: i, by: j }.into());
+    }
+    for (k, r) in rules.iter().enumerate().skip(i + 1) {
+        if within(&parts(r), &mine) {
+            out.push(ShadowedRule { rule: k, by: i }.into());
+        }
+    }
+    out
+}
+
 /// The rules of `rules` that an earlier rule covers entirely, in rule order,
 /// each with the first earlier rule that does.
 pub fn shadowed_rules(rules: &[Rule]) -> Vec<ShadowedRule> {
@@ -217,6 +244,22 @@ mod tests {
 
     fn shadowed(lines: &[&str]) -> Vec<(usize, usize)> {
         shadowed_rules(&rules(lines)).into_iter().map(|s| (s.rule, s.by)).collect()
+    }
+
+    #[test]
+    fn warnings_about_one_rule_name_what_shadows_it_and_what_it_shadows() {
+        let r = rules(&[
+            "pass tcp any any > any 80",
+            "deny tcp red any > green 80",
+            "deny any any any > any any",
+            "pass udp any any > any 53",
+        ]);
+        let about = |i| warnings_about(&r, i).into_iter().map(|w| (w.field, w.earlier)).collect::<Vec<_>>();
+        assert_eq!(about(1), vec![("rules[1]".into(), "rules[0]".into())]);
+        assert_eq!(about(2), vec![("rules[3]".into(), "rules[2]".into())]);
+        assert_eq!(about(0), vec![("rules[1]".into(), "rules[0]".into())]);
+        assert!(about(9).is_empty());
+        assert!(covers(&r[2], &r[3]) && !covers(&r[3], &r[2]));
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! `tessera policy add|show|list|delete`.
+//! `tessera policy add|update|rule|show|list|delete`.
 
 use std::collections::BTreeMap;
 
-use tessera_model::{Policy, PolicyCreate, PolicyUpdate, PolicyView, PolicyWarning, RuleSpec};
+use tessera_model::{Policy, PolicyCreate, PolicyUpdate, PolicyView, PolicyWarning, RuleChange, RuleInsert, RuleSpec};
 
 use super::Ctx;
 use crate::client::seg;
@@ -29,6 +29,10 @@ pub enum Cmd {
         #[arg(long = "rule")]
         rules: Vec<String>,
     },
+    /// Change one rule of a policy: only that rule is sent, stored and
+    /// passed to the hosts (the way to edit a big policy).
+    #[command(subcommand)]
+    Rule(RuleCmd),
     /// Show a policy, its rules and their hit counters (new flows each rule
     /// decided, packets and bytes, summed over hosts).
     Show { policy: String },
@@ -39,6 +43,42 @@ pub enum Cmd {
         #[arg(required = true)]
         policies: Vec<String>,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum RuleCmd {
+    /// Replace rule INDEX (from 0, as `policy show` numbers them).
+    Set { policy: String, index: usize, rule: String },
+    /// Insert a rule before rule --at (at the end without it).
+    Insert {
+        policy: String,
+        rule: String,
+        #[arg(long)]
+        at: Option<usize>,
+    },
+    /// Delete rule INDEX; the later rules move up one.
+    Delete { policy: String, index: usize },
+}
+
+async fn rule(ctx: &Ctx, cmd: RuleCmd) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let (ch, verb): (RuleChange, &str) = match cmd {
+        RuleCmd::Set { policy, index, rule } => {
+            (c.put(&format!("/v1/policies/{}/rules/{index}", seg(&policy)), &RuleSpec::Line(rule)).await?, "replaced")
+        }
+        RuleCmd::Insert { policy, rule, at } => {
+            let req = RuleInsert { rule: RuleSpec::Line(rule), at };
+            (c.post(&format!("/v1/policies/{}/rules", seg(&policy)), &req).await?, "inserted")
+        }
+        RuleCmd::Delete { policy, index } => {
+            (c.delete_for(&format!("/v1/policies/{}/rules/{index}", seg(&policy))).await?, "deleted")
+        }
+    };
+    warn(&ch.warnings);
+    ctx.print(&ch, || {
+        let what = ch.rule.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+        format!("policy {} rule {} {verb}{what}; {} rules\n", ch.fq_name, ch.index, ch.rules)
+    })
 }
 
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
@@ -58,6 +98,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             let p = &v.policy;
             ctx.print(&v, || format!("policy {} now has {} rules\n", p.fq_name, p.rules.len()))
         }
+        Cmd::Rule(r) => rule(ctx, r).await,
         Cmd::Show { policy } => {
             let v: PolicyView = c.get(&format!("/v1/policies/{}", seg(&policy))).await?;
             ctx.print(&v, || {
