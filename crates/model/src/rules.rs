@@ -22,12 +22,13 @@ use crate::Rule;
 pub const RULE_CHUNK: usize = 256;
 
 /// A run of consecutive rules of a policy, identified within the policy.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleChunk {
     /// Unique within the policy; says nothing of the chunk's position.
     pub id: u64,
     pub rules: Vec<Rule>,
     #[serde(skip)]
+    #[schema(ignore)]
     hash: OnceLock<u64>,
 }
 

@@ -72,7 +72,6 @@ pub struct ChunkedPolicy {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     pub fq_name: FqName,
-    #[schema(value_type = Vec<PolicyRules>)]
     pub chunks: Vec<RuleChunk>,
 }
 
