@@ -6,7 +6,11 @@
 //! state it reconciled to ([`Counters::reconciled`], a `watch` send). A task
 //! of its own ([`Counters::run`]) reads the counters at most every
 //! [`COLLECT_EVERY`], attributes them to rules as that desired state
-//! compiles them, and sends a report when they changed. A failed read or
+//! compiles them, and sends a report when they changed. Reading is not free
+//! with big policies (the kernel dumps every element of every map: about a
+//! second of CPU for 50,000 rules), so the pause between reads is also at
+//! least [`BUSY_FACTOR`] times the last read: the counters take at most a
+//! tenth of a core, and the data plane keeps the rest. A failed read or
 //! report is retried at the next round; counters are observations, and the
 //! next report replaces the last one whole.
 
@@ -21,6 +25,13 @@ use crate::controller::ControllerClient;
 
 /// Counters are read and reported at most this often.
 pub const COLLECT_EVERY: Duration = Duration::from_secs(2);
+/// The pause between two reads is at least this many times the last read.
+pub const BUSY_FACTOR: u32 = 10;
+
+/// The pause before the next read, after one that took `last_read`.
+pub fn pause_after(last_read: Duration) -> Duration {
+    COLLECT_EVERY.max(last_read * BUSY_FACTOR)
+}
 
 /// The hand-over from the reconcile loop to the counter task.
 pub struct Counters {
@@ -48,13 +59,17 @@ impl Counters {
     pub async fn run(self: Arc<Self>, dp: Arc<dyn Dataplane>, client: ControllerClient, host: String) {
         let mut rx = self.desired.subscribe();
         let mut last: Option<HostCounters> = None;
+        let mut pause = COLLECT_EVERY;
         loop {
-            tokio::time::sleep(COLLECT_EVERY).await;
+            tokio::time::sleep(pause).await;
             let Some(desired) = rx.borrow_and_update().clone() else { continue };
             if desired.policies.is_empty() && last.as_ref().is_some_and(|l| l.rules.is_empty()) {
                 continue;
             }
-            let report = match dp.policy_counters(&desired).await {
+            let started = std::time::Instant::now();
+            let read = dp.policy_counters(&desired).await;
+            pause = pause_after(started.elapsed());
+            let report = match read {
                 Ok(c) => report(&c),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read the policy counters");
@@ -93,6 +108,12 @@ mod tests {
         ]);
         assert_eq!(r.rules.len(), 2);
         assert_eq!((r.rules[0].policy, r.rules[0].rule, r.rules[0].packets, r.rules[0].bytes), (id, 0, 3, 180));
+    }
+
+    #[test]
+    fn slow_reads_space_out_the_next_ones() {
+        assert_eq!(pause_after(Duration::from_millis(5)), COLLECT_EVERY);
+        assert_eq!(pause_after(Duration::from_millis(800)), Duration::from_secs(8));
     }
 
     #[tokio::test]

@@ -249,7 +249,9 @@ impl Agent {
     async fn reconcile_once(&self, snap: &Snapshot) {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
+        let started = std::time::Instant::now();
         let (plan, leak_warnings) = self.planner.lock().unwrap_or_else(|p| p.into_inner()).plan(snap, &self.me);
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "desired state computed");
         for w in leak_warnings.iter().flatten() {
             tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");
         }

@@ -15,6 +15,8 @@ use crate::controller::ControllerClient;
 /// A watch that shows nothing, not even progress, for this long is dead.
 const SILENCE: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a snapshot handed to the [`Saver`] waits before it is written.
+const SAVE_AFTER: Duration = Duration::from_secs(1);
 
 /// Where the mirror keeps its last snapshot, so that an agent restarted while
 /// the controller is away still knows the intent.
@@ -31,7 +33,9 @@ pub fn load_saved(state_dir: &std::path::Path) -> Option<Snapshot> {
 /// Saves snapshots on a blocking thread, off the path from a change to the
 /// data plane (a snapshot holding a 50,000-rule policy is ~9 MB of JSON):
 /// the newest one handed over is written, older ones not yet written are
-/// skipped.
+/// skipped, and a write waits [`SAVE_AFTER`] first, so a burst of changes
+/// is written once (serialising the snapshot costs CPU the next change
+/// would wait for).
 #[derive(Clone)]
 struct Saver {
     dir: PathBuf,
@@ -52,6 +56,7 @@ impl Saver {
         }
         let me = self.clone();
         tokio::task::spawn_blocking(move || loop {
+            std::thread::sleep(SAVE_AFTER);
             let next = me.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
             match next {
                 Some(s) => save(&me.dir, &s),
@@ -157,6 +162,7 @@ pub async fn run(
                 }
             }
             if changed {
+                tracing::debug!(revision = snap.revision, "intent changed");
                 let published = Arc::new(snap.clone());
                 tx.send_replace(Some(published.clone()));
                 saver.save(published);

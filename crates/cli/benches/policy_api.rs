@@ -173,7 +173,7 @@ fn main() {
         percentile(big, 0.99) / percentile(small, 0.99)
     );
     if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
-        println!("{}", c.logs_tail(40));
+        println!("{}", c.logs_tail(400));
     }
     drop(c);
 }

@@ -597,7 +597,17 @@ impl Kernel {
     /// follows what the kernel holds.
     async fn nft_apply<'a>(&self, block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
         let text = script(block, &|_| false);
-        let outcome = match nft_run(&["-f", "-"], Some(&text)).await {
+        let started = std::time::Instant::now();
+        let first_try = nft_run(&["-f", "-"], Some(&text)).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if text.len() <= 4096 {
+                tracing::debug!(elapsed_ms = ms, ok = first_try.is_ok(), script = %text, "nft transaction");
+            } else {
+                tracing::debug!(elapsed_ms = ms, ok = first_try.is_ok(), bytes = text.len(), "nft transaction");
+            }
+        }
+        let outcome = match first_try {
             Ok(_) => Ok(()),
             Err(first) => match self.nft_list_state().await {
                 Err(e) => Err(format!("{first}; then {e}")),
@@ -782,8 +792,13 @@ impl Kernel {
         // Last, once the transaction has made the new rules effective: a
         // flow ended earlier could start again under the old ones. The zones
         // are independent: side by side.
+        let started = std::time::Instant::now();
         let flushes = actions.iter().filter(|a| a.is_conntrack()).map(|a| async move { (a, self.apply_one(a).await) });
-        for (action, result) in futures::future::join_all(flushes).await {
+        let flushed = futures::future::join_all(flushes).await;
+        if !flushed.is_empty() {
+            tracing::debug!(zones = flushed.len(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "conntrack zones flushed");
+        }
+        for (action, result) in flushed {
             record(&mut report, action, result);
         }
         report

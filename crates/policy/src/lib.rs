@@ -54,7 +54,7 @@ use std::collections::HashMap;
 pub use flow::{Family, Flow, FlowBox};
 pub use program::{
     compile_list, compile_pair, compile_pair_cached, list_fingerprint, policy_hash, reference_verdict, Entry, ListCache,
-    PairProgram, RuleList, RuleRef, Verdict,
+    PairProgram, Patch, RuleList, RuleRef, Verdict,
 };
 pub use topology::{LeakWarning, Topology};
 

@@ -91,6 +91,38 @@ pub struct RuleList {
     /// compile only what did.
     #[serde(default)]
     pub fingerprint: u64,
+    /// How the list was made from an earlier one, when only verdicts or
+    /// log flags of some rules changed: a data plane holding that earlier
+    /// list updates those entries instead of rebuilding everything. Not
+    /// part of the list's value (ignored by `==` and hashing).
+    #[serde(skip)]
+    pub patch: Patch,
+}
+
+/// Provenance of a [`RuleList`] patched from an earlier one
+/// ([`ListCache`]): the earlier list's fingerprint and the indexes of the
+/// entries whose verdict or log prefix changed (the entries are otherwise
+/// identical, in the same order). Two patches always compare equal.
+#[derive(Debug, Clone, Default)]
+pub struct Patch(pub Option<std::sync::Arc<(u64, Vec<usize>)>>);
+
+impl PartialEq for Patch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Patch {}
+
+impl std::hash::Hash for Patch {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl Patch {
+    /// The earlier list's fingerprint and the changed entries.
+    pub fn base(&self) -> Option<(u64, &[usize])> {
+        self.0.as_ref().map(|p| (p.0, p.1.as_slice()))
+    }
 }
 
 /// The fingerprint of the list compiled from `list` for flows from `src` to
@@ -137,10 +169,127 @@ fn fingerprint_of(policy_hashes: impl Iterator<Item = u64>, src: &Network, dst: 
 /// Compiled lists by fingerprint, kept between compilations so that a
 /// change recompiles only the lists it touches. Lists not used by the last
 /// [`ListCache::retain_used`] round are dropped then.
+///
+/// A list whose rules changed only in their verdicts or log flags (the
+/// usual edit: a rule turned from pass to reject) is not recompiled: its
+/// boxes and layers depend on the rules' matches alone, so the earlier list
+/// of the same policies and networks is copied and the entries of the
+/// changed rules get their new verdicts ([`RuleList::patch`] says which).
 #[derive(Debug, Clone, Default)]
 pub struct ListCache {
     lists: HashMap<u64, RuleList>,
     used: std::collections::HashSet<u64>,
+    /// Per list identity (its policies' ids, the networks, the default):
+    /// the fingerprint of the last list compiled for it and the policies it
+    /// was compiled from.
+    last: HashMap<ListIdentity, (u64, Vec<Policy>)>,
+}
+
+/// What stays the same when only a list's rules change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListIdentity {
+    policies: Vec<Uuid>,
+    src: Uuid,
+    dst: Uuid,
+    /// The networks' names and subnets and the default ([`fingerprint_of`] of no policy).
+    context: u64,
+}
+
+impl ListIdentity {
+    fn of(list: &[&Policy], src: &Network, dst: &Network, default: Verdict) -> Self {
+        ListIdentity {
+            policies: list.iter().map(|p| p.id).collect(),
+            src: src.id,
+            dst: dst.id,
+            context: fingerprint_of(std::iter::empty(), src, dst, default),
+        }
+    }
+}
+
+/// Two rules that differ at most in their action and log flag.
+fn same_match(a: &tessera_model::Rule, b: &tessera_model::Rule) -> bool {
+    a.protocol == b.protocol
+        && a.src == b.src
+        && a.src_ports == b.src_ports
+        && a.direction == b.direction
+        && a.dst == b.dst
+        && a.dst_ports == b.dst_ports
+}
+
+/// The rules (policy position in the list, rule index) whose verdict or log
+/// flag differ between `old` and `new`, or `None` when anything else
+/// differs (a match, a rule count, a policy's name).
+fn verdict_changes(old: &[Policy], new: &[&Policy]) -> Option<Vec<(usize, usize)>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (p, (o, n)) in old.iter().zip(new).enumerate() {
+        if o.id != n.id || o.fq_name != n.fq_name || o.rules.len() != n.rules.len() {
+            return None;
+        }
+        let (oc, nc) = (o.rules.chunks(), n.rules.chunks());
+        let aligned = oc.len() == nc.len() && oc.iter().zip(nc).all(|(a, b)| a.rules.len() == b.rules.len());
+        if aligned {
+            let mut start = 0;
+            for (a, b) in oc.iter().zip(nc) {
+                if !std::sync::Arc::ptr_eq(a, b) {
+                    for (k, (x, y)) in a.rules.iter().zip(&b.rules).enumerate() {
+                        if x != y {
+                            if !same_match(x, y) {
+                                return None;
+                            }
+                            out.push((p, start + k));
+                        }
+                    }
+                }
+                start += a.rules.len();
+            }
+        } else {
+            for (k, (x, y)) in o.rules.iter().zip(n.rules.iter()).enumerate() {
+                if x != y {
+                    if !same_match(x, y) {
+                        return None;
+                    }
+                    out.push((p, k));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `base` with the entries of the rules in `changed` given the verdicts and
+/// log prefixes of `list`'s rules.
+fn patch_list(
+    base: &RuleList,
+    base_fingerprint: u64,
+    changed: &[(usize, usize)],
+    list: &[&Policy],
+    src: &Network,
+    dst: &Network,
+    fingerprint: u64,
+) -> RuleList {
+    let pos: HashMap<Uuid, usize> = list.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+    let order = |e: &Entry| (pos.get(&e.origin.policy).copied().unwrap_or(usize::MAX), e.origin.rule);
+    let mut entries = base.entries.clone();
+    let mut touched = Vec::new();
+    for &(p, i) in changed {
+        let policy = list[p];
+        let rule = &policy.rules[i];
+        let verdict = Verdict::from(rule.action);
+        let log = rule.log.then(|| log_prefix(policy, i, src, dst, verdict));
+        let from = entries.partition_point(|e| order(e) < (p, i));
+        for (k, e) in entries.iter_mut().enumerate().skip(from) {
+            if order(e) != (p, i) {
+                break;
+            }
+            e.verdict = verdict;
+            e.log = log.clone();
+            touched.push(k);
+        }
+    }
+    RuleList { default: base.default, entries, fingerprint, patch: Patch(Some(std::sync::Arc::new((base_fingerprint, touched)))) }
 }
 
 impl ListCache {
@@ -164,13 +313,28 @@ impl ListCache {
         default: Verdict,
     ) -> RuleList {
         self.used.insert(fp);
-        self.lists.entry(fp).or_insert_with(|| compile_list_fingerprinted(list, src, dst, default, fp)).clone()
+        if let Some(l) = self.lists.get(&fp) {
+            return l.clone();
+        }
+        let identity = ListIdentity::of(list, src, dst, default);
+        let patched = self.last.get(&identity).and_then(|(base_fp, old)| {
+            let base = self.lists.get(base_fp)?;
+            // A policy twice in one list: entries cannot be told apart by origin.
+            let distinct = identity.policies.iter().collect::<std::collections::HashSet<_>>().len() == list.len();
+            let changed = verdict_changes(old, list).filter(|_| distinct)?;
+            Some(patch_list(base, *base_fp, &changed, list, src, dst, fp))
+        });
+        let compiled = patched.unwrap_or_else(|| compile_list_fingerprinted(list, src, dst, default, fp));
+        self.last.insert(identity, (fp, list.iter().map(|p| (*p).clone()).collect()));
+        self.lists.insert(fp, compiled.clone());
+        compiled
     }
 
     /// Drops the lists not asked for since the last call.
     pub fn retain_used(&mut self) {
         let used = std::mem::take(&mut self.used);
         self.lists.retain(|fp, _| used.contains(fp));
+        self.last.retain(|_, (fp, _)| used.contains(fp));
     }
 
     /// Number of lists held.
@@ -253,16 +417,17 @@ fn compile_list_fingerprinted(list: &[&Policy], src: &Network, dst: &Network, de
         }
     }
     let layers = assign_layers(&boxes);
+    let rules: Vec<Vec<&tessera_model::Rule>> = list.iter().map(|p| p.rules.iter().collect()).collect();
     let mut entries = Vec::with_capacity(boxes.len());
     for ((key, (p, i)), layer) in boxes.into_iter().zip(from).zip(layers) {
         let Some(layer) = layer else { continue };
         let policy = list[p as usize];
-        let rule = &policy.rules[i as usize];
+        let rule = rules[p as usize][i as usize];
         let verdict = Verdict::from(rule.action);
         let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
         entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
     }
-    RuleList { default, entries, fingerprint }
+    RuleList { default, entries, fingerprint, patch: Patch::default() }
 }
 
 /// The default verdict of the lists of flows from `src` to `dst`: pass

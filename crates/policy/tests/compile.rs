@@ -412,3 +412,68 @@ proptest! {
         }
     }
 }
+
+// ---- the list cache: verdict-only changes are patched, not recompiled ----
+
+fn with_action(p: &Policy, i: usize, line: &str) -> Policy {
+    let mut q = p.clone();
+    q.rules.set(i, Rule::parse("rule", line, &ProjectName::default_project()).unwrap());
+    q
+}
+
+#[test]
+fn a_verdict_change_patches_the_cached_list_and_matches_a_fresh_compile() {
+    let mut rules: Vec<String> = (0..600u32).map(|i| format!("deny tcp any any > any {}", i + 10_000)).collect();
+    rules.push("pass tcp any any <> any 5001".into());
+    let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
+    let p = policy(1, "big", &refs);
+    let (r, g) = (attach(red(), &[&p]), attach(green(), &[&p]));
+    let mut cache = tessera_policy::ListCache::new();
+    let before = cache.get_or_compile(&[&p], &r, &g, Verdict::Deny);
+    assert!(before.patch.base().is_none(), "a first compile is not a patch");
+
+    let q = with_action(&p, 600, "reject tcp any any <> any 5001 log");
+    let after = cache.get_or_compile(&[&q], &r, &g, Verdict::Deny);
+    let fresh = tessera_policy::compile_list(&[&q], &r, &g, Verdict::Deny);
+    assert_eq!(after, fresh, "the patched list is the list a compile gives");
+    assert_eq!(after.fingerprint, fresh.fingerprint);
+    let (base, changed) = after.patch.base().expect("a verdict change is a patch");
+    assert_eq!(base, before.fingerprint);
+    let of_rule: Vec<usize> = after.entries.iter().enumerate().filter(|(_, e)| e.origin.rule == 600).map(|(k, _)| k).collect();
+    assert_eq!(changed, of_rule.as_slice(), "exactly the entries of the changed rule");
+    assert!(changed.iter().all(|k| after.entries[*k].verdict == Verdict::Reject && after.entries[*k].log.is_some()));
+
+    // A change of a match is compiled whole.
+    let m = with_action(&q, 3, "deny tcp any any > any 9");
+    let recompiled = cache.get_or_compile(&[&m], &r, &g, Verdict::Deny);
+    assert!(recompiled.patch.base().is_none());
+    assert_eq!(recompiled, tessera_policy::compile_list(&[&m], &r, &g, Verdict::Deny));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn patched_lists_equal_compiled_ones(
+        rules in proptest::collection::vec(arb_rule(), 1..12),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just("pass"), Just("deny"), Just("reject")], any::<bool>()), 1..4),
+    ) {
+        let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
+        let p = policy(1, "p", &refs);
+        let (r, g) = (attach(red(), &[&p]), attach(green(), &[&p]));
+        let mut cache = tessera_policy::ListCache::new();
+        cache.get_or_compile(&[&p], &r, &g, Verdict::Deny);
+        let mut q = p.clone();
+        for (at, action, log) in flips {
+            let i = at.index(rules.len());
+            let mut words: Vec<&str> = rules[i].split(' ').collect();
+            words[0] = action;
+            let mut line = words.join(" ");
+            if log {
+                line.push_str(" log");
+            }
+            q = with_action(&q, i, &line);
+        }
+        let cached = cache.get_or_compile(&[&q], &r, &g, Verdict::Deny);
+        prop_assert_eq!(cached, tessera_policy::compile_list(&[&q], &r, &g, Verdict::Deny));
+    }
+}

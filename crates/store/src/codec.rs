@@ -30,6 +30,15 @@ pub(crate) fn encode_kv(kv: &KeyValue) -> Vec<u8> {
 
 /// Decodes a record written by [`encode_kv`] for `key`.
 pub(crate) fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
+    decode_kv_with(key, bytes, true)
+}
+
+/// [`decode_kv`] leaving the value out (empty).
+pub(crate) fn decode_kv_header(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
+    decode_kv_with(key, bytes, false)
+}
+
+fn decode_kv_with(key: &str, bytes: &[u8], with_value: bool) -> Result<KeyValue, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { key: key.to_owned(), reason };
     let mut reader = Reader::new(bytes);
     let format = reader.u8().ok_or_else(|| corrupt("empty record".into()))?;
@@ -39,7 +48,8 @@ pub(crate) fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError>
     let (Some(create_revision), Some(mod_revision), Some(version)) = (reader.u64(), reader.u64(), reader.u64()) else {
         return Err(corrupt(format!("record of {} bytes is truncated", bytes.len())));
     };
-    Ok(KeyValue { key: key.to_owned(), value: reader.rest().to_vec(), create_revision, mod_revision, version })
+    let value = if with_value { reader.rest().to_vec() } else { Vec::new() };
+    Ok(KeyValue { key: key.to_owned(), value, create_revision, mod_revision, version })
 }
 
 /// Encodes `event` (its revision is the table key).

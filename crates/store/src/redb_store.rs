@@ -205,7 +205,8 @@ impl Inner {
         record.map(|g| codec::decode_kv(key, g.value())).transpose()
     }
 
-    fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+    fn range(&self, prefix: &str, with_values: bool) -> Result<RangeResult, StoreError> {
+        let decode = if with_values { codec::decode_kv } else { codec::decode_kv_header };
         let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
@@ -217,7 +218,7 @@ impl Inner {
             if !key.starts_with(prefix) {
                 break;
             }
-            kvs.push(codec::decode_kv(key, value.value())?);
+            kvs.push(decode(key, value.value())?);
         }
         Ok(RangeResult { kvs, revision })
     }
@@ -324,7 +325,12 @@ impl Store for RedbStore {
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("range", move |inner| inner.range(&prefix)).await
+        self.blocking("range", move |inner| inner.range(&prefix, true)).await
+    }
+
+    async fn range_keys(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking("range", move |inner| inner.range(&prefix, false)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {

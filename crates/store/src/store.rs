@@ -31,6 +31,17 @@ pub trait Store: Send + Sync + 'static {
     /// consistent snapshot, with that snapshot's revision.
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError>;
 
+    /// [`Store::range`] without the values (each `value` is empty): the
+    /// keys and their revisions, for a caller that keeps values it already
+    /// read by key and mod revision (etcd's `keys_only`).
+    async fn range_keys(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let mut r = self.range(prefix).await?;
+        for kv in &mut r.kvs {
+            kv.value = Vec::new();
+        }
+        Ok(r)
+    }
+
     /// Evaluates `txn` atomically (see [`Txn`]).
     ///
     /// A transaction that changes something gets revision `current + 1`,

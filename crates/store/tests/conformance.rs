@@ -70,6 +70,7 @@ conformance_suite!(
     the_failure_branch_is_applied_when_a_compare_fails,
     delete_prefix_deletes_exactly_the_keys_under_the_prefix,
     range_is_sorted_by_key_and_limited_to_the_prefix,
+    range_keys_gives_the_keys_and_revisions_without_values,
     range_reports_the_revision_of_its_snapshot,
     an_invalid_txn_is_rejected_and_changes_nothing,
     events_since_returns_later_events_in_order_and_filtered_by_prefix,
@@ -339,6 +340,26 @@ mod specs {
         assert_eq!(under("/n/b").await, ["/n/b/deep"]);
         assert_eq!(under("/p").await, Vec::<String>::new());
         assert_eq!(under("").await.len(), 9);
+    }
+
+    pub async fn range_keys_gives_the_keys_and_revisions_without_values(open: Opener) {
+        let (_b, store) = self::open(open);
+        for key in ["/p/a", "/p/b", "/q"] {
+            put(&store, key, "value").await;
+        }
+        put(&store, "/p/a", "again").await;
+        let full = store.range("/p/").await.unwrap();
+        let keys = store.range_keys("/p/").await.unwrap();
+        assert_eq!(keys.revision, full.revision);
+        assert_eq!(keys.kvs.len(), 2);
+        for (k, f) in keys.kvs.iter().zip(&full.kvs) {
+            assert!(k.value.is_empty(), "{}: no value", k.key);
+            assert_eq!(
+                (&k.key, k.create_revision, k.mod_revision, k.version),
+                (&f.key, f.create_revision, f.mod_revision, f.version)
+            );
+        }
+        assert_eq!((keys.kvs[0].mod_revision, keys.kvs[0].version), (4, 2));
     }
 
     pub async fn range_reports_the_revision_of_its_snapshot(open: Opener) {

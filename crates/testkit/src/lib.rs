@@ -125,7 +125,11 @@ impl Cluster {
             .open(log)
             .with_context(|| format!("cannot open {}", log.display()))?;
         let mut cmd = Command::new(&self.spec.bin);
-        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).env("TESSERA_LOG", "info");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env("TESSERA_LOG", std::env::var("TESSERA_LOG").unwrap_or_else(|_| "info".into()));
         Ok(self.fabric.spawn(host, cmd)?)
     }
 
