@@ -125,6 +125,34 @@ fn parts(rule: &Rule) -> Vec<Part<'_>> {
     }
 }
 
+/// The smallest range holding every port of `ports` (all ports when empty).
+fn hull(ports: &[PortRange]) -> (u16, u16) {
+    match (ports.iter().map(|r| r.start).min(), ports.iter().map(|r| r.end).max()) {
+        (Some(lo), Some(hi)) => (lo, hi),
+        _ => (0, u16::MAX),
+    }
+}
+
+/// A necessary condition of [`covers`]`(outer, inner)` that needs no
+/// allocation: the protocols nest, and `inner`'s forward direction fits one
+/// direction of `outer` by endpoints and by the hulls of the port lists.
+/// Most pairs of rules fail it, and the full check is left for the others.
+fn may_cover(outer: &Rule, inner: &Rule) -> bool {
+    let fits = |o: (u16, u16), i: (u16, u16)| o.0 <= i.0 && i.1 <= o.1;
+    let (isp, idp) = (hull(&inner.src_ports), hull(&inner.dst_ports));
+    let (osp, odp) = (hull(&outer.src_ports), hull(&outer.dst_ports));
+    let forward = endpoint_within(&inner.src, &outer.src)
+        && endpoint_within(&inner.dst, &outer.dst)
+        && fits(osp, isp)
+        && fits(odp, idp);
+    let backward = outer.direction == Direction::Both
+        && endpoint_within(&inner.src, &outer.dst)
+        && endpoint_within(&inner.dst, &outer.src)
+        && fits(odp, isp)
+        && fits(osp, idp);
+    protocol_within(inner.protocol, outer.protocol) && (forward || backward)
+}
+
 fn protocol_within(inner: Protocol, outer: Protocol) -> bool {
     outer == Protocol::Any || inner == outer
 }
@@ -175,11 +203,11 @@ pub fn warnings_about<'a>(rules: impl IntoIterator<Item = &'a Rule>, i: usize) -
     let mine = parts(rule);
     let within = |inner: &[Part], outer: &[Part]| inner.iter().all(|p| outer.iter().any(|x| part_within(p, x)));
     let mut out = Vec::new();
-    if let Some(j) = rules[..i].iter().position(|r| within(&mine, &parts(r))) {
+    if let Some(j) = rules[..i].iter().position(|r| may_cover(r, rule) && within(&mine, &parts(r))) {
         out.push(ShadowedRule { rule: i, by: j }.into());
     }
     for (k, r) in rules.iter().enumerate().skip(i + 1) {
-        if within(&parts(r), &mine) {
+        if may_cover(rule, r) && within(&parts(r), &mine) {
             out.push(ShadowedRule { rule: k, by: i }.into());
         }
     }
@@ -260,6 +288,33 @@ mod tests {
         assert_eq!(about(0), vec![("rules[1]".into(), "rules[0]".into())]);
         assert!(about(9).is_empty());
         assert!(covers(&r[2], &r[3]) && !covers(&r[3], &r[2]));
+    }
+
+    #[test]
+    fn the_cheap_filter_never_rejects_a_rule_that_covers() {
+        let mut lines = Vec::new();
+        for proto in ["any", "tcp", "udp"] {
+            for (s, d) in [("any", "any"), ("red", "green"), ("green", "red"), ("10.0.0.0/8", "any"), ("10.1.0.0/16", "green")] {
+                for (sp, dp) in [("any", "any"), ("any", "80"), ("1-100", "80"), ("50-60,61-70", "80,443"), ("55-65", "1-1000")] {
+                    let (sp, dp) = if proto == "any" { ("any", "any") } else { (sp, dp) };
+                    for dir in [">", "<>"] {
+                        lines.push(format!("pass {proto} {s} {sp} {dir} {d} {dp}"));
+                    }
+                }
+            }
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let r = rules(&refs);
+        let mut covering = 0;
+        for outer in &r {
+            for inner in &r {
+                if covers(outer, inner) {
+                    covering += 1;
+                    assert!(may_cover(outer, inner), "{outer:?} covers {inner:?}");
+                }
+            }
+        }
+        assert!(covering > r.len(), "the cases include real covers ({covering})");
     }
 
     #[test]
