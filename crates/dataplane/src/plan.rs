@@ -340,6 +340,12 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
         let diff = match have.maps.get(name) {
             None => MapDiff { flush: false, deletes: vec![], adds: all(spec) },
             Some(m) if m.digest == Some(spec.digest) => continue,
+            // The kernel holds the map this one was patched from: the
+            // patch is the diff.
+            Some(m) if want.deltas.get(name).is_some_and(|d| m.digest == Some(d.base_digest)) => {
+                let d = &want.deltas[name];
+                MapDiff { flush: false, deletes: d.deletes.clone(), adds: d.adds.clone() }
+            }
             Some(m) => match &m.elements {
                 None => MapDiff { flush: true, deletes: vec![], adds: all(spec) },
                 Some(have) => {

@@ -123,8 +123,8 @@ pub struct ChainSpec {
 pub struct MapSpec {
     pub family: Family,
     /// Each element with the rule it comes from, in no particular order;
-    /// keys are unique.
-    pub elements: Vec<(MapElement, RuleRef)>,
+    /// keys are unique. Shared: copies of a map's spec cost nothing.
+    pub elements: std::sync::Arc<Vec<(MapElement, RuleRef)>>,
     /// [`map_digest`] of the elements.
     pub digest: u64,
 }
@@ -271,6 +271,18 @@ pub fn selective_order<'a>(keys: impl ExactSizeIterator<Item = &'a tessera_polic
 pub struct PolicyObjects {
     pub chains: BTreeMap<String, ChainSpec>,
     pub maps: BTreeMap<String, MapSpec>,
+    /// Maps of rule lists patched from an earlier list
+    /// ([`tessera_policy::RuleList::patch`]): the earlier map's digest, and
+    /// the elements to delete from it and to add to it to get this one.
+    pub deltas: BTreeMap<String, MapDelta>,
+}
+
+/// How a map differs from the map of the list it was patched from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapDelta {
+    pub base_digest: u64,
+    pub deletes: Vec<MapElement>,
+    pub adds: Vec<MapElement>,
 }
 
 impl PolicyObjects {
@@ -497,6 +509,8 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
     let mut sources: BTreeSet<Vni> = BTreeSet::new();
     let mut programs: Vec<&PairPolicy> = desired.policies.iter().filter(|p| !p.lists.is_empty()).collect();
     programs.sort_by_key(|p| (p.src, p.dst));
+    let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    memo.round += 1;
     for prog in programs {
         let (s, d) = (prog.src, prog.dst);
         sources.insert(s);
@@ -505,7 +519,12 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
             let lname = list_chain(s, d, i);
             jumps.push(format!("jump {lname}"));
             if !kept.contains(&lname) {
-                list_objects(&mut out, s, d, i, list);
+                let objects = memo.objects(&lname, s, d, i, list);
+                out.chains.extend(objects.objects.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+                out.maps.extend(objects.objects.maps.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if list.patch.base().is_some_and(|(base, _)| objects.patched_from == Some(base)) {
+                    out.deltas.extend(objects.objects.deltas.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
             }
         }
         let pname = pair_chain(s, d);
@@ -518,6 +537,8 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
         out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
     }
+    memo.forget_unused();
+    drop(memo);
     let body = if dispatch.is_empty() { vec![] } else { vec![format!("iifname . oifname vmap {{ {} }}", dispatch.join(", "))] };
     out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
     out
@@ -577,12 +598,20 @@ fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry)
 /// their exact fields, looked up behind matches on the shared ranges: its
 /// updates and lookups cost the same whatever its size. The other boxes go
 /// to concatenated interval maps (`pipapo`), sharded.
-fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) {
+fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> ListObjects {
     type Signature = [Option<(u128, u128)>; 5];
-    type Groups<'e> = std::collections::HashMap<Signature, Vec<&'e Entry>, std::hash::BuildHasherDefault<MixHasher>>;
-    let mut layers: BTreeMap<(u32, Family), Vec<&Entry>> = BTreeMap::new();
-    for e in &list.entries {
-        layers.entry((e.layer, e.key.family)).or_default().push(e);
+    type Groups<'e> = std::collections::HashMap<Signature, Vec<(usize, &'e Entry)>, std::hash::BuildHasherDefault<MixHasher>>;
+    let mut lo = ListObjects {
+        fingerprint: list.fingerprint,
+        patched_from: None,
+        objects: PolicyObjects::default(),
+        places: vec![(u32::MAX, u32::MAX); list.entries.len()],
+        map_names: Vec::new(),
+    };
+    let out = &mut lo.objects;
+    let mut layers: BTreeMap<(u32, Family), Vec<(usize, &Entry)>> = BTreeMap::new();
+    for (k, e) in list.entries.iter().enumerate() {
+        layers.entry((e.layer, e.key.family)).or_default().push((k, e));
     }
     let fam_digit = |f: Family| match f {
         Family::V4 => 4,
@@ -591,17 +620,17 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
     let mut lookups = Vec::new();
     for ((layer, family), entries) in layers {
         let mut groups: Groups = Groups::default();
-        let mut last: Option<(Signature, Vec<&Entry>)> = None;
-        for e in &entries {
+        let mut last: Option<(Signature, Vec<(usize, &Entry)>)> = None;
+        for &(k, e) in &entries {
             let sig: Signature = e.key.dims().map(|(lo, hi)| (lo != hi).then_some((lo, hi)));
             // Runs of one signature (the usual case) skip the hash map.
             match &mut last {
-                Some((s, run)) if *s == sig => run.push(e),
+                Some((s, run)) if *s == sig => run.push((k, e)),
                 _ => {
                     if let Some((s, run)) = last.take() {
                         groups.entry(s).or_default().extend(run);
                     }
-                    last = Some((sig, vec![e]));
+                    last = Some((sig, vec![(k, e)]));
                 }
             }
         }
@@ -609,28 +638,29 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
             groups.entry(s).or_default().extend(run);
         }
         // In a stable order (the first entry of each group, in rule order).
-        let mut groups: Vec<(Signature, Vec<&Entry>)> = groups.into_iter().collect();
-        groups.sort_by_key(|(_, g)| (g[0].origin, g[0].key));
-        let mut interval: Vec<&Entry> = Vec::new();
+        let mut groups: Vec<(Signature, Vec<(usize, &Entry)>)> = groups.into_iter().collect();
+        groups.sort_by_key(|(_, g)| (g[0].1.origin, g[0].1.key));
+        let mut interval: Vec<(usize, &Entry)> = Vec::new();
         for (sig, group) in groups {
             // Exact fields whose value varies are the key; the others are the template.
             let key_fields: Vec<usize> = (0..5)
-                .filter(|f| sig[*f].is_none() && group.iter().any(|e| e.key.dims()[*f] != group[0].key.dims()[*f]))
+                .filter(|f| sig[*f].is_none() && group.iter().any(|(_, e)| e.key.dims()[*f] != group[0].1.key.dims()[*f]))
                 .collect();
             if group.len() < HASH_MIN || key_fields.is_empty() {
                 interval.extend(group);
                 continue;
             }
-            let template = group[0].key;
+            let template = group[0].1.key;
             let matches = template_matches(&template, &key_fields);
             let mut th = Fnv::new();
             th.bytes(matches.as_bytes());
             let fields: String = key_fields.iter().map(|f| char::from(b'0' + *f as u8)).collect();
             let shards = group.len().div_ceil(MAX_HASH_ELEMENTS).max(1).next_power_of_two();
             let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
-            for e in group {
+            for (k, e) in group {
                 let verdict = element_verdict(out, s, d, i, e);
                 let shard = (e.key.stable_hash() % shards as u64) as usize;
+                lo.places[k] = ((lo.map_names.len() + shard) as u32, maps[shard].len() as u32);
                 maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
             }
             let key = lookup_key(family, &key_fields);
@@ -640,22 +670,26 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
                 let rule =
                     if matches.is_empty() { format!("{key} vmap @{name}") } else { format!("{matches} {key} vmap @{name}") };
                 lookups.push(rule);
-                out.maps.insert(name, MapSpec { family, elements, digest });
+                lo.map_names.push(name.clone());
+                out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
             }
         }
         if interval.is_empty() {
             continue;
         }
-        let order = selective_order(interval.iter().map(|e| &e.key));
+        let order = selective_order(interval.iter().map(|(_, e)| &e.key));
         let order_name: String = order.iter().map(|f| char::from(b'0' + *f as u8)).collect();
         let shards = shard_count(interval.len());
         let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
-        for e in interval {
+        let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(interval.len());
+        for (k, e) in interval {
             let verdict = element_verdict(out, s, d, i, e);
             let shard = (e.key.stable_hash() % shards as u64) as usize;
+            placed.push((k, shard, maps[shard].len()));
             maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
         }
         let key = lookup_key(family, &order);
+        let mut slot_of = vec![u32::MAX; shards];
         for (k, elements) in maps.into_iter().enumerate() {
             if elements.is_empty() {
                 continue;
@@ -663,10 +697,120 @@ fn list_objects(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, list: &tesser
             let name = format!("m{s}_{d}_{i}_{layer}_{}_{k}_{order_name}", fam_digit(family));
             let digest = map_digest(elements.iter().map(|(e, _)| e));
             lookups.push(format!("{key} vmap @{name}"));
-            out.maps.insert(name, MapSpec { family, elements, digest });
+            slot_of[k] = lo.map_names.len() as u32;
+            lo.map_names.push(name.clone());
+            out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
+        }
+        for (k, shard, at) in placed {
+            lo.places[k] = (slot_of[shard], at as u32);
         }
     }
     out.chains.insert(list_chain(s, d, i), chain(ChainKind::List, lookups, &plain_verdict(list.default, s), Some(list.default)));
+    lo
+}
+
+/// The objects of one rule list (its chain, maps and log chains), with
+/// where each entry's element is: what [`Memo`] keeps.
+#[derive(Debug, Clone)]
+struct ListObjects {
+    fingerprint: u64,
+    /// The fingerprint of the list these objects were patched from.
+    patched_from: Option<u64>,
+    objects: PolicyObjects,
+    /// Per entry of the list: its map (index in `map_names`) and its index
+    /// among that map's elements.
+    places: Vec<(u32, u32)>,
+    map_names: Vec<String>,
+}
+
+impl ListObjects {
+    /// These objects (of the list `base` they were built for) for `list`,
+    /// which differs from `base` only in the verdicts and log prefixes of
+    /// the entries `changed`: the maps holding them get new verdicts, new
+    /// digests and a [`MapDelta`]; log chains follow.
+    fn patched(&self, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList, changed: &[usize]) -> Option<ListObjects> {
+        let mut next = ListObjects {
+            fingerprint: list.fingerprint,
+            patched_from: Some(self.fingerprint),
+            objects: PolicyObjects {
+                chains: self.objects.chains.clone(),
+                maps: self.objects.maps.clone(),
+                deltas: BTreeMap::new(),
+            },
+            places: self.places.clone(),
+            map_names: self.map_names.clone(),
+        };
+        let mut old_logs: BTreeSet<String> = BTreeSet::new();
+        let mut new_logs: BTreeSet<String> = BTreeSet::new();
+        for &k in changed {
+            let (slot, at) = *self.places.get(k)?;
+            let name = self.map_names.get(slot as usize)?;
+            let e = list.entries.get(k)?;
+            let verdict = element_verdict(&mut next.objects, s, d, i, e);
+            let spec = next.objects.maps.get_mut(name)?;
+            let base_digest = self.objects.maps.get(name)?.digest;
+            let slot = std::sync::Arc::make_mut(&mut spec.elements).get_mut(at as usize)?;
+            let old = slot.0.clone();
+            if let ElementVerdict::Goto(g) = &old.verdict {
+                old_logs.insert(g.clone());
+            }
+            if let ElementVerdict::Goto(g) = &verdict {
+                new_logs.insert(g.clone());
+            }
+            slot.0.verdict = verdict;
+            let new = slot.0.clone();
+            spec.digest = spec.digest.wrapping_sub(element_hash(&old)).wrapping_add(element_hash(&new));
+            let delta = next.objects.deltas.entry(name.clone()).or_insert_with(|| MapDelta { base_digest, ..Default::default() });
+            delta.deletes.push(old);
+            delta.adds.push(new);
+        }
+        for g in old_logs.difference(&new_logs).filter(|g| ChainKind::of(g) == Some(ChainKind::Log)) {
+            next.objects.chains.remove(g);
+        }
+        Some(next)
+    }
+}
+
+/// The objects of the rule lists planned lately, by list chain name:
+/// [`list_objects`] is a pure function of the list, so a list planned
+/// again (a plan that does not change it, or a second host of a test) is
+/// not rebuilt, and a list patched from the one held
+/// ([`tessera_policy::RuleList::patch`]) is derived from it in time
+/// proportional to the change. Lists not planned for a while are dropped.
+#[derive(Default)]
+struct Memo {
+    lists: std::collections::HashMap<String, (u64, std::sync::Arc<ListObjects>)>,
+    round: u64,
+}
+
+static MEMO: std::sync::LazyLock<std::sync::Mutex<Memo>> = std::sync::LazyLock::new(Default::default);
+
+/// Rounds a list stays in the [`Memo`] unplanned.
+const MEMO_ROUNDS: u64 = 8;
+
+impl Memo {
+    fn objects(&mut self, lname: &str, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> std::sync::Arc<ListObjects> {
+        let held = self.lists.get(lname).map(|(_, o)| o.clone());
+        let objects = match held {
+            Some(o) if o.fingerprint == list.fingerprint && list.fingerprint != 0 => o,
+            held => {
+                let patched = match (held, list.patch.base()) {
+                    (Some(o), Some((base, changed))) if o.fingerprint == base && o.places.len() == list.entries.len() => {
+                        o.patched(s, d, i, list, changed)
+                    }
+                    _ => None,
+                };
+                std::sync::Arc::new(patched.unwrap_or_else(|| list_objects(s, d, i, list)))
+            }
+        };
+        self.lists.insert(lname.to_string(), (self.round, objects.clone()));
+        objects
+    }
+
+    fn forget_unused(&mut self) {
+        let round = self.round;
+        self.lists.retain(|_, (seen, _)| round - *seen < MEMO_ROUNDS);
+    }
 }
 
 /// One rule's hit counter: packets and bytes of the new flows it decided
@@ -765,6 +909,82 @@ mod tests {
         assert_eq!(template_matches(&key, &[4]), "meta nfproto ipv4 meta l4proto 6");
         let ports: Vec<tessera_policy::FlowBox> = (1..5).map(|p| tessera_policy::FlowBox { dport: (p, p), ..key }).collect();
         assert_eq!(selective_order(ports.iter()), [4, 0, 1, 2, 3]);
+    }
+
+    /// A desired host enforcing `rules` from network 901 to network 902,
+    /// its list compiled through `cache`.
+    fn host_cached(rules: &[String], cache: &mut tessera_policy::ListCache) -> DesiredHost {
+        use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
+        let net = |id: u128, cidr: &str| Network {
+            id: uuid::Uuid::from_u128(id),
+            fq_name: format!("default-domain:admin:n{id}").parse().unwrap(),
+            vni: Vni::new(id as u32).unwrap(),
+            subnets: vec![Subnet { cidr: cidr.parse().unwrap(), gateway: None, pools: vec![], dns_servers: vec![] }],
+            import_targets: vec![],
+            export_targets: vec![],
+            shared: false,
+            external: false,
+            policies: vec![],
+            labels: Default::default(),
+        };
+        let p = Policy {
+            id: uuid::Uuid::from_u128(9),
+            fq_name: "default-domain:admin:p".parse().unwrap(),
+            rules: rules.iter().map(|r| Rule::parse("r", r, &ProjectName::default_project()).unwrap()).collect(),
+        };
+        let (a, b) = (net(901, "10.0.0.0/24"), net(902, "10.1.0.0/24"));
+        let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
+        DesiredHost {
+            underlay_ip: "10.99.0.1".parse().unwrap(),
+            underlay_ifname: "eth0".into(),
+            underlay_mtu: 1500,
+            networks: vec![],
+            pair_zones: vec![],
+            policies: vec![PairPolicy { src: a.vni, dst: b.vni, lists: vec![list] }],
+            watches: vec![],
+        }
+    }
+
+    #[test]
+    fn a_patched_list_gives_the_objects_of_a_fresh_build_and_the_exact_delta() {
+        let mut rules: Vec<String> = (0..100).map(|i| format!("deny tcp any any > any {}", 2000 + i)).collect();
+        rules.extend((0..40).map(|i| format!("pass udp 10.0.0.{i}/32 any > any {}-{}", 100 * i, 100 * i + 50)));
+        rules.push("pass icmp any any > any any log".into());
+        let mut cache = tessera_policy::ListCache::new();
+        let base = policy_objects(&host_cached(&rules, &mut cache));
+        rules[7] = "reject tcp any any > any 2007".into();
+        rules[120] = "deny udp 10.0.0.20/32 any > any 2000-2050 log".into();
+        rules[140] = "deny icmp any any > any any".into();
+        let host = host_cached(&rules, &mut cache);
+        assert!(host.policies[0].lists[0].patch.base().is_some(), "the cache patched the list");
+        let patched = policy_objects(&host);
+        let fresh = list_objects(Vni::new(901).unwrap(), Vni::new(902).unwrap(), 0, &host.policies[0].lists[0]).objects;
+        for (name, c) in &fresh.chains {
+            assert_eq!(patched.chains.get(name), Some(c), "chain {name}");
+        }
+        let list_chains = |o: &PolicyObjects| {
+            o.chains.keys().filter(|n| n.contains("901_902") && !n.starts_with('p')).cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(list_chains(&patched), list_chains(&fresh), "no stale log chain is left");
+        assert_eq!(patched.maps.keys().collect::<Vec<_>>(), fresh.maps.keys().collect::<Vec<_>>());
+        let set = |m: &MapSpec| m.elements.iter().map(|(e, _)| e.clone()).collect::<BTreeSet<MapElement>>();
+        for (name, m) in &fresh.maps {
+            let p = &patched.maps[name];
+            assert_eq!((p.digest, set(p)), (m.digest, set(m)), "map {name}");
+            match patched.deltas.get(name) {
+                Some(d) => {
+                    assert_eq!(d.base_digest, base.maps[name].digest);
+                    let mut applied = set(&base.maps[name]);
+                    for e in &d.deletes {
+                        assert!(applied.remove(e), "{e:?} was in the base map");
+                    }
+                    applied.extend(d.adds.iter().cloned());
+                    assert_eq!(applied, set(m), "base − deletes + adds = the new map {name}");
+                }
+                None => assert_eq!(base.maps[name].digest, m.digest, "an unchanged map {name} has no delta"),
+            }
+        }
+        assert_eq!(patched.deltas.values().map(|d| d.adds.len()).sum::<usize>(), 3, "one element per changed rule");
     }
 
     fn host_with(rules: &[String]) -> DesiredHost {
