@@ -911,51 +911,17 @@ mod tests {
         assert_eq!(selective_order(ports.iter()), [4, 0, 1, 2, 3]);
     }
 
-    /// A desired host enforcing `rules` from network 901 to network 902,
-    /// its list compiled through `cache`.
-    fn host_cached(rules: &[String], cache: &mut tessera_policy::ListCache) -> DesiredHost {
-        use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
-        let net = |id: u128, cidr: &str| Network {
-            id: uuid::Uuid::from_u128(id),
-            fq_name: format!("default-domain:admin:n{id}").parse().unwrap(),
-            vni: Vni::new(id as u32).unwrap(),
-            subnets: vec![Subnet { cidr: cidr.parse().unwrap(), gateway: None, pools: vec![], dns_servers: vec![] }],
-            import_targets: vec![],
-            export_targets: vec![],
-            shared: false,
-            external: false,
-            policies: vec![],
-            labels: Default::default(),
-        };
-        let p = Policy {
-            id: uuid::Uuid::from_u128(9),
-            fq_name: "default-domain:admin:p".parse().unwrap(),
-            rules: rules.iter().map(|r| Rule::parse("r", r, &ProjectName::default_project()).unwrap()).collect(),
-        };
-        let (a, b) = (net(901, "10.0.0.0/24"), net(902, "10.1.0.0/24"));
-        let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
-        DesiredHost {
-            underlay_ip: "10.99.0.1".parse().unwrap(),
-            underlay_ifname: "eth0".into(),
-            underlay_mtu: 1500,
-            networks: vec![],
-            pair_zones: vec![],
-            policies: vec![PairPolicy { src: a.vni, dst: b.vni, lists: vec![list] }],
-            watches: vec![],
-        }
-    }
-
     #[test]
     fn a_patched_list_gives_the_objects_of_a_fresh_build_and_the_exact_delta() {
         let mut rules: Vec<String> = (0..100).map(|i| format!("deny tcp any any > any {}", 2000 + i)).collect();
         rules.extend((0..40).map(|i| format!("pass udp 10.0.0.{i}/32 any > any {}-{}", 100 * i, 100 * i + 50)));
         rules.push("pass icmp any any > any any log".into());
         let mut cache = tessera_policy::ListCache::new();
-        let base = policy_objects(&host_cached(&rules, &mut cache));
+        let base = policy_objects(&host_cached(&rules, (901, 902), &mut cache));
         rules[7] = "reject tcp any any > any 2007".into();
         rules[120] = "deny udp 10.0.0.20/32 any > any 2000-2050 log".into();
         rules[140] = "deny icmp any any > any any".into();
-        let host = host_cached(&rules, &mut cache);
+        let host = host_cached(&rules, (901, 902), &mut cache);
         assert!(host.policies[0].lists[0].patch.base().is_some(), "the cache patched the list");
         let patched = policy_objects(&host);
         let fresh = list_objects(Vni::new(901).unwrap(), Vni::new(902).unwrap(), 0, &host.policies[0].lists[0]).objects;
@@ -988,6 +954,12 @@ mod tests {
     }
 
     fn host_with(rules: &[String]) -> DesiredHost {
+        host_cached(rules, (1, 2), &mut tessera_policy::ListCache::new())
+    }
+
+    /// A desired host enforcing `rules` from network `a` to network `b`
+    /// (ids and VNIs), the list compiled through `cache`.
+    fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_policy::ListCache) -> DesiredHost {
         use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
         let net = |id: u128, cidr: &str| Network {
             id: uuid::Uuid::from_u128(id),
@@ -1006,8 +978,8 @@ mod tests {
             fq_name: "default-domain:admin:p".parse().unwrap(),
             rules: rules.iter().map(|r| Rule::parse("r", r, &ProjectName::default_project()).unwrap()).collect(),
         };
-        let (a, b) = (net(1, "10.0.0.0/24"), net(2, "10.1.0.0/24"));
-        let list = tessera_policy::compile_list(&[&p], &a, &b, Verdict::Deny);
+        let (a, b) = (net(a, "10.0.0.0/24"), net(b, "10.1.0.0/24"));
+        let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
         DesiredHost {
             underlay_ip: "10.99.0.1".parse().unwrap(),
             underlay_ifname: "eth0".into(),
