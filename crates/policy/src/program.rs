@@ -228,31 +228,31 @@ fn verdict_changes(old: &[Policy], new: &[&Policy]) -> Option<Vec<(usize, usize)
         if o.id != n.id || o.fq_name != n.fq_name || o.rules.len() != n.rules.len() {
             return None;
         }
+        // With the same chunking, chunks shared with the earlier copy are skipped.
         let (oc, nc) = (o.rules.chunks(), n.rules.chunks());
         let aligned = oc.len() == nc.len() && oc.iter().zip(nc).all(|(a, b)| a.rules.len() == b.rules.len());
-        if aligned {
-            let mut start = 0;
-            for (a, b) in oc.iter().zip(nc) {
-                if !std::sync::Arc::ptr_eq(a, b) {
-                    for (k, (x, y)) in a.rules.iter().zip(&b.rules).enumerate() {
-                        if x != y {
-                            if !same_match(x, y) {
-                                return None;
-                            }
-                            out.push((p, start + k));
-                        }
-                    }
-                }
-                start += a.rules.len();
-            }
+        type Pairs<'r> = Box<dyn Iterator<Item = (usize, &'r tessera_model::Rule, &'r tessera_model::Rule)> + 'r>;
+        let pairs: Pairs = if aligned {
+            Box::new(
+                oc.iter()
+                    .zip(nc)
+                    .scan(0, |start, (a, b)| {
+                        let s = *start;
+                        *start += a.rules.len();
+                        Some((s, a, b))
+                    })
+                    .filter(|(_, a, b)| !std::sync::Arc::ptr_eq(a, b))
+                    .flat_map(|(s, a, b)| a.rules.iter().zip(&b.rules).enumerate().map(move |(k, (x, y))| (s + k, x, y))),
+            )
         } else {
-            for (k, (x, y)) in o.rules.iter().zip(n.rules.iter()).enumerate() {
-                if x != y {
-                    if !same_match(x, y) {
-                        return None;
-                    }
-                    out.push((p, k));
+            Box::new(o.rules.iter().zip(n.rules.iter()).enumerate().map(|(k, (x, y))| (k, x, y)))
+        };
+        for (k, x, y) in pairs {
+            if x != y {
+                if !same_match(x, y) {
+                    return None;
                 }
+                out.push((p, k));
             }
         }
     }
