@@ -61,6 +61,7 @@ pub mod conntrack;
 pub mod desired;
 pub mod fake;
 pub mod linux;
+pub mod nfnetlink;
 pub mod nft;
 pub mod observed;
 pub mod plan;

@@ -46,12 +46,13 @@ use tracing::Instrument;
 
 use crate::action::Action;
 use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
-use crate::nft::{parse_policy_listing, parse_tables, policy_map_counters, script};
+use crate::nfnetlink::{element_batch, NetfilterSocket};
+use crate::nft::{parse_policy_listing, parse_tables, policy_table_counters, script};
 use crate::observed::{
     owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry,
     NftState, Observed, ObservedMap, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
-use crate::policy::{derive_digests, element_hash, map_digest, rule_counters, ElementCounter, RuleCounter, POLICY_TABLE};
+use crate::policy::{derive_digests, element_hash, map_digest, rule_counters, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
 use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
 
@@ -199,6 +200,7 @@ fn worker(
             policy_cache: RefCell::new(HashMap::new()),
             nft_seen: RefCell::new(None),
             ct_in_kernel: crate::conntrack::kernel_flushes_by_zone(),
+            netfilter: RefCell::new(None),
         };
         while let Some(req) = requests.recv().await {
             match req {
@@ -216,7 +218,7 @@ fn worker(
                     // thread (so in this namespace) and the next requests
                     // are served while it runs.
                     tokio::spawn(async move {
-                        let _ = reply.send(nft_list(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await);
+                        let _ = reply.send(nft_list_idle(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await);
                     });
                 }
                 Request::LinkWithAddress(ip, reply) => {
@@ -367,12 +369,22 @@ struct Kernel {
     /// Whether conntrack zones are flushed by the kernel (see
     /// [`crate::conntrack`]).
     ct_in_kernel: bool,
+    /// The netfilter netlink socket of policy element changes and zone
+    /// flushes, opened on first use and again after a failure.
+    netfilter: RefCell<Option<NetfilterSocket>>,
 }
 
 /// How long an nftables state may be carried forward from writes before it
 /// is listed again: the bound on how long a change made behind Tessera's
 /// back (an `nft flush`) goes unrepaired.
 const NFT_RELIST_AFTER: Duration = Duration::from_secs(5);
+
+/// Why a request on the netfilter socket failed.
+enum NetfilterFailure<E> {
+    /// The socket could not be opened.
+    Open(io::Error),
+    Request(E),
+}
 
 /// A policy map as last read or written, and its digest.
 struct CachedMap {
@@ -596,8 +608,64 @@ impl Kernel {
     /// gone are left out, and it is retried once. The policy map cache
     /// follows what the kernel holds.
     async fn nft_apply<'a>(&self, block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
+        let outcome = match self.nft_elements_netlink(block) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "policy element batch failed; running it with nft");
+                self.nft_transact(block).await
+            }
+            None => self.nft_transact(block).await,
+        };
+        match &outcome {
+            Ok(()) => self.cache_follow(block),
+            Err(_) => self.cache_forget(block),
+        }
+        self.seen_follow(block, outcome.is_ok());
+        block.iter().map(|a| (*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "apply", message }))).collect()
+    }
+
+    /// Sends `block` as a batch of element messages when it only changes
+    /// policy map elements (see [`crate::nfnetlink`]); `None` when it does
+    /// more, or is too big.
+    fn nft_elements_netlink(&self, block: &[&Action]) -> Option<Result<(), String>> {
+        let started = Instant::now();
+        let sent = self.with_netfilter(|s| match element_batch(block, s.next_seq()) {
+            Err(unsupported) => Ok(Err(unsupported)),
+            Ok(messages) => s.transact(&messages).map(|()| Ok(messages.bytes().len())),
+        });
+        let result = match sent {
+            Ok(Err(_)) => return None,
+            Ok(Ok(bytes)) => {
+                tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, bytes, "nftables element batch");
+                Ok(())
+            }
+            Err(NetfilterFailure::Open(e)) => Err(format!("netfilter netlink socket: {e}")),
+            Err(NetfilterFailure::Request(e)) => Err(format!("nftables element batch: {e}")),
+        };
+        Some(result)
+    }
+
+    /// Runs `f` with the netfilter socket, opened if it is not; a failed
+    /// request closes it (its answers may still be on their way).
+    fn with_netfilter<T, E>(&self, f: impl FnOnce(&mut NetfilterSocket) -> Result<T, E>) -> Result<T, NetfilterFailure<E>> {
+        let mut slot = self.netfilter.borrow_mut();
+        let socket = match slot.as_mut() {
+            Some(s) => s,
+            None => slot.insert(NetfilterSocket::open().map_err(NetfilterFailure::Open)?),
+        };
+        let result = f(socket).map_err(NetfilterFailure::Request);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
+    /// Runs `block` as one `nft -f -` transaction; when it fails, the tables
+    /// are read again, deletions of what is already gone are left out, and
+    /// it is retried once.
+    async fn nft_transact(&self, block: &[&Action]) -> Result<(), String> {
         let text = script(block, &|_| false);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let first_try = nft_run(&["-f", "-"], Some(&text)).await;
         if tracing::enabled!(tracing::Level::DEBUG) {
             let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -607,7 +675,7 @@ impl Kernel {
                 tracing::debug!(elapsed_ms = ms, ok = first_try.is_ok(), bytes = text.len(), "nft transaction");
             }
         }
-        let outcome = match first_try {
+        match first_try {
             Ok(_) => Ok(()),
             Err(first) => match self.nft_list_state().await {
                 Err(e) => Err(format!("{first}; then {e}")),
@@ -624,13 +692,7 @@ impl Kernel {
                     }
                 }
             },
-        };
-        match &outcome {
-            Ok(()) => self.cache_follow(block),
-            Err(_) => self.cache_forget(block),
         }
-        self.seen_follow(block, outcome.is_ok());
-        block.iter().map(|a| (*a, outcome.clone().map_err(|message| DataplaneError::Nft { op: "apply", message }))).collect()
     }
 
     /// Carries the listed nftables state through a transaction that
@@ -823,7 +885,15 @@ impl Kernel {
             | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
             }
-            Action::ConntrackZoneFlush { zone } => crate::conntrack::flush_zone(*zone, self.ct_in_kernel).await,
+            Action::ConntrackZoneFlush { zone } if self.ct_in_kernel && *zone != 0 => {
+                self.with_netfilter(|s| crate::conntrack::flush_zone_in_kernel(s, *zone)).map_err(|e| match e {
+                    NetfilterFailure::Open(source) => {
+                        DataplaneError::Kernel { op, object: "netfilter netlink socket".into(), source }
+                    }
+                    NetfilterFailure::Request(e) => e,
+                })
+            }
+            Action::ConntrackZoneFlush { zone } => crate::conntrack::flush_zone_with_program(*zone).await,
             Action::BridgePortIsolate { name } => {
                 let index = self.need_index(op, name).await?;
                 bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
@@ -1310,7 +1380,20 @@ async fn configure_container_iface(
 /// Runs `nft ARGS`, feeding `input` on standard input; returns standard
 /// output, or standard error as the error.
 async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new(NFT);
+    nft_command(tokio::process::Command::new(NFT), args, input).await
+}
+
+/// Runs `nft ARGS` as [`nft_run`] does, at the lowest CPU priority
+/// (`nice -n 19 nft ARGS`): for listings nothing waits on, such as the
+/// counters of every policy map element, which cost `nft` about a second of
+/// CPU at 50,000 elements and must not slow down a rule change meanwhile.
+async fn nft_run_idle(args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("nice");
+    cmd.args(["-n", "19", NFT]);
+    nft_command(cmd, args, input).await
+}
+
+async fn nft_command(mut cmd: tokio::process::Command, args: &[&str], input: Option<&str>) -> Result<String, String> {
     cmd.args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -1330,7 +1413,16 @@ async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
 
 /// `nft ARGS` for a listing; `None` when the table or map does not exist.
 async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
-    match nft_run(args, None).await {
+    nft_listed(nft_run(args, None).await)
+}
+
+/// `nft ARGS` for a listing, at the lowest CPU priority (see [`nft_run_idle`]).
+async fn nft_list_idle(args: &[&str]) -> Result<Option<String>, DataplaneError> {
+    nft_listed(nft_run_idle(args, None).await)
+}
+
+fn nft_listed(out: Result<String, String>) -> Result<Option<String>, DataplaneError> {
+    match out {
         Ok(out) => Ok(Some(out)),
         Err(e) if e.contains("No such file or directory") => Ok(None),
         Err(message) => Err(DataplaneError::Nft { op: "list", message }),
@@ -1343,17 +1435,7 @@ async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
 fn policy_counters(desired: &DesiredHost, doc: Option<&str>) -> Result<Vec<RuleCounter>, DataplaneError> {
     let nft_err = |message: String| DataplaneError::Nft { op: "list counters", message };
     let Some(doc) = doc else { return Ok(rule_counters(desired, &[])) };
-    let v: serde_json::Value = serde_json::from_str(doc).map_err(|e| nft_err(e.to_string()))?;
-    let mut counters: Vec<ElementCounter> = Vec::new();
-    for obj in v.get("nftables").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        let Some(map) = obj.get("map") else { continue };
-        let Some(name) = map.get("name").and_then(serde_json::Value::as_str) else { continue };
-        if name == crate::policy::DIGESTS {
-            continue;
-        }
-        let one = serde_json::json!({ "nftables": [obj] }).to_string();
-        counters.extend(policy_map_counters(name, &one).map_err(nft_err)?);
-    }
+    let counters = policy_table_counters(doc).map_err(nft_err)?;
     Ok(rule_counters(desired, &counters))
 }
 

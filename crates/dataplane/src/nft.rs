@@ -225,7 +225,14 @@ pub struct PolicyListing {
 
 fn nft_objects(doc: &str) -> Result<Vec<Value>, String> {
     let v: Value = serde_json::from_str(doc).map_err(|e| format!("nft output is not JSON: {e}"))?;
-    v.get("nftables").and_then(Value::as_array).cloned().ok_or_else(|| "nft output has no \"nftables\" array".to_string())
+    match v {
+        Value::Object(mut o) => match o.remove("nftables") {
+            Some(Value::Array(objects)) => Some(objects),
+            _ => None,
+        },
+        _ => None,
+    }
+    .ok_or_else(|| "nft output has no \"nftables\" array".to_string())
 }
 
 fn ours(obj: &Value) -> bool {
@@ -303,14 +310,16 @@ fn json_key_ranges(val: &Value, fields: usize) -> Option<Vec<(u128, u128)>> {
     parts.iter().map(|p| json_range(p).map(|(_, lo, hi)| (lo, hi))).collect()
 }
 
-/// The element counters of a policy map, from `nft -j -n list map inet
-/// tessera_policy NAME` (or a listing holding that map): each key as ranges
-/// of the map's key fields. An element that cannot be read is an error.
-pub fn policy_map_counters(map: &str, doc: &str) -> Result<Vec<ElementCounter>, String> {
-    let fields = map_fields(map).len();
+/// The element counters of every policy map in a listing of the policy
+/// table (`nft -j list table inet tessera_policy`), read in one pass: each
+/// key as ranges of its map's key fields. An element that cannot be read is
+/// an error.
+pub fn policy_table_counters(doc: &str) -> Result<Vec<ElementCounter>, String> {
     let mut out = Vec::new();
     for obj in nft_objects(doc)? {
-        let Some(m) = obj.get("map").filter(|m| m.get("name").and_then(Value::as_str) == Some(map)) else { continue };
+        let Some(m) = obj.get("map") else { continue };
+        let Some(map) = m.get("name").and_then(Value::as_str).filter(|n| *n != DIGESTS) else { continue };
+        let fields = map_fields(map).len();
         for elem in m.get("elem").and_then(Value::as_array).into_iter().flatten() {
             let unreadable = || format!("cannot read element {elem} of {map}");
             let key = elem.as_array().and_then(|p| p.first()).ok_or_else(unreadable)?;
@@ -533,7 +542,7 @@ mod tests {
 
     #[test]
     fn reads_policy_map_counters() {
-        let c = policy_map_counters("m1_2_0_0_4_0_01234", MAP).unwrap();
+        let c = policy_table_counters(MAP).unwrap();
         assert_eq!(c.len(), 2);
         let a = |s: &str| tessera_policy::flow::addr_bits(s.parse().unwrap());
         assert_eq!(c[0].key, vec![(a("10.0.0.0"), a("10.0.0.255")), (0, u128::from(u32::MAX)), (6, 6), (0, 65535), (80, 80)]);
@@ -546,9 +555,9 @@ mod tests {
         let doc = r#"{"nftables": [{"map": {"family": "inet", "name": "h1_2_0_0_4_0badcafe0_4", "table": "tessera_policy",
           "type": "inet_service", "map": "verdict",
           "elem": [[{"elem": {"val": 22, "counter": {"packets": 5, "bytes": 300}}}, {"drop": null}]]}}]}"#;
-        let c = policy_map_counters("h1_2_0_0_4_0badcafe0_4", doc).unwrap();
+        let c = policy_table_counters(doc).unwrap();
         assert_eq!(c, vec![ElementCounter { map: "h1_2_0_0_4_0badcafe0_4".into(), key: vec![(22, 22)], packets: 5, bytes: 300 }]);
-        assert!(policy_map_counters("m1_2_0_0_4_0_01234", &MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
+        assert!(policy_table_counters(&MAP.replace("\"10.0.0.5\"", "\"x\"")).is_err());
     }
 
     #[test]

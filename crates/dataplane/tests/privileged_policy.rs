@@ -410,9 +410,16 @@ fn privileged_conntrack_zone_flush_ends_that_zone_only() {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                tessera_dataplane::conntrack::flush_zone(7, in_kernel).await?;
-                // A zone without entries is no error.
-                tessera_dataplane::conntrack::flush_zone(7, in_kernel).await
+                use tessera_dataplane::conntrack::{flush_zone_in_kernel, flush_zone_with_program};
+                // A zone without entries is no error: twice each.
+                if in_kernel {
+                    let mut socket = tessera_dataplane::nfnetlink::NetfilterSocket::open().expect("netfilter socket");
+                    flush_zone_in_kernel(&mut socket, 7)?;
+                    flush_zone_in_kernel(&mut socket, 7)
+                } else {
+                    flush_zone_with_program(7).await?;
+                    flush_zone_with_program(7).await
+                }
             })
         })
         .join()
@@ -420,4 +427,124 @@ fn privileged_conntrack_zone_flush_ends_that_zone_only() {
         assert!(flushed.is_ok(), "flush ({name}): {flushed:?}");
         assert_eq!((count(7), count(8), count(9)), (0, 1, 1), "flush in the kernel: {in_kernel}");
     }
+}
+
+/// The policy table of namespace `ns` as `nft -j` lists it, each map's
+/// elements sorted (a hash map lists them in no fixed order).
+fn policy_table(f: &Fabric, ns: &str) -> Vec<String> {
+    let out = f.exec_ok(ns, "nft", &["-j", "list", "table", "inet", "tessera_policy"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+    let mut objects: Vec<String> = Vec::new();
+    for o in doc["nftables"].as_array().expect("nftables array") {
+        let mut o = o.clone();
+        if let Some(elem) = o.pointer_mut("/map/elem").and_then(|e| e.as_array_mut()) {
+            elem.sort_by_key(|e| e.to_string());
+        }
+        objects.push(o.to_string());
+    }
+    objects
+}
+
+/// Runs an nft script inside `ns`.
+fn nft_script(f: &Fabric, ns: &str, script: &str) {
+    let path = std::env::temp_dir().join(format!("{ns}.nft"));
+    std::fs::write(&path, script).unwrap();
+    f.exec_ok(ns, "nft", &["-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn privileged_element_batches_change_the_kernel_as_nft_does() {
+    use tessera_dataplane::nfnetlink::{element_batch, NetfilterSocket};
+    use tessera_dataplane::observed::{ElementVerdict, MapElement};
+    use tessera_dataplane::tessera_policy::{Family, FlowBox};
+    use tessera_dataplane::Action;
+
+    let mut f = Fabric::new();
+    // The same table in two namespaces: one changed by batches, one by nft.
+    let (by_batch, by_nft) = (f.netns("b"), f.netns("n"));
+    let v4 = "m1_2_0_0_4_0_40123";
+    let v6 = "h1_2_0_0_6_0abc_24";
+    let port = "h1_2_1_0_4_0abc_4";
+    let mut setup = tessera_dataplane::nft::skeleton_script();
+    setup.push_str("add chain inet tessera_policy rj7\n");
+    for (name, family) in [(v4, Family::V4), (v6, Family::V6), (port, Family::V4)] {
+        setup.push_str(&format!(
+            "add map inet tessera_policy {name} {{ {} }}\n",
+            tessera_dataplane::policy::map_type(name, family)
+        ));
+    }
+    for ns in [&by_batch, &by_nft] {
+        nft_script(&f, ns, &setup);
+    }
+    let any4 = (0, u128::from(u32::MAX));
+    let el = |family: Family, src, proto: u8, dport: (u16, u16), verdict: ElementVerdict| MapElement {
+        key: FlowBox { family, src, dst: (0, family.max()), proto: (proto, proto), sport: (0, 65535), dport },
+        verdict,
+    };
+    let goto = || ElementVerdict::Goto("rj7".into());
+    let first = [
+        Action::NftMapElementsAdd {
+            map: v4.into(),
+            elements: vec![
+                el(Family::V4, (0x0a00_0000, 0x0a00_00ff), 6, (80, 89), ElementVerdict::Return),
+                el(Family::V4, any4, 17, (53, 53), goto()),
+                el(Family::V4, (0x0a00_0105, 0x0a00_0105), 1, (0, 65535), ElementVerdict::Drop),
+            ],
+        },
+        Action::NftMapElementsAdd {
+            map: v6.into(),
+            elements: vec![
+                el(Family::V6, (0, u128::MAX), 6, (22, 22), goto()),
+                el(Family::V6, (0, u128::MAX), 17, (22, 22), ElementVerdict::Return),
+            ],
+        },
+        Action::NftMapElementsAdd {
+            map: port.into(),
+            elements: vec![el(Family::V4, any4, 6, (5001, 5001), ElementVerdict::Return)],
+        },
+        Action::NftDigestsUpdate { deletes: vec![], adds: vec![(7, 8), (u128::MAX - 1, 1 << 100)] },
+    ];
+    // A verdict flipped (delete, then add), a digest replaced.
+    let second = [
+        Action::NftMapElementsDelete {
+            map: port.into(),
+            elements: vec![el(Family::V4, any4, 6, (5001, 5001), ElementVerdict::Return)],
+        },
+        Action::NftMapElementsAdd { map: port.into(), elements: vec![el(Family::V4, any4, 6, (5001, 5001), goto())] },
+        Action::NftMapElementsDelete { map: v4.into(), elements: vec![el(Family::V4, any4, 17, (53, 53), goto())] },
+        Action::NftDigestsUpdate { deletes: vec![(7, 8)], adds: vec![(7, 9)] },
+    ];
+    let mut socket = {
+        let ns = by_batch.clone();
+        support::intent::in_netns(&ns, || NetfilterSocket::open().expect("netfilter socket"))
+    };
+    for (step, actions) in [("first", &first[..]), ("second", &second[..])] {
+        let block: Vec<&Action> = actions.iter().collect();
+        let batch = element_batch(&block, socket.next_seq()).expect("element changes only");
+        socket.transact(&batch).unwrap_or_else(|e| panic!("{step} batch: {e}"));
+        nft_script(&f, &by_nft, &tessera_dataplane::nft::script(&block, &|_| false));
+        assert_eq!(policy_table(&f, &by_batch), policy_table(&f, &by_nft), "after the {step} change");
+    }
+
+    // All or nothing: an add, then the delete of a missing element.
+    let before = policy_table(&f, &by_batch);
+    let failing = [
+        Action::NftMapElementsAdd {
+            map: port.into(),
+            elements: vec![el(Family::V4, any4, 6, (443, 443), ElementVerdict::Return)],
+        },
+        Action::NftMapElementsDelete {
+            map: port.into(),
+            elements: vec![el(Family::V4, any4, 6, (444, 444), ElementVerdict::Return)],
+        },
+    ];
+    let block: Vec<&Action> = failing.iter().collect();
+    let err = socket.transact(&element_batch(&block, socket.next_seq()).unwrap()).expect_err("a missing element");
+    assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENOENT as i32), "{err}");
+    assert_eq!(policy_table(&f, &by_batch), before, "a failed batch changes nothing");
+    // The socket still works after a failed batch.
+    let ok = [Action::NftDigestsUpdate { deletes: vec![(7, 9)], adds: vec![] }];
+    let block: Vec<&Action> = ok.iter().collect();
+    socket.transact(&element_batch(&block, socket.next_seq()).unwrap()).expect("a batch after a failed one");
 }

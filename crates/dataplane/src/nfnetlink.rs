@@ -1,0 +1,542 @@
+//! nfnetlink, the netfilter side of netlink, spoken directly for the
+//! requests on the path of a policy change: policy map element changes as
+//! one nftables transaction (a batch of `NFT_MSG_NEWSETELEM` and
+//! `NFT_MSG_DELSETELEM` messages), and conntrack zone flushes.
+//!
+//! An `nft -f` process costs 15–30 ms per transaction however small it is:
+//! starting the process, reading the ruleset's tables, chains and sets, and
+//! closing its netlink socket (which waits for an RCU grace period). The
+//! same transaction sent on a socket the data plane keeps open costs the
+//! kernel's commit alone, well under a millisecond for a few elements. So
+//! the element changes a rule edit makes (a verdict flipped, a few elements
+//! added and deleted, the `digests` entries that record them) travel here;
+//! everything else, and big changes, still go through `nft -f`, which knows
+//! how to declare maps, chains and rules.
+//!
+//! The encoding follows `linux/netfilter/nf_tables.h` and is what `nft`
+//! sends for the same script: keys in network byte order; in a concatenated
+//! key each field padded to 4 bytes; an interval map's element carries the
+//! first and last value of each field (`NFTA_SET_ELEM_KEY` and
+//! `NFTA_SET_ELEM_KEY_END`). Elements get the map's per-element counter
+//! from the map's declaration, as with `nft`. The pure part (messages and
+//! acknowledgements) is apart from [`NetfilterSocket`], which does the IO.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use tessera_policy::Family;
+
+use crate::action::Action;
+use crate::observed::{ElementVerdict, MapElement};
+use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, DIGESTS, POLICY_TABLE};
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_INET: u8 = 1;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+const NF_DROP: i32 = 0;
+const NFT_GOTO: i32 = -4;
+const NFT_RETURN: i32 = -5;
+
+/// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE`.
+const CT_DELETE: u16 = (1 << 8) | 2;
+/// `CTA_ZONE`: a big-endian u16.
+const CTA_ZONE: u16 = 18;
+
+/// Most elements in one message: an attribute's length is 16 bits, and an
+/// element of a 5-field IPv6 interval map takes about 130 bytes.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+
+/// Most bytes of a batch sent on the socket; bigger transactions go through
+/// `nft -f` (a socket's send buffer bounds one message).
+pub const BATCH_MAX_BYTES: usize = 128 * 1024;
+
+/// Netlink messages being written into one buffer.
+#[derive(Default)]
+pub struct Messages {
+    buf: Vec<u8>,
+    /// Where the open message and the open nested attributes start.
+    open: Vec<usize>,
+    /// The sequence numbers of the messages that asked for an
+    /// acknowledgement.
+    acked: Vec<u32>,
+    /// The sequence number after the last message's.
+    next_seq: u32,
+}
+
+impl Messages {
+    /// Starts a message: the netlink header and the netfilter header
+    /// (`nfgenmsg`: family, version 0, resource id big-endian).
+    fn begin(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+        self.open.push(self.buf.len());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&[family, 0]);
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        if flags & NLM_F_ACK != 0 {
+            self.acked.push(seq);
+        }
+        self.next_seq = seq.wrapping_add(1);
+    }
+
+    /// Ends the open message or nested attribute: writes its length.
+    fn end(&mut self) {
+        let start = self.open.pop().expect("an open message or attribute");
+        let len = self.buf.len() - start;
+        if self.open.is_empty() {
+            self.buf[start..start + 4].copy_from_slice(&(len as u32).to_ne_bytes());
+        } else {
+            self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
+        }
+    }
+
+    fn pad(&mut self) {
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, kind: u16, payload: &[u8]) {
+        self.buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pad();
+    }
+
+    /// A NUL-terminated string attribute.
+    fn attr_str(&mut self, kind: u16, s: &str) {
+        let mut payload = Vec::with_capacity(s.len() + 1);
+        payload.extend_from_slice(s.as_bytes());
+        payload.push(0);
+        self.attr(kind, &payload);
+    }
+
+    fn nest(&mut self, kind: u16) {
+        self.open.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    /// `NFTA_DATA_VALUE` nested in `kind`.
+    fn value(&mut self, kind: u16, bytes: &[u8]) {
+        self.nest(kind);
+        self.attr(NFTA_DATA_VALUE, bytes);
+        self.end();
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The sequence numbers whose acknowledgements say the request was
+    /// carried out.
+    pub fn acked(&self) -> &[u32] {
+        &self.acked
+    }
+}
+
+/// The conntrack flush of `zone` (`conntrack -D -w ZONE` done by the kernel,
+/// see [`crate::conntrack`]): `IPCTNL_MSG_CT_DELETE` with only `CTA_ZONE`.
+pub fn zone_flush(zone: u16, seq: u32) -> Messages {
+    let mut m = Messages::default();
+    m.begin(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0);
+    m.attr(CTA_ZONE, &zone.to_be_bytes());
+    m.end();
+    m
+}
+
+/// One element of a map: key, end of the key's ranges (interval maps) and
+/// data.
+struct Element {
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+    data: Option<Data>,
+}
+
+enum Data {
+    Value(Vec<u8>),
+    Verdict(ElementVerdict),
+}
+
+/// Why a block of actions cannot be sent as elements alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    #[error("{0} is not an element change of the policy table")]
+    Action(&'static str),
+    #[error("map {0}: cannot tell its key from its name")]
+    MapName(String),
+    #[error("map {map}: a hash map's key field {field} is a range")]
+    RangeInHash { map: String, field: usize },
+    #[error("the transaction is {0} bytes, over the batch limit")]
+    TooBig(usize),
+}
+
+/// The width in bytes of key field `field` (see [`crate::policy::map_fields`]).
+fn field_width(family: Family, field: usize) -> usize {
+    match (field, family) {
+        (0 | 1, Family::V4) => 4,
+        (0 | 1, Family::V6) => 16,
+        (2, _) => 1,
+        _ => 2,
+    }
+}
+
+/// Appends `v` big-endian in `width` bytes, then zeros up to `padded`.
+fn push_field(out: &mut Vec<u8>, v: u128, width: usize, padded: usize) {
+    out.extend_from_slice(&v.to_be_bytes()[16 - width..]);
+    out.resize(out.len() + padded - width, 0);
+}
+
+/// A policy map element as nftables holds it.
+fn map_element(map: &str, e: &MapElement, with_data: bool) -> Result<Element, Unsupported> {
+    let family = map_family(map).ok_or_else(|| Unsupported::MapName(map.to_string()))?;
+    let fields = map_fields(map);
+    let interval = map_is_interval(map);
+    let concatenated = fields.len() > 1;
+    let ranges = key_ranges(&e.key, &fields);
+    let (mut key, mut end) = (Vec::new(), Vec::new());
+    for (f, (lo, hi)) in fields.iter().zip(ranges) {
+        let width = field_width(family, *f);
+        let padded = if concatenated { width.next_multiple_of(4) } else { width };
+        if !interval && lo != hi {
+            return Err(Unsupported::RangeInHash { map: map.to_string(), field: *f });
+        }
+        push_field(&mut key, lo, width, padded);
+        push_field(&mut end, hi, width, padded);
+    }
+    Ok(Element { key, key_end: interval.then_some(end), data: with_data.then(|| Data::Verdict(e.verdict.clone())) })
+}
+
+/// One `digests` entry (128-bit key and value, typed `ipv6_addr`).
+fn digest_element((k, v): (u128, u128), with_data: bool) -> Element {
+    Element { key: k.to_be_bytes().to_vec(), key_end: None, data: with_data.then(|| Data::Value(v.to_be_bytes().to_vec())) }
+}
+
+impl Messages {
+    /// `NEWSETELEM` or `DELSETELEM` messages for `elements` of `set` in the
+    /// policy table, each asking for an acknowledgement.
+    fn set_elements(&mut self, add: bool, set: &str, elements: &[Element], seq: &mut u32) {
+        let (kind, flags) = if add {
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        };
+        for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+            self.begin((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, *seq, NFPROTO_INET, 0);
+            *seq += 1;
+            self.attr_str(NFTA_SET_ELEM_LIST_TABLE, POLICY_TABLE);
+            self.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            self.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for e in chunk {
+                self.nest(NFTA_LIST_ELEM);
+                self.value(NFTA_SET_ELEM_KEY, &e.key);
+                if let Some(end) = &e.key_end {
+                    self.value(NFTA_SET_ELEM_KEY_END, end);
+                }
+                match &e.data {
+                    None => {}
+                    Some(Data::Value(v)) => self.value(NFTA_SET_ELEM_DATA, v),
+                    Some(Data::Verdict(v)) => {
+                        self.nest(NFTA_SET_ELEM_DATA);
+                        self.nest(NFTA_DATA_VERDICT);
+                        let (code, chain) = match v {
+                            ElementVerdict::Return => (NFT_RETURN, None),
+                            ElementVerdict::Drop => (NF_DROP, None),
+                            ElementVerdict::Goto(c) => (NFT_GOTO, Some(c)),
+                        };
+                        self.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                        if let Some(c) = chain {
+                            self.attr_str(NFTA_VERDICT_CHAIN, c);
+                        }
+                        self.end();
+                        self.end();
+                    }
+                }
+                self.end();
+            }
+            self.end();
+            self.end();
+        }
+    }
+}
+
+/// The nftables transaction of `block` as one batch, when every action in
+/// it changes elements of the policy table's maps (rule verdicts and
+/// matches, and the digests that record them) and it is small enough: the
+/// same changes, in the same order, as [`crate::nft::script`] would write.
+/// Sequence numbers start at `seq`.
+pub fn element_batch(block: &[&Action], seq: u32) -> Result<Messages, Unsupported> {
+    let mut m = Messages::default();
+    let mut seq = seq;
+    m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES);
+    m.end();
+    seq += 1;
+    for action in block {
+        match action {
+            Action::NftMapElementsAdd { map, elements } => {
+                let els = elements.iter().map(|e| map_element(map, e, true)).collect::<Result<Vec<_>, _>>()?;
+                m.set_elements(true, map, &els, &mut seq);
+            }
+            Action::NftMapElementsDelete { map, elements } => {
+                let els = elements.iter().map(|e| map_element(map, e, false)).collect::<Result<Vec<_>, _>>()?;
+                m.set_elements(false, map, &els, &mut seq);
+            }
+            Action::NftDigestsUpdate { deletes, adds } => {
+                let dels: Vec<Element> = deletes.iter().map(|d| digest_element(*d, false)).collect();
+                let ads: Vec<Element> = adds.iter().map(|d| digest_element(*d, true)).collect();
+                m.set_elements(false, DIGESTS, &dels, &mut seq);
+                m.set_elements(true, DIGESTS, &ads, &mut seq);
+            }
+            other => return Err(Unsupported::Action(other.op())),
+        }
+        if m.buf.len() > BATCH_MAX_BYTES {
+            return Err(Unsupported::TooBig(m.buf.len()));
+        }
+    }
+    m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES);
+    m.end();
+    Ok(m)
+}
+
+/// The acknowledgements and errors in `buf`: (sequence number, errno; 0
+/// for success).
+pub fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 16 {
+        let word = |at: usize| u32::from_ne_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        let len = word(0) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if len < 16 || len > rest.len() {
+            break;
+        }
+        if kind == NLMSG_ERROR && len >= 20 {
+            out.push((word(8), -(word(16) as i32)));
+        }
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+    out
+}
+
+/// A netfilter netlink socket of the namespace of the thread that opened it,
+/// kept open: closing one costs an RCU grace period.
+pub struct NetfilterSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl NetfilterSocket {
+    /// Opens the socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Errors carry the header of the failed request only.
+        socket.set_cap_ack(true)?;
+        socket.set_non_blocking(true)?;
+        Ok(NetfilterSocket { socket, seq: 1, buf: vec![0; 64 * 1024] })
+    }
+
+    /// The sequence number the next request starts at.
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Sends `messages` and reads the answers. The kernel handles a request
+    /// while it is sent, so the answers are all queued when `send` returns:
+    /// `Ok` once every acknowledgement asked for has come, the first error
+    /// otherwise (an nftables batch is all or nothing).
+    pub fn transact(&mut self, messages: &Messages) -> io::Result<()> {
+        // Answers of an earlier request that failed half-way are stale.
+        while self.socket.recv(&mut &mut self.buf[..], 0).is_ok() {}
+        self.seq = messages.next_seq;
+        self.socket.send(messages.bytes(), 0)?;
+        let mut waiting: Vec<u32> = messages.acked().to_vec();
+        while !waiting.is_empty() {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the kernel answered {} of {} requests",
+                            messages.acked().len() - waiting.len(),
+                            messages.acked().len()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            for (seq, errno) in acks(&self.buf[..n]) {
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                waiting.retain(|s| *s != seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_policy::FlowBox;
+
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([b[at], b[at + 1]])
+    }
+
+    /// The attributes of a buffer: (kind without flags, payload).
+    fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        while b.len() >= 4 {
+            let len = usize::from(u16_at(b, 0));
+            out.push((u16_at(b, 2) & !NLA_F_NESTED, &b[4..len]));
+            b = &b[len.next_multiple_of(4).min(b.len())..];
+        }
+        out
+    }
+
+    fn box_of(family: Family, src: (u128, u128), proto: u8, dport: (u16, u16)) -> FlowBox {
+        FlowBox { family, src, dst: (0, family.max()), proto: (proto, proto), sport: (0, 65535), dport }
+    }
+
+    #[test]
+    fn the_zone_flush_carries_the_zone_big_endian() {
+        let m = zone_flush(0x1234, 7);
+        let b = m.bytes();
+        assert_eq!(b.len(), 28);
+        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 28);
+        assert_eq!(u16_at(b, 4), 0x0102);
+        assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 7);
+        assert_eq!(&b[16..20], &[0, 0, 0, 0]);
+        assert_eq!(attrs(&b[20..]), vec![(CTA_ZONE, &[0x12, 0x34][..])]);
+        assert_eq!(m.acked(), &[7]);
+    }
+
+    #[test]
+    fn a_concatenated_interval_key_pads_each_field_and_carries_its_end() {
+        // m…_01234: saddr . daddr . l4proto . sport . dport, IPv4.
+        let map = "m1_2_0_0_4_0_01234";
+        let key = box_of(Family::V4, (0x0a00_0000, 0x0a00_00ff), 6, (80, 89));
+        let e = map_element(map, &MapElement { key, verdict: ElementVerdict::Return }, true).unwrap();
+        assert_eq!(
+            e.key,
+            [[10, 0, 0, 0], [0, 0, 0, 0], [6, 0, 0, 0], [0, 0, 0, 0], [0, 80, 0, 0]].concat(),
+            "each field padded to 4 bytes, in network order"
+        );
+        assert_eq!(e.key_end.unwrap(), [[10, 0, 0, 255], [255; 4], [6, 0, 0, 0], [255, 255, 0, 0], [0, 89, 0, 0]].concat());
+    }
+
+    #[test]
+    fn a_single_field_hash_key_is_not_padded_and_a_range_is_refused() {
+        let map = "h1_2_0_0_4_0abc_4";
+        let exact = box_of(Family::V4, (0, u128::from(u32::MAX)), 6, (5001, 5001));
+        let e = map_element(map, &MapElement { key: exact, verdict: ElementVerdict::Drop }, false).unwrap();
+        assert_eq!(e.key, vec![0x13, 0x89]);
+        assert!(e.key_end.is_none() && e.data.is_none());
+        let range = box_of(Family::V4, (0, u128::from(u32::MAX)), 6, (5001, 5002));
+        assert_eq!(
+            map_element(map, &MapElement { key: range, verdict: ElementVerdict::Drop }, false).err(),
+            Some(Unsupported::RangeInHash { map: map.into(), field: 4 })
+        );
+    }
+
+    #[test]
+    fn a_batch_wraps_element_messages_and_asks_each_for_an_acknowledgement() {
+        let map = "h1_2_0_0_6_0abc_24";
+        let key = FlowBox {
+            family: Family::V6,
+            src: (0, u128::MAX),
+            dst: (0, u128::MAX),
+            proto: (17, 17),
+            sport: (0, 65535),
+            dport: (53, 53),
+        };
+        let goto = MapElement { key, verdict: ElementVerdict::Goto("rj7".into()) };
+        let del = Action::NftMapElementsDelete { map: map.into(), elements: vec![goto.clone()] };
+        let add = Action::NftMapElementsAdd { map: map.into(), elements: vec![goto] };
+        let digests = Action::NftDigestsUpdate { deletes: vec![(1, 2)], adds: vec![(1, 3)] };
+        let m = element_batch(&[&del, &add, &digests], 40).unwrap();
+        let mut kinds = Vec::new();
+        let mut rest = m.bytes();
+        while !rest.is_empty() {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            kinds.push((u16_at(rest, 4), u32::from_ne_bytes(rest[8..12].try_into().unwrap())));
+            if u16_at(rest, 4) == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM && kinds.len() == 3 {
+                let top = attrs(&rest[20..len]);
+                assert_eq!(top[0], (NFTA_SET_ELEM_LIST_TABLE, &b"tessera_policy\0"[..]));
+                assert_eq!(top[1], (NFTA_SET_ELEM_LIST_SET, format!("{map}\0").as_bytes()));
+                let elem = attrs(attrs(top[2].1)[0].1);
+                let key = attrs(elem[0].1)[0].1;
+                assert_eq!(key, [[17, 0, 0, 0], [0, 53, 0, 0]].concat());
+                let verdict = attrs(attrs(elem[1].1)[0].1);
+                assert_eq!(verdict[0], (NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes()[..]));
+                assert_eq!(verdict[1], (NFTA_VERDICT_CHAIN, &b"rj7\0"[..]));
+            }
+            rest = &rest[len..];
+        }
+        let set = |k: u16| (NFNL_SUBSYS_NFTABLES << 8) | k;
+        assert_eq!(
+            kinds,
+            vec![
+                (NFNL_MSG_BATCH_BEGIN, 40),
+                (set(NFT_MSG_DELSETELEM), 41),
+                (set(NFT_MSG_NEWSETELEM), 42),
+                (set(NFT_MSG_DELSETELEM), 43),
+                (set(NFT_MSG_NEWSETELEM), 44),
+                (NFNL_MSG_BATCH_END, 45),
+            ]
+        );
+        assert_eq!(m.acked(), &[41, 42, 43, 44]);
+    }
+
+    #[test]
+    fn other_actions_are_left_to_nft() {
+        let chain = Action::NftChainDelete { name: "l1".into() };
+        assert_eq!(element_batch(&[&chain], 1).err(), Some(Unsupported::Action("NftChainDelete")));
+    }
+
+    #[test]
+    fn acknowledgements_are_read_by_sequence() {
+        let ack = |seq: u32, errno: i32| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&36u32.to_ne_bytes());
+            m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            m.extend_from_slice(&0u16.to_ne_bytes());
+            m.extend_from_slice(&seq.to_ne_bytes());
+            m.extend_from_slice(&0u32.to_ne_bytes());
+            m.extend_from_slice(&(-errno).to_ne_bytes());
+            m.extend_from_slice(&[0; 16]);
+            m
+        };
+        assert_eq!(acks(&[ack(2, 0), ack(1, 95)].concat()), vec![(2, 0), (1, 95)]);
+        assert_eq!(acks(&[1, 2, 3]), vec![]);
+    }
+}
