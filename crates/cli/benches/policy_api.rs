@@ -37,8 +37,13 @@ const SMALL: usize = 10;
 /// connect the pairs to each other, and a change would also change routes.
 fn rules(n: usize, src: &str, dst: &str, last: &str) -> Vec<String> {
     let mut r: Vec<String> = (0..n - 1).map(|i| format!("deny tcp {src} any > {dst} {}", 10_000 + i)).collect();
-    r.push(format!("{last} tcp {src} any > {dst} {PORT}"));
+    r.push(last_rule(src, dst, last));
     r
+}
+
+/// The matching rule, last in the policy.
+fn last_rule(src: &str, dst: &str, action: &str) -> String {
+    format!("{action} tcp {src} any > {dst} {PORT}")
 }
 
 /// A server accepting (and dropping) connections on `ip:PORT` inside `ns`.
@@ -106,11 +111,11 @@ fn main() {
     .unwrap()
     .unwrap();
     let set = |name: &str, n: usize, (src, dst): (&str, &str), last: &str, create: bool| {
-        let mut all = rules(n, src, dst, last);
         let resp = if create {
-            http.post(format!("{url}/v1/policies")).json(&json!({ "name": name, "rules": all })).send()
+            http.post(format!("{url}/v1/policies")).json(&json!({ "name": name, "rules": rules(n, src, dst, last) })).send()
         } else {
-            http.put(format!("{url}/v1/policies/{name}/rules/{}", n - 1)).json(&all.pop()).send()
+            // Only the rule that changes is made (and sent).
+            http.put(format!("{url}/v1/policies/{name}/rules/{}", n - 1)).json(&last_rule(src, dst, last)).send()
         }
         .unwrap();
         let status = resp.status();
@@ -143,6 +148,7 @@ fn main() {
         pairs.push(Pair { policy, n, nets: (src, dst), client, dst: dst_addr });
     }
 
+    let verbose = std::env::var_os("TESSERA_BENCH_VERBOSE").is_some();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     let mut api: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     for i in 0..CHANGES {
@@ -154,6 +160,9 @@ fn main() {
             wait_for(c.netns_of(&p.client).unwrap(), p.dst, want, Duration::from_secs(30))
                 .unwrap_or_else(|e| panic!("{} ({} rules): {e}\n{}", p.policy, p.n, c.logs_tail(20)));
             times[k].push(t.elapsed().as_secs_f64() * 1e3);
+            if verbose {
+                println!("  change {i} of {}: API call {:.1} ms, seen after {:.1} ms", p.policy, api[k][i], times[k][i]);
+            }
         }
     }
     let (big, small) = (&times[0], &times[1]);
@@ -172,7 +181,7 @@ fn main() {
         percentile(big, 0.5) / percentile(small, 0.5),
         percentile(big, 0.99) / percentile(small, 0.99)
     );
-    if std::env::var_os("TESSERA_BENCH_VERBOSE").is_some() {
+    if verbose {
         println!("{}", c.logs_tail(400));
     }
     drop(c);

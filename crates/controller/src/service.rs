@@ -1152,6 +1152,7 @@ impl Controller {
     /// in, writes that chunk (and the header when the chunk's length
     /// changes), each compared with the revision it was read at.
     async fn edit_rule(&self, reference: &str, edit: RuleEdit) -> Result<RuleChange> {
+        let started = std::time::Instant::now();
         for _ in 0..MAX_ATTEMPTS {
             let (mut header, rev) = self.policy_header(reference).await?;
             let total: usize = header.chunks.iter().map(|c| c.len).sum();
@@ -1252,7 +1253,8 @@ impl Controller {
                 continue;
             }
             let rules = header.chunks.iter().map(|c| c.len).sum();
-            tracing::info!(policy = %header.fq_name, index, rules, "policy rule {}", edit.verb());
+            let stored_ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(policy = %header.fq_name, index, rules, stored_ms, "policy rule {}", edit.verb());
             // Warnings come after the change is stored (and on its way to
             // the agents): they compare the rule with every other one (the
             // chunks are parsed only where they changed).
@@ -1262,6 +1264,7 @@ impl Controller {
                 }
                 _ => Vec::new(),
             };
+            tracing::debug!(policy = %header.fq_name, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "rule edit answered");
             return Ok(RuleChange { policy: header.id, fq_name: header.fq_name, index, rule: new_rule, rules, warnings });
         }
         Err(Error::Conflict(format!("policy {reference}")))

@@ -141,14 +141,17 @@ fn may_cover(outer: &Rule, inner: &Rule) -> bool {
     let fits = |o: (u16, u16), i: (u16, u16)| o.0 <= i.0 && i.1 <= o.1;
     let (isp, idp) = (hull(&inner.src_ports), hull(&inner.dst_ports));
     let (osp, odp) = (hull(&outer.src_ports), hull(&outer.dst_ports));
+    // Cheapest first: numbers, then endpoints (network names are strings).
     let forward =
-        endpoint_within(&inner.src, &outer.src) && endpoint_within(&inner.dst, &outer.dst) && fits(osp, isp) && fits(odp, idp);
-    let backward = outer.direction == Direction::Both
-        && endpoint_within(&inner.src, &outer.dst)
-        && endpoint_within(&inner.dst, &outer.src)
-        && fits(odp, isp)
-        && fits(osp, idp);
-    protocol_within(inner.protocol, outer.protocol) && (forward || backward)
+        fits(osp, isp) && fits(odp, idp) && endpoint_within(&inner.src, &outer.src) && endpoint_within(&inner.dst, &outer.dst);
+    let backward = || {
+        outer.direction == Direction::Both
+            && fits(odp, isp)
+            && fits(osp, idp)
+            && endpoint_within(&inner.src, &outer.dst)
+            && endpoint_within(&inner.dst, &outer.src)
+    };
+    protocol_within(inner.protocol, outer.protocol) && (forward || backward())
 }
 
 fn protocol_within(inner: Protocol, outer: Protocol) -> bool {
