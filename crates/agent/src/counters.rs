@@ -69,6 +69,7 @@ impl Counters {
             let started = std::time::Instant::now();
             let read = dp.policy_counters(&desired).await;
             pause = pause_after(started.elapsed());
+            tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "policy counters read");
             let report = match read {
                 Ok(c) => report(&c),
                 Err(e) => {

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod desired;
 pub mod inventory;
 pub mod mirror;
+pub mod saved;
 pub mod uds;
 
 use std::collections::BTreeSet;

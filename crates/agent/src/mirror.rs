@@ -11,6 +11,7 @@ use tessera_model::watch::{Snapshot, WatchEvent};
 use tokio::sync::watch;
 
 use crate::controller::ControllerClient;
+use crate::saved::SnapshotFiles;
 
 /// A watch that shows nothing, not even progress, for this long is dead.
 const SILENCE: Duration = Duration::from_secs(15);
@@ -18,34 +19,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a snapshot handed to the [`Saver`] waits before it is written.
 const SAVE_AFTER: Duration = Duration::from_secs(1);
 
-/// Where the mirror keeps its last snapshot, so that an agent restarted while
-/// the controller is away still knows the intent.
-pub fn snapshot_file(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("snapshot.json")
-}
-
-/// Loads the snapshot a previous run saved, if any.
+/// Loads the snapshot a previous run saved, if any (see [`crate::saved`]).
 pub fn load_saved(state_dir: &std::path::Path) -> Option<Snapshot> {
-    let bytes = std::fs::read(snapshot_file(state_dir)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    crate::saved::load(state_dir)
 }
 
 /// Saves snapshots on a blocking thread, off the path from a change to the
-/// data plane (a snapshot holding a 50,000-rule policy is ~9 MB of JSON):
-/// the newest one handed over is written, older ones not yet written are
-/// skipped, and a write waits [`SAVE_AFTER`] first, so a burst of changes
-/// is written once (serialising the snapshot costs CPU the next change
-/// would wait for).
+/// data plane: the newest one handed over is written (only the chunks of
+/// rules that changed, see [`crate::saved`]), older ones not yet written
+/// are skipped, and a write waits [`SAVE_AFTER`] first, so a burst of
+/// changes is written once.
 #[derive(Clone)]
 struct Saver {
-    dir: PathBuf,
+    files: Arc<std::sync::Mutex<SnapshotFiles>>,
     latest: Arc<std::sync::Mutex<Option<Arc<Snapshot>>>>,
     busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Saver {
     fn new(dir: PathBuf) -> Self {
-        Saver { dir, latest: Default::default(), busy: Default::default() }
+        Saver {
+            files: Arc::new(std::sync::Mutex::new(SnapshotFiles::new(dir))),
+            latest: Default::default(),
+            busy: Default::default(),
+        }
     }
 
     fn save(&self, snap: Arc<Snapshot>) {
@@ -59,7 +56,7 @@ impl Saver {
             std::thread::sleep(SAVE_AFTER);
             let next = me.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
             match next {
-                Some(s) => save(&me.dir, &s),
+                Some(s) => me.write(&s),
                 None => {
                     me.busy.store(false, Ordering::Release);
                     // A snapshot handed over after the take and before the
@@ -74,15 +71,20 @@ impl Saver {
     }
 }
 
-fn save(state_dir: &std::path::Path, snap: &Snapshot) {
-    let path = snapshot_file(state_dir);
-    let tmp = path.with_extension("json.tmp");
-    let res = serde_json::to_vec(snap)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = res {
-        tracing::warn!(path = %path.display(), error = %e, "cannot save the mirrored snapshot");
+impl Saver {
+    fn write(&self, snap: &Snapshot) {
+        let started = std::time::Instant::now();
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        match files.save(snap) {
+            Ok(stats) => tracing::debug!(
+                revision = snap.revision,
+                chunks_written = stats.chunks_written,
+                chunks_removed = stats.chunks_removed,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "mirrored snapshot saved"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot save the mirrored snapshot"),
+        }
     }
 }
 

@@ -617,7 +617,10 @@ impl Kernel {
             None => self.nft_transact(block).await,
         };
         match &outcome {
-            Ok(()) => self.cache_follow(block),
+            Ok(()) => {
+                self.seen_release(block);
+                self.cache_follow(block);
+            }
             Err(_) => self.cache_forget(block),
         }
         self.seen_follow(block, outcome.is_ok());
@@ -751,6 +754,22 @@ impl Kernel {
             let cache = self.policy_cache.borrow();
             for (name, m) in state.policy.maps.iter_mut() {
                 m.elements = cache.get(name).filter(|c| m.digest == Some(c.digest)).map(|c| c.elements.clone());
+            }
+        }
+    }
+
+    /// Lets go of the carried-forward state's share of the cached elements
+    /// of the maps `block` changes, so that [`Kernel::cache_follow`] changes
+    /// them in place rather than copying a 50,000-element map for a
+    /// one-element change ([`Kernel::seen_follow`] shares them again).
+    fn seen_release(&self, block: &[&Action]) {
+        let mut seen = self.nft_seen.borrow_mut();
+        let Some((state, _)) = seen.as_mut() else { return };
+        for a in block {
+            if let Action::NftMapElementsAdd { map, .. } | Action::NftMapElementsDelete { map, .. } = a {
+                if let Some(m) = state.policy.maps.get_mut(map) {
+                    m.elements = None;
+                }
             }
         }
     }

@@ -518,7 +518,9 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         for (i, list) in prog.lists.iter().enumerate() {
             let lname = list_chain(s, d, i);
             jumps.push(format!("jump {lname}"));
-            if !kept.contains(&lname) {
+            if kept.contains(&lname) {
+                memo.keep(&lname, list.fingerprint);
+            } else {
                 let objects = memo.objects(&lname, s, d, i, list);
                 out.chains.extend(objects.objects.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
                 out.maps.extend(objects.objects.maps.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -776,7 +778,8 @@ impl ListObjects {
 /// again (a plan that does not change it, or a second host of a test) is
 /// not rebuilt, and a list patched from the one held
 /// ([`tessera_policy::RuleList::patch`]) is derived from it in time
-/// proportional to the change. Lists not planned for a while are dropped.
+/// proportional to the change. Lists neither planned nor held unchanged
+/// for a while are dropped.
 #[derive(Default)]
 struct Memo {
     lists: std::collections::HashMap<String, (u64, std::sync::Arc<ListObjects>)>,
@@ -805,6 +808,17 @@ impl Memo {
         };
         self.lists.insert(lname.to_string(), (self.round, objects.clone()));
         objects
+    }
+
+    /// Keeps the objects of a list the kernel holds unchanged (they are the
+    /// base its next patch is derived from), however long it stays so.
+    fn keep(&mut self, lname: &str, fingerprint: u64) {
+        let round = self.round;
+        if let Some((seen, o)) = self.lists.get_mut(lname) {
+            if o.fingerprint == fingerprint {
+                *seen = round;
+            }
+        }
     }
 
     fn forget_unused(&mut self) {
@@ -951,6 +965,22 @@ mod tests {
             }
         }
         assert_eq!(patched.deltas.values().map(|d| d.adds.len()).sum::<usize>(), 3, "one element per changed rule");
+    }
+
+    #[test]
+    fn a_list_held_unchanged_through_many_plans_is_still_patched() {
+        let mut rules: Vec<String> = (0..50).map(|i| format!("deny tcp any any > any {}", 3000 + i)).collect();
+        let mut cache = tessera_policy::ListCache::new();
+        let host = host_cached(&rules, (903, 904), &mut cache);
+        policy_objects(&host);
+        // Plans that leave the list alone (the kernel holds it as it is).
+        let kept: BTreeSet<String> = [list_chain(Vni::new(903).unwrap(), Vni::new(904).unwrap(), 0)].into();
+        for _ in 0..2 * MEMO_ROUNDS {
+            policy_objects_except(&host, &kept);
+        }
+        rules[10] = "pass tcp any any > any 3010".into();
+        let patched = policy_objects(&host_cached(&rules, (903, 904), &mut cache));
+        assert_eq!(patched.deltas.values().map(|d| d.adds.len()).sum::<usize>(), 1, "derived from the held objects");
     }
 
     fn host_with(rules: &[String]) -> DesiredHost {
