@@ -88,11 +88,21 @@ impl Counters {
     }
 }
 
-/// The report of a host's rule counters.
+/// The report of a host's rule counters: the rules with hits, and for a
+/// policy none of whose rules has any, one rule with zeros (so that the host
+/// is still listed under the policy). The rules left out count zero: a
+/// 50,000-rule policy whose traffic hits a handful of rules is reported in
+/// a handful of entries, not 50,000.
 pub fn report(counters: &[RuleCounter]) -> HostCounters {
-    HostCounters {
-        rules: counters.iter().map(|c| RuleHits { policy: c.policy, rule: c.rule, packets: c.packets, bytes: c.bytes }).collect(),
+    let hits = |c: &RuleCounter| RuleHits { policy: c.policy, rule: c.rule, packets: c.packets, bytes: c.bytes };
+    let mut rules: Vec<RuleHits> = counters.iter().filter(|c| c.packets > 0 || c.bytes > 0).map(hits).collect();
+    let mut listed: std::collections::BTreeSet<uuid::Uuid> = rules.iter().map(|r| r.policy).collect();
+    for c in counters {
+        if listed.insert(c.policy) {
+            rules.push(hits(c));
+        }
     }
+    HostCounters { rules }
 }
 
 #[cfg(test)]
@@ -101,14 +111,20 @@ mod tests {
     use tessera_dataplane::FakeDataplane;
 
     #[test]
-    fn a_report_carries_every_rule_counter() {
-        let id = uuid::Uuid::from_u128(7);
+    fn a_report_carries_the_rules_with_hits_and_names_every_policy() {
+        let (hit, quiet) = (uuid::Uuid::from_u128(7), uuid::Uuid::from_u128(8));
         let r = report(&[
-            RuleCounter { policy: id, rule: 0, packets: 3, bytes: 180 },
-            RuleCounter { policy: id, rule: 1, packets: 0, bytes: 0 },
+            RuleCounter { policy: hit, rule: 0, packets: 0, bytes: 0 },
+            RuleCounter { policy: hit, rule: 1, packets: 3, bytes: 180 },
+            RuleCounter { policy: hit, rule: 2, packets: 0, bytes: 0 },
+            RuleCounter { policy: quiet, rule: 0, packets: 0, bytes: 0 },
+            RuleCounter { policy: quiet, rule: 1, packets: 0, bytes: 0 },
         ]);
-        assert_eq!(r.rules.len(), 2);
-        assert_eq!((r.rules[0].policy, r.rules[0].rule, r.rules[0].packets, r.rules[0].bytes), (id, 0, 3, 180));
+        let entries: Vec<_> = r.rules.iter().map(|h| (h.policy, h.rule, h.packets, h.bytes)).collect();
+        assert_eq!(entries, vec![(hit, 1, 3, 180), (quiet, 0, 0, 0)]);
+        let summed = tessera_model::PolicyCounters::sum(hit, 3, [("h1", &r)]);
+        assert_eq!(summed.rules.iter().map(|c| c.packets).collect::<Vec<_>>(), vec![0, 3, 0], "left out is zero");
+        assert!(tessera_model::PolicyCounters::sum(quiet, 2, [("h1", &r)]).hosts.contains_key("h1"), "a quiet host is listed");
     }
 
     #[test]

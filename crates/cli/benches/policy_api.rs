@@ -27,7 +27,7 @@ use serde_json::json;
 use tessera_testkit::{addresses, Cluster, ClusterSpec, Netns};
 
 const PORT: u16 = 5001;
-const CHANGES: usize = 20;
+const CHANGES: usize = 100;
 const BIG: usize = 50_000;
 const SMALL: usize = 10;
 

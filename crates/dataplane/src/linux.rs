@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
@@ -47,7 +47,7 @@ use tracing::Instrument;
 use crate::action::Action;
 use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
 use crate::nfnetlink::{element_batch, NetfilterSocket};
-use crate::nft::{parse_policy_listing, parse_tables, policy_table_counters, script};
+use crate::nft::{parse_policy_listing, parse_tables, script};
 use crate::observed::{
     owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry,
     NftState, Observed, ObservedMap, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
@@ -69,15 +69,14 @@ enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
     Apply(Vec<Action>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
-    /// `nft -j -n list table inet tessera_policy`, run beside the other
-    /// requests (it may take a while with big maps).
-    ListPolicyTable(oneshot::Sender<Result<Option<String>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
 }
 
 /// The Linux data plane of one network namespace (the host's, for an agent).
 pub struct LinuxDataplane {
     requests: mpsc::UnboundedSender<Request>,
+    /// The namespace, when not the creating thread's.
+    netns: Option<PathBuf>,
 }
 
 impl LinuxDataplane {
@@ -97,10 +96,13 @@ impl LinuxDataplane {
         let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("tessera-dataplane".into())
-            .spawn(move || worker(netns, ready_tx, rx))
+            .spawn({
+                let netns = netns.clone();
+                move || worker(netns, ready_tx, rx)
+            })
             .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "data plane thread".into(), source })?;
         ready_rx.await.map_err(|_| DataplaneError::WorkerGone)??;
-        Ok(LinuxDataplane { requests })
+        Ok(LinuxDataplane { requests, netns })
     }
 
     /// The interface that holds the address `ip`, and its MTU: how an agent
@@ -131,16 +133,42 @@ impl Dataplane for LinuxDataplane {
         self.call(Request::Interfaces).await?
     }
 
-    /// The listing runs beside the data plane's other work (a reconcile
-    /// never waits for it), and the attribution to rules on a blocking
-    /// thread of the caller's runtime.
+    /// The element counters are dumped through a netfilter socket of a
+    /// thread of their own in the namespace, beside the data plane's other
+    /// work (a reconcile never waits for it), then attributed to rules.
     async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
-        let doc = self.call(Request::ListPolicyTable).await??;
+        let netns = self.netns.clone();
         let desired = desired.clone();
-        tokio::task::spawn_blocking(move || policy_counters(&desired, doc.as_deref()))
-            .await
-            .map_err(|_| DataplaneError::WorkerGone)?
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("tessera-counters".into())
+            .spawn(move || {
+                let read = || -> Result<Vec<RuleCounter>, DataplaneError> {
+                    lowest_cpu_priority();
+                    if let Some(path) = &netns {
+                        enter_netns(path)?;
+                    }
+                    let err = |source| DataplaneError::Kernel { op: "list counters", object: POLICY_TABLE.into(), source };
+                    let mut socket = NetfilterSocket::open().map_err(err)?;
+                    let counters = crate::nfnetlink::policy_counters(&mut socket).map_err(err)?;
+                    Ok(rule_counters(&desired, &counters))
+                };
+                let _ = tx.send(read());
+            })
+            .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "counter thread".into(), source })?;
+        rx.await.map_err(|_| DataplaneError::WorkerGone)?
     }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19), so that work
+/// nothing waits on (a dump of 50,000 counters costs the kernel a few
+/// hundred milliseconds) yields to the data plane, the agent and the
+/// controller. Best effort: a failure leaves the priority as it was.
+#[allow(unsafe_code)]
+fn lowest_cpu_priority() {
+    // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with
+    // who 0 changes the nice value of the calling thread only.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
 }
 
 /// Enters the network namespace at `path`, for the calling thread only.
@@ -200,7 +228,10 @@ fn worker(
             policy_cache: RefCell::new(HashMap::new()),
             nft_seen: RefCell::new(None),
             ct_in_kernel: crate::conntrack::kernel_flushes_by_zone(),
+            flusher: crate::conntrack::kernel_flushes_by_zone().then(Flusher::start).flatten(),
             netfilter: RefCell::new(None),
+            nft_generation: std::cell::Cell::new(0),
+            relisting: RefCell::new(Relisting::default()),
         };
         while let Some(req) = requests.recv().await {
             match req {
@@ -212,14 +243,6 @@ fn worker(
                 }
                 Request::Interfaces(reply) => {
                     let _ = reply.send(kernel.interfaces().await);
-                }
-                Request::ListPolicyTable(reply) => {
-                    // Its own task: the `nft` process starts from this
-                    // thread (so in this namespace) and the next requests
-                    // are served while it runs.
-                    tokio::spawn(async move {
-                        let _ = reply.send(nft_list_idle(&["-j", "-n", "list", "table", "inet", POLICY_TABLE]).await);
-                    });
                 }
                 Request::LinkWithAddress(ip, reply) => {
                     let _ = reply.send(kernel.link_with_address(ip).await);
@@ -372,12 +395,69 @@ struct Kernel {
     /// The netfilter netlink socket of policy element changes and zone
     /// flushes, opened on first use and again after a failure.
     netfilter: RefCell<Option<NetfilterSocket>>,
+    /// Where conntrack zones are flushed by the kernel: a thread of their
+    /// own (see [`Flusher`]); `None` where the `conntrack` program does it.
+    flusher: Option<Flusher>,
+    /// How many nftables transactions were tried: a listing started before
+    /// one is out of date.
+    nft_generation: std::cell::Cell<u64>,
+    /// The listing in the background (see [`Kernel::relisted`]).
+    relisting: RefCell<Relisting>,
 }
 
 /// How long an nftables state may be carried forward from writes before it
-/// is listed again: the bound on how long a change made behind Tessera's
-/// back (an `nft flush`) goes unrepaired.
+/// is listed again (in the background; see [`Kernel::nft_observe`]): with
+/// the periodic reconcile, what bounds how long a change made behind
+/// Tessera's back (an `nft flush`) goes unrepaired.
 const NFT_RELIST_AFTER: Duration = Duration::from_secs(5);
+
+/// Conntrack zone flushes by the kernel, carried out in the order they are
+/// handed over by a thread of their own, in the data plane's namespace (it
+/// is started from the data plane's thread, whose namespace it inherits).
+///
+/// A flush walks the kernel's whole conntrack table (5–25 ms, more on a
+/// busy host) and comes after the transaction that made the new rules
+/// effective; handed over, it no longer holds up the next change. A flush
+/// that fails is logged: the flows it should have ended then end by
+/// themselves, as on a kernel that cannot flush.
+struct Flusher {
+    zones: std::sync::mpsc::Sender<u16>,
+}
+
+impl Flusher {
+    fn start() -> Option<Flusher> {
+        let (zones, rx) = std::sync::mpsc::channel::<u16>();
+        let spawned = std::thread::Builder::new().name("tessera-ct-flush".into()).spawn(move || {
+            let mut socket: Option<NetfilterSocket> = None;
+            while let Ok(zone) = rx.recv() {
+                let started = Instant::now();
+                let result = match socket.as_mut() {
+                    Some(s) => Ok(s),
+                    None => NetfilterSocket::open().map(|s| socket.insert(s)),
+                }
+                .map_err(|source| DataplaneError::Kernel {
+                    op: "ConntrackZoneFlush",
+                    object: "netfilter netlink socket".into(),
+                    source,
+                })
+                .and_then(|s| crate::conntrack::flush_zone_in_kernel(s, zone));
+                match result {
+                    Ok(()) => tracing::debug!(zone, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "conntrack zone flushed"),
+                    Err(e) => {
+                        tracing::warn!(zone, error = %e, "conntrack zone flush failed");
+                        socket = None;
+                    }
+                }
+            }
+        });
+        spawned.ok().map(|_| Flusher { zones })
+    }
+
+    /// Queues the flush of `zone`; `false` when the thread is gone.
+    fn hand_over(&self, zone: u16) -> bool {
+        self.zones.send(zone).is_ok()
+    }
+}
 
 /// Why a request on the netfilter socket failed.
 enum NetfilterFailure<E> {
@@ -561,46 +641,86 @@ impl Kernel {
     /// one the cache holds, and are left unknown otherwise (the planner then
     /// refills the map if it must change it).
     ///
-    /// Listing costs an `nft` process per table (about 10 ms together), the
+    /// Listing costs an `nft` process per table (10–20 ms together), the
     /// bulk of an observation; so the state last listed is carried forward
-    /// through the set element changes applied since (what attaching and
-    /// detaching endpoints write), and listed again after any other nftables
-    /// change, a failed transaction, or [`NFT_RELIST_AFTER`].
+    /// through the element changes applied since (what attaching and
+    /// detaching endpoints and rule edits write), and listed again at once
+    /// after any other nftables change or a failed transaction. Once it is
+    /// [`NFT_RELIST_AFTER`] old, a listing runs in the background and
+    /// replaces it when done, unless a transaction came in between (then
+    /// another is tried as long after); at three times that age it is
+    /// listed before the observation returns.
     async fn nft_observe(&self) -> Result<NftState, DataplaneError> {
-        if let Some((state, at)) = self.nft_seen.borrow().as_ref() {
-            if at.elapsed() < NFT_RELIST_AFTER {
-                return Ok(state.clone());
-            }
+        let age = self.nft_seen.borrow().as_ref().map(|(_, at)| at.elapsed());
+        let listed = match age {
+            Some(age) if age < NFT_RELIST_AFTER => None,
+            Some(age) => match self.relisted() {
+                Some(state) => Some(state),
+                None if age >= NFT_RELIST_AFTER * 3 => Some(self.nft_list_state().await?),
+                None => None,
+            },
+            None => Some(self.nft_list_state().await?),
+        };
+        if let Some(state) = listed {
+            *self.nft_seen.borrow_mut() = Some((state, Instant::now()));
         }
-        let state = self.nft_list_state().await?;
-        *self.nft_seen.borrow_mut() = Some((state.clone(), Instant::now()));
-        Ok(state)
+        Ok(self.nft_seen.borrow().as_ref().expect("listed or carried forward").0.clone())
     }
 
-    /// Lists the three tables (no carrying forward).
-    async fn nft_list_state(&self) -> Result<NftState, DataplaneError> {
+    /// The state listed in the background, once a listing that no
+    /// transaction came after is done; starts a listing when none runs and
+    /// none started in the last [`NFT_RELIST_AFTER`] (under a stream of
+    /// changes, listings keep being overtaken: one is tried that often, and
+    /// [`Kernel::nft_observe`] lists in the foreground when they all are).
+    /// The listing's `nft` processes run beside the data plane's other work,
+    /// so a change does not wait for them.
+    fn relisted(&self) -> Option<NftState> {
+        let mut relist = self.relisting.borrow_mut();
+        let generation = self.nft_generation.get();
+        if let Some((started, handle)) = relist.running.take() {
+            if !handle.is_finished() {
+                relist.running = Some((started, handle));
+                return None;
+            }
+            let listed = handle.now_or_never().and_then(Result::ok).and_then(Result::ok);
+            if let Some(state) = listed.filter(|_| started == generation).and_then(|l| self.nft_state_of(&l).ok()) {
+                return Some(state);
+            }
+        }
+        if relist.last_start.is_none_or(|at| at.elapsed() >= NFT_RELIST_AFTER) {
+            relist.last_start = Some(Instant::now());
+            relist.running = Some((generation, tokio::spawn(nft_listings())));
+        }
+        None
+    }
+
+    /// The state of the three tables from their listings; the policy maps'
+    /// elements from the cache where their digests agree.
+    fn nft_state_of(&self, l: &NftListings) -> Result<NftState, DataplaneError> {
         let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
-        // Five small listings, each an `nft` process: run side by side.
-        let (inet, bridge, digests, chains, maps) = futures::try_join!(
-            nft_list(&["-j", "list", "table", "inet", "tessera"]),
-            nft_list(&["-j", "list", "table", "bridge", "tessera"]),
-            nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, crate::policy::DIGESTS]),
-            nft_list(&["-j", "list", "chains", "inet"]),
-            nft_list(&["-j", "-t", "list", "maps", "inet"]),
-        )?;
-        let listing = match &digests {
+        let listing = match &l.digests {
             None => None,
             Some(digests) => Some(
-                parse_policy_listing(&chains.unwrap_or_default(), &maps.unwrap_or_default(), Some(digests)).map_err(nft_err)?,
+                parse_policy_listing(
+                    l.chains.as_deref().unwrap_or_default(),
+                    l.maps.as_deref().unwrap_or_default(),
+                    Some(digests),
+                )
+                .map_err(nft_err)?,
             ),
         };
-        let mut state = parse_tables(inet.as_deref(), bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
+        let mut state = parse_tables(l.inet.as_deref(), l.bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
         let mut cache = self.policy_cache.borrow_mut();
         cache.retain(|name, c| state.policy.maps.get(name).is_some_and(|m| m.digest == Some(c.digest)));
         for (name, m) in state.policy.maps.iter_mut() {
             m.elements = cache.get(name).map(|c| c.elements.clone());
         }
         Ok(state)
+    }
+
+    /// Lists the three tables (no carrying forward).
+    async fn nft_list_state(&self) -> Result<NftState, DataplaneError> {
+        self.nft_state_of(&nft_listings().await?)
     }
 
     /// Applies a plan's nftables actions as one `nft -f -` transaction. When
@@ -705,6 +825,7 @@ impl Kernel {
     /// line); the skeleton's installation, or a failure, drops it so that the
     /// next observation lists the tables.
     fn seen_follow(&self, block: &[&Action], ok: bool) {
+        self.nft_generation.set(self.nft_generation.get() + 1);
         let mut seen = self.nft_seen.borrow_mut();
         let Some((state, _)) = seen.as_mut() else { return };
         if !ok || block.iter().any(|a| !a.is_nft() || matches!(a, Action::NftTablesInstall)) {
@@ -872,12 +993,17 @@ impl Kernel {
         }
         // Last, once the transaction has made the new rules effective: a
         // flow ended earlier could start again under the old ones. The zones
-        // are independent: side by side.
+        // are independent: side by side (handed to the flusher where the
+        // kernel flushes them).
         let started = std::time::Instant::now();
         let flushes = actions.iter().filter(|a| a.is_conntrack()).map(|a| async move { (a, self.apply_one(a).await) });
         let flushed = futures::future::join_all(flushes).await;
         if !flushed.is_empty() {
-            tracing::debug!(zones = flushed.len(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "conntrack zones flushed");
+            tracing::debug!(
+                zones = flushed.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "conntrack zone flushes done or handed over"
+            );
         }
         for (action, result) in flushed {
             record(&mut report, action, result);
@@ -903,6 +1029,9 @@ impl Kernel {
             | Action::NftChainInstall { .. }
             | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
+            }
+            Action::ConntrackZoneFlush { zone } if self.flusher.as_ref().is_some_and(|f| *zone != 0 && f.hand_over(*zone)) => {
+                Ok(())
             }
             Action::ConntrackZoneFlush { zone } if self.ct_in_kernel && *zone != 0 => {
                 self.with_netfilter(|s| crate::conntrack::flush_zone_in_kernel(s, *zone)).map_err(|e| match e {
@@ -1399,20 +1528,7 @@ async fn configure_container_iface(
 /// Runs `nft ARGS`, feeding `input` on standard input; returns standard
 /// output, or standard error as the error.
 async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
-    nft_command(tokio::process::Command::new(NFT), args, input).await
-}
-
-/// Runs `nft ARGS` as [`nft_run`] does, at the lowest CPU priority
-/// (`nice -n 19 nft ARGS`): for listings nothing waits on, such as the
-/// counters of every policy map element, which cost `nft` about a second of
-/// CPU at 50,000 elements and must not slow down a rule change meanwhile.
-async fn nft_run_idle(args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new("nice");
-    cmd.args(["-n", "19", NFT]);
-    nft_command(cmd, args, input).await
-}
-
-async fn nft_command(mut cmd: tokio::process::Command, args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(NFT);
     cmd.args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -1430,32 +1546,45 @@ async fn nft_command(mut cmd: tokio::process::Command, args: &[&str], input: Opt
     }
 }
 
+/// A listing of the nftables state in the background.
+#[derive(Default)]
+struct Relisting {
+    /// The one running, and the transaction generation it started at.
+    running: Option<(u64, tokio::task::JoinHandle<Result<NftListings, DataplaneError>>)>,
+    /// When the last one started.
+    last_start: Option<Instant>,
+}
+
+/// The listings the nftables state is read from (`None`: no such table).
+struct NftListings {
+    inet: Option<String>,
+    bridge: Option<String>,
+    digests: Option<String>,
+    chains: Option<String>,
+    maps: Option<String>,
+}
+
+/// Lists the three tables: `inet tessera` and `bridge tessera` in full; of
+/// `inet tessera_policy`, the `digests` map, the chains and the maps
+/// (tersely). Five small listings, each an `nft` process, side by side.
+async fn nft_listings() -> Result<NftListings, DataplaneError> {
+    let (inet, bridge, digests, chains, maps) = futures::try_join!(
+        nft_list(&["-j", "list", "table", "inet", "tessera"]),
+        nft_list(&["-j", "list", "table", "bridge", "tessera"]),
+        nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, crate::policy::DIGESTS]),
+        nft_list(&["-j", "list", "chains", "inet"]),
+        nft_list(&["-j", "-t", "list", "maps", "inet"]),
+    )?;
+    Ok(NftListings { inet, bridge, digests, chains, maps })
+}
+
 /// `nft ARGS` for a listing; `None` when the table or map does not exist.
 async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
-    nft_listed(nft_run(args, None).await)
-}
-
-/// `nft ARGS` for a listing, at the lowest CPU priority (see [`nft_run_idle`]).
-async fn nft_list_idle(args: &[&str]) -> Result<Option<String>, DataplaneError> {
-    nft_listed(nft_run_idle(args, None).await)
-}
-
-fn nft_listed(out: Result<String, String>) -> Result<Option<String>, DataplaneError> {
-    match out {
+    match nft_run(args, None).await {
         Ok(out) => Ok(Some(out)),
         Err(e) if e.contains("No such file or directory") => Ok(None),
         Err(message) => Err(DataplaneError::Nft { op: "list", message }),
     }
-}
-
-/// Hit counters of the rules `desired` compiles to, from a listing of the
-/// whole policy table (`None`: there is no table), its element counters
-/// summed per rule.
-fn policy_counters(desired: &DesiredHost, doc: Option<&str>) -> Result<Vec<RuleCounter>, DataplaneError> {
-    let nft_err = |message: String| DataplaneError::Nft { op: "list counters", message };
-    let Some(doc) = doc else { return Ok(rule_counters(desired, &[])) };
-    let counters = policy_table_counters(doc).map_err(nft_err)?;
-    Ok(rule_counters(desired, &counters))
 }
 
 /// `action` without the deletions of what `now` no longer holds (`None`:

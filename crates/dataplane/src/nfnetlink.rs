@@ -28,18 +28,22 @@ use tessera_policy::Family;
 
 use crate::action::Action;
 use crate::observed::{ElementVerdict, MapElement};
-use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, DIGESTS, POLICY_TABLE};
+use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, ElementCounter, DIGESTS, POLICY_TABLE};
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 0x2;
+const NLMSG_DONE: u16 = 0x3;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
 
@@ -49,7 +53,15 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_EXPR: u16 = 7;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -167,6 +179,139 @@ pub fn zone_flush(zone: u16, seq: u32) -> Messages {
     m.attr(CTA_ZONE, &zone.to_be_bytes());
     m.end();
     m
+}
+
+/// `nft list sets inet tessera_policy` as a request: a dump of the policy
+/// table's sets and maps.
+pub fn policy_sets_dump(seq: u32) -> Messages {
+    let mut m = Messages::default();
+    m.begin((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0);
+    m.attr_str(NFTA_SET_TABLE, POLICY_TABLE);
+    m.end();
+    m
+}
+
+/// `nft list map inet tessera_policy SET` as a request: a dump of its
+/// elements, with their counters.
+pub fn set_elements_dump(set: &str, seq: u32) -> Messages {
+    let mut m = Messages::default();
+    m.begin((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0);
+    m.attr_str(NFTA_SET_ELEM_LIST_TABLE, POLICY_TABLE);
+    m.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    m.end();
+    m
+}
+
+/// The attributes in `b`: (kind without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let out = (u16::from_ne_bytes([b[2], b[3]]) & !NLA_F_NESTED, &b[4..len]);
+        b = &b[len.next_multiple_of(4).min(b.len())..];
+        Some(out)
+    })
+}
+
+fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(b).find(|(k, _)| *k == kind).map(|(_, p)| p)
+}
+
+fn string(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn be64(b: &[u8]) -> u64 {
+    b.get(..8).map(|x| u64::from_be_bytes(x.try_into().expect("8 bytes"))).unwrap_or(0)
+}
+
+/// The name of the set a `NEWSET` message (its payload after the netfilter
+/// header) describes.
+pub fn set_name(payload: &[u8]) -> Option<String> {
+    attr(payload, NFTA_SET_NAME).map(string)
+}
+
+/// The counter of an element expression (`NFTA_EXPR_NAME` "counter").
+fn counter_of(expr: &[u8]) -> Option<(u64, u64)> {
+    if attr(expr, NFTA_EXPR_NAME).map(string).as_deref() != Some("counter") {
+        return None;
+    }
+    let data = attr(expr, NFTA_EXPR_DATA)?;
+    Some((attr(data, NFTA_COUNTER_PACKETS).map(be64).unwrap_or(0), attr(data, NFTA_COUNTER_BYTES).map(be64).unwrap_or(0)))
+}
+
+/// Reads a key of policy map `map` back into the ranges of its key fields
+/// (the inverse of the encoding of [`element_batch`]).
+fn key_of(map: &str, key: &[u8], key_end: Option<&[u8]>) -> Option<Vec<(u128, u128)>> {
+    let family = map_family(map)?;
+    let fields = map_fields(map);
+    let concatenated = fields.len() > 1;
+    let mut out = Vec::with_capacity(fields.len());
+    let mut at = 0;
+    for f in &fields {
+        let width = field_width(family, *f);
+        let padded = if concatenated { width.next_multiple_of(4) } else { width };
+        let read = |b: &[u8]| b.get(at..at + width).map(|x| x.iter().fold(0u128, |v, byte| (v << 8) | u128::from(*byte)));
+        let lo = read(key)?;
+        let hi = match key_end {
+            Some(end) => read(end)?,
+            None => lo,
+        };
+        out.push((lo, hi));
+        at += padded;
+    }
+    Some(out)
+}
+
+/// The element counters in a `NEWSETELEM` message of policy map `map` (its
+/// payload after the netfilter header).
+pub fn element_counters(map: &str, payload: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), String> {
+    let Some(list) = attr(payload, NFTA_SET_ELEM_LIST_ELEMENTS) else { return Ok(()) };
+    for (_, elem) in attrs(list) {
+        let value = |kind: u16| attr(elem, kind).and_then(|v| attr(v, NFTA_DATA_VALUE));
+        let key = value(NFTA_SET_ELEM_KEY).ok_or_else(|| format!("an element of {map} has no key"))?;
+        let key = key_of(map, key, value(NFTA_SET_ELEM_KEY_END))
+            .ok_or_else(|| format!("an element of {map} has a key of {} bytes", key.len()))?;
+        let single = attr(elem, NFTA_SET_ELEM_EXPR).and_then(counter_of);
+        let listed = || attr(elem, NFTA_SET_ELEM_EXPRESSIONS).and_then(|l| attrs(l).find_map(|(_, e)| counter_of(e)));
+        let (packets, bytes) = single.or_else(listed).unwrap_or((0, 0));
+        out.push(ElementCounter { map: map.to_string(), key, packets, bytes });
+    }
+    Ok(())
+}
+
+/// The element counters of every policy map, dumped from the kernel
+/// through `socket` (`nft list table inet tessera_policy` without `nft`:
+/// no process, no JSON, and dump batches as big as the kernel makes them).
+/// No table means no counters.
+pub fn policy_counters(socket: &mut NetfilterSocket) -> io::Result<Vec<ElementCounter>> {
+    let mut maps = Vec::new();
+    let listed = socket.dump(&policy_sets_dump(socket.next_seq()), |payload| {
+        // Policy maps only: not `digests`, nor the anonymous maps (`__map0`)
+        // of rules such as the dispatch.
+        maps.extend(set_name(payload).filter(|n| n != DIGESTS && !n.starts_with("__") && map_family(n).is_some()));
+        Ok(())
+    });
+    match listed {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => return Ok(Vec::new()),
+        r => r?,
+    }
+    let mut out = Vec::new();
+    for map in maps {
+        let dumped =
+            socket.dump(&set_elements_dump(&map, socket.next_seq()), |payload| element_counters(&map, payload, &mut out));
+        match dumped {
+            // Deleted since it was listed.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
+            r => r?,
+        }
+    }
+    Ok(out)
 }
 
 /// One element of a map: key, end of the key's ranges (interval maps) and
@@ -359,6 +504,8 @@ impl NetfilterSocket {
         // Errors carry the header of the failed request only.
         socket.set_cap_ack(true)?;
         socket.set_non_blocking(true)?;
+        // Dumps come in parts of up to 32 KB; a bigger buffer reads each whole.
+        socket.set_rx_buf_sz(1 << 20)?;
         Ok(NetfilterSocket { socket, seq: 1, buf: vec![0; 64 * 1024] })
     }
 
@@ -403,6 +550,51 @@ impl NetfilterSocket {
     }
 }
 
+impl NetfilterSocket {
+    /// Sends a dump request and hands `each` the payload (after the
+    /// netfilter header) of every message of the answer, until its end.
+    pub fn dump(&mut self, request: &Messages, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> io::Result<()> {
+        while self.socket.recv(&mut &mut self.buf[..], 0).is_ok() {}
+        self.seq = request.next_seq;
+        let seq = request.next_seq.wrapping_sub(1);
+        self.socket.send(request.bytes(), 0)?;
+        let mut failed = None;
+        loop {
+            // The kernel fills the next part of a dump while it is read.
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the kernel stopped answering a dump"))
+                }
+                Err(e) => return Err(e),
+            };
+            let mut rest = &self.buf[..n];
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                let s = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
+                if len < 16 || len > rest.len() {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "a truncated netlink message"));
+                }
+                if s == seq {
+                    match kind {
+                        NLMSG_DONE => return failed.map_or(Ok(()), |m| Err(io::Error::new(io::ErrorKind::InvalidData, m))),
+                        NLMSG_ERROR => {
+                            return match acks(&rest[..len]).first().map(|(_, e)| *e).unwrap_or(0) {
+                                0 => Ok(()),
+                                errno => Err(io::Error::from_raw_os_error(errno)),
+                            };
+                        }
+                        _ if len >= 20 && failed.is_none() => failed = each(&rest[20..len]).err(),
+                        _ => {}
+                    }
+                }
+                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,15 +604,8 @@ mod tests {
         u16::from_ne_bytes([b[at], b[at + 1]])
     }
 
-    /// The attributes of a buffer: (kind without flags, payload).
-    fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-        let mut out = Vec::new();
-        while b.len() >= 4 {
-            let len = usize::from(u16_at(b, 0));
-            out.push((u16_at(b, 2) & !NLA_F_NESTED, &b[4..len]));
-            b = &b[len.next_multiple_of(4).min(b.len())..];
-        }
-        out
+    fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
+        super::attrs(b).collect()
     }
 
     fn box_of(family: Family, src: (u128, u128), proto: u8, dport: (u16, u16)) -> FlowBox {
@@ -521,6 +706,42 @@ mod tests {
     fn other_actions_are_left_to_nft() {
         let chain = Action::NftChainDelete { name: "l1".into() };
         assert_eq!(element_batch(&[&chain], 1).err(), Some(Unsupported::Action("NftChainDelete")));
+    }
+
+    #[test]
+    fn elements_written_read_back_as_the_same_key_ranges() {
+        let interval = "m1_2_0_0_6_0_40123";
+        let hash = "h1_2_0_0_4_0abc_014";
+        let v6 = FlowBox {
+            family: Family::V6,
+            src: (1 << 120, (1 << 120) + 0xffff),
+            dst: (0, u128::MAX),
+            proto: (17, 17),
+            sport: (1024, 65535),
+            dport: (53, 53),
+        };
+        let v4 = FlowBox {
+            family: Family::V4,
+            src: (0x0a00_0001, 0x0a00_0001),
+            dst: (0x0a01_0002, 0x0a01_0002),
+            proto: (6, 6),
+            sport: (0, 65535),
+            dport: (443, 443),
+        };
+        for (map, key) in [(interval, v6), (hash, v4)] {
+            let add =
+                Action::NftMapElementsAdd { map: map.into(), elements: vec![MapElement { key, verdict: ElementVerdict::Drop }] };
+            let m = element_batch(&[&add], 1).unwrap();
+            // The second message, after the batch's beginning (20 bytes).
+            let msg = &m.bytes()[20..];
+            let len = u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize;
+            let mut out = Vec::new();
+            element_counters(map, &msg[20..len], &mut out).unwrap();
+            assert_eq!(
+                out,
+                vec![ElementCounter { map: map.into(), key: key_ranges(&key, &map_fields(map)), packets: 0, bytes: 0 }]
+            );
+        }
     }
 
     #[test]

@@ -548,3 +548,51 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
     let block: Vec<&Action> = ok.iter().collect();
     socket.transact(&element_batch(&block, socket.next_seq()).unwrap()).expect("a batch after a failed one");
 }
+
+#[test]
+fn privileged_counters_dumped_through_netlink_are_those_nft_lists() {
+    use tessera_dataplane::nfnetlink::NetfilterSocket;
+    use tessera_dataplane::policy::ElementCounter;
+
+    let mut f = Fabric::new();
+    let ns = f.netns("c");
+    // No table yet: no counters, no error.
+    let empty = support::intent::in_netns(&ns, || tessera_dataplane::nfnetlink::policy_counters(&mut NetfilterSocket::open()?));
+    assert!(empty.expect("a dump without the table").is_empty());
+
+    let v4 = "m1_2_0_0_4_0_40123";
+    let v6 = "h1_2_0_0_6_0abc_24";
+    let mut setup = tessera_dataplane::nft::skeleton_script();
+    setup.push_str(&format!(
+        "add map inet tessera_policy {v4} {{ {} }}\n",
+        tessera_dataplane::policy::map_type(v4, tessera_dataplane::tessera_policy::Family::V4)
+    ));
+    setup.push_str(&format!(
+        "add map inet tessera_policy {v6} {{ {} }}\n",
+        tessera_dataplane::policy::map_type(v6, tessera_dataplane::tessera_policy::Family::V6)
+    ));
+    setup.push_str(&format!(
+        "add element inet tessera_policy {v4} {{ 80 . 10.0.0.0/24 . 0.0.0.0/0 . 6 . 0-65535 counter packets 3 bytes 180 : return, \
+         53 . 0.0.0.0/0 . 10.1.0.7 . 17 . 1024-65535 counter packets 1 bytes 60 : drop }}\n"
+    ));
+    // Enough elements for the dump to come in several parts.
+    let many: Vec<String> =
+        (0..3000).map(|i| format!("{} . {} counter packets {i} bytes {} : drop", [6, 17][i % 2], 1000 + i, 7 * i)).collect();
+    setup.push_str(&format!("add element inet tessera_policy {v6} {{ {} }}\n", many.join(", ")));
+    nft_script(&f, &ns, &setup);
+
+    let sorted = |mut v: Vec<ElementCounter>| {
+        v.sort_by(|a, b| (&a.map, &a.key).cmp(&(&b.map, &b.key)));
+        v
+    };
+    let listed = f.exec_ok(&ns, "nft", &["-j", "-n", "list", "table", "inet", "tessera_policy"]);
+    let by_nft = sorted(tessera_dataplane::nft::policy_table_counters(&listed).expect("nft listing"));
+    let by_netlink =
+        support::intent::in_netns(&ns, || tessera_dataplane::nfnetlink::policy_counters(&mut NetfilterSocket::open()?));
+    let by_netlink = sorted(by_netlink.expect("netlink dump"));
+    assert_eq!((by_netlink.len(), by_nft.len()), (3002, 3002));
+    if let Some((a, b)) = by_netlink.iter().zip(&by_nft).find(|(a, b)| a != b) {
+        panic!("the first element that differs: {a:?} by netlink, {b:?} by nft");
+    }
+    assert!(by_netlink.iter().any(|c| c.map == v4 && (c.packets, c.bytes) == (3, 180)), "{by_netlink:?}");
+}

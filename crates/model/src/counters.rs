@@ -27,8 +27,8 @@ pub struct RuleHits {
     pub bytes: u64,
 }
 
-/// What an agent reports: the counters of every rule its host enforces
-/// (zeros included); the report replaces the host's previous one.
+/// What an agent reports: the counters of the rules its host enforces (a
+/// rule left out counts zero); the report replaces the host's previous one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostCounters {
