@@ -84,7 +84,9 @@ pub struct RuleList {
     /// The verdict when no entry matches.
     pub default: Verdict,
     /// In rule order (the order of the policies, then of their rules).
-    pub entries: Vec<Entry>,
+    /// Shared: a copy of a 50,000-entry list (the cache hands one out per
+    /// plan) costs nothing.
+    pub entries: std::sync::Arc<Vec<Entry>>,
     /// A hash of everything the list is compiled from
     /// ([`list_fingerprint`]): equal fingerprints, equal lists. A data plane
     /// uses it to leave alone what did not change, a [`ListCache`] to
@@ -272,7 +274,7 @@ fn patch_list(
 ) -> RuleList {
     let pos: HashMap<Uuid, usize> = list.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
     let order = |e: &Entry| (pos.get(&e.origin.policy).copied().unwrap_or(usize::MAX), e.origin.rule);
-    let mut entries = base.entries.clone();
+    let mut entries: Vec<Entry> = base.entries.as_ref().clone();
     let mut touched = Vec::new();
     for &(p, i) in changed {
         let policy = list[p];
@@ -289,7 +291,12 @@ fn patch_list(
             touched.push(k);
         }
     }
-    RuleList { default: base.default, entries, fingerprint, patch: Patch(Some(std::sync::Arc::new((base_fingerprint, touched)))) }
+    RuleList {
+        default: base.default,
+        entries: std::sync::Arc::new(entries),
+        fingerprint,
+        patch: Patch(Some(std::sync::Arc::new((base_fingerprint, touched)))),
+    }
 }
 
 impl ListCache {
@@ -427,7 +434,7 @@ fn compile_list_fingerprinted(list: &[&Policy], src: &Network, dst: &Network, de
         let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
         entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
     }
-    RuleList { default, entries, fingerprint, patch: Patch::default() }
+    RuleList { default, entries: std::sync::Arc::new(entries), fingerprint, patch: Patch::default() }
 }
 
 /// The default verdict of the lists of flows from `src` to `dst`: pass
