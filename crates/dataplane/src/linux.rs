@@ -1030,10 +1030,10 @@ impl Kernel {
             | Action::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
             }
-            Action::ConntrackZoneFlush { zone } if self.flusher.as_ref().is_some_and(|f| *zone != 0 && f.hand_over(*zone)) => {
-                Ok(())
-            }
             Action::ConntrackZoneFlush { zone } if self.ct_in_kernel && *zone != 0 => {
+                if self.flusher.as_ref().is_some_and(|f| f.hand_over(*zone)) {
+                    return Ok(());
+                }
                 self.with_netfilter(|s| crate::conntrack::flush_zone_in_kernel(s, *zone)).map_err(|e| match e {
                     NetfilterFailure::Open(source) => {
                         DataplaneError::Kernel { op, object: "netfilter netlink socket".into(), source }

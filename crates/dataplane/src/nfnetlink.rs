@@ -514,31 +514,35 @@ impl NetfilterSocket {
         self.seq
     }
 
+    /// Sends `messages`, after dropping answers still queued from an earlier
+    /// request that failed half-way (they are stale).
+    fn send(&mut self, messages: &Messages) -> io::Result<()> {
+        while self.socket.recv(&mut &mut self.buf[..], 0).is_ok() {}
+        self.seq = messages.next_seq;
+        self.socket.send(messages.bytes(), 0).map(|_| ())
+    }
+
+    /// Reads the next answer into the buffer; its length. The kernel answers
+    /// while a request is sent (and makes the next part of a dump while one
+    /// is read), so nothing to read means it will not answer: `missing`
+    /// says what is missing.
+    fn receive(&mut self, missing: impl FnOnce() -> String) -> io::Result<usize> {
+        match self.socket.recv(&mut &mut self.buf[..], 0) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(io::ErrorKind::TimedOut, missing())),
+            r => r,
+        }
+    }
+
     /// Sends `messages` and reads the answers. The kernel handles a request
     /// while it is sent, so the answers are all queued when `send` returns:
     /// `Ok` once every acknowledgement asked for has come, the first error
     /// otherwise (an nftables batch is all or nothing).
     pub fn transact(&mut self, messages: &Messages) -> io::Result<()> {
-        // Answers of an earlier request that failed half-way are stale.
-        while self.socket.recv(&mut &mut self.buf[..], 0).is_ok() {}
-        self.seq = messages.next_seq;
-        self.socket.send(messages.bytes(), 0)?;
+        self.send(messages)?;
         let mut waiting: Vec<u32> = messages.acked().to_vec();
         while !waiting.is_empty() {
-            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the kernel answered {} of {} requests",
-                            messages.acked().len() - waiting.len(),
-                            messages.acked().len()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(e),
-            };
+            let answered = messages.acked().len() - waiting.len();
+            let n = self.receive(|| format!("the kernel answered {answered} of {} requests", messages.acked().len()))?;
             for (seq, errno) in acks(&self.buf[..n]) {
                 if errno != 0 {
                     return Err(io::Error::from_raw_os_error(errno));
@@ -548,26 +552,16 @@ impl NetfilterSocket {
         }
         Ok(())
     }
-}
 
-impl NetfilterSocket {
     /// Sends a dump request and hands `each` the payload (after the
     /// netfilter header) of every message of the answer, until its end.
     pub fn dump(&mut self, request: &Messages, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> io::Result<()> {
-        while self.socket.recv(&mut &mut self.buf[..], 0).is_ok() {}
-        self.seq = request.next_seq;
+        self.send(request)?;
         let seq = request.next_seq.wrapping_sub(1);
-        self.socket.send(request.bytes(), 0)?;
         let mut failed = None;
         loop {
             // The kernel fills the next part of a dump while it is read.
-            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the kernel stopped answering a dump"))
-                }
-                Err(e) => return Err(e),
-            };
+            let n = self.receive(|| "the kernel stopped answering a dump".to_string())?;
             let mut rest = &self.buf[..n];
             while rest.len() >= 16 {
                 let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
