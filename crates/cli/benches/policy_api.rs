@@ -154,6 +154,7 @@ fn main() {
     for i in 0..CHANGES {
         let (last, want) = if i % 2 == 0 { ("reject", false) } else { ("pass", true) };
         for (k, p) in pairs.iter().enumerate() {
+            let started = std::time::SystemTime::now();
             let t = Instant::now();
             set(p.policy, p.n, p.nets, last, false);
             api[k].push(t.elapsed().as_secs_f64() * 1e3);
@@ -161,7 +162,15 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{} ({} rules): {e}\n{}", p.policy, p.n, c.logs_tail(20)));
             times[k].push(t.elapsed().as_secs_f64() * 1e3);
             if verbose {
-                println!("  change {i} of {}: API call {:.1} ms, seen after {:.1} ms", p.policy, api[k][i], times[k][i]);
+                let at = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                println!(
+                    "  change {i} of {} at {}.{:06}: API call {:.1} ms, seen after {:.1} ms",
+                    p.policy,
+                    at.as_secs(),
+                    at.subsec_micros(),
+                    api[k][i],
+                    times[k][i]
+                );
             }
         }
     }
@@ -182,7 +191,21 @@ fn main() {
         percentile(big, 0.99) / percentile(small, 0.99)
     );
     if verbose {
-        println!("{}", c.logs_tail(400));
+        keep_logs(&dir.path().join("run"));
     }
     drop(c);
+}
+
+/// Copies the fabric's logs (controller, agents) out of the run directory,
+/// which is removed at the end, so a verbose run can be read afterwards.
+fn keep_logs(run: &std::path::Path) {
+    let kept = std::env::temp_dir().join("tessera-bench-logs");
+    let _ = std::fs::create_dir_all(&kept);
+    for entry in std::fs::read_dir(run).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+        }
+    }
+    println!("logs kept in {}", kept.display());
 }

@@ -68,6 +68,7 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 
 const NF_DROP: i32 = 0;
+const NFT_CONTINUE: i32 = -1;
 const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
@@ -411,6 +412,7 @@ impl Messages {
                         let (code, chain) = match v {
                             ElementVerdict::Return => (NFT_RETURN, None),
                             ElementVerdict::Drop => (NF_DROP, None),
+                            ElementVerdict::Continue => (NFT_CONTINUE, None),
                             ElementVerdict::Goto(c) => (NFT_GOTO, Some(c)),
                         };
                         self.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());

@@ -249,6 +249,11 @@ pub enum ElementVerdict {
     Return,
     /// `drop`
     Drop,
+    /// `continue`: the rest of the lookup's rule runs, which rejects
+    /// (`… vmap @m goto rj<S>`). A reject element is not a `goto`: adding
+    /// one would make the kernel validate every jump of the table, every
+    /// element of every verdict map included.
+    Continue,
     /// `goto CHAIN`: reject, or log then decide.
     Goto(String),
 }
@@ -259,7 +264,7 @@ impl ElementVerdict {
     pub fn passes(&self) -> bool {
         match self {
             ElementVerdict::Return => true,
-            ElementVerdict::Drop => false,
+            ElementVerdict::Drop | ElementVerdict::Continue => false,
             ElementVerdict::Goto(chain) => crate::policy::log_chain_passes(chain),
         }
     }
@@ -270,6 +275,7 @@ impl fmt::Display for ElementVerdict {
         match self {
             ElementVerdict::Return => f.write_str("return"),
             ElementVerdict::Drop => f.write_str("drop"),
+            ElementVerdict::Continue => f.write_str("continue"),
             ElementVerdict::Goto(c) => write!(f, "goto {c}"),
         }
     }

@@ -16,15 +16,21 @@
 //! - chain `p<S>_<D>`: `jump l<S>_<D>_0; jump l<S>_<D>_1; accept`;
 //! - chain `l<S>_<D>_<i>` (rule list `i`): for each layer (see
 //!   `tessera_policy::layer`), for each family, one lookup per map of the
-//!   layer, then the list's default verdict. An element's verdict is `return`
-//!   for pass (the next list decides), `drop` for deny, `goto rj<S>` for
-//!   reject, or `goto g…` for a rule marked `log`. The boxes of a layer never
-//!   overlap, so the maps of a layer can be looked up in any order;
+//!   layer, then the list's default verdict. Each lookup rule ends in `goto
+//!   rj<S>` (`… vmap @m goto rj<S>`), reached only when the element found
+//!   says `continue`: an element's verdict is `return` for pass (the next
+//!   list decides), `drop` for deny, `continue` for reject, or `goto g…` for
+//!   a rule marked `log`; a miss ends the rule. Reject elements are not
+//!   `goto`s because adding an element that jumps makes the kernel validate
+//!   every jump of the table, every element of every verdict map included
+//!   (about 10 ms at 50,000 elements, on every such change). The boxes of a
+//!   layer never overlap, so the maps of a layer can be looked up in any
+//!   order;
 //! - hash maps `h<S>_<D>_<i>_<layer>_<4|6>_<template><shard>_<fields>`: boxes
 //!   that are exact points in some fields and share the same ranges in the
 //!   others (a list of ports, of host addresses, of address and port pairs)
 //!   are looked up by their exact fields, behind plain matches on the shared
-//!   ranges (`meta nfproto ipv4 meta l4proto 6 th dport vmap @h…`). A hash
+//!   ranges (`meta nfproto ipv4 meta l4proto 6 th dport vmap @h… goto rj<S>`). A hash
 //!   map's lookup, insertion and deletion cost the same whatever its size,
 //!   so a list of 50,000 port rules is one lookup and a one-rule change two
 //!   element operations;
@@ -453,6 +459,7 @@ pub fn element_hash(e: &MapElement) -> u64 {
     let v = match &e.verdict {
         ElementVerdict::Return => 1,
         ElementVerdict::Drop => 2,
+        ElementVerdict::Continue => 4,
         ElementVerdict::Goto(c) => {
             let mut h = Fnv::new();
             h.bytes(c.as_bytes());
@@ -580,7 +587,7 @@ fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry)
         None => match e.verdict {
             Verdict::Pass => ElementVerdict::Return,
             Verdict::Deny => ElementVerdict::Drop,
-            Verdict::Reject => ElementVerdict::Goto(reject_chain(s)),
+            Verdict::Reject => ElementVerdict::Continue,
         },
         Some(prefix) => {
             let policy8 = &e.origin.policy.simple().to_string()[..8];
@@ -669,8 +676,11 @@ fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> Li
             for (k, elements) in maps.into_iter().enumerate() {
                 let name = format!("h{s}_{d}_{i}_{layer}_{}_{:08x}{k}_{fields}", fam_digit(family), th.finish() as u32);
                 let digest = map_digest(elements.iter().map(|(e, _)| e));
-                let rule =
-                    if matches.is_empty() { format!("{key} vmap @{name}") } else { format!("{matches} {key} vmap @{name}") };
+                let rule = if matches.is_empty() {
+                    format!("{key} vmap @{name} goto {}", reject_chain(s))
+                } else {
+                    format!("{matches} {key} vmap @{name} goto {}", reject_chain(s))
+                };
                 lookups.push(rule);
                 lo.map_names.push(name.clone());
                 out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
@@ -698,7 +708,7 @@ fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> Li
             }
             let name = format!("m{s}_{d}_{i}_{layer}_{}_{k}_{order_name}", fam_digit(family));
             let digest = map_digest(elements.iter().map(|(e, _)| e));
-            lookups.push(format!("{key} vmap @{name}"));
+            lookups.push(format!("{key} vmap @{name} goto {}", reject_chain(s)));
             slot_of[k] = lo.map_names.len() as u32;
             lo.map_names.push(name.clone());
             out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
@@ -1031,7 +1041,7 @@ mod tests {
         assert_eq!(map.elements.len(), 100);
         assert_eq!(map_type(name, Family::V4), "type inet_service : verdict; counter;");
         let list = &o.chains["l1_2_0"].rules;
-        assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name}"));
+        assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name} goto rj1"));
         assert_eq!(list[1], "drop");
     }
 

@@ -505,13 +505,18 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
         },
         Action::NftDigestsUpdate { deletes: vec![], adds: vec![(7, 8), (u128::MAX - 1, 1 << 100)] },
     ];
-    // A verdict flipped (delete, then add), a digest replaced.
+    // A verdict flipped (delete, then add), a reject element (`continue`), a
+    // digest replaced.
     let second = [
         Action::NftMapElementsDelete {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (5001, 5001), ElementVerdict::Return)],
         },
         Action::NftMapElementsAdd { map: port.into(), elements: vec![el(Family::V4, any4, 6, (5001, 5001), goto())] },
+        Action::NftMapElementsAdd {
+            map: port.into(),
+            elements: vec![el(Family::V4, any4, 6, (5002, 5002), ElementVerdict::Continue)],
+        },
         Action::NftMapElementsDelete { map: v4.into(), elements: vec![el(Family::V4, any4, 17, (53, 53), goto())] },
         Action::NftDigestsUpdate { deletes: vec![(7, 8)], adds: vec![(7, 9)] },
     ];
