@@ -111,20 +111,28 @@ pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped
 /// Computes the desired data plane of `me` from `snap`, with the warnings
 /// about refused route leaks.
 pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
-    host_plan_cached(snap, me, &mut tessera_policy::ListCache::new())
+    host_plan_cached(snap, me, &mut tessera_policy::ListCache::new(), &mut tessera_policy::Refusals::new())
 }
 
 /// [`host_plan`], compiling only the rule lists whose inputs changed since
 /// the last call with the same `cache` (an agent keeps one across
 /// reconciles: a one-rule change in a 50,000-rule policy then recompiles
 /// that policy's lists only). Lists the result does not use leave the cache.
-pub fn host_plan_cached(snap: &Snapshot, me: &HostIdentity, cache: &mut tessera_policy::ListCache) -> HostPlan {
+/// `refusals` follows the policies' refusal epochs across calls, so that a
+/// watched pair's fingerprint changes only when an edit may refuse flows.
+pub fn host_plan_cached(
+    snap: &Snapshot,
+    me: &HostIdentity,
+    cache: &mut tessera_policy::ListCache,
+    refusals: &mut tessera_policy::Refusals,
+) -> HostPlan {
     let underlay: HashMap<&str, IpAddr> = snap.hosts.iter().map(|h| (h.name.as_str(), h.underlay_ip)).collect();
     let mut by_network: BTreeMap<Uuid, Vec<&Endpoint>> = BTreeMap::new();
     for e in &snap.endpoints {
         by_network.entry(e.network).or_default().push(e);
     }
     let compiler = Compiler::new(&snap.networks, &snap.policies);
+    refusals.update(&compiler);
     let topology = compiler.topology();
     let has_local = |id: &Uuid| {
         by_network
@@ -207,7 +215,9 @@ pub fn host_plan_cached(snap: &Snapshot, me: &HostIdentity, cache: &mut tessera_
         let Some(s_id) = id_of.get(&n.vni) else { continue };
         if n.local.is_empty() {
             for d in &n.imports {
-                let Some(fingerprint) = id_of.get(d).and_then(|d_id| compiler.fingerprint(*s_id, *d_id)) else { continue };
+                let Some(fingerprint) = id_of.get(d).and_then(|d_id| compiler.refusal_fingerprint(*s_id, *d_id, refusals)) else {
+                    continue;
+                };
                 watches.push(PairWatch { src: n.vni, dst: *d, fingerprint });
             }
             continue;
@@ -239,6 +249,7 @@ pub fn host_plan_cached(snap: &Snapshot, me: &HostIdentity, cache: &mut tessera_
 #[derive(Debug, Default)]
 pub struct Planner {
     cache: tessera_policy::ListCache,
+    refusals: tessera_policy::Refusals,
     warnings: Vec<tessera_policy::LeakWarning>,
 }
 
@@ -250,7 +261,7 @@ impl Planner {
     /// This host's plan, and the leak warnings when they differ from those
     /// of the previous plan (`Some(vec![])` when they are all gone).
     pub fn plan(&mut self, snap: &Snapshot, me: &HostIdentity) -> (HostPlan, Option<Vec<tessera_policy::LeakWarning>>) {
-        let plan = host_plan_cached(snap, me, &mut self.cache);
+        let plan = host_plan_cached(snap, me, &mut self.cache, &mut self.refusals);
         let changed = plan.leak_warnings != self.warnings;
         if changed {
             self.warnings = plan.leak_warnings.clone();
@@ -432,6 +443,24 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_pair_keeps_its_fingerprint_through_edits_that_only_widen() {
+        let rule = |r: &str| tessera_model::Rule::parse("r", r, &tessera_model::ProjectName::default_project()).unwrap();
+        let watch = |planner: &mut Planner, s: &Snapshot| planner.plan(s, &me()).0.desired.watches[0].fingerprint;
+        let mut planner = Planner::new();
+        let mut s = connected();
+        s.policies[0].rules.insert(0, rule("deny tcp any any <> any 22"));
+        let first = watch(&mut planner, &s);
+        s.policies[0].rules.set(0, rule("pass tcp any any <> any 22"));
+        assert_eq!(watch(&mut planner, &s), first, "deny → pass lets more through: the pair's flows live on");
+        s.policies[0].rules.insert(0, rule("pass udp any any <> any 53"));
+        assert_eq!(watch(&mut planner, &s), first, "a pass rule inserted");
+        s.policies[0].rules.set(1, rule("reject tcp any any <> any 22"));
+        let narrowed = watch(&mut planner, &s);
+        assert_ne!(narrowed, first, "pass → reject may refuse running flows: they end");
+        assert_eq!(watch(&mut planner, &s), narrowed, "stable while nothing changes");
+    }
+
+    #[test]
     fn detaching_the_policy_drops_the_other_network_and_its_program() {
         let mut s = connected();
         s.networks[0].policies.clear();
@@ -480,14 +509,14 @@ mod tests {
     #[test]
     fn a_cache_recompiles_only_changed_lists_and_gives_the_same_result() {
         let mut cache = tessera_policy::ListCache::new();
-        let first = host_plan_cached(&connected(), &me(), &mut cache);
+        let first = host_plan_cached(&connected(), &me(), &mut cache, &mut tessera_policy::Refusals::new());
         assert_eq!(first.desired, host_plan(&connected(), &me()).desired);
         assert_eq!(cache.len(), 2, "n1 -> n2, and n1 within itself (which passes everything)");
         let mut changed = connected();
         changed.policies[0].rules.push(
             tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
         );
-        let second = host_plan_cached(&changed, &me(), &mut cache);
+        let second = host_plan_cached(&changed, &me(), &mut cache, &mut tessera_policy::Refusals::new());
         assert_eq!(second.desired, host_plan(&changed, &me()).desired);
         assert_eq!(cache.len(), 2, "the old lists left the cache");
     }

@@ -46,6 +46,7 @@
 pub mod flow;
 pub mod layer;
 pub mod program;
+pub mod refusal;
 pub mod rules;
 pub mod topology;
 
@@ -56,6 +57,7 @@ pub use program::{
     compile_list, compile_pair, compile_pair_cached, list_fingerprint, policy_hash, reference_verdict, Entry, ListCache,
     PairProgram, Patch, RuleList, RuleRef, Verdict,
 };
+pub use refusal::Refusals;
 pub use topology::{LeakWarning, Topology};
 
 use tessera_model::{Network, Policy};
@@ -102,9 +104,22 @@ impl<'a> Compiler<'a> {
     /// policies attached to each, in order, and whether a route target
     /// connects them): it changes whenever the program may. A host that does
     /// not enforce a pair (the flows arrive through a tunnel, decided where
-    /// they start) watches the fingerprint to know when to end the pair's
-    /// flows, without compiling the program. Stable for one build.
+    /// they start) watches [`Compiler::refusal_fingerprint`] instead, to
+    /// know when to end the pair's flows without compiling the program.
+    /// Stable for one build.
     pub fn fingerprint(&self, src: Uuid, dst: Uuid) -> Option<u64> {
+        self.fingerprint_by(src, dst, |p| self.policy_hash(p))
+    }
+
+    /// [`Compiler::fingerprint`] with each policy's content standing for
+    /// its [`Refusals`] epoch: it changes when the program may now refuse
+    /// flows it let through, not when it only lets more through (what a
+    /// watching host needs to know to end the pair's flows).
+    pub fn refusal_fingerprint(&self, src: Uuid, dst: Uuid, refusals: &Refusals) -> Option<u64> {
+        self.fingerprint_by(src, dst, |p| refusals.epoch(p))
+    }
+
+    fn fingerprint_by(&self, src: Uuid, dst: Uuid, policy_value: impl Fn(&Policy) -> u64) -> Option<u64> {
         use std::hash::{Hash, Hasher};
         let mut h = flow::Fnv::new();
         for id in [src, dst] {
@@ -114,7 +129,7 @@ impl<'a> Compiler<'a> {
                 s.cidr.hash(&mut h);
             }
             for p in topology::attached(net, &self.policies) {
-                h.write_u64(self.policy_hash(p));
+                h.write_u64(policy_value(p));
             }
             h.write_u8(0xff);
         }
