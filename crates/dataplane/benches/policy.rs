@@ -128,9 +128,10 @@ impl Bench {
     }
 
     /// Applies `n`-rule policy `id` whose last rule is `last` (pass or
-    /// deny) to h1 (timed, with probes from r1 to `target` watching for the
+    /// reject) to h1 (timed, with probes from r1 to `target` watching for the
     /// flip), then to h2. Returns the milliseconds from the start of the
-    /// change to the first probe that saw it enforced, and those spent
+    /// change to the start of the first probe that saw it enforced (the
+    /// probe before it started earlier and saw the old verdict), and those spent
     /// computing the desired state and reconciling.
     async fn change(&mut self, id: u128, n: usize, last: &str, target: SocketAddr) -> (f64, f64, f64) {
         set_policy(&mut self.intent, id, n, last);
@@ -141,13 +142,19 @@ impl Bench {
         let t0 = Instant::now();
         let prober = std::thread::spawn(move || {
             in_netns(&ns, move || loop {
+                // When the probe started: a dropped connection is told only
+                // when its timeout ends, 15 ms after the drop.
+                let started = t0.elapsed();
                 let ok = TcpStream::connect_timeout(&target, Duration::from_millis(15)).is_ok();
                 if ok == should_pass {
-                    return t0.elapsed();
+                    return started;
                 }
                 if flag.load(Ordering::Relaxed) && t0.elapsed() > Duration::from_secs(10) {
                     return Duration::MAX;
                 }
+                // Probing without a pause would take one of the two cores
+                // from the change being measured.
+                std::thread::sleep(Duration::from_millis(1));
             })
         });
         let hosts = [&self.h1, &self.h2];
@@ -167,12 +174,15 @@ impl Bench {
     }
 
     /// Latencies (ms) of `CHANGES` changes of policy `id` (`n` rules),
-    /// alternating its last rule between deny and pass; and the medians of
+    /// alternating its last rule between reject and pass (a refusal a probe
+    /// sees at once, where a silent drop is seen only when its timeout
+    /// ends, and a probe pending in one would hide the flip back to pass);
+    /// and the medians of
     /// the compile and reconcile parts.
     async fn changes(&mut self, id: u128, n: usize, target: SocketAddr) -> (Vec<f64>, f64, f64) {
         let (mut out, mut compile, mut apply) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..CHANGES {
-            let last = if i % 2 == 0 { "deny" } else { "pass" };
+            let last = if i % 2 == 0 { "reject" } else { "pass" };
             let (seen, c, a) = self.change(id, n, last, target).await;
             out.push(seen);
             compile.push(c);
