@@ -36,6 +36,8 @@ const PORT: u16 = 5001;
 const ROUND: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
 const CHANGES: usize = 20;
+/// The pause between two probes of a change: the resolution of its measurement.
+const PROBE_EVERY: Duration = Duration::from_millis(1);
 const BIG: usize = 50_000;
 const SMALL: usize = 10;
 const BIG_POLICY: u128 = 0x50;
@@ -154,7 +156,7 @@ impl Bench {
                 }
                 // Probing without a pause would take one of the two cores
                 // from the change being measured.
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(PROBE_EVERY);
             })
         });
         let hosts = [&self.h1, &self.h2];

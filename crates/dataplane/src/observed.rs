@@ -254,7 +254,7 @@ pub enum ElementVerdict {
     /// one would make the kernel validate every jump of the table, every
     /// element of every verdict map included.
     Continue,
-    /// `goto CHAIN`: reject, or log then decide.
+    /// `goto g…`: log, then decide.
     Goto(String),
 }
 

@@ -96,12 +96,13 @@ pub fn only_widens(old: &Policy, new: &Policy) -> bool {
     }
 }
 
-/// The rule `longer` has when it is `shorter` with one rule inserted.
+/// The rule `longer` (one rule longer) has when it is `shorter` with one
+/// rule inserted.
 fn inserted<'r>(shorter: &Rules, longer: &'r Rules) -> Option<&'r Rule> {
     let front = shorter.iter().zip(longer.iter()).take_while(|(a, b)| a == b).count();
     let back = shorter.iter().rev().zip(longer.iter().rev()).take_while(|(a, b)| a == b).count();
     // `longer[..front]` and `longer[front + 1..]` are then `shorter`.
-    (front + back >= shorter.len() && longer.len() == shorter.len() + 1).then(|| longer.get(front)).flatten()
+    (front + back >= shorter.len()).then(|| longer.get(front)).flatten()
 }
 
 #[cfg(test)]
