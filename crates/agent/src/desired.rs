@@ -94,7 +94,7 @@ pub fn pair_zones(pairs: &BTreeSet<(Vni, Vni)>, used: &BTreeSet<u16>) -> BTreeMa
 
 /// This host's desired data plane and what could not be part of it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostPlan {
+pub struct HostIntent {
     pub desired: DesiredHost,
     pub skipped: Skipped,
     /// Route leaks the intent asks for that were refused (overlapping
@@ -104,28 +104,28 @@ pub struct HostPlan {
 
 /// Computes the desired data plane of `me` from `snap`.
 pub fn desired_host(snap: &Snapshot, me: &HostIdentity) -> (DesiredHost, Skipped) {
-    let plan = host_plan(snap, me);
-    (plan.desired, plan.skipped)
+    let intent = host_intent(snap, me);
+    (intent.desired, intent.skipped)
 }
 
 /// Computes the desired data plane of `me` from `snap`, with the warnings
 /// about refused route leaks.
-pub fn host_plan(snap: &Snapshot, me: &HostIdentity) -> HostPlan {
-    host_plan_cached(snap, me, &mut tessera_policy::ListCache::new(), &mut tessera_policy::Refusals::new())
+pub fn host_intent(snap: &Snapshot, me: &HostIdentity) -> HostIntent {
+    host_intent_cached(snap, me, &mut tessera_policy::ListCache::new(), &mut tessera_policy::Refusals::new())
 }
 
-/// [`host_plan`], compiling only the rule lists whose inputs changed since
+/// [`host_intent`], compiling only the rule lists whose inputs changed since
 /// the last call with the same `cache` (an agent keeps one across
 /// reconciles: a one-rule change in a 50,000-rule policy then recompiles
 /// that policy's lists only). Lists the result does not use leave the cache.
 /// `refusals` follows the policies' refusal epochs across calls, so that a
 /// watched pair's fingerprint changes only when an edit may refuse flows.
-pub fn host_plan_cached(
+pub fn host_intent_cached(
     snap: &Snapshot,
     me: &HostIdentity,
     cache: &mut tessera_policy::ListCache,
     refusals: &mut tessera_policy::Refusals,
-) -> HostPlan {
+) -> HostIntent {
     let underlay: HashMap<&str, IpAddr> = snap.hosts.iter().map(|h| (h.name.as_str(), h.underlay_ip)).collect();
     let mut by_network: BTreeMap<Uuid, Vec<&Endpoint>> = BTreeMap::new();
     for e in &snap.endpoints {
@@ -240,34 +240,34 @@ pub fn host_plan_cached(
         watches,
     };
     cache.retain_used();
-    HostPlan { desired, skipped, leak_warnings: topology.warnings.clone() }
+    HostIntent { desired, skipped, leak_warnings: topology.warnings.clone() }
 }
 
-/// [`host_plan_cached`] across reconciles: the agent keeps one, so that a
+/// [`host_intent_cached`] across reconciles: the agent keeps one, so that a
 /// change recompiles only the rule lists it touches, and learns when the
 /// route-leak warnings change (to log them once, not on every reconcile).
 #[derive(Debug, Default)]
-pub struct Planner {
+pub struct IntentCompiler {
     cache: tessera_policy::ListCache,
     refusals: tessera_policy::Refusals,
     warnings: Vec<tessera_policy::LeakWarning>,
 }
 
-impl Planner {
+impl IntentCompiler {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// This host's plan, and the leak warnings when they differ from those
-    /// of the previous plan (`Some(vec![])` when they are all gone).
-    pub fn plan(&mut self, snap: &Snapshot, me: &HostIdentity) -> (HostPlan, Option<Vec<tessera_policy::LeakWarning>>) {
-        let plan = host_plan_cached(snap, me, &mut self.cache, &mut self.refusals);
-        let changed = plan.leak_warnings != self.warnings;
+    /// This host's intent, and the leak warnings when they differ from those
+    /// of the previous one (`Some(vec![])` when they are all gone).
+    pub fn compile(&mut self, snap: &Snapshot, me: &HostIdentity) -> (HostIntent, Option<Vec<tessera_policy::LeakWarning>>) {
+        let intent = host_intent_cached(snap, me, &mut self.cache, &mut self.refusals);
+        let changed = intent.leak_warnings != self.warnings;
         if changed {
-            self.warnings = plan.leak_warnings.clone();
+            self.warnings = intent.leak_warnings.clone();
         }
         let warnings = changed.then(|| self.warnings.clone());
-        (plan, warnings)
+        (intent, warnings)
     }
 }
 
@@ -445,19 +445,19 @@ mod tests {
     #[test]
     fn a_watched_pair_keeps_its_fingerprint_through_edits_that_only_widen() {
         let rule = |r: &str| tessera_model::Rule::parse("r", r, &tessera_model::ProjectName::default_project()).unwrap();
-        let watch = |planner: &mut Planner, s: &Snapshot| planner.plan(s, &me()).0.desired.watches[0].fingerprint;
-        let mut planner = Planner::new();
+        let watch = |intents: &mut IntentCompiler, s: &Snapshot| intents.compile(s, &me()).0.desired.watches[0].fingerprint;
+        let mut intents = IntentCompiler::new();
         let mut s = connected();
         s.policies[0].rules.insert(0, rule("deny tcp any any <> any 22"));
-        let first = watch(&mut planner, &s);
+        let first = watch(&mut intents, &s);
         s.policies[0].rules.set(0, rule("pass tcp any any <> any 22"));
-        assert_eq!(watch(&mut planner, &s), first, "deny → pass lets more through: the pair's flows live on");
+        assert_eq!(watch(&mut intents, &s), first, "deny → pass lets more through: the pair's flows live on");
         s.policies[0].rules.insert(0, rule("pass udp any any <> any 53"));
-        assert_eq!(watch(&mut planner, &s), first, "a pass rule inserted");
+        assert_eq!(watch(&mut intents, &s), first, "a pass rule inserted");
         s.policies[0].rules.set(1, rule("reject tcp any any <> any 22"));
-        let narrowed = watch(&mut planner, &s);
+        let narrowed = watch(&mut intents, &s);
         assert_ne!(narrowed, first, "pass → reject may refuse running flows: they end");
-        assert_eq!(watch(&mut planner, &s), narrowed, "stable while nothing changes");
+        assert_eq!(watch(&mut intents, &s), narrowed, "stable while nothing changes");
     }
 
     #[test]
@@ -485,10 +485,10 @@ mod tests {
     fn overlapping_networks_are_not_leaked_and_warned_about() {
         let mut s = connected();
         s.networks[1].subnets[0].cidr = "192.168.10.128/25".parse().unwrap();
-        let plan = host_plan(&s, &me());
-        assert_eq!(plan.desired.networks.len(), 1);
-        assert!(plan.desired.networks[0].imports.is_empty());
-        assert_eq!(plan.leak_warnings.len(), 2);
+        let intent = host_intent(&s, &me());
+        assert_eq!(intent.desired.networks.len(), 1);
+        assert!(intent.desired.networks[0].imports.is_empty());
+        assert_eq!(intent.leak_warnings.len(), 2);
     }
 
     #[test]
@@ -509,15 +509,15 @@ mod tests {
     #[test]
     fn a_cache_recompiles_only_changed_lists_and_gives_the_same_result() {
         let mut cache = tessera_policy::ListCache::new();
-        let first = host_plan_cached(&connected(), &me(), &mut cache, &mut tessera_policy::Refusals::new());
-        assert_eq!(first.desired, host_plan(&connected(), &me()).desired);
+        let first = host_intent_cached(&connected(), &me(), &mut cache, &mut tessera_policy::Refusals::new());
+        assert_eq!(first.desired, host_intent(&connected(), &me()).desired);
         assert_eq!(cache.len(), 2, "n1 -> n2, and n1 within itself (which passes everything)");
         let mut changed = connected();
         changed.policies[0].rules.push(
             tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
         );
-        let second = host_plan_cached(&changed, &me(), &mut cache, &mut tessera_policy::Refusals::new());
-        assert_eq!(second.desired, host_plan(&changed, &me()).desired);
+        let second = host_intent_cached(&changed, &me(), &mut cache, &mut tessera_policy::Refusals::new());
+        assert_eq!(second.desired, host_intent(&changed, &me()).desired);
         assert_eq!(cache.len(), 2, "the old lists left the cache");
     }
 
@@ -525,12 +525,12 @@ mod tests {
     fn a_planner_reports_leak_warnings_once_per_change() {
         let mut s = connected();
         s.networks[1].subnets[0].cidr = "192.168.10.128/25".parse().unwrap();
-        let mut planner = Planner::new();
-        let (first, warnings) = planner.plan(&s, &me());
-        assert_eq!(first, host_plan(&s, &me()));
+        let mut intents = IntentCompiler::new();
+        let (first, warnings) = intents.compile(&s, &me());
+        assert_eq!(first, host_intent(&s, &me()));
         assert_eq!(warnings.map(|w| w.len()), Some(2), "new warnings are reported");
-        assert_eq!(planner.plan(&s, &me()).1, None, "the same warnings are not reported again");
-        assert_eq!(planner.plan(&connected(), &me()).1, Some(vec![]), "their end is reported");
+        assert_eq!(intents.compile(&s, &me()).1, None, "the same warnings are not reported again");
+        assert_eq!(intents.compile(&connected(), &me()).1, Some(vec![]), "their end is reported");
     }
 
     #[test]

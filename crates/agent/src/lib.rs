@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::api::{AgentStatus, ApiError, AttachRequest, DetachRequest};
 use crate::controller::{ControllerClient, ControllerError};
-use crate::desired::{HostIdentity, Planner};
+use crate::desired::{HostIdentity, IntentCompiler};
 
 /// The default path of the agent's local API socket.
 pub const DEFAULT_SOCKET: &str = "/run/tessera/agent.sock";
@@ -75,7 +75,7 @@ pub struct Agent {
     connected: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
     kick: Notify,
-    planner: std::sync::Mutex<Planner>,
+    intents: std::sync::Mutex<IntentCompiler>,
     counters: Arc<counters::Counters>,
 }
 
@@ -251,12 +251,12 @@ impl Agent {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
         let started = std::time::Instant::now();
-        let (plan, leak_warnings) = self.planner.lock().unwrap_or_else(|p| p.into_inner()).plan(snap, &self.me);
+        let (intent, leak_warnings) = self.intents.lock().unwrap_or_else(|p| p.into_inner()).compile(snap, &self.me);
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "desired state computed");
         for w in leak_warnings.iter().flatten() {
             tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");
         }
-        let (desired, skipped) = (Arc::new(plan.desired), plan.skipped);
+        let (desired, skipped) = (Arc::new(intent.desired), intent.skipped);
         for (id, reason) in &skipped.0 {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");
         }
@@ -344,7 +344,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         connected: conn_rx,
         progress: watch::channel(Progress::default()).0,
         kick: Notify::new(),
-        planner: std::sync::Mutex::new(Planner::new()),
+        intents: std::sync::Mutex::new(IntentCompiler::new()),
         counters: Arc::new(counters::Counters::new()),
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));

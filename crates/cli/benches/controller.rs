@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use tessera_ipam::{Allocator, SubnetPlan};
+use tessera_ipam::{Allocator, SubnetLayout};
 use tessera_store::{Compare, Op, RedbStore, Store, Txn};
 
 const IPAM_ALLOCS: usize = 60_000;
@@ -24,7 +24,7 @@ const API_CREATES: usize = 2_000;
 const CONCURRENCY: usize = 32;
 
 fn ipam() {
-    let plan = SubnetPlan::new("10.0.0.0/16".parse().unwrap(), Some("10.0.0.1".parse().unwrap()), vec![]).unwrap();
+    let plan = SubnetLayout::new("10.0.0.0/16".parse().unwrap(), Some("10.0.0.1".parse().unwrap()), vec![]).unwrap();
     let mut alloc: Allocator<u32> = Allocator::new(plan);
     let t = Instant::now();
     let mut got = Vec::with_capacity(IPAM_ALLOCS);

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tessera_ipam::SubnetPlan;
+use tessera_ipam::SubnetLayout;
 use tessera_model::network::{parse_route_targets, validate_subnets};
 use tessera_model::reservation::{check_owner, reservation_owner, RESERVATION_OWNER_PREFIX};
 use tessera_model::watch::{ChunkRef, PolicyHeader, PolicyRules};
@@ -492,7 +492,7 @@ impl Controller {
                     })
                 })
                 .collect();
-            let capacity = s.plan().map(|p| p.capacity()).unwrap_or(0);
+            let capacity = s.layout().map(|p| p.capacity()).unwrap_or(0);
             subnets.push(SubnetUsage {
                 cidr: s.cidr,
                 gateway: s.gateway,
@@ -554,7 +554,7 @@ impl Controller {
             if statics.iter().any(|(_, a)| a.is_ipv4() == addr.is_ipv4()) {
                 return Err(FieldError::new(&field, "only one address per address family may be requested").into());
             }
-            let plan = subnet.plan().map_err(|e| FieldError::new(&field, e.to_string()))?;
+            let plan = subnet.layout().map_err(|e| FieldError::new(&field, e.to_string()))?;
             plan.is_allocatable(addr).map_err(|e| FieldError::new(&field, e.to_string()))?;
             statics.push((idx, addr));
         }
@@ -686,8 +686,8 @@ impl Controller {
     async fn allocate_in(&self, network: Uuid, family: &[(usize, &tessera_model::Subnet)]) -> Result<(usize, IpAddr)> {
         let mut full = Vec::new();
         for (i, subnet) in family {
-            let plan: SubnetPlan =
-                subnet.plan().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
+            let plan: SubnetLayout =
+                subnet.layout().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
             let prefix = keys::allocations_of(network, *i);
             let taken = self.store.range(&prefix).await?.kvs;
             let allocated = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
@@ -810,7 +810,7 @@ impl Controller {
                 if let Some(w) = wanted_subnet.filter(|w| *w != s.cidr) {
                     return Err(FieldError::new("address", format!("{a} is not in subnet {w}")).into());
                 }
-                let plan = s.plan().map_err(|e| FieldError::new("address", e.to_string()))?;
+                let plan = s.layout().map_err(|e| FieldError::new("address", e.to_string()))?;
                 plan.is_allocatable(a).map_err(|e| FieldError::new("address", e.to_string()))?;
                 i
             }

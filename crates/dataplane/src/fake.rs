@@ -12,21 +12,21 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::action::Action;
 use crate::nft::SKELETON_VERSION;
 use crate::observed::{LinkKind, LinkState, Observed, ObservedChain, ObservedMap, RouteTarget, VxlanState};
-use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError, VifEntry};
+use crate::op::KernelOp;
+use crate::{ApplyReport, Dataplane, DataplaneError, KernelOpFailure, VifEntry};
 
 /// A call made to the fake, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Observe,
-    Apply(Vec<Action>),
+    Apply(Vec<KernelOp>),
     Interfaces,
     PolicyCounters,
 }
 
-type Matcher = Box<dyn Fn(&Action) -> bool + Send>;
+type Matcher = Box<dyn Fn(&KernelOp) -> bool + Send>;
 
 struct Injected {
     matches: Matcher,
@@ -79,7 +79,7 @@ impl FakeDataplane {
     }
 
     /// Every action passed to `apply` so far, in order.
-    pub fn applied(&self) -> Vec<Action> {
+    pub fn applied(&self) -> Vec<KernelOp> {
         self.lock()
             .calls
             .iter()
@@ -92,12 +92,12 @@ impl FakeDataplane {
     }
 
     /// Makes every action matching `matches` fail with `errno`.
-    pub fn fail_action(&self, matches: impl Fn(&Action) -> bool + Send + 'static, errno: i32) {
+    pub fn fail_action(&self, matches: impl Fn(&KernelOp) -> bool + Send + 'static, errno: i32) {
         self.lock().injected.push(Injected { matches: Box::new(matches), errno, remaining: None });
     }
 
     /// Makes the next action matching `matches` fail with `errno`.
-    pub fn fail_action_once(&self, matches: impl Fn(&Action) -> bool + Send + 'static, errno: i32) {
+    pub fn fail_action_once(&self, matches: impl Fn(&KernelOp) -> bool + Send + 'static, errno: i32) {
         self.lock().injected.push(Injected { matches: Box::new(matches), errno, remaining: Some(1) });
     }
 
@@ -117,7 +117,7 @@ impl FakeDataplane {
     }
 }
 
-fn injected_errno(injected: &mut Vec<Injected>, action: &Action) -> Option<i32> {
+fn injected_errno(injected: &mut Vec<Injected>, action: &KernelOp) -> Option<i32> {
     let i = injected.iter().position(|inj| (inj.matches)(action))?;
     let errno = injected[i].errno;
     if let Some(n) = injected[i].remaining.as_mut() {
@@ -147,16 +147,16 @@ const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 
 /// Carries out one action on the modelled kernel.
-fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
+fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
     match action {
-        Action::SysctlWrite { key, value } => {
+        KernelOp::SysctlWrite { key, value } => {
             let dev = key.0.split('/').nth(3);
             if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default")) {
                 need_link(k, dev).map_err(|_| err(ENOENT))?;
             }
             k.sysctls.insert(key.clone(), value.clone());
         }
-        Action::NftTablesInstall => {
+        KernelOp::NftTablesInstall => {
             k.nft.skeleton = Some(SKELETON_VERSION.to_string());
             k.nft.elements.clear();
             k.nft.policy = Default::default();
@@ -164,7 +164,7 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             let (mk, mv) = crate::policy::skeleton_marker();
             k.nft.policy.digests.insert(mk, mv);
         }
-        Action::NftMapAdd { name, family } => {
+        KernelOp::NftMapAdd { name, family } => {
             if k.nft.skeleton.is_none() || k.nft.policy.maps.contains_key(name) {
                 return Err(err(if k.nft.skeleton.is_none() { ENOENT } else { EEXIST }));
             }
@@ -173,10 +173,10 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 .maps
                 .insert(name.clone(), ObservedMap { family: *family, digest: None, elements: Some(Default::default()) });
         }
-        Action::NftMapDelete { name } => {
+        KernelOp::NftMapDelete { name } => {
             k.nft.policy.maps.remove(name);
         }
-        Action::NftMapElementsAdd { map, elements } => {
+        KernelOp::NftMapElementsAdd { map, elements } => {
             let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
             let mut set = m.elements.as_deref().cloned().unwrap_or_default();
             let keys: std::collections::BTreeSet<_> = set.iter().map(|x| x.key).collect();
@@ -186,7 +186,7 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             set.extend(elements.iter().cloned());
             m.elements = Some(std::sync::Arc::new(set));
         }
-        Action::NftMapElementsDelete { map, elements } => {
+        KernelOp::NftMapElementsDelete { map, elements } => {
             if let Some(m) = k.nft.policy.maps.get_mut(map) {
                 let mut set = m.elements.as_deref().cloned().unwrap_or_default();
                 for e in elements {
@@ -195,11 +195,11 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 m.elements = Some(std::sync::Arc::new(set));
             }
         }
-        Action::NftMapFlush { map } => {
+        KernelOp::NftMapFlush { map } => {
             let m = k.nft.policy.maps.get_mut(map).ok_or_else(|| err(ENOENT))?;
             m.elements = Some(Default::default());
         }
-        Action::NftDigestsUpdate { deletes, adds } => {
+        KernelOp::NftDigestsUpdate { deletes, adds } => {
             if k.nft.skeleton.is_none() {
                 return Err(err(ENOENT));
             }
@@ -211,7 +211,7 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             }
             crate::policy::derive_digests(&mut k.nft.policy);
         }
-        Action::NftChainInstall { name, rules } => {
+        KernelOp::NftChainInstall { name, rules } => {
             if k.nft.skeleton.is_none() {
                 return Err(err(ENOENT));
             }
@@ -219,23 +219,23 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
             k.nft.policy.chains.entry(name.clone()).or_default();
             crate::policy::derive_digests(&mut k.nft.policy);
         }
-        Action::NftChainDelete { name } => {
+        KernelOp::NftChainDelete { name } => {
             k.nft.policy.chains.remove(name);
         }
-        Action::ConntrackZoneFlush { .. } => {}
-        Action::BridgePortIsolate { name } => {
+        KernelOp::ConntrackZoneFlush { .. } => {}
+        KernelOp::BridgePortIsolate { name } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.isolated = true;
         }
-        Action::NftSetElementAdd(e) => {
+        KernelOp::NftSetElementAdd(e) => {
             if k.nft.skeleton.is_none() {
                 return Err(err(ENOENT));
             }
             k.nft.elements.insert(e.clone());
         }
-        Action::NftSetElementDelete(e) => {
+        KernelOp::NftSetElementDelete(e) => {
             k.nft.elements.remove(e);
         }
-        Action::LinkAddBridge { name, mac, mtu } => {
+        KernelOp::LinkAddBridge { name, mac, mtu } => {
             add_link(
                 k,
                 name,
@@ -250,7 +250,7 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 },
             )?;
         }
-        Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
+        KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
             let kind = LinkKind::Vxlan(VxlanState {
                 vni: vni.get(),
                 local: Some(*local),
@@ -264,7 +264,7 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 LinkState { kind, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None, isolated: false },
             )?;
         }
-        Action::VethAdd { name, bridge, mtu, .. } => {
+        KernelOp::VethAdd { name, bridge, mtu, .. } => {
             need_link(k, bridge)?;
             add_link(
                 k,
@@ -280,13 +280,13 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 },
             )?;
         }
-        Action::LinkSetUp { name } => {
+        KernelOp::LinkSetUp { name } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.up = true;
         }
-        Action::LinkSetMtu { name, mtu } => {
+        KernelOp::LinkSetMtu { name, mtu } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.mtu = *mtu;
         }
-        Action::LinkDelete { name } => {
+        KernelOp::LinkDelete { name } => {
             if k.links.remove(name).is_some() {
                 k.addresses.retain(|a| &a.dev != name);
                 k.routes.retain(|r| !matches!(&r.target, RouteTarget::Dev(d) if d == name));
@@ -301,52 +301,52 @@ fn simulate(k: &mut Observed, action: &Action) -> io::Result<()> {
                 }
             }
         }
-        Action::AddressInstall(a) => {
+        KernelOp::AddressInstall(a) => {
             need_link(k, &a.dev)?;
             k.addresses.insert(a.clone());
         }
-        Action::AddressUninstall(a) => {
+        KernelOp::AddressUninstall(a) => {
             k.addresses.remove(a);
         }
-        Action::RuleInstall(r) => {
+        KernelOp::RuleInstall(r) => {
             k.rules.insert(r.clone());
         }
-        Action::RuleUninstall(r) => {
+        KernelOp::RuleUninstall(r) => {
             k.rules.remove(r);
         }
-        Action::RouteInstall(r) => {
+        KernelOp::RouteInstall(r) => {
             if let RouteTarget::Dev(d) = &r.target {
                 need_link(k, d)?;
             }
             k.routes.retain(|o| !(o.table == r.table && o.dst == r.dst));
             k.routes.insert(r.clone());
         }
-        Action::RouteUninstall(r) => {
+        KernelOp::RouteUninstall(r) => {
             k.routes.remove(r);
         }
-        Action::NeighInstall(n) => {
+        KernelOp::NeighInstall(n) => {
             need_link(k, &n.dev)?;
             k.neighbours.retain(|o| !(o.dev == n.dev && o.ip == n.ip));
             k.neighbours.insert(n.clone());
         }
-        Action::NeighUninstall(n) => {
+        KernelOp::NeighUninstall(n) => {
             k.neighbours.retain(|o| !(o.dev == n.dev && o.ip == n.ip));
         }
-        Action::FdbInstall(f) => {
+        KernelOp::FdbInstall(f) => {
             need_link(k, &f.dev)?;
             k.fdb.insert(f.clone());
         }
-        Action::FdbUninstall(f) => {
+        KernelOp::FdbUninstall(f) => {
             k.fdb.remove(f);
         }
-        Action::ProxyNeighInstall(p) => {
+        KernelOp::ProxyNeighInstall(p) => {
             need_link(k, &p.dev)?;
             k.proxy_neighbours.insert(p.clone());
         }
-        Action::ProxyNeighUninstall(p) => {
+        KernelOp::ProxyNeighUninstall(p) => {
             k.proxy_neighbours.remove(p);
         }
-        Action::ContainerIfaceConfigure { host_veth, endpoint, .. } => {
+        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, .. } => {
             let link = k.links.get_mut(host_veth).ok_or_else(|| err(ENODEV))?;
             link.alias = Some(endpoint.to_string());
         }
@@ -374,7 +374,7 @@ impl Dataplane for FakeDataplane {
         Ok(s.kernel.clone())
     }
 
-    async fn apply(&self, actions: &[Action]) -> Result<ApplyReport, DataplaneError> {
+    async fn apply(&self, actions: &[KernelOp]) -> Result<ApplyReport, DataplaneError> {
         let mut s = self.lock();
         s.calls.push(Call::Apply(actions.to_vec()));
         let mut report = ApplyReport::default();
@@ -385,7 +385,7 @@ impl Dataplane for FakeDataplane {
             };
             match result {
                 Ok(()) => report.applied.push(action.clone()),
-                Err(source) => report.failures.push(ActionFailure {
+                Err(source) => report.failures.push(KernelOpFailure {
                     action: action.clone(),
                     error: DataplaneError::Kernel { op: action.op(), object: action.to_string(), source },
                 }),

@@ -2,7 +2,7 @@
 //!
 //! Given the desired state of the networks on a host ([`DesiredHost`]), a
 //! [`Dataplane`] observes what the kernel holds ([`Observed`]), the pure
-//! [`plan()`](plan::plan) computes the ordered [`Action`]s between them, and the data
+//! [`plan()`](plan::plan) computes the ordered [`KernelOp`]s between them, and the data
 //! plane applies those. [`reconcile`] does the three steps.
 //!
 //! Shape of the kernel data plane (see `ARCHITECTURE.md`): per network (VNI
@@ -56,7 +56,6 @@
 //! `conntrack`, `/proc/sys`); [`fake`] is the recording stand-in for tests.
 #![deny(unsafe_code)]
 
-pub mod action;
 pub mod conntrack;
 pub mod desired;
 pub mod fake;
@@ -64,6 +63,7 @@ pub mod linux;
 pub mod nfnetlink;
 pub mod nft;
 pub mod observed;
+pub mod op;
 pub mod plan;
 pub mod policy;
 pub mod vif;
@@ -74,7 +74,6 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-pub use action::Action;
 pub use desired::{
     bridge_name, host_veth_name, table_id, vtep_mac, vxlan_name, DesiredError, DesiredHost, DesiredNetwork, DesiredSubnet,
     LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
@@ -82,6 +81,7 @@ pub use desired::{
 pub use fake::FakeDataplane;
 pub use linux::LinuxDataplane;
 pub use observed::Observed;
+pub use op::KernelOp;
 pub use plan::plan;
 pub use policy::RuleCounter;
 /// The policy compiler whose programs [`DesiredHost::policies`] holds.
@@ -133,12 +133,12 @@ impl DataplaneError {
 
 /// One action that failed, and why.
 #[derive(Debug)]
-pub struct ActionFailure {
-    pub action: Action,
+pub struct KernelOpFailure {
+    pub action: KernelOp,
     pub error: DataplaneError,
 }
 
-impl std::fmt::Display for ActionFailure {
+impl std::fmt::Display for KernelOpFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.action, self.error)
     }
@@ -148,9 +148,9 @@ impl std::fmt::Display for ActionFailure {
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     /// The actions that succeeded, in order.
-    pub applied: Vec<Action>,
+    pub applied: Vec<KernelOp>,
     /// The actions that failed, in order; the others were still carried out.
-    pub failures: Vec<ActionFailure>,
+    pub failures: Vec<KernelOpFailure>,
 }
 
 impl ApplyReport {
@@ -166,7 +166,7 @@ impl ApplyReport {
     /// (which includes those whose veth could not be made).
     pub fn failed_endpoints(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
         self.failures.iter().filter_map(|f| match &f.action {
-            Action::ContainerIfaceConfigure { endpoint, .. } => Some(*endpoint),
+            KernelOp::ContainerIfaceConfigure { endpoint, .. } => Some(*endpoint),
             _ => None,
         })
     }
@@ -183,7 +183,7 @@ pub trait Dataplane: Send + Sync {
     /// removing what is already gone succeeds. All nftables actions run as
     /// one transaction, at the place of the first of them. `Err` only when
     /// nothing could be attempted.
-    async fn apply(&self, actions: &[Action]) -> Result<ApplyReport, DataplaneError>;
+    async fn apply(&self, actions: &[KernelOp]) -> Result<ApplyReport, DataplaneError>;
 
     /// The interface table (`tessera vif list`): every link of the data
     /// plane's namespace with its Tessera role and counters.

@@ -44,7 +44,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::action::Action;
 use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls, DesiredHost, SysctlKey, VRF_UNREACHABLE_METRIC};
 use crate::nfnetlink::{element_batch, NetfilterSocket};
 use crate::nft::{parse_policy_listing, parse_tables, script};
@@ -52,9 +51,10 @@ use crate::observed::{
     owned_link_name, owned_rule, owned_table, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry,
     NftState, Observed, ObservedMap, OwnedName, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
+use crate::op::KernelOp;
 use crate::policy::{derive_digests, element_hash, map_digest, rule_counters, RuleCounter, POLICY_TABLE};
 use crate::vif::{VifEntry, VifKind};
-use crate::{ActionFailure, ApplyReport, Dataplane, DataplaneError};
+use crate::{ApplyReport, Dataplane, DataplaneError, KernelOpFailure};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
@@ -67,7 +67,7 @@ const NFT: &str = "nft";
 
 enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
-    Apply(Vec<Action>, oneshot::Sender<ApplyReport>),
+    Apply(Vec<KernelOp>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
 }
@@ -124,7 +124,7 @@ impl Dataplane for LinuxDataplane {
         self.call(Request::Observe).await?
     }
 
-    async fn apply(&self, actions: &[Action]) -> Result<ApplyReport, DataplaneError> {
+    async fn apply(&self, actions: &[KernelOp]) -> Result<ApplyReport, DataplaneError> {
         let actions = actions.to_vec();
         self.call(|tx| Request::Apply(actions, tx)).await
     }
@@ -727,7 +727,7 @@ impl Kernel {
     /// it fails, the tables are read again, deletions of what is already
     /// gone are left out, and it is retried once. The policy map cache
     /// follows what the kernel holds.
-    async fn nft_apply<'a>(&self, block: &[&'a Action]) -> Vec<(&'a Action, Result<(), DataplaneError>)> {
+    async fn nft_apply<'a>(&self, block: &[&'a KernelOp]) -> Vec<(&'a KernelOp, Result<(), DataplaneError>)> {
         let outcome = match self.nft_elements_netlink(block) {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => {
@@ -750,7 +750,7 @@ impl Kernel {
     /// Sends `block` as a batch of element messages when it only changes
     /// policy map elements (see [`crate::nfnetlink`]); `None` when it does
     /// more, or is too big.
-    fn nft_elements_netlink(&self, block: &[&Action]) -> Option<Result<(), String>> {
+    fn nft_elements_netlink(&self, block: &[&KernelOp]) -> Option<Result<(), String>> {
         let started = Instant::now();
         let sent = self.with_netfilter(|s| match element_batch(block, s.next_seq()) {
             Err(unsupported) => Ok(Err(unsupported)),
@@ -786,7 +786,7 @@ impl Kernel {
     /// Runs `block` as one `nft -f -` transaction; when it fails, the tables
     /// are read again, deletions of what is already gone are left out, and
     /// it is retried once.
-    async fn nft_transact(&self, block: &[&Action]) -> Result<(), String> {
+    async fn nft_transact(&self, block: &[&KernelOp]) -> Result<(), String> {
         let text = script(block, &|_| false);
         let started = Instant::now();
         let first_try = nft_run(&["-f", "-"], Some(&text)).await;
@@ -803,11 +803,11 @@ impl Kernel {
             Err(first) => match self.nft_list_state().await {
                 Err(e) => Err(format!("{first}; then {e}")),
                 Ok(now) => {
-                    let trimmed: Vec<Action> = block.iter().filter_map(|a| without_absent(a, &now)).collect();
+                    let trimmed: Vec<KernelOp> = block.iter().filter_map(|a| without_absent(a, &now)).collect();
                     if trimmed.len() == block.len() && trimmed.iter().zip(block).all(|(a, b)| a == *b) {
                         Err(first)
                     } else {
-                        let refs: Vec<&Action> = trimmed.iter().collect();
+                        let refs: Vec<&KernelOp> = trimmed.iter().collect();
                         nft_run(&["-f", "-"], Some(&script(&refs, &|_| false)))
                             .await
                             .map(|_| ())
@@ -824,47 +824,47 @@ impl Kernel {
     /// from the cache, which [`Kernel::cache_follow`] has already brought in
     /// line); the skeleton's installation, or a failure, drops it so that the
     /// next observation lists the tables.
-    fn seen_follow(&self, block: &[&Action], ok: bool) {
+    fn seen_follow(&self, block: &[&KernelOp], ok: bool) {
         self.nft_generation.set(self.nft_generation.get() + 1);
         let mut seen = self.nft_seen.borrow_mut();
         let Some((state, _)) = seen.as_mut() else { return };
-        if !ok || block.iter().any(|a| !a.is_nft() || matches!(a, Action::NftTablesInstall)) {
+        if !ok || block.iter().any(|a| !a.is_nft() || matches!(a, KernelOp::NftTablesInstall)) {
             *seen = None;
             return;
         }
         let mut policy_changed = false;
         for a in block {
             match a {
-                Action::NftSetElementAdd(e) => {
+                KernelOp::NftSetElementAdd(e) => {
                     state.elements.insert(e.clone());
                 }
-                Action::NftSetElementDelete(e) => {
+                KernelOp::NftSetElementDelete(e) => {
                     state.elements.remove(e);
                 }
-                Action::NftMapAdd { name, family } => {
+                KernelOp::NftMapAdd { name, family } => {
                     policy_changed = true;
                     state.policy.maps.insert(name.clone(), ObservedMap { family: *family, digest: None, elements: None });
                 }
-                Action::NftMapDelete { name } => {
+                KernelOp::NftMapDelete { name } => {
                     policy_changed = true;
                     state.policy.maps.remove(name);
                 }
-                Action::NftChainInstall { name, .. } => {
+                KernelOp::NftChainInstall { name, .. } => {
                     policy_changed = true;
                     state.policy.chains.entry(name.clone()).or_default();
                 }
-                Action::NftChainDelete { name } => {
+                KernelOp::NftChainDelete { name } => {
                     policy_changed = true;
                     state.policy.chains.remove(name);
                 }
-                Action::NftDigestsUpdate { deletes, adds } => {
+                KernelOp::NftDigestsUpdate { deletes, adds } => {
                     policy_changed = true;
                     for (k, _) in deletes {
                         state.policy.digests.remove(k);
                     }
                     state.policy.digests.extend(adds.iter().copied());
                 }
-                Action::NftMapElementsAdd { .. } | Action::NftMapElementsDelete { .. } | Action::NftMapFlush { .. } => {
+                KernelOp::NftMapElementsAdd { .. } | KernelOp::NftMapElementsDelete { .. } | KernelOp::NftMapFlush { .. } => {
                     policy_changed = true;
                 }
                 _ => {}
@@ -883,11 +883,11 @@ impl Kernel {
     /// of the maps `block` changes, so that [`Kernel::cache_follow`] changes
     /// them in place rather than copying a 50,000-element map for a
     /// one-element change ([`Kernel::seen_follow`] shares them again).
-    fn seen_release(&self, block: &[&Action]) {
+    fn seen_release(&self, block: &[&KernelOp]) {
         let mut seen = self.nft_seen.borrow_mut();
         let Some((state, _)) = seen.as_mut() else { return };
         for a in block {
-            if let Action::NftMapElementsAdd { map, .. } | Action::NftMapElementsDelete { map, .. } = a {
+            if let KernelOp::NftMapElementsAdd { map, .. } | KernelOp::NftMapElementsDelete { map, .. } = a {
                 if let Some(m) = state.policy.maps.get_mut(map) {
                     m.elements = None;
                 }
@@ -896,21 +896,21 @@ impl Kernel {
     }
 
     /// Brings the policy map cache in line with a transaction that succeeded.
-    fn cache_follow(&self, block: &[&Action]) {
+    fn cache_follow(&self, block: &[&KernelOp]) {
         let mut cache = self.policy_cache.borrow_mut();
         for a in block {
             match a {
-                Action::NftTablesInstall => cache.clear(),
-                Action::NftMapAdd { name, .. } => {
+                KernelOp::NftTablesInstall => cache.clear(),
+                KernelOp::NftMapAdd { name, .. } => {
                     cache.insert(name.clone(), CachedMap::of([]));
                 }
-                Action::NftMapDelete { name } => {
+                KernelOp::NftMapDelete { name } => {
                     cache.remove(name);
                 }
-                Action::NftMapFlush { map } => {
+                KernelOp::NftMapFlush { map } => {
                     cache.insert(map.clone(), CachedMap::of([]));
                 }
-                Action::NftMapElementsAdd { map, elements } => {
+                KernelOp::NftMapElementsAdd { map, elements } => {
                     if let Some(c) = cache.get_mut(map) {
                         let set = Arc::make_mut(&mut c.elements);
                         for e in elements {
@@ -920,7 +920,7 @@ impl Kernel {
                         }
                     }
                 }
-                Action::NftMapElementsDelete { map, elements } => {
+                KernelOp::NftMapElementsDelete { map, elements } => {
                     if let Some(c) = cache.get_mut(map) {
                         let set = Arc::make_mut(&mut c.elements);
                         for e in elements {
@@ -936,17 +936,17 @@ impl Kernel {
     }
 
     /// Forgets the cached maps a failed transaction was about.
-    fn cache_forget(&self, block: &[&Action]) {
+    fn cache_forget(&self, block: &[&KernelOp]) {
         let mut cache = self.policy_cache.borrow_mut();
         for a in block {
             match a {
-                Action::NftTablesInstall => cache.clear(),
-                Action::NftMapAdd { name, .. } | Action::NftMapDelete { name } => {
+                KernelOp::NftTablesInstall => cache.clear(),
+                KernelOp::NftMapAdd { name, .. } | KernelOp::NftMapDelete { name } => {
                     cache.remove(name);
                 }
-                Action::NftMapElementsAdd { map, .. }
-                | Action::NftMapElementsDelete { map, .. }
-                | Action::NftMapFlush { map } => {
+                KernelOp::NftMapElementsAdd { map, .. }
+                | KernelOp::NftMapElementsDelete { map, .. }
+                | KernelOp::NftMapFlush { map } => {
                     cache.remove(map);
                 }
                 _ => {}
@@ -961,8 +961,8 @@ impl Kernel {
     /// whether they exist yet or not, and the bridge table drops what a port
     /// sends until the port's elements are in (so a port up before them is
     /// closed, not open).
-    async fn apply(&self, actions: &[Action]) -> ApplyReport {
-        let block: Vec<&Action> = actions.iter().filter(|a| a.is_nft()).collect();
+    async fn apply(&self, actions: &[KernelOp]) -> ApplyReport {
+        let block: Vec<&KernelOp> = actions.iter().filter(|a| a.is_nft()).collect();
         let nft = async {
             if block.is_empty() {
                 Vec::new()
@@ -1011,26 +1011,26 @@ impl Kernel {
         report
     }
 
-    async fn apply_one(&self, action: &Action) -> Result<(), DataplaneError> {
+    async fn apply_one(&self, action: &KernelOp) -> Result<(), DataplaneError> {
         let op = action.op();
         let h = &self.handle;
         match action {
-            Action::SysctlWrite { key, value } => std::fs::write(Path::new("/proc/sys").join(&key.0), value)
+            KernelOp::SysctlWrite { key, value } => std::fs::write(Path::new("/proc/sys").join(&key.0), value)
                 .map_err(|source| DataplaneError::Kernel { op, object: key.dotted(), source }),
-            Action::NftTablesInstall
-            | Action::NftSetElementAdd(_)
-            | Action::NftSetElementDelete(_)
-            | Action::NftMapAdd { .. }
-            | Action::NftMapDelete { .. }
-            | Action::NftMapElementsAdd { .. }
-            | Action::NftMapElementsDelete { .. }
-            | Action::NftMapFlush { .. }
-            | Action::NftDigestsUpdate { .. }
-            | Action::NftChainInstall { .. }
-            | Action::NftChainDelete { .. } => {
+            KernelOp::NftTablesInstall
+            | KernelOp::NftSetElementAdd(_)
+            | KernelOp::NftSetElementDelete(_)
+            | KernelOp::NftMapAdd { .. }
+            | KernelOp::NftMapDelete { .. }
+            | KernelOp::NftMapElementsAdd { .. }
+            | KernelOp::NftMapElementsDelete { .. }
+            | KernelOp::NftMapFlush { .. }
+            | KernelOp::NftDigestsUpdate { .. }
+            | KernelOp::NftChainInstall { .. }
+            | KernelOp::NftChainDelete { .. } => {
                 unreachable!("nft actions are applied as one batch")
             }
-            Action::ConntrackZoneFlush { zone } if self.ct_in_kernel && *zone != 0 => {
+            KernelOp::ConntrackZoneFlush { zone } if self.ct_in_kernel && *zone != 0 => {
                 if self.flusher.as_ref().is_some_and(|f| f.hand_over(*zone)) {
                     return Ok(());
                 }
@@ -1041,16 +1041,16 @@ impl Kernel {
                     NetfilterFailure::Request(e) => e,
                 })
             }
-            Action::ConntrackZoneFlush { zone } => crate::conntrack::flush_zone_with_program(*zone).await,
-            Action::BridgePortIsolate { name } => {
+            KernelOp::ConntrackZoneFlush { zone } => crate::conntrack::flush_zone_with_program(*zone).await,
+            KernelOp::BridgePortIsolate { name } => {
                 let index = self.need_index(op, name).await?;
                 bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
             }
-            Action::LinkAddBridge { name, mac, mtu } => {
+            KernelOp::LinkAddBridge { name, mac, mtu } => {
                 let msg = LinkBridge::new(name).mcast_snooping(false).mtu(*mtu).address(mac.0.to_vec()).up().build();
                 h.link().add(msg).execute().await.map_err(kernel_err(op, name))
             }
-            Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
+            KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
                 let dev = self.need_index(op, underlay).await?;
                 let b = LinkVxlan::new(name, vni.get()).dev(dev).port(*port).learning(false);
                 let b = match local {
@@ -1060,7 +1060,7 @@ impl Kernel {
                 let msg = b.mtu(*mtu).address(mac.0.to_vec()).up().build();
                 h.link().add(msg).execute().await.map_err(kernel_err(op, name))
             }
-            Action::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => {
+            KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => {
                 let master = self.need_index(op, bridge).await?;
                 let ns = File::open(netns).map_err(|source| DataplaneError::Netns { path: netns.clone(), source })?;
                 let peer = LinkUnspec::new_with_name(peer_ifname)
@@ -1080,19 +1080,19 @@ impl Kernel {
                 let index = self.need_index(op, name).await?;
                 bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
             }
-            Action::LinkSetUp { name } => {
+            KernelOp::LinkSetUp { name } => {
                 let index = self.need_index(op, name).await?;
                 h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(kernel_err(op, name))
             }
-            Action::LinkSetMtu { name, mtu } => {
+            KernelOp::LinkSetMtu { name, mtu } => {
                 let index = self.need_index(op, name).await?;
                 h.link().set(LinkUnspec::new_with_index(index).mtu(*mtu).build()).execute().await.map_err(kernel_err(op, name))
             }
-            Action::LinkDelete { name } => {
+            KernelOp::LinkDelete { name } => {
                 let index = self.need_index(op, name).await?;
                 h.link().del(index).execute().await.map_err(kernel_err(op, name))
             }
-            Action::AddressInstall(a) => {
+            KernelOp::AddressInstall(a) => {
                 let index = self.need_index(op, &a.dev).await?;
                 let mut req = h.address().add(index, a.addr.addr(), a.addr.prefix_len()).replace();
                 if a.addr.addr().is_ipv6() {
@@ -1100,11 +1100,11 @@ impl Kernel {
                 }
                 req.execute().await.map_err(kernel_err(op, a.addr.to_string()))
             }
-            Action::AddressUninstall(a) => {
+            KernelOp::AddressUninstall(a) => {
                 let index = self.need_index(op, &a.dev).await?;
                 h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
             }
-            Action::RuleInstall(r) => {
+            KernelOp::RuleInstall(r) => {
                 let req = h.rule().add().table_id(r.table).priority(r.priority).action(RuleAction::ToTable);
                 let req = match &r.selector {
                     RuleSelector::Iif(name) => req.input_interface(name.clone()),
@@ -1119,16 +1119,18 @@ impl Kernel {
                     other => other,
                 }
             }
-            Action::RuleUninstall(r) => h.rule().del(rule_message(r)).execute().await.map_err(kernel_err(op, action.to_string())),
-            Action::RouteInstall(r) => {
+            KernelOp::RuleUninstall(r) => {
+                h.rule().del(rule_message(r)).execute().await.map_err(kernel_err(op, action.to_string()))
+            }
+            KernelOp::RouteInstall(r) => {
                 let msg = self.route_message(op, r, false).await?;
                 h.route().add(msg).replace().execute().await.map_err(kernel_err(op, action.to_string()))
             }
-            Action::RouteUninstall(r) => {
+            KernelOp::RouteUninstall(r) => {
                 let msg = self.route_message(op, r, true).await?;
                 h.route().del(msg).execute().await.map_err(kernel_err(op, action.to_string()))
             }
-            Action::NeighInstall(n) => {
+            KernelOp::NeighInstall(n) => {
                 let index = self.need_index(op, &n.dev).await?;
                 h.neighbours()
                     .add(index, n.ip)
@@ -1139,7 +1141,7 @@ impl Kernel {
                     .await
                     .map_err(kernel_err(op, action.to_string()))
             }
-            Action::NeighUninstall(n) => {
+            KernelOp::NeighUninstall(n) => {
                 let index = self.need_index(op, &n.dev).await?;
                 h.neighbours()
                     .del(neigh_message(index, n.ip, NeighbourFlags::empty()))
@@ -1147,7 +1149,7 @@ impl Kernel {
                     .await
                     .map_err(kernel_err(op, action.to_string()))
             }
-            Action::FdbInstall(f) => {
+            KernelOp::FdbInstall(f) => {
                 let index = self.need_index(op, &f.dev).await?;
                 h.neighbours()
                     .add_bridge(index, &f.mac.0)
@@ -1159,7 +1161,7 @@ impl Kernel {
                     .await
                     .map_err(kernel_err(op, action.to_string()))
             }
-            Action::FdbUninstall(f) => {
+            KernelOp::FdbUninstall(f) => {
                 let index = self.need_index(op, &f.dev).await?;
                 let mut msg = NeighbourMessage::default();
                 msg.header.family = AddressFamily::Bridge;
@@ -1169,7 +1171,7 @@ impl Kernel {
                 msg.attributes.push(NeighbourAttribute::Destination(ip_to_neigh(f.dst)));
                 h.neighbours().del(msg).execute().await.map_err(kernel_err(op, action.to_string()))
             }
-            Action::ProxyNeighInstall(p) => {
+            KernelOp::ProxyNeighInstall(p) => {
                 let index = self.need_index(op, &p.dev).await?;
                 h.neighbours()
                     .add(index, p.ip)
@@ -1179,7 +1181,7 @@ impl Kernel {
                     .await
                     .map_err(kernel_err(op, action.to_string()))
             }
-            Action::ProxyNeighUninstall(p) => {
+            KernelOp::ProxyNeighUninstall(p) => {
                 let index = self.need_index(op, &p.dev).await?;
                 h.neighbours()
                     .del(neigh_message(index, p.ip, NeighbourFlags::Proxy))
@@ -1187,7 +1189,7 @@ impl Kernel {
                     .await
                     .map_err(kernel_err(op, action.to_string()))
             }
-            Action::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
                 let host_index = self.need_index(op, host_veth).await?;
                 let (ifname, mac, addrs, gateways, mtu) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu);
                 in_netns(netns, move |handle| async move {
@@ -1294,10 +1296,10 @@ fn flag_names(flags: LinkFlags) -> Vec<String> {
     .collect()
 }
 
-fn record(report: &mut ApplyReport, action: &Action, result: Result<(), DataplaneError>) {
+fn record(report: &mut ApplyReport, action: &KernelOp, result: Result<(), DataplaneError>) {
     match result {
         Ok(()) => report.applied.push(action.clone()),
-        Err(error) => report.failures.push(ActionFailure { action: action.clone(), error }),
+        Err(error) => report.failures.push(KernelOpFailure { action: action.clone(), error }),
     }
 }
 
@@ -1589,21 +1591,21 @@ async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
 
 /// `action` without the deletions of what `now` no longer holds (`None`:
 /// nothing left of it).
-fn without_absent(action: &Action, now: &NftState) -> Option<Action> {
+fn without_absent(action: &KernelOp, now: &NftState) -> Option<KernelOp> {
     match action {
-        Action::NftSetElementDelete(e) if !now.elements.contains(e) => None,
-        Action::NftChainDelete { name } if !now.policy.chains.contains_key(name) => None,
-        Action::NftMapDelete { name } if !now.policy.maps.contains_key(name) => None,
-        Action::NftMapElementsDelete { map, elements } => {
+        KernelOp::NftSetElementDelete(e) if !now.elements.contains(e) => None,
+        KernelOp::NftChainDelete { name } if !now.policy.chains.contains_key(name) => None,
+        KernelOp::NftMapDelete { name } if !now.policy.maps.contains_key(name) => None,
+        KernelOp::NftMapElementsDelete { map, elements } => {
             let have = now.policy.maps.get(map)?;
             let Some(known) = &have.elements else { return Some(action.clone()) };
             let keys: BTreeSet<_> = known.iter().map(|e| e.key).collect();
             let still: Vec<MapElement> = elements.iter().filter(|e| keys.contains(&e.key)).cloned().collect();
-            (!still.is_empty()).then(|| Action::NftMapElementsDelete { map: map.clone(), elements: still })
+            (!still.is_empty()).then(|| KernelOp::NftMapElementsDelete { map: map.clone(), elements: still })
         }
-        Action::NftDigestsUpdate { deletes, adds } => {
+        KernelOp::NftDigestsUpdate { deletes, adds } => {
             let still: Vec<(u128, u128)> = deletes.iter().filter(|(k, _)| now.policy.digests.contains_key(k)).copied().collect();
-            Some(Action::NftDigestsUpdate { deletes: still, adds: adds.clone() })
+            Some(KernelOp::NftDigestsUpdate { deletes: still, adds: adds.clone() })
         }
         other => Some(other.clone()),
     }

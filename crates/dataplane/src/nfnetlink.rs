@@ -26,8 +26,8 @@ use std::io;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use tessera_policy::Family;
 
-use crate::action::Action;
 use crate::observed::{ElementVerdict, MapElement};
+use crate::op::KernelOp;
 use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, ElementCounter, DIGESTS, POLICY_TABLE};
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -332,7 +332,7 @@ enum Data {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
     #[error("{0} is not an element change of the policy table")]
-    Action(&'static str),
+    KernelOp(&'static str),
     #[error("map {0}: cannot tell its key from its name")]
     MapName(String),
     #[error("map {map}: a hash map's key field {field} is a range")]
@@ -436,7 +436,7 @@ impl Messages {
 /// matches, and the digests that record them) and it is small enough: the
 /// same changes, in the same order, as [`crate::nft::script`] would write.
 /// Sequence numbers start at `seq`.
-pub fn element_batch(block: &[&Action], seq: u32) -> Result<Messages, Unsupported> {
+pub fn element_batch(block: &[&KernelOp], seq: u32) -> Result<Messages, Unsupported> {
     let mut m = Messages::default();
     let mut seq = seq;
     m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES);
@@ -444,21 +444,21 @@ pub fn element_batch(block: &[&Action], seq: u32) -> Result<Messages, Unsupporte
     seq += 1;
     for action in block {
         match action {
-            Action::NftMapElementsAdd { map, elements } => {
+            KernelOp::NftMapElementsAdd { map, elements } => {
                 let els = elements.iter().map(|e| map_element(map, e, true)).collect::<Result<Vec<_>, _>>()?;
                 m.set_elements(true, map, &els, &mut seq);
             }
-            Action::NftMapElementsDelete { map, elements } => {
+            KernelOp::NftMapElementsDelete { map, elements } => {
                 let els = elements.iter().map(|e| map_element(map, e, false)).collect::<Result<Vec<_>, _>>()?;
                 m.set_elements(false, map, &els, &mut seq);
             }
-            Action::NftDigestsUpdate { deletes, adds } => {
+            KernelOp::NftDigestsUpdate { deletes, adds } => {
                 let dels: Vec<Element> = deletes.iter().map(|d| digest_element(*d, false)).collect();
                 let ads: Vec<Element> = adds.iter().map(|d| digest_element(*d, true)).collect();
                 m.set_elements(false, DIGESTS, &dels, &mut seq);
                 m.set_elements(true, DIGESTS, &ads, &mut seq);
             }
-            other => return Err(Unsupported::Action(other.op())),
+            other => return Err(Unsupported::KernelOp(other.op())),
         }
         if m.buf.len() > BATCH_MAX_BYTES {
             return Err(Unsupported::TooBig(m.buf.len()));
@@ -661,9 +661,9 @@ mod tests {
             dport: (53, 53),
         };
         let goto = MapElement { key, verdict: ElementVerdict::Goto("rj7".into()) };
-        let del = Action::NftMapElementsDelete { map: map.into(), elements: vec![goto.clone()] };
-        let add = Action::NftMapElementsAdd { map: map.into(), elements: vec![goto] };
-        let digests = Action::NftDigestsUpdate { deletes: vec![(1, 2)], adds: vec![(1, 3)] };
+        let del = KernelOp::NftMapElementsDelete { map: map.into(), elements: vec![goto.clone()] };
+        let add = KernelOp::NftMapElementsAdd { map: map.into(), elements: vec![goto] };
+        let digests = KernelOp::NftDigestsUpdate { deletes: vec![(1, 2)], adds: vec![(1, 3)] };
         let m = element_batch(&[&del, &add, &digests], 40).unwrap();
         let mut kinds = Vec::new();
         let mut rest = m.bytes();
@@ -700,8 +700,8 @@ mod tests {
 
     #[test]
     fn other_actions_are_left_to_nft() {
-        let chain = Action::NftChainDelete { name: "l1".into() };
-        assert_eq!(element_batch(&[&chain], 1).err(), Some(Unsupported::Action("NftChainDelete")));
+        let chain = KernelOp::NftChainDelete { name: "l1".into() };
+        assert_eq!(element_batch(&[&chain], 1).err(), Some(Unsupported::KernelOp("NftChainDelete")));
     }
 
     #[test]
@@ -725,8 +725,10 @@ mod tests {
             dport: (443, 443),
         };
         for (map, key) in [(interval, v6), (hash, v4)] {
-            let add =
-                Action::NftMapElementsAdd { map: map.into(), elements: vec![MapElement { key, verdict: ElementVerdict::Drop }] };
+            let add = KernelOp::NftMapElementsAdd {
+                map: map.into(),
+                elements: vec![MapElement { key, verdict: ElementVerdict::Drop }],
+            };
             let m = element_batch(&[&add], 1).unwrap();
             // The second message, after the batch's beginning (20 bytes).
             let msg = &m.bytes()[20..];

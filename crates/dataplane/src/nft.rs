@@ -35,8 +35,8 @@ use serde_json::Value;
 use tessera_model::MacAddr;
 use tessera_policy::Family;
 
-use crate::action::Action;
 use crate::observed::{NftElement, NftState, ObservedChain};
+use crate::op::KernelOp;
 use crate::policy::{derive_digests, map_fields, map_key_text, map_type, skeleton_marker, ElementCounter, DIGESTS, POLICY_TABLE};
 
 /// Longest error text kept from `nft` (it echoes the offending input, which
@@ -155,27 +155,27 @@ fn element_lines<'a>(out: &mut String, verb: &str, map: &str, items: impl Iterat
 /// The nft script of a block of nftables actions, in their order. With
 /// `skip_deletes`, deletions of the given objects are left out (what a retry
 /// does after finding them gone).
-pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
+pub fn script(block: &[&KernelOp], skip: &dyn Fn(&KernelOp) -> bool) -> String {
     let mut out = String::new();
     for action in block {
         if skip(action) {
             continue;
         }
         match action {
-            Action::NftTablesInstall => out.push_str(&skeleton_script()),
-            Action::NftSetElementAdd(e) => {
+            KernelOp::NftTablesInstall => out.push_str(&skeleton_script()),
+            KernelOp::NftSetElementAdd(e) => {
                 let _ = writeln!(out, "add element {e}");
             }
-            Action::NftSetElementDelete(e) => {
+            KernelOp::NftSetElementDelete(e) => {
                 let _ = writeln!(out, "delete element {e}");
             }
-            Action::NftMapAdd { name, family } => {
+            KernelOp::NftMapAdd { name, family } => {
                 let _ = writeln!(out, "add map inet {POLICY_TABLE} {name} {{ {} }}", map_type(name, *family));
             }
-            Action::NftMapDelete { name } => {
+            KernelOp::NftMapDelete { name } => {
                 let _ = writeln!(out, "delete map inet {POLICY_TABLE} {name}");
             }
-            Action::NftMapElementsAdd { map, elements } => {
+            KernelOp::NftMapElementsAdd { map, elements } => {
                 element_lines(
                     &mut out,
                     "add",
@@ -183,23 +183,23 @@ pub fn script(block: &[&Action], skip: &dyn Fn(&Action) -> bool) -> String {
                     elements.iter().map(|e| format!("{} : {}", map_key_text(map, &e.key), e.verdict)),
                 );
             }
-            Action::NftMapElementsDelete { map, elements } => {
+            KernelOp::NftMapElementsDelete { map, elements } => {
                 element_lines(&mut out, "delete", map, elements.iter().map(|e| map_key_text(map, &e.key)));
             }
-            Action::NftChainInstall { name, rules } => {
+            KernelOp::NftChainInstall { name, rules } => {
                 let _ = writeln!(out, "add chain inet {POLICY_TABLE} {name}");
                 let _ = writeln!(out, "flush chain inet {POLICY_TABLE} {name}");
                 for r in rules {
                     let _ = writeln!(out, "add rule inet {POLICY_TABLE} {name} {r}");
                 }
             }
-            Action::NftChainDelete { name } => {
+            KernelOp::NftChainDelete { name } => {
                 let _ = writeln!(out, "delete chain inet {POLICY_TABLE} {name}");
             }
-            Action::NftMapFlush { map } => {
+            KernelOp::NftMapFlush { map } => {
                 let _ = writeln!(out, "flush map inet {POLICY_TABLE} {map}");
             }
-            Action::NftDigestsUpdate { deletes, adds } => {
+            KernelOp::NftDigestsUpdate { deletes, adds } => {
                 let v6 = |x: &u128| std::net::Ipv6Addr::from(*x).to_string();
                 let dels = deletes.iter().map(|(k, _)| v6(k));
                 element_lines(&mut out, "delete", DIGESTS, dels);

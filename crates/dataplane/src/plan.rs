@@ -1,5 +1,5 @@
 //! The planner: desired state and observed kernel state in, an ordered list of
-//! [`Action`]s out. Pure and deterministic.
+//! [`KernelOp`]s out. Pure and deterministic.
 //!
 //! The plan is minimal: an object that is present and right is left alone,
 //! so a converged host gets an empty plan and an agent that restarts adopts
@@ -27,7 +27,6 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::action::Action;
 use crate::desired::{
     bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
     DesiredHost, DesiredNetwork, LocalEndpoint, SysctlKey, RULE_PRIORITY, VXLAN_PORT,
@@ -37,13 +36,14 @@ use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry, NftElement, Observed, PolicyState,
     ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
+use crate::op::KernelOp;
 use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects, DISPATCH};
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
 ///
 /// `desired` should have passed [`DesiredHost::validate`]; the planner does
 /// not check it again.
-pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
+pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     let want = Want::of(desired);
     let mut out = Vec::new();
 
@@ -59,10 +59,10 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
     let have_elements = if skeleton_ok { &observed.nft.elements } else { &empty };
     let have_policy = if skeleton_ok { &observed.nft.policy } else { &empty_policy };
     if !skeleton_ok {
-        out.push(Action::NftTablesInstall);
+        out.push(KernelOp::NftTablesInstall);
     }
     for e in have_elements.difference(&want.elements) {
-        out.push(Action::NftSetElementDelete(e.clone()));
+        out.push(KernelOp::NftSetElementDelete(e.clone()));
     }
     // Rule lists the kernel holds as they should be (same fingerprint) are
     // left alone: neither rebuilt nor diffed.
@@ -92,47 +92,47 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
     }
     policy_actions(&mut out, &want_policy, &want_digests, have_policy, &diffs, &keeps);
     for e in want.elements.difference(have_elements) {
-        out.push(Action::NftSetElementAdd(e.clone()));
+        out.push(KernelOp::NftSetElementAdd(e.clone()));
     }
 
     // 3. Teardown.
     let doomed = doomed_links(&want, observed);
     let on_doomed = |dev: &str| doomed.contains(dev);
     for r in observed.rules.difference(&want.rules) {
-        out.push(Action::RuleUninstall(r.clone()));
+        out.push(KernelOp::RuleUninstall(r.clone()));
     }
     for r in observed.routes.difference(&want.routes) {
         if !matches!(&r.target, RouteTarget::Dev(d) if on_doomed(d)) {
-            out.push(Action::RouteUninstall(r.clone()));
+            out.push(KernelOp::RouteUninstall(r.clone()));
         }
     }
     for p in observed.proxy_neighbours.difference(&want.proxy_neighbours) {
         if !on_doomed(&p.dev) {
-            out.push(Action::ProxyNeighUninstall(p.clone()));
+            out.push(KernelOp::ProxyNeighUninstall(p.clone()));
         }
     }
     let wanted_neigh_keys: BTreeSet<(&str, IpAddr)> = want.neighbours.iter().map(|n| (n.dev.as_str(), n.ip)).collect();
     for n in observed.neighbours.difference(&want.neighbours) {
         // A neighbour that only changes its MAC is replaced in place below.
         if !on_doomed(&n.dev) && !wanted_neigh_keys.contains(&(n.dev.as_str(), n.ip)) {
-            out.push(Action::NeighUninstall(n.clone()));
+            out.push(KernelOp::NeighUninstall(n.clone()));
         }
     }
     for e in observed.fdb.difference(&want.fdb) {
         if !on_doomed(&e.dev) {
-            out.push(Action::FdbUninstall(e.clone()));
+            out.push(KernelOp::FdbUninstall(e.clone()));
         }
     }
     for a in observed.addresses.difference(&want.addresses) {
         if !on_doomed(&a.dev) {
-            out.push(Action::AddressUninstall(a.clone()));
+            out.push(KernelOp::AddressUninstall(a.clone()));
         }
     }
     // Endpoint veths first, then tunnels, then bridges.
     let mut doomed_sorted: Vec<&String> = doomed.iter().collect();
     doomed_sorted.sort_by_key(|n| (link_rank(n), n.to_string()));
     for name in doomed_sorted {
-        out.push(Action::LinkDelete { name: name.clone() });
+        out.push(KernelOp::LinkDelete { name: name.clone() });
     }
 
     // 4. Build, network by network.
@@ -152,7 +152,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
 
         // Bridge.
         match present(&tb) {
-            None => out.push(Action::LinkAddBridge { name: tb.clone(), mac: bridge_mac(net.vni), mtu }),
+            None => out.push(KernelOp::LinkAddBridge { name: tb.clone(), mac: bridge_mac(net.vni), mtu }),
             Some(link) => link_fixups(&mut out, &tb, link, mtu),
         }
         for (key, value) in bridge_sysctls(&tb) {
@@ -160,13 +160,13 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         }
         for a in want.addresses.iter().filter(|a| a.dev == tb) {
             if doomed.contains(&tb) || !observed.addresses.contains(a) {
-                out.push(Action::AddressInstall(a.clone()));
+                out.push(KernelOp::AddressInstall(a.clone()));
             }
         }
 
         // VXLAN device.
         match present(&tx) {
-            None => out.push(Action::LinkAddVxlan {
+            None => out.push(KernelOp::LinkAddVxlan {
                 name: tx.clone(),
                 vni: net.vni,
                 local: desired.underlay_ip,
@@ -184,7 +184,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         // Rules selecting the VRF.
         for r in want.rules.iter().filter(|r| r.table == table_id(net.vni)) {
             if !observed.rules.contains(r) {
-                out.push(Action::RuleInstall(r.clone()));
+                out.push(KernelOp::RuleInstall(r.clone()));
             }
         }
 
@@ -197,24 +197,24 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         for r in want.routes.iter().filter(|r| r.table == table_id(net.vni)).filter(own) {
             let dev_doomed = matches!(&r.target, RouteTarget::Dev(d) if doomed.contains(d));
             if dev_doomed || !observed.routes.contains(r) {
-                out.push(Action::RouteInstall(r.clone()));
+                out.push(KernelOp::RouteInstall(r.clone()));
             }
         }
 
         // Tunnel endpoints: FDB before the neighbour entries that use them.
         for e in want.fdb.iter().filter(|e| e.dev == tx) {
             if missing(&e.dev, observed.fdb.contains(e)) {
-                out.push(Action::FdbInstall(e.clone()));
+                out.push(KernelOp::FdbInstall(e.clone()));
             }
         }
         for n in want.neighbours.iter().filter(|n| n.dev == tx) {
             if missing(&n.dev, observed.neighbours.contains(n)) {
-                out.push(Action::NeighInstall(n.clone()));
+                out.push(KernelOp::NeighInstall(n.clone()));
             }
         }
         for p in want.proxy_neighbours.iter().filter(|p| p.dev == tb) {
             if missing(&p.dev, observed.proxy_neighbours.contains(p)) {
-                out.push(Action::ProxyNeighInstall(p.clone()));
+                out.push(KernelOp::ProxyNeighInstall(p.clone()));
             }
         }
 
@@ -223,7 +223,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
         endpoints.sort_by_key(|e| host_veth_name(e.id));
         for ep in endpoints {
             let name = host_veth_name(ep.id);
-            let configure = || Action::ContainerIfaceConfigure {
+            let configure = || KernelOp::ContainerIfaceConfigure {
                 host_veth: name.clone(),
                 endpoint: ep.id,
                 netns: ep.netns.clone(),
@@ -235,7 +235,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
             };
             match present(&name) {
                 None => {
-                    out.push(Action::VethAdd {
+                    out.push(KernelOp::VethAdd {
                         name: name.clone(),
                         bridge: tb.clone(),
                         mtu,
@@ -249,7 +249,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
                     let mtu_wrong = link.mtu != mtu;
                     link_fixups(&mut out, &name, link, mtu);
                     if !link.isolated {
-                        out.push(Action::BridgePortIsolate { name: name.clone() });
+                        out.push(KernelOp::BridgePortIsolate { name: name.clone() });
                     }
                     let complete = link.alias.as_deref() == Some(ep.id.to_string().as_str());
                     // With the skeleton in place, the anti-spoofing elements
@@ -275,14 +275,14 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<Action> {
             continue;
         }
         if doomed.contains(dev) || !observed.routes.contains(r) {
-            out.push(Action::RouteInstall(r.clone()));
+            out.push(KernelOp::RouteInstall(r.clone()));
         }
     }
 
     // 6. Conntrack.
     let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
     for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs, &kept) {
-        out.push(Action::ConntrackZoneFlush { zone });
+        out.push(KernelOp::ConntrackZoneFlush { zone });
     }
     out
 }
@@ -365,7 +365,7 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
 /// dispatch chains (which look maps up and jump to lists); then deletions,
 /// users first: pair and rule-list chains, maps, log and reject chains.
 fn policy_actions(
-    out: &mut Vec<Action>,
+    out: &mut Vec<KernelOp>,
     want: &PolicyObjects,
     wanted: &BTreeMap<u128, u128>,
     have: &PolicyState,
@@ -374,28 +374,28 @@ fn policy_actions(
 ) {
     for (name, d) in diffs {
         if d.flush {
-            out.push(Action::NftMapFlush { map: name.clone() });
+            out.push(KernelOp::NftMapFlush { map: name.clone() });
         } else if have.maps.contains_key(name) && !d.deletes.is_empty() {
-            out.push(Action::NftMapElementsDelete { map: name.clone(), elements: d.deletes.clone() });
+            out.push(KernelOp::NftMapElementsDelete { map: name.clone(), elements: d.deletes.clone() });
         }
     }
     let mut installs: Vec<(&String, &crate::policy::ChainSpec)> =
         want.chains.iter().filter(|(name, spec)| have.chains.get(*name).and_then(|c| c.digest) != Some(spec.digest)).collect();
     installs.sort_by_key(|(name, spec)| (spec.kind, *name));
-    let install = |out: &mut Vec<Action>, kinds: &[ChainKind]| {
+    let install = |out: &mut Vec<KernelOp>, kinds: &[ChainKind]| {
         for (name, spec) in installs.iter().filter(|(_, s)| kinds.contains(&s.kind)) {
-            out.push(Action::NftChainInstall { name: (*name).clone(), rules: spec.rules.clone() });
+            out.push(KernelOp::NftChainInstall { name: (*name).clone(), rules: spec.rules.clone() });
         }
     };
     install(out, &[ChainKind::Reject, ChainKind::Log]);
     for (name, spec) in &want.maps {
         if !have.maps.contains_key(name) {
-            out.push(Action::NftMapAdd { name: name.clone(), family: spec.family });
+            out.push(KernelOp::NftMapAdd { name: name.clone(), family: spec.family });
         }
     }
     for (name, d) in diffs {
         if !d.adds.is_empty() {
-            out.push(Action::NftMapElementsAdd { map: name.clone(), elements: d.adds.clone() });
+            out.push(KernelOp::NftMapElementsAdd { map: name.clone(), elements: d.adds.clone() });
         }
     }
     install(out, &[ChainKind::List, ChainKind::Pair, ChainKind::Dispatch]);
@@ -407,22 +407,22 @@ fn policy_actions(
         .collect();
     deletes.sort_by(|a, b| b.cmp(a));
     for (_, name) in deletes.iter().filter(|(k, _)| *k >= ChainKind::List) {
-        out.push(Action::NftChainDelete { name: (*name).clone() });
+        out.push(KernelOp::NftChainDelete { name: (*name).clone() });
     }
     for name in have.maps.keys() {
         if !want.maps.contains_key(name) && !kept(name) {
-            out.push(Action::NftMapDelete { name: name.clone() });
+            out.push(KernelOp::NftMapDelete { name: name.clone() });
         }
     }
     for (_, name) in deletes.iter().filter(|(k, _)| *k < ChainKind::List) {
-        out.push(Action::NftChainDelete { name: (*name).clone() });
+        out.push(KernelOp::NftChainDelete { name: (*name).clone() });
     }
     let deletes: Vec<(u128, u128)> =
         have.digests.iter().filter(|(k, v)| wanted.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
     let adds: Vec<(u128, u128)> =
         wanted.iter().filter(|(k, v)| have.digests.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
     if !deletes.is_empty() || !adds.is_empty() {
-        out.push(Action::NftDigestsUpdate { deletes, adds });
+        out.push(KernelOp::NftDigestsUpdate { deletes, adds });
     }
 }
 
@@ -678,21 +678,21 @@ fn link_rank(name: &str) -> u8 {
 }
 
 /// MTU and admin state of a link that is kept.
-fn link_fixups(out: &mut Vec<Action>, name: &str, link: &LinkState, mtu: u32) {
+fn link_fixups(out: &mut Vec<KernelOp>, name: &str, link: &LinkState, mtu: u32) {
     if link.mtu != mtu {
-        out.push(Action::LinkSetMtu { name: name.to_string(), mtu });
+        out.push(KernelOp::LinkSetMtu { name: name.to_string(), mtu });
     }
     if !link.up {
-        out.push(Action::LinkSetUp { name: name.to_string() });
+        out.push(KernelOp::LinkSetUp { name: name.to_string() });
     }
 }
 
 /// A parameter write, unless the kernel already has the value (a parameter of
 /// a link being made again is written in any case).
-fn sysctl(out: &mut Vec<Action>, observed: &Observed, doomed: &BTreeSet<String>, key: SysctlKey, value: &str) {
+fn sysctl(out: &mut Vec<KernelOp>, observed: &Observed, doomed: &BTreeSet<String>, key: SysctlKey, value: &str) {
     let dev_remade = key.0.split('/').nth(3).is_some_and(|dev| doomed.contains(dev));
     if dev_remade || observed.sysctls.get(&key).map(|v| v.trim()) != Some(value) {
-        out.push(Action::SysctlWrite { key, value: value.to_string() });
+        out.push(KernelOp::SysctlWrite { key, value: value.to_string() });
     }
 }
 

@@ -200,7 +200,7 @@ fn endpoint_without_completion_mark_is_configured_again() {
     kernel.links.get_mut("tva1b2c3d4").unwrap().alias = None;
     let actions = plan(&desired, &kernel);
     assert_eq!(actions.len(), 1);
-    assert!(matches!(actions[0], tessera_dataplane::Action::ContainerIfaceConfigure { .. }));
+    assert!(matches!(actions[0], tessera_dataplane::KernelOp::ContainerIfaceConfigure { .. }));
 }
 
 #[test]
@@ -323,7 +323,7 @@ mod policies {
         let actions = plan(&enforcing(Some(wider)), &converged(&enforcing(Some(WEB))));
         assert!(!actions.is_empty());
         assert!(
-            !actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { .. })),
+            !actions.iter().any(|a| matches!(a, tessera_dataplane::KernelOp::ConntrackZoneFlush { .. })),
             "widening must not cut running flows: {actions:#?}"
         );
     }
@@ -332,7 +332,7 @@ mod policies {
     fn adding_a_deny_rule_in_front_flushes_the_pair_zone() {
         let narrower: &[&str] = &["deny tcp any any <> any 22", "pass tcp any any <> any 80", "pass icmp any any <> any any"];
         let actions = plan(&enforcing(Some(narrower)), &converged(&enforcing(Some(WEB))));
-        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
+        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::KernelOp::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
     }
 
     #[test]
@@ -344,7 +344,7 @@ mod policies {
     fn any_change_flushes_a_watched_pair() {
         let wider: &[&str] = &["pass tcp any any <> any 80", "pass icmp any any <> any any", "pass udp any any <> any 53"];
         let actions = plan(&connected(Some(wider)), &converged(&connected(Some(WEB))));
-        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::Action::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
+        assert!(actions.iter().any(|a| matches!(a, tessera_dataplane::KernelOp::ConntrackZoneFlush { zone: 3 })), "{actions:#?}");
     }
 
     #[test]

@@ -321,14 +321,14 @@ async fn privileged_deleting_endpoint_then_network_leaves_nothing_behind() {
     }
 }
 
-fn lines(actions: &[tessera_dataplane::Action]) -> String {
+fn lines(actions: &[tessera_dataplane::KernelOp]) -> String {
     actions.iter().map(|a| format!("{a}\n")).collect()
 }
 
 #[tokio::test]
 async fn privileged_removing_what_is_gone_succeeds() {
     use tessera_dataplane::observed::{FdbEntry, NeighEntry, NftElement, RouteEntry, RouteTarget, RuleEntry};
-    use tessera_dataplane::Action;
+    use tessera_dataplane::KernelOp;
 
     let mut f = Fabric::new();
     let h1 = f.host("h1");
@@ -336,23 +336,23 @@ async fn privileged_removing_what_is_gone_succeeds() {
     let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
     let kept = NftElement::EpMac { port: "tv00000001".into(), mac };
     let actions = vec![
-        Action::NftTablesInstall,
-        Action::NftSetElementDelete(NftElement::Zone { ifname: "tb999".into(), zone: 9 }),
-        Action::NftSetElementAdd(kept.clone()),
-        Action::RuleUninstall(RuleEntry {
+        KernelOp::NftTablesInstall,
+        KernelOp::NftSetElementDelete(NftElement::Zone { ifname: "tb999".into(), zone: 9 }),
+        KernelOp::NftSetElementAdd(kept.clone()),
+        KernelOp::RuleUninstall(RuleEntry {
             family: tessera_dataplane::observed::IpFamily::V4,
             selector: tessera_dataplane::observed::RuleSelector::Iif("tb999".into()),
             table: 0x10000 + 999,
             priority: 1000,
         }),
-        Action::RouteUninstall(RouteEntry {
+        KernelOp::RouteUninstall(RouteEntry {
             table: 0x10000 + 999,
             dst: "0.0.0.0/0".parse().unwrap(),
             target: RouteTarget::Unreachable,
         }),
-        Action::NeighUninstall(NeighEntry { dev: "tx999".into(), ip: "10.0.0.9".parse().unwrap(), mac }),
-        Action::FdbUninstall(FdbEntry { dev: "tx999".into(), mac, dst: "10.99.0.9".parse().unwrap() }),
-        Action::LinkDelete { name: "tb999".into() },
+        KernelOp::NeighUninstall(NeighEntry { dev: "tx999".into(), ip: "10.0.0.9".parse().unwrap(), mac }),
+        KernelOp::FdbUninstall(FdbEntry { dev: "tx999".into(), mac, dst: "10.99.0.9".parse().unwrap() }),
+        KernelOp::LinkDelete { name: "tb999".into() },
     ];
     let report = dp.apply(&actions).await.unwrap();
     assert!(report.is_ok(), "{:#?}", report.failures);

@@ -458,7 +458,7 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
     use tessera_dataplane::nfnetlink::{element_batch, NetfilterSocket};
     use tessera_dataplane::observed::{ElementVerdict, MapElement};
     use tessera_dataplane::tessera_policy::{Family, FlowBox};
-    use tessera_dataplane::Action;
+    use tessera_dataplane::KernelOp;
 
     let mut f = Fabric::new();
     // The same table in two namespaces: one changed by batches, one by nft.
@@ -484,7 +484,7 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
     };
     let goto = || ElementVerdict::Goto("rj7".into());
     let first = [
-        Action::NftMapElementsAdd {
+        KernelOp::NftMapElementsAdd {
             map: v4.into(),
             elements: vec![
                 el(Family::V4, (0x0a00_0000, 0x0a00_00ff), 6, (80, 89), ElementVerdict::Return),
@@ -492,40 +492,40 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
                 el(Family::V4, (0x0a00_0105, 0x0a00_0105), 1, (0, 65535), ElementVerdict::Drop),
             ],
         },
-        Action::NftMapElementsAdd {
+        KernelOp::NftMapElementsAdd {
             map: v6.into(),
             elements: vec![
                 el(Family::V6, (0, u128::MAX), 6, (22, 22), goto()),
                 el(Family::V6, (0, u128::MAX), 17, (22, 22), ElementVerdict::Return),
             ],
         },
-        Action::NftMapElementsAdd {
+        KernelOp::NftMapElementsAdd {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (5001, 5001), ElementVerdict::Return)],
         },
-        Action::NftDigestsUpdate { deletes: vec![], adds: vec![(7, 8), (u128::MAX - 1, 1 << 100)] },
+        KernelOp::NftDigestsUpdate { deletes: vec![], adds: vec![(7, 8), (u128::MAX - 1, 1 << 100)] },
     ];
     // A verdict flipped (delete, then add), a reject element (`continue`), a
     // digest replaced.
     let second = [
-        Action::NftMapElementsDelete {
+        KernelOp::NftMapElementsDelete {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (5001, 5001), ElementVerdict::Return)],
         },
-        Action::NftMapElementsAdd { map: port.into(), elements: vec![el(Family::V4, any4, 6, (5001, 5001), goto())] },
-        Action::NftMapElementsAdd {
+        KernelOp::NftMapElementsAdd { map: port.into(), elements: vec![el(Family::V4, any4, 6, (5001, 5001), goto())] },
+        KernelOp::NftMapElementsAdd {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (5002, 5002), ElementVerdict::Continue)],
         },
-        Action::NftMapElementsDelete { map: v4.into(), elements: vec![el(Family::V4, any4, 17, (53, 53), goto())] },
-        Action::NftDigestsUpdate { deletes: vec![(7, 8)], adds: vec![(7, 9)] },
+        KernelOp::NftMapElementsDelete { map: v4.into(), elements: vec![el(Family::V4, any4, 17, (53, 53), goto())] },
+        KernelOp::NftDigestsUpdate { deletes: vec![(7, 8)], adds: vec![(7, 9)] },
     ];
     let mut socket = {
         let ns = by_batch.clone();
         support::intent::in_netns(&ns, || NetfilterSocket::open().expect("netfilter socket"))
     };
     for (step, actions) in [("first", &first[..]), ("second", &second[..])] {
-        let block: Vec<&Action> = actions.iter().collect();
+        let block: Vec<&KernelOp> = actions.iter().collect();
         let batch = element_batch(&block, socket.next_seq()).expect("element changes only");
         socket.transact(&batch).unwrap_or_else(|e| panic!("{step} batch: {e}"));
         nft_script(&f, &by_nft, &tessera_dataplane::nft::script(&block, &|_| false));
@@ -535,22 +535,22 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
     // All or nothing: an add, then the delete of a missing element.
     let before = policy_table(&f, &by_batch);
     let failing = [
-        Action::NftMapElementsAdd {
+        KernelOp::NftMapElementsAdd {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (443, 443), ElementVerdict::Return)],
         },
-        Action::NftMapElementsDelete {
+        KernelOp::NftMapElementsDelete {
             map: port.into(),
             elements: vec![el(Family::V4, any4, 6, (444, 444), ElementVerdict::Return)],
         },
     ];
-    let block: Vec<&Action> = failing.iter().collect();
+    let block: Vec<&KernelOp> = failing.iter().collect();
     let err = socket.transact(&element_batch(&block, socket.next_seq()).unwrap()).expect_err("a missing element");
     assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENOENT as i32), "{err}");
     assert_eq!(policy_table(&f, &by_batch), before, "a failed batch changes nothing");
     // The socket still works after a failed batch.
-    let ok = [Action::NftDigestsUpdate { deletes: vec![(7, 9)], adds: vec![] }];
-    let block: Vec<&Action> = ok.iter().collect();
+    let ok = [KernelOp::NftDigestsUpdate { deletes: vec![(7, 9)], adds: vec![] }];
+    let block: Vec<&KernelOp> = ok.iter().collect();
     socket.transact(&element_batch(&block, socket.next_seq()).unwrap()).expect("a batch after a failed one");
 }
 

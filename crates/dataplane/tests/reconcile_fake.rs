@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use tessera_dataplane::fake::Call;
 use tessera_dataplane::observed::RuleSelector;
 use tessera_dataplane::{
-    reconcile, Action, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, LocalEndpoint, RemoteEndpoint,
+    reconcile, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, KernelOp, LocalEndpoint, RemoteEndpoint,
 };
 use tessera_model::Vni;
 
@@ -50,17 +50,17 @@ async fn second_reconcile_of_a_converged_host_does_nothing() {
 #[tokio::test]
 async fn a_failed_action_is_reported_and_the_rest_still_applied() {
     let fake = FakeDataplane::new();
-    fake.fail_action_once(|a| matches!(a, Action::RuleInstall(r) if r.selector == RuleSelector::Iif("tx7".into())), EBUSY);
+    fake.fail_action_once(|a| matches!(a, KernelOp::RuleInstall(r) if r.selector == RuleSelector::Iif("tx7".into())), EBUSY);
     let report = reconcile(&fake, &desired()).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
-    assert!(report.applied.iter().any(|a| matches!(a, Action::ContainerIfaceConfigure { .. })), "later actions still ran");
+    assert!(report.applied.iter().any(|a| matches!(a, KernelOp::ContainerIfaceConfigure { .. })), "later actions still ran");
     assert_eq!(report.failures[0].error.errno(), Some(EBUSY));
 }
 
 #[tokio::test]
 async fn the_next_reconcile_retries_only_what_failed() {
     let fake = FakeDataplane::new();
-    fake.fail_action_once(|a| matches!(a, Action::FdbInstall(_)), ENOMEM);
+    fake.fail_action_once(|a| matches!(a, KernelOp::FdbInstall(_)), ENOMEM);
     let report = reconcile(&fake, &desired()).await.unwrap();
     assert_eq!(report.failures.len(), 1);
     let retry = reconcile(&fake, &desired()).await.unwrap();

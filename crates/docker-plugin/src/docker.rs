@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tessera_agent::uds;
 
-use crate::plan::DockerNetwork;
 use crate::protocol::{EngineIpam, EngineNetworkCreate, PLUGIN_NAME};
+use crate::reconcile::DockerNetwork;
 use crate::spec::DockerSubnet;
 
 /// The Engine API version used (Docker 20.10; newer daemons serve it too).

@@ -34,12 +34,12 @@ use crate::ctl::{Ctl, CtlError};
 use crate::docker::{Docker, DockerError};
 use crate::names::{endpoint_mac, next_ifname, ReservationToken, IFNAME_PREFIX};
 use crate::netns;
-use crate::plan::{self, DockerNetwork, InFlight};
 use crate::pool::{self, PoolId, PoolRegistry};
 use crate::protocol::{
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface, EngineNetworkCreate, InterfaceName,
     JoinRequest, JoinResponse, PLUGIN_NAME,
 };
+use crate::reconcile::{self, DockerNetwork, InFlight};
 use crate::spec::{self, DockerNetworkSpec, DockerSubnet, SpecError};
 
 /// How long a call waits for a network whose Tessera side is being made.
@@ -273,7 +273,7 @@ impl Plugin {
             .await?
             .ok_or_else(|| DriverError::NotFound(format!("Docker knows no network {docker_id}")))?;
         let networks = self.ctl.networks().await?;
-        let net = plan::tessera_network_of(&d, &networks)
+        let net = reconcile::tessera_network_of(&d, &networks)
             .ok_or_else(|| DriverError::NotFound(format!("Docker network {} has no Tessera network", d.name)))?;
         self.bind(&d.id, net.clone(), &d.subnets);
         Ok(())
@@ -290,7 +290,7 @@ impl Plugin {
     /// Binds every Docker network of the tessera driver (after a restart).
     pub(crate) async fn bind_all(&self, docker: &[DockerNetwork], networks: &[Network]) {
         for d in docker {
-            if let Some(n) = plan::tessera_network_of(d, networks) {
+            if let Some(n) = reconcile::tessera_network_of(d, networks) {
                 if !self.is_bound_to(&d.id, n.id) {
                     self.bind(&d.id, n.clone(), &d.subnets);
                 }
@@ -959,11 +959,11 @@ impl Plugin {
 
     /// Executes one reconciliation plan; every action is tried, failures
     /// are logged (the next round retries them).
-    pub(crate) async fn execute(&self, actions: Vec<plan::Action>, networks: &[Network], docker: &[DockerNetwork]) {
+    pub(crate) async fn execute(&self, actions: Vec<reconcile::SyncStep>, networks: &[Network], docker: &[DockerNetwork]) {
         let mut fresh: Option<Vec<Network>> = None;
         for a in actions {
             let result: Result<()> = match &a {
-                plan::Action::Bind { docker_id, network } => {
+                reconcile::SyncStep::Bind { docker_id, network } => {
                     if let (Some(n), Some(d)) =
                         (networks.iter().find(|n| n.id == *network), docker.iter().find(|d| d.id == *docker_id))
                     {
@@ -973,18 +973,18 @@ impl Plugin {
                     }
                     Ok(())
                 }
-                plan::Action::CreateDockerNetwork { request, .. } => {
+                reconcile::SyncStep::CreateDockerNetwork { request, .. } => {
                     tracing::info!(network = %request.name, "creating the network in this host's Docker");
                     self.docker.create_network(request).await.map(|_| ()).map_err(Into::into)
                 }
-                plan::Action::DeleteDockerNetwork { docker_id, name } => {
+                reconcile::SyncStep::DeleteDockerNetwork { docker_id, name } => {
                     // The snapshot may lag behind the controller: ask it before removing anything.
                     let fresh = match &fresh {
                         Some(f) => f,
                         None => fresh.insert(self.ctl.networks().await.unwrap_or_else(|_| networks.to_vec())),
                     };
                     let d = docker.iter().find(|d| d.id == *docker_id);
-                    match d.and_then(|d| plan::tessera_network_of(d, fresh).map(|n| (d, n))) {
+                    match d.and_then(|d| reconcile::tessera_network_of(d, fresh).map(|n| (d, n))) {
                         Some((d, n)) => {
                             self.bind(docker_id, n.clone(), &d.subnets);
                             Ok(())
@@ -999,11 +999,11 @@ impl Plugin {
                         }
                     }
                 }
-                plan::Action::DeleteEndpoint { id, name } => {
+                reconcile::SyncStep::DeleteEndpoint { id, name } => {
                     tracing::info!(endpoint = %name, "deleting an endpoint whose Docker endpoint is gone");
                     self.ctl.delete_endpoint(*id).await.map_err(Into::into)
                 }
-                plan::Action::ReleaseReservation { network, address, owner } => {
+                reconcile::SyncStep::ReleaseReservation { network, address, owner } => {
                     tracing::info!(%address, owner = %owner, "releasing a reservation no Docker endpoint holds");
                     self.ctl.release(*network, *address, Some(owner)).await.map_err(Into::into)
                 }

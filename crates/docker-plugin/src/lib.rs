@@ -3,7 +3,7 @@
 //!
 //! The pure part: [`protocol`] (the wire types), [`spec`] (Docker network ↔
 //! Tessera network), [`pool`] (pool IDs, gateways, this host's pools),
-//! [`names`] (interface names, MACs, reservation tokens) and [`plan`] (the
+//! [`names`] (interface names, MACs, reservation tokens) and [`reconcile`] (the
 //! reconciliation of a dockerd with Tessera). The IO part: [`driver`] (the
 //! operations), [`server`] (the HTTP edge), [`sync`] (the loop that creates
 //! Tessera's Docker networks in this host's dockerd and removes leftovers),
@@ -16,9 +16,9 @@ pub mod docker;
 pub mod driver;
 pub mod names;
 pub mod netns;
-pub mod plan;
 pub mod pool;
 pub mod protocol;
+pub mod reconcile;
 pub mod server;
 pub mod spec;
 pub mod sync;

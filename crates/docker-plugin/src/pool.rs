@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use tessera_ipam::SubnetPlan;
+use tessera_ipam::SubnetLayout;
 
 /// `tessera/<cidr>`: a pool of this plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,7 +47,7 @@ pub fn gateway(pool: IpNet, requested: Option<IpAddr>) -> Result<IpNet, String> 
         Some(g) => g,
         None => default_gateway(pool).ok_or_else(|| format!("subnet {pool} is too small to hold a gateway"))?,
     };
-    SubnetPlan::new(pool, Some(gw), Vec::new()).map_err(|e| format!("--gateway {gw}: {e}"))?;
+    SubnetLayout::new(pool, Some(gw), Vec::new()).map_err(|e| format!("--gateway {gw}: {e}"))?;
     Ok(IpNet::new(gw, pool.prefix_len()).expect("prefix of a valid subnet"))
 }
 

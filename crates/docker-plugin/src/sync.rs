@@ -1,7 +1,7 @@
 //! Keeps this host's dockerd in agreement with Tessera: mirrors the
 //! controller (snapshot, then watch) and, when the networks made through
 //! Docker change, when kicked, and periodically, compares Docker's view with
-//! Tessera's and executes [`crate::plan`]'s actions. The first round after
+//! Tessera's and executes [`crate::reconcile`]'s steps. The first round after
 //! the plugin starts also removes leftovers (orphan endpoints and
 //! reservations); later rounds do so every [`CLEANUP_EVERY`].
 
@@ -15,7 +15,7 @@ use tessera_model::watch::Snapshot;
 use tokio::sync::watch;
 
 use crate::driver::Plugin;
-use crate::plan::{self, PlanInput, TesseraView};
+use crate::reconcile::{self, SyncInput, TesseraView};
 use crate::spec;
 
 /// A round runs at least this often.
@@ -87,7 +87,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         };
         if cleanup {
             for d in &docker {
-                let Some(n) = plan::tessera_network_of(d, &snap.networks) else { continue };
+                let Some(n) = reconcile::tessera_network_of(d, &snap.networks) else { continue };
                 match plugin.ctl.reservations(n.id).await {
                     Ok(r) => view.reservations.extend(r),
                     Err(e) => tracing::warn!(network = %n.fq_name, error = %e, "cannot list reservations"),
@@ -95,13 +95,13 @@ pub async fn run(plugin: Arc<Plugin>) {
             }
         }
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let input = PlanInput { host: &plugin.cfg.host, now_ms, grace_ms: RESERVATION_GRACE.as_millis() as u64, cleanup };
-        let mut actions = plan::plan(&input, &docker, &view, &plugin.in_flight());
+        let input = SyncInput { host: &plugin.cfg.host, now_ms, grace_ms: RESERVATION_GRACE.as_millis() as u64, cleanup };
+        let mut actions = reconcile::steps(&input, &docker, &view, &plugin.in_flight());
         if !*connected.borrow() {
             // A stale view must not remove anything.
-            actions.retain(|a| matches!(a, plan::Action::Bind { .. } | plan::Action::CreateDockerNetwork { .. }));
+            actions.retain(|a| matches!(a, reconcile::SyncStep::Bind { .. } | reconcile::SyncStep::CreateDockerNetwork { .. }));
         }
-        let work = actions.iter().filter(|a| !matches!(a, plan::Action::Bind { .. })).count();
+        let work = actions.iter().filter(|a| !matches!(a, reconcile::SyncStep::Bind { .. })).count();
         if work > 0 {
             tracing::info!(actions = work, cleanup, "reconciling Docker with Tessera");
         }

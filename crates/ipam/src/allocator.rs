@@ -1,6 +1,6 @@
 //! An in-memory allocator for one subnet, keyed by owner.
 //!
-//! [`Allocator`] combines a [`SubnetPlan`] with the map of allocated
+//! [`Allocator`] combines a [`SubnetLayout`] with the map of allocated
 //! addresses. It follows the crate's lowest-free policy: a dynamic allocation
 //! always gets the lowest allocatable address that is free, so a released
 //! address is the first to be reused.
@@ -10,16 +10,16 @@ use std::net::IpAddr;
 
 use crate::addr::addr_to_u128;
 use crate::error::IpamError;
-use crate::plan::{Subnet, SubnetPlan};
+use crate::layout::{Subnet, SubnetLayout};
 
 /// Allocates addresses of one subnet to owners (e.g. container endpoints).
 ///
 /// Invariants: an address is held by at most one owner, and every held
-/// address is allocatable in the plan (inside the subnet, inside a pool, not
+/// address is allocatable in the layout (inside the subnet, inside a pool, not
 /// reserved). An owner may hold several addresses (through static requests).
 #[derive(Debug, Clone)]
 pub struct Allocator<O> {
-    plan: SubnetPlan,
+    layout: SubnetLayout,
     by_addr: BTreeMap<IpAddr, O>,
     by_owner: BTreeMap<O, BTreeSet<IpAddr>>,
     /// Every allocatable value below this one is allocated, so the search for
@@ -28,14 +28,14 @@ pub struct Allocator<O> {
 }
 
 impl<O: Ord + Clone> Allocator<O> {
-    /// An allocator for `plan` with nothing allocated.
-    pub fn new(plan: SubnetPlan) -> Self {
-        Allocator { plan, by_addr: BTreeMap::new(), by_owner: BTreeMap::new(), search_from: 0 }
+    /// An allocator for `layout` with nothing allocated.
+    pub fn new(layout: SubnetLayout) -> Self {
+        Allocator { layout, by_addr: BTreeMap::new(), by_owner: BTreeMap::new(), search_from: 0 }
     }
 
-    /// The plan this allocator hands addresses out from.
-    pub fn plan(&self) -> &SubnetPlan {
-        &self.plan
+    /// The layout this allocator hands addresses out from.
+    pub fn layout(&self) -> &SubnetLayout {
+        &self.layout
     }
 
     /// Gives `owner` an address: the lowest allocatable address that is free.
@@ -51,15 +51,15 @@ impl<O: Ord + Clone> Allocator<O> {
         if let Some(&held) = self.by_owner.get(&owner).and_then(|held| held.first()) {
             return Ok(held);
         }
-        let subnet = Subnet::of(self.plan.cidr);
+        let subnet = Subnet::of(self.layout.cidr);
         let from = subnet.addr(self.search_from);
         let allocated = self
             .by_addr
             .range(from..)
             .map(|(&addr, _)| addr)
-            .filter(|addr| addr.is_ipv6() == self.plan.is_ipv6())
+            .filter(|addr| addr.is_ipv6() == self.layout.is_ipv6())
             .map(addr_to_u128);
-        let free = self.plan.lowest_free_from(&subnet, self.search_from, allocated).ok_or_else(|| self.plan.exhausted())?;
+        let free = self.layout.lowest_free_from(&subnet, self.search_from, allocated).ok_or_else(|| self.layout.exhausted())?;
         // Everything allocatable up to and including `free` is now taken.
         self.search_from = free.saturating_add(1);
         let addr = subnet.addr(free);
@@ -71,11 +71,11 @@ impl<O: Ord + Clone> Allocator<O> {
     ///
     /// `Ok(addr)` if `addr` is allocatable and free, or already held by
     /// `owner` (idempotent). [`IpamError::InUse`] if another owner holds it;
-    /// otherwise the error of [`SubnetPlan::is_allocatable`]
+    /// otherwise the error of [`SubnetLayout::is_allocatable`]
     /// (`FamilyMismatch`, `OutsideSubnet`, `Reserved`, `OutsidePools`).
     /// The address is added to those `owner` already holds.
     pub fn allocate_static(&mut self, owner: O, addr: IpAddr) -> Result<IpAddr, IpamError> {
-        self.plan.is_allocatable(addr)?;
+        self.layout.is_allocatable(addr)?;
         match self.by_addr.get(&addr) {
             Some(holder) if *holder == owner => Ok(addr),
             Some(_) => Err(IpamError::InUse { addr }),

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::plan::Range;
+use crate::layout::Range;
 
-/// Why a subnet plan was rejected or an address could not be handed out.
+/// Why a subnet layout was rejected or an address could not be handed out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     /// The subnet CIDR has bits set in its host part (e.g. `10.0.0.1/24`).

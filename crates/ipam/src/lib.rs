@@ -7,10 +7,10 @@
 //!
 //! The pieces:
 //!
-//! * [`SubnetPlan`]: a validated description of a subnet (CIDR, optional
+//! * [`SubnetLayout`]: a validated description of a subnet (CIDR, optional
 //!   gateway, allocation pools) that answers "may this address be handed
-//!   out?" ([`SubnetPlan::is_allocatable`]) and "which address is next?"
-//!   ([`SubnetPlan::next_free`]) given the currently allocated addresses.
+//!   out?" ([`SubnetLayout::is_allocatable`]) and "which address is next?"
+//!   ([`SubnetLayout::next_free`]) given the currently allocated addresses.
 //! * [`Allocator`]: an in-memory allocator for one subnet keyed by owner, for
 //!   tests and for callers that keep their state in memory.
 //! * [`sort_key`] / [`parse_sort_key`], [`addr_to_u128`] / [`u128_to_addr`]:
@@ -25,21 +25,21 @@
 //!
 //! # Reserved addresses
 //!
-//! Never handed out (see [`SubnetPlan::reserved`]):
+//! Never handed out (see [`SubnetLayout::reserved`]):
 //!
 //! * IPv4: the network and broadcast addresses, except in `/31` and `/32`
 //!   subnets where every address is usable (RFC 3021);
 //! * IPv6: the subnet-router anycast address (all-zeros host part), except in
 //!   `/127` and `/128` subnets (RFC 6164);
-//! * the gateway, if the plan has one.
+//! * the gateway, if the layout has one.
 #![forbid(unsafe_code)]
 
 mod addr;
 mod allocator;
 mod error;
-mod plan;
+mod layout;
 
 pub use addr::{addr_to_u128, parse_sort_key, sort_key, u128_to_addr};
 pub use allocator::Allocator;
 pub use error::IpamError;
-pub use plan::{default_gateway, Range, SubnetPlan};
+pub use layout::{default_gateway, Range, SubnetLayout};

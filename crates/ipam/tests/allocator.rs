@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tessera_ipam::{addr_to_u128, default_gateway, u128_to_addr, Allocator, IpamError, Range, SubnetPlan};
+use tessera_ipam::{addr_to_u128, default_gateway, u128_to_addr, Allocator, IpamError, Range, SubnetLayout};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address literal")
@@ -17,13 +17,13 @@ fn net(s: &str) -> IpNet {
 /// An allocator for `cidr` with its default gateway and no explicit pools.
 fn allocator<O: Ord + Clone>(cidr: &str) -> Allocator<O> {
     let cidr = net(cidr);
-    Allocator::new(SubnetPlan::new(cidr, default_gateway(cidr), vec![]).expect("valid test plan"))
+    Allocator::new(SubnetLayout::new(cidr, default_gateway(cidr), vec![]).expect("valid test plan"))
 }
 
 fn allocator_with_pools<O: Ord + Clone>(cidr: &str, pools: &[(&str, &str)]) -> Allocator<O> {
     let cidr = net(cidr);
     let pools = pools.iter().map(|(start, end)| Range::new(ip(start), ip(end))).collect();
-    Allocator::new(SubnetPlan::new(cidr, default_gateway(cidr), pools).expect("valid test plan"))
+    Allocator::new(SubnetLayout::new(cidr, default_gateway(cidr), pools).expect("valid test plan"))
 }
 
 // ---- dynamic allocation ----------------------------------------------------

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use tessera_ipam::{
-    addr_to_u128, default_gateway, parse_sort_key, sort_key, u128_to_addr, Allocator, IpamError, Range, SubnetPlan,
+    addr_to_u128, default_gateway, parse_sort_key, sort_key, u128_to_addr, Allocator, IpamError, Range, SubnetLayout,
 };
 
 /// Largest subnet (in addresses) that the brute-force oracles walk.
@@ -108,7 +108,7 @@ impl Facts {
 }
 
 /// The rules of the crate, restated directly: may `addr` be handed out?
-fn oracle_allocatable(plan: &SubnetPlan, addr: IpAddr) -> bool {
+fn oracle_allocatable(plan: &SubnetLayout, addr: IpAddr) -> bool {
     let facts = Facts::of(plan.cidr);
     if addr.is_ipv6() != facts.v6 {
         return false;
@@ -127,7 +127,7 @@ fn oracle_allocatable(plan: &SubnetPlan, addr: IpAddr) -> bool {
 
 /// A random valid plan for a subnet from `cidrs`: no, default or random
 /// gateway, and either no pools or up to four disjoint random pools.
-fn plan(cidrs: impl Strategy<Value = IpNet>) -> impl Strategy<Value = SubnetPlan> {
+fn plan(cidrs: impl Strategy<Value = IpNet>) -> impl Strategy<Value = SubnetLayout> {
     (cidrs, 0..3u8, any::<u128>(), prop::collection::vec(any::<u128>(), 0..8)).prop_map(
         |(cidr, gateway_kind, gateway_offset, pool_offsets)| {
             let facts = Facts::of(cidr);
@@ -147,15 +147,15 @@ fn plan(cidrs: impl Strategy<Value = IpNet>) -> impl Strategy<Value = SubnetPlan
                     Range::new(facts.addr(pair[0]), facts.addr(end))
                 })
                 .collect();
-            SubnetPlan::new(cidr, gateway, pools.clone())
-                .or_else(|_| SubnetPlan::new(cidr, None, pools))
+            SubnetLayout::new(cidr, gateway, pools.clone())
+                .or_else(|_| SubnetLayout::new(cidr, None, pools))
                 .expect("generated pools are valid")
         },
     )
 }
 
 /// Edge addresses worth requesting statically.
-fn edges(plan: &SubnetPlan) -> Vec<IpAddr> {
+fn edges(plan: &SubnetLayout) -> Vec<IpAddr> {
     let facts = Facts::of(plan.cidr);
     let mut values = vec![
         facts.network,
@@ -176,12 +176,12 @@ fn edges(plan: &SubnetPlan) -> Vec<IpAddr> {
 
 /// The lowest address the oracle allows that `model` does not hold, by
 /// walking the whole (small) subnet.
-fn brute_force_next_free(plan: &SubnetPlan, model: &BTreeMap<IpAddr, Owner>) -> Option<IpAddr> {
+fn brute_force_next_free(plan: &SubnetLayout, model: &BTreeMap<IpAddr, Owner>) -> Option<IpAddr> {
     let facts = Facts::of(plan.cidr);
     (facts.network..=facts.last).map(|v| facts.addr(v)).find(|&addr| oracle_allocatable(plan, addr) && !model.contains_key(&addr))
 }
 
-fn brute_force_capacity(plan: &SubnetPlan) -> u128 {
+fn brute_force_capacity(plan: &SubnetLayout) -> u128 {
     let facts = Facts::of(plan.cidr);
     (facts.network..=facts.last).filter(|&v| oracle_allocatable(plan, facts.addr(v))).count() as u128
 }
@@ -189,7 +189,7 @@ fn brute_force_capacity(plan: &SubnetPlan) -> u128 {
 /// Runs `ops` against an allocator and a model, checking every property
 /// after every step. With `brute_force`, also checks against whole-subnet
 /// walks.
-fn check_scenario(plan: SubnetPlan, ops: Vec<Op>, brute_force: bool) -> Result<(), TestCaseError> {
+fn check_scenario(plan: SubnetLayout, ops: Vec<Op>, brute_force: bool) -> Result<(), TestCaseError> {
     let facts = Facts::of(plan.cidr);
     let mut alloc: Allocator<Owner> = Allocator::new(plan.clone());
     let mut model: BTreeMap<IpAddr, Owner> = BTreeMap::new();
@@ -374,7 +374,7 @@ proptest! {
             .into_iter()
             .map(|(s, e, v6)| Range::new(u128_to_addr(s, v6), u128_to_addr(e, v6)))
             .collect();
-        if let Ok(plan) = SubnetPlan::new(cidr, gateway, pools) {
+        if let Ok(plan) = SubnetLayout::new(cidr, gateway, pools) {
             let _ = plan.capacity();
             let _ = plan.reserved();
             let _ = plan.next_free([]);
@@ -389,7 +389,7 @@ proptest! {
         allocated in prop::collection::vec((any::<u128>(), any::<bool>()), 0..8),
         probe in any::<u128>(),
     ) {
-        let plan = SubnetPlan {
+        let plan = SubnetLayout {
             cidr,
             gateway: gateway.map(|(g, v6)| u128_to_addr(g, v6)),
             pools: pools

@@ -25,7 +25,7 @@ pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
 pub use policy::{
-    Action, Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PortRange, Protocol, Rule,
+    Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PortRange, Protocol, Rule, RuleAction,
     RuleChange, RuleInsert, RuleSpec,
 };
 pub use reservation::{Reservation, ReservationCreate};

@@ -1,11 +1,11 @@
-//! Virtual networks: subnets with their IPAM plan, VNI, route targets, policies.
+//! Virtual networks: subnets with their IPAM layout, VNI, route targets, policies.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tessera_ipam::{Range, SubnetPlan};
+use tessera_ipam::{Range, SubnetLayout};
 use uuid::Uuid;
 
 use crate::{FieldError, FqName, RouteTarget, Vni};
@@ -59,10 +59,10 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    /// The IPAM plan of this subnet. A stored subnet was validated on the way
+    /// The IPAM layout of this subnet. A stored subnet was validated on the way
     /// in, so this cannot fail for it.
-    pub fn plan(&self) -> Result<SubnetPlan, tessera_ipam::IpamError> {
-        SubnetPlan::new(self.cidr, self.gateway, self.pools.clone())
+    pub fn layout(&self) -> Result<SubnetLayout, tessera_ipam::IpamError> {
+        SubnetLayout::new(self.cidr, self.gateway, self.pools.clone())
     }
 }
 
@@ -206,7 +206,7 @@ impl SubnetCreate {
             .enumerate()
             .map(|(i, d)| parse_addr(&format!("dns_servers[{i}]"), d))
             .collect::<Result<Vec<_>, _>>()?;
-        SubnetPlan::new(cidr, gateway, pools.clone()).map_err(|e| {
+        SubnetLayout::new(cidr, gateway, pools.clone()).map_err(|e| {
             let field = match e {
                 tessera_ipam::IpamError::GatewayOutsideSubnet { .. } | tessera_ipam::IpamError::GatewayReserved { .. } => {
                     "gateway"

@@ -24,7 +24,7 @@ use crate::{FieldError, FqName, ProjectName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub enum RuleAction {
     Pass,
     /// Drop silently.
     Deny,
@@ -199,7 +199,7 @@ fn ports_to_string(p: &[PortRange]) -> String {
 /// A validated policy rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rule {
-    pub action: Action,
+    pub action: RuleAction,
     pub protocol: Protocol,
     pub src: Endpoint,
     /// Empty means any port.
@@ -226,9 +226,9 @@ impl Rule {
             ));
         };
         let action = match action.to_ascii_lowercase().as_str() {
-            "pass" | "allow" => Action::Pass,
-            "deny" | "drop" => Action::Deny,
-            "reject" => Action::Reject,
+            "pass" | "allow" => RuleAction::Pass,
+            "deny" | "drop" => RuleAction::Deny,
+            "reject" => RuleAction::Reject,
             other => return Err(FieldError::new(format!("{field}.action"), format!("{other:?} is not pass, deny or reject"))),
         };
         let direction = match *direction {
@@ -279,9 +279,9 @@ impl Rule {
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let action = match self.action {
-            Action::Pass => "pass",
-            Action::Deny => "deny",
-            Action::Reject => "reject",
+            RuleAction::Pass => "pass",
+            RuleAction::Deny => "deny",
+            RuleAction::Reject => "reject",
         };
         let dir = match self.direction {
             Direction::OneWay => ">",
@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn seed_style_rule_parses() {
         let r = parse("pass tcp red any <> green 80").unwrap();
-        assert_eq!(r.action, Action::Pass);
+        assert_eq!(r.action, RuleAction::Pass);
         assert_eq!(r.protocol, Protocol::Tcp);
         assert_eq!(r.src, Endpoint::Network("default-domain:admin:red".parse().unwrap()));
         assert_eq!(r.dst_ports, vec![PortRange { start: 80, end: 80 }]);

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tessera_model::{Action, Network, Policy};
+use tessera_model::{Network, Policy, RuleAction};
 use uuid::Uuid;
 
 use crate::flow::{Flow, FlowBox};
@@ -36,12 +36,12 @@ pub enum Verdict {
     Reject,
 }
 
-impl From<Action> for Verdict {
-    fn from(a: Action) -> Self {
+impl From<RuleAction> for Verdict {
+    fn from(a: RuleAction) -> Self {
         match a {
-            Action::Pass => Verdict::Pass,
-            Action::Deny => Verdict::Deny,
-            Action::Reject => Verdict::Reject,
+            RuleAction::Pass => Verdict::Pass,
+            RuleAction::Deny => Verdict::Deny,
+            RuleAction::Reject => Verdict::Reject,
         }
     }
 }

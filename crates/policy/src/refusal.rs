@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use tessera_model::{Action, Policy, Rule, Rules};
+use tessera_model::{Policy, Rule, RuleAction, Rules};
 use uuid::Uuid;
 
 use crate::program::{differing_rules, same_match};
@@ -83,7 +83,7 @@ pub fn only_widens(old: &Policy, new: &Policy) -> bool {
     if old.id != new.id || old.fq_name != new.fq_name {
         return false;
     }
-    let refuses = |r: &Rule| r.action != Action::Pass;
+    let refuses = |r: &Rule| r.action != RuleAction::Pass;
     let (o, n) = (old.rules.len(), new.rules.len());
     if o == n {
         differing_rules(old, new).all(|(_, x, y)| same_match(x, y) && (refuses(x) || !refuses(y)))

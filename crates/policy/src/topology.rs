@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use tessera_model::{Action, Network, Policy, RouteTarget};
+use tessera_model::{Network, Policy, RouteTarget, RuleAction};
 use uuid::Uuid;
 
 use crate::flow::{net_range, Family};
@@ -77,7 +77,7 @@ pub fn attached<'a>(net: &Network, policies: &HashMap<Uuid, &'a Policy>) -> Vec<
 /// that a deny rule hides still connects the networks, and the deny rule
 /// still stops the traffic.
 fn allows_some(list: &[&Policy], a: &Network, b: &Network) -> bool {
-    list.iter().flat_map(|p| &p.rules).filter(|r| r.action == Action::Pass).any(|r| {
+    list.iter().flat_map(|p| &p.rules).filter(|r| r.action == RuleAction::Pass).any(|r| {
         let (ab, ba) = (rule_boxes(r, a, b), rule_boxes(r, b, a));
         !ab.is_empty() || !ba.is_empty()
     })
@@ -111,7 +111,7 @@ impl Topology {
         let with_pass: Vec<(&Network, Vec<&Policy>)> = networks
             .iter()
             .map(|n| (n, attached(n, &pols)))
-            .filter(|(_, list)| list.iter().any(|p| p.rules.iter().any(|r| r.action == Action::Pass)))
+            .filter(|(_, list)| list.iter().any(|p| p.rules.iter().any(|r| r.action == RuleAction::Pass)))
             .collect();
         for (i, (a, la)) in with_pass.iter().enumerate() {
             for (b, lb) in &with_pass[i + 1..] {

@@ -35,13 +35,13 @@ pub struct DockerNetwork {
 #[derive(Debug, Clone, Default)]
 pub struct TesseraView {
     pub networks: Vec<Network>,
-    /// Endpoints of this host (the plan looks only at those made for Docker).
+    /// Endpoints of this host (the steps look only at those made for Docker).
     pub endpoints: Vec<Endpoint>,
     /// Reservations of the networks of this host's dockerd.
     pub reservations: Vec<Reservation>,
 }
 
-/// What the plugin is doing right now, which the plan must not undo.
+/// What the plugin is doing right now, which the steps must not undo.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
     /// Docker networks whose Tessera network is being created.
@@ -54,7 +54,7 @@ pub struct InFlight {
 
 /// How far to go.
 #[derive(Debug, Clone)]
-pub struct PlanInput<'a> {
+pub struct SyncInput<'a> {
     pub host: &'a str,
     pub now_ms: u64,
     /// Reservations younger than this are in flight.
@@ -66,7 +66,7 @@ pub struct PlanInput<'a> {
 
 /// One step towards agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum SyncStep {
     /// The Docker network stands for this Tessera network.
     Bind { docker_id: String, network: Uuid },
     /// `docker network create` for a Tessera network this dockerd lacks.
@@ -96,17 +96,17 @@ pub fn tessera_network_of<'a>(d: &DockerNetwork, networks: &'a [Network]) -> Opt
 }
 
 /// Computes the actions that bring this host's dockerd and Tessera into agreement.
-pub fn plan(input: &PlanInput<'_>, docker: &[DockerNetwork], tessera: &TesseraView, in_flight: &InFlight) -> Vec<Action> {
+pub fn steps(input: &SyncInput<'_>, docker: &[DockerNetwork], tessera: &TesseraView, in_flight: &InFlight) -> Vec<SyncStep> {
     let mut out = Vec::new();
     let mut bound: BTreeMap<Uuid, &DockerNetwork> = BTreeMap::new();
     for d in docker {
         match tessera_network_of(d, &tessera.networks) {
             Some(n) => {
                 bound.insert(n.id, d);
-                out.push(Action::Bind { docker_id: d.id.clone(), network: n.id });
+                out.push(SyncStep::Bind { docker_id: d.id.clone(), network: n.id });
             }
             None if in_flight.docker_networks.contains(&d.id) => {}
-            None => out.push(Action::DeleteDockerNetwork { docker_id: d.id.clone(), name: d.name.clone() }),
+            None => out.push(SyncStep::DeleteDockerNetwork { docker_id: d.id.clone(), name: d.name.clone() }),
         }
     }
     let names: BTreeSet<&str> = docker.iter().map(|d| d.name.as_str()).collect();
@@ -119,7 +119,7 @@ pub fn plan(input: &PlanInput<'_>, docker: &[DockerNetwork], tessera: &TesseraVi
         if names.contains(spec::docker_name(n)) {
             continue;
         }
-        out.push(Action::CreateDockerNetwork { network: n.id, request: spec::engine_create_for(n) });
+        out.push(SyncStep::CreateDockerNetwork { network: n.id, request: spec::engine_create_for(n) });
     }
     if !input.cleanup {
         return out;
@@ -130,7 +130,7 @@ pub fn plan(input: &PlanInput<'_>, docker: &[DockerNetwork], tessera: &TesseraVi
         if e.host != input.host || attached.contains(eid) || in_flight.endpoints.contains(eid) {
             continue;
         }
-        out.push(Action::DeleteEndpoint { id: e.id, name: e.name.clone() });
+        out.push(SyncStep::DeleteEndpoint { id: e.id, name: e.name.clone() });
     }
     let held: BTreeSet<(Uuid, IpAddr)> =
         bound.iter().flat_map(|(net, d)| d.endpoints.values().flatten().map(move |a| (*net, *a))).collect();
@@ -140,7 +140,7 @@ pub fn plan(input: &PlanInput<'_>, docker: &[DockerNetwork], tessera: &TesseraVi
         if token.host != input.host || young || held.contains(&(r.network, r.address)) {
             continue;
         }
-        out.push(Action::ReleaseReservation { network: r.network, address: r.address, owner: r.owner.clone() });
+        out.push(SyncStep::ReleaseReservation { network: r.network, address: r.address, owner: r.owner.clone() });
     }
     out
 }
@@ -206,16 +206,16 @@ mod tests {
         }
     }
 
-    fn input(cleanup: bool) -> PlanInput<'static> {
-        PlanInput { host: "h1", now_ms: 100_000, grace_ms: 30_000, cleanup }
+    fn input(cleanup: bool) -> SyncInput<'static> {
+        SyncInput { host: "h1", now_ms: 100_000, grace_ms: 30_000, cleanup }
     }
 
     #[test]
     fn a_tessera_network_made_through_docker_is_created_in_every_dockerd() {
         let t = TesseraView { networks: vec![tnet(1, "net4", true), tnet(2, "cli-made", false)], ..Default::default() };
-        let actions = plan(&input(false), &[], &t, &InFlight::default());
+        let actions = steps(&input(false), &[], &t, &InFlight::default());
         assert_eq!(actions.len(), 1, "{actions:?}");
-        let Action::CreateDockerNetwork { network, request } = &actions[0] else { panic!("{actions:?}") };
+        let SyncStep::CreateDockerNetwork { network, request } = &actions[0] else { panic!("{actions:?}") };
         assert_eq!((*network, request.name.as_str()), (Uuid::from_u128(1), "net4"));
         assert_eq!(request.options[OPT_NETWORK], Uuid::from_u128(1).to_string());
     }
@@ -225,12 +225,12 @@ mod tests {
         let t = TesseraView { networks: vec![tnet(1, "net4", true), tnet(2, "other", false)], ..Default::default() };
         let mut mapped = dnet("d2", "imported", &[]);
         mapped.options.insert(OPT_NETWORK.into(), "other".into());
-        let actions = plan(&input(false), &[dnet("d1", "net4", &[]), mapped], &t, &InFlight::default());
+        let actions = steps(&input(false), &[dnet("d1", "net4", &[]), mapped], &t, &InFlight::default());
         assert_eq!(
             actions,
             [
-                Action::Bind { docker_id: "d1".into(), network: Uuid::from_u128(1) },
-                Action::Bind { docker_id: "d2".into(), network: Uuid::from_u128(2) },
+                SyncStep::Bind { docker_id: "d1".into(), network: Uuid::from_u128(1) },
+                SyncStep::Bind { docker_id: "d2".into(), network: Uuid::from_u128(2) },
             ]
         );
     }
@@ -241,8 +241,8 @@ mod tests {
         let docker = [dnet("d1", "net4", &[]), dnet("d2", "new", &[])];
         let in_flight = InFlight { docker_networks: BTreeSet::from(["d2".to_string()]), ..Default::default() };
         assert_eq!(
-            plan(&input(false), &docker, &t, &in_flight),
-            [Action::DeleteDockerNetwork { docker_id: "d1".into(), name: "net4".into() }]
+            steps(&input(false), &docker, &t, &in_flight),
+            [SyncStep::DeleteDockerNetwork { docker_id: "d1".into(), name: "net4".into() }]
         );
     }
 
@@ -250,7 +250,7 @@ mod tests {
     fn a_network_this_host_is_creating_is_not_created_again() {
         let t = TesseraView { networks: vec![tnet(1, "net4", true)], ..Default::default() };
         let in_flight = InFlight { tessera_networks: BTreeSet::from([Uuid::from_u128(1)]), ..Default::default() };
-        assert!(plan(&input(false), &[], &t, &in_flight).is_empty());
+        assert!(steps(&input(false), &[], &t, &in_flight).is_empty());
     }
 
     #[test]
@@ -268,9 +268,9 @@ mod tests {
         };
         let docker = [dnet("d1", "net4", &[("e-live", "10.0.0.2")])];
         let in_flight = InFlight { endpoints: BTreeSet::from(["e-joining".to_string()]), ..Default::default() };
-        let actions = plan(&input(true), &docker, &t, &in_flight);
-        assert_eq!(actions[1..], [Action::DeleteEndpoint { id: Uuid::from_u128(11), name: "e-gone".into() }]);
-        assert_eq!(plan(&input(false), &docker, &t, &in_flight).len(), 1, "no cleanup: only the bind");
+        let actions = steps(&input(true), &docker, &t, &in_flight);
+        assert_eq!(actions[1..], [SyncStep::DeleteEndpoint { id: Uuid::from_u128(11), name: "e-gone".into() }]);
+        assert_eq!(steps(&input(false), &docker, &t, &in_flight).len(), 1, "no cleanup: only the bind");
     }
 
     #[test]
@@ -288,10 +288,10 @@ mod tests {
             ..Default::default()
         };
         let docker = [dnet("d1", "net4", &[("e1", "10.0.0.2")])];
-        let actions = plan(&input(true), &docker, &t, &InFlight::default());
+        let actions = steps(&input(true), &docker, &t, &InFlight::default());
         assert_eq!(
             actions[1..],
-            [Action::ReleaseReservation {
+            [SyncStep::ReleaseReservation {
                 network: Uuid::from_u128(1),
                 address: "10.0.0.3".parse().unwrap(),
                 owner: token("h1", 1_000)

@@ -27,7 +27,7 @@ use crate::observed::{
 use crate::policy::POLICY_TABLE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
+pub enum KernelOp {
     /// `sysctl -w KEY=VALUE` (a write to `/proc/sys/KEY` in the data plane's
     /// namespace).
     SysctlWrite { key: SysctlKey, value: String },
@@ -137,43 +137,43 @@ pub enum Action {
     },
 }
 
-impl Action {
+impl KernelOp {
     /// The variant name, for logs and error reports.
     pub fn op(&self) -> &'static str {
         match self {
-            Action::SysctlWrite { .. } => "SysctlWrite",
-            Action::NftTablesInstall => "NftTablesInstall",
-            Action::NftSetElementAdd(_) => "NftSetElementAdd",
-            Action::NftSetElementDelete(_) => "NftSetElementDelete",
-            Action::NftMapAdd { .. } => "NftMapAdd",
-            Action::NftMapDelete { .. } => "NftMapDelete",
-            Action::NftMapElementsAdd { .. } => "NftMapElementsAdd",
-            Action::NftMapElementsDelete { .. } => "NftMapElementsDelete",
-            Action::NftMapFlush { .. } => "NftMapFlush",
-            Action::NftDigestsUpdate { .. } => "NftDigestsUpdate",
-            Action::NftChainInstall { .. } => "NftChainInstall",
-            Action::NftChainDelete { .. } => "NftChainDelete",
-            Action::ConntrackZoneFlush { .. } => "ConntrackZoneFlush",
-            Action::BridgePortIsolate { .. } => "BridgePortIsolate",
-            Action::LinkAddBridge { .. } => "LinkAddBridge",
-            Action::LinkAddVxlan { .. } => "LinkAddVxlan",
-            Action::VethAdd { .. } => "VethAdd",
-            Action::LinkSetUp { .. } => "LinkSetUp",
-            Action::LinkSetMtu { .. } => "LinkSetMtu",
-            Action::LinkDelete { .. } => "LinkDelete",
-            Action::AddressInstall(_) => "AddressInstall",
-            Action::AddressUninstall(_) => "AddressUninstall",
-            Action::RuleInstall(_) => "RuleInstall",
-            Action::RuleUninstall(_) => "RuleUninstall",
-            Action::RouteInstall(_) => "RouteInstall",
-            Action::RouteUninstall(_) => "RouteUninstall",
-            Action::NeighInstall(_) => "NeighInstall",
-            Action::NeighUninstall(_) => "NeighUninstall",
-            Action::FdbInstall(_) => "FdbInstall",
-            Action::FdbUninstall(_) => "FdbUninstall",
-            Action::ProxyNeighInstall(_) => "ProxyNeighInstall",
-            Action::ProxyNeighUninstall(_) => "ProxyNeighUninstall",
-            Action::ContainerIfaceConfigure { .. } => "ContainerIfaceConfigure",
+            KernelOp::SysctlWrite { .. } => "SysctlWrite",
+            KernelOp::NftTablesInstall => "NftTablesInstall",
+            KernelOp::NftSetElementAdd(_) => "NftSetElementAdd",
+            KernelOp::NftSetElementDelete(_) => "NftSetElementDelete",
+            KernelOp::NftMapAdd { .. } => "NftMapAdd",
+            KernelOp::NftMapDelete { .. } => "NftMapDelete",
+            KernelOp::NftMapElementsAdd { .. } => "NftMapElementsAdd",
+            KernelOp::NftMapElementsDelete { .. } => "NftMapElementsDelete",
+            KernelOp::NftMapFlush { .. } => "NftMapFlush",
+            KernelOp::NftDigestsUpdate { .. } => "NftDigestsUpdate",
+            KernelOp::NftChainInstall { .. } => "NftChainInstall",
+            KernelOp::NftChainDelete { .. } => "NftChainDelete",
+            KernelOp::ConntrackZoneFlush { .. } => "ConntrackZoneFlush",
+            KernelOp::BridgePortIsolate { .. } => "BridgePortIsolate",
+            KernelOp::LinkAddBridge { .. } => "LinkAddBridge",
+            KernelOp::LinkAddVxlan { .. } => "LinkAddVxlan",
+            KernelOp::VethAdd { .. } => "VethAdd",
+            KernelOp::LinkSetUp { .. } => "LinkSetUp",
+            KernelOp::LinkSetMtu { .. } => "LinkSetMtu",
+            KernelOp::LinkDelete { .. } => "LinkDelete",
+            KernelOp::AddressInstall(_) => "AddressInstall",
+            KernelOp::AddressUninstall(_) => "AddressUninstall",
+            KernelOp::RuleInstall(_) => "RuleInstall",
+            KernelOp::RuleUninstall(_) => "RuleUninstall",
+            KernelOp::RouteInstall(_) => "RouteInstall",
+            KernelOp::RouteUninstall(_) => "RouteUninstall",
+            KernelOp::NeighInstall(_) => "NeighInstall",
+            KernelOp::NeighUninstall(_) => "NeighUninstall",
+            KernelOp::FdbInstall(_) => "FdbInstall",
+            KernelOp::FdbUninstall(_) => "FdbUninstall",
+            KernelOp::ProxyNeighInstall(_) => "ProxyNeighInstall",
+            KernelOp::ProxyNeighUninstall(_) => "ProxyNeighUninstall",
+            KernelOp::ContainerIfaceConfigure { .. } => "ContainerIfaceConfigure",
         }
     }
 
@@ -182,24 +182,24 @@ impl Action {
     pub fn is_nft(&self) -> bool {
         matches!(
             self,
-            Action::NftTablesInstall
-                | Action::NftSetElementAdd(_)
-                | Action::NftSetElementDelete(_)
-                | Action::NftMapAdd { .. }
-                | Action::NftMapDelete { .. }
-                | Action::NftMapElementsAdd { .. }
-                | Action::NftMapElementsDelete { .. }
-                | Action::NftMapFlush { .. }
-                | Action::NftDigestsUpdate { .. }
-                | Action::NftChainInstall { .. }
-                | Action::NftChainDelete { .. }
+            KernelOp::NftTablesInstall
+                | KernelOp::NftSetElementAdd(_)
+                | KernelOp::NftSetElementDelete(_)
+                | KernelOp::NftMapAdd { .. }
+                | KernelOp::NftMapDelete { .. }
+                | KernelOp::NftMapElementsAdd { .. }
+                | KernelOp::NftMapElementsDelete { .. }
+                | KernelOp::NftMapFlush { .. }
+                | KernelOp::NftDigestsUpdate { .. }
+                | KernelOp::NftChainInstall { .. }
+                | KernelOp::NftChainDelete { .. }
         )
     }
 
     /// Whether the action ends conntrack entries (`conntrack -D`): it must
     /// run after the rules that refuse those flows are in place.
     pub fn is_conntrack(&self) -> bool {
-        matches!(self, Action::ConntrackZoneFlush { .. })
+        matches!(self, KernelOp::ConntrackZoneFlush { .. })
     }
 
     /// Whether the action removes something (and so succeeds when it is
@@ -207,17 +207,17 @@ impl Action {
     pub fn is_removal(&self) -> bool {
         matches!(
             self,
-            Action::NftSetElementDelete(_)
-                | Action::NftMapDelete { .. }
-                | Action::NftMapElementsDelete { .. }
-                | Action::NftChainDelete { .. }
-                | Action::LinkDelete { .. }
-                | Action::AddressUninstall(_)
-                | Action::RuleUninstall(_)
-                | Action::RouteUninstall(_)
-                | Action::NeighUninstall(_)
-                | Action::FdbUninstall(_)
-                | Action::ProxyNeighUninstall(_)
+            KernelOp::NftSetElementDelete(_)
+                | KernelOp::NftMapDelete { .. }
+                | KernelOp::NftMapElementsDelete { .. }
+                | KernelOp::NftChainDelete { .. }
+                | KernelOp::LinkDelete { .. }
+                | KernelOp::AddressUninstall(_)
+                | KernelOp::RuleUninstall(_)
+                | KernelOp::RouteUninstall(_)
+                | KernelOp::NeighUninstall(_)
+                | KernelOp::FdbUninstall(_)
+                | KernelOp::ProxyNeighUninstall(_)
         )
     }
 }
@@ -269,39 +269,39 @@ fn rule_flag(f: IpFamily) -> &'static str {
     }
 }
 
-impl fmt::Display for Action {
+impl fmt::Display for KernelOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::SysctlWrite { key, value } => write!(f, "sysctl -w {key}={value}"),
-            Action::NftTablesInstall => {
+            KernelOp::SysctlWrite { key, value } => write!(f, "sysctl -w {key}={value}"),
+            KernelOp::NftTablesInstall => {
                 write!(f, "nft -f tessera-skeleton-{SKELETON_VERSION} # inet tessera, bridge tessera, inet {POLICY_TABLE}")
             }
-            Action::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
-            Action::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
-            Action::NftMapAdd { name, family } => {
+            KernelOp::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
+            KernelOp::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
+            KernelOp::NftMapAdd { name, family } => {
                 write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::policy::map_type(name, *family))
             }
-            Action::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
-            Action::NftMapElementsAdd { map, elements } => {
+            KernelOp::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
+            KernelOp::NftMapElementsAdd { map, elements } => {
                 write!(f, "nft add element inet {POLICY_TABLE} {map} {{ ")?;
                 elements_brief(f, map, elements, false)?;
                 f.write_str(" }")
             }
-            Action::NftMapElementsDelete { map, elements } => {
+            KernelOp::NftMapElementsDelete { map, elements } => {
                 write!(f, "nft delete element inet {POLICY_TABLE} {map} {{ ")?;
                 elements_brief(f, map, elements, true)?;
                 f.write_str(" }")
             }
-            Action::NftChainInstall { name, rules } => {
+            KernelOp::NftChainInstall { name, rules } => {
                 write!(f, "nft add chain inet {POLICY_TABLE} {name}; flush chain inet {POLICY_TABLE} {name}")?;
                 for r in rules {
                     write!(f, "; add rule inet {POLICY_TABLE} {name} {r}")?;
                 }
                 Ok(())
             }
-            Action::NftChainDelete { name } => write!(f, "nft delete chain inet {POLICY_TABLE} {name}"),
-            Action::NftMapFlush { map } => write!(f, "nft flush map inet {POLICY_TABLE} {map}"),
-            Action::NftDigestsUpdate { deletes, adds } => {
+            KernelOp::NftChainDelete { name } => write!(f, "nft delete chain inet {POLICY_TABLE} {name}"),
+            KernelOp::NftMapFlush { map } => write!(f, "nft flush map inet {POLICY_TABLE} {map}"),
+            KernelOp::NftDigestsUpdate { deletes, adds } => {
                 let v6 = |x: &u128| std::net::Ipv6Addr::from(*x);
                 f.write_str("nft")?;
                 if !deletes.is_empty() {
@@ -314,39 +314,39 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Action::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
-            Action::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
-            Action::LinkAddBridge { name, mac, mtu } => {
+            KernelOp::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
+            KernelOp::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
+            KernelOp::LinkAddBridge { name, mac, mtu } => {
                 write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0")
             }
-            Action::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => write!(
+            KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => write!(
                 f,
                 "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
             ),
-            Action::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
+            KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
                 f,
                 "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}; ip link set {name} type bridge_slave isolated on",
                 netns.display()
             ),
-            Action::LinkSetUp { name } => write!(f, "ip link set {name} up"),
-            Action::LinkSetMtu { name, mtu } => write!(f, "ip link set {name} mtu {mtu}"),
-            Action::LinkDelete { name } => write!(f, "ip link del {name}"),
-            Action::AddressInstall(a) if a.addr.addr().is_ipv4() => write!(f, "ip addr add {} dev {}", a.addr, a.dev),
-            Action::AddressInstall(a) => write!(f, "ip -6 addr add {} dev {} nodad noprefixroute", a.addr, a.dev),
-            Action::AddressUninstall(a) => write!(f, "ip{} addr del {} dev {}", family_flag(a.addr.addr()), a.addr, a.dev),
-            Action::RuleInstall(r) => write!(f, "ip{} rule add {}", rule_flag(r.family), rule_args(r)),
-            Action::RuleUninstall(r) => write!(f, "ip{} rule del {}", rule_flag(r.family), rule_args(r)),
-            Action::RouteInstall(r) => write!(f, "ip{} route replace {}", family_flag(r.dst.addr()), route_args(r)),
-            Action::RouteUninstall(r) => write!(f, "ip{} route del {}", family_flag(r.dst.addr()), route_args(r)),
-            Action::NeighInstall(n) => {
+            KernelOp::LinkSetUp { name } => write!(f, "ip link set {name} up"),
+            KernelOp::LinkSetMtu { name, mtu } => write!(f, "ip link set {name} mtu {mtu}"),
+            KernelOp::LinkDelete { name } => write!(f, "ip link del {name}"),
+            KernelOp::AddressInstall(a) if a.addr.addr().is_ipv4() => write!(f, "ip addr add {} dev {}", a.addr, a.dev),
+            KernelOp::AddressInstall(a) => write!(f, "ip -6 addr add {} dev {} nodad noprefixroute", a.addr, a.dev),
+            KernelOp::AddressUninstall(a) => write!(f, "ip{} addr del {} dev {}", family_flag(a.addr.addr()), a.addr, a.dev),
+            KernelOp::RuleInstall(r) => write!(f, "ip{} rule add {}", rule_flag(r.family), rule_args(r)),
+            KernelOp::RuleUninstall(r) => write!(f, "ip{} rule del {}", rule_flag(r.family), rule_args(r)),
+            KernelOp::RouteInstall(r) => write!(f, "ip{} route replace {}", family_flag(r.dst.addr()), route_args(r)),
+            KernelOp::RouteUninstall(r) => write!(f, "ip{} route del {}", family_flag(r.dst.addr()), route_args(r)),
+            KernelOp::NeighInstall(n) => {
                 write!(f, "ip{} neigh replace {} lladdr {} dev {} nud permanent", family_flag(n.ip), n.ip, n.mac, n.dev)
             }
-            Action::NeighUninstall(n) => write!(f, "ip{} neigh del {} dev {}", family_flag(n.ip), n.ip, n.dev),
-            Action::FdbInstall(e) => write!(f, "bridge fdb replace {} dev {} dst {} self permanent", e.mac, e.dev, e.dst),
-            Action::FdbUninstall(e) => write!(f, "bridge fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
-            Action::ProxyNeighInstall(p) => write!(f, "ip{} neigh add proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
-            Action::ProxyNeighUninstall(p) => write!(f, "ip{} neigh del proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
-            Action::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+            KernelOp::NeighUninstall(n) => write!(f, "ip{} neigh del {} dev {}", family_flag(n.ip), n.ip, n.dev),
+            KernelOp::FdbInstall(e) => write!(f, "bridge fdb replace {} dev {} dst {} self permanent", e.mac, e.dev, e.dst),
+            KernelOp::FdbUninstall(e) => write!(f, "bridge fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
+            KernelOp::ProxyNeighInstall(p) => write!(f, "ip{} neigh add proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
+            KernelOp::ProxyNeighUninstall(p) => write!(f, "ip{} neigh del proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {
                     let nodad = if a.addr().is_ipv6() { " nodad" } else { "" };

@@ -1,7 +1,7 @@
-//! Subnet plans: which addresses of a subnet may be handed out, and which one
+//! Subnet layouts: which addresses of a subnet may be handed out, and which one
 //! is next.
 //!
-//! A [`SubnetPlan`] is a CIDR, an optional gateway and a set of
+//! A [`SubnetLayout`] is a CIDR, an optional gateway and a set of
 //! non-overlapping allocation pools ([`Range`]s). Nothing here enumerates a
 //! subnet: every operation costs at most O(number of pools + number of
 //! allocated addresses given), whatever the subnet size.
@@ -25,7 +25,7 @@ const GATEWAY: &str = "gateway";
 ///
 /// Displays and parses as `"<start>-<end>"`, e.g. `10.0.0.10-10.0.0.20` or
 /// `fd00::10-fd00::ff`. A range on its own is not validated; a
-/// [`SubnetPlan`] validates its pools.
+/// [`SubnetLayout`] validates its pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Range {
     /// First address of the range.
@@ -73,28 +73,28 @@ impl FromStr for Range {
     }
 }
 
-/// A validated plan for one subnet: its CIDR, its gateway and the pools that
+/// A validated layout for one subnet: its CIDR, its gateway and the pools that
 /// addresses are handed out from.
 ///
-/// Build it with [`SubnetPlan::new`] (deserialisation validates the same
-/// way). The fields are public for reading; a plan assembled by hand is never
-/// a cause of panics, but only a validated plan gets the documented
+/// Build it with [`SubnetLayout::new`] (deserialisation validates the same
+/// way). The fields are public for reading; a layout assembled by hand is never
+/// a cause of panics, but only a validated layout gets the documented
 /// guarantees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "SubnetPlanSpec")]
-pub struct SubnetPlan {
+#[serde(try_from = "SubnetLayoutSpec")]
+pub struct SubnetLayout {
     /// The subnet, without host bits.
     pub cidr: IpNet,
     /// The gateway, if any; it is reserved and never handed out.
     pub gateway: Option<IpAddr>,
     /// The allocation pools, sorted by start and non-overlapping. Never empty
-    /// for a validated plan: no pools given means the whole usable subnet.
+    /// for a validated layout: no pools given means the whole usable subnet.
     pub pools: Vec<Range>,
 }
 
-/// The unvalidated shape of a [`SubnetPlan`], as found in serialised form.
+/// The unvalidated shape of a [`SubnetLayout`], as found in serialised form.
 #[derive(Deserialize)]
-struct SubnetPlanSpec {
+struct SubnetLayoutSpec {
     cidr: IpNet,
     #[serde(default)]
     gateway: Option<IpAddr>,
@@ -102,11 +102,11 @@ struct SubnetPlanSpec {
     pools: Vec<Range>,
 }
 
-impl TryFrom<SubnetPlanSpec> for SubnetPlan {
+impl TryFrom<SubnetLayoutSpec> for SubnetLayout {
     type Error = IpamError;
 
-    fn try_from(spec: SubnetPlanSpec) -> Result<Self, Self::Error> {
-        SubnetPlan::new(spec.cidr, spec.gateway, spec.pools)
+    fn try_from(spec: SubnetLayoutSpec) -> Result<Self, Self::Error> {
+        SubnetLayout::new(spec.cidr, spec.gateway, spec.pools)
     }
 }
 
@@ -123,8 +123,8 @@ pub fn default_gateway(cidr: IpNet) -> Option<IpAddr> {
     }
 }
 
-impl SubnetPlan {
-    /// Validates and builds a plan.
+impl SubnetLayout {
+    /// Validates and builds a layout.
     ///
     /// * `cidr` must have no host bits set ([`IpamError::HostBitsSet`]).
     /// * `gateway`, if given, must be of the subnet's family
@@ -162,7 +162,7 @@ impl SubnetPlan {
 
         let pools = if pools.is_empty() { vec![subnet.usable_range()] } else { validate_pools(&subnet, pools)? };
 
-        Ok(SubnetPlan { cidr, gateway, pools })
+        Ok(SubnetLayout { cidr, gateway, pools })
     }
 
     /// The addresses that are never handed out, in ascending order: the IPv4
@@ -180,7 +180,7 @@ impl SubnetPlan {
     /// Otherwise the error says which check failed, in that order:
     /// [`IpamError::FamilyMismatch`], [`IpamError::OutsideSubnet`],
     /// [`IpamError::Reserved`] (with the reason), [`IpamError::OutsidePools`].
-    /// Whether the address is currently in use is not this plan's concern.
+    /// Whether the address is currently in use is not this layout's concern.
     pub fn is_allocatable(&self, addr: IpAddr) -> Result<(), IpamError> {
         let cidr = self.cidr;
         let subnet = Subnet::of(cidr);
@@ -235,18 +235,18 @@ impl SubnetPlan {
             .fold(0u128, u128::saturating_add)
     }
 
-    /// The error for a plan with no free address left.
+    /// The error for a layout with no free address left.
     pub(crate) fn exhausted(&self) -> IpamError {
         IpamError::Exhausted { cidr: self.cidr, capacity: self.capacity() }
     }
 
-    /// Whether this plan hands out IPv6 addresses.
+    /// Whether this layout hands out IPv6 addresses.
     pub(crate) fn is_ipv6(&self) -> bool {
         Subnet::of(self.cidr).v6
     }
 
     /// The lowest allocatable value `>= from` that `allocated` does not
-    /// yield. `allocated` yields values of this plan's family, ascending.
+    /// yield. `allocated` yields values of this layout's family, ascending.
     pub(crate) fn lowest_free_from(&self, subnet: &Subnet, from: u128, allocated: impl Iterator<Item = u128>) -> Option<u128> {
         let reserved = self.reserved_offsets(subnet);
         let mut allocated = allocated.peekable();
@@ -271,7 +271,7 @@ impl SubnetPlan {
     }
 
     /// The pools as `(start, end)` values, clipped to the subnet, sorted and
-    /// merged; pools of the wrong family are dropped. For a validated plan
+    /// merged; pools of the wrong family are dropped. For a validated layout
     /// this is exactly `pools`, already sorted, so it costs O(pools).
     fn spans(&self, subnet: &Subnet) -> Vec<(u128, u128)> {
         let mut spans: Vec<(u128, u128)> = self
@@ -292,7 +292,7 @@ impl SubnetPlan {
         merged
     }
 
-    /// The reserved values of this plan, ascending and without duplicates.
+    /// The reserved values of this layout, ascending and without duplicates.
     fn reserved_offsets(&self, subnet: &Subnet) -> Vec<u128> {
         let mut reserved = subnet.reserved_offsets();
         if let Some(gateway) = self.gateway_offset(subnet) {
@@ -303,7 +303,7 @@ impl SubnetPlan {
         reserved
     }
 
-    /// Why `value` is reserved in this plan, if it is.
+    /// Why `value` is reserved in this layout, if it is.
     fn reserved_reason(&self, subnet: &Subnet, value: u128) -> Option<&'static str> {
         subnet.reserved_reason(value).or_else(|| (self.gateway_offset(subnet) == Some(value)).then_some(GATEWAY))
     }

@@ -1,10 +1,10 @@
-//! Specification of `SubnetPlan`: validation, reserved addresses, default
+//! Specification of `SubnetLayout`: validation, reserved addresses, default
 //! gateways, capacity and the lowest-free `next_free` policy.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tessera_ipam::{default_gateway, IpamError, Range, SubnetPlan};
+use tessera_ipam::{default_gateway, IpamError, Range, SubnetLayout};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address literal")
@@ -18,8 +18,8 @@ fn range(start: &str, end: &str) -> Range {
     Range::new(ip(start), ip(end))
 }
 
-fn plan(cidr: &str, gateway: Option<&str>, pools: Vec<Range>) -> SubnetPlan {
-    SubnetPlan::new(net(cidr), gateway.map(ip), pools).expect("valid test plan")
+fn plan(cidr: &str, gateway: Option<&str>, pools: Vec<Range>) -> SubnetLayout {
+    SubnetLayout::new(net(cidr), gateway.map(ip), pools).expect("valid test plan")
 }
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
@@ -297,19 +297,19 @@ fn exhaustion_message_names_the_subnet_and_its_capacity() {
 
 #[test]
 fn a_cidr_with_host_bits_set_is_rejected() {
-    assert_eq!(SubnetPlan::new(net("10.0.0.1/24"), None, vec![]), Err(IpamError::HostBitsSet { cidr: net("10.0.0.1/24") }));
+    assert_eq!(SubnetLayout::new(net("10.0.0.1/24"), None, vec![]), Err(IpamError::HostBitsSet { cidr: net("10.0.0.1/24") }));
 }
 
 #[test]
 fn host_bits_message_suggests_the_network() {
-    let error = SubnetPlan::new(net("10.0.0.1/24"), None, vec![]).expect_err("host bits");
+    let error = SubnetLayout::new(net("10.0.0.1/24"), None, vec![]).expect_err("host bits");
     assert_eq!(error.to_string(), "subnet 10.0.0.1/24 has host bits set; did you mean 10.0.0.0/24?");
 }
 
 #[test]
 fn a_gateway_outside_the_subnet_is_rejected() {
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.1.1")), vec![]),
+        SubnetLayout::new(net("10.0.0.0/24"), Some(ip("10.0.1.1")), vec![]),
         Err(IpamError::GatewayOutsideSubnet { gateway: ip("10.0.1.1"), cidr: net("10.0.0.0/24") })
     );
 }
@@ -317,7 +317,7 @@ fn a_gateway_outside_the_subnet_is_rejected() {
 #[test]
 fn a_gateway_on_the_network_address_is_rejected() {
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.0.0")), vec![]),
+        SubnetLayout::new(net("10.0.0.0/24"), Some(ip("10.0.0.0")), vec![]),
         Err(IpamError::GatewayReserved { gateway: ip("10.0.0.0"), cidr: net("10.0.0.0/24"), reason: "network address" })
     );
 }
@@ -325,7 +325,7 @@ fn a_gateway_on_the_network_address_is_rejected() {
 #[test]
 fn a_gateway_on_the_broadcast_address_is_rejected() {
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), Some(ip("10.0.0.255")), vec![]),
+        SubnetLayout::new(net("10.0.0.0/24"), Some(ip("10.0.0.255")), vec![]),
         Err(IpamError::GatewayReserved { gateway: ip("10.0.0.255"), cidr: net("10.0.0.0/24"), reason: "broadcast address" })
     );
 }
@@ -333,7 +333,7 @@ fn a_gateway_on_the_broadcast_address_is_rejected() {
 #[test]
 fn a_gateway_of_the_other_family_is_rejected() {
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), Some(ip("fd00::1")), vec![]),
+        SubnetLayout::new(net("10.0.0.0/24"), Some(ip("fd00::1")), vec![]),
         Err(IpamError::FamilyMismatch { addr: ip("fd00::1"), cidr: net("10.0.0.0/24") })
     );
 }
@@ -348,7 +348,7 @@ fn a_gateway_on_an_ipv4_31_is_accepted_and_reserved() {
 fn a_pool_outside_the_subnet_is_rejected() {
     let pool = range("10.0.0.250", "10.0.1.5");
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]),
+        SubnetLayout::new(net("10.0.0.0/24"), None, vec![pool]),
         Err(IpamError::PoolOutsideSubnet { pool, cidr: net("10.0.0.0/24") })
     );
 }
@@ -356,14 +356,14 @@ fn a_pool_outside_the_subnet_is_rejected() {
 #[test]
 fn a_reversed_pool_is_rejected() {
     let pool = range("10.0.0.20", "10.0.0.10");
-    assert_eq!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]), Err(IpamError::PoolReversed { pool }));
+    assert_eq!(SubnetLayout::new(net("10.0.0.0/24"), None, vec![pool]), Err(IpamError::PoolReversed { pool }));
 }
 
 #[test]
 fn a_pool_of_mixed_families_is_rejected() {
     let pool = range("10.0.0.10", "fd00::10");
     assert_eq!(
-        SubnetPlan::new(net("10.0.0.0/24"), None, vec![pool]),
+        SubnetLayout::new(net("10.0.0.0/24"), None, vec![pool]),
         Err(IpamError::FamilyMismatch { addr: ip("fd00::10"), cidr: net("10.0.0.0/24") })
     );
 }
@@ -372,14 +372,14 @@ fn a_pool_of_mixed_families_is_rejected() {
 fn overlapping_pools_are_rejected() {
     let first = range("10.0.0.10", "10.0.0.20");
     let second = range("10.0.0.20", "10.0.0.30");
-    assert_eq!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![second, first]), Err(IpamError::PoolsOverlap { first, second }));
+    assert_eq!(SubnetLayout::new(net("10.0.0.0/24"), None, vec![second, first]), Err(IpamError::PoolsOverlap { first, second }));
 }
 
 #[test]
 fn a_pool_nested_in_another_is_rejected_as_overlap() {
     let outer = range("10.0.0.10", "10.0.0.50");
     let inner = range("10.0.0.20", "10.0.0.30");
-    assert!(matches!(SubnetPlan::new(net("10.0.0.0/24"), None, vec![outer, inner]), Err(IpamError::PoolsOverlap { .. })));
+    assert!(matches!(SubnetLayout::new(net("10.0.0.0/24"), None, vec![outer, inner]), Err(IpamError::PoolsOverlap { .. })));
 }
 
 #[test]
@@ -433,17 +433,17 @@ fn a_range_without_a_dash_does_not_parse() {
 fn a_plan_round_trips_through_json() {
     let plan = plan("10.0.0.0/24", Some("10.0.0.1"), vec![range("10.0.0.10", "10.0.0.20")]);
     let json = serde_json::to_string(&plan).expect("serialise");
-    assert_eq!(serde_json::from_str::<SubnetPlan>(&json).expect("deserialise"), plan);
+    assert_eq!(serde_json::from_str::<SubnetLayout>(&json).expect("deserialise"), plan);
 }
 
 #[test]
 fn deserialising_a_plan_fills_in_the_default_pool() {
-    let plan: SubnetPlan = serde_json::from_str(r#"{"cidr":"10.0.0.0/30"}"#).expect("deserialise");
+    let plan: SubnetLayout = serde_json::from_str(r#"{"cidr":"10.0.0.0/30"}"#).expect("deserialise");
     assert_eq!(plan.pools, vec![range("10.0.0.1", "10.0.0.2")]);
 }
 
 #[test]
 fn deserialising_an_invalid_plan_fails() {
-    let result = serde_json::from_str::<SubnetPlan>(r#"{"cidr":"10.0.0.1/24"}"#);
+    let result = serde_json::from_str::<SubnetLayout>(r#"{"cidr":"10.0.0.1/24"}"#);
     assert!(result.is_err());
 }
