@@ -21,7 +21,7 @@ use tessera_dataplane::{Dataplane, DesiredHost, RuleCounter};
 use tessera_model::{HostCounters, RuleHits};
 use tokio::sync::watch;
 
-use crate::controller::ControllerClient;
+use tessera_api::ControllerClient;
 
 /// Counters are read and reported at most this often.
 pub const COLLECT_EVERY: Duration = Duration::from_secs(2);

@@ -4,58 +4,20 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use tessera_api::agent::{CheckRequest, CheckResponse, GcRequest};
 use tessera_dataplane::desired::host_veth_name;
 use tessera_dataplane::linux::LinuxDataplane;
 use tessera_dataplane::Dataplane;
 use tessera_model::names::DEFAULT_PROJECT;
-use tessera_model::{Endpoint, Network};
+use tessera_model::{Endpoint, ErrorCode, Network};
 use uuid::Uuid;
 
-use crate::api::ApiError;
-use crate::{controller_error, desired, Agent};
-
-/// `POST /v1/check`: is this attachment whole?
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    pub network: String,
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: String,
-}
-
-/// A whole attachment: its endpoint and both ends of its veth.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckResponse {
-    pub endpoint: Endpoint,
-    pub host_ifname: String,
-    pub mtu: u32,
-}
-
-/// One attachment a runtime still knows.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KnownAttachment {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// `POST /v1/gc`: detach every endpoint of `network` on this host whose name
-/// starts with `name_prefix` (the runtime's attachments) and that is not in
-/// `valid`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcRequest {
-    pub network: String,
-    pub name_prefix: String,
-    #[serde(default)]
-    pub valid: Vec<KnownAttachment>,
-}
+use crate::agent::Agent;
+use crate::desired;
+use crate::error::{controller_error, ApiError};
 
 fn check_failed(message: String) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "check_failed", message, None)
+    ApiError::new(ErrorCode::CheckFailed, message, None)
 }
 
 impl Agent {
@@ -76,14 +38,14 @@ impl Agent {
         });
         match mirrored {
             Some(n) => Ok(n),
-            None => self.client.get_network(reference).await.map_err(controller_error),
+            None => self.client.network(reference).await.map_err(controller_error),
         }
     }
 
     /// The endpoints of this host in `network` that belong to `container_id`
     /// (and to `ifname`, when given).
     async fn endpoints_of(&self, network: Uuid, container_id: &str, ifname: Option<&str>) -> Result<Vec<Endpoint>, ApiError> {
-        let mine = self.client.list_endpoints(&self.me.name).await.map_err(controller_error)?;
+        let mine = self.client.endpoints(None, Some(&self.me.name)).await.map_err(controller_error)?;
         Ok(mine
             .into_iter()
             .filter(|e| {
@@ -102,8 +64,7 @@ impl Agent {
         let net = self.network(&req.network).await?;
         let ep = self.endpoints_of(net.id, &req.container_id, Some(&req.ifname)).await?.into_iter().next().ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("container {} has no interface {} in network {}", req.container_id, req.ifname, req.network),
                 None,
             )
@@ -112,9 +73,7 @@ impl Agent {
             let last = self.progress.borrow().last_error.clone().unwrap_or_else(|| "no error reported".into());
             return Err(check_failed(format!("endpoint {} is not programmed; last data plane error: {last}", ep.name)));
         }
-        let internal = |e: tessera_dataplane::DataplaneError| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string(), None)
-        };
+        let internal = |e: tessera_dataplane::DataplaneError| ApiError::new(ErrorCode::Internal, e.to_string(), None);
         let host_ifname = host_veth_name(ep.id);
         let host_side = self.dp.interfaces().await.map_err(internal)?.into_iter().find(|v| v.name == host_ifname);
         let Some(host_side) = host_side else {
@@ -151,15 +110,14 @@ impl Agent {
     pub async fn gc(&self, req: GcRequest) -> Result<Vec<Endpoint>, ApiError> {
         if req.name_prefix.is_empty() {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
+                ErrorCode::InvalidArgument,
                 "name_prefix must not be empty: it keeps GC to one runtime's attachments",
                 Some("name_prefix"),
             ));
         }
         let net = self.network(&req.network).await?;
         let valid: BTreeSet<(&str, &str)> = req.valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
-        let mine = self.client.list_endpoints(&self.me.name).await.map_err(controller_error)?;
+        let mine = self.client.endpoints(None, Some(&self.me.name)).await.map_err(controller_error)?;
         let stale: Vec<Endpoint> = mine
             .into_iter()
             .filter(|e| e.network == net.id && e.name.starts_with(&req.name_prefix))

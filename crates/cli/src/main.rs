@@ -1,7 +1,6 @@
 //! `tessera`: one binary for the controller, the agent, the plugins and the CLI.
 #![forbid(unsafe_code)]
 
-mod client;
 mod commands;
 mod table;
 
@@ -72,7 +71,7 @@ enum Command {
 fn main() -> ExitCode {
     // Runtimes execute the plugin with the CNI environment, not with arguments.
     if std::env::var_os("CNI_COMMAND").is_some() {
-        return commands::cni::plugin_main();
+        return tessera_cni::plugin::plugin_main();
     }
     let cli = Cli::parse();
     // Servers log their work; the demo and the CLI only warn, their output is for people.
@@ -91,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ctx = commands::Ctx { client: client::Client::new(&cli.controller), json: cli.json };
+    let ctx = commands::Ctx { client: tessera_api::ControllerClient::new(&cli.controller).without_timeout(), json: cli.json };
     let result = rt.block_on(async {
         match cli.command {
             Command::Controller(a) => commands::controller::run(a).await,
@@ -115,8 +114,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = match e.downcast_ref::<client::ClientError>() {
-                Some(client::ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+            let code = match e.downcast_ref::<tessera_api::ClientError>() {
+                Some(tessera_api::ClientError::Unreachable { .. }) => exit::UNREACHABLE,
                 Some(_) => exit::REFUSED,
                 None => exit::REFUSED,
             };

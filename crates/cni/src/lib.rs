@@ -3,14 +3,18 @@
 //! standard input) and what the plugin answers (a result or an error on
 //! standard output), for spec versions 0.3.0 to 1.1.0.
 //!
-//! Pure decoding, encoding and decisions; the plugin that talks to the
-//! agent is `tessera`'s `cni` command. See
+//! Pure decoding, encoding and decisions in [`config`], [`env`], [`error`],
+//! [`result`] and [`version`]; [`plugin`] is the IO shell, the plugin itself,
+//! which the `tessera` binary runs when a runtime executes it with
+//! `CNI_COMMAND` set, and which talks to the agent through
+//! [`tessera_api::AgentClient`]. See
 //! <https://github.com/containernetworking/cni/blob/main/SPEC.md>.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod plugin;
 pub mod result;
 pub mod version;
 

@@ -1,8 +1,10 @@
 //! The controller's typed errors; `api` maps them to the wire once.
 
-use serde::{Deserialize, Serialize};
 use tessera_model::{ErrorCode, FieldError};
 use tessera_store::StoreError;
+
+/// The JSON error body, shared with every client (`tessera_api`).
+pub use tessera_api::{ErrorBody, ErrorDetail};
 
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]
@@ -52,26 +54,6 @@ impl Error {
         };
         ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), field, details } }
     }
-}
-
-/// `{"error": {"code": "...", "message": "...", "field": "...", "details": ...}}`
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code.
-    pub code: ErrorCode,
-    /// Human-readable message naming the field and the reason.
-    pub message: String,
-    /// The request field at fault, as a path such as `subnets[0].cidr`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub details: Option<serde_json::Value>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

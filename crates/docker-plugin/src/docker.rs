@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hyper::{Method, StatusCode};
 use ipnet::IpNet;
 use serde::Deserialize;
-use tessera_agent::uds;
+use tessera_api::uds;
 
 use crate::protocol::{EngineIpam, EngineNetworkCreate, PLUGIN_NAME};
 use crate::reconcile::DockerNetwork;

@@ -24,13 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
 use ipnet::IpNet;
-use tessera_agent::api::{AttachRequest, DetachRequest};
-use tessera_model::{Endpoint, MacAddr, Network, ReservationCreate, Uuid};
+use tessera_api::agent::{AttachRequest, DetachRequest};
+use tessera_model::{Endpoint, ErrorCode, MacAddr, Network, ReservationCreate, Uuid};
 use tokio::sync::watch;
 
-use crate::ctl::{Ctl, CtlError};
 use crate::docker::{Docker, DockerError};
 use crate::names::{endpoint_mac, next_ifname, ReservationToken, IFNAME_PREFIX};
 use crate::netns;
@@ -41,6 +39,7 @@ use crate::protocol::{
 };
 use crate::reconcile::{self, DockerNetwork, InFlight};
 use crate::spec::{self, DockerNetworkSpec, DockerSubnet, SpecError};
+use tessera_api::{AgentClient, AgentError, ClientError, ControllerClient};
 
 /// How long a call waits for a network whose Tessera side is being made.
 const BIND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -81,7 +80,7 @@ pub enum DriverError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
-    Controller(#[from] CtlError),
+    Controller(#[from] ClientError),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error("the Tessera agent at {socket}: {message}")]
@@ -167,7 +166,8 @@ pub(crate) struct State {
 /// The plugin: one per host, next to its dockerd and agent.
 pub struct Plugin {
     pub cfg: Config,
-    pub(crate) ctl: Ctl,
+    pub(crate) ctl: ControllerClient,
+    agent: AgentClient,
     pub(crate) docker: Docker,
     state: Mutex<State>,
     sandboxes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -199,9 +199,17 @@ fn reference_of(create: &tessera_model::NetworkCreate) -> String {
 
 impl Plugin {
     pub fn new(cfg: Config) -> Self {
-        let ctl = Ctl::new(&cfg.controller);
+        let ctl = ControllerClient::new(&cfg.controller);
         let docker = Docker::new(&cfg.docker_host);
-        Plugin { cfg, ctl, docker, state: Mutex::default(), sandboxes: Mutex::default(), kick: tokio::sync::Notify::new() }
+        Plugin {
+            agent: AgentClient::new(&cfg.agent_socket),
+            cfg,
+            ctl,
+            docker,
+            state: Mutex::default(),
+            sandboxes: Mutex::default(),
+            kick: tokio::sync::Notify::new(),
+        }
     }
 
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -335,8 +343,8 @@ impl Plugin {
     async fn create_or_adopt(&self, create: &tessera_model::NetworkCreate, subnets: &[DockerSubnet]) -> Result<Network> {
         match self.ctl.create_network(create).await {
             Ok((n, _)) => Ok(n),
-            Err(e) if e.code() == Some("already_exists") => {
-                let existing = self.ctl.network(&reference_of(create)).await?.ok_or(e)?;
+            Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
+                let existing = self.ctl.find_network(&reference_of(create)).await?.ok_or(e)?;
                 if !spec::is_docker_network(&existing) {
                     return Err(DriverError::Invalid(format!(
                         "Tessera network {} exists and was not made through Docker; use -o {}={} to use it",
@@ -363,7 +371,7 @@ impl Plugin {
         let seen = self.take_pending_create(&pools, &driver_options);
 
         if let Some(reference) = &opts.network {
-            let net = self.ctl.network(reference).await?.ok_or_else(|| {
+            let net = self.ctl.find_network(reference).await?.ok_or_else(|| {
                 DriverError::NotFound(format!("option {}: there is no Tessera network {reference}", spec::OPT_NETWORK))
             })?;
             spec::subnets_match(&net, &subnets).map_err(DriverError::Invalid)?;
@@ -449,7 +457,7 @@ impl Plugin {
         self.kick.notify_one();
         if let Some(net) = net.filter(spec::is_docker_network) {
             if let Err(e) = self.ctl.delete_network(net.id).await {
-                if e.code() == Some("in_use") {
+                if e.code() == Some(ErrorCode::InUse) {
                     return Err(DriverError::Invalid(format!(
                         "network {} is in use elsewhere in the fabric and stays in Tessera: {e}",
                         net.fq_name
@@ -588,7 +596,7 @@ impl Plugin {
         };
         for p in expired {
             if let Err(e) = self.ctl.release(p.network, p.address, Some(&p.token)).await {
-                if e.code() != Some("in_use") {
+                if e.code() != Some(ErrorCode::InUse) {
                     tracing::warn!(address = %p.address, error = %e, "cannot release a held address");
                 }
             }
@@ -637,7 +645,7 @@ impl Plugin {
         }
         match self.ctl.release(net.id, address, None).await {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("in_use") => {
+            Err(e) if e.code() == Some(ErrorCode::InUse) => {
                 // An endpoint still holds it (its Leave failed); the reconciliation deletes it.
                 tracing::warn!(network = %net.fq_name, %address, error = %e, "address still held by an endpoint");
                 Ok(())
@@ -729,19 +737,9 @@ impl Plugin {
         Ok(next_ifname(taken.iter().map(String::as_str)))
     }
 
-    async fn agent<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
-        let socket = self.cfg.agent_socket.display().to_string();
-        let agent_err = |message: String| DriverError::Agent { socket: socket.clone(), message };
-        let body = serde_json::to_vec(body).map_err(|e| agent_err(e.to_string()))?;
-        let (status, bytes) = tessera_agent::uds::request(&self.cfg.agent_socket, Method::POST, path, Some(body))
-            .await
-            .map_err(|e| agent_err(e.to_string()))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| agent_err(e.to_string()));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("answered {status}"));
-        Err(agent_err(message))
+    /// An agent's refusal or absence, as Docker shows it.
+    fn agent_error(&self, e: AgentError) -> DriverError {
+        DriverError::Agent { socket: self.cfg.agent_socket.display().to_string(), message: e.to_string() }
     }
 
     /// `NetworkDriver.Join`: the agent builds the endpoint's interface in a
@@ -811,7 +809,7 @@ impl Plugin {
             docker_endpoint_id: Some(eid.to_string()),
             reservation: ep.token.clone(),
         };
-        let _: Endpoint = self.agent("/v1/attach", &attach).await?;
+        self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();
         let src_name = format!("{SRC_PREFIX}{}", eid.chars().take(8).collect::<String>());
         netns::move_to_host(staging, ifname, &src_name).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
@@ -854,7 +852,7 @@ impl Plugin {
             network: Some(net.id.to_string()),
             ifname: Some(ifname),
         };
-        let _: serde_json::Value = self.agent("/v1/detach", &detach).await?;
+        self.agent.detach(&detach).await.map_err(|e| self.agent_error(e))?;
         if let Err(e) = netns::delete(Path::new(&netns)) {
             tracing::warn!(error = %e, "cannot remove the staging namespace");
         }

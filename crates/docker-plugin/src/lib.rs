@@ -7,11 +7,11 @@
 //! reconciliation of a dockerd with Tessera). The IO part: [`driver`] (the
 //! operations), [`server`] (the HTTP edge), [`sync`] (the loop that creates
 //! Tessera's Docker networks in this host's dockerd and removes leftovers),
-//! [`docker`] and [`ctl`] (clients of the Engine API and of the controller).
+//! [`docker`] (a client of the Engine API); the controller and the agent are
+//! reached through `tessera_api`'s clients.
 #![forbid(unsafe_code)]
 
 pub mod authz;
-pub mod ctl;
 pub mod docker;
 pub mod driver;
 pub mod names;

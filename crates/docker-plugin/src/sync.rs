@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tessera_agent::controller::ControllerClient;
-use tessera_agent::mirror;
+use tessera_api::mirror;
+use tessera_api::ControllerClient;
 use tessera_model::watch::Snapshot;
 use tokio::sync::watch;
 

@@ -14,10 +14,13 @@
 //!   in them, and tears everything down on drop (or later by prefix with
 //!   [`Fabric::teardown_prefix`]).
 //! - [`Fabric::preflight`]: checks the machine first and says what is missing.
+//! - [`cluster::Cluster`]: a fabric with the real `tessera` controller and agents running in
+//!   it, for `tessera demo`, the multi-host tests and the benchmarks.
 //!
 //! Nothing here shells out to `ip`; everything is system calls and netlink. Everything needs
 //! root (CAP_SYS_ADMIN and CAP_NET_ADMIN).
 
+pub mod cluster;
 mod error;
 mod fabric;
 pub mod names;

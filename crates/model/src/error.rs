@@ -54,6 +54,10 @@ pub enum ErrorCode {
     Internal,
     /// The server cannot serve now, for example its store is not open (HTTP 503).
     Unavailable,
+    /// The agent: an attachment is not whole (CNI CHECK; HTTP 409).
+    CheckFailed,
+    /// The agent: the data plane did not program the change in time (HTTP 504).
+    Timeout,
 }
 
 impl ErrorCode {
@@ -67,6 +71,8 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::CheckFailed => "check_failed",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -75,9 +81,12 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
-            ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Exhausted | ErrorCode::Conflict => 409,
+            ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Exhausted | ErrorCode::Conflict | ErrorCode::CheckFailed => {
+                409
+            }
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 504,
         }
     }
 }

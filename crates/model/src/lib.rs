@@ -16,6 +16,7 @@ pub mod reservation;
 pub mod route_target;
 pub mod rules;
 pub mod shadow;
+pub mod vif;
 pub mod watch;
 
 pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};

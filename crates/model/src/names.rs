@@ -1,4 +1,5 @@
-//! Names and identifiers: fully qualified names, project names and VNIs.
+//! Names and identifiers: fully qualified names, project names, VNIs and the
+//! name of an endpoint's host interface.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +29,17 @@ pub fn check_component(s: &str) -> Result<(), String> {
         return Err("must start with a letter, a digit or '_'".into());
     }
     Ok(())
+}
+
+/// The prefix of the host side of every endpoint's veth (`ip link` shows `tv…`).
+pub const VETH_PREFIX: &str = "tv";
+
+/// `tv` + the first 8 hex digits of the endpoint id: the host side of the
+/// endpoint's veth. The agent names it so; runtimes report it (a CNI result
+/// lists it) without asking.
+pub fn host_veth_name(id: uuid::Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!("{VETH_PREFIX}{}", &hex[..8])
 }
 
 /// A project's fully qualified name, `domain:project`.

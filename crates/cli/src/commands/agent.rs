@@ -5,12 +5,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use hyper::{Method, StatusCode};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tessera_agent::api::{AttachRequest, DetachRequest, DetachResponse};
-use tessera_agent::{uds, AgentConfig, DEFAULT_SOCKET};
-use tessera_model::Endpoint;
+use hyper::Method;
+use tessera_agent::AgentConfig;
+use tessera_api::agent::{AttachRequest, DetachRequest, DEFAULT_SOCKET};
+use tessera_api::{uds, AgentClient};
 
 use super::{join, Ctx};
 use crate::table::Table;
@@ -97,60 +95,6 @@ pub enum VifCmd {
     },
 }
 
-/// A failed call to the agent's local API: the HTTP status
-/// (`503 Service Unavailable` when the agent could not be reached), the
-/// error code and the message of the agent's error body.
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: String,
-    pub message: String,
-}
-
-/// Sends one request to the agent and decodes its answer, or returns its
-/// refusal with the status and error code kept (the CNI plugin maps them).
-pub async fn agent_request<T: DeserializeOwned>(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<&impl Serialize>,
-) -> Result<T, Refusal> {
-    let body = body.map(|b| serde_json::to_vec(b).expect("request types serialize"));
-    let (status, bytes) = uds::request(socket, method, path, body).await.map_err(|e| Refusal {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "unreachable".into(),
-        message: format!(
-            "the Tessera agent is unreachable at {}: {e}; is it running? (tessera agent --socket {0})",
-            socket.display()
-        ),
-    })?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| Refusal {
-            status,
-            code: "internal".into(),
-            message: format!("the agent's answer to {path} is not understood: {e}"),
-        });
-    }
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    Err(Refusal {
-        status,
-        code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-        message: v["error"]["message"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| format!("agent answered {status}: {}", String::from_utf8_lossy(&bytes))),
-    })
-}
-
-/// [`agent_request`] for the CLI: a refusal is an error with the agent's message.
-pub async fn agent_call<T: DeserializeOwned>(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<&impl Serialize>,
-) -> anyhow::Result<T> {
-    agent_request(socket, method, path, body).await.map_err(|r| anyhow::anyhow!(r.message))
-}
-
 /// Resolves the target to (netns path, container id).
 async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
     if let Some(ns) = &t.netns {
@@ -190,7 +134,7 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
         name: None,
         ..Default::default()
     };
-    let ep: Endpoint = agent_call(&a.socket, Method::POST, "/v1/attach", Some(&req)).await?;
+    let ep = AgentClient::new(a.socket).attach(&req).await?;
     ctx.print(&ep, || format!("attached {} to {}: {} mac {}\n", req.netns, req.network, join(&ep.ips), ep.mac))
 }
 
@@ -202,7 +146,7 @@ pub async fn detach(ctx: &Ctx, a: DetachArgs) -> anyhow::Result<()> {
         network: a.network,
         ifname: a.ifname,
     };
-    let r: DetachResponse = agent_call(&a.socket, Method::POST, "/v1/detach", Some(&req)).await?;
+    let r = AgentClient::new(a.socket).detach(&req).await?;
     ctx.print(&r, || {
         if r.detached.is_empty() {
             "nothing to detach\n".to_string()
@@ -214,7 +158,7 @@ pub async fn detach(ctx: &Ctx, a: DetachArgs) -> anyhow::Result<()> {
 
 pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
     let VifCmd::List { socket } = cmd;
-    let vifs: Vec<tessera_dataplane::VifEntry> = agent_call(&socket, Method::GET, "/v1/vifs", None::<&()>).await?;
+    let vifs = AgentClient::new(socket).vifs().await?;
     ctx.print(&vifs, || {
         let mut t = Table::new(&[
             "NAME",

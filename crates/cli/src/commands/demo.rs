@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec, Fabric};
+use tessera_fabric::cluster::{addresses, Cluster, ClusterSpec};
+use tessera_fabric::{exec_in, Fabric};
 
 /// Prefix of every namespace the demo makes.
 pub const PREFIX: &str = "tdemo";

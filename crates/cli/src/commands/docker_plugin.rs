@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tessera_agent::DEFAULT_SOCKET as AGENT_SOCKET;
+use tessera_api::agent::DEFAULT_SOCKET as AGENT_SOCKET;
 use tessera_docker_plugin::protocol::DEFAULT_SOCKET;
 use tessera_docker_plugin::Config;
 

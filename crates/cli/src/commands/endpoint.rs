@@ -3,8 +3,8 @@
 use tessera_model::Endpoint;
 
 use super::{join, Ctx};
-use crate::client::seg;
 use crate::table::Table;
+use tessera_api::controller::seg;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

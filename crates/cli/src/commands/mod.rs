@@ -13,10 +13,10 @@ pub mod project;
 
 use serde::Serialize;
 
-use crate::client::Client;
+use tessera_api::ControllerClient;
 
 pub struct Ctx {
-    pub client: Client,
+    pub client: ControllerClient,
     pub json: bool,
 }
 

@@ -8,8 +8,8 @@ use tessera_controller::service::NetworkIpam;
 use tessera_model::{Endpoint, Network, NetworkCreate, NetworkUpdate, Policy, SubnetCreate};
 
 use super::{join, Ctx};
-use crate::client::seg;
 use crate::table::Table;
+use tessera_api::controller::seg;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use tessera_model::{Policy, PolicyCreate, PolicyUpdate, PolicyView, PolicyWarning, RuleChange, RuleInsert, RuleSpec};
 
 use super::Ctx;
-use crate::client::seg;
 use crate::table::Table;
+use tessera_api::controller::seg;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1 client over a unix socket, for the agent's local API and
+//! A minimal HTTP/1 exchange over a unix socket, for the agent's local API and
 //! for the Docker Engine API (`/var/run/docker.sock`).
 
 use std::path::Path;

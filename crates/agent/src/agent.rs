@@ -1,0 +1,188 @@
+//! The agent itself: the host's identity, its controller client, its data
+//! plane and the progress of reconciling; attach and detach write intent at
+//! the controller, then wait with a deadline for the data plane and report
+//! the last error.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_api::agent::{AgentStatus, AttachRequest, DetachRequest, VifEntry};
+use tessera_api::ControllerClient;
+use tessera_dataplane::Dataplane;
+use tessera_model::watch::Snapshot;
+use tessera_model::{Endpoint, EndpointCreate, ErrorCode, Owner};
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use crate::counters;
+use crate::desired::{self, HostIdentity, IntentCompiler};
+use crate::error::{controller_error, ApiError};
+
+/// How long attach and detach wait for the data plane.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the last reconcile achieved.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Progress {
+    pub(crate) reconciles: u64,
+    pub(crate) revision: u64,
+    pub(crate) networks: usize,
+    /// Local endpoints of the last desired state that are programmed.
+    pub(crate) programmed: BTreeSet<Uuid>,
+    /// Local endpoints of the last desired state (programmed or not).
+    pub(crate) present: BTreeSet<Uuid>,
+    pub(crate) last_error: Option<String>,
+}
+
+pub struct Agent {
+    pub(crate) me: HostIdentity,
+    pub(crate) client: ControllerClient,
+    pub(crate) dp: Arc<dyn Dataplane>,
+    pub(crate) snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub(crate) connected: watch::Receiver<bool>,
+    pub(crate) progress: watch::Sender<Progress>,
+    pub(crate) kick: Notify,
+    pub(crate) intents: std::sync::Mutex<IntentCompiler>,
+    pub(crate) counters: Arc<counters::Counters>,
+}
+
+impl Agent {
+    /// The endpoint name an attach uses when the request gives none: stable
+    /// for the same container (or namespace) and interface, so retries are
+    /// idempotent.
+    fn attach_name(req: &AttachRequest, ifname: &str) -> Result<String, ApiError> {
+        if let Some(n) = &req.name {
+            return Ok(n.clone());
+        }
+        if let Some(c) = &req.container_id {
+            let short: String = c.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+            return Ok(format!("{short}-{ifname}"));
+        }
+        let ino = std::fs::metadata(&req.netns)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("{}: {e}", req.netns), Some("netns")))?
+            .ino();
+        Ok(format!("ns{ino}-{ifname}"))
+    }
+
+    /// Creates the endpoint at the controller and waits until this host's
+    /// data plane has programmed it.
+    pub async fn attach(&self, req: AttachRequest) -> Result<Endpoint, ApiError> {
+        if !std::path::Path::new(&req.netns).exists() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("network namespace {} does not exist", req.netns),
+                Some("netns"),
+            ));
+        }
+        let ifname = req.ifname.clone().unwrap_or_else(|| desired::DEFAULT_IFNAME.into());
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("{ifname:?} is not an interface name"),
+                Some("ifname"),
+            ));
+        }
+        let name = Self::attach_name(&req, &ifname)?;
+        let create = EndpointCreate {
+            network: req.network.clone(),
+            name: Some(name),
+            host: self.me.name.clone(),
+            mac: req.mac.clone(),
+            ips: req.ips.clone(),
+            owner: Owner {
+                container_id: req.container_id.clone(),
+                netns: Some(req.netns.clone()),
+                docker_endpoint_id: req.docker_endpoint_id.clone(),
+                ifname: Some(ifname),
+                reservation: req.reservation.clone(),
+            },
+        };
+        let ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;
+        tracing::info!(endpoint = %ep.name, network = %req.network, netns = %req.netns, "attaching");
+        // A new endpoint reaches the mirror through the watch, and that change
+        // reconciles; a kick now would only reconcile the old intent first.
+        // Kick when the mirror already holds it (a retried attach) unprogrammed.
+        let mirrored = self.snapshot.borrow().as_ref().is_some_and(|s| s.endpoints.iter().any(|e| e.id == ep.id));
+        if mirrored && !self.progress.borrow().programmed.contains(&ep.id) {
+            self.kick.notify_one();
+        }
+        self.wait(|p| p.programmed.contains(&ep.id), &format!("endpoint {} to be programmed", ep.name)).await?;
+        Ok(ep)
+    }
+
+    /// Deletes the matching endpoints of this host and waits until the data
+    /// plane has removed them. Detaching what is not attached succeeds.
+    pub async fn detach(&self, req: DetachRequest) -> Result<Vec<Endpoint>, ApiError> {
+        if req.netns.is_none() && req.container_id.is_none() {
+            return Err(ApiError::new(ErrorCode::InvalidArgument, "name a netns or a container", Some("netns")));
+        }
+        let mine = self.client.endpoints(None, Some(&self.me.name)).await.map_err(controller_error)?;
+        let network = match &req.network {
+            Some(n) => Some(self.client.network(n).await.map_err(controller_error)?.id),
+            None => None,
+        };
+        let victims: Vec<Endpoint> = mine
+            .into_iter()
+            .filter(|e| {
+                let owner_matches = req.netns.as_ref().is_some_and(|n| e.owner.netns.as_ref() == Some(n))
+                    || req.container_id.as_ref().is_some_and(|c| e.owner.container_id.as_ref() == Some(c));
+                owner_matches
+                    && network.is_none_or(|n| e.network == n)
+                    && req.ifname.as_ref().is_none_or(|i| e.owner.ifname.as_deref().unwrap_or(desired::DEFAULT_IFNAME) == i)
+            })
+            .collect();
+        self.remove(victims).await
+    }
+
+    /// Deletes `victims` at the controller and waits until this host's data
+    /// plane no longer holds them; returns them.
+    pub(crate) async fn remove(&self, victims: Vec<Endpoint>) -> Result<Vec<Endpoint>, ApiError> {
+        for e in &victims {
+            self.client.delete_endpoint(e.id).await.map_err(controller_error)?;
+            tracing::info!(endpoint = %e.name, "detaching");
+        }
+        let ids: BTreeSet<Uuid> = victims.iter().map(|e| e.id).collect();
+        self.kick.notify_one();
+        self.wait(|p| p.present.is_disjoint(&ids), "the data plane to remove the endpoints").await?;
+        Ok(victims)
+    }
+
+    async fn wait(&self, done: impl Fn(&Progress) -> bool, what: &str) -> Result<(), ApiError> {
+        let mut rx = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + PROGRAM_TIMEOUT;
+        loop {
+            if done(&rx.borrow_and_update()) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                let last = rx.borrow().last_error.clone().unwrap_or_else(|| "no error reported".into());
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("timed out after {PROGRAM_TIMEOUT:?} waiting for {what}; last data plane error: {last}"),
+                    None,
+                ));
+            }
+        }
+    }
+
+    pub async fn vifs(&self) -> Result<Vec<VifEntry>, ApiError> {
+        self.dp.interfaces().await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string(), None))
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let p = self.progress.borrow().clone();
+        AgentStatus {
+            host: self.me.name.clone(),
+            underlay_ip: self.me.underlay_ip,
+            controller: self.client.url().to_string(),
+            controller_connected: *self.connected.borrow(),
+            revision: p.revision,
+            networks: p.networks,
+            local_endpoints: p.present.len(),
+            reconciles: p.reconciles,
+            last_error: p.last_error,
+        }
+    }
+}

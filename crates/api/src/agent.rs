@@ -1,0 +1,126 @@
+//! The agent's local API (on its unix socket, `/run/tessera/agent.sock` by
+//! default): the requests and answers the CLI and the runtime plugins send
+//! and receive. The agent's server decodes the same types.
+//!
+//! | call | request | answer |
+//! |---|---|---|
+//! | `POST /v1/attach` | [`AttachRequest`] | [`Endpoint`] (once programmed) |
+//! | `POST /v1/detach` | [`DetachRequest`] | [`DetachResponse`] (once gone) |
+//! | `POST /v1/check` | [`CheckRequest`] | [`CheckResponse`] |
+//! | `POST /v1/gc` | [`GcRequest`] | [`DetachResponse`] |
+//! | `GET /v1/networks/{ref}` | — | [`Network`](tessera_model::Network) |
+//! | `GET /v1/vifs` | — | [`VifEntry`]s |
+//! | `GET /v1/status` | — | [`AgentStatus`] |
+//!
+//! Refusals carry the [`crate::ErrorBody`] the controller uses.
+
+use serde::{Deserialize, Serialize};
+pub use tessera_model::vif::{VifEntry, VifKind};
+use tessera_model::Endpoint;
+
+/// The default path of the agent's local API socket.
+pub const DEFAULT_SOCKET: &str = "/run/tessera/agent.sock";
+
+/// `POST /v1/attach`: put a network namespace into a network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// Network name (bare or fully qualified) or UUID.
+    pub network: String,
+    /// Path of the namespace: `/proc/PID/ns/net` or `/run/netns/NAME`.
+    pub netns: String,
+    /// Static addresses, at most one per family.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Interface name inside the namespace; `eth0` when absent.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// Endpoint name; derived from the container or namespace and the
+    /// interface when absent, so that a retried attach is idempotent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A chosen MAC for the interface; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The Docker endpoint this attach serves (the Docker plugin's Join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_endpoint_id: Option<String>,
+    /// The address reservation whose addresses (given in `ips`) the endpoint
+    /// adopts, and returns to when it is detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+}
+
+/// `POST /v1/detach`: take a namespace out of one network or of all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// Only this network; all of the namespace's networks when absent.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub ifname: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachResponse {
+    pub detached: Vec<Endpoint>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub host: String,
+    pub underlay_ip: std::net::IpAddr,
+    pub controller: String,
+    pub controller_connected: bool,
+    pub revision: u64,
+    pub networks: usize,
+    pub local_endpoints: usize,
+    pub reconciles: u64,
+    pub last_error: Option<String>,
+}
+
+/// `POST /v1/check`: is this attachment whole?
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+}
+
+/// A whole attachment: its endpoint and both ends of its veth.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResponse {
+    pub endpoint: Endpoint,
+    pub host_ifname: String,
+    pub mtu: u32,
+}
+
+/// One attachment a runtime still knows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownAttachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// `POST /v1/gc`: detach every endpoint of `network` on this host whose name
+/// starts with `name_prefix` (the runtime's attachments) and that is not in
+/// `valid`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    pub network: String,
+    pub name_prefix: String,
+    #[serde(default)]
+    pub valid: Vec<KnownAttachment>,
+}

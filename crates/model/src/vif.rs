@@ -1,0 +1,50 @@
+//! The interface table behind `tessera vif list` (the agent's `GET /v1/vifs`):
+//! every link of a data plane's namespace, its Tessera role, addresses, state
+//! and counters.
+
+use crate::{MacAddr, Vni};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The role of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VifKind {
+    /// A device without a software kind (a NIC), such as the underlay.
+    Physical,
+    /// Any other interface of the host: loopback, other software devices.
+    Host,
+    /// The host side of an endpoint's veth (`tv*`).
+    Endpoint,
+    /// A network's VXLAN device (`tx*`).
+    Tunnel,
+    /// A network's bridge (`tb*`).
+    Bridge,
+}
+
+/// One row of the interface table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VifEntry {
+    pub name: String,
+    pub index: u32,
+    pub kind: VifKind,
+    pub mac: Option<MacAddr>,
+    pub addrs: Vec<IpNet>,
+    /// The network (VRF) the interface belongs to.
+    pub vni: Option<Vni>,
+    /// For an endpoint: the bridge it is a port of.
+    pub master: Option<String>,
+    /// Interface flags, lower case, in the order `ip link` shows them:
+    /// `loopback`, `broadcast`, `noarp`, `promisc`, `multicast`, `up`,
+    /// `lower_up`, `running`.
+    pub flags: Vec<String>,
+    pub mtu: u32,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
