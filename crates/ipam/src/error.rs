@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::layout::Range;
+use crate::range::Range;
 
 /// Why a subnet layout was rejected or an address could not be handed out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,6 @@
 //! subnet: every operation costs at most O(number of pools + number of
 //! allocated addresses given), whatever the subnet size.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -15,50 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{addr_to_u128, u128_to_addr};
 use crate::error::IpamError;
+use crate::range::Range;
 
 const NETWORK_ADDRESS: &str = "network address";
 const BROADCAST_ADDRESS: &str = "broadcast address";
 const SUBNET_ROUTER_ANYCAST: &str = "subnet-router anycast address";
 const GATEWAY: &str = "gateway";
-
-/// An inclusive range of addresses `start..=end` of one IP family.
-///
-/// Displays and parses as `"<start>-<end>"`, e.g. `10.0.0.10-10.0.0.20` or
-/// `fd00::10-fd00::ff`. A range on its own is not validated; a
-/// [`SubnetLayout`] validates its pools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Range {
-    /// First address of the range.
-    pub start: IpAddr,
-    /// Last address of the range (inclusive).
-    pub end: IpAddr,
-}
-
-impl Range {
-    /// The range `start..=end`.
-    pub fn new(start: IpAddr, end: IpAddr) -> Self {
-        Range { start, end }
-    }
-
-    /// Whether `addr` lies in `start..=end` and is of the range's family.
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        same_family(addr, self.start)
-            && same_family(addr, self.end)
-            && addr_to_u128(self.start) <= addr_to_u128(addr)
-            && addr_to_u128(addr) <= addr_to_u128(self.end)
-    }
-}
-
-/// Whether `a` and `b` are of the same IP family.
-fn same_family(a: IpAddr, b: IpAddr) -> bool {
-    a.is_ipv6() == b.is_ipv6()
-}
-
-impl fmt::Display for Range {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start, self.end)
-    }
-}
 
 impl FromStr for Range {
     type Err = IpamError;

@@ -38,8 +38,10 @@ mod addr;
 mod allocator;
 mod error;
 mod layout;
+mod range;
 
 pub use addr::{addr_to_u128, parse_sort_key, sort_key, u128_to_addr};
 pub use allocator::Allocator;
 pub use error::IpamError;
-pub use layout::{default_gateway, Range, SubnetLayout};
+pub use layout::{default_gateway, SubnetLayout};
+pub use range::Range;

@@ -26,13 +26,13 @@ pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
 pub use policy::{
-    Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PortRange, Protocol, Rule, RuleAction,
-    RuleChange, RuleInsert, RuleSpec,
+    Direction, Endpoint as RuleEndpoint, Policy, PolicyCreate, PolicyUpdate, PolicyView, PolicyWarning, PortRange, Protocol,
+    Rule, RuleAction, RuleChange, RuleInsert, RuleSpec,
 };
 pub use reservation::{Reservation, ReservationCreate};
 pub use route_target::RouteTarget;
 pub use rules::{RuleChunk, Rules, RULE_CHUNK};
-pub use shadow::{PolicyWarning, ShadowedRule};
+pub use shadow::ShadowedRule;
 pub use uuid::Uuid;
 
 /// OpenAPI schemas of the types that travel as strings or numbers.

@@ -328,17 +328,9 @@ pub struct PolicyView {
     #[serde(flatten)]
     pub policy: Policy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<crate::shadow::PolicyWarning>,
+    pub warnings: Vec<PolicyWarning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<crate::counters::PolicyCounters>,
-}
-
-impl PolicyView {
-    /// The policy with the warnings about its rules.
-    pub fn of(policy: Policy) -> Self {
-        let warnings = crate::shadow::rule_warnings(&policy.rules.to_vec());
-        PolicyView { policy, warnings, counters: None }
-    }
 }
 
 /// Request to create a policy (`POST /v1/policies`).
@@ -380,7 +372,7 @@ pub struct RuleChange {
     /// The warnings that involve the rule (it is shadowed, or shadows a
     /// later rule).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<crate::shadow::PolicyWarning>,
+    pub warnings: Vec<PolicyWarning>,
 }
 
 /// Request to replace a policy's rules (`PATCH /v1/policies/{id}`).
@@ -416,6 +408,27 @@ impl PolicyCreate {
     /// Parses and checks every rule; `rules[i]` names the failing one.
     pub fn validate_rules(&self, project: &ProjectName) -> Result<Vec<Rule>, FieldError> {
         validate_rules(&self.rules, project)
+    }
+}
+
+/// A warning about a stored policy: the field it is about (`rules[3]`) and
+/// what is wrong, for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyWarning {
+    /// The rule the warning is about, `rules[i]`.
+    pub field: String,
+    /// `shadowed`: an earlier rule matches every flow this one matches.
+    pub code: String,
+    /// The earlier rule that covers it, `rules[j]`.
+    pub earlier: String,
+    pub message: String,
+}
+
+impl PolicyWarning {
+    /// Whether the warning is about rule `i`, or names it as the earlier rule.
+    pub fn involves(&self, i: usize) -> bool {
+        let name = format!("rules[{i}]");
+        self.field == name || self.earlier == name
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Direction, Endpoint, PortRange, Protocol, Rule};
+use crate::policy::{Direction, Endpoint, Policy, PolicyView, PolicyWarning, PortRange, Protocol, Rule};
 
 /// Most rule comparisons one check makes; past it, the rules not yet
 /// checked are not reported (a warning is advice, never a refusal).
@@ -35,17 +35,12 @@ pub struct ShadowedRule {
     pub by: usize,
 }
 
-/// A warning about a stored policy: the field it is about (`rules[3]`) and
-/// what is wrong, for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PolicyWarning {
-    /// The rule the warning is about, `rules[i]`.
-    pub field: String,
-    /// `shadowed`: an earlier rule matches every flow this one matches.
-    pub code: String,
-    /// The earlier rule that covers it, `rules[j]`.
-    pub earlier: String,
-    pub message: String,
+impl PolicyView {
+    /// The policy with the warnings about its rules.
+    pub fn of(policy: Policy) -> Self {
+        let warnings = rule_warnings(&policy.rules.to_vec());
+        PolicyView { policy, warnings, counters: None }
+    }
 }
 
 impl From<ShadowedRule> for PolicyWarning {
@@ -59,14 +54,6 @@ impl From<ShadowedRule> for PolicyWarning {
                 s.rule, s.by, s.by
             ),
         }
-    }
-}
-
-impl PolicyWarning {
-    /// Whether the warning is about rule `i`, or names it as the earlier rule.
-    pub fn involves(&self, i: usize) -> bool {
-        let name = format!("rules[{i}]");
-        self.field == name || self.earlier == name
     }
 }
 

@@ -1,0 +1,93 @@
+//! The [`Controller`] value: the store it writes, its in-process state
+//! (per-network IPAM locks, hosts' hit counters, the cache of parsed rule
+//! chunks), and the read, commit and address-allocation helpers every
+//! resource module uses.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use tessera_ipam::SubnetLayout;
+use tessera_model::{HostCounters, RuleChunk};
+use tessera_store::Store;
+use uuid::Uuid;
+
+use super::txn::{decode, GuardedTxn, Outcome};
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// The controller: the source of truth, over a [`Store`].
+pub struct Controller {
+    pub(super) store: Arc<dyn Store>,
+    /// Serialises address allocation per network inside this process, so
+    /// concurrent requests do not race for the same free address (the store's
+    /// compares still guard against other controllers).
+    ipam_locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last hit-counter report of each host. Counters are observations,
+    /// not intent: they live in memory only (a restarted controller shows
+    /// zeros until the agents report again, within seconds).
+    pub(super) counters: std::sync::Mutex<HashMap<String, HostCounters>>,
+    /// Chunks of policy rules as last read, by key, with their revision:
+    /// reading a big policy parses only the chunks that changed.
+    pub(super) chunks: std::sync::Mutex<HashMap<String, (u64, Arc<RuleChunk>)>>,
+}
+
+/// The result of a create: the object, and whether this request made it
+/// (`false` when an identical object already existed: a safe retry).
+#[derive(Debug, Clone)]
+pub struct Created<T> {
+    pub object: T,
+    pub created: bool,
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Controller { store, ipam_locks: Default::default(), counters: Default::default(), chunks: Default::default() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(super) async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn list_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.store.range(prefix).await?.kvs.iter().map(decode).collect()
+    }
+
+    /// Commits `txn`: [`Outcome::Refused`] names the first guard that did
+    /// not hold.
+    pub(super) async fn commit(&self, txn: GuardedTxn) -> Result<Outcome> {
+        txn.commit(self.store.as_ref()).await
+    }
+
+    /// The lock that serialises address allocation in `network`.
+    pub(super) fn ipam_lock(&self, network: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.ipam_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(network).or_default().clone()
+    }
+
+    /// Picks the lowest free address in the first subnet of `family` that has one.
+    pub(super) async fn allocate_in(&self, network: Uuid, family: &[(usize, &tessera_model::Subnet)]) -> Result<(usize, IpAddr)> {
+        let mut full = Vec::new();
+        for (i, subnet) in family {
+            let plan: SubnetLayout =
+                subnet.layout().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
+            let prefix = keys::allocations_of(network, *i);
+            let taken = self.store.range(&prefix).await?.kvs;
+            let allocated = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
+            match plan.next_free(allocated) {
+                Ok(a) => return Ok((*i, a)),
+                Err(tessera_ipam::IpamError::Exhausted { .. }) => full.push(subnet.cidr.to_string()),
+                Err(e) => return Err(Error::Corrupt { key: prefix, reason: e.to_string() }),
+            }
+        }
+        Err(Error::Exhausted(format!("no free address left in {}", full.join(", "))))
+    }
+}

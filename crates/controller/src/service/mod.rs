@@ -1,0 +1,32 @@
+//! The controller's operations: validation, reference checks and atomic
+//! writes of objects with their uniqueness indexes.
+//!
+//! Every write is one store transaction whose compares guard what must hold
+//! (a name is free, a referenced object exists, nothing changed since it was
+//! read), so concurrent requests and several controllers on one store never
+//! break an invariant. Each compare carries a named guard (`txn::Guard`), and
+//! a refused write reports the guard that did not hold. Where one fails
+//! because another request won a race for a generated value (a VNI, a MAC,
+//! an address), the operation picks again and retries.
+//!
+//! One module per resource, each with its request validation at the top and
+//! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
+//! `hosts`, `policies`, `reservations`. They share `controller` (the
+//! [`Controller`] value and its read, commit and allocation helpers) and
+//! `txn` (guarded transactions, retries and encoding). This file only
+//! declares the modules and re-exports their public types; none of them
+//! refers to it.
+
+mod controller;
+mod endpoints;
+mod hosts;
+mod networks;
+mod policies;
+mod projects;
+mod reservations;
+mod txn;
+
+pub use controller::{Controller, Created};
+pub use endpoints::EndpointFilter;
+pub use networks::{Allocation, NetworkIpam, SubnetUsage};
+pub use projects::{Project, ProjectCreate};
