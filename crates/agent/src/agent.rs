@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tessera_api::agent::{AgentStatus, AttachRequest, DetachRequest, VifEntry};
 use tessera_api::ControllerClient;
+use tessera_dataplane::handover::link_hand_over;
 use tessera_dataplane::Dataplane;
 use tessera_model::watch::Snapshot;
 use tessera_model::{Endpoint, EndpointCreate, ErrorCode, Owner};
@@ -77,12 +78,9 @@ impl Agent {
             ));
         }
         let ifname = req.ifname.clone().unwrap_or_else(|| desired::DEFAULT_IFNAME.into());
-        if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("{ifname:?} is not an interface name"),
-                Some("ifname"),
-            ));
+        check_ifname(&ifname, "ifname")?;
+        if let Some(h) = &req.handover {
+            check_ifname(h, "handover")?;
         }
         let name = Self::attach_name(&req, &ifname)?;
         let create = EndpointCreate {
@@ -109,6 +107,13 @@ impl Agent {
             self.kick.notify_one();
         }
         self.wait(|p| p.programmed.contains(&ep.id), &format!("endpoint {} to be programmed", ep.name)).await?;
+        if let Some(new_name) = &req.handover {
+            let ifname = ep.owner.ifname.as_deref().unwrap_or(desired::DEFAULT_IFNAME);
+            link_hand_over(std::path::Path::new(&req.netns), ifname, new_name)
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string(), Some("handover")))?;
+            tracing::info!(endpoint = %ep.name, ifname = %new_name, "interface handed over to the host namespace");
+        }
         Ok(ep)
     }
 
@@ -185,4 +190,13 @@ impl Agent {
             last_error: p.last_error,
         }
     }
+}
+
+/// Refuses a name Linux would not take for an interface (`field` names the
+/// request field).
+fn check_ifname(name: &str, field: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+        return Err(ApiError::new(ErrorCode::InvalidArgument, format!("{name:?} is not an interface name"), Some(field)));
+    }
+    Ok(())
 }

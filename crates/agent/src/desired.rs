@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use tessera_dataplane::desired::{
     DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
-use tessera_dataplane::tessera_policy::{self, Compiler};
 use tessera_model::watch::Snapshot;
 use tessera_model::{Endpoint, Vni};
+use tessera_policy::{self, Compiler};
 use uuid::Uuid;
 
 /// Interface name inside the container when the owner names none.

@@ -51,6 +51,13 @@ pub struct AttachRequest {
     /// adopts, and returns to when it is detached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<String>,
+    /// Once programmed, move the interface out of `netns` into the agent's
+    /// own (the host's) namespace under this name, for the runtime to move
+    /// into the container (Docker's `Join`, which comes before the
+    /// container's namespace exists). A retried attach whose interface was
+    /// already handed over finds it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
 }
 
 /// `POST /v1/detach`: take a namespace out of one network or of all.

@@ -12,8 +12,8 @@
 use std::io;
 use std::process::Stdio;
 
+use crate::error::DataplaneError;
 use crate::nfnetlink::{zone_flush, NetfilterSocket};
-use crate::DataplaneError;
 
 /// The `conntrack` program, looked up in `PATH`.
 const CONNTRACK: &str = "conntrack";

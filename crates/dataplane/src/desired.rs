@@ -4,11 +4,11 @@
 //! Pure values: the agent builds a [`DesiredHost`] from what the controller
 //! streams, the planner compares it with what the kernel holds. Every kernel
 //! name Tessera uses (`tb<vni>`, `tx<vni>`, `tv<uuid8>`), every table id and
-//! every MAC address it invents is computed here, so the planner, the observer
-//! and the tests agree on them.
+//! every MAC address it invents is computed here (from the prefixes and
+//! numbers of [`crate::names`]), so the planner, the observer and the tests
+//! agree on them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -17,30 +17,13 @@ use serde::{Deserialize, Serialize};
 use tessera_model::{MacAddr, Vni};
 use uuid::Uuid;
 
-/// First routing table id used for a network's VRF: the VRF of VNI `v` is
-/// table `TABLE_BASE + v`. Tables at or above this id belong to Tessera.
-pub const TABLE_BASE: u32 = 0x10000;
-
-/// Priority of the `ip rule`s that select a network's VRF by incoming
-/// interface. Rules at this priority whose interface is `tb*` or `tx*` belong
-/// to Tessera.
-pub const RULE_PRIORITY: u32 = 1000;
-
-/// Metric of the `unreachable default` route that ends every VRF, the same as
-/// the Linux VRF device uses, so that a lookup that misses in a VRF never
-/// falls through to the host's main table.
-pub const VRF_UNREACHABLE_METRIC: u32 = 4_278_198_272;
+/// Kernel parameter keys, here for the users of [`host_sysctls`] and the
+/// like.
+pub use crate::names::SysctlKey;
+use crate::names::{BRIDGE_PREFIX, TABLE_BASE, VXLAN_PREFIX};
 
 /// The IANA VXLAN UDP port.
 pub const VXLAN_PORT: u16 = 4789;
-
-/// Prefix of the bridge of a network (`tb` + decimal VNI).
-pub const BRIDGE_PREFIX: &str = "tb";
-/// Prefix of the VXLAN device of a network (`tx` + decimal VNI).
-pub const VXLAN_PREFIX: &str = "tx";
-/// Prefix of the host side of an endpoint's veth (`tv` + 8 hex digits of the
-/// endpoint id).
-pub const VETH_PREFIX: &str = "tv";
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -177,12 +160,7 @@ pub fn vxlan_name(vni: Vni) -> String {
     format!("{VXLAN_PREFIX}{}", vni.get())
 }
 
-/// `tv` + the first 8 hex digits of the endpoint id: the host side of the
-/// endpoint's veth.
-pub fn host_veth_name(id: Uuid) -> String {
-    let hex = id.simple().to_string();
-    format!("{VETH_PREFIX}{}", &hex[..8])
-}
+pub use tessera_model::names::host_veth_name;
 
 /// The routing table that is the network's VRF.
 pub fn table_id(vni: Vni) -> u32 {
@@ -229,40 +207,6 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// A kernel parameter under `/proc/sys`, as a path relative to it
-/// (`net/ipv4/conf/tb100/proxy_arp`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SysctlKey(pub String);
-
-impl SysctlKey {
-    /// `net/ipv4/conf/DEV/PARAM`
-    pub fn ipv4_conf(dev: &str, param: &str) -> Self {
-        SysctlKey(format!("net/ipv4/conf/{dev}/{param}"))
-    }
-    /// `net/ipv6/conf/DEV/PARAM`
-    pub fn ipv6_conf(dev: &str, param: &str) -> Self {
-        SysctlKey(format!("net/ipv6/conf/{dev}/{param}"))
-    }
-    /// `net/ipv4/neigh/DEV/PARAM`
-    pub fn ipv4_neigh(dev: &str, param: &str) -> Self {
-        SysctlKey(format!("net/ipv4/neigh/{dev}/{param}"))
-    }
-    /// `net/ipv6/neigh/DEV/PARAM`
-    pub fn ipv6_neigh(dev: &str, param: &str) -> Self {
-        SysctlKey(format!("net/ipv6/neigh/{dev}/{param}"))
-    }
-    /// The dotted name `sysctl(8)` uses.
-    pub fn dotted(&self) -> String {
-        self.0.replace('/', ".")
-    }
-}
-
-impl fmt::Display for SysctlKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.dotted())
-    }
 }
 
 /// Host-wide parameters the data plane needs: forwarding on; replies the

@@ -12,10 +12,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::nft::SKELETON_VERSION;
+use crate::dataplane::{ApplyReport, Dataplane, KernelOpFailure};
+use crate::desired::DesiredHost;
+use crate::error::DataplaneError;
+use crate::names::{DISPATCH, SKELETON_VERSION};
 use crate::observed::{LinkKind, LinkState, Observed, ObservedChain, ObservedMap, RouteTarget, VxlanState};
 use crate::op::KernelOp;
-use crate::{ApplyReport, Dataplane, DataplaneError, KernelOpFailure, VifEntry};
+use crate::policy::{derive_digests, rule_counters, skeleton_marker, ElementCounter, RuleCounter};
+use crate::vif::VifEntry;
 
 /// A call made to the fake, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +46,7 @@ struct State {
     injected: Vec<Injected>,
     observe_errors: Vec<i32>,
     interfaces: Vec<VifEntry>,
-    element_counters: Vec<crate::policy::ElementCounter>,
+    element_counters: Vec<ElementCounter>,
 }
 
 /// A recording, error-injecting stand-in for a Linux data plane.
@@ -112,7 +116,7 @@ impl FakeDataplane {
     }
 
     /// The per-element counters `policy_counters` sums.
-    pub fn set_element_counters(&self, counters: Vec<crate::policy::ElementCounter>) {
+    pub fn set_element_counters(&self, counters: Vec<ElementCounter>) {
         self.lock().element_counters = counters;
     }
 }
@@ -160,8 +164,8 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             k.nft.skeleton = Some(SKELETON_VERSION.to_string());
             k.nft.elements.clear();
             k.nft.policy = Default::default();
-            k.nft.policy.chains.insert(crate::policy::DISPATCH.into(), ObservedChain::default());
-            let (mk, mv) = crate::policy::skeleton_marker();
+            k.nft.policy.chains.insert(DISPATCH.into(), ObservedChain::default());
+            let (mk, mv) = skeleton_marker();
             k.nft.policy.digests.insert(mk, mv);
         }
         KernelOp::NftMapAdd { name, family } => {
@@ -209,7 +213,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             for (key, v) in adds {
                 k.nft.policy.digests.insert(*key, *v);
             }
-            crate::policy::derive_digests(&mut k.nft.policy);
+            derive_digests(&mut k.nft.policy);
         }
         KernelOp::NftChainInstall { name, rules } => {
             if k.nft.skeleton.is_none() {
@@ -217,7 +221,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             }
             let _ = rules;
             k.nft.policy.chains.entry(name.clone()).or_default();
-            crate::policy::derive_digests(&mut k.nft.policy);
+            derive_digests(&mut k.nft.policy);
         }
         KernelOp::NftChainDelete { name } => {
             k.nft.policy.chains.remove(name);
@@ -400,9 +404,9 @@ impl Dataplane for FakeDataplane {
         Ok(s.interfaces.clone())
     }
 
-    async fn policy_counters(&self, desired: &crate::DesiredHost) -> Result<Vec<crate::RuleCounter>, DataplaneError> {
+    async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError> {
         let mut s = self.lock();
         s.calls.push(Call::PolicyCounters);
-        Ok(crate::policy::rule_counters(desired, &s.element_counters))
+        Ok(rule_counters(desired, &s.element_counters))
     }
 }

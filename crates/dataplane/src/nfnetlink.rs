@@ -26,9 +26,10 @@ use std::io;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use tessera_policy::Family;
 
+use crate::names::{DIGESTS, POLICY_TABLE};
 use crate::observed::{ElementVerdict, MapElement};
 use crate::op::KernelOp;
-use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, ElementCounter, DIGESTS, POLICY_TABLE};
+use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, ElementCounter};
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;

@@ -35,9 +35,10 @@ use serde_json::Value;
 use tessera_model::MacAddr;
 use tessera_policy::Family;
 
-use crate::observed::{NftElement, NftState, ObservedChain};
+use crate::names::{DIGESTS, POLICY_TABLE, SKELETON_VERSION};
+use crate::observed::{NftElement, NftState, ObservedChain, ObservedMap};
 use crate::op::KernelOp;
-use crate::policy::{derive_digests, map_fields, map_key_text, map_type, skeleton_marker, ElementCounter, DIGESTS, POLICY_TABLE};
+use crate::policy::{derive_digests, map_family, map_fields, map_key_text, map_type, skeleton_marker, ElementCounter};
 
 /// Longest error text kept from `nft` (it echoes the offending input, which
 /// may be a line of thousands of elements).
@@ -55,11 +56,6 @@ pub fn shorten(mut message: String) -> String {
     }
     message
 }
-
-/// Version marker of the skeleton, kept as the comment of a rule of each
-/// table. Change it whenever [`skeleton_script`] changes: agents then
-/// replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v2";
 
 /// How many map elements go on one line of a script.
 const ELEMENTS_PER_LINE: usize = 512;
@@ -256,7 +252,7 @@ pub fn parse_policy_listing(chains: &str, maps: &str, digests: Option<&str>) -> 
             continue;
         }
         // The name says the family (a hash of ports has no address field).
-        let Some(family) = crate::policy::map_family(name) else { continue };
+        let Some(family) = map_family(name) else { continue };
         out.maps.insert(name.to_string(), family);
     }
     let Some(digests) = digests else { return Ok(out) };
@@ -377,7 +373,7 @@ pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&Po
         state.policy.maps = p
             .maps
             .iter()
-            .map(|(name, family)| (name.clone(), crate::observed::ObservedMap { family: *family, digest: None, elements: None }))
+            .map(|(name, family)| (name.clone(), ObservedMap { family: *family, digest: None, elements: None }))
             .collect();
         state.policy.digests = p.digests.clone();
         derive_digests(&mut state.policy);

@@ -21,7 +21,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tessera_model::{MacAddr, Vni};
 
-use crate::desired::{SysctlKey, BRIDGE_PREFIX, RULE_PRIORITY, TABLE_BASE, VETH_PREFIX, VXLAN_PREFIX};
+use tessera_policy::flow::Fnv;
+
+use crate::names::{log_chain_passes, SysctlKey, BRIDGE_PREFIX, RULE_PRIORITY, TABLE_BASE, VETH_PREFIX, VXLAN_PREFIX};
 
 /// The Tessera-owned part of a host's kernel state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +105,7 @@ pub struct RouteEntry {
 pub enum RouteTarget {
     /// `dev DEV scope link`: the destination is on the link.
     Dev(String),
-    /// `unreachable`, at [`crate::desired::VRF_UNREACHABLE_METRIC`].
+    /// `unreachable`, at [`crate::names::VRF_UNREACHABLE_METRIC`].
     Unreachable,
 }
 
@@ -220,7 +222,7 @@ pub struct ObservedChain {
 pub struct ObservedMap {
     pub family: tessera_policy::Family,
     /// The digest of its elements recorded in `digests`
-    /// ([`crate::policy::map_digest`]); `None` when none is.
+    /// ([`map_digest`]); `None` when none is.
     pub digest: Option<u64>,
     /// Its elements, when known: the Linux data plane does not list big maps
     /// on every observation; it shares what it remembers while the recorded
@@ -231,7 +233,7 @@ pub struct ObservedMap {
 impl ObservedMap {
     /// A map holding `elements` (known).
     pub fn of(family: tessera_policy::Family, elements: BTreeSet<MapElement>) -> Self {
-        ObservedMap { family, digest: Some(crate::policy::map_digest(&elements)), elements: Some(std::sync::Arc::new(elements)) }
+        ObservedMap { family, digest: Some(map_digest(&elements)), elements: Some(std::sync::Arc::new(elements)) }
     }
 }
 
@@ -265,7 +267,7 @@ impl ElementVerdict {
         match self {
             ElementVerdict::Return => true,
             ElementVerdict::Drop | ElementVerdict::Continue => false,
-            ElementVerdict::Goto(chain) => crate::policy::log_chain_passes(chain),
+            ElementVerdict::Goto(chain) => log_chain_passes(chain),
         }
     }
 }
@@ -286,6 +288,29 @@ impl fmt::Display for MapElement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} : {}", self.key, self.verdict)
     }
+}
+
+/// A stable hash of one map element.
+pub fn element_hash(e: &MapElement) -> u64 {
+    let v = match &e.verdict {
+        ElementVerdict::Return => 1,
+        ElementVerdict::Drop => 2,
+        ElementVerdict::Continue => 4,
+        ElementVerdict::Goto(c) => {
+            let mut h = Fnv::new();
+            h.bytes(c.as_bytes());
+            h.finish() | 3
+        }
+    };
+    tessera_policy::flow::mix(e.key.stable_hash(), v)
+}
+
+/// The digest of a map's elements, as recorded in the policy table's
+/// `digests` map (see [`crate::policy`]): the (wrapping) sum of their
+/// hashes, so it does not depend on their order and follows adds and
+/// deletes.
+pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64 {
+    elements.into_iter().fold(0u64, |acc, e| acc.wrapping_add(element_hash(e)))
 }
 
 /// One element of a set or map of Tessera's nftables tables.

@@ -19,12 +19,11 @@ use serde::{Deserialize, Serialize};
 use tessera_model::{MacAddr, Vni};
 use uuid::Uuid;
 
-use crate::desired::{SysctlKey, VRF_UNREACHABLE_METRIC};
-use crate::nft::SKELETON_VERSION;
+use crate::names::{SysctlKey, POLICY_TABLE, SKELETON_VERSION, VRF_UNREACHABLE_METRIC};
 use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, MapElement, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
 };
-use crate::policy::POLICY_TABLE;
+use crate::policy::{map_key_text, map_type};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KernelOp {
@@ -251,7 +250,7 @@ fn elements_brief(f: &mut fmt::Formatter<'_>, map: &str, elements: &[MapElement]
         if i > 0 {
             f.write_str(", ")?;
         }
-        f.write_str(&crate::policy::map_key_text(map, &e.key))?;
+        f.write_str(&map_key_text(map, &e.key))?;
         if !keys_only {
             write!(f, " : {}", e.verdict)?;
         }
@@ -279,7 +278,7 @@ impl fmt::Display for KernelOp {
             KernelOp::NftSetElementAdd(e) => write!(f, "nft add element {e}"),
             KernelOp::NftSetElementDelete(e) => write!(f, "nft delete element {e}"),
             KernelOp::NftMapAdd { name, family } => {
-                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", crate::policy::map_type(name, *family))
+                write!(f, "nft add map inet {POLICY_TABLE} {name} {{ {} }}", map_type(name, *family))
             }
             KernelOp::NftMapDelete { name } => write!(f, "nft delete map inet {POLICY_TABLE} {name}"),
             KernelOp::NftMapElementsAdd { map, elements } => {

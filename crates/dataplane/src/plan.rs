@@ -29,15 +29,15 @@ use ipnet::IpNet;
 
 use crate::desired::{
     bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
-    DesiredHost, DesiredNetwork, LocalEndpoint, SysctlKey, RULE_PRIORITY, VXLAN_PORT,
+    DesiredHost, DesiredNetwork, LocalEndpoint, VXLAN_PORT,
 };
-use crate::nft::SKELETON_VERSION;
+use crate::names::{SysctlKey, DISPATCH, RULE_PRIORITY, SKELETON_VERSION};
 use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry, NftElement, Observed, PolicyState,
     ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
 use crate::op::KernelOp;
-use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects, DISPATCH};
+use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects};
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
 ///

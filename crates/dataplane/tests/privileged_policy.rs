@@ -457,8 +457,8 @@ fn nft_script(f: &Fabric, ns: &str, script: &str) {
 fn privileged_element_batches_change_the_kernel_as_nft_does() {
     use tessera_dataplane::nfnetlink::{element_batch, NetfilterSocket};
     use tessera_dataplane::observed::{ElementVerdict, MapElement};
-    use tessera_dataplane::tessera_policy::{Family, FlowBox};
     use tessera_dataplane::KernelOp;
+    use tessera_policy::{Family, FlowBox};
 
     let mut f = Fabric::new();
     // The same table in two namespaces: one changed by batches, one by nft.
@@ -570,11 +570,11 @@ fn privileged_counters_dumped_through_netlink_are_those_nft_lists() {
     let mut setup = tessera_dataplane::nft::skeleton_script();
     setup.push_str(&format!(
         "add map inet tessera_policy {v4} {{ {} }}\n",
-        tessera_dataplane::policy::map_type(v4, tessera_dataplane::tessera_policy::Family::V4)
+        tessera_dataplane::policy::map_type(v4, tessera_policy::Family::V4)
     ));
     setup.push_str(&format!(
         "add map inet tessera_policy {v6} {{ {} }}\n",
-        tessera_dataplane::policy::map_type(v6, tessera_dataplane::tessera_policy::Family::V6)
+        tessera_dataplane::policy::map_type(v6, tessera_policy::Family::V6)
     ));
     setup.push_str(&format!(
         "add element inet tessera_policy {v4} {{ 80 . 10.0.0.0/24 . 0.0.0.0/0 . 6 . 0-65535 counter packets 3 bytes 180 : return, \

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tessera_dataplane::tessera_policy::Compiler;
 use tessera_dataplane::{
     DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
 use tessera_model::{MacAddr, Network, Policy, ProjectName, RouteTarget, Rule, Subnet, Vni};
+use tessera_policy::Compiler;
 use uuid::Uuid;
 
 use super::Host;
@@ -95,7 +95,7 @@ pub struct Intent {
     pub endpoints: Vec<Placed>,
     /// Compiled rule lists per host, kept between calls like an agent keeps
     /// them.
-    pub cache: std::cell::RefCell<std::collections::HashMap<String, tessera_dataplane::tessera_policy::ListCache>>,
+    pub cache: std::cell::RefCell<std::collections::HashMap<String, tessera_policy::ListCache>>,
 }
 
 impl Intent {

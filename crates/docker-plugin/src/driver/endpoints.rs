@@ -127,8 +127,8 @@ impl Plugin {
         })
     }
 
-    /// The agent attaches the staging namespace; its container end is then
-    /// moved to the host namespace. Returns the interface's name there.
+    /// The agent attaches the staging namespace and hands the container end
+    /// over to the host namespace. Returns the interface's name there.
     pub(super) async fn build_interface(
         &self,
         net: &Network,
@@ -140,6 +140,7 @@ impl Plugin {
         let t = Instant::now();
         netns::create(staging).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
         let staged = t.elapsed();
+        let src_name = format!("{SRC_PREFIX}{}", eid.chars().take(8).collect::<String>());
         let attach = AttachRequest {
             network: net.id.to_string(),
             netns: staging.display().to_string(),
@@ -150,15 +151,13 @@ impl Plugin {
             mac: Some(ep.mac.to_string()),
             docker_endpoint_id: Some(eid.to_string()),
             reservation: ep.token.clone(),
+            handover: Some(src_name.clone()),
         };
         self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();
-        let src_name = format!("{SRC_PREFIX}{}", eid.chars().take(8).collect::<String>());
-        netns::move_to_host(staging, ifname, &src_name).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
         tracing::debug!(
             staging_ms = staged.as_millis() as u64,
             attach_ms = (attached - staged).as_millis() as u64,
-            move_ms = (t.elapsed() - attached).as_millis() as u64,
             "interface built"
         );
         Ok(src_name)

@@ -1,0 +1,73 @@
+//! Threads in a network namespace: entering a namespace, the
+//! single-threaded runtime and netlink connection of a thread that lives in
+//! one, running work in another namespace on a thread of its own, and giving
+//! a thread that nothing waits on the lowest CPU priority.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+
+use rtnetlink::Handle;
+use tokio::sync::oneshot;
+
+use crate::error::DataplaneError;
+
+/// Gives the calling thread the lowest CPU priority (nice 19), so that work
+/// nothing waits on (a dump of 50,000 counters costs the kernel a few
+/// hundred milliseconds) yields to the data plane, the agent and the
+/// controller. Best effort: a failure leaves the priority as it was.
+#[allow(unsafe_code)]
+pub(super) fn lowest_cpu_priority() {
+    // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with
+    // who 0 changes the nice value of the calling thread only.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+}
+
+/// Enters the network namespace at `path`, for the calling thread only.
+pub(super) fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
+    let netns_err = |source: io::Error| DataplaneError::Netns { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(netns_err)?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(io::Error::from(e)))
+}
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, DataplaneError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| DataplaneError::Kernel {
+        op: "start runtime",
+        object: "data plane thread".into(),
+        source,
+    })
+}
+
+pub(super) fn connect() -> Result<Handle, DataplaneError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| DataplaneError::Kernel {
+        op: "open",
+        object: "netlink socket".into(),
+        source,
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Runs `f` with a netlink handle whose socket lives in the network namespace
+/// at `path`, on a thread of its own that exits afterwards.
+pub(super) async fn in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T, DataplaneError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, DataplaneError>>,
+{
+    let path = path.to_path_buf();
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("tessera-netns".into())
+        .spawn(move || {
+            let run = || -> Result<T, DataplaneError> {
+                enter_netns(&path)?;
+                runtime()?.block_on(async move { f(connect()?).await })
+            };
+            let _ = tx.send(run());
+        })
+        .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "namespace thread".into(), source })?;
+    rx.await.map_err(|_| DataplaneError::WorkerGone)?
+}

@@ -1,0 +1,170 @@
+//! The routes of the VRF tables and the `ip rule`s that select them: the
+//! messages that install and remove them, and reading them from a dump
+//! (only what Tessera owns).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use super::common::{kernel_err, need_index, EEXIST};
+use crate::error::DataplaneError;
+use crate::names::VRF_UNREACHABLE_METRIC;
+use crate::observed::{owned_rule, owned_table, IpFamily, RouteEntry, RouteTarget, RuleEntry, RuleSelector};
+use crate::op::KernelOp;
+
+/// Carries out a route or rule action: `RuleInstall`, `RuleUninstall`,
+/// `RouteInstall` and `RouteUninstall`.
+pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), DataplaneError> {
+    let op = action.op();
+    match action {
+        KernelOp::RuleInstall(r) => match rule_install(h, r).await.map_err(kernel_err(op, action.to_string())) {
+            Err(e) if e.errno() == Some(EEXIST) => Ok(()),
+            other => other,
+        },
+        KernelOp::RuleUninstall(r) => h.rule().del(rule_message(r)).execute().await.map_err(kernel_err(op, action.to_string())),
+        KernelOp::RouteInstall(r) => {
+            let msg = route_message(h, op, r, false).await?;
+            h.route().add(msg).replace().execute().await.map_err(kernel_err(op, action.to_string()))
+        }
+        KernelOp::RouteUninstall(r) => {
+            let msg = route_message(h, op, r, true).await?;
+            h.route().del(msg).execute().await.map_err(kernel_err(op, action.to_string()))
+        }
+        other => unreachable!("{} is not a route or rule action", other.op()),
+    }
+}
+
+/// `ip [-6] rule add iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
+async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error> {
+    let req = h.rule().add().table_id(r.table).priority(r.priority).action(RuleAction::ToTable);
+    let req = match &r.selector {
+        RuleSelector::Iif(name) => req.input_interface(name.clone()),
+        RuleSelector::FwMark(mark) => req.fw_mark(*mark),
+    };
+    match r.family {
+        IpFamily::V4 => req.v4().execute().await,
+        IpFamily::V6 => req.v6().execute().await,
+    }
+}
+
+/// The message of `ip [-6] rule del iif IIF|fwmark MARK lookup TABLE pref
+/// PRIORITY`.
+fn rule_message(r: &RuleEntry) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = match r.family {
+        IpFamily::V4 => AddressFamily::Inet,
+        IpFamily::V6 => AddressFamily::Inet6,
+    };
+    m.header.action = RuleAction::ToTable;
+    match &r.selector {
+        RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+        RuleSelector::FwMark(mark) => m.attributes.push(RuleAttribute::FwMark(*mark)),
+    }
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m
+}
+
+/// The message of `ip [-6] route replace DST dev DEV [scope link] table
+/// TABLE` or `ip [-6] route replace unreachable DST metric 4278198272 table
+/// TABLE`; for a delete, protocol and scope are left open.
+async fn route_message(h: &Handle, op: &'static str, r: &RouteEntry, for_delete: bool) -> Result<RouteMessage, DataplaneError> {
+    let b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.addr(), r.dst.prefix_len())
+        .map_err(|e| DataplaneError::Kernel { op, object: r.dst.to_string(), source: io::Error::other(e.to_string()) })?
+        .table_id(r.table);
+    let b = match &r.target {
+        RouteTarget::Dev(dev) => {
+            let index = need_index(h, op, dev).await?;
+            let scope = if r.dst.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
+            b.output_interface(index).scope(scope)
+        }
+        RouteTarget::Unreachable => b.kind(RouteType::Unreachable).priority(VRF_UNREACHABLE_METRIC),
+    };
+    let b = if for_delete { b.protocol(RouteProtocol::Unspec).scope(RouteScope::NoWhere) } else { b };
+    Ok(b.build())
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A rule of a dump, when it is one of Tessera's.
+pub(super) fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
+    let mut iif = None;
+    let mut fwmark = None;
+    let mut table = u32::from(m.header.table);
+    let mut priority = 0;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Iifname(n) => iif = Some(n.clone()),
+            RuleAttribute::FwMark(mark) => fwmark = Some(*mark),
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => priority = *p,
+            _ => {}
+        }
+    }
+    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), fwmark, priority, table) {
+        return None;
+    }
+    let family = match m.header.family {
+        AddressFamily::Inet => IpFamily::V4,
+        AddressFamily::Inet6 => IpFamily::V6,
+        _ => return None,
+    };
+    let selector = match (iif, fwmark) {
+        (Some(name), _) => RuleSelector::Iif(name),
+        (None, Some(mark)) => RuleSelector::FwMark(mark),
+        (None, None) => return None,
+    };
+    Some(RuleEntry { family, selector, table, priority })
+}
+
+/// A route of a dump, when it is in one of Tessera's tables and of a kind
+/// Tessera makes (`names`: link names by index).
+pub(super) fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteEntry> {
+    if m.header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let mut table = u32::from(m.header.table);
+    let mut dst = None;
+    let mut oif = None;
+    let mut has_gateway = false;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => dst = route_addr(d),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => has_gateway = true,
+            _ => {}
+        }
+    }
+    if !owned_table(table) {
+        return None;
+    }
+    let any = match m.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let dst = IpNet::new(dst.unwrap_or(any), m.header.destination_prefix_length).ok()?;
+    let target = match m.header.kind {
+        RouteType::Unreachable => RouteTarget::Unreachable,
+        RouteType::Unicast if !has_gateway => RouteTarget::Dev(names.get(&oif?)?.clone()),
+        // Not something Tessera makes: left alone.
+        _ => return None,
+    };
+    Some(RouteEntry { table, dst, target })
+}

@@ -1,0 +1,87 @@
+//! The names and numbers Tessera's kernel objects share: the prefixes of its
+//! links, its routing tables and `ip rule` priority, the metric that ends a
+//! VRF, kernel parameter keys, and the names of its nftables objects (the
+//! skeleton's version, the policy table, its dispatch chain and `digests`
+//! map).
+//!
+//! A leaf: it refers to no other module of the crate, so the modules that
+//! compute objects ([`crate::desired`], [`crate::policy`]), read them
+//! ([`crate::observed`]), write them ([`crate::op`], [`crate::nft`]) or plan
+//! them ([`mod@crate::plan`]) all agree on these without referring to each
+//! other.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// First routing table id used for a network's VRF: the VRF of VNI `v` is
+/// table `TABLE_BASE + v`. Tables at or above this id belong to Tessera.
+pub const TABLE_BASE: u32 = 0x10000;
+
+/// Priority of the `ip rule`s that select a network's VRF by incoming
+/// interface. Rules at this priority whose interface is `tb*` or `tx*` belong
+/// to Tessera.
+pub const RULE_PRIORITY: u32 = 1000;
+
+/// Metric of the `unreachable default` route that ends every VRF, the same as
+/// the Linux VRF device uses, so that a lookup that misses in a VRF never
+/// falls through to the host's main table.
+pub const VRF_UNREACHABLE_METRIC: u32 = 4_278_198_272;
+
+/// Prefix of the bridge of a network (`tb` + decimal VNI).
+pub const BRIDGE_PREFIX: &str = "tb";
+/// Prefix of the VXLAN device of a network (`tx` + decimal VNI).
+pub const VXLAN_PREFIX: &str = "tx";
+/// The prefix of endpoints' host-side veths (`tv<8 hex of the endpoint id>`).
+pub use tessera_model::names::VETH_PREFIX;
+
+/// A kernel parameter under `/proc/sys`, as a path relative to it
+/// (`net/ipv4/conf/tb100/proxy_arp`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SysctlKey(pub String);
+
+impl SysctlKey {
+    /// `net/ipv4/conf/DEV/PARAM`
+    pub fn ipv4_conf(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv4/conf/{dev}/{param}"))
+    }
+    /// `net/ipv6/conf/DEV/PARAM`
+    pub fn ipv6_conf(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv6/conf/{dev}/{param}"))
+    }
+    /// `net/ipv4/neigh/DEV/PARAM`
+    pub fn ipv4_neigh(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv4/neigh/{dev}/{param}"))
+    }
+    /// `net/ipv6/neigh/DEV/PARAM`
+    pub fn ipv6_neigh(dev: &str, param: &str) -> Self {
+        SysctlKey(format!("net/ipv6/neigh/{dev}/{param}"))
+    }
+    /// The dotted name `sysctl(8)` uses.
+    pub fn dotted(&self) -> String {
+        self.0.replace('/', ".")
+    }
+}
+
+impl fmt::Display for SysctlKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.dotted())
+    }
+}
+
+/// Version marker of the skeleton, kept as the comment of a rule of each
+/// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
+/// then replace the tables.
+pub const SKELETON_VERSION: &str = "tessera-v2";
+
+/// The table of the firewall of network pairs.
+pub const POLICY_TABLE: &str = "tessera_policy";
+/// The chain the forward hook jumps to: the pair dispatch.
+pub const DISPATCH: &str = "dispatch";
+/// The name of the map of digests.
+pub const DIGESTS: &str = "digests";
+
+/// Whether the log chain `name` passes the flow after logging it.
+pub fn log_chain_passes(name: &str) -> bool {
+    name.starts_with('g') && name.ends_with('p')
+}

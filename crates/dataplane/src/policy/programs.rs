@@ -1,0 +1,118 @@
+//! The objects of every program of a host ([`policy_objects`]), through a
+//! memo of the rule lists planned lately, so that planning a list again
+//! costs nothing and a patched list costs in proportion to its change.
+
+use std::collections::BTreeSet;
+
+use tessera_model::Vni;
+
+use super::chains::{chain, list_chain, pair_chain, reject_chain, ChainKind};
+use super::lists::{list_objects, ListObjects};
+use super::objects::PolicyObjects;
+use crate::desired::{bridge_name, table_id, vxlan_name, DesiredHost, PairPolicy};
+use crate::names::DISPATCH;
+
+/// The objects of every program of `desired`.
+pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
+    policy_objects_except(desired, &BTreeSet::new())
+}
+
+/// [`policy_objects`] without the objects of the rule lists named in `kept`
+/// (their chain, maps and log chains), which the kernel already holds as
+/// they should be.
+pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> PolicyObjects {
+    let mut out = PolicyObjects::default();
+    let mut dispatch: Vec<String> = Vec::new();
+    let mut sources: BTreeSet<Vni> = BTreeSet::new();
+    let mut programs: Vec<&PairPolicy> = desired.policies.iter().filter(|p| !p.lists.is_empty()).collect();
+    programs.sort_by_key(|p| (p.src, p.dst));
+    let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    memo.round += 1;
+    for prog in programs {
+        let (s, d) = (prog.src, prog.dst);
+        sources.insert(s);
+        let mut jumps = Vec::new();
+        for (i, list) in prog.lists.iter().enumerate() {
+            let lname = list_chain(s, d, i);
+            jumps.push(format!("jump {lname}"));
+            if kept.contains(&lname) {
+                memo.keep(&lname, list.fingerprint);
+            } else {
+                let objects = memo.objects(&lname, s, d, i, list);
+                out.chains.extend(objects.objects.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+                out.maps.extend(objects.objects.maps.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if list.patch.base().is_some_and(|(base, _)| objects.patched_from == Some(base)) {
+                    out.deltas.extend(objects.objects.deltas.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        let pname = pair_chain(s, d);
+        out.chains.insert(pname.clone(), chain(ChainKind::Pair, jumps, "accept", None));
+        let (tb_s, tb_d, tx_d) = (bridge_name(s), bridge_name(d), vxlan_name(d));
+        dispatch.push(format!("\"{tb_s}\" . \"{tb_d}\" : jump {pname}"));
+        dispatch.push(format!("\"{tb_s}\" . \"{tx_d}\" : jump {pname}"));
+    }
+    for s in sources {
+        let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
+        out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
+    }
+    memo.forget_unused();
+    drop(memo);
+    let body = if dispatch.is_empty() { vec![] } else { vec![format!("iifname . oifname vmap {{ {} }}", dispatch.join(", "))] };
+    out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
+    out
+}
+
+/// The objects of the rule lists planned lately, by list chain name:
+/// [`list_objects`] is a pure function of the list, so a list planned
+/// again (a plan that does not change it, or a second host of a test) is
+/// not rebuilt, and a list patched from the one held
+/// ([`tessera_policy::RuleList::patch`]) is derived from it in time
+/// proportional to the change. Lists neither planned nor held unchanged
+/// for a while are dropped.
+#[derive(Default)]
+struct Memo {
+    lists: std::collections::HashMap<String, (u64, std::sync::Arc<ListObjects>)>,
+    round: u64,
+}
+
+static MEMO: std::sync::LazyLock<std::sync::Mutex<Memo>> = std::sync::LazyLock::new(Default::default);
+
+/// Rounds a list stays in the [`Memo`] unplanned.
+pub(super) const MEMO_ROUNDS: u64 = 8;
+
+impl Memo {
+    fn objects(&mut self, lname: &str, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> std::sync::Arc<ListObjects> {
+        let held = self.lists.get(lname).map(|(_, o)| o.clone());
+        let objects = match held {
+            Some(o) if o.fingerprint == list.fingerprint && list.fingerprint != 0 => o,
+            held => {
+                let patched = match (held, list.patch.base()) {
+                    (Some(o), Some((base, changed))) if o.fingerprint == base && o.places.len() == list.entries.len() => {
+                        o.patched(s, d, i, list, changed)
+                    }
+                    _ => None,
+                };
+                std::sync::Arc::new(patched.unwrap_or_else(|| list_objects(s, d, i, list)))
+            }
+        };
+        self.lists.insert(lname.to_string(), (self.round, objects.clone()));
+        objects
+    }
+
+    /// Keeps the objects of a list the kernel holds unchanged (they are the
+    /// base its next patch is derived from), however long it stays so.
+    fn keep(&mut self, lname: &str, fingerprint: u64) {
+        let round = self.round;
+        if let Some((seen, o)) = self.lists.get_mut(lname) {
+            if o.fingerprint == fingerprint {
+                *seen = round;
+            }
+        }
+    }
+
+    fn forget_unused(&mut self) {
+        let round = self.round;
+        self.lists.retain(|_, (seen, _)| round - *seen < MEMO_ROUNDS);
+    }
+}
