@@ -3,7 +3,7 @@
 //! the controller, then wait with a deadline for the data plane and report
 //! the last error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tessera_api::ControllerClient;
 use tessera_dataplane::handover::link_hand_over;
 use tessera_dataplane::Dataplane;
 use tessera_model::watch::Snapshot;
-use tessera_model::{Endpoint, EndpointCreate, ErrorCode, Owner};
+use tessera_model::{limits, Endpoint, EndpointCreate, ErrorCode, Owner};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
@@ -34,6 +34,8 @@ pub(crate) struct Progress {
     pub(crate) programmed: BTreeSet<Uuid>,
     /// Local endpoints of the last desired state (programmed or not).
     pub(crate) present: BTreeSet<Uuid>,
+    /// Local endpoints of the intent that cannot be programmed, and why.
+    pub(crate) skipped: BTreeMap<Uuid, String>,
     pub(crate) last_error: Option<String>,
 }
 
@@ -70,6 +72,7 @@ impl Agent {
     /// Creates the endpoint at the controller and waits until this host's
     /// data plane has programmed it.
     pub async fn attach(&self, req: AttachRequest) -> Result<Endpoint, ApiError> {
+        limits::check_netns("netns", &req.netns)?;
         if !std::path::Path::new(&req.netns).exists() {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -77,10 +80,13 @@ impl Agent {
                 Some("netns"),
             ));
         }
+        if let Some(why) = crate::host_ns::is_host_namespace(std::path::Path::new(&req.netns)) {
+            return Err(ApiError::new(ErrorCode::InvalidArgument, format!("{} {why}", req.netns), Some("netns")));
+        }
         let ifname = req.ifname.clone().unwrap_or_else(|| desired::DEFAULT_IFNAME.into());
-        check_ifname(&ifname, "ifname")?;
+        limits::check_ifname("ifname", &ifname)?;
         if let Some(h) = &req.handover {
-            check_ifname(h, "handover")?;
+            limits::check_ifname("handover", h)?;
         }
         let name = Self::attach_name(&req, &ifname)?;
         let create = EndpointCreate {
@@ -106,7 +112,12 @@ impl Agent {
         if mirrored && !self.progress.borrow().programmed.contains(&ep.id) {
             self.kick.notify_one();
         }
-        self.wait(|p| p.programmed.contains(&ep.id), &format!("endpoint {} to be programmed", ep.name)).await?;
+        self.wait(
+            |p| p.programmed.contains(&ep.id),
+            &format!("endpoint {} to be programmed", ep.name),
+            |p| p.skipped.get(&ep.id).map(|why| format!("endpoint {} cannot be programmed: {why}", ep.name)),
+        )
+        .await?;
         if let Some(new_name) = &req.handover {
             let ifname = ep.owner.ifname.as_deref().unwrap_or(desired::DEFAULT_IFNAME);
             link_hand_over(std::path::Path::new(&req.netns), ifname, new_name)
@@ -150,16 +161,26 @@ impl Agent {
         }
         let ids: BTreeSet<Uuid> = victims.iter().map(|e| e.id).collect();
         self.kick.notify_one();
-        self.wait(|p| p.present.is_disjoint(&ids), "the data plane to remove the endpoints").await?;
+        self.wait(|p| p.present.is_disjoint(&ids), "the data plane to remove the endpoints", |_| None).await?;
         Ok(victims)
     }
 
-    async fn wait(&self, done: impl Fn(&Progress) -> bool, what: &str) -> Result<(), ApiError> {
+    /// Waits until `done`, or until `refused` says why it never will be, or
+    /// [`PROGRAM_TIMEOUT`] (then with the data plane's last error).
+    async fn wait(
+        &self,
+        done: impl Fn(&Progress) -> bool,
+        what: &str,
+        refused: impl Fn(&Progress) -> Option<String>,
+    ) -> Result<(), ApiError> {
         let mut rx = self.progress.subscribe();
         let deadline = tokio::time::Instant::now() + PROGRAM_TIMEOUT;
         loop {
             if done(&rx.borrow_and_update()) {
                 return Ok(());
+            }
+            if let Some(why) = refused(&rx.borrow()) {
+                return Err(ApiError::new(ErrorCode::InvalidArgument, why, None));
             }
             if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
                 let last = rx.borrow().last_error.clone().unwrap_or_else(|| "no error reported".into());
@@ -190,13 +211,4 @@ impl Agent {
             last_error: p.last_error,
         }
     }
-}
-
-/// Refuses a name Linux would not take for an interface (`field` names the
-/// request field).
-fn check_ifname(name: &str, field: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
-        return Err(ApiError::new(ErrorCode::InvalidArgument, format!("{name:?} is not an interface name"), Some(field)));
-    }
-    Ok(())
 }

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use tessera_dataplane::desired::{
     DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
+use tessera_model::names::host_veth_name;
 use tessera_model::watch::Snapshot;
 use tessera_model::{Endpoint, Vni};
 use tessera_policy::{self, Compiler};
@@ -52,44 +53,90 @@ pub struct HostIdentity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Skipped(pub Vec<(Uuid, String)>);
 
+/// Conntrack zones handed out (1 to 65,535; zone 0 is the host's). Taking
+/// one probes upwards from a start; when probing meets a crowd, the free
+/// zones are listed once and found by range from then on, so taking stays
+/// cheap however full the zones are.
+struct FreeZones {
+    used: BTreeSet<u16>,
+    /// Built when a probe first runs long.
+    free: Option<BTreeSet<u16>>,
+}
+
+/// Probes this long before listing the free zones.
+const SHORT_PROBE: u16 = 64;
+
+impl FreeZones {
+    fn except(used: &BTreeSet<u16>) -> Self {
+        FreeZones { used: used.clone(), free: None }
+    }
+
+    /// The first free zone from `start` upwards (wrapping past 0), taken;
+    /// `None` when all are.
+    fn take(&mut self, start: u16) -> Option<u16> {
+        if self.free.is_none() {
+            let mut z = start;
+            for _ in 0..SHORT_PROBE {
+                if z != 0 && self.used.insert(z) {
+                    return Some(z);
+                }
+                z = z.wrapping_add(1);
+            }
+            self.free = Some((1..=u16::MAX).filter(|z| !self.used.contains(z)).collect());
+        }
+        let free = self.free.as_mut().expect("listed above");
+        let z = *free.range(start..).next().or_else(|| free.iter().next())?;
+        free.remove(&z);
+        Some(z)
+    }
+}
+
 /// Conntrack zones for a host's networks: the low 16 bits of the VNI (0
 /// becomes 1), probing upwards on collision, assigned in VNI order so the
-/// same set of networks always gets the same zones.
+/// same set of networks always gets the same zones. Networks past the
+/// 65,535th get none.
 pub fn zones(vnis: &BTreeSet<Vni>) -> BTreeMap<Vni, u16> {
-    let mut used = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    for v in vnis {
-        let mut z = (v.get() & 0xffff) as u16;
-        loop {
-            if z != 0 && used.insert(z) {
-                break;
-            }
-            z = z.wrapping_add(1);
-        }
-        out.insert(*v, z);
-    }
-    out
+    let mut free = FreeZones::except(&BTreeSet::new());
+    vnis.iter().filter_map(|v| free.take((v.get() & 0xffff) as u16).map(|z| (*v, z))).collect()
 }
 
 /// Conntrack zones of pairs of networks: from a hash of the pair, probing
-/// upwards past zone 0 and the zones in `used`, in pair order.
+/// upwards past zone 0 and the zones in `used`, in pair order. Pairs for
+/// which no zone is left get none.
 pub fn pair_zones(pairs: &BTreeSet<(Vni, Vni)>, used: &BTreeSet<u16>) -> BTreeMap<(Vni, Vni), u16> {
-    let mut used = used.clone();
+    let mut free = FreeZones::except(used);
     let mut out = BTreeMap::new();
     for (a, b) in pairs {
         let mut h = tessera_policy::flow::Fnv::new();
         h.bytes(&a.get().to_be_bytes());
         h.bytes(&b.get().to_be_bytes());
-        let mut z = (h.finish() & 0xffff) as u16;
-        loop {
-            if z != 0 && used.insert(z) {
-                break;
-            }
-            z = z.wrapping_add(1);
+        if let Some(z) = free.take((h.finish() & 0xffff) as u16) {
+            out.insert((*a, *b), z);
         }
-        out.insert((*a, *b), z);
     }
     out
+}
+
+/// A local endpoint as the data plane takes it, or why it cannot be: the
+/// agent checks again what the controller checked (a store written by hand
+/// or by an older version is not trusted), so one bad endpoint is skipped
+/// with its reason instead of failing the whole host.
+fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
+    let netns = match &e.owner.netns {
+        Some(ns) if !ns.is_empty() => ns,
+        _ => return Err("the endpoint names no network namespace".into()),
+    };
+    e.owner.check().map_err(|f| f.to_string())?;
+    if !e.mac.is_unicast() {
+        return Err(format!("its MAC {} is not unicast", e.mac));
+    }
+    Ok(LocalEndpoint {
+        id: e.id,
+        mac: e.mac,
+        ips: e.ips.clone(),
+        netns: PathBuf::from(netns),
+        ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
+    })
 }
 
 /// This host's desired data plane and what could not be part of it.
@@ -100,6 +147,9 @@ pub struct HostIntent {
     /// Route leaks the intent asks for that were refused (overlapping
     /// subnets), worth a warning.
     pub leak_warnings: Vec<tessera_policy::LeakWarning>,
+    /// What of the intent this host cannot program as a whole (no
+    /// conntrack zone left for a network or a pair of networks).
+    pub errors: Vec<String>,
 }
 
 /// Computes the desired data plane of `me` from `snap`.
@@ -142,6 +192,7 @@ pub fn host_intent_cached(
     let local_ids: BTreeSet<Uuid> = snap.networks.iter().map(|n| n.id).filter(has_local).collect();
     let present_ids: BTreeSet<Uuid> = local_ids.iter().flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
     let mut skipped = Skipped::default();
+    let mut veths: BTreeMap<String, Uuid> = BTreeMap::new();
     let mut networks: Vec<DesiredNetwork> = Vec::new();
     for net in &snap.networks {
         let eps = by_network.get(&net.id).map(Vec::as_slice).unwrap_or_default();
@@ -150,17 +201,21 @@ pub fn host_intent_cached(
         }
         let mut local = Vec::new();
         let mut remote = Vec::new();
+        let mut seen_ips = BTreeSet::new();
         for e in eps {
             if e.host == me.name {
-                match &e.owner.netns {
-                    Some(ns) if !ns.is_empty() => local.push(LocalEndpoint {
-                        id: e.id,
-                        mac: e.mac,
-                        ips: e.ips.clone(),
-                        netns: PathBuf::from(ns),
-                        ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
-                    }),
-                    _ => skipped.0.push((e.id, "the endpoint names no network namespace".into())),
+                let checked = local_endpoint(e).and_then(|l| {
+                    if let Some(other) = veths.insert(host_veth_name(l.id), l.id) {
+                        return Err(format!("its host interface name {} is that of endpoint {other}", host_veth_name(l.id)));
+                    }
+                    match l.ips.iter().find(|ip| !seen_ips.insert(ip.addr())) {
+                        Some(ip) => Err(format!("its address {ip} is another local endpoint's")),
+                        None => Ok(l),
+                    }
+                });
+                match checked {
+                    Ok(l) => local.push(l),
+                    Err(reason) => skipped.0.push((e.id, reason)),
                 }
             } else if let Some(host_underlay) = underlay.get(e.host.as_str()) {
                 if *host_underlay == me.underlay_ip {
@@ -191,8 +246,19 @@ pub fn host_intent_cached(
     }
     networks.sort_by_key(|n| n.vni);
     let z = zones(&networks.iter().map(|n| n.vni).collect());
+    let mut errors = Vec::new();
+    networks.retain(|n| match z.get(&n.vni) {
+        Some(_) => true,
+        None => {
+            errors.push(format!("no conntrack zone is left on this host for network VNI {}; it is not programmed", n.vni));
+            skipped.0.extend(n.local.iter().map(|l| (l.id, "no conntrack zone is left on this host for its network".into())));
+            false
+        }
+    });
+    let present_vnis: BTreeSet<Vni> = networks.iter().map(|n| n.vni).collect();
     for n in &mut networks {
         n.zone = z[&n.vni];
+        n.imports.retain(|i| present_vnis.contains(i));
     }
 
     let id_of: BTreeMap<Vni, Uuid> =
@@ -207,8 +273,22 @@ pub fn host_intent_cached(
         }
     }
     let used: BTreeSet<u16> = networks.iter().map(|n| n.zone).collect();
-    let shared_zones: Vec<PairZone> =
-        pair_zones(&pairs, &used).into_iter().map(|((a, b), zone)| PairZone { a, b, zone }).collect();
+    let assigned = pair_zones(&pairs, &used);
+    // A pair without a shared zone would see its replies as new flows in
+    // the other network's zone: it is not connected on this host (fail closed).
+    for (a, b) in pairs.iter().filter(|p| !assigned.contains_key(p)) {
+        errors.push(format!(
+            "no conntrack zone is left on this host for the networks VNI {a} and {b}; they are not connected here"
+        ));
+        for n in &mut networks {
+            if n.vni == *a {
+                n.imports.retain(|i| i != b);
+            } else if n.vni == *b {
+                n.imports.retain(|i| i != a);
+            }
+        }
+    }
+    let shared_zones: Vec<PairZone> = assigned.into_iter().map(|((a, b), zone)| PairZone { a, b, zone }).collect();
 
     let (mut policies, mut watches) = (Vec::new(), Vec::new());
     for n in &networks {
@@ -240,7 +320,7 @@ pub fn host_intent_cached(
         watches,
     };
     cache.retain_used();
-    HostIntent { desired, skipped, leak_warnings: topology.warnings.clone() }
+    HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }
 }
 
 /// [`host_intent_cached`] across reconciles: the agent keeps one, so that a
@@ -311,6 +391,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             owner: Owner { netns: Some(format!("/run/netns/c{n}")), ..Default::default() },
             status: EndpointStatus::Pending,
+            status_message: None,
         }
     }
 
@@ -375,6 +456,47 @@ mod tests {
         let (d, skipped) = desired_host(&s, &me());
         assert!(d.networks.is_empty());
         assert_eq!(skipped.0.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_skipped_with_its_reason_and_the_others_are_programmed() {
+        let mut s = snap();
+        let mut bad = ep(13, 1, "h1", "192.168.10.4/24");
+        bad.owner.ifname = Some("../../x y".into());
+        let mut host_ns = ep(14, 1, "h1", "192.168.10.5/24");
+        host_ns.owner.netns = Some("/proc/1/ns/net".into());
+        s.endpoints.extend([bad, host_ns]);
+        let (d, skipped) = desired_host(&s, &me());
+        d.validate().expect("what is left is programmable");
+        let local: Vec<u128> = d.networks[0].local.iter().map(|l| l.id.as_u128()).collect();
+        assert_eq!(local, vec![11], "the good endpoint stays");
+        let reasons: BTreeMap<u128, &str> = skipped.0.iter().map(|(id, r)| (id.as_u128(), r.as_str())).collect();
+        assert!(reasons[&13].contains("owner.ifname"), "{reasons:?}");
+        assert!(reasons[&14].contains("owner.netns"), "{reasons:?}");
+    }
+
+    #[test]
+    fn two_endpoints_with_one_host_interface_name_do_not_stop_the_host() {
+        let mut s = snap();
+        let mut twin = ep(11, 1, "h1", "192.168.10.9/24");
+        twin.id = Uuid::from_u128(11 | (7 << 64));
+        s.endpoints.push(twin);
+        let (d, skipped) = desired_host(&s, &me());
+        d.validate().expect("what is left is programmable");
+        assert_eq!(d.networks[0].local.len(), 1);
+        assert!(skipped.0[0].1.contains("host interface name"), "{skipped:?}");
+    }
+
+    #[test]
+    fn running_out_of_conntrack_zones_leaves_pairs_unconnected_instead_of_hanging() {
+        let vnis: Vec<Vni> = (1..=400).map(|v| Vni::new(v).unwrap()).collect();
+        let pairs: BTreeSet<(Vni, Vni)> =
+            vnis.iter().flat_map(|a| vnis.iter().filter(move |b| a < *b).map(move |b| (*a, *b))).collect();
+        assert!(pairs.len() > 65_535);
+        let used: BTreeSet<u16> = (1..=400).collect();
+        let zones = pair_zones(&pairs, &used);
+        assert_eq!(zones.len(), 65_535 - 400, "every zone left is used once");
+        assert!(zones.values().all(|z| *z != 0 && !used.contains(z)));
     }
 
     fn pass_all(n: u128) -> tessera_model::Policy {

@@ -22,6 +22,12 @@ impl ApiError {
     }
 }
 
+impl From<tessera_model::FieldError> for ApiError {
+    fn from(e: tessera_model::FieldError) -> Self {
+        ApiError::new(ErrorCode::InvalidArgument, e.to_string(), Some(&e.field))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()

@@ -15,6 +15,7 @@ pub mod api;
 pub mod counters;
 pub mod desired;
 pub mod error;
+pub mod host_ns;
 pub mod inventory;
 pub mod reconcile;
 

@@ -3,12 +3,12 @@
 //! (pure, [`crate::desired`]), reconcile the kernel to it, and report
 //! endpoint status and progress.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_model::watch::Snapshot;
-use tessera_model::EndpointStatus;
+use tessera_model::{EndpointStatus, EndpointStatusUpdate};
 use uuid::Uuid;
 
 use crate::agent::Agent;
@@ -43,16 +43,21 @@ impl Agent {
         for w in leak_warnings.iter().flatten() {
             tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");
         }
-        let (desired, skipped) = (Arc::new(intent.desired), intent.skipped);
+        let (mut desired, mut skipped) = (intent.desired, intent.skipped);
+        refuse_host_namespaces(&mut desired, &mut skipped);
+        let desired = Arc::new(desired);
         for (id, reason) in &skipped.0 {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");
+        }
+        for e in &intent.errors {
+            tracing::error!(error = %e, "intent not programmed");
         }
         let present: BTreeSet<Uuid> = desired.networks.iter().flat_map(|n| n.local.iter().map(|l| l.id)).collect();
         let started = std::time::Instant::now();
         let result = tessera_dataplane::reconcile(self.dp.as_ref(), &desired).await;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         let (programmed, last_error) = match &result {
-            Ok(report) if report.failures.is_empty() => (present.clone(), None),
+            Ok(report) if report.failures.is_empty() => (present.clone(), intent.errors.first().cloned()),
             Ok(report) => {
                 let failed: BTreeSet<Uuid> = report.failed_endpoints().collect();
                 let msg = report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ");
@@ -73,30 +78,47 @@ impl Agent {
             p.networks = desired.networks.len();
             p.programmed = programmed;
             p.present = present;
+            p.skipped = skipped.0.iter().cloned().collect();
             p.last_error = last_error;
         });
     }
 
     /// Tells the controller which local endpoints are active or failed (best effort, in the background).
     fn report_status(&self, snap: &Snapshot, programmed: &BTreeSet<Uuid>, skipped: &desired::Skipped) {
-        let failed: BTreeSet<Uuid> = skipped.0.iter().map(|(id, _)| *id).collect();
+        let failed: BTreeMap<Uuid, &str> = skipped.0.iter().map(|(id, why)| (*id, why.as_str())).collect();
         for e in snap.endpoints.iter().filter(|e| e.host == self.me.name) {
             let want = if programmed.contains(&e.id) {
-                EndpointStatus::Active
-            } else if failed.contains(&e.id) {
-                EndpointStatus::Failed
+                EndpointStatusUpdate { status: EndpointStatus::Active, message: None }
+            } else if let Some(why) = failed.get(&e.id) {
+                EndpointStatusUpdate { status: EndpointStatus::Failed, message: Some(why.to_string()) }
             } else {
                 continue;
             };
-            if e.status != want {
+            if e.status != want.status || e.status_message != want.message {
                 let client = self.client.clone();
                 let id = e.id;
                 tokio::spawn(async move {
-                    if let Err(e) = client.set_endpoint_status(id, want).await {
+                    if let Err(e) = client.set_endpoint_status(id, &want).await {
                         tracing::debug!(endpoint = %id, error = %e, "cannot report endpoint status");
                     }
                 });
             }
         }
+    }
+}
+
+/// Takes out of `desired` the local endpoints whose namespace is one of the
+/// host's own (the controller cannot tell: `/proc/2/ns/net`, or a bind
+/// mount of the host's namespace), so the data plane never configures the
+/// host's namespace as a container's.
+fn refuse_host_namespaces(desired: &mut tessera_dataplane::DesiredHost, skipped: &mut desired::Skipped) {
+    for n in &mut desired.networks {
+        n.local.retain(|l| match crate::host_ns::is_host_namespace(&l.netns) {
+            Some(why) => {
+                skipped.0.push((l.id, format!("{} {why}", l.netns.display())));
+                false
+            }
+            None => true,
+        });
     }
 }

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatus, ErrorCode, Host, HostCounters, HostRegister, Network, NetworkCreate, Reservation,
-    ReservationCreate, Uuid,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, ErrorCode, Host, HostCounters, HostRegister, Network, NetworkCreate,
+    Reservation, ReservationCreate, Uuid,
 };
 
 use crate::error::ErrorBody;
@@ -248,8 +248,8 @@ impl ControllerClient {
     }
 
     /// `PUT /v1/endpoints/{id}/status`.
-    pub async fn set_endpoint_status(&self, id: Uuid, status: EndpointStatus) -> Result<Endpoint, ClientError> {
-        self.put(&format!("/v1/endpoints/{id}/status"), &serde_json::json!({ "status": status })).await
+    pub async fn set_endpoint_status(&self, id: Uuid, update: &EndpointStatusUpdate) -> Result<Endpoint, ClientError> {
+        self.put(&format!("/v1/endpoints/{id}/status"), update).await
     }
 
     /// `GET /v1/endpoints?network=&host=`: endpoints of a network, of a host, or both.

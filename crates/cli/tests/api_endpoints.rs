@@ -23,7 +23,8 @@ fn endpoint_gets_one_address_per_family_and_a_local_mac() {
     let c = ControllerProcess::start();
     let api = Api::new(&c);
     setup(&api, &["192.168.4.0/24", "2002:1::/64"]);
-    let (s, e) = ep(&api, json!({"network": "net", "host": "h1", "owner": {"container_id": "abc", "netns": "/proc/1/ns/net"}}));
+    let (s, e) =
+        ep(&api, json!({"network": "net", "host": "h1", "owner": {"container_id": "abc", "netns": "/proc/4242/ns/net"}}));
     assert_eq!(s, 201, "{e}");
     assert_eq!(e["ips"], json!(["192.168.4.2/24", "2002:1::2/64"]));
     let mac = e["mac"].as_str().unwrap();

@@ -137,14 +137,15 @@ fn bad_route_target_is_rejected_naming_its_index() {
 #[test]
 fn unknown_policy_reference_is_rejected() {
     let c = ControllerProcess::start();
-    let r = Api::new(&c).post("/v1/networks", json!({"name": "a", "policies": ["nope"]}));
+    let r = Api::new(&c).post("/v1/networks", json!({"name": "a", "subnets": [{"cidr": "10.1.0.0/24"}], "policies": ["nope"]}));
     assert_error(&r, 404, "not_found", Some("policies[0]"));
 }
 
 #[test]
 fn unknown_project_is_rejected() {
     let c = ControllerProcess::start();
-    let r = Api::new(&c).post("/v1/networks", json!({"name": "a", "project": "default-domain:nobody"}));
+    let r = Api::new(&c)
+        .post("/v1/networks", json!({"name": "a", "subnets": [{"cidr": "10.1.0.0/24"}], "project": "default-domain:nobody"}));
     assert_error(&r, 404, "not_found", Some("project"));
 }
 

@@ -99,7 +99,7 @@ fn privileged_the_plugin_removes_leftovers_when_it_starts() {
         "POST",
         "/v1/endpoints",
         Some(json!({"network": "left", "host": "h1", "name": gone, "ips": ["10.76.0.200"],
-            "owner": {"docker_endpoint_id": gone, "netns": "/nonexistent"}})),
+            "owner": {"docker_endpoint_id": gone, "netns": "/run/netns/nonexistent"}})),
     );
     assert_eq!(s, 201, "{orphan}");
     let old = format!("docker.h1.{}.00000001", now_ms() - 600_000);
@@ -109,7 +109,7 @@ fn privileged_the_plugin_removes_leftovers_when_it_starts() {
         let (s, r) = controller(&f, "POST", "/v1/networks/left/reservations", Some(json!({"owner": owner, "address": addr})));
         assert_eq!(s, 201, "{r}");
     }
-    let staging = f.d1.plugin_state_dir().join("netns").join("0123456789ab");
+    let staging = f.d1.plugin_staging_dir().join("0123456789ab");
     std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
     std::fs::write(&staging, b"").unwrap();
     let made = std::process::Command::new("unshare").arg(format!("--net={}", staging.display())).arg("true").status().unwrap();

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatus, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
     NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate, RuleChange,
     RuleInsert, RuleSpec,
 };
@@ -55,7 +55,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError(FieldError::new("body", e.body_text()).into()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError(Error::TooLarge { limit: MAX_BODY_BYTES }),
+            _ => ApiError(FieldError::new("body", e.body_text()).into()),
+        })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
             let path = e.path().to_string();
@@ -76,14 +79,10 @@ pub struct ProjectFilter {
     pub project: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StatusUpdate {
-    pub status: EndpointStatus,
-}
-
-/// The largest request body the API reads: a policy of 50,000 rules is
-/// about 2 MiB of JSON, over axum's default limit.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// The largest request body the API reads (larger ones are refused with
+/// 413): a policy of 50,000 rules is about 2 MiB of JSON, over axum's
+/// default limit, and the most rules a policy may hold fit well within.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
@@ -261,14 +260,14 @@ async fn delete_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(put, path = "/v1/endpoints/{id}/status", params(("id" = String, Path)), request_body = StatusUpdate,
+#[utoipa::path(put, path = "/v1/endpoints/{id}/status", params(("id" = String, Path)), request_body = EndpointStatusUpdate,
     responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)))]
 async fn set_endpoint_status(
     State(ctl): Ctl,
     Path(id): Path<String>,
-    Body(req): Body<StatusUpdate>,
+    Body(req): Body<EndpointStatusUpdate>,
 ) -> ApiResult<Json<Endpoint>> {
-    Ok(Json(ctl.set_endpoint_status(&id, req.status).await?))
+    Ok(Json(ctl.set_endpoint_status(&id, req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<Host>)))]

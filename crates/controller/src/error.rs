@@ -25,6 +25,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("stored {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("the request body is larger than {limit} bytes, the most the API reads")]
+    TooLarge { limit: usize },
 }
 
 impl Error {
@@ -41,6 +43,7 @@ impl Error {
             Error::Exhausted(_) => ErrorCode::Exhausted,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
+            Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
         }
     }
 
@@ -48,6 +51,7 @@ impl Error {
     pub fn body(&self) -> ErrorBody {
         let (field, details) = match self {
             Error::Invalid(e) => (Some(e.field.clone()), None),
+            Error::TooLarge { .. } => (Some("body".to_string()), None),
             Error::NotFound { field, .. } | Error::AlreadyExists { field, .. } => (field.clone(), None),
             Error::InUse { users, .. } => (None, Some(serde_json::json!({ "used_by": users }))),
             _ => (None, None),

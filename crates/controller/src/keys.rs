@@ -75,6 +75,11 @@ pub fn host(name: &str) -> String {
     format!("{HOSTS}{name}")
 }
 
+/// The host whose tunnels end at `ip` (no two hosts share an underlay address).
+pub fn underlay(ip: IpAddr) -> String {
+    format!("{ROOT}index/underlay/{ip}")
+}
+
 pub fn policy(id: Uuid) -> String {
     format!("{POLICIES}{id}")
 }

@@ -90,7 +90,7 @@ pub fn watch(store: Arc<dyn Store>, after: u64) -> impl Stream<Item = WatchEvent
                     last = ev.revision;
                     let out = match ev.kind {
                         EventKind::Put => match object_of(&ev.kv) {
-                            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object }),
+                            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object: Box::new(object) }),
                             Ok(None) => None,
                             Err(e) => {
                                 return Some((

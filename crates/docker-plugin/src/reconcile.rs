@@ -194,6 +194,7 @@ mod tests {
             ips: vec![],
             owner: Owner { docker_endpoint_id: docker_eid.map(str::to_string), ..Default::default() },
             status: EndpointStatus::Active,
+            status_message: None,
         }
     }
 

@@ -89,6 +89,30 @@ pub struct Owner {
     pub reservation: Option<String>,
 }
 
+impl Owner {
+    /// Checks what of the owner reaches a host's kernel (the namespace and
+    /// the interface name) and bounds the rest; fields are named
+    /// `owner.netns`, `owner.ifname`, ...
+    pub fn check(&self) -> Result<(), crate::FieldError> {
+        if let Some(ns) = &self.netns {
+            crate::limits::check_netns("owner.netns", ns)?;
+        }
+        if let Some(i) = &self.ifname {
+            crate::limits::check_ifname("owner.ifname", i)?;
+        }
+        for (field, v) in [
+            ("owner.container_id", &self.container_id),
+            ("owner.docker_endpoint_id", &self.docker_endpoint_id),
+            ("owner.reservation", &self.reservation),
+        ] {
+            if let Some(v) = v {
+                crate::limits::check_text(field, v, crate::limits::MAX_ID)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Life cycle of an endpoint as its host's agent reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -120,6 +144,20 @@ pub struct Endpoint {
     pub ips: Vec<IpNet>,
     pub owner: Owner,
     pub status: EndpointStatus,
+    /// Why the host's agent could not program it (with `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+}
+
+/// Request to report an endpoint's status (`PUT /v1/endpoints/{id}/status`),
+/// which its host's agent sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointStatusUpdate {
+    pub status: EndpointStatus,
+    /// Why the endpoint could not be programmed; at most 1,024 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Request to create an endpoint (`POST /v1/endpoints`).

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     CheckFailed,
     /// The agent: the data plane did not program the change in time (HTTP 504).
     Timeout,
+    /// The request body is larger than the API reads (HTTP 413).
+    PayloadTooLarge,
 }
 
 impl ErrorCode {
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::CheckFailed => "check_failed",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -87,6 +90,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::PayloadTooLarge => 413,
         }
     }
 }

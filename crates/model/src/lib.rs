@@ -9,6 +9,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod error;
 pub mod host;
+pub mod limits;
 pub mod names;
 pub mod network;
 pub mod policy;
@@ -20,7 +21,7 @@ pub mod vif;
 pub mod watch;
 
 pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};
-pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, MacAddr, Owner};
+pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner};
 pub use error::{ErrorCode, FieldError};
 pub use host::{Host, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};

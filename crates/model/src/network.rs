@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tessera_ipam::{Range, SubnetLayout};
 use uuid::Uuid;
 
+use crate::limits;
 use crate::{FieldError, FqName, RouteTarget, Vni};
 
 /// A virtual network: one VRF on every host that has an endpoint in it.
@@ -150,8 +151,10 @@ pub struct NetworkUpdate {
     pub external: Option<bool>,
 }
 
-/// Parses a list of route targets, naming `field[i]` on error, dropping duplicates.
+/// Parses a list of route targets, naming `field[i]` on error, dropping
+/// duplicates; at most [`limits::MAX_ROUTE_TARGETS`].
 pub fn parse_route_targets(field: &str, list: &[String]) -> Result<Vec<RouteTarget>, FieldError> {
+    limits::check_count(field, list, limits::MAX_ROUTE_TARGETS, "route targets")?;
     let mut out: Vec<RouteTarget> = Vec::new();
     for (i, s) in list.iter().enumerate() {
         let rt: RouteTarget = s.parse().map_err(|r| FieldError::new(format!("{field}[{i}]"), r))?;
@@ -188,6 +191,9 @@ impl SubnetCreate {
     /// pools inside and disjoint, DNS servers as addresses.
     pub fn validate(&self) -> Result<Subnet, FieldError> {
         let cidr = parse_cidr("cidr", &self.cidr)?;
+        limits::check_subnet("cidr", cidr)?;
+        limits::check_count("pools", &self.pools, limits::MAX_POOLS, "pools")?;
+        limits::check_count("dns_servers", &self.dns_servers, limits::MAX_DNS_SERVERS, "DNS servers")?;
         let gateway = match &self.gateway {
             Some(g) if !g.trim().is_empty() => {
                 let gw = parse_addr("gateway", g)?;
@@ -220,23 +226,17 @@ impl SubnetCreate {
     }
 }
 
-/// Validates a list of subnets: each on its own, then no two overlapping.
+/// Validates a list of subnets: at most [`limits::MAX_SUBNETS`], each on its
+/// own, then no two overlapping (in O(n log n)).
 pub fn validate_subnets(list: &[SubnetCreate]) -> Result<Vec<Subnet>, FieldError> {
+    limits::check_count("subnets", list, limits::MAX_SUBNETS, "subnets")?;
     let mut out: Vec<Subnet> = Vec::with_capacity(list.len());
     for (i, s) in list.iter().enumerate() {
-        let field = format!("subnets[{i}]");
-        let subnet = s.validate().map_err(|e| e.within(&field))?;
-        if let Some((j, other)) = out
-            .iter()
-            .enumerate()
-            .find(|(_, o)| o.cidr.contains(&subnet.cidr.network()) || subnet.cidr.contains(&o.cidr.network()))
-        {
-            return Err(FieldError::new(
-                format!("{field}.cidr"),
-                format!("{} overlaps subnets[{j}] {}", subnet.cidr, other.cidr),
-            ));
-        }
-        out.push(subnet);
+        out.push(s.validate().map_err(|e| e.within(&format!("subnets[{i}]")))?);
+    }
+    let cidrs: Vec<IpNet> = out.iter().map(|s| s.cidr).collect();
+    if let Some((j, i)) = limits::first_overlap(&cidrs) {
+        return Err(FieldError::new(format!("subnets[{i}].cidr"), format!("{} overlaps subnets[{j}] {}", cidrs[i], cidrs[j])));
     }
     Ok(out)
 }

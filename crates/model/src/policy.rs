@@ -391,6 +391,7 @@ impl PolicyUpdate {
 
 /// Parses and checks every rule; `rules[i]` names the failing one.
 pub fn validate_rules(rules: &[RuleSpec], project: &ProjectName) -> Result<Vec<Rule>, FieldError> {
+    crate::limits::check_count("rules", rules, crate::limits::MAX_RULES, "rules")?;
     rules
         .iter()
         .enumerate()

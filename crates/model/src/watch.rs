@@ -111,7 +111,7 @@ mod chunked {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WatchEvent {
     /// An object was created or changed.
-    Put { revision: u64, object: Object },
+    Put { revision: u64, object: Box<Object> },
     /// An object was deleted.
     Delete { revision: u64, object: ObjectRef },
     /// Nothing changed up to `revision`; sent periodically so that a watcher
@@ -154,7 +154,7 @@ impl Snapshot {
         match ev {
             WatchEvent::Put { revision, object } if *revision >= self.revision => {
                 self.revision = *revision;
-                match object {
+                match object.as_ref() {
                     Object::Network(n) => upsert(&mut self.networks, n.clone(), |x| x.id == n.id),
                     Object::Endpoint(e) => upsert(&mut self.endpoints, e.clone(), |x| x.id == e.id),
                     Object::Host(h) => upsert(&mut self.hosts, h.clone(), |x| x.name == h.name),
@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn put(rev: u64, object: Object) -> WatchEvent {
-        WatchEvent::Put { revision: rev, object }
+        WatchEvent::Put { revision: rev, object: Box::new(object) }
     }
 
     fn ports(s: &Snapshot) -> Vec<u16> {

@@ -345,9 +345,17 @@ impl DockerHost {
         self.dir.join("plugin.log")
     }
 
-    /// The plugin's `--state-dir` (its staging namespaces are under `netns/`).
+    /// The plugin's `--state-dir` (its mirror of the controller).
     pub fn plugin_state_dir(&self) -> PathBuf {
         self.dir.join("plugin-state")
+    }
+
+    /// The plugin's `--staging-dir`, where it keeps the namespaces the agent
+    /// builds interfaces in: under `/run/tessera/`, where the controller
+    /// accepts endpoint namespaces, and named after this host's namespace,
+    /// which is unique on the machine.
+    pub fn plugin_staging_dir(&self) -> PathBuf {
+        PathBuf::from("/run/tessera/staging").join(&self.netns)
     }
 
     /// Starts (or restarts) the plugin and waits until its socket answers.
@@ -370,6 +378,8 @@ impl DockerHost {
             .arg(format!("unix://{}", self.dir.join("docker").join("docker.sock").display()))
             .arg("--state-dir")
             .arg(self.plugin_state_dir())
+            .arg("--staging-dir")
+            .arg(self.plugin_staging_dir())
             .arg("--address-hold")
             .arg(ADDRESS_HOLD_SECS.to_string())
             .env("TESSERA_LOG", "info,tessera_docker_plugin=debug")
@@ -430,6 +440,8 @@ impl Drop for DockerHost {
         drop(self.dockerd.take());
         self.kill_plugin();
         // Staging namespaces the plugin left (it cleans up at Leave; a killed one cannot).
+        unmount_under(&self.plugin_staging_dir());
+        let _ = std::fs::remove_dir_all(self.plugin_staging_dir());
         unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

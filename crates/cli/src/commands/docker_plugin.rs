@@ -21,9 +21,14 @@ pub struct Args {
     /// This host's name in the fabric, as its agent was started with.
     #[arg(long)]
     host: String,
-    /// Where the plugin keeps its state (a mirror of the controller, staging namespaces).
+    /// Where the plugin keeps its state (a mirror of the controller).
     #[arg(long, default_value = "/var/lib/tessera/docker-plugin")]
     state_dir: PathBuf,
+    /// Where the plugin keeps the namespaces the agent builds containers'
+    /// interfaces in before Docker moves them; under `/run/tessera/`, the
+    /// only place besides the runtimes' own where endpoint namespaces may be.
+    #[arg(long, default_value = "/run/tessera/staging")]
+    staging_dir: PathBuf,
     /// Seconds a released address stays held for the next container of this
     /// host in its subnet, so that a restarted container keeps its address.
     #[arg(long, default_value_t = 30)]
@@ -31,6 +36,10 @@ pub struct Args {
 }
 
 pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
+    let probe = a.staging_dir.join("probe");
+    tessera_model::limits::check_netns("--staging-dir", &probe.to_string_lossy()).map_err(|_| {
+        anyhow::anyhow!("--staging-dir: {} is not under /run/tessera/, where endpoint namespaces may be", a.staging_dir.display())
+    })?;
     let cfg = Config {
         host: a.host,
         controller: controller.to_string(),
@@ -38,6 +47,7 @@ pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
         docker_host: a.docker_host,
         socket: a.socket,
         state_dir: a.state_dir,
+        staging_dir: a.staging_dir,
         address_hold: std::time::Duration::from_secs(a.address_hold),
     };
     tessera_docker_plugin::run(cfg, super::controller::shutdown_signal()).await

@@ -6,8 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use tessera_model::limits;
 use tessera_model::reservation::{check_owner, reservation_owner};
-use tessera_model::{Endpoint, EndpointCreate, EndpointStatus, FieldError, MacAddr, Network, Owner};
+use tessera_model::{Endpoint, EndpointCreate, EndpointStatus, EndpointStatusUpdate, FieldError, MacAddr, Network, Owner};
 use tessera_store::Compare;
 use uuid::Uuid;
 
@@ -27,13 +28,16 @@ pub struct EndpointFilter {
 // ---------------------------------------------------------------- validation
 
 /// The name (generated when absent) and the chosen MAC of a create
-/// request, after checking its name, host and MAC.
+/// request, after checking its name, host, owner (what reaches the host's
+/// kernel: the namespace and the interface name) and MAC.
 fn validate_create(req: &EndpointCreate) -> Result<(String, Option<MacAddr>)> {
     let name = match &req.name {
         Some(n) => tessera_model::names::check_component(n).map(|()| n.clone()).map_err(|r| FieldError::new("name", r))?,
         None => Uuid::new_v4().to_string(),
     };
     tessera_model::names::check_component(&req.host).map_err(|r| FieldError::new("host", r))?;
+    req.owner.check()?;
+    limits::check_count("ips", &req.ips, limits::MAX_ENDPOINT_IPS, "addresses")?;
     let chosen_mac = req
         .mac
         .as_deref()
@@ -170,6 +174,7 @@ impl Controller {
                     .collect(),
                 owner: req.owner.clone(),
                 status: EndpointStatus::Pending,
+                status_message: None,
             };
             let mut txn = GuardedTxn::new()
                 .guard(Guard::NetworkMissing, Compare::Exists(keys::network(net.id)))
@@ -280,15 +285,19 @@ impl Controller {
     }
 
     /// Records the status an agent reports for one of its endpoints.
-    pub async fn set_endpoint_status(&self, id: &str, status: EndpointStatus) -> Result<Endpoint> {
+    pub async fn set_endpoint_status(&self, id: &str, update: EndpointStatusUpdate) -> Result<Endpoint> {
         let uuid = parse_id(id)?;
+        if let Some(m) = &update.message {
+            limits::check_text("message", m, limits::MAX_LABEL_VALUE)?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (mut ep, rev) =
                 self.get_json::<Endpoint>(&keys::endpoint(uuid)).await?.ok_or_else(|| Error::not_found("endpoint", id))?;
-            if ep.status == status {
+            if ep.status == update.status && ep.status_message == update.message {
                 return Ok(ep);
             }
-            ep.status = status;
+            ep.status = update.status;
+            ep.status_message = update.message.clone();
             let txn = GuardedTxn::new()
                 .guard(Guard::EndpointChanged, Compare::ModRevision(keys::endpoint(uuid), rev))
                 .then(put(keys::endpoint(uuid), &ep));

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tessera_model::{FieldError, Host, HostCounters, HostRegister};
+use tessera_store::Compare;
 
 use super::controller::Controller;
 use super::endpoints::EndpointFilter;
-use super::txn::{del, put, GuardedTxn};
+use super::txn::{del, put, put_str, Guard, GuardedTxn, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::keys;
 
@@ -24,9 +25,7 @@ fn validate_register(name: &str, req: &HostRegister) -> Result<IpAddr> {
         .trim()
         .parse()
         .map_err(|_| FieldError::new("underlay_ip", format!("{:?} is not an IP address", req.underlay_ip)))?;
-    if underlay_ip.is_unspecified() || underlay_ip.is_multicast() {
-        return Err(FieldError::new("underlay_ip", format!("{underlay_ip} cannot terminate tunnels")).into());
-    }
+    tessera_model::limits::check_underlay("underlay_ip", underlay_ip)?;
     Ok(underlay_ip)
 }
 
@@ -38,12 +37,44 @@ fn now() -> u64 {
 
 impl Controller {
     /// Registers a host or refreshes its underlay address and last-seen time. Idempotent.
+    ///
+    /// No two hosts share an underlay address: each address is held by an
+    /// index key naming its host, moved with the host's registration.
     pub async fn register_host(&self, name: &str, req: HostRegister) -> Result<Host> {
         let underlay_ip = validate_register(name, &req)?;
         let host = Host { name: name.into(), underlay_ip, last_seen: now() };
-        self.commit(GuardedTxn::new().then(put(keys::host(name), &host))).await?;
-        tracing::info!(host = name, underlay = %underlay_ip, "host registered");
-        Ok(host)
+        for _ in 0..MAX_ATTEMPTS {
+            let old = self.get_json::<Host>(&keys::host(name)).await?;
+            let index = keys::underlay(underlay_ip);
+            let held_by = self.store().get(&index).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let index_guard = match held_by {
+                Some(other) if other != name => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("underlay address {underlay_ip} is host {other}'s"),
+                        field: Some("underlay_ip".into()),
+                    });
+                }
+                Some(_) => Compare::ValueEquals(index.clone(), name.as_bytes().to_vec()),
+                None => Compare::Absent(index.clone()),
+            };
+            let host_guard = match &old {
+                Some((_, rev)) => Compare::ModRevision(keys::host(name), *rev),
+                None => Compare::Absent(keys::host(name)),
+            };
+            let mut txn = GuardedTxn::new()
+                .guard(Guard::UnderlayTaken, index_guard)
+                .guard(Guard::HostChanged, host_guard)
+                .then(put(keys::host(name), &host))
+                .then(put_str(index, name));
+            if let Some((prev, _)) = old.as_ref().filter(|(p, _)| p.underlay_ip != underlay_ip) {
+                txn = txn.then(del(keys::underlay(prev.underlay_ip)));
+            }
+            if self.commit(txn).await?.is_committed() {
+                tracing::info!(host = name, underlay = %underlay_ip, "host registered");
+                return Ok(host);
+            }
+        }
+        Err(Error::Conflict(format!("host {name}")))
     }
 
     pub async fn get_host(&self, name: &str) -> Result<Host> {
@@ -65,7 +96,14 @@ impl Controller {
         if !users.is_empty() {
             return Err(Error::InUse { kind: "host", name: name.into(), users });
         }
-        self.commit(GuardedTxn::new().then(del(keys::host(name)))).await?;
+        let mut txn = GuardedTxn::new().then(del(keys::host(name)));
+        if let Some((h, _)) = self.get_json::<Host>(&keys::host(name)).await? {
+            let index = keys::underlay(h.underlay_ip);
+            if self.store().get(&index).await?.is_some_and(|kv| kv.value == name.as_bytes()) {
+                txn = txn.then(del(index));
+            }
+        }
+        self.commit(txn).await?;
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
     }

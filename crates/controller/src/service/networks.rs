@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use tessera_model::limits;
 use tessera_model::network::{parse_route_targets, validate_subnets};
 use tessera_model::{FieldError, FqName, Network, NetworkCreate, NetworkUpdate, ProjectName, RouteTarget, Subnet, Vni};
 use tessera_store::{Compare, Op};
@@ -59,7 +60,8 @@ struct CheckedCreate {
 }
 
 /// Checks a create request, reporting the first field at fault in the
-/// order name, subnets, VNI, route targets, labels.
+/// order name, subnets, VNI, route targets, labels, policies, and then that
+/// there is a subnet at all.
 fn validate_create(req: &NetworkCreate) -> Result<CheckedCreate> {
     let default_project = project_of("project", &req.project)?;
     let fq_name = FqName::resolve(&req.name, &default_project).map_err(|r| FieldError::new("name", r))?;
@@ -70,10 +72,10 @@ fn validate_create(req: &NetworkCreate) -> Result<CheckedCreate> {
     let mut export_targets = both;
     merge(&mut import_targets, parse_route_targets("import_targets", &req.import_targets)?);
     merge(&mut export_targets, parse_route_targets("export_targets", &req.export_targets)?);
-    for k in req.labels.keys() {
-        if k.is_empty() {
-            return Err(FieldError::new("labels", "label keys must not be empty").into());
-        }
+    limits::check_labels("labels", req.labels.iter())?;
+    limits::check_count("policies", &req.policies, limits::MAX_POLICIES, "policies")?;
+    if subnets.is_empty() {
+        return Err(FieldError::new("subnets", "a network needs at least one subnet").into());
     }
     Ok(CheckedCreate { fq_name, subnets, vni, import_targets, export_targets })
 }
@@ -89,6 +91,8 @@ struct TargetChanges {
 }
 
 fn validate_update(req: &NetworkUpdate) -> Result<TargetChanges> {
+    limits::check_count("attach_policies", &req.attach_policies, limits::MAX_POLICIES, "policies")?;
+    limits::check_count("detach_policies", &req.detach_policies, limits::MAX_POLICIES, "policies")?;
     Ok(TargetChanges {
         add_both: parse_route_targets("add_route_targets", &req.add_route_targets)?,
         remove_both: parse_route_targets("remove_route_targets", &req.remove_route_targets)?,
@@ -288,6 +292,13 @@ impl Controller {
                 }
             }
             net.policies.retain(|p| !detach.contains(p));
+            if net.policies.len() > limits::MAX_POLICIES {
+                return Err(FieldError::new(
+                    "attach_policies",
+                    format!("would attach {} policies; at most {} are allowed", net.policies.len(), limits::MAX_POLICIES),
+                )
+                .into());
+            }
             if let Some(s) = req.shared {
                 net.shared = s;
             }

@@ -257,6 +257,12 @@ impl Controller {
             let total: usize = header.chunks.iter().map(|c| c.len).sum();
             let new_rule = match &edit {
                 RuleEdit::Set(_, spec) | RuleEdit::Insert(_, spec) => {
+                    if matches!(edit, RuleEdit::Insert(..)) && total >= tessera_model::limits::MAX_RULES {
+                        let max = tessera_model::limits::MAX_RULES;
+                        return Err(
+                            FieldError::new("rule", format!("the policy has {total} rules; at most {max} are allowed")).into()
+                        );
+                    }
                     let rule = validate_rule(spec, header.fq_name.project())?;
                     self.check_rule_networks(std::slice::from_ref(&rule)).await.map_err(|e| match e {
                         Error::NotFound { kind, name, field } => {

@@ -57,6 +57,10 @@ pub(super) enum Guard {
     ChunkChanged,
     /// The key of a new chunk of rules is already taken.
     ChunkTaken,
+    /// Another host registered the underlay address.
+    UnderlayTaken,
+    /// The host's registration changed since it was read.
+    HostChanged,
 }
 
 /// What a [`GuardedTxn`] did.

@@ -56,7 +56,7 @@ impl Plugin {
     /// Where the agent builds the interface of a Docker endpoint.
     pub(crate) fn staging_path(&self, eid: &str) -> PathBuf {
         let short: String = eid.chars().take(12).collect();
-        self.cfg.state_dir.join("netns").join(short)
+        self.cfg.staging_dir.join(short)
     }
 
     /// The interface name the endpoint will likely get in the container:

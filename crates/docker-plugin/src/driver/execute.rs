@@ -53,8 +53,8 @@ impl Plugin {
     /// Removes staging namespaces that no endpoint of this host uses (left by
     /// a plugin that was killed between `Join` and `Leave`).
     pub(crate) fn remove_stale_staging(&self, endpoints: &[Endpoint]) {
-        let dir = self.cfg.state_dir.join("netns");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let dir = &self.cfg.staging_dir;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
         let busy: BTreeSet<PathBuf> = self.state().endpoints.values().filter_map(|e| e.staging.clone()).collect();
         for entry in entries.flatten() {
             let path = entry.path();

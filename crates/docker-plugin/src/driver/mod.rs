@@ -72,9 +72,11 @@ pub struct Config {
     pub docker_host: String,
     /// Where the plugin listens: `/run/docker/plugins/tessera.sock`.
     pub socket: PathBuf,
-    /// Where the plugin keeps its mirror of the controller (and the staging
-    /// namespaces of interfaces on their way into containers).
+    /// Where the plugin keeps its mirror of the controller.
     pub state_dir: PathBuf,
+    /// Where the staging namespaces are (one per joining endpoint); must
+    /// be under `/run/tessera/`, where endpoint namespaces are accepted.
+    pub staging_dir: PathBuf,
     /// How long a released address stays reserved for the next container of
     /// this host asking for one in its subnet (a restarted container gets its
     /// address back); zero releases at once.
@@ -358,6 +360,7 @@ pub(crate) fn unconnected_plugin() -> Plugin {
         docker_host: "unix:///nonexistent/docker.sock".into(),
         socket: "/nonexistent/tessera.sock".into(),
         state_dir: "/nonexistent".into(),
+        staging_dir: "/run/tessera/nonexistent".into(),
         address_hold: Duration::from_secs(30),
     })
 }
