@@ -69,13 +69,13 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         tracing::info!("starting from the intent saved by the previous run");
     }
     let (snap_tx, snap_rx) = watch::channel(saved);
-    let (conn_tx, conn_rx) = watch::channel(false);
+    let (conn_tx, conn_rx) = watch::channel(mirror::MirrorState::default());
     let agent = Arc::new(Agent {
         me: me.clone(),
         client: client.clone(),
         dp,
         snapshot: snap_rx,
-        connected: conn_rx,
+        mirror: conn_rx,
         progress: watch::channel(Progress::default()).0,
         kick: Notify::new(),
         intents: std::sync::Mutex::new(IntentCompiler::new()),

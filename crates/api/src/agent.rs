@@ -87,6 +87,10 @@ pub struct AgentStatus {
     pub underlay_ip: std::net::IpAddr,
     pub controller: String,
     pub controller_connected: bool,
+    /// Why the agent keeps its data plane as it is instead of applying the
+    /// controller's intent (another cluster's store, an emptied intent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<String>,
     pub revision: u64,
     pub networks: usize,
     pub local_endpoints: usize,

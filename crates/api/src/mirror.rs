@@ -88,16 +88,68 @@ impl Saver {
     }
 }
 
-/// Runs forever: publishes every new state on `tx` and the connection state on `connected`.
+/// How the mirror stands with its controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorState {
+    /// The mirror follows the controller's watch.
+    pub connected: bool,
+    /// Why the mirror keeps the state it has instead of the controller's
+    /// (a store of another cluster, an intent emptied behind the host's back).
+    pub holding: Option<String>,
+}
+
+/// How often a holding mirror looks at the controller again.
+const HOLD_RETRY: Duration = Duration::from_secs(5);
+
+/// Why a fresh snapshot `next` must not replace the state `held` (the last
+/// one published, or the one saved by an earlier run), if it must not:
+///
+/// - it is of another cluster (the controller was given a new store): the
+///   host keeps the data plane of the fabric it belongs to;
+/// - it holds no network at all where the held one had some (a store that
+///   lost everything looks like that).
+///
+/// The operator who means it stops the agent, removes its state directory
+/// and starts it again: a mirror with nothing held takes any snapshot.
+pub fn hold_reason(held: Option<&Snapshot>, next: &Snapshot, controller: &str) -> Option<String> {
+    let held = held?;
+    match (held.cluster, next.cluster) {
+        (Some(mine), Some(theirs)) if mine != theirs => {
+            return Some(format!(
+                "the controller at {controller} serves cluster {theirs}, this host belongs to cluster {mine}: \
+                 holding the data plane as it is (to join the new cluster, stop the agent, remove its state directory and start it)"
+            ))
+        }
+        (Some(mine), None) => {
+            return Some(format!(
+                "the controller at {controller} serves no cluster, this host belongs to cluster {mine}: holding the data plane as it is"
+            ))
+        }
+        _ => {}
+    }
+    if next.networks.is_empty() && !held.networks.is_empty() {
+        return Some(format!(
+            "the controller at {controller} holds no network where this host knew {}: holding the data plane as it is \
+             (if that is meant, stop the agent, remove its state directory and start it)",
+            held.networks.len()
+        ));
+    }
+    None
+}
+
+/// Runs forever: publishes every new state on `tx` and how the mirror
+/// stands on `state`. A snapshot [`hold_reason`] refuses is not published;
+/// the mirror says why and looks again every [`HOLD_RETRY`].
 pub async fn run(
     client: ControllerClient,
     state_dir: PathBuf,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
-    connected: watch::Sender<bool>,
+    state: watch::Sender<MirrorState>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
     let saver = Saver::new(state_dir);
+    let set = |connected: bool, holding: Option<String>| state.send_replace(MirrorState { connected, holding });
     loop {
         let mut snap = match client.snapshot().await {
             Ok(s) => s,
@@ -106,7 +158,8 @@ pub async fn run(
                     tracing::warn!(controller = client.url(), error = %e, "controller unreachable; keeping the last known state");
                     reported_down = true;
                 }
-                connected.send_replace(false);
+                let holding = state.borrow().holding.clone();
+                set(false, holding);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -117,7 +170,19 @@ pub async fn run(
             reported_down = false;
         }
         backoff = Duration::from_millis(100);
-        connected.send_replace(true);
+        let held = tx.borrow().clone();
+        if let Some(why) = hold_reason(held.as_deref(), &snap, client.url()) {
+            if state.borrow().holding.as_deref() != Some(why.as_str()) {
+                tracing::error!(reason = %why, "not applying the controller's intent");
+            }
+            set(false, Some(why));
+            tokio::time::sleep(HOLD_RETRY).await;
+            continue;
+        }
+        if state.borrow().holding.is_some() {
+            tracing::info!(controller = client.url(), "the controller's intent is acceptable again; applying it");
+        }
+        set(true, None);
         let published = Arc::new(snap.clone());
         tx.send_replace(Some(published.clone()));
         saver.save(published);
@@ -173,6 +238,46 @@ pub async fn run(
                 break;
             }
         }
-        connected.send_replace(false);
+        set(false, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::Network;
+
+    fn snap(cluster: Option<u128>, networks: usize) -> Snapshot {
+        let net: Network = serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::from_u128(1), "fq_name": "default-domain:admin:n", "vni": 4096,
+            "subnets": [], "import_targets": [], "export_targets": [], "shared": false, "external": false,
+            "policies": [], "labels": {}
+        }))
+        .unwrap();
+        Snapshot { cluster: cluster.map(uuid::Uuid::from_u128), networks: vec![net; networks], ..Default::default() }
+    }
+
+    #[test]
+    fn a_mirror_with_nothing_held_takes_any_snapshot() {
+        assert_eq!(hold_reason(None, &snap(Some(2), 0), "c"), None);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_cluster_is_held_off() {
+        let why = hold_reason(Some(&snap(Some(1), 3)), &snap(Some(2), 3), "http://c").unwrap();
+        assert!(why.contains("cluster") && why.contains("holding"), "{why}");
+        assert!(hold_reason(Some(&snap(Some(1), 3)), &snap(None, 3), "c").is_some());
+    }
+
+    #[test]
+    fn an_emptied_intent_is_held_off_and_a_changed_one_taken() {
+        assert!(hold_reason(Some(&snap(Some(1), 3)), &snap(Some(1), 0), "c").unwrap().contains("no network"));
+        assert_eq!(hold_reason(Some(&snap(Some(1), 3)), &snap(Some(1), 1), "c"), None);
+        assert_eq!(
+            hold_reason(Some(&snap(None, 3)), &snap(Some(1), 3), "c"),
+            None,
+            "an earlier version's state adopts a cluster"
+        );
+        assert_eq!(hold_reason(Some(&snap(Some(1), 0)), &snap(Some(1), 0), "c"), None);
     }
 }

@@ -39,6 +39,8 @@ fn chunk_dir(state_dir: &Path) -> PathBuf {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     revision: u64,
+    #[serde(default)]
+    cluster: Option<Uuid>,
     networks: Vec<Network>,
     endpoints: Vec<Endpoint>,
     hosts: Vec<Host>,
@@ -102,6 +104,7 @@ impl SnapshotFiles {
         }
         let main = Saved {
             revision: snap.revision,
+            cluster: snap.cluster,
             networks: snap.networks.clone(),
             endpoints: snap.endpoints.clone(),
             hosts: snap.hosts.clone(),
@@ -148,6 +151,7 @@ pub fn load(state_dir: &Path) -> Option<Snapshot> {
         }
         return Some(Snapshot {
             revision: saved.revision,
+            cluster: saved.cluster,
             networks: saved.networks,
             endpoints: saved.endpoints,
             hosts: saved.hosts,

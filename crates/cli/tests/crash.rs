@@ -59,7 +59,7 @@ fn acknowledged_writes_survive_kill_9() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 20, "the burst acknowledged only {} writes", acked.len());
 
-    let c2 = ControllerProcess::start_on(tmp.path(), free_port());
+    let c2 = ControllerProcess::restart_on(tmp.path(), free_port());
     let api = Api::new(&c2);
     for (id, ip) in &acked {
         let (s, e) = api.get(&format!("/v1/endpoints/{id}"));

@@ -126,6 +126,13 @@ async fn invoke(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
                 .status()
                 .await
                 .map_err(|e| CniError::new(Code::NotAvailable, "the Tessera agent is not available", e.to_string()))?;
+            if let Some(why) = &status.holding {
+                return Err(CniError::new(
+                    Code::NotAvailable,
+                    format!("the Tessera agent of host {} holds its data plane", status.host),
+                    why.clone(),
+                ));
+            }
             if !status.controller_connected {
                 return Err(CniError::new(
                     Code::NotAvailable,

@@ -27,6 +27,8 @@ pub enum Error {
     Corrupt { key: String, reason: String },
     #[error("the request body is larger than {limit} bytes, the most the API reads")]
     TooLarge { limit: usize },
+    #[error("the store is empty and holds no cluster: start the controller with --init to make a new fabric, or give it the data directory of the existing one")]
+    Uninitialized,
 }
 
 impl Error {
@@ -44,6 +46,7 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::Uninitialized => ErrorCode::Unavailable,
         }
     }
 

@@ -11,6 +11,8 @@ use tessera_model::{FqName, MacAddr, ProjectName, Vni};
 use uuid::Uuid;
 
 pub const ROOT: &str = "/tessera/";
+/// The cluster ID, written once when the store is made (`--init`).
+pub const CLUSTER: &str = "/tessera/cluster";
 pub const PROJECTS: &str = "/tessera/projects/";
 pub const NETWORKS: &str = "/tessera/networks/";
 pub const ENDPOINTS: &str = "/tessera/endpoints/";

@@ -50,6 +50,10 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
     let mut headers = Vec::new();
     let mut chunks: std::collections::HashMap<uuid::Uuid, Vec<tessera_model::watch::PolicyRules>> = Default::default();
     for kv in &r.kvs {
+        if kv.key == keys::CLUSTER {
+            s.cluster = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
+            continue;
+        }
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
             Some(Object::Endpoint(e)) => s.endpoints.push(e),

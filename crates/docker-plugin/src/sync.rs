@@ -41,7 +41,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         tracing::warn!(dir = %state_dir.display(), error = %e, "cannot create the state directory");
     }
     let (tx, mut rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
-    let (connected_tx, connected) = watch::channel(false);
+    let (connected_tx, connected) = watch::channel(mirror::MirrorState::default());
     tokio::spawn(mirror::run(ControllerClient::new(&plugin.cfg.controller), state_dir, tx, connected_tx));
 
     let mut last_key = None;
@@ -59,7 +59,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         plugin.release_expired().await;
         let Some(snap) = rx.borrow_and_update().clone() else { continue };
         let key = docker_networks_key(&snap);
-        let cleanup = *connected.borrow() && last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY);
+        let cleanup = connected.borrow().connected && last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY);
         if !forced && !cleanup && last_key.as_ref() == Some(&key) {
             continue;
         }
@@ -97,7 +97,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let input = SyncInput { host: &plugin.cfg.host, now_ms, grace_ms: RESERVATION_GRACE.as_millis() as u64, cleanup };
         let mut actions = reconcile::steps(&input, &docker, &view, &plugin.in_flight());
-        if !*connected.borrow() {
+        if !connected.borrow().connected {
             // A stale view must not remove anything.
             actions.retain(|a| matches!(a, reconcile::SyncStep::Bind { .. } | reconcile::SyncStep::CreateDockerNetwork { .. }));
         }

@@ -139,6 +139,7 @@ impl Cluster {
         let data = self.spec.run_dir.join("controller");
         let args = vec![
             "controller".into(),
+            "--init".into(),
             "--data-dir".into(),
             data.display().to_string(),
             "--listen".into(),

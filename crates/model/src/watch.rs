@@ -21,6 +21,12 @@ use crate::{Endpoint, FqName, Host, Network, Policy, RuleChunk, Rules};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub revision: u64,
+    /// The fabric the intent belongs to: set when the controller's store was
+    /// made (`tessera controller --init`). An agent that knew another cluster
+    /// holds its data plane instead of applying this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub cluster: Option<Uuid>,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub hosts: Vec<Host>,

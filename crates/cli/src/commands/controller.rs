@@ -16,19 +16,31 @@ pub struct Args {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:8082")]
     listen: SocketAddr,
+    /// Make a new fabric when the store is missing or empty. Without it the
+    /// controller refuses to start on one: a lost or emptied store file must
+    /// not look like a fabric with no networks to the agents.
+    #[arg(long)]
+    init: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let path = args.data_dir.join("tessera.redb");
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size == 0 && !args.init {
+        anyhow::bail!(
+            "no store at {} (the file is missing or empty): start with --init to make a new fabric, or point --data-dir at the existing one",
+            path.display()
+        );
+    }
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&path).with_context(|| format!("cannot open store {}", path.display()))?);
     let controller = Arc::new(Controller::new(store));
-    controller.bootstrap().await.context("cannot create the default project")?;
+    let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {}", path.display()))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), "controller serving");
+    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, "controller serving");
     tessera_controller::serve(listener, controller, shutdown_signal()).await?;
     tracing::info!("controller stopped");
     Ok(())

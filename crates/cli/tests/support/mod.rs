@@ -33,10 +33,23 @@ impl ControllerProcess {
         c
     }
 
-    /// Starts a controller on `data_dir` (kept by the caller) and `port`.
+    /// Starts a controller on `data_dir` (kept by the caller) and `port`,
+    /// making a new fabric there if the store is missing (`--init`).
     pub fn start_on(data_dir: &Path, port: u16) -> Self {
+        Self::spawn_on(data_dir, port, &["--init"])
+    }
+
+    /// Starts a controller again on the store of `data_dir`, which must
+    /// hold a fabric (no `--init`).
+    pub fn restart_on(data_dir: &Path, port: u16) -> Self {
+        Self::spawn_on(data_dir, port, &[])
+    }
+
+    fn spawn_on(data_dir: &Path, port: u16, extra: &[&str]) -> Self {
         let child = Command::new(BIN)
-            .args(["controller", "--data-dir"])
+            .arg("controller")
+            .args(extra)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("TESSERA_LOG", "warn")

@@ -11,12 +11,13 @@
 //!
 //! One module per resource, each with its request validation at the top and
 //! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
-//! `hosts`, `policies`, `reservations`. They share `controller` (the
+//! `hosts`, `policies`, `reservations`, and `cluster` (the store's identity). They share `controller` (the
 //! [`Controller`] value and its read, commit and allocation helpers) and
 //! `txn` (guarded transactions, retries and encoding). This file only
 //! declares the modules and re-exports their public types; none of them
 //! refers to it.
 
+mod cluster;
 mod controller;
 mod endpoints;
 mod hosts;

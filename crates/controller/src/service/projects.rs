@@ -52,11 +52,6 @@ pub(super) fn project_of(field: &str, p: &Option<String>) -> Result<ProjectName>
 
 impl Controller {
     /// Makes sure the default project exists. Idempotent.
-    pub async fn bootstrap(&self) -> Result<()> {
-        self.create_project(ProjectCreate { name: tessera_model::DEFAULT_PROJECT.into() }).await?;
-        Ok(())
-    }
-
     pub async fn create_project(&self, req: ProjectCreate) -> Result<Created<Project>> {
         let fq_name = validate_create(&req)?;
         let key = keys::project(&fq_name);
