@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Api, ControllerProcess};
+use support::{free_port, Api, ControllerProcess};
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
@@ -76,8 +76,4 @@ fn acknowledged_writes_survive_kill_9() {
     // The store accepts writes again.
     let (s, _) = api.post("/v1/endpoints", json!({"network": "net", "host": "h1", "name": "after"}));
     assert_eq!(s, 201);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -40,7 +40,7 @@ fn an_empty_store_file_is_refused_without_init() {
 #[test]
 fn a_fabric_made_with_init_is_served_again_without_it_under_the_same_cluster() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = support::free_port();
     let mut c = ControllerProcess::start_on(tmp.path(), port);
     let api = Api::new(&c);
     assert_eq!(api.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.8.0.0/16"}]})).0, 201);

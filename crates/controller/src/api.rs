@@ -124,9 +124,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers, and takes writes (after a failed write,
+/// a probe write decides).
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 async fn readyz(State(ctl): Ctl) -> Response {
+    if let Err(e) = ctl.check_storage().await {
+        let mut body = e.body();
+        body.error.code = tessera_model::ErrorCode::Unavailable;
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match ctl.store().revision().await {
         Ok(rev) => (StatusCode::OK, format!("ready revision={rev}\n")).into_response(),
         Err(e) => {

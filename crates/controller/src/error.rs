@@ -44,6 +44,7 @@ impl Error {
             Error::InUse { .. } => ErrorCode::InUse,
             Error::Exhausted(_) => ErrorCode::Exhausted,
             Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Store(StoreError::NoSpace { .. }) => ErrorCode::InsufficientStorage,
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Uninitialized => ErrorCode::Unavailable,

@@ -13,6 +13,9 @@ use uuid::Uuid;
 pub const ROOT: &str = "/tessera/";
 /// The cluster ID, written once when the store is made (`--init`).
 pub const CLUSTER: &str = "/tessera/cluster";
+/// Written by the readiness check after a failed write, to see whether the
+/// store takes writes again.
+pub const PROBE: &str = "/tessera/probe";
 pub const PROJECTS: &str = "/tessera/projects/";
 pub const NETWORKS: &str = "/tessera/networks/";
 pub const ENDPOINTS: &str = "/tessera/endpoints/";

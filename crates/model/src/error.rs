@@ -60,6 +60,8 @@ pub enum ErrorCode {
     Timeout,
     /// The request body is larger than the API reads (HTTP 413).
     PayloadTooLarge,
+    /// The disk holding the store is full; nothing was written (HTTP 507).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::CheckFailed => "check_failed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 }

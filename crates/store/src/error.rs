@@ -83,6 +83,16 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The disk holding the store is full (or the quota reached): nothing
+    /// was written. The store works again once there is space.
+    #[error("the disk holding {} is full: {op} failed and nothing was written", path.display())]
+    NoSpace {
+        /// The store file.
+        path: PathBuf,
+        /// What the store was doing.
+        op: &'static str,
+    },
+
     /// A failure injected by a test through [`MemStore`](crate::MemStore).
     /// Real backends never return it.
     #[error("injected failure: {reason}")]

@@ -64,7 +64,11 @@ pub struct RedbStore {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` after a failed reopen.
+    db: std::sync::RwLock<Option<Database>>,
+    /// An I/O error left the database unusable until it is opened again
+    /// (redb answers `PreviousIo` to everything after a failed write).
+    broken: std::sync::atomic::AtomicBool,
     path: PathBuf,
     retain_events: u64,
     revisions: tokio::sync::watch::Sender<u64>,
@@ -94,39 +98,12 @@ impl RedbStore {
     /// [`RedbStore::open`] with explicit options. The retention applies from
     /// the next write on.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_owned() },
-            other => StoreError::Open { path: path.to_owned(), source: Box::new(other) },
-        })?;
-
-        // Create the tables and check the layout version.
-        let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
-        write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
-        let revision = {
-            write.open_table(KV).map_err(backend("open table kv"))?;
-            write.open_table(EVENTS).map_err(backend("open table events"))?;
-            let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            let format = meta.get(META_FORMAT).map_err(backend("read meta"))?.map(|g| g.value());
-            match format {
-                None => {
-                    meta.insert(META_FORMAT, FORMAT).map_err(backend("write meta"))?;
-                }
-                Some(FORMAT) => {}
-                Some(other) => {
-                    return Err(StoreError::Corrupt {
-                        key: format!("meta/{META_FORMAT}"),
-                        reason: format!("{} has layout version {other}, this build understands {FORMAT}", path.display()),
-                    })
-                }
-            }
-            read_meta(&meta, META_REVISION)?
-        };
-        write.commit().map_err(backend("commit write transaction"))?;
-
+        let (db, revision) = open_db(path)?;
         tracing::debug!(path = %path.display(), revision, "opened store");
         Ok(RedbStore {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(db)),
+                broken: Default::default(),
                 path: path.to_owned(),
                 retain_events: options.retain_events,
                 revisions: tokio::sync::watch::channel(revision).0,
@@ -149,13 +126,105 @@ impl RedbStore {
     }
 }
 
+/// Opens (creating if missing) the database at `path`, makes its tables and
+/// checks the layout version; returns it with its current revision.
+fn open_db(path: &Path) -> Result<(Database, u64), StoreError> {
+    let db = Database::create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_owned() },
+        other => StoreError::Open { path: path.to_owned(), source: Box::new(other) },
+    })?;
+
+    // Create the tables and check the layout version.
+    let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
+    write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
+    let revision = {
+        write.open_table(KV).map_err(backend("open table kv"))?;
+        write.open_table(EVENTS).map_err(backend("open table events"))?;
+        let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
+        let format = meta.get(META_FORMAT).map_err(backend("read meta"))?.map(|g| g.value());
+        match format {
+            None => {
+                meta.insert(META_FORMAT, FORMAT).map_err(backend("write meta"))?;
+            }
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt {
+                    key: format!("meta/{META_FORMAT}"),
+                    reason: format!("{} has layout version {other}, this build understands {FORMAT}", path.display()),
+                })
+            }
+        }
+        read_meta(&meta, META_REVISION)?
+    };
+    write.commit().map_err(backend("commit write transaction"))?;
+    Ok((db, revision))
+}
+
+/// Whether `e` is an I/O failure of redb (which leaves the database
+/// unusable until it is opened again), and if so whether it is a full disk.
+fn io_failure(e: &StoreError) -> Option<bool> {
+    let StoreError::Backend { source, .. } = e else { return None };
+    match source.downcast_ref::<redb::Error>()? {
+        redb::Error::Io(io) => Some(matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))),
+        redb::Error::PreviousIo => Some(false),
+        _ => None,
+    }
+}
+
+/// `ENOSPC` and `EDQUOT` on Linux.
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
 fn read_meta(meta: &impl ReadableTable<&'static str, u64>, name: &'static str) -> Result<u64, StoreError> {
     Ok(meta.get(name).map_err(backend("read meta"))?.map_or(0, |g| g.value()))
 }
 
 impl Inner {
-    fn txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
-        let mut write = self.db.begin_write().map_err(backend("begin write transaction"))?;
+    /// Runs `f` on the open database, opening it again first when an I/O
+    /// error left it unusable (a disk that was full may have space again).
+    /// An I/O error of `f` marks it for reopening; running out of space is
+    /// [`StoreError::NoSpace`].
+    fn with_db<T>(&self, op: &'static str, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_ref() else {
+            drop(guard);
+            self.broken.store(true, Ordering::Release);
+            return Err(StoreError::backend(op, "the store file could not be opened again"));
+        };
+        match f(db) {
+            Err(e) if io_failure(&e).is_some() => {
+                self.broken.store(true, Ordering::Release);
+                let no_space = io_failure(&e) == Some(true);
+                tracing::warn!(path = %self.path.display(), op, error = %e, "store I/O failed; it is opened again before the next use");
+                Err(if no_space { StoreError::NoSpace { path: self.path.clone(), op } } else { e })
+            }
+            other => other,
+        }
+    }
+
+    /// Closes the database and opens it again (redb refuses every use after
+    /// a failed write until then).
+    fn reopen(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Drop the old handle first: it holds the file's lock.
+        *guard = None;
+        let (db, revision) = open_db(&self.path)?;
+        *guard = Some(db);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), revision, "store opened again");
+        Ok(())
+    }
+
+    fn txn(&self, db: &Database, txn: &Txn) -> Result<TxnResult, StoreError> {
+        let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
         write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
         let applied = {
             let meta = write.open_table(META).map_err(backend("open table meta"))?;
@@ -198,16 +267,16 @@ impl Inner {
         Ok(applied.result)
     }
 
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+    fn get(&self, db: &Database, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let read = db.begin_read().map_err(backend("begin read transaction"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let record = kv.get(key).map_err(backend("read key"))?;
         record.map(|g| codec::decode_kv(key, g.value())).transpose()
     }
 
-    fn range(&self, prefix: &str, with_values: bool) -> Result<RangeResult, StoreError> {
+    fn range(&self, db: &Database, prefix: &str, with_values: bool) -> Result<RangeResult, StoreError> {
         let decode = if with_values { codec::decode_kv } else { codec::decode_kv_header };
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+        let read = db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let kv = read.open_table(KV).map_err(backend("open table kv"))?;
         let revision = read_meta(&meta, META_REVISION)?;
@@ -223,14 +292,14 @@ impl Inner {
         Ok(RangeResult { kvs, revision })
     }
 
-    fn revision(&self) -> Result<u64, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+    fn revision(&self, db: &Database) -> Result<u64, StoreError> {
+        let read = db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         read_meta(&meta, META_REVISION)
     }
 
-    fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
-        let read = self.db.begin_read().map_err(backend("begin read transaction"))?;
+    fn events_since(&self, db: &Database, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+        let read = db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let compacted = read_meta(&meta, META_COMPACTED)?;
         if after < compacted {
@@ -320,30 +389,31 @@ impl EventLog for EventsLog<'_, '_> {
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = key.to_owned();
-        self.blocking("get", move |inner| inner.get(&key)).await
+        self.blocking("get", move |inner| inner.with_db("get", |db| inner.get(db, &key))).await
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("range", move |inner| inner.range(&prefix, true)).await
+        self.blocking("range", move |inner| inner.with_db("range", |db| inner.range(db, &prefix, true))).await
     }
 
     async fn range_keys(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("range", move |inner| inner.range(&prefix, false)).await
+        self.blocking("range", move |inner| inner.with_db("range", |db| inner.range(db, &prefix, false))).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        self.blocking("txn", move |inner| inner.txn(&txn)).await
+        self.blocking("txn", move |inner| inner.with_db("commit a transaction", |db| inner.txn(db, &txn))).await
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        self.blocking("revision", Inner::revision).await
+        self.blocking("revision", |inner| inner.with_db("revision", |db| inner.revision(db))).await
     }
 
     async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("events_since", move |inner| inner.events_since(&prefix, after)).await
+        self.blocking("events_since", move |inner| inner.with_db("events_since", |db| inner.events_since(db, &prefix, after)))
+            .await
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -31,6 +31,9 @@ pub struct Controller {
     /// Chunks of policy rules as last read, by key, with their revision:
     /// reading a big policy parses only the chunks that changed.
     pub(super) chunks: std::sync::Mutex<HashMap<String, (u64, Arc<RuleChunk>)>>,
+    /// Why the last write failed in the store, until one succeeds: the
+    /// controller is not ready meanwhile.
+    storage_fault: std::sync::Mutex<Option<String>>,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -43,7 +46,13 @@ pub struct Created<T> {
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Controller { store, ipam_locks: Default::default(), counters: Default::default(), chunks: Default::default() }
+        Controller {
+            store,
+            ipam_locks: Default::default(),
+            counters: Default::default(),
+            chunks: Default::default(),
+            storage_fault: Default::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -64,7 +73,24 @@ impl Controller {
     /// Commits `txn`: [`Outcome::Refused`] names the first guard that did
     /// not hold.
     pub(super) async fn commit(&self, txn: GuardedTxn) -> Result<Outcome> {
-        txn.commit(self.store.as_ref()).await
+        let result = txn.commit(self.store.as_ref()).await;
+        *self.storage_fault.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            Err(Error::Store(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        result
+    }
+
+    /// Whether the store takes writes: `Ok` when the last write succeeded;
+    /// after a failed one, a probe write (the store opens itself again after
+    /// an I/O error, so space that came back is seen) decides.
+    pub async fn check_storage(&self) -> Result<()> {
+        let fault = self.storage_fault.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if fault.is_none() {
+            return Ok(());
+        }
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        self.commit(GuardedTxn::new().then(super::txn::put_str(keys::PROBE.into(), &stamp.to_string()))).await.map(|_| ())
     }
 
     /// The lock that serialises address allocation in `network`.
