@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub host: String,
     pub underlay_ip: IpAddr,
     pub controller: String,
+    /// How the agent proves it is this host to the controller.
+    pub credentials: tessera_api::auth::Credentials,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -61,7 +63,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let (underlay_ifname, underlay_mtu) = underlay_link(config.underlay_ip).await?;
     let me = HostIdentity { name: config.host.clone(), underlay_ip: config.underlay_ip, underlay_ifname, underlay_mtu };
     std::fs::create_dir_all(&config.state_dir)?;
-    let client = ControllerClient::new(&config.controller).with_attempts(CONTROLLER_ATTEMPTS);
+    let client = ControllerClient::with_credentials(&config.controller, &config.credentials)?.with_attempts(CONTROLLER_ATTEMPTS);
     let dp: Arc<dyn Dataplane> = Arc::new(tessera_dataplane::linux::LinuxDataplane::new().await?);
 
     let saved = mirror::load_saved(&config.state_dir).map(Arc::new);

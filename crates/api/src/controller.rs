@@ -7,6 +7,7 @@
 //! [`ControllerClient::post`], ...) with the same decoding.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -19,6 +20,7 @@ use tessera_model::{
     Reservation, ReservationCreate, Uuid,
 };
 
+use crate::auth::Credentials;
 use crate::error::ErrorBody;
 
 /// Why a call to the controller did not succeed.
@@ -33,6 +35,9 @@ pub enum ClientError {
     /// The controller answered something that is not what the API promises.
     #[error("controller answered {status} with an unreadable body: {body}")]
     BadResponse { status: u16, body: String },
+    /// The client's own credentials cannot be used.
+    #[error("credentials: {what}: {reason}")]
+    Credentials { what: String, reason: String },
 }
 
 impl ClientError {
@@ -70,8 +75,41 @@ impl ControllerClient {
     /// A client of the controller at `base` (`http://host:port`): one
     /// attempt per call, connections give up after 3 s, requests after 15 s.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().expect("HTTP client");
-        ControllerClient { base: base.trim_end_matches('/').to_string(), http, attempts: 1, timeout: Some(REQUEST_TIMEOUT) }
+        Self::with_credentials(base, &Credentials::default()).expect("no credential files to read")
+    }
+
+    /// A client of the controller at `base` that proves who it is with
+    /// `creds`: the CA verifies an `https://` controller, the certificate
+    /// and key are presented (mutual TLS), the token is sent as a bearer
+    /// token. Fails when a file cannot be read or is not PEM.
+    pub fn with_credentials(base: &str, creds: &Credentials) -> Result<Self, ClientError> {
+        let bad = |what: &Path, reason: String| ClientError::Credentials { what: what.display().to_string(), reason };
+        let read = |p: &Path| std::fs::read(p).map_err(|e| bad(p, e.to_string()));
+        let mut b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).use_rustls_tls().tls_built_in_root_certs(false);
+        if let Some(ca) = &creds.ca {
+            let pem = read(ca)?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(ca, e.to_string()))? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        match (&creds.cert, &creds.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad(cert, e.to_string()))?);
+            }
+            (None, None) => {}
+            (Some(p), None) | (None, Some(p)) => return Err(bad(p, "a client certificate and its key go together".into())),
+        }
+        if let Some(token) = &creds.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Credentials { what: "token".into(), reason: "not a printable string".into() })?;
+            value.set_sensitive(true);
+            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]));
+        }
+        let http = b.build().map_err(|e| ClientError::Credentials { what: "TLS".into(), reason: e.to_string() })?;
+        Ok(ControllerClient { base: base.trim_end_matches('/').to_string(), http, attempts: 1, timeout: Some(REQUEST_TIMEOUT) })
     }
 
     /// Makes up to `attempts` attempts of a call while the controller cannot

@@ -2,6 +2,8 @@
 //! REST API and of the agent's local API, and one client of each.
 //!
 //! - [`error`]: the error body both APIs answer refusals with;
+//! - [`auth`]: who calls the controller (certificate names, token roles) and
+//!   a client's [`auth::Credentials`];
 //! - [`controller`]: [`ControllerClient`], the one client of the controller
 //!   (the request and object types are `tessera_model`'s, re-exported as
 //!   [`model`]);
@@ -16,6 +18,7 @@
 
 pub mod agent;
 pub mod agent_client;
+pub mod auth;
 pub mod controller;
 pub mod error;
 pub mod mirror;

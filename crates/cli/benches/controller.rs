@@ -70,8 +70,7 @@ async fn store_baseline() -> f64 {
     API_CREATES as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn api_creates(url: String) -> f64 {
-    let client = reqwest::Client::new();
+async fn api_creates(url: String, client: reqwest::Client) -> f64 {
     let t = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|w| {
@@ -118,12 +117,24 @@ fn main() {
         nets += 1;
     }
     let net_rate = nets as f64 / t.elapsed().as_secs_f64();
-    let api_rate = rt.block_on(api_creates(c.url.clone()));
+    let api_rate = rt.block_on(api_creates(c.url.clone(), c.async_http(&support::Caller::Admin)));
     println!(
-        "api endpoint create ({API_CREATES}, {CONCURRENCY} concurrent): {:.0}/s; baseline durable store txn {:.0}/s; ratio {:.2}",
+        "api endpoint create over mTLS ({API_CREATES}, {CONCURRENCY} concurrent): {:.0}/s; baseline durable store txn {:.0}/s; ratio {:.2}",
         api_rate,
         base,
         api_rate / base
     );
-    println!("api network create (sequential, one client): {net_rate:.0}/s");
+    println!("api network create over mTLS (sequential, one client): {net_rate:.0}/s");
+    drop(c);
+
+    // The same creates over plain HTTP (`--insecure-loopback`), same run.
+    let plain = support::ControllerProcess::start_insecure();
+    let api = support::Api::plain(&plain);
+    assert_eq!(api.post("/v1/networks", json!({"name": "bench", "subnets": [{"cidr": "10.0.0.0/16"}]})).0, 201);
+    assert_eq!(api.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    let plain_rate = rt.block_on(api_creates(plain.url.clone(), reqwest::Client::new()));
+    println!(
+        "api endpoint create over mTLS {api_rate:.0}/s ÷ over plain HTTP {plain_rate:.0}/s: ratio {:.2} (goal ≥ 0.80)",
+        api_rate / plain_rate
+    );
 }

@@ -110,8 +110,9 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot start a Tessera fabric (run as root): {e:#}"));
     let url = c.url.clone();
     // The controller listens inside h1: the client's own thread is made there.
+    let builder = tessera_testkit::admin_http(&c).unwrap();
     let http = tessera_fabric::run_in(c.host_netns(c.controller_host()).unwrap(), || {
-        reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()
+        builder.no_proxy().timeout(Duration::from_secs(120)).build()
     })
     .unwrap()
     .unwrap();

@@ -27,8 +27,32 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The fabric's CA certificate, to verify an `https://` controller.
+    #[arg(long, global = true, env = "TESSERA_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// A client certificate (`tessera pki`): an agent's or plugin's host
+    /// certificate, or an administrator's.
+    #[arg(long, global = true, env = "TESSERA_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The key of `--cert`.
+    #[arg(long, global = true, env = "TESSERA_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// A bearer token (`tessera token create`).
+    #[arg(long, global = true, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    fn credentials(&self) -> tessera_api::auth::Credentials {
+        tessera_api::auth::Credentials {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -63,6 +87,12 @@ enum Command {
     /// The host's interface table.
     #[command(subcommand)]
     Vif(commands::agent::VifCmd),
+    /// The fabric's certificates: a CA, the controller's, an admin's, one per host.
+    #[command(subcommand)]
+    Pki(commands::pki::Cmd),
+    /// Bearer tokens for people and automation (admin only).
+    #[command(subcommand)]
+    Token(commands::token::Cmd),
     /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
     #[command(subcommand)]
     Cni(commands::cni::Cmd),
@@ -90,7 +120,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ctx = commands::Ctx { client: tessera_api::ControllerClient::new(&cli.controller).without_timeout(), json: cli.json };
+    let credentials = cli.credentials();
+    let client = match tessera_api::ControllerClient::with_credentials(&cli.controller, &credentials) {
+        Ok(c) => c.without_timeout(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let ctx = commands::Ctx { client, json: cli.json };
     let result = rt.block_on(async {
         match cli.command {
             Command::Controller(a) => commands::controller::run(a).await,
@@ -102,8 +140,10 @@ fn main() -> ExitCode {
             Command::Demo(a) => tokio::task::spawn_blocking(move || commands::demo::run(a))
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("demo crashed: {e}"))),
-            Command::Agent(a) => commands::agent::run_agent(&cli.controller, a).await,
-            Command::DockerPlugin(a) => commands::docker_plugin::run(&cli.controller, a).await,
+            Command::Agent(a) => commands::agent::run_agent(&cli.controller, &credentials, a).await,
+            Command::DockerPlugin(a) => commands::docker_plugin::run(&cli.controller, &credentials, a).await,
+            Command::Pki(c) => commands::pki::run(&ctx, c),
+            Command::Token(c) => commands::token::run(&ctx, c).await,
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,

@@ -167,8 +167,8 @@ fn five_hundred_concurrent_allocations_never_share_an_address() {
     setup(&api, &["10.20.0.0/22", "fd00:20::/64"]);
     let url = c.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = c.async_http(&support::Caller::Admin);
     let results: Vec<serde_json::Value> = rt.block_on(async move {
-        let client = reqwest::Client::new();
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 let client = client.clone();

@@ -26,8 +26,8 @@ fn acknowledged_writes_survive_kill_9() {
             let url = c.url.clone();
             let acked = acked.clone();
             let stop = stop.clone();
+            let http = c.http_builder(&support::Caller::Admin).timeout(Duration::from_secs(5)).build().unwrap();
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("w{w}-{i}");

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 fn controller(f: &Fabric, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let url = format!("{}{path}", f.c.url);
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let builder = tessera_testkit::admin_http(&f.c).unwrap();
     tessera_fabric::run_in(f.c.host_netns("h1").unwrap(), move || {
-        let client = reqwest::blocking::Client::new();
+        let client = builder.build().unwrap();
         let mut req = client.request(method, url);
         if let Some(b) = body {
             req = req.json(&b);

@@ -11,7 +11,7 @@ use support::{Api, ControllerProcess, BIN};
 
 fn controller_without_init(data_dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(BIN)
-        .args(["controller", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["controller", "--insecure-loopback", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("TESSERA_LOG", "warn")
         .output()

@@ -8,10 +8,11 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
     Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
@@ -20,6 +21,7 @@ use tessera_model::{
 };
 use utoipa::OpenApi;
 
+use crate::auth::{require_host, Principal};
 use crate::error::{Error, ErrorBody};
 use crate::service::{Controller, Created, EndpointFilter, NetworkIpam, Project, ProjectCreate};
 
@@ -109,9 +111,30 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/policies/{id}/rules/{index}", put(set_rule).delete(delete_rule))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctl)
+}
+
+/// Makes a bearer token; its secret is in the answer, this once.
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenCreate,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_token(State(ctl): Ctl, Body(req): Body<TokenCreate>) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, Json(ctl.create_token(req).await?)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = Vec<Token>), (status = 403, body = ErrorBody)))]
+async fn list_tokens(State(ctl): Ctl) -> ApiResult<Json<Vec<Token>>> {
+    Ok(Json(ctl.list_tokens().await?))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", params(("id" = String, Path)), responses((status = 204, description = "revoked or absent")))]
+async fn delete_token(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_token(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -251,7 +274,12 @@ async fn list_endpoints(State(ctl): Ctl, Query(f): Query<EndpointFilter>) -> Api
 #[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointCreate,
     responses((status = 201, body = Endpoint), (status = 200, description = "the same endpoint existed", body = Endpoint),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create_endpoint(State(ctl): Ctl, Body(req): Body<EndpointCreate>) -> ApiResult<Response> {
+async fn create_endpoint(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<EndpointCreate>,
+) -> ApiResult<Response> {
+    require_host(&who, &req.host, "create an endpoint")?;
     Ok(created(ctl.create_endpoint(req).await?))
 }
 
@@ -261,18 +289,33 @@ async fn get_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json
 }
 
 #[utoipa::path(delete, path = "/v1/endpoints/{id}", params(("id" = String, Path)), responses((status = 204, description = "deleted or absent")))]
-async fn delete_endpoint(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_endpoint(State(ctl): Ctl, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    endpoint_of_host(&ctl, &who, &id, "delete an endpoint").await?;
     ctl.delete_endpoint(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses a host acting on endpoint `id` of another host; a missing
+/// endpoint is the handler's to answer.
+async fn endpoint_of_host(ctl: &Controller, who: &Principal, id: &str, what: &str) -> Result<(), Error> {
+    if !matches!(who, Principal::Host(_)) {
+        return Ok(());
+    }
+    match ctl.get_endpoint(id).await {
+        Ok(ep) => require_host(who, &ep.host, what),
+        Err(_) => Ok(()),
+    }
 }
 
 #[utoipa::path(put, path = "/v1/endpoints/{id}/status", params(("id" = String, Path)), request_body = EndpointStatusUpdate,
     responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)))]
 async fn set_endpoint_status(
     State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Body(req): Body<EndpointStatusUpdate>,
 ) -> ApiResult<Json<Endpoint>> {
+    endpoint_of_host(&ctl, &who, &id, "report the status of an endpoint").await?;
     Ok(Json(ctl.set_endpoint_status(&id, req).await?))
 }
 
@@ -448,7 +491,10 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
         insert_rule,
         delete_rule,
         policy_counters,
-        report_counters
+        report_counters,
+        create_token,
+        list_tokens,
+        delete_token
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

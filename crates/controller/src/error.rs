@@ -29,6 +29,12 @@ pub enum Error {
     TooLarge { limit: usize },
     #[error("the store is empty and holds no cluster: start the controller with --init to make a new fabric, or give it the data directory of the existing one")]
     Uninitialized,
+    /// The request names no caller the controller knows.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not make the request; says who and why.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl Error {
@@ -48,6 +54,8 @@ impl Error {
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Uninitialized => ErrorCode::Unavailable,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::Forbidden(_) => ErrorCode::PermissionDenied,
         }
     }
 

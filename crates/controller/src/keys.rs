@@ -16,6 +16,8 @@ pub const CLUSTER: &str = "/tessera/cluster";
 /// Written by the readiness check after a failed write, to see whether the
 /// store takes writes again.
 pub const PROBE: &str = "/tessera/probe";
+/// Bearer tokens, by the SHA-256 of their secret.
+pub const TOKENS: &str = "/tessera/tokens/";
 pub const PROJECTS: &str = "/tessera/projects/";
 pub const NETWORKS: &str = "/tessera/networks/";
 pub const ENDPOINTS: &str = "/tessera/endpoints/";
@@ -103,4 +105,8 @@ pub fn policy_name(n: &FqName) -> String {
 
 pub fn policy_names_of(p: &ProjectName) -> String {
     format!("/tessera/index/policy-name/{p}:")
+}
+
+pub fn token(hash: &str) -> String {
+    format!("{TOKENS}{hash}")
 }

@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod keys;
 pub mod service;
+pub mod tls;
 pub mod watch;
 
 use std::future::Future;
@@ -16,11 +18,19 @@ use std::sync::Arc;
 pub use error::{Error, ErrorBody};
 pub use service::Controller;
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: over TLS, where
+/// callers present a client certificate or a bearer token, or, with `tls`
+/// `None`, in plain HTTP, where every caller acts as an administrator (only
+/// for a controller on loopback: `--insecure-loopback`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(controller)).with_graceful_shutdown(shutdown).await
+    let app = api::router(controller).into_make_service_with_connect_info::<tls::Peer>();
+    match tls {
+        Some(config) => axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }

@@ -40,7 +40,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let socket = cfg.socket.clone();
     tracing::info!(host = %cfg.host, socket = %socket.display(), controller = %cfg.controller,
         agent = %cfg.agent_socket.display(), docker = %cfg.docker_host, "docker plugin serving");
-    let plugin = Arc::new(Plugin::new(cfg));
+    let plugin = Arc::new(Plugin::new(cfg)?);
     let sync = tokio::spawn(sync::run(plugin.clone()));
     let served = axum::serve(listener, server::router(plugin)).with_graceful_shutdown(shutdown).await;
     sync.abort();

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tessera_api::mirror;
-use tessera_api::ControllerClient;
 use tessera_model::watch::Snapshot;
 use tokio::sync::watch;
 
@@ -42,7 +41,7 @@ pub async fn run(plugin: Arc<Plugin>) {
     }
     let (tx, mut rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
     let (connected_tx, connected) = watch::channel(mirror::MirrorState::default());
-    tokio::spawn(mirror::run(ControllerClient::new(&plugin.cfg.controller), state_dir, tx, connected_tx));
+    tokio::spawn(mirror::run(plugin.ctl.clone(), state_dir, tx, connected_tx));
 
     let mut last_key = None;
     let mut last_cleanup: Option<Instant> = None;

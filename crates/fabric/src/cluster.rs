@@ -55,6 +55,8 @@ pub struct Cluster {
     spec: ClusterSpec,
     /// The controller's URL, reachable from every host namespace.
     pub url: String,
+    /// The fabric's certificates (`tessera pki init` and `issue-host`).
+    pki: PathBuf,
     controller: Option<Child>,
     agents: BTreeMap<String, Child>,
     containers: BTreeMap<String, Container>,
@@ -80,8 +82,14 @@ impl Cluster {
         let fabric =
             Fabric::build(FabricSpec { prefix: spec.prefix.clone(), hosts: spec.hosts.clone(), underlay: spec.underlay })?;
         let first = fabric.hosts().first().context("a cluster needs at least one host")?;
-        let url = format!("http://{}:{CONTROLLER_PORT}", first.underlay_ip);
-        let mut c = Cluster { fabric, spec, url, controller: None, agents: BTreeMap::new(), containers: BTreeMap::new() };
+        let url = format!("https://{}:{CONTROLLER_PORT}", first.underlay_ip);
+        let controller_ip = first.underlay_ip.to_string();
+        let pki = spec.run_dir.join("pki");
+        let mut c = Cluster { fabric, spec, url, pki, controller: None, agents: BTreeMap::new(), containers: BTreeMap::new() };
+        c.pki_run(&["pki", "init", "--san", &controller_ip])?;
+        for h in c.spec.hosts.clone() {
+            c.pki_run(&["pki", "issue-host", &h])?;
+        }
         c.start_controller()?;
         for h in c.spec.hosts.clone() {
             c.start_agent(&h)?;
@@ -95,6 +103,33 @@ impl Cluster {
 
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
+    }
+
+    /// Runs `tessera pki ... --dir PKI`.
+    fn pki_run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new(&self.spec.bin).args(args).arg("--dir").arg(&self.pki).output()?;
+        if !out.status.success() {
+            bail!("tessera {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// The fabric's certificates (`tessera pki init`, one per host).
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki
+    }
+
+    /// `--ca`, `--cert` and `--key` for the certificate pair `name` of the
+    /// fabric (`admin`, or `hosts/NAME` for a host's agent and plugin).
+    pub fn credential_args(&self, name: &str) -> Vec<String> {
+        vec![
+            "--ca".into(),
+            self.pki.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            self.pki.join(format!("{name}.pem")).display().to_string(),
+            "--key".into(),
+            self.pki.join(format!("{name}-key.pem")).display().to_string(),
+        ]
     }
 
     pub fn controller_host(&self) -> &str {
@@ -144,6 +179,8 @@ impl Cluster {
             data.display().to_string(),
             "--listen".into(),
             format!("{ip}:{CONTROLLER_PORT}"),
+            "--pki".into(),
+            self.pki.display().to_string(),
         ];
         let child = self.spawn_logged(&host, &args, &self.log("controller"))?;
         self.controller = Some(child);
@@ -167,9 +204,9 @@ impl Cluster {
         let ip = self.underlay_ip(host)?;
         let sock = self.agent_socket(host);
         let _ = std::fs::remove_file(&sock);
-        let args: Vec<String> = vec![
-            "--controller".into(),
-            self.url.clone(),
+        let mut args: Vec<String> = vec!["--controller".into(), self.url.clone()];
+        args.extend(self.credential_args(&format!("hosts/{host}")));
+        args.extend([
             "agent".into(),
             "--host".into(),
             host.into(),
@@ -179,7 +216,7 @@ impl Cluster {
             sock.display().to_string(),
             "--state-dir".into(),
             dir.display().to_string(),
-        ];
+        ]);
         let child = self.spawn_logged(host, &args, &self.log(&format!("agent-{host}")))?;
         self.agents.insert(host.to_string(), child);
         wait_until(&format!("the agent of {host} to listen"), Duration::from_secs(30), || {
@@ -203,9 +240,12 @@ impl Cluster {
         }
     }
 
-    /// Runs the CLI with `--controller` inside the controller's host.
+    /// Runs the CLI with `--controller` and the administrator's certificate
+    /// inside the controller's host.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let creds = self.credential_args("admin");
         let mut full = vec!["--controller", self.url.as_str()];
+        full.extend(creds.iter().map(String::as_str));
         full.extend_from_slice(args);
         Ok(exec_in(self.host_netns(self.controller_host())?, &self.spec.bin, &full)?)
     }

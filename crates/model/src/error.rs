@@ -62,6 +62,10 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The disk holding the store is full; nothing was written (HTTP 507).
     InsufficientStorage,
+    /// The request names no caller the controller knows (HTTP 401).
+    Unauthenticated,
+    /// The caller may not make this request (HTTP 403); the message says why.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -79,6 +83,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 
@@ -95,6 +101,8 @@ impl ErrorCode {
             ErrorCode::Timeout => 504,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InsufficientStorage => 507,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
         }
     }
 }

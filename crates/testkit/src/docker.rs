@@ -287,6 +287,8 @@ pub struct DockerHost {
     dir: PathBuf,
     bin: PathBuf,
     controller: String,
+    /// The host's certificate, which its plugin presents to the controller.
+    credentials: Vec<String>,
     agent_socket: PathBuf,
 }
 
@@ -308,6 +310,7 @@ impl DockerHost {
             dir: dir.to_path_buf(),
             bin: c.spec().bin.clone(),
             controller: c.url.clone(),
+            credentials: c.credential_args(&format!("hosts/{host}")),
             agent_socket: c.agent_socket(host),
         };
         h.start_plugin()?;
@@ -367,6 +370,7 @@ impl DockerHost {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--controller")
             .arg(&self.controller)
+            .args(&self.credentials)
             .arg("docker-plugin")
             .arg("--host")
             .arg(&self.host)

@@ -14,3 +14,21 @@ pub mod podman;
 
 pub use tessera_fabric::cluster::{addresses, ping_in, unmount_under, Cluster, ClusterSpec, CONTROLLER_PORT};
 pub use tessera_fabric::{exec_in, Container, Fabric, FabricSpec, Netns};
+
+/// A blocking HTTPS client builder for `c`'s controller that presents the
+/// administrator's certificate (build it inside the controller's host
+/// namespace, where the controller's address is reachable).
+pub fn admin_http(c: &Cluster) -> anyhow::Result<reqwest::blocking::ClientBuilder> {
+    use anyhow::Context;
+    let pki = c.pki_dir();
+    let read = |name: &str| std::fs::read(pki.join(name)).with_context(|| format!("cannot read {name} in {}", pki.display()));
+    let ca = reqwest::Certificate::from_pem(&read("ca.pem")?)?;
+    let mut pem = read("admin.pem")?;
+    pem.push(b'\n');
+    pem.extend(read("admin-key.pem")?);
+    Ok(reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem)?))
+}

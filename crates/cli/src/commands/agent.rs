@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use hyper::Method;
 use tessera_agent::AgentConfig;
 use tessera_api::agent::{AttachRequest, DetachRequest, DEFAULT_SOCKET};
+use tessera_api::auth::Credentials;
 use tessera_api::{uds, AgentClient};
 
 use super::{join, Ctx};
@@ -29,11 +30,12 @@ pub struct AgentArgs {
     state_dir: PathBuf,
 }
 
-pub async fn run_agent(controller: &str, a: AgentArgs) -> anyhow::Result<()> {
+pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig {
         host: a.host,
         underlay_ip: a.underlay_ip,
         controller: controller.to_string(),
+        credentials: credentials.clone(),
         socket: a.socket,
         state_dir: a.state_dir,
     };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tessera_controller::tls::TlsFiles;
 use tessera_controller::Controller;
 use tessera_store::{RedbStore, Store};
 
@@ -21,9 +22,41 @@ pub struct Args {
     /// not look like a fabric with no networks to the agents.
     #[arg(long)]
     init: bool,
+    /// Serve HTTPS with the certificates `tessera pki init` wrote in DIR
+    /// (`controller.pem`, its key, and `ca.pem` for client certificates).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "insecure_loopback"])]
+    pki: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM; with --tls-key and --client-ca).
+    #[arg(long, requires_all = ["tls_key", "client_ca"], conflicts_with = "insecure_loopback")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA whose client certificates are accepted.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a loopback address, where every caller acts as a
+    /// fabric administrator: no certificates, no tokens. For one machine
+    /// whose local users are all trusted.
+    #[arg(long)]
+    insecure_loopback: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let tls_files = match (&args.pki, &args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(dir), ..) => Some(TlsFiles::from_pki(dir)),
+        (None, Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: ca.clone() }),
+        _ if args.insecure_loopback => {
+            if !args.listen.ip().is_loopback() {
+                anyhow::bail!("--insecure-loopback serves plain HTTP to anyone who reaches it: --listen {} is not a loopback address", args.listen);
+            }
+            None
+        }
+        _ => anyhow::bail!(
+            "the controller serves HTTPS: give --pki DIR (made by `tessera pki init --dir DIR`) or --tls-cert, --tls-key and --client-ca; \
+             or --insecure-loopback for plain HTTP on a loopback address"
+        ),
+    };
+    let tls = tls_files.as_ref().map(tessera_controller::tls::server_config).transpose()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let path = args.data_dir.join("tessera.redb");
@@ -40,8 +73,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {}", path.display()))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, "controller serving");
-    tessera_controller::serve(listener, controller, shutdown_signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, tls = tls_files.is_some(), "controller serving");
+    tessera_controller::serve(listener, tls, controller, shutdown_signal()).await?;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -143,10 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     if args.keep {
         cluster.fabric.keep();
+        let admin = cluster.credential_args("admin").join(" ");
         std::mem::forget(cluster);
         let bin = exe()?.display().to_string();
         println!("The fabric is still running. Explore it:");
-        println!("  ip netns exec {PREFIX}-h1 {bin} --controller http://{ip1}:8082 network show red");
+        println!("  ip netns exec {PREFIX}-h1 {bin} --controller https://{ip1}:8082 {admin} network show red");
         println!("  {bin} vif list --socket {RUN_DIR}/h1/agent.sock");
         println!("  ip netns exec {PREFIX}-h1-red1 ping {}", addrs["red2"][0]);
         println!("  ip netns exec {PREFIX}-h1 tcpdump -ni eth0 udp port 4789");

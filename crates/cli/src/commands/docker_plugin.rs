@@ -35,7 +35,7 @@ pub struct Args {
     address_hold: u64,
 }
 
-pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
+pub async fn run(controller: &str, credentials: &tessera_api::auth::Credentials, a: Args) -> anyhow::Result<()> {
     let probe = a.staging_dir.join("probe");
     tessera_model::limits::check_netns("--staging-dir", &probe.to_string_lossy()).map_err(|_| {
         anyhow::anyhow!("--staging-dir: {} is not under /run/tessera/, where endpoint namespaces may be", a.staging_dir.display())
@@ -43,6 +43,7 @@ pub async fn run(controller: &str, a: Args) -> anyhow::Result<()> {
     let cfg = Config {
         host: a.host,
         controller: controller.to_string(),
+        credentials: credentials.clone(),
         agent_socket: a.agent_socket,
         docker_host: a.docker_host,
         socket: a.socket,

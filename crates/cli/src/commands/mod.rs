@@ -8,8 +8,10 @@ pub mod docker_plugin;
 pub mod endpoint;
 pub mod host;
 pub mod network;
+pub mod pki;
 pub mod policy;
 pub mod project;
+pub mod token;
 
 use serde::Serialize;
 

@@ -1,4 +1,7 @@
-//! Test support: a real controller process on loopback with its own data directory.
+//! Test support: a real controller process on loopback with its own data
+//! directory, serving HTTPS with the certificates `tessera pki init` makes
+//! there; tests call it as the administrator (`pki/admin.pem`) unless they
+//! choose other credentials.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -16,7 +19,22 @@ pub struct ControllerProcess {
     pub url: String,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The fabric's certificates (`tessera pki init`).
+    pub pki: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// Who a test calls the controller as.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// `pki/admin.pem`.
+    Admin,
+    /// `pki/hosts/NAME.pem` (issued on first use).
+    Host(String),
+    /// A bearer token.
+    Token(String),
+    /// Nothing but the CA to verify the controller.
+    Nobody,
 }
 
 pub fn free_port() -> u16 {
@@ -33,6 +51,37 @@ impl ControllerProcess {
         c
     }
 
+    /// Starts a controller serving plain HTTP on loopback
+    /// (`--insecure-loopback`: every caller acts as an administrator), on a
+    /// fresh data directory: the baseline of the TLS benchmark.
+    pub fn start_insecure() -> Self {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["controller", "--init", "--insecure-loopback", "--data-dir"])
+            .arg(tmp.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("TESSERA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera controller");
+        let c = ControllerProcess {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: tmp.path().to_path_buf(),
+            pki: tmp.path().join("no-pki"),
+            _tmp: Some(tmp),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::blocking::get(format!("{}/readyz", c.url)).map(|r| !r.status().is_success()).unwrap_or(true) {
+            assert!(Instant::now() < deadline, "controller at {} did not become ready within 20 s", c.url);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        c
+    }
+
     /// Starts a controller on `data_dir` (kept by the caller) and `port`,
     /// making a new fabric there if the store is missing (`--init`).
     pub fn start_on(data_dir: &Path, port: u16) -> Self {
@@ -46,11 +95,16 @@ impl ControllerProcess {
     }
 
     fn spawn_on(data_dir: &Path, port: u16, extra: &[&str]) -> Self {
+        let pki = data_dir.join("pki");
+        let made = Command::new(BIN).args(["pki", "init", "--dir"]).arg(&pki).output().expect("run tessera pki init");
+        assert!(made.status.success(), "tessera pki init: {}", String::from_utf8_lossy(&made.stderr));
         let child = Command::new(BIN)
             .arg("controller")
             .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--pki")
+            .arg(&pki)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::null())
@@ -59,18 +113,72 @@ impl ControllerProcess {
             .expect("spawn tessera controller");
         let c = ControllerProcess {
             child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}"),
             port,
             data_dir: data_dir.to_path_buf(),
+            pki,
             _tmp: None,
         };
         c.wait_ready();
         c
     }
 
+    /// The CA's certificate and `caller`'s identity or token, for an HTTPS client.
+    fn tls_parts(&self, caller: &Caller) -> (reqwest::Certificate, Option<reqwest::Identity>, Option<String>) {
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        let ca = reqwest::Certificate::from_pem(&read(self.pki.join("ca.pem"))).expect("the CA is PEM");
+        let identity = |name: &str| {
+            let mut pem = read(self.pki.join(format!("{name}.pem")));
+            pem.push(b'\n');
+            pem.extend(read(self.pki.join(format!("{name}-key.pem"))));
+            reqwest::Identity::from_pem(&pem).expect("a PEM identity")
+        };
+        match caller {
+            Caller::Admin => (ca, Some(identity("admin")), None),
+            Caller::Host(h) => {
+                let made = Command::new(BIN).args(["pki", "issue-host", h, "--dir"]).arg(&self.pki).output().unwrap();
+                assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+                (ca, Some(identity(&format!("hosts/{h}"))), None)
+            }
+            Caller::Token(t) => (ca, None, Some(format!("Bearer {t}"))),
+            Caller::Nobody => (ca, None, None),
+        }
+    }
+
+    /// A blocking HTTPS client builder with `caller`'s credentials.
+    pub fn http_builder(&self, caller: &Caller) -> reqwest::blocking::ClientBuilder {
+        let (ca, identity, bearer) = self.tls_parts(caller);
+        let mut b = reqwest::blocking::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(ca);
+        if let Some(i) = identity {
+            b = b.identity(i);
+        }
+        if let Some(v) = bearer {
+            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, v.parse().unwrap())]));
+        }
+        b
+    }
+
+    /// A blocking HTTPS client that presents `caller`'s credentials.
+    pub fn http(&self, caller: &Caller) -> reqwest::blocking::Client {
+        self.http_builder(caller).build().expect("an HTTPS client")
+    }
+
+    /// An async HTTPS client that presents `caller`'s credentials.
+    pub fn async_http(&self, caller: &Caller) -> reqwest::Client {
+        let (ca, identity, bearer) = self.tls_parts(caller);
+        let mut b = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(ca);
+        if let Some(i) = identity {
+            b = b.identity(i);
+        }
+        if let Some(v) = bearer {
+            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, v.parse().unwrap())]));
+        }
+        b.build().expect("an HTTPS client")
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = reqwest::blocking::Client::new();
+        let client = self.http(&Caller::Nobody);
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/readyz", self.url)).send() {
                 if r.status().is_success() {
@@ -95,6 +203,9 @@ impl ControllerProcess {
         let out = Command::new(BIN)
             .args(args)
             .env("TESSERA_CONTROLLER", &self.url)
+            .env("TESSERA_CA", self.pki.join("ca.pem"))
+            .env("TESSERA_CERT", self.pki.join("admin.pem"))
+            .env("TESSERA_KEY", self.pki.join("admin-key.pem"))
             .env("TESSERA_LOG", "warn")
             .output()
             .expect("run tessera CLI");
@@ -128,8 +239,19 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API as the administrator.
     pub fn new(c: &ControllerProcess) -> Self {
+        Self::as_caller(c, &Caller::Admin)
+    }
+
+    /// The API of a plain-HTTP controller ([`ControllerProcess::start_insecure`]).
+    pub fn plain(c: &ControllerProcess) -> Self {
         Api { base: c.url.clone(), http: reqwest::blocking::Client::new() }
+    }
+
+    /// The API as `caller`.
+    pub fn as_caller(c: &ControllerProcess, caller: &Caller) -> Self {
+        Api { base: c.url.clone(), http: c.http(caller) }
     }
 
     fn send(&self, rb: reqwest::blocking::RequestBuilder) -> (u16, Value) {

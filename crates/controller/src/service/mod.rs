@@ -25,6 +25,7 @@ mod networks;
 mod policies;
 mod projects;
 mod reservations;
+mod tokens;
 mod txn;
 
 pub use controller::{Controller, Created};

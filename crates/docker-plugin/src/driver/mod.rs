@@ -66,6 +66,8 @@ pub struct Config {
     pub host: String,
     /// The controller's URL.
     pub controller: String,
+    /// How the plugin proves it is this host's to the controller.
+    pub credentials: tessera_api::auth::Credentials,
     /// The host agent's socket.
     pub agent_socket: PathBuf,
     /// dockerd's Engine API: `unix:///var/run/docker.sock`.
@@ -209,10 +211,11 @@ fn reference_of(create: &tessera_model::NetworkCreate) -> String {
 }
 
 impl Plugin {
-    pub fn new(cfg: Config) -> Self {
-        let ctl = ControllerClient::new(&cfg.controller);
+    /// A plugin for `cfg`; fails when its credentials cannot be read.
+    pub fn new(cfg: Config) -> Result<Self, ClientError> {
+        let ctl = ControllerClient::with_credentials(&cfg.controller, &cfg.credentials)?;
         let docker = Docker::new(&cfg.docker_host);
-        Plugin {
+        Ok(Plugin {
             agent: AgentClient::new(&cfg.agent_socket),
             cfg,
             ctl,
@@ -220,7 +223,7 @@ impl Plugin {
             state: Mutex::default(),
             sandboxes: Mutex::default(),
             kick: tokio::sync::Notify::new(),
-        }
+        })
     }
 
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -356,6 +359,7 @@ pub(crate) fn unconnected_plugin() -> Plugin {
     Plugin::new(Config {
         host: "h1".into(),
         controller: "http://127.0.0.1:1".into(),
+        credentials: Default::default(),
         agent_socket: "/nonexistent/agent.sock".into(),
         docker_host: "unix:///nonexistent/docker.sock".into(),
         socket: "/nonexistent/tessera.sock".into(),
@@ -363,6 +367,7 @@ pub(crate) fn unconnected_plugin() -> Plugin {
         staging_dir: "/run/tessera/nonexistent".into(),
         address_hold: Duration::from_secs(30),
     })
+    .expect("no credential files to read")
 }
 
 #[cfg(test)]

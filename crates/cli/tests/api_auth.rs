@@ -1,0 +1,109 @@
+//! Trust at the controller's edge, with a real controller process serving
+//! HTTPS: every call names its caller (a certificate of the fabric, or a
+//! bearer token); a host acts only for itself; a token acts in its project
+//! with its role; only an administrator manages the fabric.
+
+mod support;
+
+use serde_json::json;
+use support::{assert_error, Api, Caller, ControllerProcess};
+
+fn fabric(c: &ControllerProcess) {
+    let admin = Api::new(c);
+    assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.8.0.0/24"}]})).0, 201);
+    assert_eq!(admin.post("/v1/projects", json!({"name": "default-domain:blue"})).0, 201);
+}
+
+#[test]
+fn a_call_without_credentials_is_refused_with_401_but_health_is_open() {
+    let c = ControllerProcess::start();
+    let nobody = Api::as_caller(&c, &Caller::Nobody);
+    assert_error(&nobody.get("/v1/networks"), 401, "unauthenticated", None);
+    assert_error(&nobody.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})), 401, "unauthenticated", None);
+    assert_eq!(nobody.get("/healthz").0, 200);
+    assert_eq!(nobody.get("/readyz").0, 200);
+    assert_eq!(nobody.get("/v1/openapi.json").0, 200);
+    assert_error(&Api::as_caller(&c, &Caller::Token("tsr_nope".into())).get("/v1/networks"), 401, "unauthenticated", None);
+}
+
+#[test]
+fn plain_http_to_a_tls_controller_reaches_nothing() {
+    let c = ControllerProcess::start();
+    let plain = format!("http://127.0.0.1:{}/v1/networks", c.port);
+    let r = reqwest::blocking::Client::new().get(plain).send();
+    assert!(r.is_err() || !r.unwrap().status().is_success(), "a plain request must not be served");
+}
+
+#[test]
+fn a_host_certificate_acts_only_for_its_host() {
+    let c = ControllerProcess::start();
+    fabric(&c);
+    let h1 = Api::as_caller(&c, &Caller::Host("h1".into()));
+    assert_eq!(h1.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    let r = h1.put("/v1/hosts/h2", json!({"underlay_ip": "10.99.0.2"}));
+    assert_error(&r, 403, "permission_denied", None);
+    assert!(r.1["error"]["message"].as_str().unwrap().contains("host h1"), "{}", r.1);
+    assert_eq!(Api::new(&c).put("/v1/hosts/h2", json!({"underlay_ip": "10.99.0.2"})).0, 200);
+
+    // Endpoints: its own, never another host's.
+    let (s, mine) = h1.post("/v1/endpoints", json!({"network": "net", "host": "h1", "owner": {"netns": "/run/netns/a"}}));
+    assert_eq!(s, 201, "{mine}");
+    let r = h1.post("/v1/endpoints", json!({"network": "net", "host": "h2", "owner": {"netns": "/run/netns/b"}}));
+    assert_error(&r, 403, "permission_denied", None);
+    let (s, theirs) =
+        Api::new(&c).post("/v1/endpoints", json!({"network": "net", "host": "h2", "owner": {"netns": "/run/netns/b"}}));
+    assert_eq!(s, 201, "{theirs}");
+    let theirs_id = theirs["id"].as_str().unwrap();
+    assert_error(&h1.delete(&format!("/v1/endpoints/{theirs_id}")), 403, "permission_denied", None);
+    assert_error(
+        &h1.put(&format!("/v1/endpoints/{theirs_id}/status"), json!({"status": "active"})),
+        403,
+        "permission_denied",
+        None,
+    );
+    assert_eq!(h1.put(&format!("/v1/endpoints/{}/status", mine["id"].as_str().unwrap()), json!({"status": "active"})).0, 200);
+
+    // What is not the data plane's is not a host's to read or change.
+    assert_error(&h1.get("/v1/policies"), 403, "permission_denied", None);
+    assert_error(&h1.get("/v1/projects"), 403, "permission_denied", None);
+    assert_error(&h1.post("/v1/projects", json!({"name": "default-domain:x"})), 403, "permission_denied", None);
+    assert_error(&h1.delete("/v1/hosts/h2"), 403, "permission_denied", None);
+    assert_error(&h1.get("/v1/tokens"), 403, "permission_denied", None);
+    assert_eq!(h1.get("/v1/snapshot").0, 200, "the mirror is a host's to read");
+}
+
+#[test]
+fn tokens_act_in_their_project_with_their_role_and_only_an_administrator_makes_them() {
+    let c = ControllerProcess::start();
+    fabric(&c);
+    let admin = Api::new(&c);
+    let (s, reader) = admin.post("/v1/tokens", json!({"name": "ci", "project": "default-domain:blue", "role": "reader"}));
+    assert_eq!(s, 201, "{reader}");
+    let secret = reader["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("tsr_"));
+    let (_, list) = admin.get("/v1/tokens");
+    assert!(!list.to_string().contains(&secret), "secrets are never listed: {list}");
+
+    let r = Api::as_caller(&c, &Caller::Token(secret.clone()));
+    assert_eq!(r.get("/v1/networks").0, 200, "a reader reads");
+    assert_error(
+        &r.post("/v1/networks", json!({"name": "x", "project": "default-domain:blue", "subnets": [{"cidr": "10.9.0.0/24"}]})),
+        403,
+        "permission_denied",
+        None,
+    );
+    assert_error(&r.post("/v1/tokens", json!({"name": "more", "role": "admin"})), 403, "permission_denied", None);
+    assert_error(&r.put("/v1/hosts/h9", json!({"underlay_ip": "10.99.0.9"})), 403, "permission_denied", None);
+
+    let (_, member) = admin.post("/v1/tokens", json!({"name": "dev", "project": "default-domain:blue", "role": "member"}));
+    let m = Api::as_caller(&c, &Caller::Token(member["secret"].as_str().unwrap().into()));
+    assert_eq!(
+        m.post("/v1/networks", json!({"name": "x", "project": "default-domain:blue", "subnets": [{"cidr": "10.9.0.0/24"}]})).0,
+        201
+    );
+
+    assert_error(&admin.post("/v1/tokens", json!({"name": "x", "role": "reader"})), 400, "invalid_argument", Some("project"));
+    // Revoked, it opens nothing.
+    assert_eq!(admin.delete(&format!("/v1/tokens/{}", reader["id"].as_str().unwrap())).0, 204);
+    assert_error(&r.get("/v1/networks"), 401, "unauthenticated", None);
+}
