@@ -48,6 +48,9 @@ pub struct InFlight {
     pub docker_networks: BTreeSet<String>,
     /// Tessera networks this host's dockerd is creating or has just bound.
     pub tessera_networks: BTreeSet<Uuid>,
+    /// Names of Docker networks a `docker network create` on this host is
+    /// making (seen by the authz hook, not yet in Docker's list).
+    pub docker_names: BTreeSet<String>,
     /// Docker endpoints joined (or joining) moments ago.
     pub endpoints: BTreeSet<String>,
 }
@@ -116,7 +119,7 @@ pub fn steps(input: &SyncInput<'_>, docker: &[DockerNetwork], tessera: &TesseraV
         }
         // A Docker network of that name that stands for something else blocks it; the
         // create would fail the same way, so say nothing here.
-        if names.contains(spec::docker_name(n)) {
+        if names.contains(spec::docker_name(n)) || in_flight.docker_names.contains(spec::docker_name(n)) {
             continue;
         }
         out.push(SyncStep::CreateDockerNetwork { network: n.id, request: spec::engine_create_for(n) });
@@ -234,6 +237,13 @@ mod tests {
                 SyncStep::Bind { docker_id: "d2".into(), network: Uuid::from_u128(2) },
             ]
         );
+    }
+
+    #[test]
+    fn a_tessera_network_whose_docker_create_is_in_flight_is_not_created_twice() {
+        let t = TesseraView { networks: vec![tnet(1, "tiny", true)], ..Default::default() };
+        let in_flight = InFlight { docker_names: BTreeSet::from(["tiny".to_string()]), ..Default::default() };
+        assert!(steps(&input(false), &[], &t, &in_flight).is_empty());
     }
 
     #[test]

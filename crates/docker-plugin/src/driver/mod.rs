@@ -171,6 +171,9 @@ pub(crate) struct State {
     pools: PoolRegistry,
     networks: HashMap<String, NetState>,
     creates: Vec<PendingCreate>,
+    /// Docker networks whose Tessera network `CreateNetwork` is making, by
+    /// Docker ID, with their name.
+    creating: HashMap<String, String>,
     /// The owner token of each address this plugin reserved.
     reserved: HashMap<(Uuid, IpAddr), String>,
     endpoints: HashMap<String, EndpointState>,
@@ -336,6 +339,9 @@ impl Plugin {
                 Bind::Ready(_) => {}
             }
         }
+        // `docker network create`s under way: seen by the authz hook, or in `CreateNetwork`.
+        f.docker_names.extend(st.creates.iter().filter(|p| p.at.elapsed() < PENDING_CREATE_TTL).map(|p| p.name.clone()));
+        f.docker_names.extend(st.creating.values().cloned());
         for (eid, e) in &st.endpoints {
             if e.phase == Phase::Joining || e.since.elapsed() < RECENT {
                 f.endpoints.insert(eid.clone());

@@ -54,9 +54,15 @@ impl Plugin {
         if let Some(p) = seen {
             let spec = DockerNetworkSpec { name: p.name, labels: p.labels, options: driver_options, subnets: subnets.clone() };
             let create = spec::network_create(&spec)?;
-            let net = self.create_or_adopt(&create, &subnets).await?;
-            tracing::info!(docker_network = %nid, network = %net.fq_name, vni = %net.vni, "network created");
-            self.bind(&nid, net, &subnets);
+            // In flight until bound: the synchronisation must not make it in Docker meanwhile.
+            self.state().creating.insert(nid.clone(), spec.name.clone());
+            let made = self.create_or_adopt(&create, &subnets).await;
+            if let Ok(net) = &made {
+                tracing::info!(docker_network = %nid, network = %net.fq_name, vni = %net.vni, "network created");
+                self.bind(&nid, net.clone(), &subnets);
+            }
+            self.state().creating.remove(&nid);
+            made?;
             self.kick.notify_one();
             return Ok(());
         }
