@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// How the agent proves it is this host to the controller.
     pub credentials: tessera_api::auth::Credentials,
     pub socket: PathBuf,
+    /// Besides root, members of this group may use the local API.
+    pub socket_group: Option<u32>,
     pub state_dir: PathBuf,
 }
 
@@ -102,11 +104,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
     tokio::spawn(agent.clone().reconcile_loop());
 
-    if let Some(dir) = config.socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&config.socket);
-    let listener = tokio::net::UnixListener::bind(&config.socket)
+    let listener = tessera_api::local::LocalListener::bind(&config.socket, config.socket_group)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.socket.display()))?;
     tracing::info!(host = %me.name, underlay = %me.underlay_ip, ifname = %me.underlay_ifname, socket = %config.socket.display(), "agent serving");
     axum::serve(listener, api::router(agent)).with_graceful_shutdown(shutdown).await?;

@@ -8,7 +8,8 @@
 //!   (the request and object types are `tessera_model`'s, re-exported as
 //!   [`model`]);
 //! - [`agent`] and [`agent_client`]: the agent's local API and
-//!   [`AgentClient`], its one client, over the unix socket ([`uds`]);
+//!   [`AgentClient`], its one client, over the unix socket ([`uds`]); the
+//!   servers' side of local sockets ([`local`]: mode 0660, peers checked);
 //! - [`mirror`]: a host's copy of the controller's intent (snapshot, then
 //!   watch), kept on disk by [`saved`]; the agent and the Docker plugin run it.
 //!
@@ -21,6 +22,7 @@ pub mod agent_client;
 pub mod auth;
 pub mod controller;
 pub mod error;
+pub mod local;
 pub mod mirror;
 pub mod saved;
 pub mod uds;

@@ -22,30 +22,11 @@ use tessera_model::{
 use utoipa::OpenApi;
 
 use crate::auth::{require_host, Principal};
+pub use crate::error::ApiError;
 use crate::error::{Error, ErrorBody};
 use crate::service::{Controller, Created, EndpointFilter, NetworkIpam, Project, ProjectCreate};
 
 type Ctl = State<Arc<Controller>>;
-
-/// An error on its way to the wire.
-pub struct ApiError(pub Error);
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        ApiError(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let code = self.0.code();
-        if code == tessera_model::ErrorCode::Internal {
-            tracing::error!(error = %self.0, "request failed");
-        }
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0.body())).into_response()
-    }
-}
 
 type ApiResult<T> = Result<T, ApiError>;
 

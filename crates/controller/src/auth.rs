@@ -28,8 +28,7 @@ use std::sync::Arc;
 use tessera_api::auth::{CertIdentity, Role};
 use tessera_model::ProjectName;
 
-use crate::api::ApiError;
-use crate::error::Error;
+use crate::error::{ApiError, Error};
 use crate::service::Controller;
 use crate::tls::Peer;
 

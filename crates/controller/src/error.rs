@@ -1,4 +1,5 @@
-//! The controller's typed errors; `api` maps them to the wire once.
+//! The controller's typed errors, and [`ApiError`], which maps them to the
+//! wire once.
 
 use tessera_model::{ErrorCode, FieldError};
 use tessera_store::StoreError;
@@ -73,3 +74,24 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error on its way to the wire: the status of its code and its body.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let code = self.0.code();
+        if code == ErrorCode::Internal {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        let status =
+            axum::http::StatusCode::from_u16(code.http_status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0.body())).into_response()
+    }
+}

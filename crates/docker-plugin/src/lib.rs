@@ -31,11 +31,8 @@ pub use driver::{Config, Plugin};
 /// stay connected while the plugin is away: their interfaces belong to the
 /// agent's data plane.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if let Some(dir) = cfg.socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&cfg.socket);
-    let listener = tokio::net::UnixListener::bind(&cfg.socket)
+    // dockerd runs as root: no group besides.
+    let listener = tessera_api::local::LocalListener::bind(&cfg.socket, None)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.socket.display()))?;
     let socket = cfg.socket.clone();
     tracing::info!(host = %cfg.host, socket = %socket.display(), controller = %cfg.controller,

@@ -25,6 +25,10 @@ pub struct AgentArgs {
     /// The local API socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// A group (name or number) whose members may use the local API besides
+    /// root; the socket is mode 0660, and other callers are refused.
+    #[arg(long)]
+    socket_group: Option<String>,
     /// Where the agent keeps the last intent it saw.
     #[arg(long, default_value = "/var/lib/tessera/agent")]
     state_dir: PathBuf,
@@ -37,6 +41,12 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         controller: controller.to_string(),
         credentials: credentials.clone(),
         socket: a.socket,
+        socket_group: a
+            .socket_group
+            .as_deref()
+            .map(tessera_api::local::group_id)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--socket-group: {e}"))?,
         state_dir: a.state_dir,
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
