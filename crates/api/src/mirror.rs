@@ -15,7 +15,9 @@ use crate::saved::SnapshotFiles;
 
 /// A watch that shows nothing, not even progress, for this long is dead.
 const SILENCE: Duration = Duration::from_secs(15);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest pause between two tries to reach the controller: a controller
+/// that comes back is followed again within about a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a snapshot handed to the [`Saver`] waits before it is written.
 const SAVE_AFTER: Duration = Duration::from_secs(1);
 
@@ -146,6 +148,9 @@ pub async fn run(
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     state: watch::Sender<MirrorState>,
 ) {
+    // The mirror paces its own tries: one attempt per call, so a controller
+    // that comes back is seen at the next try, not after a caller's retries.
+    let client = client.with_attempts(1);
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
     let saver = Saver::new(state_dir);
