@@ -107,3 +107,36 @@ fn tokens_act_in_their_project_with_their_role_and_only_an_administrator_makes_t
     assert_eq!(admin.delete(&format!("/v1/tokens/{}", reader["id"].as_str().unwrap())).0, 204);
     assert_error(&r.get("/v1/networks"), 401, "unauthenticated", None);
 }
+
+#[test]
+fn another_projects_policy_and_networks_are_used_only_with_consent() {
+    let c = ControllerProcess::start();
+    let admin = Api::new(&c);
+    assert_eq!(admin.post("/v1/projects", json!({"name": "default-domain:blue"})).0, 201);
+    let (s, theirs) =
+        admin.post("/v1/policies", json!({"name": "default-domain:blue:theirs", "rules": ["pass any any any <> any any"]}));
+    assert_eq!(s, 201, "{theirs}");
+    let (s, closed) =
+        admin.post("/v1/networks", json!({"name": "default-domain:blue:closed", "subnets": [{"cidr": "10.31.0.0/24"}]}));
+    assert_eq!(s, 201, "{closed}");
+    let (s, open) = admin
+        .post("/v1/networks", json!({"name": "default-domain:blue:open", "shared": true, "subnets": [{"cidr": "10.32.0.0/24"}]}));
+    assert_eq!(s, 201, "{open}");
+
+    // A network of the default project attaches blue's policy, by UUID: refused.
+    let r = admin.post(
+        "/v1/networks",
+        json!({"name": "mine", "subnets": [{"cidr": "10.30.0.0/24"}], "policies": [theirs["id"].as_str().unwrap()]}),
+    );
+    assert_error(&r, 400, "invalid_argument", Some("policies[0]"));
+    assert!(r.1["error"]["message"].as_str().unwrap().contains("own project"), "{}", r.1);
+
+    // A policy names blue's network: only the shared one.
+    let r = admin.post("/v1/policies", json!({"name": "p1", "rules": ["pass any default-domain:blue:closed any <> any any"]}));
+    assert_error(&r, 400, "invalid_argument", Some("rules[0].src"));
+    assert!(r.1["error"]["message"].as_str().unwrap().contains("not shared"), "{}", r.1);
+    let (s, b) = admin.post("/v1/policies", json!({"name": "p2", "rules": ["pass any default-domain:blue:open any <> any any"]}));
+    assert_eq!(s, 201, "a shared network may be named: {b}");
+    let r = admin.put("/v1/policies/p2/rules/0", json!("pass any default-domain:blue:closed any <> any any"));
+    assert_error(&r, 400, "invalid_argument", Some("rule.src"));
+}

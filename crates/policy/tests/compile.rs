@@ -242,6 +242,21 @@ fn route_target_one_way_imports_one_way() {
 }
 
 #[test]
+fn a_route_target_joins_another_projects_network_only_when_it_is_shared() {
+    let mut green_of_blue = with_targets(green(), &["64512:9"], &["64512:9"]);
+    green_of_blue.fq_name = "default-domain:blue:green".parse().unwrap();
+    let nets = [with_targets(red(), &["64512:9"], &["64512:9"]), green_of_blue.clone()];
+    let t = Compiler::new(&nets, &[]).topology().clone();
+    assert!(!t.imports_from(Uuid::from_u128(1), Uuid::from_u128(2)), "blue did not consent");
+    assert!(!t.imports_from(Uuid::from_u128(2), Uuid::from_u128(1)), "nor did admin");
+    green_of_blue.shared = true;
+    let nets = [nets[0].clone(), green_of_blue];
+    let t = Compiler::new(&nets, &[]).topology().clone();
+    assert!(t.imports_from(Uuid::from_u128(1), Uuid::from_u128(2)), "a shared network may be imported");
+    assert!(!t.imports_from(Uuid::from_u128(2), Uuid::from_u128(1)), "red is not shared: blue imports nothing of it");
+}
+
+#[test]
 fn overlapping_subnets_are_not_leaked_and_warned_about() {
     let p = policy(1, "pass-all", &["pass any any any <> any any"]);
     let clash = attach(net(4, "clash", &["192.168.10.128/25"]), &[&p]);

@@ -161,6 +161,14 @@ impl Controller {
                 Error::NotFound { kind, name, .. } => Error::NotFound { kind, name, field: Some(format!("{field}[{i}]")) },
                 other => other,
             })?;
+            if p.0.fq_name.project() != project {
+                let reason = format!(
+                    "policy {} is project {}'s: a network of {project} attaches only policies of its own project",
+                    p.0.fq_name,
+                    p.0.fq_name.project()
+                );
+                return Err(FieldError::new(format!("{field}[{i}]"), reason).into());
+            }
             if !out.contains(&p.0.id) {
                 out.push(p.0.id);
             }

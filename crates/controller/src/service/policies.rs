@@ -188,7 +188,7 @@ impl Controller {
     pub async fn create_policy(&self, req: PolicyCreate) -> Result<Created<PolicyView>> {
         let CheckedCreate { default_project, fq_name, rules } = validate_create(&req)?;
         self.require_project("project", fq_name.project()).await?;
-        self.check_rule_networks(&rules).await?;
+        self.check_rule_networks(fq_name.project(), &rules).await?;
         let policy = Policy { id: Uuid::new_v4(), fq_name: fq_name.clone(), rules: Rules::from_vec(rules) };
         let txn = GuardedTxn::new()
             .guard(Guard::NameTaken, Compare::Absent(keys::policy_name(&fq_name)))
@@ -216,7 +216,7 @@ impl Controller {
         for _ in 0..MAX_ATTEMPTS {
             let (old, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
             let rules = validate_update(&req, old.fq_name.project())?;
-            self.check_rule_networks(&rules).await?;
+            self.check_rule_networks(old.fq_name.project(), &rules).await?;
             let policy = Policy { rules: rechunk(&old.rules, rules), ..old.clone() };
             let old_refs = PolicyHeader::of(&old).chunks;
             let txn = GuardedTxn::new()
@@ -264,12 +264,17 @@ impl Controller {
                         );
                     }
                     let rule = validate_rule(spec, header.fq_name.project())?;
-                    self.check_rule_networks(std::slice::from_ref(&rule)).await.map_err(|e| match e {
-                        Error::NotFound { kind, name, field } => {
-                            Error::NotFound { kind, name, field: field.map(|f| f.replacen("rules[0]", "rule", 1)) }
-                        }
-                        e => e,
-                    })?;
+                    self.check_rule_networks(header.fq_name.project(), std::slice::from_ref(&rule)).await.map_err(
+                        |e| match e {
+                            Error::NotFound { kind, name, field } => {
+                                Error::NotFound { kind, name, field: field.map(|f| f.replacen("rules[0]", "rule", 1)) }
+                            }
+                            Error::Invalid(f) => {
+                                Error::Invalid(FieldError::new(f.field.replacen("rules[0]", "rule", 1), f.reason))
+                            }
+                            e => e,
+                        },
+                    )?;
                     Some(rule)
                 }
                 RuleEdit::Delete(_) => None,
@@ -358,10 +363,12 @@ impl Controller {
         Err(Error::Conflict(format!("policy {reference}")))
     }
 
-    /// Checks that every network the rules name exists: each distinct name
-    /// once (a 50,000-rule policy names a handful of networks), the error
-    /// naming the first rule that uses a missing one.
-    async fn check_rule_networks(&self, rules: &[Rule]) -> Result<()> {
+    /// Checks that every network the rules of a policy of `project` name
+    /// exists and, when it is another project's, is `shared` (a policy names
+    /// another project's network only with that project's consent): each
+    /// distinct name once (a 50,000-rule policy names a handful of networks),
+    /// the error naming the first rule that uses a missing or closed one.
+    async fn check_rule_networks(&self, project: &ProjectName, rules: &[Rule]) -> Result<()> {
         let mut first_use: BTreeMap<&FqName, (usize, &str)> = BTreeMap::new();
         for (i, rule) in rules.iter().enumerate() {
             for (side, ep) in [("src", &rule.src), ("dst", &rule.dst)] {
@@ -370,16 +377,31 @@ impl Controller {
                 }
             }
         }
-        let mut missing: Option<(usize, &str, &FqName)> = None;
+        let mut refused: Option<(usize, Error)> = None;
         for (n, (i, side)) in first_use {
-            if self.store.get(&keys::network_name(n)).await?.is_none() && missing.is_none_or(|(j, _, _)| i < j) {
-                missing = Some((i, side, n));
+            if refused.as_ref().is_some_and(|(j, _)| *j < i) {
+                continue;
+            }
+            let field = format!("rules[{i}].{side}");
+            let Some(kv) = self.store.get(&keys::network_name(n)).await? else {
+                refused = Some((i, Error::NotFound { kind: "network", name: n.to_string(), field: Some(field) }));
+                continue;
+            };
+            if n.project() == project {
+                continue;
+            }
+            let shared =
+                self.get_json::<tessera_model::Network>(&keys::network(uuid_of(&kv)?)).await?.is_some_and(|(net, _)| net.shared);
+            if !shared {
+                let reason = format!(
+                    "network {n} is project {}'s and not shared: a policy of {project} names another project's network only when it is shared",
+                    n.project()
+                );
+                refused = Some((i, FieldError::new(field, reason).into()));
             }
         }
-        match missing {
-            Some((i, side, n)) => {
-                Err(Error::NotFound { kind: "network", name: n.to_string(), field: Some(format!("rules[{i}].{side}")) })
-            }
+        match refused {
+            Some((_, e)) => Err(e),
             None => Ok(()),
         }
     }
