@@ -48,16 +48,12 @@ pub const IFNAME_MAX: usize = 15;
 pub const NETNS_DIRS: &[&str] =
     &["/run/netns/", "/var/run/netns/", "/run/docker/netns/", "/var/run/docker/netns/", "/run/tessera/"];
 
-fn at_most<T>(field: &str, list: &[T], max: usize, what: &str) -> Result<(), FieldError> {
+/// Refuses a list longer than `max`, naming `field` and `what` it holds.
+pub fn check_count<T>(field: &str, list: &[T], max: usize, what: &str) -> Result<(), FieldError> {
     if list.len() > max {
         return Err(FieldError::new(field, format!("has {} {what}; at most {max} are allowed", list.len())));
     }
     Ok(())
-}
-
-/// Refuses a list longer than `max`, naming `field` and `what` it holds.
-pub fn check_count<T>(field: &str, list: &[T], max: usize, what: &str) -> Result<(), FieldError> {
-    at_most(field, list, max, what)
 }
 
 /// Refuses a string longer than `max` bytes or holding control characters.

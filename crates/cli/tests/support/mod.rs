@@ -56,29 +56,8 @@ impl ControllerProcess {
     /// fresh data directory: the baseline of the TLS benchmark.
     pub fn start_insecure() -> Self {
         let tmp = tempfile::tempdir().expect("temporary directory");
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["controller", "--init", "--insecure-loopback", "--data-dir"])
-            .arg(tmp.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("TESSERA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tessera controller");
-        let c = ControllerProcess {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            data_dir: tmp.path().to_path_buf(),
-            pki: tmp.path().join("no-pki"),
-            _tmp: Some(tmp),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::blocking::get(format!("{}/readyz", c.url)).map(|r| !r.status().is_success()).unwrap_or(true) {
-            assert!(Instant::now() < deadline, "controller at {} did not become ready within 20 s", c.url);
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let mut c = Self::spawn(tmp.path(), free_port(), &["--init", "--insecure-loopback"], None);
+        c._tmp = Some(tmp);
         c
     }
 
@@ -98,25 +77,31 @@ impl ControllerProcess {
         let pki = data_dir.join("pki");
         let made = Command::new(BIN).args(["pki", "init", "--dir"]).arg(&pki).output().expect("run tessera pki init");
         assert!(made.status.success(), "tessera pki init: {}", String::from_utf8_lossy(&made.stderr));
-        let child = Command::new(BIN)
-            .arg("controller")
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--pki")
-            .arg(&pki)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        Self::spawn(data_dir, port, extra, Some(pki))
+    }
+
+    /// Spawns `tessera controller` on `data_dir` and `port`, over HTTPS with
+    /// the certificates of `pki`, or plain HTTP without, and waits until it
+    /// is ready.
+    fn spawn(data_dir: &Path, port: u16, extra: &[&str], pki: Option<PathBuf>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("controller").args(extra).arg("--data-dir").arg(data_dir).args(["--listen", &format!("127.0.0.1:{port}")]);
+        if let Some(dir) = &pki {
+            cmd.arg("--pki").arg(dir);
+        }
+        let child = cmd
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn tessera controller");
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let c = ControllerProcess {
             child: Some(child),
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             data_dir: data_dir.to_path_buf(),
-            pki,
+            pki: pki.unwrap_or_else(|| data_dir.join("no-pki")),
             _tmp: None,
         };
         c.wait_ready();
@@ -178,7 +163,7 @@ impl ControllerProcess {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = self.http(&Caller::Nobody);
+        let client = if self.url.starts_with("https") { self.http(&Caller::Nobody) } else { reqwest::blocking::Client::new() };
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/readyz", self.url)).send() {
                 if r.status().is_success() {
