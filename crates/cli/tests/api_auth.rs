@@ -140,3 +140,40 @@ fn another_projects_policy_and_networks_are_used_only_with_consent() {
     let r = admin.put("/v1/policies/p2/rules/0", json!("pass any default-domain:blue:closed any <> any any"));
     assert_error(&r, 400, "invalid_argument", Some("rule.src"));
 }
+
+#[test]
+fn a_token_sees_and_changes_only_its_projects_objects() {
+    let c = ControllerProcess::start();
+    fabric(&c);
+    let admin = Api::new(&c);
+    let (s, b) = admin.post("/v1/networks", json!({"name": "default-domain:blue:b1", "subnets": [{"cidr": "10.41.0.0/24"}]}));
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = admin.post("/v1/networks", json!({"name": "common", "shared": true, "subnets": [{"cidr": "10.42.0.0/24"}]}));
+    assert_eq!(s, 201, "{b}");
+    let (_, member) = admin.post("/v1/tokens", json!({"name": "dev", "project": "default-domain:blue", "role": "member"}));
+    let m = Api::as_caller(&c, &Caller::Token(member["secret"].as_str().unwrap().into()));
+
+    let (_, list) = m.get("/v1/networks");
+    let mut names: Vec<&str> = list.as_array().unwrap().iter().map(|n| n["fq_name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["default-domain:admin:common", "default-domain:blue:b1"], "its own and the shared one");
+    assert_eq!(m.get("/v1/networks/default-domain:admin:common").0, 200, "a shared network may be read");
+    assert_error(&m.get("/v1/networks/default-domain:admin:net"), 403, "permission_denied", None);
+    assert_error(&m.patch("/v1/networks/default-domain:admin:common", json!({"shared": false})), 403, "permission_denied", None);
+    assert_error(&m.delete("/v1/networks/default-domain:admin:net"), 403, "permission_denied", None);
+    assert_error(
+        &m.post("/v1/networks", json!({"name": "x", "subnets": [{"cidr": "10.43.0.0/24"}]})),
+        403,
+        "permission_denied",
+        None,
+    );
+    assert_eq!(m.post("/v1/networks", json!({"name": "default-domain:blue:b2", "subnets": [{"cidr": "10.44.0.0/24"}]})).0, 201);
+    assert_error(&m.get("/v1/projects/default-domain:admin"), 403, "permission_denied", None);
+    assert_eq!(m.get("/v1/projects/default-domain:blue").0, 200);
+    assert_error(
+        &m.post("/v1/endpoints", json!({"network": "default-domain:admin:net", "host": "h1"})),
+        403,
+        "permission_denied",
+        None,
+    );
+}

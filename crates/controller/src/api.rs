@@ -21,7 +21,7 @@ use tessera_model::{
 };
 use utoipa::OpenApi;
 
-use crate::auth::{require_host, Principal};
+use crate::auth::{forbidden, listing_scope, require_host, require_own_project, Principal};
 pub use crate::error::ApiError;
 use crate::error::{Error, ErrorBody};
 use crate::service::{Controller, Created, EndpointFilter, NetworkIpam, Project, ProjectCreate};
@@ -177,14 +177,27 @@ async fn delete_project(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<
 }
 
 #[utoipa::path(get, path = "/v1/networks", params(ProjectFilter), responses((status = 200, body = Vec<Network>)))]
-async fn list_networks(State(ctl): Ctl, Query(f): Query<ProjectFilter>) -> ApiResult<Json<Vec<Network>>> {
-    Ok(Json(ctl.list_networks(f.project.as_deref()).await?))
+async fn list_networks(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Query(f): Query<ProjectFilter>,
+) -> ApiResult<Json<Vec<Network>>> {
+    let mut nets = ctl.list_networks(f.project.as_deref()).await?;
+    if let Some(p) = listing_scope(&who) {
+        nets.retain(|n| n.fq_name.project() == p || n.shared);
+    }
+    Ok(Json(nets))
 }
 
 #[utoipa::path(post, path = "/v1/networks", request_body = NetworkCreate,
     responses((status = 201, body = Network), (status = 200, description = "an identical network existed", body = Network),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create_network(State(ctl): Ctl, Body(req): Body<NetworkCreate>) -> ApiResult<Response> {
+async fn create_network(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<NetworkCreate>,
+) -> ApiResult<Response> {
+    require_own_project(&who, req.project.as_deref(), &req.name)?;
     Ok(created(ctl.create_network(req).await?))
 }
 
@@ -248,8 +261,18 @@ async fn release_reservation(
 }
 
 #[utoipa::path(get, path = "/v1/endpoints", params(EndpointFilter), responses((status = 200, body = Vec<Endpoint>)))]
-async fn list_endpoints(State(ctl): Ctl, Query(f): Query<EndpointFilter>) -> ApiResult<Json<Vec<Endpoint>>> {
-    Ok(Json(ctl.list_endpoints(&f).await?))
+async fn list_endpoints(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Query(f): Query<EndpointFilter>,
+) -> ApiResult<Json<Vec<Endpoint>>> {
+    let mut eps = ctl.list_endpoints(&f).await?;
+    if let Some(p) = listing_scope(&who) {
+        let mine: std::collections::BTreeSet<uuid::Uuid> =
+            ctl.list_networks(None).await?.into_iter().filter(|n| n.fq_name.project() == p).map(|n| n.id).collect();
+        eps.retain(|e| mine.contains(&e.network));
+    }
+    Ok(Json(eps))
 }
 
 #[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointCreate,
@@ -261,6 +284,12 @@ async fn create_endpoint(
     Body(req): Body<EndpointCreate>,
 ) -> ApiResult<Response> {
     require_host(&who, &req.host, "create an endpoint")?;
+    if let (Some(p), Ok(net)) = (listing_scope(&who), ctl.get_network(&req.network).await) {
+        if net.fq_name.project() != p && !net.shared {
+            let why = format!("attach to network {}: it is project {}'s", net.fq_name, net.fq_name.project());
+            return Err(forbidden(&who, &why).into());
+        }
+    }
     Ok(created(ctl.create_endpoint(req).await?))
 }
 
@@ -324,15 +353,24 @@ async fn delete_host(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Sta
 }
 
 #[utoipa::path(get, path = "/v1/policies", responses((status = 200, body = Vec<Policy>)))]
-async fn list_policies(State(ctl): Ctl) -> ApiResult<Json<Vec<Policy>>> {
-    Ok(Json(ctl.list_policies().await?))
+async fn list_policies(State(ctl): Ctl, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<Policy>>> {
+    let mut policies = ctl.list_policies().await?;
+    if let Some(p) = listing_scope(&who) {
+        policies.retain(|x| x.fq_name.project() == p);
+    }
+    Ok(Json(policies))
 }
 
 /// Creates a policy. Rules an earlier rule shadows are stored and listed in `warnings`.
 #[utoipa::path(post, path = "/v1/policies", request_body = PolicyCreate,
     responses((status = 201, body = PolicyView), (status = 200, description = "an identical policy existed", body = PolicyView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create_policy(State(ctl): Ctl, Body(req): Body<PolicyCreate>) -> ApiResult<Response> {
+async fn create_policy(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<PolicyCreate>,
+) -> ApiResult<Response> {
+    require_own_project(&who, req.project.as_deref(), &req.name)?;
     Ok(created(ctl.create_policy(req).await?))
 }
 

@@ -18,7 +18,10 @@
 //!   `docker network create` and Docker's IPAM);
 //! - a token of a project: a reader reads networks, policies, endpoints and
 //!   its project; a member or project admin also changes networks, policies,
-//!   endpoints and reservations.
+//!   endpoints and reservations. Only its project's: listings are filtered to
+//!   it (and to shared networks), an object of another project is refused
+//!   (another project's shared network may be read and attached to), and it
+//!   creates only in its project.
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
@@ -99,8 +102,44 @@ pub async fn authenticate(State(ctl): State<Arc<Controller>>, mut req: Request, 
     if let Err(why) = authorize(&principal, req.method(), req.uri().path()) {
         return refuse(forbidden(&principal, &why));
     }
+    if let Err(e) = in_scope(&ctl, &principal, req.method(), req.uri().path()).await {
+        return refuse(e);
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// For a token of a project, whether the object a path names is its
+/// project's (another project's shared network may be read). An object that
+/// does not exist is the handler's to answer.
+async fn in_scope(ctl: &Controller, principal: &Principal, method: &Method, path: &str) -> Result<(), Error> {
+    let Principal::Project { project, .. } = principal else { return Ok(()) };
+    let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let read = *method == Method::GET;
+    let owner = match segs.as_slice() {
+        ["projects", name] => Some((name.to_string(), false)),
+        ["networks", reference, ..] => ctl.get_network(reference).await.ok().map(|n| (n.fq_name.project().to_string(), n.shared)),
+        ["policies", reference, ..] => ctl.get_policy(reference).await.ok().map(|p| (p.fq_name.project().to_string(), false)),
+        ["endpoints", id, ..] => match ctl.get_endpoint(id).await {
+            Ok(ep) => ctl.get_network(&ep.network.to_string()).await.ok().map(|n| (n.fq_name.project().to_string(), false)),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    match owner {
+        Some((owner, shared)) if owner != project.to_string() && !(read && shared && segs.len() == 2) => {
+            Err(forbidden(principal, &format!("use {path}: it is project {owner}'s")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// For a token of a project, the project its listings are limited to.
+pub fn listing_scope(principal: &Principal) -> Option<&ProjectName> {
+    match principal {
+        Principal::Project { project, .. } => Some(project),
+        _ => None,
+    }
 }
 
 /// Whether `principal` may make the request `method path` at all; the
@@ -145,6 +184,19 @@ pub fn require_host(principal: &Principal, host: &str, what: &str) -> Result<(),
         }
         _ => Ok(()),
     }
+}
+
+/// A handler's check that a token of a project creates only in its project:
+/// the object's project is `project`, or the one of a fully qualified `name`,
+/// or the default project.
+pub fn require_own_project(principal: &Principal, project: Option<&str>, name: &str) -> Result<(), Error> {
+    let Principal::Project { project: mine, .. } = principal else { return Ok(()) };
+    let default = project.and_then(|p| p.parse().ok()).unwrap_or_else(ProjectName::default_project);
+    let target = tessera_model::FqName::resolve(name, &default).map(|f| f.project().clone()).unwrap_or(default);
+    if &target != mine {
+        return Err(forbidden(principal, &format!("create {name} in project {target}: a token acts in its own project")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
