@@ -34,7 +34,12 @@ type ApiResult<T> = Result<T, ApiError>;
 /// offending field path.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+/// Bodies larger than this are decoded on a blocking thread: parsing
+/// megabytes of JSON would otherwise hold a request worker for tens of
+/// milliseconds, and `/healthz` and small calls would wait behind it.
+const DECODE_ASIDE_BYTES: usize = 64 << 10;
+
+impl<S: Send + Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -42,13 +47,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError(Error::TooLarge { limit: MAX_BODY_BYTES }),
             _ => ApiError(FieldError::new("body", e.body_text()).into()),
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." || path == "?" { "body".to_string() } else { path };
-            ApiError(FieldError::new(field, e.into_inner().to_string()).into())
-        })
+        if bytes.len() > DECODE_ASIDE_BYTES {
+            return tokio::task::spawn_blocking(move || decode(&bytes))
+                .await
+                .map_err(|e| ApiError(FieldError::new("body", format!("cannot decode: {e}")).into()))?;
+        }
+        decode(&bytes)
     }
+}
+
+/// The request body as `T`, or an error naming the field path at fault.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Body<T>, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path == "?" { "body".to_string() } else { path };
+        ApiError(FieldError::new(field, e.into_inner().to_string()).into())
+    })
 }
 
 fn created<T: Serialize>(c: Created<T>) -> Response {
