@@ -47,6 +47,9 @@ impl AgentError {
     }
 }
 
+/// Attempts of one call while the agent cannot be reached (about 0.7 s in all).
+const ATTEMPTS: u32 = 4;
+
 /// A client of the agent listening on one socket. Each call is one
 /// connection; the agent answers attach and detach once the data plane has
 /// done them (up to its own deadline).
@@ -64,6 +67,10 @@ impl AgentClient {
         &self.socket
     }
 
+    /// Sends one call. Every call of the local API is idempotent (attach by
+    /// endpoint name, detach of what is gone succeeds), so a connection that
+    /// cannot be made, or is closed before the answer (an agent restarting),
+    /// is tried again, [`ATTEMPTS`] times in all.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -71,9 +78,20 @@ impl AgentClient {
         body: Option<&impl Serialize>,
     ) -> Result<T, AgentError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request types serialize"));
-        let (status, bytes) = uds::request(&self.socket, method, path, body)
-            .await
-            .map_err(|source| AgentError::Unreachable { socket: self.socket.clone(), source })?;
+        let mut pause = std::time::Duration::from_millis(100);
+        let mut attempt = 1;
+        let (status, bytes) = loop {
+            match uds::request(&self.socket, method.clone(), path, body.clone()).await {
+                Ok(answer) => break answer,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::debug!(socket = %self.socket.display(), error = %e, attempt, "agent call failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(source) => return Err(AgentError::Unreachable { socket: self.socket.clone(), source }),
+            }
+        };
         let status = status.as_u16();
         let bad = |reason: String| AgentError::BadResponse { path: path.to_string(), status, reason };
         if (200..300).contains(&status) {
