@@ -184,6 +184,10 @@ fn privileged_agent_kill_9_does_not_cut_traffic_and_restarts_converge() {
     c.start_controller().unwrap();
     c.container("h1", "c4").unwrap();
     let a4 = addresses(&c.attach("c4", "red", &[]).unwrap());
+    // An attach answers once its own host has programmed it; the other host
+    // follows through its watch, which it opens again within about a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.ping("c3", &a4[0], 1).unwrap() == 0 && Instant::now() < deadline {}
     assert_eq!(c.ping("c3", &a4[0], 2).unwrap(), 2, "a change after the controller restart reached both hosts");
     // Deleted state is removed by restarted agents too.
     c.stop_agent("h2");
