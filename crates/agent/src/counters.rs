@@ -141,6 +141,7 @@ mod tests {
             underlay_ip: "10.99.0.1".parse().unwrap(),
             underlay_ifname: "eth0".into(),
             underlay_mtu: 1500,
+            peers: vec![],
             networks: vec![],
             pair_zones: vec![],
             policies: vec![],

@@ -310,10 +310,14 @@ pub fn host_intent_cached(
         }
     }
 
+    let mut peers: Vec<IpAddr> = snap.hosts.iter().map(|h| h.underlay_ip).filter(|ip| *ip != me.underlay_ip).collect();
+    peers.sort();
+    peers.dedup();
     let desired = DesiredHost {
         underlay_ip: me.underlay_ip,
         underlay_ifname: me.underlay_ifname.clone(),
         underlay_mtu: me.underlay_mtu,
+        peers,
         networks,
         pair_zones: shared_zones,
         policies,

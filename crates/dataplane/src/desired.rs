@@ -37,6 +37,10 @@ pub struct DesiredHost {
     pub underlay_ifname: String,
     /// MTU of the underlay device; overlay MTUs are derived from it.
     pub underlay_mtu: u32,
+    /// The underlay addresses of the other hosts of the fabric: VXLAN is
+    /// accepted from these (and from the hosts of remote endpoints) only.
+    #[serde(default)]
+    pub peers: Vec<IpAddr>,
     /// The networks that have at least one endpoint on this host (or that the
     /// agent otherwise wants present, such as a network whose routes a local
     /// network imports: its VXLAN device carries the traffic towards it).

@@ -72,7 +72,7 @@ impl fmt::Display for SysctlKey {
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
 /// then replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v2";
+pub const SKELETON_VERSION: &str = "tessera-v3";
 
 /// The table of the firewall of network pairs.
 pub const POLICY_TABLE: &str = "tessera_policy";

@@ -14,6 +14,15 @@
 //! endpoints of one bridge is routed through the host on purpose (see
 //! [`crate::desired::bridge_sysctls`]).
 //!
+//! Its input chain is the host's own guard: VXLAN (UDP port 4789) is
+//! accepted only from the underlay addresses of the fabric's hosts (sets
+//! `vteps4`, `vteps6`), so a packet injected on the underlay from elsewhere
+//! never reaches a network; and nothing that enters from a network (a bridge
+//! or a tunnel) reaches the host itself but IPv6 neighbour discovery (the
+//! bridge answers for its gateway addresses): a container cannot reach the
+//! host's services (the controller's port included), nor any of its
+//! addresses, the gateway's included.
+//!
 //! `table bridge tessera` is the anti-spoofing filter of endpoint ports: a
 //! frame that enters a `tv*` port passes only if its (port, MAC, source
 //! address) is in a set, so the cost per frame does not grow with the number
@@ -87,6 +96,23 @@ table inet tessera {{
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
     }}
+    set vteps4 {{
+        type ipv4_addr
+    }}
+    set vteps6 {{
+        type ipv6_addr
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        udp dport {vxlan} ip saddr != @vteps4 counter drop comment "VXLAN from a host outside the fabric"
+        udp dport {vxlan} ip6 saddr != @vteps6 counter drop comment "VXLAN from a host outside the fabric"
+        iifname "tb*" jump from_overlay
+        iifname "tx*" jump from_overlay
+    }}
+    chain from_overlay {{
+        icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
+        counter drop comment "a container towards the host itself"
+    }}
     chain output {{
         type filter hook output priority raw; policy accept;
         oifname "tb*" icmp type redirect drop
@@ -135,6 +161,7 @@ table inet {p} {{
 }}
 "#,
         v = SKELETON_VERSION,
+        vxlan = crate::desired::VXLAN_PORT,
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),
@@ -416,6 +443,7 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
             let zone = u16::try_from(pair.get(1)?.as_u64()?).ok()?;
             Some(NftElement::PairZone { ifname, net, zone })
         }
+        ("inet", "vteps4") | ("inet", "vteps6") => Some(NftElement::Vtep { ip: elem.as_str()?.parse().ok()? }),
         ("bridge", "ep4") | ("bridge", "ep6") => {
             let parts = concat(elem)?;
             let [port, m, ip] = parts.as_slice() else { return None };
@@ -445,8 +473,10 @@ mod tests {
                "elem": [["tb1", 5], ["tx1", 5]]}},
       {"map": {"family": "inet", "name": "pz4", "table": "tessera", "type": ["ifname", "ipv4_addr"], "handle": 3, "map": "integer", "flags": ["interval"],
                "elem": [[{"concat": ["tb1", {"prefix": {"addr": "10.0.1.0", "len": 24}}]}, 7], [{"concat": ["tx1", "10.0.2.5"]}, 7]]}},
+      {"set": {"family": "inet", "name": "vteps4", "table": "tessera", "type": "ipv4_addr", "handle": 5, "elem": ["192.0.2.7"]}},
+      {"set": {"family": "inet", "name": "vteps6", "table": "tessera", "type": "ipv6_addr", "handle": 6, "elem": ["2001:db8:1::7"]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v2", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v3", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -456,7 +486,7 @@ mod tests {
                "elem": [{"elem": {"val": {"concat": ["tv12345678", "02:00:00:00:00:01", "2001:db8::2"]}, "counter": {"packets": 0, "bytes": 0}}}]}},
       {"set": {"family": "bridge", "name": "epmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 4,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v2", "expr": []}}]}"#;
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v3", "expr": []}}]}"#;
 
     const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},
@@ -509,6 +539,8 @@ mod tests {
             NftElement::Zone { ifname: "tx1".into(), zone: 5 },
             NftElement::PairZone { ifname: "tb1".into(), net: "10.0.1.0/24".parse().unwrap(), zone: 7 },
             NftElement::PairZone { ifname: "tx1".into(), net: "10.0.2.5/32".parse().unwrap(), zone: 7 },
+            NftElement::Vtep { ip: "192.0.2.7".parse().unwrap() },
+            NftElement::Vtep { ip: "2001:db8:1::7".parse().unwrap() },
             NftElement::Ep4 { port: port.clone(), mac: mac(), ip: "10.0.0.2".parse().unwrap() },
             NftElement::Ep6 { port: port.clone(), mac: mac(), ip: "2001:db8::2".parse().unwrap() },
             NftElement::EpMac { port, mac: mac() },
@@ -560,7 +592,7 @@ mod tests {
     fn a_missing_table_means_no_skeleton() {
         let state = parse_tables(Some(INET), None, None).unwrap();
         assert_eq!(state.skeleton, None);
-        assert_eq!(state.elements.len(), 4);
+        assert_eq!(state.elements.len(), 6);
     }
 
     #[test]

@@ -332,6 +332,9 @@ pub enum NftElement {
     /// packet entering a bridge towards `PREFIX`, or a tunnel from `PREFIX`,
     /// belongs to a flow between the two networks.
     PairZone { ifname: String, net: IpNet, zone: u16 },
+    /// `inet tessera` set `vteps4` or `vteps6`: the underlay address of a
+    /// host of the fabric, from which VXLAN is accepted.
+    Vtep { ip: IpAddr },
 }
 
 impl NftElement {
@@ -344,13 +347,15 @@ impl NftElement {
             NftElement::EpMac { .. } => ("bridge", "tessera", "epmac"),
             NftElement::PairZone { net, .. } if net.addr().is_ipv4() => ("inet", "tessera", "pz4"),
             NftElement::PairZone { .. } => ("inet", "tessera", "pz6"),
+            NftElement::Vtep { ip: IpAddr::V4(_) } => ("inet", "tessera", "vteps4"),
+            NftElement::Vtep { ip: IpAddr::V6(_) } => ("inet", "tessera", "vteps6"),
         }
     }
 
     /// The endpoint port the element is about, for port elements.
     pub fn port(&self) -> Option<&str> {
         match self {
-            NftElement::Zone { .. } | NftElement::PairZone { .. } => None,
+            NftElement::Zone { .. } | NftElement::PairZone { .. } | NftElement::Vtep { .. } => None,
             NftElement::Ep4 { port, .. } | NftElement::Ep6 { port, .. } | NftElement::EpMac { port, .. } => Some(port),
         }
     }
@@ -367,6 +372,7 @@ impl fmt::Display for NftElement {
             NftElement::Ep6 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
             NftElement::EpMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
             NftElement::PairZone { ifname, net, zone } => write!(f, "\"{ifname}\" . {net} : {zone}")?,
+            NftElement::Vtep { ip } => write!(f, "{ip}")?,
         }
         f.write_str(" }")
     }

@@ -519,6 +519,12 @@ impl Want {
             proxy_neighbours: BTreeSet::new(),
             elements: BTreeSet::new(),
         };
+        // The hosts VXLAN is accepted from: the fabric's, and whichever holds
+        // a remote endpoint (its host is one of the fabric's by construction).
+        let remote_hosts = desired.networks.iter().flat_map(|n| n.remote.iter().map(|r| r.host_underlay));
+        for ip in desired.peers.iter().copied().chain(remote_hosts) {
+            w.elements.insert(NftElement::Vtep { ip });
+        }
         for net in &desired.networks {
             let tb = bridge_name(net.vni);
             let tx = vxlan_name(net.vni);

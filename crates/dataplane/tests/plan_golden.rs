@@ -21,6 +21,7 @@ fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
+        peers: vec![],
         networks,
         pair_zones: vec![],
         policies: vec![],
@@ -171,8 +172,25 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     let mut kernel = converged(&desired);
     kernel.nft.skeleton = Some("tessera-v0".into());
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
-    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v2 # inet tessera, bridge tessera, inet tessera_policy");
+    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v3 # inet tessera, bridge tessera, inet tessera_policy");
     assert_eq!(actual.len(), 1 + 1 + 1 + 2 + 3, "skeleton, dispatch chain, digests, two zones, three port elements: {actual:#?}");
+}
+
+#[test]
+fn vxlan_is_accepted_from_the_fabric_s_hosts_and_the_hosts_of_remote_endpoints() {
+    let mut desired = host(vec![with_remote(with_endpoint(network(100, 1)))]);
+    desired.peers = vec!["10.99.0.7".parse().unwrap(), "fd00::7".parse().unwrap()];
+    let actual: Vec<String> = plan(&desired, &converged(&host(vec![]))).iter().map(|a| a.to_string()).collect();
+    let vteps: Vec<&String> = actual.iter().filter(|a| a.contains(" vteps")).collect();
+    assert_eq!(
+        vteps,
+        [
+            "nft add element inet tessera vteps4 { 10.99.0.2 }",
+            "nft add element inet tessera vteps4 { 10.99.0.7 }",
+            "nft add element inet tessera vteps6 { fd00::7 }"
+        ],
+        "{actual:#?}"
+    );
 }
 
 #[test]

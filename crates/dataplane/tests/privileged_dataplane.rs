@@ -44,6 +44,7 @@ fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
         underlay_ip: h.underlay_ip,
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
+        peers: vec![],
         networks,
         pair_zones: vec![],
         policies: vec![],

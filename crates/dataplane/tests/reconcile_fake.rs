@@ -17,6 +17,7 @@ fn desired() -> DesiredHost {
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
+        peers: vec![],
         networks: vec![DesiredNetwork {
             vni: Vni::new(7).unwrap(),
             zone: 7,

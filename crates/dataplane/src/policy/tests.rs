@@ -152,6 +152,7 @@ fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_polic
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
+        peers: vec![],
         networks: vec![],
         pair_zones: vec![],
         policies: vec![PairPolicy { src: a.vni, dst: b.vni, lists: vec![list] }],

@@ -180,6 +180,7 @@ impl Intent {
             underlay_ip: me.underlay_ip,
             underlay_ifname: "eth0".into(),
             underlay_mtu: 1500,
+            peers: vec![],
             networks,
             pair_zones,
             policies,
