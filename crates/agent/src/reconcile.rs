@@ -45,8 +45,9 @@ impl Agent {
         }
         let (mut desired, mut skipped) = (intent.desired, intent.skipped);
         refuse_host_namespaces(&mut desired, &mut skipped);
+        let missing = take_missing_namespaces(&mut desired);
         let desired = Arc::new(desired);
-        for (id, reason) in &skipped.0 {
+        for (id, reason) in skipped.0.iter().chain(&missing) {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");
         }
         for e in &intent.errors {
@@ -56,9 +57,14 @@ impl Agent {
         let started = std::time::Instant::now();
         let result = tessera_dataplane::reconcile(self.dp.as_ref(), &desired).await;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
+        // Endpoints the kernel refused are reported failed with the reason
+        // (and tried again at the next reconcile).
+        let mut refused = skipped.clone();
+        refused.0.extend(missing);
         let (programmed, last_error) = match &result {
             Ok(report) if report.failures.is_empty() => (present.clone(), intent.errors.first().cloned()),
             Ok(report) => {
+                refused.0.extend(report.endpoint_failures().map(|(id, f)| (id, f.error.to_string())));
                 let failed: BTreeSet<Uuid> = report.failed_endpoints().collect();
                 let msg = report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ");
                 tracing::warn!(failures = report.failures.len(), error = %msg, "reconcile incomplete");
@@ -71,7 +77,7 @@ impl Agent {
         };
         drop(_enter);
         self.counters.reconciled(desired.clone());
-        self.report_status(snap, &programmed, &skipped);
+        self.report_status(snap, &programmed, &refused);
         self.progress.send_modify(|p| {
             p.reconciles += 1;
             p.revision = snap.revision;
@@ -105,6 +111,24 @@ impl Agent {
             }
         }
     }
+}
+
+/// Takes out of `desired` the local endpoints whose namespace cannot be
+/// opened (a container that is gone, a namespace not made yet), with the
+/// reason: they are reported failed and tried again at the next reconcile,
+/// and the host's other endpoints are programmed as usual.
+fn take_missing_namespaces(desired: &mut tessera_dataplane::DesiredHost) -> Vec<(Uuid, String)> {
+    let mut missing = Vec::new();
+    for n in &mut desired.networks {
+        n.local.retain(|l| match std::fs::metadata(&l.netns) {
+            Ok(_) => true,
+            Err(e) => {
+                missing.push((l.id, format!("its network namespace {} cannot be opened: {e}", l.netns.display())));
+                false
+            }
+        });
+    }
+    missing
 }
 
 /// Takes out of `desired` the local endpoints whose namespace is one of the

@@ -87,6 +87,8 @@ enum Command {
     /// The host's interface table.
     #[command(subcommand)]
     Vif(commands::agent::VifCmd),
+    /// This host's agent: its controller, whether it holds its data plane (and why), its last error.
+    Status(commands::agent::StatusArgs),
     /// The fabric's certificates: a CA, the controller's, an admin's, one per host.
     #[command(subcommand)]
     Pki(commands::pki::Cmd),
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
+            Command::Status(a) => commands::agent::status(&ctx, a).await,
             Command::Cni(c) => commands::cni::run(&ctx, c).await,
         }
     });

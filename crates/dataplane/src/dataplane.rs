@@ -47,8 +47,12 @@ impl ApplyReport {
     /// The local endpoints whose container side could not be configured
     /// (which includes those whose veth could not be made).
     pub fn failed_endpoints(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
+        self.endpoint_failures().map(|(id, _)| id)
+    }
+    /// [`ApplyReport::failed_endpoints`], each with its failure.
+    pub fn endpoint_failures(&self) -> impl Iterator<Item = (uuid::Uuid, &KernelOpFailure)> + '_ {
         self.failures.iter().filter_map(|f| match &f.action {
-            KernelOp::ContainerIfaceConfigure { endpoint, .. } => Some(*endpoint),
+            KernelOp::ContainerIfaceConfigure { endpoint, .. } => Some((*endpoint, f)),
             _ => None,
         })
     }

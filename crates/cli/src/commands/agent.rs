@@ -107,6 +107,12 @@ pub enum VifCmd {
     },
 }
 
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
 /// Resolves the target to (netns path, container id).
 async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
     if let Some(ns) = &t.netns {
@@ -205,5 +211,24 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
             ]);
         }
         t.render()
+    })
+}
+
+/// `tessera status`: the agent of this host, as its local API reports it.
+pub async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<()> {
+    let s = AgentClient::new(a.socket).status().await?;
+    ctx.print(&s, || {
+        let connected = if s.controller_connected { "connected" } else { "not connected" };
+        let mut out = format!(
+            "host:            {} ({})\ncontroller:      {} ({connected})\nrevision:        {}\nnetworks:        {}\nlocal endpoints: {}\nreconciles:      {}\n",
+            s.host, s.underlay_ip, s.controller, s.revision, s.networks, s.local_endpoints, s.reconciles
+        );
+        if let Some(why) = &s.holding {
+            out.push_str(&format!("holding:         {why}\n"));
+        }
+        if let Some(e) = &s.last_error {
+            out.push_str(&format!("last error:      {e}\n"));
+        }
+        out
     })
 }

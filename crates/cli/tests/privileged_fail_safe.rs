@@ -1,0 +1,140 @@
+//! Privileged tier: agents fail safe. A controller started on a new store
+//! (another cluster) does not tear down the hosts' data planes: traffic keeps
+//! flowing and the agents say why they hold. An endpoint the agent cannot
+//! program shows its error and leaves the host's other endpoints working.
+//! Needs root; fails with the reason when it cannot run.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tessera_testkit::{addresses, admin_http, Cluster, ClusterSpec};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+/// One fabric at a time: two cores run every host, container and process of a test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cluster(hosts: &[&str]) -> (Cluster, (tempfile::TempDir, std::sync::MutexGuard<'static, ()>)) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let prefix = format!("tfs{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
+    let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
+    let c =
+        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
+    (c, (dir, guard))
+}
+
+/// `tessera status --json` of the agent of `host`.
+fn agent_status(c: &Cluster, host: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["status", "--json", "--socket"])
+        .arg(c.agent_socket(host))
+        .output()
+        .expect("run tessera status");
+    assert!(out.status.success(), "tessera status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("tessera status --json prints JSON")
+}
+
+#[test]
+fn privileged_a_controller_on_a_new_store_does_not_stop_running_traffic() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.71.0.0/24"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    addresses(&c.attach("c1", "blue", &[]).unwrap());
+    let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2);
+
+    // An iperf3 stream of 8 s from c1 to c2, reported per second.
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), server).expect("iperf3 (install iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    let mut client = Command::new("iperf3");
+    client.args(["-c", &a2[0], "-t", "8", "-i", "1", "-J"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let stream = c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), client).unwrap();
+    thread::sleep(Duration::from_secs(1));
+
+    // The controller's store is lost; an operator starts it on a new one.
+    c.kill_controller();
+    std::fs::remove_dir_all(c.spec().run_dir.join("controller")).expect("remove the controller's store");
+    c.start_controller().expect("the controller starts on a new store with --init");
+
+    // Both agents notice and hold, saying why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for host in ["h1", "h2"] {
+        loop {
+            let s = agent_status(&c, host);
+            if s["holding"].as_str().is_some_and(|h| h.contains("cluster")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent of {host} does not report the other cluster: {s}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let shown = c.tessera_on("h1", &["status", "--socket", &c.agent_socket("h1").display().to_string()], &[]).unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("holding:") && text.contains("cluster"), "tessera status does not say the agent holds: {text}");
+
+    let out = stream.wait_with_output().unwrap();
+    let _ = srv.wait();
+    assert!(out.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
+    let per_second: Vec<u64> =
+        v["intervals"].as_array().expect("iperf3 intervals").iter().map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0)).collect();
+    assert!(per_second.len() >= 7, "iperf3 reported {per_second:?}");
+    assert!(
+        per_second.iter().all(|b| *b > 0),
+        "traffic stopped while the controller changed stores: bytes per second {per_second:?}"
+    );
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "the data plane is still in place");
+    assert_eq!(c.cli_json(&["network", "list"]).unwrap().as_array().map(Vec::len), Some(0), "the new store is empty");
+}
+
+#[test]
+fn privileged_an_endpoint_the_agent_cannot_program_leaves_the_others_working() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    let net = c.cli_json(&["network", "add", "green", "--subnet", "10.72.0.0/24"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    let a1 = addresses(&c.attach("c1", "green", &[]).unwrap());
+    let a2 = addresses(&c.attach("c2", "green", &[]).unwrap());
+
+    // An endpoint on h1 whose namespace does not exist (a valid path: the
+    // controller cannot know); the agent of h1 cannot program it.
+    let missing = format!("/run/netns/{}-gone", c.fabric.prefix());
+    let body = serde_json::json!({
+        "network": net["id"], "host": "h1", "name": "ghost",
+        "owner": {"netns": missing, "ifname": "eth0"}
+    });
+    // From inside the controller's host: the underlay is reachable there.
+    let (builder, url) = (admin_http(&c).unwrap(), format!("{}/v1/endpoints", c.url));
+    let (status, ghost) = tessera_fabric::run_in(c.host_netns(c.controller_host()).unwrap(), move || {
+        let resp = builder.build().unwrap().post(url).json(&body).send().expect("the controller answers");
+        (resp.status(), resp.json::<serde_json::Value>().unwrap_or_default())
+    })
+    .unwrap();
+    assert!(status.is_success(), "create: {status} {ghost}");
+    let id = ghost["id"].as_str().unwrap().to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let shown = loop {
+        let e = c.cli_json(&["endpoint", "show", &id]).unwrap();
+        if e["status"] == "failed" {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the endpoint never shows its failure: {e}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    let why = shown["status_message"].as_str().unwrap_or_default();
+    assert!(why.contains(&missing) || why.contains("namespace"), "the failure does not say what is wrong: {shown}");
+
+    // The host's other endpoint works in both directions, and a new one too.
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2);
+    assert_eq!(c.ping("c2", &a1[0], 2).unwrap(), 2);
+    c.container("h1", "c3").unwrap();
+    let a3 = addresses(&c.attach("c3", "green", &[]).unwrap());
+    assert_eq!(c.ping("c3", &a2[0], 2).unwrap(), 2, "a new endpoint on the same host is programmed");
+    assert_eq!(c.ping("c2", &a3[0], 2).unwrap(), 2);
+}
