@@ -290,22 +290,24 @@ pub fn host_intent_cached(
     }
     let shared_zones: Vec<PairZone> = assigned.into_iter().map(|((a, b), zone)| PairZone { a, b, zone }).collect();
 
+    // Both ends judge a flow: this host runs the program of every pair whose
+    // flows start here (from a local endpoint) or end here (at a local
+    // endpoint, arriving through a tunnel). A pair it only carries is
+    // watched, so that a change still ends its flows here.
+    let with_endpoints: BTreeSet<Vni> = networks.iter().filter(|n| !n.local.is_empty()).map(|n| n.vni).collect();
     let (mut policies, mut watches) = (Vec::new(), Vec::new());
     for n in &networks {
         let Some(s_id) = id_of.get(&n.vni) else { continue };
-        if n.local.is_empty() {
-            for d in &n.imports {
-                let Some(fingerprint) = id_of.get(d).and_then(|d_id| compiler.refusal_fingerprint(*s_id, *d_id, refusals)) else {
-                    continue;
-                };
-                watches.push(PairWatch { src: n.vni, dst: *d, fingerprint });
-            }
-            continue;
-        }
         for d in std::iter::once(n.vni).chain(n.imports.iter().copied()) {
-            let Some(program) = id_of.get(&d).and_then(|d_id| compiler.program_cached(*s_id, *d_id, cache)) else { continue };
-            if !program.is_pass_all() {
-                policies.push(PairPolicy { src: n.vni, dst: d, lists: program.lists });
+            let Some(d_id) = id_of.get(&d) else { continue };
+            if !n.local.is_empty() || with_endpoints.contains(&d) {
+                let Some(program) = compiler.program_cached(*s_id, *d_id, cache) else { continue };
+                if !program.is_pass_all() {
+                    policies.push(PairPolicy { src: n.vni, dst: d, lists: program.lists });
+                }
+            } else if d != n.vni {
+                let Some(fingerprint) = compiler.refusal_fingerprint(*s_id, *d_id, refusals) else { continue };
+                watches.push(PairWatch { src: n.vni, dst: d, fingerprint });
             }
         }
     }
@@ -551,18 +553,31 @@ mod tests {
         assert_eq!(desired_host(&connected(), &me()).0.pair_zones, d.pair_zones, "stable");
     }
 
+    /// n1, n2 and n3 all connected by one pass-all policy; only n1 has an
+    /// endpoint on h1.
+    fn all_connected() -> Snapshot {
+        let mut s = snap();
+        s.policies.push(pass_all(100));
+        for n in &mut s.networks {
+            n.policies = vec![Uuid::from_u128(100)];
+        }
+        s
+    }
+
     #[test]
-    fn programs_are_compiled_for_flows_that_start_here_and_watched_for_the_others() {
+    fn programs_are_compiled_for_flows_that_start_or_end_here_and_watched_for_the_others() {
         let (d, _) = desired_host(&connected(), &me());
         let pairs: Vec<(u32, u32)> = d.policies.iter().map(|p| (p.src.get(), p.dst.get())).collect();
         assert_eq!(
             pairs,
-            vec![(4096, 4097)],
-            "n1 -> n2 starts here (pass-all between networks is still a list); within n1 nothing"
+            vec![(4096, 4097), (4097, 4096)],
+            "n1 -> n2 starts here, n2 -> n1 ends here (pass-all between networks is still a list); within n1 nothing"
         );
+        assert!(d.watches.is_empty(), "every pair of this host is judged here");
+        let (d, _) = desired_host(&all_connected(), &me());
         let watched: Vec<(u32, u32)> = d.watches.iter().map(|w| (w.src.get(), w.dst.get())).collect();
-        assert_eq!(watched, vec![(4097, 4096)], "n2 has no endpoint here: its flows to n1 arrive through the tunnel");
-        let mut changed = connected();
+        assert_eq!(watched, vec![(4097, 4098), (4098, 4097)], "n2 and n3 have no endpoint here: their flows are not judged here");
+        let mut changed = all_connected();
         changed.policies[0].rules.push(
             tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
         );
@@ -574,7 +589,7 @@ mod tests {
         let rule = |r: &str| tessera_model::Rule::parse("r", r, &tessera_model::ProjectName::default_project()).unwrap();
         let watch = |intents: &mut IntentCompiler, s: &Snapshot| intents.compile(s, &me()).0.desired.watches[0].fingerprint;
         let mut intents = IntentCompiler::new();
-        let mut s = connected();
+        let mut s = all_connected();
         s.policies[0].rules.insert(0, rule("deny tcp any any <> any 22"));
         let first = watch(&mut intents, &s);
         s.policies[0].rules.set(0, rule("pass tcp any any <> any 22"));
@@ -638,14 +653,14 @@ mod tests {
         let mut cache = tessera_policy::ListCache::new();
         let first = host_intent_cached(&connected(), &me(), &mut cache, &mut tessera_policy::Refusals::new());
         assert_eq!(first.desired, host_intent(&connected(), &me()).desired);
-        assert_eq!(cache.len(), 2, "n1 -> n2, and n1 within itself (which passes everything)");
+        assert_eq!(cache.len(), 3, "n1 -> n2, n2 -> n1, and n1 within itself (which passes everything)");
         let mut changed = connected();
         changed.policies[0].rules.push(
             tessera_model::Rule::parse("r", "deny tcp any any > any 22", &tessera_model::ProjectName::default_project()).unwrap(),
         );
         let second = host_intent_cached(&changed, &me(), &mut cache, &mut tessera_policy::Refusals::new());
         assert_eq!(second.desired, host_intent(&changed, &me()).desired);
-        assert_eq!(cache.len(), 2, "the old lists left the cache");
+        assert_eq!(cache.len(), 3, "the old lists left the cache");
     }
 
     #[test]

@@ -50,13 +50,14 @@ pub struct DesiredHost {
     #[serde(default)]
     pub pair_zones: Vec<PairZone>,
     /// The firewall programs of new flows between networks (or within one)
-    /// that start on this host (from a local network's bridge); a pair
-    /// without a program passes everything.
+    /// that start on this host (from a local network's bridge) or end here
+    /// (arriving through a tunnel for a local endpoint); a pair without a
+    /// program passes everything.
     #[serde(default)]
     pub policies: Vec<PairPolicy>,
-    /// Pairs whose flows arrive here through a tunnel (decided on the host
-    /// where they start): the fingerprint of their program's inputs, so that
-    /// a change ends their flows here too.
+    /// Pairs of networks present here whose flows neither start nor end
+    /// here: the fingerprint of their program's inputs, so that a change
+    /// ends any of their flows here too.
     #[serde(default)]
     pub watches: Vec<PairWatch>,
 }

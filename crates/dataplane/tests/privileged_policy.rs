@@ -193,6 +193,28 @@ async fn privileged_tcp_80_passes_and_tcp_22_is_denied_between_networks() {
 }
 
 #[tokio::test]
+async fn privileged_the_destination_host_judges_too_when_the_source_host_does_not() {
+    let mut f = Fabric::new();
+    let p = Pair::new(&mut f).await;
+    let (mut intent, r1, g1) = red_green(&mut f, &p);
+    intent.policies.push(policy(0x310, "web", &["pass tcp red any <> green 80"]));
+    both(&mut intent, &[0x310]);
+    p.converge(&intent).await;
+    let _servers = TcpServers::start(&g1, &[80, 22]);
+    connects_eventually(&r1, "192.168.20.2:80").expect("tcp/80 passes");
+
+    // h1 (the source) stops judging: a host whose firewall is gone or that
+    // sends what it likes. h2, where the flows end, still refuses tcp/22.
+    f.exec_ok(&p.h1.ns, "nft", &["flush", "chain", "inet", "tessera_policy", "dispatch"]);
+    let e = tcp_connect(&r1, "192.168.20.2:22", Duration::from_millis(1500)).expect_err("tcp/22 must be denied at h2");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "h2 drops it: {e}");
+    let e6 = tcp_connect(&r1, "[2001:db8:20::2]:22", Duration::from_millis(1500)).expect_err("tcp/22 over IPv6 too");
+    assert_eq!(e6.kind(), ErrorKind::TimedOut, "h2 drops it: {e6}");
+    assert!(f.ping_fails(&r1, "192.168.20.2"), "icmp is not in the policy, at h2 either");
+    tcp_connect(&r1, "192.168.20.2:80", Duration::from_secs(2)).expect("what the policy passes still passes");
+}
+
+#[tokio::test]
 async fn privileged_reject_is_refused_at_once_while_deny_times_out() {
     let mut f = Fabric::new();
     let p = Pair::new(&mut f).await;

@@ -6,11 +6,13 @@
 //! of allowed flows never walk rules), then jumps to `dispatch`, which looks
 //! up the input and output interfaces in one anonymous verdict map:
 //! `"tb<S>" . "tb<D>"` and `"tb<S>" . "tx<D>"` jump to the program of flows
-//! from network `S` to network `D`. Only flows that enter from a local
-//! bridge are evaluated: every flow is decided once, on the host where it
-//! starts, and traffic that arrives through a tunnel was decided there
-//! (each host still removes the conntrack entries of flows that a change
-//! no longer allows, on both sides).
+//! from network `S` to network `D`; for flows that arrive through a tunnel
+//! for a local endpoint, `"tx<D>" . SOURCE-SUBNET . "tb<D>"` (one map per
+//! family, the subnets of `S`) jumps to the same program. Both ends judge
+//! every flow: the host where it starts and the host where it ends, so a
+//! host that does not judge (its firewall flushed, or a host sending
+//! whatever it likes) gets no more through than the policy allows. A flow
+//! between two hosts is therefore counted by the hit counters of both.
 //!
 //! Objects, for the program of flows from VNI `S` to VNI `D`:
 //! - chain `p<S>_<D>`: `jump l<S>_<D>_0; jump l<S>_<D>_1; accept`;

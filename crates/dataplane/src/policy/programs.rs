@@ -23,6 +23,11 @@ pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
 pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> PolicyObjects {
     let mut out = PolicyObjects::default();
     let mut dispatch: Vec<String> = Vec::new();
+    // Flows that arrive through a tunnel for a local endpoint, by family:
+    // the tunnel they arrive by and the bridge they leave by say the
+    // destination network, their source address the source network (the
+    // networks a VRF holds never overlap).
+    let (mut arrivals4, mut arrivals6): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     let mut sources: BTreeSet<Vni> = BTreeSet::new();
     let mut programs: Vec<&PairPolicy> = desired.policies.iter().filter(|p| !p.lists.is_empty()).collect();
     programs.sort_by_key(|p| (p.src, p.dst));
@@ -51,6 +56,15 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         let (tb_s, tb_d, tx_d) = (bridge_name(s), bridge_name(d), vxlan_name(d));
         dispatch.push(format!("\"{tb_s}\" . \"{tb_d}\" : jump {pname}"));
         dispatch.push(format!("\"{tb_s}\" . \"{tx_d}\" : jump {pname}"));
+        let source = desired.networks.iter().find(|n| n.vni == s);
+        for sub in source.into_iter().flat_map(|n| &n.subnets) {
+            let entry = format!("\"{tx_d}\" . {} . \"{tb_d}\" : jump {pname}", sub.cidr.trunc());
+            if sub.cidr.addr().is_ipv4() {
+                arrivals4.push(entry)
+            } else {
+                arrivals6.push(entry)
+            }
+        }
     }
     for s in sources {
         let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
@@ -58,7 +72,16 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
     }
     memo.forget_unused();
     drop(memo);
-    let body = if dispatch.is_empty() { vec![] } else { vec![format!("iifname . oifname vmap {{ {} }}", dispatch.join(", "))] };
+    let mut body = Vec::new();
+    if !dispatch.is_empty() {
+        body.push(format!("iifname . oifname vmap {{ {} }}", dispatch.join(", ")));
+    }
+    if !arrivals4.is_empty() {
+        body.push(format!("iifname . ip saddr . oifname vmap {{ {} }}", arrivals4.join(", ")));
+    }
+    if !arrivals6.is_empty() {
+        body.push(format!("iifname . ip6 saddr . oifname vmap {{ {} }}", arrivals6.join(", ")));
+    }
     out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
     out
 }

@@ -155,16 +155,19 @@ impl Intent {
             }
         }
         let id_of = |v: Vni| self.networks.iter().find(|n| n.vni == v).unwrap().id;
+        // As the agent does: a host judges the pairs whose flows start or
+        // end at its endpoints and watches the others.
+        let with_endpoints: Vec<Vni> = networks.iter().filter(|n| !n.local.is_empty()).map(|n| n.vni).collect();
         let (mut policies, mut watches) = (Vec::new(), Vec::new());
         for n in &networks {
-            if n.local.is_empty() {
-                for d in &n.imports {
-                    let fingerprint = compiler.fingerprint(id_of(n.vni), id_of(*d)).unwrap();
-                    watches.push(PairWatch { src: n.vni, dst: *d, fingerprint });
-                }
-                continue;
-            }
             for d in std::iter::once(n.vni).chain(n.imports.iter().copied()) {
+                if n.local.is_empty() && !with_endpoints.contains(&d) {
+                    if d != n.vni {
+                        let fingerprint = compiler.fingerprint(id_of(n.vni), id_of(d)).unwrap();
+                        watches.push(PairWatch { src: n.vni, dst: d, fingerprint });
+                    }
+                    continue;
+                }
                 let mut caches = self.cache.borrow_mut();
                 let cache = caches.entry(me.ns.clone()).or_default();
                 let program = compiler.program_cached(id_of(n.vni), id_of(d), cache).unwrap();
