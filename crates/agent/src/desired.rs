@@ -381,6 +381,7 @@ mod tests {
             import_targets: vec![],
             export_targets: vec![],
             shared: false,
+            shared_with: vec![],
             external: false,
             policies: vec![],
             labels: Default::default(),

@@ -142,6 +142,64 @@ fn another_projects_policy_and_networks_are_used_only_with_consent() {
 }
 
 #[test]
+fn a_network_shared_with_a_project_is_usable_by_that_project_only() {
+    let c = ControllerProcess::start();
+    fabric(&c);
+    let admin = Api::new(&c);
+    for p in ["default-domain:blue", "default-domain:green"] {
+        let (s, b) = admin.post("/v1/projects", json!({"name": p}));
+        assert!(s == 200 || s == 201, "{b}");
+    }
+    let r = admin.post(
+        "/v1/networks",
+        json!({"name": "default-domain:blue:x", "shared_with": ["default-domain:nobody"], "subnets": [{"cidr": "10.51.0.0/24"}]}),
+    );
+    assert_error(&r, 404, "not_found", Some("shared_with[0]"));
+    let r = admin.post(
+        "/v1/networks",
+        json!({"name": "default-domain:blue:x", "shared_with": ["a:b:c"], "subnets": [{"cidr": "10.51.0.0/24"}]}),
+    );
+    assert_error(&r, 400, "invalid_argument", Some("shared_with[0]"));
+    let (s, net) = admin.post(
+        "/v1/networks",
+        json!({"name": "default-domain:blue:partner", "shared_with": ["default-domain:green"], "subnets": [{"cidr": "10.52.0.0/24"}]}),
+    );
+    assert_eq!(s, 201, "{net}");
+    assert_eq!(net["shared_with"], json!(["default-domain:green"]));
+
+    // green names it in a policy; the default project may not.
+    let (s, b) = admin.post(
+        "/v1/policies",
+        json!({"name": "default-domain:green:p", "rules": ["pass any default-domain:blue:partner any <> any any"]}),
+    );
+    assert_eq!(s, 201, "shared with green: {b}");
+    let r = admin.post("/v1/policies", json!({"name": "p", "rules": ["pass any default-domain:blue:partner any <> any any"]}));
+    assert_error(&r, 400, "invalid_argument", Some("rules[0].src"));
+
+    // A token of green lists, reads and attaches to it; one of the default project does not.
+    let (_, g) = admin.post("/v1/tokens", json!({"name": "g", "project": "default-domain:green", "role": "member"}));
+    let green = Api::as_caller(&c, &Caller::Token(g["secret"].as_str().unwrap().into()));
+    let (_, list) = green.get("/v1/networks");
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|n| n["fq_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default-domain:blue:partner"], "{list}");
+    assert_eq!(green.get("/v1/networks/default-domain:blue:partner").0, 200);
+    assert_error(
+        &green.patch("/v1/networks/default-domain:blue:partner", json!({"shared": true})),
+        403,
+        "permission_denied",
+        None,
+    );
+    let (_, a) = admin.post("/v1/tokens", json!({"name": "a", "project": "default-domain:admin", "role": "member"}));
+    let other = Api::as_caller(&c, &Caller::Token(a["secret"].as_str().unwrap().into()));
+    assert_error(&other.get("/v1/networks/default-domain:blue:partner"), 403, "permission_denied", None);
+
+    // Unsharing takes it back.
+    let (s, n) = admin.patch("/v1/networks/default-domain:blue:partner", json!({"unshare_with": ["default-domain:green"]}));
+    assert_eq!((s, n["shared_with"].clone()), (200, serde_json::Value::Null), "{n}");
+    assert_error(&green.get("/v1/networks/default-domain:blue:partner"), 403, "permission_denied", None);
+}
+
+#[test]
 fn a_token_sees_and_changes_only_its_projects_objects() {
     let c = ControllerProcess::start();
     fabric(&c);

@@ -199,7 +199,7 @@ async fn list_networks(
 ) -> ApiResult<Json<Vec<Network>>> {
     let mut nets = ctl.list_networks(f.project.as_deref()).await?;
     if let Some(p) = listing_scope(&who) {
-        nets.retain(|n| n.fq_name.project() == p || n.shared);
+        nets.retain(|n| n.usable_by(p));
     }
     Ok(Json(nets))
 }
@@ -300,8 +300,9 @@ async fn create_endpoint(
 ) -> ApiResult<Response> {
     require_host(&who, &req.host, "create an endpoint")?;
     if let (Some(p), Ok(net)) = (listing_scope(&who), ctl.get_network(&req.network).await) {
-        if net.fq_name.project() != p && !net.shared {
-            let why = format!("attach to network {}: it is project {}'s", net.fq_name, net.fq_name.project());
+        if !net.usable_by(p) {
+            let why =
+                format!("attach to network {}: it is project {}'s and not shared with {p}", net.fq_name, net.fq_name.project());
             return Err(forbidden(&who, &why).into());
         }
     }

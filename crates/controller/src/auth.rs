@@ -118,7 +118,9 @@ async fn in_scope(ctl: &Controller, principal: &Principal, method: &Method, path
     let read = *method == Method::GET;
     let owner = match segs.as_slice() {
         ["projects", name] => Some((name.to_string(), false)),
-        ["networks", reference, ..] => ctl.get_network(reference).await.ok().map(|n| (n.fq_name.project().to_string(), n.shared)),
+        ["networks", reference, ..] => {
+            ctl.get_network(reference).await.ok().map(|n| (n.fq_name.project().to_string(), n.usable_by(project)))
+        }
         ["policies", reference, ..] => ctl.get_policy(reference).await.ok().map(|p| (p.fq_name.project().to_string(), false)),
         ["endpoints", id, ..] => match ctl.get_endpoint(id).await {
             Ok(ep) => ctl.get_network(&ep.network.to_string()).await.ok().map(|n| (n.fq_name.project().to_string(), false)),

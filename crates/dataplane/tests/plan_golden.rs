@@ -262,6 +262,7 @@ mod policies {
             import_targets: vec![],
             export_targets: vec![],
             shared: false,
+            shared_with: vec![],
             external: false,
             policies: policies.iter().map(|p| Uuid::from_u128(*p)).collect(),
             labels: Default::default(),

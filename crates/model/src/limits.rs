@@ -24,6 +24,8 @@ pub const MAX_DNS_SERVERS: usize = 8;
 pub const MAX_ROUTE_TARGETS: usize = 64;
 /// Policies attached to one network.
 pub const MAX_POLICIES: usize = 64;
+/// Projects a network is shared with by name.
+pub const MAX_SHARED_WITH: usize = 256;
 /// Labels of one object.
 pub const MAX_LABELS: usize = 64;
 /// Bytes of a label's key.

@@ -9,7 +9,7 @@ use tessera_ipam::{Range, SubnetLayout};
 use uuid::Uuid;
 
 use crate::limits;
-use crate::{FieldError, FqName, RouteTarget, Vni};
+use crate::{FieldError, FqName, ProjectName, RouteTarget, Vni};
 
 /// A virtual network: one VRF on every host that has an endpoint in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,8 +21,13 @@ pub struct Network {
     pub subnets: Vec<Subnet>,
     pub import_targets: Vec<RouteTarget>,
     pub export_targets: Vec<RouteTarget>,
-    /// Other projects may attach endpoints.
+    /// Every project may use it: attach endpoints, name it in a policy,
+    /// import its routes with a route target.
     pub shared: bool,
+    /// Projects (`domain:project`) that may use it as if it were shared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub shared_with: Vec<ProjectName>,
     /// The network reaches outside the fabric (floating-IP pools live here).
     pub external: bool,
     /// Attached policies, in evaluation order.
@@ -36,6 +41,12 @@ pub struct Network {
 impl Network {
     pub fn name(&self) -> &str {
         self.fq_name.name()
+    }
+
+    /// Whether `project` may use this network: its own project's, shared,
+    /// or shared with `project`.
+    pub fn usable_by(&self, project: &ProjectName) -> bool {
+        self.shared || self.fq_name.project() == project || self.shared_with.contains(project)
     }
 
     /// The subnet that contains `addr`, with its index.
@@ -90,6 +101,9 @@ pub struct NetworkCreate {
     pub export_targets: Vec<String>,
     #[serde(default)]
     pub shared: bool,
+    /// Projects (`domain:project`) that may use the network as if it were shared.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
     #[serde(default)]
     pub external: bool,
     /// Policies to attach, by name or UUID, in order.
@@ -147,8 +161,28 @@ pub struct NetworkUpdate {
     pub detach_policies: Vec<String>,
     #[serde(default)]
     pub shared: Option<bool>,
+    /// Projects added to `shared_with`.
+    #[serde(default)]
+    pub share_with: Vec<String>,
+    /// Projects removed from `shared_with`.
+    #[serde(default)]
+    pub unshare_with: Vec<String>,
     #[serde(default)]
     pub external: Option<bool>,
+}
+
+/// Parses a list of projects (`domain:project`), naming `field[i]` on error,
+/// dropping duplicates; at most [`limits::MAX_SHARED_WITH`].
+pub fn parse_projects(field: &str, list: &[String]) -> Result<Vec<ProjectName>, FieldError> {
+    limits::check_count(field, list, limits::MAX_SHARED_WITH, "projects")?;
+    let mut out: Vec<ProjectName> = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let p: ProjectName = s.parse().map_err(|r: String| FieldError::new(format!("{field}[{i}]"), r))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a list of route targets, naming `field[i]` on error, dropping

@@ -97,9 +97,9 @@ impl Topology {
                 exporters.entry(*rt).or_default().push(n.id);
             }
         }
-        // A route target joins another project's network only when that network is shared.
-        let consents =
-            |m: &Network, n: &Uuid| by_id.get(n).is_some_and(|n| n.shared || n.fq_name.project() == m.fq_name.project());
+        // A route target joins another project's network only when that
+        // network is shared (with everyone, or with the importer's project).
+        let consents = |m: &Network, n: &Uuid| by_id.get(n).is_some_and(|n| n.usable_by(m.fq_name.project()));
         for m in networks {
             for rt in &m.import_targets {
                 for n in exporters.get(rt).into_iter().flatten() {

@@ -23,6 +23,7 @@ fn net(n: u128, name: &str, cidrs: &[&str]) -> Network {
         import_targets: vec![],
         export_targets: vec![],
         shared: false,
+        shared_with: vec![],
         external: false,
         policies: vec![],
         labels: Default::default(),
@@ -254,6 +255,21 @@ fn a_route_target_joins_another_projects_network_only_when_it_is_shared() {
     let t = Compiler::new(&nets, &[]).topology().clone();
     assert!(t.imports_from(Uuid::from_u128(1), Uuid::from_u128(2)), "a shared network may be imported");
     assert!(!t.imports_from(Uuid::from_u128(2), Uuid::from_u128(1)), "red is not shared: blue imports nothing of it");
+}
+
+#[test]
+fn a_route_target_joins_a_network_shared_with_the_importing_project() {
+    let mut green_of_blue = with_targets(green(), &["64512:9"], &["64512:9"]);
+    green_of_blue.fq_name = "default-domain:blue:green".parse().unwrap();
+    green_of_blue.shared_with = vec!["default-domain:other".parse().unwrap()];
+    let nets = [with_targets(red(), &["64512:9"], &["64512:9"]), green_of_blue.clone()];
+    let t = Compiler::new(&nets, &[]).topology().clone();
+    assert!(!t.imports_from(Uuid::from_u128(1), Uuid::from_u128(2)), "shared with another project, not red's");
+    green_of_blue.shared_with.push("default-domain:admin".parse().unwrap());
+    let nets = [nets[0].clone(), green_of_blue];
+    let t = Compiler::new(&nets, &[]).topology().clone();
+    assert!(t.imports_from(Uuid::from_u128(1), Uuid::from_u128(2)), "shared with red's project");
+    assert!(!t.imports_from(Uuid::from_u128(2), Uuid::from_u128(1)), "red is shared with nobody");
 }
 
 #[test]

@@ -37,8 +37,12 @@ pub enum Cmd {
         /// Policy to attach; repeat for several, in order.
         #[arg(long = "policy")]
         policies: Vec<String>,
+        /// Every project may use it (attach, name it in a policy, import its routes).
         #[arg(long)]
         shared: bool,
+        /// A project (`domain:project`) that may use it as if it were shared; repeat for several.
+        #[arg(long = "share-with")]
+        share_with: Vec<String>,
         #[arg(long)]
         external: bool,
     },
@@ -49,7 +53,7 @@ pub enum Cmd {
         #[arg(long)]
         project: Option<String>,
     },
-    /// Change route targets and attached policies.
+    /// Change route targets, attached policies and sharing.
     Update {
         network: String,
         #[arg(long = "add-route-target")]
@@ -61,6 +65,15 @@ pub enum Cmd {
         attach: Vec<String>,
         #[arg(long = "detach-policy")]
         detach: Vec<String>,
+        /// Share with a project (`domain:project`); repeat for several.
+        #[arg(long = "share-with")]
+        share_with: Vec<String>,
+        /// Stop sharing with a project.
+        #[arg(long = "unshare-with")]
+        unshare_with: Vec<String>,
+        /// Share with every project (`true`) or only the listed ones (`false`).
+        #[arg(long)]
+        shared: Option<bool>,
     },
     /// Delete networks; deleting a missing network succeeds.
     Delete {
@@ -109,7 +122,7 @@ fn subnets_with_gateways(subnets: &[String], gateways: &[String], dns: &[String]
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
-        Cmd::Add { name, subnets, gateways, dns, route_targets, vni, project, policies, shared, external } => {
+        Cmd::Add { name, subnets, gateways, dns, route_targets, vni, project, policies, shared, share_with, external } => {
             let req = NetworkCreate {
                 name,
                 project,
@@ -117,6 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 vni,
                 route_targets,
                 shared,
+                shared_with: share_with,
                 external,
                 policies,
                 ..Default::default()
@@ -164,12 +178,15 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 t.render()
             })
         }
-        Cmd::Update { network, add_route_targets, remove_route_targets, attach, detach } => {
+        Cmd::Update { network, add_route_targets, remove_route_targets, attach, detach, share_with, unshare_with, shared } => {
             let req = NetworkUpdate {
                 add_route_targets,
                 remove_route_targets,
                 attach_policies: attach,
                 detach_policies: detach,
+                share_with,
+                unshare_with,
+                shared,
                 ..Default::default()
             };
             let net: Network = c.patch(&format!("/v1/networks/{}", seg(&network)), &req).await?;
@@ -192,6 +209,9 @@ fn render_show(s: &Shown) -> String {
     out += "Virtual Network\n";
     out += &format!("Name: {}\nUUID: {}\nVNI: {}\n", n.fq_name, n.id, n.vni);
     out += &format!("Flags: shared={} external={}\n", n.shared, n.external);
+    if !n.shared_with.is_empty() {
+        out += &format!("Shared with: {}\n", join(&n.shared_with));
+    }
     out += "Route targets:\n";
     for rt in &n.import_targets {
         let how = if n.export_targets.contains(rt) { "import, export" } else { "import" };

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tessera_model::limits;
-use tessera_model::network::{parse_route_targets, validate_subnets};
+use tessera_model::network::{parse_projects, parse_route_targets, validate_subnets};
 use tessera_model::{FieldError, FqName, Network, NetworkCreate, NetworkUpdate, ProjectName, RouteTarget, Subnet, Vni};
 use tessera_store::{Compare, Op};
 use uuid::Uuid;
@@ -57,6 +57,7 @@ struct CheckedCreate {
     vni: Option<Vni>,
     import_targets: Vec<RouteTarget>,
     export_targets: Vec<RouteTarget>,
+    shared_with: Vec<ProjectName>,
 }
 
 /// Checks a create request, reporting the first field at fault in the
@@ -74,10 +75,11 @@ fn validate_create(req: &NetworkCreate) -> Result<CheckedCreate> {
     merge(&mut export_targets, parse_route_targets("export_targets", &req.export_targets)?);
     limits::check_labels("labels", req.labels.iter())?;
     limits::check_count("policies", &req.policies, limits::MAX_POLICIES, "policies")?;
+    let shared_with = parse_projects("shared_with", &req.shared_with)?;
     if subnets.is_empty() {
         return Err(FieldError::new("subnets", "a network needs at least one subnet").into());
     }
-    Ok(CheckedCreate { fq_name, subnets, vni, import_targets, export_targets })
+    Ok(CheckedCreate { fq_name, subnets, vni, import_targets, export_targets, shared_with })
 }
 
 /// The route-target changes of a [`NetworkUpdate`], parsed.
@@ -88,6 +90,8 @@ struct TargetChanges {
     remove_import: Vec<RouteTarget>,
     add_export: Vec<RouteTarget>,
     remove_export: Vec<RouteTarget>,
+    share_with: Vec<ProjectName>,
+    unshare_with: Vec<ProjectName>,
 }
 
 fn validate_update(req: &NetworkUpdate) -> Result<TargetChanges> {
@@ -100,6 +104,8 @@ fn validate_update(req: &NetworkUpdate) -> Result<TargetChanges> {
         remove_import: parse_route_targets("remove_import_targets", &req.remove_import_targets)?,
         add_export: parse_route_targets("add_export_targets", &req.add_export_targets)?,
         remove_export: parse_route_targets("remove_export_targets", &req.remove_export_targets)?,
+        share_with: parse_projects("share_with", &req.share_with)?,
+        unshare_with: parse_projects("unshare_with", &req.unshare_with)?,
     })
 }
 
@@ -110,6 +116,12 @@ impl TargetChanges {
         merge(&mut net.export_targets, self.add_both.iter().chain(&self.add_export).copied().collect());
         net.import_targets.retain(|rt| !self.remove_both.contains(rt) && !self.remove_import.contains(rt));
         net.export_targets.retain(|rt| !self.remove_both.contains(rt) && !self.remove_export.contains(rt));
+        for p in &self.share_with {
+            if !net.shared_with.contains(p) {
+                net.shared_with.push(p.clone());
+            }
+        }
+        net.shared_with.retain(|p| !self.unshare_with.contains(p));
     }
 }
 
@@ -194,8 +206,12 @@ impl Controller {
     /// Creates a network. A request identical to an existing network of the
     /// same name returns that network with `created: false`.
     pub async fn create_network(&self, req: NetworkCreate) -> Result<Created<Network>> {
-        let CheckedCreate { fq_name, subnets, vni: chosen_vni, import_targets, export_targets } = validate_create(&req)?;
+        let CheckedCreate { fq_name, subnets, vni: chosen_vni, import_targets, export_targets, shared_with } =
+            validate_create(&req)?;
         self.require_project("project", fq_name.project()).await?;
+        for (i, p) in shared_with.iter().enumerate() {
+            self.require_project(&format!("shared_with[{i}]"), p).await?;
+        }
         let policies = self.resolve_policies("policies", &req.policies, fq_name.project()).await?;
 
         for _ in 0..MAX_ATTEMPTS {
@@ -211,6 +227,7 @@ impl Controller {
                 import_targets: import_targets.clone(),
                 export_targets: export_targets.clone(),
                 shared: req.shared,
+                shared_with: shared_with.clone(),
                 external: req.external,
                 policies: policies.clone(),
                 labels: req.labels.clone(),
@@ -237,6 +254,7 @@ impl Controller {
                         && existing.import_targets == network.import_targets
                         && existing.export_targets == network.export_targets
                         && existing.shared == network.shared
+                        && existing.shared_with == network.shared_with
                         && existing.external == network.external
                         && existing.policies == network.policies
                         && existing.labels == network.labels
@@ -288,6 +306,9 @@ impl Controller {
     /// Applies an update; adding what is there and removing what is not are no-ops.
     pub async fn update_network(&self, reference: &str, req: NetworkUpdate) -> Result<Network> {
         let targets = validate_update(&req)?;
+        for (i, p) in targets.share_with.iter().enumerate() {
+            self.require_project(&format!("share_with[{i}]"), p).await?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (mut net, rev) = self.find_network(reference).await?;
             let project = net.fq_name.project().clone();
@@ -304,6 +325,17 @@ impl Controller {
                 return Err(FieldError::new(
                     "attach_policies",
                     format!("would attach {} policies; at most {} are allowed", net.policies.len(), limits::MAX_POLICIES),
+                )
+                .into());
+            }
+            if net.shared_with.len() > limits::MAX_SHARED_WITH {
+                return Err(FieldError::new(
+                    "share_with",
+                    format!(
+                        "would share with {} projects; at most {} are allowed",
+                        net.shared_with.len(),
+                        limits::MAX_SHARED_WITH
+                    ),
                 )
                 .into());
             }

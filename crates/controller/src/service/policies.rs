@@ -364,7 +364,7 @@ impl Controller {
     }
 
     /// Checks that every network the rules of a policy of `project` name
-    /// exists and, when it is another project's, is `shared` (a policy names
+    /// exists and, when it is another project's, is shared with `project` (a policy names
     /// another project's network only with that project's consent): each
     /// distinct name once (a 50,000-rule policy names a handful of networks),
     /// the error naming the first rule that uses a missing or closed one.
@@ -390,11 +390,13 @@ impl Controller {
             if n.project() == project {
                 continue;
             }
-            let shared =
-                self.get_json::<tessera_model::Network>(&keys::network(uuid_of(&kv)?)).await?.is_some_and(|(net, _)| net.shared);
+            let shared = self
+                .get_json::<tessera_model::Network>(&keys::network(uuid_of(&kv)?))
+                .await?
+                .is_some_and(|(net, _)| net.usable_by(project));
             if !shared {
                 let reason = format!(
-                    "network {n} is project {}'s and not shared: a policy of {project} names another project's network only when it is shared",
+                    "network {n} is project {}'s and not shared with {project}: a policy names another project's network only when it is shared",
                     n.project()
                 );
                 refused = Some((i, FieldError::new(field, reason).into()));

@@ -137,6 +137,7 @@ fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_polic
         import_targets: vec![],
         export_targets: vec![],
         shared: false,
+        shared_with: vec![],
         external: false,
         policies: vec![],
         labels: Default::default(),

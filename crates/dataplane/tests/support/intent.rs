@@ -41,6 +41,7 @@ pub fn network(id: u128, name: &str, vni: u32, v4: &str, v6: &str) -> Network {
         import_targets: vec![],
         export_targets: vec![],
         shared: false,
+        shared_with: vec![],
         external: false,
         policies: vec![],
         labels: Default::default(),
