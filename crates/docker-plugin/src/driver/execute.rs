@@ -38,7 +38,7 @@ impl Plugin {
         let Some(d) = self.docker.network(reference).await? else { return Ok(None) };
         let bind = self.state().networks.get(&d.id).map(|ns| ns.tx.borrow().clone());
         match bind {
-            Some(Bind::Ready(n)) => Ok(Some(n)),
+            Some(Bind::Ready(n)) => Ok(Some(*n)),
             Some(_) => Ok(None),
             None => match self.network_of(&d.id).await {
                 Ok(n) => Ok(Some(n)),

@@ -109,7 +109,7 @@ type Result<T, E = DriverError> = std::result::Result<T, E>;
 enum Bind {
     /// The Tessera network is being made (Docker has not yet said the name).
     Pending,
-    Ready(Network),
+    Ready(Box<Network>),
     /// It could not be made; every call on the network answers this.
     Failed(String),
 }
@@ -243,10 +243,13 @@ impl Plugin {
         }
         match st.networks.get(docker_id) {
             Some(ns) => {
-                ns.tx.send_replace(Bind::Ready(net));
+                ns.tx.send_replace(Bind::Ready(Box::new(net)));
             }
             None => {
-                st.networks.insert(docker_id.into(), NetState { tx: watch::channel(Bind::Ready(net)).0, since: Instant::now() });
+                st.networks.insert(
+                    docker_id.into(),
+                    NetState { tx: watch::channel(Bind::Ready(Box::new(net))).0, since: Instant::now() },
+                );
             }
         }
     }
@@ -284,7 +287,7 @@ impl Plugin {
             .map_err(|_| DriverError::NotFound(format!("Docker network {docker_id} was removed")))?
             .clone();
         match bind {
-            Bind::Ready(n) => Ok(n),
+            Bind::Ready(n) => Ok(*n),
             Bind::Failed(reason) => Err(DriverError::Invalid(reason)),
             Bind::Pending => unreachable!("waited for a settled binding"),
         }
