@@ -5,24 +5,13 @@
 //! works and the network carries traffic across hosts. Needs root;
 //! fails with the reason when it cannot run.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec, CONTROLLER_PORT};
+use tessera_testkit::{addresses, exec_in, Cluster, CONTROLLER_PORT};
 
-static N: AtomicUsize = AtomicUsize::new(0);
-/// One fabric at a time: two cores run every host, container and process of a test.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn cluster(hosts: &[&str]) -> (Cluster, (tempfile::TempDir, std::sync::MutexGuard<'static, ()>)) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let prefix = format!("thg{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
-    let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
-    let c =
-        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
-    (c, (dir, guard))
+fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
+    tessera_testkit::start_cluster("thg", hosts, env!("CARGO_BIN_EXE_tessera"))
 }
 
 fn run(ns: &tessera_testkit::Netns, args: &[&str]) {

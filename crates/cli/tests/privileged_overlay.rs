@@ -1,26 +1,13 @@
 //! Privileged tier: the overlay across real hosts-as-namespaces, with the real
 //! controller and agents. Needs root; fails with the reason when it cannot run.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec};
+use tessera_testkit::{addresses, exec_in, Cluster};
 
-static N: AtomicUsize = AtomicUsize::new(0);
-/// One fabric at a time: two cores run every host, container and process of a test.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A cluster with a unique prefix and its own run directory; the guard keeps
-/// other tests of this file from starting a fabric meanwhile.
-fn cluster(hosts: &[&str]) -> (Cluster, (tempfile::TempDir, std::sync::MutexGuard<'static, ()>)) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let prefix = format!("tov{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
-    let spec = ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path());
-    let c =
-        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
-    (c, (dir, guard))
+fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
+    tessera_testkit::start_cluster("tov", hosts, env!("CARGO_BIN_EXE_tessera"))
 }
 
 fn ok(out: std::process::Output, what: &str) -> String {

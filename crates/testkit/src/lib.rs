@@ -15,6 +15,36 @@ pub mod podman;
 pub use tessera_fabric::cluster::{addresses, ping_in, unmount_under, Cluster, ClusterSpec, CONTROLLER_PORT};
 pub use tessera_fabric::{exec_in, Container, Fabric, FabricSpec, Netns};
 
+/// One fabric at a time in a test binary: two cores run every host,
+/// container and process of a test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What keeps a test's fabric apart from the others of its test binary: its
+/// run directory (stores, sockets, logs) and the lock that lets one fabric
+/// run at a time. Keep it until the [`Cluster`] is dropped (a tuple
+/// `(Cluster, TestRun)` drops in that order).
+#[derive(Debug)]
+pub struct TestRun {
+    pub dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Starts a fabric of `hosts` for a test, with the `tessera` binary `bin`,
+/// under a unique prefix (`<tag><pid>-<n>`) and a run directory of its own,
+/// after the fabric of any other test of this binary is gone. Panics with
+/// what is missing when this machine cannot run one.
+pub fn start_cluster(tag: &str, hosts: &[&str], bin: &str) -> (Cluster, TestRun) {
+    let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let prefix = format!("{tag}{}-{n}", std::process::id() % 100_000);
+    let spec = ClusterSpec::new(&prefix, hosts, bin, dir.path());
+    let c =
+        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
+    (c, TestRun { dir, _one_at_a_time: lock })
+}
+
 /// A blocking HTTPS client builder for `c`'s controller that presents the
 /// administrator's certificate (build it inside the controller's host
 /// namespace, where the controller's address is reachable).
