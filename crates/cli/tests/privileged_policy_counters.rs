@@ -80,10 +80,20 @@ fn privileged_rule_hit_counters_increase_with_traffic() {
     wait_for_hits(&c, "web", 1, 1);
     assert_eq!(hits(&c, "web", 2), (0, 0), "no traffic matched rule 2");
 
-    // The counters are those of the host where the flows start, and the
-    // table a user reads shows them.
-    let v = c.cli_json(&["policy", "show", "web"]).unwrap();
-    assert!(v["counters"]["hosts"]["h1"][0]["packets"].as_u64().unwrap() >= p1, "{v}");
+    // Both ends judge each flow, so both hosts count its first packet (four
+    // flows each) and the total is their sum; the table a user reads shows it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = c.cli_json(&["policy", "show", "web"]).unwrap();
+        let host = |h: &str| v["counters"]["hosts"][h][0]["packets"].as_u64().unwrap_or(0);
+        if host("h1") >= 4 && host("h2") >= 4 {
+            assert_eq!(v["counters"]["rules"][0]["packets"].as_u64(), Some(host("h1") + host("h2")), "{v}");
+            break v;
+        }
+        assert!(Instant::now() < deadline, "both hosts should count the four flows: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let p1 = v["counters"]["rules"][0]["packets"].as_u64().unwrap();
     let table = c.cli_ok(&["policy", "show", "web"]).unwrap();
     assert!(table.contains("PACKETS") && table.contains("BYTES"), "{table}");
     let row = table.lines().find(|l| l.contains("pass icmp ")).unwrap_or_else(|| panic!("{table}"));
