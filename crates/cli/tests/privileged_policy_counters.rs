@@ -72,7 +72,7 @@ fn privileged_rule_hit_counters_increase_with_traffic() {
     for _ in 0..3 {
         assert_eq!(c.ping("r1", &g1[0], 1).unwrap(), 1);
     }
-    let (p1, b1) = wait_for_hits(&c, "web", 0, p0 + 3);
+    let (_, b1) = wait_for_hits(&c, "web", 0, p0 + 3);
     assert!(b1 > b0, "bytes grow with packets: {b0} then {b1}");
 
     // IPv6 hits its own rule; the deny rule, which no traffic matched, stays at zero.
