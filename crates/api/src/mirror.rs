@@ -193,8 +193,13 @@ pub async fn run(
         saver.save(published);
         let stream = match client.watch(snap.revision).await {
             Ok(s) => s,
+            Err(crate::controller::ClientError::Refused { status: 410, body }) => {
+                tracing::info!(reason = %body.error.message, "watch from a discarded revision; taking a new snapshot");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watch refused; retrying");
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };

@@ -473,16 +473,24 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Json<Snapshot>> {
 }
 
 /// Changes after a revision, as newline-delimited JSON `WatchEvent`s, with
-/// periodic progress events; ends with an error event when the revision was
-/// compacted (fetch a new snapshot then).
-#[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses((status = 200, body = WatchEvent, content_type = "application/x-ndjson")))]
-async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> Response {
+/// periodic progress events. A revision whose events are discarded is
+/// refused with 410 `compacted` and the current revision (take a snapshot);
+/// one beyond the current revision (another store's) with 400. A watcher
+/// that falls behind the log later gets an `error` event and the stream
+/// ends. The events are read from the store a page at a time, as the
+/// watcher takes them.
+#[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses(
+    (status = 200, body = WatchEvent, content_type = "application/x-ndjson"),
+    (status = 400, description = "after is beyond the current revision", body = ErrorBody),
+    (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
+async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
+    crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
     let lines = crate::watch::watch(ctl.store().clone(), p.after).map(|ev| {
         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(Bytes::from(line))
     });
-    ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response())
 }
 
 /// The OpenAPI document, generated from the handlers and model types above.

@@ -36,6 +36,9 @@ pub enum Error {
     /// The caller may not make the request; says who and why.
     #[error("{0}")]
     Forbidden(String),
+    /// A watch from a revision whose events are discarded.
+    #[error("the events after revision {requested} are discarded (the log starts after {compacted}); take a snapshot (the current revision is {revision}) and watch from its revision")]
+    Compacted { requested: u64, compacted: u64, revision: u64 },
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl Error {
             Error::Uninitialized => ErrorCode::Unavailable,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::Forbidden(_) => ErrorCode::PermissionDenied,
+            Error::Compacted { .. } => ErrorCode::Compacted,
         }
     }
 
@@ -67,6 +71,7 @@ impl Error {
             Error::TooLarge { .. } => (Some("body".to_string()), None),
             Error::NotFound { field, .. } | Error::AlreadyExists { field, .. } => (field.clone(), None),
             Error::InUse { users, .. } => (None, Some(serde_json::json!({ "used_by": users }))),
+            Error::Compacted { revision, .. } => (Some("after".to_string()), Some(serde_json::json!({ "revision": revision }))),
             _ => (None, None),
         };
         ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), field, details } }

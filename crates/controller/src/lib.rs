@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod keys;
 pub mod service;
@@ -22,15 +23,17 @@ pub use service::Controller;
 /// callers present a client certificate or a bearer token, or, with `tls`
 /// `None`, in plain HTTP, where every caller acts as an administrator (only
 /// for a controller on loopback: `--insecure-loopback`).
+/// Connections are bounded and closed when idle ([`conn::ConnLimits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: conn::ConnLimits,
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::router(controller).into_make_service_with_connect_info::<tls::Peer>();
     match tls {
-        Some(config) => axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(config) => axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(shutdown).await,
     }
 }

@@ -17,6 +17,8 @@ use tessera_api::auth::CertIdentity;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
+use crate::conn::{ConnLimits, Guarded, PlainListener, Slots};
+
 /// A handshake not done within this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more wait for one to end.
@@ -80,36 +82,31 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(config))
 }
 
-/// A TCP listener whose connections come out with their TLS handshake done.
+/// A TCP listener whose connections come out with their TLS handshake done,
+/// within [`ConnLimits`].
 pub struct TlsListener {
-    done: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    done: tokio::sync::mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
     /// Accepts on `tcp` and hands each connection to a handshake task.
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>, limits: ConnLimits) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, done) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let conns = Slots::new(limits);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (stream, peer, conn) = conns.accept(&tcp).await;
+                let Ok(slot) = handshakes.clone().acquire_owned().await else { return };
+                let (acceptor, tx, conns) = (acceptor.clone(), tx.clone(), conns.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                            let _ = tx.send((conns.guard(tls, conn), peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -122,7 +119,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -157,7 +154,7 @@ fn common_name(der: &[u8]) -> Option<String> {
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, session) = stream.io().get_ref();
+        let (_, session) = stream.io().get_ref().get_ref();
         let cert = session
             .peer_certificates()
             .and_then(|chain| chain.first())
@@ -167,8 +164,8 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     }
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
         Peer { addr: *stream.remote_addr(), cert: None, insecure: true }
     }
 }

@@ -70,6 +70,25 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
     Ok(s)
 }
 
+/// Whether a watch may start after revision `after`: refused when its
+/// events are discarded ([`Error::Compacted`], with the current revision)
+/// or when it is beyond the current revision (a revision of another store).
+pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
+    let revision = store.revision().await?;
+    if after > revision {
+        return Err(tessera_model::FieldError::new(
+            "after",
+            format!("revision {after} is beyond the current revision {revision}: take a snapshot and watch from its revision"),
+        )
+        .into());
+    }
+    match store.events_since(keys::ROOT, after, 1).await {
+        Err(StoreError::Compacted { requested, compacted }) => Err(Error::Compacted { requested, compacted, revision }),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Changes to mirrored objects after revision `after`, with a progress event
 /// whenever nothing happened for [`PROGRESS_EVERY`]. Ends with an `Error`
 /// event when the store cannot continue (for example `after` was compacted).

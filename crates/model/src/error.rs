@@ -66,6 +66,9 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The caller may not make this request (HTTP 403); the message says why.
     PermissionDenied,
+    /// A watch from a revision whose events are discarded (HTTP 410): take a
+    /// new snapshot (`details.revision` is the current revision).
+    Compacted,
 }
 
 impl ErrorCode {
@@ -85,6 +88,7 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Compacted => "compacted",
         }
     }
 
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied => 403,
+            ErrorCode::Compacted => 410,
         }
     }
 }

@@ -64,5 +64,5 @@ mod types;
 pub use error::{BoxError, StoreError};
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
-pub use store::{watch, Store};
+pub use store::{watch, watch_paged, Store, WATCH_PAGE};
 pub use types::{Compare, Event, EventKind, KeyValue, Op, RangeResult, StoreOptions, Txn, TxnResult};

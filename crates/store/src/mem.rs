@@ -7,6 +7,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::engine::{self, EventLog, TxnView};
+use crate::store::Page;
 use crate::{Event, KeyValue, RangeResult, Store, StoreError, StoreOptions, Txn, TxnResult};
 
 /// An in-memory [`Store`]. Cheap to clone: clones share the same state.
@@ -200,14 +201,21 @@ impl Store for MemStore {
         self.read(|state| Ok(state.revision))
     }
 
-    async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+    async fn events_since(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(|state| {
             if after < state.compacted {
                 return Err(StoreError::Compacted { requested: after, compacted: state.compacted });
             }
             // Events are in revision order; skip the old ones by binary search.
             let start = state.events.partition_point(|e| e.revision <= after);
-            Ok(state.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)).cloned().collect())
+            let mut page = Page::new(limit);
+            for e in state.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)) {
+                if !page.takes(e.revision) {
+                    break;
+                }
+                page.events.push(e.clone());
+            }
+            Ok(page.events)
         })
     }
 

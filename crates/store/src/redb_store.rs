@@ -9,6 +9,7 @@ use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable,
 
 use crate::codec;
 use crate::engine::{self, EventLog, TxnView};
+use crate::store::Page;
 use crate::{Event, KeyValue, RangeResult, Store, StoreError, StoreOptions, Txn, TxnResult};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -298,7 +299,7 @@ impl Inner {
         read_meta(&meta, META_REVISION)
     }
 
-    fn events_since(&self, db: &Database, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+    fn events_since(&self, db: &Database, prefix: &str, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let read = db.begin_read().map_err(backend("begin read transaction"))?;
         let meta = read.open_table(META).map_err(backend("open table meta"))?;
         let compacted = read_meta(&meta, META_COMPACTED)?;
@@ -309,7 +310,7 @@ impl Inner {
             return Ok(Vec::new());
         };
         let events = read.open_table(EVENTS).map_err(backend("open table events"))?;
-        let mut out = Vec::new();
+        let mut page = Page::new(limit);
         for entry in events.range((first, 0)..).map_err(backend("range events"))? {
             let (id, bytes) = entry.map_err(backend("range events"))?;
             let (revision, index) = id.value();
@@ -319,9 +320,12 @@ impl Inner {
             if codec::event_key(bytes).is_some_and(|k| !k.starts_with(prefix.as_bytes())) {
                 continue;
             }
-            out.push(codec::decode_event(revision, index, bytes)?);
+            if !page.takes(revision) {
+                break;
+            }
+            page.events.push(codec::decode_event(revision, index, bytes)?);
         }
-        Ok(out)
+        Ok(page.events)
     }
 }
 
@@ -410,10 +414,12 @@ impl Store for RedbStore {
         self.blocking("revision", |inner| inner.with_db("revision", |db| inner.revision(db))).await
     }
 
-    async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+    async fn events_since(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking("events_since", move |inner| inner.with_db("events_since", |db| inner.events_since(db, &prefix, after)))
-            .await
+        self.blocking("events_since", move |inner| {
+            inner.with_db("events_since", |db| inner.events_since(db, &prefix, after, limit))
+        })
+        .await
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -63,7 +63,13 @@ pub trait Store: Send + Sync + 'static {
     /// caller must then re-list with [`Store::range`] and continue from the
     /// revision it returns. `after` at or beyond the current revision yields
     /// an empty list.
-    async fn events_since(&self, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError>;
+    ///
+    /// A page: whole revisions, stopping after the revision during which
+    /// the list reached `limit` events (so it holds at most `limit` plus one
+    /// revision's events). Fewer than `limit` events means there were no
+    /// more at the time of reading; otherwise the caller asks again after
+    /// the last revision returned. `usize::MAX` reads everything.
+    async fn events_since(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
     /// A receiver of the latest revision, updated after each committed
     /// change (after the change is visible to [`Store::events_since`]). Only
@@ -84,9 +90,23 @@ pub trait Store: Send + Sync + 'static {
 /// Works for any backend: it polls [`Store::events_since`] each time
 /// [`Store::subscribe`] signals a new revision.
 pub fn watch(store: Arc<dyn Store>, prefix: String, after: u64) -> BoxStream<'static, Result<Event, StoreError>> {
+    watch_paged(store, prefix, after, WATCH_PAGE)
+}
+
+/// Events a [`watch`] reads from the store at a time: what a watcher holds
+/// in memory, whatever the revision it starts from.
+pub const WATCH_PAGE: usize = 64;
+
+/// [`watch`], reading the store `page` events at a time.
+pub fn watch_paged(
+    store: Arc<dyn Store>,
+    prefix: String,
+    after: u64,
+    page: usize,
+) -> BoxStream<'static, Result<Event, StoreError>> {
     let state =
         WatchState { revisions: store.subscribe(), store, prefix, cursor: after, pending: VecDeque::new(), finished: false };
-    futures::stream::unfold(state, |mut state| async move {
+    futures::stream::unfold(state, move |mut state| async move {
         loop {
             if state.finished {
                 return None;
@@ -98,20 +118,25 @@ pub fn watch(store: Arc<dyn Store>, prefix: String, after: u64) -> BoxStream<'st
             // after this point will wake `changed()` below, and every commit
             // up to `seen` is already visible to `events_since`.
             let seen = *state.revisions.borrow_and_update();
-            match state.store.events_since(&state.prefix, state.cursor).await {
+            let full = match state.store.events_since(&state.prefix, state.cursor, page).await {
                 Err(err) => {
                     state.finished = true;
                     return Some((Err(err), state));
                 }
                 Ok(events) => {
+                    let full = events.len() >= page;
                     let last = events.last().map_or(0, |e| e.revision);
-                    // Advancing past `seen` even without matching events keeps
-                    // a watcher of a quiet prefix ahead of compaction.
-                    state.cursor = state.cursor.max(seen).max(last);
+                    // A full page may have more behind it: continue after its
+                    // last revision. Otherwise everything up to `seen` is
+                    // delivered, and advancing past `seen` even without
+                    // matching events keeps a watcher of a quiet prefix ahead
+                    // of compaction.
+                    state.cursor = if full { last } else { state.cursor.max(seen).max(last) };
                     state.pending.extend(events);
+                    full
                 }
-            }
-            if state.pending.is_empty() && state.revisions.changed().await.is_err() {
+            };
+            if state.pending.is_empty() && !full && state.revisions.changed().await.is_err() {
                 return None;
             }
         }
@@ -128,4 +153,22 @@ struct WatchState {
     cursor: u64,
     pending: VecDeque<Event>,
     finished: bool,
+}
+
+/// A page of [`Store::events_since`] being filled: whole revisions, ending
+/// with the revision during which it reached its limit.
+pub(crate) struct Page {
+    pub(crate) events: Vec<Event>,
+    limit: usize,
+}
+
+impl Page {
+    pub(crate) fn new(limit: usize) -> Self {
+        Page { events: Vec::new(), limit }
+    }
+
+    /// Whether an event of `revision` belongs on the page.
+    pub(crate) fn takes(&self, revision: u64) -> bool {
+        self.events.len() < self.limit || self.events.last().is_some_and(|e| e.revision == revision)
+    }
 }

@@ -74,6 +74,8 @@ conformance_suite!(
     range_reports_the_revision_of_its_snapshot,
     an_invalid_txn_is_rejected_and_changes_nothing,
     events_since_returns_later_events_in_order_and_filtered_by_prefix,
+    events_since_pages_by_whole_revisions,
+    a_paged_watch_delivers_a_long_history_once_in_order_then_live_events,
     a_delete_event_carries_the_key_and_the_deletion_revision,
     events_before_the_retention_window_are_compacted,
     compaction_discards_whole_revisions,
@@ -91,7 +93,7 @@ mod specs {
     use std::sync::Arc;
 
     use futures::stream::{BoxStream, StreamExt};
-    use tessera_store::{watch, Compare, Event, EventKind, KeyValue, Op, Store, StoreError, StoreOptions, Txn};
+    use tessera_store::{watch, watch_paged, Compare, Event, EventKind, KeyValue, Op, Store, StoreError, StoreOptions, Txn};
     use tokio::time::timeout;
 
     use crate::{Opener, PATIENCE};
@@ -136,7 +138,7 @@ mod specs {
         let listing = store.range("").await.unwrap();
         assert!(listing.kvs.is_empty());
         assert_eq!(listing.revision, 0);
-        assert!(store.events_since("", 0).await.unwrap().is_empty());
+        assert!(store.events_since("", 0, usize::MAX).await.unwrap().is_empty());
     }
 
     pub async fn each_changing_txn_increments_the_revision_by_exactly_one(open: Opener) {
@@ -156,7 +158,7 @@ mod specs {
         assert_eq!(result.revision, 2);
         assert_eq!(store.get("a").await.unwrap().unwrap().mod_revision, 2);
         assert_eq!(store.get("b").await.unwrap().unwrap().mod_revision, 2);
-        let events = store.events_since("", 1).await.unwrap();
+        let events = store.events_since("", 1, usize::MAX).await.unwrap();
         assert_eq!(
             keys(&events),
             [(2, EventKind::Put, "b"), (2, EventKind::Put, "a"), (2, EventKind::Delete, "gone")],
@@ -200,7 +202,7 @@ mod specs {
             assert_eq!(result.revision, 1, "{txn:?}");
         }
         assert_eq!(store.revision().await.unwrap(), 1);
-        assert_eq!(keys(&store.events_since("", 0).await.unwrap()), [(1, EventKind::Put, "a")]);
+        assert_eq!(keys(&store.events_since("", 0, usize::MAX).await.unwrap()), [(1, EventKind::Put, "a")]);
     }
 
     pub async fn deleting_a_missing_key_is_ok(open: Opener) {
@@ -315,7 +317,7 @@ mod specs {
         let left: Vec<_> = store.range("").await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
         assert_eq!(left, ["a", "ab", "b"]);
         assert_eq!(
-            keys(&store.events_since("", 6).await.unwrap()),
+            keys(&store.events_since("", 6, usize::MAX).await.unwrap()),
             [(7, EventKind::Delete, "a/1"), (7, EventKind::Delete, "a/2"), (7, EventKind::Delete, "a/2/x")]
         );
         store.txn(Txn::new().then(Op::delete_prefix(""))).await.unwrap();
@@ -397,26 +399,72 @@ mod specs {
         delete(&store, "a/1").await; // 4
         put(&store, "a/1", "y").await; // 5
         assert_eq!(
-            keys(&store.events_since("a/", 0).await.unwrap()),
+            keys(&store.events_since("a/", 0, usize::MAX).await.unwrap()),
             [(1, EventKind::Put, "a/1"), (3, EventKind::Put, "a/2"), (4, EventKind::Delete, "a/1"), (5, EventKind::Put, "a/1"),]
         );
         assert_eq!(
-            keys(&store.events_since("a/", 3).await.unwrap()),
+            keys(&store.events_since("a/", 3, usize::MAX).await.unwrap()),
             [(4, EventKind::Delete, "a/1"), (5, EventKind::Put, "a/1")],
             "only events after the given revision"
         );
-        assert_eq!(store.events_since("", 0).await.unwrap().len(), 5);
-        assert!(store.events_since("", 5).await.unwrap().is_empty());
-        assert!(store.events_since("", 99).await.unwrap().is_empty(), "the future is empty, not an error");
-        let put_event = &store.events_since("a/1", 4).await.unwrap()[0];
+        assert_eq!(store.events_since("", 0, usize::MAX).await.unwrap().len(), 5);
+        assert!(store.events_since("", 5, usize::MAX).await.unwrap().is_empty());
+        assert!(store.events_since("", 99, usize::MAX).await.unwrap().is_empty(), "the future is empty, not an error");
+        let put_event = &store.events_since("a/1", 4, usize::MAX).await.unwrap()[0];
         assert_eq!(put_event.kv, store.get("a/1").await.unwrap().unwrap(), "a put event carries the full record");
+    }
+
+    pub async fn events_since_pages_by_whole_revisions(open: Opener) {
+        let (_b, store) = self::open(open);
+        put(&store, "a", "1").await; // 1
+        store.txn(Txn::new().then(Op::put("b", "1")).then(Op::put("c", "1")).then(Op::put("d", "1"))).await.unwrap(); // 2
+        put(&store, "e", "1").await; // 3
+        put(&store, "f", "1").await; // 4
+        let page = |after, limit| {
+            let store = Arc::clone(&store);
+            async move {
+                let events = store.events_since("", after, limit).await.unwrap();
+                events.iter().map(|e| (e.revision, e.kv.key.clone())).collect::<Vec<_>>()
+            }
+        };
+        let k = |r: u64, key: &str| (r, key.to_string());
+        assert_eq!(page(0, 1).await, [k(1, "a")], "one event, one revision");
+        assert_eq!(
+            page(0, 2).await,
+            [k(1, "a"), k(2, "b"), k(2, "c"), k(2, "d")],
+            "the revision that reaches the limit is whole"
+        );
+        assert_eq!(page(1, 1).await, [k(2, "b"), k(2, "c"), k(2, "d")], "a revision larger than the limit comes whole");
+        assert_eq!(page(2, 2).await, [k(3, "e"), k(4, "f")]);
+        assert_eq!(page(2, 3).await, [k(3, "e"), k(4, "f")], "fewer than the limit: nothing more");
+        assert_eq!(page(4, 1).await, []);
+    }
+
+    pub async fn a_paged_watch_delivers_a_long_history_once_in_order_then_live_events(open: Opener) {
+        let (_b, store) = self::open(open);
+        for i in 0..50 {
+            put(&store, &format!("k{i:02}"), "v").await;
+        }
+        store.txn(Txn::new().then(Op::put("x", "1")).then(Op::put("y", "1")).then(Op::put("z", "1"))).await.unwrap();
+        let mut stream = watch_paged(Arc::clone(&store), String::new(), 10, 4);
+        let mut seen = Vec::new();
+        for _ in 0..43 {
+            let e = next(&mut stream).await;
+            seen.push((e.revision, e.kv.key));
+        }
+        let mut want: Vec<(u64, String)> = (10..50).map(|i| (i as u64 + 1, format!("k{i:02}"))).collect();
+        want.extend(["x", "y", "z"].map(|k| (51, k.to_string())));
+        assert_eq!(seen, want);
+        assert!(timeout(std::time::Duration::from_millis(50), stream.next()).await.is_err(), "nothing more until the next write");
+        put(&store, "live", "1").await;
+        assert_eq!(next(&mut stream).await.kv.key, "live");
     }
 
     pub async fn a_delete_event_carries_the_key_and_the_deletion_revision(open: Opener) {
         let (_b, store) = self::open(open);
         put(&store, "k", "value").await;
         delete(&store, "k").await;
-        let events = store.events_since("", 1).await.unwrap();
+        let events = store.events_since("", 1, usize::MAX).await.unwrap();
         assert_eq!(
             events,
             [Event {
@@ -434,14 +482,14 @@ mod specs {
             assert_eq!(put(&store, &format!("k{i}"), "v").await, i);
         }
         for after in [0, 4] {
-            match store.events_since("", after).await {
+            match store.events_since("", after, usize::MAX).await {
                 Err(StoreError::Compacted { requested, compacted }) => {
                     assert_eq!((requested, compacted), (after, 5));
                 }
                 other => panic!("after {after}: expected Compacted, got {other:?}"),
             }
         }
-        let retained = store.events_since("", 5).await.unwrap();
+        let retained = store.events_since("", 5, usize::MAX).await.unwrap();
         assert_eq!(retained.iter().map(|e| e.revision).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
         assert_eq!(store.range("").await.unwrap().kvs.len(), 10, "compaction drops events, never keys");
     }
@@ -452,8 +500,11 @@ mod specs {
         store.txn(Txn::new().then(Op::put("a", "1")).then(Op::put("b", "1"))).await.unwrap();
         store.txn(Txn::new().then(Op::put("c", "1")).then(Op::put("d", "1"))).await.unwrap();
         // 4 events > 3: keeping 3 would split revision 1, so all of it goes.
-        assert!(matches!(store.events_since("", 0).await, Err(StoreError::Compacted { requested: 0, compacted: 1 })));
-        assert_eq!(keys(&store.events_since("", 1).await.unwrap()), [(2, EventKind::Put, "c"), (2, EventKind::Put, "d")]);
+        assert!(matches!(store.events_since("", 0, usize::MAX).await, Err(StoreError::Compacted { requested: 0, compacted: 1 })));
+        assert_eq!(
+            keys(&store.events_since("", 1, usize::MAX).await.unwrap()),
+            [(2, EventKind::Put, "c"), (2, EventKind::Put, "d")]
+        );
     }
 
     pub async fn subscribe_reports_the_latest_revision_before_txn_returns(open: Opener) {
@@ -657,9 +708,11 @@ mod backends_agree {
                 prop_assert_eq!(head, redb.store.revision().await.unwrap());
                 for after in 0..=head {
                     for prefix in ["", "a/", "b"] {
-                        let a = mem.store.events_since(prefix, after).await.map_err(|e| e.to_string());
-                        let b = redb.store.events_since(prefix, after).await.map_err(|e| e.to_string());
-                        prop_assert_eq!(a, b);
+                        for limit in [1, 3, usize::MAX] {
+                            let a = mem.store.events_since(prefix, after, limit).await.map_err(|e| e.to_string());
+                            let b = redb.store.events_since(prefix, after, limit).await.map_err(|e| e.to_string());
+                            prop_assert_eq!(a, b);
+                        }
                     }
                 }
                 Ok(())

@@ -73,10 +73,10 @@ fn reopening_keeps_keys_revision_events_and_compaction_point() {
         assert_eq!(keys, ["k1", "k2", "k3", "k4"]);
         assert_eq!(listing.kvs[3].value, [4]);
         assert_eq!(listing.kvs[3].mod_revision, 5);
-        let events = store.events_since("", 3).await.unwrap();
+        let events = store.events_since("", 3, usize::MAX).await.unwrap();
         let summary: Vec<_> = events.iter().map(|e| (e.revision, e.kind, e.kv.key.as_str())).collect();
         assert_eq!(summary, [(4, EventKind::Put, "k3"), (5, EventKind::Put, "k4"), (6, EventKind::Delete, "k0")]);
-        assert!(matches!(store.events_since("", 2).await, Err(StoreError::Compacted { requested: 2, compacted: 3 })));
+        assert!(matches!(store.events_since("", 2, usize::MAX).await, Err(StoreError::Compacted { requested: 2, compacted: 3 })));
         // The revision counter continues where it stopped.
         let next = store.txn(Txn::new().then(Op::put("k5", "v"))).await.unwrap();
         assert_eq!(next.revision, 7);
@@ -189,7 +189,7 @@ fn acknowledged_writes_survive_sigkill() {
             }
             let last = acknowledged.iter().map(|(_, r)| *r).max().unwrap();
             assert!(store.revision().await.unwrap() >= last);
-            let events = store.events_since("", 0).await.unwrap();
+            let events = store.events_since("", 0, usize::MAX).await.unwrap();
             assert!(events.windows(2).all(|w| w[0].revision < w[1].revision));
             assert!(events.len() as u64 >= last, "the event log is as durable as the keys");
         });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tessera_controller::tls::TlsFiles;
 use tessera_controller::Controller;
-use tessera_store::{RedbStore, Store};
+use tessera_store::{RedbStore, Store, StoreOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,6 +39,17 @@ pub struct Args {
     /// whose local users are all trusted.
     #[arg(long)]
     insecure_loopback: bool,
+    /// Connections served at once; more wait in the kernel's backlog until
+    /// one closes.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Seconds after which a connection on which nothing moved is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    idle_timeout: u64,
+    /// Events the store keeps for watchers; a watcher further behind takes
+    /// a new snapshot.
+    #[arg(long, default_value_t = StoreOptions::DEFAULT_RETAIN_EVENTS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    retain_events: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -67,14 +78,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&path).with_context(|| format!("cannot open store {}", path.display()))?);
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open_with(&path, StoreOptions { retain_events: args.retain_events })
+            .with_context(|| format!("cannot open store {}", path.display()))?,
+    );
     let controller = Arc::new(Controller::new(store));
     let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {}", path.display()))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, tls = tls_files.is_some(), "controller serving");
-    tessera_controller::serve(listener, tls, controller, shutdown_signal()).await?;
+    let limits = tessera_controller::conn::ConnLimits {
+        max_connections: args.max_connections as usize,
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+    };
+    raise_open_files(limits.max_connections);
+    tessera_controller::serve(listener, tls, limits, controller, shutdown_signal()).await?;
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -89,5 +107,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, so that
+/// `--max-connections` connections, the store and the logs fit; says so
+/// when even the hard limit is below what the connections need.
+fn raise_open_files(connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the limit of open files");
+        }
+    }
+    let want = connections as u64 + 64;
+    if hard < want {
+        tracing::warn!(
+            limit = hard,
+            max_connections = connections,
+            "the limit of open files is below --max-connections: connections past it wait until one closes"
+        );
     }
 }

@@ -51,6 +51,22 @@ impl ControllerProcess {
         c
     }
 
+    /// Starts a controller on a fresh data directory with `extra` arguments
+    /// (over HTTPS), or plain HTTP on loopback with `insecure`.
+    pub fn start_with(extra: &[&str], insecure: bool) -> Self {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let mut args = vec!["--init"];
+        args.extend_from_slice(extra);
+        let mut c = if insecure {
+            args.push("--insecure-loopback");
+            Self::spawn(tmp.path(), free_port(), &args, None)
+        } else {
+            Self::spawn_on(tmp.path(), free_port(), &args)
+        };
+        c._tmp = Some(tmp);
+        c
+    }
+
     /// Starts a controller serving plain HTTP on loopback
     /// (`--insecure-loopback`: every caller acts as an administrator), on a
     /// fresh data directory: the baseline of the TLS benchmark.
