@@ -5,7 +5,11 @@
 //!   (the data structure's floor);
 //! - endpoint creation through the HTTP API of a real controller process
 //!   (validation, IPAM, indexes, one durable transaction each) ÷ bare durable
-//!   transactions on the same store engine with the same concurrency.
+//!   transactions on the same store engine with the same concurrency;
+//! - the controller's memory with 1,000 concurrent watches from revision 0 of
+//!   a store holding 100,000 events, who do not read what they are sent (a
+//!   watch holds one page of the log, whatever it starts from) ÷ the same
+//!   controller's at rest.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -99,6 +103,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks benches to list tests; there are none.
     }
+    if std::env::args().any(|a| a == "watch-memory") {
+        return watch_memory(); // `cargo bench --bench controller -- watch-memory`: that one alone.
+    }
     ipam();
     let c = support::ControllerProcess::start();
     let api = support::Api::new(&c);
@@ -139,6 +146,90 @@ fn main() {
     );
     drop(plain);
     healthz_under_big_bodies();
+    watch_memory();
+}
+
+/// `VmRSS` and `VmHWM` of process `pid`, in MB.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The controller's memory with `WATCHES` watches from revision 0 of a store
+/// of `EVENTS` events (host records, each written again and again, so the
+/// snapshot stays small), ÷ at rest.
+fn watch_memory() {
+    const WATCHES: usize = 1_000;
+    const EVENTS: usize = 100_000;
+    const PER_TXN: usize = 10;
+    // The benchmark's own end of the connections.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut c = support::ControllerProcess::start_on(dir.path(), port);
+    c.kill9();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = RedbStore::open(&dir.path().join("tessera.redb")).unwrap();
+        // The log keeps 100,000 events (the default): the controller's own
+        // first events and these fill it without discarding any.
+        for t in 0..(EVENTS - 100) / PER_TXN {
+            let mut txn = Txn::new();
+            for i in 0..PER_TXN {
+                let n = (t * PER_TXN + i) % 1_000;
+                let host = json!({"name": format!("h{n}"), "underlay_ip": format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256), "last_seen": t});
+                txn = txn.then(Op::put(format!("/tessera/hosts/h{n}"), serde_json::to_vec(&host).unwrap()));
+            }
+            store.txn(txn).await.unwrap();
+        }
+    });
+    let c = support::ControllerProcess::restart_on(dir.path(), port);
+    let pid = c.pid().expect("the controller runs");
+    let api = support::Api::new(&c);
+    let (_, snap) = api.get("/v1/snapshot");
+    let revisions = snap["revision"].as_u64().unwrap_or(0);
+    let written = EVENTS - 100;
+    let (rest, _) = rss_mb(pid);
+    let (held, peak, first_line) = rt.block_on(async {
+        let client = c.async_http(&support::Caller::Admin);
+        let opened: Vec<reqwest::Response> = futures::future::join_all((0..WATCHES).map(|_| {
+            let (client, url) = (client.clone(), format!("{}/v1/watch?after=0", c.url));
+            async move { client.get(url).send().await.expect("a watch opens") }
+        }))
+        .await;
+        let refused: Vec<u16> = opened.iter().map(|r| r.status().as_u16()).filter(|s| *s != 200).collect();
+        assert!(
+            refused.is_empty(),
+            "every watch is accepted: {} refused ({:?})",
+            refused.len(),
+            &refused[..refused.len().min(5)]
+        );
+        let mut opened = opened;
+        let first = opened.pop().unwrap().chunk().await.unwrap().map(|b| b.len()).unwrap_or(0);
+        let mut held: f64 = 0.0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            held = held.max(rss_mb(pid).0);
+        }
+        let (_, peak) = rss_mb(pid);
+        drop(opened);
+        (held, peak, first)
+    });
+    assert!(first_line > 0, "a watch streams events");
+    println!(
+        "controller RSS with {WATCHES} watches from revision 0 of a store of {written} host events and the controller's own ({revisions} revisions): {held:.0} MB (peak {peak:.0} MB); at rest {rest:.0} MB; ratio {:.1} (goal ≤ 200 MB)",
+        held / rest
+    );
 }
 
 /// `/healthz` latencies: `n` probes one after another.

@@ -23,6 +23,9 @@ use crate::conn::{ConnLimits, Guarded, PlainListener, Slots};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more wait for one to end.
 const MAX_HANDSHAKES: usize = 256;
+/// Bytes of TLS records a connection buffers for a client that does not
+/// read (a watcher that fell asleep): bounds its memory.
+const TLS_BUFFER: usize = 16 << 10;
 
 /// The files of the controller's TLS.
 #[derive(Debug, Clone)]
@@ -104,7 +107,8 @@ impl TlsListener {
                 let (acceptor, tx, conns) = (acceptor.clone(), tx.clone(), conns.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let accept = acceptor.accept_with(stream, |conn| conn.set_buffer_limit(Some(TLS_BUFFER)));
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((conns.guard(tls, conn), peer)).await;
                         }

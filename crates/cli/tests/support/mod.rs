@@ -192,6 +192,12 @@ impl ControllerProcess {
     }
 
     /// Sends SIGKILL and reaps the process.
+    /// The controller's process ID.
+    #[allow(dead_code)] // used by the benchmarks only
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
