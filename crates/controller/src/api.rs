@@ -467,9 +467,14 @@ pub struct WatchParams {
 }
 
 /// Every object agents mirror, consistent at one revision.
+///
+/// Sent in pieces as the client reads, so a large snapshot never has its
+/// whole JSON in memory.
 #[utoipa::path(get, path = "/v1/snapshot", responses((status = 200, body = Snapshot)))]
-async fn snapshot(State(ctl): Ctl) -> ApiResult<Json<Snapshot>> {
-    Ok(Json(crate::watch::snapshot(ctl.store().as_ref()).await?))
+async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
+    let snap = std::sync::Arc::new(crate::watch::snapshot(ctl.store().as_ref()).await?);
+    let pieces = futures::stream::iter(snap.json_pieces(64 << 10).map(|p| Ok::<_, std::convert::Infallible>(Bytes::from(p))));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(pieces)).into_response())
 }
 
 /// Changes after a revision, as newline-delimited JSON `WatchEvent`s, with

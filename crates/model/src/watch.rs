@@ -92,15 +92,71 @@ impl PolicyHeader {
     }
 }
 
+impl ChunkedPolicy {
+    fn of(p: &Policy) -> Self {
+        ChunkedPolicy { id: p.id, fq_name: p.fq_name.clone(), chunks: p.rules.chunks().iter().map(|c| (**c).clone()).collect() }
+    }
+}
+
+impl Snapshot {
+    /// The snapshot's JSON (as `serde_json` writes it) in pieces of about
+    /// `piece` bytes, each made when it is asked for: a large snapshot is
+    /// sent without its whole JSON in memory.
+    pub fn json_pieces(self: Arc<Self>, piece: usize) -> impl Iterator<Item = Vec<u8>> + Send {
+        let mut head = format!("{{\"revision\":{}", self.revision);
+        if let Some(c) = self.cluster {
+            head.push_str(&format!(",\"cluster\":\"{c}\""));
+        }
+        let sections = ["networks", "endpoints", "hosts", "policies"];
+        let len = |s: &Snapshot, i: usize| match i {
+            0 => s.networks.len(),
+            1 => s.endpoints.len(),
+            2 => s.hosts.len(),
+            _ => s.policies.len(),
+        };
+        // (section, index in it); `None` once done.
+        let mut at = Some((0usize, 0usize));
+        let mut pending = head.into_bytes();
+        std::iter::from_fn(move || {
+            let (mut sec, mut i) = at?;
+            while pending.len() < piece {
+                if sec == sections.len() {
+                    pending.push(b'}');
+                    at = None;
+                    return Some(std::mem::take(&mut pending));
+                }
+                if i == 0 {
+                    pending.extend_from_slice(format!(",\"{}\":[", sections[sec]).as_bytes());
+                }
+                if i < len(&self, sec) {
+                    if i > 0 {
+                        pending.push(b',');
+                    }
+                    let written = match sec {
+                        0 => serde_json::to_writer(&mut pending, &self.networks[i]),
+                        1 => serde_json::to_writer(&mut pending, &self.endpoints[i]),
+                        2 => serde_json::to_writer(&mut pending, &self.hosts[i]),
+                        _ => serde_json::to_writer(&mut pending, &ChunkedPolicy::of(&self.policies[i])),
+                    };
+                    written.expect("model objects serialize");
+                    i += 1;
+                } else {
+                    pending.push(b']');
+                    sec += 1;
+                    i = 0;
+                }
+            }
+            at = Some((sec, i));
+            Some(std::mem::take(&mut pending))
+        })
+    }
+}
+
 mod chunked {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(policies: &[Policy], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(policies.iter().map(|p| ChunkedPolicy {
-            id: p.id,
-            fq_name: p.fq_name.clone(),
-            chunks: p.rules.chunks().iter().map(|c| (**c).clone()).collect(),
-        }))
+        s.collect_seq(policies.iter().map(ChunkedPolicy::of))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Policy>, D::Error> {
@@ -301,6 +357,38 @@ mod tests {
 
     fn ports(s: &Snapshot) -> Vec<u16> {
         s.policies[0].rules.iter().map(|r| r.dst_ports[0].start).collect()
+    }
+
+    #[test]
+    fn a_snapshot_in_pieces_is_the_json_of_the_snapshot() {
+        let id = Uuid::from_u128(7);
+        let mut s = Snapshot::default();
+        s.apply(&put(1, Object::PolicyRules(chunk(id, 0, 0..3))));
+        s.apply(&put(2, Object::Policy(header(id, &[(0, 3)]))));
+        s.hosts = (0..5)
+            .map(|i| Host { name: format!("h{i}"), underlay_ip: format!("10.0.0.{i}").parse().unwrap(), last_seen: i })
+            .collect();
+        s.revision = 42;
+        s.cluster = Some(Uuid::from_u128(9));
+        let whole: serde_json::Value = serde_json::to_value(&s).unwrap();
+        for piece in [1, 100, 1 << 20] {
+            let pieces: Vec<Vec<u8>> = Arc::new(s.clone()).json_pieces(piece).collect();
+            if piece == 1 {
+                assert!(pieces.len() > 5, "small pieces: {}", pieces.len());
+            }
+            let joined: Vec<u8> = pieces.concat();
+            let parsed: serde_json::Value =
+                serde_json::from_slice(&joined).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&joined)));
+            assert_eq!(parsed, whole, "pieces of {piece} bytes");
+            let back: Snapshot = serde_json::from_slice(&joined).unwrap();
+            assert_eq!(back.hosts, s.hosts);
+            assert_eq!(ports(&back), vec![0, 1, 2]);
+        }
+        let empty: Vec<u8> = Arc::new(Snapshot::default()).json_pieces(64).collect::<Vec<_>>().concat();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&empty).unwrap(),
+            serde_json::to_value(Snapshot::default()).unwrap()
+        );
     }
 
     #[test]
