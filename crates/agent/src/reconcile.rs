@@ -19,22 +19,48 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// Reconciles whenever the intent changes, when kicked, and periodically.
+    /// Also at once when the data plane sees Tessera's nftables tables
+    /// changed behind its back (`nft flush ruleset`): they are restored
+    /// within a reconcile.
     pub(crate) async fn reconcile_loop(self: Arc<Self>) {
         let mut rx = self.snapshot.clone();
+        let mut tampered = self.dp.nft_changes();
+        let mut restoring = false;
         loop {
             let snap = rx.borrow_and_update().clone();
             if let Some(snap) = snap {
-                self.reconcile_once(&snap).await;
+                let restored = self.reconcile_once(&snap).await;
+                if restoring && restored > 0 {
+                    tracing::warn!(
+                        nft_changes = restored,
+                        "restored Tessera's nftables tables, changed behind its back (nft flush or delete)"
+                    );
+                }
             }
+            restoring = false;
+            let nft_changed = async {
+                match tampered.as_mut() {
+                    Some(t) => t.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = self.kick.notified() => {}
+                ok = nft_changed => {
+                    if ok {
+                        restoring = true;
+                    } else {
+                        tampered = None;
+                    }
+                }
                 _ = tokio::time::sleep(RESYNC_EVERY) => {}
             }
         }
     }
 
-    async fn reconcile_once(&self, snap: &Snapshot) {
+    /// Reconciles once; how many nftables actions it applied.
+    async fn reconcile_once(&self, snap: &Snapshot) -> usize {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
         let started = std::time::Instant::now();
@@ -87,6 +113,7 @@ impl Agent {
             p.skipped = skipped.0.iter().cloned().collect();
             p.last_error = last_error;
         });
+        result.map_or(0, |r| r.applied.iter().filter(|a| a.is_nft()).count())
     }
 
     /// Tells the controller which local endpoints are active or failed (best effort, in the background).

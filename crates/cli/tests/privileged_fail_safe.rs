@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{addresses, admin_http, Cluster};
+use tessera_testkit::{addresses, admin_http, exec_in, Cluster};
 
 fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
     tessera_testkit::start_cluster("tfs", hosts, env!("CARGO_BIN_EXE_tessera"))
@@ -126,4 +126,63 @@ fn privileged_an_endpoint_the_agent_cannot_program_leaves_the_others_working() {
     let a3 = addresses(&c.attach("c3", "green", &[]).unwrap());
     assert_eq!(c.ping("c3", &a2[0], 2).unwrap(), 2, "a new endpoint on the same host is programmed");
     assert_eq!(c.ping("c2", &a3[0], 2).unwrap(), 2);
+}
+
+/// Whether Tessera's three tables are in `host`'s ruleset.
+fn tables_in_place(c: &Cluster, host: &str) -> bool {
+    let out = exec_in(c.host_netns(host).unwrap(), "nft", ["list", "tables"]).expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    ["table inet tessera\n", "table bridge tessera\n", "table inet tessera_policy\n"].iter().all(|t| text.contains(t))
+}
+
+#[test]
+fn privileged_a_flushed_ruleset_is_restored_within_a_second_and_isolated_networks_stay_apart() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.81.0.0/24"]).unwrap();
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.82.0.0/24"]).unwrap();
+    for (name, host) in [("r1", "h1"), ("r2", "h2"), ("b2", "h2")] {
+        c.container(host, name).unwrap();
+    }
+    addresses(&c.attach("r1", "red", &[]).unwrap());
+    let r2 = addresses(&c.attach("r2", "red", &[]).unwrap());
+    let b2 = addresses(&c.attach("b2", "blue", &[]).unwrap());
+    assert_eq!(c.ping("r1", &r2[0], 2).unwrap(), 2);
+    assert!(tables_in_place(&c, "h1") && tables_in_place(&c, "h2"));
+
+    // b2 listens; r1 (another network) floods it across the flush.
+    let mut dump = Command::new("tcpdump");
+    dump.args(["-n", "-i", "eth0", "-c", "1", "icmp"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut dump = c.fabric.spawn_in_netns(c.netns_of("b2").unwrap(), dump).expect("run tcpdump (install tcpdump)");
+    let mut flood = Command::new("ping");
+    flood.args(["-n", "-q", "-i", "0.01", "-w", "4", &b2[0]]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut flood = c.fabric.spawn_in_netns(c.netns_of("r1").unwrap(), flood).unwrap();
+    thread::sleep(Duration::from_millis(700));
+
+    let mut recovery = Vec::new();
+    for host in ["h1", "h2"] {
+        let flushed = tessera_testkit::exec_in(c.host_netns(host).unwrap(), "nft", ["flush", "ruleset"]).unwrap();
+        assert!(flushed.status.success(), "nft flush ruleset: {}", String::from_utf8_lossy(&flushed.stderr));
+        let t = Instant::now();
+        while !tables_in_place(&c, host) {
+            assert!(t.elapsed() < Duration::from_secs(5), "{host}'s tables are not back after 5 s\n{}", c.logs_tail(20));
+            thread::sleep(Duration::from_millis(10));
+        }
+        recovery.push((host, t.elapsed()));
+    }
+    let _ = flood.wait();
+    thread::sleep(Duration::from_millis(300));
+    let captured = dump.try_wait().unwrap().is_some();
+    let _ = dump.kill();
+    let out = dump.wait_with_output().unwrap();
+    assert!(!captured, "a packet of red reached blue during the recovery: {}", String::from_utf8_lossy(&out.stdout));
+    for (host, took) in &recovery {
+        println!("{host}: Tessera's tables back {took:?} after nft flush ruleset");
+        assert!(*took <= Duration::from_secs(1), "{host}'s tables came back after {took:?}");
+    }
+    // Everything works again: the network, its anti-spoofing and the host's guard.
+    assert_eq!(c.ping("r1", &r2[0], 2).unwrap(), 2, "red works again across hosts");
+    let guard = exec_in(c.host_netns("h1").unwrap(), "nft", ["list", "chain", "inet", "tessera", "input"]).unwrap();
+    assert!(String::from_utf8_lossy(&guard.stdout).contains("vteps4"), "the host's guard is back");
+    let spoof = exec_in(c.host_netns("h1").unwrap(), "nft", ["list", "set", "bridge", "tessera", "ep4"]).unwrap();
+    assert!(String::from_utf8_lossy(&spoof.stdout).contains("10.81.0."), "anti-spoofing elements are back");
 }

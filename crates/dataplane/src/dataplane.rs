@@ -81,6 +81,14 @@ pub trait Dataplane: Send + Sync {
     /// hit is. Counters start at zero when an element is installed (a rule
     /// whose boxes move to another map starts again).
     async fn policy_counters(&self, desired: &DesiredHost) -> Result<Vec<RuleCounter>, DataplaneError>;
+
+    /// A counter that moves whenever part of Tessera's nftables tables is
+    /// taken away behind the data plane's back (`nft flush ruleset`): the
+    /// owner reconciles at once when it moves. `None` when the data plane
+    /// cannot tell (the fake).
+    fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Validates `desired`, observes, plans and applies. Returns the apply report

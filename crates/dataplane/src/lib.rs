@@ -70,6 +70,7 @@ pub mod linux;
 pub mod names;
 pub mod nfnetlink;
 pub mod nft;
+pub mod nft_events;
 pub mod observed;
 pub mod op;
 pub mod plan;

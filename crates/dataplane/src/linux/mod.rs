@@ -16,7 +16,8 @@
 //! parameters), `routes` (routes and `ip rule`s), `neigh` (neighbour, proxy
 //! neighbour and FDB entries), `nftables` (nft transactions and the nftables
 //! state carried forward), `conntrack` (zone flushes); `observe` reads them
-//! all, `vif` makes the interface table, and `worker` runs the data plane's
+//! all, `vif` makes the interface table, `tamper` sees Tessera's nftables
+//! tables changed behind its back, and `worker` runs the data plane's
 //! thread, implements [`Dataplane`](crate::Dataplane) and orders an apply.
 //! `common` and `netns` hold what they share (errors, link indexes, the
 //! netfilter socket; threads in a namespace).
@@ -29,6 +30,7 @@ mod netns;
 mod nftables;
 mod observe;
 mod routes;
+mod tamper;
 mod vif;
 mod worker;
 

@@ -50,6 +50,9 @@ pub(super) struct NftTables {
     nft_generation: Cell<u64>,
     /// The listing in the background (see [`NftTables::relisted`]).
     relisting: RefCell<Relisting>,
+    /// Set when part of the tables was taken away behind the data plane's
+    /// back (see `tamper`): the next observation lists them again.
+    stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A policy map as last read or written, and its digest.
@@ -66,6 +69,11 @@ impl CachedMap {
 }
 
 impl NftTables {
+    /// The flag that makes the next observation list the tables again.
+    pub(super) fn stale_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stale.clone()
+    }
+
     /// The three tables: `inet tessera` and `bridge tessera` listed in full;
     /// of `inet tessera_policy`, the chain names, the maps (tersely) and the
     /// `digests` map, all cheap whatever the maps hold. A policy map's
@@ -83,6 +91,11 @@ impl NftTables {
     /// another is tried as long after); at three times that age it is
     /// listed before the observation returns.
     pub(super) async fn observe(&self) -> Result<NftState, DataplaneError> {
+        if self.stale.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Also overtakes a background listing that started before.
+            self.nft_generation.set(self.nft_generation.get() + 1);
+            *self.nft_seen.borrow_mut() = None;
+        }
         let age = self.nft_seen.borrow().as_ref().map(|(_, at)| at.elapsed());
         let listed = match age {
             Some(age) if age < NFT_RELIST_AFTER => None,

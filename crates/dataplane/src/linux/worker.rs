@@ -40,6 +40,8 @@ pub struct LinuxDataplane {
     requests: mpsc::UnboundedSender<Request>,
     /// The namespace, when not the creating thread's.
     netns: Option<PathBuf>,
+    /// Moves when Tessera's nftables tables change behind its back.
+    nft_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl LinuxDataplane {
@@ -57,15 +59,16 @@ impl LinuxDataplane {
     async fn start(netns: Option<PathBuf>) -> Result<Self, DataplaneError> {
         let (requests, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (changes_tx, nft_changes) = tokio::sync::watch::channel(0);
         std::thread::Builder::new()
             .name("tessera-dataplane".into())
             .spawn({
                 let netns = netns.clone();
-                move || worker(netns, ready_tx, rx)
+                move || worker(netns, ready_tx, rx, changes_tx)
             })
             .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "data plane thread".into(), source })?;
         ready_rx.await.map_err(|_| DataplaneError::WorkerGone)??;
-        Ok(LinuxDataplane { requests, netns })
+        Ok(LinuxDataplane { requests, netns, nft_changes })
     }
 
     /// The interface that holds the address `ip`, and its MTU: how an agent
@@ -121,12 +124,17 @@ impl Dataplane for LinuxDataplane {
             .map_err(|source| DataplaneError::Kernel { op: "spawn", object: "counter thread".into(), source })?;
         rx.await.map_err(|_| DataplaneError::WorkerGone)?
     }
+
+    fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.nft_changes.clone())
+    }
 }
 
 fn worker(
     netns: Option<PathBuf>,
     ready: oneshot::Sender<Result<(), DataplaneError>>,
     mut requests: mpsc::UnboundedReceiver<Request>,
+    nft_changes: tokio::sync::watch::Sender<u64>,
 ) {
     let setup = || -> Result<tokio::runtime::Runtime, DataplaneError> {
         if let Some(path) = &netns {
@@ -149,8 +157,12 @@ fn worker(
                 return;
             }
         };
+        let nft = NftTables::default();
+        if let Err(e) = super::tamper::watch_tables(nft.stale_flag(), nft_changes) {
+            tracing::warn!(error = %e, "cannot watch nftables notifications; changes behind Tessera's back wait for the periodic resync");
+        }
         let _ = ready.send(Ok(()));
-        let kernel = Kernel { handle, netfilter: Netfilter::default(), nft: NftTables::default(), conntrack: Conntrack::start() };
+        let kernel = Kernel { handle, netfilter: Netfilter::default(), nft, conntrack: Conntrack::start() };
         while let Some(req) = requests.recv().await {
             match req {
                 Request::Observe(reply) => {
