@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use crate::dataplane::{ApplyReport, Dataplane, KernelOpFailure};
 use crate::desired::DesiredHost;
 use crate::error::DataplaneError;
-use crate::names::{DISPATCH, SKELETON_VERSION};
+use crate::names::{veth_mark, DISPATCH, LINK_MARK, SKELETON_VERSION};
 use crate::observed::{LinkKind, LinkState, Observed, ObservedChain, ObservedMap, RouteTarget, VxlanState};
 use crate::op::KernelOp;
 use crate::policy::{derive_digests, rule_counters, skeleton_marker, ElementCounter, RuleCounter};
@@ -249,7 +249,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
                     mac: Some(*mac),
                     up: true,
                     master: None,
-                    alias: None,
+                    alias: Some(LINK_MARK.into()),
                     isolated: false,
                 },
             )?;
@@ -265,7 +265,15 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             add_link(
                 k,
                 name,
-                LinkState { kind, mtu: *mtu, mac: Some(*mac), up: true, master: None, alias: None, isolated: false },
+                LinkState {
+                    kind,
+                    mtu: *mtu,
+                    mac: Some(*mac),
+                    up: true,
+                    master: None,
+                    alias: Some(LINK_MARK.into()),
+                    isolated: false,
+                },
             )?;
         }
         KernelOp::VethAdd { name, bridge, mtu, .. } => {
@@ -279,13 +287,16 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
                     mac: None,
                     up: true,
                     master: Some(bridge.clone()),
-                    alias: None,
+                    alias: Some(LINK_MARK.into()),
                     isolated: true,
                 },
             )?;
         }
         KernelOp::LinkSetUp { name } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.up = true;
+        }
+        KernelOp::LinkSetAlias { name, alias } => {
+            k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.alias = Some(alias.clone());
         }
         KernelOp::LinkSetMtu { name, mtu } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.mtu = *mtu;
@@ -352,7 +363,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
         }
         KernelOp::ContainerIfaceConfigure { host_veth, endpoint, .. } => {
             let link = k.links.get_mut(host_veth).ok_or_else(|| err(ENODEV))?;
-            link.alias = Some(endpoint.to_string());
+            link.alias = Some(veth_mark(*endpoint));
         }
     }
     Ok(())

@@ -76,6 +76,17 @@ pub const SKELETON_VERSION: &str = "tessera-v3";
 
 /// The table of the firewall of network pairs.
 pub const POLICY_TABLE: &str = "tessera_policy";
+
+/// The mark Tessera sets on the links it makes (`ip link set DEV alias
+/// tessera`): a link is Tessera's by this mark, not by its name. A host veth
+/// carries `tessera` from its creation and `tessera:<endpoint id>` once the
+/// container side is fully configured ([`veth_mark`]).
+pub const LINK_MARK: &str = "tessera";
+
+/// The alias of a host veth whose container side is fully configured.
+pub fn veth_mark(endpoint: uuid::Uuid) -> String {
+    format!("{LINK_MARK}:{endpoint}")
+}
 /// The chain the forward hook jumps to: the pair dispatch.
 pub const DISPATCH: &str = "dispatch";
 /// The name of the map of digests.

@@ -58,8 +58,9 @@ pub struct LinkState {
     pub up: bool,
     /// Name of the bridge the link is a port of.
     pub master: Option<String>,
-    /// `ip link set DEV alias ...`: on an endpoint's host veth, the endpoint
-    /// id, written once the container side is fully configured.
+    /// `ip link set DEV alias ...`: Tessera's mark ([`crate::names::LINK_MARK`];
+    /// on an endpoint's host veth, [`crate::names::veth_mark`] once the
+    /// container side is fully configured).
     pub alias: Option<String>,
     /// `bridge_slave isolated`: the bridge port forwards only to the bridge
     /// itself, never to another port.
@@ -375,6 +376,36 @@ impl fmt::Display for NftElement {
             NftElement::Vtep { ip } => write!(f, "{ip}")?,
         }
         f.write_str(" }")
+    }
+}
+
+/// Whose a link named like one of Tessera's is, by its alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMark {
+    /// Tessera's mark: Tessera's to change and to delete.
+    Ours,
+    /// No alias (or, on a veth, an endpoint id without the mark: what
+    /// earlier versions wrote): adopted (marked) when Tessera wants a link
+    /// of that name and kind, never deleted.
+    Unmarked,
+    /// Someone else's alias: not Tessera's, left alone.
+    Foreign,
+}
+
+/// The mark of a link with alias `alias`.
+pub fn link_mark(alias: Option<&str>) -> LinkMark {
+    match alias {
+        None => LinkMark::Unmarked,
+        Some(a) if a == crate::names::LINK_MARK => LinkMark::Ours,
+        Some(a)
+            if a.strip_prefix(crate::names::LINK_MARK)
+                .and_then(|r| r.strip_prefix(':'))
+                .is_some_and(|id| id.parse::<uuid::Uuid>().is_ok()) =>
+        {
+            LinkMark::Ours
+        }
+        Some(a) if a.parse::<uuid::Uuid>().is_ok() => LinkMark::Unmarked,
+        Some(_) => LinkMark::Foreign,
     }
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tessera_model::{MacAddr, Vni};
 use uuid::Uuid;
 
-use crate::names::{SysctlKey, POLICY_TABLE, SKELETON_VERSION, VRF_UNREACHABLE_METRIC};
+use crate::names::{veth_mark, SysctlKey, LINK_MARK, POLICY_TABLE, SKELETON_VERSION, VRF_UNREACHABLE_METRIC};
 use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, MapElement, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
 };
@@ -86,6 +86,8 @@ pub enum KernelOp {
     VethAdd { name: String, bridge: String, mtu: u32, netns: PathBuf, peer_ifname: String, peer_mac: MacAddr },
     /// `ip link set NAME up`
     LinkSetUp { name: String },
+    /// `ip link set NAME alias ALIAS`: Tessera's mark on a link it adopts.
+    LinkSetAlias { name: String, alias: String },
     /// `ip link set NAME mtu MTU`
     LinkSetMtu { name: String, mtu: u32 },
     /// `ip link del NAME`. Routes, neighbour, FDB and proxy entries, addresses
@@ -158,6 +160,7 @@ impl KernelOp {
             KernelOp::LinkAddVxlan { .. } => "LinkAddVxlan",
             KernelOp::VethAdd { .. } => "VethAdd",
             KernelOp::LinkSetUp { .. } => "LinkSetUp",
+            KernelOp::LinkSetAlias { .. } => "LinkSetAlias",
             KernelOp::LinkSetMtu { .. } => "LinkSetMtu",
             KernelOp::LinkDelete { .. } => "LinkDelete",
             KernelOp::AddressInstall(_) => "AddressInstall",
@@ -316,18 +319,19 @@ impl fmt::Display for KernelOp {
             KernelOp::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
             KernelOp::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
             KernelOp::LinkAddBridge { name, mac, mtu } => {
-                write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0")
+                write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0; ip link set {name} alias {LINK_MARK}")
             }
             KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => write!(
                 f,
-                "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
+                "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning; ip link set {name} alias {LINK_MARK}"
             ),
             KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
                 f,
-                "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}; ip link set {name} type bridge_slave isolated on",
+                "ip link add {name} mtu {mtu} master {bridge} up type veth peer name {peer_ifname} address {peer_mac} mtu {mtu} netns {}; ip link set {name} type bridge_slave isolated on; ip link set {name} alias {LINK_MARK}",
                 netns.display()
             ),
             KernelOp::LinkSetUp { name } => write!(f, "ip link set {name} up"),
+            KernelOp::LinkSetAlias { name, alias } => write!(f, "ip link set {name} alias {alias}"),
             KernelOp::LinkSetMtu { name, mtu } => write!(f, "ip link set {name} mtu {mtu}"),
             KernelOp::LinkDelete { name } => write!(f, "ip link del {name}"),
             KernelOp::AddressInstall(a) if a.addr.addr().is_ipv4() => write!(f, "ip addr add {} dev {}", a.addr, a.dev),
@@ -354,7 +358,7 @@ impl fmt::Display for KernelOp {
                 for g in gateways {
                     write!(f, "; ip{} route replace default via {g} dev {ifname}", family_flag(*g))?;
                 }
-                write!(f, "'; ip link set {host_veth} alias {endpoint}")
+                write!(f, "'; ip link set {host_veth} alias {}", veth_mark(*endpoint))
             }
         }
     }

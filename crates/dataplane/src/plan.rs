@@ -31,10 +31,10 @@ use crate::desired::{
     bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
     DesiredHost, DesiredNetwork, LocalEndpoint, VXLAN_PORT,
 };
-use crate::names::{SysctlKey, DISPATCH, RULE_PRIORITY, SKELETON_VERSION};
+use crate::names::{veth_mark, SysctlKey, DISPATCH, LINK_MARK, RULE_PRIORITY, SKELETON_VERSION};
 use crate::observed::{
-    AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, MapElement, NeighEntry, NftElement, Observed, PolicyState,
-    ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
+    link_mark, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkMark, LinkState, MapElement, NeighEntry, NftElement, Observed,
+    PolicyState, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
 };
 use crate::op::KernelOp;
 use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects};
@@ -95,11 +95,16 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         out.push(KernelOp::NftSetElementAdd(e.clone()));
     }
 
-    // 3. Teardown.
-    let doomed = doomed_links(&want, observed);
-    let on_doomed = |dev: &str| doomed.contains(dev);
+    // 3. Teardown. Links named like Tessera's but without its mark are
+    // never deleted, nor is anything on them: they are adopted (marked) when
+    // wanted as they are, and left alone otherwise.
+    let left_alone = links_left_alone(&want, observed);
+    let doomed = doomed_links(&want, observed, &left_alone);
+    let on_doomed = |dev: &str| doomed.contains(dev) || left_alone.contains(dev);
     for r in observed.rules.difference(&want.rules) {
-        out.push(KernelOp::RuleUninstall(r.clone()));
+        if !matches!(&r.selector, RuleSelector::Iif(dev) if left_alone.contains(dev)) {
+            out.push(KernelOp::RuleUninstall(r.clone()));
+        }
     }
     for r in observed.routes.difference(&want.routes) {
         if !matches!(&r.target, RouteTarget::Dev(d) if on_doomed(d)) {
@@ -137,7 +142,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
 
     // 4. Build, network by network.
     let present = |name: &str| -> Option<&LinkState> {
-        if doomed.contains(name) {
+        if doomed.contains(name) || left_alone.contains(name) {
             None
         } else {
             observed.links.get(name)
@@ -251,7 +256,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                     if !link.isolated {
                         out.push(KernelOp::BridgePortIsolate { name: name.clone() });
                     }
-                    let complete = link.alias.as_deref() == Some(ep.id.to_string().as_str());
+                    let complete = link.alias.as_deref() == Some(veth_mark(ep.id).as_str());
                     // With the skeleton in place, the anti-spoofing elements
                     // tell which MAC and addresses the port was given.
                     let elements_differ =
@@ -537,7 +542,7 @@ impl Want {
                     mac: Some(bridge_mac(net.vni)),
                     up: true,
                     master: None,
-                    alias: None,
+                    alias: Some(LINK_MARK.to_string()),
                     isolated: false,
                 },
             );
@@ -555,7 +560,7 @@ impl Want {
                     mac: Some(vtep_mac(desired.underlay_ip)),
                     up: true,
                     master: None,
-                    alias: None,
+                    alias: Some(LINK_MARK.to_string()),
                     isolated: false,
                 },
             );
@@ -612,7 +617,7 @@ impl Want {
                         mac: None,
                         up: true,
                         master: Some(tb.clone()),
-                        alias: Some(ep.id.to_string()),
+                        alias: Some(veth_mark(ep.id)),
                         isolated: true,
                     },
                 );
@@ -643,28 +648,46 @@ impl Want {
     }
 }
 
-/// Links to delete: owned links that are not wanted, and wanted links whose
-/// kind or identity is wrong (they are deleted and made again). A veth whose
-/// bridge is made again is made again too.
-fn doomed_links(want: &Want, observed: &Observed) -> BTreeSet<String> {
+/// Whether the kernel's link `have` is not the link `w` Tessera wants
+/// (another kind, MAC, VXLAN parameters or bridge).
+fn wrong_link(w: &LinkState, have: &LinkState) -> bool {
+    match (&w.kind, &have.kind) {
+        (LinkKind::Bridge, LinkKind::Bridge) => have.mac != w.mac,
+        (LinkKind::Vxlan(wv), LinkKind::Vxlan(hv)) => wv != hv || have.mac != w.mac,
+        (LinkKind::Veth, LinkKind::Veth) => have.master != w.master,
+        _ => true,
+    }
+}
+
+/// Links named like Tessera's but without its mark that Tessera does not
+/// adopt: unwanted ones, and wanted ones that are not what it wants (making
+/// that link then fails, and says so, rather than deleting someone's).
+fn links_left_alone(want: &Want, observed: &Observed) -> BTreeSet<String> {
+    observed
+        .links
+        .iter()
+        .filter(|(_, have)| link_mark(have.alias.as_deref()) != LinkMark::Ours)
+        .filter(|(name, have)| want.links.get(*name).is_none_or(|w| wrong_link(w, have)))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Links to delete: Tessera's links that are not wanted, and wanted links
+/// whose kind or identity is wrong (they are deleted and made again). A veth
+/// whose bridge is made again is made again too. Links `left_alone` are not.
+fn doomed_links(want: &Want, observed: &Observed, left_alone: &BTreeSet<String>) -> BTreeSet<String> {
     let mut doomed = BTreeSet::new();
-    for (name, have) in &observed.links {
+    for (name, have) in observed.links.iter().filter(|(name, _)| !left_alone.contains(*name)) {
         let Some(w) = want.links.get(name) else {
             doomed.insert(name.clone());
             continue;
         };
-        let wrong = match (&w.kind, &have.kind) {
-            (LinkKind::Bridge, LinkKind::Bridge) => have.mac != w.mac,
-            (LinkKind::Vxlan(wv), LinkKind::Vxlan(hv)) => wv != hv || have.mac != w.mac,
-            (LinkKind::Veth, LinkKind::Veth) => have.master != w.master,
-            _ => true,
-        };
-        if wrong {
+        if wrong_link(w, have) {
             doomed.insert(name.clone());
         }
     }
     let bridges_remade: BTreeSet<String> = doomed.iter().filter(|n| want.links.contains_key(*n)).cloned().collect();
-    for (name, have) in &observed.links {
+    for (name, have) in observed.links.iter().filter(|(name, _)| !left_alone.contains(*name)) {
         if matches!(have.kind, LinkKind::Veth) && have.master.as_ref().is_some_and(|m| bridges_remade.contains(m)) {
             doomed.insert(name.clone());
         }
@@ -683,8 +706,12 @@ fn link_rank(name: &str) -> u8 {
     }
 }
 
-/// MTU and admin state of a link that is kept.
+/// MTU and admin state of a link that is kept; Tessera's mark on a bridge
+/// or VXLAN device it adopts.
 fn link_fixups(out: &mut Vec<KernelOp>, name: &str, link: &LinkState, mtu: u32) {
+    if link.alias.as_deref() != Some(LINK_MARK) && !matches!(link.kind, LinkKind::Veth) {
+        out.push(KernelOp::LinkSetAlias { name: name.to_string(), alias: LINK_MARK.to_string() });
+    }
     if link.mtu != mtu {
         out.push(KernelOp::LinkSetMtu { name: name.to_string(), mtu });
     }

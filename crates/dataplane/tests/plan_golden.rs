@@ -194,6 +194,41 @@ fn vxlan_is_accepted_from_the_fabric_s_hosts_and_the_hosts_of_remote_endpoints()
 }
 
 #[test]
+fn links_named_like_tessera_s_without_its_mark_are_never_deleted() {
+    let desired = host(vec![with_endpoint(network(100, 1))]);
+    let mut kernel = converged(&desired);
+    let mut stray = kernel.links["tb100"].clone();
+    stray.alias = None;
+    kernel.links.insert("tb300".into(), stray.clone());
+    kernel
+        .addresses
+        .insert(tessera_dataplane::observed::AddressEntry { dev: "tb300".into(), addr: "10.30.0.1/32".parse().unwrap() });
+    let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
+    assert!(actual.is_empty(), "an unmarked tb300 and its address are someone else's: {actual:#?}");
+    stray.alias = Some(tessera_dataplane::names::LINK_MARK.into());
+    kernel.links.insert("tb300".into(), stray);
+    let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
+    assert!(actual.contains(&"ip link del tb300".to_string()), "a marked tb300 is Tessera's to delete: {actual:#?}");
+}
+
+#[test]
+fn unmarked_links_an_earlier_version_made_are_adopted_when_wanted() {
+    let desired = host(vec![with_endpoint(network(100, 1))]);
+    let mut kernel = converged(&desired);
+    kernel.links.get_mut("tb100").unwrap().alias = None;
+    let veth = kernel.links.keys().find(|n| n.starts_with("tv")).unwrap().clone();
+    let legacy = kernel.links[&veth].alias.clone().unwrap().trim_start_matches("tessera:").to_string();
+    kernel.links.get_mut(&veth).unwrap().alias = Some(legacy);
+    let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
+    assert_eq!(actual[0], "ip link set tb100 alias tessera", "{actual:#?}");
+    assert_eq!(actual.len(), 2, "the bridge is marked, the veth configured again (which marks it): {actual:#?}");
+    assert!(
+        actual[1].starts_with("nsenter")
+            && actual[1].ends_with(&format!("alias tessera:{}", &kernel.links[&veth].alias.clone().unwrap()))
+    );
+}
+
+#[test]
 fn link_set_down_by_someone_is_set_up_again() {
     let desired = host(vec![with_endpoint(network(100, 1))]);
     let mut kernel = converged(&desired);

@@ -23,7 +23,7 @@ use tessera_model::{MacAddr, Vni};
 use super::common::{errno_err, kernel_err, link_index, mac_of, need_index, ENODEV};
 use super::netns::in_netns;
 use crate::error::DataplaneError;
-use crate::names::SysctlKey;
+use crate::names::{veth_mark, SysctlKey, LINK_MARK};
 use crate::observed::{AddressEntry, VxlanState};
 use crate::op::KernelOp;
 
@@ -169,15 +169,21 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             let index = need_index(h, op, name).await?;
             bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
         }
-        KernelOp::LinkAddBridge { name, mac, mtu } => link_add(h, op, name, bridge_message(name, *mac, *mtu)).await,
+        KernelOp::LinkAddBridge { name, mac, mtu } => {
+            link_add(h, op, name, bridge_message(name, *mac, *mtu)).await?;
+            link_set(h, op, name, |l| l.alias(LINK_MARK.to_string())).await
+        }
         KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
             let dev = need_index(h, op, underlay).await?;
-            link_add(h, op, name, vxlan_message(name, *vni, *local, dev, *port, *mac, *mtu)).await
+            link_add(h, op, name, vxlan_message(name, *vni, *local, dev, *port, *mac, *mtu)).await?;
+            link_set(h, op, name, |l| l.alias(LINK_MARK.to_string())).await
         }
         KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => {
-            veth_add(h, op, name, bridge, *mtu, netns, (peer_ifname.as_str(), *peer_mac)).await
+            veth_add(h, op, name, bridge, *mtu, netns, (peer_ifname.as_str(), *peer_mac)).await?;
+            link_set(h, op, name, |l| l.alias(LINK_MARK.to_string())).await
         }
         KernelOp::LinkSetUp { name } => link_set(h, op, name, |l| l.up()).await,
+        KernelOp::LinkSetAlias { name, alias } => link_set(h, op, name, |l| l.alias(alias.clone())).await,
         KernelOp::LinkSetMtu { name, mtu } => link_set(h, op, name, |l| l.mtu(*mtu)).await,
         KernelOp::LinkDelete { name } => {
             let index = need_index(h, op, name).await?;
@@ -196,7 +202,7 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             })
             .await?;
             // Last: the mark that the endpoint is complete.
-            let alias = LinkUnspec::new_with_index(host_index).alias(endpoint.to_string()).build();
+            let alias = LinkUnspec::new_with_index(host_index).alias(veth_mark(*endpoint)).build();
             h.link().set(alias).execute().await.map_err(kernel_err(op, host_veth.clone()))
         }
         other => unreachable!("{} is not a link action", other.op()),

@@ -24,7 +24,8 @@ use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls};
 use crate::error::DataplaneError;
 use crate::names::SysctlKey;
 use crate::observed::{
-    owned_link_name, AddressEntry, FdbEntry, LinkKind, LinkState, NeighEntry, Observed, OwnedName, ProxyNeighEntry,
+    link_mark, owned_link_name, AddressEntry, FdbEntry, LinkKind, LinkMark, LinkState, NeighEntry, Observed, OwnedName,
+    ProxyNeighEntry,
 };
 
 /// Every link's name, and which links are Tessera's, by index.
@@ -71,6 +72,10 @@ async fn observe_links(h: &Handle, obs: &mut Observed) -> Result<Owned, Dataplan
     let mut owned: BTreeMap<u32, OwnedName> = BTreeMap::new();
     for l in &links {
         let Some(which) = owned_link_name(&l.name) else { continue };
+        // Named like ours, marked by someone else: not ours.
+        if link_mark(l.alias.as_deref()) == LinkMark::Foreign {
+            continue;
+        }
         owned.insert(l.index, which);
         let kind = match &l.kind {
             Some(InfoKind::Bridge) => LinkKind::Bridge,

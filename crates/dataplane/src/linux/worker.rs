@@ -273,6 +273,7 @@ impl Kernel {
             | KernelOp::LinkAddVxlan { .. }
             | KernelOp::VethAdd { .. }
             | KernelOp::LinkSetUp { .. }
+            | KernelOp::LinkSetAlias { .. }
             | KernelOp::LinkSetMtu { .. }
             | KernelOp::LinkDelete { .. }
             | KernelOp::AddressInstall(_)
