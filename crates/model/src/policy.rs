@@ -251,8 +251,37 @@ impl Rule {
         Ok(rule)
     }
 
-    /// Checks what the types cannot: ports only on protocols that have them.
+    /// Checks what the types cannot: ports only on protocols that have them;
+    /// address families that can meet (an IPv4 source with an IPv6
+    /// destination, or ICMP with IPv6 addresses, never matches anything).
     pub fn check(&self, field: &str) -> Result<(), FieldError> {
+        let family = |e: &Endpoint| match e {
+            Endpoint::Cidr(net) => Some(if net.addr().is_ipv4() { 4 } else { 6 }),
+            _ => None,
+        };
+        if let (Some(s), Some(d)) = (family(&self.src), family(&self.dst)) {
+            if s != d {
+                return Err(FieldError::new(
+                    format!("{field}.dst"),
+                    format!("an IPv{s} source and an IPv{d} destination never match; write one rule per family"),
+                ));
+            }
+        }
+        let wanted = match self.protocol {
+            Protocol::Icmp => Some(4),
+            Protocol::Icmpv6 => Some(6),
+            _ => None,
+        };
+        for (side, e) in [("src", &self.src), ("dst", &self.dst)] {
+            if let (Some(w), Some(f)) = (wanted, family(e)) {
+                if w != f {
+                    return Err(FieldError::new(
+                        format!("{field}.{side}"),
+                        format!("protocol {} carries IPv{w} only; {} is an IPv{f} network", self.protocol, e),
+                    ));
+                }
+            }
+        }
         for (name, ports) in [("src_ports", &self.src_ports), ("dst_ports", &self.dst_ports)] {
             if !ports.is_empty() && !self.protocol.has_ports() {
                 return Err(FieldError::new(
@@ -435,6 +464,20 @@ impl PolicyWarning {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rules_whose_address_families_cannot_meet_are_refused_naming_the_side() {
+        let p = ProjectName::default_project();
+        let e = Rule::parse("rules[0]", "pass tcp 10.0.0.0/8 any > 2001:db8::/32 80", &p).unwrap_err();
+        assert_eq!(e.field, "rules[0].dst");
+        assert!(e.reason.contains("IPv4 source and an IPv6 destination"), "{e}");
+        let e = Rule::parse("rules[1]", "pass icmp 2001:db8::/32 any <> any any", &p).unwrap_err();
+        assert_eq!(e.field, "rules[1].src");
+        let e = Rule::parse("rules[2]", "pass icmpv6 any any <> 10.0.0.0/8 any", &p).unwrap_err();
+        assert_eq!(e.field, "rules[2].dst");
+        assert!(Rule::parse("r", "pass icmpv6 2001:db8::/32 any <> any any", &p).is_ok());
+        assert!(Rule::parse("r", "pass any 10.0.0.0/8 any <> red any", &p).is_ok());
+    }
+
     use super::*;
 
     fn parse(line: &str) -> Result<Rule, FieldError> {

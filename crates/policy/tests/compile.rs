@@ -385,6 +385,8 @@ fn arb_rule() -> impl Strategy<Value = String> {
             let ports = |x: &str| if matches!(p, "tcp" | "udp") { x.to_string() } else { "any".to_string() };
             format!("{a} {p} {s} {} {dir} {d} {}", ports(sp), ports(dp))
         })
+        // Rules whose address families cannot meet are refused at the API.
+        .prop_filter("address families that can meet", |r| Rule::parse("r", r, &ProjectName::default_project()).is_ok())
 }
 
 fn arb_flow() -> impl Strategy<Value = (bool, Flow)> {
