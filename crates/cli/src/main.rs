@@ -1,12 +1,14 @@
 //! `tessera`: one binary for the controller, the agent, the plugins and the CLI.
 #![forbid(unsafe_code)]
 
+mod client_config;
 mod commands;
 mod table;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Exit codes scripts can rely on.
 pub mod exit {
@@ -40,11 +42,42 @@ pub struct Cli {
     /// A bearer token (`tessera token create`).
     #[arg(long, global = true, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A configuration file with `controller`, `ca`, `cert`, `key` or
+    /// `token` (TOML); flags and the environment win over it. Without it,
+    /// `~/.config/tessera/client.toml` when it exists.
+    #[arg(long, global = true, env = "TESSERA_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 impl Cli {
+    /// The command line, then the configuration file for what neither a
+    /// flag nor the environment gave.
+    fn parse_with_config() -> anyhow::Result<Cli> {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let given = |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        let Some(path) = client_config::config_path(cli.config.as_deref()) else { return Ok(cli) };
+        let file = client_config::load(&path)?;
+        if !given("controller") {
+            if let Some(c) = file.controller {
+                cli.controller = c;
+            }
+        }
+        if !given("ca") && file.ca.is_some() {
+            cli.ca = file.ca;
+        }
+        // A certificate or a token from the command line or the
+        // environment stands alone: the file does not add the other.
+        if !given("cert") && !given("key") && !given("token") {
+            cli.cert = cli.cert.or(file.cert);
+            cli.key = cli.key.or(file.key);
+            cli.token = cli.token.or(file.token);
+        }
+        Ok(cli)
+    }
+
     fn credentials(&self) -> tessera_api::auth::Credentials {
         tessera_api::auth::Credentials {
             ca: self.ca.clone(),
@@ -105,7 +138,13 @@ fn main() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
         return tessera_cni::plugin::plugin_main();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_config() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     // Servers log their work; the demo and the CLI only warn, their output is for people.
     let default_level = match cli.command {
         Command::Controller(_) | Command::Agent(_) | Command::DockerPlugin(_) => "info",

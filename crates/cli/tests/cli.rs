@@ -144,3 +144,60 @@ fn endpoint_and_host_listings() {
     let (_, out, _) = c.cli(&["network", "show", "red"]);
     assert!(out.contains("c1") && out.contains("h1"), "{out}");
 }
+
+#[test]
+fn a_configuration_file_gives_the_controller_and_the_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = ControllerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], home: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env_clear()
+            .env("HOME", home)
+            .env("TESSERA_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The user's file: certificate paths relative to the file.
+    let conf = dir.path().join(".config/tessera");
+    std::fs::create_dir_all(&conf).unwrap();
+    for f in ["ca.pem", "admin.pem", "admin-key.pem"] {
+        std::fs::copy(c.pki.join(f), conf.join(f)).unwrap();
+    }
+    std::fs::write(
+        conf.join("client.toml"),
+        format!("controller = \"{}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin-key.pem\"\n", c.url),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["network", "list", "--json"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim_start().starts_with('['), "{out}");
+
+    // A token in a file others may read is refused before anything is sent.
+    let (_, tok) = support::Api::new(&c)
+        .post("/v1/tokens", serde_json::json!({"name": "ci", "project": "default-domain:admin", "role": "member"}));
+    let token_file = dir.path().join("token.toml");
+    std::fs::write(
+        &token_file,
+        format!(
+            "controller = \"{}\"\nca = \"{}\"\ntoken = \"{}\"\n",
+            c.url,
+            conf.join("ca.pem").display(),
+            tok["secret"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(&["--config", token_file.to_str().unwrap(), "network", "list"], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = run(&["--config", token_file.to_str().unwrap(), "network", "list"], dir.path());
+    assert_eq!(code, 0, "the token from the file is used: {err}");
+}
