@@ -150,6 +150,13 @@ const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 
+/// A link as Tessera makes it: up, marked, and (a port of `master`)
+/// isolated.
+fn made(kind: LinkKind, mtu: u32, mac: Option<tessera_model::MacAddr>, master: Option<String>) -> LinkState {
+    let isolated = master.is_some();
+    LinkState { kind, mtu, mac, up: true, master, alias: Some(LINK_MARK.into()), isolated }
+}
+
 /// Carries out one action on the modelled kernel.
 fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
     match action {
@@ -240,19 +247,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             k.nft.elements.remove(e);
         }
         KernelOp::LinkAddBridge { name, mac, mtu } => {
-            add_link(
-                k,
-                name,
-                LinkState {
-                    kind: LinkKind::Bridge,
-                    mtu: *mtu,
-                    mac: Some(*mac),
-                    up: true,
-                    master: None,
-                    alias: Some(LINK_MARK.into()),
-                    isolated: false,
-                },
-            )?;
+            add_link(k, name, made(LinkKind::Bridge, *mtu, Some(*mac), None))?;
         }
         KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => {
             let kind = LinkKind::Vxlan(VxlanState {
@@ -262,35 +257,11 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
                 underlay: Some(underlay.clone()),
                 learning: false,
             });
-            add_link(
-                k,
-                name,
-                LinkState {
-                    kind,
-                    mtu: *mtu,
-                    mac: Some(*mac),
-                    up: true,
-                    master: None,
-                    alias: Some(LINK_MARK.into()),
-                    isolated: false,
-                },
-            )?;
+            add_link(k, name, made(kind, *mtu, Some(*mac), None))?;
         }
         KernelOp::VethAdd { name, bridge, mtu, .. } => {
             need_link(k, bridge)?;
-            add_link(
-                k,
-                name,
-                LinkState {
-                    kind: LinkKind::Veth,
-                    mtu: *mtu,
-                    mac: None,
-                    up: true,
-                    master: Some(bridge.clone()),
-                    alias: Some(LINK_MARK.into()),
-                    isolated: true,
-                },
-            )?;
+            add_link(k, name, made(LinkKind::Veth, *mtu, None, Some(bridge.clone())))?;
         }
         KernelOp::LinkSetUp { name } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.up = true;
