@@ -186,3 +186,42 @@ fn privileged_a_flushed_ruleset_is_restored_within_a_second_and_isolated_network
     let spoof = exec_in(c.host_netns("h1").unwrap(), "nft", ["list", "set", "bridge", "tessera", "ep4"]).unwrap();
     assert!(String::from_utf8_lossy(&spoof.stdout).contains("10.81.0."), "anti-spoofing elements are back");
 }
+
+#[test]
+fn privileged_without_its_nftables_a_host_forwards_nothing_from_its_containers() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.83.0.0/24"]).unwrap();
+    c.cli_ok(&["network", "add", "green", "--subnet", "10.84.0.0/24"]).unwrap();
+    c.cli_ok(&["policy", "add", "open", "--rule", "pass any any any <> any any"]).unwrap();
+    for n in ["red", "green"] {
+        c.cli_ok(&["network", "update", n, "--policy", "open"]).unwrap();
+    }
+    for (name, host) in [("r1", "h1"), ("r2", "h2"), ("g2", "h2")] {
+        c.container(host, name).unwrap();
+    }
+    addresses(&c.attach("r1", "red", &[]).unwrap());
+    let r2 = addresses(&c.attach("r2", "red", &[]).unwrap());
+    let g2 = addresses(&c.attach("g2", "green", &[]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.ping("r1", &g2[0], 1).unwrap() != 1 {
+        assert!(Instant::now() < deadline, "red never reached green through the policy");
+    }
+    assert_eq!(c.ping("r1", &r2[0], 1).unwrap(), 1);
+
+    // h1's agent is gone and its nftables with it: nothing that its
+    // container sends is forwarded, neither within its network nor to the
+    // network a policy connects it to (spoofed or not).
+    c.stop_agent("h1");
+    let flushed = exec_in(c.host_netns("h1").unwrap(), "nft", ["flush", "ruleset"]).unwrap();
+    assert!(flushed.status.success());
+    assert_eq!(c.ping("r1", &r2[0], 2).unwrap(), 0, "red was forwarded without its rules");
+    assert_eq!(c.ping("r1", &g2[0], 2).unwrap(), 0, "red reached green without the policy's rules");
+
+    // The agent back: everything as before.
+    c.start_agent("h1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.ping("r1", &r2[0], 1).unwrap() != 1 {
+        assert!(Instant::now() < deadline, "red does not work again after the agent restored its tables");
+    }
+    assert_eq!(c.ping("r1", &g2[0], 2).unwrap(), 2);
+}

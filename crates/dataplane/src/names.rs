@@ -72,7 +72,17 @@ impl fmt::Display for SysctlKey {
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
 /// then replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v3";
+pub const SKELETON_VERSION: &str = "tessera-v4";
+
+/// The packet mark bit nftables sets on what it lets in from a port (after
+/// anti-spoofing) or a tunnel; the `ip rule`s that select a network's table
+/// match only packets that carry it, so without Tessera's nftables nothing
+/// from a container or a tunnel is forwarded (fail closed).
+pub const VERIFIED_MARK: u32 = 0x2000_0000;
+
+/// Priority of the rules that drop what a network's bridge or tunnel
+/// brings in without [`VERIFIED_MARK`] (right after [`RULE_PRIORITY`]).
+pub const UNVERIFIED_PRIORITY: u32 = RULE_PRIORITY + 1;
 
 /// The table of the firewall of network pairs.
 pub const POLICY_TABLE: &str = "tessera_policy";

@@ -95,6 +95,7 @@ table inet tessera {{
         iifname "tb*" ct zone set iifname . ip6 daddr map @pz6
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
+        iifname "tx*" meta mark set meta mark | {verified:#x}
     }}
     set vteps4 {{
         type ipv4_addr
@@ -135,11 +136,11 @@ table bridge tessera {{
     chain prerouting {{
         type filter hook prerouting priority filter; policy accept;
         iifname != "tv*" accept
-        ether type ip iifname . ether saddr . ip saddr @ep4 accept
-        ether type arp iifname . ether saddr . arp saddr ip @ep4 iifname . arp saddr ether @epmac accept
-        ether type ip6 iifname . ether saddr . ip6 saddr @ep6 accept
-        ether type ip6 ip6 saddr fe80::/10 iifname . ether saddr @epmac accept
-        ether type ip6 ip6 saddr :: ip6 nexthdr icmpv6 iifname . ether saddr @epmac accept
+        ether type ip iifname . ether saddr . ip saddr @ep4 meta mark set meta mark | {verified:#x} accept
+        ether type arp iifname . ether saddr . arp saddr ip @ep4 iifname . arp saddr ether @epmac meta mark set meta mark | {verified:#x} accept
+        ether type ip6 iifname . ether saddr . ip6 saddr @ep6 meta mark set meta mark | {verified:#x} accept
+        ether type ip6 ip6 saddr fe80::/10 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
+        ether type ip6 ip6 saddr :: ip6 nexthdr icmpv6 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
         ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 iifname . ether saddr @epmac accept
         counter drop comment "{v}"
     }}
@@ -162,6 +163,7 @@ table inet {p} {{
 "#,
         v = SKELETON_VERSION,
         vxlan = crate::desired::VXLAN_PORT,
+        verified = crate::names::VERIFIED_MARK,
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),
@@ -476,7 +478,7 @@ mod tests {
       {"set": {"family": "inet", "name": "vteps4", "table": "tessera", "type": "ipv4_addr", "handle": 5, "elem": ["192.0.2.7"]}},
       {"set": {"family": "inet", "name": "vteps6", "table": "tessera", "type": "ipv6_addr", "handle": 6, "elem": ["2001:db8:1::7"]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v3", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v4", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -486,7 +488,7 @@ mod tests {
                "elem": [{"elem": {"val": {"concat": ["tv12345678", "02:00:00:00:00:01", "2001:db8::2"]}, "counter": {"packets": 0, "bytes": 0}}}]}},
       {"set": {"family": "bridge", "name": "epmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 4,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v3", "expr": []}}]}"#;
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v4", "expr": []}}]}"#;
 
     const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},

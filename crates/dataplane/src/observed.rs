@@ -23,7 +23,9 @@ use tessera_model::{MacAddr, Vni};
 
 use tessera_policy::flow::Fnv;
 
-use crate::names::{log_chain_passes, SysctlKey, BRIDGE_PREFIX, RULE_PRIORITY, TABLE_BASE, VETH_PREFIX, VXLAN_PREFIX};
+use crate::names::{
+    log_chain_passes, SysctlKey, BRIDGE_PREFIX, RULE_PRIORITY, TABLE_BASE, VERIFIED_MARK, VETH_PREFIX, VXLAN_PREFIX,
+};
 
 /// The Tessera-owned part of a host's kernel state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,8 +147,16 @@ pub struct RuleEntry {
 /// What an `ip rule` matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RuleSelector {
-    /// `iif NAME`: packets that came in on a network's bridge or tunnel.
+    /// `iif NAME`: packets that came in on a network's bridge or tunnel
+    /// (what earlier versions installed; no longer wanted).
     Iif(String),
+    /// `iif NAME fwmark VERIFIED/VERIFIED`: packets that came in on a
+    /// network's bridge or tunnel and that nftables let in.
+    IifVerified(String),
+    /// `iif NAME` → `blackhole`: what a network's bridge or tunnel brings in
+    /// that nftables did not mark (its tables are gone). The entry's table
+    /// is the network's, for bookkeeping; the kernel's rule has none.
+    IifUnverified(String),
     /// `fwmark MARK`: packets the host itself answers for a network (reject
     /// replies), marked with the network's table number.
     FwMark(u32),
@@ -155,7 +165,8 @@ pub enum RuleSelector {
 impl fmt::Display for RuleSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RuleSelector::Iif(name) => write!(f, "iif {name}"),
+            RuleSelector::Iif(name) | RuleSelector::IifUnverified(name) => write!(f, "iif {name}"),
+            RuleSelector::IifVerified(name) => write!(f, "iif {name} fwmark {VERIFIED_MARK:#x}/{VERIFIED_MARK:#x}"),
             RuleSelector::FwMark(mark) => write!(f, "fwmark {mark:#x}"),
         }
     }
@@ -450,6 +461,14 @@ pub fn owned_rule(iifname: Option<&str>, fwmark: Option<u32>, priority: u32, tab
     let by_link = matches!(iifname.and_then(owned_link_name), Some(OwnedName::Bridge(_) | OwnedName::Vxlan(_)));
     let by_mark = iifname.is_none() && fwmark == Some(table);
     priority == RULE_PRIORITY && owned_table(table) && (by_link || by_mark)
+}
+
+/// The table of the network whose bridge or tunnel `iifname` is.
+pub fn table_of_link(iifname: &str) -> Option<u32> {
+    match owned_link_name(iifname)? {
+        OwnedName::Bridge(v) | OwnedName::Vxlan(v) => Some(TABLE_BASE + v.get()),
+        OwnedName::HostVeth => None,
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::names::{veth_mark, SysctlKey, LINK_MARK, POLICY_TABLE, SKELETON_VERSION, VRF_UNREACHABLE_METRIC};
 use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, MapElement, NeighEntry, NftElement, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry,
+    RuleSelector,
 };
 use crate::policy::{map_key_text, map_type};
 
@@ -242,7 +243,10 @@ fn route_args(r: &RouteEntry) -> String {
 }
 
 fn rule_args(r: &RuleEntry) -> String {
-    format!("{} lookup {} pref {}", r.selector, r.table, r.priority)
+    match r.selector {
+        RuleSelector::IifUnverified(_) => format!("{} blackhole pref {}", r.selector, r.priority),
+        _ => format!("{} lookup {} pref {}", r.selector, r.table, r.priority),
+    }
 }
 
 /// At most a few elements (keys in the map's field order), then how many

@@ -31,7 +31,7 @@ use crate::desired::{
     bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
     DesiredHost, DesiredNetwork, LocalEndpoint, VXLAN_PORT,
 };
-use crate::names::{veth_mark, SysctlKey, DISPATCH, LINK_MARK, RULE_PRIORITY, SKELETON_VERSION};
+use crate::names::{veth_mark, SysctlKey, DISPATCH, LINK_MARK, RULE_PRIORITY, SKELETON_VERSION, UNVERIFIED_PRIORITY};
 use crate::observed::{
     link_mark, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkMark, LinkState, MapElement, NeighEntry, NftElement, Observed,
     PolicyState, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
@@ -102,7 +102,9 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     let doomed = doomed_links(&want, observed, &left_alone);
     let on_doomed = |dev: &str| doomed.contains(dev) || left_alone.contains(dev);
     for r in observed.rules.difference(&want.rules) {
-        if !matches!(&r.selector, RuleSelector::Iif(dev) if left_alone.contains(dev)) {
+        let on_left_alone = matches!(&r.selector,
+            RuleSelector::Iif(dev) | RuleSelector::IifVerified(dev) | RuleSelector::IifUnverified(dev) if left_alone.contains(dev));
+        if !on_left_alone {
             out.push(KernelOp::RuleUninstall(r.clone()));
         }
     }
@@ -566,11 +568,18 @@ impl Want {
             );
             for family in [IpFamily::V4, IpFamily::V6] {
                 for iif in [&tb, &tx] {
+                    // Only what nftables let in is routed; the rest is dropped.
                     w.rules.insert(RuleEntry {
                         family,
-                        selector: RuleSelector::Iif(iif.clone()),
+                        selector: RuleSelector::IifVerified(iif.clone()),
                         table,
                         priority: RULE_PRIORITY,
+                    });
+                    w.rules.insert(RuleEntry {
+                        family,
+                        selector: RuleSelector::IifUnverified(iif.clone()),
+                        table,
+                        priority: UNVERIFIED_PRIORITY,
                     });
                 }
                 w.rules.insert(RuleEntry { family, selector: RuleSelector::FwMark(table), table, priority: RULE_PRIORITY });

@@ -16,8 +16,8 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::common::{kernel_err, need_index, EEXIST};
 use crate::error::DataplaneError;
-use crate::names::VRF_UNREACHABLE_METRIC;
-use crate::observed::{owned_rule, owned_table, IpFamily, RouteEntry, RouteTarget, RuleEntry, RuleSelector};
+use crate::names::{UNVERIFIED_PRIORITY, VERIFIED_MARK, VRF_UNREACHABLE_METRIC};
+use crate::observed::{owned_rule, owned_table, table_of_link, IpFamily, RouteEntry, RouteTarget, RuleEntry, RuleSelector};
 use crate::op::KernelOp;
 
 /// Carries out a route or rule action: `RuleInstall`, `RuleUninstall`,
@@ -44,11 +44,18 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
 
 /// `ip [-6] rule add iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
 async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error> {
-    let req = h.rule().add().table_id(r.table).priority(r.priority).action(RuleAction::ToTable);
-    let req = match &r.selector {
-        RuleSelector::Iif(name) => req.input_interface(name.clone()),
-        RuleSelector::FwMark(mark) => req.fw_mark(*mark),
+    let req = h.rule().add().priority(r.priority);
+    let mut req = match &r.selector {
+        RuleSelector::Iif(name) => req.table_id(r.table).action(RuleAction::ToTable).input_interface(name.clone()),
+        RuleSelector::IifVerified(name) => {
+            req.table_id(r.table).action(RuleAction::ToTable).input_interface(name.clone()).fw_mark(VERIFIED_MARK)
+        }
+        RuleSelector::IifUnverified(name) => req.action(RuleAction::Blackhole).input_interface(name.clone()),
+        RuleSelector::FwMark(mark) => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(*mark),
     };
+    if matches!(r.selector, RuleSelector::IifVerified(_)) {
+        req.message_mut().attributes.push(RuleAttribute::FwMask(VERIFIED_MARK));
+    }
     match r.family {
         IpFamily::V4 => req.v4().execute().await,
         IpFamily::V6 => req.v6().execute().await,
@@ -66,9 +73,20 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
     m.header.action = RuleAction::ToTable;
     match &r.selector {
         RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+        RuleSelector::IifVerified(name) => {
+            m.attributes.push(RuleAttribute::Iifname(name.clone()));
+            m.attributes.push(RuleAttribute::FwMark(VERIFIED_MARK));
+            m.attributes.push(RuleAttribute::FwMask(VERIFIED_MARK));
+        }
+        RuleSelector::IifUnverified(name) => {
+            m.header.action = RuleAction::Blackhole;
+            m.attributes.push(RuleAttribute::Iifname(name.clone()));
+        }
         RuleSelector::FwMark(mark) => m.attributes.push(RuleAttribute::FwMark(*mark)),
     }
-    m.attributes.push(RuleAttribute::Table(r.table));
+    if !matches!(r.selector, RuleSelector::IifUnverified(_)) {
+        m.attributes.push(RuleAttribute::Table(r.table));
+    }
     m.attributes.push(RuleAttribute::Priority(r.priority));
     m
 }
@@ -105,29 +123,40 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
 pub(super) fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
     let mut iif = None;
     let mut fwmark = None;
+    let mut fwmask = None;
     let mut table = u32::from(m.header.table);
     let mut priority = 0;
     for a in &m.attributes {
         match a {
             RuleAttribute::Iifname(n) => iif = Some(n.clone()),
             RuleAttribute::FwMark(mark) => fwmark = Some(*mark),
+            RuleAttribute::FwMask(mask) => fwmask = Some(*mask),
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Priority(p) => priority = *p,
             _ => {}
         }
-    }
-    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), fwmark, priority, table) {
-        return None;
     }
     let family = match m.header.family {
         AddressFamily::Inet => IpFamily::V4,
         AddressFamily::Inet6 => IpFamily::V6,
         _ => return None,
     };
+    if m.header.action == RuleAction::Blackhole {
+        // `iif tb<v>|tx<v> blackhole` right after the network's rules.
+        let name = iif.filter(|_| priority == UNVERIFIED_PRIORITY && fwmark.is_none())?;
+        let table = table_of_link(&name)?;
+        return Some(RuleEntry { family, selector: RuleSelector::IifUnverified(name), table, priority });
+    }
+    let verified = fwmark == Some(VERIFIED_MARK) && fwmask == Some(VERIFIED_MARK);
+    let mark_for_owner = if verified { None } else { fwmark };
+    if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), mark_for_owner, priority, table) {
+        return None;
+    }
     let selector = match (iif, fwmark) {
-        (Some(name), _) => RuleSelector::Iif(name),
+        (Some(name), _) if verified => RuleSelector::IifVerified(name),
+        (Some(name), None) => RuleSelector::Iif(name),
         (None, Some(mark)) => RuleSelector::FwMark(mark),
-        (None, None) => return None,
+        _ => return None,
     };
     Some(RuleEntry { family, selector, table, priority })
 }
