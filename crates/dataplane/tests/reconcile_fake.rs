@@ -51,7 +51,10 @@ async fn second_reconcile_of_a_converged_host_does_nothing() {
 #[tokio::test]
 async fn a_failed_action_is_reported_and_the_rest_still_applied() {
     let fake = FakeDataplane::new();
-    fake.fail_action_once(|a| matches!(a, KernelOp::RuleInstall(r) if r.selector == RuleSelector::IifVerified("tx7".into())), EBUSY);
+    fake.fail_action_once(
+        |a| matches!(a, KernelOp::RuleInstall(r) if r.selector == RuleSelector::IifVerified("tx7".into())),
+        EBUSY,
+    );
     let report = reconcile(&fake, &desired()).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert!(report.applied.iter().any(|a| matches!(a, KernelOp::ContainerIfaceConfigure { .. })), "later actions still ran");
