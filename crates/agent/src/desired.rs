@@ -190,7 +190,12 @@ pub fn host_intent_cached(
             .is_some_and(|eps| eps.iter().any(|e| e.host == me.name && e.owner.netns.as_ref().is_some_and(|n| !n.is_empty())))
     };
     let local_ids: BTreeSet<Uuid> = snap.networks.iter().map(|n| n.id).filter(has_local).collect();
-    let present_ids: BTreeSet<Uuid> = local_ids.iter().flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
+    let external = crate::egress::external_plan(snap, &me.name);
+    let present_ids: BTreeSet<Uuid> = local_ids
+        .iter()
+        .chain(external.present.iter())
+        .flat_map(|l| std::iter::once(*l).chain(topology.imports(*l)))
+        .collect();
     let mut skipped = Skipped::default();
     let mut veths: BTreeMap<String, Uuid> = BTreeMap::new();
     let mut networks: Vec<DesiredNetwork> = Vec::new();
@@ -242,6 +247,7 @@ pub fn host_intent_cached(
             local,
             remote,
             imports,
+            egress: external.egress.get(&net.id).cloned(),
         });
     }
     networks.sort_by_key(|n| n.vni);
@@ -324,6 +330,14 @@ pub fn host_intent_cached(
         pair_zones: shared_zones,
         policies,
         watches,
+        uplinks: external
+            .uplinks
+            .into_iter()
+            .map(|mut u| {
+                u.addresses.retain(|a| present_vnis.contains(&a.vni));
+                u
+            })
+            .collect(),
     };
     cache.retain_used();
     HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }
@@ -403,7 +417,7 @@ mod tests {
     }
 
     fn host(name: &str, ip: &str) -> Host {
-        Host { name: name.into(), underlay_ip: ip.parse().unwrap(), last_seen: 0 }
+        Host { name: name.into(), underlay_ip: ip.parse().unwrap(), last_seen: 0, gateways: vec![], alive: false }
     }
 
     fn snap() -> Snapshot {

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod api;
 pub mod counters;
 pub mod desired;
+pub mod egress;
 pub mod error;
 pub mod host_ns;
 pub mod inventory;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_api::{mirror, ControllerClient};
+use tessera_model::GatewayRegister;
 use tessera_dataplane::Dataplane;
 use tokio::sync::{watch, Notify};
 
@@ -34,6 +36,9 @@ use crate::desired::{HostIdentity, IntentCompiler};
 pub use tessera_api::agent::DEFAULT_SOCKET;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// How often a gateway's agent renews its host's lease (the controller ends
+/// one not renewed for 1.5 s).
+const LEASE_EVERY: Duration = Duration::from_millis(500);
 /// Attempts of one controller call while the controller is unreachable
 /// (about 6 s in all): every call the agent makes is idempotent.
 const CONTROLLER_ATTEMPTS: u32 = 6;
@@ -50,6 +55,9 @@ pub struct AgentConfig {
     /// Besides root, members of this group may use the local API.
     pub socket_group: Option<u32>,
     pub state_dir: PathBuf,
+    /// The external networks this host is a gateway for (name or UUID) and
+    /// the interface where each one's addresses live.
+    pub gateways: Vec<(String, String)>,
 }
 
 /// Finds the interface that holds `ip` and its MTU, in this namespace.
@@ -66,6 +74,21 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let me = HostIdentity { name: config.host.clone(), underlay_ip: config.underlay_ip, underlay_ifname, underlay_mtu };
     std::fs::create_dir_all(&config.state_dir)?;
     let client = ControllerClient::with_credentials(&config.controller, &config.credentials)?.with_attempts(CONTROLLER_ATTEMPTS);
+    let uplinks: Vec<String> = config.gateways.iter().map(|(_, i)| i.clone()).collect();
+    for ifname in &uplinks {
+        if !tessera_dataplane::linux::link_exists(ifname).await? {
+            anyhow::bail!("--gateway: interface {ifname} does not exist on this host");
+        }
+    }
+    let gateways: Vec<GatewayRegister> =
+        config.gateways.iter().map(|(n, i)| GatewayRegister { network: n.clone(), interface: i.clone() }).collect();
+    // A registration the controller refuses (a gateway of a network that is
+    // not external) stops the agent; an unreachable controller does not.
+    match client.clone().with_attempts(1).register_host(&me.name, me.underlay_ip, &gateways).await {
+        Err(e @ tessera_api::ClientError::Refused { .. }) => anyhow::bail!("the controller refused to register host {}: {e}", me.name),
+        Err(e) => tracing::warn!(error = %e, "cannot register the host yet; retrying"),
+        Ok(_) => {}
+    }
     let dp: Arc<dyn Dataplane> = Arc::new(tessera_dataplane::linux::LinuxDataplane::new().await?);
 
     let saved = mirror::load_saved(&config.state_dir).map(Arc::new);
@@ -92,7 +115,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let (name, ip) = (me.name.clone(), me.underlay_ip);
     tokio::spawn(async move {
         loop {
-            match reg.register_host(&name, ip).await {
+            match reg.register_host(&name, ip, &gateways).await {
                 Ok(_) => tokio::time::sleep(HEARTBEAT_EVERY).await,
                 Err(e) => {
                     tracing::debug!(error = %e, "host registration failed; retrying");
@@ -101,6 +124,20 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             }
         }
     });
+    if !uplinks.is_empty() {
+        let leaser = client.clone().with_attempts(1);
+        let name = me.name.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = leaser.renew_lease(&name).await {
+                    tracing::debug!(error = %e, "lease renewal failed");
+                }
+            }
+        });
+    }
     tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
     tokio::spawn(agent.clone().reconcile_loop());
 

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatusUpdate, ErrorCode, Host, HostCounters, HostRegister, Network, NetworkCreate,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, ErrorCode, GatewayRegister, Host, HostCounters, HostRegister, Network, NetworkCreate,
     Reservation, ReservationCreate, Uuid,
 };
 
@@ -216,9 +216,15 @@ impl ControllerClient {
 /// Hosts, the mirror and endpoints: what an agent asks.
 impl ControllerClient {
     /// `PUT /v1/hosts/{name}`: registers (or refreshes) a host.
-    pub async fn register_host(&self, name: &str, underlay_ip: IpAddr) -> Result<Host, ClientError> {
-        let body = HostRegister { underlay_ip: underlay_ip.to_string() };
+    pub async fn register_host(&self, name: &str, underlay_ip: IpAddr, gateways: &[GatewayRegister]) -> Result<Host, ClientError> {
+        let body = HostRegister { underlay_ip: underlay_ip.to_string(), gateways: gateways.to_vec() };
         self.put(&format!("/v1/hosts/{}", seg(name)), &body).await
+    }
+
+    /// `PUT /v1/hosts/{name}/lease`: renews the host's lease (a gateway's
+    /// agent, every half second).
+    pub async fn renew_lease(&self, name: &str) -> Result<(), ClientError> {
+        self.put::<serde_json::Value>(&format!("/v1/hosts/{}/lease", seg(name)), &()).await.map(|_| ())
     }
 
     /// `PUT /v1/hosts/{name}/counters`: replaces the hit counters the

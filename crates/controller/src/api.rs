@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, Host, HostCounters, HostRegister, Network, NetworkCreate,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate, Host, HostCounters, HostRegister, Network, NetworkCreate,
     NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate, RuleChange,
     RuleInsert, RuleSpec,
 };
@@ -100,6 +100,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
         .route("/v1/hosts/{name}/counters", put(report_counters))
+        .route("/v1/hosts/{name}/lease", put(renew_lease))
+        .route("/v1/floating-ips", get(list_floating_ips).post(create_floating_ip))
+        .route("/v1/floating-ips/{id}", get(get_floating_ip).delete(delete_floating_ip))
+        .route("/v1/floating-ips/{id}/association", put(associate_floating_ip).delete(disassociate_floating_ip))
         .route("/v1/policies", get(list_policies).post(create_policy))
         .route("/v1/policies/{id}", get(get_policy).patch(update_policy).delete(delete_policy))
         .route("/v1/policies/{id}/counters", get(policy_counters))
@@ -453,6 +457,82 @@ async fn report_counters(State(ctl): Ctl, Path(name): Path<String>, Body(req): B
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Renews the host's lease: a gateway's agent does, every half second; a
+/// lease not renewed for 1.5 s ends, and the host's external networks move
+/// to the other gateways.
+#[utoipa::path(put, path = "/v1/hosts/{name}/lease", params(("name" = String, Path)),
+    responses((status = 204, description = "renewed"), (status = 404, description = "the host is not registered", body = ErrorBody)))]
+async fn renew_lease(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    ctl.renew_lease(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/floating-ips", responses((status = 200, body = Vec<FloatingIp>)))]
+async fn list_floating_ips(State(ctl): Ctl, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<FloatingIp>>> {
+    let mut all = ctl.list_floating_ips().await?;
+    if let Some(p) = listing_scope(&who) {
+        all.retain(|f| &f.project == p);
+    }
+    Ok(Json(all))
+}
+
+/// Allocates a floating IP of an external network.
+#[utoipa::path(post, path = "/v1/floating-ips", request_body = FloatingIpCreate,
+    responses((status = 201, body = FloatingIp), (status = 200, description = "the project already held the address", body = FloatingIp),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_floating_ip(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<FloatingIpCreate>,
+) -> ApiResult<Response> {
+    let mut req = req;
+    if let (None, Some(p)) = (&req.project, listing_scope(&who)) {
+        req.project = Some(p.to_string());
+    }
+    require_own_project(&who, req.project.as_deref(), "a floating IP")?;
+    Ok(created(ctl.create_floating_ip(req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/floating-ips/{id}", params(("id" = String, Path, description = "UUID or address")),
+    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+async fn get_floating_ip(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<FloatingIp>> {
+    Ok(Json(ctl.get_floating_ip(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/floating-ips/{id}", params(("id" = String, Path, description = "UUID or address")),
+    responses((status = 204, description = "released or absent")))]
+async fn delete_floating_ip(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_floating_ip(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AssociateParams {
+    /// Move the floating IP when it is associated with another endpoint or
+    /// address (refused otherwise).
+    #[serde(default, rename = "move")]
+    pub moving: bool,
+}
+
+/// Associates a floating IP with an endpoint's address.
+#[utoipa::path(put, path = "/v1/floating-ips/{id}/association", params(("id" = String, Path, description = "UUID or address"), AssociateParams),
+    request_body = FloatingIpAssociate,
+    responses((status = 200, body = FloatingIp), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn associate_floating_ip(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(p): Query<AssociateParams>,
+    Body(req): Body<FloatingIpAssociate>,
+) -> ApiResult<Json<FloatingIp>> {
+    Ok(Json(ctl.associate_floating_ip(&id, req, p.moving).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/floating-ips/{id}/association", params(("id" = String, Path, description = "UUID or address")),
+    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+async fn disassociate_floating_ip(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<FloatingIp>> {
+    Ok(Json(ctl.disassociate_floating_ip(&id).await?))
+}
+
 #[utoipa::path(delete, path = "/v1/policies/{id}", params(("id" = String, Path)),
     responses((status = 204, description = "deleted or absent"), (status = 409, description = "attached to networks", body = ErrorBody)))]
 async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -540,6 +620,13 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         delete_rule,
         policy_counters,
         report_counters,
+        renew_lease,
+        list_floating_ips,
+        create_floating_ip,
+        get_floating_ip,
+        delete_floating_ip,
+        associate_floating_ip,
+        disassociate_floating_ip,
         create_token,
         list_tokens,
         delete_token

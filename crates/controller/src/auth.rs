@@ -122,6 +122,7 @@ async fn in_scope(ctl: &Controller, principal: &Principal, method: &Method, path
             ctl.get_network(reference).await.ok().map(|n| (n.fq_name.project().to_string(), n.usable_by(project)))
         }
         ["policies", reference, ..] => ctl.get_policy(reference).await.ok().map(|p| (p.fq_name.project().to_string(), false)),
+        ["floating-ips", reference, ..] => ctl.get_floating_ip(reference).await.ok().map(|f| (f.project.to_string(), false)),
         ["endpoints", id, ..] => match ctl.get_endpoint(id).await {
             Ok(ep) => ctl.get_network(&ep.network.to_string()).await.ok().map(|n| (n.fq_name.project().to_string(), false)),
             Err(_) => None,
@@ -154,7 +155,7 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
         Principal::Admin => Ok(()),
         Principal::Host(me) => match (segs.as_slice(), method) {
             (["snapshot"] | ["watch"] | ["hosts"] | ["hosts", _], &Method::GET) => Ok(()),
-            (["hosts", name] | ["hosts", name, "counters"], &Method::PUT) if name == me => Ok(()),
+            (["hosts", name] | ["hosts", name, "counters"] | ["hosts", name, "lease"], &Method::PUT) if name == me => Ok(()),
             (["hosts", name, ..], _) => Err(format!("act for host {name}: a host acts only for itself")),
             (["networks"] | ["networks", _] | ["networks", _, "reservations"], _) if read => Ok(()),
             (["networks"], &Method::POST) | (["networks", _], &Method::DELETE) => Ok(()),
@@ -166,7 +167,7 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
             _ => Err(format!("{}: a host reads and changes only what its data plane and plugins need", what())),
         },
         Principal::Project { role, .. } => {
-            let objects = matches!(segs.first(), Some(&("networks" | "policies" | "endpoints")));
+            let objects = matches!(segs.first(), Some(&("networks" | "policies" | "endpoints" | "floating-ips")));
             match (objects, read, role) {
                 (true, true, _) => Ok(()),
                 (true, false, Role::Member | Role::Admin) => Ok(()),

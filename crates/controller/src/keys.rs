@@ -110,3 +110,37 @@ pub fn policy_names_of(p: &ProjectName) -> String {
 pub fn token(hash: &str) -> String {
     format!("{TOKENS}{hash}")
 }
+
+pub const FLOATING_IPS: &str = "/tessera/floating-ips/";
+
+pub fn floating_ip(id: Uuid) -> String {
+    format!("{FLOATING_IPS}{id}")
+}
+
+/// The floating IPs of an external network: `.../<external>/<fip>`.
+pub fn floating_ips_of(external: Uuid) -> String {
+    format!("/tessera/index/floating-ip/{external}/")
+}
+
+pub fn floating_ip_of(external: Uuid, fip: Uuid) -> String {
+    format!("{}{fip}", floating_ips_of(external))
+}
+
+/// The floating IPs associated with an endpoint: `.../<endpoint>/<fixed ip>`
+/// holds the floating IP's UUID, so a fixed address has at most one.
+pub fn fixed_ips_of(endpoint: Uuid) -> String {
+    format!("/tessera/index/fixed-ip/{endpoint}/")
+}
+
+pub fn fixed_ip(endpoint: Uuid, ip: IpAddr) -> String {
+    format!("{}{ip}", fixed_ips_of(endpoint))
+}
+
+/// The networks source-NATed through an external network: `.../<external>/<network>`.
+pub fn snat_users_of(external: Uuid) -> String {
+    format!("/tessera/index/snat/{external}/")
+}
+
+pub fn snat_user(external: Uuid, network: Uuid) -> String {
+    format!("{}{network}", snat_users_of(external))
+}

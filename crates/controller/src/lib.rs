@@ -31,9 +31,24 @@ pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reaper = tokio::spawn(reap_leases(controller.clone()));
     let app = api::router(controller).into_make_service_with_connect_info::<tls::Peer>();
-    match tls {
+    let served = match tls {
         Some(config) => axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(shutdown).await,
         None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(shutdown).await,
+    };
+    reaper.abort();
+    served
+}
+
+/// Ends the leases of gateways whose agents stopped renewing them.
+async fn reap_leases(controller: Arc<Controller>) {
+    let mut tick = tokio::time::interval(service::REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = controller.reap_leases().await {
+            tracing::warn!(error = %e, "cannot end expired leases");
+        }
     }
 }

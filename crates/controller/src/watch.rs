@@ -27,6 +27,8 @@ fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
         Object::Policy(serde_json::from_slice(&kv.value).map_err(de)?)
     } else if k.starts_with(keys::POLICY_RULES) {
         Object::PolicyRules(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::FLOATING_IPS) {
+        Object::FloatingIp(serde_json::from_slice(&kv.value).map_err(de)?)
     } else {
         return Ok(None);
     }))
@@ -37,8 +39,14 @@ fn ref_of(key: &str) -> Option<ObjectRef> {
         return Some(ObjectRef { kind: "policy_rules".into(), id: rest.to_string() });
     }
     let (kind, prefix) =
-        [("network", keys::NETWORKS), ("endpoint", keys::ENDPOINTS), ("host", keys::HOSTS), ("policy", keys::POLICIES)]
-            .into_iter()
+        [
+            ("network", keys::NETWORKS),
+            ("endpoint", keys::ENDPOINTS),
+            ("host", keys::HOSTS),
+            ("policy", keys::POLICIES),
+            ("floating_ip", keys::FLOATING_IPS),
+        ]
+        .into_iter()
             .find(|(_, p)| key.starts_with(p))?;
     Some(ObjectRef { kind: kind.into(), id: key[prefix.len()..].to_string() })
 }
@@ -60,6 +68,7 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
             Some(Object::Host(h)) => s.hosts.push(h),
             Some(Object::Policy(p)) => headers.push(p),
             Some(Object::PolicyRules(c)) => chunks.entry(c.policy).or_default().push(c),
+            Some(Object::FloatingIp(f)) => s.floating_ips.push(f),
             None => {}
         }
     }

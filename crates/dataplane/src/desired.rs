@@ -60,6 +60,55 @@ pub struct DesiredHost {
     /// ends any of their flows here too.
     #[serde(default)]
     pub watches: Vec<PairWatch>,
+    /// The interfaces where the outside is, on a gateway host.
+    #[serde(default)]
+    pub uplinks: Vec<DesiredUplink>,
+}
+
+/// An interface of a gateway host where an external network's addresses
+/// live: the host answers ARP and neighbour discovery for the external
+/// addresses of the networks it carries, and translates them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredUplink {
+    pub ifname: String,
+    /// The SNAT port slice of this host ([`crate::names::snat_ports`]).
+    pub slice: u16,
+    /// The external addresses this host answers for on it.
+    pub addresses: Vec<ExternalAddress>,
+}
+
+/// An external address of network `vni`, translated by its gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalAddress {
+    pub vni: Vni,
+    pub address: IpAddr,
+    pub kind: ExternalKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExternalKind {
+    /// One to one with an endpoint's fixed address.
+    Floating { fixed: IpAddr },
+    /// The network's outbound flows, with ports of the host's slice.
+    Snat,
+}
+
+/// How a network's traffic to the outside leaves a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    /// The families the outside is reached in (the external network's).
+    pub v4: bool,
+    pub v6: bool,
+    pub via: EgressVia,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EgressVia {
+    /// This host is the network's gateway: out of its uplink, to the
+    /// external network's gateways (on link when a family has none).
+    Uplink { ifname: String, gateways: Vec<IpAddr> },
+    /// Through the tunnel to the gateway host at this underlay address.
+    Host(IpAddr),
 }
 
 /// A pair of networks this host does not enforce but whose flows it carries
@@ -108,6 +157,9 @@ pub struct DesiredNetwork {
     /// other.
     #[serde(default)]
     pub imports: Vec<Vni>,
+    /// The way to the outside, when the network has one.
+    #[serde(default)]
+    pub egress: Option<Egress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +240,27 @@ pub fn vtep_mac(ip: IpAddr) -> MacAddr {
             MacAddr([0x0e, h[0], h[1], h[2], h[3], h[4]])
         }
     }
+}
+
+/// The IPv6 link-local address (EUI-64 of [`vtep_mac`]) a host's tunnels
+/// are reached at as a next hop: a network's default route towards its
+/// gateway host is `via inet6 THIS dev tx<vni>`, for IPv4 too, so no
+/// address of any network is taken for it.
+pub fn vtep_next_hop(underlay: IpAddr) -> std::net::Ipv6Addr {
+    let m = vtep_mac(underlay).0;
+    std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
+}
+
+/// Parameters of a gateway's uplink: it answers ARP and NS at once for the
+/// addresses it holds proxy entries for, and reverse-path filtering (blind
+/// to the marks that route translated packets) is off.
+pub fn uplink_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
+    vec![
+        (SysctlKey::ipv4_conf(dev, "rp_filter"), "0"),
+        (SysctlKey::ipv4_neigh(dev, "proxy_delay"), "0"),
+        (SysctlKey::ipv6_conf(dev, "proxy_ndp"), "1"),
+        (SysctlKey::ipv6_neigh(dev, "proxy_delay"), "0"),
+    ]
 }
 
 /// The MAC address of a network's bridge (the containers' gateway MAC):
@@ -397,6 +470,37 @@ impl DesiredHost {
             }
         }
         let present = |v: Vni| self.networks.iter().find(|n| n.vni == v);
+        let mut uplinks = BTreeSet::new();
+        let mut external = BTreeSet::new();
+        for (u, up) in self.uplinks.iter().enumerate() {
+            if let Some(reason) = ifname_error(&up.ifname) {
+                return Err(DesiredError::new(format!("uplinks[{u}].ifname"), reason));
+            }
+            if !uplinks.insert(up.ifname.as_str()) {
+                return Err(DesiredError::new(format!("uplinks[{u}].ifname"), format!("{} appears twice", up.ifname)));
+            }
+            for (a, addr) in up.addresses.iter().enumerate() {
+                let at = format!("uplinks[{u}].addresses[{a}]");
+                let Some(net) = present(addr.vni) else {
+                    return Err(DesiredError::new(at, format!("VNI {} is not a network of this host", addr.vni)));
+                };
+                if !external.insert(addr.address) {
+                    return Err(DesiredError::new(at, format!("{} is translated twice", addr.address)));
+                }
+                if let ExternalKind::Floating { fixed } = addr.kind {
+                    if fixed.is_ipv4() != addr.address.is_ipv4() || !net.subnets.iter().any(|s| s.cidr.contains(&fixed)) {
+                        return Err(DesiredError::new(at, format!("{fixed} is not an address of VNI {} of {}'s family", addr.vni, addr.address)));
+                    }
+                }
+            }
+        }
+        for (n, net) in self.networks.iter().enumerate() {
+            if let Some(Egress { via: EgressVia::Uplink { ifname, .. }, .. }) = &net.egress {
+                if !uplinks.contains(ifname.as_str()) {
+                    return Err(DesiredError::new(format!("networks[{n}].egress"), format!("{ifname} is not an uplink of this host")));
+                }
+            }
+        }
         let mut pairs = BTreeSet::new();
         for (i, pz) in self.pair_zones.iter().enumerate() {
             let at = |f: &str| format!("pair_zones[{i}].{f}");

@@ -162,11 +162,14 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
     match action {
         KernelOp::SysctlWrite { key, value } => {
             let dev = key.0.split('/').nth(3);
-            if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default")) {
+            // Links not named like Tessera's (a gateway's uplink) are the
+            // host's: present, and not modelled.
+            if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default") && crate::observed::owned_link_name(d).is_some()) {
                 need_link(k, dev).map_err(|_| err(ENOENT))?;
             }
             k.sysctls.insert(key.clone(), value.clone());
         }
+        KernelOp::Announce { .. } => {}
         KernelOp::NftTablesInstall => {
             k.nft.skeleton = Some(SKELETON_VERSION.to_string());
             k.nft.elements.clear();

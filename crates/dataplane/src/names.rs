@@ -23,6 +23,30 @@ pub const TABLE_BASE: u32 = 0x10000;
 /// to Tessera.
 pub const RULE_PRIORITY: u32 = 1000;
 
+/// The routing table of a gateway host's external addresses (floating IPs
+/// and SNAT addresses it answers for), looked up for what arrives on an
+/// uplink: `ADDRESS dev tb<VNI>` for each, so the kernel answers ARP for
+/// them there (a proxy entry answers only for a destination routed through
+/// another device). Its translated packets are routed in their network's
+/// table, by the mark nftables gives them.
+pub const GATEWAY_TABLE: u32 = TABLE_BASE;
+
+/// Priority of the `iif UPLINK lookup GATEWAY_TABLE` rules: after the
+/// networks' rules, so a marked packet finds its network first.
+pub const UPLINK_PRIORITY: u32 = RULE_PRIORITY + 2;
+
+/// The SNAT port slices: a gateway translates TCP and UDP flows to ports
+/// of its own slice (its rank among the external network's gateways,
+/// modulo this), so two gateways never hand out the same address and port.
+pub const SNAT_SLICES: u16 = 16;
+
+/// The ports of SNAT slice `slice`: 1024 to 65535 in [`SNAT_SLICES`] parts.
+pub fn snat_ports(slice: u16) -> (u16, u16) {
+    let width = (65536 - 1024) / u32::from(SNAT_SLICES);
+    let lo = 1024 + width * u32::from(slice % SNAT_SLICES);
+    (lo as u16, (lo + width - 1) as u16)
+}
+
 /// Metric of the `unreachable default` route that ends every VRF, the same as
 /// the Linux VRF device uses, so that a lookup that misses in a VRF never
 /// falls through to the host's main table.
@@ -72,7 +96,7 @@ impl fmt::Display for SysctlKey {
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
 /// then replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v4";
+pub const SKELETON_VERSION: &str = "tessera-v5";
 
 /// The packet mark bit nftables sets on what it lets in from a port (after
 /// anti-spoofing) or a tunnel; the `ip rule`s that select a network's table

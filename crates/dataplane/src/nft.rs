@@ -88,8 +88,45 @@ table inet tessera {{
         typeof iifname . ip6 daddr : ct zone
         flags interval
     }}
+    set uplinks {{
+        type ifname
+    }}
+{slice_sets}    map extzone4 {{
+        typeof ip daddr : ct zone
+    }}
+    map extzone6 {{
+        typeof ip6 daddr : ct zone
+    }}
+    map extmark4 {{
+        type ipv4_addr : mark
+    }}
+    map extmark6 {{
+        type ipv6_addr : mark
+    }}
+    map fipin4 {{
+        type ipv4_addr : ipv4_addr
+    }}
+    map fipin6 {{
+        type ipv6_addr : ipv6_addr
+    }}
+    map fipout4 {{
+        typeof ct zone . ip saddr : ip saddr
+    }}
+    map fipout6 {{
+        typeof ct zone . ip6 saddr : ip6 saddr
+    }}
+    map snat4 {{
+        typeof ct zone : ip saddr
+    }}
+    map snat6 {{
+        typeof ct zone : ip6 saddr
+    }}
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
+        iifname @uplinks ct zone set ip daddr map @extzone4
+        iifname @uplinks ct zone set ip6 daddr map @extzone6
+        iifname @uplinks meta mark set ip daddr map @extmark4
+        iifname @uplinks meta mark set ip6 daddr map @extmark6
         iifname "tb*" ct zone set iifname . ip daddr map @pz4
         iifname "tx*" ct zone set iifname . ip saddr map @pz4
         iifname "tb*" ct zone set iifname . ip6 daddr map @pz6
@@ -113,6 +150,25 @@ table inet tessera {{
     chain from_overlay {{
         icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
         counter drop comment "a container towards the host itself"
+    }}
+    chain gw_dnat {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname @uplinks dnat ip to ip daddr map @fipin4
+        iifname @uplinks dnat ip6 to ip6 daddr map @fipin6
+    }}
+    chain gw_forward {{
+        type filter hook forward priority filter - 10; policy accept;
+        iifname @uplinks ct state established,related accept
+        iifname @uplinks ct status dnat accept
+        iifname @uplinks counter drop comment "from the outside, to no floating IP"
+    }}
+    chain gw_snat {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname @uplinks snat ip to ct zone . ip saddr map @fipout4
+        oifname @uplinks snat ip6 to ct zone . ip6 saddr map @fipout6
+{slice_rules}        oifname @uplinks snat ip to ct zone map @snat4
+        oifname @uplinks snat ip6 to ct zone map @snat6
+        oifname @uplinks counter drop comment "towards the outside, with no floating IP or SNAT"
     }}
     chain output {{
         type filter hook output priority raw; policy accept;
@@ -162,12 +218,33 @@ table inet {p} {{
 }}
 "#,
         v = SKELETON_VERSION,
+        slice_sets = slice_sets(),
+        slice_rules = slice_rules(),
         vxlan = crate::desired::VXLAN_PORT,
         verified = crate::names::VERIFIED_MARK,
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),
     )
+}
+
+/// The sets of uplinks of each SNAT port slice.
+fn slice_sets() -> String {
+    crate::observed::SLICE_SETS.iter().map(|s| format!("    set {s} {{\n        type ifname\n    }}\n")).collect()
+}
+
+/// The SNAT of TCP and UDP to the ports of the uplink's slice.
+fn slice_rules() -> String {
+    let mut out = String::new();
+    for (i, set) in crate::observed::SLICE_SETS.iter().enumerate() {
+        let (lo, hi) = crate::names::snat_ports(i as u16);
+        for (family, map) in [("ip", "snat4"), ("ip6", "snat6")] {
+            for proto in ["tcp", "udp"] {
+                let _ = writeln!(out, "        oifname @{set} meta l4proto {proto} snat {family} to ct zone map @{map} : {lo}-{hi}");
+            }
+        }
+    }
+    out
 }
 
 fn element_lines<'a>(out: &mut String, verb: &str, map: &str, items: impl Iterator<Item = String> + 'a) {
@@ -446,6 +523,35 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
             Some(NftElement::PairZone { ifname, net, zone })
         }
         ("inet", "vteps4") | ("inet", "vteps6") => Some(NftElement::Vtep { ip: elem.as_str()?.parse().ok()? }),
+        ("inet", "uplinks") => Some(NftElement::Uplink { ifname: elem.as_str()?.to_string() }),
+        ("inet", s) if crate::observed::SLICE_SETS.contains(&s) => {
+            let slice = crate::observed::SLICE_SETS.iter().position(|x| *x == s)? as u16;
+            Some(NftElement::UplinkSlice { ifname: elem.as_str()?.to_string(), slice })
+        }
+        ("inet", "extzone4" | "extzone6" | "extmark4" | "extmark6" | "fipin4" | "fipin6" | "snat4" | "snat6") => {
+            let pair = elem.as_array()?;
+            let key = pair.first()?;
+            let value = pair.get(1)?;
+            Some(match set {
+                "extzone4" | "extzone6" => {
+                    NftElement::ExtZone { address: key.as_str()?.parse().ok()?, zone: u16::try_from(value.as_u64()?).ok()? }
+                }
+                "extmark4" | "extmark6" => {
+                    NftElement::ExtMark { address: key.as_str()?.parse().ok()?, mark: u32::try_from(value.as_u64()?).ok()? }
+                }
+                "fipin4" | "fipin6" => NftElement::FipIn { floating: key.as_str()?.parse().ok()?, fixed: value.as_str()?.parse().ok()? },
+                _ => NftElement::Snat { zone: u16::try_from(key.as_u64()?).ok()?, address: value.as_str()?.parse().ok()? },
+            })
+        }
+        ("inet", "fipout4" | "fipout6") => {
+            let pair = elem.as_array()?;
+            let key = pair.first()?;
+            let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
+            let parts = key.get("concat")?.as_array()?;
+            let zone = u16::try_from(parts.first()?.as_u64()?).ok()?;
+            let fixed = parts.get(1)?.as_str()?.parse().ok()?;
+            Some(NftElement::FipOut { zone, fixed, floating: pair.get(1)?.as_str()?.parse().ok()? })
+        }
         ("bridge", "ep4") | ("bridge", "ep6") => {
             let parts = concat(elem)?;
             let [port, m, ip] = parts.as_slice() else { return None };

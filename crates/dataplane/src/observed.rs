@@ -110,6 +110,9 @@ pub enum RouteTarget {
     Dev(String),
     /// `unreachable`, at [`crate::names::VRF_UNREACHABLE_METRIC`].
     Unreachable,
+    /// `via GATEWAY dev DEV [onlink]` (an IPv6 gateway of an IPv4 route is
+    /// `via inet6 GATEWAY`): a network's way to the outside.
+    Via { dev: String, gateway: IpAddr },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -160,12 +163,15 @@ pub enum RuleSelector {
     /// `fwmark MARK`: packets the host itself answers for a network (reject
     /// replies), marked with the network's table number.
     FwMark(u32),
+    /// `iif UPLINK` → the gateway table, at
+    /// [`crate::names::UPLINK_PRIORITY`]: a gateway's uplink.
+    Uplink(String),
 }
 
 impl fmt::Display for RuleSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RuleSelector::Iif(name) | RuleSelector::IifUnverified(name) => write!(f, "iif {name}"),
+            RuleSelector::Iif(name) | RuleSelector::IifUnverified(name) | RuleSelector::Uplink(name) => write!(f, "iif {name}"),
             RuleSelector::IifVerified(name) => write!(f, "iif {name} fwmark {VERIFIED_MARK:#x}/{VERIFIED_MARK:#x}"),
             RuleSelector::FwMark(mark) => write!(f, "fwmark {mark:#x}"),
         }
@@ -347,6 +353,22 @@ pub enum NftElement {
     /// `inet tessera` set `vteps4` or `vteps6`: the underlay address of a
     /// host of the fabric, from which VXLAN is accepted.
     Vtep { ip: IpAddr },
+    /// `inet tessera` set `uplinks`: an interface where the outside is.
+    Uplink { ifname: String },
+    /// `inet tessera` set `slice<N>`: the uplink's SNAT port slice.
+    UplinkSlice { ifname: String, slice: u16 },
+    /// `inet tessera` maps `extzone4|6` and `extmark4|6`: what arrives on
+    /// an uplink for an external address belongs to the conntrack zone of
+    /// its network and is routed in its table.
+    ExtZone { address: IpAddr, zone: u16 },
+    ExtMark { address: IpAddr, mark: u32 },
+    /// `inet tessera` map `fipin4|6`: a floating IP's destination NAT.
+    FipIn { floating: IpAddr, fixed: IpAddr },
+    /// `inet tessera` map `fipout4|6`: `ZONE . FIXED : FLOATING`, the source
+    /// NAT of flows a floating IP's endpoint starts.
+    FipOut { zone: u16, fixed: IpAddr, floating: IpAddr },
+    /// `inet tessera` map `snat4|6`: `ZONE : ADDRESS`, a network's SNAT.
+    Snat { zone: u16, address: IpAddr },
 }
 
 impl NftElement {
@@ -361,14 +383,21 @@ impl NftElement {
             NftElement::PairZone { .. } => ("inet", "tessera", "pz6"),
             NftElement::Vtep { ip: IpAddr::V4(_) } => ("inet", "tessera", "vteps4"),
             NftElement::Vtep { ip: IpAddr::V6(_) } => ("inet", "tessera", "vteps6"),
+            NftElement::Uplink { .. } => ("inet", "tessera", "uplinks"),
+            NftElement::UplinkSlice { slice, .. } => ("inet", "tessera", SLICE_SETS[usize::from(*slice % crate::names::SNAT_SLICES)]),
+            NftElement::ExtZone { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extzone4" } else { "extzone6" }),
+            NftElement::ExtMark { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extmark4" } else { "extmark6" }),
+            NftElement::FipIn { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipin4" } else { "fipin6" }),
+            NftElement::FipOut { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipout4" } else { "fipout6" }),
+            NftElement::Snat { address, .. } => ("inet", "tessera", if address.is_ipv4() { "snat4" } else { "snat6" }),
         }
     }
 
     /// The endpoint port the element is about, for port elements.
     pub fn port(&self) -> Option<&str> {
         match self {
-            NftElement::Zone { .. } | NftElement::PairZone { .. } | NftElement::Vtep { .. } => None,
             NftElement::Ep4 { port, .. } | NftElement::Ep6 { port, .. } | NftElement::EpMac { port, .. } => Some(port),
+            _ => None,
         }
     }
 }
@@ -385,10 +414,22 @@ impl fmt::Display for NftElement {
             NftElement::EpMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
             NftElement::PairZone { ifname, net, zone } => write!(f, "\"{ifname}\" . {net} : {zone}")?,
             NftElement::Vtep { ip } => write!(f, "{ip}")?,
+            NftElement::Uplink { ifname } | NftElement::UplinkSlice { ifname, .. } => write!(f, "\"{ifname}\"")?,
+            NftElement::ExtZone { address, zone } => write!(f, "{address} : {zone}")?,
+            NftElement::ExtMark { address, mark } => write!(f, "{address} : {mark:#x}")?,
+            NftElement::FipIn { floating, fixed } => write!(f, "{floating} : {fixed}")?,
+            NftElement::FipOut { zone, fixed, floating } => write!(f, "{zone} . {fixed} : {floating}")?,
+            NftElement::Snat { zone, address } => write!(f, "{zone} : {address}")?,
         }
         f.write_str(" }")
     }
 }
+
+/// The sets that hold the uplinks of each SNAT port slice.
+pub const SLICE_SETS: [&str; crate::names::SNAT_SLICES as usize] = [
+    "slice0", "slice1", "slice2", "slice3", "slice4", "slice5", "slice6", "slice7", "slice8", "slice9", "slice10", "slice11",
+    "slice12", "slice13", "slice14", "slice15",
+];
 
 /// Whose a link named like one of Tessera's is, by its alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,6 +499,9 @@ pub fn owned_table(table: u32) -> bool {
 /// Whether a rule is Tessera's: at our priority, selecting one of our tables
 /// by one of our links, or by a mark equal to the table's number.
 pub fn owned_rule(iifname: Option<&str>, fwmark: Option<u32>, priority: u32, table: u32) -> bool {
+    if priority == crate::names::UPLINK_PRIORITY {
+        return table == crate::names::GATEWAY_TABLE && iifname.is_some() && fwmark.is_none();
+    }
     let by_link = matches!(iifname.and_then(owned_link_name), Some(OwnedName::Bridge(_) | OwnedName::Vxlan(_)));
     let by_mark = iifname.is_none() && fwmark == Some(table);
     priority == RULE_PRIORITY && owned_table(table) && (by_link || by_mark)

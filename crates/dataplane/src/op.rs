@@ -127,6 +127,11 @@ pub enum KernelOp {
     /// global addresses removed), `ip [-6] route replace default via GW` for
     /// each gateway; then, on the host, `ip link set HOST_VETH alias ID`,
     /// which marks the endpoint as complete. Idempotent.
+    /// `arping -U -I DEV ADDR` for IPv4 addresses, an unsolicited neighbour
+    /// advertisement (override) for IPv6 ones: tells the link that this
+    /// host now answers for them (a gateway taking a floating IP over).
+    /// Sent again twice within a second.
+    Announce { dev: String, addresses: Vec<IpAddr> },
     ContainerIfaceConfigure {
         host_veth: String,
         endpoint: Uuid,
@@ -177,6 +182,7 @@ impl KernelOp {
             KernelOp::ProxyNeighInstall(_) => "ProxyNeighInstall",
             KernelOp::ProxyNeighUninstall(_) => "ProxyNeighUninstall",
             KernelOp::ContainerIfaceConfigure { .. } => "ContainerIfaceConfigure",
+            KernelOp::Announce { .. } => "Announce",
         }
     }
 
@@ -239,6 +245,10 @@ fn route_args(r: &RouteEntry) -> String {
         RouteTarget::Dev(dev) if r.dst.addr().is_ipv4() => format!("{dst} dev {dev} scope link table {}", r.table),
         RouteTarget::Dev(dev) => format!("{dst} dev {dev} table {}", r.table),
         RouteTarget::Unreachable => format!("unreachable {dst} metric {VRF_UNREACHABLE_METRIC} table {}", r.table),
+        RouteTarget::Via { dev, gateway } if gateway.is_ipv4() != r.dst.addr().is_ipv4() => {
+            format!("{dst} via inet6 {gateway} dev {dev} table {}", r.table)
+        }
+        RouteTarget::Via { dev, gateway } => format!("{dst} via {gateway} dev {dev} onlink table {}", r.table),
     }
 }
 
@@ -353,6 +363,10 @@ impl fmt::Display for KernelOp {
             KernelOp::FdbUninstall(e) => write!(f, "bridge fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
             KernelOp::ProxyNeighInstall(p) => write!(f, "ip{} neigh add proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
             KernelOp::ProxyNeighUninstall(p) => write!(f, "ip{} neigh del proxy {} dev {}", family_flag(p.ip), p.ip, p.dev),
+            KernelOp::Announce { dev, addresses } => {
+                let all: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                write!(f, "announce {} on {dev} (gratuitous ARP, unsolicited NA)", all.join(" "))
+            }
             KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {

@@ -18,8 +18,12 @@
 //! 4. per network, by VNI: bridge (and its parameters, addresses), VXLAN
 //!    device (and its parameters), rules, routes, FDB, neighbour and proxy
 //!    entries, then its endpoints: veth, container side;
-//! 5. routes leaked from other networks (they need those networks' devices);
-//! 6. conntrack: the zones of flows a change may no longer allow are
+//! 5. a gateway's uplinks (parameters, rules, proxy entries of external
+//!    addresses, announced when new) and the networks' routes to the
+//!    outside;
+//! 6. routes leaked from other networks (they need those networks'
+//!    devices), and the gateway table's;
+//! 7. conntrack: the zones of flows a change may no longer allow are
 //!    flushed (see `conntrack_flushes`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,10 +32,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::desired::{
-    bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, vtep_mac, vxlan_name, vxlan_sysctls,
-    DesiredHost, DesiredNetwork, LocalEndpoint, VXLAN_PORT,
+    bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, uplink_sysctls, vtep_mac, vtep_next_hop,
+    vxlan_name, vxlan_sysctls, DesiredHost, DesiredNetwork, DesiredUplink, EgressVia, ExternalKind, LocalEndpoint, VXLAN_PORT,
 };
-use crate::names::{veth_mark, SysctlKey, DISPATCH, LINK_MARK, RULE_PRIORITY, SKELETON_VERSION, UNVERIFIED_PRIORITY};
+use crate::names::{
+    veth_mark, SysctlKey, DISPATCH, GATEWAY_TABLE, LINK_MARK, RULE_PRIORITY, SKELETON_VERSION, SNAT_SLICES, UNVERIFIED_PRIORITY,
+    UPLINK_PRIORITY,
+};
 use crate::observed::{
     link_mark, AddressEntry, FdbEntry, IpFamily, LinkKind, LinkMark, LinkState, MapElement, NeighEntry, NftElement, Observed,
     PolicyState, ProxyNeighEntry, RouteEntry, RouteTarget, RuleEntry, RuleSelector, VxlanState,
@@ -200,6 +207,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         let own = |r: &&RouteEntry| match &r.target {
             RouteTarget::Dev(d) => *d == tb || *d == tx,
             RouteTarget::Unreachable => true,
+            RouteTarget::Via { .. } => false,
         };
         for r in want.routes.iter().filter(|r| r.table == table_id(net.vni)).filter(own) {
             let dev_doomed = matches!(&r.target, RouteTarget::Dev(d) if doomed.contains(d));
@@ -271,7 +279,40 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         }
     }
 
-    // 5. Leaked routes: through another network's bridge or tunnel.
+    // 5. Uplinks of a gateway: parameters, the rule to the gateway table,
+    // the proxy entries of the external addresses (announced when new), and
+    // the networks' ways out.
+    let mut uplinks: Vec<&DesiredUplink> = desired.uplinks.iter().collect();
+    uplinks.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+    for up in uplinks {
+        for (key, value) in uplink_sysctls(&up.ifname) {
+            sysctl(&mut out, observed, &doomed, key, value);
+        }
+        for r in want.rules.iter().filter(|r| matches!(&r.selector, RuleSelector::Uplink(u) if *u == up.ifname)) {
+            if !observed.rules.contains(r) {
+                out.push(KernelOp::RuleInstall(r.clone()));
+            }
+        }
+        let mut announce = Vec::new();
+        for p in want.proxy_neighbours.iter().filter(|p| p.dev == up.ifname) {
+            if !observed.proxy_neighbours.contains(p) {
+                out.push(KernelOp::ProxyNeighInstall(p.clone()));
+                announce.push(p.ip);
+            }
+        }
+        if !announce.is_empty() {
+            out.push(KernelOp::Announce { dev: up.ifname.clone(), addresses: announce });
+        }
+    }
+    for r in want.routes.iter().filter(|r| matches!(r.target, RouteTarget::Via { .. })) {
+        let dev_doomed = matches!(&r.target, RouteTarget::Via { dev, .. } if doomed.contains(dev));
+        if dev_doomed || !observed.routes.contains(r) {
+            out.push(KernelOp::RouteInstall(r.clone()));
+        }
+    }
+
+    // 6. Leaked routes: through another network's bridge or tunnel (and the
+    // gateway table's routes of external addresses).
     for r in &want.routes {
         let RouteTarget::Dev(dev) = &r.target else { continue };
         let table_dev_vni = crate::observed::owned_link_name(dev).and_then(|o| match o {
@@ -286,7 +327,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         }
     }
 
-    // 6. Conntrack.
+    // 7. Conntrack.
     let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
     for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs, &kept) {
         out.push(KernelOp::ConntrackZoneFlush { zone });
@@ -640,6 +681,64 @@ impl Want {
                         IpAddr::V4(ip) => NftElement::Ep4 { port: port.clone(), mac: ep.mac, ip },
                         IpAddr::V6(ip) => NftElement::Ep6 { port: port.clone(), mac: ep.mac, ip },
                     });
+                }
+            }
+        }
+        for net in &desired.networks {
+            let Some(egress) = &net.egress else { continue };
+            let table = table_id(net.vni);
+            let any4: IpNet = "0.0.0.0/0".parse().expect("literal");
+            let any6: IpNet = "::/0".parse().expect("literal");
+            let families = [(egress.v4, any4), (egress.v6, any6)];
+            match &egress.via {
+                EgressVia::Uplink { ifname, gateways } => {
+                    for (wanted, any) in families.into_iter().filter(|(w, _)| *w) {
+                        let _ = wanted;
+                        let target = match gateways.iter().find(|g| g.is_ipv4() == any.addr().is_ipv4()) {
+                            Some(g) => RouteTarget::Via { dev: ifname.clone(), gateway: *g },
+                            None => RouteTarget::Dev(ifname.clone()),
+                        };
+                        w.routes.insert(RouteEntry { table, dst: any, target });
+                    }
+                }
+                EgressVia::Host(underlay) => {
+                    let tx = vxlan_name(net.vni);
+                    let hop = IpAddr::V6(vtep_next_hop(*underlay));
+                    let mac = vtep_mac(*underlay);
+                    for (_, any) in families.into_iter().filter(|(w, _)| *w) {
+                        w.routes.insert(RouteEntry { table, dst: any, target: RouteTarget::Via { dev: tx.clone(), gateway: hop } });
+                    }
+                    w.neighbours.insert(NeighEntry { dev: tx.clone(), ip: hop, mac });
+                    w.fdb.insert(FdbEntry { dev: tx, mac, dst: *underlay });
+                }
+            }
+        }
+        for up in &desired.uplinks {
+            w.elements.insert(NftElement::Uplink { ifname: up.ifname.clone() });
+            w.elements.insert(NftElement::UplinkSlice { ifname: up.ifname.clone(), slice: up.slice % SNAT_SLICES });
+            for family in [IpFamily::V4, IpFamily::V6] {
+                w.rules.insert(RuleEntry {
+                    family,
+                    selector: RuleSelector::Uplink(up.ifname.clone()),
+                    table: GATEWAY_TABLE,
+                    priority: UPLINK_PRIORITY,
+                });
+            }
+            for ext in &up.addresses {
+                let Some(net) = desired.networks.iter().find(|n| n.vni == ext.vni) else { continue };
+                let a = ext.address;
+                w.proxy_neighbours.insert(ProxyNeighEntry { dev: up.ifname.clone(), ip: a });
+                w.routes.insert(RouteEntry { table: GATEWAY_TABLE, dst: IpNet::from(a), target: RouteTarget::Dev(bridge_name(net.vni)) });
+                w.elements.insert(NftElement::ExtZone { address: a, zone: net.zone });
+                w.elements.insert(NftElement::ExtMark { address: a, mark: table_id(net.vni) });
+                match ext.kind {
+                    ExternalKind::Floating { fixed } => {
+                        w.elements.insert(NftElement::FipIn { floating: a, fixed });
+                        w.elements.insert(NftElement::FipOut { zone: net.zone, fixed, floating: a });
+                    }
+                    ExternalKind::Snat => {
+                        w.elements.insert(NftElement::Snat { zone: net.zone, address: a });
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod endpoint;
 pub mod error;
+pub mod floating_ip;
 pub mod host;
 pub mod limits;
 pub mod names;
@@ -23,7 +24,8 @@ pub mod watch;
 pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};
 pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner};
 pub use error::{ErrorCode, FieldError};
-pub use host::{Host, HostRegister};
+pub use floating_ip::{FloatingIp, FloatingIpAssociate, FloatingIpCreate, Snat};
+pub use host::{GatewayRegister, Host, HostGateway, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};
 pub use policy::{

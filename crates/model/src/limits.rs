@@ -36,6 +36,8 @@ pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_RULES: usize = 100_000;
 /// Static addresses of one endpoint (one per family).
 pub const MAX_ENDPOINT_IPS: usize = 2;
+/// External networks one host is a gateway for.
+pub const MAX_GATEWAYS: usize = 16;
 /// Bytes of a free-form identifier (a container ID, a Docker endpoint ID,
 /// a host name).
 pub const MAX_ID: usize = 256;

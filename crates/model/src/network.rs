@@ -28,8 +28,13 @@ pub struct Network {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub shared_with: Vec<ProjectName>,
-    /// The network reaches outside the fabric (floating-IP pools live here).
+    /// The network's addresses live outside the fabric, behind gateway
+    /// hosts: it holds floating IPs and SNAT addresses, never endpoints.
     pub external: bool,
+    /// Endpoints without a floating IP reach the outside through this
+    /// external network, source-NATed (`--snat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<crate::Snat>,
     /// Attached policies, in evaluation order.
     #[schema(value_type = Vec<String>)]
     pub policies: Vec<Uuid>,
@@ -169,6 +174,10 @@ pub struct NetworkUpdate {
     pub unshare_with: Vec<String>,
     #[serde(default)]
     pub external: Option<bool>,
+    /// Source NAT to the outside through this external network (name, fq
+    /// name or UUID); an empty string turns it off.
+    #[serde(default)]
+    pub snat: Option<String>,
 }
 
 /// Parses a list of projects (`domain:project`), naming `field[i]` on error,

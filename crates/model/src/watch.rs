@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Endpoint, FqName, Host, Network, Policy, RuleChunk, Rules};
+use crate::{Endpoint, FloatingIp, FqName, Host, Network, Policy, RuleChunk, Rules};
 
 /// Everything agents mirror, consistent at `revision`.
 ///
@@ -33,6 +33,8 @@ pub struct Snapshot {
     #[serde(with = "chunked")]
     #[schema(value_type = Vec<ChunkedPolicy>)]
     pub policies: Vec<Policy>,
+    #[serde(default)]
+    pub floating_ips: Vec<FloatingIp>,
     /// Policy parts received but not yet assembled.
     #[serde(skip)]
     #[schema(ignore)]
@@ -107,12 +109,13 @@ impl Snapshot {
         if let Some(c) = self.cluster {
             head.push_str(&format!(",\"cluster\":\"{c}\""));
         }
-        let sections = ["networks", "endpoints", "hosts", "policies"];
+        let sections = ["networks", "endpoints", "hosts", "policies", "floating_ips"];
         let len = |s: &Snapshot, i: usize| match i {
             0 => s.networks.len(),
             1 => s.endpoints.len(),
             2 => s.hosts.len(),
-            _ => s.policies.len(),
+            3 => s.policies.len(),
+            _ => s.floating_ips.len(),
         };
         // (section, index in it); `None` once done.
         let mut at = Some((0usize, 0usize));
@@ -136,7 +139,8 @@ impl Snapshot {
                         0 => serde_json::to_writer(&mut pending, &self.networks[i]),
                         1 => serde_json::to_writer(&mut pending, &self.endpoints[i]),
                         2 => serde_json::to_writer(&mut pending, &self.hosts[i]),
-                        _ => serde_json::to_writer(&mut pending, &ChunkedPolicy::of(&self.policies[i])),
+                        3 => serde_json::to_writer(&mut pending, &ChunkedPolicy::of(&self.policies[i])),
+                        _ => serde_json::to_writer(&mut pending, &self.floating_ips[i]),
                     };
                     written.expect("model objects serialize");
                     i += 1;
@@ -195,6 +199,7 @@ pub enum Object {
     Policy(PolicyHeader),
     /// A chunk of a policy's rules.
     PolicyRules(PolicyRules),
+    FloatingIp(FloatingIp),
 }
 
 /// The identity of a deleted object: its type and its key (UUID, host name,
@@ -222,6 +227,7 @@ impl Snapshot {
                     Object::Host(h) => upsert(&mut self.hosts, h.clone(), |x| x.name == h.name),
                     Object::Policy(h) => self.put_header(h.clone()),
                     Object::PolicyRules(c) => self.put_chunk(c),
+                    Object::FloatingIp(f) => upsert(&mut self.floating_ips, f.clone(), |x| x.id == f.id),
                 }
             }
             WatchEvent::Delete { revision, object } if *revision >= self.revision => {
@@ -231,6 +237,7 @@ impl Snapshot {
                     "network" => self.networks.retain(|x| x.id.to_string() != id),
                     "endpoint" => self.endpoints.retain(|x| x.id.to_string() != id),
                     "host" => self.hosts.retain(|x| x.name != id),
+                    "floating_ip" => self.floating_ips.retain(|x| x.id.to_string() != id),
                     "policy" => {
                         self.policies.retain(|x| x.id.to_string() != id);
                         self.pending.headers.retain(|p, _| p.to_string() != id);
@@ -366,7 +373,13 @@ mod tests {
         s.apply(&put(1, Object::PolicyRules(chunk(id, 0, 0..3))));
         s.apply(&put(2, Object::Policy(header(id, &[(0, 3)]))));
         s.hosts = (0..5)
-            .map(|i| Host { name: format!("h{i}"), underlay_ip: format!("10.0.0.{i}").parse().unwrap(), last_seen: i })
+            .map(|i| Host {
+                name: format!("h{i}"),
+                underlay_ip: format!("10.0.0.{i}").parse().unwrap(),
+                last_seen: i,
+                gateways: vec![],
+                alive: false,
+            })
             .collect();
         s.revision = 42;
         s.cluster = Some(Uuid::from_u128(9));

@@ -32,6 +32,19 @@ pub struct AgentArgs {
     /// Where the agent keeps the last intent it saw.
     #[arg(long, default_value = "/var/lib/tessera/agent")]
     state_dir: PathBuf,
+    /// Makes this host a gateway of an external network: `NETWORK=IFACE`,
+    /// the interface where that network's addresses live (repeatable).
+    #[arg(long = "gateway", value_name = "NETWORK=IFACE", value_parser = parse_gateway)]
+    gateways: Vec<(String, String)>,
+}
+
+fn parse_gateway(s: &str) -> Result<(String, String), String> {
+    let (net, iface) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NETWORK=IFACE"))?;
+    if net.trim().is_empty() || iface.trim().is_empty() {
+        return Err(format!("{s:?} is not NETWORK=IFACE"));
+    }
+    tessera_model::limits::check_ifname("--gateway", iface.trim()).map_err(|e| e.reason)?;
+    Ok((net.trim().to_string(), iface.trim().to_string()))
 }
 
 pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs) -> anyhow::Result<()> {
@@ -48,6 +61,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
             .transpose()
             .map_err(|e| anyhow::anyhow!("--socket-group: {e}"))?,
         state_dir: a.state_dir,
+        gateways: a.gateways,
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
 }

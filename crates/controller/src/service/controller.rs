@@ -34,6 +34,15 @@ pub struct Controller {
     /// Why the last write failed in the store, until one succeeds: the
     /// controller is not ready meanwhile.
     storage_fault: std::sync::Mutex<Option<String>>,
+    /// Serialises the changes that choose a network's way out (floating IP
+    /// associations, SNAT) inside this process: each checks that the
+    /// network uses one external network only.
+    pub(super) egress_lock: tokio::sync::Mutex<()>,
+    /// When each host last renewed its lease (see `leases`).
+    pub(super) leases: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// When this controller started: a lease recorded in the store is kept
+    /// for one lease time after, for its agent to renew it here.
+    pub(super) started: std::time::Instant,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -52,6 +61,9 @@ impl Controller {
             counters: Default::default(),
             chunks: Default::default(),
             storage_fault: Default::default(),
+            egress_lock: Default::default(),
+            leases: Default::default(),
+            started: std::time::Instant::now(),
         }
     }
 

@@ -122,6 +122,13 @@ impl Controller {
             Error::NotFound { kind, name, .. } => Error::NotFound { kind, name, field: Some("network".into()) },
             other => other,
         })?;
+        if net.external {
+            return Err(FieldError::new(
+                "network",
+                format!("network {} is external: it holds floating IPs and SNAT addresses, not endpoints", net.fq_name),
+            )
+            .into());
+        }
         let statics = validate_static_ips(&req.ips, &net)?;
         if self.store.get(&keys::host(&req.host)).await?.is_none() {
             return Err(Error::NotFound { kind: "host", name: req.host.clone(), field: Some("host".into()) });
@@ -275,7 +282,8 @@ impl Controller {
                     }
                 }
             }
-            // Refused (Guard::EndpointChanged): read again.
+            let txn = self.disassociate_ops(uuid, txn).await?;
+            // Refused (Guard::EndpointChanged, FloatingIpChanged): read again.
             if self.commit(txn).await?.is_committed() {
                 tracing::info!(endpoint = %ep.name, "endpoint deleted");
                 return Ok(());

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tessera_model::{FieldError, Host, HostCounters, HostRegister};
+use tessera_model::{FieldError, Host, HostCounters, HostGateway, HostRegister};
 use tessera_store::Compare;
 
 use super::controller::Controller;
@@ -20,6 +20,10 @@ use crate::keys;
 /// and that the address can terminate tunnels.
 fn validate_register(name: &str, req: &HostRegister) -> Result<IpAddr> {
     tessera_model::names::check_component(name).map_err(|r| FieldError::new("name", r))?;
+    tessera_model::limits::check_count("gateways", &req.gateways, tessera_model::limits::MAX_GATEWAYS, "gateways")?;
+    for (i, g) in req.gateways.iter().enumerate() {
+        tessera_model::limits::check_ifname(&format!("gateways[{i}].interface"), &g.interface)?;
+    }
     let underlay_ip: IpAddr = req
         .underlay_ip
         .trim()
@@ -42,9 +46,28 @@ impl Controller {
     /// index key naming its host, moved with the host's registration.
     pub async fn register_host(&self, name: &str, req: HostRegister) -> Result<Host> {
         let underlay_ip = validate_register(name, &req)?;
-        let host = Host { name: name.into(), underlay_ip, last_seen: now() };
+        let mut gateways: Vec<HostGateway> = Vec::new();
+        for (i, g) in req.gateways.iter().enumerate() {
+            let field = format!("gateways[{i}].network");
+            let (net, _) = self.find_network(&g.network).await.map_err(|e| match e {
+                Error::NotFound { kind, name, .. } => Error::NotFound { kind, name, field: Some(field.clone()) },
+                other => other,
+            })?;
+            if !net.external {
+                return Err(FieldError::new(field, format!("network {} is not external: a gateway serves an external network", net.fq_name)).into());
+            }
+            if gateways.iter().any(|o| o.network == net.id) {
+                return Err(FieldError::new(field, format!("network {} is named twice", net.fq_name)).into());
+            }
+            if gateways.iter().any(|o| o.interface == g.interface) {
+                return Err(FieldError::new(format!("gateways[{i}].interface"), format!("{} serves another external network", g.interface)).into());
+            }
+            gateways.push(HostGateway { network: net.id, interface: g.interface.clone() });
+        }
         for _ in 0..MAX_ATTEMPTS {
             let old = self.get_json::<Host>(&keys::host(name)).await?;
+            let alive = old.as_ref().is_some_and(|(h, _)| h.alive);
+            let host = Host { name: name.into(), underlay_ip, last_seen: now(), gateways: gateways.clone(), alive };
             let index = keys::underlay(underlay_ip);
             let held_by = self.store().get(&index).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             let index_guard = match held_by {

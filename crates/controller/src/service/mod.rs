@@ -11,7 +11,7 @@
 //!
 //! One module per resource, each with its request validation at the top and
 //! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
-//! `hosts`, `policies`, `reservations`, and `cluster` (the store's identity). They share `controller` (the
+//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), and `cluster` (the store's identity). They share `controller` (the
 //! [`Controller`] value and its read, commit and allocation helpers) and
 //! `txn` (guarded transactions, retries and encoding). This file only
 //! declares the modules and re-exports their public types; none of them
@@ -20,7 +20,9 @@
 mod cluster;
 mod controller;
 mod endpoints;
+mod floating_ips;
 mod hosts;
+mod leases;
 mod networks;
 mod policies;
 mod projects;
@@ -29,6 +31,7 @@ mod tokens;
 mod txn;
 
 pub use controller::{Controller, Created};
+pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use endpoints::EndpointFilter;
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};

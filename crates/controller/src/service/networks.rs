@@ -213,6 +213,20 @@ impl Controller {
             self.require_project(&format!("shared_with[{i}]"), p).await?;
         }
         let policies = self.resolve_policies("policies", &req.policies, fq_name.project()).await?;
+        if req.external {
+            // The outside has one address plan: external networks never overlap.
+            for other in self.list_json::<Network>(keys::NETWORKS).await?.iter().filter(|n| n.external && n.fq_name != fq_name) {
+                for (i, s) in subnets.iter().enumerate() {
+                    if let Some(o) = other.subnets.iter().find(|o| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network())) {
+                        return Err(FieldError::new(
+                            format!("subnets[{i}]"),
+                            format!("{} overlaps {} of external network {}", s.cidr, o.cidr, other.fq_name),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
 
         for _ in 0..MAX_ATTEMPTS {
             let vni = match chosen_vni {
@@ -229,6 +243,7 @@ impl Controller {
                 shared: req.shared,
                 shared_with: shared_with.clone(),
                 external: req.external,
+                snat: None,
                 policies: policies.clone(),
                 labels: req.labels.clone(),
             };
@@ -342,10 +357,21 @@ impl Controller {
             if let Some(s) = req.shared {
                 net.shared = s;
             }
-            if let Some(e) = req.external {
-                net.external = e;
+            if req.external.is_some_and(|e| e != net.external) {
+                return Err(FieldError::new(
+                    "external",
+                    format!("network {} is {}external: whether a network is external is fixed when it is made", net.fq_name, if net.external { "" } else { "not " }),
+                )
+                .into());
             }
             let mut txn = GuardedTxn::new().guard(Guard::NetworkChanged, Compare::ModRevision(keys::network(net.id), rev));
+            let _egress;
+            if let Some(reference) = &req.snat {
+                _egress = self.egress_lock.lock().await;
+                let (snat, t) = self.snat_change(&net, reference, txn).await?;
+                net.snat = snat;
+                txn = t;
+            }
             for p in &net.policies {
                 txn = txn.guard(Guard::PolicyMissing(*p), Compare::Exists(keys::policy(*p)));
             }
@@ -361,21 +387,38 @@ impl Controller {
     /// Deletes a network with no endpoints, its indexes and its (empty) IPAM
     /// state. Deleting a missing network is Ok.
     pub async fn delete_network(&self, reference: &str) -> Result<()> {
-        let (net, _) = match self.find_network(reference).await {
+        let (net, rev) = match self.find_network(reference).await {
             Ok(n) => n,
             Err(Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
         let eps = keys::endpoints_of(net.id);
-        let txn = GuardedTxn::new()
-            .guard(Guard::NetworkHasEndpoints, Compare::PrefixEmpty(eps.clone()))
+        let txn = GuardedTxn::new().guard(Guard::NetworkHasEndpoints, Compare::PrefixEmpty(eps.clone()));
+        let txn = self
+            .external_guards(&net, txn)
+            .guard(Guard::NetworkChanged, Compare::ModRevision(keys::network(net.id), rev))
             .then(del(keys::network(net.id)))
             .then(del(keys::network_name(&net.fq_name)))
             .then(del(keys::vni(net.vni)))
-            .then(Op::DeletePrefix { prefix: keys::allocations_of_network(net.id) });
-        if self.commit(txn).await?.is_committed() {
-            tracing::info!(network = %net.fq_name, "network deleted");
-            return Ok(());
+            .then(Op::DeletePrefix { prefix: keys::allocations_of_network(net.id) })
+            .then_all(self.snat_release_ops(&net).await?);
+        match self.commit(txn).await? {
+            Outcome::Committed => {
+                tracing::info!(network = %net.fq_name, "network deleted");
+                return Ok(());
+            }
+            Outcome::Refused(Guard::NetworkHasFloatingIps) => {
+                let prefix = keys::floating_ips_of(net.id);
+                let users = self.store.range(&prefix).await?.kvs.iter().map(|kv| format!("floating IP {}", &kv.key[prefix.len()..])).collect();
+                return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
+            }
+            Outcome::Refused(Guard::NetworkHasSnatUsers) => {
+                let prefix = keys::snat_users_of(net.id);
+                let users = self.store.range(&prefix).await?.kvs.iter().map(|kv| format!("SNAT of network {}", &kv.key[prefix.len()..])).collect();
+                return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
+            }
+            Outcome::Refused(Guard::NetworkChanged) => return Err(Error::Conflict(format!("network {} changed; try again", net.fq_name))),
+            Outcome::Refused(_) => {}
         }
         // Guard::NetworkHasEndpoints: name them.
         let users = self.store.range(&eps).await?.kvs.iter().map(|kv| kv.key[eps.len()..].to_string()).collect();

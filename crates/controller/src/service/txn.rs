@@ -61,6 +61,12 @@ pub(super) enum Guard {
     UnderlayTaken,
     /// The host's registration changed since it was read.
     HostChanged,
+    /// The floating IP changed since it was read.
+    FloatingIpChanged,
+    /// The external network still holds floating IPs.
+    NetworkHasFloatingIps,
+    /// Networks are still source-NATed through the external network.
+    NetworkHasSnatUsers,
 }
 
 /// What a [`GuardedTxn`] did.

@@ -15,13 +15,15 @@
 //! `links` (links, veths, bridges, VXLAN devices, addresses, kernel
 //! parameters), `routes` (routes and `ip rule`s), `neigh` (neighbour, proxy
 //! neighbour and FDB entries), `nftables` (nft transactions and the nftables
-//! state carried forward), `conntrack` (zone flushes); `observe` reads them
+//! state carried forward), `conntrack` (zone flushes), `announce` (gratuitous ARP and unsolicited
+//! neighbour advertisements); `observe` reads them
 //! all, `vif` makes the interface table, `tamper` sees Tessera's nftables
 //! tables changed behind its back, and `worker` runs the data plane's
 //! thread, implements [`Dataplane`](crate::Dataplane) and orders an apply.
 //! `common` and `netns` hold what they share (errors, link indexes, the
 //! netfilter socket; threads in a namespace).
 
+mod announce;
 mod common;
 mod conntrack;
 mod links;
@@ -34,4 +36,4 @@ mod tamper;
 mod vif;
 mod worker;
 
-pub use worker::{link_with_address, LinuxDataplane};
+pub use worker::{link_exists, link_with_address, LinuxDataplane};

@@ -3,7 +3,7 @@
 //! the nftables state an [`Observed`] is made of, keeping only what Tessera
 //! owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -20,12 +20,12 @@ use super::links::{addresses, links, vxlan_state};
 use super::neigh::neigh_ip_mac;
 use super::nftables::NftTables;
 use super::routes::{route_entry, rule_entry};
-use crate::desired::{bridge_sysctls, host_sysctls, vxlan_sysctls};
+use crate::desired::{bridge_sysctls, host_sysctls, uplink_sysctls, vxlan_sysctls};
 use crate::error::DataplaneError;
 use crate::names::SysctlKey;
 use crate::observed::{
     link_mark, owned_link_name, AddressEntry, FdbEntry, LinkKind, LinkMark, LinkState, NeighEntry, Observed, OwnedName,
-    ProxyNeighEntry,
+    ProxyNeighEntry, RuleSelector,
 };
 
 /// Every link's name, and which links are Tessera's, by index.
@@ -55,11 +55,21 @@ pub(super) async fn observe(h: &Handle, nft: &NftTables) -> Result<Observed, Dat
     for version in [IpVersion::V4, IpVersion::V6] {
         observe_routes_and_rules(h, version, &owned, &mut obs).await?;
     }
+    // A gateway's uplinks are the host's links; they are known by the rules
+    // Tessera made for them.
+    let uplinks: BTreeSet<String> = obs
+        .rules
+        .iter()
+        .filter_map(|r| match &r.selector {
+            RuleSelector::Uplink(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        observe_neighbours(h, family, &owned, &mut obs).await?;
+        observe_neighbours(h, family, &owned, &uplinks, &mut obs).await?;
     }
     observe_fdb(h, &owned, &mut obs).await?;
-    observe_sysctls(&owned, &mut obs);
+    observe_sysctls(&owned, &uplinks, &mut obs);
     obs.nft = nft.observe().await?;
     Ok(obs)
 }
@@ -141,7 +151,13 @@ async fn observe_routes_and_rules(
 
 /// Permanent neighbour entries of owned VXLAN devices and proxy entries of
 /// owned bridges, of one address family, into `obs`.
-async fn observe_neighbours(h: &Handle, family: AddressFamily, owned: &Owned, obs: &mut Observed) -> Result<(), DataplaneError> {
+async fn observe_neighbours(
+    h: &Handle,
+    family: AddressFamily,
+    owned: &Owned,
+    uplinks: &BTreeSet<String>,
+    obs: &mut Observed,
+) -> Result<(), DataplaneError> {
     let neighs: Vec<NeighbourMessage> = h
         .neighbours()
         .get()
@@ -169,7 +185,7 @@ async fn observe_neighbours(h: &Handle, family: AddressFamily, owned: &Owned, ob
         .await
         .map_err(kernel_err("observe", "proxy neighbours"))?;
     for n in proxies {
-        if !owned.is_bridge(n.header.ifindex) {
+        if !owned.is_bridge(n.header.ifindex) && !uplinks.contains(&owned.name_of(n.header.ifindex)) {
             continue;
         }
         if let (Some(ip), _) = neigh_ip_mac(&n) {
@@ -202,8 +218,11 @@ async fn observe_fdb(h: &Handle, owned: &Owned, obs: &mut Observed) -> Result<()
 
 /// The parameters Tessera sets, host-wide and of the owned bridges and VXLAN
 /// devices, into `obs` (one that cannot be read is left out).
-fn observe_sysctls(owned: &Owned, obs: &mut Observed) {
+fn observe_sysctls(owned: &Owned, uplinks: &BTreeSet<String>, obs: &mut Observed) {
     let mut keys: Vec<SysctlKey> = host_sysctls().into_iter().map(|(k, _)| k).collect();
+    for up in uplinks {
+        keys.extend(uplink_sysctls(up).into_iter().map(|(k, _)| k));
+    }
     for (index, which) in &owned.owned {
         let name = owned.name_of(*index);
         match which {

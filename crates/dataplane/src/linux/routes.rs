@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType, RouteVia,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
@@ -46,7 +46,9 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
 async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error> {
     let req = h.rule().add().priority(r.priority);
     let mut req = match &r.selector {
-        RuleSelector::Iif(name) => req.table_id(r.table).action(RuleAction::ToTable).input_interface(name.clone()),
+        RuleSelector::Iif(name) | RuleSelector::Uplink(name) => {
+            req.table_id(r.table).action(RuleAction::ToTable).input_interface(name.clone())
+        }
         RuleSelector::IifVerified(name) => {
             req.table_id(r.table).action(RuleAction::ToTable).input_interface(name.clone()).fw_mark(VERIFIED_MARK)
         }
@@ -72,7 +74,7 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
     };
     m.header.action = RuleAction::ToTable;
     match &r.selector {
-        RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+        RuleSelector::Iif(name) | RuleSelector::Uplink(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
         RuleSelector::IifVerified(name) => {
             m.attributes.push(RuleAttribute::Iifname(name.clone()));
             m.attributes.push(RuleAttribute::FwMark(VERIFIED_MARK));
@@ -106,6 +108,28 @@ async fn route_message(h: &Handle, op: &'static str, r: &RouteEntry, for_delete:
             b.output_interface(index).scope(scope)
         }
         RouteTarget::Unreachable => b.kind(RouteType::Unreachable).priority(VRF_UNREACHABLE_METRIC),
+        RouteTarget::Via { dev, gateway } => {
+            let index = need_index(h, op, dev).await?;
+            let mut msg = b.output_interface(index).build();
+            match (r.dst.addr().is_ipv4(), gateway) {
+                // An IPv6 next hop of an IPv4 route: RTA_VIA.
+                (true, IpAddr::V6(g)) => msg.attributes.push(RouteAttribute::Via(RouteVia::Inet6(*g))),
+                (_, g) => {
+                    msg.attributes.push(RouteAttribute::Gateway(match g {
+                        IpAddr::V4(v4) => RouteAddress::Inet(*v4),
+                        IpAddr::V6(v6) => RouteAddress::Inet6(*v6),
+                    }));
+                    if !(g.is_ipv6() && matches!(g, IpAddr::V6(v6) if v6.is_unicast_link_local())) {
+                        msg.header.flags |= RouteFlags::Onlink;
+                    }
+                }
+            }
+            if for_delete {
+                msg.header.protocol = RouteProtocol::Unspec;
+                msg.header.scope = RouteScope::NoWhere;
+            }
+            return Ok(msg);
+        }
     };
     let b = if for_delete { b.protocol(RouteProtocol::Unspec).scope(RouteScope::NoWhere) } else { b };
     Ok(b.build())
@@ -153,6 +177,7 @@ pub(super) fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
         return None;
     }
     let selector = match (iif, fwmark) {
+        (Some(name), None) if priority == crate::names::UPLINK_PRIORITY => RuleSelector::Uplink(name),
         (Some(name), _) if verified => RuleSelector::IifVerified(name),
         (Some(name), None) => RuleSelector::Iif(name),
         (None, Some(mark)) => RuleSelector::FwMark(mark),
@@ -170,13 +195,17 @@ pub(super) fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Op
     let mut table = u32::from(m.header.table);
     let mut dst = None;
     let mut oif = None;
-    let mut has_gateway = false;
+    let mut gateway = None;
+    let mut multipath = false;
     for a in &m.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(d) => dst = route_addr(d),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => has_gateway = true,
+            RouteAttribute::Gateway(g) => gateway = route_addr(g),
+            RouteAttribute::Via(RouteVia::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Via(RouteVia::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => multipath = true,
             _ => {}
         }
     }
@@ -191,7 +220,11 @@ pub(super) fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Op
     let dst = IpNet::new(dst.unwrap_or(any), m.header.destination_prefix_length).ok()?;
     let target = match m.header.kind {
         RouteType::Unreachable => RouteTarget::Unreachable,
-        RouteType::Unicast if !has_gateway => RouteTarget::Dev(names.get(&oif?)?.clone()),
+        RouteType::Unicast if multipath => return None,
+        RouteType::Unicast => match gateway {
+            None => RouteTarget::Dev(names.get(&oif?)?.clone()),
+            Some(gateway) => RouteTarget::Via { dev: names.get(&oif?)?.clone(), gateway },
+        },
         // Not something Tessera makes: left alone.
         _ => return None,
     };

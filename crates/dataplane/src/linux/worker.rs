@@ -33,6 +33,7 @@ enum Request {
     Apply(Vec<KernelOp>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
+    LinkExists(String, oneshot::Sender<Result<bool, DataplaneError>>),
 }
 
 /// The Linux data plane of one network namespace (the host's, for an agent).
@@ -177,6 +178,10 @@ fn worker(
                 Request::LinkWithAddress(ip, reply) => {
                     let _ = reply.send(kernel.link_with_address(ip).await);
                 }
+                Request::LinkExists(name, reply) => {
+                    let found = links::links(&kernel.handle).await.map(|all| all.iter().any(|l| l.name == name));
+                    let _ = reply.send(found);
+                }
             }
         }
     });
@@ -186,6 +191,13 @@ fn worker(
 /// and its MTU (see [`LinuxDataplane::link_with_address`]).
 pub async fn link_with_address(ip: IpAddr) -> Result<Option<(String, u32)>, DataplaneError> {
     LinuxDataplane::new().await?.link_with_address(ip).await
+}
+
+/// Whether the calling thread's network namespace has a link named `name`.
+pub async fn link_exists(name: &str) -> Result<bool, DataplaneError> {
+    let dp = LinuxDataplane::new().await?;
+    let name = name.to_string();
+    dp.call(|tx| Request::LinkExists(name, tx)).await?
 }
 
 /// The kernel of one namespace, driven through one netlink handle.
@@ -279,6 +291,7 @@ impl Kernel {
             | KernelOp::AddressInstall(_)
             | KernelOp::AddressUninstall(_)
             | KernelOp::ContainerIfaceConfigure { .. } => links::apply(h, action).await,
+            KernelOp::Announce { dev, addresses } => super::announce::announce(h, dev, addresses).await,
             KernelOp::RuleInstall(_) | KernelOp::RuleUninstall(_) | KernelOp::RouteInstall(_) | KernelOp::RouteUninstall(_) => {
                 routes::apply(h, action).await
             }
