@@ -191,11 +191,8 @@ pub fn host_intent_cached(
     };
     let local_ids: BTreeSet<Uuid> = snap.networks.iter().map(|n| n.id).filter(has_local).collect();
     let external = crate::egress::external_plan(snap, &me.name);
-    let present_ids: BTreeSet<Uuid> = local_ids
-        .iter()
-        .chain(external.present.iter())
-        .flat_map(|l| std::iter::once(*l).chain(topology.imports(*l)))
-        .collect();
+    let present_ids: BTreeSet<Uuid> =
+        local_ids.iter().chain(external.present.iter()).flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
     let mut skipped = Skipped::default();
     let mut veths: BTreeMap<String, Uuid> = BTreeMap::new();
     let mut networks: Vec<DesiredNetwork> = Vec::new();
@@ -388,6 +385,7 @@ mod tests {
     fn net(n: u128, vni: u32, cidr: &str) -> Network {
         let cidr: ipnet::IpNet = cidr.parse().unwrap();
         Network {
+            snat: None,
             id: Uuid::from_u128(n),
             fq_name: format!("default-domain:admin:n{n}").parse().unwrap(),
             vni: Vni::new(vni).unwrap(),
@@ -422,6 +420,7 @@ mod tests {
 
     fn snap() -> Snapshot {
         Snapshot {
+            floating_ips: vec![],
             revision: 1,
             cluster: None,
             networks: vec![net(1, 4096, "192.168.10.0/24"), net(2, 4097, "192.168.20.0/24"), net(3, 4098, "10.0.0.0/24")],

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_api::{mirror, ControllerClient};
-use tessera_model::GatewayRegister;
 use tessera_dataplane::Dataplane;
+use tessera_model::GatewayRegister;
 use tokio::sync::{watch, Notify};
 
 pub use crate::agent::Agent;
@@ -85,7 +85,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     // A registration the controller refuses (a gateway of a network that is
     // not external) stops the agent; an unreachable controller does not.
     match client.clone().with_attempts(1).register_host(&me.name, me.underlay_ip, &gateways).await {
-        Err(e @ tessera_api::ClientError::Refused { .. }) => anyhow::bail!("the controller refused to register host {}: {e}", me.name),
+        Err(e @ tessera_api::ClientError::Refused { .. }) => {
+            anyhow::bail!("the controller refused to register host {}: {e}", me.name)
+        }
         Err(e) => tracing::warn!(error = %e, "cannot register the host yet; retrying"),
         Ok(_) => {}
     }

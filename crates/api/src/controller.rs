@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatusUpdate, ErrorCode, GatewayRegister, Host, HostCounters, HostRegister, Network, NetworkCreate,
-    Reservation, ReservationCreate, Uuid,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, ErrorCode, GatewayRegister, Host, HostCounters, HostRegister, Network,
+    NetworkCreate, Reservation, ReservationCreate, Uuid,
 };
 
 use crate::auth::Credentials;
@@ -216,7 +216,12 @@ impl ControllerClient {
 /// Hosts, the mirror and endpoints: what an agent asks.
 impl ControllerClient {
     /// `PUT /v1/hosts/{name}`: registers (or refreshes) a host.
-    pub async fn register_host(&self, name: &str, underlay_ip: IpAddr, gateways: &[GatewayRegister]) -> Result<Host, ClientError> {
+    pub async fn register_host(
+        &self,
+        name: &str,
+        underlay_ip: IpAddr,
+        gateways: &[GatewayRegister],
+    ) -> Result<Host, ClientError> {
         let body = HostRegister { underlay_ip: underlay_ip.to_string(), gateways: gateways.to_vec() };
         self.put(&format!("/v1/hosts/{}", seg(name)), &body).await
     }

@@ -92,6 +92,9 @@ impl Cli {
 enum Command {
     /// Run the controller: the REST API and the source of truth.
     Controller(commands::controller::Args),
+    /// Floating IPs: add, list, show, associate, disassociate, delete.
+    #[command(subcommand, name = "floating-ip")]
+    FloatingIp(commands::floating_ip::Cmd),
     /// Networks: add, show, list, update, delete.
     #[command(subcommand)]
     Network(commands::network::Cmd),
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Controller(a) => commands::controller::run(a).await,
             Command::Network(c) => commands::network::run(&ctx, c).await,
+            Command::FloatingIp(c) => commands::floating_ip::run(&ctx, c).await,
             Command::Policy(c) => commands::policy::run(&ctx, c).await,
             Command::Endpoint(c) => commands::endpoint::run(&ctx, c).await,
             Command::Host(c) => commands::host::run(&ctx, c).await,

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate, Host, HostCounters, HostRegister, Network, NetworkCreate,
-    NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate, RuleChange,
-    RuleInsert, RuleSpec,
+    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate, Host,
+    HostCounters, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate,
+    PolicyView, Reservation, ReservationCreate, RuleChange, RuleInsert, RuleSpec,
 };
 use utoipa::OpenApi;
 

@@ -489,7 +489,10 @@ impl DesiredHost {
                 }
                 if let ExternalKind::Floating { fixed } = addr.kind {
                     if fixed.is_ipv4() != addr.address.is_ipv4() || !net.subnets.iter().any(|s| s.cidr.contains(&fixed)) {
-                        return Err(DesiredError::new(at, format!("{fixed} is not an address of VNI {} of {}'s family", addr.vni, addr.address)));
+                        return Err(DesiredError::new(
+                            at,
+                            format!("{fixed} is not an address of VNI {} of {}'s family", addr.vni, addr.address),
+                        ));
                     }
                 }
             }
@@ -497,7 +500,10 @@ impl DesiredHost {
         for (n, net) in self.networks.iter().enumerate() {
             if let Some(Egress { via: EgressVia::Uplink { ifname, .. }, .. }) = &net.egress {
                 if !uplinks.contains(ifname.as_str()) {
-                    return Err(DesiredError::new(format!("networks[{n}].egress"), format!("{ifname} is not an uplink of this host")));
+                    return Err(DesiredError::new(
+                        format!("networks[{n}].egress"),
+                        format!("{ifname} is not an uplink of this host"),
+                    ));
                 }
             }
         }

@@ -137,8 +137,10 @@ fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+/// Links not named like Tessera's (a gateway's uplink) are the host's:
+/// present, and not modelled.
 fn need_link(k: &Observed, dev: &str) -> io::Result<()> {
-    if k.links.contains_key(dev) {
+    if k.links.contains_key(dev) || crate::observed::owned_link_name(dev).is_none() {
         Ok(())
     } else {
         Err(err(ENODEV))
@@ -162,9 +164,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
     match action {
         KernelOp::SysctlWrite { key, value } => {
             let dev = key.0.split('/').nth(3);
-            // Links not named like Tessera's (a gateway's uplink) are the
-            // host's: present, and not modelled.
-            if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default") && crate::observed::owned_link_name(d).is_some()) {
+            if let Some(dev) = dev.filter(|d| !matches!(*d, "all" | "default")) {
                 need_link(k, dev).map_err(|_| err(ENOENT))?;
             }
             k.sysctls.insert(key.clone(), value.clone());
@@ -304,10 +304,13 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             k.rules.remove(r);
         }
         KernelOp::RouteInstall(r) => {
-            if let RouteTarget::Dev(d) = &r.target {
+            if let RouteTarget::Dev(d) | RouteTarget::Via { dev: d, .. } = &r.target {
                 need_link(k, d)?;
             }
-            k.routes.retain(|o| !(o.table == r.table && o.dst == r.dst));
+            // A replace takes the place of the route of the same
+            // destination and metric (the unreachable one has its own).
+            let unreachable = |t: &RouteTarget| matches!(t, RouteTarget::Unreachable);
+            k.routes.retain(|o| !(o.table == r.table && o.dst == r.dst && unreachable(&o.target) == unreachable(&r.target)));
             k.routes.insert(r.clone());
         }
         KernelOp::RouteUninstall(r) => {

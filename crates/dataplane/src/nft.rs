@@ -240,7 +240,8 @@ fn slice_rules() -> String {
         let (lo, hi) = crate::names::snat_ports(i as u16);
         for (family, map) in [("ip", "snat4"), ("ip6", "snat6")] {
             for proto in ["tcp", "udp"] {
-                let _ = writeln!(out, "        oifname @{set} meta l4proto {proto} snat {family} to ct zone map @{map} : {lo}-{hi}");
+                let _ =
+                    writeln!(out, "        oifname @{set} meta l4proto {proto} snat {family} to ct zone map @{map} : {lo}-{hi}");
             }
         }
     }
@@ -539,7 +540,9 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
                 "extmark4" | "extmark6" => {
                     NftElement::ExtMark { address: key.as_str()?.parse().ok()?, mark: u32::try_from(value.as_u64()?).ok()? }
                 }
-                "fipin4" | "fipin6" => NftElement::FipIn { floating: key.as_str()?.parse().ok()?, fixed: value.as_str()?.parse().ok()? },
+                "fipin4" | "fipin6" => {
+                    NftElement::FipIn { floating: key.as_str()?.parse().ok()?, fixed: value.as_str()?.parse().ok()? }
+                }
                 _ => NftElement::Snat { zone: u16::try_from(key.as_u64()?).ok()?, address: value.as_str()?.parse().ok()? },
             })
         }
@@ -583,8 +586,15 @@ mod tests {
                "elem": [[{"concat": ["tb1", {"prefix": {"addr": "10.0.1.0", "len": 24}}]}, 7], [{"concat": ["tx1", "10.0.2.5"]}, 7]]}},
       {"set": {"family": "inet", "name": "vteps4", "table": "tessera", "type": "ipv4_addr", "handle": 5, "elem": ["192.0.2.7"]}},
       {"set": {"family": "inet", "name": "vteps6", "table": "tessera", "type": "ipv6_addr", "handle": 6, "elem": ["2001:db8:1::7"]}},
+      {"set": {"family": "inet", "name": "uplinks", "table": "tessera", "type": "ifname", "handle": 11, "elem": ["eth1"]}},
+      {"set": {"family": "inet", "name": "slice3", "table": "tessera", "type": "ifname", "handle": 15, "elem": ["eth1"]}},
+      {"map": {"family": "inet", "name": "extzone4", "table": "tessera", "type": "ipv4_addr", "handle": 28, "map": "integer", "elem": [["203.0.113.10", 5]]}},
+      {"map": {"family": "inet", "name": "extmark6", "table": "tessera", "type": "ipv6_addr", "handle": 31, "map": "mark", "elem": [["2001:db8::10", 65541]]}},
+      {"map": {"family": "inet", "name": "fipin6", "table": "tessera", "type": "ipv6_addr", "handle": 33, "map": "ipv6_addr", "elem": [["2001:db8::10", "fd00::2"]]}},
+      {"map": {"family": "inet", "name": "fipout4", "table": "tessera", "type": ["integer", "ipv4_addr"], "handle": 34, "map": "ipv4_addr", "elem": [[{"concat": [5, "10.0.0.2"]}, "203.0.113.10"]]}},
+      {"map": {"family": "inet", "name": "snat6", "table": "tessera", "type": "integer", "handle": 37, "map": "ipv6_addr", "elem": [[5, "2001:db8::3"]]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v4", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v5", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -594,7 +604,7 @@ mod tests {
                "elem": [{"elem": {"val": {"concat": ["tv12345678", "02:00:00:00:00:01", "2001:db8::2"]}, "counter": {"packets": 0, "bytes": 0}}}]}},
       {"set": {"family": "bridge", "name": "epmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 4,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v4", "expr": []}}]}"#;
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v5", "expr": []}}]}"#;
 
     const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},
@@ -652,6 +662,13 @@ mod tests {
             NftElement::Ep4 { port: port.clone(), mac: mac(), ip: "10.0.0.2".parse().unwrap() },
             NftElement::Ep6 { port: port.clone(), mac: mac(), ip: "2001:db8::2".parse().unwrap() },
             NftElement::EpMac { port, mac: mac() },
+            NftElement::Uplink { ifname: "eth1".into() },
+            NftElement::UplinkSlice { ifname: "eth1".into(), slice: 3 },
+            NftElement::ExtZone { address: "203.0.113.10".parse().unwrap(), zone: 5 },
+            NftElement::ExtMark { address: "2001:db8::10".parse().unwrap(), mark: 0x10005 },
+            NftElement::FipIn { floating: "2001:db8::10".parse().unwrap(), fixed: "fd00::2".parse().unwrap() },
+            NftElement::FipOut { zone: 5, fixed: "10.0.0.2".parse().unwrap(), floating: "203.0.113.10".parse().unwrap() },
+            NftElement::Snat { zone: 5, address: "2001:db8::3".parse().unwrap() },
         ]
         .into();
         assert_eq!(state.elements, want);
@@ -700,7 +717,7 @@ mod tests {
     fn a_missing_table_means_no_skeleton() {
         let state = parse_tables(Some(INET), None, None).unwrap();
         assert_eq!(state.skeleton, None);
-        assert_eq!(state.elements.len(), 6);
+        assert_eq!(state.elements.len(), 13);
     }
 
     #[test]

@@ -336,39 +336,80 @@ pub fn map_digest<'a>(elements: impl IntoIterator<Item = &'a MapElement>) -> u64
 pub enum NftElement {
     /// `inet tessera` map `zones`: `"IFNAME" : ZONE`, the conntrack zone of
     /// packets entering (or leaving by) a network's bridge or VXLAN device.
-    Zone { ifname: String, zone: u16 },
+    Zone {
+        ifname: String,
+        zone: u16,
+    },
     /// `bridge tessera` set `ep4`: `"PORT" . MAC . IPV4`, an IPv4 source an
     /// endpoint may use (also checked as ARP sender).
-    Ep4 { port: String, mac: MacAddr, ip: std::net::Ipv4Addr },
+    Ep4 {
+        port: String,
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+    },
     /// `bridge tessera` set `ep6`: `"PORT" . MAC . IPV6`.
-    Ep6 { port: String, mac: MacAddr, ip: std::net::Ipv6Addr },
+    Ep6 {
+        port: String,
+        mac: MacAddr,
+        ip: std::net::Ipv6Addr,
+    },
     /// `bridge tessera` set `epmac`: `"PORT" . MAC`, the port's own MAC
     /// (link-local NDP, DHCP, ARP sender hardware address).
-    EpMac { port: String, mac: MacAddr },
+    EpMac {
+        port: String,
+        mac: MacAddr,
+    },
     /// `inet tessera` map `pz4` or `pz6`: `"IFNAME" . PREFIX : ZONE`, the
     /// conntrack zone shared by two networks that route to each other: a
     /// packet entering a bridge towards `PREFIX`, or a tunnel from `PREFIX`,
     /// belongs to a flow between the two networks.
-    PairZone { ifname: String, net: IpNet, zone: u16 },
+    PairZone {
+        ifname: String,
+        net: IpNet,
+        zone: u16,
+    },
     /// `inet tessera` set `vteps4` or `vteps6`: the underlay address of a
     /// host of the fabric, from which VXLAN is accepted.
-    Vtep { ip: IpAddr },
+    Vtep {
+        ip: IpAddr,
+    },
     /// `inet tessera` set `uplinks`: an interface where the outside is.
-    Uplink { ifname: String },
+    Uplink {
+        ifname: String,
+    },
     /// `inet tessera` set `slice<N>`: the uplink's SNAT port slice.
-    UplinkSlice { ifname: String, slice: u16 },
+    UplinkSlice {
+        ifname: String,
+        slice: u16,
+    },
     /// `inet tessera` maps `extzone4|6` and `extmark4|6`: what arrives on
     /// an uplink for an external address belongs to the conntrack zone of
     /// its network and is routed in its table.
-    ExtZone { address: IpAddr, zone: u16 },
-    ExtMark { address: IpAddr, mark: u32 },
+    ExtZone {
+        address: IpAddr,
+        zone: u16,
+    },
+    ExtMark {
+        address: IpAddr,
+        mark: u32,
+    },
     /// `inet tessera` map `fipin4|6`: a floating IP's destination NAT.
-    FipIn { floating: IpAddr, fixed: IpAddr },
+    FipIn {
+        floating: IpAddr,
+        fixed: IpAddr,
+    },
     /// `inet tessera` map `fipout4|6`: `ZONE . FIXED : FLOATING`, the source
     /// NAT of flows a floating IP's endpoint starts.
-    FipOut { zone: u16, fixed: IpAddr, floating: IpAddr },
+    FipOut {
+        zone: u16,
+        fixed: IpAddr,
+        floating: IpAddr,
+    },
     /// `inet tessera` map `snat4|6`: `ZONE : ADDRESS`, a network's SNAT.
-    Snat { zone: u16, address: IpAddr },
+    Snat {
+        zone: u16,
+        address: IpAddr,
+    },
 }
 
 impl NftElement {
@@ -384,7 +425,9 @@ impl NftElement {
             NftElement::Vtep { ip: IpAddr::V4(_) } => ("inet", "tessera", "vteps4"),
             NftElement::Vtep { ip: IpAddr::V6(_) } => ("inet", "tessera", "vteps6"),
             NftElement::Uplink { .. } => ("inet", "tessera", "uplinks"),
-            NftElement::UplinkSlice { slice, .. } => ("inet", "tessera", SLICE_SETS[usize::from(*slice % crate::names::SNAT_SLICES)]),
+            NftElement::UplinkSlice { slice, .. } => {
+                ("inet", "tessera", SLICE_SETS[usize::from(*slice % crate::names::SNAT_SLICES)])
+            }
             NftElement::ExtZone { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extzone4" } else { "extzone6" }),
             NftElement::ExtMark { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extmark4" } else { "extmark6" }),
             NftElement::FipIn { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipin4" } else { "fipin6" }),

@@ -248,6 +248,9 @@ fn route_args(r: &RouteEntry) -> String {
         RouteTarget::Via { dev, gateway } if gateway.is_ipv4() != r.dst.addr().is_ipv4() => {
             format!("{dst} via inet6 {gateway} dev {dev} table {}", r.table)
         }
+        RouteTarget::Via { dev, gateway: IpAddr::V6(g) } if g.is_unicast_link_local() => {
+            format!("{dst} via {g} dev {dev} table {}", r.table)
+        }
         RouteTarget::Via { dev, gateway } => format!("{dst} via {gateway} dev {dev} onlink table {}", r.table),
     }
 }

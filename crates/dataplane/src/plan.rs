@@ -706,7 +706,11 @@ impl Want {
                     let hop = IpAddr::V6(vtep_next_hop(*underlay));
                     let mac = vtep_mac(*underlay);
                     for (_, any) in families.into_iter().filter(|(w, _)| *w) {
-                        w.routes.insert(RouteEntry { table, dst: any, target: RouteTarget::Via { dev: tx.clone(), gateway: hop } });
+                        w.routes.insert(RouteEntry {
+                            table,
+                            dst: any,
+                            target: RouteTarget::Via { dev: tx.clone(), gateway: hop },
+                        });
                     }
                     w.neighbours.insert(NeighEntry { dev: tx.clone(), ip: hop, mac });
                     w.fdb.insert(FdbEntry { dev: tx, mac, dst: *underlay });
@@ -728,7 +732,11 @@ impl Want {
                 let Some(net) = desired.networks.iter().find(|n| n.vni == ext.vni) else { continue };
                 let a = ext.address;
                 w.proxy_neighbours.insert(ProxyNeighEntry { dev: up.ifname.clone(), ip: a });
-                w.routes.insert(RouteEntry { table: GATEWAY_TABLE, dst: IpNet::from(a), target: RouteTarget::Dev(bridge_name(net.vni)) });
+                w.routes.insert(RouteEntry {
+                    table: GATEWAY_TABLE,
+                    dst: IpNet::from(a),
+                    target: RouteTarget::Dev(bridge_name(net.vni)),
+                });
                 w.elements.insert(NftElement::ExtZone { address: a, zone: net.zone });
                 w.elements.insert(NftElement::ExtMark { address: a, mark: table_id(net.vni) });
                 match ext.kind {

@@ -18,6 +18,7 @@ const EP_B: &str = "b1b2c3d4-0000-4000-8000-00000000000b";
 
 fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
+        uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
@@ -31,6 +32,7 @@ fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
 
 fn network(vni: u32, zone: u16) -> DesiredNetwork {
     DesiredNetwork {
+        egress: None,
         vni: Vni::new(vni).unwrap(),
         zone,
         subnets: vec![
@@ -172,7 +174,7 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     let mut kernel = converged(&desired);
     kernel.nft.skeleton = Some("tessera-v0".into());
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
-    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v4 # inet tessera, bridge tessera, inet tessera_policy");
+    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v5 # inet tessera, bridge tessera, inet tessera_policy");
     assert_eq!(actual.len(), 1 + 1 + 1 + 2 + 3, "skeleton, dispatch chain, digests, two zones, three port elements: {actual:#?}");
 }
 
@@ -287,6 +289,7 @@ mod policies {
 
     fn model_net(id: u128, name: &str, vni: u32, cidrs: &[&str], policies: &[u128]) -> Network {
         Network {
+            snat: None,
             id: Uuid::from_u128(id),
             fq_name: format!("default-domain:admin:{name}").parse().unwrap(),
             vni: Vni::new(vni).unwrap(),
@@ -405,5 +408,60 @@ mod policies {
     fn a_converged_policy_plans_nothing() {
         let d = connected(Some(WEB));
         assert_eq!(plan(&d, &converged(&d)), vec![]);
+    }
+}
+
+// ---- external access: a gateway's uplink, translations, the way out ----
+
+mod external {
+    use super::*;
+    use tessera_dataplane::desired::{DesiredUplink, Egress, EgressVia, ExternalAddress, ExternalKind};
+
+    fn gateway_host(carries: bool) -> DesiredHost {
+        let mut net = with_remote(network(100, 1));
+        let via = if carries {
+            EgressVia::Uplink {
+                ifname: "eth1".into(),
+                gateways: vec!["203.0.113.1".parse().unwrap(), "2001:db8:ff::1".parse().unwrap()],
+            }
+        } else {
+            EgressVia::Host("10.99.0.5".parse().unwrap())
+        };
+        net.egress = Some(Egress { v4: true, v6: true, via });
+        let vni = net.vni;
+        let mut h = host(vec![net]);
+        let addresses = if carries {
+            vec![
+                ExternalAddress {
+                    vni,
+                    address: "203.0.113.10".parse().unwrap(),
+                    kind: ExternalKind::Floating { fixed: "10.0.0.3".parse().unwrap() },
+                },
+                ExternalAddress { vni, address: "2001:db8:ff::10".parse().unwrap(), kind: ExternalKind::Snat },
+            ]
+        } else {
+            vec![]
+        };
+        h.uplinks = vec![DesiredUplink { ifname: "eth1".into(), slice: 1, addresses }];
+        h
+    }
+
+    #[test]
+    fn a_gateway_takes_a_network_over_from_another() {
+        check("gateway_takes_over", &gateway_host(false), &gateway_host(true));
+    }
+
+    #[test]
+    fn a_gateway_hands_a_network_over() {
+        check("gateway_hands_over", &gateway_host(true), &gateway_host(false));
+    }
+
+    #[test]
+    fn a_converged_gateway_plans_nothing() {
+        for carries in [false, true] {
+            let desired = gateway_host(carries);
+            let actual = plan(&desired, &converged(&desired));
+            assert!(actual.is_empty(), "{actual:#?}");
+        }
     }
 }

@@ -41,6 +41,7 @@ fn remote(ip: &str, host: &Host) -> RemoteEndpoint {
 
 fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
+        uplinks: vec![],
         underlay_ip: h.underlay_ip,
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
@@ -55,6 +56,7 @@ fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
 /// Network `red` (VNI 100) with an IPv4 and an IPv6 subnet.
 fn red(local: Vec<LocalEndpoint>, remote: Vec<RemoteEndpoint>) -> DesiredNetwork {
     DesiredNetwork {
+        egress: None,
         vni: Vni::new(100).unwrap(),
         zone: 1,
         subnets: vec![subnet("10.0.0.0/24", "10.0.0.1"), subnet("2001:db8:100::/64", "2001:db8:100::1")],
@@ -182,6 +184,7 @@ async fn privileged_overlapping_subnets_in_two_networks_work_and_stay_apart() {
     let h2 = f.host("h2");
     let (r1, r2, b1, b2) = (f.netns("r1"), f.netns("r2"), f.netns("b1"), f.netns("b2"));
     let net = |vni: u32, zone: u16, local: Vec<LocalEndpoint>, remote: Vec<RemoteEndpoint>| DesiredNetwork {
+        egress: None,
         vni: Vni::new(vni).unwrap(),
         zone,
         subnets: vec![subnet("10.0.0.0/24", "10.0.0.1")],

@@ -14,11 +14,13 @@ const EBUSY: i32 = 16;
 
 fn desired() -> DesiredHost {
     DesiredHost {
+        uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,
         peers: vec![],
         networks: vec![DesiredNetwork {
+            egress: None,
             vni: Vni::new(7).unwrap(),
             zone: 7,
             subnets: vec![DesiredSubnet { cidr: "10.7.0.0/24".parse().unwrap(), gateway: Some("10.7.0.1".parse().unwrap()) }],

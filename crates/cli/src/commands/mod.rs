@@ -6,6 +6,7 @@ pub mod controller;
 pub mod demo;
 pub mod docker_plugin;
 pub mod endpoint;
+pub mod floating_ip;
 pub mod host;
 pub mod network;
 pub mod pki;

@@ -43,6 +43,8 @@ pub enum Cmd {
         /// A project (`domain:project`) that may use it as if it were shared; repeat for several.
         #[arg(long = "share-with")]
         share_with: Vec<String>,
+        /// The network's addresses live outside, behind gateway hosts: it
+        /// holds floating IPs and SNAT addresses, not endpoints.
         #[arg(long)]
         external: bool,
     },
@@ -74,6 +76,13 @@ pub enum Cmd {
         /// Share with every project (`true`) or only the listed ones (`false`).
         #[arg(long)]
         shared: Option<bool>,
+        /// Endpoints without a floating IP reach the outside through this
+        /// external network, source-NATed.
+        #[arg(long, conflicts_with = "no_snat")]
+        snat: Option<String>,
+        /// Turn source NAT to the outside off.
+        #[arg(long)]
+        no_snat: bool,
     },
     /// Delete networks; deleting a missing network succeeds.
     Delete {
@@ -178,7 +187,18 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 t.render()
             })
         }
-        Cmd::Update { network, add_route_targets, remove_route_targets, attach, detach, share_with, unshare_with, shared } => {
+        Cmd::Update {
+            network,
+            add_route_targets,
+            remove_route_targets,
+            attach,
+            detach,
+            share_with,
+            unshare_with,
+            shared,
+            snat,
+            no_snat,
+        } => {
             let req = NetworkUpdate {
                 add_route_targets,
                 remove_route_targets,
@@ -187,6 +207,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 share_with,
                 unshare_with,
                 shared,
+                snat: if no_snat { Some(String::new()) } else { snat },
                 ..Default::default()
             };
             let net: Network = c.patch(&format!("/v1/networks/{}", seg(&network)), &req).await?;
@@ -209,6 +230,9 @@ fn render_show(s: &Shown) -> String {
     out += "Virtual Network\n";
     out += &format!("Name: {}\nUUID: {}\nVNI: {}\n", n.fq_name, n.id, n.vni);
     out += &format!("Flags: shared={} external={}\n", n.shared, n.external);
+    if let Some(s) = &n.snat {
+        out += &format!("SNAT: through {} as {}\n", s.network, join(&s.addresses));
+    }
     if !n.shared_with.is_empty() {
         out += &format!("Shared with: {}\n", join(&n.shared_with));
     }

@@ -91,7 +91,11 @@ impl Controller {
         })?;
         require_external("network", &ext)?;
         if !ext.usable_by(&project) {
-            return Err(FieldError::new("network", format!("external network {} is not shared with project {project}", ext.fq_name)).into());
+            return Err(FieldError::new(
+                "network",
+                format!("external network {} is not shared with project {project}", ext.fq_name),
+            )
+            .into());
         }
         let chosen = req.address.as_deref().filter(|a| !a.trim().is_empty()).map(|a| parse_addr("address", a)).transpose()?;
         let family_v4 = match (req.family, chosen) {
@@ -146,12 +150,21 @@ impl Controller {
                         .filter(|(_, s)| family_v4.is_none_or(|v4| s.cidr.addr().is_ipv4() == v4))
                         .collect();
                     if family.is_empty() {
-                        return Err(FieldError::new("family", format!("network {} has no subnet of that family", ext.fq_name)).into());
+                        return Err(
+                            FieldError::new("family", format!("network {} has no subnet of that family", ext.fq_name)).into()
+                        );
                     }
                     self.allocate_in(ext.id, &family).await?
                 }
             };
-            let fip = FloatingIp { id: Uuid::new_v4(), project: project.clone(), network: ext.id, address, endpoint: None, fixed_ip: None };
+            let fip = FloatingIp {
+                id: Uuid::new_v4(),
+                project: project.clone(),
+                network: ext.id,
+                address,
+                endpoint: None,
+                fixed_ip: None,
+            };
             let key = keys::allocation(ext.id, i, address);
             let txn = GuardedTxn::new()
                 .guard(Guard::NetworkMissing, Compare::Exists(keys::network(ext.id)))
@@ -234,30 +247,44 @@ impl Controller {
     /// address is refused unless `moving`, which moves it in one write.
     pub async fn associate_floating_ip(&self, reference: &str, req: FloatingIpAssociate, moving: bool) -> Result<FloatingIp> {
         let ep_id = parse_id("endpoint", &req.endpoint)?;
-        let wanted_fixed = req.fixed_ip.as_deref().filter(|a| !a.trim().is_empty()).map(|a| parse_addr("fixed_ip", a)).transpose()?;
+        let wanted_fixed =
+            req.fixed_ip.as_deref().filter(|a| !a.trim().is_empty()).map(|a| parse_addr("fixed_ip", a)).transpose()?;
         let _egress = self.egress_lock.lock().await;
         for _ in 0..MAX_ATTEMPTS {
             let (mut fip, rev) = self.find_floating_ip(reference).await?;
-            let (ep, ep_rev) = self
-                .get_json::<Endpoint>(&keys::endpoint(ep_id))
-                .await?
-                .ok_or_else(|| Error::NotFound { kind: "endpoint", name: req.endpoint.clone(), field: Some("endpoint".into()) })?;
+            let (ep, ep_rev) = self.get_json::<Endpoint>(&keys::endpoint(ep_id)).await?.ok_or_else(|| Error::NotFound {
+                kind: "endpoint",
+                name: req.endpoint.clone(),
+                field: Some("endpoint".into()),
+            })?;
             let fixed = match wanted_fixed {
                 Some(a) if ep.ips.iter().any(|n| n.addr() == a) => a,
-                Some(a) => return Err(FieldError::new("fixed_ip", format!("{a} is not an address of endpoint {}", ep.name)).into()),
+                Some(a) => {
+                    return Err(FieldError::new("fixed_ip", format!("{a} is not an address of endpoint {}", ep.name)).into())
+                }
                 None => ep.ips.iter().map(|n| n.addr()).find(|a| a.is_ipv4() == fip.address.is_ipv4()).ok_or_else(|| {
-                    FieldError::new("endpoint", format!("endpoint {} has no address of the floating IP {}'s family", ep.name, fip.address))
+                    FieldError::new(
+                        "endpoint",
+                        format!("endpoint {} has no address of the floating IP {}'s family", ep.name, fip.address),
+                    )
                 })?,
             };
             if fixed.is_ipv4() != fip.address.is_ipv4() {
-                return Err(FieldError::new("fixed_ip", format!("{fixed} and floating IP {} are of different families", fip.address)).into());
+                return Err(FieldError::new(
+                    "fixed_ip",
+                    format!("{fixed} and floating IP {} are of different families", fip.address),
+                )
+                .into());
             }
             if fip.endpoint == Some(ep.id) && fip.fixed_ip == Some(fixed) {
                 return Ok(fip);
             }
             if let (Some(other), false) = (fip.endpoint, moving) {
                 return Err(Error::AlreadyExists {
-                    what: format!("floating IP {} is associated with endpoint {other}: disassociate it first, or move it", fip.address),
+                    what: format!(
+                        "floating IP {} is associated with endpoint {other}: disassociate it first, or move it",
+                        fip.address
+                    ),
                     field: Some("endpoint".into()),
                 });
             }
@@ -272,7 +299,13 @@ impl Controller {
             if net.fq_name.project() != &fip.project {
                 return Err(FieldError::new(
                     "endpoint",
-                    format!("endpoint {} is in project {}; floating IP {} is project {}'s", ep.name, net.fq_name.project(), fip.address, fip.project),
+                    format!(
+                        "endpoint {} is in project {}; floating IP {} is project {}'s",
+                        ep.name,
+                        net.fq_name.project(),
+                        fip.address,
+                        fip.project
+                    ),
                 )
                 .into());
             }
@@ -351,12 +384,20 @@ impl Controller {
         if let Some(s) = net.snat.as_ref().filter(|s| s.network != ext) {
             return Err(FieldError::new(
                 field,
-                format!("network {} reaches the outside through external network {} (SNAT); it uses one external network", net.fq_name, s.network),
+                format!(
+                    "network {} reaches the outside through external network {} (SNAT); it uses one external network",
+                    net.fq_name, s.network
+                ),
             )
             .into());
         }
-        let endpoints: std::collections::BTreeSet<Uuid> =
-            self.list_json::<Endpoint>(keys::ENDPOINTS).await?.into_iter().filter(|e| e.network == net.id).map(|e| e.id).collect();
+        let endpoints: std::collections::BTreeSet<Uuid> = self
+            .list_json::<Endpoint>(keys::ENDPOINTS)
+            .await?
+            .into_iter()
+            .filter(|e| e.network == net.id)
+            .map(|e| e.id)
+            .collect();
         for fip in self.list_json::<FloatingIp>(keys::FLOATING_IPS).await? {
             if Some(fip.id) != except && fip.network != ext && fip.endpoint.is_some_and(|e| endpoints.contains(&e)) {
                 return Err(FieldError::new(
@@ -375,7 +416,12 @@ impl Controller {
     /// What a network update's `snat` makes of `net`: the new [`Snat`] and
     /// the guards and ops that allocate or release its addresses. `reference`
     /// empty turns SNAT off.
-    pub(super) async fn snat_change(&self, net: &Network, reference: &str, mut txn: GuardedTxn) -> Result<(Option<Snat>, GuardedTxn)> {
+    pub(super) async fn snat_change(
+        &self,
+        net: &Network,
+        reference: &str,
+        mut txn: GuardedTxn,
+    ) -> Result<(Option<Snat>, GuardedTxn)> {
         let release = |mut txn: GuardedTxn, old: &Snat, ext: Option<&Network>| {
             txn = txn.then(del(keys::snat_user(old.network, net.id)));
             if let Some(ext) = ext {

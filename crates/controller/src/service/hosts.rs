@@ -54,13 +54,21 @@ impl Controller {
                 other => other,
             })?;
             if !net.external {
-                return Err(FieldError::new(field, format!("network {} is not external: a gateway serves an external network", net.fq_name)).into());
+                return Err(FieldError::new(
+                    field,
+                    format!("network {} is not external: a gateway serves an external network", net.fq_name),
+                )
+                .into());
             }
             if gateways.iter().any(|o| o.network == net.id) {
                 return Err(FieldError::new(field, format!("network {} is named twice", net.fq_name)).into());
             }
             if gateways.iter().any(|o| o.interface == g.interface) {
-                return Err(FieldError::new(format!("gateways[{i}].interface"), format!("{} serves another external network", g.interface)).into());
+                return Err(FieldError::new(
+                    format!("gateways[{i}].interface"),
+                    format!("{} serves another external network", g.interface),
+                )
+                .into());
             }
             gateways.push(HostGateway { network: net.id, interface: g.interface.clone() });
         }

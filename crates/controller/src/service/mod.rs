@@ -31,7 +31,7 @@ mod tokens;
 mod txn;
 
 pub use controller::{Controller, Created};
-pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use endpoints::EndpointFilter;
+pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};

@@ -217,7 +217,9 @@ impl Controller {
             // The outside has one address plan: external networks never overlap.
             for other in self.list_json::<Network>(keys::NETWORKS).await?.iter().filter(|n| n.external && n.fq_name != fq_name) {
                 for (i, s) in subnets.iter().enumerate() {
-                    if let Some(o) = other.subnets.iter().find(|o| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network())) {
+                    if let Some(o) =
+                        other.subnets.iter().find(|o| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()))
+                    {
                         return Err(FieldError::new(
                             format!("subnets[{i}]"),
                             format!("{} overlaps {} of external network {}", s.cidr, o.cidr, other.fq_name),
@@ -360,7 +362,11 @@ impl Controller {
             if req.external.is_some_and(|e| e != net.external) {
                 return Err(FieldError::new(
                     "external",
-                    format!("network {} is {}external: whether a network is external is fixed when it is made", net.fq_name, if net.external { "" } else { "not " }),
+                    format!(
+                        "network {} is {}external: whether a network is external is fixed when it is made",
+                        net.fq_name,
+                        if net.external { "" } else { "not " }
+                    ),
                 )
                 .into());
             }
@@ -409,15 +415,31 @@ impl Controller {
             }
             Outcome::Refused(Guard::NetworkHasFloatingIps) => {
                 let prefix = keys::floating_ips_of(net.id);
-                let users = self.store.range(&prefix).await?.kvs.iter().map(|kv| format!("floating IP {}", &kv.key[prefix.len()..])).collect();
+                let users = self
+                    .store
+                    .range(&prefix)
+                    .await?
+                    .kvs
+                    .iter()
+                    .map(|kv| format!("floating IP {}", &kv.key[prefix.len()..]))
+                    .collect();
                 return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
             }
             Outcome::Refused(Guard::NetworkHasSnatUsers) => {
                 let prefix = keys::snat_users_of(net.id);
-                let users = self.store.range(&prefix).await?.kvs.iter().map(|kv| format!("SNAT of network {}", &kv.key[prefix.len()..])).collect();
+                let users = self
+                    .store
+                    .range(&prefix)
+                    .await?
+                    .kvs
+                    .iter()
+                    .map(|kv| format!("SNAT of network {}", &kv.key[prefix.len()..]))
+                    .collect();
                 return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
             }
-            Outcome::Refused(Guard::NetworkChanged) => return Err(Error::Conflict(format!("network {} changed; try again", net.fq_name))),
+            Outcome::Refused(Guard::NetworkChanged) => {
+                return Err(Error::Conflict(format!("network {} changed; try again", net.fq_name)))
+            }
             Outcome::Refused(_) => {}
         }
         // Guard::NetworkHasEndpoints: name them.

@@ -119,7 +119,7 @@ async fn route_message(h: &Handle, op: &'static str, r: &RouteEntry, for_delete:
                         IpAddr::V4(v4) => RouteAddress::Inet(*v4),
                         IpAddr::V6(v6) => RouteAddress::Inet6(*v6),
                     }));
-                    if !(g.is_ipv6() && matches!(g, IpAddr::V6(v6) if v6.is_unicast_link_local())) {
+                    if !matches!(g, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
                         msg.header.flags |= RouteFlags::Onlink;
                     }
                 }

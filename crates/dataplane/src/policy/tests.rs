@@ -130,6 +130,7 @@ fn host_with(rules: &[String]) -> DesiredHost {
 fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_policy::ListCache) -> DesiredHost {
     use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
     let net = |id: u128, cidr: &str| Network {
+        snat: None,
         id: uuid::Uuid::from_u128(id),
         fq_name: format!("default-domain:admin:n{id}").parse().unwrap(),
         vni: Vni::new(id as u32).unwrap(),
@@ -150,6 +151,7 @@ fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_polic
     let (a, b) = (net(a, "10.0.0.0/24"), net(b, "10.1.0.0/24"));
     let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
     DesiredHost {
+        uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
         underlay_mtu: 1500,

@@ -34,6 +34,7 @@ pub fn network(id: u128, name: &str, vni: u32, v4: &str, v6: &str) -> Network {
         Subnet { cidr, gateway: Some(gw), pools: vec![], dns_servers: vec![] }
     };
     Network {
+        snat: None,
         id: Uuid::from_u128(id),
         fq_name: format!("default-domain:admin:{name}").parse().unwrap(),
         vni: Vni::new(vni).unwrap(),
@@ -137,6 +138,7 @@ impl Intent {
                 topo.imports(net.id).filter(|i| present.contains(i)).map(|i| compiler.network(i).unwrap().vni).collect();
             imports.sort();
             networks.push(DesiredNetwork {
+                egress: None,
                 vni: net.vni,
                 zone: (i + 1) as u16,
                 subnets: net.subnets.iter().map(|s| DesiredSubnet { cidr: s.cidr, gateway: s.gateway }).collect(),
@@ -181,6 +183,7 @@ impl Intent {
             cache.retain_used();
         }
         DesiredHost {
+            uplinks: vec![],
             underlay_ip: me.underlay_ip,
             underlay_ifname: "eth0".into(),
             underlay_mtu: 1500,
