@@ -23,6 +23,24 @@
 //! host's services (the controller's port included), nor any of its
 //! addresses, the gateway's included.
 //!
+//! On a gateway host, its uplinks (set `uplinks`) are where the outside
+//! is: what arrives there for an external address (a floating IP, a
+//! network's SNAT address) gets its network's conntrack zone and the mark
+//! of its network's table (`extzone4|6`, `extmark4|6`), and a floating IP
+//! is translated to its endpoint's address (`fipin4|6`, chain `gw_dnat`);
+//! nothing else from the outside is forwarded (`gw_forward`). What leaves
+//! by an uplink is translated to its endpoint's floating IP (`fipout4|6`)
+//! or its network's SNAT address (`snat4|6`, TCP and UDP ports of the
+//! host's slice: sets `slice0`..`slice15`), or dropped (`gw_snat`); a
+//! forwarded packet that leaves untranslated (an answer the gateway has no
+//! flow for, after a gateway took a network over) is dropped too
+//! (`gw_out`), so no private address ever reaches the outside.
+//!
+//! A packet that enters a tunnel leaves its mark behind (`tunnel_out`):
+//! the marks that chose its network's table (a translated packet's, a
+//! reject's) would otherwise choose the route of the encapsulated packet
+//! too, and the underlay is reached through the host's own tables.
+//!
 //! `table bridge tessera` is the anti-spoofing filter of endpoint ports: a
 //! frame that enters a `tv*` port passes only if its (port, MAC, source
 //! address) is in a set, so the cost per frame does not grow with the number
@@ -169,6 +187,18 @@ table inet tessera {{
 {slice_rules}        oifname @uplinks snat ip to ct zone map @snat4
         oifname @uplinks snat ip6 to ct zone map @snat6
         oifname @uplinks counter drop comment "towards the outside, with no floating IP or SNAT"
+    }}
+    chain tunnel_out {{
+        type filter hook postrouting priority filter; policy accept;
+        oifname "tx*" meta mark set 0 comment "the tunnel's own route is the host's"
+    }}
+    chain gw_out {{
+        type filter hook postrouting priority srcnat + 10; policy accept;
+        oifname @uplinks ct state invalid,untracked counter drop comment "towards the outside, not tracked"
+        oifname @uplinks ct zone 0 accept
+        oifname @uplinks ct status snat accept
+        oifname @uplinks ct status dnat accept
+        oifname @uplinks counter drop comment "towards the outside, untranslated"
     }}
     chain output {{
         type filter hook output priority raw; policy accept;

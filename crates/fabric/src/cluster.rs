@@ -59,6 +59,8 @@ pub struct Cluster {
     pki: PathBuf,
     controller: Option<Child>,
     agents: BTreeMap<String, Child>,
+    /// Arguments an agent is started with besides the usual ones.
+    agent_args: BTreeMap<String, Vec<String>>,
     containers: BTreeMap<String, Container>,
 }
 
@@ -85,7 +87,16 @@ impl Cluster {
         let url = format!("https://{}:{CONTROLLER_PORT}", first.underlay_ip);
         let controller_ip = first.underlay_ip.to_string();
         let pki = spec.run_dir.join("pki");
-        let mut c = Cluster { fabric, spec, url, pki, controller: None, agents: BTreeMap::new(), containers: BTreeMap::new() };
+        let mut c = Cluster {
+            fabric,
+            spec,
+            url,
+            pki,
+            controller: None,
+            agents: BTreeMap::new(),
+            agent_args: BTreeMap::new(),
+            containers: BTreeMap::new(),
+        };
         c.pki_run(&["pki", "init", "--san", &controller_ip])?;
         for h in c.spec.hosts.clone() {
             c.pki_run(&["pki", "issue-host", &h])?;
@@ -217,11 +228,18 @@ impl Cluster {
             "--state-dir".into(),
             dir.display().to_string(),
         ]);
+        args.extend(self.agent_args.get(host).cloned().unwrap_or_default());
         let child = self.spawn_logged(host, &args, &self.log(&format!("agent-{host}")))?;
         self.agents.insert(host.to_string(), child);
         wait_until(&format!("the agent of {host} to listen"), Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
         })
+    }
+
+    /// The arguments the agent of `host` gets, besides the usual ones, from
+    /// its next start on (`--gateway public=up0`).
+    pub fn set_agent_args(&mut self, host: &str, args: &[&str]) {
+        self.agent_args.insert(host.to_string(), args.iter().map(|a| a.to_string()).collect());
     }
 
     /// Sends SIGKILL to the agent of `host` and reaps it.

@@ -254,6 +254,17 @@ impl Fabric {
         Ok(container)
     }
 
+    /// Creates a namespace `<prefix>-<name>` of no host (the "outside" of a
+    /// test: what lies beyond a gateway's uplink), deleted with the fabric
+    /// together with the processes in it.
+    pub fn add_namespace(&self, name: &str) -> Result<Netns, FabricError> {
+        validate_component("namespace", name)?;
+        let netns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let alias = netns.alias();
+        self.containers.lock().unwrap_or_else(PoisonError::into_inner).push(netns);
+        Ok(alias)
+    }
+
     /// Spawns `cmd` inside `host`'s namespace (see [`spawn_in`]) and registers the process, so
     /// that teardown stops it (SIGTERM, 2 s grace, SIGKILL) unless the fabric is kept. The caller
     /// may wait for or kill the child itself; teardown then finds it gone.
