@@ -103,7 +103,19 @@ impl Agent {
                 reservation: req.reservation.clone(),
             },
         };
-        let ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;
+        let mut ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;
+        if !req.ports.is_empty() && ep.ports != req.ports {
+            match self.client.set_endpoint_ports(ep.id, &req.ports).await {
+                Ok(with_ports) => ep = with_ports,
+                Err(e) => {
+                    // Nothing half made: the endpoint goes with its refusal.
+                    if let Err(undo) = self.client.delete_endpoint(ep.id).await {
+                        tracing::warn!(endpoint = %ep.name, error = %undo, "cannot undo the endpoint whose ports were refused");
+                    }
+                    return Err(controller_error(e));
+                }
+            }
+        }
         tracing::info!(endpoint = %ep.name, network = %req.network, netns = %req.netns, "attaching");
         // A new endpoint reaches the mirror through the watch, and that change
         // reconciles; a kick now would only reconcile the old intent first.

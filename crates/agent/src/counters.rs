@@ -138,6 +138,7 @@ mod tests {
         let c = Counters::new();
         let rx = c.desired.subscribe();
         let d = Arc::new(DesiredHost {
+            published: vec![],
             uplinks: vec![],
             underlay_ip: "10.99.0.1".parse().unwrap(),
             underlay_ifname: "eth0".into(),

@@ -315,6 +315,8 @@ pub fn host_intent_cached(
         }
     }
 
+    let published = crate::egress::published(snap, &networks);
+
     let mut peers: Vec<IpAddr> = snap.hosts.iter().map(|h| h.underlay_ip).filter(|ip| *ip != me.underlay_ip).collect();
     peers.sort();
     peers.dedup();
@@ -335,6 +337,7 @@ pub fn host_intent_cached(
                 u
             })
             .collect(),
+        published,
     };
     cache.retain_used();
     HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }
@@ -411,6 +414,7 @@ mod tests {
             owner: Owner { netns: Some(format!("/run/netns/c{n}")), ..Default::default() },
             status: EndpointStatus::Pending,
             status_message: None,
+            ports: vec![],
         }
     }
 

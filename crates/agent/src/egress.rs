@@ -11,10 +11,15 @@
 //! the network's outside traffic to it through the network's tunnel. A
 //! gateway holds every network of its external networks, so taking one
 //! over is a change of routes and proxy entries only.
+//!
+//! Ports published for local endpoints ([`published`]) are this host's
+//! way in.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_dataplane::desired::{DesiredUplink, Egress, EgressVia, ExternalAddress, ExternalKind};
+use tessera_dataplane::desired::{
+    DesiredNetwork, DesiredPublished, DesiredUplink, Egress, EgressVia, ExternalAddress, ExternalKind,
+};
 use tessera_model::floating_ip::owner;
 use tessera_model::watch::Snapshot;
 use tessera_model::{Network, Vni};
@@ -103,5 +108,39 @@ fn external_addresses(snap: &Snapshot, vni: Vni, ext: Uuid, endpoints: &BTreeSet
     if let Some(s) = net.snat.as_ref().filter(|s| s.network == ext) {
         out.extend(s.addresses.iter().map(|a| ExternalAddress { vni, address: *a, kind: ExternalKind::Snat }));
     }
+    out
+}
+
+/// The ports published for the local endpoints this host programs (those
+/// in `networks`): one per address of the endpoint's of the host
+/// address's family, or of each family when published on every address.
+pub fn published(snap: &Snapshot, networks: &[DesiredNetwork]) -> Vec<DesiredPublished> {
+    let mut out = Vec::new();
+    for net in networks {
+        for local in &net.local {
+            let Some(ep) = snap.endpoints.iter().find(|e| e.id == local.id) else { continue };
+            for p in &ep.ports {
+                // IPv6 loopback is never routed beyond `lo`: not published.
+                if p.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback()) || p.container_port == 0 {
+                    continue;
+                }
+                for fixed in local.ips.iter().map(|a| a.addr()) {
+                    if p.host_ip.is_some_and(|h| h.is_ipv4() != fixed.is_ipv4()) {
+                        continue;
+                    }
+                    out.push(DesiredPublished {
+                        vni: net.vni,
+                        protocol: p.protocol,
+                        host_ip: p.host_ip,
+                        host_port: p.host_port,
+                        fixed,
+                        container_port: p.container_port,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.fixed.is_ipv4(), a.protocol, a.host_port).cmp(&(b.fixed.is_ipv4(), b.protocol, b.host_port)));
+    out.dedup_by(|a, b| (a.fixed.is_ipv4(), a.protocol, a.host_port) == (b.fixed.is_ipv4(), b.protocol, b.host_port));
     out
 }

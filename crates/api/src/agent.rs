@@ -58,6 +58,10 @@ pub struct AttachRequest {
     /// already handed over finds it there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<String>,
+    /// Ports of the host to publish for the endpoint (CNI `portMappings`);
+    /// they replace the endpoint's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<tessera_model::PublishedPort>,
 }
 
 /// `POST /v1/detach`: take a namespace out of one network or of all.

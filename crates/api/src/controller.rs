@@ -226,6 +226,11 @@ impl ControllerClient {
         self.put(&format!("/v1/hosts/{}", seg(name)), &body).await
     }
 
+    /// `PUT /v1/endpoints/{id}/ports`: sets the ports published for an endpoint.
+    pub async fn set_endpoint_ports(&self, id: Uuid, ports: &[tessera_model::PublishedPort]) -> Result<Endpoint, ClientError> {
+        self.put(&format!("/v1/endpoints/{id}/ports"), &tessera_model::EndpointPorts { ports: ports.to_vec() }).await
+    }
+
     /// `PUT /v1/hosts/{name}/lease`: renews the host's lease (a gateway's
     /// agent, every half second).
     pub async fn renew_lease(&self, name: &str) -> Result<(), ClientError> {

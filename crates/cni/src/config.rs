@@ -36,7 +36,8 @@ pub struct NetConf {
     pub valid_attachments: Vec<Attachment>,
 }
 
-/// Capability arguments the runtime passes (`"capabilities": {"ips": true, "mac": true}`).
+/// Capability arguments the runtime passes (`"capabilities": {"ips": true,
+/// "mac": true, "portMappings": true}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct RuntimeConfig {
     /// Static addresses with or without a prefix length (`10.0.0.5/24`).
@@ -44,6 +45,24 @@ pub struct RuntimeConfig {
     pub ips: Vec<String>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// Ports of the host to publish for the container (`podman run -p`).
+    #[serde(default, rename = "portMappings")]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One entry of the `portMappings` capability.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct PortMapping {
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The host address; every address when absent or unspecified.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
 }
 
 /// One attachment the runtime knows, for GC.

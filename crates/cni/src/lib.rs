@@ -18,7 +18,7 @@ pub mod plugin;
 pub mod result;
 pub mod version;
 
-pub use config::{Attachment, NetConf, RuntimeConfig};
+pub use config::{Attachment, NetConf, PortMapping, RuntimeConfig};
 pub use env::{Command, Invocation};
 pub use error::{CniError, Code};
 pub use result::{attach_result, CniResult, Dns, Interface, IpConfig, Route};

@@ -186,6 +186,7 @@ async fn add(
         container_id: Some(container_id.to_string()),
         name: Some(endpoint_name(container_id, ifname)),
         mac: conf.runtime_config.mac.clone().or_else(|| arg("MAC")),
+        ports: published(&conf.runtime_config.port_mappings)?,
         ..AttachRequest::default()
     };
     let ep = match agent.attach(&req).await {
@@ -231,4 +232,33 @@ fn into_cni(e: AgentError, otherwise: Code) -> CniError {
         None => format!("agent: HTTP {status}"),
     };
     CniError::new(code, e.to_string(), detail)
+}
+
+/// The `portMappings` capability as published ports: `tcp` when no
+/// protocol is given; an unspecified host address means every address.
+fn published(mappings: &[crate::PortMapping]) -> Result<Vec<tessera_model::PublishedPort>, CniError> {
+    let bad = |i: usize, why: String| CniError::new(Code::InvalidConfig, "bad portMappings", format!("portMappings[{i}]: {why}"));
+    mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let protocol = match m.protocol.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("") | Some("tcp") => tessera_model::PortProtocol::Tcp,
+                Some("udp") => tessera_model::PortProtocol::Udp,
+                Some(other) => return Err(bad(i, format!("protocol {other:?} is not tcp or udp"))),
+            };
+            let host_ip = match m.host_ip.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() => None,
+                    Ok(ip) => Some(ip),
+                    Err(_) => return Err(bad(i, format!("hostIP {s:?} is not an IP address"))),
+                },
+            };
+            if m.container_port == 0 || m.host_port == 0 {
+                return Err(bad(i, "hostPort and containerPort must be 1 to 65535".into()));
+            }
+            Ok(tessera_model::PublishedPort { protocol, host_ip, host_port: m.host_port, container_port: m.container_port })
+        })
+        .collect()
 }

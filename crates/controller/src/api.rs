@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate, Host,
-    HostCounters, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate,
+    Endpoint, EndpointCreate, EndpointPorts, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate,
+    Host, HostCounters, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate,
     PolicyView, Reservation, ReservationCreate, RuleChange, RuleInsert, RuleSpec,
 };
 use utoipa::OpenApi;
@@ -97,6 +97,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
         .route("/v1/endpoints/{id}/status", put(set_endpoint_status))
+        .route("/v1/endpoints/{id}/ports", put(set_endpoint_ports))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
         .route("/v1/hosts/{name}/counters", put(report_counters))
@@ -457,6 +458,22 @@ async fn report_counters(State(ctl): Ctl, Path(name): Path<String>, Body(req): B
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Sets the ports of the endpoint's host published for it (replacing the
+/// list); a host sets them for its own endpoints only.
+#[utoipa::path(put, path = "/v1/endpoints/{id}/ports", params(("id" = String, Path)), request_body = EndpointPorts,
+    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "a host port is another endpoint's", body = ErrorBody)))]
+async fn set_endpoint_ports(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Body(req): Body<EndpointPorts>,
+) -> ApiResult<Json<Endpoint>> {
+    let ep = ctl.get_endpoint(&id).await?;
+    require_host(&who, &ep.host, "publish ports")?;
+    Ok(Json(ctl.set_endpoint_ports(&id, req).await?))
+}
+
 /// Renews the host's lease: a gateway's agent does, every half second; a
 /// lease not renewed for 1.5 s ends, and the host's external networks move
 /// to the other gateways.
@@ -621,6 +638,7 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         policy_counters,
         report_counters,
         renew_lease,
+        set_endpoint_ports,
         list_floating_ips,
         create_floating_ip,
         get_floating_ip,

@@ -161,9 +161,9 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
             (["networks"], &Method::POST) | (["networks", _], &Method::DELETE) => Ok(()),
             (["networks", _, "reservations"], &Method::POST) | (["networks", _, "reservations", _], &Method::DELETE) => Ok(()),
             (["endpoints"] | ["endpoints", _], _) if read => Ok(()),
-            (["endpoints"], &Method::POST) | (["endpoints", _], &Method::DELETE) | (["endpoints", _, "status"], &Method::PUT) => {
-                Ok(())
-            }
+            (["endpoints"], &Method::POST)
+            | (["endpoints", _], &Method::DELETE)
+            | (["endpoints", _, "status"] | ["endpoints", _, "ports"], &Method::PUT) => Ok(()),
             _ => Err(format!("{}: a host reads and changes only what its data plane and plugins need", what())),
         },
         Principal::Project { role, .. } => {

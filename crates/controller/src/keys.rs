@@ -144,3 +144,13 @@ pub fn snat_users_of(external: Uuid) -> String {
 pub fn snat_user(external: Uuid, network: Uuid) -> String {
     format!("{}{network}", snat_users_of(external))
 }
+
+/// The host ports published on a host for one protocol:
+/// `.../<host>/<protocol>/<port, 5 digits>` holds the endpoint's UUID.
+pub fn host_ports_of(host: &str, protocol: &str) -> String {
+    format!("/tessera/index/host-port/{host}/{protocol}/")
+}
+
+pub fn host_port(host: &str, protocol: &str, port: u16) -> String {
+    format!("{}{port:05}", host_ports_of(host, protocol))
+}

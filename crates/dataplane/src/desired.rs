@@ -63,6 +63,24 @@ pub struct DesiredHost {
     /// The interfaces where the outside is, on a gateway host.
     #[serde(default)]
     pub uplinks: Vec<DesiredUplink>,
+    /// Ports of this host that lead to local endpoints.
+    #[serde(default)]
+    pub published: Vec<DesiredPublished>,
+}
+
+/// A port of the host published for a local endpoint of network `vni`:
+/// what arrives for it (from anywhere but a network) is translated to
+/// `fixed`:`container_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredPublished {
+    pub vni: Vni,
+    pub protocol: tessera_model::PortProtocol,
+    /// The host address it is published on (of `fixed`'s family); every
+    /// address of the host when `None`.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub fixed: IpAddr,
+    pub container_port: u16,
 }
 
 /// An interface of a gateway host where an external network's addresses
@@ -495,6 +513,22 @@ impl DesiredHost {
                         ));
                     }
                 }
+            }
+        }
+        let mut published = BTreeSet::new();
+        for (i, p) in self.published.iter().enumerate() {
+            let at = format!("published[{i}]");
+            let Some(net) = present(p.vni) else {
+                return Err(DesiredError::new(at, format!("VNI {} is not a network of this host", p.vni)));
+            };
+            if !net.local.iter().any(|e| e.ips.iter().any(|a| a.addr() == p.fixed)) {
+                return Err(DesiredError::new(at, format!("{} is not an address of a local endpoint of VNI {}", p.fixed, p.vni)));
+            }
+            if p.host_ip.is_some_and(|h| h.is_ipv4() != p.fixed.is_ipv4()) || p.container_port == 0 {
+                return Err(DesiredError::new(at, "the host address and the endpoint's must be of one family, the port not 0"));
+            }
+            if !published.insert((p.fixed.is_ipv4(), p.protocol, p.host_port)) {
+                return Err(DesiredError::new(at, format!("port {}/{} is published twice", p.host_port, p.protocol.name())));
             }
         }
         for (n, net) in self.networks.iter().enumerate() {

@@ -35,6 +35,19 @@ pub const GATEWAY_TABLE: u32 = TABLE_BASE;
 /// networks' rules, so a marked packet finds its network first.
 pub const UPLINK_PRIORITY: u32 = RULE_PRIORITY + 2;
 
+/// The packet and connection mark bit of published ports: the connection
+/// of a published port carries it (its `ct mark`), and so do the answers
+/// from its endpoint, which the rule at [`PUBLISHED_PRIORITY`] routes by
+/// the host's main table (towards the client), not the network's.
+pub const PUBLISHED_MARK: u32 = 0x4000_0000;
+
+/// Priority of `fwmark PUBLISHED/PUBLISHED lookup main`: before the
+/// networks' rules.
+pub const PUBLISHED_PRIORITY: u32 = RULE_PRIORITY - 1;
+
+/// The host's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
 /// The SNAT port slices: a gateway translates TCP and UDP flows to ports
 /// of its own slice (its rank among the external network's gateways,
 /// modulo this), so two gateways never hand out the same address and port.

@@ -166,6 +166,9 @@ pub enum RuleSelector {
     /// `iif UPLINK` → the gateway table, at
     /// [`crate::names::UPLINK_PRIORITY`]: a gateway's uplink.
     Uplink(String),
+    /// `fwmark PUBLISHED/PUBLISHED` → the main table, at
+    /// [`crate::names::PUBLISHED_PRIORITY`]: answers of published ports.
+    PublishedReply,
 }
 
 impl fmt::Display for RuleSelector {
@@ -174,6 +177,9 @@ impl fmt::Display for RuleSelector {
             RuleSelector::Iif(name) | RuleSelector::IifUnverified(name) | RuleSelector::Uplink(name) => write!(f, "iif {name}"),
             RuleSelector::IifVerified(name) => write!(f, "iif {name} fwmark {VERIFIED_MARK:#x}/{VERIFIED_MARK:#x}"),
             RuleSelector::FwMark(mark) => write!(f, "fwmark {mark:#x}"),
+            RuleSelector::PublishedReply => {
+                write!(f, "fwmark {:#x}/{:#x}", crate::names::PUBLISHED_MARK, crate::names::PUBLISHED_MARK)
+            }
         }
     }
 }
@@ -410,6 +416,59 @@ pub enum NftElement {
         zone: u16,
         address: IpAddr,
     },
+    /// `inet tessera` maps `pubz…`, `pubm…`, `pubd…` (see [`PubKey::map`]):
+    /// a published port's conntrack zone, the mark of its network's table,
+    /// and its destination NAT.
+    PubZone {
+        key: PubKey,
+        zone: u16,
+    },
+    PubMark {
+        key: PubKey,
+        mark: u32,
+    },
+    PubDnat {
+        key: PubKey,
+        fixed: IpAddr,
+        port: u16,
+    },
+}
+
+/// The key of a published port in the `pub…` maps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PubKey {
+    pub v6: bool,
+    /// `None`: every address of the host (the `…any` maps).
+    pub host_ip: Option<IpAddr>,
+    pub protocol: tessera_model::PortProtocol,
+    pub port: u16,
+}
+
+impl PubKey {
+    /// The map of `kind` (`z`, `m` or `d`) that holds the key:
+    /// `pub<kind><4|6>[any]`.
+    pub fn map(&self, kind: char) -> &'static str {
+        const NAMES: [&str; 12] = [
+            "pubz4", "pubz4any", "pubz6", "pubz6any", "pubm4", "pubm4any", "pubm6", "pubm6any", "pubd4", "pubd4any", "pubd6",
+            "pubd6any",
+        ];
+        let k = match kind {
+            'z' => 0,
+            'm' => 4,
+            _ => 8,
+        };
+        NAMES[k + 2 * usize::from(self.v6) + usize::from(self.host_ip.is_none())]
+    }
+}
+
+impl fmt::Display for PubKey {
+    /// `[ADDRESS . ]PROTOCOL . PORT`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip} . ")?;
+        }
+        write!(f, "{} . {}", self.protocol.name(), self.port)
+    }
 }
 
 impl NftElement {
@@ -433,6 +492,9 @@ impl NftElement {
             NftElement::FipIn { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipin4" } else { "fipin6" }),
             NftElement::FipOut { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipout4" } else { "fipout6" }),
             NftElement::Snat { address, .. } => ("inet", "tessera", if address.is_ipv4() { "snat4" } else { "snat6" }),
+            NftElement::PubZone { key, .. } => ("inet", "tessera", key.map('z')),
+            NftElement::PubMark { key, .. } => ("inet", "tessera", key.map('m')),
+            NftElement::PubDnat { key, .. } => ("inet", "tessera", key.map('d')),
         }
     }
 
@@ -463,6 +525,9 @@ impl fmt::Display for NftElement {
             NftElement::FipIn { floating, fixed } => write!(f, "{floating} : {fixed}")?,
             NftElement::FipOut { zone, fixed, floating } => write!(f, "{zone} . {fixed} : {floating}")?,
             NftElement::Snat { zone, address } => write!(f, "{zone} : {address}")?,
+            NftElement::PubZone { key, zone } => write!(f, "{key} : {zone}")?,
+            NftElement::PubMark { key, mark } => write!(f, "{key} : {mark:#x}")?,
+            NftElement::PubDnat { key, fixed, port } => write!(f, "{key} : {fixed} . {port}")?,
         }
         f.write_str(" }")
     }

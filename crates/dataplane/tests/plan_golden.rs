@@ -18,6 +18,7 @@ const EP_B: &str = "b1b2c3d4-0000-4000-8000-00000000000b";
 
 fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
+        published: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),

@@ -41,6 +41,7 @@ fn remote(ip: &str, host: &Host) -> RemoteEndpoint {
 
 fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
+        published: vec![],
         uplinks: vec![],
         underlay_ip: h.underlay_ip,
         underlay_ifname: "eth0".into(),

@@ -14,6 +14,7 @@ const EBUSY: i32 = 16;
 
 fn desired() -> DesiredHost {
     DesiredHost {
+        published: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),

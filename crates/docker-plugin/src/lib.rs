@@ -17,6 +17,7 @@ pub mod driver;
 pub mod names;
 pub mod netns;
 pub mod pool;
+pub mod ports;
 pub mod protocol;
 pub mod reconcile;
 pub mod server;

@@ -200,6 +200,7 @@ mod tests {
             owner: Owner { docker_endpoint_id: docker_eid.map(str::to_string), ..Default::default() },
             status: EndpointStatus::Active,
             status_message: None,
+            ports: vec![],
         }
     }
 

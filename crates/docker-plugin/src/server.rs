@@ -150,9 +150,9 @@ async fn delete_endpoint(State(p): P, bytes: Bytes) -> Response {
     net("DeleteEndpoint", p.delete_endpoint(&req.network_id, &req.endpoint_id).await.map(|()| Empty {}))
 }
 
-async fn endpoint_info(bytes: Bytes) -> Response {
-    let _req = body!(bytes, EndpointRequest);
-    ok(&EndpointInfoResponse::default())
+async fn endpoint_info(State(p): P, bytes: Bytes) -> Response {
+    let req = body!(bytes, EndpointRequest);
+    net("EndpointOperInfo", p.endpoint_info(&req.network_id, &req.endpoint_id).await)
 }
 
 async fn join(State(p): P, bytes: Bytes) -> Response {
@@ -176,14 +176,15 @@ async fn discover(bytes: Bytes) -> Response {
     ok(&Empty {})
 }
 
-async fn program_external(bytes: Bytes) -> Response {
-    let _req = body!(bytes, ProgramExternalConnectivityRequest);
-    ok(&Empty {})
+async fn program_external(State(p): P, bytes: Bytes) -> Response {
+    let req = body!(bytes, ProgramExternalConnectivityRequest);
+    let span = tracing::info_span!("ProgramExternalConnectivity", endpoint = %req.endpoint_id);
+    net("ProgramExternalConnectivity", p.program_external(req).instrument(span).await.map(|()| Empty {}))
 }
 
-async fn revoke_external(bytes: Bytes) -> Response {
-    let _req = body!(bytes, EndpointRequest);
-    ok(&Empty {})
+async fn revoke_external(State(p): P, bytes: Bytes) -> Response {
+    let req = body!(bytes, EndpointRequest);
+    net("RevokeExternalConnectivity", p.revoke_external(&req.network_id, &req.endpoint_id).await.map(|()| Empty {}))
 }
 
 async fn ipam_capabilities(_body: Bytes) -> Response {

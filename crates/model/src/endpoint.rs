@@ -1,6 +1,7 @@
 //! Endpoints (ports): one interface of a container or namespace in a network.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -147,6 +148,50 @@ pub struct Endpoint {
     /// Why the host's agent could not program it (with `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
+    /// Ports of its host that lead to it (`docker run -p`, CNI
+    /// `portMappings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
+}
+
+/// The transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port of the endpoint's host that leads to a port of the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    pub protocol: PortProtocol,
+    /// The host address it is published on; every address of the host
+    /// (but loopback) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "127.0.0.1")]
+    pub host_ip: Option<IpAddr>,
+    /// The host's port; in a request, 0 takes a free one of 32768-60999.
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+/// Request to set the ports published for an endpoint
+/// (`PUT /v1/endpoints/{id}/ports`); it replaces the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPorts {
+    pub ports: Vec<PublishedPort>,
 }
 
 /// Request to report an endpoint's status (`PUT /v1/endpoints/{id}/status`),

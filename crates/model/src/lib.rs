@@ -22,7 +22,9 @@ pub mod vif;
 pub mod watch;
 
 pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};
-pub use endpoint::{Endpoint, EndpointCreate, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner};
+pub use endpoint::{
+    Endpoint, EndpointCreate, EndpointPorts, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner, PortProtocol, PublishedPort,
+};
 pub use error::{ErrorCode, FieldError};
 pub use floating_ip::{FloatingIp, FloatingIpAssociate, FloatingIpCreate, Snat};
 pub use host::{GatewayRegister, Host, HostGateway, HostRegister};

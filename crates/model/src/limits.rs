@@ -38,6 +38,8 @@ pub const MAX_RULES: usize = 100_000;
 pub const MAX_ENDPOINT_IPS: usize = 2;
 /// External networks one host is a gateway for.
 pub const MAX_GATEWAYS: usize = 16;
+/// Ports published for one endpoint.
+pub const MAX_PORTS: usize = 256;
 /// Bytes of a free-form identifier (a container ID, a Docker endpoint ID,
 /// a host name).
 pub const MAX_ID: usize = 256;

@@ -43,8 +43,11 @@ pub struct InstallArgs {
     /// Debian 12's Podman and reference plugins read.
     #[arg(long, default_value = "1.0.0")]
     cni_version: String,
-    /// Reference plugins to chain after Tessera, in order: `portmap`
-    /// (podman run -p), `bandwidth` (rate limits), `firewall`, `tuning`.
+    /// Reference plugins to chain after Tessera, in order: `bandwidth`
+    /// (rate limits), `firewall`, `tuning`. Tessera publishes ports itself
+    /// (the `portMappings` capability, `podman run -p`): `portmap` would
+    /// translate them a second time, to an address the host's main table
+    /// has no route to, and is refused.
     #[arg(long = "chain", value_parser = ["portmap", "bandwidth", "firewall", "tuning"])]
     chain: Vec<String>,
 }
@@ -64,11 +67,10 @@ pub fn config_list(name: &str, network: &str, socket: &Path, cni_version: &str, 
         "type": PLUGIN_TYPE,
         "network": network,
         "agent": socket.display().to_string(),
-        "capabilities": {"ips": true, "mac": true},
+        "capabilities": {"ips": true, "mac": true, "portMappings": true},
     })];
     for p in chain {
         plugins.push(match p.as_str() {
-            "portmap" => json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
             "bandwidth" => json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
             other => json!({ "type": other }),
         });
@@ -96,6 +98,11 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Install(a) => {
             Version::parse(&a.cni_version).map_err(|e| anyhow::anyhow!("--cni-version: {} ({})", e.msg, e.details))?;
+            if a.chain.iter().any(|c| c == "portmap") {
+                anyhow::bail!(
+                    "--chain portmap: Tessera publishes ports itself (the portMappings capability); portmap would translate them a second time"
+                );
+            }
             let name = a.name.clone().unwrap_or_else(|| a.network.rsplit(':').next().unwrap_or(&a.network).to_string());
             let list = config_list(&name, &a.network, &a.socket, &a.cni_version, &a.chain);
             // The plugin's own check of what it will be given.
@@ -145,10 +152,11 @@ mod tests {
 
     #[test]
     fn config_list_chains_the_reference_plugins_after_tessera() {
-        let l = config_list("red", "red", Path::new("/run/tessera/agent.sock"), "1.0.0", &["portmap".into(), "bandwidth".into()]);
+        let l = config_list("red", "red", Path::new("/run/tessera/agent.sock"), "1.0.0", &["bandwidth".into()]);
         assert_eq!(l["name"], "red");
         let types: Vec<&str> = l["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["tessera", "portmap", "bandwidth"]);
+        assert_eq!(types, ["tessera", "bandwidth"]);
+        assert_eq!(l["plugins"][0]["capabilities"]["portMappings"], true, "Tessera publishes ports itself");
         assert_eq!(l["plugins"][0]["agent"], "/run/tessera/agent.sock");
     }
 }

@@ -182,6 +182,7 @@ impl Controller {
                 owner: req.owner.clone(),
                 status: EndpointStatus::Pending,
                 status_message: None,
+                ports: vec![],
             };
             let mut txn = GuardedTxn::new()
                 .guard(Guard::NetworkMissing, Compare::Exists(keys::network(net.id)))
@@ -282,7 +283,7 @@ impl Controller {
                     }
                 }
             }
-            let txn = self.disassociate_ops(uuid, txn).await?;
+            let txn = self.disassociate_ops(uuid, txn).await?.then_all(super::ports::release_ops(&ep));
             // Refused (Guard::EndpointChanged, FloatingIpChanged): read again.
             if self.commit(txn).await?.is_committed() {
                 tracing::info!(endpoint = %ep.name, "endpoint deleted");

@@ -25,6 +25,7 @@ mod hosts;
 mod leases;
 mod networks;
 mod policies;
+mod ports;
 mod projects;
 mod reservations;
 mod tokens;

@@ -61,6 +61,8 @@ pub(super) enum Guard {
     UnderlayTaken,
     /// The host's registration changed since it was read.
     HostChanged,
+    /// The host port is published for another endpoint.
+    PortTaken(u16),
     /// The floating IP changed since it was read.
     FloatingIpChanged,
     /// The external network still holds floating IPs.

@@ -226,7 +226,11 @@ fn observe_sysctls(owned: &Owned, uplinks: &BTreeSet<String>, obs: &mut Observed
     for (index, which) in &owned.owned {
         let name = owned.name_of(*index);
         match which {
-            OwnedName::Bridge(_) => keys.extend(bridge_sysctls(&name).into_iter().map(|(k, _)| k)),
+            OwnedName::Bridge(_) => {
+                keys.extend(bridge_sysctls(&name).into_iter().map(|(k, _)| k));
+                // Set for a network with ports published on loopback.
+                keys.push(SysctlKey::ipv4_conf(&name, "route_localnet"));
+            }
             OwnedName::Vxlan(_) => keys.extend(vxlan_sysctls(&name).into_iter().map(|(k, _)| k)),
             OwnedName::HostVeth => {}
         }

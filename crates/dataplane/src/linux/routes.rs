@@ -16,7 +16,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::common::{kernel_err, need_index, EEXIST};
 use crate::error::DataplaneError;
-use crate::names::{UNVERIFIED_PRIORITY, VERIFIED_MARK, VRF_UNREACHABLE_METRIC};
+use crate::names::{MAIN_TABLE, PUBLISHED_MARK, PUBLISHED_PRIORITY, UNVERIFIED_PRIORITY, VERIFIED_MARK, VRF_UNREACHABLE_METRIC};
 use crate::observed::{owned_rule, owned_table, table_of_link, IpFamily, RouteEntry, RouteTarget, RuleEntry, RuleSelector};
 use crate::op::KernelOp;
 
@@ -54,9 +54,13 @@ async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error>
         }
         RuleSelector::IifUnverified(name) => req.action(RuleAction::Blackhole).input_interface(name.clone()),
         RuleSelector::FwMark(mark) => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(*mark),
+        RuleSelector::PublishedReply => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(PUBLISHED_MARK),
     };
     if matches!(r.selector, RuleSelector::IifVerified(_)) {
         req.message_mut().attributes.push(RuleAttribute::FwMask(VERIFIED_MARK));
+    }
+    if matches!(r.selector, RuleSelector::PublishedReply) {
+        req.message_mut().attributes.push(RuleAttribute::FwMask(PUBLISHED_MARK));
     }
     match r.family {
         IpFamily::V4 => req.v4().execute().await,
@@ -85,6 +89,10 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
             m.attributes.push(RuleAttribute::Iifname(name.clone()));
         }
         RuleSelector::FwMark(mark) => m.attributes.push(RuleAttribute::FwMark(*mark)),
+        RuleSelector::PublishedReply => {
+            m.attributes.push(RuleAttribute::FwMark(PUBLISHED_MARK));
+            m.attributes.push(RuleAttribute::FwMask(PUBLISHED_MARK));
+        }
     }
     if !matches!(r.selector, RuleSelector::IifUnverified(_)) {
         m.attributes.push(RuleAttribute::Table(r.table));
@@ -170,6 +178,14 @@ pub(super) fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
         let name = iif.filter(|_| priority == UNVERIFIED_PRIORITY && fwmark.is_none())?;
         let table = table_of_link(&name)?;
         return Some(RuleEntry { family, selector: RuleSelector::IifUnverified(name), table, priority });
+    }
+    if priority == PUBLISHED_PRIORITY {
+        let ours = m.header.action == RuleAction::ToTable
+            && iif.is_none()
+            && table == MAIN_TABLE
+            && fwmark == Some(PUBLISHED_MARK)
+            && fwmask == Some(PUBLISHED_MARK);
+        return ours.then_some(RuleEntry { family, selector: RuleSelector::PublishedReply, table, priority });
     }
     let verified = fwmark == Some(VERIFIED_MARK) && fwmask == Some(VERIFIED_MARK);
     let mark_for_owner = if verified { None } else { fwmark };

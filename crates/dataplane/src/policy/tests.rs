@@ -151,6 +151,7 @@ fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_polic
     let (a, b) = (net(a, "10.0.0.0/24"), net(b, "10.1.0.0/24"));
     let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
     DesiredHost {
+        published: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),

@@ -183,6 +183,7 @@ impl Intent {
             cache.retain_used();
         }
         DesiredHost {
+            published: vec![],
             uplinks: vec![],
             underlay_ip: me.underlay_ip,
             underlay_ifname: "eth0".into(),

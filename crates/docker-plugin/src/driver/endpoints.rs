@@ -152,6 +152,7 @@ impl Plugin {
             docker_endpoint_id: Some(eid.to_string()),
             reservation: ep.token.clone(),
             handover: Some(src_name.clone()),
+            ports: Vec::new(),
         };
         self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();

@@ -18,7 +18,8 @@
 //! 5. `Leave`: the agent detaches; the addresses go back to the reservation.
 //! 6. `DeleteEndpoint`, `ReleaseAddress`: the reservation is released.
 //!
-//! One file per concern: [`networks`], [`ipam`], [`endpoints`], and
+//! One file per concern: [`networks`], [`ipam`], [`endpoints`], [`ports`]
+//! (`docker run -p`), and
 //! [`execute`] (what the authz hook and the reconciliation ask); this one
 //! holds the plugin's state and the binding of Docker networks.
 
@@ -26,6 +27,7 @@ mod endpoints;
 mod execute;
 mod ipam;
 mod networks;
+mod ports;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -65,6 +65,9 @@ use tessera_policy::Family;
 use crate::names::{DIGESTS, POLICY_TABLE, SKELETON_VERSION};
 use crate::observed::{NftElement, NftState, ObservedChain, ObservedMap};
 use crate::op::KernelOp;
+mod skeleton;
+pub use skeleton::skeleton_script;
+
 use crate::policy::{derive_digests, map_family, map_fields, map_key_text, map_type, skeleton_marker, ElementCounter};
 
 /// Longest error text kept from `nft` (it echoes the offending input, which
@@ -86,197 +89,6 @@ pub fn shorten(mut message: String) -> String {
 
 /// How many map elements go on one line of a script.
 const ELEMENTS_PER_LINE: usize = 512;
-
-/// The nft script that (re)creates the three tables, in one transaction.
-/// Creating and deleting first makes it work whether or not the tables
-/// exist; their elements, chains and maps are lost and must be added again.
-pub fn skeleton_script() -> String {
-    format!(
-        r#"table inet tessera {{}}
-delete table inet tessera
-table inet tessera {{
-    map zones {{
-        typeof iifname : ct zone
-    }}
-    map pz4 {{
-        typeof iifname . ip daddr : ct zone
-        flags interval
-    }}
-    map pz6 {{
-        typeof iifname . ip6 daddr : ct zone
-        flags interval
-    }}
-    set uplinks {{
-        type ifname
-    }}
-{slice_sets}    map extzone4 {{
-        typeof ip daddr : ct zone
-    }}
-    map extzone6 {{
-        typeof ip6 daddr : ct zone
-    }}
-    map extmark4 {{
-        type ipv4_addr : mark
-    }}
-    map extmark6 {{
-        type ipv6_addr : mark
-    }}
-    map fipin4 {{
-        type ipv4_addr : ipv4_addr
-    }}
-    map fipin6 {{
-        type ipv6_addr : ipv6_addr
-    }}
-    map fipout4 {{
-        typeof ct zone . ip saddr : ip saddr
-    }}
-    map fipout6 {{
-        typeof ct zone . ip6 saddr : ip6 saddr
-    }}
-    map snat4 {{
-        typeof ct zone : ip saddr
-    }}
-    map snat6 {{
-        typeof ct zone : ip6 saddr
-    }}
-    chain prerouting {{
-        type filter hook prerouting priority raw; policy accept;
-        iifname @uplinks ct zone set ip daddr map @extzone4
-        iifname @uplinks ct zone set ip6 daddr map @extzone6
-        iifname @uplinks meta mark set ip daddr map @extmark4
-        iifname @uplinks meta mark set ip6 daddr map @extmark6
-        iifname "tb*" ct zone set iifname . ip daddr map @pz4
-        iifname "tx*" ct zone set iifname . ip saddr map @pz4
-        iifname "tb*" ct zone set iifname . ip6 daddr map @pz6
-        iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
-        ct zone set iifname map @zones
-        iifname "tx*" meta mark set meta mark | {verified:#x}
-    }}
-    set vteps4 {{
-        type ipv4_addr
-    }}
-    set vteps6 {{
-        type ipv6_addr
-    }}
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        udp dport {vxlan} ip saddr != @vteps4 counter drop comment "VXLAN from a host outside the fabric"
-        udp dport {vxlan} ip6 saddr != @vteps6 counter drop comment "VXLAN from a host outside the fabric"
-        iifname "tb*" jump from_overlay
-        iifname "tx*" jump from_overlay
-    }}
-    chain from_overlay {{
-        icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
-        counter drop comment "a container towards the host itself"
-    }}
-    chain gw_dnat {{
-        type nat hook prerouting priority dstnat; policy accept;
-        iifname @uplinks dnat ip to ip daddr map @fipin4
-        iifname @uplinks dnat ip6 to ip6 daddr map @fipin6
-    }}
-    chain gw_forward {{
-        type filter hook forward priority filter - 10; policy accept;
-        iifname @uplinks ct state established,related accept
-        iifname @uplinks ct status dnat accept
-        iifname @uplinks counter drop comment "from the outside, to no floating IP"
-    }}
-    chain gw_snat {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname @uplinks snat ip to ct zone . ip saddr map @fipout4
-        oifname @uplinks snat ip6 to ct zone . ip6 saddr map @fipout6
-{slice_rules}        oifname @uplinks snat ip to ct zone map @snat4
-        oifname @uplinks snat ip6 to ct zone map @snat6
-        oifname @uplinks counter drop comment "towards the outside, with no floating IP or SNAT"
-    }}
-    chain tunnel_out {{
-        type filter hook postrouting priority filter; policy accept;
-        oifname "tx*" meta mark set 0 comment "the tunnel's own route is the host's"
-    }}
-    chain gw_out {{
-        type filter hook postrouting priority srcnat + 10; policy accept;
-        oifname @uplinks ct state invalid,untracked counter drop comment "towards the outside, not tracked"
-        oifname @uplinks ct zone 0 accept
-        oifname @uplinks ct status snat accept
-        oifname @uplinks ct status dnat accept
-        oifname @uplinks counter drop comment "towards the outside, untranslated"
-    }}
-    chain output {{
-        type filter hook output priority raw; policy accept;
-        oifname "tb*" icmp type redirect drop
-        oifname "tb*" icmpv6 type nd-redirect drop
-        ct zone set oifname map @zones comment "{v}"
-    }}
-}}
-table bridge tessera {{}}
-delete table bridge tessera
-table bridge tessera {{
-    set ep4 {{
-        type ifname . ether_addr . ipv4_addr
-    }}
-    set ep6 {{
-        type ifname . ether_addr . ipv6_addr
-    }}
-    set epmac {{
-        type ifname . ether_addr
-    }}
-    chain prerouting {{
-        type filter hook prerouting priority filter; policy accept;
-        iifname != "tv*" accept
-        ether type ip iifname . ether saddr . ip saddr @ep4 meta mark set meta mark | {verified:#x} accept
-        ether type arp iifname . ether saddr . arp saddr ip @ep4 iifname . arp saddr ether @epmac meta mark set meta mark | {verified:#x} accept
-        ether type ip6 iifname . ether saddr . ip6 saddr @ep6 meta mark set meta mark | {verified:#x} accept
-        ether type ip6 ip6 saddr fe80::/10 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
-        ether type ip6 ip6 saddr :: ip6 nexthdr icmpv6 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
-        ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 iifname . ether saddr @epmac accept
-        counter drop comment "{v}"
-    }}
-}}
-table inet {p} {{}}
-delete table inet {p}
-table inet {p} {{
-    map digests {{
-        type ipv6_addr : ipv6_addr
-        elements = {{ {mk} : {mv} }}
-    }}
-    chain dispatch {{
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy accept;
-        ct state established,related accept
-        jump dispatch
-    }}
-}}
-"#,
-        v = SKELETON_VERSION,
-        slice_sets = slice_sets(),
-        slice_rules = slice_rules(),
-        vxlan = crate::desired::VXLAN_PORT,
-        verified = crate::names::VERIFIED_MARK,
-        p = POLICY_TABLE,
-        mk = std::net::Ipv6Addr::from(skeleton_marker().0),
-        mv = std::net::Ipv6Addr::from(skeleton_marker().1),
-    )
-}
-
-/// The sets of uplinks of each SNAT port slice.
-fn slice_sets() -> String {
-    crate::observed::SLICE_SETS.iter().map(|s| format!("    set {s} {{\n        type ifname\n    }}\n")).collect()
-}
-
-/// The SNAT of TCP and UDP to the ports of the uplink's slice.
-fn slice_rules() -> String {
-    let mut out = String::new();
-    for (i, set) in crate::observed::SLICE_SETS.iter().enumerate() {
-        let (lo, hi) = crate::names::snat_ports(i as u16);
-        for (family, map) in [("ip", "snat4"), ("ip6", "snat6")] {
-            for proto in ["tcp", "udp"] {
-                let _ =
-                    writeln!(out, "        oifname @{set} meta l4proto {proto} snat {family} to ct zone map @{map} : {lo}-{hi}");
-            }
-        }
-    }
-    out
-}
 
 fn element_lines<'a>(out: &mut String, verb: &str, map: &str, items: impl Iterator<Item = String> + 'a) {
     let items: Vec<String> = items.collect();
@@ -574,6 +386,38 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
                     NftElement::FipIn { floating: key.as_str()?.parse().ok()?, fixed: value.as_str()?.parse().ok()? }
                 }
                 _ => NftElement::Snat { zone: u16::try_from(key.as_u64()?).ok()?, address: value.as_str()?.parse().ok()? },
+            })
+        }
+        ("inet", s) if s.starts_with("pub") => {
+            let pair = elem.as_array()?;
+            let key = pair.first()?;
+            let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
+            let parts = key.get("concat")?.as_array()?;
+            let any = s.ends_with("any");
+            let (host_ip, rest) =
+                if any { (None, &parts[..]) } else { (Some(parts.first()?.as_str()?.parse().ok()?), &parts[1..]) };
+            let protocol = match rest.first()?.as_str()? {
+                "tcp" => tessera_model::PortProtocol::Tcp,
+                "udp" => tessera_model::PortProtocol::Udp,
+                _ => return None,
+            };
+            let port = u16::try_from(rest.get(1)?.as_u64()?).ok()?;
+            let key = crate::observed::PubKey { v6: s.contains('6'), host_ip, protocol, port };
+            if key.map(s.as_bytes()[3] as char) != s {
+                return Some(None);
+            }
+            let value = pair.get(1)?;
+            Some(match s.as_bytes()[3] {
+                b'z' => NftElement::PubZone { key, zone: u16::try_from(value.as_u64()?).ok()? },
+                b'm' => NftElement::PubMark { key, mark: u32::try_from(value.as_u64()?).ok()? },
+                _ => {
+                    let v = value.get("concat")?.as_array()?;
+                    NftElement::PubDnat {
+                        key,
+                        fixed: v.first()?.as_str()?.parse().ok()?,
+                        port: u16::try_from(v.get(1)?.as_u64()?).ok()?,
+                    }
+                }
             })
         }
         ("inet", "fipout4" | "fipout6") => {
