@@ -140,7 +140,7 @@ pub fn published(snap: &Snapshot, networks: &[DesiredNetwork]) -> Vec<DesiredPub
             }
         }
     }
-    out.sort_by(|a, b| (a.fixed.is_ipv4(), a.protocol, a.host_port).cmp(&(b.fixed.is_ipv4(), b.protocol, b.host_port)));
+    out.sort_by_key(|p| (p.fixed.is_ipv4(), p.protocol, p.host_port));
     out.dedup_by(|a, b| (a.fixed.is_ipv4(), a.protocol, a.host_port) == (b.fixed.is_ipv4(), b.protocol, b.host_port));
     out
 }
