@@ -1,7 +1,8 @@
 //! Privileged tier: CNI conformance after the spec's rules. Every call execs
 //! the `tessera` binary as runtimes do (CNI_* environment, configuration on
 //! standard input) against a real controller and agents; chains run
-//! Debian's reference `bandwidth` and `portmap` plugins after Tessera.
+//! Debian's reference `bandwidth` plugin after Tessera, which publishes the
+//! ports of the `portMappings` capability itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -221,7 +222,7 @@ fn privileged_cni_gc_status_and_errors() {
 }
 
 #[test]
-fn privileged_cni_chains_with_bandwidth_and_portmap() {
+fn privileged_cni_chains_with_bandwidth_and_publishes_ports() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Setup { mut c, _dir } = cluster(&["h1"]);
     let rt = runtime(&c, "h1");
@@ -245,8 +246,6 @@ fn privileged_cni_chains_with_bandwidth_and_portmap() {
                 conf_dir.to_str().unwrap(),
                 "--bin-dir",
                 bin_dir.to_str().unwrap(),
-                "--chain",
-                "portmap",
                 "--chain",
                 "bandwidth",
             ])
@@ -291,14 +290,16 @@ fn privileged_cni_chains_with_bandwidth_and_portmap() {
         serde_json::from_slice(&run.stdout).unwrap_or_else(|_| panic!("iperf3: {}", String::from_utf8_lossy(&run.stderr)));
     let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
     assert!(bps > 1e6 && bps < 12e6, "egress shaped to 8 Mbit/s, measured {:.1} Mbit/s", bps / 1e6);
-    // portmap received the container's address and mapped the port to it.
-    let nat = String::from_utf8_lossy(&exec_in(host, "iptables-save", ["-t", "nat"]).unwrap().stdout).into_owned();
-    assert!(nat.contains(&format!("{ip}:80")) && nat.contains("18080"), "no port mapping to {ip}:80: {nat}");
+    // Tessera took the portMappings capability and published the port to the container.
+    let published = || {
+        String::from_utf8_lossy(&exec_in(host, "nft", ["list", "map", "inet", "tessera", "pubd4any"]).unwrap().stdout)
+            .into_owned()
+    };
+    assert!(published().contains(&format!("tcp . 18080 : {ip} . 80")), "no published port to {ip}:80: {}", published());
 
     // DEL through the chain in reverse order removes it all.
     rt.del_list(&list, &t, &caps, Some(&result)).unwrap();
-    let nat = String::from_utf8_lossy(&exec_in(host, "iptables-save", ["-t", "nat"]).unwrap().stdout).into_owned();
-    assert!(!nat.contains(&format!("{ip}:80")), "port mapping left behind: {nat}");
+    assert!(!published().contains("18080"), "published port left behind: {}", published());
     let links = String::from_utf8_lossy(&exec_in(host, "ip", ["-o", "link"]).unwrap().stdout).into_owned();
     assert!(!links.contains(&host_veth), "{host_veth} left behind");
     assert_eq!(endpoints(&c, "red").len(), 1, "only the server's endpoint remains");

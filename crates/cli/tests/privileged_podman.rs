@@ -3,7 +3,8 @@
 //! namespace, the plugin and configuration put in place by `tessera cni
 //! install`): they ping each other, networks stay isolated until a policy
 //! connects them, a static `--ip` is honoured and `podman rm` releases the
-//! address.
+//! address; `podman run -p` publishes a port through Tessera (the
+//! `portMappings` capability), reached from another host and from the host.
 
 use std::path::PathBuf;
 
@@ -110,4 +111,53 @@ fn privileged_podman_containers_on_two_hosts_use_tessera_networks() {
     assert!(ping(p1, "r3", &r2));
     drop(podmans);
     assert!(endpoint_addresses(&c, "red").is_empty(), "podman rm -a left endpoints: {:?}", endpoint_addresses(&c, "red"));
+}
+
+/// What `url` answers from `host`'s namespace; `None` when nothing does.
+fn http(c: &Cluster, host: &str, url: &str) -> Option<String> {
+    let out = tessera_testkit::exec_in(c.host_netns(host).unwrap(), "curl", ["-s", "-g", "-m", "2", url]).expect("curl");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn privileged_podman_run_p_publishes_a_port_through_tessera() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("tpp{}", std::process::id() % 100_000);
+    let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
+        .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.65.0.0/24"]).unwrap();
+    let bin_dir = dir.path().join("cni-bin");
+    let conf_dir = dir.path().join("h1").join("net.d");
+    let sock = c.agent_socket("h1").display().to_string();
+    let install = |extra: &[&str]| {
+        let mut args = vec!["cni", "install", "--network", "red", "--socket", &sock];
+        let (b, d) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
+        args.extend_from_slice(&["--bin-dir", b, "--conf-dir", d]);
+        args.extend_from_slice(extra);
+        c.tessera_on("h1", &args, &[]).unwrap()
+    };
+    let refused = install(&["--chain", "portmap"]);
+    assert!(!refused.status.success(), "portmap would translate Tessera's ports a second time");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("publishes ports itself"));
+    let out = install(&[]);
+    assert!(out.status.success(), "tessera cni install: {}", String::from_utf8_lossy(&out.stderr));
+    let p = Podman::start(
+        c.host_netns("h1").unwrap(),
+        &dir.path().join("h1").join("podman"),
+        &[bin_dir.clone(), PathBuf::from(REFERENCE_PLUGINS)],
+        &conf_dir,
+    )
+    .unwrap_or_else(|e| panic!("cannot prepare podman: {e:#}"));
+    let script = "mkdir -p /www && echo web > /www/who && exec httpd -f -p 80 -h /www";
+    p.podman_ok(&["run", "-d", "--name", "web", "--network", "red", "-p", "8080:80", BUSYBOX_IMAGE, "sh", "-c", script])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs_tail(20)));
+    let h1 = c.underlay_ip("h1").unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while http(&c, "h2", &format!("http://{h1}:8080/who")).as_deref() != Some("web") {
+        assert!(std::time::Instant::now() < deadline, "podman -p 8080:80 is not reached from another host\n{}", c.logs_tail(20));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(http(&c, "h1", &format!("http://{h1}:8080/who")).as_deref(), Some("web"), "from the host itself");
+    p.podman_ok(&["rm", "-f", "-t", "0", "web"]).unwrap();
+    assert_eq!(http(&c, "h2", &format!("http://{h1}:8080/who")), None, "podman rm withdraws the port");
 }

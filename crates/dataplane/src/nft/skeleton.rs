@@ -88,6 +88,7 @@ table inet tessera {{
     }}
     chain from_overlay {{
         icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
+        ct direction reply ct mark & {published:#x} == {published:#x} accept comment "answers to the host's own use of a published port"
         counter drop comment "a container towards the host itself"
     }}
     chain gw_dnat {{
