@@ -316,6 +316,7 @@ pub fn host_intent_cached(
     }
 
     let published = crate::egress::published(snap, &networks);
+    policies.extend(crate::egress::external_programs(snap, &networks, &compiler, cache));
 
     let mut peers: Vec<IpAddr> = snap.hosts.iter().map(|h| h.underlay_ip).filter(|ip| *ip != me.underlay_ip).collect();
     peers.sort();

@@ -81,7 +81,7 @@ pub fn external_plan(snap: &Snapshot, me: &str) -> ExternalPlan {
             }
             None => EgressVia::Host(carrier.underlay_ip),
         };
-        plan.egress.insert(net.id, Egress { v4, v6, via });
+        plan.egress.insert(net.id, Egress { external: ext.vni, v4, v6, via });
     }
     for (ext, ifname) in &my_gateways {
         let mut peers: Vec<&str> =
@@ -90,7 +90,8 @@ pub fn external_plan(snap: &Snapshot, me: &str) -> ExternalPlan {
         let slice = peers.iter().position(|p| *p == me).unwrap_or(0) as u16;
         let mut addrs = addresses.remove(ext).unwrap_or_default();
         addrs.sort_by_key(|a| a.address);
-        plan.uplinks.push(DesiredUplink { ifname: ifname.clone(), slice, addresses: addrs });
+        let Some(external) = snap.networks.iter().find(|n| n.id == *ext).map(|n| n.vni) else { continue };
+        plan.uplinks.push(DesiredUplink { ifname: ifname.clone(), external, slice, addresses: addrs });
     }
     plan.uplinks.sort_by(|a, b| a.ifname.cmp(&b.ifname));
     plan
@@ -142,5 +143,37 @@ pub fn published(snap: &Snapshot, networks: &[DesiredNetwork]) -> Vec<DesiredPub
     }
     out.sort_by_key(|p| (p.fixed.is_ipv4(), p.protocol, p.host_port));
     out.dedup_by(|a, b| (a.fixed.is_ipv4(), a.protocol, a.host_port) == (b.fixed.is_ipv4(), b.protocol, b.host_port));
+    out
+}
+
+/// The programs of flows between the outside and the networks of
+/// `networks` that reach it: on the gateway that carries a network, both
+/// ways (it is where they cross); on a host of its endpoints, what comes in
+/// (both ends judge).
+pub fn external_programs(
+    snap: &Snapshot,
+    networks: &[DesiredNetwork],
+    compiler: &tessera_policy::Compiler,
+    cache: &mut tessera_policy::ListCache,
+) -> Vec<tessera_dataplane::desired::PairPolicy> {
+    let id_of = |v: Vni| snap.networks.iter().find(|n| n.vni == v).map(|n| n.id);
+    let mut out = Vec::new();
+    for n in networks {
+        let Some(egress) = &n.egress else { continue };
+        let (Some(ext), Some(net)) = (id_of(egress.external), id_of(n.vni)) else { continue };
+        let mut pairs = Vec::new();
+        if matches!(egress.via, EgressVia::Uplink { .. }) || !n.local.is_empty() {
+            pairs.push((ext, net, egress.external, n.vni));
+        }
+        if matches!(egress.via, EgressVia::Uplink { .. }) {
+            pairs.push((net, ext, n.vni, egress.external));
+        }
+        for (s, d, sv, dv) in pairs {
+            let Some(program) = compiler.program_cached(s, d, cache) else { continue };
+            if !program.is_pass_all() {
+                out.push(tessera_dataplane::desired::PairPolicy { src: sv, dst: dv, lists: program.lists });
+            }
+        }
+    }
     out
 }

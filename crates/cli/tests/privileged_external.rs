@@ -155,6 +155,17 @@ fn privileged_floating_ips_snat_moves_and_isolation() {
     });
     assert_eq!(http(&out, &url("203.0.113.10", "cgi-bin/peer")).as_deref(), Some(OUTSIDE4), "c1 sees the outside's address");
     assert_eq!(tessera_testkit::ping_in(&out, "203.0.113.10", 3).unwrap(), 3, "the outside pings the floating IP");
+    // The carrying gateway's interface table shows its uplink and counts the floating IP both ways.
+    let g = carrier(&c, &["g1", "g2"], "203.0.113.10").expect("a gateway answers for the floating IP");
+    let sock = c.agent_socket(&g).display().to_string();
+    let vifs = c.tessera_on(&g, &["vif", "list", "--socket", &sock, "--json"], &[]).unwrap();
+    let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
+    let up = vifs.as_array().unwrap().iter().find(|v| v["name"] == "up0").expect("up0 in the interface table");
+    assert_eq!(up["kind"], "uplink", "{up}");
+    let fip =
+        up["translations"].as_array().unwrap().iter().find(|t| t["external"] == "203.0.113.10").expect("the floating IP").clone();
+    assert_eq!(fip["fixed"], addresses(&e1)[0].as_str(), "{fip}");
+    assert!(fip["in_packets"].as_u64() >= Some(3) && fip["out_packets"].as_u64() >= Some(3), "{fip}");
     until("the outside to reach c1 by its IPv6 floating IP", Duration::from_secs(10), || {
         http(&out, &url("2001:db8:ff::10", "who")).as_deref() == Some("c1")
     });
@@ -222,6 +233,29 @@ fn privileged_floating_ips_snat_moves_and_isolation() {
             http(&out, &url(fip, "who")).as_deref() == Some(container)
         });
     }
+    // Policy at the edge: network a lets the outside in on port 8080 only,
+    // and keeps its endpoints from the outside's port 8080.
+    c.cli_ok(&[
+        "policy",
+        "add",
+        "default-domain:p1:edge",
+        "--rule",
+        "pass tcp default-domain:admin:public any > default-domain:p1:a 8080",
+        "--rule",
+        "deny any default-domain:admin:public any > default-domain:p1:a any",
+        "--rule",
+        "deny tcp default-domain:p1:a any > default-domain:admin:public 8080",
+    ])
+    .unwrap();
+    c.cli_ok(&["network", "update", "default-domain:p1:a", "--policy", "default-domain:p1:edge"]).unwrap();
+    until("the edge policy to refuse ping from the outside", Duration::from_secs(10), || {
+        tessera_testkit::ping_in(&out, "203.0.113.20", 1).unwrap() == 0
+    });
+    assert_eq!(http(&out, &url("203.0.113.20", "who")).as_deref(), Some("ca"), "port 8080 is let in");
+    assert_eq!(http(c.netns_of("ca").unwrap(), &url(OUTSIDE4, "who")), None, "the outside's port 8080 is refused to a");
+    assert_eq!(http(c.netns_of("cb").unwrap(), &url(OUTSIDE4, "who")).as_deref(), Some("out"), "b has no such policy");
+    assert_eq!(tessera_testkit::ping_in(&out, "203.0.113.21", 1).unwrap(), 1, "nor does the floating IP of b");
+
     let leftovers = c.cli_ok(&["floating-ip", "list"]).unwrap();
     assert!(leftovers.contains("203.0.113.20") && leftovers.contains("203.0.113.21"), "{leftovers}");
 }

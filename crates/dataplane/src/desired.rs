@@ -89,6 +89,8 @@ pub struct DesiredPublished {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredUplink {
     pub ifname: String,
+    /// The external network whose addresses live there.
+    pub external: Vni,
     /// The SNAT port slice of this host ([`crate::names::snat_ports`]).
     pub slice: u16,
     /// The external addresses this host answers for on it.
@@ -114,6 +116,8 @@ pub enum ExternalKind {
 /// How a network's traffic to the outside leaves a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
+    /// The external network the outside is reached through.
+    pub external: Vni,
     /// The families the outside is reached in (the external network's).
     pub v4: bool,
     pub v6: bool,
@@ -561,8 +565,13 @@ impl DesiredHost {
             }
         }
         let mut programs = BTreeSet::new();
+        let external = |v: Vni| {
+            self.uplinks.iter().any(|u| u.external == v)
+                || self.networks.iter().any(|n| n.egress.as_ref().is_some_and(|e| e.external == v))
+        };
         for (i, p) in self.policies.iter().enumerate() {
-            if present(p.src).is_none() || present(p.dst).is_none() {
+            let known = |v: Vni| present(v).is_some() || external(v);
+            if !known(p.src) || !known(p.dst) || (external(p.src) && external(p.dst)) {
                 return Err(DesiredError::new(format!("policies[{i}]"), "both networks of a program must be on the host"));
             }
             if !programs.insert((p.src, p.dst)) {

@@ -399,6 +399,11 @@ pub enum NftElement {
         address: IpAddr,
         mark: u32,
     },
+    /// `inet tessera` set `extout4|6`: what leaves an uplink from an
+    /// external address is counted.
+    ExtOut {
+        address: IpAddr,
+    },
     /// `inet tessera` map `fipin4|6`: a floating IP's destination NAT.
     FipIn {
         floating: IpAddr,
@@ -489,6 +494,7 @@ impl NftElement {
             }
             NftElement::ExtZone { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extzone4" } else { "extzone6" }),
             NftElement::ExtMark { address, .. } => ("inet", "tessera", if address.is_ipv4() { "extmark4" } else { "extmark6" }),
+            NftElement::ExtOut { address } => ("inet", "tessera", if address.is_ipv4() { "extout4" } else { "extout6" }),
             NftElement::FipIn { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipin4" } else { "fipin6" }),
             NftElement::FipOut { floating, .. } => ("inet", "tessera", if floating.is_ipv4() { "fipout4" } else { "fipout6" }),
             NftElement::Snat { address, .. } => ("inet", "tessera", if address.is_ipv4() { "snat4" } else { "snat6" }),
@@ -522,6 +528,7 @@ impl fmt::Display for NftElement {
             NftElement::Uplink { ifname } | NftElement::UplinkSlice { ifname, .. } => write!(f, "\"{ifname}\"")?,
             NftElement::ExtZone { address, zone } => write!(f, "{address} : {zone}")?,
             NftElement::ExtMark { address, mark } => write!(f, "{address} : {mark:#x}")?,
+            NftElement::ExtOut { address } => write!(f, "{address}")?,
             NftElement::FipIn { floating, fixed } => write!(f, "{floating} : {fixed}")?,
             NftElement::FipOut { zone, fixed, floating } => write!(f, "{zone} . {fixed} : {floating}")?,
             NftElement::Snat { zone, address } => write!(f, "{zone} : {address}")?,

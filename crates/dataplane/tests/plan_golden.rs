@@ -428,7 +428,7 @@ mod external {
         } else {
             EgressVia::Host("10.99.0.5".parse().unwrap())
         };
-        net.egress = Some(Egress { v4: true, v6: true, via });
+        net.egress = Some(Egress { external: Vni::new(50).unwrap(), v4: true, v6: true, via });
         let vni = net.vni;
         let mut h = host(vec![net]);
         let addresses = if carries {
@@ -443,7 +443,7 @@ mod external {
         } else {
             vec![]
         };
-        h.uplinks = vec![DesiredUplink { ifname: "eth1".into(), slice: 1, addresses }];
+        h.uplinks = vec![DesiredUplink { ifname: "eth1".into(), external: Vni::new(50).unwrap(), slice: 1, addresses }];
         h
     }
 

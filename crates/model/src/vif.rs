@@ -20,6 +20,24 @@ pub enum VifKind {
     Tunnel,
     /// A network's bridge (`tb*`).
     Bridge,
+    /// A gateway's uplink: where an external network's addresses live.
+    Uplink,
+}
+
+/// An external address a gateway translates on one of its uplinks, with
+/// what went through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Translation {
+    pub external: std::net::IpAddr,
+    /// The network it translates for.
+    pub vni: Option<Vni>,
+    /// A floating IP's endpoint address; `None` for a network's SNAT address.
+    pub fixed: Option<std::net::IpAddr>,
+    /// Packets and bytes that came in for the address, and that left with it.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
 /// One row of the interface table.
@@ -47,4 +65,7 @@ pub struct VifEntry {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub tx_dropped: u64,
+    /// On a gateway's uplink: the floating IPs and SNAT addresses it translates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<Translation>,
 }

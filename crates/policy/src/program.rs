@@ -454,6 +454,18 @@ pub fn default_verdict(topology: &Topology, src: Uuid, dst: Uuid) -> Verdict {
     }
 }
 
+/// The default verdict of the lists of flows from `src` to `dst`: also
+/// pass between an external network and a network (what reaches the
+/// outside, or comes in through a floating IP or a published port, was let
+/// out or in on purpose; policies may refuse some of it).
+fn pair_default(topology: &Topology, src: &Network, dst: &Network) -> Verdict {
+    if src.external || dst.external {
+        Verdict::Pass
+    } else {
+        default_verdict(topology, src.id, dst.id)
+    }
+}
+
 /// Compiles the program of new flows from `src` to `dst`.
 pub fn compile_pair(src: &Network, dst: &Network, policies: &HashMap<Uuid, &Policy>, topology: &Topology) -> PairProgram {
     compile_pair_cached(src, dst, policies, topology, &mut ListCache::new())
@@ -480,7 +492,7 @@ pub(crate) fn compile_pair_hashed(
     cache: &mut ListCache,
     hash_of: &dyn Fn(&Policy) -> u64,
 ) -> PairProgram {
-    let default = default_verdict(topology, src.id, dst.id);
+    let default = pair_default(topology, src, dst);
     let mut lists: Vec<RuleList> = Vec::new();
     let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
     let mut compiled: Vec<&[Uuid]> = Vec::new();
@@ -509,7 +521,7 @@ pub fn reference_verdict(
     topology: &Topology,
     flow: &Flow,
 ) -> Verdict {
-    let default = default_verdict(topology, src.id, dst.id);
+    let default = pair_default(topology, src, dst);
     let owners: &[&Network] = if src.id == dst.id { &[src] } else { &[src, dst] };
     for owner in owners {
         let first = attached(owner, policies)

@@ -23,10 +23,21 @@ pub struct Side<'a> {
 }
 
 impl<'a> Side<'a> {
+    /// The side of `network`: its subnets; for an external network, the
+    /// whole outside of the families of its subnets (its flows come from,
+    /// and go to, any address beyond its gateways).
     pub fn of(network: &'a Network) -> Self {
-        let ranges: Vec<(Family, (u128, u128))> =
+        let mut ranges: Vec<(Family, (u128, u128))> =
             network.subnets.iter().map(|s| (Family::of(s.cidr.addr()), net_range(&s.cidr))).collect();
         let families = [ranges.iter().any(|r| r.0 == Family::V4), ranges.iter().any(|r| r.0 == Family::V6)];
+        if network.external {
+            ranges = [Family::V4, Family::V6]
+                .into_iter()
+                .zip(families)
+                .filter(|(_, present)| *present)
+                .map(|(f, _)| (f, (0, f.max())))
+                .collect();
+        }
         Side { network, families, ranges }
     }
 }

@@ -224,7 +224,28 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
                 format!("{}/{}", v.tx_errors, v.tx_dropped),
             ]);
         }
-        t.render()
+        let mut out = t.render();
+        let mut seen = std::collections::BTreeSet::new();
+        let translations: Vec<_> = vifs.iter().flat_map(|v| &v.translations).filter(|x| seen.insert(x.external)).collect();
+        if !translations.is_empty() {
+            let mut n =
+                Table::new(&["EXTERNAL", "KIND", "VRF", "ENDPOINT ADDRESS", "IN PKTS", "IN BYTES", "OUT PKTS", "OUT BYTES"]);
+            for x in translations {
+                n.row(vec![
+                    x.external.to_string(),
+                    if x.fixed.is_some() { "floating IP" } else { "SNAT" }.to_string(),
+                    x.vni.map(|v| format!("vni {v}")).unwrap_or_else(|| "-".into()),
+                    x.fixed.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                    x.in_packets.to_string(),
+                    x.in_bytes.to_string(),
+                    x.out_packets.to_string(),
+                    x.out_bytes.to_string(),
+                ]);
+            }
+            out += "\nTranslated on this gateway's uplinks:\n";
+            out += &n.render();
+        }
+        out
     })
 }
 

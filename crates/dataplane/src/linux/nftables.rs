@@ -443,7 +443,7 @@ async fn nft_listings() -> Result<NftListings, DataplaneError> {
 }
 
 /// `nft ARGS` for a listing; `None` when the table or map does not exist.
-async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
+pub(super) async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
     match nft_run(args, None).await {
         Ok(out) => Ok(Some(out)),
         Err(e) if e.contains("No such file or directory") => Ok(None),

@@ -58,7 +58,16 @@ pub(super) async fn interfaces(h: &Handle) -> Result<Vec<VifEntry>, DataplaneErr
             tx_bytes: s.tx_bytes,
             tx_errors: s.tx_errors,
             tx_dropped: s.tx_dropped,
+            translations: Vec::new(),
         });
+    }
+    // A gateway's uplinks, with what they translate.
+    if let Ok(Some(doc)) = super::nftables::nft_list(&["-j", "list", "table", "inet", "tessera"]).await {
+        let ext = crate::nft::external::external(&doc);
+        for v in out.iter_mut().filter(|v| ext.uplinks.contains(&v.name)) {
+            v.kind = VifKind::Uplink;
+            v.translations = ext.translations.clone();
+        }
     }
     Ok(out)
 }

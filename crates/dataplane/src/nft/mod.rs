@@ -65,6 +65,7 @@ use tessera_policy::Family;
 use crate::names::{DIGESTS, POLICY_TABLE, SKELETON_VERSION};
 use crate::observed::{NftElement, NftState, ObservedChain, ObservedMap};
 use crate::op::KernelOp;
+pub mod external;
 mod skeleton;
 pub use skeleton::skeleton_script;
 
@@ -371,9 +372,11 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
             let slice = crate::observed::SLICE_SETS.iter().position(|x| *x == s)? as u16;
             Some(NftElement::UplinkSlice { ifname: elem.as_str()?.to_string(), slice })
         }
+        ("inet", "extout4" | "extout6") => Some(NftElement::ExtOut { address: elem.as_str()?.parse().ok()? }),
         ("inet", "extzone4" | "extzone6" | "extmark4" | "extmark6" | "fipin4" | "fipin6" | "snat4" | "snat6") => {
             let pair = elem.as_array()?;
             let key = pair.first()?;
+            let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
             let value = pair.get(1)?;
             Some(match set {
                 "extzone4" | "extzone6" => {

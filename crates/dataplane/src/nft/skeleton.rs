@@ -36,10 +36,16 @@ table inet tessera {{
         typeof ip6 daddr : ct zone
     }}
     map extmark4 {{
-        type ipv4_addr : mark
+        type ipv4_addr : mark; counter;
     }}
     map extmark6 {{
-        type ipv6_addr : mark
+        type ipv6_addr : mark; counter;
+    }}
+    set extout4 {{
+        type ipv4_addr; counter;
+    }}
+    set extout6 {{
+        type ipv6_addr; counter;
     }}
     map fipin4 {{
         type ipv4_addr : ipv4_addr
@@ -134,6 +140,8 @@ table inet tessera {{
         type filter hook postrouting priority srcnat + 10; policy accept;
         oifname @uplinks ct state invalid,untracked counter drop comment "towards the outside, not tracked"
         oifname @uplinks ct zone 0 accept
+        oifname @uplinks ip saddr @extout4
+        oifname @uplinks ip6 saddr @extout6
         oifname @uplinks ct status snat accept
         oifname @uplinks ct status dnat accept
         oifname @uplinks counter drop comment "towards the outside, untranslated"

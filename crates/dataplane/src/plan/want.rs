@@ -218,6 +218,7 @@ impl Want {
                 });
                 w.elements.insert(NftElement::ExtZone { address: a, zone: net.zone });
                 w.elements.insert(NftElement::ExtMark { address: a, mark: table_id(net.vni) });
+                w.elements.insert(NftElement::ExtOut { address: a });
                 match ext.kind {
                     ExternalKind::Floating { fixed } => {
                         w.elements.insert(NftElement::FipIn { floating: a, fixed });

@@ -29,6 +29,13 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
     // networks a VRF holds never overlap).
     let (mut arrivals4, mut arrivals6): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     let mut sources: BTreeSet<Vni> = BTreeSet::new();
+    let external = |v: Vni| {
+        desired.uplinks.iter().any(|u| u.external == v)
+            || desired.networks.iter().any(|n| n.egress.as_ref().is_some_and(|e| e.external == v))
+    };
+    let uplinks_of = |v: Vni| desired.uplinks.iter().filter(move |u| u.external == v).map(|u| u.ifname.as_str());
+    // Per local network, the program of what arrives from the outside.
+    let mut from_outside: std::collections::BTreeMap<Vni, String> = std::collections::BTreeMap::new();
     let mut programs: Vec<&PairPolicy> = desired.policies.iter().filter(|p| !p.lists.is_empty()).collect();
     programs.sort_by_key(|p| (p.src, p.dst));
     let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,6 +61,24 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         let pname = pair_chain(s, d);
         out.chains.insert(pname.clone(), chain(ChainKind::Pair, jumps, "accept", None));
         let (tb_s, tb_d, tx_d) = (bridge_name(s), bridge_name(d), vxlan_name(d));
+        if external(s) {
+            // From the outside: on the gateway, from its uplink; on the
+            // endpoint's host, through the tunnel from the gateway.
+            for up in uplinks_of(s) {
+                dispatch.push(format!("\"{up}\" . \"{tb_d}\" : jump {pname}"));
+                dispatch.push(format!("\"{up}\" . \"{tx_d}\" : jump {pname}"));
+            }
+            from_outside.insert(d, pname);
+            continue;
+        }
+        if external(d) {
+            // To the outside, on the gateway.
+            for up in uplinks_of(d) {
+                dispatch.push(format!("\"{tb_s}\" . \"{up}\" : jump {pname}"));
+                dispatch.push(format!("\"{}\" . \"{up}\" : jump {pname}", vxlan_name(s)));
+            }
+            continue;
+        }
         dispatch.push(format!("\"{tb_s}\" . \"{tb_d}\" : jump {pname}"));
         dispatch.push(format!("\"{tb_s}\" . \"{tx_d}\" : jump {pname}"));
         let source = desired.networks.iter().find(|n| n.vni == s);
@@ -66,8 +91,47 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
             }
         }
     }
-    for s in sources {
+    // What else may arrive through a network's tunnel for a local endpoint:
+    // from the network itself and from the networks it exchanges routes
+    // with (their pairs pass everything when they have no program), and,
+    // when it reaches the outside, from the outside. Anything else was
+    // forged by a host of the fabric: dropped.
+    let programmed: BTreeSet<String> = arrivals4
+        .iter()
+        .chain(arrivals6.iter())
+        .map(|e| e.rsplit_once(" : ").map(|(k, _)| k.to_string()).unwrap_or_default())
+        .collect();
+    let mut catch_all: Vec<String> = Vec::new();
+    for d in desired.networks.iter().filter(|n| !n.local.is_empty()) {
+        let (tb_d, tx_d) = (bridge_name(d.vni), vxlan_name(d.vni));
+        let peers =
+            desired.networks.iter().filter(|n| n.vni == d.vni || d.imports.contains(&n.vni) || n.imports.contains(&d.vni));
+        for sub in peers.flat_map(|n| &n.subnets) {
+            let key = format!("\"{tx_d}\" . {} . \"{tb_d}\"", sub.cidr.trunc());
+            if programmed.contains(&key) {
+                continue;
+            }
+            let entry = format!("{key} : return");
+            if sub.cidr.addr().is_ipv4() {
+                arrivals4.push(entry)
+            } else {
+                arrivals6.push(entry)
+            }
+        }
+        let verdict = match (from_outside.get(&d.vni), &d.egress) {
+            (Some(p), _) => format!("jump {p}"),
+            (None, Some(_)) => "return".to_string(),
+            (None, None) => "drop".to_string(),
+        };
+        catch_all.push(format!("\"{tx_d}\" . \"{tb_d}\" : {verdict}"));
+    }
+    for s in sources.iter().copied().filter(|s| !external(*s)) {
         let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
+        out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
+    }
+    // A flow from the outside is answered through the host's own tables.
+    for s in sources.iter().copied().filter(|s| external(*s)) {
+        let rules = vec!["meta l4proto tcp reject with tcp reset".to_string()];
         out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
     }
     memo.forget_unused();
@@ -81,6 +145,9 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
     }
     if !arrivals6.is_empty() {
         body.push(format!("iifname . ip6 saddr . oifname vmap {{ {} }}", arrivals6.join(", ")));
+    }
+    if !catch_all.is_empty() {
+        body.push(format!("iifname . oifname vmap {{ {} }}", catch_all.join(", ")));
     }
     out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
     out
