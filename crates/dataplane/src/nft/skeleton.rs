@@ -68,17 +68,23 @@ table inet tessera {{
 {pub_maps}
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
-        iifname @uplinks ct zone set ip daddr map @extzone4
-        iifname @uplinks ct zone set ip6 daddr map @extzone6
-        iifname @uplinks meta mark set ip daddr map @extmark4
-        iifname @uplinks meta mark set ip6 daddr map @extmark6
-{pub_in}        iifname "tb*" ct zone set iifname . ip daddr map @pz4
+        iifname @uplinks jump from_uplink
+        iifname != "tb*" iifname != "tx*" meta l4proto {{ tcp, udp }} fib daddr type local jump to_published
+        iifname "tb*" ct zone set iifname . ip daddr map @pz4
         iifname "tx*" ct zone set iifname . ip saddr map @pz4
         iifname "tb*" ct zone set iifname . ip6 daddr map @pz6
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
         iifname "tx*" meta mark set meta mark | {verified:#x}
     }}
+    chain from_uplink {{
+        ct zone set ip daddr map @extzone4
+        ct zone set ip6 daddr map @extzone6
+        meta mark set ip daddr map @extmark4
+        meta mark set ip6 daddr map @extmark6
+    }}
+    chain to_published {{
+{pub_rules}    }}
     set vteps4 {{
         type ipv4_addr
     }}
@@ -101,10 +107,14 @@ table inet tessera {{
         type nat hook prerouting priority dstnat; policy accept;
         iifname @uplinks dnat ip to ip daddr map @fipin4
         iifname @uplinks dnat ip6 to ip6 daddr map @fipin6
-{pub_dnat_in}    }}
+        iifname != "tb*" iifname != "tx*" meta l4proto {{ tcp, udp }} fib daddr type local jump published_dnat
+    }}
     chain pub_dnat_out {{
         type nat hook output priority -100; policy accept;
-{pub_dnat_out}    }}
+        meta l4proto {{ tcp, udp }} fib daddr type local jump published_dnat
+    }}
+    chain published_dnat {{
+{pub_dnat}    }}
     chain published {{
         type filter hook prerouting priority mangle; policy accept;
         ct direction original ct zone != 0 iifname != "tb*" iifname != "tx*" fib daddr type local ct mark set ct mark | {published:#x}
@@ -120,17 +130,23 @@ table inet tessera {{
     }}
     chain gw_forward {{
         type filter hook forward priority filter - 10; policy accept;
-        iifname @uplinks ct state established,related accept
-        iifname @uplinks ct status dnat accept
-        iifname @uplinks counter drop comment "from the outside, to no floating IP"
+        iifname @uplinks jump from_outside
+    }}
+    chain from_outside {{
+        ct state established,related accept
+        ct status dnat accept
+        counter drop comment "from the outside, to no floating IP"
     }}
     chain gw_snat {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname @uplinks snat ip to ct zone . ip saddr map @fipout4
-        oifname @uplinks snat ip6 to ct zone . ip6 saddr map @fipout6
-{slice_rules}        oifname @uplinks snat ip to ct zone map @snat4
-        oifname @uplinks snat ip6 to ct zone map @snat6
-        oifname @uplinks counter drop comment "towards the outside, with no floating IP or SNAT"
+        oifname @uplinks jump to_outside_nat
+    }}
+    chain to_outside_nat {{
+        snat ip to ct zone . ip saddr map @fipout4
+        snat ip6 to ct zone . ip6 saddr map @fipout6
+{slice_rules}        snat ip to ct zone map @snat4
+        snat ip6 to ct zone map @snat6
+        counter drop comment "towards the outside, with no floating IP or SNAT"
     }}
     chain tunnel_out {{
         type filter hook postrouting priority filter; policy accept;
@@ -138,17 +154,20 @@ table inet tessera {{
     }}
     chain gw_out {{
         type filter hook postrouting priority srcnat + 10; policy accept;
-        oifname @uplinks ct state invalid,untracked counter drop comment "towards the outside, not tracked"
-        oifname @uplinks ct zone 0 accept
-        oifname @uplinks ip saddr @extout4
-        oifname @uplinks ip6 saddr @extout6
-        oifname @uplinks ct status snat accept
-        oifname @uplinks ct status dnat accept
-        oifname @uplinks counter drop comment "towards the outside, untranslated"
+        oifname @uplinks jump to_outside
+    }}
+    chain to_outside {{
+        ct state invalid,untracked counter drop comment "towards the outside, not tracked"
+        ct zone 0 accept
+        ip saddr @extout4
+        ip6 saddr @extout6
+        ct status snat accept
+        ct status dnat accept
+        counter drop comment "towards the outside, untranslated"
     }}
     chain output {{
         type filter hook output priority raw; policy accept;
-{pub_out}
+        meta l4proto {{ tcp, udp }} fib daddr type local jump to_published
         oifname "tb*" icmp type redirect drop
         oifname "tb*" icmpv6 type nd-redirect drop
         ct zone set oifname map @zones comment "{v}"
@@ -197,10 +216,8 @@ table inet {p} {{
         v = SKELETON_VERSION,
         slice_sets = slice_sets(),
         pub_maps = pub_maps(),
-        pub_in = pub_rules(r#"iifname != "tb*" iifname != "tx*" "#),
-        pub_out = pub_rules(""),
-        pub_dnat_in = pub_dnat(r#"iifname != "tb*" iifname != "tx*" "#),
-        pub_dnat_out = pub_dnat(""),
+        pub_rules = pub_rules(),
+        pub_dnat = pub_dnat(),
         published = crate::names::PUBLISHED_MARK,
         slice_rules = slice_rules(),
         vxlan = crate::desired::VXLAN_PORT,
@@ -230,38 +247,27 @@ fn pub_maps() -> String {
     out
 }
 
-/// The rules that give what arrives for a published port (from anywhere
-/// but a network, with `filter`) its network's zone and the mark of its
-/// network's table (which routes it there once translated).
-fn pub_rules(filter: &str) -> String {
+/// The rules that give what is for a published port (a TCP or UDP packet
+/// for a local address, from anywhere but a network) its network's zone
+/// and the mark of its network's table (which routes it there once
+/// translated).
+fn pub_rules() -> String {
     let mut out = String::new();
     for (kind, what) in [("z", "ct zone"), ("m", "meta mark")] {
         for (fam, addr, proto) in [("4", "ip", "ipv4"), ("6", "ip6", "ipv6")] {
-            let _ = writeln!(
-                out,
-                "        {filter}fib daddr type local {what} set {addr} daddr . meta l4proto . th dport map @pub{kind}{fam}"
-            );
-            let _ = writeln!(
-                out,
-                "        {filter}fib daddr type local meta nfproto {proto} {what} set meta l4proto . th dport map @pub{kind}{fam}any"
-            );
+            let _ = writeln!(out, "        {what} set {addr} daddr . meta l4proto . th dport map @pub{kind}{fam}");
+            let _ = writeln!(out, "        meta nfproto {proto} {what} set meta l4proto . th dport map @pub{kind}{fam}any");
         }
     }
     out
 }
 
 /// The destination NAT of published ports.
-fn pub_dnat(filter: &str) -> String {
+fn pub_dnat() -> String {
     let mut out = String::new();
     for (fam, addr, proto) in [("4", "ip", "ipv4"), ("6", "ip6", "ipv6")] {
-        let _ = writeln!(
-            out,
-            "        {filter}fib daddr type local dnat {addr} to {addr} daddr . meta l4proto . th dport map @pubd{fam}"
-        );
-        let _ = writeln!(
-            out,
-            "        {filter}fib daddr type local meta nfproto {proto} dnat {addr} to meta l4proto . th dport map @pubd{fam}any"
-        );
+        let _ = writeln!(out, "        dnat {addr} to {addr} daddr . meta l4proto . th dport map @pubd{fam}");
+        let _ = writeln!(out, "        meta nfproto {proto} dnat {addr} to meta l4proto . th dport map @pubd{fam}any");
     }
     out
 }
