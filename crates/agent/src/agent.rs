@@ -88,6 +88,10 @@ impl Agent {
         if let Some(h) = &req.handover {
             limits::check_ifname("handover", h)?;
         }
+        for (i, p) in req.ports.iter().enumerate() {
+            tessera_api::ports::check_free(p)
+                .map_err(|why| ApiError::new(ErrorCode::AlreadyExists, why, Some(&format!("ports[{i}]"))))?;
+        }
         let name = Self::attach_name(&req, &ifname)?;
         let create = EndpointCreate {
             network: req.network.clone(),

@@ -24,6 +24,7 @@ pub mod controller;
 pub mod error;
 pub mod local;
 pub mod mirror;
+pub mod ports;
 pub mod saved;
 pub mod uds;
 

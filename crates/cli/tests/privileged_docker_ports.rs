@@ -63,6 +63,17 @@ fn privileged_docker_run_p_publishes_ports_from_outside_and_from_the_host() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("8080") && err.contains("published"), "{err}");
     let _ = f.d1.docker(&["rm", "-f", "web2"]);
+    // A port a program of the host listens on is refused too.
+    let mut cmd = std::process::Command::new("busybox");
+    cmd.args(["nc", "-l", "-p", "9090"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut listener = f.c.fabric.spawn_in_netns(f.c.host_netns("h1").unwrap(), cmd).expect("busybox nc");
+    std::thread::sleep(Duration::from_millis(300));
+    let third = web(&f, "web3", &["9090:80"]);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(!third.status.success(), "a container took a port a program of the host listens on");
+    assert!(String::from_utf8_lossy(&third.stderr).contains("in use by a program"), "{}", String::from_utf8_lossy(&third.stderr));
+    let _ = f.d1.docker(&["rm", "-f", "web3"]);
 
     // Removing the container withdraws the port.
     ok(&f.d1, &["rm", "-f", "web"]);

@@ -14,6 +14,9 @@ impl Plugin {
         if ports.is_empty() {
             return Ok(());
         }
+        for p in &ports {
+            tessera_api::ports::check_free(p).map_err(DriverError::Invalid)?;
+        }
         let net = self.network_of(&req.network_id).await?;
         let ep = self
             .tessera_endpoint(net.id, &req.endpoint_id)
