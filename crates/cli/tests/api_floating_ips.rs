@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{assert_error, Api, ControllerProcess};
+use support::{allocations, assert_error, Api, ControllerProcess};
 
 /// An external network `public`, a network `red` with an endpoint `e1` on
 /// host h1; returns e1's id.
@@ -26,17 +26,6 @@ fn endpoint(api: &Api, network: &str, name: &str) -> String {
     let (s, ep) = api.post("/v1/endpoints", json!({"network": network, "host": "h1", "name": name}));
     assert_eq!(s, 201, "{ep}");
     ep["id"].as_str().unwrap().to_string()
-}
-
-fn allocations(api: &Api, network: &str) -> Vec<(String, String)> {
-    let (_, ipam) = api.get(&format!("/v1/networks/{network}/ipam"));
-    ipam["subnets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["allocations"].as_array().unwrap().clone())
-        .map(|a| (a["address"].as_str().unwrap().to_string(), a["owner"].as_str().unwrap().to_string()))
-        .collect()
 }
 
 fn fip(api: &Api, body: Value) -> Value {
@@ -244,4 +233,41 @@ fn a_gateway_is_alive_while_it_renews_its_lease() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_error(&api.put("/v1/hosts/nope/lease", json!(null)), 404, "not_found", None);
+}
+
+#[test]
+fn a_host_renews_its_own_lease_and_publishes_ports_of_its_own_endpoints_only() {
+    let c = ControllerProcess::start();
+    let api = Api::new(&c);
+    let e1 = setup(&api);
+    let h1 = Api::as_caller(&c, &support::Caller::Host("h1".into()));
+    let h2 = Api::as_caller(&c, &support::Caller::Host("h2".into()));
+    assert_eq!(api.put("/v1/hosts/h2", json!({"underlay_ip": "10.99.0.2"})).0, 200);
+    assert_eq!(h1.put("/v1/hosts/h1/lease", json!(null)).0, 204);
+    assert_error(&h2.put("/v1/hosts/h1/lease", json!(null)), 403, "permission_denied", None);
+    let ports = json!({"ports": [{"protocol": "tcp", "host_port": 8080, "container_port": 80}]});
+    assert_error(&h2.put(&format!("/v1/endpoints/{e1}/ports"), ports.clone()), 403, "permission_denied", None);
+    let (s, ep) = h1.put(&format!("/v1/endpoints/{e1}/ports"), ports);
+    assert_eq!(s, 200, "{ep}");
+    // A second endpoint of the host cannot take the port; port 0 takes a free one.
+    let e2 = endpoint(&api, "red", "e2");
+    let taken = json!({"ports": [{"protocol": "tcp", "host_port": 8080, "container_port": 80}]});
+    assert_error(&h1.put(&format!("/v1/endpoints/{e2}/ports"), taken), 409, "already_exists", Some("ports[0].host_port"));
+    let (s, any) = h1
+        .put(&format!("/v1/endpoints/{e2}/ports"), json!({"ports": [{"protocol": "tcp", "host_port": 0, "container_port": 80}]}));
+    assert_eq!(s, 200, "{any}");
+    assert_eq!(any["ports"][0]["host_port"], 32768);
+    assert_error(
+        &h1.put(
+            &format!("/v1/endpoints/{e2}/ports"),
+            json!({"ports": [{"protocol": "tcp", "host_ip": "::1", "host_port": 9, "container_port": 9}]}),
+        ),
+        400,
+        "invalid_argument",
+        Some("ports[0].host_ip"),
+    );
+    // Deleting the endpoint frees its port.
+    assert_eq!(api.delete(&format!("/v1/endpoints/{e1}")).0, 204);
+    let again = json!({"ports": [{"protocol": "tcp", "host_port": 8080, "container_port": 80}]});
+    assert_eq!(h1.put(&format!("/v1/endpoints/{e2}/ports"), again).0, 200);
 }

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{assert_error, Api, ControllerProcess};
+use support::{allocations, assert_error, Api, ControllerProcess};
 
 fn setup(api: &Api, cidrs: &[&str]) -> String {
     let subnets: Vec<_> = cidrs.iter().map(|c| json!({"cidr": c})).collect();
@@ -19,14 +19,7 @@ fn reserve(api: &Api, body: serde_json::Value) -> (u16, serde_json::Value) {
 }
 
 fn owners(api: &Api) -> Vec<(String, String)> {
-    let (_, ipam) = api.get("/v1/networks/net/ipam");
-    ipam["subnets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["allocations"].as_array().unwrap().clone())
-        .map(|a| (a["address"].as_str().unwrap().to_string(), a["owner"].as_str().unwrap().to_string()))
-        .collect()
+    allocations(api, "net")
 }
 
 fn reserved(api: &Api) -> Vec<String> {

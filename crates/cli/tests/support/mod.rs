@@ -293,6 +293,18 @@ impl Api {
     }
 }
 
+/// Every allocation of a network's IPAM: (address, owner).
+pub fn allocations(api: &Api, network: &str) -> Vec<(String, String)> {
+    let (_, ipam) = api.get(&format!("/v1/networks/{network}/ipam"));
+    ipam["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["allocations"].as_array().unwrap().clone())
+        .map(|a| (a["address"].as_str().unwrap().to_string(), a["owner"].as_str().unwrap().to_string()))
+        .collect()
+}
+
 /// Asserts an error response: status, stable code, and the field it names.
 #[track_caller]
 pub fn assert_error(resp: &(u16, Value), status: u16, code: &str, field: Option<&str>) {

@@ -413,28 +413,13 @@ impl Controller {
                 tracing::info!(network = %net.fq_name, "network deleted");
                 return Ok(());
             }
-            Outcome::Refused(Guard::NetworkHasFloatingIps) => {
-                let prefix = keys::floating_ips_of(net.id);
-                let users = self
-                    .store
-                    .range(&prefix)
-                    .await?
-                    .kvs
-                    .iter()
-                    .map(|kv| format!("floating IP {}", &kv.key[prefix.len()..]))
-                    .collect();
-                return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
-            }
-            Outcome::Refused(Guard::NetworkHasSnatUsers) => {
-                let prefix = keys::snat_users_of(net.id);
-                let users = self
-                    .store
-                    .range(&prefix)
-                    .await?
-                    .kvs
-                    .iter()
-                    .map(|kv| format!("SNAT of network {}", &kv.key[prefix.len()..]))
-                    .collect();
+            Outcome::Refused(guard @ (Guard::NetworkHasFloatingIps | Guard::NetworkHasSnatUsers)) => {
+                let (prefix, what) = match guard {
+                    Guard::NetworkHasFloatingIps => (keys::floating_ips_of(net.id), "floating IP"),
+                    _ => (keys::snat_users_of(net.id), "SNAT of network"),
+                };
+                let kvs = self.store.range(&prefix).await?.kvs;
+                let users = kvs.iter().map(|kv| format!("{what} {}", &kv.key[prefix.len()..])).collect();
                 return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
             }
             Outcome::Refused(Guard::NetworkChanged) => {
