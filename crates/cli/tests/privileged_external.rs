@@ -177,6 +177,18 @@ fn privileged_floating_ips_snat_moves_and_isolation() {
     );
     assert_eq!(http(c.netns_of("c1").unwrap(), &url(OUTSIDE6, "cgi-bin/peer")).as_deref(), Some("2001:db8:ff::10"));
 
+    // An endpoint on a gateway host works as on any host.
+    c.container("g2", "c4").unwrap();
+    let e4 = c.attach("c4", "red", &[]).unwrap();
+    servers.push(serve(&c, &dir, c.netns_of("c4").unwrap(), "c4"));
+    c.cli_ok(&["floating-ip", "add", "public", "--ip", "203.0.113.40"]).unwrap();
+    c.cli_ok(&["floating-ip", "associate", "203.0.113.40", "--endpoint", e4["id"].as_str().unwrap()]).unwrap();
+    until("the outside to reach c4 on a gateway host", Duration::from_secs(10), || {
+        http(&out, &url("203.0.113.40", "who")).as_deref() == Some("c4")
+    });
+    assert_eq!(http(c.netns_of("c4").unwrap(), &url(OUTSIDE4, "cgi-bin/peer")).as_deref(), Some("203.0.113.40"));
+    assert_eq!(http(c.netns_of("c4").unwrap(), &url(&addresses(&e1)[0], "who")).as_deref(), Some("c1"), "and its network");
+
     // c2 has no floating IP and red no SNAT: nothing outside, and nothing
     // from outside, even routed at a gateway by its private address.
     assert_eq!(http(c.netns_of("c2").unwrap(), &url(OUTSIDE4, "who")), None, "without SNAT nothing outside is reached");
@@ -196,12 +208,28 @@ fn privileged_floating_ips_snat_moves_and_isolation() {
     });
     assert_eq!(http(&out, &url(&snat, "who")), None, "a SNAT address lets nothing in");
 
+    // A connection through the floating IP, open while it moves.
+    let mut cmd = std::process::Command::new("busybox");
+    cmd.args(["nc", "-l", "-p", "9000"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let held = Server(c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), cmd).expect("busybox nc"));
+    thread::sleep(Duration::from_millis(300));
+    let mut old =
+        tessera_fabric::run_in(&out, || std::net::TcpStream::connect("203.0.113.10:9000")).unwrap().expect("connect to c1");
+    std::io::Write::write_all(&mut old, b"before\n").expect("the connection works before the move");
+
     // Moving the floating IP: new connections reach c2.
     c.cli_ok(&["floating-ip", "associate", "203.0.113.10", "--endpoint", &id2, "--move"]).unwrap();
     let took = until("the moved floating IP to reach c2", Duration::from_secs(10), || {
         http(&out, &url("203.0.113.10", "who")).as_deref() == Some("c2")
     });
     println!("floating IP move: new connections reach the new endpoint after {} ms", took.as_millis());
+    // The old flow stopped: what it sends now meets c2, which resets it.
+    old.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = std::io::Write::write_all(&mut old, b"after\n");
+    let mut buf = [0u8; 8];
+    let read = std::io::Read::read(&mut old, &mut buf);
+    assert!(matches!(read, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset), "the old flow goes on: {read:?}");
+    drop(held);
     c.cli_ok(&["floating-ip", "disassociate", "203.0.113.10"]).unwrap();
     until("the disassociated floating IP to reach nothing", Duration::from_secs(10), || {
         http(&out, &url("203.0.113.10", "who")).is_none()

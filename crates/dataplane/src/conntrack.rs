@@ -49,9 +49,24 @@ pub fn flush_zone_in_kernel(socket: &mut NetfilterSocket, zone: u16) -> Result<(
 /// Deletes the entries of `zone` with the `conntrack` program (run in the
 /// calling thread's namespace): for kernels that cannot, and for zone 0.
 pub async fn flush_zone_with_program(zone: u16) -> Result<(), DataplaneError> {
+    conntrack_delete(zone, &[]).await
+}
+
+/// `conntrack -D -w ZONE --orig-dst ADDR` and `--reply-dst ADDR`: ends the
+/// flows of zone `zone` that came in for an external address, and those
+/// translated to it on their way out (a floating IP that moved or went).
+pub async fn flush_address_with_program(zone: u16, address: std::net::IpAddr) -> Result<(), DataplaneError> {
+    let a = address.to_string();
+    let family = if address.is_ipv4() { "ipv4" } else { "ipv6" };
+    conntrack_delete(zone, &["-f", family, "--orig-dst", &a]).await?;
+    conntrack_delete(zone, &["-f", family, "--reply-dst", &a]).await
+}
+
+async fn conntrack_delete(zone: u16, filter: &[&str]) -> Result<(), DataplaneError> {
     let zone_arg = zone.to_string();
     let out = tokio::process::Command::new(CONNTRACK)
         .args(["-D", "-w", &zone_arg])
+        .args(filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

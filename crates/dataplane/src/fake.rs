@@ -236,7 +236,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
         KernelOp::NftChainDelete { name } => {
             k.nft.policy.chains.remove(name);
         }
-        KernelOp::ConntrackZoneFlush { .. } => {}
+        KernelOp::ConntrackZoneFlush { .. } | KernelOp::ConntrackAddressFlush { .. } => {}
         KernelOp::BridgePortIsolate { name } => {
             k.links.get_mut(name).ok_or_else(|| err(ENODEV))?.isolated = true;
         }

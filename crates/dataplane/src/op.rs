@@ -70,6 +70,10 @@ pub enum KernelOp {
     /// end; flows still allowed are picked up again, as new, by their next
     /// packet. Runs after the nftables transaction.
     ConntrackZoneFlush { zone: u16 },
+    /// `conntrack -D -w ZONE --orig-dst ADDRESS; conntrack -D -w ZONE
+    /// --reply-dst ADDRESS`: ends the flows of a floating IP that moved or
+    /// went (they would go on to its old endpoint). After the transaction.
+    ConntrackAddressFlush { zone: u16, address: IpAddr },
     /// `ip link set NAME type bridge_slave isolated on`: the port may talk to
     /// the bridge only, so traffic between two endpoints on the host is
     /// routed (and firewalled) rather than bridged.
@@ -161,6 +165,7 @@ impl KernelOp {
             KernelOp::NftChainInstall { .. } => "NftChainInstall",
             KernelOp::NftChainDelete { .. } => "NftChainDelete",
             KernelOp::ConntrackZoneFlush { .. } => "ConntrackZoneFlush",
+            KernelOp::ConntrackAddressFlush { .. } => "ConntrackAddressFlush",
             KernelOp::BridgePortIsolate { .. } => "BridgePortIsolate",
             KernelOp::LinkAddBridge { .. } => "LinkAddBridge",
             KernelOp::LinkAddVxlan { .. } => "LinkAddVxlan",
@@ -208,7 +213,7 @@ impl KernelOp {
     /// Whether the action ends conntrack entries (`conntrack -D`): it must
     /// run after the rules that refuse those flows are in place.
     pub fn is_conntrack(&self) -> bool {
-        matches!(self, KernelOp::ConntrackZoneFlush { .. })
+        matches!(self, KernelOp::ConntrackZoneFlush { .. } | KernelOp::ConntrackAddressFlush { .. })
     }
 
     /// Whether the action removes something (and so succeeds when it is
@@ -334,6 +339,9 @@ impl fmt::Display for KernelOp {
                 Ok(())
             }
             KernelOp::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
+            KernelOp::ConntrackAddressFlush { zone, address } => {
+                write!(f, "conntrack -D -w {zone} --orig-dst {address}; conntrack -D -w {zone} --reply-dst {address}")
+            }
             KernelOp::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
             KernelOp::LinkAddBridge { name, mac, mtu } => {
                 write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0; ip link set {name} alias {LINK_MARK}")

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::common::{Netfilter, NetfilterFailure};
-use crate::conntrack::{flush_zone_in_kernel, flush_zone_with_program, kernel_flushes_by_zone};
+use crate::conntrack::{flush_address_with_program, flush_zone_in_kernel, flush_zone_with_program, kernel_flushes_by_zone};
 use crate::error::DataplaneError;
 use crate::nfnetlink::NetfilterSocket;
 use crate::op::KernelOp;
@@ -44,6 +44,7 @@ impl Conntrack {
                 })
             }
             KernelOp::ConntrackZoneFlush { zone } => flush_zone_with_program(*zone).await,
+            KernelOp::ConntrackAddressFlush { zone, address } => flush_address_with_program(*zone, *address).await,
             other => unreachable!("{} is not a conntrack action", other.op()),
         }
     }

@@ -301,7 +301,9 @@ impl Kernel {
             | KernelOp::FdbUninstall(_)
             | KernelOp::ProxyNeighInstall(_)
             | KernelOp::ProxyNeighUninstall(_) => neigh::apply(h, action).await,
-            KernelOp::ConntrackZoneFlush { .. } => self.conntrack.apply(&self.netfilter, action).await,
+            KernelOp::ConntrackZoneFlush { .. } | KernelOp::ConntrackAddressFlush { .. } => {
+                self.conntrack.apply(&self.netfilter, action).await
+            }
             KernelOp::NftTablesInstall
             | KernelOp::NftSetElementAdd(_)
             | KernelOp::NftSetElementDelete(_)

@@ -342,6 +342,13 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs, &kept) {
         out.push(KernelOp::ConntrackZoneFlush { zone });
     }
+    // A floating IP that moved or went: its flows end (they would go on to
+    // its old endpoint).
+    for e in have_elements.difference(&want.elements) {
+        if let NftElement::FipOut { zone, floating, .. } = e {
+            out.push(KernelOp::ConntrackAddressFlush { zone: *zone, address: *floating });
+        }
+    }
     out
 }
 
