@@ -105,6 +105,7 @@ impl Agent {
                 docker_endpoint_id: req.docker_endpoint_id.clone(),
                 ifname: Some(ifname),
                 reservation: req.reservation.clone(),
+                dhcp: req.dhcp,
             },
         };
         let mut ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;

@@ -55,6 +55,11 @@ impl Counters {
         self.desired.send_replace(Some(desired));
     }
 
+    /// The desired state the kernel was last reconciled to, as it changes.
+    pub fn reconciled_states(&self) -> watch::Receiver<Option<Arc<DesiredHost>>> {
+        self.desired.subscribe()
+    }
+
     /// Reads and reports the counters until the agent stops.
     pub async fn run(self: Arc<Self>, dp: Arc<dyn Dataplane>, client: ControllerClient, host: String) {
         let mut rx = self.desired.subscribe();

@@ -136,6 +136,7 @@ fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
         ips: e.ips.clone(),
         netns: PathBuf::from(netns),
         ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
+        dhcp: e.owner.dhcp,
     })
 }
 
@@ -240,7 +241,11 @@ pub fn host_intent_cached(
         networks.push(DesiredNetwork {
             vni: net.vni,
             zone: 0,
-            subnets: net.subnets.iter().map(|s| DesiredSubnet { cidr: s.cidr, gateway: s.gateway }).collect(),
+            subnets: net
+                .subnets
+                .iter()
+                .map(|s| DesiredSubnet { cidr: s.cidr, gateway: s.gateway, dns: s.dns_servers.clone() })
+                .collect(),
             local,
             remote,
             imports,

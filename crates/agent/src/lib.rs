@@ -14,6 +14,8 @@ pub mod agent;
 pub mod api;
 pub mod counters;
 pub mod desired;
+pub mod dhcp;
+pub mod dhcp_answer;
 pub mod egress;
 pub mod error;
 pub mod host_ns;
@@ -111,6 +113,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         counters: Arc::new(counters::Counters::new()),
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
+    tokio::spawn(dhcp::run(agent.counters.reconciled_states(), Arc::new(dhcp::DhcpCounters::default())));
 
     // Register, then keep the registration fresh.
     let reg = client.clone();

@@ -62,6 +62,9 @@ pub struct AttachRequest {
     /// they replace the endpoint's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<tessera_model::PublishedPort>,
+    /// The container configures the interface itself, by DHCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// `POST /v1/detach`: take a namespace out of one network or of all.

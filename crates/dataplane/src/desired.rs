@@ -189,6 +189,9 @@ pub struct DesiredSubnet {
     pub cidr: IpNet,
     /// The gateway the containers use; held by the network's bridge.
     pub gateway: Option<IpAddr>,
+    /// The DNS servers the agent's DHCP server hands out.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
 }
 
 /// An endpoint attached on this host: a veth pair whose far end lives in the
@@ -204,6 +207,9 @@ pub struct LocalEndpoint {
     pub netns: PathBuf,
     /// Name of the interface inside the container (`eth0`).
     pub ifname: String,
+    /// The container configures its addresses itself, by DHCP.
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// An endpoint of the network on another host, reached through VXLAN.

@@ -145,6 +145,10 @@ pub enum KernelOp {
         addrs: Vec<IpNet>,
         gateways: Vec<IpAddr>,
         mtu: u32,
+        /// The container configures its addresses and routes itself (DHCP):
+        /// they are neither written nor removed.
+        #[serde(default)]
+        dhcp: bool,
     },
 }
 
@@ -378,7 +382,13 @@ impl fmt::Display for KernelOp {
                 let all: Vec<String> = addresses.iter().map(ToString::to_string).collect();
                 write!(f, "announce {} on {dev} (gratuitous ARP, unsolicited NA)", all.join(" "))
             }
-            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, mtu, dhcp: true, .. } => write!(
+                f,
+                "nsenter --net={} ip link set {ifname} address {mac} mtu {mtu} up # addresses by DHCP; ip link set {host_veth} alias {}",
+                netns.display(),
+                veth_mark(*endpoint)
+            ),
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, .. } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {
                     let nodad = if a.addr().is_ipv6() { " nodad" } else { "" };

@@ -37,8 +37,8 @@ fn network(vni: u32, zone: u16) -> DesiredNetwork {
         vni: Vni::new(vni).unwrap(),
         zone,
         subnets: vec![
-            DesiredSubnet { cidr: "10.0.0.0/24".parse().unwrap(), gateway: Some("10.0.0.1".parse().unwrap()) },
-            DesiredSubnet { cidr: "2001:db8::/64".parse().unwrap(), gateway: Some("2001:db8::1".parse().unwrap()) },
+            DesiredSubnet { dns: vec![], cidr: "10.0.0.0/24".parse().unwrap(), gateway: Some("10.0.0.1".parse().unwrap()) },
+            DesiredSubnet { dns: vec![], cidr: "2001:db8::/64".parse().unwrap(), gateway: Some("2001:db8::1".parse().unwrap()) },
         ],
         local: vec![],
         remote: vec![],
@@ -48,6 +48,7 @@ fn network(vni: u32, zone: u16) -> DesiredNetwork {
 
 fn endpoint(id: &str, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
+        dhcp: false,
         id: id.parse::<Uuid>().unwrap(),
         mac: mac.parse::<MacAddr>().unwrap(),
         ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
@@ -329,7 +330,8 @@ mod policies {
         red.subnets.truncate(1);
         red.local.push(endpoint(EP_A, "02:00:00:00:00:0a", &["10.0.0.2/24"], "/run/netns/c1"));
         let mut green = network(200, 2);
-        green.subnets = vec![DesiredSubnet { cidr: "10.2.0.0/24".parse().unwrap(), gateway: Some("10.2.0.1".parse().unwrap()) }];
+        green.subnets =
+            vec![DesiredSubnet { dns: vec![], cidr: "10.2.0.0/24".parse().unwrap(), gateway: Some("10.2.0.1".parse().unwrap()) }];
         green.remote.push(remote("10.2.0.3", "10.99.0.2"));
         let (r, g) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let mut d = host(vec![]);

@@ -21,11 +21,12 @@ use tessera_model::{MacAddr, Vni};
 use uuid::Uuid;
 
 fn subnet(cidr: &str, gw: &str) -> DesiredSubnet {
-    DesiredSubnet { cidr: cidr.parse().unwrap(), gateway: Some(gw.parse().unwrap()) }
+    DesiredSubnet { dns: vec![], cidr: cidr.parse().unwrap(), gateway: Some(gw.parse().unwrap()) }
 }
 
 fn endpoint(id: u128, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
+        dhcp: false,
         // Distinct first 8 hex digits for small test ids.
         id: Uuid::from_u128(if id >> 96 == 0 { (id << 96) | 0x4000_8000_0000_0000_0000 } else { id }),
         mac: mac.parse::<MacAddr>().unwrap(),

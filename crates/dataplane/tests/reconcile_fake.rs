@@ -24,8 +24,13 @@ fn desired() -> DesiredHost {
             egress: None,
             vni: Vni::new(7).unwrap(),
             zone: 7,
-            subnets: vec![DesiredSubnet { cidr: "10.7.0.0/24".parse().unwrap(), gateway: Some("10.7.0.1".parse().unwrap()) }],
+            subnets: vec![DesiredSubnet {
+                dns: vec![],
+                cidr: "10.7.0.0/24".parse().unwrap(),
+                gateway: Some("10.7.0.1".parse().unwrap()),
+            }],
             local: vec![LocalEndpoint {
+                dhcp: false,
                 id: "0000beef-0000-4000-8000-000000000001".parse().unwrap(),
                 mac: "02:00:00:00:be:ef".parse().unwrap(),
                 ips: vec!["10.7.0.2/24".parse().unwrap()],

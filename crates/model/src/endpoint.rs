@@ -88,6 +88,11 @@ pub struct Owner {
     /// which its owner then releases (Docker's IPAM does at `ReleaseAddress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<String>,
+    /// The container configures its interface itself, by DHCP: Tessera
+    /// sets its MAC, MTU and link, and its host's agent answers its client
+    /// with the endpoint's addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 impl Owner {

@@ -94,6 +94,10 @@ pub struct AttachArgs {
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     ifname: String,
+    /// Leave the addresses to the container's own DHCP client (the agent
+    /// answers it): only the interface's MAC, MTU and link are set.
+    #[arg(long)]
+    dhcp: bool,
     /// The agent's socket.
     #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -164,6 +168,7 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
         ifname: Some(a.ifname),
         container_id,
         name: None,
+        dhcp: a.dhcp,
         ..Default::default()
     };
     let ep = AgentClient::new(a.socket).attach(&req).await?;

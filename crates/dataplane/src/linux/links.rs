@@ -194,11 +194,11 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             let index = need_index(h, op, &a.dev).await?;
             h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
         }
-        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu } => {
+        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, dhcp } => {
             let host_index = need_index(h, op, host_veth).await?;
-            let (ifname, mac, addrs, gateways, mtu) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu);
+            let (ifname, mac, addrs, gateways, mtu, dhcp) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu, *dhcp);
             in_netns(netns, move |handle| async move {
-                configure_container_iface(&handle, &ifname, mac, &addrs, &gateways, mtu).await
+                configure_container_iface(&handle, &ifname, mac, (!dhcp).then_some((&addrs[..], &gateways[..])), mtu).await
             })
             .await?;
             // Last: the mark that the endpoint is complete.
@@ -300,8 +300,7 @@ async fn configure_container_iface(
     handle: &Handle,
     ifname: &str,
     mac: MacAddr,
-    addrs: &[IpNet],
-    gateways: &[IpAddr],
+    config: Option<(&[IpNet], &[IpAddr])>,
     mtu: u32,
 ) -> Result<(), DataplaneError> {
     const OP: &str = "ContainerIfaceConfigure";
@@ -312,6 +311,8 @@ async fn configure_container_iface(
         .execute()
         .await
         .map_err(kernel_err(OP, ifname))?;
+    // By DHCP, the container's client configures the rest.
+    let Some((addrs, gateways)) = config else { return Ok(()) };
     let want: BTreeSet<IpNet> = addrs.iter().copied().collect();
     for (_, have, scope) in address_dump(handle, Some(index)).await? {
         if scope == AddressScope::Universe && !want.contains(&have) {

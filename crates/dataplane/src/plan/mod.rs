@@ -245,6 +245,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                 addrs: ep.ips.clone(),
                 gateways: gateways(net, ep),
                 mtu,
+                dhcp: ep.dhcp,
             };
             match present(&name) {
                 None => {

@@ -80,6 +80,7 @@ pub fn placed(n: u8, network: &Network, host: &Host, ns: &str, ips: &[&str]) -> 
         network: network.id,
         host: host.ns.clone(),
         ep: LocalEndpoint {
+            dhcp: false,
             id: Uuid::from_u128((u128::from(n) << 120) | (u128::from(n) << 96) | 0x4000_8000_0000_0000_0000),
             mac: MacAddr([0x02, 0, 0, 0, 0x10, n]),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
@@ -141,7 +142,7 @@ impl Intent {
                 egress: None,
                 vni: net.vni,
                 zone: (i + 1) as u16,
-                subnets: net.subnets.iter().map(|s| DesiredSubnet { cidr: s.cidr, gateway: s.gateway }).collect(),
+                subnets: net.subnets.iter().map(|s| DesiredSubnet { dns: vec![], cidr: s.cidr, gateway: s.gateway }).collect(),
                 local: self.endpoints.iter().filter(|p| p.network == net.id && p.host == me.ns).map(|p| p.ep.clone()).collect(),
                 remote,
                 imports,

@@ -1,0 +1,139 @@
+//! The agent's DHCPv4 server: one UDP socket on port 67 per network bridge
+//! of this host (bound to the bridge, so a network's clients are answered
+//! only from its own leases and never across networks), answering from the
+//! desired state the kernel was last reconciled to ([`crate::dhcp_answer`]).
+//! Replies are broadcast on the bridge (its ports are isolated from each
+//! other, not from the bridge). A client's messages beyond a few per
+//! second are ignored and counted, so a flood costs the agent little.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::Message;
+use dhcproto::{Decodable, Encodable};
+use tessera_dataplane::DesiredHost;
+use tessera_model::MacAddr;
+use tokio::sync::watch;
+
+use crate::dhcp_answer::{answer, leases, Answer, NetworkLeases};
+
+/// How many messages of one client are answered per second.
+const PER_CLIENT_PER_SECOND: u32 = 10;
+
+/// What the server did, for the interface table and the logs.
+#[derive(Debug, Default)]
+pub struct DhcpCounters {
+    pub requests: AtomicU64,
+    pub replies: AtomicU64,
+    pub ignored: AtomicU64,
+    pub limited: AtomicU64,
+}
+
+/// Serves DHCP on the bridges of the networks of each reconciled state,
+/// until the agent stops.
+pub async fn run(mut states: watch::Receiver<Option<Arc<DesiredHost>>>, counters: Arc<DhcpCounters>) {
+    let mut servers: HashMap<String, (tokio::task::JoinHandle<()>, watch::Sender<NetworkLeases>)> = HashMap::new();
+    loop {
+        let state = states.borrow_and_update().clone();
+        if let Some(desired) = state {
+            let wanted = leases(&desired);
+            servers.retain(|bridge, (task, _)| {
+                let keep = wanted.iter().any(|w| &w.bridge == bridge);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for w in wanted {
+                if let Some((_, tx)) = servers.get(&w.bridge) {
+                    tx.send_if_modified(|l| {
+                        let changed = *l != w;
+                        *l = w.clone();
+                        changed
+                    });
+                    continue;
+                }
+                match open(&w.bridge) {
+                    Ok(socket) => {
+                        let bridge = w.bridge.clone();
+                        let (tx, rx) = watch::channel(w);
+                        let task = tokio::spawn(serve(socket, rx, counters.clone()));
+                        tracing::debug!(bridge, "DHCP server listening");
+                        servers.insert(bridge, (task, tx));
+                    }
+                    // The bridge may not exist yet: tried again below.
+                    Err(e) => tracing::debug!(bridge = %w.bridge, error = %e, "cannot serve DHCP yet"),
+                }
+            }
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// A UDP socket on port 67 of `bridge` only.
+fn open(bridge: &str) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(bridge.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 67)).into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+async fn serve(socket: tokio::net::UdpSocket, leases: watch::Receiver<NetworkLeases>, counters: Arc<DhcpCounters>) {
+    let mut buf = vec![0u8; 1500];
+    let mut recent: HashMap<MacAddr, (Instant, u32)> = HashMap::new();
+    loop {
+        let Ok((n, _)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let Ok(msg) = Message::from_bytes(&buf[..n]) else {
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let mut mac = [0u8; 6];
+        if msg.chaddr().len() >= 6 {
+            mac.copy_from_slice(&msg.chaddr()[..6]);
+        }
+        let now = Instant::now();
+        let slot = recent.entry(MacAddr(mac)).or_insert((now, 0));
+        if now.duration_since(slot.0) > Duration::from_secs(1) {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+        if slot.1 > PER_CLIENT_PER_SECOND {
+            counters.limited.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if recent.len() > 4096 {
+            recent.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(2));
+        }
+        let l = leases.borrow().clone();
+        match answer(&msg, l.server, &l.leases) {
+            Answer::Reply(reply) => match reply.to_vec() {
+                Ok(bytes) => {
+                    if let Err(e) = socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 68)).await {
+                        tracing::debug!(bridge = %l.bridge, error = %e, "cannot send a DHCP reply");
+                    } else {
+                        counters.replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode a DHCP reply"),
+            },
+            Answer::Ignore(why) => {
+                counters.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(bridge = %l.bridge, client = %MacAddr(mac), why, "DHCP message ignored");
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Privileged tier: the agent's DHCPv4 server with a real client. A
+//! namespace attached with `--dhcp` gets only its link from Tessera; busybox
+//! `udhcpc` in it then gets the endpoint's address, gateway, DNS servers,
+//! MTU and classless routes from its host's agent, and reaches a container
+//! on another host. A client of another network gets that network's
+//! address, never this one's. Needs root; fails with the reason when it
+//! cannot run.
+
+use std::path::Path;
+
+use tessera_testkit::{addresses, exec_in, Cluster};
+
+/// The client's hook: records what it was given, then configures the
+/// interface as a DHCP client's script does.
+const SCRIPT: &str = r#"#!/bin/sh
+env > "$(dirname "$0")/$1.env"
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface" scope global
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+    ;;
+esac
+"#;
+
+fn udhcpc(c: &Cluster, dir: &Path, container: &str) -> std::collections::BTreeMap<String, String> {
+    let d = dir.join(format!("dhcp-{container}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let script = d.join("hook");
+    std::fs::write(&script, SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = script.display().to_string();
+    let out = exec_in(
+        c.netns_of(container).unwrap(),
+        "busybox",
+        ["udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", &s],
+    )
+    .expect("busybox udhcpc");
+    assert!(out.status.success(), "udhcpc in {container}: {}\n{}", String::from_utf8_lossy(&out.stderr), c.logs_tail(20));
+    let env = std::fs::read_to_string(d.join("bound.env")).expect("udhcpc bound a lease");
+    env.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
+    let (mut c, run) = tessera_testkit::start_cluster("tdh", &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"));
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.66.0.0/24", "--dns", "10.66.0.53"]).unwrap();
+    c.cli_ok(&["network", "add", "green", "--subnet", "10.67.0.0/24"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    c.container("h1", "g1").unwrap();
+    let e1 = c.attach("c1", "red", &["--dhcp"]).unwrap();
+    let a2 = addresses(&c.attach("c2", "red", &[]).unwrap());
+    let eg = c.attach("g1", "green", &["--dhcp"]).unwrap();
+    let inside =
+        String::from_utf8_lossy(&exec_in(c.netns_of("c1").unwrap(), "ip", ["-4", "addr", "show", "eth0"]).unwrap().stdout)
+            .into_owned();
+    assert!(!inside.contains("10.66.0."), "with --dhcp Tessera writes no address: {inside}");
+
+    let lease = udhcpc(&c, run.dir.path(), "c1");
+    assert_eq!(lease["ip"], addresses(&e1)[0], "the endpoint's allocated address: {lease:?}");
+    assert_eq!(lease["router"], "10.66.0.1");
+    assert_eq!(lease["dns"].trim(), "10.66.0.53");
+    assert_eq!(lease["mtu"], "1450", "the overlay MTU");
+    assert!(lease["staticroutes"].contains("0.0.0.0/0 10.66.0.1"), "{lease:?}");
+    assert_eq!(lease["serverid"], "10.66.0.1");
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "the client reaches a container on another host");
+
+    let green = udhcpc(&c, run.dir.path(), "g1");
+    assert_eq!(green["ip"], addresses(&eg)[0], "green's client gets green's address: {green:?}");
+    assert!(green["ip"].starts_with("10.67.0."));
+}
