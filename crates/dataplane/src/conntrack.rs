@@ -52,14 +52,19 @@ pub async fn flush_zone_with_program(zone: u16) -> Result<(), DataplaneError> {
     conntrack_delete(zone, &[]).await
 }
 
-/// `conntrack -D -w ZONE --orig-dst ADDR` and `--reply-dst ADDR`: ends the
-/// flows of zone `zone` that came in for an external address, and those
-/// translated to it on their way out (a floating IP that moved or went).
-pub async fn flush_address_with_program(zone: u16, address: std::net::IpAddr) -> Result<(), DataplaneError> {
-    let a = address.to_string();
+/// Ends the flows of zone `zone` that an external address carried to or
+/// from `fixed` (a floating IP that moved or went): those that came in for
+/// it and were translated to `fixed`, and those `fixed` started that left
+/// with it.
+pub async fn flush_address_with_program(
+    zone: u16,
+    address: std::net::IpAddr,
+    fixed: std::net::IpAddr,
+) -> Result<(), DataplaneError> {
+    let (a, f) = (address.to_string(), fixed.to_string());
     let family = if address.is_ipv4() { "ipv4" } else { "ipv6" };
-    conntrack_delete(zone, &["-f", family, "--orig-dst", &a]).await?;
-    conntrack_delete(zone, &["-f", family, "--reply-dst", &a]).await
+    conntrack_delete(zone, &["-f", family, "--orig-dst", &a, "--reply-src", &f]).await?;
+    conntrack_delete(zone, &["-f", family, "--orig-src", &f, "--reply-dst", &a]).await
 }
 
 async fn conntrack_delete(zone: u16, filter: &[&str]) -> Result<(), DataplaneError> {

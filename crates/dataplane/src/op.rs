@@ -70,10 +70,12 @@ pub enum KernelOp {
     /// end; flows still allowed are picked up again, as new, by their next
     /// packet. Runs after the nftables transaction.
     ConntrackZoneFlush { zone: u16 },
-    /// `conntrack -D -w ZONE --orig-dst ADDRESS; conntrack -D -w ZONE
-    /// --reply-dst ADDRESS`: ends the flows of a floating IP that moved or
-    /// went (they would go on to its old endpoint). After the transaction.
-    ConntrackAddressFlush { zone: u16, address: IpAddr },
+    /// `conntrack -D -w ZONE --orig-dst ADDRESS --reply-src FIXED; conntrack
+    /// -D -w ZONE --orig-src FIXED --reply-dst ADDRESS`: ends the flows a
+    /// floating IP carried to or from its old endpoint (`FIXED`) when it
+    /// moved or went (they would go on); flows to its new endpoint stay.
+    /// After the transaction.
+    ConntrackAddressFlush { zone: u16, address: IpAddr, fixed: IpAddr },
     /// `ip link set NAME type bridge_slave isolated on`: the port may talk to
     /// the bridge only, so traffic between two endpoints on the host is
     /// routed (and firewalled) rather than bridged.
@@ -343,9 +345,10 @@ impl fmt::Display for KernelOp {
                 Ok(())
             }
             KernelOp::ConntrackZoneFlush { zone } => write!(f, "conntrack -D -w {zone}"),
-            KernelOp::ConntrackAddressFlush { zone, address } => {
-                write!(f, "conntrack -D -w {zone} --orig-dst {address}; conntrack -D -w {zone} --reply-dst {address}")
-            }
+            KernelOp::ConntrackAddressFlush { zone, address, fixed } => write!(
+                f,
+                "conntrack -D -w {zone} --orig-dst {address} --reply-src {fixed}; conntrack -D -w {zone} --orig-src {fixed} --reply-dst {address}"
+            ),
             KernelOp::BridgePortIsolate { name } => write!(f, "ip link set {name} type bridge_slave isolated on"),
             KernelOp::LinkAddBridge { name, mac, mtu } => {
                 write!(f, "ip link add {name} address {mac} mtu {mtu} up type bridge mcast_snooping 0; ip link set {name} alias {LINK_MARK}")

@@ -44,7 +44,18 @@ impl Conntrack {
                 })
             }
             KernelOp::ConntrackZoneFlush { zone } => flush_zone_with_program(*zone).await,
-            KernelOp::ConntrackAddressFlush { zone, address } => flush_address_with_program(*zone, *address).await,
+            // The `conntrack` program walks the whole table (slow on a busy
+            // gateway): it runs beside the data plane's next work, not in
+            // its way; a failure is logged.
+            KernelOp::ConntrackAddressFlush { zone, address, fixed } => {
+                let (zone, address, fixed) = (*zone, *address, *fixed);
+                tokio::spawn(async move {
+                    if let Err(e) = flush_address_with_program(zone, address, fixed).await {
+                        tracing::warn!(zone, %address, error = %e, "cannot end the flows of a floating IP that moved");
+                    }
+                });
+                Ok(())
+            }
             other => unreachable!("{} is not a conntrack action", other.op()),
         }
     }

@@ -346,8 +346,8 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     // A floating IP that moved or went: its flows end (they would go on to
     // its old endpoint).
     for e in have_elements.difference(&want.elements) {
-        if let NftElement::FipOut { zone, floating, .. } = e {
-            out.push(KernelOp::ConntrackAddressFlush { zone: *zone, address: *floating });
+        if let NftElement::FipOut { zone, floating, fixed } = e {
+            out.push(KernelOp::ConntrackAddressFlush { zone: *zone, address: *floating, fixed: *fixed });
         }
     }
     out
