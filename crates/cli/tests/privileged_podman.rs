@@ -161,3 +161,42 @@ fn privileged_podman_run_p_publishes_a_port_through_tessera() {
     p.podman_ok(&["rm", "-f", "-t", "0", "web"]).unwrap();
     assert_eq!(http(&c, "h2", &format!("http://{h1}:8080/who")), None, "podman rm withdraws the port");
 }
+
+#[test]
+fn privileged_podman_container_gets_its_address_by_dhcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("tpd{}", std::process::id() % 100_000);
+    let c = Cluster::start(ClusterSpec::new(&prefix, &["h1"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
+        .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.68.0.0/24"]).unwrap();
+    let bin_dir = dir.path().join("cni-bin");
+    let conf_dir = dir.path().join("h1").join("net.d");
+    let sock = c.agent_socket("h1").display().to_string();
+    let (b, d) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
+    let out = c
+        .tessera_on(
+            "h1",
+            &["cni", "install", "--network", "red", "--socket", &sock, "--bin-dir", b, "--conf-dir", d, "--dhcp"],
+            &[],
+        )
+        .unwrap();
+    assert!(out.status.success(), "tessera cni install --dhcp: {}", String::from_utf8_lossy(&out.stderr));
+    let p = Podman::start(
+        c.host_netns("h1").unwrap(),
+        &dir.path().join("h1").join("podman"),
+        &[bin_dir.clone(), PathBuf::from(REFERENCE_PLUGINS)],
+        &conf_dir,
+    )
+    .unwrap_or_else(|e| panic!("cannot prepare podman: {e:#}"));
+    // The container's own client asks; the address it gets is the one Tessera allocated.
+    let script = "ip -4 addr show eth0 | grep -c 'inet ' ; udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true 2>&1";
+    let out = p
+        .podman_ok(&["run", "--rm", "--name", "d1", "--network", "red", BUSYBOX_IMAGE, "sh", "-c", script])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs_tail(20)));
+    let allocated = endpoint_addresses(&c, "red");
+    assert!(out.lines().next() == Some("0"), "with dhcp Tessera writes no address: {out}");
+    assert!(out.contains("lease of 10.68.0.") && out.contains("obtained"), "udhcpc: {out}");
+    assert!(allocated.is_empty(), "podman run --rm released the address: {allocated:?}");
+    let leased = out.split("lease of ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_string();
+    assert!(leased.starts_with("10.68.0."), "{out}");
+}

@@ -29,6 +29,9 @@ pub struct NetConf {
     /// The agent's local API socket; the agent's default when absent.
     pub agent: Option<PathBuf>,
     pub runtime_config: RuntimeConfig,
+    /// The container configures its addresses itself, by DHCP (`"dhcp":
+    /// true`): the agent answers its client; the result still lists them.
+    pub dhcp: bool,
     /// The previous plugin's result in a chain (or ADD's result, for CHECK).
     pub prev_result: Option<CniResult>,
     /// GC: the attachments the runtime still knows; every other attachment
@@ -89,6 +92,8 @@ struct Raw {
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Value>,
+    #[serde(default)]
+    dhcp: Option<bool>,
 }
 
 fn invalid(field: &str, why: impl Into<String>) -> CniError {
@@ -137,7 +142,16 @@ impl NetConf {
             Some(v) => serde_json::from_value(v).map_err(|e| invalid("cni.dev/valid-attachments", e.to_string()))?,
             None => Vec::new(),
         };
-        Ok(NetConf { version, name, network, agent, runtime_config, prev_result, valid_attachments })
+        Ok(NetConf {
+            version,
+            name,
+            network,
+            agent,
+            runtime_config,
+            prev_result,
+            valid_attachments,
+            dhcp: raw.dhcp.unwrap_or(false),
+        })
     }
 }
 

@@ -187,6 +187,7 @@ async fn add(
         name: Some(endpoint_name(container_id, ifname)),
         mac: conf.runtime_config.mac.clone().or_else(|| arg("MAC")),
         ports: published(&conf.runtime_config.port_mappings)?,
+        dhcp: conf.dhcp,
         ..AttachRequest::default()
     };
     let ep = match agent.attach(&req).await {

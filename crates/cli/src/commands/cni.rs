@@ -50,6 +50,10 @@ pub struct InstallArgs {
     /// has no route to, and is refused.
     #[arg(long = "chain", value_parser = ["portmap", "bandwidth", "firewall", "tuning"])]
     chain: Vec<String>,
+    /// Containers configure their addresses themselves, by DHCP (the
+    /// agent answers their client).
+    #[arg(long)]
+    dhcp: bool,
 }
 
 #[derive(clap::Args)]
@@ -104,7 +108,10 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             let name = a.name.clone().unwrap_or_else(|| a.network.rsplit(':').next().unwrap_or(&a.network).to_string());
-            let list = config_list(&name, &a.network, &a.socket, &a.cni_version, &a.chain);
+            let mut list = config_list(&name, &a.network, &a.socket, &a.cni_version, &a.chain);
+            if a.dhcp {
+                list["plugins"][0]["dhcp"] = true.into();
+            }
             // The plugin's own check of what it will be given.
             let mut first = list["plugins"][0].clone();
             first["cniVersion"] = a.cni_version.clone().into();
