@@ -49,6 +49,7 @@ pub struct Agent {
     pub(crate) kick: Notify,
     pub(crate) intents: std::sync::Mutex<IntentCompiler>,
     pub(crate) counters: Arc<counters::Counters>,
+    pub(crate) dhcp: Arc<crate::dhcp::DhcpCounters>,
 }
 
 impl Agent {
@@ -211,7 +212,21 @@ impl Agent {
     }
 
     pub async fn vifs(&self) -> Result<Vec<VifEntry>, ApiError> {
-        self.dp.interfaces().await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string(), None))
+        let mut vifs = self.dp.interfaces().await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string(), None))?;
+        // An endpoint's port shows what the DHCP server did for its MAC.
+        if let Some(desired) = self.counters.reconciled_states().borrow().clone() {
+            let macs: std::collections::HashMap<String, tessera_model::MacAddr> = desired
+                .networks
+                .iter()
+                .flat_map(|n| n.local.iter().map(|e| (tessera_model::names::host_veth_name(e.id), e.mac)))
+                .collect();
+            for v in &mut vifs {
+                if let Some(mac) = macs.get(&v.name) {
+                    v.dhcp = Some(self.dhcp.of(*mac).unwrap_or_default());
+                }
+            }
+        }
+        Ok(vifs)
     }
 
     pub fn status(&self) -> AgentStatus {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::Message;
 use dhcproto::{Decodable, Encodable};
 use tessera_dataplane::DesiredHost;
+use tessera_model::vif::DhcpCounts;
 use tessera_model::MacAddr;
 use tokio::sync::watch;
 
@@ -23,13 +24,28 @@ use crate::dhcp_answer::{answer, leases, Answer, NetworkLeases};
 /// How many messages of one client are answered per second.
 const PER_CLIENT_PER_SECOND: u32 = 10;
 
-/// What the server did, for the interface table and the logs.
+/// What the server did, per client MAC (for the interface table), and
+/// messages it could not even read.
 #[derive(Debug, Default)]
 pub struct DhcpCounters {
-    pub requests: AtomicU64,
-    pub replies: AtomicU64,
-    pub ignored: AtomicU64,
-    pub limited: AtomicU64,
+    pub by_client: std::sync::Mutex<HashMap<MacAddr, DhcpCounts>>,
+    pub unreadable: AtomicU64,
+}
+
+impl DhcpCounters {
+    fn count(&self, mac: MacAddr, f: impl FnOnce(&mut DhcpCounts)) {
+        let mut all = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of made-up MACs does not grow it for ever.
+        if all.len() >= 65_536 && !all.contains_key(&mac) {
+            all.clear();
+        }
+        f(all.entry(mac).or_default());
+    }
+
+    /// The counts of the client `mac`.
+    pub fn of(&self, mac: MacAddr) -> Option<DhcpCounts> {
+        self.by_client.lock().unwrap_or_else(|p| p.into_inner()).get(&mac).copied()
+    }
 }
 
 /// Serves DHCP on the bridges of the networks of each reconciled state,
@@ -96,15 +112,15 @@ async fn serve(socket: tokio::net::UdpSocket, leases: watch::Receiver<NetworkLea
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        counters.requests.fetch_add(1, Ordering::Relaxed);
         let Ok(msg) = Message::from_bytes(&buf[..n]) else {
-            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            counters.unreadable.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let mut mac = [0u8; 6];
         if msg.chaddr().len() >= 6 {
             mac.copy_from_slice(&msg.chaddr()[..6]);
         }
+        counters.count(MacAddr(mac), |c| c.requests += 1);
         let now = Instant::now();
         let slot = recent.entry(MacAddr(mac)).or_insert((now, 0));
         if now.duration_since(slot.0) > Duration::from_secs(1) {
@@ -112,7 +128,7 @@ async fn serve(socket: tokio::net::UdpSocket, leases: watch::Receiver<NetworkLea
         }
         slot.1 += 1;
         if slot.1 > PER_CLIENT_PER_SECOND {
-            counters.limited.fetch_add(1, Ordering::Relaxed);
+            counters.count(MacAddr(mac), |c| c.ignored += 1);
             continue;
         }
         if recent.len() > 4096 {
@@ -124,14 +140,16 @@ async fn serve(socket: tokio::net::UdpSocket, leases: watch::Receiver<NetworkLea
                 Ok(bytes) => {
                     if let Err(e) = socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 68)).await {
                         tracing::debug!(bridge = %l.bridge, error = %e, "cannot send a DHCP reply");
-                    } else {
-                        counters.replies.fetch_add(1, Ordering::Relaxed);
+                    } else if reply.opts().msg_type() == Some(dhcproto::v4::MessageType::Nak) {
+                        counters.count(MacAddr(mac), |c| c.naks += 1);
+                    } else if reply.opts().msg_type() == Some(dhcproto::v4::MessageType::Ack) {
+                        counters.count(MacAddr(mac), |c| c.acks += 1);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot encode a DHCP reply"),
             },
             Answer::Ignore(why) => {
-                counters.ignored.fetch_add(1, Ordering::Relaxed);
+                counters.count(MacAddr(mac), |c| c.ignored += 1);
                 tracing::debug!(bridge = %l.bridge, client = %MacAddr(mac), why, "DHCP message ignored");
             }
         }

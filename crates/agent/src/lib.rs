@@ -111,9 +111,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         kick: Notify::new(),
         intents: std::sync::Mutex::new(IntentCompiler::new()),
         counters: Arc::new(counters::Counters::new()),
+        dhcp: Arc::new(dhcp::DhcpCounters::default()),
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
-    tokio::spawn(dhcp::run(agent.counters.reconciled_states(), Arc::new(dhcp::DhcpCounters::default())));
+    tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));
 
     // Register, then keep the registration fresh.
     let reg = client.clone();

@@ -67,6 +67,13 @@ fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
     assert!(lease["staticroutes"].contains("0.0.0.0/0 10.66.0.1"), "{lease:?}");
     assert_eq!(lease["serverid"], "10.66.0.1");
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "the client reaches a container on another host");
+    // The port's row of the interface table counts the exchange.
+    let sock = c.agent_socket("h1").display().to_string();
+    let vifs = c.tessera_on("h1", &["vif", "list", "--socket", &sock, "--json"], &[]).unwrap();
+    let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
+    let port = tessera_model::names::host_veth_name(e1["id"].as_str().unwrap().parse().unwrap());
+    let row = vifs.as_array().unwrap().iter().find(|v| v["name"] == port.as_str()).expect("c1's port");
+    assert!(row["dhcp"]["requests"].as_u64() >= Some(2) && row["dhcp"]["acks"].as_u64() >= Some(1), "{row}");
 
     let green = udhcpc(&c, run.dir.path(), "g1");
     assert_eq!(green["ip"], addresses(&eg)[0], "green's client gets green's address: {green:?}");

@@ -24,6 +24,16 @@ pub enum VifKind {
     Uplink,
 }
 
+/// What the agent's DHCP server did for one endpoint's port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpCounts {
+    pub requests: u64,
+    pub acks: u64,
+    pub naks: u64,
+    /// Ignored: not a message a server answers, or beyond the client's rate.
+    pub ignored: u64,
+}
+
 /// An external address a gateway translates on one of its uplinks, with
 /// what went through it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,4 +78,7 @@ pub struct VifEntry {
     /// On a gateway's uplink: the floating IPs and SNAT addresses it translates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<Translation>,
+    /// On an endpoint's port: what the DHCP server did for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpCounts>,
 }

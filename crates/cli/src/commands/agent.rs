@@ -211,6 +211,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
             "TX PKTS",
             "TX BYTES",
             "TX ERR/DROP",
+            "DHCP REQ/ACK/NAK/IGN",
         ]);
         for v in &vifs {
             t.row(vec![
@@ -227,6 +228,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
                 v.tx_packets.to_string(),
                 v.tx_bytes.to_string(),
                 format!("{}/{}", v.tx_errors, v.tx_dropped),
+                v.dhcp.map(|d| format!("{}/{}/{}/{}", d.requests, d.acks, d.naks, d.ignored)).unwrap_or_else(|| "-".into()),
             ]);
         }
         let mut out = t.render();

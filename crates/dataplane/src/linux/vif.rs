@@ -59,6 +59,7 @@ pub(super) async fn interfaces(h: &Handle) -> Result<Vec<VifEntry>, DataplaneErr
             tx_errors: s.tx_errors,
             tx_dropped: s.tx_dropped,
             translations: Vec::new(),
+            dhcp: None,
         });
     }
     // A gateway's uplinks, with what they translate.
