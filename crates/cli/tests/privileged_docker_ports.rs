@@ -2,7 +2,9 @@
 //! plugin. A published port reaches the container from another host (the
 //! outside of this one) and from the host itself, on every address or on
 //! loopback only; the endpoint lists it; a host port another container
-//! holds is refused; removing the container withdraws it.
+//! holds is refused; removing the container withdraws it. A container on a
+//! network made with `-o dhcp=true` gets the address Docker shows from its
+//! own DHCP client.
 
 mod privileged_docker_support;
 
@@ -80,4 +82,20 @@ fn privileged_docker_run_p_publishes_ports_from_outside_and_from_the_host() {
     wait_for("the port to be withdrawn", Duration::from_secs(15), || http(&f, "h2", &format!("http://{h1}:8080/who")).is_none());
     let nft = exec_in(f.c.host_netns("h1").unwrap(), "nft", ["list", "map", "inet", "tessera", "pubd4any"]).unwrap();
     assert!(!String::from_utf8_lossy(&nft.stdout).contains("8080"), "{}", String::from_utf8_lossy(&nft.stdout));
+}
+
+#[test]
+fn privileged_a_docker_container_on_a_dhcp_network_gets_its_address_by_dhcp() {
+    let f = Fabric::start();
+    create_network(&f.d1, "dnet", &["--subnet", "192.168.11.0/24", "-o", "dhcp=true"]);
+    run(&f.d1, "dc", &["--net", "dnet"]);
+    let (shown, _) = container_ips(&f.d1, "dc", "dnet");
+    let log = f.d1.docker(&["exec", "dc", "sh", "-c", "udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true 2>&1"]).unwrap();
+    let text = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        text.contains(&format!("lease of {shown} obtained")),
+        "udhcpc gets the address Docker shows ({shown}): {text}\n{}",
+        f.logs()
+    );
+    assert_eq!(f.show("dnet")["network"]["labels"]["dhcp"], "true");
 }

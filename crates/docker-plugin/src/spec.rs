@@ -8,6 +8,7 @@
 //! | `rt` | route targets, comma separated (`64512:100,64512:200`) |
 //! | `vni` | the network's VNI (assigned when absent) |
 //! | `project` | the project, `domain:project` (`default-domain:admin` when absent) |
+//! | `dhcp` | `true`: containers configure their addresses themselves, by DHCP (the agent answers their client) |
 //! | `tessera.network` (option only) | use this existing Tessera network (name or UUID) |
 //!
 //! Any other `-o` option is refused (it would otherwise be silently
@@ -27,6 +28,8 @@ use crate::protocol::{EngineIpam, EngineIpamConfig, EngineNetworkCreate, PLUGIN_
 pub const KEY_RT: &str = "rt";
 pub const KEY_VNI: &str = "vni";
 pub const KEY_PROJECT: &str = "project";
+/// `dhcp=true`: the network's containers configure themselves by DHCP.
+pub const KEY_DHCP: &str = "dhcp";
 /// `-o tessera.network=NAME|UUID`: use an existing Tessera network.
 pub const OPT_NETWORK: &str = "tessera.network";
 /// Label of every Tessera network made through Docker.
@@ -57,6 +60,22 @@ pub struct DriverOptions {
     pub project: Option<String>,
     /// `tessera.network`: an existing Tessera network to use.
     pub network: Option<String>,
+    /// `dhcp`: containers configure their addresses by DHCP.
+    pub dhcp: Option<bool>,
+}
+
+fn parse_bool(source: &str, v: &str) -> Result<bool, SpecError> {
+    match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(SpecError::new(source, format!("{other:?} is not true or false"))),
+    }
+}
+
+/// Whether the containers of a Tessera network made through Docker
+/// configure their addresses by DHCP.
+pub fn dhcp(net: &Network) -> bool {
+    net.labels.get(KEY_DHCP).is_some_and(|v| v == "true")
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -90,13 +109,14 @@ pub fn driver_options(opts: &BTreeMap<String, String>) -> Result<DriverOptions, 
             }
             KEY_VNI => out.vni = Some(parse_vni(&source, v)?),
             KEY_PROJECT => out.project = Some(parse_project(&source, v)?),
+            KEY_DHCP => out.dhcp = Some(parse_bool(&source, v)?),
             OPT_NETWORK if !v.trim().is_empty() => out.network = Some(v.trim().to_string()),
             OPT_NETWORK => return Err(SpecError::new(source, "names no network")),
             _ => {
                 return Err(SpecError::new(
                     source,
                     format!(
-                        "unknown option; the {PLUGIN_NAME} driver knows {KEY_RT}, {KEY_VNI}, {KEY_PROJECT} and {OPT_NETWORK}"
+                        "unknown option; the {PLUGIN_NAME} driver knows {KEY_RT}, {KEY_VNI}, {KEY_PROJECT}, {KEY_DHCP} and {OPT_NETWORK}"
                     ),
                 ))
             }
@@ -175,6 +195,9 @@ pub fn network_create(spec: &DockerNetworkSpec) -> Result<NetworkCreate, SpecErr
                 }
                 project = Some(p);
             }
+            KEY_DHCP => {
+                parse_bool(&source, v)?;
+            }
             LABEL_DOCKER | LABEL_DOCKER_NAME => {
                 return Err(SpecError::new(source, "is set by the tessera driver itself"));
             }
@@ -187,6 +210,9 @@ pub fn network_create(spec: &DockerNetworkSpec) -> Result<NetworkCreate, SpecErr
     }
     let subnets: Vec<SubnetCreate> = spec.subnets.iter().map(|s| s.to_create()).collect();
     validate_subnets(&subnets).map_err(|e| subnet_error(&spec.subnets, e))?;
+    if let Some(d) = opts.dhcp {
+        labels.insert(KEY_DHCP.into(), d.to_string());
+    }
     labels.insert(LABEL_DOCKER.into(), "true".into());
     labels.insert(LABEL_DOCKER_NAME.into(), spec.name.clone());
     Ok(NetworkCreate { name: spec.name.clone(), project, subnets, vni, route_targets, labels, ..Default::default() })

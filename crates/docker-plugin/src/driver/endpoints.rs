@@ -153,7 +153,7 @@ impl Plugin {
             reservation: ep.token.clone(),
             handover: Some(src_name.clone()),
             ports: Vec::new(),
-            dhcp: false,
+            dhcp: spec::dhcp(net),
         };
         self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();
