@@ -2,8 +2,9 @@
 //! namespace attached with `--dhcp` gets only its link from Tessera; busybox
 //! `udhcpc` in it then gets the endpoint's address, gateway, DNS servers,
 //! MTU and classless routes from its host's agent, and reaches a container
-//! on another host. A client of another network gets that network's
-//! address, never this one's. Needs root; fails with the reason when it
+//! on another host; a client that stays sees a change of the network's DNS
+//! servers at its next renewal. A client of another network gets that
+//! network's address, never this one's. Needs root; fails with the reason when it
 //! cannot run.
 
 use std::path::Path;
@@ -43,6 +44,14 @@ fn udhcpc(c: &Cluster, dir: &Path, container: &str) -> std::collections::BTreeMa
     env.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+fn wait_for_file(p: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !p.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
     let (mut c, run) = tessera_testkit::start_cluster("tdh", &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"));
@@ -74,6 +83,30 @@ fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
     let port = tessera_model::names::host_veth_name(e1["id"].as_str().unwrap().parse().unwrap());
     let row = vifs.as_array().unwrap().iter().find(|v| v["name"] == port.as_str()).expect("c1's port");
     assert!(row["dhcp"]["requests"].as_u64() >= Some(2) && row["dhcp"]["acks"].as_u64() >= Some(1), "{row}");
+
+    // A client that stays renews, and sees a change of the network's DNS.
+    let d = run.dir.path().join("dhcp-c1");
+    let _ = std::fs::remove_file(d.join("bound.env"));
+    let hook = d.join("hook").display().to_string();
+    let mut cmd = std::process::Command::new("busybox");
+    cmd.args(["udhcpc", "-i", "eth0", "-f", "-t", "5", "-T", "1", "-s", &hook]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut client = c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), cmd).expect("busybox udhcpc");
+    wait_for_file(&d.join("bound.env"));
+    c.cli_ok(&["network", "update", "red", "--dns", "10.66.0.54"]).unwrap();
+    let renewed = d.join("renew.env");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGUSR1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let env = std::fs::read_to_string(&renewed).unwrap_or_default();
+        if env.lines().any(|l| l == "dns=10.66.0.54" || l == "dns=10.66.0.54 ") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewal never brought the new DNS server: {env}");
+    }
+    let _ = client.kill();
+    let _ = client.wait();
 
     let green = udhcpc(&c, run.dir.path(), "g1");
     assert_eq!(green["ip"], addresses(&eg)[0], "green's client gets green's address: {green:?}");

@@ -178,6 +178,10 @@ pub struct NetworkUpdate {
     /// name or UUID); an empty string turns it off.
     #[serde(default)]
     pub snat: Option<String>,
+    /// Replaces the DNS servers of every subnet, each address given to the
+    /// subnets of its family (DHCP clients see them at their next renewal).
+    #[serde(default)]
+    pub dns_servers: Option<Vec<String>>,
 }
 
 /// Parses a list of projects (`domain:project`), naming `field[i]` on error,

@@ -83,6 +83,10 @@ pub enum Cmd {
         /// Turn source NAT to the outside off.
         #[arg(long)]
         no_snat: bool,
+        /// Replace the DNS servers of the subnets (repeat for several); DHCP
+        /// clients get them at their next renewal.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
     },
     /// Delete networks; deleting a missing network succeeds.
     Delete {
@@ -198,6 +202,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             shared,
             snat,
             no_snat,
+            dns,
         } => {
             let req = NetworkUpdate {
                 add_route_targets,
@@ -208,6 +213,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 unshare_with,
                 shared,
                 snat: if no_snat { Some(String::new()) } else { snat },
+                dns_servers: (!dns.is_empty()).then_some(dns),
                 ..Default::default()
             };
             let net: Network = c.patch(&format!("/v1/networks/{}", seg(&network)), &req).await?;

@@ -359,6 +359,23 @@ impl Controller {
             if let Some(s) = req.shared {
                 net.shared = s;
             }
+            if let Some(list) = &req.dns_servers {
+                limits::check_count("dns_servers", list, limits::MAX_DNS_SERVERS, "DNS servers")?;
+                let mut servers = Vec::new();
+                for (i, s) in list.iter().enumerate() {
+                    let a: IpAddr = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| FieldError::new(format!("dns_servers[{i}]"), format!("{s:?} is not an IP address")))?;
+                    if !net.subnets.iter().any(|sub| sub.cidr.addr().is_ipv4() == a.is_ipv4()) {
+                        return Err(FieldError::new(format!("dns_servers[{i}]"), format!("no subnet of {a}'s family")).into());
+                    }
+                    servers.push(a);
+                }
+                for sub in &mut net.subnets {
+                    sub.dns_servers = servers.iter().copied().filter(|a| a.is_ipv4() == sub.cidr.addr().is_ipv4()).collect();
+                }
+            }
             if req.external.is_some_and(|e| e != net.external) {
                 return Err(FieldError::new(
                     "external",
