@@ -26,6 +26,19 @@ case "$1" in
 esac
 "#;
 
+/// ISC dhclient's hook: records each event, configures on BOUND.
+const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
+env > "$(dirname "$0")/$reason.env"
+case "$reason" in
+  PREINIT) ip link set "$interface" up ;;
+  BOUND|RENEW|REBIND|REBOOT)
+    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+    for r in $new_routers; do ip route replace default via "$r" dev "$interface"; break; done
+    ;;
+esac
+exit 0
+"#;
+
 fn udhcpc(c: &Cluster, dir: &Path, container: &str) -> std::collections::BTreeMap<String, String> {
     let d = dir.join(format!("dhcp-{container}"));
     std::fs::create_dir_all(&d).unwrap();
@@ -107,6 +120,28 @@ fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
     }
     let _ = client.kill();
     let _ = client.wait();
+
+    // ISC dhclient, on the other host.
+    c.container("h2", "c4").unwrap();
+    let e4 = c.attach("c4", "red", &["--dhcp"]).unwrap();
+    let dir4 = run.dir.path().join("dhclient-c4");
+    std::fs::create_dir_all(&dir4).unwrap();
+    let hook4 = dir4.join("hook");
+    std::fs::write(&hook4, DHCLIENT_SCRIPT).unwrap();
+    std::fs::set_permissions(&hook4, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (h, lf, pf) =
+        (hook4.display().to_string(), dir4.join("leases").display().to_string(), dir4.join("pid").display().to_string());
+    let out = exec_in(c.netns_of("c4").unwrap(), "dhclient", ["-1", "-sf", &h, "-lf", &lf, "-pf", &pf, "eth0"])
+        .expect("dhclient (install isc-dhcp-client)");
+    assert!(out.status.success(), "dhclient: {}", String::from_utf8_lossy(&out.stderr));
+    let bound = std::fs::read_to_string(dir4.join("BOUND.env")).expect("dhclient bound a lease");
+    let env: std::collections::BTreeMap<&str, &str> = bound.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(env["new_ip_address"], addresses(&e4)[0], "{bound}");
+    assert_eq!(env["new_routers"], "10.66.0.1");
+    assert_eq!(env["new_domain_name_servers"], "10.66.0.54");
+    assert_eq!(env["new_interface_mtu"], "1450");
+    let _ = exec_in(c.netns_of("c4").unwrap(), "dhclient", ["-x", "-sf", &h, "-lf", &lf, "-pf", &pf, "eth0"]);
+    assert_eq!(c.ping("c4", &a2[0], 2).unwrap(), 2, "dhclient's container reaches another");
 
     let green = udhcpc(&c, run.dir.path(), "g1");
     assert_eq!(green["ip"], addresses(&eg)[0], "green's client gets green's address: {green:?}");
