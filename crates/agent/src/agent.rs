@@ -107,6 +107,7 @@ impl Agent {
                 ifname: Some(ifname),
                 reservation: req.reservation.clone(),
                 dhcp: req.dhcp,
+                own_table: req.own_table,
             },
         };
         let mut ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;

@@ -137,6 +137,7 @@ fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
         netns: PathBuf::from(netns),
         ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
         dhcp: e.owner.dhcp,
+        own_table: e.owner.own_table,
     })
 }
 

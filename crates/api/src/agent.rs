@@ -65,6 +65,9 @@ pub struct AttachRequest {
     /// The container configures the interface itself, by DHCP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
+    /// The interface gets a routing table of its own in the container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_table: bool,
 }
 
 /// `POST /v1/detach`: take a namespace out of one network or of all.

@@ -210,6 +210,9 @@ pub struct LocalEndpoint {
     /// The container configures its addresses itself, by DHCP.
     #[serde(default)]
     pub dhcp: bool,
+    /// The interface has a routing table of its own in the container.
+    #[serde(default)]
+    pub own_table: bool,
 }
 
 /// An endpoint of the network on another host, reached through VXLAN.

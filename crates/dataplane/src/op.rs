@@ -151,7 +151,21 @@ pub enum KernelOp {
         /// they are neither written nor removed.
         #[serde(default)]
         dhcp: bool,
+        /// The interface's own routing table in the container, and the
+        /// tables of the namespace's other such interfaces, which route what
+        /// arrives on it (`ip rule add iif IFNAME lookup TABLE`).
+        #[serde(default)]
+        own_table: Option<OwnTable>,
     },
+}
+
+/// An interface's own routing table in a container (dockwall's scheme).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnTable {
+    pub table: u32,
+    /// The tables that route what arrives on the interface: those of the
+    /// namespace's other interfaces with a table of their own.
+    pub peers: Vec<u32>,
 }
 
 impl KernelOp {
@@ -391,6 +405,19 @@ impl fmt::Display for KernelOp {
                 netns.display(),
                 veth_mark(*endpoint)
             ),
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, own_table: Some(t), .. } => {
+                write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
+                for a in addrs {
+                    write!(f, "; ip addr replace {a} dev {ifname}")?;
+                }
+                for g in gateways {
+                    write!(f, "; ip route replace default via {g} dev {ifname} table {}", t.table)?;
+                }
+                for p in &t.peers {
+                    write!(f, "; ip rule add iif {ifname} lookup {p}")?;
+                }
+                write!(f, "'; ip link set {host_veth} alias {}", veth_mark(*endpoint))
+            }
             KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, .. } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {

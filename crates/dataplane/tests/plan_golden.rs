@@ -48,6 +48,7 @@ fn network(vni: u32, zone: u16) -> DesiredNetwork {
 
 fn endpoint(id: &str, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
+        own_table: false,
         dhcp: false,
         id: id.parse::<Uuid>().unwrap(),
         mac: mac.parse::<MacAddr>().unwrap(),

@@ -26,6 +26,7 @@ fn subnet(cidr: &str, gw: &str) -> DesiredSubnet {
 
 fn endpoint(id: u128, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
+        own_table: false,
         dhcp: false,
         // Distinct first 8 hex digits for small test ids.
         id: Uuid::from_u128(if id >> 96 == 0 { (id << 96) | 0x4000_8000_0000_0000_0000 } else { id }),

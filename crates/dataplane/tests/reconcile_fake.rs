@@ -30,6 +30,7 @@ fn desired() -> DesiredHost {
                 gateway: Some("10.7.0.1".parse().unwrap()),
             }],
             local: vec![LocalEndpoint {
+                own_table: false,
                 dhcp: false,
                 id: "0000beef-0000-4000-8000-000000000001".parse().unwrap(),
                 mac: "02:00:00:00:be:ef".parse().unwrap(),

@@ -93,6 +93,11 @@ pub struct Owner {
     /// with the endpoint's addresses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
+    /// The interface gets a routing table of its own in the container
+    /// (dockwall's scheme): its default route there, and what arrives on
+    /// it is routed by the other such interfaces' tables.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_table: bool,
 }
 
 impl Owner {

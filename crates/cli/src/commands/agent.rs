@@ -98,6 +98,11 @@ pub struct AttachArgs {
     /// answers it): only the interface's MAC, MTU and link are set.
     #[arg(long)]
     dhcp: bool,
+    /// Give the interface a routing table of its own in the container
+    /// (dockwall's scheme: its default route there; what arrives on it is
+    /// routed by the other such interfaces' tables).
+    #[arg(long)]
+    own_table: bool,
     /// The agent's socket.
     #[arg(long, env = "TESSERA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -169,6 +174,7 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
         container_id,
         name: None,
         dhcp: a.dhcp,
+        own_table: a.own_table,
         ..Default::default()
     };
     let ep = AgentClient::new(a.socket).attach(&req).await?;

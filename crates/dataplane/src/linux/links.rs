@@ -16,6 +16,8 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMe
 use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
+use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use tessera_model::{MacAddr, Vni};
@@ -194,11 +196,17 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             let index = need_index(h, op, &a.dev).await?;
             h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
         }
-        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, dhcp } => {
+        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, dhcp, own_table } => {
             let host_index = need_index(h, op, host_veth).await?;
             let (ifname, mac, addrs, gateways, mtu, dhcp) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu, *dhcp);
+            let own_table = own_table.clone();
             in_netns(netns, move |handle| async move {
-                configure_container_iface(&handle, &ifname, mac, (!dhcp).then_some((&addrs[..], &gateways[..])), mtu).await
+                let config = (!dhcp).then_some((&addrs[..], &gateways[..]));
+                configure_container_iface(&handle, &ifname, mac, config, mtu).await?;
+                match &own_table {
+                    Some(t) if !dhcp => own_table_routes(&handle, &ifname, &addrs, &gateways, t).await,
+                    _ => Ok(()),
+                }
             })
             .await?;
             // Last: the mark that the endpoint is complete.
@@ -292,6 +300,73 @@ async fn address_install(h: &Handle, op: &'static str, a: &AddressEntry) -> Resu
         req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad | AddressFlags::Noprefixroute));
     }
     req.execute().await.map_err(kernel_err(op, a.addr.to_string()))
+}
+
+/// Inside a container's namespace, for an interface with a table of its
+/// own (dockwall's scheme): its subnets and default route in that table
+/// (the default route in the main table removed), and what arrives on it
+/// routed by the other such interfaces' tables.
+async fn own_table_routes(
+    handle: &Handle,
+    ifname: &str,
+    addrs: &[IpNet],
+    gateways: &[IpAddr],
+    t: &crate::op::OwnTable,
+) -> Result<(), DataplaneError> {
+    const OP: &str = "ContainerIfaceConfigure";
+    let index = link_index(handle, ifname).await?.ok_or_else(|| errno_err(OP, ifname, ENODEV))?;
+    let err =
+        |what: String| move |e: String| DataplaneError::Kernel { op: OP, object: what.clone(), source: io::Error::other(e) };
+    for a in addrs {
+        let net = a.trunc();
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net.addr(), net.prefix_len())
+            .map_err(|e| err(net.to_string())(e.to_string()))?
+            .output_interface(index)
+            .scope(if net.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe })
+            .table_id(t.table)
+            .build();
+        handle.route().add(msg).replace().execute().await.map_err(kernel_err(OP, format!("{net} table {}", t.table)))?;
+    }
+    for gw in gateways {
+        let any =
+            if gw.is_ipv4() { IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) };
+        let route = |table: Option<u32>| -> Result<RouteMessage, DataplaneError> {
+            let b = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(any, 0)
+                .and_then(|b| b.gateway(*gw))
+                .map_err(|e| err(gw.to_string())(e.to_string()))?
+                .output_interface(index);
+            Ok(match table {
+                Some(t) => b.table_id(t).build(),
+                None => b.build(),
+            })
+        };
+        handle
+            .route()
+            .add(route(Some(t.table))?)
+            .replace()
+            .execute()
+            .await
+            .map_err(kernel_err(OP, format!("default via {gw} table {}", t.table)))?;
+        // The main table's default stays the other interfaces' (dockwall's management).
+        let _ = handle.route().del(route(None)?).execute().await;
+        for peer in &t.peers {
+            let req = handle
+                .rule()
+                .add()
+                .input_interface(ifname.to_string())
+                .table_id(*peer)
+                .action(RuleAction::ToTable)
+                .priority(32000);
+            let done = if gw.is_ipv4() { req.v4().execute().await } else { req.v6().execute().await };
+            match done.map_err(kernel_err(OP, format!("iif {ifname} lookup {peer}"))) {
+                Err(e) if e.errno() == Some(super::common::EEXIST) => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Inside a container's namespace: the interface's MAC, MTU, addresses,

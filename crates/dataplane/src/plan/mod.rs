@@ -236,17 +236,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         endpoints.sort_by_key(|e| host_veth_name(e.id));
         for ep in endpoints {
             let name = host_veth_name(ep.id);
-            let configure = || KernelOp::ContainerIfaceConfigure {
-                host_veth: name.clone(),
-                endpoint: ep.id,
-                netns: ep.netns.clone(),
-                ifname: ep.ifname.clone(),
-                mac: ep.mac,
-                addrs: ep.ips.clone(),
-                gateways: gateways(net, ep),
-                mtu,
-                dhcp: ep.dhcp,
-            };
+            let configure = || configure_op(desired, net, ep, mtu);
             match present(&name) {
                 None => {
                     out.push(KernelOp::VethAdd {
@@ -274,6 +264,26 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                         out.push(configure());
                     }
                 }
+            }
+        }
+    }
+
+    // An interface with a table of its own that is (re)configured changes
+    // the tables that route its namespace's other such interfaces: they are
+    // configured again too.
+    let configured: BTreeSet<uuid::Uuid> = out
+        .iter()
+        .filter_map(|a| match a {
+            KernelOp::ContainerIfaceConfigure { endpoint, own_table: Some(_), .. } => Some(*endpoint),
+            _ => None,
+        })
+        .collect();
+    let touched: BTreeSet<&std::path::PathBuf> =
+        desired.networks.iter().flat_map(|n| &n.local).filter(|e| configured.contains(&e.id)).map(|e| &e.netns).collect();
+    for net in &desired.networks {
+        for ep in net.local.iter().filter(|e| e.own_table && touched.contains(&e.netns) && !configured.contains(&e.id)) {
+            if present(&host_veth_name(ep.id)).is_some() {
+                out.push(configure_op(desired, net, ep, mtu));
             }
         }
     }
@@ -643,6 +653,43 @@ fn sysctl(out: &mut Vec<KernelOp>, observed: &Observed, doomed: &BTreeSet<String
 
 /// The gateways a local endpoint routes through: one per address family, the
 /// gateway of the subnet of its first address of that family.
+/// The configuration of `ep`'s interface in its container.
+fn configure_op(desired: &DesiredHost, net: &DesiredNetwork, ep: &LocalEndpoint, mtu: u32) -> KernelOp {
+    KernelOp::ContainerIfaceConfigure {
+        host_veth: host_veth_name(ep.id),
+        endpoint: ep.id,
+        netns: ep.netns.clone(),
+        ifname: ep.ifname.clone(),
+        mac: ep.mac,
+        addrs: ep.ips.clone(),
+        gateways: gateways(net, ep),
+        mtu,
+        dhcp: ep.dhcp,
+        own_table: own_table(desired, ep),
+    }
+}
+
+/// The own routing table of `ep`'s interface in its container, when it
+/// asks for one: the namespace's interfaces with one are numbered from
+/// 100 in the order of their names, and each is routed by the others'.
+fn own_table(desired: &DesiredHost, ep: &LocalEndpoint) -> Option<crate::op::OwnTable> {
+    if !ep.own_table {
+        return None;
+    }
+    let mut names: Vec<&str> = desired
+        .networks
+        .iter()
+        .flat_map(|n| &n.local)
+        .filter(|e| e.own_table && e.netns == ep.netns)
+        .map(|e| e.ifname.as_str())
+        .collect();
+    names.sort();
+    names.dedup();
+    let table = |name: &str| 100 + names.iter().position(|n| *n == name).unwrap_or(0) as u32;
+    let peers = names.iter().filter(|n| **n != ep.ifname).map(|n| table(n)).collect();
+    Some(crate::op::OwnTable { table: table(&ep.ifname), peers })
+}
+
 fn gateways(net: &DesiredNetwork, ep: &LocalEndpoint) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     for ip in &ep.ips {

@@ -154,6 +154,7 @@ impl Plugin {
             handover: Some(src_name.clone()),
             ports: Vec::new(),
             dhcp: spec::dhcp(net),
+            own_table: false,
         };
         self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();

@@ -1,0 +1,43 @@
+//! Privileged tier: dockwall's multi-interface container. Two interfaces
+//! attached with `--own-table` each get a routing table of their own in the
+//! container, with their default route, and what arrives on one is routed
+//! by the other's table; a third interface keeps the main table's default.
+//! Needs root; fails with the reason when it cannot run.
+
+use tessera_testkit::exec_in;
+
+fn sh(c: &tessera_testkit::Cluster, args: &[&str]) -> String {
+    let out = exec_in(c.netns_of("svc").unwrap(), args[0], &args[1..]).unwrap();
+    assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn privileged_own_tables_route_what_arrives_on_left_out_of_right() {
+    let (mut c, _run) = tessera_testkit::start_cluster("tot", &["h1"], env!("CARGO_BIN_EXE_tessera"));
+    for (name, subnet) in [("left", "10.81.0.0/24"), ("right", "10.82.0.0/24"), ("mgmt", "10.83.0.0/24")] {
+        c.cli_ok(&["network", "add", name, "--subnet", subnet]).unwrap();
+    }
+    c.container("h1", "svc").unwrap();
+    c.attach("svc", "left", &["--ifname", "left", "--own-table"]).unwrap();
+    c.attach("svc", "right", &["--ifname", "right", "--own-table"]).unwrap();
+    c.attach("svc", "mgmt", &["--ifname", "mgmt"]).unwrap();
+
+    let rules = sh(&c, &["ip", "rule", "show"]);
+    assert!(rules.contains("iif left lookup 101") && rules.contains("iif right lookup 100"), "{rules}");
+    let left = sh(&c, &["ip", "route", "show", "table", "100"]);
+    let right = sh(&c, &["ip", "route", "show", "table", "101"]);
+    assert!(left.contains("default via 10.81.0.1 dev left"), "{left}");
+    assert!(right.contains("default via 10.82.0.1 dev right"), "{right}");
+    let main = sh(&c, &["ip", "route", "show"]);
+    assert!(main.contains("default via 10.83.0.1 dev mgmt"), "{main}");
+    assert!(!main.contains("dev left") || !main.contains("default via 10.81.0.1"), "{main}");
+    assert!(!main.contains("default via 10.82.0.1"), "{main}");
+
+    // What arrives on left for anywhere leaves by right, and the other way.
+    sh(&c, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let via = sh(&c, &["ip", "route", "get", "198.51.100.7", "from", "10.81.0.50", "iif", "left"]);
+    assert!(via.contains("via 10.82.0.1 dev right"), "{via}");
+    let back = sh(&c, &["ip", "route", "get", "198.51.100.7", "from", "10.82.0.50", "iif", "right"]);
+    assert!(back.contains("via 10.81.0.1 dev left"), "{back}");
+}
