@@ -155,3 +155,147 @@ async fn serve(socket: tokio::net::UdpSocket, leases: watch::Receiver<NetworkLea
         }
     }
 }
+
+/// How often a network's bridge advertises itself as router.
+const RA_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves router advertisements and DHCPv6 on the bridges of the networks
+/// of each reconciled state that have IPv6 subnets, until the agent stops.
+/// `index_of` finds a bridge's interface index.
+pub async fn run6(
+    mut states: watch::Receiver<Option<Arc<DesiredHost>>>,
+    dp: Arc<dyn tessera_dataplane::Dataplane>,
+    counters: Arc<DhcpCounters>,
+) {
+    use crate::dhcp6_answer::{networks6, Network6};
+    let mut servers: HashMap<String, (Vec<tokio::task::JoinHandle<()>>, watch::Sender<Network6>)> = HashMap::new();
+    loop {
+        let state = states.borrow_and_update().clone();
+        if let Some(desired) = state {
+            let wanted = networks6(&desired);
+            servers.retain(|bridge, (tasks, _)| {
+                let keep = wanted.iter().any(|w| &w.bridge == bridge);
+                if !keep {
+                    tasks.iter().for_each(|t| t.abort());
+                }
+                keep
+            });
+            let missing: Vec<_> = wanted.iter().filter(|w| !servers.contains_key(&w.bridge)).collect();
+            let indexes: HashMap<String, u32> = if missing.is_empty() {
+                HashMap::new()
+            } else {
+                dp.interfaces().await.map(|v| v.into_iter().map(|i| (i.name, i.index)).collect()).unwrap_or_default()
+            };
+            for w in wanted {
+                if let Some((_, tx)) = servers.get(&w.bridge) {
+                    tx.send_if_modified(|l| {
+                        let changed = *l != w;
+                        *l = w.clone();
+                        changed
+                    });
+                    continue;
+                }
+                let Some(index) = indexes.get(&w.bridge).copied() else { continue };
+                match (open6(&w.bridge, index), open_icmp6(&w.bridge)) {
+                    (Ok(dhcp), Ok(icmp)) => {
+                        let bridge = w.bridge.clone();
+                        let (tx, rx) = watch::channel(w);
+                        let tasks = vec![
+                            tokio::spawn(serve6(dhcp, rx.clone(), counters.clone())),
+                            tokio::spawn(advertise(icmp, index, rx)),
+                        ];
+                        servers.insert(bridge, (tasks, tx));
+                    }
+                    (Err(e), _) | (_, Err(e)) => tracing::debug!(bridge = %w.bridge, error = %e, "cannot serve IPv6 yet"),
+                }
+            }
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// A UDP socket on port 547 of `bridge`, in the all-DHCP-agents group.
+fn open6(bridge: &str, index: u32) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.bind_device(Some(bridge.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 547)).into())?;
+    s.join_multicast_v6(&"ff02::1:2".parse().expect("literal"), index)?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+/// An ICMPv6 socket of `bridge` that sends with hop limit 255.
+fn open_icmp6(bridge: &str) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    s.bind_device(Some(bridge.as_bytes()))?;
+    s.set_multicast_hops_v6(255)?;
+    s.set_unicast_hops_v6(255)?;
+    s.set_nonblocking(true)?;
+    // A raw socket is driven here through the datagram API (send_to and
+    // recv_from are the same calls).
+    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(std::os::fd::OwnedFd::from(s)))
+}
+
+async fn serve6(socket: tokio::net::UdpSocket, net: watch::Receiver<crate::dhcp6_answer::Network6>, counters: Arc<DhcpCounters>) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let SocketAddr::V6(from) = from else { continue };
+        let Ok(msg) = dhcproto::v6::Message::from_bytes(&buf[..n]) else {
+            counters.unreadable.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let net = net.borrow().clone();
+        let mac = crate::dhcp6_answer::client_mac(&msg, *from.ip()).unwrap_or(MacAddr([0; 6]));
+        counters.count(mac, |c| c.requests += 1);
+        match crate::dhcp6_answer::answer6(&msg, *from.ip(), &net) {
+            Ok(reply) => {
+                if let Ok(bytes) = reply.to_vec() {
+                    if socket
+                        .send_to(&bytes, SocketAddr::V6(std::net::SocketAddrV6::new(*from.ip(), 546, 0, from.scope_id())))
+                        .await
+                        .is_ok()
+                    {
+                        counters.count(mac, |c| c.acks += 1);
+                    }
+                }
+            }
+            Err(why) => {
+                counters.count(mac, |c| c.ignored += 1);
+                tracing::debug!(bridge = %net.bridge, why, "DHCPv6 message ignored");
+            }
+        }
+    }
+}
+
+/// Advertises the bridge as router every [`RA_EVERY`], and at once to a
+/// router solicitation.
+async fn advertise(socket: tokio::net::UdpSocket, index: u32, net: watch::Receiver<crate::dhcp6_answer::Network6>) {
+    let all_nodes = SocketAddr::V6(std::net::SocketAddrV6::new("ff02::1".parse().expect("literal"), 0, 0, index));
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let ra = crate::dhcp6_answer::router_advertisement(&net.borrow());
+        if let Err(e) = socket.send_to(&ra, all_nodes).await {
+            tracing::debug!(error = %e, "cannot send a router advertisement");
+        }
+        // Until the next period, answer solicitations.
+        let deadline = tokio::time::Instant::now() + RA_EVERY;
+        loop {
+            match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok((n, _))) if n > 0 && buf[0] == 133 => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod api;
 pub mod counters;
 pub mod desired;
 pub mod dhcp;
+pub mod dhcp6_answer;
 pub mod dhcp_answer;
 pub mod egress;
 pub mod error;
@@ -115,6 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));
+    tokio::spawn(dhcp::run6(agent.counters.reconciled_states(), agent.dp.clone(), agent.dhcp.clone()));
 
     // Register, then keep the registration fresh.
     let reg = client.clone();

@@ -3,8 +3,10 @@
 //! `udhcpc` in it then gets the endpoint's address, gateway, DNS servers,
 //! MTU and classless routes from its host's agent, and reaches a container
 //! on another host; a client that stays sees a change of the network's DNS
-//! servers at its next renewal. A client of another network gets that
-//! network's address, never this one's. Needs root; fails with the reason when it
+//! servers at its next renewal; ISC dhclient does the same. A client of
+//! another network gets that network's address, never this one's. An
+//! IPv6-only client gets its address by DHCPv6 (`dhclient -6`) and its
+//! default route from the bridge's router advertisements. Needs root; fails with the reason when it
 //! cannot run.
 
 use std::path::Path;
@@ -146,4 +148,62 @@ fn privileged_a_dhcp_client_configures_itself_from_the_agent() {
     let green = udhcpc(&c, run.dir.path(), "g1");
     assert_eq!(green["ip"], addresses(&eg)[0], "green's client gets green's address: {green:?}");
     assert!(green["ip"].starts_with("10.67.0."));
+}
+
+/// ISC dhclient's hook for IPv6: records each event, configures on BOUND6.
+const DHCLIENT6_SCRIPT: &str = r#"#!/bin/sh
+env > "$(dirname "$0")/$reason.env"
+case "$reason" in
+  PREINIT6) ip link set "$interface" up ;;
+  BOUND6|RENEW6|REBIND6) ip -6 addr add "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" nodad ;;
+esac
+exit 0
+"#;
+
+#[test]
+fn privileged_an_ipv6_client_configures_itself_by_router_advertisement_and_dhcpv6() {
+    let (mut c, run) = tessera_testkit::start_cluster("tdv", &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"));
+    c.cli_ok(&["network", "add", "six", "--subnet", "fd00:69::/64", "--dns", "fd00:69::53"]).unwrap();
+    c.container("h1", "c5").unwrap();
+    c.container("h2", "c6").unwrap();
+    let e5 = c.attach("c5", "six", &["--dhcp"]).unwrap();
+    let a6 = addresses(&c.attach("c6", "six", &[]).unwrap());
+    let d = run.dir.path().join("dhclient6");
+    std::fs::create_dir_all(&d).unwrap();
+    let hook = d.join("hook");
+    std::fs::write(&hook, DHCLIENT6_SCRIPT).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (h, lf, pf) = (hook.display().to_string(), d.join("leases").display().to_string(), d.join("pid").display().to_string());
+    // A DHCPv6 client speaks from its link-local address, once that has
+    // passed duplicate address detection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ll = exec_in(c.netns_of("c5").unwrap(), "ip", ["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap();
+        let text = String::from_utf8_lossy(&ll.stdout).into_owned();
+        if text.contains("fe80::") && !text.contains("tentative") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no usable link-local address: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = exec_in(c.netns_of("c5").unwrap(), "dhclient", ["-6", "-1", "-sf", &h, "-lf", &lf, "-pf", &pf, "eth0"])
+        .expect("dhclient");
+    assert!(out.status.success(), "dhclient -6: {}\n{}", String::from_utf8_lossy(&out.stderr), c.logs_tail(20));
+    let bound = std::fs::read_to_string(d.join("BOUND6.env")).expect("dhclient -6 bound a lease");
+    let env: std::collections::BTreeMap<&str, &str> = bound.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(env["new_ip6_address"], addresses(&e5)[0], "{bound}");
+    assert_eq!(env["new_dhcp6_name_servers"], "fd00:69::53", "{bound}");
+    let _ = exec_in(c.netns_of("c5").unwrap(), "dhclient", ["-6", "-x", "-sf", &h, "-lf", &lf, "-pf", &pf, "eth0"]);
+    // The default route comes from the bridge's router advertisements.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let routes =
+            String::from_utf8_lossy(&exec_in(c.netns_of("c5").unwrap(), "ip", ["-6", "route"]).unwrap().stdout).into_owned();
+        if routes.contains("default via fe80::") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no default route from router advertisements: {routes}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(c.ping("c5", &a6[0], 2).unwrap(), 2, "the IPv6-only client reaches a container on another host");
 }

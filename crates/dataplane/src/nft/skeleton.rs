@@ -102,6 +102,7 @@ table inet tessera {{
         icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
         ct direction reply ct mark & {published:#x} == {published:#x} accept comment "answers to the host's own use of a published port"
         iifname "tb*" udp dport 67 accept comment "DHCP, answered by the agent"
+        iifname "tb*" udp dport 547 accept comment "DHCPv6, answered by the agent"
         counter drop comment "a container towards the host itself"
     }}
     chain gw_dnat {{
