@@ -251,6 +251,7 @@ pub fn host_intent_cached(
             remote,
             imports,
             egress: external.egress.get(&net.id).cloned(),
+            domain: net.domain.clone(),
         });
     }
     networks.sort_by_key(|n| n.vni);

@@ -31,6 +31,7 @@ pub struct Lease {
     pub mtu: u16,
     /// Routes besides the default: the networks this one imports.
     pub routes: Vec<Ipv4Net>,
+    pub domain: Option<String>,
 }
 
 /// The leases of one network on this host: its bridge, the server address
@@ -74,8 +75,18 @@ pub fn leases(desired: &DesiredHost) -> Vec<NetworkLeases> {
             let subnet = net.subnets.iter().find(|s| s.cidr.contains(&IpAddr::V4(ip.addr())));
             let gateway = subnet.and_then(|s| s.gateway.as_ref().and_then(v4));
             let dns = subnet.map(|s| s.dns.iter().filter_map(v4).collect()).unwrap_or_default();
-            leases
-                .insert(ep.mac, Lease { address: ip.addr(), prefix: ip.prefix_len(), gateway, dns, mtu, routes: routes.clone() });
+            leases.insert(
+                ep.mac,
+                Lease {
+                    address: ip.addr(),
+                    prefix: ip.prefix_len(),
+                    gateway,
+                    dns,
+                    mtu,
+                    routes: routes.clone(),
+                    domain: net.domain.clone(),
+                },
+            );
         }
         out.push(NetworkLeases { bridge: bridge_name(net.vni), server, leases });
     }
@@ -139,6 +150,9 @@ pub fn answer(req: &Message, server: Ipv4Addr, leases: &BTreeMap<MacAddr, Lease>
     if !lease.dns.is_empty() {
         opts.insert(DhcpOption::DomainNameServer(lease.dns.clone()));
     }
+    if let Some(d) = &lease.domain {
+        opts.insert(DhcpOption::DomainName(d.clone()));
+    }
     if let Some(gw) = lease.gateway {
         opts.insert(DhcpOption::Router(vec![gw]));
         // With classless routes a client ignores the router option: the
@@ -167,6 +181,7 @@ mod tests {
                 dns: vec!["10.1.0.53".parse().unwrap()],
                 mtu: 1450,
                 routes: vec!["10.2.0.0/24".parse().unwrap()],
+                domain: Some("red.example".into()),
             },
         )])
     }
@@ -199,6 +214,7 @@ mod tests {
         let o = offer.opts();
         assert_eq!(o.get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask("255.255.255.0".parse().unwrap())));
         assert_eq!(o.get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(1450)));
+        assert_eq!(o.get(OptionCode::DomainName), Some(&DhcpOption::DomainName("red.example".into())));
         assert_eq!(o.get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec!["10.1.0.53".parse().unwrap()])));
         let Some(DhcpOption::ClasslessStaticRoute(routes)) = o.get(OptionCode::ClasslessStaticRoute) else { panic!("no routes") };
         assert!(routes.contains(&("10.2.0.0/24".parse().unwrap(), server)));

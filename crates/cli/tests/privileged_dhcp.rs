@@ -207,3 +207,81 @@ fn privileged_an_ipv6_client_configures_itself_by_router_advertisement_and_dhcpv
     }
     assert_eq!(c.ping("c5", &a6[0], 2).unwrap(), 2, "the IPv6-only client reaches a container on another host");
 }
+
+/// A DHCP DISCOVER for `chaddr` with transaction `xid`.
+fn discover(chaddr: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 240];
+    m[0] = 1;
+    m[1] = 1;
+    m[2] = 6;
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[28..34].copy_from_slice(&chaddr);
+    m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    m.extend_from_slice(&[53, 1, 1, 255]);
+    m
+}
+
+/// Whether an answer to `xid` arrives on `socket` within a second.
+fn answered(socket: &std::net::UdpSocket, xid: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if n > 8 && buf[0] == 2 && buf[4..8] == xid.to_be_bytes() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn privileged_only_the_endpoint_s_own_mac_is_answered_and_a_flood_is_limited() {
+    let (mut c, _run) = tessera_testkit::start_cluster("tdf", &["h1"], env!("CARGO_BIN_EXE_tessera"));
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.70.0.0/24", "--domain", "red.example"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    let ep = c.attach("c1", "red", &[]).unwrap();
+    let mac: Vec<u8> = ep["mac"].as_str().unwrap().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let own: [u8; 6] = mac.try_into().unwrap();
+    let (foreign, mine) = tessera_fabric::run_in(c.netns_of("c1").unwrap(), move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 68)).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+        let ask = |chaddr, xid| {
+            s.send_to(&discover(chaddr, xid), ("255.255.255.255", 67)).unwrap();
+            answered(&s, xid)
+        };
+        // The server may start listening just after the attach answers.
+        let mut mine = false;
+        for xid in 1..20 {
+            if ask(own, xid) {
+                mine = true;
+                break;
+            }
+        }
+        let foreign = ask([2, 0xde, 0xad, 0xbe, 0xef, 1], 100);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // A thousand DISCOVERs within a second: ten are answered.
+        for xid in 1000..2000 {
+            let _ = s.send_to(&discover(own, xid), ("255.255.255.255", 67));
+        }
+        (foreign, mine)
+    })
+    .unwrap();
+    assert!(mine, "the endpoint's own MAC gets an offer");
+    assert!(!foreign, "a foreign MAC gets no offer");
+    let sock = c.agent_socket("h1").display().to_string();
+    let port = tessera_model::names::host_veth_name(ep["id"].as_str().unwrap().parse().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let vifs = c.tessera_on("h1", &["vif", "list", "--socket", &sock, "--json"], &[]).unwrap();
+        let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
+        let row = vifs.as_array().unwrap().iter().find(|v| v["name"] == port.as_str()).cloned().unwrap();
+        if row["dhcp"]["ignored"].as_u64() >= Some(900) {
+            assert!(row["dhcp"]["requests"].as_u64() >= Some(1000), "{row}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the flood was not limited and counted: {row}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -2,7 +2,9 @@
 //! attached with `--own-table` each get a routing table of their own in the
 //! container, with their default route, and what arrives on one is routed
 //! by the other's table; a third interface keeps the main table's default.
-//! Needs root; fails with the reason when it cannot run.
+//! The same set up by the containers' own DHCP clients with
+//! `contrib/udhcpc-own-table.sh`. Needs root; fails with the reason when
+//! it cannot run.
 
 use tessera_testkit::exec_in;
 
@@ -40,4 +42,32 @@ fn privileged_own_tables_route_what_arrives_on_left_out_of_right() {
     assert!(via.contains("via 10.82.0.1 dev right"), "{via}");
     let back = sh(&c, &["ip", "route", "get", "198.51.100.7", "from", "10.82.0.50", "iif", "right"]);
     assert!(back.contains("via 10.81.0.1 dev left"), "{back}");
+}
+
+#[test]
+fn privileged_the_udhcpc_hook_sets_own_tables_from_dhcp() {
+    let (mut c, _run) = tessera_testkit::start_cluster("toh", &["h1"], env!("CARGO_BIN_EXE_tessera"));
+    for (name, subnet) in [("left", "10.84.0.0/24"), ("right", "10.85.0.0/24")] {
+        c.cli_ok(&["network", "add", name, "--subnet", subnet]).unwrap();
+    }
+    c.container("h1", "svc").unwrap();
+    c.attach("svc", "left", &["--ifname", "left", "--dhcp"]).unwrap();
+    c.attach("svc", "right", &["--ifname", "right", "--dhcp"]).unwrap();
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/udhcpc-own-table.sh");
+    for (ifname, table, peer) in [("left", "100", "101"), ("right", "101", "100")] {
+        let mut cmd = std::process::Command::new("busybox");
+        cmd.args(["udhcpc", "-i", ifname, "-n", "-q", "-t", "5", "-T", "1", "-s", hook])
+            .env("TABLE", table)
+            .env("PEER_TABLE", peer);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let out = tessera_fabric::spawn_in(c.netns_of("svc").unwrap(), cmd).unwrap().wait_with_output().unwrap();
+        assert!(out.status.success(), "udhcpc on {ifname}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rules = sh(&c, &["ip", "rule", "show"]);
+    assert!(rules.contains("iif left lookup 101") && rules.contains("iif right lookup 100"), "{rules}");
+    assert!(sh(&c, &["ip", "route", "show", "table", "100"]).contains("default via 10.84.0.1 dev left"));
+    assert!(sh(&c, &["ip", "route", "show", "table", "101"]).contains("default via 10.85.0.1 dev right"));
+    sh(&c, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let via = sh(&c, &["ip", "route", "get", "198.51.100.7", "from", "10.84.0.50", "iif", "left"]);
+    assert!(via.contains("via 10.85.0.1 dev right"), "{via}");
 }

@@ -182,6 +182,9 @@ pub struct DesiredNetwork {
     /// The way to the outside, when the network has one.
     #[serde(default)]
     pub egress: Option<Egress>,
+    /// The DNS domain the agent's DHCP server hands out.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

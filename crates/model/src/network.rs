@@ -41,6 +41,9 @@ pub struct Network {
     /// Free-form labels, such as those given to `docker network create --label`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The DNS domain its DHCP clients are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 impl Network {
@@ -116,6 +119,9 @@ pub struct NetworkCreate {
     pub policies: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The DNS domain its DHCP clients are given.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// One subnet of a [`NetworkCreate`].
@@ -182,6 +188,27 @@ pub struct NetworkUpdate {
     /// subnets of its family (DHCP clients see them at their next renewal).
     #[serde(default)]
     pub dns_servers: Option<Vec<String>>,
+    /// The DNS domain DHCP clients are given; empty removes it.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// Checks a DNS domain name (`field` names it on error): labels of letters,
+/// digits and `-`, at most 253 bytes.
+pub fn check_domain(field: &str, d: &str) -> Result<(), FieldError> {
+    let ok = d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("{d:?} is not a DNS domain name")))
+    }
 }
 
 /// Parses a list of projects (`domain:project`), naming `field[i]` on error,

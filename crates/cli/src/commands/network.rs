@@ -47,6 +47,9 @@ pub enum Cmd {
         /// holds floating IPs and SNAT addresses, not endpoints.
         #[arg(long)]
         external: bool,
+        /// The DNS domain DHCP clients are given.
+        #[arg(long)]
+        domain: Option<String>,
     },
     /// Show a network: names, VNI, route targets, subnets, policies, endpoints.
     Show { network: String },
@@ -87,6 +90,9 @@ pub enum Cmd {
         /// clients get them at their next renewal.
         #[arg(long = "dns")]
         dns: Vec<String>,
+        /// The DNS domain DHCP clients are given ("" removes it).
+        #[arg(long)]
+        domain: Option<String>,
     },
     /// Delete networks; deleting a missing network succeeds.
     Delete {
@@ -135,7 +141,20 @@ fn subnets_with_gateways(subnets: &[String], gateways: &[String], dns: &[String]
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
-        Cmd::Add { name, subnets, gateways, dns, route_targets, vni, project, policies, shared, share_with, external } => {
+        Cmd::Add {
+            name,
+            subnets,
+            gateways,
+            dns,
+            route_targets,
+            vni,
+            project,
+            policies,
+            shared,
+            share_with,
+            external,
+            domain,
+        } => {
             let req = NetworkCreate {
                 name,
                 project,
@@ -146,6 +165,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 shared_with: share_with,
                 external,
                 policies,
+                domain,
                 ..Default::default()
             };
             let net: Network = c.post("/v1/networks", &req).await?;
@@ -203,6 +223,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             snat,
             no_snat,
             dns,
+            domain,
         } => {
             let req = NetworkUpdate {
                 add_route_targets,
@@ -214,6 +235,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 shared,
                 snat: if no_snat { Some(String::new()) } else { snat },
                 dns_servers: (!dns.is_empty()).then_some(dns),
+                domain,
                 ..Default::default()
             };
             let net: Network = c.patch(&format!("/v1/networks/{}", seg(&network)), &req).await?;

@@ -213,6 +213,10 @@ impl Controller {
             self.require_project(&format!("shared_with[{i}]"), p).await?;
         }
         let policies = self.resolve_policies("policies", &req.policies, fq_name.project()).await?;
+        let domain = req.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_string);
+        if let Some(d) = &domain {
+            tessera_model::network::check_domain("domain", d)?;
+        }
         if req.external {
             // The outside has one address plan: external networks never overlap.
             for other in self.list_json::<Network>(keys::NETWORKS).await?.iter().filter(|n| n.external && n.fq_name != fq_name) {
@@ -246,6 +250,7 @@ impl Controller {
                 shared_with: shared_with.clone(),
                 external: req.external,
                 snat: None,
+                domain: domain.clone(),
                 policies: policies.clone(),
                 labels: req.labels.clone(),
             };
@@ -275,6 +280,7 @@ impl Controller {
                         && existing.external == network.external
                         && existing.policies == network.policies
                         && existing.labels == network.labels
+                        && existing.domain == network.domain
                         && chosen_vni.is_none_or(|v| v == existing.vni);
                     if same {
                         return Ok(Created { object: existing, created: false });
@@ -358,6 +364,13 @@ impl Controller {
             }
             if let Some(s) = req.shared {
                 net.shared = s;
+            }
+            if let Some(d) = &req.domain {
+                let d = d.trim();
+                if !d.is_empty() {
+                    tessera_model::network::check_domain("domain", d)?;
+                }
+                net.domain = (!d.is_empty()).then(|| d.to_string());
             }
             if let Some(list) = &req.dns_servers {
                 limits::check_count("dns_servers", list, limits::MAX_DNS_SERVERS, "DNS servers")?;
