@@ -396,6 +396,7 @@ mod tests {
     fn net(n: u128, vni: u32, cidr: &str) -> Network {
         let cidr: ipnet::IpNet = cidr.parse().unwrap();
         Network {
+            domain: None,
             snat: None,
             id: Uuid::from_u128(n),
             fq_name: format!("default-domain:admin:n{n}").parse().unwrap(),

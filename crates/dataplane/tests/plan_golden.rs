@@ -33,6 +33,7 @@ fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
 
 fn network(vni: u32, zone: u16) -> DesiredNetwork {
     DesiredNetwork {
+        domain: None,
         egress: None,
         vni: Vni::new(vni).unwrap(),
         zone,
@@ -292,6 +293,7 @@ mod policies {
 
     fn model_net(id: u128, name: &str, vni: u32, cidrs: &[&str], policies: &[u128]) -> Network {
         Network {
+            domain: None,
             snat: None,
             id: Uuid::from_u128(id),
             fq_name: format!("default-domain:admin:{name}").parse().unwrap(),

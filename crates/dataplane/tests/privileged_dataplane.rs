@@ -59,6 +59,7 @@ fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
 /// Network `red` (VNI 100) with an IPv4 and an IPv6 subnet.
 fn red(local: Vec<LocalEndpoint>, remote: Vec<RemoteEndpoint>) -> DesiredNetwork {
     DesiredNetwork {
+        domain: None,
         egress: None,
         vni: Vni::new(100).unwrap(),
         zone: 1,
@@ -187,6 +188,7 @@ async fn privileged_overlapping_subnets_in_two_networks_work_and_stay_apart() {
     let h2 = f.host("h2");
     let (r1, r2, b1, b2) = (f.netns("r1"), f.netns("r2"), f.netns("b1"), f.netns("b2"));
     let net = |vni: u32, zone: u16, local: Vec<LocalEndpoint>, remote: Vec<RemoteEndpoint>| DesiredNetwork {
+        domain: None,
         egress: None,
         vni: Vni::new(vni).unwrap(),
         zone,

@@ -21,6 +21,7 @@ fn desired() -> DesiredHost {
         underlay_mtu: 1500,
         peers: vec![],
         networks: vec![DesiredNetwork {
+            domain: None,
             egress: None,
             vni: Vni::new(7).unwrap(),
             zone: 7,

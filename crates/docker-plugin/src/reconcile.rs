@@ -165,6 +165,7 @@ mod tests {
             labels.clear();
         }
         Network {
+            domain: None,
             snat: None,
             id: Uuid::from_u128(id),
             fq_name: format!("default-domain:admin:{name}").parse().unwrap(),

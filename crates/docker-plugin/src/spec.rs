@@ -389,6 +389,7 @@ mod tests {
         let req = network_create(&spec(&[("rt", "64512:100")], &[], &["192.168.4.0/24", "2002:1::/64"])).unwrap();
         let subnets = validate_subnets(&req.subnets).unwrap();
         let net = Network {
+            domain: None,
             snat: None,
             id: tessera_model::Uuid::from_u128(9),
             fq_name: "default-domain:admin:net4".parse().unwrap(),

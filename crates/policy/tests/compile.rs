@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 fn net(n: u128, name: &str, cidrs: &[&str]) -> Network {
     Network {
+        domain: None,
         snat: None,
         id: Uuid::from_u128(n),
         fq_name: format!("default-domain:admin:{name}").parse().unwrap(),

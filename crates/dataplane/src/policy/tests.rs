@@ -130,6 +130,7 @@ fn host_with(rules: &[String]) -> DesiredHost {
 fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_policy::ListCache) -> DesiredHost {
     use tessera_model::{Network, Policy, ProjectName, Rule, Subnet};
     let net = |id: u128, cidr: &str| Network {
+        domain: None,
         snat: None,
         id: uuid::Uuid::from_u128(id),
         fq_name: format!("default-domain:admin:n{id}").parse().unwrap(),

@@ -34,6 +34,7 @@ pub fn network(id: u128, name: &str, vni: u32, v4: &str, v6: &str) -> Network {
         Subnet { cidr, gateway: Some(gw), pools: vec![], dns_servers: vec![] }
     };
     Network {
+        domain: None,
         snat: None,
         id: Uuid::from_u128(id),
         fq_name: format!("default-domain:admin:{name}").parse().unwrap(),
@@ -140,6 +141,7 @@ impl Intent {
                 topo.imports(net.id).filter(|i| present.contains(i)).map(|i| compiler.network(i).unwrap().vni).collect();
             imports.sort();
             networks.push(DesiredNetwork {
+                domain: None,
                 egress: None,
                 vni: net.vni,
                 zone: (i + 1) as u16,
