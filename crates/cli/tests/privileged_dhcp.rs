@@ -261,9 +261,13 @@ fn privileged_only_the_endpoint_s_own_mac_is_answered_and_a_flood_is_limited() {
         }
         let foreign = ask([2, 0xde, 0xad, 0xbe, 0xef, 1], 100);
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        // A thousand DISCOVERs within a second: ten are answered.
-        for xid in 1000..2000 {
+        // A thousand DISCOVERs a second, for a second: ten are answered.
+        let start = std::time::Instant::now();
+        for (i, xid) in (1000..2000).enumerate() {
             let _ = s.send_to(&discover(own, xid), ("255.255.255.255", 67));
+            if let Some(wait) = std::time::Duration::from_millis(i as u64 + 1).checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
         }
         (foreign, mine)
     })
@@ -277,8 +281,10 @@ fn privileged_only_the_endpoint_s_own_mac_is_answered_and_a_flood_is_limited() {
         let vifs = c.tessera_on("h1", &["vif", "list", "--socket", &sock, "--json"], &[]).unwrap();
         let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
         let row = vifs.as_array().unwrap().iter().find(|v| v["name"] == port.as_str()).cloned().unwrap();
-        if row["dhcp"]["ignored"].as_u64() >= Some(900) {
-            assert!(row["dhcp"]["requests"].as_u64() >= Some(1000), "{row}");
+        let (requests, ignored) = (row["dhcp"]["requests"].as_u64().unwrap_or(0), row["dhcp"]["ignored"].as_u64().unwrap_or(0));
+        if requests >= 900 {
+            // At most ten a second are answered: about two for this second and the last.
+            assert!(requests - ignored <= 40, "the flood was answered: {row}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the flood was not limited and counted: {row}");
