@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::dhcp_answer::{answer, leases, Answer, NetworkLeases};
 
 /// How many messages of one client are answered per second.
-const PER_CLIENT_PER_SECOND: u32 = 10;
+const PER_CLIENT_PER_SECOND: u32 = 50;
 
 /// What the server did, per client MAC (for the interface table), and
 /// messages it could not even read.

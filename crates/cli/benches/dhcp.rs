@@ -44,14 +44,22 @@ fn sh(ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `udhcpc -q` in `ns`, `runs` times: how long each took, sorted.
-fn leases(ns: &Netns, runs: usize) -> Result<Vec<Duration>> {
+/// `udhcpc -q` in `ns`, `runs` times (after one untimed lease, once the
+/// server answers): how long each took, sorted.
+fn leases(ns: &Netns, runs: usize, server: &str) -> Result<Vec<Duration>> {
+    let warm = Instant::now();
+    while !exec_in(ns, "busybox", ["udhcpc", "-i", "eth0", "-n", "-q", "-t", "2", "-T", "1", "-s", "/bin/true"])?.status.success()
+    {
+        if warm.elapsed() > Duration::from_secs(20) {
+            bail!("{server} never answered udhcpc");
+        }
+    }
     let mut took = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
         let out = exec_in(ns, "busybox", ["udhcpc", "-i", "eth0", "-n", "-q", "-t", "3", "-T", "1", "-s", "/bin/true"])?;
         if !out.status.success() {
-            bail!("udhcpc: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("udhcpc against {server}: {}", String::from_utf8_lossy(&out.stderr));
         }
         took.push(t.elapsed());
     }
@@ -88,8 +96,8 @@ fn run(c: &mut Cluster, runs: usize) -> Result<()> {
     let mut dnsmasq = c.fabric.spawn_in_netns(&server, cmd).context("dnsmasq (install dnsmasq-base)")?;
     std::thread::sleep(Duration::from_millis(500));
 
-    let tessera = leases(c.netns_of("client")?, runs)?;
-    let baseline = leases(&base, runs)?;
+    let tessera = leases(c.netns_of("client")?, runs, "the agent")?;
+    let baseline = leases(&base, runs, "dnsmasq")?;
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
 

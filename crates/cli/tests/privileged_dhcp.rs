@@ -261,7 +261,7 @@ fn privileged_only_the_endpoint_s_own_mac_is_answered_and_a_flood_is_limited() {
         }
         let foreign = ask([2, 0xde, 0xad, 0xbe, 0xef, 1], 100);
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        // A thousand DISCOVERs a second, for a second: ten are answered.
+        // A thousand DISCOVERs a second, for a second: fifty are answered.
         let start = std::time::Instant::now();
         for (i, xid) in (1000..2000).enumerate() {
             let _ = s.send_to(&discover(own, xid), ("255.255.255.255", 67));
@@ -283,8 +283,8 @@ fn privileged_only_the_endpoint_s_own_mac_is_answered_and_a_flood_is_limited() {
         let row = vifs.as_array().unwrap().iter().find(|v| v["name"] == port.as_str()).cloned().unwrap();
         let (requests, ignored) = (row["dhcp"]["requests"].as_u64().unwrap_or(0), row["dhcp"]["ignored"].as_u64().unwrap_or(0));
         if requests >= 900 {
-            // At most ten a second are answered: about two for this second and the last.
-            assert!(requests - ignored <= 40, "the flood was answered: {row}");
+            // At most fifty a second are answered: this second's, the last's, and the first lease's.
+            assert!(requests - ignored <= 120, "the flood was answered: {row}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the flood was not limited and counted: {row}");
