@@ -42,6 +42,28 @@ fn privileged_own_tables_route_what_arrives_on_left_out_of_right() {
     assert!(via.contains("via 10.82.0.1 dev right"), "{via}");
     let back = sh(&c, &["ip", "route", "get", "198.51.100.7", "from", "10.82.0.50", "iif", "right"]);
     assert!(back.contains("via 10.81.0.1 dev left"), "{back}");
+
+    // Real packets: the host sends into the left network's bridge, to the
+    // container's left interface as next hop; the container forwards them
+    // out of right, where tcpdump sees them.
+    let host = c.host_netns("h1").unwrap();
+    let left_ip = tessera_testkit::addresses(&c.cli_json(&["endpoint", "list", "--network", "left"]).unwrap()[0])[0].clone();
+    let vni = c.cli_json(&["network", "show", "left"]).unwrap()["network"]["vni"].as_u64().unwrap();
+    let out =
+        exec_in(host, "ip", ["route", "add", "198.51.100.7/32", "via", &left_ip, "dev", &format!("tb{vni}"), "onlink"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["5", "tcpdump", "-n", "-i", "right", "-c", "1", "icmp and dst host 198.51.100.7"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let dump = c.fabric.spawn_in_netns(c.netns_of("svc").unwrap(), cmd).expect("tcpdump");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..3 {
+        let _ = exec_in(host, "ping", ["-c", "1", "-W", "1", "198.51.100.7"]);
+    }
+    let seen = dump.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&seen.stdout).into_owned();
+    assert!(text.contains("198.51.100.7"), "what arrived on left did not leave by right: {text}");
 }
 
 #[test]
