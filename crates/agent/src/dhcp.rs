@@ -48,28 +48,51 @@ impl DhcpCounters {
     }
 }
 
+/// The servers of the bridges: the tasks serving each, and the table they
+/// answer from.
+struct Servers<T>(HashMap<String, (Vec<tokio::task::JoinHandle<()>>, watch::Sender<T>)>);
+
+impl<T> Default for Servers<T> {
+    fn default() -> Self {
+        Servers(HashMap::new())
+    }
+}
+
+impl<T: PartialEq + Clone> Servers<T> {
+    /// Stops the servers of the bridges not `wanted`.
+    fn retain(&mut self, wanted: impl Fn(&str) -> bool) {
+        self.0.retain(|bridge, (tasks, _)| {
+            let keep = wanted(bridge);
+            if !keep {
+                tasks.iter().for_each(|t| t.abort());
+            }
+            keep
+        });
+    }
+
+    /// Hands `value` to the server of `bridge`; `false` when it has none.
+    fn update(&self, bridge: &str, value: &T) -> bool {
+        let Some((_, tx)) = self.0.get(bridge) else { return false };
+        tx.send_if_modified(|l| {
+            let changed = l != value;
+            *l = value.clone();
+            changed
+        });
+        true
+    }
+}
+
 /// Serves DHCP on the bridges of the networks of each reconciled state,
 /// until the agent stops.
 pub async fn run(mut states: watch::Receiver<Option<Arc<DesiredHost>>>, counters: Arc<DhcpCounters>) {
-    let mut servers: HashMap<String, (tokio::task::JoinHandle<()>, watch::Sender<NetworkLeases>)> = HashMap::new();
+    let mut servers: Servers<NetworkLeases> = Servers::default();
     loop {
         let state = states.borrow_and_update().clone();
         if let Some(desired) = state {
             let wanted = leases(&desired);
-            servers.retain(|bridge, (task, _)| {
-                let keep = wanted.iter().any(|w| &w.bridge == bridge);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
+            servers.retain(|bridge| wanted.iter().any(|w| w.bridge == bridge));
             for w in wanted {
-                if let Some((_, tx)) = servers.get(&w.bridge) {
-                    tx.send_if_modified(|l| {
-                        let changed = *l != w;
-                        *l = w.clone();
-                        changed
-                    });
+                if servers.update(&w.bridge, &w) {
                     continue;
                 }
                 match open(&w.bridge) {
@@ -78,7 +101,7 @@ pub async fn run(mut states: watch::Receiver<Option<Arc<DesiredHost>>>, counters
                         let (tx, rx) = watch::channel(w);
                         let task = tokio::spawn(serve(socket, rx, counters.clone()));
                         tracing::debug!(bridge, "DHCP server listening");
-                        servers.insert(bridge, (task, tx));
+                        servers.0.insert(bridge, (vec![task], tx));
                     }
                     // The bridge may not exist yet: tried again below.
                     Err(e) => tracing::debug!(bridge = %w.bridge, error = %e, "cannot serve DHCP yet"),
@@ -168,31 +191,20 @@ pub async fn run6(
     counters: Arc<DhcpCounters>,
 ) {
     use crate::dhcp6_answer::{networks6, Network6};
-    let mut servers: HashMap<String, (Vec<tokio::task::JoinHandle<()>>, watch::Sender<Network6>)> = HashMap::new();
+    let mut servers: Servers<Network6> = Servers::default();
     loop {
         let state = states.borrow_and_update().clone();
         if let Some(desired) = state {
             let wanted = networks6(&desired);
-            servers.retain(|bridge, (tasks, _)| {
-                let keep = wanted.iter().any(|w| &w.bridge == bridge);
-                if !keep {
-                    tasks.iter().for_each(|t| t.abort());
-                }
-                keep
-            });
-            let missing: Vec<_> = wanted.iter().filter(|w| !servers.contains_key(&w.bridge)).collect();
+            servers.retain(|bridge| wanted.iter().any(|w| w.bridge == bridge));
+            let missing: Vec<_> = wanted.iter().filter(|w| !servers.0.contains_key(&w.bridge)).collect();
             let indexes: HashMap<String, u32> = if missing.is_empty() {
                 HashMap::new()
             } else {
                 dp.interfaces().await.map(|v| v.into_iter().map(|i| (i.name, i.index)).collect()).unwrap_or_default()
             };
             for w in wanted {
-                if let Some((_, tx)) = servers.get(&w.bridge) {
-                    tx.send_if_modified(|l| {
-                        let changed = *l != w;
-                        *l = w.clone();
-                        changed
-                    });
+                if servers.update(&w.bridge, &w) {
                     continue;
                 }
                 let Some(index) = indexes.get(&w.bridge).copied() else { continue };
@@ -204,7 +216,7 @@ pub async fn run6(
                             tokio::spawn(serve6(dhcp, rx.clone(), counters.clone())),
                             tokio::spawn(advertise(icmp, index, rx)),
                         ];
-                        servers.insert(bridge, (tasks, tx));
+                        servers.0.insert(bridge, (tasks, tx));
                     }
                     (Err(e), _) | (_, Err(e)) => tracing::debug!(bridge = %w.bridge, error = %e, "cannot serve IPv6 yet"),
                 }

@@ -119,27 +119,22 @@ fn http(c: &Cluster, host: &str, url: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-#[test]
-fn privileged_podman_run_p_publishes_a_port_through_tessera() {
+/// A fabric of `hosts` with network `red` on `subnet`, and on h1 the plugin
+/// and its configuration put in place by `tessera cni install` with
+/// `install` (more options), and Podman using it.
+fn podman_on_h1(tag: &str, hosts: &[&str], subnet: &str, install: &[&str]) -> (tempfile::TempDir, Cluster, Podman) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("tpp{}", std::process::id() % 100_000);
-    let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
+    let prefix = format!("{tag}{}", std::process::id() % 100_000);
+    let c = Cluster::start(ClusterSpec::new(&prefix, hosts, env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
         .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
-    c.cli_ok(&["network", "add", "red", "--subnet", "10.65.0.0/24"]).unwrap();
-    let bin_dir = dir.path().join("cni-bin");
-    let conf_dir = dir.path().join("h1").join("net.d");
+    c.cli_ok(&["network", "add", "red", "--subnet", subnet]).unwrap();
+    let (bin_dir, conf_dir) = (dir.path().join("cni-bin"), dir.path().join("h1").join("net.d"));
     let sock = c.agent_socket("h1").display().to_string();
-    let install = |extra: &[&str]| {
-        let mut args = vec!["cni", "install", "--network", "red", "--socket", &sock];
-        let (b, d) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
-        args.extend_from_slice(&["--bin-dir", b, "--conf-dir", d]);
-        args.extend_from_slice(extra);
-        c.tessera_on("h1", &args, &[]).unwrap()
-    };
-    let refused = install(&["--chain", "portmap"]);
-    assert!(!refused.status.success(), "portmap would translate Tessera's ports a second time");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("publishes ports itself"));
-    let out = install(&[]);
+    let mut args = vec!["cni", "install", "--network", "red", "--socket", &sock];
+    let (b, d) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
+    args.extend_from_slice(&["--bin-dir", b, "--conf-dir", d]);
+    args.extend_from_slice(install);
+    let out = c.tessera_on("h1", &args, &[]).unwrap();
     assert!(out.status.success(), "tessera cni install: {}", String::from_utf8_lossy(&out.stderr));
     let p = Podman::start(
         c.host_netns("h1").unwrap(),
@@ -148,6 +143,22 @@ fn privileged_podman_run_p_publishes_a_port_through_tessera() {
         &conf_dir,
     )
     .unwrap_or_else(|e| panic!("cannot prepare podman: {e:#}"));
+    (dir, c, p)
+}
+
+#[test]
+fn privileged_podman_run_p_publishes_a_port_through_tessera() {
+    let (_dir, c, p) = podman_on_h1("tpp", &["h1", "h2"], "10.65.0.0/24", &[]);
+    let sock = c.agent_socket("h1").display().to_string();
+    let refused = c
+        .tessera_on(
+            "h1",
+            &["cni", "install", "--network", "red", "--socket", &sock, "--chain", "portmap", "--conf-dir", "/nonexistent"],
+            &[],
+        )
+        .unwrap();
+    assert!(!refused.status.success(), "portmap would translate Tessera's ports a second time");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("publishes ports itself"));
     let script = "mkdir -p /www && echo web > /www/who && exec httpd -f -p 80 -h /www";
     p.podman_ok(&["run", "-d", "--name", "web", "--network", "red", "-p", "8080:80", BUSYBOX_IMAGE, "sh", "-c", script])
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs_tail(20)));
@@ -164,30 +175,7 @@ fn privileged_podman_run_p_publishes_a_port_through_tessera() {
 
 #[test]
 fn privileged_podman_container_gets_its_address_by_dhcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("tpd{}", std::process::id() % 100_000);
-    let c = Cluster::start(ClusterSpec::new(&prefix, &["h1"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
-        .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
-    c.cli_ok(&["network", "add", "red", "--subnet", "10.68.0.0/24"]).unwrap();
-    let bin_dir = dir.path().join("cni-bin");
-    let conf_dir = dir.path().join("h1").join("net.d");
-    let sock = c.agent_socket("h1").display().to_string();
-    let (b, d) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
-    let out = c
-        .tessera_on(
-            "h1",
-            &["cni", "install", "--network", "red", "--socket", &sock, "--bin-dir", b, "--conf-dir", d, "--dhcp"],
-            &[],
-        )
-        .unwrap();
-    assert!(out.status.success(), "tessera cni install --dhcp: {}", String::from_utf8_lossy(&out.stderr));
-    let p = Podman::start(
-        c.host_netns("h1").unwrap(),
-        &dir.path().join("h1").join("podman"),
-        &[bin_dir.clone(), PathBuf::from(REFERENCE_PLUGINS)],
-        &conf_dir,
-    )
-    .unwrap_or_else(|e| panic!("cannot prepare podman: {e:#}"));
+    let (_dir, c, p) = podman_on_h1("tpd", &["h1"], "10.68.0.0/24", &["--dhcp"]);
     // The container's own client asks; the address it gets is the one Tessera allocated.
     let script = "ip -4 addr show eth0 | grep -c 'inet ' ; udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true 2>&1";
     let out = p
