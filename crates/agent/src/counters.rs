@@ -144,6 +144,7 @@ mod tests {
         let rx = c.desired.subscribe();
         let d = Arc::new(DesiredHost {
             published: vec![],
+            steering: vec![],
             uplinks: vec![],
             underlay_ip: "10.99.0.1".parse().unwrap(),
             underlay_ifname: "eth0".into(),

@@ -138,6 +138,7 @@ fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
         ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
         dhcp: e.owner.dhcp,
         own_table: e.owner.own_table,
+        service: false,
     })
 }
 
@@ -346,6 +347,7 @@ pub fn host_intent_cached(
             })
             .collect(),
         published,
+        steering: Vec::new(),
     };
     cache.retain_used();
     HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }

@@ -66,6 +66,51 @@ pub struct DesiredHost {
     /// Ports of this host that lead to local endpoints.
     #[serde(default)]
     pub published: Vec<DesiredPublished>,
+    /// Traffic of service chains this host steers to service instances.
+    #[serde(default)]
+    pub steering: Vec<DesiredSteer>,
+}
+
+/// Traffic of a service chain that enters network `vni`'s VRF on this host
+/// (from its bridge or its tunnel) and is routed to an instance of the
+/// chain's next service instead of towards its destination (service
+/// chaining, seed 002). Addresses are kept (in-network services), so a
+/// packet is recognised by its five-tuple wherever it enters the network;
+/// the instance is chosen by a hash of the five-tuple that every host
+/// computes alike (the same seed, and with `reverse`, source and destination
+/// swapped), so both directions of a flow take one instance on every host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredSteer {
+    /// The network the packets travel in.
+    pub vni: Vni,
+    /// For people: the service and the hop (`fw1 left`), in the rule's comment.
+    pub label: String,
+    /// Source and destination prefixes, all of one address family.
+    pub src: Vec<IpNet>,
+    pub dst: Vec<IpNet>,
+    /// The IP protocol number; any when `None`.
+    pub protocol: Option<u8>,
+    /// Inclusive port ranges (TCP, UDP and the like); empty means any.
+    pub src_ports: Vec<(u16, u16)>,
+    pub dst_ports: Vec<(u16, u16)>,
+    /// The answers of the chain's flows: the hash takes the five-tuple with
+    /// source and destination swapped.
+    pub reverse: bool,
+    /// Host ports (`tv…`) whose packets are not steered: the ports of the
+    /// instances this hop steers to (what an instance sends back out of the
+    /// interface it received on would come round again).
+    pub skip_ports: Vec<String>,
+    /// The healthy instances, in the order every host uses. Empty: the
+    /// chain fails closed and the traffic is dropped.
+    pub targets: Vec<SteerTarget>,
+}
+
+/// Where a steered packet goes: `via ADDRESS dev DEV onlink`, `DEV` the
+/// network's bridge for an instance on this host, its tunnel otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteerTarget {
+    pub address: IpAddr,
+    pub dev: String,
 }
 
 /// A port of the host published for a local endpoint of network `vni`:
@@ -216,6 +261,11 @@ pub struct LocalEndpoint {
     /// The interface has a routing table of its own in the container.
     #[serde(default)]
     pub own_table: bool,
+    /// A service instance's interface: it forwards traffic of other
+    /// addresses, so anti-spoofing checks its MAC only, and its namespace
+    /// forwards (no reverse-path filter).
+    #[serde(default)]
+    pub service: bool,
 }
 
 /// An endpoint of the network on another host, reached through VXLAN.

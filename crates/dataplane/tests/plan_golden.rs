@@ -19,6 +19,7 @@ const EP_B: &str = "b1b2c3d4-0000-4000-8000-00000000000b";
 fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
         published: vec![],
+        steering: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
@@ -50,6 +51,7 @@ fn network(vni: u32, zone: u16) -> DesiredNetwork {
 fn endpoint(id: &str, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
         own_table: false,
+        service: false,
         dhcp: false,
         id: id.parse::<Uuid>().unwrap(),
         mac: mac.parse::<MacAddr>().unwrap(),

@@ -27,6 +27,7 @@ fn subnet(cidr: &str, gw: &str) -> DesiredSubnet {
 fn endpoint(id: u128, mac: &str, ips: &[&str], netns: &str) -> LocalEndpoint {
     LocalEndpoint {
         own_table: false,
+        service: false,
         dhcp: false,
         // Distinct first 8 hex digits for small test ids.
         id: Uuid::from_u128(if id >> 96 == 0 { (id << 96) | 0x4000_8000_0000_0000_0000 } else { id }),
@@ -44,6 +45,7 @@ fn remote(ip: &str, host: &Host) -> RemoteEndpoint {
 fn host_state(h: &Host, networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
         published: vec![],
+        steering: vec![],
         uplinks: vec![],
         underlay_ip: h.underlay_ip,
         underlay_ifname: "eth0".into(),

@@ -15,6 +15,7 @@ const EBUSY: i32 = 16;
 fn desired() -> DesiredHost {
     DesiredHost {
         published: vec![],
+        steering: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),
@@ -32,6 +33,7 @@ fn desired() -> DesiredHost {
             }],
             local: vec![LocalEndpoint {
                 own_table: false,
+                service: false,
                 dhcp: false,
                 id: "0000beef-0000-4000-8000-000000000001".parse().unwrap(),
                 mac: "02:00:00:00:be:ef".parse().unwrap(),

@@ -153,6 +153,7 @@ fn host_cached(rules: &[String], (a, b): (u128, u128), cache: &mut tessera_polic
     let list = cache.get_or_compile(&[&p], &a, &b, Verdict::Deny);
     DesiredHost {
         published: vec![],
+        steering: vec![],
         uplinks: vec![],
         underlay_ip: "10.99.0.1".parse().unwrap(),
         underlay_ifname: "eth0".into(),

@@ -82,6 +82,7 @@ pub fn placed(n: u8, network: &Network, host: &Host, ns: &str, ips: &[&str]) -> 
         host: host.ns.clone(),
         ep: LocalEndpoint {
             own_table: false,
+            service: false,
             dhcp: false,
             id: Uuid::from_u128((u128::from(n) << 120) | (u128::from(n) << 96) | 0x4000_8000_0000_0000_0000),
             mac: MacAddr([0x02, 0, 0, 0, 0x10, n]),
@@ -188,6 +189,7 @@ impl Intent {
         }
         DesiredHost {
             published: vec![],
+            steering: vec![],
             uplinks: vec![],
             underlay_ip: me.underlay_ip,
             underlay_ifname: "eth0".into(),
