@@ -84,7 +84,8 @@ impl Agent {
         if let Some(why) = crate::host_ns::is_host_namespace(std::path::Path::new(&req.netns)) {
             return Err(ApiError::new(ErrorCode::InvalidArgument, format!("{} {why}", req.netns), Some("netns")));
         }
-        let ifname = req.ifname.clone().unwrap_or_else(|| desired::DEFAULT_IFNAME.into());
+        let default_ifname = req.service.as_ref().map_or(desired::DEFAULT_IFNAME, |s| s.role.ifname());
+        let ifname = req.ifname.clone().unwrap_or_else(|| default_ifname.into());
         limits::check_ifname("ifname", &ifname)?;
         if let Some(h) = &req.handover {
             limits::check_ifname("handover", h)?;
@@ -107,7 +108,8 @@ impl Agent {
                 ifname: Some(ifname),
                 reservation: req.reservation.clone(),
                 dhcp: req.dhcp,
-                own_table: req.own_table,
+                own_table: req.own_table || req.service.is_some(),
+                service: req.service.clone(),
             },
         };
         let mut ep = self.client.create_endpoint(&create).await.map_err(controller_error)?;

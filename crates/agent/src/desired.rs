@@ -426,6 +426,7 @@ mod tests {
             status: EndpointStatus::Pending,
             status_message: None,
             ports: vec![],
+            health: None,
         }
     }
 
@@ -436,6 +437,7 @@ mod tests {
     fn snap() -> Snapshot {
         Snapshot {
             floating_ips: vec![],
+            services: vec![],
             revision: 1,
             cluster: None,
             networks: vec![net(1, 4096, "192.168.10.0/24"), net(2, 4097, "192.168.20.0/24"), net(3, 4098, "10.0.0.0/24")],

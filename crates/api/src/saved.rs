@@ -45,6 +45,10 @@ struct Saved {
     endpoints: Vec<Endpoint>,
     hosts: Vec<Host>,
     policies: Vec<SavedPolicy>,
+    #[serde(default)]
+    floating_ips: Vec<tessera_model::FloatingIp>,
+    #[serde(default)]
+    services: Vec<tessera_model::Service>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +113,8 @@ impl SnapshotFiles {
             endpoints: snap.endpoints.clone(),
             hosts: snap.hosts.clone(),
             policies,
+            floating_ips: snap.floating_ips.clone(),
+            services: snap.services.clone(),
         };
         write_atomically(&snapshot_file(&self.dir), &serde_json::to_vec(&main).map_err(io::Error::other)?)?;
         self.written = now;
@@ -156,6 +162,8 @@ pub fn load(state_dir: &Path) -> Option<Snapshot> {
             endpoints: saved.endpoints,
             hosts: saved.hosts,
             policies,
+            floating_ips: saved.floating_ips,
+            services: saved.services,
             ..Default::default()
         });
     }

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
@@ -24,63 +23,15 @@ use utoipa::OpenApi;
 use crate::auth::{forbidden, listing_scope, require_host, require_own_project, Principal};
 pub use crate::error::ApiError;
 use crate::error::{Error, ErrorBody};
-use crate::service::{Controller, Created, EndpointFilter, NetworkIpam, Project, ProjectCreate};
-
-type Ctl = State<Arc<Controller>>;
-
-type ApiResult<T> = Result<T, ApiError>;
-
-/// A JSON body decoded whatever its Content-Type, with errors that name the
-/// offending field path.
-pub struct Body<T>(pub T);
-
-/// Bodies larger than this are decoded on a blocking thread: parsing
-/// megabytes of JSON would otherwise hold a request worker for tens of
-/// milliseconds, and `/healthz` and small calls would wait behind it.
-const DECODE_ASIDE_BYTES: usize = 64 << 10;
-
-impl<S: Send + Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError(Error::TooLarge { limit: MAX_BODY_BYTES }),
-            _ => ApiError(FieldError::new("body", e.body_text()).into()),
-        })?;
-        if bytes.len() > DECODE_ASIDE_BYTES {
-            return tokio::task::spawn_blocking(move || decode(&bytes))
-                .await
-                .map_err(|e| ApiError(FieldError::new("body", format!("cannot decode: {e}")).into()))?;
-        }
-        decode(&bytes)
-    }
-}
-
-/// The request body as `T`, or an error naming the field path at fault.
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Body<T>, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." || path == "?" { "body".to_string() } else { path };
-        ApiError(FieldError::new(field, e.into_inner().to_string()).into())
-    })
-}
-
-fn created<T: Serialize>(c: Created<T>) -> Response {
-    let status = if c.created { StatusCode::CREATED } else { StatusCode::OK };
-    (status, Json(c.object)).into_response()
-}
+pub use crate::http::MAX_BODY_BYTES;
+use crate::http::{created, ApiResult, Body, Ctl};
+use crate::service::{Controller, EndpointFilter, NetworkIpam, Project, ProjectCreate};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ProjectFilter {
     /// Only networks of this project (`domain:project`).
     pub project: Option<String>,
 }
-
-/// The largest request body the API reads (larger ones are refused with
-/// 413): a policy of 50,000 rules is about 2 MiB of JSON, over axum's
-/// default limit, and the most rules a policy may hold fit well within.
-pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
@@ -114,6 +65,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/watch", get(watch))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .merge(crate::api_services::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -600,7 +552,7 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
 #[openapi(
     info(
         title = "Tessera controller API",
-        description = "Overlay networks for containers: networks, endpoints, hosts and policies."
+        description = "Overlay networks for containers: networks, endpoints, hosts, policies, floating IPs and service chains."
     ),
     paths(
         healthz,
@@ -647,7 +599,16 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         disassociate_floating_ip,
         create_token,
         list_tokens,
-        delete_token
+        delete_token,
+        crate::api_services::list_service_templates,
+        crate::api_services::create_service_template,
+        crate::api_services::get_service_template,
+        crate::api_services::delete_service_template,
+        crate::api_services::list_services,
+        crate::api_services::create_service,
+        crate::api_services::get_service,
+        crate::api_services::delete_service,
+        crate::api_services::report_health
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

@@ -12,13 +12,13 @@
 //! the object: an endpoint's host):
 //! - an administrator: everything;
 //! - a host: register itself and report its own counters; create, delete
-//!   and report the status of endpoints on itself; read the mirror
+//!   and report the status (and a service port's health) of endpoints on itself; read the mirror
 //!   (snapshot, watch), hosts, networks, endpoints and reservations; create
 //!   and delete networks and reservations (its Docker plugin does, for
 //!   `docker network create` and Docker's IPAM);
 //! - a token of a project: a reader reads networks, policies, endpoints and
-//!   its project; a member or project admin also changes networks, policies,
-//!   endpoints and reservations. Only its project's: listings are filtered to
+//!   its project, service templates and services; a member or project admin
+//!   also changes them and reservations. Only its project's: listings are filtered to
 //!   it (and to shared networks), an object of another project is refused
 //!   (another project's shared network may be read and attached to), and it
 //!   creates only in its project.
@@ -123,6 +123,10 @@ async fn in_scope(ctl: &Controller, principal: &Principal, method: &Method, path
         }
         ["policies", reference, ..] => ctl.get_policy(reference).await.ok().map(|p| (p.fq_name.project().to_string(), false)),
         ["floating-ips", reference, ..] => ctl.get_floating_ip(reference).await.ok().map(|f| (f.project.to_string(), false)),
+        ["service-templates", reference, ..] => {
+            ctl.get_service_template(reference).await.ok().map(|t| (t.fq_name.project().to_string(), false))
+        }
+        ["services", reference, ..] => ctl.get_service(reference).await.ok().map(|s| (s.fq_name.project().to_string(), false)),
         ["endpoints", id, ..] => match ctl.get_endpoint(id).await {
             Ok(ep) => ctl.get_network(&ep.network.to_string()).await.ok().map(|n| (n.fq_name.project().to_string(), false)),
             Err(_) => None,
@@ -163,11 +167,14 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
             (["endpoints"] | ["endpoints", _], _) if read => Ok(()),
             (["endpoints"], &Method::POST)
             | (["endpoints", _], &Method::DELETE)
-            | (["endpoints", _, "status"] | ["endpoints", _, "ports"], &Method::PUT) => Ok(()),
+            | (["endpoints", _, "status"] | ["endpoints", _, "ports"] | ["endpoints", _, "health"], &Method::PUT) => Ok(()),
             _ => Err(format!("{}: a host reads and changes only what its data plane and plugins need", what())),
         },
         Principal::Project { role, .. } => {
-            let objects = matches!(segs.first(), Some(&("networks" | "policies" | "endpoints" | "floating-ips")));
+            let objects = matches!(
+                segs.first(),
+                Some(&("networks" | "policies" | "endpoints" | "floating-ips" | "service-templates" | "services"))
+            );
             match (objects, read, role) {
                 (true, true, _) => Ok(()),
                 (true, false, Role::Member | Role::Admin) => Ok(()),

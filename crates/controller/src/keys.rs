@@ -154,3 +154,46 @@ pub fn host_ports_of(host: &str, protocol: &str) -> String {
 pub fn host_port(host: &str, protocol: &str, port: u16) -> String {
     format!("{}{port:05}", host_ports_of(host, protocol))
 }
+
+pub const SERVICE_TEMPLATES: &str = "/tessera/service-templates/";
+pub const SERVICES: &str = "/tessera/services/";
+
+pub fn service_template(id: Uuid) -> String {
+    format!("{SERVICE_TEMPLATES}{id}")
+}
+
+pub fn service_template_name(n: &FqName) -> String {
+    format!("/tessera/index/service-template-name/{n}")
+}
+
+/// The services made from a template: `.../<template>/<service>`.
+pub fn services_of_template(template: Uuid) -> String {
+    format!("/tessera/index/template-service/{template}/")
+}
+
+pub fn service(id: Uuid) -> String {
+    format!("{SERVICES}{id}")
+}
+
+pub fn service_name(n: &FqName) -> String {
+    format!("/tessera/index/service-name/{n}")
+}
+
+/// The ports of a service's instances: `.../<service>/<endpoint>`.
+pub fn service_ports_of(service: Uuid) -> String {
+    format!("/tessera/index/service-port/{service}/")
+}
+
+pub fn service_port(service: Uuid, endpoint: Uuid) -> String {
+    format!("{}{endpoint}", service_ports_of(service))
+}
+
+/// The services of a network (left, right or management): `.../<network>/<service>`;
+/// a network is not deleted while a service names it.
+pub fn services_of_network(network: Uuid) -> String {
+    format!("/tessera/index/network-service/{network}/")
+}
+
+pub fn network_service(network: Uuid, service: Uuid) -> String {
+    format!("{}{service}", services_of_network(network))
+}

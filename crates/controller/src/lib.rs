@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_services;
 pub mod auth;
 pub mod conn;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod service;
 pub mod tls;

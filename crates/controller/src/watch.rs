@@ -29,6 +29,8 @@ fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
         Object::PolicyRules(serde_json::from_slice(&kv.value).map_err(de)?)
     } else if k.starts_with(keys::FLOATING_IPS) {
         Object::FloatingIp(serde_json::from_slice(&kv.value).map_err(de)?)
+    } else if k.starts_with(keys::SERVICES) {
+        Object::Service(serde_json::from_slice(&kv.value).map_err(de)?)
     } else {
         return Ok(None);
     }))
@@ -44,6 +46,7 @@ fn ref_of(key: &str) -> Option<ObjectRef> {
         ("host", keys::HOSTS),
         ("policy", keys::POLICIES),
         ("floating_ip", keys::FLOATING_IPS),
+        ("service", keys::SERVICES),
     ]
     .into_iter()
     .find(|(_, p)| key.starts_with(p))?;
@@ -68,6 +71,7 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
             Some(Object::Policy(p)) => headers.push(p),
             Some(Object::PolicyRules(c)) => chunks.entry(c.policy).or_default().push(c),
             Some(Object::FloatingIp(f)) => s.floating_ips.push(f),
+            Some(Object::Service(v)) => s.services.push(v),
             None => {}
         }
     }

@@ -202,6 +202,7 @@ mod tests {
             status: EndpointStatus::Active,
             status_message: None,
             ports: vec![],
+            health: None,
         }
     }
 

@@ -98,6 +98,10 @@ pub struct Owner {
     /// it is routed by the other such interfaces' tables.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub own_table: bool,
+    /// The interface is one of a service instance's (`left`, `right`,
+    /// `mgmt`); such an endpoint has its own table, and forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::ServicePort>,
 }
 
 impl Owner {
@@ -110,6 +114,12 @@ impl Owner {
         }
         if let Some(i) = &self.ifname {
             crate::limits::check_ifname("owner.ifname", i)?;
+        }
+        if let Some(sp) = &self.service {
+            crate::limits::check_text("owner.service.instance", &sp.instance, crate::limits::MAX_ID)?;
+            if sp.instance.is_empty() {
+                return Err(crate::FieldError::new("owner.service.instance", "is empty"));
+            }
         }
         for (field, v) in [
             ("owner.container_id", &self.container_id),
@@ -162,6 +172,9 @@ pub struct Endpoint {
     /// `portMappings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PublishedPort>,
+    /// A service port's health, as its host's agent last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::Health>,
 }
 
 /// The transport protocol of a published port.

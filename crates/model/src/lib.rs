@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reservation;
 pub mod route_target;
 pub mod rules;
+pub mod service;
 pub mod shadow;
 pub mod vif;
 pub mod watch;
@@ -37,6 +38,10 @@ pub use policy::{
 pub use reservation::{Reservation, ReservationCreate};
 pub use route_target::RouteTarget;
 pub use rules::{RuleChunk, Rules, RULE_CHUNK};
+pub use service::{
+    FailMode, Health, HealthReport, InstancePort, InstanceView, InterfaceRole, PortTraffic, Probe, Service, ServiceCreate,
+    ServiceMode, ServicePort, ServiceTemplate, ServiceTemplateCreate, ServiceView,
+};
 pub use shadow::ShadowedRule;
 pub use uuid::Uuid;
 
@@ -67,4 +72,5 @@ mod schemas {
     schema!(crate::MacAddr, Type::String, "A MAC address", "02:1a:74:99:fe:5f");
     schema!(crate::Protocol, Type::String, "any, tcp, udp, icmp, icmpv6 or a protocol number", "tcp");
     schema!(crate::RuleEndpoint, Type::String, "any, a CIDR, or a network name", "default-domain:admin:red");
+    schema!(crate::Probe, Type::String, "ping or tcp:PORT", "tcp:80");
 }

@@ -196,6 +196,9 @@ fn ports_to_string(p: &[PortRange]) -> String {
     }
 }
 
+/// The most services one rule's chain may name.
+pub const MAX_CHAIN: usize = 8;
+
 /// A validated policy rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rule {
@@ -208,6 +211,11 @@ pub struct Rule {
     pub dst: Endpoint,
     pub dst_ports: Vec<PortRange>,
     pub log: bool,
+    /// `apply-service fw1,fw2`: the services the matched traffic is steered
+    /// through, in order (a `pass` between two networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub services: Vec<FqName>,
 }
 
 impl Rule {
@@ -219,10 +227,21 @@ impl Rule {
             Some((&"log", rest)) => (rest.to_vec(), true),
             _ => (words, false),
         };
+        let (words, services) = match words.as_slice() {
+            [rest @ .., apply, names] if apply.eq_ignore_ascii_case("apply-service") => {
+                let field = format!("{field}.services");
+                let services = names
+                    .split(',')
+                    .map(|n| FqName::resolve(n.trim(), project).map_err(|r| FieldError::new(field.clone(), r)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (rest.to_vec(), services)
+            }
+            _ => (words, Vec::new()),
+        };
         let [action, protocol, src, src_ports, direction, dst, dst_ports] = words.as_slice() else {
             return Err(FieldError::new(
                 field,
-                format!("{line:?} has {} words; expected ACTION PROTOCOL SRC SRC_PORTS DIRECTION DST DST_PORTS [log], e.g. \"pass tcp red any <> green 80\"", words.len()),
+                format!("{line:?} has {} words; expected ACTION PROTOCOL SRC SRC_PORTS DIRECTION DST DST_PORTS [apply-service S1,S2] [log], e.g. \"pass tcp red any <> green 80\"", words.len()),
             ));
         };
         let action = match action.to_ascii_lowercase().as_str() {
@@ -246,6 +265,7 @@ impl Rule {
             dst: Endpoint::parse(&format!("{field}.dst"), dst, project)?,
             dst_ports: parse_ports(&format!("{field}.dst_ports"), dst_ports)?,
             log,
+            services,
         };
         rule.check(field)?;
         Ok(rule)
@@ -281,6 +301,24 @@ impl Rule {
                     ));
                 }
             }
+        }
+        if !self.services.is_empty() {
+            let services = format!("{field}.services");
+            if self.action != RuleAction::Pass {
+                return Err(FieldError::new(
+                    services,
+                    "apply-service steers traffic a rule lets through; the action must be pass",
+                ));
+            }
+            for (side, e) in [("src", &self.src), ("dst", &self.dst)] {
+                if !matches!(e, Endpoint::Network(_)) {
+                    return Err(FieldError::new(
+                        format!("{field}.{side}"),
+                        format!("a rule with apply-service goes between two networks; {e} is not a network"),
+                    ));
+                }
+            }
+            crate::limits::check_count(&services, &self.services, MAX_CHAIN, "services")?;
         }
         for (name, ports) in [("src_ports", &self.src_ports), ("dst_ports", &self.dst_ports)] {
             if !ports.is_empty() && !self.protocol.has_ports() {
@@ -325,6 +363,10 @@ impl fmt::Display for Rule {
             self.dst,
             ports_to_string(&self.dst_ports)
         )?;
+        if !self.services.is_empty() {
+            let names: Vec<String> = self.services.iter().map(ToString::to_string).collect();
+            write!(f, " apply-service {}", names.join(","))?;
+        }
         if self.log {
             f.write_str(" log")?;
         }
@@ -502,9 +544,20 @@ mod tests {
             "deny any any any > 10.0.0.0/8 any log",
             "reject udp 2001:db8::/32 1000-2000,3000 <> any 53",
             "pass 47 any any > any any",
+            "pass tcp default-domain:admin:red any > default-domain:admin:green 80 apply-service default-domain:admin:fw1,default-domain:admin:fw2 log",
         ] {
             assert_eq!(parse(line).unwrap().to_string(), line);
         }
+    }
+
+    #[test]
+    fn apply_service_goes_with_pass_between_networks() {
+        let r = parse("pass tcp red any > green 80 apply-service fw1,fw2").unwrap();
+        assert_eq!(r.services.len(), 2);
+        assert_eq!(r.services[1].to_string(), "default-domain:admin:fw2");
+        assert_eq!(parse("deny tcp red any > green 80 apply-service fw").unwrap_err().field, "rules[0].services");
+        assert_eq!(parse("pass tcp red any > 10.0.0.0/8 80 apply-service fw").unwrap_err().field, "rules[0].dst");
+        assert_eq!(parse("pass tcp any any > green 80 apply-service fw").unwrap_err().field, "rules[0].src");
     }
 
     #[test]

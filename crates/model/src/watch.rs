@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Endpoint, FloatingIp, FqName, Host, Network, Policy, RuleChunk, Rules};
+use crate::{Endpoint, FloatingIp, FqName, Host, Network, Policy, RuleChunk, Rules, Service};
 
 /// Everything agents mirror, consistent at `revision`.
 ///
@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub policies: Vec<Policy>,
     #[serde(default)]
     pub floating_ips: Vec<FloatingIp>,
+    #[serde(default)]
+    pub services: Vec<Service>,
     /// Policy parts received but not yet assembled.
     #[serde(skip)]
     #[schema(ignore)]
@@ -109,13 +111,14 @@ impl Snapshot {
         if let Some(c) = self.cluster {
             head.push_str(&format!(",\"cluster\":\"{c}\""));
         }
-        let sections = ["networks", "endpoints", "hosts", "policies", "floating_ips"];
+        let sections = ["networks", "endpoints", "hosts", "policies", "floating_ips", "services"];
         let len = |s: &Snapshot, i: usize| match i {
             0 => s.networks.len(),
             1 => s.endpoints.len(),
             2 => s.hosts.len(),
             3 => s.policies.len(),
-            _ => s.floating_ips.len(),
+            4 => s.floating_ips.len(),
+            _ => s.services.len(),
         };
         // (section, index in it); `None` once done.
         let mut at = Some((0usize, 0usize));
@@ -140,7 +143,8 @@ impl Snapshot {
                         1 => serde_json::to_writer(&mut pending, &self.endpoints[i]),
                         2 => serde_json::to_writer(&mut pending, &self.hosts[i]),
                         3 => serde_json::to_writer(&mut pending, &ChunkedPolicy::of(&self.policies[i])),
-                        _ => serde_json::to_writer(&mut pending, &self.floating_ips[i]),
+                        4 => serde_json::to_writer(&mut pending, &self.floating_ips[i]),
+                        _ => serde_json::to_writer(&mut pending, &self.services[i]),
                     };
                     written.expect("model objects serialize");
                     i += 1;
@@ -200,6 +204,7 @@ pub enum Object {
     /// A chunk of a policy's rules.
     PolicyRules(PolicyRules),
     FloatingIp(FloatingIp),
+    Service(Service),
 }
 
 /// The identity of a deleted object: its type and its key (UUID, host name,
@@ -228,6 +233,7 @@ impl Snapshot {
                     Object::Policy(h) => self.put_header(h.clone()),
                     Object::PolicyRules(c) => self.put_chunk(c),
                     Object::FloatingIp(f) => upsert(&mut self.floating_ips, f.clone(), |x| x.id == f.id),
+                    Object::Service(v) => upsert(&mut self.services, v.clone(), |x| x.id == v.id),
                 }
             }
             WatchEvent::Delete { revision, object } if *revision >= self.revision => {
@@ -238,6 +244,7 @@ impl Snapshot {
                     "endpoint" => self.endpoints.retain(|x| x.id.to_string() != id),
                     "host" => self.hosts.retain(|x| x.name != id),
                     "floating_ip" => self.floating_ips.retain(|x| x.id.to_string() != id),
+                    "service" => self.services.retain(|x| x.id.to_string() != id),
                     "policy" => {
                         self.policies.retain(|x| x.id.to_string() != id);
                         self.pending.headers.retain(|p, _| p.to_string() != id);

@@ -175,6 +175,7 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> anyhow::Result<()> {
         name: None,
         dhcp: a.dhcp,
         own_table: a.own_table,
+        service: None,
         ..Default::default()
     };
     let ep = AgentClient::new(a.socket).attach(&req).await?;

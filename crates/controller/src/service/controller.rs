@@ -43,6 +43,9 @@ pub struct Controller {
     /// When this controller started: a lease recorded in the store is kept
     /// for one lease time after, for its agent to renew it here.
     pub(super) started: std::time::Instant,
+    /// The traffic of each service port, as its host last reported it (in
+    /// memory only, like hit counters).
+    pub(super) port_traffic: std::sync::Mutex<HashMap<Uuid, tessera_model::PortTraffic>>,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -64,6 +67,7 @@ impl Controller {
             egress_lock: Default::default(),
             leases: Default::default(),
             started: std::time::Instant::now(),
+            port_traffic: Default::default(),
         }
     }
 

@@ -183,6 +183,7 @@ impl Controller {
                 status: EndpointStatus::Pending,
                 status_message: None,
                 ports: vec![],
+                health: None,
             };
             let mut txn = GuardedTxn::new()
                 .guard(Guard::NetworkMissing, Compare::Exists(keys::network(net.id)))
@@ -203,7 +204,9 @@ impl Controller {
                     },
                 );
             }
-            txn = txn
+            let mut txn = self
+                .service_port_ops(&req.owner, &net, id, txn)
+                .await?
                 .then(put(keys::endpoint(id), &endpoint))
                 .then(put_str(keys::endpoint_name(net.id, &name), &id.to_string()))
                 .then(put_str(keys::mac(mac), &id.to_string()));
@@ -217,6 +220,13 @@ impl Controller {
                 }
                 Outcome::Refused(Guard::NetworkMissing) => {
                     return Err(Error::NotFound { kind: "network", name: req.network.clone(), field: Some("network".into()) })
+                }
+                Outcome::Refused(Guard::ServiceMissing) => {
+                    return Err(Error::NotFound {
+                        kind: "service",
+                        name: req.owner.service.as_ref().map(|s| s.service.to_string()).unwrap_or_default(),
+                        field: Some("owner.service.service".into()),
+                    })
                 }
                 // Created concurrently: the loop returns it or reports the clash.
                 Outcome::Refused(Guard::NameTaken) => continue,
@@ -283,7 +293,11 @@ impl Controller {
                     }
                 }
             }
-            let txn = self.disassociate_ops(uuid, txn).await?.then_all(super::ports::release_ops(&ep));
+            let txn = self
+                .disassociate_ops(uuid, txn)
+                .await?
+                .then_all(super::ports::release_ops(&ep))
+                .then_all(Self::service_port_release(&ep));
             // Refused (Guard::EndpointChanged, FloatingIpChanged): read again.
             if self.commit(txn).await?.is_committed() {
                 tracing::info!(endpoint = %ep.name, "endpoint deleted");

@@ -11,7 +11,7 @@
 //!
 //! One module per resource, each with its request validation at the top and
 //! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
-//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), and `cluster` (the store's identity). They share `controller` (the
+//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), `services` (templates, services, their instances and the chains of rules), and `cluster` (the store's identity). They share `controller` (the
 //! [`Controller`] value and its read, commit and allocation helpers) and
 //! `txn` (guarded transactions, retries and encoding). This file only
 //! declares the modules and re-exports their public types; none of them
@@ -28,6 +28,7 @@ mod policies;
 mod ports;
 mod projects;
 mod reservations;
+mod services;
 mod tokens;
 mod txn;
 

@@ -429,7 +429,9 @@ impl Controller {
             Err(e) => return Err(e),
         };
         let eps = keys::endpoints_of(net.id);
-        let txn = GuardedTxn::new().guard(Guard::NetworkHasEndpoints, Compare::PrefixEmpty(eps.clone()));
+        let txn = GuardedTxn::new()
+            .guard(Guard::NetworkHasEndpoints, Compare::PrefixEmpty(eps.clone()))
+            .guard(Guard::NetworkHasServices, Compare::PrefixEmpty(keys::services_of_network(net.id)));
         let txn = self
             .external_guards(&net, txn)
             .guard(Guard::NetworkChanged, Compare::ModRevision(keys::network(net.id), rev))
@@ -454,6 +456,10 @@ impl Controller {
             }
             Outcome::Refused(Guard::NetworkChanged) => {
                 return Err(Error::Conflict(format!("network {} changed; try again", net.fq_name)))
+            }
+            Outcome::Refused(Guard::NetworkHasServices) => {
+                let users = self.service_names(&keys::services_of_network(net.id)).await?;
+                return Err(Error::InUse { kind: "network", name: net.fq_name.to_string(), users });
             }
             Outcome::Refused(_) => {}
         }

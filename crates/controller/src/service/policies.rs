@@ -189,6 +189,7 @@ impl Controller {
         let CheckedCreate { default_project, fq_name, rules } = validate_create(&req)?;
         self.require_project("project", fq_name.project()).await?;
         self.check_rule_networks(fq_name.project(), &rules).await?;
+        self.check_rule_services(fq_name.project(), &rules).await?;
         let policy = Policy { id: Uuid::new_v4(), fq_name: fq_name.clone(), rules: Rules::from_vec(rules) };
         let txn = GuardedTxn::new()
             .guard(Guard::NameTaken, Compare::Absent(keys::policy_name(&fq_name)))
@@ -217,6 +218,7 @@ impl Controller {
             let (old, rev) = self.find_policy_in(reference, &ProjectName::default_project()).await?;
             let rules = validate_update(&req, old.fq_name.project())?;
             self.check_rule_networks(old.fq_name.project(), &rules).await?;
+            self.check_rule_services(old.fq_name.project(), &rules).await?;
             let policy = Policy { rules: rechunk(&old.rules, rules), ..old.clone() };
             let old_refs = PolicyHeader::of(&old).chunks;
             let txn = GuardedTxn::new()
@@ -264,17 +266,19 @@ impl Controller {
                         );
                     }
                     let rule = validate_rule(spec, header.fq_name.project())?;
-                    self.check_rule_networks(header.fq_name.project(), std::slice::from_ref(&rule)).await.map_err(
-                        |e| match e {
-                            Error::NotFound { kind, name, field } => {
-                                Error::NotFound { kind, name, field: field.map(|f| f.replacen("rules[0]", "rule", 1)) }
-                            }
-                            Error::Invalid(f) => {
-                                Error::Invalid(FieldError::new(f.field.replacen("rules[0]", "rule", 1), f.reason))
-                            }
-                            e => e,
-                        },
-                    )?;
+                    let project = header.fq_name.project();
+                    let one = std::slice::from_ref(&rule);
+                    let checked = match self.check_rule_networks(project, one).await {
+                        Ok(()) => self.check_rule_services(project, one).await,
+                        Err(e) => Err(e),
+                    };
+                    checked.map_err(|e| match e {
+                        Error::NotFound { kind, name, field } => {
+                            Error::NotFound { kind, name, field: field.map(|f| f.replacen("rules[0]", "rule", 1)) }
+                        }
+                        Error::Invalid(f) => Error::Invalid(FieldError::new(f.field.replacen("rules[0]", "rule", 1), f.reason)),
+                        e => e,
+                    })?;
                     Some(rule)
                 }
                 RuleEdit::Delete(_) => None,

@@ -69,6 +69,16 @@ pub(super) enum Guard {
     NetworkHasFloatingIps,
     /// Networks are still source-NATed through the external network.
     NetworkHasSnatUsers,
+    /// Services still name the network.
+    NetworkHasServices,
+    /// Services are still made from the template.
+    TemplateHasServices,
+    /// The service template does not exist.
+    TemplateMissing,
+    /// The service still has instances.
+    ServiceHasInstances,
+    /// The service does not exist.
+    ServiceMissing,
 }
 
 /// What a [`GuardedTxn`] did.

@@ -155,6 +155,7 @@ impl Plugin {
             ports: Vec::new(),
             dhcp: spec::dhcp(net),
             own_table: false,
+            service: None,
         };
         self.agent.attach(&attach).await.map_err(|e| self.agent_error(e))?;
         let attached = t.elapsed();
