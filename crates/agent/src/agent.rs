@@ -229,6 +229,21 @@ impl Agent {
                 }
             }
         }
+        // A service instance's port says whose it is.
+        if let Some(snap) = self.snapshot.borrow().clone() {
+            for e in snap.endpoints.iter().filter(|e| e.host == self.me.name) {
+                let Some(sp) = &e.owner.service else { continue };
+                let name = tessera_model::names::host_veth_name(e.id);
+                let service = snap
+                    .services
+                    .iter()
+                    .find(|s| s.id == sp.service)
+                    .map_or(sp.service.to_string(), |s| s.fq_name.name().to_string());
+                if let Some(v) = vifs.iter_mut().find(|v| v.name == name) {
+                    v.service = Some(format!("{service}/{} {}", sp.instance, sp.role));
+                }
+            }
+        }
         Ok(vifs)
     }
 

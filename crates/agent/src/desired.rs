@@ -137,8 +137,8 @@ fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
         netns: PathBuf::from(netns),
         ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
         dhcp: e.owner.dhcp,
-        own_table: e.owner.own_table,
-        service: false,
+        own_table: e.owner.own_table || e.owner.service.is_some(),
+        service: e.owner.service.is_some(),
     })
 }
 
@@ -324,6 +324,7 @@ pub fn host_intent_cached(
     }
 
     let published = crate::egress::published(snap, &networks);
+    let steering = crate::chains::steering(snap, &networks, &me.name);
     policies.extend(crate::egress::external_programs(snap, &networks, &compiler, cache));
 
     let mut peers: Vec<IpAddr> = snap.hosts.iter().map(|h| h.underlay_ip).filter(|ip| *ip != me.underlay_ip).collect();
@@ -347,7 +348,7 @@ pub fn host_intent_cached(
             })
             .collect(),
         published,
-        steering: Vec::new(),
+        steering,
     };
     cache.retain_used();
     HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }

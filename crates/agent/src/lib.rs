@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod chains;
 pub mod counters;
 pub mod desired;
 pub mod dhcp;
@@ -19,6 +20,7 @@ pub mod dhcp6_answer;
 pub mod dhcp_answer;
 pub mod egress;
 pub mod error;
+pub mod health;
 pub mod host_ns;
 pub mod inventory;
 pub mod reconcile;
@@ -116,6 +118,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));
+    tokio::spawn(health::run(agent.snapshot.clone(), agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run6(agent.counters.reconciled_states(), agent.dp.clone(), agent.dhcp.clone()));
 
     // Register, then keep the registration fresh.

@@ -95,6 +95,12 @@ enum Command {
     /// Floating IPs: add, list, show, associate, disassociate, delete.
     #[command(subcommand, name = "floating-ip")]
     FloatingIp(commands::floating_ip::Cmd),
+    /// Service templates: the interfaces and mode of a kind of network function.
+    #[command(subcommand, name = "service-template")]
+    ServiceTemplate(commands::service::TemplateCmd),
+    /// Services: network functions between networks, their instances and health.
+    #[command(subcommand)]
+    Service(commands::service::Cmd),
     /// Networks: add, show, list, update, delete.
     #[command(subcommand)]
     Network(commands::network::Cmd),
@@ -178,6 +184,8 @@ fn main() -> ExitCode {
             Command::Controller(a) => commands::controller::run(a).await,
             Command::Network(c) => commands::network::run(&ctx, c).await,
             Command::FloatingIp(c) => commands::floating_ip::run(&ctx, c).await,
+            Command::ServiceTemplate(c) => commands::service::run_templates(&ctx, c).await,
+            Command::Service(c) => commands::service::run(&ctx, c).await,
             Command::Policy(c) => commands::policy::run(&ctx, c).await,
             Command::Endpoint(c) => commands::endpoint::run(&ctx, c).await,
             Command::Host(c) => commands::host::run(&ctx, c).await,

@@ -81,4 +81,7 @@ pub struct VifEntry {
     /// On an endpoint's port: what the DHCP server did for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<DhcpCounts>,
+    /// On a service instance's port: `SERVICE/INSTANCE ROLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }

@@ -72,13 +72,13 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
 pub struct Target {
     /// A network namespace: a path, or a name under /run/netns.
     #[arg(long)]
-    netns: Option<String>,
+    pub netns: Option<String>,
     /// The network namespace of a running process.
     #[arg(long)]
-    pid: Option<u32>,
+    pub pid: Option<u32>,
     /// A running Docker container (name or id).
     #[arg(long)]
-    docker: Option<String>,
+    pub docker: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -137,7 +137,7 @@ pub struct StatusArgs {
 }
 
 /// Resolves the target to (netns path, container id).
-async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
+pub async fn resolve(t: &Target) -> anyhow::Result<(String, Option<String>)> {
     if let Some(ns) = &t.netns {
         let path = if ns.contains('/') { ns.clone() } else { format!("/run/netns/{ns}") };
         return Ok((path, None));
@@ -219,6 +219,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
             "TX BYTES",
             "TX ERR/DROP",
             "DHCP REQ/ACK/NAK/IGN",
+            "SERVICE",
         ]);
         for v in &vifs {
             t.row(vec![
@@ -236,6 +237,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
                 v.tx_bytes.to_string(),
                 format!("{}/{}", v.tx_errors, v.tx_dropped),
                 v.dhcp.map(|d| format!("{}/{}/{}/{}", d.requests, d.acks, d.naks, d.ignored)).unwrap_or_else(|| "-".into()),
+                v.service.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         let mut out = t.render();

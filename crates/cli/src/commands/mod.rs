@@ -12,6 +12,7 @@ pub mod network;
 pub mod pki;
 pub mod policy;
 pub mod project;
+pub mod service;
 pub mod token;
 
 use serde::Serialize;

@@ -60,6 +60,7 @@ pub(super) async fn interfaces(h: &Handle) -> Result<Vec<VifEntry>, DataplaneErr
             tx_dropped: s.tx_dropped,
             translations: Vec::new(),
             dhcp: None,
+            service: None,
         });
     }
     // A gateway's uplinks, with what they translate.
