@@ -193,3 +193,148 @@ fn chain(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::{Health, MacAddr, Owner, Policy, Rules, ServicePort, Subnet};
+    use uuid::Uuid;
+
+    fn net(n: u128, vni: u32, cidr: &str, policies: Vec<Uuid>) -> Network {
+        let cidr: IpNet = cidr.parse().unwrap();
+        Network {
+            domain: None,
+            snat: None,
+            id: Uuid::from_u128(n),
+            fq_name: format!("default-domain:admin:n{n}").parse().unwrap(),
+            vni: Vni::new(vni).unwrap(),
+            subnets: vec![Subnet { cidr, gateway: None, pools: vec![], dns_servers: vec![] }],
+            import_targets: vec![],
+            export_targets: vec![],
+            shared: false,
+            shared_with: vec![],
+            external: false,
+            policies,
+            labels: Default::default(),
+        }
+    }
+
+    fn port(n: u128, network: u128, host: &str, ip: &str, instance: &str, role: InterfaceRole, healthy: bool) -> Endpoint {
+        Endpoint {
+            id: Uuid::from_u128(n),
+            name: format!("e{n}"),
+            network: Uuid::from_u128(network),
+            host: host.into(),
+            mac: MacAddr::local_from([0, 0, 0, 0, 0, n as u8]),
+            ips: vec![ip.parse().unwrap()],
+            owner: Owner {
+                netns: Some(format!("/run/netns/{instance}")),
+                own_table: true,
+                service: Some(ServicePort { service: Uuid::from_u128(99), instance: instance.into(), role }),
+                ..Default::default()
+            },
+            status: EndpointStatus::Active,
+            status_message: None,
+            ports: vec![],
+            health: Some(Health { healthy, message: None }),
+        }
+    }
+
+    fn desired(vni: u32) -> DesiredNetwork {
+        DesiredNetwork {
+            vni: Vni::new(vni).unwrap(),
+            zone: 1,
+            subnets: vec![],
+            local: vec![],
+            remote: vec![],
+            imports: vec![],
+            egress: None,
+            domain: None,
+        }
+    }
+
+    /// red (n1, VNI 100) and green (n2, VNI 200), a policy attached to both
+    /// whose rule steers TCP 80 from red to green through service fw (n99),
+    /// with instances a (on h3) and b (on h2, unhealthy when `b_healthy` is
+    /// false).
+    fn snapshot(b_healthy: bool, fail: FailMode) -> Snapshot {
+        let policy = Uuid::from_u128(50);
+        let rule =
+            Rule::parse("rules[0]", "pass tcp n1 any > n2 80 apply-service fw", &tessera_model::ProjectName::default_project())
+                .unwrap();
+        Snapshot {
+            networks: vec![net(1, 100, "10.1.0.0/24", vec![policy]), net(2, 200, "10.2.0.0/24", vec![policy])],
+            endpoints: vec![
+                port(11, 1, "h3", "10.1.0.10/24", "a", InterfaceRole::Left, true),
+                port(12, 2, "h3", "10.2.0.10/24", "a", InterfaceRole::Right, true),
+                port(21, 1, "h2", "10.1.0.20/24", "b", InterfaceRole::Left, b_healthy),
+                port(22, 2, "h2", "10.2.0.20/24", "b", InterfaceRole::Right, true),
+            ],
+            policies: vec![Policy {
+                id: policy,
+                fq_name: "default-domain:admin:p".parse().unwrap(),
+                rules: Rules::from_vec(vec![rule]),
+            }],
+            services: vec![Service {
+                id: Uuid::from_u128(99),
+                fq_name: "default-domain:admin:fw".parse().unwrap(),
+                template: Uuid::from_u128(98),
+                left: Uuid::from_u128(1),
+                right: Uuid::from_u128(2),
+                management: None,
+                fail,
+                probe: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_chain_steers_forward_in_the_left_network_and_answers_in_the_right() {
+        let snap = snapshot(true, FailMode::Closed);
+        let steers = steering(&snap, &[desired(100), desired(200)], "h3");
+        assert_eq!(steers.len(), 2, "{steers:#?}");
+        let (fwd, back) = (&steers[0], &steers[1]);
+        assert_eq!((fwd.vni.get(), fwd.reverse, fwd.protocol), (100, false, Some(6)));
+        assert_eq!(fwd.src, vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(fwd.dst, vec!["10.2.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!((fwd.src_ports.clone(), fwd.dst_ports.clone()), (vec![], vec![(80, 80)]));
+        // Instances by name: a is local here (the bridge), b is remote (the tunnel).
+        assert_eq!(
+            fwd.targets,
+            vec![
+                SteerTarget { address: "10.1.0.10".parse().unwrap(), dev: "tb100".into() },
+                SteerTarget { address: "10.1.0.20".parse().unwrap(), dev: "tx100".into() },
+            ]
+        );
+        assert_eq!(fwd.skip_ports, vec![host_veth_name(Uuid::from_u128(11))]);
+        assert_eq!((back.vni.get(), back.reverse), (200, true));
+        assert_eq!((back.src_ports.clone(), back.dst_ports.clone()), (vec![(80, 80)], vec![]));
+        assert_eq!(back.src, fwd.dst);
+        assert_eq!(back.targets[0], SteerTarget { address: "10.2.0.10".parse().unwrap(), dev: "tb200".into() });
+        // A host where only red is present steers forward only.
+        let h1 = steering(&snap, &[desired(100)], "h1");
+        assert_eq!(h1.len(), 1);
+        assert!(h1[0].targets.iter().all(|t| t.dev == "tx100"));
+    }
+
+    #[test]
+    fn an_unhealthy_instance_leaves_and_none_left_fails_closed_or_open() {
+        let steers = steering(&snapshot(false, FailMode::Closed), &[desired(100), desired(200)], "h1");
+        assert_eq!(steers[0].targets.len(), 1, "b's left is unhealthy: b is out of both directions");
+        assert_eq!(steers[1].targets.len(), 1);
+        let mut none = snapshot(true, FailMode::Closed);
+        none.endpoints.iter_mut().for_each(|e| e.health = Some(Health { healthy: false, message: None }));
+        let closed = steering(&none, &[desired(100), desired(200)], "h1");
+        assert_eq!(closed.len(), 2);
+        assert!(closed.iter().all(|s| s.targets.is_empty()), "closed: dropped");
+        for s in none.services.iter_mut() {
+            s.fail = FailMode::Open;
+        }
+        assert!(steering(&none, &[desired(100), desired(200)], "h1").is_empty(), "open: the plain pass");
+        // A policy attached to neither network steers nothing.
+        let mut detached = snapshot(true, FailMode::Closed);
+        detached.networks.iter_mut().for_each(|n| n.policies.clear());
+        assert!(steering(&detached, &[desired(100), desired(200)], "h1").is_empty());
+    }
+}
