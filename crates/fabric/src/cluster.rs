@@ -268,6 +268,21 @@ impl Cluster {
         Ok(exec_in(self.host_netns(self.controller_host())?, &self.spec.bin, &full)?)
     }
 
+    /// Runs the CLI with `--controller` and the administrator's certificate
+    /// inside `host` (where `--socket` reaches its agent), with `--json`;
+    /// parses its output, failing with stderr when it exits non-zero.
+    pub fn cli_on(&self, host: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let creds = self.credential_args("admin");
+        let mut full = vec!["--controller", self.url.as_str(), "--json"];
+        full.extend(creds.iter().map(String::as_str));
+        full.extend_from_slice(args);
+        let out = exec_in(self.host_netns(host)?, &self.spec.bin, &full)?;
+        if !out.status.success() {
+            bail!("tessera {} on {host} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Runs the CLI and returns stdout, failing with stderr when it exits non-zero.
     pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(args)?;

@@ -12,10 +12,12 @@ use tessera_api::controller::seg;
 pub enum Cmd {
     /// Create a policy from rules such as "pass tcp red any <> green 80".
     ///
-    /// A rule is ACTION PROTOCOL SRC SRC_PORTS DIRECTION DST DST_PORTS [log]:
+    /// A rule is ACTION PROTOCOL SRC SRC_PORTS DIRECTION DST DST_PORTS [apply-service S1,S2] [log]:
     /// ACTION pass|deny|reject; PROTOCOL any|tcp|udp|icmp|icmpv6|NUMBER;
     /// SRC/DST any, a CIDR or a network name; PORTS any, N, N-M or a comma list;
-    /// DIRECTION > (one way) or <> (both ways). Rules apply in order; the first match wins.
+    /// DIRECTION > (one way) or <> (both ways); apply-service steers what a pass
+    /// between two networks matches through services, in order. Rules apply in
+    /// order; the first match wins.
     Add {
         name: String,
         #[arg(long = "rule")]
