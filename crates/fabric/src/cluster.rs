@@ -269,14 +269,15 @@ impl Cluster {
     }
 
     /// Runs the CLI with `--controller` and the administrator's certificate
-    /// inside `host` (where `--socket` reaches its agent), with `--json`;
+    /// inside `host` (where `--socket` reaches its agent), with `--json` and
+    /// extra environment variables (`DOCKER_HOST`);
     /// parses its output, failing with stderr when it exits non-zero.
-    pub fn cli_on(&self, host: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    pub fn cli_on(&self, host: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
         let creds = self.credential_args("admin");
         let mut full = vec!["--controller", self.url.as_str(), "--json"];
         full.extend(creds.iter().map(String::as_str));
         full.extend_from_slice(args);
-        let out = exec_in(self.host_netns(host)?, &self.spec.bin, &full)?;
+        let out = self.tessera_on(host, &full, env)?;
         if !out.status.success() {
             bail!("tessera {} on {host} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }

@@ -238,26 +238,32 @@ fn share_mount(dir: &Path) -> anyhow::Result<()> {
 /// Makes `DIR/busybox.tar`: a root file system of busybox-static and the
 /// applets the tests use, for `docker import` and `podman import`.
 pub fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
-    let busybox = which("busybox").context("busybox is missing: apt-get install busybox-static")?;
-    let root = dir.join("busybox-rootfs");
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::copy(&busybox, bin.join("busybox"))?;
-    for applet in [
-        "sh", "sleep", "ip", "ping", "ping6", "ifconfig", "cat", "ls", "udhcpc", "nc", "route", "hostname", "wget", "httpd",
-        "true",
-    ] {
-        let link = bin.join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", link)?;
-        }
-    }
+    let root = busybox_rootfs(&dir.join("busybox-rootfs"))?;
     let tar = dir.join("busybox.tar");
     let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?;
     if !status.success() {
         bail!("tar of the busybox root file system failed");
     }
     Ok(tar)
+}
+
+/// Makes the directory `root`: busybox-static and the applets the tests use.
+pub fn busybox_rootfs(root: &Path) -> anyhow::Result<PathBuf> {
+    let busybox = which("busybox").context("busybox is missing: apt-get install busybox-static")?;
+    let root = root.to_path_buf();
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(&busybox, bin.join("busybox"))?;
+    for applet in [
+        "sh", "sleep", "ip", "ping", "ping6", "ifconfig", "cat", "ls", "udhcpc", "nc", "route", "hostname", "wget", "httpd",
+        "true", "[", "test",
+    ] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    Ok(root)
 }
 
 pub(crate) fn which(program: &str) -> anyhow::Result<PathBuf> {

@@ -11,6 +11,7 @@
 pub mod cni;
 pub mod docker;
 pub mod podman;
+pub mod vnf;
 
 pub use tessera_fabric::cluster::{addresses, ping_in, unmount_under, Cluster, ClusterSpec, CONTROLLER_PORT};
 pub use tessera_fabric::{exec_in, Container, Fabric, FabricSpec, Netns};
