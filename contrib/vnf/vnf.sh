@@ -11,7 +11,7 @@
 set -e
 {
     echo 'table inet vnf {'
-    echo '  chain fwd {'
+    echo '  chain forward {'
     echo '    type filter hook forward priority 0; policy accept;'
     if [ -n "$DROP" ]; then
         echo "    tcp dport { $DROP } counter drop"

@@ -50,6 +50,7 @@ pub struct Agent {
     pub(crate) intents: std::sync::Mutex<IntentCompiler>,
     pub(crate) counters: Arc<counters::Counters>,
     pub(crate) dhcp: Arc<crate::dhcp::DhcpCounters>,
+    pub(crate) follower: crate::follow::Follower,
 }
 
 impl Agent {

@@ -20,6 +20,7 @@ pub mod dhcp6_answer;
 pub mod dhcp_answer;
 pub mod egress;
 pub mod error;
+pub mod follow;
 pub mod health;
 pub mod host_ns;
 pub mod inventory;
@@ -63,6 +64,9 @@ pub struct AgentConfig {
     /// The external networks this host is a gateway for (name or UUID) and
     /// the interface where each one's addresses live.
     pub gateways: Vec<(String, String)>,
+    /// The host's Docker Engine socket: containers attached through Docker
+    /// are followed across restarts. Not followed when `None`.
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// Finds the interface that holds `ip` and its MTU, in this namespace.
@@ -115,6 +119,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         intents: std::sync::Mutex::new(IntentCompiler::new()),
         counters: Arc::new(counters::Counters::new()),
         dhcp: Arc::new(dhcp::DhcpCounters::default()),
+        follower: follow::Follower::new(config.docker_socket.clone()),
     });
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));

@@ -72,6 +72,8 @@ impl Agent {
         let (mut desired, mut skipped) = (intent.desired, intent.skipped);
         refuse_host_namespaces(&mut desired, &mut skipped);
         let missing = take_missing_namespaces(&mut desired);
+        let gone: Vec<Uuid> = missing.iter().map(|(id, _)| *id).collect();
+        self.follower.follow(snap, &gone, &self.client);
         let desired = Arc::new(desired);
         for (id, reason) in skipped.0.iter().chain(&missing) {
             tracing::warn!(endpoint = %id, reason, "endpoint cannot be programmed");

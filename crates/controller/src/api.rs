@@ -14,9 +14,9 @@ use serde::Deserialize;
 use tessera_api::auth::{Token, TokenCreate, TokenCreated};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tessera_model::{
-    Endpoint, EndpointCreate, EndpointPorts, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate, FloatingIpCreate,
-    Host, HostCounters, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy, PolicyCounters, PolicyCreate, PolicyUpdate,
-    PolicyView, Reservation, ReservationCreate, RuleChange, RuleInsert, RuleSpec,
+    Endpoint, EndpointCreate, EndpointNetns, EndpointPorts, EndpointStatusUpdate, FieldError, FloatingIp, FloatingIpAssociate,
+    FloatingIpCreate, Host, HostCounters, HostRegister, Network, NetworkCreate, NetworkUpdate, Policy, PolicyCounters,
+    PolicyCreate, PolicyUpdate, PolicyView, Reservation, ReservationCreate, RuleChange, RuleInsert, RuleSpec,
 };
 use utoipa::OpenApi;
 
@@ -49,6 +49,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
         .route("/v1/endpoints/{id}/status", put(set_endpoint_status))
         .route("/v1/endpoints/{id}/ports", put(set_endpoint_ports))
+        .route("/v1/endpoints/{id}/netns", put(set_endpoint_netns))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{name}", get(get_host).put(register_host).delete(delete_host))
         .route("/v1/hosts/{name}/counters", put(report_counters))
@@ -300,6 +301,20 @@ async fn set_endpoint_status(
 ) -> ApiResult<Json<Endpoint>> {
     endpoint_of_host(&ctl, &who, &id, "report the status of an endpoint").await?;
     Ok(Json(ctl.set_endpoint_status(&id, req).await?))
+}
+
+/// Moves an endpoint to the namespace its container has now (a restarted
+/// container); its host's agent sends it.
+#[utoipa::path(put, path = "/v1/endpoints/{id}/netns", params(("id" = String, Path)), request_body = EndpointNetns,
+    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_endpoint_netns(
+    State(ctl): Ctl,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Body(req): Body<EndpointNetns>,
+) -> ApiResult<Json<Endpoint>> {
+    endpoint_of_host(&ctl, &who, &id, "move an endpoint").await?;
+    Ok(Json(ctl.set_endpoint_netns(&id, req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<Host>)))]
@@ -575,6 +590,7 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         get_endpoint,
         delete_endpoint,
         set_endpoint_status,
+        set_endpoint_netns,
         list_hosts,
         get_host,
         register_host,

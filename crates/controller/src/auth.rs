@@ -167,7 +167,10 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
             (["endpoints"] | ["endpoints", _], _) if read => Ok(()),
             (["endpoints"], &Method::POST)
             | (["endpoints", _], &Method::DELETE)
-            | (["endpoints", _, "status"] | ["endpoints", _, "ports"] | ["endpoints", _, "health"], &Method::PUT) => Ok(()),
+            | (
+                ["endpoints", _, "status"] | ["endpoints", _, "ports"] | ["endpoints", _, "health"] | ["endpoints", _, "netns"],
+                &Method::PUT,
+            ) => Ok(()),
             _ => Err(format!("{}: a host reads and changes only what its data plane and plugins need", what())),
         },
         Principal::Project { role, .. } => {

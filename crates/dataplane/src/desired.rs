@@ -20,7 +20,7 @@ use uuid::Uuid;
 /// Kernel parameter keys, here for the users of [`host_sysctls`] and the
 /// like.
 pub use crate::names::SysctlKey;
-use crate::names::{BRIDGE_PREFIX, TABLE_BASE, VXLAN_PREFIX};
+use crate::names::{BRIDGE_PREFIX, STEER_TARGETS_MAX, TABLE_BASE, VXLAN_PREFIX};
 
 /// The IANA VXLAN UDP port.
 pub const VXLAN_PORT: u16 = 4789;
@@ -405,6 +405,20 @@ pub fn bridge_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
     ]
 }
 
+/// Parameters a service instance's namespace gets when its interface
+/// `ifname` (a service port) is configured, written inside that namespace:
+/// it forwards the chain's traffic, whose source addresses are of other
+/// networks, so reverse-path filtering (the stricter of `all` and the
+/// interface's applies) is off.
+pub fn service_sysctls(ifname: &str) -> Vec<(SysctlKey, &'static str)> {
+    vec![
+        (SysctlKey("net/ipv4/ip_forward".into()), "1"),
+        (SysctlKey("net/ipv6/conf/all/forwarding".into()), "1"),
+        (SysctlKey::ipv4_conf("all", "rp_filter"), "0"),
+        (SysctlKey::ipv4_conf(ifname, "rp_filter"), "0"),
+    ]
+}
+
 /// Parameters of a network's VXLAN device.
 pub fn vxlan_sysctls(dev: &str) -> Vec<(SysctlKey, &'static str)> {
     vec![
@@ -607,6 +621,7 @@ impl DesiredHost {
                 }
             }
         }
+        self.validate_steering()?;
         let mut pairs = BTreeSet::new();
         for (i, pz) in self.pair_zones.iter().enumerate() {
             let at = |f: &str| format!("pair_zones[{i}].{f}");
@@ -652,6 +667,70 @@ impl DesiredHost {
             }
         }
         Ok(())
+    }
+
+    /// What the steering rules and routes rely on: a network of the host;
+    /// prefixes and targets of one address family; targets behind the
+    /// network's bridge or tunnel; ordered port ranges; valid interface
+    /// names; at most [`STEER_TARGETS_MAX`] targets in all.
+    fn validate_steering(&self) -> Result<(), DesiredError> {
+        let mut targets = 0;
+        for (i, s) in self.steering.iter().enumerate() {
+            let at = |f: &str| format!("steering[{i}].{f}");
+            if !self.networks.iter().any(|n| n.vni == s.vni) {
+                return Err(DesiredError::new(at("vni"), format!("VNI {} is not a network of this host", s.vni)));
+            }
+            let Some(v4) = s.src.first().map(|n| n.addr().is_ipv4()) else {
+                return Err(DesiredError::new(at("src"), "must not be empty"));
+            };
+            if s.dst.is_empty() {
+                return Err(DesiredError::new(at("dst"), "must not be empty"));
+            }
+            for (field, nets) in [("src", &s.src), ("dst", &s.dst)] {
+                if let Some(n) = nets.iter().find(|n| n.addr().is_ipv4() != v4) {
+                    return Err(DesiredError::new(at(field), format!("{n} is not of the family of {}", s.src[0])));
+                }
+            }
+            let devs = [bridge_name(s.vni), vxlan_name(s.vni)];
+            for (t, target) in s.targets.iter().enumerate() {
+                if target.address.is_ipv4() != v4 || !devs.contains(&target.dev) {
+                    return Err(DesiredError::new(
+                        at(&format!("targets[{t}]")),
+                        format!("must be an address of the prefixes' family behind {} or {}", devs[0], devs[1]),
+                    ));
+                }
+            }
+            if s.src_ports.iter().chain(&s.dst_ports).any(|(lo, hi)| lo > hi) {
+                return Err(DesiredError::new(at("dst_ports"), "a port range ends before it starts"));
+            }
+            for (p, port) in s.skip_ports.iter().enumerate() {
+                if let Some(reason) = ifname_error(port) {
+                    return Err(DesiredError::new(at(&format!("skip_ports[{p}]")), reason));
+                }
+            }
+            targets += s.targets.len();
+            if targets > STEER_TARGETS_MAX {
+                return Err(DesiredError::new(at("targets"), format!("more than {STEER_TARGETS_MAX} targets on one host")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host-wide number of the first target of each of
+    /// [`DesiredHost::steering`], in order: targets are numbered in the
+    /// order of the steerings, then of their targets, from 0. Target `n`
+    /// is routed by table [`crate::names::steer_table`]`(n)`, selected by
+    /// the mark [`crate::names::steer_mark`]`(n)`.
+    pub fn steer_first_targets(&self) -> Vec<u32> {
+        let mut next = 0u32;
+        self.steering
+            .iter()
+            .map(|s| {
+                let first = next;
+                next += s.targets.len() as u32;
+                first
+            })
+            .collect()
     }
 
     /// The conntrack zone of flows from network `src` to network `dst`: the

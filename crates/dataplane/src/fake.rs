@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use crate::dataplane::{ApplyReport, Dataplane, KernelOpFailure};
 use crate::desired::DesiredHost;
 use crate::error::DataplaneError;
-use crate::names::{veth_mark, DISPATCH, LINK_MARK, SKELETON_VERSION};
+use crate::names::{veth_mark, DISPATCH, LINK_MARK, SKELETON_VERSION, STEER};
 use crate::observed::{LinkKind, LinkState, Observed, ObservedChain, ObservedMap, RouteTarget, VxlanState};
 use crate::op::KernelOp;
 use crate::policy::{derive_digests, rule_counters, skeleton_marker, ElementCounter, RuleCounter};
@@ -175,6 +175,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
             k.nft.elements.clear();
             k.nft.policy = Default::default();
             k.nft.policy.chains.insert(DISPATCH.into(), ObservedChain::default());
+            k.nft.policy.chains.insert(STEER.into(), ObservedChain::default());
             let (mk, mv) = skeleton_marker();
             k.nft.policy.digests.insert(mk, mv);
         }
@@ -278,7 +279,7 @@ fn simulate(k: &mut Observed, action: &KernelOp) -> io::Result<()> {
         KernelOp::LinkDelete { name } => {
             if k.links.remove(name).is_some() {
                 k.addresses.retain(|a| &a.dev != name);
-                k.routes.retain(|r| !matches!(&r.target, RouteTarget::Dev(d) if d == name));
+                k.routes.retain(|r| !matches!(&r.target, RouteTarget::Dev(d) | RouteTarget::Via { dev: d, .. } if d == name));
                 k.neighbours.retain(|n| &n.dev != name);
                 k.fdb.retain(|f| &f.dev != name);
                 k.proxy_neighbours.retain(|p| &p.dev != name);

@@ -49,7 +49,14 @@
 //!   `fwmark_reflect` plus one `ip rule fwmark` per network the reset or
 //!   ICMP error is routed in that VRF;
 //! - when a change may refuse flows it let through, the conntrack zone of
-//!   the pair is flushed (`conntrack -D -w ZONE`), so running flows end.
+//!   the pair is flushed (`conntrack -D -w ZONE`), so running flows end;
+//! - service chains steer a flow's packets to a service instance without
+//!   changing their addresses: the policy table's `steer` chain (prerouting)
+//!   marks them with the number of an instance, picked by a hash of the
+//!   flow that every host and both directions compute alike, and an `ip
+//!   rule` per instance sends them to its table (`default via INSTANCE
+//!   onlink`); a service instance's port may send any source address with
+//!   its own MAC, and its namespace forwards.
 //!
 //! Modules: [`names`], [`desired`], [`observed`], [`op`], [`mod@plan`],
 //! [`policy`] and [`nft`] are pure; [`mod@dataplane`] holds the [`Dataplane`]

@@ -1,8 +1,8 @@
 //! The names and numbers Tessera's kernel objects share: the prefixes of its
-//! links, its routing tables and `ip rule` priority, the metric that ends a
-//! VRF, kernel parameter keys, and the names of its nftables objects (the
-//! skeleton's version, the policy table, its dispatch chain and `digests`
-//! map).
+//! links, its routing tables and `ip rule` priorities, its packet and
+//! connection mark bits, the metric that ends a VRF, kernel parameter keys,
+//! and the names of its nftables objects (the skeleton's version, the policy
+//! table, its dispatch and steer chains and `digests` map).
 //!
 //! A leaf: it refers to no other module of the crate, so the modules that
 //! compute objects ([`crate::desired`], [`crate::policy`]), read them
@@ -109,13 +109,61 @@ impl fmt::Display for SysctlKey {
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
 /// then replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v5";
+pub const SKELETON_VERSION: &str = "tessera-v6";
 
 /// The packet mark bit nftables sets on what it lets in from a port (after
 /// anti-spoofing) or a tunnel; the `ip rule`s that select a network's table
 /// match only packets that carry it, so without Tessera's nftables nothing
 /// from a container or a tunnel is forwarded (fail closed).
 pub const VERIFIED_MARK: u32 = 0x2000_0000;
+
+/// The packet mark bit of steered packets: the steer chain marks a packet
+/// of a service chain `VERIFIED_MARK | STEER_MARK | i`, `i` the host-wide
+/// number of the service instance (target) it goes to, and the rule at
+/// [`STEER_PRIORITY`] sends it to that target's table.
+pub const STEER_MARK: u32 = 0x0800_0000;
+
+/// The bits of the mark the steering rules match: [`STEER_MARK`] and the
+/// target's number (below `0xffff`).
+pub const STEER_MASK: u32 = 0x0800_ffff;
+
+/// The routing table of steering target `i` is `STEER_TABLE_BASE + i`
+/// ([`steer_table`]): above every VRF table (`TABLE_BASE + VNI` ends at
+/// `0x0100_ffff`), and at or above [`TABLE_BASE`], so Tessera's.
+pub const STEER_TABLE_BASE: u32 = 0x0800_0000;
+
+/// How many steering targets a host can have.
+pub const STEER_TARGETS_MAX: usize = 0xffff;
+
+/// Priority of `fwmark STEER|i/STEER_MASK lookup STEER_TABLE_BASE+i`:
+/// before [`PUBLISHED_PRIORITY`] and the networks' rules.
+pub const STEER_PRIORITY: u32 = RULE_PRIORITY - 5;
+
+/// The seed of the hash that picks a steered flow's target: the same on
+/// every host, so every host picks the same instance for a flow.
+pub const STEER_SEED: u32 = 0x5465_7373;
+
+/// The routing table of steering target `index`.
+pub fn steer_table(index: u32) -> u32 {
+    STEER_TABLE_BASE + index
+}
+
+/// The packet mark (under [`STEER_MASK`]) of what goes to steering target
+/// `index`.
+pub fn steer_mark(index: u32) -> u32 {
+    STEER_MARK | index
+}
+
+/// Whether a routing table is a steering target's.
+pub fn is_steer_table(table: u32) -> bool {
+    (STEER_TABLE_BASE..STEER_TABLE_BASE + STEER_TARGETS_MAX as u32).contains(&table)
+}
+
+/// The connection mark bit of the agent's health probes: set (in `inet
+/// tessera`'s `probe_out`) on the connections the host opens into a
+/// network's bridge with a socket mark of a network's table, so the host
+/// guard lets their answers in.
+pub const PROBE_MARK: u32 = 0x1000_0000;
 
 /// Priority of the rules that drop what a network's bridge or tunnel
 /// brings in without [`VERIFIED_MARK`] (right after [`RULE_PRIORITY`]).
@@ -136,6 +184,10 @@ pub fn veth_mark(endpoint: uuid::Uuid) -> String {
 }
 /// The chain the forward hook jumps to: the pair dispatch.
 pub const DISPATCH: &str = "dispatch";
+/// The chain the policy table's prerouting hook jumps to: the steering of
+/// service chains' traffic to service instances (its rules are the
+/// policy module's `steer_chain`).
+pub const STEER: &str = "steer";
 /// The name of the map of digests.
 pub const DIGESTS: &str = "digests";
 

@@ -32,11 +32,11 @@ const NFTA_SET_NAME: u16 = 2;
 fn skeleton_of(family: u8, table: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
     match (family, table) {
         (NFPROTO_INET, "tessera") => {
-            Some((&["prerouting", "output", "input", "from_overlay"], &["zones", "pz4", "pz6", "vteps4", "vteps6"]))
+            Some((&["prerouting", "output", "input", "from_overlay", "probe_out"], &["zones", "pz4", "pz6", "vteps4", "vteps6"]))
         }
-        (NFPROTO_BRIDGE, "tessera") => Some((&["prerouting"], &["ep4", "ep6", "epmac"])),
-        // `dispatch` is the planner's: it replaces its rules on policy changes.
-        (NFPROTO_INET, t) if t == POLICY_TABLE => Some((&["forward"], &["digests"])),
+        (NFPROTO_BRIDGE, "tessera") => Some((&["prerouting"], &["ep4", "ep6", "epmac", "svcmac"])),
+        // `dispatch` and `steer` are the planner's: it replaces their rules.
+        (NFPROTO_INET, t) if t == POLICY_TABLE => Some((&["forward", "prerouting"], &["digests"])),
         _ => None,
     }
 }

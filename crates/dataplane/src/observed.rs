@@ -5,9 +5,12 @@
 //! earlier run left:
 //! - links named `tb<digits>` (bridges), `tx<digits>` (VXLAN devices),
 //!   `tv<8 hex digits>` (host sides of endpoint veths);
-//! - routes in tables at or above [`TABLE_BASE`];
+//! - routes in tables at or above [`TABLE_BASE`]: the networks' VRFs
+//!   (`TABLE_BASE + VNI`), the gateway table and the steering targets'
+//!   tables (from [`crate::names::STEER_TABLE_BASE`]);
 //! - rules at [`RULE_PRIORITY`] whose input interface is `tb*` or `tx*`, or
-//!   whose firewall mark is the number of the table they select;
+//!   whose firewall mark is the number of the table they select; the
+//!   steering rules at [`crate::names::STEER_PRIORITY`];
 //! - neighbour and FDB entries on `tx*`, proxy neighbour entries on `tb*`,
 //!   addresses on `tb*`;
 //! - the nftables tables `inet tessera`, `bridge tessera` and
@@ -169,6 +172,10 @@ pub enum RuleSelector {
     /// `fwmark PUBLISHED/PUBLISHED` → the main table, at
     /// [`crate::names::PUBLISHED_PRIORITY`]: answers of published ports.
     PublishedReply,
+    /// `fwmark MARK/STEER_MASK` → a steering target's table, at
+    /// [`crate::names::STEER_PRIORITY`]: what the steer chain sends to
+    /// target `MARK & 0xffff` ([`crate::names::steer_mark`]).
+    Steer(u32),
 }
 
 impl fmt::Display for RuleSelector {
@@ -180,6 +187,7 @@ impl fmt::Display for RuleSelector {
             RuleSelector::PublishedReply => {
                 write!(f, "fwmark {:#x}/{:#x}", crate::names::PUBLISHED_MARK, crate::names::PUBLISHED_MARK)
             }
+            RuleSelector::Steer(mark) => write!(f, "fwmark {mark:#x}/{:#x}", crate::names::STEER_MASK),
         }
     }
 }
@@ -365,6 +373,13 @@ pub enum NftElement {
         port: String,
         mac: MacAddr,
     },
+    /// `bridge tessera` set `svcmac`: `"PORT" . MAC`, a service instance's
+    /// port, which may send IP packets of any source address with its own
+    /// MAC (it forwards the traffic of a service chain).
+    SvcMac {
+        port: String,
+        mac: MacAddr,
+    },
     /// `inet tessera` map `pz4` or `pz6`: `"IFNAME" . PREFIX : ZONE`, the
     /// conntrack zone shared by two networks that route to each other: a
     /// packet entering a bridge towards `PREFIX`, or a tunnel from `PREFIX`,
@@ -484,6 +499,7 @@ impl NftElement {
             NftElement::Ep4 { .. } => ("bridge", "tessera", "ep4"),
             NftElement::Ep6 { .. } => ("bridge", "tessera", "ep6"),
             NftElement::EpMac { .. } => ("bridge", "tessera", "epmac"),
+            NftElement::SvcMac { .. } => ("bridge", "tessera", "svcmac"),
             NftElement::PairZone { net, .. } if net.addr().is_ipv4() => ("inet", "tessera", "pz4"),
             NftElement::PairZone { .. } => ("inet", "tessera", "pz6"),
             NftElement::Vtep { ip: IpAddr::V4(_) } => ("inet", "tessera", "vteps4"),
@@ -507,7 +523,10 @@ impl NftElement {
     /// The endpoint port the element is about, for port elements.
     pub fn port(&self) -> Option<&str> {
         match self {
-            NftElement::Ep4 { port, .. } | NftElement::Ep6 { port, .. } | NftElement::EpMac { port, .. } => Some(port),
+            NftElement::Ep4 { port, .. }
+            | NftElement::Ep6 { port, .. }
+            | NftElement::EpMac { port, .. }
+            | NftElement::SvcMac { port, .. } => Some(port),
             _ => None,
         }
     }
@@ -522,7 +541,7 @@ impl fmt::Display for NftElement {
             NftElement::Zone { ifname, zone } => write!(f, "\"{ifname}\" : {zone}")?,
             NftElement::Ep4 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
             NftElement::Ep6 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
-            NftElement::EpMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
+            NftElement::EpMac { port, mac } | NftElement::SvcMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
             NftElement::PairZone { ifname, net, zone } => write!(f, "\"{ifname}\" . {net} : {zone}")?,
             NftElement::Vtep { ip } => write!(f, "{ip}")?,
             NftElement::Uplink { ifname } | NftElement::UplinkSlice { ifname, .. } => write!(f, "\"{ifname}\"")?,
@@ -606,7 +625,8 @@ pub fn owned_link_name(name: &str) -> Option<OwnedName> {
     None
 }
 
-/// Whether a routing table id is a Tessera VRF.
+/// Whether a routing table id is Tessera's: a network's VRF, the gateway
+/// table or a steering target's table (all at or above [`TABLE_BASE`]).
 pub fn owned_table(table: u32) -> bool {
     table >= TABLE_BASE
 }
@@ -642,6 +662,16 @@ mod tests {
         for not_ours in ["tb", "tb0", "tb012", "tbx", "tx99999999", "tv0123ABCD", "tv0123abc", "eth0", "tap1"] {
             assert_eq!(owned_link_name(not_ours), None, "{not_ours}");
         }
+    }
+
+    #[test]
+    fn steering_tables_are_ours_and_never_a_network_s() {
+        use crate::names::{is_steer_table, steer_table, STEER_TARGETS_MAX};
+        assert!(owned_table(steer_table(0)) && owned_table(steer_table(STEER_TARGETS_MAX as u32 - 1)));
+        assert!(!is_steer_table(steer_table(STEER_TARGETS_MAX as u32)));
+        let last_vrf = TABLE_BASE + Vni::MAX;
+        assert!(!is_steer_table(last_vrf) && last_vrf < steer_table(0));
+        assert!(!is_steer_table(crate::names::GATEWAY_TABLE));
     }
 
     #[test]

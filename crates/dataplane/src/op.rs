@@ -33,9 +33,9 @@ pub enum KernelOp {
     SysctlWrite { key: SysctlKey, value: String },
     /// `nft -f SKELETON`: creates `table inet tessera` (conntrack zone maps
     /// and raw-priority chains), `table bridge tessera` (anti-spoofing sets
-    /// and chain) and `table inet tessera_policy` (the forward hook and an
-    /// empty dispatch chain), replacing older versions of them together with
-    /// their elements, chains and maps.
+    /// and chain) and `table inet tessera_policy` (the forward and
+    /// prerouting hooks and empty dispatch and steer chains), replacing
+    /// older versions of them together with their elements, chains and maps.
     NftTablesInstall,
     /// `nft add element FAMILY tessera SET { ELEMENT }`. Adding an element
     /// that exists succeeds.
@@ -106,12 +106,14 @@ pub enum KernelOp {
     AddressInstall(AddressEntry),
     /// `ip addr del ADDR dev DEV`
     AddressUninstall(AddressEntry),
-    /// `ip [-6] rule add iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
+    /// `ip [-6] rule add iif IIF|fwmark MARK[/MASK] lookup TABLE pref PRIORITY`
     RuleInstall(RuleEntry),
-    /// `ip [-6] rule del iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
+    /// `ip [-6] rule del iif IIF|fwmark MARK[/MASK] lookup TABLE pref PRIORITY`
     RuleUninstall(RuleEntry),
-    /// `ip [-6] route replace DST dev DEV [scope link] table TABLE`, or
-    /// `ip [-6] route replace unreachable DST metric 4278198272 table TABLE`.
+    /// `ip [-6] route replace DST dev DEV [scope link] table TABLE`,
+    /// `ip [-6] route replace DST via GATEWAY dev DEV [onlink] table TABLE`,
+    /// or `ip [-6] route replace unreachable DST metric 4278198272 table
+    /// TABLE`.
     RouteInstall(RouteEntry),
     /// `ip [-6] route del ...` (same arguments as the install).
     RouteUninstall(RouteEntry),
@@ -127,17 +129,18 @@ pub enum KernelOp {
     ProxyNeighInstall(ProxyNeighEntry),
     /// `ip -6 neigh del proxy IP dev DEV`
     ProxyNeighUninstall(ProxyNeighEntry),
-    /// Inside the container's namespace NETNS:
-    /// `ip link set IFNAME address MAC mtu MTU up`,
-    /// `ip addr replace ADDR dev IFNAME [nodad]` for each address (other
-    /// global addresses removed), `ip [-6] route replace default via GW` for
-    /// each gateway; then, on the host, `ip link set HOST_VETH alias ID`,
-    /// which marks the endpoint as complete. Idempotent.
     /// `arping -U -I DEV ADDR` for IPv4 addresses, an unsolicited neighbour
     /// advertisement (override) for IPv6 ones: tells the link that this
     /// host now answers for them (a gateway taking a floating IP over).
     /// Sent again twice within a second.
     Announce { dev: String, addresses: Vec<IpAddr> },
+    /// Inside the container's namespace NETNS:
+    /// `ip link set IFNAME address MAC mtu MTU up`,
+    /// `ip addr replace ADDR dev IFNAME [nodad]` for each address (other
+    /// global addresses removed), `ip [-6] route replace default via GW` for
+    /// each gateway, and for a service port its parameters; then, on the
+    /// host, `ip link set HOST_VETH alias ID`, which marks the endpoint as
+    /// complete. Idempotent.
     ContainerIfaceConfigure {
         host_veth: String,
         endpoint: Uuid,
@@ -156,6 +159,13 @@ pub enum KernelOp {
         /// arrives on it (`ip rule add iif IFNAME lookup TABLE`).
         #[serde(default)]
         own_table: Option<OwnTable>,
+        /// A service instance's interface: inside the namespace,
+        /// `sysctl -w` of [`crate::desired::service_sysctls`] (forwarding
+        /// on, reverse-path filtering off). Only ever turned on: an
+        /// interface whose flag goes off leaves its namespace's parameters
+        /// as they are (a port is a service port from its creation).
+        #[serde(default)]
+        service: bool,
     },
 }
 
@@ -306,6 +316,17 @@ fn elements_brief(f: &mut fmt::Formatter<'_>, map: &str, elements: &[MapElement]
     Ok(())
 }
 
+/// The parameters of a service port's namespace, in a container's
+/// command line.
+fn service_text(f: &mut fmt::Formatter<'_>, ifname: &str, service: bool) -> fmt::Result {
+    if service {
+        for (key, value) in crate::desired::service_sysctls(ifname) {
+            write!(f, "; sysctl -w {key}={value}")?;
+        }
+    }
+    Ok(())
+}
+
 fn rule_flag(f: IpFamily) -> &'static str {
     match f {
         IpFamily::V4 => "",
@@ -399,13 +420,20 @@ impl fmt::Display for KernelOp {
                 let all: Vec<String> = addresses.iter().map(ToString::to_string).collect();
                 write!(f, "announce {} on {dev} (gratuitous ARP, unsolicited NA)", all.join(" "))
             }
-            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, mtu, dhcp: true, .. } => write!(
-                f,
-                "nsenter --net={} ip link set {ifname} address {mac} mtu {mtu} up # addresses by DHCP; ip link set {host_veth} alias {}",
-                netns.display(),
-                veth_mark(*endpoint)
-            ),
-            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, own_table: Some(t), .. } => {
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, mtu, dhcp: true, service, .. } => {
+                let link = format!("ip link set {ifname} address {mac} mtu {mtu} up");
+                if *service {
+                    write!(f, "nsenter --net={} sh -c '{link}", netns.display())?;
+                    service_text(f, ifname, true)?;
+                    f.write_str("'")?;
+                } else {
+                    write!(f, "nsenter --net={} {link}", netns.display())?;
+                }
+                write!(f, " # addresses by DHCP; ip link set {host_veth} alias {}", veth_mark(*endpoint))
+            }
+            KernelOp::ContainerIfaceConfigure {
+                host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, own_table: Some(t), service, ..
+            } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {
                     write!(f, "; ip addr replace {a} dev {ifname}")?;
@@ -416,9 +444,10 @@ impl fmt::Display for KernelOp {
                 for p in &t.peers {
                     write!(f, "; ip rule add iif {ifname} lookup {p}")?;
                 }
+                service_text(f, ifname, *service)?;
                 write!(f, "'; ip link set {host_veth} alias {}", veth_mark(*endpoint))
             }
-            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, .. } => {
+            KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, service, .. } => {
                 write!(f, "nsenter --net={} sh -c 'ip link set {ifname} address {mac} mtu {mtu} up", netns.display())?;
                 for a in addrs {
                     let nodad = if a.addr().is_ipv6() { " nodad" } else { "" };
@@ -427,6 +456,7 @@ impl fmt::Display for KernelOp {
                 for g in gateways {
                     write!(f, "; ip{} route replace default via {g} dev {ifname}", family_flag(*g))?;
                 }
+                service_text(f, ifname, *service)?;
                 write!(f, "'; ip link set {host_veth} alias {}", veth_mark(*endpoint))
             }
         }

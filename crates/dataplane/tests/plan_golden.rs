@@ -180,8 +180,12 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     let mut kernel = converged(&desired);
     kernel.nft.skeleton = Some("tessera-v0".into());
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
-    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v5 # inet tessera, bridge tessera, inet tessera_policy");
-    assert_eq!(actual.len(), 1 + 1 + 1 + 2 + 3, "skeleton, dispatch chain, digests, two zones, three port elements: {actual:#?}");
+    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v6 # inet tessera, bridge tessera, inet tessera_policy");
+    assert_eq!(
+        actual.len(),
+        1 + 2 + 1 + 2 + 3,
+        "skeleton, steer and dispatch chains, digests, two zones, three port elements: {actual:#?}"
+    );
 }
 
 #[test]
@@ -471,5 +475,166 @@ mod external {
             let actual = plan(&desired, &converged(&desired));
             assert!(actual.is_empty(), "{actual:#?}");
         }
+    }
+}
+
+// ---- service chains: steering to service instances, service ports ----
+
+mod steering {
+    use super::*;
+    use tessera_dataplane::desired::{DesiredSteer, SteerTarget};
+    use tessera_dataplane::KernelOp;
+
+    const SVC: &str = "c1c2c3c4-0000-4000-8000-00000000000c";
+
+    /// red (VNI 100: a client here, a service instance's port 10.0.0.10
+    /// here and another instance, 10.0.0.3, on 10.99.0.2) and blue (VNI
+    /// 200, 10.2.0.0/24 and 2001:db8:2::/64: the servers).
+    fn two_networks() -> Vec<DesiredNetwork> {
+        let mut red = with_remote(with_endpoint(network(100, 1)));
+        let mut svc = endpoint(SVC, "02:00:00:00:00:0c", &["10.0.0.10/24", "2001:db8::10/64"], "/run/netns/fw");
+        svc.service = true;
+        red.local.push(svc);
+        let mut blue = network(200, 2);
+        blue.subnets = vec![
+            DesiredSubnet { dns: vec![], cidr: "10.2.0.0/24".parse().unwrap(), gateway: Some("10.2.0.1".parse().unwrap()) },
+            DesiredSubnet { dns: vec![], cidr: "2001:db8:2::/64".parse().unwrap(), gateway: None },
+        ];
+        vec![red, blue]
+    }
+
+    fn target(address: &str, dev: &str) -> SteerTarget {
+        SteerTarget { address: address.parse().unwrap(), dev: dev.into() }
+    }
+
+    fn steer(vni: u32, label: &str, src: &str, dst: &str, reverse: bool, targets: Vec<SteerTarget>) -> DesiredSteer {
+        DesiredSteer {
+            vni: Vni::new(vni).unwrap(),
+            label: label.into(),
+            src: vec![src.parse().unwrap()],
+            dst: vec![dst.parse().unwrap()],
+            protocol: Some(6),
+            src_ports: vec![],
+            dst_ports: vec![(80, 80)],
+            reverse,
+            skip_ports: vec!["tvc1c2c3c4".into()],
+            targets,
+        }
+    }
+
+    /// Red's clients towards blue's servers go through the instances
+    /// 10.0.0.10 (here) and 10.0.0.3 (on 10.99.0.2); IPv6 through the one
+    /// here; the answers in blue through an instance on 10.99.0.2.
+    fn steered(mut h: DesiredHost) -> DesiredHost {
+        let (local, remote) = (target("10.0.0.10", "tb100"), target("10.0.0.3", "tx100"));
+        h.steering = vec![
+            steer(100, "fw left", "10.0.0.0/24", "10.2.0.0/24", false, vec![local, remote]),
+            steer(100, "fw left", "2001:db8::/64", "2001:db8:2::/64", false, vec![target("2001:db8::10", "tb100")]),
+            steer(200, "fw right", "10.2.0.0/24", "10.0.0.0/24", true, vec![target("10.2.0.9", "tx200")]),
+        ];
+        h.steering[2].skip_ports.clear();
+        h
+    }
+
+    fn lines(actions: &[KernelOp]) -> Vec<String> {
+        actions.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn steering_is_planned() {
+        check("steering_added", &host(two_networks()), &steered(host(two_networks())));
+    }
+
+    #[test]
+    fn steering_that_goes_leaves_nothing_behind() {
+        check("steering_removed", &steered(host(two_networks())), &host(two_networks()));
+    }
+
+    #[test]
+    fn converged_steering_plans_nothing() {
+        let d = steered(host(two_networks()));
+        assert_eq!(plan(&d, &converged(&d)), vec![]);
+    }
+
+    #[test]
+    fn targets_are_numbered_host_wide_in_order() {
+        let d = steered(host(two_networks()));
+        assert_eq!(d.steer_first_targets(), vec![0, 2, 3]);
+        let actual = lines(&plan(&d, &converged(&host(two_networks()))));
+        let rules: Vec<&String> = actual.iter().filter(|a| a.contains("rule add")).collect();
+        assert_eq!(
+            rules,
+            [
+                "ip rule add fwmark 0x8000000/0x800ffff lookup 134217728 pref 995",
+                "ip rule add fwmark 0x8000001/0x800ffff lookup 134217729 pref 995",
+                "ip rule add fwmark 0x8000003/0x800ffff lookup 134217731 pref 995",
+                "ip -6 rule add fwmark 0x8000002/0x800ffff lookup 134217730 pref 995",
+            ]
+        );
+        let steer = actual.iter().find(|a| a.starts_with("nft add chain inet tessera_policy steer")).unwrap();
+        for offset in ["offset 0x28000000 ", "meta mark set 0x28000002 ", "meta mark set 0x28000003 "] {
+            assert!(steer.contains(offset), "{offset:?} in {steer}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_changes_is_replaced_in_place() {
+        let before = steered(host(two_networks()));
+        let mut after = before.clone();
+        after.steering[0].targets[1] = target("10.0.0.4", "tx100");
+        let actual = lines(&plan(&after, &converged(&before)));
+        assert_eq!(actual, ["ip route replace default via 10.0.0.4 dev tx100 onlink table 134217729"], "{actual:#?}");
+    }
+
+    #[test]
+    fn a_steering_without_instances_drops_and_routes_nothing() {
+        let mut closed = steered(host(two_networks()));
+        closed.steering.truncate(1);
+        closed.steering[0].targets.clear();
+        let actual = lines(&plan(&closed, &converged(&host(two_networks()))));
+        assert!(!actual.iter().any(|a| a.starts_with("ip ")), "{actual:#?}");
+        let steer = actual.iter().find(|a| a.starts_with("nft add chain inet tessera_policy steer")).unwrap();
+        assert!(
+            steer.ends_with("counter drop comment \"fw left: no healthy instance\"; add rule inet tessera_policy steer return")
+        );
+    }
+
+    #[test]
+    fn a_service_port_sends_any_address_with_its_mac_and_its_namespace_forwards() {
+        let actual = lines(&plan(&host(two_networks()), &converged(&host(vec![]))));
+        assert!(actual.contains(&"nft add element bridge tessera svcmac { \"tvc1c2c3c4\" . 02:00:00:00:00:0c }".to_string()));
+        let svc: Vec<&String> = actual.iter().filter(|a| a.contains("sysctl -w net.ipv4.conf.all.rp_filter=0")).collect();
+        assert_eq!(svc.len(), 1, "only the service port's namespace: {actual:#?}");
+        assert!(svc[0].starts_with("nsenter --net=/run/netns/fw "), "{}", svc[0]);
+        for want in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.eth0.rp_filter=0"] {
+            assert!(svc[0].contains(want), "{want} in {}", svc[0]);
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_becomes_a_service_port_is_configured_again() {
+        let mut plain = two_networks();
+        plain[0].local[1].service = false;
+        let actual = lines(&plan(&host(two_networks()), &converged(&host(plain))));
+        assert_eq!(actual.len(), 2, "{actual:#?}");
+        assert!(actual[0].starts_with("nft add element bridge tessera svcmac"));
+        assert!(actual[1].starts_with("nsenter --net=/run/netns/fw") && actual[1].contains("rp_filter=0"));
+    }
+
+    #[test]
+    fn steering_is_validated() {
+        let bad = |change: fn(&mut DesiredSteer)| {
+            let mut d = steered(host(two_networks()));
+            change(&mut d.steering[0]);
+            d.validate().unwrap_err().field
+        };
+        assert_eq!(bad(|s| s.vni = Vni::new(300).unwrap()), "steering[0].vni");
+        assert_eq!(bad(|s| s.dst = vec!["2001:db8:2::/64".parse().unwrap()]), "steering[0].dst");
+        assert_eq!(bad(|s| s.targets[0].dev = "tb200".into()), "steering[0].targets[0]");
+        assert_eq!(bad(|s| s.targets[0].address = "2001:db8::10".parse().unwrap()), "steering[0].targets[0]");
+        assert_eq!(bad(|s| s.src.clear()), "steering[0].src");
+        assert_eq!(bad(|s| s.dst_ports = vec![(90, 80)]), "steering[0].dst_ports");
+        assert_eq!(bad(|s| s.skip_ports = vec!["a b".into()]), "steering[0].skip_ports[0]");
+        steered(host(two_networks())).validate().unwrap();
     }
 }

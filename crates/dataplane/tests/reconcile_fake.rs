@@ -122,3 +122,42 @@ async fn removing_everything_leaves_no_tessera_object() {
     assert!(k.links.is_empty() && k.routes.is_empty() && k.rules.is_empty(), "{k:#?}");
     assert!(k.neighbours.is_empty() && k.fdb.is_empty() && k.addresses.is_empty() && k.nft.elements.is_empty(), "{k:#?}");
 }
+
+#[tokio::test]
+async fn steering_converges_and_goes_without_a_trace() {
+    use tessera_dataplane::desired::{DesiredSteer, SteerTarget};
+    let fake = FakeDataplane::new();
+    let mut steered = desired();
+    steered.networks[0].local[0].service = true;
+    steered.steering = vec![DesiredSteer {
+        vni: Vni::new(7).unwrap(),
+        label: "fw left".into(),
+        src: vec!["10.7.0.0/24".parse().unwrap()],
+        dst: vec!["10.8.0.0/24".parse().unwrap()],
+        protocol: None,
+        src_ports: vec![],
+        dst_ports: vec![],
+        reverse: false,
+        skip_ports: vec![],
+        targets: ["10.7.0.2", "10.7.0.3"]
+            .iter()
+            .zip(["tb7", "tx7"])
+            .map(|(a, dev)| SteerTarget { address: a.parse().unwrap(), dev: dev.into() })
+            .collect(),
+    }];
+    let first = reconcile(&fake, &steered).await.unwrap();
+    assert!(first.is_ok(), "{:?}", first.failures);
+    assert!(reconcile(&fake, &steered).await.unwrap().is_noop());
+    let k = fake.kernel();
+    let steer_rules = k.rules.iter().filter(|r| matches!(r.selector, RuleSelector::Steer(_))).count();
+    let steer_routes = k.routes.iter().filter(|r| tessera_dataplane::names::is_steer_table(r.table)).count();
+    assert_eq!((steer_rules, steer_routes), (2, 2), "{k:#?}");
+
+    let report = reconcile(&fake, &desired()).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    let k = fake.kernel();
+    assert!(!k.rules.iter().any(|r| matches!(r.selector, RuleSelector::Steer(_))), "{:#?}", k.rules);
+    assert!(!k.routes.iter().any(|r| tessera_dataplane::names::is_steer_table(r.table)), "{:#?}", k.routes);
+    assert!(!k.nft.elements.iter().any(|e| matches!(e, tessera_dataplane::observed::NftElement::SvcMac { .. })));
+    assert!(reconcile(&fake, &desired()).await.unwrap().is_noop());
+}

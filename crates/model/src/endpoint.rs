@@ -228,6 +228,15 @@ pub struct EndpointStatusUpdate {
     pub message: Option<String>,
 }
 
+/// Request to move an endpoint to the namespace its container has now
+/// (`PUT /v1/endpoints/{id}/netns`), which its host's agent sends when a
+/// container it attached through Docker was restarted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointNetns {
+    pub netns: String,
+}
+
 /// Request to create an endpoint (`POST /v1/endpoints`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

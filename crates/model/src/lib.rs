@@ -24,7 +24,8 @@ pub mod watch;
 
 pub use counters::{HostCounters, PolicyCounters, RuleCount, RuleHits};
 pub use endpoint::{
-    Endpoint, EndpointCreate, EndpointPorts, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner, PortProtocol, PublishedPort,
+    Endpoint, EndpointCreate, EndpointNetns, EndpointPorts, EndpointStatus, EndpointStatusUpdate, MacAddr, Owner, PortProtocol,
+    PublishedPort,
 };
 pub use error::{ErrorCode, FieldError};
 pub use floating_ip::{FloatingIp, FloatingIpAssociate, FloatingIpCreate, Snat};

@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// the interface where that network's addresses live (repeatable).
     #[arg(long = "gateway", value_name = "NETWORK=IFACE", value_parser = parse_gateway)]
     gateways: Vec<(String, String)>,
+    /// The host's Docker Engine socket, to follow containers attached with
+    /// --docker across restarts (their namespace changes).
+    #[arg(long, env = "TESSERA_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
 }
 
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
@@ -62,6 +66,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
             .map_err(|e| anyhow::anyhow!("--socket-group: {e}"))?,
         state_dir: a.state_dir,
         gateways: a.gateways,
+        docker_socket: Some(a.docker_socket),
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
 }

@@ -307,6 +307,34 @@ impl Controller {
         Err(Error::Conflict(format!("endpoint {id}")))
     }
 
+    /// Moves an endpoint to another namespace of its container (restarted:
+    /// same container, new namespace); only for an endpoint that names its
+    /// container.
+    pub async fn set_endpoint_netns(&self, id: &str, req: tessera_model::EndpointNetns) -> Result<Endpoint> {
+        let uuid = parse_id(id)?;
+        limits::check_netns("netns", &req.netns)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut ep, rev) =
+                self.get_json::<Endpoint>(&keys::endpoint(uuid)).await?.ok_or_else(|| Error::not_found("endpoint", id))?;
+            if ep.owner.container_id.is_none() {
+                return Err(FieldError::new("netns", format!("endpoint {} names no container to follow", ep.name)).into());
+            }
+            if ep.owner.netns.as_deref() == Some(req.netns.as_str()) {
+                return Ok(ep);
+            }
+            ep.owner.netns = Some(req.netns.clone());
+            ep.status = EndpointStatus::Pending;
+            let txn = GuardedTxn::new()
+                .guard(Guard::EndpointChanged, Compare::ModRevision(keys::endpoint(uuid), rev))
+                .then(put(keys::endpoint(uuid), &ep));
+            if self.commit(txn).await?.is_committed() {
+                tracing::info!(endpoint = %ep.name, netns = %req.netns, "endpoint follows its container");
+                return Ok(ep);
+            }
+        }
+        Err(Error::Conflict(format!("endpoint {id}")))
+    }
+
     /// Records the status an agent reports for one of its endpoints.
     pub async fn set_endpoint_status(&self, id: &str, update: EndpointStatusUpdate) -> Result<Endpoint> {
         let uuid = parse_id(id)?;

@@ -24,6 +24,7 @@ use tessera_model::{MacAddr, Vni};
 
 use super::common::{errno_err, kernel_err, link_index, mac_of, need_index, ENODEV};
 use super::netns::in_netns;
+use crate::desired::service_sysctls;
 use crate::error::DataplaneError;
 use crate::names::{veth_mark, SysctlKey, LINK_MARK};
 use crate::observed::{AddressEntry, VxlanState};
@@ -196,17 +197,36 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             let index = need_index(h, op, &a.dev).await?;
             h.address().del(address_message(index, a.addr)).execute().await.map_err(kernel_err(op, a.addr.to_string()))
         }
-        KernelOp::ContainerIfaceConfigure { host_veth, endpoint, netns, ifname, mac, addrs, gateways, mtu, dhcp, own_table } => {
+        KernelOp::ContainerIfaceConfigure {
+            host_veth,
+            endpoint,
+            netns,
+            ifname,
+            mac,
+            addrs,
+            gateways,
+            mtu,
+            dhcp,
+            own_table,
+            service,
+        } => {
             let host_index = need_index(h, op, host_veth).await?;
             let (ifname, mac, addrs, gateways, mtu, dhcp) = (ifname.clone(), *mac, addrs.clone(), gateways.clone(), *mtu, *dhcp);
-            let own_table = own_table.clone();
+            let (own_table, service) = (own_table.clone(), *service);
             in_netns(netns, move |handle| async move {
                 let config = (!dhcp).then_some((&addrs[..], &gateways[..]));
                 configure_container_iface(&handle, &ifname, mac, config, mtu).await?;
-                match &own_table {
-                    Some(t) if !dhcp => own_table_routes(&handle, &ifname, &addrs, &gateways, t).await,
-                    _ => Ok(()),
+                if let Some(t) = own_table.as_ref().filter(|_| !dhcp) {
+                    own_table_routes(&handle, &ifname, &addrs, &gateways, t).await?;
                 }
+                // The thread is in the container's namespace: `/proc/sys/net`
+                // is the namespace's.
+                if service {
+                    for (key, value) in service_sysctls(&ifname) {
+                        sysctl_write(op, &key, value)?;
+                    }
+                }
+                Ok(())
             })
             .await?;
             // Last: the mark that the endpoint is complete.
@@ -217,7 +237,8 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
     }
 }
 
-/// `sysctl -w KEY=VALUE`: a write to `/proc/sys/KEY`.
+/// `sysctl -w KEY=VALUE`: a write to `/proc/sys/KEY`, in the calling
+/// thread's network namespace.
 fn sysctl_write(op: &'static str, key: &SysctlKey, value: &str) -> Result<(), DataplaneError> {
     std::fs::write(Path::new("/proc/sys").join(&key.0), value).map_err(|source| DataplaneError::Kernel {
         op,

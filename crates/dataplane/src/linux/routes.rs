@@ -16,7 +16,10 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::common::{kernel_err, need_index, EEXIST};
 use crate::error::DataplaneError;
-use crate::names::{MAIN_TABLE, PUBLISHED_MARK, PUBLISHED_PRIORITY, UNVERIFIED_PRIORITY, VERIFIED_MARK, VRF_UNREACHABLE_METRIC};
+use crate::names::{
+    is_steer_table, MAIN_TABLE, PUBLISHED_MARK, PUBLISHED_PRIORITY, STEER_MARK, STEER_MASK, STEER_PRIORITY, UNVERIFIED_PRIORITY,
+    VERIFIED_MARK, VRF_UNREACHABLE_METRIC,
+};
 use crate::observed::{owned_rule, owned_table, table_of_link, IpFamily, RouteEntry, RouteTarget, RuleEntry, RuleSelector};
 use crate::op::KernelOp;
 
@@ -42,7 +45,7 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
     }
 }
 
-/// `ip [-6] rule add iif IIF|fwmark MARK lookup TABLE pref PRIORITY`
+/// `ip [-6] rule add iif IIF|fwmark MARK[/MASK] lookup TABLE pref PRIORITY`
 async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error> {
     let req = h.rule().add().priority(r.priority);
     let mut req = match &r.selector {
@@ -55,12 +58,16 @@ async fn rule_install(h: &Handle, r: &RuleEntry) -> Result<(), rtnetlink::Error>
         RuleSelector::IifUnverified(name) => req.action(RuleAction::Blackhole).input_interface(name.clone()),
         RuleSelector::FwMark(mark) => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(*mark),
         RuleSelector::PublishedReply => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(PUBLISHED_MARK),
+        RuleSelector::Steer(mark) => req.table_id(r.table).action(RuleAction::ToTable).fw_mark(*mark),
     };
-    if matches!(r.selector, RuleSelector::IifVerified(_)) {
-        req.message_mut().attributes.push(RuleAttribute::FwMask(VERIFIED_MARK));
-    }
-    if matches!(r.selector, RuleSelector::PublishedReply) {
-        req.message_mut().attributes.push(RuleAttribute::FwMask(PUBLISHED_MARK));
+    let mask = match r.selector {
+        RuleSelector::IifVerified(_) => Some(VERIFIED_MARK),
+        RuleSelector::PublishedReply => Some(PUBLISHED_MARK),
+        RuleSelector::Steer(_) => Some(STEER_MASK),
+        _ => None,
+    };
+    if let Some(mask) = mask {
+        req.message_mut().attributes.push(RuleAttribute::FwMask(mask));
     }
     match r.family {
         IpFamily::V4 => req.v4().execute().await,
@@ -92,6 +99,10 @@ fn rule_message(r: &RuleEntry) -> RuleMessage {
         RuleSelector::PublishedReply => {
             m.attributes.push(RuleAttribute::FwMark(PUBLISHED_MARK));
             m.attributes.push(RuleAttribute::FwMask(PUBLISHED_MARK));
+        }
+        RuleSelector::Steer(mark) => {
+            m.attributes.push(RuleAttribute::FwMark(*mark));
+            m.attributes.push(RuleAttribute::FwMask(STEER_MASK));
         }
     }
     if !matches!(r.selector, RuleSelector::IifUnverified(_)) {
@@ -187,6 +198,12 @@ pub(super) fn rule_entry(m: &RuleMessage) -> Option<RuleEntry> {
             && fwmask == Some(PUBLISHED_MARK);
         return ours.then_some(RuleEntry { family, selector: RuleSelector::PublishedReply, table, priority });
     }
+    if priority == STEER_PRIORITY {
+        // `fwmark STEER|i/STEER_MASK lookup STEER_TABLE_BASE+j`.
+        let mark = fwmark.filter(|m| m & STEER_MARK != 0 && m & !STEER_MASK == 0)?;
+        let ours = m.header.action == RuleAction::ToTable && iif.is_none() && fwmask == Some(STEER_MASK) && is_steer_table(table);
+        return ours.then_some(RuleEntry { family, selector: RuleSelector::Steer(mark), table, priority });
+    }
     let verified = fwmark == Some(VERIFIED_MARK) && fwmask == Some(VERIFIED_MARK);
     let mark_for_owner = if verified { None } else { fwmark };
     if m.header.action != RuleAction::ToTable || !owned_rule(iif.as_deref(), mark_for_owner, priority, table) {
@@ -245,4 +262,36 @@ pub(super) fn route_entry(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Op
         _ => return None,
     };
     Some(RouteEntry { table, dst, target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(selector: RuleSelector, table: u32, priority: u32) -> RuleEntry {
+        RuleEntry { family: IpFamily::V4, selector, table, priority }
+    }
+
+    #[test]
+    fn rules_read_back_as_they_were_written() {
+        let vrf = crate::names::TABLE_BASE + 100;
+        for e in [
+            entry(RuleSelector::IifVerified("tb100".into()), vrf, crate::names::RULE_PRIORITY),
+            entry(RuleSelector::FwMark(vrf), vrf, crate::names::RULE_PRIORITY),
+            entry(RuleSelector::PublishedReply, MAIN_TABLE, PUBLISHED_PRIORITY),
+            entry(RuleSelector::Steer(crate::names::steer_mark(7)), crate::names::steer_table(7), STEER_PRIORITY),
+        ] {
+            assert_eq!(rule_entry(&rule_message(&e)), Some(e.clone()), "{}", e.selector);
+        }
+    }
+
+    #[test]
+    fn only_steering_rules_of_our_mask_and_tables_are_ours() {
+        let steer = |mark: u32, table: u32| rule_message(&entry(RuleSelector::Steer(mark), table, STEER_PRIORITY));
+        assert!(rule_entry(&steer(crate::names::steer_mark(1), crate::names::TABLE_BASE + 1)).is_none(), "a VRF table");
+        assert!(rule_entry(&steer(0x1234, crate::names::steer_table(1))).is_none(), "no steering bit");
+        let mut other_mask = steer(crate::names::steer_mark(1), crate::names::steer_table(1));
+        other_mask.attributes.retain(|a| !matches!(a, RuleAttribute::FwMask(_)));
+        assert!(rule_entry(&other_mask).is_none(), "someone else's rule");
+    }
 }

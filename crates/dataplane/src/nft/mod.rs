@@ -44,10 +44,18 @@
 //! `table bridge tessera` is the anti-spoofing filter of endpoint ports: a
 //! frame that enters a `tv*` port passes only if its (port, MAC, source
 //! address) is in a set, so the cost per frame does not grow with the number
-//! of endpoints.
+//! of endpoints. A service instance's port (set `svcmac`) forwards traffic
+//! of other addresses: its IP packets pass with its own MAC, whatever their
+//! source address.
+//!
+//! The agent's health probes of service instances are answered through the
+//! host guard: `probe_out` marks the connections the host opens into a
+//! bridge with a network's table as socket mark (see the skeleton).
 //!
 //! `table inet tessera_policy` is the firewall of flows between and within
-//! networks (see [`crate::policy`]).
+//! networks (see [`crate::policy`]), and steers the packets of service
+//! chains to service instances (chain `steer`, jumped to from its
+//! prerouting hook).
 //!
 //! Everything is written in nft's own syntax, as one script per plan run by
 //! `nft -f -`: one transaction. (nft 1.0.6, Debian 12, cannot declare a
@@ -441,10 +449,11 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
                 _ => return None,
             }
         }
-        ("bridge", "epmac") => {
+        ("bridge", "epmac" | "svcmac") => {
             let parts = concat(elem)?;
             let [port, m] = parts.as_slice() else { return None };
-            Some(NftElement::EpMac { port: port.clone(), mac: mac(m)? })
+            let (port, mac) = (port.clone(), mac(m)?);
+            Some(if set == "epmac" { NftElement::EpMac { port, mac } } else { NftElement::SvcMac { port, mac } })
         }
         _ => None,
     })
@@ -471,7 +480,7 @@ mod tests {
       {"map": {"family": "inet", "name": "fipout4", "table": "tessera", "type": ["integer", "ipv4_addr"], "handle": 34, "map": "ipv4_addr", "elem": [[{"concat": [5, "10.0.0.2"]}, "203.0.113.10"]]}},
       {"map": {"family": "inet", "name": "snat6", "table": "tessera", "type": "integer", "handle": 37, "map": "ipv6_addr", "elem": [[5, "2001:db8::3"]]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v5", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v6", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -481,10 +490,14 @@ mod tests {
                "elem": [{"elem": {"val": {"concat": ["tv12345678", "02:00:00:00:00:01", "2001:db8::2"]}, "counter": {"packets": 0, "bytes": 0}}}]}},
       {"set": {"family": "bridge", "name": "epmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 4,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v5", "expr": []}}]}"#;
+      {"set": {"family": "bridge", "name": "svcmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 5,
+               "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v6", "expr": []}}]}"#;
 
     const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},
+      {"chain": {"family": "inet", "table": "tessera_policy", "name": "steer", "handle": 3}},
+      {"chain": {"family": "inet", "table": "tessera_policy", "name": "prerouting", "handle": 4, "type": "filter", "hook": "prerouting", "prio": -140, "policy": "accept"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "forward", "handle": 2, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "l1_2_0", "handle": 5}},
       {"chain": {"family": "inet", "table": "other", "name": "l9_9_0", "handle": 5}}]}"#;
@@ -538,7 +551,8 @@ mod tests {
             NftElement::Vtep { ip: "2001:db8:1::7".parse().unwrap() },
             NftElement::Ep4 { port: port.clone(), mac: mac(), ip: "10.0.0.2".parse().unwrap() },
             NftElement::Ep6 { port: port.clone(), mac: mac(), ip: "2001:db8::2".parse().unwrap() },
-            NftElement::EpMac { port, mac: mac() },
+            NftElement::EpMac { port: port.clone(), mac: mac() },
+            NftElement::SvcMac { port, mac: mac() },
             NftElement::Uplink { ifname: "eth1".into() },
             NftElement::UplinkSlice { ifname: "eth1".into(), slice: 3 },
             NftElement::ExtZone { address: "203.0.113.10".parse().unwrap(), zone: 5 },
@@ -557,7 +571,8 @@ mod tests {
         let p = &state.policy;
         assert_eq!(p.chains["l1_2_0"], ObservedChain { digest: Some(0xcd), default: Some(Verdict::Deny) });
         assert_eq!(p.chains["dispatch"], ObservedChain { digest: None, default: None });
-        assert!(!p.chains.contains_key("forward"), "base chains are the skeleton's");
+        assert_eq!(p.chains["steer"], ObservedChain { digest: None, default: None });
+        assert!(!p.chains.contains_key("forward") && !p.chains.contains_key("prerouting"), "base chains are the skeleton's");
         assert!(!p.chains.contains_key("l9_9_0"), "chains of other tables are not ours");
         let m = &p.maps["m1_2_0_0_4_0_40123"];
         assert_eq!((m.family, m.digest, m.elements.is_none()), (Family::V4, Some(0xab), true));

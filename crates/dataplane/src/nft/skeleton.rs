@@ -1,6 +1,23 @@
 //! The skeleton of Tessera's three nftables tables: what
 //! [`crate::op::KernelOp::NftTablesInstall`] writes (see the module above
 //! for what each table does).
+//!
+//! The agent's health probes of service instances leave the host by a
+//! network's bridge with the socket mark of the network's table (so `fwmark
+//! T lookup T` routes them in its VRF); `probe_out` marks their connections
+//! with [`crate::names::PROBE_MARK`] and the host guard lets the answers in.
+//! It matches only connections the host opens (`ct state new`; so it runs
+//! after conntrack, at mangle priority, not in `output`, which runs before
+//! at raw priority), with a mark of a network's table. What else the host
+//! sends into a bridge with a mark is what the kernel answers for a
+//! forwarded packet: the TCP resets and ICMP errors of `reject` (marked
+//! with the source network's table) and errors such as TTL exceeded (with
+//! the packet's mark, by `fwmark_reflect`). They belong to the forwarded
+//! packet's connection (state `related`) or to none (`invalid`), never
+//! `new`, so they mark nothing. (Were such a connection marked, its answers
+//! would still be forwarded to whoever opened it, never delivered to the
+//! host: the guard's `ct direction reply` is only ever met by connections
+//! the host opened.)
 
 use std::fmt::Write as _;
 
@@ -101,6 +118,7 @@ table inet tessera {{
     chain from_overlay {{
         icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report }} accept
         ct direction reply ct mark & {published:#x} == {published:#x} accept comment "answers to the host's own use of a published port"
+        ct direction reply ct mark & {probe:#x} == {probe:#x} accept comment "answers to the agent's health probes"
         iifname "tb*" udp dport 67 accept comment "DHCP, answered by the agent"
         iifname "tb*" udp dport 547 accept comment "DHCPv6, answered by the agent"
         counter drop comment "a container towards the host itself"
@@ -125,6 +143,10 @@ table inet tessera {{
     chain published_out {{
         type filter hook output priority mangle; policy accept;
         ct direction original ct zone != 0 fib daddr type local ct mark set ct mark | {published:#x}
+    }}
+    chain probe_out {{
+        type filter hook output priority mangle; policy accept;
+        oifname "tb*" ct state new meta mark {vrf_lo:#x}-{vrf_hi:#x} ct mark set ct mark | {probe:#x} comment "the agent's health probes"
     }}
     chain pub_snat {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -187,6 +209,9 @@ table bridge tessera {{
     set epmac {{
         type ifname . ether_addr
     }}
+    set svcmac {{
+        type ifname . ether_addr
+    }}
     chain prerouting {{
         type filter hook prerouting priority filter; policy accept;
         iifname != "tv*" accept
@@ -196,6 +221,8 @@ table bridge tessera {{
         ether type ip6 ip6 saddr fe80::/10 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
         ether type ip6 ip6 saddr :: ip6 nexthdr icmpv6 iifname . ether saddr @epmac meta mark set meta mark | {verified:#x} accept
         ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 iifname . ether saddr @epmac accept
+        ether type ip iifname . ether saddr @svcmac meta mark set meta mark | {verified:#x} accept
+        ether type ip6 iifname . ether saddr @svcmac meta mark set meta mark | {verified:#x} accept
         counter drop comment "{v}"
     }}
 }}
@@ -213,6 +240,12 @@ table inet {p} {{
         ct state established,related accept
         jump dispatch
     }}
+    chain {steer} {{
+    }}
+    chain prerouting {{
+        type filter hook prerouting priority mangle + 10; policy accept;
+        jump {steer}
+    }}
 }}
 "#,
         v = SKELETON_VERSION,
@@ -224,6 +257,10 @@ table inet {p} {{
         slice_rules = slice_rules(),
         vxlan = crate::desired::VXLAN_PORT,
         verified = crate::names::VERIFIED_MARK,
+        probe = crate::names::PROBE_MARK,
+        vrf_lo = crate::names::TABLE_BASE + tessera_model::Vni::MIN,
+        vrf_hi = crate::names::TABLE_BASE + tessera_model::Vni::MAX,
+        steer = crate::names::STEER,
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),

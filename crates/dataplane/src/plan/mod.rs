@@ -23,7 +23,9 @@
 //!    outside;
 //! 6. routes leaked from other networks (they need those networks'
 //!    devices), and the gateway table's;
-//! 7. conntrack: the zones of flows a change may no longer allow are
+//! 7. steering of service chains: each target's route (its table's
+//!    default), then the rule that selects its table;
+//! 8. conntrack: the zones of flows a change may no longer allow are
 //!    flushed (see `conntrack_flushes`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +35,7 @@ use crate::desired::{
     bridge_mac, bridge_name, bridge_sysctls, host_sysctls, host_veth_name, table_id, uplink_sysctls, vtep_mac, vxlan_name,
     vxlan_sysctls, DesiredHost, DesiredNetwork, DesiredUplink, LocalEndpoint, VXLAN_PORT,
 };
-use crate::names::{veth_mark, SysctlKey, DISPATCH, LINK_MARK, SKELETON_VERSION};
+use crate::names::{is_steer_table, veth_mark, SysctlKey, DISPATCH, LINK_MARK, SKELETON_VERSION, STEER};
 use crate::observed::{
     link_mark, LinkKind, LinkMark, LinkState, MapElement, NftElement, Observed, PolicyState, RouteEntry, RouteTarget,
     RuleSelector,
@@ -114,7 +116,11 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         }
     }
     for r in observed.routes.difference(&want.routes) {
-        if !matches!(&r.target, RouteTarget::Dev(d) if on_doomed(d)) {
+        // A steering target that changes is replaced in place (its table
+        // never goes empty, which would let its packets fall through).
+        let replaced = is_steer_table(r.table)
+            && want.routes.iter().any(|w| w.table == r.table && w.dst == r.dst && w.target != RouteTarget::Unreachable);
+        if !matches!(&r.target, RouteTarget::Dev(d) if on_doomed(d)) && !replaced {
             out.push(KernelOp::RouteUninstall(r.clone()));
         }
     }
@@ -325,7 +331,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     for vni in localnet {
         sysctl(&mut out, observed, &doomed, SysctlKey::ipv4_conf(&bridge_name(vni), "route_localnet"), "1");
     }
-    for r in want.routes.iter().filter(|r| matches!(r.target, RouteTarget::Via { .. })) {
+    for r in want.routes.iter().filter(|r| matches!(r.target, RouteTarget::Via { .. }) && !is_steer_table(r.table)) {
         let dev_doomed = matches!(&r.target, RouteTarget::Via { dev, .. } if doomed.contains(dev));
         if dev_doomed || !observed.routes.contains(r) {
             out.push(KernelOp::RouteInstall(r.clone()));
@@ -348,7 +354,20 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
         }
     }
 
-    // 7. Conntrack.
+    // 7. Steering: the targets' routes, then the rules that select them.
+    for r in want.routes.iter().filter(|r| is_steer_table(r.table)) {
+        let dev_doomed = matches!(&r.target, RouteTarget::Via { dev, .. } if doomed.contains(dev));
+        if dev_doomed || !observed.routes.contains(r) {
+            out.push(KernelOp::RouteInstall(r.clone()));
+        }
+    }
+    for r in want.rules.iter().filter(|r| matches!(r.selector, RuleSelector::Steer(_))) {
+        if !observed.rules.contains(r) {
+            out.push(KernelOp::RuleInstall(r.clone()));
+        }
+    }
+
+    // 8. Conntrack.
     let have_zones = if skeleton_ok { &observed.nft.elements } else { &empty };
     for zone in conntrack_flushes(desired, &want_policy, have_policy, have_zones, &diffs, &kept) {
         out.push(KernelOp::ConntrackZoneFlush { zone });
@@ -436,10 +455,12 @@ fn map_diffs(want: &PolicyObjects, have: &PolicyState) -> BTreeMap<String, MapDi
 }
 
 /// The policy part of the nftables block, ordered so that every reference
-/// is valid at each step: element deletes; reject and log chains (which map
-/// elements jump to); new maps and their elements; rule-list, pair and
-/// dispatch chains (which look maps up and jump to lists); then deletions,
-/// users first: pair and rule-list chains, maps, log and reject chains.
+/// is valid at each step: element deletes; the steer chain, reject and log
+/// chains (which map elements jump to); new maps and their elements;
+/// rule-list, pair and dispatch chains (which look maps up and jump to
+/// lists); then deletions, users first: pair and rule-list chains, maps,
+/// log and reject chains. The dispatch and steer chains are the
+/// skeleton's: never deleted.
 fn policy_actions(
     out: &mut Vec<KernelOp>,
     want: &PolicyObjects,
@@ -463,7 +484,7 @@ fn policy_actions(
             out.push(KernelOp::NftChainInstall { name: (*name).clone(), rules: spec.rules.clone() });
         }
     };
-    install(out, &[ChainKind::Reject, ChainKind::Log]);
+    install(out, &[ChainKind::Steer, ChainKind::Reject, ChainKind::Log]);
     for (name, spec) in &want.maps {
         if !have.maps.contains_key(name) {
             out.push(KernelOp::NftMapAdd { name: name.clone(), family: spec.family });
@@ -478,7 +499,7 @@ fn policy_actions(
     let mut deletes: Vec<(ChainKind, &String)> = have
         .chains
         .keys()
-        .filter(|n| !want.chains.contains_key(*n) && n.as_str() != DISPATCH && !kept(n))
+        .filter(|n| !want.chains.contains_key(*n) && n.as_str() != DISPATCH && n.as_str() != STEER && !kept(n))
         .map(|n| (ChainKind::of(n).unwrap_or(ChainKind::Pair), n))
         .collect();
     deletes.sort_by(|a, b| b.cmp(a));
@@ -666,6 +687,7 @@ fn configure_op(desired: &DesiredHost, net: &DesiredNetwork, ep: &LocalEndpoint,
         mtu,
         dhcp: ep.dhcp,
         own_table: own_table(desired, ep),
+        service: ep.service,
     }
 }
 

@@ -13,8 +13,8 @@ use crate::desired::{
     VXLAN_PORT,
 };
 use crate::names::{
-    veth_mark, GATEWAY_TABLE, LINK_MARK, MAIN_TABLE, PUBLISHED_PRIORITY, RULE_PRIORITY, SNAT_SLICES, UNVERIFIED_PRIORITY,
-    UPLINK_PRIORITY,
+    steer_mark, steer_table, veth_mark, GATEWAY_TABLE, LINK_MARK, MAIN_TABLE, PUBLISHED_PRIORITY, RULE_PRIORITY, SNAT_SLICES,
+    STEER_PRIORITY, UNVERIFIED_PRIORITY, UPLINK_PRIORITY,
 };
 use crate::observed::{
     AddressEntry, FdbEntry, IpFamily, LinkKind, LinkState, NeighEntry, NftElement, ProxyNeighEntry, PubKey, RouteEntry,
@@ -151,6 +151,9 @@ impl Want {
                     },
                 );
                 w.elements.insert(NftElement::EpMac { port: port.clone(), mac: ep.mac });
+                if ep.service {
+                    w.elements.insert(NftElement::SvcMac { port: port.clone(), mac: ep.mac });
+                }
                 for ip in &ep.ips {
                     // Isolated ports: the bridge answers NS for local endpoints too.
                     if ip.addr().is_ipv6() {
@@ -243,6 +246,25 @@ impl Want {
                 table: MAIN_TABLE,
                 priority: PUBLISHED_PRIORITY,
             });
+        }
+        // Steering: each target's table routes to it; a rule per target
+        // selects its table by the mark the steer chain gives its packets.
+        for (s, first) in desired.steering.iter().zip(desired.steer_first_targets()) {
+            for (i, target) in (first..).zip(&s.targets) {
+                let (family, any) = match target.address {
+                    IpAddr::V4(_) => (IpFamily::V4, "0.0.0.0/0".parse().expect("literal")),
+                    IpAddr::V6(_) => (IpFamily::V6, "::/0".parse().expect("literal")),
+                };
+                let table = steer_table(i);
+                let gateway = target.address;
+                w.routes.insert(RouteEntry { table, dst: any, target: RouteTarget::Via { dev: target.dev.clone(), gateway } });
+                w.rules.insert(RuleEntry {
+                    family,
+                    selector: RuleSelector::Steer(steer_mark(i)),
+                    table,
+                    priority: STEER_PRIORITY,
+                });
+            }
         }
         for pz in &desired.pair_zones {
             for (x, y) in [(pz.a, pz.b), (pz.b, pz.a)] {

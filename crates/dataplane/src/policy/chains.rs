@@ -1,17 +1,19 @@
 //! The chains of `inet tessera_policy`: their names (`p<S>_<D>`,
-//! `l<S>_<D>_<i>`, `rj<S>`, `g…`), their kinds (the order they are installed
+//! `l<S>_<D>_<i>`, `rj<S>`, `g…`, `dispatch`, `steer`), their kinds (the order they are installed
 //! in), and a chain's rules with their digest.
 
 use tessera_model::Vni;
 use tessera_policy::flow::Fnv;
 use tessera_policy::Verdict;
 
-use crate::names::DISPATCH;
+use crate::names::{DISPATCH, STEER};
 
 /// What a chain is for; chains are installed in this order (a chain only
 /// refers to chains of an earlier kind) and deleted in the reverse order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChainKind {
+    /// `steer`: refers to no chain.
+    Steer,
     Reject,
     Log,
     List,
@@ -24,6 +26,9 @@ impl ChainKind {
     pub fn of(name: &str) -> Option<ChainKind> {
         if name == DISPATCH {
             return Some(ChainKind::Dispatch);
+        }
+        if name == STEER {
+            return Some(ChainKind::Steer);
         }
         match name.as_bytes().first()? {
             b'r' if name.starts_with("rj") => Some(ChainKind::Reject),

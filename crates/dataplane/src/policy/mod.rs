@@ -72,11 +72,15 @@
 //! to the lists it touches); and for every watched pair (flows that arrive
 //! through a tunnel), the fingerprint of its program's inputs.
 //!
+//! The table also steers the traffic of service chains to service
+//! instances, in its prerouting hook: chain `steer` ([`steer_chain`]).
+//!
 //! Files: `keys` (the key fields and types of the verdict maps), `chains`
 //! (chain names and kinds), `digest` (the entries of `digests`), `objects`
 //! (the objects the planner wants), `lists` (the objects of one rule list),
 //! `programs` (the objects of every program of a host, and the memo of rule
-//! lists) and `counters` (hit counters per rule).
+//! lists), `steer` (the steer chain) and `counters` (hit counters per
+//! rule).
 
 mod chains;
 mod counters;
@@ -85,6 +89,7 @@ mod keys;
 mod lists;
 mod objects;
 mod programs;
+mod steer;
 
 pub use chains::{chain_pair, list_chain, map_list_chain, object_list, pair_chain, reject_chain, ChainKind, ChainSpec};
 pub use counters::{rule_counters, ElementCounter, RuleCounter};
@@ -99,6 +104,7 @@ pub use keys::{
 pub use lists::{shard_count, HASH_MIN, MAX_HASH_ELEMENTS, MAX_MAP_ELEMENTS};
 pub use objects::{MapDelta, MapSpec, PolicyObjects};
 pub use programs::{policy_objects, policy_objects_except};
+pub use steer::steer_chain;
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use super::chains::{chain, list_chain, pair_chain, reject_chain, ChainKind};
 use super::lists::{list_objects, ListObjects};
 use super::objects::PolicyObjects;
 use crate::desired::{bridge_name, table_id, vxlan_name, DesiredHost, PairPolicy};
-use crate::names::DISPATCH;
+use crate::names::{DISPATCH, STEER};
 
 /// The objects of every program of `desired`.
 pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
@@ -19,7 +19,7 @@ pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
 
 /// [`policy_objects`] without the objects of the rule lists named in `kept`
 /// (their chain, maps and log chains), which the kernel already holds as
-/// they should be.
+/// they should be. The `dispatch` and `steer` chains are always there.
 pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> PolicyObjects {
     let mut out = PolicyObjects::default();
     let mut dispatch: Vec<String> = Vec::new();
@@ -150,6 +150,7 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         body.push(format!("iifname . oifname vmap {{ {} }}", catch_all.join(", ")));
     }
     out.chains.insert(DISPATCH.to_string(), chain(ChainKind::Dispatch, body, "return", None));
+    out.chains.insert(STEER.to_string(), super::steer::steer_chain(desired));
     out
 }
 

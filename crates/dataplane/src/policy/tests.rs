@@ -38,6 +38,8 @@ fn names_round_trip() {
     assert_eq!(object_list("p1_2"), None);
     assert_eq!(ChainKind::of("rj100"), Some(ChainKind::Reject));
     assert_eq!(ChainKind::of("dispatch"), Some(ChainKind::Dispatch));
+    assert_eq!(ChainKind::of("steer"), Some(ChainKind::Steer));
+    assert_eq!(object_list("steer"), None, "the steer chain belongs to no rule list");
     assert!(log_chain_passes("g1_2_0_abcdef01_3p") && !log_chain_passes("g1_2_0_abcdef01_3d"));
 }
 
@@ -209,4 +211,37 @@ fn digest_values_round_trip() {
     assert_eq!(decode_chain_value(map_digest_value(7)), None);
     assert_eq!(decode_map_value(map_digest_value(7)), Some(7));
     assert_ne!(name_key("l1_2_0"), name_key("l1_2_1"));
+}
+
+#[test]
+fn the_steer_chain_is_always_planned_and_numbers_targets_host_wide() {
+    use crate::desired::{DesiredSteer, SteerTarget};
+    let mut host = host_with(&[]);
+    let idle = &policy_objects(&host).chains[crate::names::STEER];
+    assert_eq!((idle.kind, idle.rules.clone()), (ChainKind::Steer, vec!["return".to_string()]));
+    let steer = |vni: u32, n: usize| DesiredSteer {
+        vni: Vni::new(vni).unwrap(),
+        label: format!("s{vni}"),
+        src: vec!["10.0.0.0/24".parse().unwrap()],
+        dst: vec!["10.1.0.0/24".parse().unwrap()],
+        protocol: Some(17),
+        src_ports: vec![],
+        dst_ports: vec![],
+        reverse: vni == 2,
+        skip_ports: vec![],
+        targets: (0..n)
+            .map(|i| SteerTarget { address: format!("10.0.0.{}", 10 + i).parse().unwrap(), dev: format!("tb{vni}") })
+            .collect(),
+    };
+    host.steering = vec![steer(1, 3), steer(2, 2), steer(1, 0)];
+    let rules = policy_objects(&host).chains[crate::names::STEER].rules.clone();
+    assert_eq!(rules.len(), 4, "{rules:#?}");
+    assert!(
+        rules[0].ends_with("ip saddr . ip daddr . th sport . th dport mod 3 seed 0x54657373 offset 0x28000000 comment \"s1\"")
+    );
+    assert!(
+        rules[1].ends_with("ip daddr . ip saddr . th dport . th sport mod 2 seed 0x54657373 offset 0x28000003 comment \"s2\"")
+    );
+    assert!(rules[2].ends_with("counter drop comment \"s1: no healthy instance\""), "{}", rules[2]);
+    assert_eq!(rules[3], "return");
 }
