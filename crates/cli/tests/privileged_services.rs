@@ -297,3 +297,77 @@ fn privileged_the_seed_scenario_with_a_docker_function_on_a_third_host() {
     assert!(!connects(&c, "client", &server, 22), "its firewall is back too");
     drop(d);
 }
+
+/// The TTL of the first ICMP echo request (or reply) from `src` that
+/// tcpdump -v printed.
+fn ttl_of(dump: &str, kind: &str, src: &str) -> u32 {
+    let lines: Vec<&str> = dump.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(src) && l.contains(kind))
+        .unwrap_or_else(|| panic!("no {kind} from {src} in: {dump}"));
+    let header = lines[at - 1];
+    header
+        .split("ttl ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{header}"))
+}
+
+#[test]
+fn privileged_a_chain_of_two_services_goes_through_them_in_order() {
+    let (mut c, _run) = tessera_testkit::start_cluster("svc5", &["h1", "h2", "h3"], env!("CARGO_BIN_EXE_tessera"));
+    let (client, server) = fabric(&mut c, &[]);
+    // fw1 goes from red to the transit network blue, fw2 from blue to green.
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.93.0.0/24"]).unwrap();
+    c.cli_ok(&["service", "delete", "fw1"]).unwrap();
+    c.cli_ok(&["service", "add", "fw1", "--template", "fw", "--left", "red", "--right", "blue"]).unwrap();
+    c.cli_ok(&["service", "add", "fw2", "--template", "fw", "--left", "blue", "--right", "green"]).unwrap();
+    instance(&mut c, "h3", "fw1", "vnf1");
+    instance(&mut c, "h2", "fw2", "vnf2");
+    wait_healthy(&c, "fw1", 1);
+    wait_healthy(&c, "fw2", 1);
+    attach_policy(&c, "pass any red any <> green any apply-service fw1,fw2");
+
+    let one = tcpdump_v(&c, "vnf1", "left");
+    let two = tcpdump_v(&c, "vnf2", "left");
+    let one_back = tcpdump_v(&c, "vnf1", "right");
+    let two_back = tcpdump_v(&c, "vnf2", "right");
+    thread::sleep(Duration::from_millis(600));
+    assert!(c.ping("client", &server, 3).unwrap() >= 2, "{}", c.logs_tail(30));
+    let (one, two, one_back, two_back) = (dumped(one), dumped(two), dumped(one_back), dumped(two_back));
+    // Each routed hop takes one from the TTL: the request meets fw1 first,
+    // the reply fw2 first.
+    let (t1, t2) = (ttl_of(&one, "echo request", &client), ttl_of(&two, "echo request", &client));
+    assert!(t1 > t2, "the request reached fw2 (ttl {t2}) before fw1 (ttl {t1})");
+    let (r1, r2) = (ttl_of(&one_back, "echo reply", &server), ttl_of(&two_back, "echo reply", &server));
+    assert!(r2 > r1, "the reply reached fw1 (ttl {r1}) before fw2 (ttl {r2})");
+    assert!(forwarded(&c, "vnf1") > 0 && forwarded(&c, "vnf2") > 0);
+
+    // Taking the chain away leaves no steering rule or table on any host.
+    c.cli_ok(&["network", "update", "red", "--detach-policy", "p"]).unwrap();
+    c.cli_ok(&["network", "update", "green", "--detach-policy", "p"]).unwrap();
+    thread::sleep(Duration::from_millis(800));
+    for h in ["h1", "h2", "h3"] {
+        let ns = c.host_netns(h).unwrap();
+        let rules = exec_in(ns, "ip", ["rule", "show"]).unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        assert!(!rules.lines().any(|l| l.starts_with("995:")), "{h} keeps steering rules: {rules}");
+        let chain = exec_in(ns, "nft", ["list", "chain", "inet", "tessera_policy", "steer"]).unwrap();
+        let chain = String::from_utf8_lossy(&chain.stdout).into_owned();
+        assert!(!chain.contains("jhash") && !chain.contains("meta mark set"), "{h} keeps steering: {chain}");
+    }
+    // The services go once their instances do.
+    c.detach("vnf1", None).unwrap();
+    c.detach("vnf2", None).unwrap();
+    c.cli_ok(&["policy", "delete", "p"]).unwrap();
+    c.cli_ok(&["service", "delete", "fw1", "fw2"]).unwrap();
+}
+
+/// tcpdump -v of ICMP on `ifname` in `container` (TTLs shown).
+fn tcpdump_v(c: &Cluster, container: &str, ifname: &str) -> Proc {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["8", "tcpdump", "-l", "-v", "-n", "-i", ifname, "-c", "2", "icmp"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    Proc(c.fabric.spawn_in_netns(c.netns_of(container).unwrap(), cmd).expect("run tcpdump (install tcpdump)"))
+}

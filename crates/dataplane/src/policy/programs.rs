@@ -106,13 +106,17 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         let (tb_d, tx_d) = (bridge_name(d.vni), vxlan_name(d.vni));
         let peers =
             desired.networks.iter().filter(|n| n.vni == d.vni || d.imports.contains(&n.vni) || n.imports.contains(&d.vni));
-        for sub in peers.flat_map(|n| &n.subnets) {
-            let key = format!("\"{tx_d}\" . {} . \"{tb_d}\"", sub.cidr.trunc());
-            if programmed.contains(&key) {
+        // A service chain's traffic crosses the networks between its
+        // services with the addresses of its ends (judged where it ends).
+        let chained = desired.steering.iter().filter(|s| s.vni == d.vni).flat_map(|s| s.src.iter().copied());
+        let mut seen = BTreeSet::new();
+        for cidr in peers.flat_map(|n| n.subnets.iter().map(|s| s.cidr.trunc())).chain(chained) {
+            let key = format!("\"{tx_d}\" . {cidr} . \"{tb_d}\"");
+            if programmed.contains(&key) || !seen.insert(key.clone()) {
                 continue;
             }
             let entry = format!("{key} : return");
-            if sub.cidr.addr().is_ipv4() {
+            if cidr.addr().is_ipv4() {
                 arrivals4.push(entry)
             } else {
                 arrivals6.push(entry)
