@@ -284,6 +284,7 @@ mod tests {
                 management: None,
                 fail,
                 probe: None,
+                run: None,
             }],
             ..Default::default()
         }

@@ -25,6 +25,7 @@ pub mod health;
 pub mod host_ns;
 pub mod inventory;
 pub mod reconcile;
+pub mod runner;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -156,6 +157,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     }
     tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
     tokio::spawn(agent.clone().reconcile_loop());
+    if let Some(socket) = config.docker_socket.clone() {
+        tokio::spawn(runner::run(agent.clone(), socket));
+    }
 
     let listener = tessera_api::local::LocalListener::bind(&config.socket, config.socket_group)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.socket.display()))?;

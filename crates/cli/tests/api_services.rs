@@ -152,6 +152,21 @@ fn bad_templates_and_services_are_refused_with_their_field() {
         "invalid_argument",
         Some("probe"),
     );
+    // Instances to run go where an agent is.
+    assert_error(
+        &svc(json!({"name": "s", "template": "fw", "left": "red", "right": "green",
+                    "run": {"image": "tessera/vnf", "hosts": ["h9"], "instances": 1}})),
+        404,
+        "not_found",
+        Some("run.hosts[0]"),
+    );
+    assert_error(
+        &svc(json!({"name": "s", "template": "fw", "left": "red", "right": "green",
+                    "run": {"image": "tessera/vnf", "hosts": ["h1"], "instances": 99}})),
+        400,
+        "invalid_argument",
+        Some("run.instances"),
+    );
     // Nothing was made by the refusals.
     let (_, all) = api.get("/v1/services");
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");

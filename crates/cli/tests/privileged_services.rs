@@ -295,6 +295,25 @@ fn privileged_the_seed_scenario_with_a_docker_function_on_a_third_host() {
     let inside = d.docker_ok(&["exec", "fw", "ip", "-o", "link"]).unwrap();
     assert!(inside.contains("left") && inside.contains("right"), "{inside}");
     assert!(!connects(&c, "client", &server, 22), "its firewall is back too");
+
+    // Instances Tessera runs itself: two containers of the image on h3,
+    // attached and healthy; deleting the service removes them.
+    let image = ["--image", VNF_IMAGE, "--host", "h3", "--instances", "2", "--env", "DROP=23"];
+    let mut args = vec!["service", "add", "fw2", "--template", "fw", "--left", "red", "--right", "green"];
+    args.extend_from_slice(&image);
+    c.cli_ok(&args).unwrap();
+    wait_healthy(&c, "fw2", 2);
+    let running = d.docker_ok(&["ps", "--filter", "label=tessera.service", "--format", "{{.Names}}"]).unwrap();
+    assert_eq!(running.lines().count(), 2, "{running}");
+    let names: Vec<&str> = running.lines().collect();
+    let rules = d.docker_ok(&["exec", names[0], "nft", "list", "ruleset"]).unwrap();
+    assert!(rules.contains("23"), "the environment reached the function: {rules}");
+    c.cli_ok(&["service", "delete", "fw2"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !d.docker_ok(&["ps", "-a", "--filter", "label=tessera.service", "-q"]).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the instances' containers stayed");
+        thread::sleep(Duration::from_millis(200));
+    }
     drop(d);
 }
 

@@ -41,7 +41,7 @@ pub use route_target::RouteTarget;
 pub use rules::{RuleChunk, Rules, RULE_CHUNK};
 pub use service::{
     FailMode, Health, HealthReport, InstancePort, InstanceView, InterfaceRole, PortTraffic, Probe, Service, ServiceCreate,
-    ServiceMode, ServicePort, ServiceTemplate, ServiceTemplateCreate, ServiceView,
+    ServiceMode, ServicePort, ServiceRun, ServiceTemplate, ServiceTemplateCreate, ServiceView,
 };
 pub use shadow::ShadowedRule;
 pub use uuid::Uuid;

@@ -208,6 +208,65 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "tcp:80")]
     pub probe: Option<Probe>,
+    /// Instances Tessera runs itself: the hosts' agents start them in their
+    /// Docker and attach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<ServiceRun>,
+}
+
+/// The most instances a service may ask Tessera to run.
+pub const MAX_RUN_INSTANCES: u32 = 16;
+
+/// Instances of a service that its hosts' agents run in Docker: `instances`
+/// containers of `image`, placed on `hosts` in turn, named
+/// `SERVICE-1`, `SERVICE-2`, ….
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRun {
+    /// A Docker image present on the hosts (`tessera/vnf`).
+    pub image: String,
+    pub hosts: Vec<String>,
+    pub instances: u32,
+    /// `KEY=VALUE` for the containers' environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+impl ServiceRun {
+    /// Checks the image, hosts, count and environment; fields are named
+    /// `run.image`, `run.hosts[i]`, ….
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let image = &self.image;
+        crate::limits::check_text("run.image", image, 255)?;
+        if image.is_empty() || image.contains(char::is_whitespace) || image.starts_with('-') {
+            return Err(FieldError::new("run.image", format!("{image:?} is not an image name")));
+        }
+        if self.hosts.is_empty() {
+            return Err(FieldError::new("run.hosts", "name at least one host to run the instances on"));
+        }
+        crate::limits::check_count("run.hosts", &self.hosts, MAX_RUN_INSTANCES as usize, "hosts")?;
+        for (i, h) in self.hosts.iter().enumerate() {
+            crate::names::check_component(h).map_err(|r| FieldError::new(format!("run.hosts[{i}]"), r))?;
+        }
+        if self.instances == 0 || self.instances > MAX_RUN_INSTANCES {
+            return Err(FieldError::new("run.instances", format!("{} is not 1 to {MAX_RUN_INSTANCES}", self.instances)));
+        }
+        crate::limits::check_count("run.env", &self.env, 64, "variables")?;
+        for (i, e) in self.env.iter().enumerate() {
+            let field = format!("run.env[{i}]");
+            crate::limits::check_text(&field, e, 4096)?;
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
+                _ => return Err(FieldError::new(field, format!("{e:?} is not KEY=VALUE"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The instances to run: (instance name, host), in order.
+    pub fn placement(&self, service: &str) -> Vec<(String, String)> {
+        (0..self.instances as usize).map(|i| (format!("{service}-{}", i + 1), self.hosts[i % self.hosts.len()].clone())).collect()
+    }
 }
 
 impl Service {
@@ -242,6 +301,9 @@ pub struct ServiceCreate {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "tcp:80")]
     pub probe: Option<Probe>,
+    /// Instances for the hosts' agents to run in Docker.
+    #[serde(default)]
+    pub run: Option<ServiceRun>,
 }
 
 /// An endpoint that is an interface of a service instance, in its
@@ -343,6 +405,31 @@ mod tests {
         assert_eq!(template(&["left", "up"], None).validate().unwrap_err().field, "interfaces[1]");
         let e = template(&["left", "right"], Some(ServiceMode::Transparent)).validate().unwrap_err();
         assert_eq!(e.field, "mode");
+    }
+
+    #[test]
+    fn instances_to_run_are_checked_and_placed_in_turn() {
+        let run = ServiceRun {
+            image: "tessera/vnf".into(),
+            hosts: vec!["h3".into(), "h2".into()],
+            instances: 3,
+            env: vec!["DROP=22".into()],
+        };
+        run.validate().unwrap();
+        assert_eq!(
+            run.placement("fw"),
+            vec![("fw-1".into(), "h3".into()), ("fw-2".into(), "h2".into()), ("fw-3".into(), "h3".into())]
+        );
+        let bad = |f: fn(&mut ServiceRun)| {
+            let mut r = run.clone();
+            f(&mut r);
+            r.validate().unwrap_err().field
+        };
+        assert_eq!(bad(|r| r.instances = 0), "run.instances");
+        assert_eq!(bad(|r| r.hosts.clear()), "run.hosts");
+        assert_eq!(bad(|r| r.hosts[1] = "h 2".into()), "run.hosts[1]");
+        assert_eq!(bad(|r| r.image = "a b".into()), "run.image");
+        assert_eq!(bad(|r| r.env[0] = "=x".into()), "run.env[0]");
     }
 
     #[test]

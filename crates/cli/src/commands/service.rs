@@ -105,6 +105,19 @@ pub struct AddArgs {
     project: Option<String>,
     #[command(flatten)]
     source: InstanceSource,
+    /// Let the hosts' agents run the instances: a Docker image present on
+    /// the hosts given with --host.
+    #[arg(long, requires = "hosts", conflicts_with_all = ["netns", "pid", "docker", "service"])]
+    image: Option<String>,
+    /// A host to run instances of --image on (repeat: instances go to them in turn).
+    #[arg(long = "host", requires = "image")]
+    hosts: Vec<String>,
+    /// How many instances of --image to run.
+    #[arg(long, default_value_t = 1, requires = "image")]
+    instances: u32,
+    /// KEY=VALUE for the environment of --image's containers (repeatable).
+    #[arg(long = "env", requires = "image")]
+    env: Vec<String>,
     /// The instance's name (the container's or namespace's by default).
     #[arg(long)]
     instance: Option<String>,
@@ -160,7 +173,25 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
         Cmd::Add(a) => {
-            let AddArgs { name, service, template, left, right, mgmt, fail, probe, project, source, instance, socket } = *a;
+            let AddArgs {
+                name,
+                service,
+                template,
+                left,
+                right,
+                mgmt,
+                fail,
+                probe,
+                project,
+                source,
+                instance,
+                socket,
+                image,
+                hosts,
+                instances,
+                env,
+            } = *a;
+            let run = image.map(|image| tessera_model::ServiceRun { image, hosts, instances, env });
             let adding = service.is_some();
             let (service, instance_name) = match service {
                 Some(existing) => (c.get::<ServiceView>(&format!("/v1/services/{}", seg(&existing))).await?.service, Some(name)),
@@ -174,6 +205,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                         management: mgmt,
                         fail: fail.map(|f| if f == "open" { FailMode::Open } else { FailMode::Closed }),
                         probe,
+                        run,
                     };
                     (c.post::<Service>("/v1/services", &req).await?, instance)
                 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tessera_model::{
     limits, Endpoint, EndpointStatus, FieldError, FqName, Health, HealthReport, InstancePort, InstanceView, InterfaceRole,
-    Network, Owner, ProjectName, Rule, Service, ServiceCreate, ServiceTemplate, ServiceTemplateCreate, ServiceView,
+    Network, Owner, ProjectName, Rule, Service, ServiceCreate, ServiceRun, ServiceTemplate, ServiceTemplateCreate, ServiceView,
 };
 use tessera_store::{Compare, Op};
 use uuid::Uuid;
@@ -208,6 +208,18 @@ impl Controller {
             }
             (None, false) => None,
         };
+        if let Some(run) = &req.run {
+            run.validate()?;
+            for (i, h) in run.hosts.iter().enumerate() {
+                if self.store.get(&keys::host(h)).await?.is_none() {
+                    return Err(Error::NotFound {
+                        kind: "host",
+                        name: format!("{h} (no agent has registered it: instances run where an agent does)"),
+                        field: Some(format!("run.hosts[{i}]")),
+                    });
+                }
+            }
+        }
         let service = Service {
             id: Uuid::new_v4(),
             fq_name: fq_name.clone(),
@@ -217,6 +229,7 @@ impl Controller {
             management: management.as_ref().map(|m| m.id),
             fail: req.fail.unwrap_or_default(),
             probe: req.probe,
+            run: req.run.clone(),
         };
         let mut txn = GuardedTxn::new()
             .guard(Guard::NameTaken, Compare::Absent(keys::service_name(&fq_name)))
@@ -326,6 +339,29 @@ impl Controller {
         }
         if !users.is_empty() {
             return Err(Error::InUse { kind: "service", name: service.fq_name.to_string(), users });
+        }
+        // The instances Tessera runs go with it (their hosts' agents then
+        // remove the containers); instances attached by hand must be detached.
+        if let Some(run) = &service.run {
+            // First no instance is asked for (the agents stop attaching
+            // them), then their ports go. A retry finds the count at 0.
+            if run.instances != 0 {
+                let stopped = Service { run: Some(ServiceRun { instances: 0, ..run.clone() }), ..service.clone() };
+                let txn = GuardedTxn::new()
+                    .guard(Guard::ServiceMissing, Compare::Exists(keys::service(service.id)))
+                    .then(put(keys::service(service.id), &stopped));
+                self.commit(txn).await?;
+            }
+            let prefix = format!("{}-", service.fq_name.name());
+            let managed = |name: &str| name.strip_prefix(&prefix).is_some_and(|n| n.parse::<u32>().is_ok());
+            let endpoints: Vec<Endpoint> = self.list_json(keys::ENDPOINTS).await?;
+            for (name, ports) in instances_of(&service, &endpoints) {
+                if managed(name) {
+                    for p in ports {
+                        self.delete_endpoint(&p.id.to_string()).await?;
+                    }
+                }
+            }
         }
         let ports = keys::service_ports_of(service.id);
         let mut txn = GuardedTxn::new()
