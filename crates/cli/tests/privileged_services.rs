@@ -228,17 +228,24 @@ fn privileged_instances_share_flows_and_a_dead_one_leaves_the_chain() {
 #[test]
 fn privileged_fail_open_passes_directly_without_instances() {
     let (mut c, _run) = tessera_testkit::start_cluster("svc3", &["h1", "h2", "h3"], env!("CARGO_BIN_EXE_tessera"));
-    let (_client, server) = fabric(&mut c, &["--fail", "open"]);
+    let (_client, server) = fabric(&mut c, &["--fail", "open", "--probe", "tcp:9"]);
     attach_policy(&c, "pass any red any <> green any apply-service fw1");
     thread::sleep(Duration::from_millis(500));
     assert!(c.ping("client", &server, 3).unwrap() >= 2, "fail open: the plain pass\n{}", c.logs_tail(20));
-    // An instance then takes the traffic.
+    let _ssh = listen(&c, "server", 22);
+    // An instance that answers the TCP probe then takes the traffic.
     instance(&mut c, "h3", "fw1", "vnf");
+    let probed = listen(&c, "vnf", 9);
     wait_healthy(&c, "fw1", 1);
     thread::sleep(Duration::from_millis(500));
-    let _web = listen(&c, "server", 22);
-    thread::sleep(Duration::from_millis(300));
     assert!(!connects(&c, "client", &server, 22), "with an instance, its firewall decides");
+    // Its probe fails: it leaves the chain, and the traffic passes directly again.
+    drop(probed);
+    wait_healthy(&c, "fw1", 0);
+    let v = service(&c, "fw1");
+    assert!(v["instances"][0]["message"].as_str().unwrap_or_default().contains("tcp:9"), "{v}");
+    thread::sleep(Duration::from_millis(500));
+    assert!(connects(&c, "client", &server, 22), "fail open without a healthy instance");
 }
 
 #[test]
