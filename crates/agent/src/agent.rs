@@ -109,7 +109,7 @@ impl Agent {
                 ifname: Some(ifname),
                 reservation: req.reservation.clone(),
                 dhcp: req.dhcp,
-                own_table: req.own_table || req.service.is_some(),
+                own_table: req.own_table || req.service.as_ref().is_some_and(|s| s.role.own_table()),
                 service: req.service.clone(),
             },
         };

@@ -137,7 +137,7 @@ fn local_endpoint(e: &Endpoint) -> Result<LocalEndpoint, String> {
         netns: PathBuf::from(netns),
         ifname: e.owner.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
         dhcp: e.owner.dhcp,
-        own_table: e.owner.own_table || e.owner.service.is_some(),
+        own_table: e.owner.own_table || e.owner.service.as_ref().is_some_and(|s| s.role.own_table()),
         service: e.owner.service.is_some(),
     })
 }

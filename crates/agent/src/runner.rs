@@ -160,7 +160,7 @@ async fn ensure(agent: &Agent, snap: &Snapshot, socket: &Path, service: &Service
             container_id: Some(id.to_string()),
             name: Some(format!("{instance}-{}", role.ifname())),
             ifname: Some(role.ifname().to_string()),
-            own_table: true,
+            own_table: role.own_table(),
             service: Some(ServicePort { service: service.id, instance: instance.to_string(), role }),
             ..Default::default()
         };

@@ -68,8 +68,8 @@ pub struct AttachRequest {
     /// The interface gets a routing table of its own in the container.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub own_table: bool,
-    /// The interface is one of a service instance's; it gets its own table
-    /// (whatever `own_table` says), and is named after its role when
+    /// The interface is one of a service instance's; a left or right one
+    /// gets its own table (whatever `own_table` says), and is named after its role when
     /// `ifname` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<tessera_model::ServicePort>,

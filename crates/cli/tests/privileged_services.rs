@@ -349,9 +349,16 @@ fn privileged_a_chain_of_two_services_goes_through_them_in_order() {
     c.cli_ok(&["network", "add", "blue", "--subnet", "10.93.0.0/24"]).unwrap();
     c.cli_ok(&["service", "delete", "fw1"]).unwrap();
     c.cli_ok(&["service", "add", "fw1", "--template", "fw", "--left", "red", "--right", "blue"]).unwrap();
-    c.cli_ok(&["service", "add", "fw2", "--template", "fw", "--left", "blue", "--right", "green"]).unwrap();
+    // fw2 has a management interface too: it keeps the main table.
+    c.cli_ok(&["network", "add", "mgmt", "--subnet", "10.94.0.0/24"]).unwrap();
+    c.cli_ok(&["service-template", "add", "fwm", "--interface", "left", "--interface", "right", "--interface", "mgmt"]).unwrap();
+    c.cli_ok(&["service", "add", "fw2", "--template", "fwm", "--left", "blue", "--right", "green", "--mgmt", "mgmt"]).unwrap();
     instance(&mut c, "h3", "fw1", "vnf1");
     instance(&mut c, "h2", "fw2", "vnf2");
+    let rules = run(&c, "vnf2", &["ip", "rule", "show"]);
+    assert!(rules.contains("iif left lookup") && rules.contains("iif right lookup") && !rules.contains("iif mgmt"), "{rules}");
+    let main = run(&c, "vnf2", &["ip", "route", "show"]);
+    assert!(main.contains("default via 10.94.0.1 dev mgmt"), "{main}");
     wait_healthy(&c, "fw1", 1);
     wait_healthy(&c, "fw2", 1);
     attach_policy(&c, "pass any red any <> green any apply-service fw1,fw2");

@@ -44,6 +44,13 @@ pub enum InterfaceRole {
 }
 
 impl InterfaceRole {
+    /// Whether the interface has a routing table of its own in the instance
+    /// (left and right: what enters one leaves by the other); a management
+    /// interface keeps the main table, as any other interface.
+    pub fn own_table(self) -> bool {
+        self != InterfaceRole::Management
+    }
+
     /// The interface's name in the instance (`left`, `right`, `mgmt`).
     pub fn ifname(self) -> &'static str {
         match self {

@@ -349,7 +349,7 @@ async fn attach_instance(
             container_id: container_id.clone(),
             name: Some(format!("{}-{}-{}", service.fq_name.name(), instance, role.ifname())),
             ifname: Some(role.ifname().to_string()),
-            own_table: true,
+            own_table: role.own_table(),
             service: Some(ServicePort { service: service.id, instance: instance.clone(), role }),
             ..Default::default()
         };

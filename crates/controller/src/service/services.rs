@@ -417,8 +417,13 @@ impl Controller {
                 .into())
             }
         }
-        if !owner.own_table {
-            return Err(FieldError::new("owner.own_table", "a service port has a routing table of its own").into());
+        if owner.own_table != sp.role.own_table() {
+            let why = if sp.role.own_table() {
+                "a left or right service port has a routing table of its own"
+            } else {
+                "a management port keeps the main table (what enters left or right must not leave by it)"
+            };
+            return Err(FieldError::new("owner.own_table", why).into());
         }
         Ok(txn
             .guard(Guard::ServiceMissing, Compare::Exists(keys::service(service.id)))
