@@ -51,6 +51,7 @@ pub struct Agent {
     pub(crate) counters: Arc<counters::Counters>,
     pub(crate) dhcp: Arc<crate::dhcp::DhcpCounters>,
     pub(crate) follower: crate::follow::Follower,
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 impl Agent {

@@ -24,6 +24,7 @@ pub mod follow;
 pub mod health;
 pub mod host_ns;
 pub mod inventory;
+pub mod metrics;
 pub mod reconcile;
 pub mod runner;
 
@@ -68,6 +69,8 @@ pub struct AgentConfig {
     /// The host's Docker Engine socket: containers attached through Docker
     /// are followed across restarts. Not followed when `None`.
     pub docker_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`, plain HTTP); not served when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Finds the interface that holds `ip` and its MTU, in this namespace.
@@ -121,7 +124,12 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         counters: Arc::new(counters::Counters::new()),
         dhcp: Arc::new(dhcp::DhcpCounters::default()),
         follower: follow::Follower::new(config.docker_socket.clone()),
+        metrics: metrics::AgentMetrics::new(),
     });
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+        tokio::spawn(metrics::serve(agent.clone(), listener));
+    }
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));
     tokio::spawn(health::run(agent.snapshot.clone(), agent.dp.clone(), client.clone(), me.name.clone()));

@@ -104,6 +104,23 @@ impl Agent {
             }
         };
         drop(_enter);
+        let m = &self.metrics;
+        m.reconciles.inc();
+        let outcome = match &result {
+            Ok(r) if r.failures.is_empty() => "ok",
+            Ok(_) => "incomplete",
+            Err(_) => "failed",
+        };
+        m.reconcile_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+        if let Ok(r) = &result {
+            let nft = r.applied.iter().filter(|a| a.is_nft()).count() as u64;
+            m.actions.with_label_values(&["nftables"]).inc_by(nft);
+            m.actions.with_label_values(&["netlink"]).inc_by(r.applied.len() as u64 - nft);
+            m.failures.inc_by(r.failures.len() as u64);
+        }
+        m.endpoints.set(programmed.len() as i64);
+        m.networks.set(desired.networks.len() as i64);
+        m.revision.set(snap.revision as i64);
         self.counters.reconciled(desired.clone());
         self.report_status(snap, &programmed, &refused);
         self.progress.send_modify(|p| {

@@ -37,6 +37,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/projects", get(list_projects).post(create_project))
         .route("/v1/projects/{name}", get(get_project).delete(delete_project))
@@ -69,6 +70,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .merge(crate::api_services::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(ctl.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctl)
 }
@@ -93,6 +95,27 @@ async fn delete_token(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Stat
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError(Error::not_found("path", uri.path()))
+}
+
+/// Prometheus metrics (text format 0.0.4): API requests and latency by
+/// route, the store's revision, watchers, objects by kind. Administrators
+/// only.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain"), (status = 403, body = ErrorBody)))]
+async fn metrics(State(ctl): Ctl) -> ApiResult<Response> {
+    let text = ctl.metrics_text().await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// Records every request's route, method, status and latency.
+async fn record(State(ctl): Ctl, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &ctl.metrics;
+    m.latency.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    m.requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
+    resp
 }
 
 /// Liveness: the process serves HTTP.
@@ -554,7 +577,9 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
     crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
-    let lines = crate::watch::watch(ctl.store().clone(), p.after).map(|ev| {
+    let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
+    let lines = crate::watch::watch(ctl.store().clone(), p.after).map(move |ev| {
+        let _open = &open;
         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(Bytes::from(line))
@@ -572,6 +597,7 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
     paths(
         healthz,
         readyz,
+        metrics,
         list_projects,
         create_project,
         get_project,

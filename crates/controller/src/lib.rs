@@ -11,6 +11,7 @@ pub mod conn;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod service;
 pub mod tls;
 pub mod watch;

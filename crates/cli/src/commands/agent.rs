@@ -40,6 +40,9 @@ pub struct AgentArgs {
     /// --docker across restarts (their namespace changes).
     #[arg(long, env = "TESSERA_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
     docker_socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9108).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
@@ -67,6 +70,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         state_dir: a.state_dir,
         gateways: a.gateways,
         docker_socket: Some(a.docker_socket),
+        metrics_listen: a.metrics_listen,
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
 }

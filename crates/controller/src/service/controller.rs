@@ -46,6 +46,8 @@ pub struct Controller {
     /// The traffic of each service port, as its host last reported it (in
     /// memory only, like hit counters).
     pub(super) port_traffic: std::sync::Mutex<HashMap<Uuid, tessera_model::PortTraffic>>,
+    /// What `GET /metrics` reports.
+    pub metrics: crate::metrics::ControllerMetrics,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -68,11 +70,31 @@ impl Controller {
             leases: Default::default(),
             started: std::time::Instant::now(),
             port_traffic: Default::default(),
+            metrics: Default::default(),
         }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The metrics in Prometheus' text format, with the store's revision
+    /// and the objects by kind read now.
+    pub async fn metrics_text(&self) -> Result<String> {
+        self.metrics.revision.set(self.store.revision().await? as i64);
+        for (kind, prefix) in [
+            ("network", keys::NETWORKS),
+            ("endpoint", keys::ENDPOINTS),
+            ("host", keys::HOSTS),
+            ("policy", keys::POLICIES),
+            ("floating_ip", keys::FLOATING_IPS),
+            ("service", keys::SERVICES),
+            ("service_template", keys::SERVICE_TEMPLATES),
+        ] {
+            let n = self.store.range_keys(prefix).await?.kvs.len();
+            self.metrics.objects.with_label_values(&[kind]).set(n as i64);
+        }
+        Ok(self.metrics.render())
     }
 
     pub(super) async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
