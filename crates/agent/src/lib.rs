@@ -20,6 +20,7 @@ pub mod dhcp6_answer;
 pub mod dhcp_answer;
 pub mod egress;
 pub mod error;
+pub mod flows;
 pub mod follow;
 pub mod health;
 pub mod host_ns;
@@ -163,6 +164,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             }
         });
     }
+    tokio::spawn(flows::run(agent.clone(), client.clone()));
     tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
     tokio::spawn(agent.clone().reconcile_loop());
     if let Some(socket) = config.docker_socket.clone() {

@@ -24,6 +24,9 @@ pub struct AgentMetrics {
     pub connected: IntGauge,
     pub revision: IntGauge,
     traffic: IntCounterVec,
+    pub flows_active: IntGauge,
+    pub flows_recorded: IntCounter,
+    pub flows_lost: IntCounter,
     dhcp: IntCounterVec,
     nat: IntCounterVec,
 }
@@ -70,6 +73,14 @@ impl AgentMetrics {
                 "Packets, bytes and drops of each network on this host, by device (bridge, tunnel) and direction",
                 &["vni", "device", "direction", "unit"],
             ),
+            flows_active: gauge("tessera_agent_flows_active", "Flows running that this host records"),
+            flows_recorded: IntCounter::new("tessera_agent_flow_records_total", "Flow records made or completed")
+                .expect("valid metric"),
+            flows_lost: IntCounter::new(
+                "tessera_agent_flow_records_dropped_total",
+                "Flow records lost: conntrack events the kernel could not deliver, flows beyond the bound, reports the controller never took",
+            )
+            .expect("valid metric"),
             dhcp: counter_vec(
                 "tessera_agent_dhcp_messages_total",
                 "DHCP messages of local endpoints, by what the server did",
@@ -92,6 +103,9 @@ impl AgentMetrics {
             Box::new(m.connected.clone()),
             Box::new(m.revision.clone()),
             Box::new(m.traffic.clone()),
+            Box::new(m.flows_active.clone()),
+            Box::new(m.flows_recorded.clone()),
+            Box::new(m.flows_lost.clone()),
             Box::new(m.dhcp.clone()),
             Box::new(m.nat.clone()),
         ] {

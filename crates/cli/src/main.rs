@@ -101,6 +101,9 @@ enum Command {
     /// Services: network functions between networks, their instances and health.
     #[command(subcommand)]
     Service(commands::service::Cmd),
+    /// Flow records: who talked to whom, how much, and what happened to it.
+    #[command(subcommand)]
+    Flow(commands::flow::Cmd),
     /// Networks: add, show, list, update, delete.
     #[command(subcommand)]
     Network(commands::network::Cmd),
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
             Command::Controller(a) => commands::controller::run(a).await,
             Command::Network(c) => commands::network::run(&ctx, c).await,
             Command::FloatingIp(c) => commands::floating_ip::run(&ctx, c).await,
+            Command::Flow(c) => commands::flow::run(&ctx, c).await,
             Command::ServiceTemplate(c) => commands::service::run_templates(&ctx, c).await,
             Command::Service(c) => commands::service::run(&ctx, c).await,
             Command::Policy(c) => commands::policy::run(&ctx, c).await,

@@ -68,6 +68,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .merge(crate::api_services::routes())
+        .merge(crate::api_flows::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), record))
@@ -650,7 +651,9 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         crate::api_services::create_service,
         crate::api_services::get_service,
         crate::api_services::delete_service,
-        crate::api_services::report_health
+        crate::api_services::report_health,
+        crate::api_flows::list_flows,
+        crate::api_flows::report_flows
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

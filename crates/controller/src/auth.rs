@@ -160,6 +160,7 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
         Principal::Host(me) => match (segs.as_slice(), method) {
             (["snapshot"] | ["watch"] | ["hosts"] | ["hosts", _], &Method::GET) => Ok(()),
             (["hosts", name] | ["hosts", name, "counters"] | ["hosts", name, "lease"], &Method::PUT) if name == me => Ok(()),
+            (["hosts", name, "flows"], &Method::POST) if name == me => Ok(()),
             (["hosts", name, ..], _) => Err(format!("act for host {name}: a host acts only for itself")),
             (["networks"] | ["networks", _] | ["networks", _, "reservations"], _) if read => Ok(()),
             (["networks"], &Method::POST) | (["networks", _], &Method::DELETE) => Ok(()),

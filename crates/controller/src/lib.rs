@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_flows;
 pub mod api_services;
 pub mod auth;
 pub mod conn;

@@ -68,6 +68,7 @@
 #![deny(unsafe_code)]
 
 pub mod conntrack;
+pub mod ct_events;
 pub mod dataplane;
 pub mod desired;
 pub mod error;

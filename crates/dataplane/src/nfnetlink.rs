@@ -183,6 +183,25 @@ pub fn zone_flush(zone: u16, seq: u32) -> Messages {
     m
 }
 
+/// `conntrack -L` as a request: a dump of the namespace's connections, both
+/// families.
+pub fn conntrack_dump(seq: u32) -> Messages {
+    let mut m = Messages::default();
+    m.begin((1 << 8) | 1, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, 0);
+    m.end();
+    m
+}
+
+/// The connections of the calling thread's namespace, read through `socket`.
+pub fn conntrack_table(socket: &mut NetfilterSocket) -> io::Result<Vec<crate::ct_events::CtEvent>> {
+    let mut out = Vec::new();
+    socket.dump(&conntrack_dump(socket.next_seq()), |payload| {
+        out.extend(crate::ct_events::entry(crate::ct_events::CtEventKind::New, payload));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// `nft list sets inet tessera_policy` as a request: a dump of the policy
 /// table's sets and maps.
 pub fn policy_sets_dump(seq: u32) -> Messages {

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod error;
 pub mod floating_ip;
+pub mod flow;
 pub mod host;
 pub mod limits;
 pub mod names;
@@ -29,6 +30,7 @@ pub use endpoint::{
 };
 pub use error::{ErrorCode, FieldError};
 pub use floating_ip::{FloatingIp, FloatingIpAssociate, FloatingIpCreate, Snat};
+pub use flow::{FlowRecord, FlowReport, FlowVerdict};
 pub use host::{GatewayRegister, Host, HostGateway, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod docker_plugin;
 pub mod endpoint;
 pub mod floating_ip;
+pub mod flow;
 pub mod host;
 pub mod network;
 pub mod pki;

@@ -46,6 +46,8 @@ pub struct Controller {
     /// The traffic of each service port, as its host last reported it (in
     /// memory only, like hit counters).
     pub(super) port_traffic: std::sync::Mutex<HashMap<Uuid, tessera_model::PortTraffic>>,
+    /// The flow records agents report (in memory only).
+    pub(super) flows: std::sync::Mutex<super::flows::FlowStore>,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::ControllerMetrics,
 }
@@ -71,6 +73,7 @@ impl Controller {
             started: std::time::Instant::now(),
             port_traffic: Default::default(),
             metrics: Default::default(),
+            flows: Default::default(),
         }
     }
 

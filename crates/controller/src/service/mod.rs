@@ -21,6 +21,7 @@ mod cluster;
 mod controller;
 mod endpoints;
 mod floating_ips;
+mod flows;
 mod hosts;
 mod leases;
 mod networks;
@@ -34,6 +35,7 @@ mod txn;
 
 pub use controller::{Controller, Created};
 pub use endpoints::EndpointFilter;
+pub use flows::{FlowFilter, DEFAULT_FLOW_RECORDS};
 pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};

@@ -26,6 +26,7 @@
 mod announce;
 mod common;
 mod conntrack;
+mod ct_watch;
 mod links;
 mod neigh;
 mod netns;
@@ -36,4 +37,5 @@ mod tamper;
 mod vif;
 mod worker;
 
+pub use ct_watch::{conntrack_events, CtMessage};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};

@@ -1,0 +1,296 @@
+//! Flow records of this host: the flows that start at its endpoints (or
+//! come from outside the fabric), from the kernel's connection tracking
+//! (`conntrack` events, with accounting). A connection of one of Tessera's
+//! zones becomes a record when it is confirmed (forwarded) and is completed
+//! with its packets and bytes each way when it ends; records new or changed
+//! are reported to the controller every [`REPORT_EVERY`]. Flows that
+//! arrive from another host's endpoint are that host's to record, so a flow
+//! is recorded once.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tessera_api::ControllerClient;
+use tessera_dataplane::ct_events::{CtEvent, CtEventKind};
+use tessera_dataplane::linux::CtMessage;
+use tessera_dataplane::nfnetlink::NetfilterSocket;
+use tessera_dataplane::DesiredHost;
+use tessera_model::watch::Snapshot;
+use tessera_model::{FlowRecord, FlowReport, FlowVerdict, Vni};
+use uuid::Uuid;
+
+use crate::agent::Agent;
+
+/// How often new and changed records are reported.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// The most running flows followed at once; more are not recorded (and counted).
+pub const MAX_ACTIVE: usize = 262_144;
+/// The most records waiting to be reported (the oldest go first when the
+/// controller is away).
+pub const MAX_PENDING: usize = 100_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Who an address is: (endpoint name, network fq name, network id, host).
+type Who = (String, String, Uuid, String);
+
+/// What the records are made from: the networks of each zone, and the
+/// fabric's endpoints by address.
+#[derive(Default)]
+struct Context {
+    zones: HashMap<u16, Vec<Uuid>>,
+    endpoints: HashMap<IpAddr, Vec<Who>>,
+    revision: u64,
+    desired: Option<Arc<DesiredHost>>,
+}
+
+impl Context {
+    fn refresh(&mut self, snap: &Snapshot, desired: &Option<Arc<DesiredHost>>) {
+        let same_desired = match (&self.desired, desired) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if snap.revision == self.revision && same_desired {
+            return;
+        }
+        self.revision = snap.revision;
+        self.desired = desired.clone();
+        let by_vni: HashMap<Vni, Uuid> = snap.networks.iter().map(|n| (n.vni, n.id)).collect();
+        self.zones.clear();
+        if let Some(d) = desired {
+            for n in &d.networks {
+                self.zones.entry(n.zone).or_default().extend(by_vni.get(&n.vni));
+            }
+            for p in &d.pair_zones {
+                self.zones.entry(p.zone).or_default().extend([by_vni.get(&p.a), by_vni.get(&p.b)].into_iter().flatten());
+            }
+        }
+        let names: HashMap<Uuid, String> = snap.networks.iter().map(|n| (n.id, n.fq_name.to_string())).collect();
+        self.endpoints.clear();
+        for e in &snap.endpoints {
+            let net = names.get(&e.network).cloned().unwrap_or_default();
+            for ip in &e.ips {
+                self.endpoints.entry(ip.addr()).or_default().push((e.name.clone(), net.clone(), e.network, e.host.clone()));
+            }
+        }
+    }
+
+    /// Who `ip` is among the networks of `zone`.
+    fn who(&self, ip: IpAddr, zone: &[Uuid]) -> Option<&Who> {
+        let all = self.endpoints.get(&ip)?;
+        all.iter().find(|w| zone.contains(&w.2)).or_else(|| all.first())
+    }
+}
+
+/// The flows this host follows: running ones by their key, and ended ones
+/// whose conntrack entry lingers (TCP's TIME_WAIT), so a dump does not make
+/// them again.
+#[derive(Default)]
+struct Recorder {
+    ctx: Context,
+    active: HashMap<u64, FlowRecord>,
+    ended: HashSet<u64>,
+}
+
+/// A connection's key: its conntrack id, zone and five-tuple (stable for its
+/// life, and across restarts of the agent, so its records are one).
+fn key_of(ev: &CtEvent) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ev.id, ev.zone, ev.tuple).hash(&mut h);
+    h.finish() & 0x7fff_ffff_ffff_ffff
+}
+
+impl Recorder {
+    /// A record for a connection of this host's, when it is one.
+    fn make(&self, me: &str, ev: &CtEvent, start_ms: u64) -> Option<FlowRecord> {
+        let zone = self.ctx.zones.get(&ev.zone)?;
+        let t = ev.tuple;
+        let src = self.ctx.who(t.src, zone).cloned();
+        // A flow from another host's endpoint is recorded there.
+        if src.as_ref().is_some_and(|w| w.3 != me) {
+            return None;
+        }
+        let dst = self.ctx.who(t.dst, zone).cloned();
+        Some(FlowRecord {
+            host: me.to_string(),
+            id: key_of(ev),
+            protocol: t.protocol,
+            src: t.src,
+            sport: t.sport,
+            dst: t.dst,
+            dport: t.dport,
+            src_network: src.as_ref().map(|w| w.1.clone()),
+            dst_network: dst.as_ref().map(|w| w.1.clone()),
+            src_endpoint: src.map(|w| w.0),
+            dst_endpoint: dst.map(|w| w.0),
+            verdict: FlowVerdict::Forwarded,
+            start_ms,
+            end_ms: None,
+            packets: ev.orig.0,
+            bytes: ev.orig.1,
+            reply_packets: ev.reply.0,
+            reply_bytes: ev.reply.1,
+        })
+    }
+
+    fn end(&mut self, key: u64, ev: Option<&CtEvent>) -> Option<FlowRecord> {
+        let mut r = self.active.remove(&key)?;
+        if let Some(ev) = ev {
+            (r.packets, r.bytes, r.reply_packets, r.reply_bytes) = (ev.orig.0, ev.orig.1, ev.reply.0, ev.reply.1);
+        }
+        r.end_ms = Some(now_ms());
+        self.ended.insert(key);
+        Some(r)
+    }
+
+    /// What an event makes or completes.
+    fn event(&mut self, me: &str, ev: &CtEvent) -> Option<FlowRecord> {
+        let key = key_of(ev);
+        match ev.kind {
+            CtEventKind::New if self.active.len() < MAX_ACTIVE && !self.active.contains_key(&key) => {
+                let r = self.make(me, ev, now_ms())?;
+                self.active.insert(key, r.clone());
+                Some(r)
+            }
+            CtEventKind::New => None,
+            CtEventKind::Destroy => {
+                self.ended.remove(&key);
+                self.end(key, Some(ev))
+            }
+        }
+    }
+
+    /// The records a dump of the table changes: counters of running flows,
+    /// flows that ended (TCP closed, or gone from the table), and flows
+    /// running that were not known (the agent started after them).
+    fn table(&mut self, me: &str, entries: &[CtEvent]) -> Vec<FlowRecord> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::with_capacity(entries.len());
+        for ev in entries {
+            let key = key_of(ev);
+            seen.insert(key);
+            if self.ended.contains(&key) {
+                continue;
+            }
+            let closed = ev.tcp_state.is_some_and(tessera_dataplane::ct_events::tcp_closed);
+            let room = self.active.len() < MAX_ACTIVE;
+            match self.active.get_mut(&key) {
+                Some(r) => {
+                    let now = (ev.orig.0, ev.orig.1, ev.reply.0, ev.reply.1);
+                    if (r.packets, r.bytes, r.reply_packets, r.reply_bytes) != now {
+                        (r.packets, r.bytes, r.reply_packets, r.reply_bytes) = now;
+                        if !closed {
+                            out.push(r.clone());
+                        }
+                    }
+                    if closed {
+                        out.extend(self.end(key, None));
+                    }
+                }
+                None if room => {
+                    let start = ev.start_ns.map_or_else(now_ms, |ns| ns / 1_000_000);
+                    if let Some(r) = self.make(me, ev, start) {
+                        self.active.insert(key, r.clone());
+                        if closed {
+                            out.extend(self.end(key, None));
+                        } else {
+                            out.push(r);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        let gone: Vec<u64> = self.active.keys().filter(|k| !seen.contains(k)).copied().collect();
+        for key in gone {
+            out.extend(self.end(key, None));
+        }
+        self.ended.retain(|k| seen.contains(k));
+        out
+    }
+}
+
+/// Records and reports until the agent stops.
+pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
+    let mut events = match tessera_dataplane::linux::conntrack_events() {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read conntrack events: no flow records on this host");
+            return;
+        }
+    };
+    let socket = match tokio::task::spawn_blocking(NetfilterSocket::open).await {
+        Ok(Ok(s)) => Arc::new(std::sync::Mutex::new(s)),
+        other => {
+            tracing::warn!(error = ?other.map(|r| r.err()), "cannot dump conntrack: no flow records on this host");
+            return;
+        }
+    };
+    let client = client.with_attempts(1);
+    let me = agent.me.name.clone();
+    let reconciled = agent.counters.reconciled_states();
+    let mut rec = Recorder::default();
+    let mut pending: Vec<FlowRecord> = Vec::new();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            m = events.recv() => {
+                let Some(m) = m else { return };
+                let CtMessage::Events(evs) = m else {
+                    agent.metrics.flows_lost.inc();
+                    continue;
+                };
+                let snap = agent.snapshot.borrow().clone();
+                let Some(snap) = snap else { continue };
+                let desired = reconciled.borrow().clone();
+                rec.ctx.refresh(&snap, &desired);
+                for ev in &evs {
+                    pending.extend(rec.event(&me, ev));
+                }
+            }
+            _ = tick.tick() => {
+                let snap = agent.snapshot.borrow().clone();
+                if let Some(snap) = snap {
+                    let desired = reconciled.borrow().clone();
+                    rec.ctx.refresh(&snap, &desired);
+                    let s = socket.clone();
+                    let table = tokio::task::spawn_blocking(move || {
+                        let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+                        tessera_dataplane::nfnetlink::conntrack_table(&mut s)
+                    })
+                    .await;
+                    match table {
+                        Ok(Ok(entries)) => pending.extend(rec.table(&me, &entries)),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "cannot dump conntrack"),
+                        Err(e) => tracing::debug!(error = %e, "the conntrack dump failed"),
+                    }
+                }
+                agent.metrics.flows_active.set(rec.active.len() as i64);
+                agent.metrics.flows_recorded.inc_by(pending.len() as u64);
+                if pending.len() > MAX_PENDING {
+                    let over = pending.len() - MAX_PENDING;
+                    pending.drain(..over);
+                    agent.metrics.flows_lost.inc_by(over as u64);
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                let batch: Vec<FlowRecord> = pending.drain(..pending.len().min(tessera_model::flow::MAX_REPORT_RECORDS)).collect();
+                let report = FlowReport { records: batch };
+                if let Err(e) = client.post::<serde_json::Value>(&format!("/v1/hosts/{me}/flows"), &report).await {
+                    tracing::debug!(error = %e, "cannot report flows; keeping them for the next report");
+                    let mut back = report.records;
+                    back.append(&mut pending);
+                    pending = back;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Privileged tier: flow records from real traffic. An iperf3 stream
+//! between containers on two hosts is recorded once, by the host where it
+//! starts, with its networks, endpoints and bytes. Needs root and iperf3;
+//! fails with the reason when it cannot run.
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera_testkit::{addresses, exec_in};
+
+#[test]
+fn privileged_an_iperf3_stream_is_recorded_once_with_its_bytes() {
+    let (mut c, _run) = tessera_testkit::start_cluster("tfl", &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"));
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.98.0.0/24"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    let e1 = c.attach("c1", "red", &[]).unwrap();
+    let e2 = c.attach("c2", "red", &[]).unwrap();
+    let server = addresses(&e2)[0].clone();
+
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-1", "-p", "5301"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), cmd).expect("iperf3 (apt-get install iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    let out = exec_in(c.netns_of("c1").unwrap(), "iperf3", ["-c", &server, "-p", "5301", "-t", "2", "-J"]).unwrap();
+    let _ = srv.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J output");
+    let sent = v["end"]["sum_sent"]["bytes"].as_f64().expect("iperf3 bytes sent");
+
+    // The data connection: the largest flow to port 5301, ended.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flows = loop {
+        let flows = c.cli_json(&["flow", "list", "--port", "5301"]).unwrap();
+        let ended = flows.as_array().unwrap().iter().filter(|f| f["end_ms"].is_u64()).count();
+        if ended >= 2 {
+            break flows;
+        }
+        assert!(Instant::now() < deadline, "the stream's flows were not recorded: {flows}\n{}", c.logs_tail(20));
+        thread::sleep(Duration::from_millis(200));
+    };
+    let all = flows.as_array().unwrap();
+    assert_eq!(all.len(), 2, "the control and the data connection, each recorded once: {flows}");
+    let data = all.iter().max_by_key(|f| f["bytes"].as_u64().unwrap()).unwrap();
+    assert_eq!(data["host"], "h1", "recorded where it starts: {data}");
+    assert_eq!(data["protocol"], 6);
+    assert_eq!(data["dport"], 5301);
+    assert_eq!(data["verdict"], "forwarded");
+    assert_eq!(data["src_endpoint"], e1["name"], "{data}");
+    assert_eq!(data["dst_endpoint"], e2["name"], "{data}");
+    assert_eq!(data["src_network"], "default-domain:admin:red");
+    let bytes = data["bytes"].as_f64().unwrap();
+    let ratio = bytes / sent;
+    eprintln!("iperf3 sent {sent} bytes; the flow record counts {bytes} (ratio {ratio:.4})");
+    assert!((0.98..=1.02).contains(&ratio), "the record's bytes {bytes} are not iperf3's {sent}: {data}");
+    assert!(data["reply_packets"].as_u64().unwrap() > 0);
+}

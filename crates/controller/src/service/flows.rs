@@ -1,0 +1,129 @@
+//! Flow records the agents report, kept in memory (observations, like hit
+//! counters): at most a bounded number per host, the oldest first out, and
+//! answered to queries filtered by network, endpoint, host, verdict,
+//! addresses, port and time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use tessera_model::{FieldError, FlowRecord, FlowReport, FlowVerdict};
+
+use super::controller::Controller;
+use crate::error::Result;
+
+/// Records kept per host unless the controller is told otherwise.
+pub const DEFAULT_FLOW_RECORDS: usize = 100_000;
+/// The most records one query answers.
+pub const MAX_FLOW_LIMIT: usize = 10_000;
+
+/// The records of every host.
+#[derive(Debug)]
+pub struct FlowStore {
+    per_host: usize,
+    hosts: HashMap<String, HostFlows>,
+}
+
+#[derive(Debug, Default)]
+struct HostFlows {
+    records: HashMap<u64, FlowRecord>,
+    /// Ids, oldest first.
+    order: VecDeque<u64>,
+}
+
+impl Default for FlowStore {
+    fn default() -> Self {
+        FlowStore { per_host: DEFAULT_FLOW_RECORDS, hosts: HashMap::new() }
+    }
+}
+
+impl FlowStore {
+    /// Adds or updates `host`'s records, dropping its oldest beyond the bound.
+    fn put(&mut self, host: &str, records: Vec<FlowRecord>) {
+        let flows = self.hosts.entry(host.to_string()).or_default();
+        for r in records {
+            if flows.records.insert(r.id, r.clone()).is_none() {
+                flows.order.push_back(r.id);
+            }
+        }
+        while flows.order.len() > self.per_host {
+            if let Some(old) = flows.order.pop_front() {
+                flows.records.remove(&old);
+            }
+        }
+    }
+}
+
+/// Filters of `GET /v1/flows`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct FlowFilter {
+    /// A network (fully qualified or bare name) on either side.
+    pub network: Option<String>,
+    /// An endpoint name on either side.
+    pub endpoint: Option<String>,
+    /// The host that recorded it.
+    pub host: Option<String>,
+    pub verdict: Option<FlowVerdict>,
+    #[param(value_type = Option<String>)]
+    pub src: Option<IpAddr>,
+    #[param(value_type = Option<String>)]
+    pub dst: Option<IpAddr>,
+    /// A port on either side.
+    pub port: Option<u16>,
+    /// Flows that ran at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// Flows that started before this time (ms since the epoch).
+    pub until: Option<u64>,
+    /// The most records answered, newest first (100 by default, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+impl FlowFilter {
+    fn matches(&self, r: &FlowRecord) -> bool {
+        let network = |n: &Option<String>| {
+            self.network
+                .as_ref()
+                .is_none_or(|want| n.as_ref().is_some_and(|have| have == want || have.rsplit(':').next() == Some(want.as_str())))
+        };
+        (network(&r.src_network) || network(&r.dst_network))
+            && self.endpoint.as_ref().is_none_or(|e| r.src_endpoint.as_ref() == Some(e) || r.dst_endpoint.as_ref() == Some(e))
+            && self.host.as_ref().is_none_or(|h| &r.host == h)
+            && self.verdict.is_none_or(|v| r.verdict == v)
+            && self.src.is_none_or(|a| r.src == a)
+            && self.dst.is_none_or(|a| r.dst == a)
+            && self.port.is_none_or(|p| r.sport == p || r.dport == p)
+            && self.since.is_none_or(|t| r.end_ms.is_none_or(|end| end >= t))
+            && self.until.is_none_or(|t| r.start_ms < t)
+    }
+}
+
+impl Controller {
+    /// How many records are kept per host.
+    pub fn set_flow_records(&self, per_host: usize) {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).per_host = per_host.max(1);
+    }
+
+    /// Records what `host`'s agent reports.
+    pub fn report_flows(&self, host: &str, report: FlowReport) -> Result<()> {
+        tessera_model::limits::check_count("records", &report.records, tessera_model::flow::MAX_REPORT_RECORDS, "records")?;
+        if let Some((i, _)) = report.records.iter().enumerate().find(|(_, r)| r.host != host) {
+            return Err(FieldError::new(format!("records[{i}].host"), format!("a host reports its own flows ({host})")).into());
+        }
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).put(host, report.records);
+        Ok(())
+    }
+
+    /// The records `filter` matches, newest first.
+    pub fn flows(&self, filter: &FlowFilter) -> Result<Vec<FlowRecord>> {
+        let limit = filter.limit.unwrap_or(100);
+        if limit > MAX_FLOW_LIMIT {
+            return Err(FieldError::new("limit", format!("{limit} is over {MAX_FLOW_LIMIT}")).into());
+        }
+        let store = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<FlowRecord> =
+            store.hosts.values().flat_map(|h| h.records.values()).filter(|r| filter.matches(r)).cloned().collect();
+        out.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.host.cmp(&b.host)).then_with(|| b.id.cmp(&a.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
