@@ -252,12 +252,16 @@ impl ControllerClient {
     /// NDJSON line, for as long as the controller keeps the stream open
     /// (no request timeout; the controller sends progress when quiet).
     pub async fn watch(&self, after: u64) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>>, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/watch?after={after}", self.base))
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
+        self.ndjson(&format!("/v1/watch?after={after}")).await
+    }
+
+    /// `GET PATH` answered with one JSON value per line (NDJSON), for as
+    /// long as the controller keeps the stream open.
+    pub async fn ndjson<T: DeserializeOwned + 'static>(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<T, ClientError>>, ClientError> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|source| self.unreachable(source))?;
         let status = resp.status().as_u16();
         if !resp.status().is_success() {
             let bytes = resp.bytes().await.unwrap_or_default();
@@ -269,7 +273,7 @@ impl ControllerClient {
         let base = self.base.clone();
         let mut buf: Vec<u8> = Vec::new();
         Ok(resp.bytes_stream().flat_map(move |chunk| {
-            let mut out: Vec<Result<WatchEvent, ClientError>> = Vec::new();
+            let mut out: Vec<Result<T, ClientError>> = Vec::new();
             match chunk {
                 Err(source) => out.push(Err(ClientError::Unreachable { url: base.clone(), source })),
                 Ok(bytes) => {
@@ -277,6 +281,10 @@ impl ControllerClient {
                     while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buf.drain(..=pos).collect();
                         let line = &line[..line.len() - 1];
+                        // Empty lines keep a quiet stream alive.
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
                         out.push(
                             serde_json::from_slice(line).map_err(|_| ClientError::BadResponse {
                                 status,

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera_testkit::{addresses, exec_in};
+use tessera_testkit::{addresses, exec_in, CONTROLLER_PORT};
 
 #[test]
 fn privileged_an_iperf3_stream_is_recorded_once_with_its_bytes() {
@@ -55,4 +55,52 @@ fn privileged_an_iperf3_stream_is_recorded_once_with_its_bytes() {
     eprintln!("iperf3 sent {sent} bytes; the flow record counts {bytes} (ratio {ratio:.4})");
     assert!((0.98..=1.02).contains(&ratio), "the record's bytes {bytes} are not iperf3's {sent}: {data}");
     assert!(data["reply_packets"].as_u64().unwrap() > 0);
+
+    // A third container: a smaller pair, for top.
+    c.container("h2", "c3").unwrap();
+    let small = addresses(&c.attach("c3", "red", &[]).unwrap())[0].clone();
+    assert!(c.ping("c1", &small, 3).unwrap() >= 2);
+
+    // follow prints a new connection within a second of it.
+    let url = format!("https://{}:{CONTROLLER_PORT}", c.underlay_ip("h1").unwrap());
+    let mut args = vec!["--controller".to_string(), url];
+    args.extend(c.credential_args("admin"));
+    args.extend(["flow", "follow", "--json", "--port", "5302"].map(String::from));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut follow = c.fabric.spawn_in_netns(c.host_netns("h1").unwrap(), cmd).unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    let mut cmd = Command::new("busybox");
+    cmd.args(["nc", "-ll", "-p", "5302", "-e", "/bin/true"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut listener = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), cmd).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let connected = Instant::now();
+    let out = exec_in(c.netns_of("c1").unwrap(), "busybox", ["nc", "-w", "2", &server, "5302"]).unwrap();
+    assert!(out.status.success());
+    let (at, line) = rx.recv_timeout(Duration::from_secs(5)).expect("flow follow printed nothing");
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["dport"], 5302, "{line}");
+    let took = at.duration_since(connected);
+    eprintln!("flow follow printed the connection {took:?} after it was made");
+    assert!(took < Duration::from_millis(1500), "flow follow took {took:?}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = listener.kill();
+    let _ = listener.wait();
+
+    // top orders pairs by bytes: the iperf3 pair first.
+    let top = c.cli_json(&["flow", "top", "--by", "pair"]).unwrap();
+    let keys: Vec<&str> = top.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    let big = format!("{} > {}", e1["name"].as_str().unwrap(), e2["name"].as_str().unwrap());
+    assert_eq!(keys.first().copied(), Some(big.as_str()), "{top}");
+    let bytes: Vec<u64> = top.as_array().unwrap().iter().map(|e| e["bytes"].as_u64().unwrap()).collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{top}");
 }

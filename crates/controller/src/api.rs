@@ -653,6 +653,8 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         crate::api_services::delete_service,
         crate::api_services::report_health,
         crate::api_flows::list_flows,
+        crate::api_flows::follow_flows,
+        crate::api_flows::top_flows,
         crate::api_flows::report_flows
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))

@@ -12,11 +12,49 @@ use tessera_model::{FlowRecord, FlowReport};
 use crate::auth::{require_host, Principal};
 use crate::error::ErrorBody;
 use crate::http::{ApiResult, Body, Ctl};
-use crate::service::{Controller, FlowFilter};
+use crate::service::{Controller, FlowFilter, TopEntry, TopParams};
 
 /// The routes of this module.
 pub fn routes() -> Router<Arc<Controller>> {
-    Router::new().route("/v1/flows", get(list_flows)).route("/v1/hosts/{name}/flows", post(report_flows))
+    Router::new()
+        .route("/v1/flows", get(list_flows))
+        .route("/v1/flows/follow", get(follow_flows))
+        .route("/v1/flows/top", get(top_flows))
+        .route("/v1/hosts/{name}/flows", post(report_flows))
+}
+
+/// Records as the hosts report them (a flow when it starts, while it runs
+/// and when it ends), filtered, one JSON record per line, until the client
+/// goes; an empty line every 5 s when quiet keeps the connection alive. A
+/// client that reads too slowly misses records.
+#[utoipa::path(get, path = "/v1/flows/follow", params(FlowFilter),
+    responses((status = 200, body = FlowRecord, content_type = "application/x-ndjson")))]
+pub async fn follow_flows(State(ctl): Ctl, Query(f): Query<FlowFilter>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let rx = ctl.follow_flows();
+    let lines = futures::stream::unfold((rx, f), |(mut rx, f)| async move {
+        loop {
+            let Ok(next) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await else {
+                return Some((Ok(axum::body::Bytes::from_static(b"\n")), (rx, f)));
+            };
+            match next {
+                Ok(r) if f.matches(&r) => {
+                    let mut line = serde_json::to_vec(&r).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)), (rx, f)));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response())
+}
+
+/// Flows grouped by pair, endpoint or port, by bytes both ways, most first.
+#[utoipa::path(get, path = "/v1/flows/top", params(TopParams), responses((status = 200, body = Vec<TopEntry>)))]
+pub async fn top_flows(State(ctl): Ctl, Query(p): Query<TopParams>) -> ApiResult<Json<Vec<TopEntry>>> {
+    Ok(Json(ctl.top_flows(&p)?))
 }
 
 /// Flow records, newest first, filtered.

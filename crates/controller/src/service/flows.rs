@@ -17,11 +17,12 @@ pub const DEFAULT_FLOW_RECORDS: usize = 100_000;
 /// The most records one query answers.
 pub const MAX_FLOW_LIMIT: usize = 10_000;
 
-/// The records of every host.
+/// The records of every host, and the stream of records as they come.
 #[derive(Debug)]
 pub struct FlowStore {
     per_host: usize,
     hosts: HashMap<String, HostFlows>,
+    live: tokio::sync::broadcast::Sender<FlowRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +34,7 @@ struct HostFlows {
 
 impl Default for FlowStore {
     fn default() -> Self {
-        FlowStore { per_host: DEFAULT_FLOW_RECORDS, hosts: HashMap::new() }
+        FlowStore { per_host: DEFAULT_FLOW_RECORDS, hosts: HashMap::new(), live: tokio::sync::broadcast::channel(4096).0 }
     }
 }
 
@@ -42,6 +43,7 @@ impl FlowStore {
     fn put(&mut self, host: &str, records: Vec<FlowRecord>) {
         let flows = self.hosts.entry(host.to_string()).or_default();
         for r in records {
+            let _ = self.live.send(r.clone());
             if flows.records.insert(r.id, r.clone()).is_none() {
                 flows.order.push_back(r.id);
             }
@@ -78,8 +80,46 @@ pub struct FlowFilter {
     pub limit: Option<usize>,
 }
 
+/// What `GET /v1/flows/top` groups by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TopBy {
+    /// Source and destination (endpoints, or addresses outside the fabric).
+    #[default]
+    Pair,
+    /// Each side's endpoint (a flow counts for both).
+    Endpoint,
+    /// Protocol and destination port.
+    Port,
+}
+
+/// Parameters of `GET /v1/flows/top`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct TopParams {
+    #[param(value_type = Option<String>)]
+    pub by: Option<TopBy>,
+    /// Flows that ran at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// The most groups answered (20 by default).
+    pub limit: Option<usize>,
+}
+
+/// One group of `GET /v1/flows/top`: bytes and packets both ways.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopEntry {
+    pub key: String,
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn name_of(addr: IpAddr, endpoint: &Option<String>) -> String {
+    endpoint.clone().unwrap_or_else(|| addr.to_string())
+}
+
 impl FlowFilter {
-    fn matches(&self, r: &FlowRecord) -> bool {
+    /// Whether `r` passes the filter.
+    pub fn matches(&self, r: &FlowRecord) -> bool {
         let network = |n: &Option<String>| {
             self.network
                 .as_ref()
@@ -111,6 +151,36 @@ impl Controller {
         }
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).put(host, report.records);
         Ok(())
+    }
+
+    /// Records as they are reported, from now on.
+    pub fn follow_flows(&self) -> tokio::sync::broadcast::Receiver<FlowRecord> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).live.subscribe()
+    }
+
+    /// Groups of flows by bytes (both ways), most first.
+    pub fn top_flows(&self, p: &TopParams) -> Result<Vec<TopEntry>> {
+        let by = p.by.unwrap_or_default();
+        let store = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups: HashMap<String, TopEntry> = HashMap::new();
+        let since = FlowFilter { since: p.since, ..Default::default() };
+        for r in store.hosts.values().flat_map(|h| h.records.values()).filter(|r| since.matches(r)) {
+            let keys = match by {
+                TopBy::Pair => vec![format!("{} > {}", name_of(r.src, &r.src_endpoint), name_of(r.dst, &r.dst_endpoint))],
+                TopBy::Endpoint => vec![name_of(r.src, &r.src_endpoint), name_of(r.dst, &r.dst_endpoint)],
+                TopBy::Port => vec![format!("{}/{}", r.protocol, r.dport)],
+            };
+            for key in keys {
+                let e = groups.entry(key.clone()).or_insert(TopEntry { key, flows: 0, packets: 0, bytes: 0 });
+                e.flows += 1;
+                e.packets += r.packets + r.reply_packets;
+                e.bytes += r.bytes + r.reply_bytes;
+            }
+        }
+        let mut out: Vec<TopEntry> = groups.into_values().collect();
+        out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.key.cmp(&b.key)));
+        out.truncate(p.limit.unwrap_or(20).min(MAX_FLOW_LIMIT));
+        Ok(out)
     }
 
     /// The records `filter` matches, newest first.

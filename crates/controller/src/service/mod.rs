@@ -35,7 +35,7 @@ mod txn;
 
 pub use controller::{Controller, Created};
 pub use endpoints::EndpointFilter;
-pub use flows::{FlowFilter, DEFAULT_FLOW_RECORDS};
+pub use flows::{FlowFilter, TopBy, TopEntry, TopParams, DEFAULT_FLOW_RECORDS};
 pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};
