@@ -103,4 +103,38 @@ fn privileged_an_iperf3_stream_is_recorded_once_with_its_bytes() {
     assert_eq!(keys.first().copied(), Some(big.as_str()), "{top}");
     let bytes: Vec<u64> = top.as_array().unwrap().iter().map(|e| e["bytes"].as_u64().unwrap()).collect();
     assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{top}");
+
+    // An agent restarted during a stream finds it again in conntrack: the
+    // stream keeps one record per connection, completed with its bytes.
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-1", "-p", "5303"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), cmd).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-c", &server, "-p", "5303", "-t", "4", "-J"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let client = c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), cmd).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    c.kill_agent("h1");
+    c.start_agent("h1").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let _ = srv.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J output");
+    let sent = v["end"]["sum_sent"]["bytes"].as_f64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let flows = c.cli_json(&["flow", "list", "--port", "5303"]).unwrap();
+        let all = flows.as_array().unwrap();
+        let data = all.iter().max_by_key(|f| f["bytes"].as_u64().unwrap_or(0));
+        let done = all.len() == 2
+            && all.iter().all(|f| f["end_ms"].is_u64())
+            && data.is_some_and(|d| (0.98..=1.02).contains(&(d["bytes"].as_f64().unwrap() / sent)));
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the agent's restart, the stream's records are not whole (iperf3 sent {sent}): {flows}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
 }
