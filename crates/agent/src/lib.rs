@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub docker_socket: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`, plain HTTP); not served when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Record flows (conntrack) and report them to the controller.
+    pub flows: bool,
 }
 
 /// Finds the interface that holds `ip` and its MTU, in this namespace.
@@ -164,7 +166,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             }
         });
     }
-    tokio::spawn(flows::run(agent.clone(), client.clone()));
+    if config.flows {
+        tokio::spawn(flows::run(agent.clone(), client.clone()));
+    }
     tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
     tokio::spawn(agent.clone().reconcile_loop());
     if let Some(socket) = config.docker_socket.clone() {

@@ -59,6 +59,8 @@ pub struct Cluster {
     pki: PathBuf,
     controller: Option<Child>,
     agents: BTreeMap<String, Child>,
+    /// Arguments the controller is started with besides the usual ones.
+    controller_args: Vec<String>,
     /// Arguments an agent is started with besides the usual ones.
     agent_args: BTreeMap<String, Vec<String>>,
     containers: BTreeMap<String, Container>,
@@ -95,6 +97,7 @@ impl Cluster {
             controller: None,
             agents: BTreeMap::new(),
             agent_args: BTreeMap::new(),
+            controller_args: Vec::new(),
             containers: BTreeMap::new(),
         };
         c.pki_run(&["pki", "init", "--san", &controller_ip])?;
@@ -183,7 +186,7 @@ impl Cluster {
         let host = self.controller_host().to_string();
         let ip = self.underlay_ip(&host)?;
         let data = self.spec.run_dir.join("controller");
-        let args = vec![
+        let mut args = vec![
             "controller".into(),
             "--init".into(),
             "--data-dir".into(),
@@ -193,11 +196,17 @@ impl Cluster {
             "--pki".into(),
             self.pki.display().to_string(),
         ];
+        args.extend(self.controller_args.iter().cloned());
         let child = self.spawn_logged(&host, &args, &self.log("controller"))?;
         self.controller = Some(child);
         wait_until("the controller to serve", Duration::from_secs(30), || {
             self.cli(&["host", "list"]).map(|o| o.status.success()).unwrap_or(false)
         })
+    }
+
+    /// Arguments the controller is started with from its next start on.
+    pub fn set_controller_args(&mut self, args: &[&str]) {
+        self.controller_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Sends SIGKILL to the controller and reaps it.

@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9108).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Record no flows (conntrack accounting and events stay as they are).
+    #[arg(long)]
+    no_flows: bool,
 }
 
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
@@ -71,6 +74,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         gateways: a.gateways,
         docker_socket: Some(a.docker_socket),
         metrics_listen: a.metrics_listen,
+        flows: !a.no_flows,
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
 }

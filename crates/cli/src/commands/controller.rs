@@ -50,6 +50,9 @@ pub struct Args {
     /// a new snapshot.
     #[arg(long, default_value_t = StoreOptions::DEFAULT_RETAIN_EVENTS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     retain_events: u64,
+    /// Flow records kept (in memory) per host; the oldest go first.
+    #[arg(long, default_value_t = tessera_controller::service::DEFAULT_FLOW_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    flow_records: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -83,6 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open store {}", path.display()))?,
     );
     let controller = Arc::new(Controller::new(store));
+    controller.set_flow_records(args.flow_records as usize);
     let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {}", path.display()))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
