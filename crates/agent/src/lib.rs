@@ -26,6 +26,7 @@ pub mod health;
 pub mod host_ns;
 pub mod inventory;
 pub mod metrics;
+pub mod metrics_http;
 pub mod reconcile;
 pub mod runner;
 
@@ -131,7 +132,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     });
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
-        tokio::spawn(metrics::serve(agent.clone(), listener));
+        tokio::spawn(metrics_http::serve(agent.clone(), listener));
     }
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));

@@ -5,12 +5,8 @@
 //! read when scraped, each network's packets, bytes and drops on its bridge
 //! and tunnel, the DHCP server's answers and a gateway's translations.
 
-use std::sync::Arc;
-
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use tessera_model::vif::VifKind;
-
-use crate::agent::Agent;
+use tessera_model::vif::{VifEntry, VifKind};
 
 /// Every metric of one agent.
 pub struct AgentMetrics {
@@ -133,62 +129,42 @@ fn set_counter(c: &IntCounter, value: u64) {
     }
 }
 
-impl Agent {
-    /// The metrics as Prometheus' text format, with what is read when scraped.
-    pub async fn metrics_text(&self) -> String {
-        let m = &self.metrics;
-        m.connected.set(i64::from(self.mirror.borrow().connected));
-        if let Ok(vifs) = self.dp.interfaces().await {
-            for v in &vifs {
-                let device = match v.kind {
-                    VifKind::Bridge => "bridge",
-                    VifKind::Tunnel => "tunnel",
-                    _ => {
-                        for t in &v.translations {
-                            let a = t.external.to_string();
-                            set_counter(&m.nat.with_label_values(&[&a, "in"]), t.in_packets);
-                            set_counter(&m.nat.with_label_values(&[&a, "out"]), t.out_packets);
-                        }
-                        continue;
+impl AgentMetrics {
+    /// The metrics as Prometheus' text format, with what is read when
+    /// scraped: the interfaces (`vifs`), the DHCP server's totals (requests,
+    /// acks, naks, ignored) and whether the mirror is connected.
+    pub fn text(&self, vifs: &[VifEntry], dhcp: [u64; 4], connected: bool) -> String {
+        let m = self;
+        m.connected.set(i64::from(connected));
+        for v in vifs {
+            let device = match v.kind {
+                VifKind::Bridge => "bridge",
+                VifKind::Tunnel => "tunnel",
+                _ => {
+                    for t in &v.translations {
+                        let a = t.external.to_string();
+                        set_counter(&m.nat.with_label_values(&[&a, "in"]), t.in_packets);
+                        set_counter(&m.nat.with_label_values(&[&a, "out"]), t.out_packets);
                     }
-                };
-                let Some(vni) = v.vni else { continue };
-                let vni = vni.to_string();
-                for (direction, unit, value) in [
-                    ("rx", "packets", v.rx_packets),
-                    ("rx", "bytes", v.rx_bytes),
-                    ("rx", "drops", v.rx_dropped),
-                    ("tx", "packets", v.tx_packets),
-                    ("tx", "bytes", v.tx_bytes),
-                    ("tx", "drops", v.tx_dropped),
-                ] {
-                    set_counter(&m.traffic.with_label_values(&[&vni, device, direction, unit]), value);
+                    continue;
                 }
+            };
+            let Some(vni) = v.vni else { continue };
+            let vni = vni.to_string();
+            for (direction, unit, value) in [
+                ("rx", "packets", v.rx_packets),
+                ("rx", "bytes", v.rx_bytes),
+                ("rx", "drops", v.rx_dropped),
+                ("tx", "packets", v.tx_packets),
+                ("tx", "bytes", v.tx_bytes),
+                ("tx", "drops", v.tx_dropped),
+            ] {
+                set_counter(&m.traffic.with_label_values(&[&vni, device, direction, unit]), value);
             }
         }
-        let totals = self.dhcp.by_client.lock().unwrap_or_else(|p| p.into_inner()).values().fold([0u64; 4], |mut t, c| {
-            t[0] += c.requests;
-            t[1] += c.acks;
-            t[2] += c.naks;
-            t[3] += c.ignored;
-            t
-        });
-        for (result, value) in ["request", "ack", "nak", "ignored"].into_iter().zip(totals) {
+        for (result, value) in ["request", "ack", "nak", "ignored"].into_iter().zip(dhcp) {
             set_counter(&m.dhcp.with_label_values(&[result]), value);
         }
         m.render()
-    }
-}
-
-/// Serves `/metrics` on `listener` until the agent stops.
-pub async fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|axum::extract::State(a): axum::extract::State<Arc<Agent>>| async move {
-            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], a.metrics_text().await)
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app.with_state(agent)).await {
-        tracing::error!(error = %e, "the metrics listener stopped");
     }
 }

@@ -38,13 +38,24 @@ fn main() -> Result<()> {
             let addr: SocketAddr = args.get(2).context("ADDR:PORT")?.parse()?;
             let secs = Duration::from_secs_f64(args.get(3).context("SECS")?.parse()?);
             let start = Instant::now();
-            let mut n = 0u64;
+            let (mut n, mut failed) = (0u64, 0u64);
+            let mut last_error = None;
             while start.elapsed() < secs {
-                let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
-                let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-                let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
-                drop(conn);
-                n += 1;
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    Ok(conn) => {
+                        let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+                        let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
+                        drop(conn);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        last_error = Some(e);
+                    }
+                }
+            }
+            if failed * 100 > n.max(1) {
+                bail!("{failed} of {} connections failed; the last: {last_error:?}", n + failed);
             }
             println!("{:.1}", n as f64 / start.elapsed().as_secs_f64());
             return Ok(());

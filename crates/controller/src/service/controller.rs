@@ -47,7 +47,7 @@ pub struct Controller {
     /// memory only, like hit counters).
     pub(super) port_traffic: std::sync::Mutex<HashMap<Uuid, tessera_model::PortTraffic>>,
     /// The flow records agents report (in memory only).
-    pub(super) flows: std::sync::Mutex<super::flows::FlowStore>,
+    pub(super) flows: std::sync::Mutex<super::flow_store::FlowStore>,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::ControllerMetrics,
 }

@@ -3,7 +3,7 @@
 //! answered to queries filtered by network, endpoint, host, verdict,
 //! addresses, port and time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
@@ -12,49 +12,8 @@ use tessera_model::{FieldError, FlowRecord, FlowReport, FlowVerdict};
 use super::controller::Controller;
 use crate::error::Result;
 
-/// Records kept per host unless the controller is told otherwise.
-pub const DEFAULT_FLOW_RECORDS: usize = 100_000;
 /// The most records one query answers.
 pub const MAX_FLOW_LIMIT: usize = 10_000;
-
-/// The records of every host, and the stream of records as they come.
-#[derive(Debug)]
-pub struct FlowStore {
-    per_host: usize,
-    hosts: HashMap<String, HostFlows>,
-    live: tokio::sync::broadcast::Sender<FlowRecord>,
-}
-
-#[derive(Debug, Default)]
-struct HostFlows {
-    records: HashMap<u64, FlowRecord>,
-    /// Ids, oldest first.
-    order: VecDeque<u64>,
-}
-
-impl Default for FlowStore {
-    fn default() -> Self {
-        FlowStore { per_host: DEFAULT_FLOW_RECORDS, hosts: HashMap::new(), live: tokio::sync::broadcast::channel(4096).0 }
-    }
-}
-
-impl FlowStore {
-    /// Adds or updates `host`'s records, dropping its oldest beyond the bound.
-    fn put(&mut self, host: &str, records: Vec<FlowRecord>) {
-        let flows = self.hosts.entry(host.to_string()).or_default();
-        for r in records {
-            let _ = self.live.send(r.clone());
-            if flows.records.insert(r.id, r.clone()).is_none() {
-                flows.order.push_back(r.id);
-            }
-        }
-        while flows.order.len() > self.per_host {
-            if let Some(old) = flows.order.pop_front() {
-                flows.records.remove(&old);
-            }
-        }
-    }
-}
 
 /// Filters of `GET /v1/flows`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]

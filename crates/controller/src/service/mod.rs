@@ -21,6 +21,7 @@ mod cluster;
 mod controller;
 mod endpoints;
 mod floating_ips;
+mod flow_store;
 mod flows;
 mod hosts;
 mod leases;
@@ -35,7 +36,8 @@ mod txn;
 
 pub use controller::{Controller, Created};
 pub use endpoints::EndpointFilter;
-pub use flows::{FlowFilter, TopBy, TopEntry, TopParams, DEFAULT_FLOW_RECORDS};
+pub use flow_store::DEFAULT_FLOW_RECORDS;
+pub use flows::{FlowFilter, TopBy, TopEntry, TopParams};
 pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};
