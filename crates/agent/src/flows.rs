@@ -1,9 +1,12 @@
 //! Flow records of this host: the flows that start at its endpoints (or
 //! come from outside the fabric), from the kernel's connection tracking
-//! (`conntrack` events, with accounting). A connection of one of Tessera's
-//! zones becomes a record when it is confirmed (forwarded) and is completed
-//! with its packets and bytes each way when it ends; records new or changed
-//! are reported to the controller every [`REPORT_EVERY`]. Flows that
+//! (the event of a new connection, and a dump of the table every
+//! [`REPORT_EVERY`], with accounting). A connection of one of Tessera's
+//! zones becomes a record when it is confirmed (forwarded), follows its
+//! packets and bytes each way, and ends when TCP closes or its entry goes;
+//! records new or changed are reported to the controller every
+//! [`REPORT_EVERY`], short flows alike made one
+//! ([`tessera_model::flow::aggregate`]). Flows that
 //! arrive from another host's endpoint are that host's to record, so a flow
 //! is recorded once.
 
@@ -136,6 +139,7 @@ impl Recorder {
             bytes: ev.orig.1,
             reply_packets: ev.reply.0,
             reply_bytes: ev.reply.1,
+            connections: 1,
         })
     }
 
@@ -237,6 +241,8 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
     let reconciled = agent.counters.reconciled_states();
     let mut rec = Recorder::default();
     let mut pending: Vec<FlowRecord> = Vec::new();
+    // Flows reported while running: they keep their own record.
+    let mut reported: HashSet<u64> = HashSet::new();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -283,6 +289,14 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     continue;
                 }
                 let batch: Vec<FlowRecord> = pending.drain(..pending.len().min(tessera_model::flow::MAX_REPORT_RECORDS)).collect();
+                let batch = tessera_model::flow::aggregate(batch, |id| reported.contains(&id));
+                for r in &batch {
+                    if r.end_ms.is_none() {
+                        reported.insert(r.id);
+                    } else {
+                        reported.remove(&r.id);
+                    }
+                }
                 let report = FlowReport { records: batch };
                 if let Err(e) = client.post::<serde_json::Value>(&format!("/v1/hosts/{me}/flows"), &report).await {
                     tracing::debug!(error = %e, "cannot report flows; keeping them for the next report");

@@ -59,6 +59,109 @@ pub struct FlowRecord {
     pub bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// How many connections the record stands for: short flows alike
+    /// (same protocol, addresses, destination port and endpoints) that
+    /// started and ended between two reports of their host are one record,
+    /// with their packets and bytes summed.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub connections: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// What makes short flows alike: protocol, addresses, destination port and endpoints.
+type Alike = (u8, IpAddr, IpAddr, u16, Option<String>, Option<String>);
+
+/// Records of one report, with the short flows alike made one
+/// ([`FlowRecord::connections`]) and each flow once (its last state):
+/// `reported` says whether a record's flow was in an earlier report (such a
+/// flow keeps its own record).
+pub fn aggregate(records: Vec<FlowRecord>, reported: impl Fn(u64) -> bool) -> Vec<FlowRecord> {
+    use std::collections::HashMap;
+    let mut last: HashMap<u64, usize> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        last.insert(r.id, i);
+    }
+    let mut out: Vec<FlowRecord> = Vec::new();
+    let mut alike: HashMap<Alike, usize> = HashMap::new();
+    for (i, r) in records.into_iter().enumerate() {
+        if last[&r.id] != i {
+            continue;
+        }
+        if r.end_ms.is_none() || reported(r.id) {
+            out.push(r);
+            continue;
+        }
+        let key = (r.protocol, r.src, r.dst, r.dport, r.src_endpoint.clone(), r.dst_endpoint.clone());
+        match alike.get(&key) {
+            Some(&at) => {
+                let a = &mut out[at];
+                a.connections += r.connections;
+                a.packets += r.packets;
+                a.bytes += r.bytes;
+                a.reply_packets += r.reply_packets;
+                a.reply_bytes += r.reply_bytes;
+                a.start_ms = a.start_ms.min(r.start_ms);
+                a.end_ms = a.end_ms.max(r.end_ms);
+            }
+            None => {
+                alike.insert(key, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, sport: u16, end: Option<u64>, bytes: u64) -> FlowRecord {
+        FlowRecord {
+            host: "h1".into(),
+            id,
+            protocol: 6,
+            src: "10.0.0.2".parse().unwrap(),
+            sport,
+            dst: "10.0.0.3".parse().unwrap(),
+            dport: 80,
+            src_network: None,
+            dst_network: None,
+            src_endpoint: Some("a".into()),
+            dst_endpoint: Some("b".into()),
+            verdict: FlowVerdict::Forwarded,
+            start_ms: 1000 + id,
+            end_ms: end,
+            packets: 1,
+            bytes,
+            reply_packets: 1,
+            reply_bytes: 10,
+            connections: 1,
+        }
+    }
+
+    #[test]
+    fn short_flows_alike_become_one_and_each_flow_is_reported_once() {
+        let records = vec![
+            rec(1, 40001, None, 0),
+            rec(1, 40001, Some(2000), 100),
+            rec(2, 40002, Some(2000), 200),
+            rec(3, 40003, None, 50),
+            rec(4, 40004, Some(2100), 300),
+        ];
+        let out = aggregate(records, |id| id == 4);
+        assert_eq!(out.len(), 3, "{out:#?}");
+        assert_eq!((out[0].id, out[0].connections, out[0].bytes), (1, 2, 300));
+        assert_eq!((out[1].id, out[1].end_ms), (3, None), "a running flow keeps its record");
+        assert_eq!((out[2].id, out[2].connections), (4, 1), "a flow reported before keeps its record");
+    }
 }
 
 /// What an agent reports (`POST /v1/hosts/{name}/flows`): records new or

@@ -1,13 +1,14 @@
 //! The conntrack events of the calling task's network namespace, as a
-//! stream: a socket subscribed to `NFNLGRP_CONNTRACK_NEW` and
-//! `NFNLGRP_CONNTRACK_DESTROY`, read on the current runtime and decoded by
+//! stream: a socket subscribed to `NFNLGRP_CONNTRACK_NEW` (ends are seen
+//! in dumps of the table, so a connection costs one event), read on the
+//! current runtime and decoded by
 //! [`crate::ct_events`]. Accounting (`net.netfilter.nf_conntrack_acct`) is
 //! turned on so that a connection's end carries its packets and bytes.
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 use tokio::sync::mpsc;
 
-use crate::ct_events::{parse, CtEvent, GROUP_DESTROY, GROUP_NEW};
+use crate::ct_events::{parse, CtEvent, GROUP_NEW};
 
 const ENOBUFS: i32 = 105;
 
@@ -27,7 +28,6 @@ pub fn conntrack_events() -> std::io::Result<mpsc::Receiver<CtMessage>> {
     let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
     socket.socket_mut().bind_auto()?;
     socket.socket_ref().add_membership(GROUP_NEW)?;
-    socket.socket_ref().add_membership(GROUP_DESTROY)?;
     socket.socket_mut().set_rx_buf_sz(8 << 20)?;
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
