@@ -29,6 +29,9 @@ use crate::agent::Agent;
 
 /// How often new and changed records are reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// The pause after a dump of the table is at least this many times what
+/// the dump (and its records) took.
+pub const DUMP_BUSY_FACTOR: u32 = 20;
 /// The most running flows followed at once; more are not recorded (and counted).
 pub const MAX_ACTIVE: usize = 262_144;
 /// The most records waiting to be reported (the oldest go first when the
@@ -243,6 +246,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
     let mut pending: Vec<FlowRecord> = Vec::new();
     // Flows reported while running: they keep their own record.
     let mut reported: HashSet<u64> = HashSet::new();
+    let mut next_dump = std::time::Instant::now();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -263,7 +267,8 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
             }
             _ = tick.tick() => {
                 let snap = agent.snapshot.borrow().clone();
-                if let Some(snap) = snap {
+                if let Some(snap) = snap.filter(|_| next_dump <= std::time::Instant::now()) {
+                    let started = std::time::Instant::now();
                     let desired = reconciled.borrow().clone();
                     rec.ctx.refresh(&snap, &desired);
                     let s = socket.clone();
@@ -277,6 +282,9 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                         Ok(Err(e)) => tracing::debug!(error = %e, "cannot dump conntrack"),
                         Err(e) => tracing::debug!(error = %e, "the conntrack dump failed"),
                     }
+                    // A big table (many short connections) is read less often:
+                    // the dump takes at most a twentieth of a core.
+                    next_dump = std::time::Instant::now() + started.elapsed() * DUMP_BUSY_FACTOR;
                 }
                 agent.metrics.flows_active.set(rec.active.len() as i64);
                 agent.metrics.flows_recorded.inc_by(pending.len() as u64);
