@@ -1,7 +1,7 @@
 //! Flow records of this host: the flows that start at its endpoints (or
 //! come from outside the fabric), from the kernel's connection tracking
 //! (the event of a new connection, and a dump of the table every
-//! [`REPORT_EVERY`], with accounting). A connection of one of Tessera's
+//! [`DUMP_EVERY`] or less often, with accounting). A connection of one of Tessera's
 //! zones becomes a record when it is confirmed (forwarded), follows its
 //! packets and bytes each way, and ends when TCP closes or its entry goes;
 //! records new or changed are reported to the controller every
@@ -28,7 +28,9 @@ use uuid::Uuid;
 use crate::agent::Agent;
 
 /// How often new and changed records are reported.
-pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// How often, at most, the table is dumped.
+pub const DUMP_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a dump of the table is at least this many times what
 /// the dump (and its records) took.
 pub const DUMP_BUSY_FACTOR: u32 = 20;
@@ -284,7 +286,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     }
                     // A big table (many short connections) is read less often:
                     // the dump takes at most a twentieth of a core.
-                    next_dump = std::time::Instant::now() + started.elapsed() * DUMP_BUSY_FACTOR;
+                    next_dump = std::time::Instant::now() + DUMP_EVERY.max(started.elapsed() * DUMP_BUSY_FACTOR);
                 }
                 agent.metrics.flows_active.set(rec.active.len() as i64);
                 agent.metrics.flows_recorded.inc_by(pending.len() as u64);
