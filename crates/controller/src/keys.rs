@@ -27,6 +27,17 @@ pub const POLICIES: &str = "/tessera/policies/";
 pub const POLICY_RULES: &str = "/tessera/policy-rules/";
 pub const VNI_INDEX: &str = "/tessera/index/vni/";
 
+/// The objects agents mirror whole, by the kind a watch names them with
+/// and their prefix (policies' chunks of rules are apart).
+pub const MIRRORED: [(&str, &str); 6] = [
+    ("network", NETWORKS),
+    ("endpoint", ENDPOINTS),
+    ("host", HOSTS),
+    ("policy", POLICIES),
+    ("floating_ip", FLOATING_IPS),
+    ("service", SERVICES),
+];
+
 pub fn project(p: &ProjectName) -> String {
     format!("{PROJECTS}{p}")
 }

@@ -40,16 +40,7 @@ fn ref_of(key: &str) -> Option<ObjectRef> {
     if let Some(rest) = key.strip_prefix(keys::POLICY_RULES) {
         return Some(ObjectRef { kind: "policy_rules".into(), id: rest.to_string() });
     }
-    let (kind, prefix) = [
-        ("network", keys::NETWORKS),
-        ("endpoint", keys::ENDPOINTS),
-        ("host", keys::HOSTS),
-        ("policy", keys::POLICIES),
-        ("floating_ip", keys::FLOATING_IPS),
-        ("service", keys::SERVICES),
-    ]
-    .into_iter()
-    .find(|(_, p)| key.starts_with(p))?;
+    let (kind, prefix) = keys::MIRRORED.into_iter().find(|(_, p)| key.starts_with(p))?;
     Some(ObjectRef { kind: kind.into(), id: key[prefix.len()..].to_string() })
 }
 

@@ -85,15 +85,7 @@ impl Controller {
     /// and the objects by kind read now.
     pub async fn metrics_text(&self) -> Result<String> {
         self.metrics.revision.set(self.store.revision().await? as i64);
-        for (kind, prefix) in [
-            ("network", keys::NETWORKS),
-            ("endpoint", keys::ENDPOINTS),
-            ("host", keys::HOSTS),
-            ("policy", keys::POLICIES),
-            ("floating_ip", keys::FLOATING_IPS),
-            ("service", keys::SERVICES),
-            ("service_template", keys::SERVICE_TEMPLATES),
-        ] {
+        for (kind, prefix) in keys::MIRRORED.into_iter().chain([("service_template", keys::SERVICE_TEMPLATES)]) {
             let n = self.store.range_keys(prefix).await?.kvs.len();
             self.metrics.objects.with_label_values(&[kind]).set(n as i64);
         }
