@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{assert_error, Api, ControllerProcess};
+use support::{assert_error, Api, Caller, ControllerProcess};
 
 fn net(api: &Api, name: &str, cidr: &str) {
     let (s, b) = api.post("/v1/networks", json!({"name": name, "subnets": [{"cidr": cidr}]}));
@@ -166,6 +166,20 @@ fn bad_templates_and_services_are_refused_with_their_field() {
         400,
         "invalid_argument",
         Some("run.instances"),
+    );
+    // Only a fabric administrator has containers run on hosts.
+    let (s, member) = api.post("/v1/tokens", json!({"name": "m", "project": "default-domain:admin", "role": "member"}));
+    assert_eq!(s, 201, "{member}");
+    let m = Api::as_caller(&c, &Caller::Token(member["secret"].as_str().unwrap().into()));
+    assert_error(
+        &m.post(
+            "/v1/services",
+            json!({"name": "s", "template": "fw", "left": "red", "right": "green",
+                    "run": {"image": "tessera/vnf", "hosts": ["h1"], "instances": 1}}),
+        ),
+        403,
+        "permission_denied",
+        None,
     );
     // Nothing was made by the refusals.
     let (_, all) = api.get("/v1/services");

@@ -11,7 +11,7 @@ use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use tessera_model::{Endpoint, HealthReport, Service, ServiceCreate, ServiceTemplate, ServiceTemplateCreate, ServiceView};
 
-use crate::auth::{listing_scope, require_host, require_own_project, Principal};
+use crate::auth::{forbidden, listing_scope, require_host, require_own_project, Principal};
 use crate::error::ErrorBody;
 use crate::http::{created, ApiResult, Body, Ctl};
 use crate::service::Controller;
@@ -78,7 +78,9 @@ pub async fn list_services(State(ctl): Ctl, Extension(who): Extension<Principal>
 
 /// Makes a service between a left and a right network, from a template.
 /// Its instances are attached on their hosts (`tessera service add
-/// --docker|--netns`, through the host's agent).
+/// --docker|--netns`, through the host's agent), or, with `run`, started
+/// by the hosts' agents in their Docker: only a fabric administrator may
+/// have containers run on hosts.
 #[utoipa::path(post, path = "/v1/services", request_body = ServiceCreate,
     responses((status = 201, body = Service), (status = 200, description = "an identical service existed", body = Service),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -88,6 +90,9 @@ pub async fn create_service(
     Body(req): Body<ServiceCreate>,
 ) -> ApiResult<Response> {
     require_own_project(&who, req.project.as_deref(), &req.name)?;
+    if req.run.is_some() && who != Principal::Admin {
+        return Err(forbidden(&who, "have containers run on hosts (run): only a fabric administrator may").into());
+    }
     Ok(created(ctl.create_service(req).await?))
 }
 

@@ -174,3 +174,26 @@ pub struct FlowReport {
 
 /// The most records one report may carry.
 pub const MAX_REPORT_RECORDS: usize = 10_000;
+
+impl FlowReport {
+    /// Bounds what a report holds: the count, and the names in each record
+    /// (a network's or endpoint's, at most 256 bytes each); fields are named
+    /// `records[i].…`.
+    pub fn check(&self) -> Result<(), crate::FieldError> {
+        crate::limits::check_count("records", &self.records, MAX_REPORT_RECORDS, "records")?;
+        for (i, r) in self.records.iter().enumerate() {
+            for (name, v) in [
+                ("host", Some(&r.host)),
+                ("src_network", r.src_network.as_ref()),
+                ("dst_network", r.dst_network.as_ref()),
+                ("src_endpoint", r.src_endpoint.as_ref()),
+                ("dst_endpoint", r.dst_endpoint.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    crate::limits::check_text(&format!("records[{i}].{name}"), v, 256)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -104,7 +104,7 @@ impl Controller {
 
     /// Records what `host`'s agent reports.
     pub fn report_flows(&self, host: &str, report: FlowReport) -> Result<()> {
-        tessera_model::limits::check_count("records", &report.records, tessera_model::flow::MAX_REPORT_RECORDS, "records")?;
+        report.check()?;
         if let Some((i, _)) = report.records.iter().enumerate().find(|(_, r)| r.host != host) {
             return Err(FieldError::new(format!("records[{i}].host"), format!("a host reports its own flows ({host})")).into());
         }
