@@ -20,8 +20,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use tessera_dataplane::desired::{bridge_name, host_veth_name, vxlan_name, DesiredNetwork, DesiredSteer, SteerTarget};
+use tessera_model::service::{instances_of, port_healthy};
 use tessera_model::watch::Snapshot;
-use tessera_model::{Endpoint, EndpointStatus, FailMode, FqName, InterfaceRole, Network, Protocol, Rule, Service, Vni};
+use tessera_model::{Endpoint, FailMode, FqName, InterfaceRole, Network, Protocol, Rule, Service, Vni};
 
 /// One healthy instance of a service: its left and right ports.
 struct Instance<'a> {
@@ -29,23 +30,12 @@ struct Instance<'a> {
     right: &'a Endpoint,
 }
 
-/// Whether an endpoint is a programmed, healthy service port.
-fn healthy(e: &Endpoint) -> bool {
-    e.status == EndpointStatus::Active && e.health.as_ref().is_some_and(|h| h.healthy)
-}
-
 /// The healthy instances of `service`, ordered by name (the same on every
 /// host).
 fn instances<'a>(service: &Service, endpoints: &'a [Endpoint]) -> Vec<Instance<'a>> {
-    let mut by_name: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
-    for e in endpoints {
-        if let Some(sp) = e.owner.service.as_ref().filter(|sp| sp.service == service.id) {
-            by_name.entry(sp.instance.as_str()).or_default().push(e);
-        }
-    }
-    by_name
+    instances_of(service.id, endpoints)
         .into_values()
-        .filter(|ports| ports.iter().all(|p| healthy(p)))
+        .filter(|ports| ports.iter().all(|p| port_healthy(p)))
         .filter_map(|ports| {
             let role = |r| ports.iter().copied().find(|p| p.owner.service.as_ref().is_some_and(|s| s.role == r));
             Some(Instance { left: role(InterfaceRole::Left)?, right: role(InterfaceRole::Right)? })
@@ -197,7 +187,7 @@ fn chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_model::{Health, MacAddr, Owner, Policy, Rules, ServicePort, Subnet};
+    use tessera_model::{EndpointStatus, Health, MacAddr, Owner, Policy, Rules, ServicePort, Subnet};
     use uuid::Uuid;
 
     fn net(n: u128, vni: u32, cidr: &str, policies: Vec<Uuid>) -> Network {

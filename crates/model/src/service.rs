@@ -355,6 +355,23 @@ pub struct HealthReport {
     pub traffic: PortTraffic,
 }
 
+/// The instances of `service` among `endpoints` (their ports), by instance
+/// name: the same order on every host and at the controller.
+pub fn instances_of(service: Uuid, endpoints: &[crate::Endpoint]) -> std::collections::BTreeMap<&str, Vec<&crate::Endpoint>> {
+    let mut out: std::collections::BTreeMap<&str, Vec<&crate::Endpoint>> = std::collections::BTreeMap::new();
+    for e in endpoints {
+        if let Some(sp) = e.owner.service.as_ref().filter(|sp| sp.service == service) {
+            out.entry(sp.instance.as_str()).or_default().push(e);
+        }
+    }
+    out
+}
+
+/// Whether a service port is programmed and reported healthy.
+pub fn port_healthy(e: &crate::Endpoint) -> bool {
+    e.status == crate::EndpointStatus::Active && e.health.as_ref().is_some_and(|h| h.healthy)
+}
+
 /// One instance of a service as `GET /v1/services/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {

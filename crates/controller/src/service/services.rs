@@ -8,8 +8,9 @@
 //! network, and the last's right network is the destination. A service
 //! whose left and right are one network would loop, and is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
+use tessera_model::service::instances_of;
 use tessera_model::{
     limits, Endpoint, EndpointStatus, FieldError, FqName, Health, HealthReport, InstancePort, InstanceView, InterfaceRole,
     Network, Owner, ProjectName, Rule, Service, ServiceCreate, ServiceRun, ServiceTemplate, ServiceTemplateCreate, ServiceView,
@@ -49,17 +50,6 @@ fn instance_health(ports: &[&Endpoint]) -> (bool, Option<String>) {
         }
     }
     (true, None)
-}
-
-/// The instances of `service` among `endpoints`, by name.
-pub fn instances_of<'a>(service: &Service, endpoints: &'a [Endpoint]) -> BTreeMap<&'a str, Vec<&'a Endpoint>> {
-    let mut out: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
-    for e in endpoints {
-        if let Some(sp) = e.owner.service.as_ref().filter(|sp| sp.service == service.id) {
-            out.entry(sp.instance.as_str()).or_default().push(e);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------- operations
@@ -298,7 +288,7 @@ impl Controller {
 
     fn view_of(&self, service: Service, endpoints: &[Endpoint]) -> ServiceView {
         let traffic = self.port_traffic.lock().unwrap_or_else(|p| p.into_inner());
-        let instances = instances_of(&service, endpoints)
+        let instances = instances_of(service.id, endpoints)
             .into_iter()
             .map(|(name, mut ports)| {
                 ports.sort_by_key(|p| p.owner.service.as_ref().map(|s| s.role));
@@ -355,7 +345,7 @@ impl Controller {
             let prefix = format!("{}-", service.fq_name.name());
             let managed = |name: &str| name.strip_prefix(&prefix).is_some_and(|n| n.parse::<u32>().is_ok());
             let endpoints: Vec<Endpoint> = self.list_json(keys::ENDPOINTS).await?;
-            for (name, ports) in instances_of(&service, &endpoints) {
+            for (name, ports) in instances_of(service.id, &endpoints) {
                 if managed(name) {
                     for p in ports {
                         self.delete_endpoint(&p.id.to_string()).await?;
