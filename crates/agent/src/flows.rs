@@ -22,13 +22,17 @@ use tessera_dataplane::linux::CtMessage;
 use tessera_dataplane::nfnetlink::NetfilterSocket;
 use tessera_dataplane::DesiredHost;
 use tessera_model::watch::Snapshot;
-use tessera_model::{FlowRecord, FlowReport, FlowVerdict, Vni};
+use tessera_model::{FlowRecord, FlowReport, FlowVerdict, TcpFlag, Vni};
 use uuid::Uuid;
 
 use crate::agent::Agent;
+use crate::drops::Drops;
+use crate::verdicts::Attribution;
 
 /// How often new and changed records are reported.
 pub const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// The time a report may spend finding the rules that allowed its flows.
+pub const ATTRIBUTION_BUDGET: Duration = Duration::from_millis(20);
 /// How often, at most, the table is dumped.
 pub const DUMP_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a dump of the table is at least this many times what
@@ -106,6 +110,11 @@ struct Recorder {
     ended: HashSet<u64>,
 }
 
+/// The TCP flags a connection's state implies.
+fn state_flags(ev: &CtEvent) -> Vec<TcpFlag> {
+    ev.tcp_state.map(|s| TcpFlag::from_bits(tessera_dataplane::ct_events::tcp_state_flags(s))).unwrap_or_default()
+}
+
 /// A connection's key: its conntrack id, zone and five-tuple (stable for its
 /// life, and across restarts of the agent, so its records are one).
 fn key_of(ev: &CtEvent) -> u64 {
@@ -145,6 +154,9 @@ impl Recorder {
             reply_packets: ev.reply.0,
             reply_bytes: ev.reply.1,
             connections: 1,
+            rule: None,
+            reason: None,
+            tcp_flags: state_flags(ev),
         })
     }
 
@@ -152,6 +164,7 @@ impl Recorder {
         let mut r = self.active.remove(&key)?;
         if let Some(ev) = ev {
             (r.packets, r.bytes, r.reply_packets, r.reply_bytes) = (ev.orig.0, ev.orig.1, ev.reply.0, ev.reply.1);
+            TcpFlag::union(&mut r.tcp_flags, &state_flags(ev));
         }
         r.end_ms = Some(now_ms());
         self.ended.insert(key);
@@ -192,6 +205,7 @@ impl Recorder {
             match self.active.get_mut(&key) {
                 Some(r) => {
                     let now = (ev.orig.0, ev.orig.1, ev.reply.0, ev.reply.1);
+                    TcpFlag::union(&mut r.tcp_flags, &state_flags(ev));
                     if (r.packets, r.bytes, r.reply_packets, r.reply_bytes) != now {
                         (r.packets, r.bytes, r.reply_packets, r.reply_bytes) = now;
                         if !closed {
@@ -241,6 +255,15 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
             return;
         }
     };
+    let mut refused = match tessera_dataplane::linux::refused_packets().await {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the log of refused packets: no records of refused flows on this host");
+            None
+        }
+    };
+    let mut drops = Drops::default();
+    let mut attribution = Attribution::default();
     let client = client.with_attempts(1);
     let me = agent.me.name.clone();
     let reconciled = agent.counters.reconciled_states();
@@ -265,6 +288,14 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 rec.ctx.refresh(&snap, &desired);
                 for ev in &evs {
                     pending.extend(rec.event(&me, ev));
+                }
+            }
+            Some(packets) = async { refused.as_mut()?.recv().await } => {
+                let snap = agent.snapshot.borrow().clone();
+                let Some(snap) = snap else { continue };
+                let desired = reconciled.borrow().clone();
+                for p in &packets {
+                    pending.extend(drops.record(&me, p, &snap, desired.as_deref()));
                 }
             }
             _ = tick.tick() => {
@@ -299,7 +330,12 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     continue;
                 }
                 let batch: Vec<FlowRecord> = pending.drain(..pending.len().min(tessera_model::flow::MAX_REPORT_RECORDS)).collect();
-                let batch = tessera_model::flow::aggregate(batch, |id| reported.contains(&id));
+                let mut batch = tessera_model::flow::aggregate(batch, |id| reported.contains(&id));
+                let snap = agent.snapshot.borrow().clone();
+                let desired = reconciled.borrow().clone();
+                if let (Some(snap), Some(desired)) = (snap, desired) {
+                    attribution.apply(&mut batch, &snap, &desired, ATTRIBUTION_BUDGET);
+                }
                 for r in &batch {
                     if r.end_ms.is_none() {
                         reported.insert(r.id);

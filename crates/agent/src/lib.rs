@@ -18,6 +18,7 @@ pub mod desired;
 pub mod dhcp;
 pub mod dhcp6_answer;
 pub mod dhcp_answer;
+pub mod drops;
 pub mod egress;
 pub mod error;
 pub mod flows;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod reconcile;
 pub mod runner;
+pub mod verdicts;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -84,6 +84,21 @@ pub fn tcp_closed(state: u8) -> bool {
     state == 7 || state == 8
 }
 
+/// The TCP flags (as in a TCP header's flags byte) a connection in `state`
+/// has seen: SYN once it is open or opening, ACK once the far end
+/// answered, FIN once either end closed, RST when a reset ended it
+/// (`TCP_CONNTRACK_CLOSE`).
+pub fn tcp_state_flags(state: u8) -> u8 {
+    use crate::nflog::tcp_flags::{ACK, FIN, RST, SYN};
+    match state {
+        1 | 9 => SYN,
+        2 | 3 => SYN | ACK,
+        4..=7 => SYN | ACK | FIN,
+        8 => SYN | ACK | RST,
+        _ => 0,
+    }
+}
+
 fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if b.len() < 4 {

@@ -76,6 +76,7 @@ pub mod fake;
 pub mod handover;
 pub mod linux;
 pub mod names;
+pub mod nflog;
 pub mod nfnetlink;
 pub mod nft;
 pub mod nft_events;

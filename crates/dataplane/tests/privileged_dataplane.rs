@@ -260,7 +260,7 @@ async fn privileged_spoofed_source_address_or_mac_is_dropped() {
     let chain = f.exec_ok(&p.h1.ns, "nft", &["list", "chain", "bridge", "tessera", "prerouting"]);
     let dropped = chain
         .lines()
-        .find(|l| l.contains("drop"))
+        .find(|l| l.contains("counter packets") && l.contains(" drop"))
         .and_then(|l| l.split("packets ").nth(1))
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse::<u64>().ok())

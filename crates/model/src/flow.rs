@@ -65,6 +65,56 @@ pub struct FlowRecord {
     /// with their packets and bytes summed.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub connections: u64,
+    /// The rule of a policy that decided the flow's fate, `POLICY rules[i]`
+    /// (the policy's fully qualified name); absent when none did (a flow
+    /// within one network, or one a rule list's default decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why a refused flow was refused, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The TCP flags seen (for a tracked connection, those its states imply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_flags: Vec<TcpFlag>,
+}
+
+/// A TCP flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TcpFlag {
+    Syn,
+    Ack,
+    Fin,
+    Rst,
+}
+
+impl TcpFlag {
+    /// The flags set in a TCP header's flags byte (those [`TcpFlag`] names).
+    pub fn from_bits(bits: u8) -> Vec<TcpFlag> {
+        [(0x02, TcpFlag::Syn), (0x10, TcpFlag::Ack), (0x01, TcpFlag::Fin), (0x04, TcpFlag::Rst)]
+            .into_iter()
+            .filter(|(b, _)| bits & b != 0)
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    /// `flags` with `more` added, each once, in [`TcpFlag`]'s order.
+    pub fn union(flags: &mut Vec<TcpFlag>, more: &[TcpFlag]) {
+        flags.extend_from_slice(more);
+        flags.sort();
+        flags.dedup();
+    }
+}
+
+impl std::fmt::Display for TcpFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TcpFlag::Syn => "SYN",
+            TcpFlag::Ack => "ACK",
+            TcpFlag::Fin => "FIN",
+            TcpFlag::Rst => "RST",
+        })
+    }
 }
 
 fn one() -> u64 {
@@ -75,8 +125,9 @@ fn is_one(n: &u64) -> bool {
     *n == 1
 }
 
-/// What makes short flows alike: protocol, addresses, destination port and endpoints.
-type Alike = (u8, IpAddr, IpAddr, u16, Option<String>, Option<String>);
+/// What makes short flows alike: protocol, addresses, destination port,
+/// endpoints, verdict and rule.
+type Alike = (u8, IpAddr, IpAddr, u16, Option<String>, Option<String>, FlowVerdict, Option<String>);
 
 /// Records of one report, with the short flows alike made one
 /// ([`FlowRecord::connections`]) and each flow once (its last state):
@@ -98,7 +149,7 @@ pub fn aggregate(records: Vec<FlowRecord>, reported: impl Fn(u64) -> bool) -> Ve
             out.push(r);
             continue;
         }
-        let key = (r.protocol, r.src, r.dst, r.dport, r.src_endpoint.clone(), r.dst_endpoint.clone());
+        let key = (r.protocol, r.src, r.dst, r.dport, r.src_endpoint.clone(), r.dst_endpoint.clone(), r.verdict, r.rule.clone());
         match alike.get(&key) {
             Some(&at) => {
                 let a = &mut out[at];
@@ -109,6 +160,7 @@ pub fn aggregate(records: Vec<FlowRecord>, reported: impl Fn(u64) -> bool) -> Ve
                 a.reply_bytes += r.reply_bytes;
                 a.start_ms = a.start_ms.min(r.start_ms);
                 a.end_ms = a.end_ms.max(r.end_ms);
+                TcpFlag::union(&mut a.tcp_flags, &r.tcp_flags);
             }
             None => {
                 alike.insert(key, out.len());
@@ -144,6 +196,9 @@ mod tests {
             reply_packets: 1,
             reply_bytes: 10,
             connections: 1,
+            rule: None,
+            reason: None,
+            tcp_flags: vec![TcpFlag::Syn],
         }
     }
 
@@ -176,8 +231,8 @@ pub struct FlowReport {
 pub const MAX_REPORT_RECORDS: usize = 10_000;
 
 impl FlowReport {
-    /// Bounds what a report holds: the count, and the names in each record
-    /// (a network's or endpoint's, at most 256 bytes each); fields are named
+    /// Bounds what a report holds: the count, and the names and words in
+    /// each record (at most 256 bytes each); fields are named
     /// `records[i].…`.
     pub fn check(&self) -> Result<(), crate::FieldError> {
         crate::limits::check_count("records", &self.records, MAX_REPORT_RECORDS, "records")?;
@@ -188,6 +243,8 @@ impl FlowReport {
                 ("dst_network", r.dst_network.as_ref()),
                 ("src_endpoint", r.src_endpoint.as_ref()),
                 ("dst_endpoint", r.dst_endpoint.as_ref()),
+                ("rule", r.rule.as_ref()),
+                ("reason", r.reason.as_ref()),
             ] {
                 if let Some(v) = v {
                     crate::limits::check_text(&format!("records[{i}].{name}"), v, 256)?;

@@ -30,7 +30,7 @@ pub use endpoint::{
 };
 pub use error::{ErrorCode, FieldError};
 pub use floating_ip::{FloatingIp, FloatingIpAssociate, FloatingIpCreate, Snat};
-pub use flow::{FlowRecord, FlowReport, FlowVerdict};
+pub use flow::{FlowRecord, FlowReport, FlowVerdict, TcpFlag};
 pub use host::{GatewayRegister, Host, HostGateway, HostRegister};
 pub use names::{FqName, ProjectName, Vni, DEFAULT_DOMAIN, DEFAULT_PROJECT};
 pub use network::{Network, NetworkCreate, NetworkUpdate, Subnet, SubnetCreate};

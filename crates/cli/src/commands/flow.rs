@@ -115,11 +115,26 @@ fn row(f: &FlowRecord) -> Vec<String> {
         f.reply_packets.to_string(),
         f.reply_bytes.to_string(),
         if f.end_ms.is_some() { "ended".into() } else { "running".into() },
+        if f.tcp_flags.is_empty() { "-".into() } else { f.tcp_flags.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",") },
+        // The rule that decided, or why the flow was refused.
+        f.rule.clone().or_else(|| f.reason.clone()).unwrap_or_else(|| "-".into()),
     ]
 }
 
-const HEADER: [&str; 10] =
-    ["HOST", "PROTO", "SOURCE", "DESTINATION", "VERDICT", "PKTS", "BYTES", "REPLY PKTS", "REPLY BYTES", "STATE"];
+const HEADER: [&str; 12] = [
+    "HOST",
+    "PROTO",
+    "SOURCE",
+    "DESTINATION",
+    "VERDICT",
+    "PKTS",
+    "BYTES",
+    "REPLY PKTS",
+    "REPLY BYTES",
+    "STATE",
+    "TCP FLAGS",
+    "RULE / REASON",
+];
 
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     match cmd {

@@ -27,6 +27,7 @@ mod announce;
 mod common;
 mod conntrack;
 mod ct_watch;
+mod drop_watch;
 mod links;
 mod neigh;
 mod netns;
@@ -38,4 +39,5 @@ mod vif;
 mod worker;
 
 pub use ct_watch::{conntrack_events, CtMessage};
+pub use drop_watch::{refused_packets, RefusedPacket};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};

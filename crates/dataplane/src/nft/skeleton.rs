@@ -223,6 +223,7 @@ table bridge tessera {{
         ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 iifname . ether saddr @epmac accept
         ether type ip iifname . ether saddr @svcmac meta mark set meta mark | {verified:#x} accept
         ether type ip6 iifname . ether saddr @svcmac meta mark set meta mark | {verified:#x} accept
+        {spoof_log}
         counter drop comment "{v}"
     }}
 }}
@@ -261,6 +262,7 @@ table inet {p} {{
         vrf_lo = crate::names::TABLE_BASE + tessera_model::Vni::MIN,
         vrf_hi = crate::names::TABLE_BASE + tessera_model::Vni::MAX,
         steer = crate::names::STEER,
+        spoof_log = crate::nflog::DropKind::Spoof.log_statement(),
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),

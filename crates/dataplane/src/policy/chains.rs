@@ -1,5 +1,5 @@
 //! The chains of `inet tessera_policy`: their names (`p<S>_<D>`,
-//! `l<S>_<D>_<i>`, `rj<S>`, `g…`, `dispatch`, `steer`), their kinds (the order they are installed
+//! `l<S>_<D>_<i>`, `rj<S>`, `dn<S>`, `g…`, `dispatch`, `steer`), their kinds (the order they are installed
 //! in), and a chain's rules with their digest.
 
 use tessera_model::Vni;
@@ -14,6 +14,7 @@ use crate::names::{DISPATCH, STEER};
 pub enum ChainKind {
     /// `steer`: refers to no chain.
     Steer,
+    /// `rj<S>` and `dn<S>`.
     Reject,
     Log,
     List,
@@ -32,6 +33,7 @@ impl ChainKind {
         }
         match name.as_bytes().first()? {
             b'r' if name.starts_with("rj") => Some(ChainKind::Reject),
+            b'd' if name.starts_with("dn") => Some(ChainKind::Reject),
             b'g' => Some(ChainKind::Log),
             b'l' => Some(ChainKind::List),
             b'p' => Some(ChainKind::Pair),
@@ -64,6 +66,12 @@ pub fn list_chain(src: Vni, dst: Vni, i: usize) -> String {
 /// `rj<S>`
 pub fn reject_chain(src: Vni) -> String {
     format!("rj{src}")
+}
+
+/// `dn<S>`: logs (rate limited) and drops what the program of flows from
+/// `S` denies.
+pub fn deny_chain(src: Vni) -> String {
+    format!("dn{src}")
 }
 
 /// The rule-list chain a map belongs to (`m<S>_<D>_<i>_…` or
@@ -120,7 +128,7 @@ pub(super) fn verdict_letter(v: Verdict) -> char {
 pub(super) fn plain_verdict(v: Verdict, src: Vni) -> String {
     match v {
         Verdict::Pass => "return".into(),
-        Verdict::Deny => "drop".into(),
+        Verdict::Deny => format!("goto {}", deny_chain(src)),
         Verdict::Reject => format!("goto {}", reject_chain(src)),
     }
 }

@@ -9,7 +9,7 @@ use tessera_model::Vni;
 use tessera_policy::flow::Fnv;
 use tessera_policy::{Entry, Family, RuleRef, Verdict};
 
-use super::chains::{chain, list_chain, plain_verdict, reject_chain, verdict_letter, ChainKind};
+use super::chains::{chain, deny_chain, list_chain, plain_verdict, reject_chain, verdict_letter, ChainKind};
 use super::keys::{lookup_key, selective_order, template_matches};
 use super::objects::{MapDelta, MapSpec, PolicyObjects};
 use crate::observed::{element_hash, map_digest, ElementVerdict, MapElement};
@@ -55,7 +55,7 @@ fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry)
     match &e.log {
         None => match e.verdict {
             Verdict::Pass => ElementVerdict::Return,
-            Verdict::Deny => ElementVerdict::Drop,
+            Verdict::Deny => ElementVerdict::Goto(deny_chain(s)),
             Verdict::Reject => ElementVerdict::Continue,
         },
         Some(prefix) => {

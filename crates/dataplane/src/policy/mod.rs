@@ -91,7 +91,9 @@ mod objects;
 mod programs;
 mod steer;
 
-pub use chains::{chain_pair, list_chain, map_list_chain, object_list, pair_chain, reject_chain, ChainKind, ChainSpec};
+pub use chains::{
+    chain_pair, deny_chain, list_chain, map_list_chain, object_list, pair_chain, reject_chain, ChainKind, ChainSpec,
+};
 pub use counters::{rule_counters, ElementCounter, RuleCounter};
 pub use digest::{
     chain_digest_value, decode_chain_value, decode_map_value, derive_digests, list_fingerprint_digest, map_digest_value,

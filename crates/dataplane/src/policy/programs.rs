@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 
 use tessera_model::Vni;
 
-use super::chains::{chain, list_chain, pair_chain, reject_chain, ChainKind};
+use super::chains::{chain, deny_chain, list_chain, pair_chain, reject_chain, ChainKind};
 use super::lists::{list_objects, ListObjects};
 use super::objects::PolicyObjects;
 use crate::desired::{bridge_name, table_id, vxlan_name, DesiredHost, PairPolicy};
 use crate::names::{DISPATCH, STEER};
+use crate::nflog::DropKind;
 
 /// The objects of every program of `desired`.
 pub fn policy_objects(desired: &DesiredHost) -> PolicyObjects {
@@ -129,14 +130,16 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
         };
         catch_all.push(format!("\"{tx_d}\" . \"{tb_d}\" : {verdict}"));
     }
-    for s in sources.iter().copied().filter(|s| !external(*s)) {
-        let rules = vec![format!("meta mark set {:#x}", table_id(s)), "meta l4proto tcp reject with tcp reset".to_string()];
+    for s in sources.iter().copied() {
+        let mut rules = vec![DropKind::Reject(s.get()).log_statement()];
+        // A flow from the outside is answered through the host's own tables.
+        if !external(s) {
+            rules.push(format!("meta mark set {:#x}", table_id(s)));
+        }
+        rules.push("meta l4proto tcp reject with tcp reset".to_string());
         out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
-    }
-    // A flow from the outside is answered through the host's own tables.
-    for s in sources.iter().copied().filter(|s| external(*s)) {
-        let rules = vec!["meta l4proto tcp reject with tcp reset".to_string()];
-        out.chains.insert(reject_chain(s), chain(ChainKind::Reject, rules, "reject", None));
+        let log = vec![DropKind::Deny(s.get()).log_statement()];
+        out.chains.insert(deny_chain(s), chain(ChainKind::Reject, log, "drop", None));
     }
     memo.forget_unused();
     drop(memo);

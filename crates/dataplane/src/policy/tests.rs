@@ -179,7 +179,9 @@ fn a_list_of_port_rules_is_one_hash_lookup() {
     assert_eq!(map_type(name, Family::V4), "type inet_service : verdict; counter;");
     let list = &o.chains["l1_2_0"].rules;
     assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name} goto rj1"));
-    assert_eq!(list[1], "drop");
+    assert_eq!(list[1], "goto dn1", "a denied flow is logged (rate limited), then dropped");
+    assert_eq!(o.chains["dn1"].rules.last().map(String::as_str), Some("drop"));
+    assert!(map.elements.iter().all(|(e, _)| e.verdict == ElementVerdict::Goto("dn1".into())));
 }
 
 #[test]
