@@ -61,7 +61,7 @@ impl Drops {
         self.expire();
         let r = &p.packet;
         let verdict = match r.kind {
-            DropKind::Deny(_) => FlowVerdict::Denied,
+            DropKind::Deny(_) | DropKind::Isolation => FlowVerdict::Denied,
             DropKind::Reject(_) => FlowVerdict::Rejected,
             DropKind::Spoof => FlowVerdict::Spoofed,
         };
@@ -84,12 +84,23 @@ impl Drops {
         self.names.refresh(snap);
         let (src, dst, rule, reason) = match r.kind {
             DropKind::Spoof => {
-                let port = p.indev.as_deref()?;
+                let port = p.port.as_deref()?;
                 let sender = snap.endpoints.iter().find(|e| e.host == me && host_veth_name(e.id) == port)?;
                 let mac = r.src_mac.map(|m| format!(" (MAC {})", tessera_model::MacAddr(m))).unwrap_or_default();
                 let reason = format!("the source {}{mac} is not endpoint {}'s (port {port})", r.src, sender.name);
                 let dst = endpoint_at(snap, r.dst, vni_of(snap, sender));
                 (Some(sender), dst, None, reason)
+            }
+            DropKind::Isolation => {
+                let s = Vni::new(p.indev.as_deref()?.strip_prefix("tb")?.parse().ok()?).ok()?;
+                let src = endpoint_at(snap, r.src, Some(s));
+                let dst = snap.networks.iter().find(|n| n.subnets.iter().any(|x| x.cidr.contains(&r.dst)));
+                let reason = match dst {
+                    Some(d) => format!("no policy joins {} and {}: they are isolated", self.names.network(s), d.fq_name),
+                    None => format!("{} has no route to {}", self.names.network(s), r.dst),
+                };
+                let dst = dst.and_then(|d| endpoint_at(snap, r.dst, Some(d.vni)));
+                (src, dst, None, reason)
             }
             DropKind::Deny(s) | DropKind::Reject(s) => {
                 let s = Vni::new(s).ok()?;

@@ -1,8 +1,9 @@
 //! Privileged tier: what policy and anti-spoofing do to flows, as flow
 //! records show it. Between two networks joined by a policy, an allowed
 //! connection names the rule that allowed it, a connection a rule denies
-//! names that rule, one no rule matches names the default, and a packet
-//! with a forged source shows as spoofed; `tessera flow follow` prints each
+//! names that rule, one no rule matches names the default, one towards a
+//! network no policy joins shows as isolated, and a packet with a forged
+//! source shows as spoofed; `tessera flow follow` prints each
 //! refused one within a second. Needs root, busybox and ping; fails with
 //! the reason when it cannot run.
 
@@ -57,6 +58,9 @@ fn privileged_refused_flows_show_with_their_rule_or_reason() {
     let r1 = c.attach("r1", "red", &[]).unwrap();
     let g1 = c.attach("g1", "green", &[]).unwrap();
     let green = addresses(&g1)[0].clone();
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.95.0.0/24"]).unwrap();
+    c.container("h2", "b1").unwrap();
+    let blue = addresses(&c.attach("b1", "blue", &[]).unwrap())[0].clone();
     let r1_name = r1["name"].as_str().unwrap().to_string();
     let g1_name = g1["name"].as_str().unwrap().to_string();
     assert!(c.ping("r1", &green, 3).unwrap() >= 1, "red reaches green by ICMP\n{}", c.logs_tail(20));
@@ -130,6 +134,16 @@ fn privileged_refused_flows_show_with_their_rule_or_reason() {
     assert_eq!(f["verdict"], "denied", "{f}");
     assert!(f["rule"].is_null(), "{f}");
     assert!(f["reason"].as_str().is_some_and(|r| r.contains("default")), "{f}");
+    assert!(took < Duration::from_secs(1), "follow took {took:?}");
+
+    // A network no policy joins: refused by isolation, and said so.
+    let tried = Instant::now();
+    let _ = exec_in(c.netns_of("r1").unwrap(), "busybox", ["nc", "-w", "1", &blue, "443"]).unwrap();
+    let (f, took) = next_line(&rx, tried, "the connection to the isolated network", |v| v["dport"] == 443);
+    eprintln!("flow follow printed the connection to an isolated network {took:?} after it was tried");
+    assert_eq!(f["verdict"], "denied", "{f}");
+    assert_eq!(f["dst_network"], "default-domain:admin:blue", "{f}");
+    assert!(f["reason"].as_str().is_some_and(|r| r.contains("isolated")), "{f}");
     assert!(took < Duration::from_secs(1), "follow took {took:?}");
 
     // A forged source address: spoofed, by the endpoint of the port it came from.

@@ -54,6 +54,10 @@ pub enum DropKind {
     /// Not the source address or MAC of the endpoint of the port it came
     /// from: `tessera-drop spoof`.
     Spoof,
+    /// The first packet of a flow from a network's bridge towards where its
+    /// table has no route (no policy joins the networks):
+    /// `tessera-drop isolation`.
+    Isolation,
 }
 
 impl DropKind {
@@ -63,6 +67,7 @@ impl DropKind {
             DropKind::Deny(v) => format!("{DROP_PREFIX} deny {v}"),
             DropKind::Reject(v) => format!("{DROP_PREFIX} reject {v}"),
             DropKind::Spoof => format!("{DROP_PREFIX} spoof"),
+            DropKind::Isolation => format!("{DROP_PREFIX} isolation"),
         }
     }
 
@@ -74,6 +79,7 @@ impl DropKind {
             ("deny", Some(v)) => Some(DropKind::Deny(v.parse().ok()?)),
             ("reject", Some(v)) => Some(DropKind::Reject(v.parse().ok()?)),
             ("spoof", None) => Some(DropKind::Spoof),
+            ("isolation", None) => Some(DropKind::Isolation),
             _ => None,
         }
     }
@@ -99,9 +105,11 @@ pub mod tcp_flags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub kind: DropKind,
-    /// The interfaces it came in by (a bridge's port, in the bridge
-    /// family) and would have left by (their index).
+    /// The interfaces it came in by (a bridge, for a packet a bridge
+    /// brought in) and would have left by (their index).
     pub indev: Option<u32>,
+    /// The bridge port it came in by, for a packet a bridge brought in.
+    pub port: Option<u32>,
     pub outdev: Option<u32>,
     /// Its source MAC, when the kernel knew it.
     pub src_mac: Option<[u8; 6]>,
@@ -228,9 +236,7 @@ fn packet(attrs: &[u8]) -> Option<Refused> {
         ETH_P_ARP => arp(payload)?,
         _ => ip(payload)?,
     };
-    // In the bridge family the input device is the bridge; the port is the
-    // physical input device.
-    (r.kind, r.indev, r.outdev, r.src_mac) = (kind, physindev.or(indev), outdev, src_mac);
+    (r.kind, r.indev, r.port, r.outdev, r.src_mac) = (kind, indev, physindev, outdev, src_mac);
     Some(r)
 }
 
@@ -238,6 +244,7 @@ fn refused(protocol: u8, src: IpAddr, dst: IpAddr, bytes: u32) -> Refused {
     Refused {
         kind: DropKind::Spoof,
         indev: None,
+        port: None,
         outdev: None,
         src_mac: None,
         protocol,
@@ -355,7 +362,7 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip_and_others_are_not_ours() {
-        for k in [DropKind::Deny(4096), DropKind::Reject(7), DropKind::Spoof] {
+        for k in [DropKind::Deny(4096), DropKind::Reject(7), DropKind::Spoof, DropKind::Isolation] {
             assert_eq!(DropKind::parse(&k.prefix()), Some(k));
         }
         assert_eq!(DropKind::parse("tessera web#1 a>b deny "), None);

@@ -31,9 +31,10 @@ const NFTA_SET_NAME: u16 = 2;
 /// The base chains and skeleton sets of each of Tessera's tables.
 fn skeleton_of(family: u8, table: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
     match (family, table) {
-        (NFPROTO_INET, "tessera") => {
-            Some((&["prerouting", "output", "input", "from_overlay", "probe_out"], &["zones", "pz4", "pz6", "vteps4", "vteps6"]))
-        }
+        (NFPROTO_INET, "tessera") => Some((
+            &["prerouting", "output", "input", "from_overlay", "probe_out", "isolation"],
+            &["zones", "pz4", "pz6", "reach4", "reach6", "vteps4", "vteps6"],
+        )),
         (NFPROTO_BRIDGE, "tessera") => Some((&["prerouting"], &["ep4", "ep6", "epmac", "svcmac"])),
         // `dispatch` and `steer` are the planner's: it replaces their rules.
         (NFPROTO_INET, t) if t == POLICY_TABLE => Some((&["forward", "prerouting"], &["digests"])),

@@ -389,6 +389,13 @@ pub enum NftElement {
         net: IpNet,
         zone: u16,
     },
+    /// `inet tessera` set `reach4` or `reach6`: `"BRIDGE" . PREFIX`, where
+    /// a new flow from a network's bridge may go (what its table routes);
+    /// a new flow towards anywhere else is refused by isolation, and logged.
+    Reach {
+        ifname: String,
+        net: IpNet,
+    },
     /// `inet tessera` set `vteps4` or `vteps6`: the underlay address of a
     /// host of the fabric, from which VXLAN is accepted.
     Vtep {
@@ -502,6 +509,8 @@ impl NftElement {
             NftElement::SvcMac { .. } => ("bridge", "tessera", "svcmac"),
             NftElement::PairZone { net, .. } if net.addr().is_ipv4() => ("inet", "tessera", "pz4"),
             NftElement::PairZone { .. } => ("inet", "tessera", "pz6"),
+            NftElement::Reach { net, .. } if net.addr().is_ipv4() => ("inet", "tessera", "reach4"),
+            NftElement::Reach { .. } => ("inet", "tessera", "reach6"),
             NftElement::Vtep { ip: IpAddr::V4(_) } => ("inet", "tessera", "vteps4"),
             NftElement::Vtep { ip: IpAddr::V6(_) } => ("inet", "tessera", "vteps6"),
             NftElement::Uplink { .. } => ("inet", "tessera", "uplinks"),
@@ -543,6 +552,7 @@ impl fmt::Display for NftElement {
             NftElement::Ep6 { port, mac, ip } => write!(f, "\"{port}\" . {mac} . {ip}")?,
             NftElement::EpMac { port, mac } | NftElement::SvcMac { port, mac } => write!(f, "\"{port}\" . {mac}")?,
             NftElement::PairZone { ifname, net, zone } => write!(f, "\"{ifname}\" . {net} : {zone}")?,
+            NftElement::Reach { ifname, net } => write!(f, "\"{ifname}\" . {net}")?,
             NftElement::Vtep { ip } => write!(f, "{ip}")?,
             NftElement::Uplink { ifname } | NftElement::UplinkSlice { ifname, .. } => write!(f, "\"{ifname}\"")?,
             NftElement::ExtZone { address, zone } => write!(f, "{address} : {zone}")?,

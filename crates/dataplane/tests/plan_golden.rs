@@ -183,8 +183,9 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v7 # inet tessera, bridge tessera, inet tessera_policy");
     assert_eq!(
         actual.len(),
-        1 + 2 + 1 + 2 + 3,
-        "skeleton, steer and dispatch chains, digests, two zones, three port elements: {actual:#?}"
+        1 + 2 + 1 + 2 + 3 + 6,
+        "skeleton, steer and dispatch chains, digests, two zones, three port elements, six places the bridge reaches \
+         (two subnets, multicast, broadcast and link-local): {actual:#?}"
     );
 }
 

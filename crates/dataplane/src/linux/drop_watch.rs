@@ -14,6 +14,8 @@ use crate::nflog::{ack_error, bind_messages, parse, Refused, DROP_LOG_GROUP};
 pub struct RefusedPacket {
     pub packet: Refused,
     pub indev: Option<String>,
+    /// The bridge port it came in by.
+    pub port: Option<String>,
     pub outdev: Option<String>,
 }
 
@@ -52,7 +54,12 @@ pub async fn refused_packets() -> std::io::Result<mpsc::Receiver<Vec<RefusedPack
             }
             let packets: Vec<RefusedPacket> = parse(&buf)
                 .into_iter()
-                .map(|packet| RefusedPacket { indev: ifname(packet.indev), outdev: ifname(packet.outdev), packet })
+                .map(|packet| RefusedPacket {
+                    indev: ifname(packet.indev),
+                    port: ifname(packet.port),
+                    outdev: ifname(packet.outdev),
+                    packet,
+                })
                 .collect();
             if !packets.is_empty() && tx.send(packets).await.is_err() {
                 return;

@@ -342,6 +342,16 @@ pub fn parse_tables(inet: Option<&str>, bridge: Option<&str>, policy: Option<&Po
     Ok(state)
 }
 
+/// The prefix an nft JSON range or prefix stands for; `None` when it is
+/// not exactly one.
+fn json_prefix(v: &Value) -> Option<IpNet> {
+    let (f, lo, hi) = json_range(v)?;
+    let f = f?;
+    let host_bits = 128 - (hi - lo).leading_zeros();
+    let net = IpNet::new(f.addr(lo), (f.bits() - host_bits) as u8).ok()?;
+    (tessera_policy::flow::net_range(&net) == (lo, hi)).then_some(net)
+}
+
 /// `Some(None)`: a set we do not manage; `None`: unreadable.
 fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElement>> {
     // An element with options comes wrapped: {"elem": {"val": ...}}.
@@ -358,19 +368,18 @@ fn parse_element(family: &str, set: &str, elem: &Value) -> Option<Option<NftElem
             let zone = u16::try_from(pair.get(1)?.as_u64()?).ok()?;
             Some(NftElement::Zone { ifname, zone })
         }
+        ("inet", "reach4" | "reach6") => {
+            let parts = elem.get("concat")?.as_array()?;
+            let ifname = parts.first()?.as_str()?.to_string();
+            Some(NftElement::Reach { ifname, net: json_prefix(parts.get(1)?)? })
+        }
         ("inet", "pz4") | ("inet", "pz6") => {
             let pair = elem.as_array()?;
             let key = pair.first()?;
             let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
             let parts = key.get("concat")?.as_array()?;
             let ifname = parts.first()?.as_str()?.to_string();
-            let (f, lo, hi) = json_range(parts.get(1)?)?;
-            let f = f?;
-            let host_bits = 128 - (hi - lo).leading_zeros();
-            let net = IpNet::new(f.addr(lo), (f.bits() - host_bits) as u8).ok()?;
-            if tessera_policy::flow::net_range(&net) != (lo, hi) {
-                return None;
-            }
+            let net = json_prefix(parts.get(1)?)?;
             let zone = u16::try_from(pair.get(1)?.as_u64()?).ok()?;
             Some(NftElement::PairZone { ifname, net, zone })
         }

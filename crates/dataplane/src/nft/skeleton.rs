@@ -43,6 +43,14 @@ table inet tessera {{
         typeof iifname . ip6 daddr : ct zone
         flags interval
     }}
+    set reach4 {{
+        typeof iifname . ip daddr
+        flags interval
+    }}
+    set reach6 {{
+        typeof iifname . ip6 daddr
+        flags interval
+    }}
     set uplinks {{
         type ifname
     }}
@@ -93,6 +101,11 @@ table inet tessera {{
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
         iifname "tx*" meta mark set meta mark | {verified:#x}
+    }}
+    chain isolation {{
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "tb*" ct state new meta nfproto ipv4 iifname . ip daddr != @reach4 {isolation_log}
+        iifname "tb*" ct state new meta nfproto ipv6 iifname . ip6 daddr != @reach6 {isolation_log}
     }}
     chain from_uplink {{
         ct zone set ip daddr map @extzone4
@@ -263,6 +276,7 @@ table inet {p} {{
         vrf_hi = crate::names::TABLE_BASE + tessera_model::Vni::MAX,
         steer = crate::names::STEER,
         spoof_log = crate::nflog::DropKind::Spoof.log_statement(),
+        isolation_log = crate::nflog::DropKind::Isolation.log_statement(),
         p = POLICY_TABLE,
         mk = std::net::Ipv6Addr::from(skeleton_marker().0),
         mv = std::net::Ipv6Addr::from(skeleton_marker().1),

@@ -266,6 +266,13 @@ impl Want {
                 });
             }
         }
+        for net in &desired.networks {
+            let (tb, table) = (bridge_name(net.vni), table_id(net.vni));
+            let routed = w.routes.iter().filter(|r| r.table == table && r.target != RouteTarget::Unreachable).map(|r| r.dst);
+            for net in reach(routed) {
+                w.elements.insert(NftElement::Reach { ifname: tb.clone(), net });
+            }
+        }
         for pz in &desired.pair_zones {
             for (x, y) in [(pz.a, pz.b), (pz.b, pz.a)] {
                 let Some(other) = desired.networks.iter().find(|n| n.vni == y) else { continue };
@@ -278,4 +285,21 @@ impl Want {
         }
         w
     }
+}
+
+/// Where a new flow from a network's bridge may go: the prefixes its table
+/// routes, and the local multicast, broadcast and link-local ranges (DHCP,
+/// neighbour discovery), without those another holds (the set's intervals
+/// may not overlap).
+fn reach(routed: impl Iterator<Item = IpNet>) -> Vec<IpNet> {
+    let always = ["224.0.0.0/4", "255.255.255.255/32", "ff00::/8", "fe80::/10"];
+    let mut all: Vec<IpNet> = routed.chain(always.iter().map(|n| n.parse().expect("literal"))).collect();
+    all.sort_by_key(|n| (n.addr().is_ipv6(), n.prefix_len()));
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in all {
+        if !out.iter().any(|o| o.contains(&n)) {
+            out.push(n);
+        }
+    }
+    out
 }
