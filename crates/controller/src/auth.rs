@@ -1,6 +1,7 @@
 //! Who may call what.
 //!
-//! Every request but `/healthz`, `/readyz` and the OpenAPI document names
+//! Every request but `/healthz`, `/readyz`, the OpenAPI document and the
+//! web page `/ui` (which holds no data: it reads the API with a token) names
 //! its caller ([`Principal`]): a client certificate of the fabric's CA (an
 //! administrator's, or a host's, which its agent and Docker plugin present),
 //! a bearer token (`tessera token create`), or, on a controller started with
@@ -69,7 +70,7 @@ fn refuse(e: Error) -> Response {
 
 /// Routes anyone may call.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json")
+    matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json" | "/ui")
 }
 
 /// The middleware: names the caller, refuses what it may not do, and hands
