@@ -1,5 +1,6 @@
 //! Flow records through a real controller process: a host reports its
-//! own, bounded; administrators query them by filter and in groups.
+//! own, bounded; administrators query them all by filter and in groups, a
+//! project's tokens those with a side in its networks; hosts read none.
 
 mod support;
 
