@@ -1,92 +1,23 @@
 //! The controller's web page `/ui` in a real headless browser (Debian's
-//! `chromium`, driven over WebDriver through `chromedriver`): it reads the
-//! API with a project's token from the address's fragment, lists the
-//! project's networks and endpoints, and shows a flow a host reports while
-//! the page is open within seconds. The browser runs as root here, so
-//! without its sandbox; it accepts the fabric CA's certificate as
-//! insecure. Without `chromium` or `chromedriver` the tests fail saying so
-//! (`./x setup` installs them).
+//! `chromium`, driven over WebDriver through `chromedriver`, see
+//! `browser`): it reads the API with a project's token from the address's
+//! fragment, lists the project's networks and endpoints, and shows a flow a
+//! host reports while the page is open within seconds.
 
+mod browser;
 mod support;
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
-use support::{free_port, Api, Caller, ControllerProcess};
+use browser::Chromedriver;
+use fantoccini::Locator;
+use serde_json::json;
+use support::{Api, Caller, ControllerProcess};
 
 /// How long the page has to show what the test waits for.
 const PAGE_WAIT: Duration = Duration::from_secs(10);
 /// How long a reported flow may take to appear in the page's live table.
 const LIVE_WAIT: Duration = Duration::from_secs(5);
-
-/// `program` on the PATH.
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
-}
-
-/// A `chromedriver` process on a free port of loopback; killed on drop.
-struct Chromedriver {
-    child: Child,
-    port: u16,
-}
-
-impl Chromedriver {
-    fn start() -> Self {
-        let driver = on_path("chromedriver")
-            .unwrap_or_else(|| panic!("chromedriver is not installed: install Debian's chromium-driver (./x setup)"));
-        let port = free_port();
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", driver.display()));
-        let mut d = Chromedriver { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("chromedriver exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "chromedriver did not listen on port {port} within 10 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    /// A headless Chromium session: no sandbox (it runs as root), its
-    /// own profile, the controller's certificate accepted.
-    async fn session(&self, profile: &std::path::Path) -> Client {
-        let chromium =
-            on_path("chromium").unwrap_or_else(|| panic!("chromium is not installed: install Debian's chromium (./x setup)"));
-        let capabilities = json!({
-            "browserName": "chrome",
-            "acceptInsecureCerts": true,
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--ignore-certificate-errors",
-                         "--no-first-run", format!("--user-data-dir={}", profile.display())],
-            },
-        });
-        let Value::Object(capabilities) = capabilities else { unreachable!() };
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        ClientBuilder::new(connector)
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .unwrap_or_else(|e| panic!("chromedriver could not start chromium ({}): {e}", chromium.display()))
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A project `blue` with a network, an endpoint on host h1 and a
 /// reader's token; returns the token.
