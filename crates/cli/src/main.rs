@@ -107,6 +107,8 @@ enum Command {
     /// Networks: add, show, list, update, delete.
     #[command(subcommand)]
     Network(commands::network::Cmd),
+    /// The fabric at a glance: hosts, endpoints, networks, policies and the traffic between networks.
+    Topology(commands::topology::Args),
     /// Policies: ordered rules connecting networks.
     #[command(subcommand)]
     Policy(commands::policy::Cmd),
@@ -186,6 +188,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Controller(a) => commands::controller::run(a).await,
             Command::Network(c) => commands::network::run(&ctx, c).await,
+            Command::Topology(a) => commands::topology::run(&ctx, a).await,
             Command::FloatingIp(c) => commands::floating_ip::run(&ctx, c).await,
             Command::Flow(c) => commands::flow::run(&ctx, c).await,
             Command::ServiceTemplate(c) => commands::service::run_templates(&ctx, c).await,

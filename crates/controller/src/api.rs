@@ -69,6 +69,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .merge(crate::api_services::routes())
         .merge(crate::api_flows::routes())
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), record))

@@ -1,6 +1,7 @@
 //! Who may call what.
 //!
-//! Every request but `/healthz`, `/readyz` and the OpenAPI document names
+//! Every request but `/healthz`, `/readyz`, the OpenAPI document and the
+//! web page `/ui` (which holds no data: it reads the API with a token) names
 //! its caller ([`Principal`]): a client certificate of the fabric's CA (an
 //! administrator's, or a host's, which its agent and Docker plugin present),
 //! a bearer token (`tessera token create`), or, on a controller started with
@@ -21,7 +22,9 @@
 //!   also changes them and reservations. Only its project's: listings are filtered to
 //!   it (and to shared networks), an object of another project is refused
 //!   (another project's shared network may be read and attached to), and it
-//!   creates only in its project.
+//!   creates only in its project. Any of its roles reads the flow records
+//!   with a side in one of its project's networks (`/v1/flows`, `follow`,
+//!   `top`); a host reports flows but reads none.
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
@@ -67,7 +70,7 @@ fn refuse(e: Error) -> Response {
 
 /// Routes anyone may call.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json")
+    matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json" | "/ui")
 }
 
 /// The middleware: names the caller, refuses what it may not do, and hands
@@ -162,6 +165,9 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
             (["hosts", name] | ["hosts", name, "counters"] | ["hosts", name, "lease"], &Method::PUT) if name == me => Ok(()),
             (["hosts", name, "flows"], &Method::POST) if name == me => Ok(()),
             (["hosts", name, ..], _) => Err(format!("act for host {name}: a host acts only for itself")),
+            (["flows", ..], _) => {
+                Err(format!("{}: a host reports its flows; administrators and project tokens read them", what()))
+            }
             (["networks"] | ["networks", _] | ["networks", _, "reservations"], _) if read => Ok(()),
             (["networks"], &Method::POST) | (["networks", _], &Method::DELETE) => Ok(()),
             (["networks", _, "reservations"], &Method::POST) | (["networks", _, "reservations", _], &Method::DELETE) => Ok(()),
@@ -179,7 +185,9 @@ pub fn authorize(principal: &Principal, method: &Method, path: &str) -> Result<(
                 segs.first(),
                 Some(&("networks" | "policies" | "endpoints" | "floating-ips" | "service-templates" | "services"))
             );
+            let flows = matches!(segs.as_slice(), ["flows"] | ["flows", "follow" | "top"]);
             match (objects, read, role) {
+                _ if flows && read => Ok(()),
                 (true, true, _) => Ok(()),
                 (true, false, Role::Member | Role::Admin) => Ok(()),
                 (true, false, Role::Reader) => Err(format!("{}: a reader only reads", what())),
@@ -231,6 +239,8 @@ mod tests {
         assert!(authorize(&host("h1"), &Method::POST, "/v1/projects").is_err());
         assert!(authorize(&host("h1"), &Method::GET, "/v1/tokens").is_err());
         assert!(authorize(&host("h1"), &Method::GET, "/v1/snapshot").is_ok());
+        assert!(authorize(&host("h1"), &Method::POST, "/v1/hosts/h1/flows").is_ok());
+        assert!(authorize(&host("h1"), &Method::GET, "/v1/flows").unwrap_err().contains("reports its flows"));
     }
 
     #[test]
@@ -244,5 +254,10 @@ mod tests {
         assert!(authorize(&member, &Method::PUT, "/v1/hosts/h1").is_err());
         assert!(authorize(&member, &Method::POST, "/v1/tokens").is_err());
         assert!(authorize(&Principal::Admin, &Method::POST, "/v1/tokens").is_ok());
+        for path in ["/v1/flows", "/v1/flows/follow", "/v1/flows/top"] {
+            assert!(authorize(&reader, &Method::GET, path).is_ok(), "{path}");
+        }
+        assert!(authorize(&member, &Method::POST, "/v1/flows").is_err());
+        assert!(authorize(&member, &Method::POST, "/v1/hosts/h1/flows").is_err());
     }
 }

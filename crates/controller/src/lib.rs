@@ -1,7 +1,8 @@
 //! Tessera's controller: the REST API (`/v1`) and the source of truth.
 //!
 //! [`service::Controller`] holds the operations over a [`tessera_store::Store`];
-//! [`api`] is the thin HTTP edge; [`serve`] runs it on a listener.
+//! [`api`] is the thin HTTP edge ([`ui`] a read-only page over it);
+//! [`serve`] runs it on a listener.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod metrics;
 pub mod service;
 pub mod tls;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;

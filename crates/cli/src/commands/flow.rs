@@ -1,6 +1,6 @@
 //! `tessera flow list|follow|top`: the flow records the hosts reported:
 //! newest first, live as they come (like `hubble observe -f`), or grouped
-//! by bytes.
+//! by bytes (by pair, endpoint, port or pair of networks).
 
 use tessera_model::FlowRecord;
 
@@ -66,10 +66,10 @@ pub enum Cmd {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Flows grouped by pair, endpoint or port, by bytes both ways.
+    /// Flows grouped by pair, endpoint, port or pair of networks, by bytes both ways.
     Top {
-        /// pair, endpoint or port.
-        #[arg(long, default_value = "pair", value_parser = ["pair", "endpoint", "port"])]
+        /// pair, endpoint, port or network (source and destination networks).
+        #[arg(long, default_value = "pair", value_parser = ["pair", "endpoint", "port", "network"])]
         by: String,
         /// Only flows that ran in the last SECONDS.
         #[arg(long)]

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod project;
 pub mod service;
 pub mod token;
+pub mod topology;
 
 use serde::Serialize;
 

@@ -37,7 +37,7 @@ mod txn;
 pub use controller::{Controller, Created};
 pub use endpoints::EndpointFilter;
 pub use flow_store::DEFAULT_FLOW_RECORDS;
-pub use flows::{FlowFilter, TopBy, TopEntry, TopParams};
+pub use flows::{visible, FlowFilter, TopBy, TopEntry, TopParams};
 pub use leases::{LEASE_TIME, REAP_EVERY};
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
 pub use projects::{Project, ProjectCreate};
