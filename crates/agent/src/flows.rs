@@ -96,14 +96,17 @@ impl Context {
     }
 }
 
-/// The flows this host follows: running ones by their key, and ended ones
+/// The flows this host follows: running ones by their key, ended ones
 /// whose conntrack entry lingers (TCP's TIME_WAIT), so a dump does not make
+/// them again (with the id of their record), and those a dump found before
+/// their event (events are read in batches), so their event does not make
 /// them again.
 #[derive(Default)]
 struct Recorder {
     ctx: Context,
     active: HashMap<u64, FlowRecord>,
-    ended: HashSet<u64>,
+    ended: HashMap<u64, u64>,
+    found: HashSet<u64>,
 }
 
 /// A connection's key: its conntrack id, zone and five-tuple (stable for its
@@ -111,6 +114,14 @@ struct Recorder {
 fn key_of(ev: &CtEvent) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (ev.id, ev.zone, ev.tuple).hash(&mut h);
+    h.finish() & 0x7fff_ffff_ffff_ffff
+}
+
+/// The record id of a connection with the key of one before it (whose
+/// record had `previous`): one of its own.
+fn next_id(key: u64, previous: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, previous).hash(&mut h);
     h.finish() & 0x7fff_ffff_ffff_ffff
 }
 
@@ -154,23 +165,36 @@ impl Recorder {
             (r.packets, r.bytes, r.reply_packets, r.reply_bytes) = (ev.orig.0, ev.orig.1, ev.reply.0, ev.reply.1);
         }
         r.end_ms = Some(now_ms());
-        self.ended.insert(key);
+        self.ended.insert(key, r.id);
         Some(r)
     }
 
-    /// What an event makes or completes.
-    fn event(&mut self, me: &str, ev: &CtEvent) -> Option<FlowRecord> {
+    /// What an event makes or completes, into `out`. A new connection with
+    /// the key of one followed or ended is another one: the kernel gives the
+    /// next connection of a five-tuple the memory, hence the id, of the TCP
+    /// entry it replaces. The one replaced ends, and the new one's record
+    /// gets an id of its own ([`next_id`]; a restarted agent that finds it
+    /// running gives it its key).
+    fn event(&mut self, me: &str, ev: &CtEvent, out: &mut Vec<FlowRecord>) {
         let key = key_of(ev);
         match ev.kind {
-            CtEventKind::New if self.active.len() < MAX_ACTIVE && !self.active.contains_key(&key) => {
-                let r = self.make(me, ev, now_ms())?;
-                self.active.insert(key, r.clone());
-                Some(r)
+            // A dump found it first.
+            CtEventKind::New if self.found.remove(&key) => {}
+            CtEventKind::New if self.active.len() < MAX_ACTIVE || self.active.contains_key(&key) => {
+                out.extend(self.end(key, None));
+                let previous = self.ended.remove(&key);
+                if let Some(mut r) = self.make(me, ev, now_ms()) {
+                    if let Some(previous) = previous {
+                        r.id = next_id(key, previous);
+                    }
+                    self.active.insert(key, r.clone());
+                    out.push(r);
+                }
             }
-            CtEventKind::New => None,
+            CtEventKind::New => {}
             CtEventKind::Destroy => {
                 self.ended.remove(&key);
-                self.end(key, Some(ev))
+                out.extend(self.end(key, Some(ev)));
             }
         }
     }
@@ -184,7 +208,7 @@ impl Recorder {
         for ev in entries {
             let key = key_of(ev);
             seen.insert(key);
-            if self.ended.contains(&key) {
+            if self.ended.contains_key(&key) {
                 continue;
             }
             let closed = ev.tcp_state.is_some_and(tessera_dataplane::ct_events::tcp_closed);
@@ -206,6 +230,7 @@ impl Recorder {
                     let start = ev.start_ns.map_or_else(now_ms, |ns| ns / 1_000_000);
                     if let Some(r) = self.make(me, ev, start) {
                         self.active.insert(key, r.clone());
+                        self.found.insert(key);
                         if closed {
                             out.extend(self.end(key, None));
                         } else {
@@ -220,7 +245,8 @@ impl Recorder {
         for key in gone {
             out.extend(self.end(key, None));
         }
-        self.ended.retain(|k| seen.contains(k));
+        self.ended.retain(|k, _| seen.contains(k));
+        self.found.retain(|k| seen.contains(k));
         out
     }
 }
@@ -264,7 +290,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 let desired = reconciled.borrow().clone();
                 rec.ctx.refresh(&snap, &desired);
                 for ev in &evs {
-                    pending.extend(rec.event(&me, ev));
+                    rec.event(&me, ev, &mut pending);
                 }
             }
             _ = tick.tick() => {
@@ -316,5 +342,78 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_dataplane::ct_events::FiveTuple;
+
+    fn connection(id: u32, tcp_state: Option<u8>) -> CtEvent {
+        let tuple = FiveTuple {
+            protocol: 6,
+            src: "10.0.0.2".parse().unwrap(),
+            dst: "10.0.0.3".parse().unwrap(),
+            sport: 40_000 + id as u16,
+            dport: 80,
+        };
+        CtEvent { kind: CtEventKind::New, id, zone: 5, tuple, orig: (1, 60), reply: (0, 0), start_ns: None, tcp_state }
+    }
+
+    fn made(rec: &mut Recorder, ev: &CtEvent) -> Vec<FlowRecord> {
+        let mut out = Vec::new();
+        rec.event("h1", ev, &mut out);
+        out
+    }
+
+    fn recorder() -> Recorder {
+        let mut rec = Recorder::default();
+        rec.ctx.zones.insert(5, vec![Uuid::nil()]);
+        rec
+    }
+
+    #[test]
+    fn a_new_event_after_a_dump_ended_its_connection_makes_nothing() {
+        let mut rec = recorder();
+        let ended = rec.table("h1", &[connection(1, Some(7))]);
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].end_ms.is_some());
+        assert!(made(&mut rec, &connection(1, None)).is_empty());
+        assert!(rec.active.is_empty());
+    }
+
+    #[test]
+    fn a_new_event_after_a_dump_found_its_connection_running_makes_nothing() {
+        let mut rec = recorder();
+        assert_eq!(rec.table("h1", &[connection(1, Some(3))]).len(), 1);
+        assert!(made(&mut rec, &connection(1, None)).is_empty());
+        assert_eq!(rec.active.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_with_the_key_of_one_that_ended_is_another_record() {
+        let mut rec = recorder();
+        let first = made(&mut rec, &connection(1, None)).remove(0);
+        assert!(rec.table("h1", &[connection(1, Some(7))])[0].end_ms.is_some());
+        let next = made(&mut rec, &connection(1, None));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].end_ms, None);
+        assert_ne!(next[0].id, first.id);
+        let ended = rec.table("h1", &[connection(1, Some(7))]);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!((ended[0].id, ended[0].end_ms.is_some()), (next[0].id, true));
+    }
+
+    #[test]
+    fn a_connection_with_the_key_of_one_followed_ends_it() {
+        let mut rec = recorder();
+        let first = made(&mut rec, &connection(1, None)).remove(0);
+        let out = made(&mut rec, &connection(1, None));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].id, out[0].end_ms.is_some()), (first.id, true));
+        assert_eq!(out[1].end_ms, None);
+        assert_ne!(out[1].id, first.id);
+        assert_eq!(rec.active.len(), 1);
     }
 }
