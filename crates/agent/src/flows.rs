@@ -6,7 +6,8 @@
 //! packets and bytes each way, and ends when TCP closes or its entry goes;
 //! records new or changed are reported to the controller every
 //! [`REPORT_EVERY`], short flows alike made one
-//! ([`tessera_model::flow::aggregate`]). Flows that
+//! ([`tessera_model::flow::aggregate`]; in a flood of new flows, they wait
+//! for the next dump, [`FLOOD_NEW`]). Flows that
 //! arrive from another host's endpoint are that host's to record, so a flow
 //! is recorded once.
 
@@ -39,6 +40,11 @@ pub const MAX_ACTIVE: usize = 262_144;
 /// The most records waiting to be reported (the oldest go first when the
 /// controller is away).
 pub const MAX_PENDING: usize = 100_000;
+/// More new flows than this between two reports are a flood: they are
+/// reported once the next dump of the table says whether they ended, so that
+/// short ones alike are one record (and a flood does not cost a record per
+/// connection).
+pub const FLOOD_NEW: usize = 100;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -272,6 +278,10 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
     let reconciled = agent.counters.reconciled_states();
     let mut rec = Recorder::default();
     let mut pending: Vec<FlowRecord> = Vec::new();
+    // Records of new flows since the last report, and in a flood the new
+    // flows that wait for the next dump.
+    let mut fresh: Vec<FlowRecord> = Vec::new();
+    let mut held: HashSet<u64> = HashSet::new();
     // Flows reported while running: they keep their own record.
     let mut reported: HashSet<u64> = HashSet::new();
     let mut next_dump = std::time::Instant::now();
@@ -290,10 +300,22 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 let desired = reconciled.borrow().clone();
                 rec.ctx.refresh(&snap, &desired);
                 for ev in &evs {
-                    rec.event(&me, ev, &mut pending);
+                    rec.event(&me, ev, &mut fresh);
                 }
             }
             _ = tick.tick() => {
+                // Before the dump's records, which may end them.
+                if fresh.len() > FLOOD_NEW {
+                    for r in fresh.drain(..) {
+                        if r.end_ms.is_some() {
+                            pending.push(r);
+                        } else {
+                            held.insert(r.id);
+                        }
+                    }
+                } else {
+                    pending.append(&mut fresh);
+                }
                 let snap = agent.snapshot.borrow().clone();
                 if let Some(snap) = snap.filter(|_| next_dump <= std::time::Instant::now()) {
                     let started = std::time::Instant::now();
@@ -306,7 +328,19 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     })
                     .await;
                     match table {
-                        Ok(Ok(entries)) => pending.extend(rec.table(&me, &entries)),
+                        Ok(Ok(entries)) => {
+                            let changed = rec.table(&me, &entries);
+                            // The flood's flows that ended were never reported: alike
+                            // ones are made one now; those running are reported.
+                            let (ended, changed): (Vec<_>, Vec<_>) =
+                                changed.into_iter().partition(|r| r.end_ms.is_some() && held.contains(&r.id));
+                            pending.extend(changed);
+                            pending.extend(tessera_model::flow::aggregate(ended, |_| false));
+                            if !held.is_empty() {
+                                pending.extend(rec.active.values().filter(|r| held.contains(&r.id)).cloned());
+                                held.clear();
+                            }
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "cannot dump conntrack"),
                         Err(e) => tracing::debug!(error = %e, "the conntrack dump failed"),
                     }
