@@ -304,6 +304,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 }
             }
             _ = tick.tick() => {
+                let carried = pending.len();
                 // Before the dump's records, which may end them.
                 if fresh.len() > FLOOD_NEW {
                     for r in fresh.drain(..) {
@@ -349,7 +350,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     next_dump = std::time::Instant::now() + DUMP_EVERY.max(started.elapsed() * DUMP_BUSY_FACTOR);
                 }
                 agent.metrics.flows_active.set(rec.active.len() as i64);
-                agent.metrics.flows_recorded.inc_by(pending.len() as u64);
+                agent.metrics.flows_recorded.inc_by((pending.len() - carried) as u64);
                 if pending.len() > MAX_PENDING {
                     let over = pending.len() - MAX_PENDING;
                     pending.drain(..over);
