@@ -6,7 +6,8 @@
 //! packets and bytes each way, and ends when TCP closes or its entry goes;
 //! records new or changed are reported to the controller every
 //! [`REPORT_EVERY`], short flows alike made one
-//! ([`tessera_model::flow::aggregate`]). Flows that
+//! ([`tessera_model::flow::aggregate`]; in a flood of new flows, they wait
+//! for the next dump, [`FLOOD_NEW`]). Flows that
 //! arrive from another host's endpoint are that host's to record, so a flow
 //! is recorded once.
 
@@ -43,6 +44,11 @@ pub const MAX_ACTIVE: usize = 262_144;
 /// The most records waiting to be reported (the oldest go first when the
 /// controller is away).
 pub const MAX_PENDING: usize = 100_000;
+/// More new flows than this between two reports are a flood: they are
+/// reported once the next dump of the table says whether they ended, so that
+/// short ones alike are one record (and a flood does not cost a record per
+/// connection).
+pub const FLOOD_NEW: usize = 100;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -100,14 +106,17 @@ impl Context {
     }
 }
 
-/// The flows this host follows: running ones by their key, and ended ones
+/// The flows this host follows: running ones by their key, ended ones
 /// whose conntrack entry lingers (TCP's TIME_WAIT), so a dump does not make
+/// them again (with the id of their record), and those a dump found before
+/// their event (events are read in batches), so their event does not make
 /// them again.
 #[derive(Default)]
 struct Recorder {
     ctx: Context,
     active: HashMap<u64, FlowRecord>,
-    ended: HashSet<u64>,
+    ended: HashMap<u64, u64>,
+    found: HashSet<u64>,
 }
 
 /// The TCP flags a connection's state implies.
@@ -120,6 +129,14 @@ fn state_flags(ev: &CtEvent) -> Vec<TcpFlag> {
 fn key_of(ev: &CtEvent) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (ev.id, ev.zone, ev.tuple).hash(&mut h);
+    h.finish() & 0x7fff_ffff_ffff_ffff
+}
+
+/// The record id of a connection with the key of one before it (whose
+/// record had `previous`): one of its own.
+fn next_id(key: u64, previous: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, previous).hash(&mut h);
     h.finish() & 0x7fff_ffff_ffff_ffff
 }
 
@@ -167,23 +184,36 @@ impl Recorder {
             TcpFlag::union(&mut r.tcp_flags, &state_flags(ev));
         }
         r.end_ms = Some(now_ms());
-        self.ended.insert(key);
+        self.ended.insert(key, r.id);
         Some(r)
     }
 
-    /// What an event makes or completes.
-    fn event(&mut self, me: &str, ev: &CtEvent) -> Option<FlowRecord> {
+    /// What an event makes or completes, into `out`. A new connection with
+    /// the key of one followed or ended is another one: the kernel gives the
+    /// next connection of a five-tuple the memory, hence the id, of the TCP
+    /// entry it replaces. The one replaced ends, and the new one's record
+    /// gets an id of its own ([`next_id`]; a restarted agent that finds it
+    /// running gives it its key).
+    fn event(&mut self, me: &str, ev: &CtEvent, out: &mut Vec<FlowRecord>) {
         let key = key_of(ev);
         match ev.kind {
-            CtEventKind::New if self.active.len() < MAX_ACTIVE && !self.active.contains_key(&key) => {
-                let r = self.make(me, ev, now_ms())?;
-                self.active.insert(key, r.clone());
-                Some(r)
+            // A dump found it first.
+            CtEventKind::New if self.found.remove(&key) => {}
+            CtEventKind::New if self.active.len() < MAX_ACTIVE || self.active.contains_key(&key) => {
+                out.extend(self.end(key, None));
+                let previous = self.ended.remove(&key);
+                if let Some(mut r) = self.make(me, ev, now_ms()) {
+                    if let Some(previous) = previous {
+                        r.id = next_id(key, previous);
+                    }
+                    self.active.insert(key, r.clone());
+                    out.push(r);
+                }
             }
-            CtEventKind::New => None,
+            CtEventKind::New => {}
             CtEventKind::Destroy => {
                 self.ended.remove(&key);
-                self.end(key, Some(ev))
+                out.extend(self.end(key, Some(ev)));
             }
         }
     }
@@ -197,7 +227,7 @@ impl Recorder {
         for ev in entries {
             let key = key_of(ev);
             seen.insert(key);
-            if self.ended.contains(&key) {
+            if self.ended.contains_key(&key) {
                 continue;
             }
             let closed = ev.tcp_state.is_some_and(tessera_dataplane::ct_events::tcp_closed);
@@ -220,6 +250,7 @@ impl Recorder {
                     let start = ev.start_ns.map_or_else(now_ms, |ns| ns / 1_000_000);
                     if let Some(r) = self.make(me, ev, start) {
                         self.active.insert(key, r.clone());
+                        self.found.insert(key);
                         if closed {
                             out.extend(self.end(key, None));
                         } else {
@@ -234,7 +265,8 @@ impl Recorder {
         for key in gone {
             out.extend(self.end(key, None));
         }
-        self.ended.retain(|k| seen.contains(k));
+        self.ended.retain(|k, _| seen.contains(k));
+        self.found.retain(|k| seen.contains(k));
         out
     }
 }
@@ -269,6 +301,10 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
     let reconciled = agent.counters.reconciled_states();
     let mut rec = Recorder::default();
     let mut pending: Vec<FlowRecord> = Vec::new();
+    // Records of new flows since the last report, and in a flood the new
+    // flows that wait for the next dump.
+    let mut fresh: Vec<FlowRecord> = Vec::new();
+    let mut held: HashSet<u64> = HashSet::new();
     // Flows reported while running: they keep their own record.
     let mut reported: HashSet<u64> = HashSet::new();
     let mut next_dump = std::time::Instant::now();
@@ -287,7 +323,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 let desired = reconciled.borrow().clone();
                 rec.ctx.refresh(&snap, &desired);
                 for ev in &evs {
-                    pending.extend(rec.event(&me, ev));
+                    rec.event(&me, ev, &mut fresh);
                 }
             }
             Some(packets) = async { refused.as_mut()?.recv().await } => {
@@ -295,10 +331,29 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 let Some(snap) = snap else { continue };
                 let desired = reconciled.borrow().clone();
                 for p in &packets {
-                    pending.extend(drops.record(&me, p, &snap, desired.as_deref()));
+                    if let Some(r) = drops.record(&me, p, &snap, desired.as_deref()) {
+                        // A refused flow's first packet makes its record.
+                        if r.packets == 1 {
+                            agent.metrics.flows_recorded.inc();
+                        }
+                        pending.push(r);
+                    }
                 }
             }
             _ = tick.tick() => {
+                let carried = pending.len();
+                // Before the dump's records, which may end them.
+                if fresh.len() > FLOOD_NEW {
+                    for r in fresh.drain(..) {
+                        if r.end_ms.is_some() {
+                            pending.push(r);
+                        } else {
+                            held.insert(r.id);
+                        }
+                    }
+                } else {
+                    pending.append(&mut fresh);
+                }
                 let snap = agent.snapshot.borrow().clone();
                 if let Some(snap) = snap.filter(|_| next_dump <= std::time::Instant::now()) {
                     let started = std::time::Instant::now();
@@ -311,7 +366,19 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     })
                     .await;
                     match table {
-                        Ok(Ok(entries)) => pending.extend(rec.table(&me, &entries)),
+                        Ok(Ok(entries)) => {
+                            let changed = rec.table(&me, &entries);
+                            // The flood's flows that ended were never reported: alike
+                            // ones are made one now; those running are reported.
+                            let (ended, changed): (Vec<_>, Vec<_>) =
+                                changed.into_iter().partition(|r| r.end_ms.is_some() && held.contains(&r.id));
+                            pending.extend(changed);
+                            pending.extend(tessera_model::flow::aggregate(ended, |_| false));
+                            if !held.is_empty() {
+                                pending.extend(rec.active.values().filter(|r| held.contains(&r.id)).cloned());
+                                held.clear();
+                            }
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "cannot dump conntrack"),
                         Err(e) => tracing::debug!(error = %e, "the conntrack dump failed"),
                     }
@@ -320,7 +387,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     next_dump = std::time::Instant::now() + DUMP_EVERY.max(started.elapsed() * DUMP_BUSY_FACTOR);
                 }
                 agent.metrics.flows_active.set(rec.active.len() as i64);
-                agent.metrics.flows_recorded.inc_by(pending.len() as u64);
+                agent.metrics.flows_recorded.inc_by((pending.len() - carried) as u64);
                 if pending.len() > MAX_PENDING {
                     let over = pending.len() - MAX_PENDING;
                     pending.drain(..over);
@@ -352,5 +419,78 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_dataplane::ct_events::FiveTuple;
+
+    fn connection(id: u32, tcp_state: Option<u8>) -> CtEvent {
+        let tuple = FiveTuple {
+            protocol: 6,
+            src: "10.0.0.2".parse().unwrap(),
+            dst: "10.0.0.3".parse().unwrap(),
+            sport: 40_000 + id as u16,
+            dport: 80,
+        };
+        CtEvent { kind: CtEventKind::New, id, zone: 5, tuple, orig: (1, 60), reply: (0, 0), start_ns: None, tcp_state }
+    }
+
+    fn made(rec: &mut Recorder, ev: &CtEvent) -> Vec<FlowRecord> {
+        let mut out = Vec::new();
+        rec.event("h1", ev, &mut out);
+        out
+    }
+
+    fn recorder() -> Recorder {
+        let mut rec = Recorder::default();
+        rec.ctx.zones.insert(5, vec![Uuid::nil()]);
+        rec
+    }
+
+    #[test]
+    fn a_new_event_after_a_dump_ended_its_connection_makes_nothing() {
+        let mut rec = recorder();
+        let ended = rec.table("h1", &[connection(1, Some(7))]);
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].end_ms.is_some());
+        assert!(made(&mut rec, &connection(1, None)).is_empty());
+        assert!(rec.active.is_empty());
+    }
+
+    #[test]
+    fn a_new_event_after_a_dump_found_its_connection_running_makes_nothing() {
+        let mut rec = recorder();
+        assert_eq!(rec.table("h1", &[connection(1, Some(3))]).len(), 1);
+        assert!(made(&mut rec, &connection(1, None)).is_empty());
+        assert_eq!(rec.active.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_with_the_key_of_one_that_ended_is_another_record() {
+        let mut rec = recorder();
+        let first = made(&mut rec, &connection(1, None)).remove(0);
+        assert!(rec.table("h1", &[connection(1, Some(7))])[0].end_ms.is_some());
+        let next = made(&mut rec, &connection(1, None));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].end_ms, None);
+        assert_ne!(next[0].id, first.id);
+        let ended = rec.table("h1", &[connection(1, Some(7))]);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!((ended[0].id, ended[0].end_ms.is_some()), (next[0].id, true));
+    }
+
+    #[test]
+    fn a_connection_with_the_key_of_one_followed_ends_it() {
+        let mut rec = recorder();
+        let first = made(&mut rec, &connection(1, None)).remove(0);
+        let out = made(&mut rec, &connection(1, None));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].id, out[0].end_ms.is_some()), (first.id, true));
+        assert_eq!(out[1].end_ms, None);
+        assert_ne!(out[1].id, first.id);
+        assert_eq!(rec.active.len(), 1);
     }
 }

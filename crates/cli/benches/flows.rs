@@ -4,12 +4,29 @@
 //! 1. new TCP connections per second with flow recording on ÷ off (agents
 //!    with `--no-flows`, conntrack accounting and timestamps off) (goal ≥ 0.90);
 //! 2. iperf3 single-stream throughput, on ÷ off (goal ≥ 0.98);
-//! 3. `GET /v1/flows` over 1,000,000 records of three hosts: p50 and p99 of
+//! 3. attach latency (`tessera attach` until the endpoint is programmed) on
+//!    h1 during a flood of new connections from h1 ÷ idle, recording on
+//!    (goal ≤ 1.5);
+//! 4. `GET /v1/flows` over 1,000,000 records of three hosts: p50 and p99 of
 //!    filtered queries (goal p99 ≤ 500 ms);
-//! 4. `tessera flow follow`: from a connection to its line printed, p50 and
+//! 5. `tessera flow follow`: from a connection to its line printed, p50 and
 //!    p99 (goal p99 ≤ 1 s).
 //!
-//! Run: `cargo bench -p tessera --bench flows` (root). `--quick` for short runs.
+//! Method of 1 and 2: windows of recording off and on in the order off, on,
+//! on, off per round, so that a drift of the machine weighs on both; at each
+//! switch the agents restart and the hosts' conntrack tables are flushed, so
+//! both start from an empty table; a window measures connections per second,
+//! then iperf3. A ratio is of the medians of the windows. The server listens
+//! with a queue of 4,096 (`net.core.somaxconn`, what a real server asks for):
+//! with 128 (Rust's default) a pause of a few milliseconds of its accept loop
+//! fills it, and the client's SYN is retried only after a second, so the
+//! figure counted those pauses more than the cost of recording. Connects that
+//! took over 200 ms are still counted and printed per mode. 5 is measured
+//! after 1 and 2 and before the floods of 3, on a quiet fabric.
+//!
+//! Run: `cargo bench -p tessera --bench flows` (root; iperf3 and conntrack
+//! installed). `-- --quick`: one round of 2-second windows, 5 attaches of
+//! each kind, 300,000 records and fewer queries and follows.
 
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,41 +41,17 @@ const CONN_PORT: u16 = 7301;
 const IPERF_PORT: u16 = 5401;
 const FOLLOW_PORT: u16 = 7302;
 
+/// A connect that took longer than this counts as a stall.
+const STALL: Duration = Duration::from_millis(200);
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--accept-server") => {
-            let l = TcpListener::bind(("0.0.0.0", args.get(2).context("PORT")?.parse::<u16>()?))?;
-            for s in l.incoming() {
-                drop(s);
-            }
-            return Ok(());
-        }
+        Some("--accept-server") => return accept_server(args.get(2).context("PORT")?.parse()?),
         Some("--connect-client") => {
             let addr: SocketAddr = args.get(2).context("ADDR:PORT")?.parse()?;
             let secs = Duration::from_secs_f64(args.get(3).context("SECS")?.parse()?);
-            let start = Instant::now();
-            let (mut n, mut failed) = (0u64, 0u64);
-            let mut last_error = None;
-            while start.elapsed() < secs {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                    Ok(conn) => {
-                        let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-                        let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
-                        drop(conn);
-                        n += 1;
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        last_error = Some(e);
-                    }
-                }
-            }
-            if failed * 100 > n.max(1) {
-                bail!("{failed} of {} connections failed; the last: {last_error:?}", n + failed);
-            }
-            println!("{:.1}", n as f64 / start.elapsed().as_secs_f64());
-            return Ok(());
+            return connect_client(addr, secs, args.iter().any(|a| a == "--until-eof"));
         }
         _ => {}
     }
@@ -77,16 +70,74 @@ fn main() -> Result<()> {
     result
 }
 
+/// Accepts and closes connections on `port` until killed, with a listen
+/// queue of `net.core.somaxconn` (see the method in the header).
+fn accept_server(port: u16) -> Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port))?;
+    // listen(2) again on a listening socket sets its queue.
+    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::MAXCONN)?;
+    for s in l.incoming() {
+        drop(s);
+    }
+    Ok(())
+}
+
+/// Connects to `addr` and resets each connection, one after the other, for
+/// `secs` (or, with `until_eof`, until its standard input closes); prints
+/// the connections per second and how many connects stalled.
+fn connect_client(addr: SocketAddr, secs: Duration, until_eof: bool) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if until_eof {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let start = Instant::now();
+    let (mut n, mut failed, mut stalled) = (0u64, 0u64, 0u64);
+    let mut last_error = None;
+    while start.elapsed() < secs && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let at = Instant::now();
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(conn) => {
+                let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+                let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
+                drop(conn);
+                n += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                last_error = Some(e);
+            }
+        }
+        if at.elapsed() >= STALL {
+            stalled += 1;
+        }
+    }
+    if failed * 100 > n.max(1) {
+        bail!("{failed} of {} connections failed; the last: {last_error:?}", n + failed);
+    }
+    println!("{:.1} {stalled}", n as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// Restarts both agents with flow recording on or off (and conntrack's
-/// accounting and timestamps with it).
+/// accounting and timestamps with it), their hosts' conntrack tables flushed.
 fn recording(c: &mut Cluster, on: bool) -> Result<()> {
+    for h in ["h1", "h2"] {
+        c.stop_agent(h);
+    }
     for h in ["h1", "h2"] {
         let args: &[&str] = if on { &[] } else { &["--no-flows"] };
         c.set_agent_args(h, args);
-        c.stop_agent(h);
         let v = if on { "1" } else { "0" };
         for key in ["net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"] {
             exec_in(c.host_netns(h)?, "sysctl", ["-qw", &format!("{key}={v}")])?;
+        }
+        let flushed = exec_in(c.host_netns(h)?, "conntrack", ["-F"]).context("conntrack (apt-get install conntrack)")?;
+        if !flushed.status.success() {
+            bail!("conntrack -F on {h}: {}", String::from_utf8_lossy(&flushed.stderr));
         }
         c.start_agent(h)?;
     }
@@ -96,7 +147,18 @@ fn recording(c: &mut Cluster, on: bool) -> Result<()> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
+/// The lowest and highest of `v`, with `digits` decimals.
+fn spread(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    format!("{lo:.digits$}–{hi:.digits$}")
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -105,27 +167,34 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn run(c: &mut Cluster, quick: bool) -> Result<()> {
-    let secs = if quick { 2 } else { 5 };
-    let rounds = if quick { 1 } else { 2 };
+    let secs = if quick { 2 } else { 4 };
+    let rounds = if quick { 1 } else { 3 };
     c.cli_ok(&["network", "add", "red", "--subnet", "10.99.8.0/24"])?;
     c.container("h1", "client")?;
     c.container("h2", "server")?;
     c.attach("client", "red", &[])?;
     let server = addresses(&c.attach("server", "red", &[])?)[0].clone();
     let exe = std::env::current_exe()?;
-
-    let cps = |c: &Cluster| -> Result<f64> {
+    let acceptor = |c: &Cluster, port: u16| -> Result<std::process::Child> {
         let mut cmd = Command::new(&exe);
-        cmd.args(["--accept-server", &CONN_PORT.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut s = c.fabric.spawn_in_netns(c.netns_of("server")?, cmd)?;
+        cmd.args(["--accept-server", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let s = c.fabric.spawn_in_netns(c.netns_of("server")?, cmd)?;
         thread::sleep(Duration::from_millis(200));
+        Ok(s)
+    };
+
+    // Connections per second and how many connects stalled.
+    let cps = |c: &Cluster| -> Result<(f64, u64)> {
+        let mut s = acceptor(c, CONN_PORT)?;
         let o = exec_in(c.netns_of("client")?, &exe, ["--connect-client", &format!("{server}:{CONN_PORT}"), &secs.to_string()])?;
         let _ = s.kill();
         let _ = s.wait();
         if !o.status.success() {
             bail!("connect client: {}", String::from_utf8_lossy(&o.stderr));
         }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut words = out.split_whitespace();
+        Ok((words.next().context("a rate")?.parse()?, words.next().context("stalls")?.parse()?))
     };
     let iperf = |c: &Cluster| -> Result<f64> {
         let mut cmd = Command::new("iperf3");
@@ -143,19 +212,32 @@ fn run(c: &mut Cluster, quick: bool) -> Result<()> {
         v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("iperf3 gave no result")
     };
 
-    // 1 and 2: off and on in turn.
+    // 1 and 2: windows off, on, on, off per round.
     let (mut cps_on, mut cps_off, mut gbps_on, mut gbps_off) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..rounds {
-        recording(c, false)?;
-        cps_off.push(cps(c)?);
-        gbps_off.push(iperf(c)?);
-        recording(c, true)?;
-        cps_on.push(cps(c)?);
-        gbps_on.push(iperf(c)?);
+    let (mut stalls_on, mut stalls_off) = (0, 0);
+    let mut mode = None;
+    for on in [false, true, true, false].into_iter().cycle().take(4 * rounds) {
+        if mode != Some(on) {
+            recording(c, on)?;
+            mode = Some(on);
+        }
+        let (rate, stalls) = cps(c)?;
+        let gbps = iperf(c)?;
+        let (r, s, g) =
+            if on { (&mut cps_on, &mut stalls_on, &mut gbps_on) } else { (&mut cps_off, &mut stalls_off, &mut gbps_off) };
+        r.push(rate);
+        *s += stalls;
+        g.push(gbps);
     }
-    let recorded = c.cli_json(&["flow", "list", "--port", &CONN_PORT.to_string(), "--limit", "10000"])?;
+    if mode != Some(true) {
+        recording(c, true)?;
+    }
 
-    // 4. follow: connection → line printed.
+    let recorded = c.cli_json(&["flow", "list", "--port", &CONN_PORT.to_string(), "--limit", "10000"])?;
+    let recorded = recorded.as_array().context("a list of records")?;
+    let connections: u64 = recorded.iter().map(|r| r["connections"].as_u64().unwrap_or(1)).sum();
+
+    // 5. follow: connection → line printed.
     let url = format!("https://{}:{CONTROLLER_PORT}", c.underlay_ip("h1")?);
     let mut args = vec!["--controller".to_string(), url];
     args.extend(c.credential_args("admin"));
@@ -171,10 +253,8 @@ fn run(c: &mut Cluster, quick: bool) -> Result<()> {
             let _ = line;
         }
     });
-    let mut cmd = Command::new(&exe);
-    cmd.args(["--accept-server", &FOLLOW_PORT.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut acceptor = c.fabric.spawn_in_netns(c.netns_of("server")?, cmd)?;
-    thread::sleep(Duration::from_millis(500));
+    let mut follow_acceptor = acceptor(c, FOLLOW_PORT)?;
+    thread::sleep(Duration::from_millis(300));
     let mut follow_took = Vec::new();
     for _ in 0..(if quick { 10 } else { 40 }) {
         while rx.try_recv().is_ok() {}
@@ -186,10 +266,43 @@ fn run(c: &mut Cluster, quick: bool) -> Result<()> {
     }
     let _ = follow.kill();
     let _ = follow.wait();
-    let _ = acceptor.kill();
-    let _ = acceptor.wait();
+    let _ = follow_acceptor.kill();
+    let _ = follow_acceptor.wait();
 
-    // 3. Queries over a million records of three hosts (reported as those hosts).
+    // 3. attach → programmed on h1, idle and during a flood of connections
+    // from h1, in turn (recording on).
+    let attaches = if quick { 5 } else { 10 };
+    let (mut idle_took, mut flood_took, mut flood_rates) = (vec![], vec![], vec![]);
+    let mut s = acceptor(c, CONN_PORT)?;
+    for i in 0..attaches {
+        c.container("h1", &format!("idle{i}"))?;
+        c.container("h1", &format!("flood{i}"))?;
+        thread::sleep(Duration::from_secs(2));
+        let at = Instant::now();
+        c.attach(&format!("idle{i}"), "red", &[])?;
+        idle_took.push(at.elapsed().as_secs_f64());
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--connect-client", &format!("{server}:{CONN_PORT}"), "600", "--until-eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut flood = c.fabric.spawn_in_netns(c.netns_of("client")?, cmd)?;
+        thread::sleep(Duration::from_secs(1));
+        let at = Instant::now();
+        let attached = c.attach(&format!("flood{i}"), "red", &[]);
+        flood_took.push(at.elapsed().as_secs_f64());
+        drop(flood.stdin.take());
+        let o = flood.wait_with_output()?;
+        attached?;
+        if !o.status.success() {
+            bail!("flood client: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        flood_rates.push(String::from_utf8_lossy(&o.stdout).split_whitespace().next().context("a rate")?.parse::<f64>()?);
+    }
+    let _ = s.kill();
+    let _ = s.wait();
+
+    // 4. Queries over a million records of three hosts (reported as those hosts).
     c.set_controller_args(&["--flow-records", "400000"]);
     c.kill_controller();
     c.start_controller()?;
@@ -226,24 +339,47 @@ fn run(c: &mut Cluster, quick: bool) -> Result<()> {
         }
     }
 
-    let (on, off) = (median(cps_on), median(cps_off));
-    let (gon, goff) = (median(gbps_on), median(gbps_off));
+    let (on, off) = (median(cps_on.clone()), median(cps_off.clone()));
+    let (gon, goff) = (median(gbps_on.clone()), median(gbps_off.clone()));
+    let (idle, flood) = (median(idle_took.clone()), median(flood_took.clone()));
     println!();
     println!(
-        "flow recording: client (h1) → server (h2), same run; {} connections recorded in the on runs",
-        recorded.as_array().map_or(0, |a| a.len())
+        "flow recording: client (h1) → server (h2), same run, {rounds} round(s) of windows off, on, on, off of {secs} s; \
+         the last {} records of the connections stand for {connections} connections",
+        recorded.len()
     );
     println!("{:<48} {:>10} {:>10} {:>8}", "", "on", "off", "ratio");
     println!("{:<48} {:>10.0} {:>10.0} {:>8.2}", "1. new connections per second, goal ≥ 0.90", on, off, on / off);
-    println!("{:<48} {:>10.2} {:>10.2} {:>8.2}", "2. iperf3 one stream (Gbit/s), goal ≥ 0.98", gon, goff, gon / goff);
     println!(
-        "3. GET /v1/flows over {total} records of 3 hosts: p50 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 500 ms; p99 ÷ goal {:.2})",
+        "   windows: on {}, off {}; connects over {} ms: on {stalls_on}, off {stalls_off}",
+        spread(&cps_on, 0),
+        spread(&cps_off, 0),
+        STALL.as_millis()
+    );
+    println!("{:<48} {:>10.2} {:>10.2} {:>8.2}", "2. iperf3 one stream (Gbit/s), goal ≥ 0.98", gon, goff, gon / goff);
+    println!("   windows: on {}, off {}", spread(&gbps_on, 2), spread(&gbps_off, 2));
+    println!("{:<48} {:>10} {:>10} {:>8}", "", "flood", "idle", "ratio");
+    println!(
+        "{:<48} {:>10.0} {:>10.0} {:>8.2}",
+        "3. attach → programmed (ms), goal ≤ 1.5",
+        flood * 1e3,
+        idle * 1e3,
+        flood / idle
+    );
+    println!(
+        "   {attaches} of each; flood {} new connections per second; each: flood {} ms, idle {} ms",
+        spread(&flood_rates, 0),
+        spread(&flood_took.iter().map(|s| s * 1e3).collect::<Vec<_>>(), 0),
+        spread(&idle_took.iter().map(|s| s * 1e3).collect::<Vec<_>>(), 0)
+    );
+    println!(
+        "4. GET /v1/flows over {total} records of 3 hosts: p50 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 500 ms; p99 ÷ goal {:.2})",
         pct(&mut query_took, 0.5).as_secs_f64() * 1e3,
         pct(&mut query_took, 0.99).as_secs_f64() * 1e3,
         pct(&mut query_took, 0.99).as_secs_f64() / 0.5
     );
     println!(
-        "4. flow follow, connection → line printed: p50 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 1000 ms; p99 ÷ goal {:.2})",
+        "5. flow follow, connection → line printed: p50 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 1000 ms; p99 ÷ goal {:.2})",
         pct(&mut follow_took, 0.5).as_secs_f64() * 1e3,
         pct(&mut follow_took, 0.99).as_secs_f64() * 1e3,
         pct(&mut follow_took, 0.99).as_secs_f64()
