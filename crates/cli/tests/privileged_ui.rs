@@ -10,12 +10,10 @@ mod browser;
 
 use std::time::{Duration, Instant};
 
-use browser::Chromedriver;
+use browser::{Chromedriver, PAGE_WAIT};
 use fantoccini::Locator;
 use tessera_testkit::{addresses, CONTROLLER_PORT};
 
-/// How long the page has to show what the test waits for.
-const PAGE_WAIT: Duration = Duration::from_secs(10);
 /// How long a flow may take from its first packet to the page.
 const LIVE_WAIT: Duration = Duration::from_secs(5);
 
@@ -38,29 +36,22 @@ fn privileged_the_page_shows_a_ping_between_two_hosts_live() {
     let browser = rt.block_on(driver.session(profile.path()));
     let page = format!("https://{}:{CONTROLLER_PORT}/ui#token={secret}", c.underlay_ip("h1").unwrap());
     rt.block_on(async {
-        browser.goto(&page).await.expect("open /ui");
-        browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::XPath("//table[@id='networks']//tr[@data-network='default-domain:admin:red']"))
-            .await
-            .expect("the page lists the network");
-        browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::Css("#live[data-state='live']"))
-            .await
-            .expect("the page follows the flows");
+        browser::open(&browser, &page).await;
+        browser::wait_for(
+            &browser,
+            Locator::XPath("//table[@id='networks']//tr[@data-network='default-domain:admin:red']"),
+            PAGE_WAIT,
+            "the page lists the network",
+        )
+        .await;
+        browser::wait_for(&browser, Locator::Css("#live[data-state='live']"), PAGE_WAIT, "the page follows the flows").await;
     });
 
     let sent = Instant::now();
     assert!(c.ping("c1", &server, 3).unwrap() >= 2, "c1 reaches c2\n{}", c.logs_tail(20));
     let row = format!("//table[@id='flows']//tr[td[text()='icmp'] and td[starts-with(text(), '{server}')]]");
     rt.block_on(async {
-        let found =
-            browser.wait().at_most(LIVE_WAIT).for_element(Locator::XPath(&row)).await.unwrap_or_else(|e| {
-                panic!("the ping did not appear in the page within {LIVE_WAIT:?} ({e})\n{}", c.logs_tail(20))
-            });
+        let found = browser::wait_for(&browser, Locator::XPath(&row), LIVE_WAIT, "the ping appears in the page").await;
         let text = found.text().await.unwrap();
         eprintln!("the ping appeared in the page {:?} after it started: {text}", sent.elapsed());
         assert!(text.contains("default-domain:admin:red") && text.contains("h1"), "{text}");

@@ -9,13 +9,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use browser::Chromedriver;
+use browser::{Chromedriver, PAGE_WAIT};
 use fantoccini::Locator;
 use serde_json::json;
 use support::{Api, Caller, ControllerProcess};
 
-/// How long the page has to show what the test waits for.
-const PAGE_WAIT: Duration = Duration::from_secs(10);
 /// How long a reported flow may take to appear in the page's live table.
 const LIVE_WAIT: Duration = Duration::from_secs(5);
 
@@ -54,21 +52,23 @@ fn the_page_lists_the_projects_networks_and_shows_a_new_flow_live() {
     let browser = rt.block_on(driver.session(profile.path()));
 
     rt.block_on(async {
-        browser.goto(&format!("{}/ui#token={secret}", c.url)).await.expect("open /ui");
-        let network = browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::XPath("//table[@id='networks']//tr[@data-network='default-domain:blue:web']"))
-            .await
-            .expect("the page lists blue's network");
+        browser::open(&browser, &format!("{}/ui#token={secret}", c.url)).await;
+        let network = browser::wait_for(
+            &browser,
+            Locator::XPath("//table[@id='networks']//tr[@data-network='default-domain:blue:web']"),
+            PAGE_WAIT,
+            "the page lists blue's network",
+        )
+        .await;
         let text = network.text().await.unwrap();
         assert!(text.contains("10.5.0.0/24"), "subnets: {text}");
-        browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::XPath("//table[@data-host='h1']//td[text()='site']"))
-            .await
-            .expect("the page lists the endpoint under its host");
+        browser::wait_for(
+            &browser,
+            Locator::XPath("//table[@data-host='h1']//td[text()='site']"),
+            PAGE_WAIT,
+            "the page lists the endpoint under its host",
+        )
+        .await;
         let networks = browser.find(Locator::Id("networks")).await.unwrap().text().await.unwrap();
         assert!(!networks.contains("hidden"), "another project's network is listed: {networks}");
         assert_eq!(
@@ -76,12 +76,7 @@ fn the_page_lists_the_projects_networks_and_shows_a_new_flow_live() {
             json!(""),
             "the token does not stay in the address"
         );
-        browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::Css("#live[data-state='live']"))
-            .await
-            .expect("the page follows the flows");
+        browser::wait_for(&browser, Locator::Css("#live[data-state='live']"), PAGE_WAIT, "the page follows the flows").await;
     });
 
     let h1 = Api::as_caller(&c, &Caller::Host("h1".into()));
@@ -94,12 +89,13 @@ fn the_page_lists_the_projects_networks_and_shows_a_new_flow_live() {
     assert_eq!(s, 204, "{b}");
 
     rt.block_on(async {
-        let row = browser
-            .wait()
-            .at_most(LIVE_WAIT)
-            .for_element(Locator::Css("#flows tr[data-flow='h1/42']"))
-            .await
-            .unwrap_or_else(|e| panic!("the reported flow did not appear in the page within {LIVE_WAIT:?}: {e}"));
+        let row = browser::wait_for(
+            &browser,
+            Locator::Css("#flows tr[data-flow='h1/42']"),
+            LIVE_WAIT,
+            "the reported flow appears in the page",
+        )
+        .await;
         let shown = reported.elapsed();
         let text = row.text().await.unwrap();
         for needle in ["10.5.0.2:40000 (site)", "10.5.0.3:4242", "tcp", "forwarded", "180 / 120"] {
@@ -118,13 +114,9 @@ fn the_page_says_when_the_token_is_refused() {
     let rt = runtime();
     rt.block_on(async {
         let browser = driver.session(profile.path()).await;
-        browser.goto(&format!("{}/ui#token=tsr_not-a-token", c.url)).await.expect("open /ui");
-        let error = browser
-            .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::Css("#error[data-status='401']"))
-            .await
-            .expect("the page shows the refusal");
+        browser::open(&browser, &format!("{}/ui#token=tsr_not-a-token", c.url)).await;
+        let error =
+            browser::wait_for(&browser, Locator::Css("#error[data-status='401']"), PAGE_WAIT, "the page shows the refusal").await;
         let text = error.text().await.unwrap();
         assert!(text.contains("Not authenticated (401 unauthenticated)"), "{text}");
         assert!(text.contains("the bearer token is not valid"), "{text}");

@@ -141,3 +141,61 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Write);
     });
 }
+
+/// How long the page has to show what a test waits for (a bound, not a
+/// measure: a loaded machine may take seconds to start the browser's work).
+pub const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits at most `wait` for `locator` on the page; on a timeout, fails
+/// saying what the page showed (its address, error, notice, follow state
+/// and network table), so a failure tells why.
+pub async fn wait_for(
+    browser: &Client,
+    locator: fantoccini::Locator<'_>,
+    wait: Duration,
+    what: &str,
+) -> fantoccini::elements::Element {
+    match browser.wait().at_most(wait).for_element(locator).await {
+        Ok(e) => e,
+        Err(e) => panic!("{what}: not within {wait:?} ({e}); the page showed: {}", page_state(browser).await),
+    }
+}
+
+/// The page's address and the text of its status elements.
+async fn page_state(browser: &Client) -> String {
+    let mut out = format!("url {}", browser.current_url().await.map(|u| u.to_string()).unwrap_or_else(|e| format!("? ({e})")));
+    if browser.find(fantoccini::Locator::Id("networks")).await.is_err() {
+        // Not the page at all (a browser error page): show what it is.
+        let body = match browser.find(fantoccini::Locator::Css("body")).await {
+            Ok(b) => b.text().await.unwrap_or_default(),
+            Err(e) => format!("no body ({e})"),
+        };
+        return format!("{out}; not the page: {:?}", body.chars().take(600).collect::<String>());
+    }
+    for id in ["error", "notice", "live", "networks", "hosts"] {
+        let text = match browser.find(fantoccini::Locator::Id(id)).await {
+            Ok(e) => e.text().await.unwrap_or_else(|e| format!("? ({e})")),
+            Err(e) => format!("absent ({e})"),
+        };
+        out.push_str(&format!("; #{id}: {text:?}"));
+    }
+    out
+}
+
+/// Opens `url`, again when Chromium abandoned the load because the
+/// namespace's interfaces changed meanwhile (`ERR_NETWORK_CHANGED`: an
+/// agent programs the host's interfaces while the page loads), at most
+/// three times.
+pub async fn open(browser: &Client, url: &str) {
+    for _ in 0..3 {
+        browser.goto(url).await.expect("open the page");
+        let body = match browser.find(fantoccini::Locator::Css("body")).await {
+            Ok(b) => b.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if !body.contains("ERR_NETWORK_CHANGED") {
+            return;
+        }
+        eprintln!("the browser saw the network change while loading {url}; loading it again");
+    }
+}
