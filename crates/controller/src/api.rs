@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -557,12 +556,12 @@ pub struct WatchParams {
 
 /// Every object agents mirror, consistent at one revision.
 ///
-/// Sent in pieces as the client reads, so a large snapshot never has its
-/// whole JSON in memory.
+/// Encoded once per revision and shared by the hosts that ask for it at
+/// that revision.
 #[utoipa::path(get, path = "/v1/snapshot", responses((status = 200, body = Snapshot)))]
 async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
-    let snap = std::sync::Arc::new(crate::watch::snapshot(ctl.store().as_ref()).await?);
-    let pieces = futures::stream::iter(snap.json_pieces(64 << 10).map(|p| Ok::<_, std::convert::Infallible>(Bytes::from(p))));
+    let shared = ctl.watch_hub().snapshot_pieces().await?;
+    let pieces = futures::stream::iter((0..shared.len()).map(move |i| Ok::<_, std::convert::Infallible>(shared[i].clone())));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(pieces)).into_response())
 }
 
@@ -571,8 +570,8 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
 /// refused with 410 `compacted` and the current revision (take a snapshot);
 /// one beyond the current revision (another store's) with 400. A watcher
 /// that falls behind the log later gets an `error` event and the stream
-/// ends. The events are read from the store a page at a time, as the
-/// watcher takes them.
+/// ends. Each event is encoded once and shared by every watcher
+/// (`watch_hub`).
 #[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses(
     (status = 200, body = WatchEvent, content_type = "application/x-ndjson"),
     (status = 400, description = "after is beyond the current revision", body = ErrorBody),
@@ -580,11 +579,9 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
     crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
-    let lines = crate::watch::watch(ctl.store().clone(), p.after).map(move |ev| {
+    let lines = ctl.watch_hub().watch(p.after).map(move |line| {
         let _open = &open;
-        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+        Ok::<_, std::convert::Infallible>(line)
     });
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response())
 }

@@ -18,6 +18,7 @@ pub mod service;
 pub mod tls;
 pub mod ui;
 pub mod watch;
+pub mod watch_hub;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The controller's Prometheus metrics (`GET /metrics`, administrators
 //! only): API requests and their latency by route, the store's revision,
-//! watchers, and objects by kind (counted when scraped).
+//! watchers and the events they share, and objects by kind (counted when
+//! scraped).
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -12,6 +13,9 @@ pub struct ControllerMetrics {
     pub revision: IntGauge,
     pub watchers: IntGauge,
     pub objects: IntGaugeVec,
+    /// The watch hub's ring of encoded events shared by the watchers.
+    pub watch_ring_events: IntGauge,
+    pub watch_ring_bytes: IntGauge,
 }
 
 impl Default for ControllerMetrics {
@@ -42,16 +46,24 @@ impl ControllerMetrics {
             .expect("valid metric");
         let objects = IntGaugeVec::new(Opts::new("tessera_controller_objects", "Objects stored, by kind"), &["kind"])
             .expect("valid metric");
+        let watch_ring_events =
+            IntGauge::new("tessera_controller_watch_ring_events", "Recent watch events held encoded, shared by every watcher")
+                .expect("valid metric");
+        let watch_ring_bytes =
+            IntGauge::new("tessera_controller_watch_ring_bytes", "Bytes of the recent watch events held encoded")
+                .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(revision.clone()),
             Box::new(watchers.clone()),
             Box::new(objects.clone()),
+            Box::new(watch_ring_events.clone()),
+            Box::new(watch_ring_bytes.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
-        ControllerMetrics { registry, requests, latency, revision, watchers, objects }
+        ControllerMetrics { registry, requests, latency, revision, watchers, objects, watch_ring_events, watch_ring_bytes }
     }
 
     /// The text exposition format (version 0.0.4).

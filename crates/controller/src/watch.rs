@@ -1,12 +1,11 @@
 //! Snapshots and watches of the objects agents mirror, translated from the
 //! store's key-value events.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use axum::body::Bytes;
 use tessera_model::watch::{Object, ObjectRef, Snapshot, WatchEvent};
-use tessera_store::{EventKind, KeyValue, Store, StoreError};
+use tessera_store::{Event, EventKind, KeyValue, Store, StoreError};
 
 use crate::error::{Error, Result};
 use crate::keys;
@@ -92,48 +91,43 @@ pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
     }
 }
 
-/// Changes to mirrored objects after revision `after`, with a progress event
-/// whenever nothing happened for [`PROGRESS_EVERY`]. Ends with an `Error`
-/// event when the store cannot continue (for example `after` was compacted).
-pub fn watch(store: Arc<dyn Store>, after: u64) -> impl Stream<Item = WatchEvent> + Send {
-    let events = tessera_store::watch(store, keys::ROOT.to_string(), after);
-    futures::stream::unfold((events, after, false), move |(mut events, mut last, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let next = tokio::time::timeout(PROGRESS_EVERY, events.next()).await;
-            match next {
-                Err(_) => {
-                    return Some((WatchEvent::Progress { revision: last }, (events, last, false)));
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => {
-                    let code = if matches!(e, StoreError::Compacted { .. }) { "compacted" } else { "internal" };
-                    return Some((WatchEvent::Error { code: code.into(), message: e.to_string() }, (events, last, true)));
-                }
-                Ok(Some(Ok(ev))) => {
-                    last = ev.revision;
-                    let out = match ev.kind {
-                        EventKind::Put => match object_of(&ev.kv) {
-                            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object: Box::new(object) }),
-                            Ok(None) => None,
-                            Err(e) => {
-                                return Some((
-                                    WatchEvent::Error { code: "internal".into(), message: e.to_string() },
-                                    (events, last, true),
-                                ))
-                            }
-                        },
-                        EventKind::Delete => {
-                            ref_of(&ev.kv.key).map(|object| WatchEvent::Delete { revision: ev.revision, object })
-                        }
-                    };
-                    if let Some(out) = out {
-                        return Some((out, (events, last, false)));
-                    }
-                }
-            }
-        }
-    })
+/// One watch event as the NDJSON line watchers send.
+pub(crate) fn encode(ev: &WatchEvent) -> Bytes {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// How an error line starts (a watcher's stream ends after one).
+const ERROR_LINE: &[u8] = b"{\"kind\":\"error\"";
+
+/// Whether `line` is an error line.
+pub(crate) fn is_error(line: &Bytes) -> bool {
+    line.starts_with(ERROR_LINE)
+}
+
+/// The line of a store event: `None` for a key agents do not mirror, an
+/// error line (`Err`) for a value that does not decode.
+pub(crate) fn line_of(ev: &Event) -> std::result::Result<Option<Bytes>, Bytes> {
+    let out = match ev.kind {
+        EventKind::Put => match object_of(&ev.kv) {
+            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object: Box::new(object) }),
+            Ok(None) => None,
+            Err(e) => return Err(encode(&WatchEvent::Error { code: "internal".into(), message: e.to_string() })),
+        },
+        EventKind::Delete => ref_of(&ev.kv.key).map(|object| WatchEvent::Delete { revision: ev.revision, object }),
+    };
+    Ok(out.as_ref().map(encode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_is_known_as_one() {
+        let line = encode(&WatchEvent::Error { code: "internal".into(), message: "x".into() });
+        assert!(is_error(&line), "{line:?}");
+        assert!(!is_error(&encode(&WatchEvent::Progress { revision: 1 })));
+    }
 }

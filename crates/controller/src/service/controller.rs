@@ -50,6 +50,8 @@ pub struct Controller {
     pub(super) flows: std::sync::Mutex<super::flow_store::FlowStore>,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::ControllerMetrics,
+    /// The snapshots and watch streams hosts mirror, shared between them.
+    hub: Arc<crate::watch_hub::WatchHub>,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -63,6 +65,7 @@ pub struct Created<T> {
 impl Controller {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Controller {
+            hub: crate::watch_hub::WatchHub::new(store.clone()),
             store,
             ipam_locks: Default::default(),
             counters: Default::default(),
@@ -81,10 +84,18 @@ impl Controller {
         &self.store
     }
 
+    /// The snapshots and watch streams of the objects hosts mirror.
+    pub fn watch_hub(&self) -> &Arc<crate::watch_hub::WatchHub> {
+        &self.hub
+    }
+
     /// The metrics in Prometheus' text format, with the store's revision
     /// and the objects by kind read now.
     pub async fn metrics_text(&self) -> Result<String> {
         self.metrics.revision.set(self.store.revision().await? as i64);
+        let (events, bytes) = self.hub.held();
+        self.metrics.watch_ring_events.set(events as i64);
+        self.metrics.watch_ring_bytes.set(bytes as i64);
         for (kind, prefix) in keys::MIRRORED.into_iter().chain([("service_template", keys::SERVICE_TEMPLATES)]) {
             let n = self.store.range_keys(prefix).await?.kvs.len();
             self.metrics.objects.with_label_values(&[kind]).set(n as i64);

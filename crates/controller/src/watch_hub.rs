@@ -1,0 +1,359 @@
+//! The watch hub: one reader of the store's log per controller. Each event
+//! of a mirrored object is translated and encoded once, as the NDJSON line
+//! every watcher sends, and kept in a ring of recent lines that all
+//! watchers share (a watcher holds only its position in it). A watcher
+//! behind the ring reads the store itself until it reaches the ring; one
+//! behind the store's log gets the `compacted` error and takes a snapshot.
+//!
+//! Snapshots are shared the same way: one encoded snapshot per revision,
+//! made once however many hosts ask for it at that revision.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::Stream;
+use tessera_model::watch::WatchEvent;
+use tessera_store::{Event, Store, StoreError};
+
+use crate::error::Result;
+use crate::keys;
+use crate::watch::{encode, is_error, line_of, snapshot, PROGRESS_EVERY};
+
+/// The ring keeps at most this many lines...
+const RING_LINES: usize = 50_000;
+/// ...and at most this many bytes of them.
+const RING_BYTES: usize = 64 << 20;
+/// Events the hub reads from the store at a time.
+const HUB_PAGE: usize = 1024;
+/// Events a watcher behind the ring reads from the store at a time.
+const CATCH_UP_PAGE: usize = 64;
+/// Lines a watcher sends in one piece of its stream.
+const SEND_LINES: usize = 256;
+/// How long the hub waits before reading the store again after a failure.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The encoded recent events, in revision order.
+struct Ring {
+    /// Every mirrored event with a revision in `(from, cursor]` is in
+    /// `lines`; events at or before `from` must be read from the store.
+    from: u64,
+    cursor: u64,
+    lines: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn push(&mut self, revision: u64, line: Bytes) {
+        self.bytes += line.len();
+        self.lines.push_back((revision, line));
+        while self.lines.len() > RING_LINES || self.bytes > RING_BYTES {
+            // Whole revisions leave the ring: `from` says what it still holds.
+            let Some(&(oldest, _)) = self.lines.front() else { break };
+            while self.lines.front().is_some_and(|(r, _)| *r == oldest) {
+                if let Some((_, l)) = self.lines.pop_front() {
+                    self.bytes -= l.len();
+                }
+            }
+            self.from = oldest;
+        }
+    }
+
+    /// Lines after `after` (at most [`SEND_LINES`], whole revisions), and
+    /// the revision the watcher stands at once it sent them.
+    fn after(&self, after: u64) -> (Vec<Bytes>, u64) {
+        let start = self.lines.partition_point(|(r, _)| *r <= after);
+        let mut out = Vec::new();
+        let mut last = after;
+        for (r, l) in self.lines.range(start..) {
+            if out.len() >= SEND_LINES && *r != last {
+                return (out, last);
+            }
+            out.push(l.clone());
+            last = *r;
+        }
+        (out, self.cursor.max(after))
+    }
+}
+
+/// See the module docs.
+pub struct WatchHub {
+    store: Arc<dyn Store>,
+    ring: Mutex<Ring>,
+    /// The ring's cursor, to wake watchers.
+    cursor: tokio::sync::watch::Sender<u64>,
+    started: std::sync::Once,
+    /// The encoded snapshot of the latest revision asked for.
+    snapshot: tokio::sync::Mutex<Option<(u64, Arc<Vec<Bytes>>)>>,
+}
+
+impl WatchHub {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        let ring = Ring { from: u64::MAX, cursor: 0, lines: VecDeque::new(), bytes: 0 };
+        Arc::new(WatchHub {
+            store,
+            ring: Mutex::new(ring),
+            cursor: tokio::sync::watch::Sender::new(0),
+            started: std::sync::Once::new(),
+            snapshot: Default::default(),
+        })
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the hub's reader on first use (it stops when the hub is dropped).
+    fn start(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            tokio::spawn(read_log(Arc::downgrade(self), self.store.clone()));
+        });
+    }
+
+    /// Lines in the ring and its bytes (for `/metrics`).
+    pub fn held(&self) -> (usize, usize) {
+        let r = self.ring();
+        (r.lines.len(), r.bytes)
+    }
+
+    /// The snapshot's JSON in pieces, made once per revision.
+    pub async fn snapshot_pieces(&self) -> Result<Arc<Vec<Bytes>>> {
+        let mut cached = self.snapshot.lock().await;
+        let revision = self.store.revision().await?;
+        if let Some((r, pieces)) = cached.as_ref() {
+            if *r == revision {
+                return Ok(pieces.clone());
+            }
+        }
+        let snap = Arc::new(snapshot(self.store.as_ref()).await?);
+        let r = snap.revision;
+        let pieces: Arc<Vec<Bytes>> = Arc::new(snap.json_pieces(64 << 10).map(Bytes::from).collect());
+        *cached = Some((r, pieces.clone()));
+        Ok(pieces)
+    }
+
+    /// The NDJSON lines of the changes after `after` (checked with
+    /// [`crate::watch::check_start`]), with a progress line whenever
+    /// nothing happened for [`PROGRESS_EVERY`]. Ends after an error line.
+    pub fn watch(self: &Arc<Self>, after: u64) -> impl Stream<Item = Bytes> + Send + 'static {
+        self.start();
+        let hub = self.clone();
+        let woken = self.cursor.subscribe();
+        futures::stream::unfold((hub, woken, after, false), |(hub, mut woken, mut last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                woken.borrow_and_update();
+                let read = {
+                    let ring = hub.ring();
+                    if ring.from == u64::MAX {
+                        None
+                    } else if last < ring.from {
+                        Some((Vec::new(), ring.from, true))
+                    } else {
+                        let (lines, at) = ring.after(last);
+                        Some((lines, at, false))
+                    }
+                };
+                let Some((lines, at, behind)) = read else {
+                    // The reader has not started yet: it wakes us when it has.
+                    let _ = woken.changed().await;
+                    continue;
+                };
+                if behind {
+                    match catch_up(hub.store.as_ref(), last, at).await {
+                        Ok((lines, at)) => {
+                            last = at;
+                            if !lines.is_empty() {
+                                return Some((join(lines), (hub, woken, last, false)));
+                            }
+                            continue;
+                        }
+                        Err(line) => return Some((line, (hub, woken, last, true))),
+                    }
+                }
+                last = at;
+                if !lines.is_empty() {
+                    let ends = lines.last().is_some_and(is_error);
+                    return Some((join(lines), (hub, woken, last, ends)));
+                }
+                if tokio::time::timeout(PROGRESS_EVERY, woken.changed()).await.is_err() {
+                    let line = encode(&WatchEvent::Progress { revision: last });
+                    return Some((line, (hub, woken, last, false)));
+                }
+            }
+        })
+    }
+}
+
+/// One piece of the stream from several lines.
+fn join(lines: Vec<Bytes>) -> Bytes {
+    if lines.len() == 1 {
+        return lines.into_iter().next().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.len()).sum());
+    for l in &lines {
+        out.extend_from_slice(l);
+    }
+    Bytes::from(out)
+}
+
+/// For a watcher behind the ring: the lines of the events after `after`
+/// up to the ring's start `to`, a page at a time, and where the watcher
+/// then stands; an error line when the store cannot give them.
+async fn catch_up(store: &dyn Store, after: u64, to: u64) -> std::result::Result<(Vec<Bytes>, u64), Bytes> {
+    let events = store.events_since(keys::ROOT, after, CATCH_UP_PAGE).await.map_err(|e| error_line(&e))?;
+    let full = events.len() >= CATCH_UP_PAGE;
+    let mine: Vec<&Event> = events.iter().filter(|e| e.revision <= to).collect();
+    let at = match (full, mine.last()) {
+        (true, Some(e)) if e.revision < to => e.revision,
+        _ => to,
+    };
+    let mut lines = Vec::new();
+    for e in mine {
+        match line_of(e) {
+            Ok(Some(l)) => lines.push(l),
+            Ok(None) => {}
+            Err(l) => {
+                lines.push(l);
+                break;
+            }
+        }
+    }
+    Ok((lines, at))
+}
+
+fn error_line(e: &StoreError) -> Bytes {
+    let code = if matches!(e, StoreError::Compacted { .. }) { "compacted" } else { "internal" };
+    encode(&WatchEvent::Error { code: code.into(), message: e.to_string() })
+}
+
+/// The hub's reader: follows the store's log from the current revision,
+/// pushing each mirrored event's line into the ring. When it falls behind
+/// the log (compacted) it starts again from the current revision: watchers
+/// behind the ring read the store themselves.
+async fn read_log(hub: Weak<WatchHub>, store: Arc<dyn Store>) {
+    let mut revisions = store.subscribe();
+    let mut cursor = loop {
+        match store.revision().await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch hub: cannot read the store's revision");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    };
+    match hub.upgrade() {
+        Some(h) => {
+            let mut ring = h.ring();
+            ring.from = cursor;
+            ring.cursor = cursor;
+            drop(ring);
+            h.cursor.send_replace(cursor);
+        }
+        None => return,
+    }
+    loop {
+        let seen = *revisions.borrow_and_update();
+        let read = store.events_since(keys::ROOT, cursor, HUB_PAGE).await;
+        let Some(h) = hub.upgrade() else { return };
+        let full = match read {
+            Ok(events) => {
+                let full = events.len() >= HUB_PAGE;
+                let last = events.last().map_or(0, |e| e.revision);
+                let lines: Vec<(u64, Bytes)> = events
+                    .iter()
+                    .filter_map(|e| match line_of(e) {
+                        Ok(l) => l.map(|l| (e.revision, l)),
+                        Err(l) => Some((e.revision, l)),
+                    })
+                    .collect();
+                cursor = if full { last } else { cursor.max(seen).max(last) };
+                let mut ring = h.ring();
+                for (r, l) in lines {
+                    ring.push(r, l);
+                }
+                ring.cursor = cursor;
+                drop(ring);
+                h.cursor.send_replace(cursor);
+                full
+            }
+            Err(StoreError::Compacted { .. }) => {
+                tracing::warn!(cursor, "watch hub fell behind the store's log; starting again from the current revision");
+                let now = store.revision().await.unwrap_or(cursor);
+                let mut ring = h.ring();
+                ring.lines.clear();
+                ring.bytes = 0;
+                ring.from = now;
+                ring.cursor = now;
+                cursor = now;
+                drop(ring);
+                h.cursor.send_replace(cursor);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch hub: cannot read the store's log; trying again");
+                drop(h);
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        };
+        drop(h);
+        if !full && revisions.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn the_ring_gives_the_lines_after_a_revision_and_then_its_cursor() {
+        let mut ring = Ring { from: 10, cursor: 13, lines: VecDeque::new(), bytes: 0 };
+        ring.push(11, line("a"));
+        ring.push(12, line("b"));
+        ring.push(12, line("c"));
+        let (lines, at) = ring.after(10);
+        assert_eq!(lines, vec![line("a"), line("b"), line("c")]);
+        assert_eq!(at, 13, "every event up to the cursor is delivered");
+        let (lines, at) = ring.after(11);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(at, 13);
+        assert_eq!(ring.after(13), (vec![], 13));
+    }
+
+    #[test]
+    fn a_full_ring_drops_whole_revisions_and_says_where_it_starts() {
+        let mut ring = Ring { from: 0, cursor: 0, lines: VecDeque::new(), bytes: 0 };
+        for i in 0..RING_LINES as u64 {
+            ring.push(1 + i / 2, line("x"));
+        }
+        ring.push(RING_LINES as u64, line("y"));
+        // Revision 1's two lines left together.
+        assert_eq!(ring.from, 1);
+        assert_eq!(ring.lines.len(), RING_LINES - 1);
+        assert_eq!(ring.lines.front().map(|(r, _)| *r), Some(2));
+    }
+
+    #[test]
+    fn a_watcher_gets_whole_revisions_in_pieces_of_bounded_size() {
+        let mut ring = Ring { from: 0, cursor: 0, lines: VecDeque::new(), bytes: 0 };
+        for _ in 0..SEND_LINES + 10 {
+            ring.push(1, line("x"));
+        }
+        ring.push(2, line("y"));
+        ring.cursor = 2;
+        let (lines, at) = ring.after(0);
+        assert_eq!(lines.len(), SEND_LINES + 10, "a revision is not split");
+        assert_eq!(at, 1);
+        assert_eq!(ring.after(1), (vec![line("y")], 2));
+    }
+}
