@@ -138,53 +138,82 @@ impl WatchHub {
     /// nothing happened for [`PROGRESS_EVERY`]. Ends after an error line.
     pub fn watch(self: &Arc<Self>, after: u64) -> impl Stream<Item = Bytes> + Send + 'static {
         self.start();
-        let hub = self.clone();
-        let woken = self.cursor.subscribe();
-        futures::stream::unfold((hub, woken, after, false), |(hub, mut woken, mut last, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                woken.borrow_and_update();
-                let read = {
-                    let ring = hub.ring();
-                    if ring.from == u64::MAX {
-                        None
-                    } else if last < ring.from {
-                        Some((Vec::new(), ring.from, true))
-                    } else {
-                        let (lines, at) = ring.after(last);
-                        Some((lines, at, false))
-                    }
-                };
-                let Some((lines, at, behind)) = read else {
-                    // The reader has not started yet: it wakes us when it has.
-                    let _ = woken.changed().await;
-                    continue;
-                };
-                if behind {
-                    match catch_up(hub.store.as_ref(), last, at).await {
-                        Ok((lines, at)) => {
-                            last = at;
-                            if !lines.is_empty() {
-                                return Some((join(lines), (hub, woken, last, false)));
-                            }
-                            continue;
-                        }
-                        Err(line) => return Some((line, (hub, woken, last, true))),
-                    }
-                }
-                last = at;
-                if !lines.is_empty() {
-                    let ends = lines.last().is_some_and(is_error);
-                    return Some((join(lines), (hub, woken, last, ends)));
-                }
-                if tokio::time::timeout(PROGRESS_EVERY, woken.changed()).await.is_err() {
-                    let line = encode(&WatchEvent::Progress { revision: last });
-                    return Some((line, (hub, woken, last, false)));
-                }
-            }
+        let state = Watcher {
+            hub: self.clone(),
+            woken: self.cursor.subscribe(),
+            last: after,
+            due: tokio::time::Instant::now() + PROGRESS_EVERY,
+            done: false,
+        };
+        futures::stream::unfold(state, |mut w| async move {
+            let piece = w.next().await?;
+            // Progress is due an interval after the last line sent, whatever
+            // woke the watcher meanwhile (changes it does not mirror).
+            w.due = tokio::time::Instant::now() + PROGRESS_EVERY;
+            Some((piece, w))
         })
+    }
+}
+
+/// One watcher's position in the hub.
+struct Watcher {
+    hub: Arc<WatchHub>,
+    woken: tokio::sync::watch::Receiver<u64>,
+    /// Every event up to this revision was sent.
+    last: u64,
+    /// When a progress line is due if nothing is sent before.
+    due: tokio::time::Instant,
+    /// An error line was sent: the stream ends.
+    done: bool,
+}
+
+impl Watcher {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        loop {
+            self.woken.borrow_and_update();
+            let read = {
+                let ring = self.hub.ring();
+                if ring.from == u64::MAX {
+                    None
+                } else if self.last < ring.from {
+                    Some((Vec::new(), ring.from, true))
+                } else {
+                    let (lines, at) = ring.after(self.last);
+                    Some((lines, at, false))
+                }
+            };
+            let Some((lines, at, behind)) = read else {
+                // The reader has not started yet: it wakes us when it has.
+                let _ = self.woken.changed().await;
+                continue;
+            };
+            if behind {
+                match catch_up(self.hub.store.as_ref(), self.last, at).await {
+                    Ok((lines, at)) => {
+                        self.last = at;
+                        if !lines.is_empty() {
+                            return Some(join(lines));
+                        }
+                        continue;
+                    }
+                    Err(line) => {
+                        self.done = true;
+                        return Some(line);
+                    }
+                }
+            }
+            self.last = at;
+            if !lines.is_empty() {
+                self.done = lines.last().is_some_and(is_error);
+                return Some(join(lines));
+            }
+            if tokio::time::timeout_at(self.due, self.woken.changed()).await.is_err() {
+                return Some(encode(&WatchEvent::Progress { revision: self.last }));
+            }
+        }
     }
 }
 

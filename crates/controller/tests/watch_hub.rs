@@ -118,3 +118,30 @@ async fn one_snapshot_per_revision_is_shared() {
     assert_eq!(snap.revision, 2);
     assert_eq!(snap.hosts.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_comes_on_time_while_changes_no_agent_mirrors_keep_coming() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    put_host(&store, "a").await;
+    let hub = WatchHub::new(store.clone());
+    let mut stream = Box::pin(hub.watch(1));
+    let every = tessera_controller::watch::PROGRESS_EVERY;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every / 10).await;
+                store.txn(Txn::new().then(Op::put(format!("{}heartbeat", keys::ROOT), b"x".to_vec()))).await.unwrap();
+            }
+        })
+    };
+    let t = std::time::Instant::now();
+    let piece = tokio::time::timeout(every * 3, stream.next()).await.expect("progress in time").unwrap();
+    writer.abort();
+    let ev: WatchEvent = serde_json::from_slice(piece.strip_suffix(b"\n").unwrap()).unwrap();
+    match ev {
+        WatchEvent::Progress { revision } => assert!(revision > 1, "progress stands at the current revision: {revision}"),
+        other => panic!("expected progress, got {other:?}"),
+    }
+    assert!(t.elapsed() < every * 2, "progress within its interval: {:?}", t.elapsed());
+}
