@@ -579,7 +579,7 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
     crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
-    let lines = ctl.watch_hub().watch(p.after).map(move |line| {
+    let lines = ctl.watch_hub().watch(p.after, crate::watch::PROGRESS_EVERY).map(move |line| {
         let _open = &open;
         Ok::<_, std::convert::Infallible>(line)
     });

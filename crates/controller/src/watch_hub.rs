@@ -19,7 +19,7 @@ use tessera_store::{Event, Store, StoreError};
 
 use crate::error::Result;
 use crate::keys;
-use crate::watch::{encode, is_error, line_of, snapshot, PROGRESS_EVERY};
+use crate::watch::{encode, is_error, line_of, snapshot};
 
 /// The ring keeps at most this many lines...
 const RING_LINES: usize = 50_000;
@@ -135,21 +135,22 @@ impl WatchHub {
 
     /// The NDJSON lines of the changes after `after` (checked with
     /// [`crate::watch::check_start`]), with a progress line whenever
-    /// nothing happened for [`PROGRESS_EVERY`]. Ends after an error line.
-    pub fn watch(self: &Arc<Self>, after: u64) -> impl Stream<Item = Bytes> + Send + 'static {
+    /// nothing was sent for `every`. Ends after an error line.
+    pub fn watch(self: &Arc<Self>, after: u64, every: Duration) -> impl Stream<Item = Bytes> + Send + 'static {
         self.start();
         let state = Watcher {
             hub: self.clone(),
             woken: self.cursor.subscribe(),
             last: after,
-            due: tokio::time::Instant::now() + PROGRESS_EVERY,
+            every,
+            due: tokio::time::Instant::now() + every,
             done: false,
         };
         futures::stream::unfold(state, |mut w| async move {
             let piece = w.next().await?;
             // Progress is due an interval after the last line sent, whatever
             // woke the watcher meanwhile (changes it does not mirror).
-            w.due = tokio::time::Instant::now() + PROGRESS_EVERY;
+            w.due = tokio::time::Instant::now() + w.every;
             Some((piece, w))
         })
     }
@@ -161,6 +162,8 @@ struct Watcher {
     woken: tokio::sync::watch::Receiver<u64>,
     /// Every event up to this revision was sent.
     last: u64,
+    /// How long without a line before a progress line.
+    every: Duration,
     /// When a progress line is due if nothing is sent before.
     due: tokio::time::Instant,
     /// An error line was sent: the stream ends.

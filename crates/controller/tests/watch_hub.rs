@@ -14,6 +14,7 @@ use tessera_model::Host;
 use tessera_store::{MemStore, Op, Store, StoreOptions, Txn};
 
 const PATIENCE: Duration = Duration::from_secs(10);
+const EVERY: Duration = tessera_controller::watch::PROGRESS_EVERY;
 
 async fn put_host(store: &Arc<dyn Store>, name: &str) -> u64 {
     let h = Host { name: name.into(), underlay_ip: "10.0.0.1".parse().unwrap(), last_seen: 0, gateways: vec![], alive: false };
@@ -57,13 +58,13 @@ async fn watchers_from_before_and_after_the_hub_started_get_every_change_once_in
     let hub = WatchHub::new(store.clone());
     // The hub starts at revision 100: this watcher reads 1..=100 from the
     // store's log, then the ring.
-    let mut from_zero = Box::pin(hub.watch(0));
-    let mut from_fifty = Box::pin(hub.watch(50));
+    let mut from_zero = Box::pin(hub.watch(0, EVERY));
+    let mut from_fifty = Box::pin(hub.watch(50, EVERY));
     let early = take(&mut from_zero, 100).await;
     let expected: Vec<(u64, String)> = (0..100).map(|i| (i + 1, format!("early{i}"))).collect();
     assert_eq!(names(&early), expected);
     assert_eq!(names(&take(&mut from_fifty, 50).await), expected[50..].to_vec());
-    let mut from_now = Box::pin(hub.watch(100));
+    let mut from_now = Box::pin(hub.watch(100, EVERY));
     for i in 0..300 {
         put_host(&store, &format!("late{i}")).await;
     }
@@ -80,7 +81,7 @@ async fn a_quiet_watch_sends_progress_at_the_current_revision() {
     // A change agents do not mirror moves the revision too.
     store.txn(Txn::new().then(Op::put(format!("{}other", keys::ROOT), b"x".to_vec()))).await.unwrap();
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(2));
+    let mut stream = Box::pin(hub.watch(2, EVERY));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     let ev: WatchEvent = serde_json::from_slice(piece.strip_suffix(b"\n").unwrap()).unwrap();
     assert_eq!(ev, WatchEvent::Progress { revision: 2 });
@@ -93,7 +94,7 @@ async fn a_watcher_behind_the_log_is_told_compacted_and_its_stream_ends() {
         put_host(&store, &format!("h{i}")).await;
     }
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1));
+    let mut stream = Box::pin(hub.watch(1, EVERY));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     match serde_json::from_slice::<WatchEvent>(piece.strip_suffix(b"\n").unwrap()).unwrap() {
         WatchEvent::Error { code, .. } => assert_eq!(code, "compacted"),
@@ -124,8 +125,8 @@ async fn progress_comes_on_time_while_changes_no_agent_mirrors_keep_coming() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     put_host(&store, "a").await;
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1));
-    let every = tessera_controller::watch::PROGRESS_EVERY;
+    let mut stream = Box::pin(hub.watch(1, EVERY));
+    let every = EVERY;
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
