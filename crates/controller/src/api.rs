@@ -576,10 +576,10 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
     (status = 200, body = WatchEvent, content_type = "application/x-ndjson"),
     (status = 400, description = "after is beyond the current revision", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
-async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
+async fn watch(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<WatchParams>) -> ApiResult<Response> {
     crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
-    let lines = ctl.watch_hub().watch(p.after, crate::watch::PROGRESS_EVERY).map(move |line| {
+    let lines = ctl.watch_hub().watch(p.after, crate::watch::PROGRESS_EVERY, who.to_string()).map(move |line| {
         let _open = &open;
         Ok::<_, std::convert::Infallible>(line)
     });

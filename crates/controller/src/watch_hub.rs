@@ -86,6 +86,48 @@ pub struct WatchHub {
     started: std::sync::Once,
     /// The encoded snapshot of the latest revision asked for.
     snapshot: tokio::sync::Mutex<Option<(u64, Arc<Vec<Bytes>>)>>,
+    /// The open watches, for `GET /v1/controller/status`.
+    watchers: Mutex<Watchers>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    next: u64,
+    open: std::collections::HashMap<u64, Watching>,
+}
+
+/// Who watches, since when, and where their stream stands.
+struct Watching {
+    who: String,
+    since_ms: u64,
+    at: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One open watch, as `GET /v1/controller/status` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct WatcherStatus {
+    /// The caller (a host, an administrator, a token's project).
+    pub who: String,
+    /// The revision up to which its stream has been sent.
+    pub revision: u64,
+    /// How many revisions it is behind the newest this controller read.
+    pub lag: u64,
+    /// When it started watching (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
+/// Removes a watch from the registry when its stream ends.
+struct Registered {
+    hub: Weak<WatchHub>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.watchers.lock().unwrap_or_else(|p| p.into_inner()).open.remove(&self.id);
+        }
+    }
 }
 
 impl WatchHub {
@@ -97,6 +139,7 @@ impl WatchHub {
             cursor: tokio::sync::watch::Sender::new(0),
             started: std::sync::Once::new(),
             snapshot: Default::default(),
+            watchers: Default::default(),
         })
     }
 
@@ -115,6 +158,38 @@ impl WatchHub {
     pub fn held(&self) -> (usize, usize) {
         let r = self.ring();
         (r.lines.len(), r.bytes)
+    }
+
+    /// The open watches, the furthest behind first.
+    pub fn watchers(&self) -> Vec<WatcherStatus> {
+        let cursor = self.ring().cursor;
+        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<WatcherStatus> = w
+            .open
+            .values()
+            .map(|x| {
+                let revision = x.at.load(std::sync::atomic::Ordering::Relaxed);
+                WatcherStatus { who: x.who.clone(), revision, lag: cursor.saturating_sub(revision), since_ms: x.since_ms }
+            })
+            .collect();
+        out.sort_by(|a, b| b.lag.cmp(&a.lag).then_with(|| a.who.cmp(&b.who)));
+        out
+    }
+
+    /// The revision the hub has read the store's log up to.
+    pub fn cursor(&self) -> u64 {
+        self.ring().cursor
+    }
+
+    fn register(self: &Arc<Self>, who: String, after: u64) -> (Registered, Arc<std::sync::atomic::AtomicU64>) {
+        let at = Arc::new(std::sync::atomic::AtomicU64::new(after));
+        let since_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let id = w.next;
+        w.next += 1;
+        w.open.insert(id, Watching { who, since_ms, at: at.clone() });
+        (Registered { hub: Arc::downgrade(self), id }, at)
     }
 
     /// The snapshot's JSON in pieces, made once per revision.
@@ -136,9 +211,13 @@ impl WatchHub {
     /// The NDJSON lines of the changes after `after` (checked with
     /// [`crate::watch::check_start`]), with a progress line whenever
     /// nothing was sent for `every`. Ends after an error line.
-    pub fn watch(self: &Arc<Self>, after: u64, every: Duration) -> impl Stream<Item = Bytes> + Send + 'static {
+    /// `who` names the caller in the registry of open watches.
+    pub fn watch(self: &Arc<Self>, after: u64, every: Duration, who: String) -> impl Stream<Item = Bytes> + Send + 'static {
         self.start();
+        let (registered, at) = self.register(who, after);
         let state = Watcher {
+            _registered: registered,
+            at,
             hub: self.clone(),
             woken: self.cursor.subscribe(),
             last: after,
@@ -148,6 +227,7 @@ impl WatchHub {
         };
         futures::stream::unfold(state, |mut w| async move {
             let piece = w.next().await?;
+            w.at.store(w.last, std::sync::atomic::Ordering::Relaxed);
             // Progress is due an interval after the last line sent, whatever
             // woke the watcher meanwhile (changes it does not mirror).
             w.due = tokio::time::Instant::now() + w.every;
@@ -158,6 +238,9 @@ impl WatchHub {
 
 /// One watcher's position in the hub.
 struct Watcher {
+    _registered: Registered,
+    /// `last`, for the registry.
+    at: Arc<std::sync::atomic::AtomicU64>,
     hub: Arc<WatchHub>,
     woken: tokio::sync::watch::Receiver<u64>,
     /// Every event up to this revision was sent.

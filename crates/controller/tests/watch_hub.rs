@@ -58,13 +58,13 @@ async fn watchers_from_before_and_after_the_hub_started_get_every_change_once_in
     let hub = WatchHub::new(store.clone());
     // The hub starts at revision 100: this watcher reads 1..=100 from the
     // store's log, then the ring.
-    let mut from_zero = Box::pin(hub.watch(0, EVERY));
-    let mut from_fifty = Box::pin(hub.watch(50, EVERY));
+    let mut from_zero = Box::pin(hub.watch(0, EVERY, "test".into()));
+    let mut from_fifty = Box::pin(hub.watch(50, EVERY, "test".into()));
     let early = take(&mut from_zero, 100).await;
     let expected: Vec<(u64, String)> = (0..100).map(|i| (i + 1, format!("early{i}"))).collect();
     assert_eq!(names(&early), expected);
     assert_eq!(names(&take(&mut from_fifty, 50).await), expected[50..].to_vec());
-    let mut from_now = Box::pin(hub.watch(100, EVERY));
+    let mut from_now = Box::pin(hub.watch(100, EVERY, "test".into()));
     for i in 0..300 {
         put_host(&store, &format!("late{i}")).await;
     }
@@ -81,7 +81,7 @@ async fn a_quiet_watch_sends_progress_at_the_current_revision() {
     // A change agents do not mirror moves the revision too.
     store.txn(Txn::new().then(Op::put(format!("{}other", keys::ROOT), b"x".to_vec()))).await.unwrap();
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(2, EVERY));
+    let mut stream = Box::pin(hub.watch(2, EVERY, "test".into()));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     let ev: WatchEvent = serde_json::from_slice(piece.strip_suffix(b"\n").unwrap()).unwrap();
     assert_eq!(ev, WatchEvent::Progress { revision: 2 });
@@ -94,7 +94,7 @@ async fn a_watcher_behind_the_log_is_told_compacted_and_its_stream_ends() {
         put_host(&store, &format!("h{i}")).await;
     }
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1, EVERY));
+    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into()));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     match serde_json::from_slice::<WatchEvent>(piece.strip_suffix(b"\n").unwrap()).unwrap() {
         WatchEvent::Error { code, .. } => assert_eq!(code, "compacted"),
@@ -125,7 +125,7 @@ async fn progress_comes_on_time_while_changes_no_agent_mirrors_keep_coming() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     put_host(&store, "a").await;
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1, EVERY));
+    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into()));
     let every = EVERY;
     let writer = {
         let store = store.clone();
@@ -145,4 +145,22 @@ async fn progress_comes_on_time_while_changes_no_agent_mirrors_keep_coming() {
         other => panic!("expected progress, got {other:?}"),
     }
     assert!(t.elapsed() < every * 2, "progress within its interval: {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watches_are_listed_with_how_far_behind_they_are() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    for i in 0..10 {
+        put_host(&store, &format!("h{i}")).await;
+    }
+    let hub = WatchHub::new(store.clone());
+    let mut reading = Box::pin(hub.watch(0, EVERY, "host h1".into()));
+    let idle = Box::pin(hub.watch(0, EVERY, "host h2".into()));
+    take(&mut reading, 10).await;
+    let listed = hub.watchers();
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].who.as_str(), listed[0].revision, listed[0].lag), ("host h2", 0, 10), "{listed:?}");
+    assert_eq!((listed[1].who.as_str(), listed[1].revision, listed[1].lag), ("host h1", 10, 0), "{listed:?}");
+    drop(idle);
+    assert_eq!(hub.watchers().len(), 1, "a closed watch leaves the list");
 }
