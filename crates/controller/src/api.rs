@@ -553,6 +553,14 @@ async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Sta
 pub struct WatchParams {
     /// Stream changes after this revision (from a snapshot or a previous event).
     pub after: u64,
+    /// Send a progress event after this many milliseconds of quiet (100 to
+    /// 5,000; 5,000 by default): a watcher that wants to notice a dead
+    /// controller sooner asks for more often.
+    pub progress_ms: Option<u64>,
+    /// The cluster the watcher's revision belongs to (`Snapshot.cluster`):
+    /// a watch of a store of another cluster is refused with 409
+    /// `conflict` (take a snapshot), as a revision means nothing there.
+    pub cluster: Option<uuid::Uuid>,
 }
 
 /// Every object agents mirror, consistent at one revision.
@@ -576,11 +584,13 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
 #[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses(
     (status = 200, body = WatchEvent, content_type = "application/x-ndjson"),
     (status = 400, description = "after is beyond the current revision", body = ErrorBody),
+    (status = 409, description = "the store is of another cluster than `cluster`", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
-    crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
+    crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
-    let lines = crate::watch::watch(ctl.store().clone(), p.after).map(move |ev| {
+    let every = crate::watch::progress_every(p.progress_ms);
+    let lines = crate::watch::watch(ctl.store().clone(), p.after, every).map(move |ev| {
         let _open = &open;
         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
         line.push(b'\n');

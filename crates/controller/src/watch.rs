@@ -11,8 +11,17 @@ use tessera_store::{EventKind, KeyValue, Store, StoreError};
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// How often a quiet watch sends a progress event.
+/// How often a quiet watch sends a progress event, unless the watcher asks
+/// for more often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The most often a watcher may ask for progress.
+pub const PROGRESS_MIN: Duration = Duration::from_millis(100);
+
+/// The progress interval a watcher asked for (`progress_ms`), within
+/// [`PROGRESS_MIN`] and [`PROGRESS_EVERY`].
+pub fn progress_every(asked_ms: Option<u64>) -> Duration {
+    asked_ms.map_or(PROGRESS_EVERY, |ms| Duration::from_millis(ms).clamp(PROGRESS_MIN, PROGRESS_EVERY))
+}
 
 fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
     let de = |e: serde_json::Error| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() };
@@ -73,10 +82,20 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
     Ok(s)
 }
 
-/// Whether a watch may start after revision `after`: refused when its
-/// events are discarded ([`Error::Compacted`], with the current revision)
-/// or when it is beyond the current revision (a revision of another store).
-pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
+/// Whether a watch may start after revision `after`: refused when the
+/// store is of another cluster than `cluster` (when given), when its events
+/// are discarded ([`Error::Compacted`], with the current revision) or when
+/// it is beyond the current revision (a revision of another store).
+pub async fn check_start(store: &dyn Store, after: u64, cluster: Option<uuid::Uuid>) -> Result<()> {
+    if let Some(theirs) = cluster {
+        let mine = store.get(keys::CLUSTER).await?.and_then(|kv| String::from_utf8(kv.value).ok());
+        if mine.as_deref().and_then(|m| m.parse::<uuid::Uuid>().ok()) != Some(theirs) {
+            return Err(Error::Conflict(format!(
+                "this controller's store is of cluster {}, not {theirs}: take a snapshot",
+                mine.as_deref().unwrap_or("(none)")
+            )));
+        }
+    }
     let revision = store.revision().await?;
     if after > revision {
         return Err(tessera_model::FieldError::new(
@@ -93,16 +112,16 @@ pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
 }
 
 /// Changes to mirrored objects after revision `after`, with a progress event
-/// whenever nothing happened for [`PROGRESS_EVERY`]. Ends with an `Error`
-/// event when the store cannot continue (for example `after` was compacted).
-pub fn watch(store: Arc<dyn Store>, after: u64) -> impl Stream<Item = WatchEvent> + Send {
+/// whenever nothing happened for `every`. Ends with an `Error` event when
+/// the store cannot continue (for example `after` was compacted).
+pub fn watch(store: Arc<dyn Store>, after: u64, every: Duration) -> impl Stream<Item = WatchEvent> + Send {
     let events = tessera_store::watch(store, keys::ROOT.to_string(), after);
     futures::stream::unfold((events, after, false), move |(mut events, mut last, done)| async move {
         if done {
             return None;
         }
         loop {
-            let next = tokio::time::timeout(PROGRESS_EVERY, events.next()).await;
+            let next = tokio::time::timeout(every, events.next()).await;
             match next {
                 Err(_) => {
                     return Some((WatchEvent::Progress { revision: last }, (events, last, false)));
