@@ -65,6 +65,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/policies/{id}/rules/{index}", put(set_rule).delete(delete_rule))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
+        .route("/v1/controllers", get(list_controllers))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .merge(crate::api_services::routes())
@@ -599,6 +600,15 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response())
 }
 
+/// The controllers registered in the store (several may serve one store):
+/// each one's URL, version, the hosts whose leases it holds, whether it is
+/// alive (as the answering controller sees it) and which one leads.
+/// Administrators only.
+#[utoipa::path(get, path = "/v1/controllers", responses((status = 200, body = Vec<crate::service::Peer>), (status = 403, body = ErrorBody)))]
+async fn list_controllers(State(ctl): Ctl) -> ApiResult<Json<Vec<crate::service::Peer>>> {
+    Ok(Json(ctl.peers().await?))
+}
+
 /// The OpenAPI document, generated from the handlers and model types above.
 #[derive(OpenApi)]
 #[openapi(
@@ -644,6 +654,7 @@ async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Respo
         policy_counters,
         report_counters,
         renew_lease,
+        list_controllers,
         set_endpoint_ports,
         list_floating_ips,
         create_floating_ip,

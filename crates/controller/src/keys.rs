@@ -16,6 +16,14 @@ pub const CLUSTER: &str = "/tessera/cluster";
 /// Written by the readiness check after a failed write, to see whether the
 /// store takes writes again.
 pub const PROBE: &str = "/tessera/probe";
+/// Controllers' registrations, `controllers/<id>` (see `service::members`).
+pub const CONTROLLERS: &str = "/tessera/controllers/";
+/// The leader key: which controller does the work that runs once.
+pub const LEADER: &str = "/tessera/leader";
+
+pub fn controller(id: Uuid) -> String {
+    format!("{CONTROLLERS}{id}")
+}
 /// Bearer tokens, by the SHA-256 of their secret.
 pub const TOKENS: &str = "/tessera/tokens/";
 pub const PROJECTS: &str = "/tessera/projects/";

@@ -50,6 +50,11 @@ pub struct Args {
     /// a new snapshot.
     #[arg(long, default_value_t = StoreOptions::DEFAULT_RETAIN_EVENTS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     retain_events: u64,
+    /// The URL other controllers and operators reach this one at, recorded
+    /// in its registration in the store (several controllers may share one
+    /// store; `GET /v1/controllers` lists them).
+    #[arg(long)]
+    advertise_url: Option<String>,
     /// Flow records kept (in memory) per host; the oldest go first.
     #[arg(long, default_value_t = tessera_controller::service::DEFAULT_FLOW_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     flow_records: u64,
@@ -85,12 +90,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         RedbStore::open_with(&path, StoreOptions { retain_events: args.retain_events })
             .with_context(|| format!("cannot open store {}", path.display()))?,
     );
-    let controller = Arc::new(Controller::new(store));
+    let controller = Arc::new(Controller::new(store).with_advertise_url(args.advertise_url.clone()));
     controller.set_flow_records(args.flow_records as usize);
     let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {}", path.display()))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, tls = tls_files.is_some(), "controller serving");
+    tracing::info!(listen = %listener.local_addr()?, store = %path.display(), %cluster, id = %controller.id(), tls = tls_files.is_some(), "controller serving");
     let limits = tessera_controller::conn::ConnLimits {
         max_connections: args.max_connections as usize,
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
