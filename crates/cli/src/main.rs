@@ -16,14 +16,17 @@ pub mod exit {
     pub const REFUSED: u8 = 1;
     /// Bad command-line usage.
     pub const USAGE: u8 = 2;
-    /// The controller could not be reached.
+    /// No controller could be reached, or a call that is not idempotent
+    /// may have reached one that then failed (it was not replayed).
     pub const UNREACHABLE: u8 = 3;
 }
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Overlay networks for containers")]
 pub struct Cli {
-    /// The controller's URL.
+    /// The controller's URL; several controllers sharing one store as URLs
+    /// separated by commas (or one name that resolves to several
+    /// addresses): calls go on to the next when one is down.
     #[arg(long, global = true, env = "TESSERA_CONTROLLER", default_value = "http://127.0.0.1:8082")]
     controller: String,
     /// Print JSON instead of tables.
@@ -216,7 +219,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = match e.downcast_ref::<tessera_api::ClientError>() {
-                Some(tessera_api::ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+                Some(tessera_api::ClientError::Unreachable { .. } | tessera_api::ClientError::NotReplayed { .. }) => {
+                    exit::UNREACHABLE
+                }
                 Some(_) => exit::REFUSED,
                 None => exit::REFUSED,
             };
