@@ -101,6 +101,9 @@ pub struct MirrorState {
     /// How many times the watch moved to another controller after its own
     /// broke.
     pub failovers: u64,
+    /// How many snapshots the mirror took (one at start; another only when
+    /// a watch cannot continue from the last revision seen).
+    pub snapshots: u64,
 }
 
 /// How often a holding mirror looks at the controller again.
@@ -175,7 +178,10 @@ pub async fn run(
     };
     loop {
         let mut snap = match client.snapshot().await {
-            Ok(s) => s,
+            Ok(s) => {
+                state.send_modify(|st| st.snapshots += 1);
+                s
+            }
             Err(e) => {
                 if !reported_down {
                     tracing::warn!(controller = client.url(), error = %e, "controller unreachable; keeping the last known state");

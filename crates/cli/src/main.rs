@@ -145,6 +145,9 @@ enum Command {
     /// Bearer tokens for people and automation (admin only).
     #[command(subcommand)]
     Token(commands::token::Cmd),
+    /// The controllers' store: `migrate` a stopped fabric between redb and etcd.
+    #[command(subcommand)]
+    Store(commands::store::Cmd),
     /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
     #[command(subcommand)]
     Cni(commands::cni::Cmd),
@@ -207,6 +210,7 @@ fn main() -> ExitCode {
             Command::DockerPlugin(a) => commands::docker_plugin::run(&cli.controller, &credentials, a).await,
             Command::Pki(c) => commands::pki::run(&ctx, c),
             Command::Token(c) => commands::token::run(&ctx, c).await,
+            Command::Store(c) => commands::store::run(c).await,
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,

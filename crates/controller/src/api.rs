@@ -141,7 +141,10 @@ async fn readyz(State(ctl): Ctl) -> Response {
         Err(e) => {
             let err = Error::Store(e);
             let mut body = err.body();
-            body.error.code = tessera_model::ErrorCode::Unavailable;
+            // An unreachable store cluster keeps its own code and reason.
+            if body.error.code != tessera_model::ErrorCode::StoreUnavailable {
+                body.error.code = tessera_model::ErrorCode::Unavailable;
+            }
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

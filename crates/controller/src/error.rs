@@ -55,6 +55,7 @@ impl Error {
             Error::Exhausted(_) => ErrorCode::Exhausted,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Store(StoreError::NoSpace { .. }) => ErrorCode::InsufficientStorage,
+            Error::Store(StoreError::Unavailable { .. }) => ErrorCode::StoreUnavailable,
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Uninitialized => ErrorCode::Unavailable,

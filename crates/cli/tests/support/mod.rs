@@ -89,6 +89,20 @@ impl ControllerProcess {
         Self::spawn_on(data_dir, port, &[])
     }
 
+    /// Starts a controller over HTTPS on `port` with its store in etcd
+    /// (`--store etcd --etcd-endpoints ENDPOINTS`) and `extra` arguments;
+    /// `dir` (kept by the caller) holds its certificates, made there on
+    /// first use.
+    pub fn start_on_etcd(dir: &Path, port: u16, endpoints: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--store", "etcd", "--etcd-endpoints", endpoints];
+        args.extend_from_slice(extra);
+        if dir.join("pki").join("ca.pem").exists() {
+            Self::spawn(dir, port, &args, Some(dir.join("pki")))
+        } else {
+            Self::spawn_on(dir, port, &args)
+        }
+    }
+
     fn spawn_on(data_dir: &Path, port: u16, extra: &[&str]) -> Self {
         let pki = data_dir.join("pki");
         let made = Command::new(BIN).args(["pki", "init", "--dir"]).arg(&pki).output().expect("run tessera pki init");
@@ -101,7 +115,10 @@ impl ControllerProcess {
     /// is ready.
     fn spawn(data_dir: &Path, port: u16, extra: &[&str], pki: Option<PathBuf>) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.arg("controller").args(extra).arg("--data-dir").arg(data_dir).args(["--listen", &format!("127.0.0.1:{port}")]);
+        cmd.arg("controller").args(extra).args(["--listen", &format!("127.0.0.1:{port}")]);
+        if !extra.contains(&"--store") {
+            cmd.arg("--data-dir").arg(data_dir);
+        }
         if let Some(dir) = &pki {
             cmd.arg("--pki").arg(dir);
         }
