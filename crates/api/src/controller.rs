@@ -367,7 +367,7 @@ impl ControllerClient {
     /// NDJSON line, for as long as the controller keeps the stream open
     /// (no request timeout; the controller sends progress when quiet).
     pub async fn watch(&self, after: u64) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>>, ClientError> {
-        Ok(self.ndjson_on(&format!("/v1/watch?after={after}")).await?.1)
+        Ok(self.ndjson_on(&format!("/v1/watch?after={after}"), REQUEST_TIMEOUT).await?.1)
     }
 
     /// [`Self::watch`] for a mirror that follows several controllers: on the
@@ -384,7 +384,9 @@ impl ControllerClient {
         if let Some(c) = cluster {
             path += &format!("&cluster={c}");
         }
-        self.ndjson_on(&path).await
+        // A controller that does not answer within a few progress intervals
+        // is as dead as a silent stream.
+        self.ndjson_on(&path, progress * 4).await
     }
 
     /// `GET PATH` answered with one JSON value per line (NDJSON), for as
@@ -393,20 +395,26 @@ impl ControllerClient {
         &self,
         path: &str,
     ) -> Result<impl Stream<Item = Result<T, ClientError>>, ClientError> {
-        Ok(self.ndjson_on(path).await?.1)
+        Ok(self.ndjson_on(path, REQUEST_TIMEOUT).await?.1)
     }
 
-    /// [`Self::ndjson`], opened on the first controller that answers, with
-    /// that controller's index in [`Self::urls`] (to [`Self::move_on`] from
-    /// when the stream breaks).
+    /// [`Self::ndjson`], opened on the first controller that answers (its
+    /// status and headers) within `open_timeout`, with that controller's
+    /// index in [`Self::urls`] (to [`Self::move_on`] from when the stream
+    /// breaks).
     pub async fn ndjson_on<T: DeserializeOwned + 'static>(
         &self,
         path: &str,
+        open_timeout: Duration,
     ) -> Result<(usize, impl Stream<Item = Result<T, ClientError>>), ClientError> {
         let (i, resp) = self
             .over_nodes(true, |node| async move {
                 let i = self.nodes.iter().position(|n| std::ptr::eq(n, node)).unwrap_or(0);
-                let resp = node.http.get(format!("{}{path}", node.target.base)).send().await.map_err(failed)?;
+                let send = node.http.get(format!("{}{path}", node.target.base)).send();
+                let resp = tokio::time::timeout(open_timeout, send)
+                    .await
+                    .map_err(|_| Failed::MaybeReached(format!("no answer within {open_timeout:?}"), None))?
+                    .map_err(failed)?;
                 let status = resp.status().as_u16();
                 if !resp.status().is_success() {
                     let bytes = resp.bytes().await.unwrap_or_default();

@@ -222,9 +222,11 @@ pub async fn run(
 
 /// A watch that shows nothing for this long is dead: the controller sends
 /// progress every [`PROGRESS`] when quiet.
-const SILENCE: Duration = Duration::from_millis(1500);
-/// How often the mirror asks a quiet controller for progress.
-const PROGRESS: Duration = Duration::from_millis(400);
+const SILENCE: Duration = Duration::from_millis(1200);
+/// How often the mirror asks a quiet controller for progress (a timer per
+/// watcher at the controller, no store read): a dead stream is noticed
+/// within [`SILENCE`], under the 2 s a host may go without its controller.
+const PROGRESS: Duration = Duration::from_millis(300);
 
 /// Follows the watch after `snap` on whichever controller answers, moving
 /// to the next when one breaks, until a new snapshot is needed.

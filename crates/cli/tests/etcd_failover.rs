@@ -112,4 +112,54 @@ fn a_watch_continues_on_the_other_controller_within_2s_of_a_kill_9_and_misses_no
     }
     let s = state.borrow().clone();
     assert_eq!((s.failovers, s.snapshots), (1, 1), "one failover, no new snapshot: {s:?}");
+
+    // The survivor leads within a few seconds (the lease reaper runs there).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let (_, peers) = admin.get("/v1/controllers");
+        let leader = peers.as_array().unwrap().iter().find(|p| p["leader"] == true).map(|p| p["url"].clone());
+        if leader == Some(json!("https://c2.test:8082")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c2 does not lead: {peers}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_watch_leaves_a_controller_that_stopped_answering_within_2s() {
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &["--init"]);
+    let c2 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &[]);
+    let admin = Api::new(&c2);
+    assert_eq!(admin.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.30.0.0/22"}]})).0, 201);
+    Api::as_caller(&c1, &Caller::Host("h1".into()));
+    let creds = Credentials::from_pki(&c1.pki, "hosts/h1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(None);
+    let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
+    let client = ControllerClient::with_credentials(&format!("{},{}", c1.url, c2.url), &creds).unwrap();
+    rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
+    rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected && s.controller == c1.url));
+
+    // SIGSTOP: the connection stays open and nothing comes (a hung or
+    // partitioned controller); SIGCONT before the process is dropped.
+    let pid = c1.pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    let (s, e) = admin.post("/v1/endpoints", json!({"network": "net", "host": "h1", "name": "late"}));
+    assert_eq!(s, 201, "{e}");
+    let moved = rt.block_on(until(&mut state, Duration::from_secs(5), |s| s.connected && s.controller == c2.url));
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    eprintln!("watch left the stopped controller after {:?}", stopped.elapsed());
+    assert!(moved <= Duration::from_secs(2), "a silent watch is noticed within 2 s: {moved:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !snap_rx.borrow().as_ref().is_some_and(|s| s.endpoints.iter().any(|x| x.id.to_string() == e["id"].as_str().unwrap())) {
+        assert!(Instant::now() < deadline, "the endpoint made meanwhile reaches the mirror");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state.borrow().snapshots, 1, "no new snapshot");
 }
