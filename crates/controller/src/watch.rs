@@ -120,8 +120,12 @@ pub fn watch(store: Arc<dyn Store>, after: u64, every: Duration) -> impl Stream<
         if done {
             return None;
         }
+        // Progress is due `every` after the last line sent, however many
+        // events of objects no agent mirrors (controllers' heartbeats, the
+        // leader key) came meanwhile.
+        let due = tokio::time::Instant::now() + every;
         loop {
-            let next = tokio::time::timeout(every, events.next()).await;
+            let next = tokio::time::timeout_at(due, events.next()).await;
             match next {
                 Err(_) => {
                     return Some((WatchEvent::Progress { revision: last }, (events, last, false)));

@@ -168,3 +168,27 @@ async fn distinct_endpoint_creates_split_between_two_controllers_get_distinct_ad
     let names: HashSet<_> = listed.iter().map(|e| e.name.clone()).collect();
     assert_eq!((listed.len(), addrs.len(), macs.len(), names.len()), (500, 500, 500, 500));
 }
+
+#[tokio::test]
+async fn a_watch_sends_progress_on_time_while_only_keys_no_agent_mirrors_change() {
+    use futures::StreamExt;
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let ctl = Arc::new(Controller::new(store.clone()));
+    ctl.bootstrap(true).await.unwrap();
+    let after = store.revision().await.unwrap();
+    let mut watch = Box::pin(tessera_controller::watch::watch(store.clone(), after, Duration::from_millis(300)));
+    let _duties = Duties::start(&ctl);
+    let writer = tokio::spawn(async move {
+        loop {
+            let put = tessera_store::Op::Put { key: "/tessera/probe".into(), value: b"x".to_vec() };
+            store.txn(tessera_store::Txn::new().then(put)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let ev = tokio::time::timeout(Duration::from_secs(1), watch.next()).await.expect("progress within its interval");
+    writer.abort();
+    match ev {
+        Some(tessera_model::watch::WatchEvent::Progress { revision }) => assert!(revision > after),
+        other => panic!("expected progress, got {other:?}"),
+    }
+}
