@@ -112,6 +112,9 @@ fn fabric(api: &Api) -> Vec<(String, Value)> {
     out.push(("/v1/policies/big".into(), big));
     let (_, mut snapshot) = api.get("/v1/snapshot");
     snapshot.as_object_mut().unwrap().remove("revision");
+    // Each store filled by a migration has an epoch of its own.
+    let epoch = snapshot.as_object_mut().unwrap().remove("epoch").unwrap_or(Value::Null);
+    out.push(("epoch".into(), epoch));
     out.push(("/v1/snapshot".into(), snapshot));
     out
 }
@@ -121,10 +124,26 @@ fn migrate(from: &str, to: &str) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The two fabrics hold the same objects; the second's store epoch is new.
 fn assert_same(a: &[(String, Value)], b: &[(String, Value)], what: &str) {
     for ((path, x), (_, y)) in a.iter().zip(b) {
-        assert!(x == y, "{what}: {path} differs:\n{x}\n---\n{y}");
+        if path == "epoch" {
+            assert!(y.is_string() && x != y, "{what}: a migrated store has a new epoch: {x} then {y}");
+        } else {
+            assert!(x == y, "{what}: {path} differs:\n{x}\n---\n{y}");
+        }
     }
+}
+
+/// A watch from a revision of the store a fabric was migrated from, with
+/// that store's epoch, is refused with 410: the client takes a snapshot.
+fn assert_old_revisions_refused(api: &Api, old_revision: u64, old_epoch: &Value) {
+    let path = match old_epoch.as_str() {
+        Some(epoch) => format!("/v1/watch?after={old_revision}&epoch={epoch}"),
+        None => format!("/v1/watch?after={old_revision}&epoch=00000000-0000-0000-0000-000000000000"),
+    };
+    let (s, b) = api.get(&path);
+    assert_eq!((s, &b["error"]["code"]), (410, &json!("compacted")), "{b}");
 }
 
 #[test]
@@ -159,6 +178,7 @@ fn migration_round_trips_a_fabric_redb_to_etcd_to_redb() {
     let (s, b) = api.put(&format!("/v1/floating-ips/{id}/association"), json!({"endpoint": first_endpoint}));
     assert_eq!(s, 200, "associate: {b}");
     let before = fabric(&api);
+    let old_revision = api.get("/v1/snapshot").1["revision"].as_u64().unwrap();
     let data = first.path().to_str().unwrap().to_owned();
 
     let etcd = EtcdCluster::start(1);
@@ -177,12 +197,23 @@ fn migration_round_trips_a_fabric_redb_to_etcd_to_redb() {
     );
 
     let on_etcd = ControllerProcess::start_on_etcd(first.path(), free_port(), &etcd.endpoints_arg(), &[]);
-    assert_same(&before, &fabric(&Api::new(&on_etcd)), "redb → etcd");
+    let on_etcd_api = Api::new(&on_etcd);
+    let migrated = fabric(&on_etcd_api);
+    assert_same(&before, &migrated, "redb → etcd");
+    assert_old_revisions_refused(&on_etcd_api, old_revision.min(3), &Value::Null);
+    let etcd_epoch = migrated.iter().find(|(p, _)| p == "epoch").unwrap().1.clone();
+    let etcd_revision = on_etcd_api.get("/v1/snapshot").1["revision"].as_u64().unwrap();
+    let url = format!("{}/v1/watch?after={etcd_revision}&epoch={}", on_etcd.url, etcd_epoch.as_str().unwrap());
+    let served = on_etcd.http(&support::Caller::Admin).get(url).send().unwrap();
+    assert_eq!(served.status().as_u16(), 200, "a watch with the store's own epoch is served");
+    drop(served);
     drop(on_etcd);
 
     let back = tempfile::tempdir().unwrap();
     let (ok, _, err) = migrate(&etcd.url(), back.path().to_str().unwrap());
     assert!(ok, "etcd → redb: {err}");
     let again = ControllerProcess::restart_on(back.path(), free_port());
-    assert_same(&before, &fabric(&Api::new(&again)), "redb → etcd → redb");
+    let again_api = Api::new(&again);
+    assert_same(&before, &fabric(&again_api), "redb → etcd → redb");
+    assert_old_revisions_refused(&again_api, etcd_revision.min(3), &etcd_epoch);
 }

@@ -556,6 +556,11 @@ async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Sta
 pub struct WatchParams {
     /// Stream changes after this revision (from a snapshot or a previous event).
     pub after: u64,
+    /// The snapshot's `epoch` that `after` belongs to, when resuming from a
+    /// saved revision: another store's (a migrated fabric) is refused with
+    /// 410. Without it the revision is taken as this store's.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub epoch: Option<uuid::Uuid>,
 }
 
 /// Every object agents mirror, consistent at one revision.
@@ -581,7 +586,7 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
     (status = 400, description = "after is beyond the current revision", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
-    crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
+    crate::watch::check_start(ctl.store().as_ref(), p.after, p.epoch).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
     let lines = crate::watch::watch(ctl.store().clone(), p.after).map(move |ev| {
         let _open = &open;

@@ -55,6 +55,10 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
             s.cluster = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
             continue;
         }
+        if kv.key == keys::STORE_EPOCH {
+            s.epoch = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
+            continue;
+        }
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
             Some(Object::Endpoint(e)) => s.endpoints.push(e),
@@ -74,9 +78,18 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
 }
 
 /// Whether a watch may start after revision `after`: refused when its
-/// events are discarded ([`Error::Compacted`], with the current revision)
-/// or when it is beyond the current revision (a revision of another store).
-pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
+/// events are discarded ([`Error::Compacted`], with the current revision),
+/// when `epoch` is given and is not the store's (a revision of the store
+/// this one was migrated from: [`Error::Replaced`]), or when it is beyond
+/// the current revision (a revision of another store).
+pub async fn check_start(store: &dyn Store, after: u64, epoch: Option<uuid::Uuid>) -> Result<()> {
+    if let Some(theirs) = epoch {
+        let mine = store.get(keys::STORE_EPOCH).await?.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
+        if mine != Some(theirs) {
+            let revision = store.revision().await?;
+            return Err(Error::Replaced { requested: after, epoch: theirs, revision });
+        }
+    }
     let revision = store.revision().await?;
     if after > revision {
         return Err(tessera_model::FieldError::new(
