@@ -372,17 +372,21 @@ impl ControllerClient {
 
     /// [`Self::watch`] for a mirror that follows several controllers: on the
     /// first that answers, with its index in [`Self::urls`]; the controller
-    /// refuses (409) when its store is not of `cluster`, and sends progress
-    /// after `progress` of quiet, so a dead stream is noticed soon.
+    /// refuses when its store is not of the snapshot's `cluster` (409) or
+    /// `epoch` (410), and sends progress after `progress` of quiet, so a
+    /// dead stream is noticed soon.
     pub async fn watch_from(
         &self,
         after: u64,
-        cluster: Option<Uuid>,
+        of: &Snapshot,
         progress: Duration,
     ) -> Result<(usize, impl Stream<Item = Result<WatchEvent, ClientError>>), ClientError> {
         let mut path = format!("/v1/watch?after={after}&progress_ms={}", progress.as_millis());
-        if let Some(c) = cluster {
+        if let Some(c) = of.cluster {
             path += &format!("&cluster={c}");
+        }
+        if let Some(e) = of.epoch {
+            path += &format!("&epoch={e}");
         }
         // A controller that does not answer within a few progress intervals
         // is as dead as a silent stream.

@@ -241,7 +241,7 @@ async fn follow(
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
     loop {
-        let (index, stream) = match client.watch_from(snap.revision, snap.cluster, PROGRESS).await {
+        let (index, stream) = match client.watch_from(snap.revision, snap, PROGRESS).await {
             Ok(s) => s,
             Err(ClientError::Refused { body, .. }) => {
                 tracing::info!(reason = %body.error.message, revision = snap.revision, "watch refused; taking a new snapshot");

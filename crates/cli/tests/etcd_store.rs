@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{free_port, Api, ControllerProcess, BIN};
-use tessera_testkit::etcd::EtcdCluster;
+use tessera_testkit::etcd::{EtcdCluster, EtcdTls};
 
 /// Posts until the answer is not 503 (an etcd election in progress), at
 /// most `patience`; returns the last answer.
@@ -76,8 +76,45 @@ fn writes_go_on_with_one_etcd_member_down_fail_with_503_without_quorum_and_recov
     etcd.wait_healthy();
     let (s, b) = post_until_served(&api, "/v1/networks", network("n2", "10.10.2.0/24"), Duration::from_secs(15));
     assert!(s == 201 || s == 200, "writes succeed again without restarting the controller: {s} {b}");
-    let listed = api.get("/v1/networks").1;
+    // Right after the members return, etcd may still move its leader: a
+    // read may meet one 503 then.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listed = loop {
+        let (s, b) = api.get("/v1/networks");
+        if s != 503 || Instant::now() > deadline {
+            assert_eq!(s, 200, "{b}");
+            break b;
+        }
+        eprintln!("read after recovery: {b}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(listed.as_array().unwrap().len(), 3, "n0, n1 and n2, once each: {listed}");
+}
+
+#[test]
+fn a_controller_reaches_etcd_over_tls_with_its_client_certificate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("etcd-pki");
+    let made = Command::new(BIN).args(["pki", "init", "--san", "127.0.0.1", "--dir"]).arg(&pki).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let tls = EtcdTls { ca: pki.join("ca.pem"), cert: pki.join("controller.pem"), key: pki.join("controller-key.pem") };
+    let etcd = EtcdCluster::start_tls(1, tls);
+    assert!(etcd.endpoints_arg().starts_with("https://"));
+
+    let out = Command::new(BIN)
+        .args(["controller", "--insecure-loopback", "--listen", "127.0.0.1:0", "--init", "--store", "etcd"])
+        .args(["--etcd-endpoints", &etcd.endpoints_arg(), "--etcd-ca", &file("ca.pem"), "--etcd-timeout", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "etcd asks for a client certificate: {err}");
+    assert!(err.contains("etcd"), "{err}");
+
+    let certs = ["--init", "--etcd-ca", &file("ca.pem"), "--etcd-cert", &file("admin.pem"), "--etcd-key", &file("admin-key.pem")];
+    let c = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &certs);
+    let (s, b) = Api::new(&c).post("/v1/networks", network("tls", "10.20.0.0/24"));
+    assert_eq!(s, 201, "{b}");
 }
 
 #[test]
@@ -112,6 +149,9 @@ fn fabric(api: &Api) -> Vec<(String, Value)> {
     out.push(("/v1/policies/big".into(), big));
     let (_, mut snapshot) = api.get("/v1/snapshot");
     snapshot.as_object_mut().unwrap().remove("revision");
+    // Each store filled by a migration has an epoch of its own.
+    let epoch = snapshot.as_object_mut().unwrap().remove("epoch").unwrap_or(Value::Null);
+    out.push(("epoch".into(), epoch));
     out.push(("/v1/snapshot".into(), snapshot));
     out
 }
@@ -121,10 +161,26 @@ fn migrate(from: &str, to: &str) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The two fabrics hold the same objects; the second's store epoch is new.
 fn assert_same(a: &[(String, Value)], b: &[(String, Value)], what: &str) {
     for ((path, x), (_, y)) in a.iter().zip(b) {
-        assert!(x == y, "{what}: {path} differs:\n{x}\n---\n{y}");
+        if path == "epoch" {
+            assert!(y.is_string() && x != y, "{what}: a migrated store has a new epoch: {x} then {y}");
+        } else {
+            assert!(x == y, "{what}: {path} differs:\n{x}\n---\n{y}");
+        }
     }
+}
+
+/// A watch from a revision of the store a fabric was migrated from, with
+/// that store's epoch, is refused with 410: the client takes a snapshot.
+fn assert_old_revisions_refused(api: &Api, old_revision: u64, old_epoch: &Value) {
+    let path = match old_epoch.as_str() {
+        Some(epoch) => format!("/v1/watch?after={old_revision}&epoch={epoch}"),
+        None => format!("/v1/watch?after={old_revision}&epoch=00000000-0000-0000-0000-000000000000"),
+    };
+    let (s, b) = api.get(&path);
+    assert_eq!((s, &b["error"]["code"]), (410, &json!("compacted")), "{b}");
 }
 
 #[test]
@@ -159,6 +215,7 @@ fn migration_round_trips_a_fabric_redb_to_etcd_to_redb() {
     let (s, b) = api.put(&format!("/v1/floating-ips/{id}/association"), json!({"endpoint": first_endpoint}));
     assert_eq!(s, 200, "associate: {b}");
     let before = fabric(&api);
+    let old_revision = api.get("/v1/snapshot").1["revision"].as_u64().unwrap();
     let data = first.path().to_str().unwrap().to_owned();
 
     let etcd = EtcdCluster::start(1);
@@ -177,12 +234,23 @@ fn migration_round_trips_a_fabric_redb_to_etcd_to_redb() {
     );
 
     let on_etcd = ControllerProcess::start_on_etcd(first.path(), free_port(), &etcd.endpoints_arg(), &[]);
-    assert_same(&before, &fabric(&Api::new(&on_etcd)), "redb → etcd");
+    let on_etcd_api = Api::new(&on_etcd);
+    let migrated = fabric(&on_etcd_api);
+    assert_same(&before, &migrated, "redb → etcd");
+    assert_old_revisions_refused(&on_etcd_api, old_revision.min(3), &Value::Null);
+    let etcd_epoch = migrated.iter().find(|(p, _)| p == "epoch").unwrap().1.clone();
+    let etcd_revision = on_etcd_api.get("/v1/snapshot").1["revision"].as_u64().unwrap();
+    let url = format!("{}/v1/watch?after={etcd_revision}&epoch={}", on_etcd.url, etcd_epoch.as_str().unwrap());
+    let served = on_etcd.http(&support::Caller::Admin).get(url).send().unwrap();
+    assert_eq!(served.status().as_u16(), 200, "a watch with the store's own epoch is served");
+    drop(served);
     drop(on_etcd);
 
     let back = tempfile::tempdir().unwrap();
     let (ok, _, err) = migrate(&etcd.url(), back.path().to_str().unwrap());
     assert!(ok, "etcd → redb: {err}");
     let again = ControllerProcess::restart_on(back.path(), free_port());
-    assert_same(&before, &fabric(&Api::new(&again)), "redb → etcd → redb");
+    let again_api = Api::new(&again);
+    assert_same(&before, &fabric(&again_api), "redb → etcd → redb");
+    assert_old_revisions_refused(&again_api, etcd_revision.min(3), &etcd_epoch);
 }

@@ -564,7 +564,13 @@ pub struct WatchParams {
     /// The cluster the watcher's revision belongs to (`Snapshot.cluster`):
     /// a watch of a store of another cluster is refused with 409
     /// `conflict` (take a snapshot), as a revision means nothing there.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cluster: Option<uuid::Uuid>,
+    /// The snapshot's `epoch` that `after` belongs to, when resuming from a
+    /// saved revision: another store's (a migrated fabric) is refused with
+    /// 410. Without it the revision is taken as this store's.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub epoch: Option<uuid::Uuid>,
 }
 
 /// Every object agents mirror, consistent at one revision.
@@ -591,7 +597,7 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
     (status = 409, description = "the store is of another cluster than `cluster`", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Query(p): Query<WatchParams>) -> ApiResult<Response> {
-    crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster).await?;
+    crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster, p.epoch).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
     let every = crate::watch::progress_every(p.progress_ms);
     let lines = crate::watch::watch(ctl.store().clone(), p.after, every).map(move |ev| {

@@ -64,6 +64,10 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
             s.cluster = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
             continue;
         }
+        if kv.key == keys::STORE_EPOCH {
+            s.epoch = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
+            continue;
+        }
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
             Some(Object::Endpoint(e)) => s.endpoints.push(e),
@@ -83,10 +87,12 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
 }
 
 /// Whether a watch may start after revision `after`: refused when the
-/// store is of another cluster than `cluster` (when given), when its events
-/// are discarded ([`Error::Compacted`], with the current revision) or when
-/// it is beyond the current revision (a revision of another store).
-pub async fn check_start(store: &dyn Store, after: u64, cluster: Option<uuid::Uuid>) -> Result<()> {
+/// store is of another cluster than `cluster` (when given: 409), when its
+/// events are discarded ([`Error::Compacted`], with the current revision),
+/// when `epoch` is given and is not the store's (a revision of the store
+/// this one was migrated from: [`Error::Replaced`]), or when it is beyond
+/// the current revision (a revision of another store).
+pub async fn check_start(store: &dyn Store, after: u64, cluster: Option<uuid::Uuid>, epoch: Option<uuid::Uuid>) -> Result<()> {
     if let Some(theirs) = cluster {
         let mine = store.get(keys::CLUSTER).await?.and_then(|kv| String::from_utf8(kv.value).ok());
         if mine.as_deref().and_then(|m| m.parse::<uuid::Uuid>().ok()) != Some(theirs) {
@@ -94,6 +100,13 @@ pub async fn check_start(store: &dyn Store, after: u64, cluster: Option<uuid::Uu
                 "this controller's store is of cluster {}, not {theirs}: take a snapshot",
                 mine.as_deref().unwrap_or("(none)")
             )));
+        }
+    }
+    if let Some(theirs) = epoch {
+        let mine = store.get(keys::STORE_EPOCH).await?.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
+        if mine != Some(theirs) {
+            let revision = store.revision().await?;
+            return Err(Error::Replaced { requested: after, epoch: theirs, revision });
         }
     }
     let revision = store.revision().await?;

@@ -8,6 +8,10 @@
 //! every member, waits for it and removes the data directories, so no
 //! process or file is left behind.
 //!
+//! [`EtcdCluster::start_tls`] serves clients over TLS only, asking for a
+//! client certificate of the given CA (`--client-cert-auth`); `/health` is
+//! then read on a plain metrics listener of each member.
+//!
 //! The members take big transactions and requests (`--max-txn-ops`,
 //! `--max-request-bytes`), as Tessera's deployments must (see the README).
 
@@ -27,7 +31,19 @@ const STARTUP: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
+    tls: Option<EtcdTls>,
     dir: tempfile::TempDir,
+}
+
+/// The certificates of a cluster that serves clients over TLS (PEM files).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signs the members' certificate and the clients' ones.
+    pub ca: PathBuf,
+    /// The members' certificate (its SAN must name 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug)]
@@ -35,6 +51,8 @@ struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain HTTP `/health` and `/metrics`.
+    metrics: SocketAddr,
     data: PathBuf,
     log: PathBuf,
     process: Option<Child>,
@@ -47,6 +65,16 @@ impl EtcdCluster {
     /// install etcd-server etcd-client`, which `./x setup` does) or when the
     /// cluster does not become healthy in time (with the members' logs).
     pub fn start(members: usize) -> EtcdCluster {
+        Self::start_with(members, None)
+    }
+
+    /// [`Self::start`], serving clients over TLS with `tls` and requiring a
+    /// client certificate of its CA.
+    pub fn start_tls(members: usize, tls: EtcdTls) -> EtcdCluster {
+        Self::start_with(members, Some(tls))
+    }
+
+    fn start_with(members: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         assert!(members > 0, "an etcd cluster has at least one member");
         assert!(
             Path::new(ETCD).exists(),
@@ -58,12 +86,13 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client: free_port(),
                 peer: free_port(),
+                metrics: free_port(),
                 data: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 process: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, dir };
+        let mut cluster = EtcdCluster { members, tls, dir };
         for i in 0..cluster.members.len() {
             cluster.spawn(i);
         }
@@ -71,9 +100,18 @@ impl EtcdCluster {
         cluster
     }
 
-    /// The members' client URLs (`http://127.0.0.1:PORT`), in member order.
+    /// The members' client URLs (`http://127.0.0.1:PORT`, or `https://`
+    /// with TLS), in member order.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}", m.client)).collect()
+        self.members.iter().map(|m| format!("{}://{}", self.scheme(), m.client)).collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The client URLs joined by commas, as `--etcd-endpoints` takes them.
@@ -100,7 +138,7 @@ impl EtcdCluster {
         self.kill(i);
         self.spawn(i);
         let deadline = Instant::now() + STARTUP;
-        while !healthy(self.members[i].client) {
+        while !healthy(self.members[i].metrics) {
             assert!(Instant::now() < deadline, "etcd member {i} is not healthy after a restart:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -110,7 +148,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + STARTUP;
         for m in self.members.iter().filter(|m| m.process.is_some()) {
-            while !healthy(m.client) {
+            while !healthy(m.metrics) {
                 assert!(Instant::now() < deadline, "the etcd cluster is not healthy in time:\n{}", self.logs());
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -139,17 +177,31 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
+        let scheme = self.scheme();
         let m = &self.members[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("etcd log file");
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -187,9 +239,10 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("its address")
 }
 
-/// `GET /health` answers `{"health":"true"}` (a member with a leader that
-/// serves reads).
-fn healthy(client: SocketAddr) -> bool {
+/// `GET /health` on a member's metrics listener answers
+/// `{"health":"true"}` (a member with a leader that serves reads).
+fn healthy(metrics: SocketAddr) -> bool {
+    let client = metrics;
     let Ok(mut stream) = TcpStream::connect_timeout(&client, Duration::from_millis(200)) else {
         return false;
     };

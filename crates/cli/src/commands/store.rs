@@ -4,9 +4,11 @@
 //! The operator stops every controller, migrates, and starts the
 //! controllers on the new store. The fabric keeps its cluster ID (agents
 //! accept the new store as the same fabric), but the new store's revisions
-//! are its own: agents take a new snapshot when their controller comes back
-//! (their mirror always does after losing its watch), so no revision of the
-//! old store is used against the new one.
+//! are its own: the migration gives the new store a new epoch
+//! (`/tessera/store-epoch`, in every snapshot), and a watch that resumes
+//! from a revision with the old epoch is refused with 410, so the agent
+//! takes a new snapshot (as agents' mirrors also do whenever their watch
+//! breaks). No revision of the old store is used against the new one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,8 +170,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
     let written = target.range(keys::ROOT).await.with_context(|| format!("cannot read back {}", to.name()))?;
     verify(&listing.kvs, &written.kvs).with_context(|| format!("{} does not hold what was copied", to.name()))?;
+    // The new store's revisions are not the source's: a new epoch says so.
+    let epoch = uuid::Uuid::new_v4();
+    target
+        .txn(Txn::new().then(Op::put(keys::STORE_EPOCH, epoch.to_string())))
+        .await
+        .with_context(|| format!("cannot write the store epoch to {}", to.name()))?;
     eprintln!(
-        "verified {total} keys and {bytes} bytes of values byte for byte in {:.1} s; {} is at revision {}: start the controllers on it (agents take a new snapshot)",
+        "verified {total} keys and {bytes} bytes of values byte for byte in {:.1} s; {} is at revision {}, store epoch {epoch}: \
+         start the controllers on it (agents take a new snapshot)",
         started.elapsed().as_secs_f64(),
         to.name(),
         written.revision
