@@ -31,7 +31,7 @@ use crate::targets::{BadTargets, Failure, Target, Tried};
 pub enum ClientError {
     /// No controller could be reached (or each connection broke, or each
     /// answered 503): every one tried, and why it failed.
-    #[error("no controller answered: {tried}")]
+    #[error("{} unreachable: {tried}", if tried.0.len() > 1 { "every controller" } else { "controller" })]
     Unreachable { tried: Tried },
     /// A call that is not idempotent may have reached a controller that then
     /// failed (a timeout, a broken connection, a 503); it is not replayed on

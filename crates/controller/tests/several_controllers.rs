@@ -8,10 +8,42 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tessera_controller::service::{LEADER_TTL, LEASE_TIME};
 use tessera_controller::Controller;
-use tessera_store::{MemStore, Store};
+use tessera_store::{Event, KeyValue, MemStore, RangeResult, Store, StoreError, Txn, TxnResult};
+
+/// A [`MemStore`] whose reads and transactions each wait a moment first,
+/// so that requests on two controllers interleave as they do over a network.
+struct SlowStore(MemStore);
+
+#[async_trait::async_trait]
+impl Store for SlowStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.get(key).await
+    }
+    async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.range(prefix).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.txn(txn).await
+    }
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.0.revision().await
+    }
+    async fn events_since(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.0.events_since(prefix, after, limit).await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
 
 async fn two_controllers() -> (Arc<Controller>, Arc<Controller>) {
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    two_controllers_on(Arc::new(MemStore::new())).await
+}
+
+async fn two_controllers_on(store: Arc<dyn Store>) -> (Arc<Controller>, Arc<Controller>) {
     let a = Arc::new(Controller::new(store.clone()).with_advertise_url(Some("https://a:8082".into())));
     let b = Arc::new(Controller::new(store).with_advertise_url(Some("https://b:8082".into())));
     a.bootstrap(true).await.unwrap();
@@ -114,7 +146,7 @@ async fn a_host_renewing_on_one_controller_is_not_reaped_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_address_mac_or_name() {
-    let (a, b) = two_controllers().await;
+    let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
     host(&a, "h1", "10.99.0.1").await;
     a.create_network(serde_json::from_value(json!({"name": "net", "subnets": [{"cidr": "10.20.0.0/22"}]})).unwrap())
         .await
@@ -146,7 +178,7 @@ async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_addres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_endpoint_creates_split_between_two_controllers_get_distinct_addresses() {
-    let (a, b) = two_controllers().await;
+    let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
     host(&a, "h1", "10.99.0.1").await;
     a.create_network(serde_json::from_value(json!({"name": "net", "subnets": [{"cidr": "10.20.0.0/22"}]})).unwrap())
         .await
@@ -190,5 +222,55 @@ async fn a_watch_sends_progress_on_time_while_only_keys_no_agent_mirrors_change(
     match ev {
         Some(tessera_model::watch::WatchEvent::Progress { revision }) => assert!(revision > after),
         other => panic!("expected progress, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_creates_split_between_two_controllers_give_no_duplicate_vni_or_name() {
+    let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
+    let mut tasks = Vec::new();
+    for i in 0..80 {
+        let ctl = if i % 2 == 0 { a.clone() } else { b.clone() };
+        // Each name on both controllers: one makes it, the other gets it.
+        let req = json!({"name": format!("n{}", i / 2), "subnets": [{"cidr": format!("10.{}.0.0/24", i / 2)}]});
+        tasks.push(tokio::spawn(async move { ctl.create_network(serde_json::from_value(req).unwrap()).await.map(|c| c.object) }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every create succeeds");
+    }
+    let nets = b.list_networks(None).await.unwrap();
+    let vnis: HashSet<_> = nets.iter().map(|n| n.vni).collect();
+    let names: HashSet<_> = nets.iter().map(|n| n.fq_name.to_string()).collect();
+    assert_eq!((nets.len(), vnis.len(), names.len()), (40, 40, 40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_never_give_a_network_two_ways_out() {
+    let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
+    host(&a, "h1", "10.99.0.1").await;
+    let net = |req: serde_json::Value| serde_json::from_value(req).unwrap();
+    a.create_network(net(json!({"name": "inside", "subnets": [{"cidr": "10.20.0.0/24"}]}))).await.unwrap();
+    for (i, ext) in ["ext1", "ext2"].iter().enumerate() {
+        a.create_network(net(json!({"name": ext, "external": true, "subnets": [{"cidr": format!("198.51.{i}.0/24")}]})))
+            .await
+            .unwrap();
+    }
+    for round in 0..20 {
+        let ep = |n: &str| serde_json::from_value(json!({"network": "inside", "host": "h1", "name": n})).unwrap();
+        let e1 = a.create_endpoint(ep(&format!("a{round}"))).await.unwrap().object;
+        let e2 = a.create_endpoint(ep(&format!("b{round}"))).await.unwrap().object;
+        let f1 = a.create_floating_ip(serde_json::from_value(json!({"network": "ext1"})).unwrap()).await.unwrap().object;
+        let f2 = b.create_floating_ip(serde_json::from_value(json!({"network": "ext2"})).unwrap()).await.unwrap().object;
+        let assoc = |e: &tessera_model::Endpoint| serde_json::from_value(json!({"endpoint": e.id.to_string()})).unwrap();
+        let (a2, b2, (q1, q2)) = (a.clone(), b.clone(), (assoc(&e1), assoc(&e2)));
+        let (id1, id2) = (f1.id.to_string(), f2.id.to_string());
+        let t1 = tokio::spawn(async move { a2.associate_floating_ip(&id1, q1, false).await });
+        let t2 = tokio::spawn(async move { b2.associate_floating_ip(&id2, q2, false).await });
+        let (r1, r2) = (t1.await.unwrap(), t2.await.unwrap());
+        assert!(r1.is_err() || r2.is_err(), "round {round}: a network reaches the outside through two external networks");
+        // Back to no way out for the next round.
+        for f in [&f1, &f2] {
+            a.delete_floating_ip(&f.id.to_string()).await.unwrap();
+        }
     }
 }
