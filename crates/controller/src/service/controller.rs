@@ -55,7 +55,7 @@ pub struct Controller {
     pub(super) id: Uuid,
     pub(super) advertise_url: Option<String>,
     pub(super) started_ms: u64,
-    pub(super) members: std::sync::Mutex<super::members::Members>,
+    pub(super) members: std::sync::Mutex<super::peers::Members>,
     /// Serialises writes of this controller's registration.
     pub(super) registrar: tokio::sync::Mutex<()>,
 }

@@ -18,27 +18,12 @@ use uuid::Uuid;
 use super::controller::Controller;
 use super::leases::LEASE_TIME;
 use super::peers::{
-    held_leases, leader_step, Ages, ControllerRecord, LeaderRecord, LeaderStep, HEARTBEAT_EVERY, LEADER_MARGIN,
+    held_leases, leader_step, ControllerRecord, LeaderRecord, LeaderStep, Members, HEARTBEAT_EVERY, LEADER_MARGIN,
     LEADER_RENEW_EVERY, LEADER_TTL, REGISTRATION_TTL,
 };
 use super::txn::decode;
 use crate::error::Result;
 use crate::keys;
-
-/// What a controller knows of its peers and of the election.
-#[derive(Debug, Default)]
-pub(super) struct Members {
-    ages: Ages,
-    /// The mod revision of this controller's registration as last written.
-    my_revision: u64,
-    /// The hosts the last written registration names.
-    published: Option<BTreeSet<String>>,
-    last_heartbeat: Option<Instant>,
-    last_election: Option<Instant>,
-    /// Until when this controller acts as leader.
-    leader_until: Option<Instant>,
-    since_ms: u64,
-}
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -51,6 +51,22 @@ pub struct LeaderRecord {
     pub since_ms: u64,
 }
 
+/// What a controller knows of its peers and of the election.
+#[derive(Debug, Default)]
+pub struct Members {
+    pub ages: Ages,
+    /// The mod revision of this controller's registration as last written.
+    pub my_revision: u64,
+    /// The hosts the last written registration names.
+    pub published: Option<BTreeSet<String>>,
+    pub last_heartbeat: Option<Instant>,
+    pub last_election: Option<Instant>,
+    /// Until when this controller acts as leader.
+    pub leader_until: Option<Instant>,
+    /// When it took the leader key (Unix milliseconds, its own clock).
+    pub since_ms: u64,
+}
+
 /// How long each key has been seen at its current revision.
 #[derive(Debug, Default)]
 pub struct Ages {
