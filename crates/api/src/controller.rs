@@ -138,7 +138,17 @@ impl ControllerClient {
     /// presented (mutual TLS), the token is sent as a bearer token. Fails
     /// when a file cannot be read or is not PEM, or a URL is not one.
     pub fn with_credentials(base: &str, creds: &Credentials) -> Result<Self, ClientError> {
-        let targets = crate::targets::parse(base)?;
+        Self::with_targets(crate::targets::parse(base)?, creds)
+    }
+
+    /// A client of the controllers `targets`, tried in order (for a caller
+    /// that found them itself; [`Self::with_credentials`] parses a list).
+    /// A target pinned to an address is reached there, and TLS verifies
+    /// the URL's name.
+    pub fn with_targets(targets: Vec<Target>, creds: &Credentials) -> Result<Self, ClientError> {
+        if targets.is_empty() {
+            return Err(BadTargets { url: String::new(), reason: "no controller URL given".into() }.into());
+        }
         let mut nodes = Vec::new();
         for target in targets {
             // One HTTP client per controller (a builder cannot be copied).

@@ -134,3 +134,34 @@ fn a_bad_url_in_the_list_is_named() {
     assert_ne!(code, 0);
     assert!(err.contains("ftp://x"), "{err}");
 }
+
+#[test]
+fn a_name_with_several_addresses_is_tried_address_by_address_with_tls_verifying_the_name() {
+    use tessera_api::targets::Target;
+    let c = ControllerProcess::start();
+    let base = format!("https://localhost:{}", c.port);
+    // As a name resolving to 127.0.0.2 (nothing listens there) and
+    // 127.0.0.1 would give: the certificate names `localhost`.
+    let targets = ["127.0.0.2", "127.0.0.1"]
+        .iter()
+        .map(|ip| Target { base: base.clone(), pin: Some(("localhost".into(), format!("{ip}:{}", c.port).parse().unwrap())) })
+        .collect();
+    let creds = tessera_api::auth::Credentials::from_pki(&c.pki, "admin");
+    let client = tessera_api::ControllerClient::with_targets(targets, &creds).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let nets: Vec<serde_json::Value> = rt.block_on(client.get("/v1/networks")).expect("the second address answers");
+    assert!(nets.is_empty());
+    assert_eq!(client.url(), format!("{base} (127.0.0.1)"), "the client sticks to the address that answered");
+
+    // A name the certificate does not hold is refused on every address.
+    let wrong = ["127.0.0.1"]
+        .iter()
+        .map(|ip| Target {
+            base: format!("https://elsewhere.test:{}", c.port),
+            pin: Some(("elsewhere.test".into(), format!("{ip}:{}", c.port).parse().unwrap())),
+        })
+        .collect();
+    let client = tessera_api::ControllerClient::with_targets(wrong, &creds).unwrap();
+    let err = rt.block_on(client.get::<serde_json::Value>("/v1/networks")).unwrap_err().to_string();
+    assert!(err.contains("elsewhere.test") && err.contains("(127.0.0.1)"), "{err}");
+}
