@@ -38,12 +38,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let duties = tokio::spawn(run_duties(controller.clone()));
-    let app = api::router(controller).into_make_service_with_connect_info::<tls::Peer>();
+    let app = api::router(controller.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let served = match tls {
         Some(config) => axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(shutdown).await,
         None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(shutdown).await,
     };
     duties.abort();
+    if let Err(e) = controller.resign().await {
+        tracing::warn!(error = %e, "cannot leave the controllers of the store; its registration expires");
+    }
     served
 }
 

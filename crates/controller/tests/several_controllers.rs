@@ -104,6 +104,24 @@ async fn one_controller_leads_and_leadership_moves_when_the_leader_stops_renewin
 }
 
 #[tokio::test]
+async fn a_leader_that_resigns_is_followed_at_the_next_election_step() {
+    let (a, b) = two_controllers().await;
+    a.run_duties().await.unwrap();
+    b.run_duties().await.unwrap();
+    assert!(a.is_leader() && !b.is_leader());
+    a.resign().await.unwrap();
+    assert!(!a.is_leader());
+    let _db = Duties::start(&b);
+    let resigned = Instant::now();
+    while !b.is_leader() {
+        assert!(resigned.elapsed() < Duration::from_millis(1500), "b leads without waiting for the key to expire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers = b.peers().await.unwrap();
+    assert_eq!(peers.iter().map(|p| p.record.id).collect::<Vec<_>>(), [b.id()], "a's registration is gone");
+}
+
+#[tokio::test]
 async fn a_dead_controllers_registration_is_removed_by_the_leader() {
     let (a, b) = two_controllers().await;
     a.run_duties().await.unwrap();

@@ -200,6 +200,28 @@ impl Controller {
         Ok(())
     }
 
+    /// Leaves the controllers of the store, for a controller that stops:
+    /// removes its registration and, when it leads, the leader key, so
+    /// another leads at its next election step instead of after
+    /// [`LEADER_TTL`]. Each only if unchanged since this controller wrote it.
+    pub async fn resign(&self) -> Result<()> {
+        let was = self.is_leader();
+        let rev = self.members().my_revision;
+        self.members().leader_until = None;
+        let key = keys::controller(self.id);
+        self.store.txn(Txn::new().when(Compare::ModRevision(key.clone(), rev)).then(Op::Delete { key })).await?;
+        if was {
+            if let Some(kv) = self.store.get(keys::LEADER).await? {
+                if decode::<LeaderRecord>(&kv)?.holder == self.id {
+                    let del = Op::Delete { key: keys::LEADER.into() };
+                    self.store.txn(Txn::new().when(Compare::ModRevision(keys::LEADER.into(), kv.mod_revision)).then(del)).await?;
+                    tracing::info!(controller = %self.id, "stopped leading");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every registered controller, with whether it is alive as this
     /// controller sees it and which leads.
     pub async fn peers(&self) -> Result<Vec<Peer>> {
