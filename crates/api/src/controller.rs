@@ -586,19 +586,23 @@ fn failed(e: reqwest::Error) -> Failed {
     }
 }
 
-/// A reqwest error with its causes (reqwest's own message is only "error
-/// sending request").
+/// A reqwest error by its root cause (reqwest's own message repeats the
+/// URL, which the error names already): "connect: Connection refused (os
+/// error 111)", "connect: invalid peer certificate: ...", "timed out".
 fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
-    let mut source = std::error::Error::source(e);
-    while let Some(c) = source {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s += &format!(": {text}");
-        }
-        source = c.source();
+    if e.is_timeout() {
+        return "timed out".into();
     }
-    s
+    let mut root: &dyn std::error::Error = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    let text = if std::ptr::addr_eq(root, e as &dyn std::error::Error) { e.to_string() } else { root.to_string() };
+    if e.is_connect() {
+        format!("connect: {text}")
+    } else {
+        text
+    }
 }
 
 /// An answer other than 2xx: a 503 sends the call on to the next
