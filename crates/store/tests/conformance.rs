@@ -6,7 +6,7 @@
 //! etcd spec on a fresh single-member etcd 3.4 of its own, started by
 //! `tessera_testkit::etcd`; without etcd installed they fail saying so). A
 //! property test then checks that the embedded backends agree on arbitrary
-//! transaction sequences, and a shorter one that etcd agrees with them.
+//! transaction sequences (`etcd_agrees.rs` does the same for etcd).
 
 use std::sync::Arc;
 use std::time::Duration;
