@@ -177,3 +177,20 @@ impl AgentMetrics {
         m.render()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_api::mirror::MirrorState;
+
+    #[test]
+    fn the_mirror_s_connection_and_failovers_are_reported() {
+        let m = AgentMetrics::new();
+        let mirror = MirrorState { connected: true, failovers: 2, ..Default::default() };
+        let text = m.text(&[], [0; 4], &mirror);
+        assert!(text.contains("tessera_agent_controller_connected 1"), "{text}");
+        assert!(text.contains("tessera_agent_controller_failovers_total 2"), "{text}");
+        let text = m.text(&[], [0; 4], &MirrorState { failovers: 3, ..mirror });
+        assert!(text.contains("tessera_agent_controller_failovers_total 3"), "{text}");
+    }
+}
