@@ -363,9 +363,44 @@ impl ControllerClient {
     }
 
     /// `PUT /v1/hosts/{name}/counters`: replaces the hit counters the
-    /// controller holds for `host`.
+    /// controllers hold for `host` (sent to each, see [`Self::report_to_each`]).
     pub async fn report_counters(&self, host: &str, report: &HostCounters) -> Result<(), ClientError> {
-        self.put::<serde_json::Value>(&format!("/v1/hosts/{}/counters", seg(host)), report).await.map(|_| ())
+        self.report_to_each(Method::PUT, &format!("/v1/hosts/{}/counters", seg(host)), report).await
+    }
+
+    /// `POST /v1/hosts/{name}/flows`: flow records of `host` (sent to each
+    /// controller, see [`Self::report_to_each`]).
+    pub async fn report_flows<T: Serialize + ?Sized>(&self, host: &str, report: &T) -> Result<(), ClientError> {
+        self.report_to_each(Method::POST, &format!("/v1/hosts/{}/flows", seg(host)), report).await
+    }
+
+    /// Sends a report of observations (which a controller keeps in memory,
+    /// not in the store) to every controller of the list at once, so that a
+    /// read on any of them shows it. Ok when one took it (one that missed
+    /// it catches up with a later report of counters, not of flow records
+    /// already sent); a refusal is the answer; every failure is listed when
+    /// none took it.
+    pub async fn report_to_each<T: Serialize + ?Sized>(&self, method: Method, path: &str, body: &T) -> Result<(), ClientError> {
+        if self.nodes.len() == 1 {
+            return self.call::<serde_json::Value>(method, path, Some(body)).await.map(|_| ());
+        }
+        let sends = self.nodes.iter().map(|node| self.call_once::<serde_json::Value>(node, method.clone(), path, Some(body)));
+        let results = futures::future::join_all(sends).await;
+        let (mut took, mut tried) = (false, Vec::new());
+        for (node, r) in self.nodes.iter().zip(results) {
+            match r {
+                Ok(_) => took = true,
+                Err(Failed::Answered(e)) => return Err(e),
+                Err(Failed::NotReached(reason) | Failed::MaybeReached(reason, _)) => {
+                    tried.push(Failure { controller: node.label.clone(), reason })
+                }
+            }
+        }
+        if took {
+            Ok(())
+        } else {
+            Err(ClientError::Unreachable { tried: Tried(tried) })
+        }
     }
 
     /// `GET /v1/snapshot`: every mirrored object at one revision.

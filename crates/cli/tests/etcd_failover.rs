@@ -163,3 +163,26 @@ fn a_watch_leaves_a_controller_that_stopped_answering_within_2s() {
     }
     assert_eq!(state.borrow().snapshots, 1, "no new snapshot");
 }
+
+#[test]
+fn flow_records_a_host_reports_are_read_on_every_controller_of_its_list() {
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &["--init"]);
+    let c2 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &[]);
+    assert_eq!(Api::new(&c1).put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    Api::as_caller(&c1, &Caller::Host("h1".into()));
+    let client =
+        ControllerClient::with_credentials(&format!("{},{}", c1.url, c2.url), &Credentials::from_pki(&c1.pki, "hosts/h1"))
+            .unwrap();
+    let record = json!({"host": "h1", "id": 7, "protocol": 6, "src": "10.1.0.2", "sport": 40007, "dst": "10.1.0.3", "dport": 80,
+        "src_endpoint": "a", "dst_endpoint": "web", "src_network": "default-domain:admin:red", "verdict": "forwarded",
+        "start_ms": 1000, "end_ms": 2000, "packets": 3, "bytes": 500, "reply_packets": 2, "reply_bytes": 10});
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(client.report_flows("h1", &json!({"records": [record]}))).unwrap();
+    for c in [&c1, &c2] {
+        let (s, flows) = Api::new(c).get("/v1/flows");
+        assert_eq!(s, 200, "{flows}");
+        assert_eq!(flows.as_array().map(Vec::len), Some(1), "controller {}: {flows}", c.url);
+    }
+}
