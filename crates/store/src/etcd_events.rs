@@ -191,11 +191,27 @@ impl Followed {
 /// revision's events. Runs until aborted; a broken watch is opened again
 /// (after a pause) from the last revision seen, or from the head if that
 /// one was compacted meanwhile.
+///
+/// The watch itself is not bounded by the call timeout (it lasts); HTTP/2
+/// keep-alive pings find a dead connection. A failure is logged once until
+/// the watch works again.
 pub(crate) async fn follow(link: Link, mut kv: etcd_client::KvClient, followed: Arc<Followed>, from: u64) {
     let mut last = from;
+    let mut failing = false;
     loop {
-        if let Err(e) = follow_once(&link, &followed, &mut last).await {
-            tracing::warn!(error = %e, revision = last, "the etcd watch that follows the store's revision broke; opening it again");
+        let seen = last;
+        let result = follow_once(&link, &followed, &mut last).await;
+        if failing && last > seen {
+            tracing::info!(revision = last, "the etcd watch that follows the store's revision works again");
+            failing = false;
+        }
+        if let Err(e) = result {
+            if !failing {
+                tracing::warn!(error = %e, revision = last, "the etcd watch that follows the store's revision broke; opening it again");
+                failing = true;
+            } else {
+                tracing::debug!(error = %e, revision = last, "the etcd watch that follows the store's revision is still broken");
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             if e.is_compacted() {
                 if let Ok(Ok(head)) =
