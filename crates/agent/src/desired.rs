@@ -441,6 +441,7 @@ mod tests {
             services: vec![],
             revision: 1,
             cluster: None,
+            epoch: None,
             networks: vec![net(1, 4096, "192.168.10.0/24"), net(2, 4097, "192.168.20.0/24"), net(3, 4098, "10.0.0.0/24")],
             endpoints: vec![
                 ep(11, 1, "h1", "192.168.10.2/24"),

@@ -411,7 +411,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     }
                 }
                 let report = FlowReport { records: batch };
-                if let Err(e) = client.post::<serde_json::Value>(&format!("/v1/hosts/{me}/flows"), &report).await {
+                if let Err(e) = client.report_flows(&me, &report).await {
                     tracing::debug!(error = %e, "cannot report flows; keeping them for the next report");
                     let mut back = report.records;
                     back.append(&mut pending);

@@ -125,8 +125,12 @@ pub async fn run(snapshot: watch::Receiver<Option<Arc<Snapshot>>>, dp: Arc<dyn D
                 continue;
             }
             let report = HealthReport { health: health.clone(), traffic };
-            match client.put::<serde_json::Value>(&format!("/v1/endpoints/{}/health", port.id), &report).await {
-                Ok(_) => {
+            // To every controller: the traffic is kept in memory by each; the
+            // health is written to the store by the first, the others find it
+            // there unchanged.
+            let path = format!("/v1/endpoints/{}/health", port.id);
+            match client.report_to_each(reqwest::Method::PUT, &path, &report).await {
+                Ok(()) => {
                     if changed {
                         tracing::info!(endpoint = %port.name, healthy = health.healthy, reason = ?health.message, "service port health");
                     }

@@ -18,6 +18,8 @@ pub struct AgentMetrics {
     pub actions: IntCounterVec,
     pub failures: IntCounter,
     pub connected: IntGauge,
+    /// Times the mirror's watch moved to another controller.
+    pub failovers: IntCounter,
     pub revision: IntGauge,
     traffic: IntCounterVec,
     pub flows_active: IntGauge,
@@ -63,6 +65,11 @@ impl AgentMetrics {
             )
             .expect("valid metric"),
             connected: gauge("tessera_agent_controller_connected", "1 while the agent's mirror of the controller is connected"),
+            failovers: IntCounter::new(
+                "tessera_agent_controller_failovers_total",
+                "Times the agent's watch moved to another controller after its own broke",
+            )
+            .expect("valid metric"),
             revision: gauge("tessera_agent_intent_revision", "The controller revision the agent's intent is at"),
             traffic: counter_vec(
                 "tessera_agent_network_traffic_total",
@@ -97,6 +104,7 @@ impl AgentMetrics {
             Box::new(m.actions.clone()),
             Box::new(m.failures.clone()),
             Box::new(m.connected.clone()),
+            Box::new(m.failovers.clone()),
             Box::new(m.revision.clone()),
             Box::new(m.traffic.clone()),
             Box::new(m.flows_active.clone()),
@@ -132,10 +140,11 @@ fn set_counter(c: &IntCounter, value: u64) {
 impl AgentMetrics {
     /// The metrics as Prometheus' text format, with what is read when
     /// scraped: the interfaces (`vifs`), the DHCP server's totals (requests,
-    /// acks, naks, ignored) and whether the mirror is connected.
-    pub fn text(&self, vifs: &[VifEntry], dhcp: [u64; 4], connected: bool) -> String {
+    /// acks, naks, ignored) and how the mirror stands (connected, failovers).
+    pub fn text(&self, vifs: &[VifEntry], dhcp: [u64; 4], mirror: &tessera_api::mirror::MirrorState) -> String {
         let m = self;
-        m.connected.set(i64::from(connected));
+        m.connected.set(i64::from(mirror.connected));
+        set_counter(&m.failovers, mirror.failovers);
         for v in vifs {
             let device = match v.kind {
                 VifKind::Bridge => "bridge",
@@ -166,5 +175,22 @@ impl AgentMetrics {
             set_counter(&m.dhcp.with_label_values(&[result]), value);
         }
         m.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_api::mirror::MirrorState;
+
+    #[test]
+    fn the_mirror_s_connection_and_failovers_are_reported() {
+        let m = AgentMetrics::new();
+        let mirror = MirrorState { connected: true, failovers: 2, ..Default::default() };
+        let text = m.text(&[], [0; 4], &mirror);
+        assert!(text.contains("tessera_agent_controller_connected 1"), "{text}");
+        assert!(text.contains("tessera_agent_controller_failovers_total 2"), "{text}");
+        let text = m.text(&[], [0; 4], &MirrorState { failovers: 3, ..mirror });
+        assert!(text.contains("tessera_agent_controller_failovers_total 3"), "{text}");
     }
 }

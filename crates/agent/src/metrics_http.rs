@@ -15,8 +15,8 @@ async fn text(agent: &Agent) -> String {
         t[3] += c.ignored;
         t
     });
-    let connected = agent.mirror.borrow().connected;
-    agent.metrics.text(&vifs, dhcp, connected)
+    let mirror = agent.mirror.borrow().clone();
+    agent.metrics.text(&vifs, dhcp, &mirror)
 }
 
 /// Serves `/metrics` on `listener` until the agent stops.

@@ -8,6 +8,8 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -22,13 +24,24 @@ use tessera_model::{
 
 use crate::auth::Credentials;
 use crate::error::ErrorBody;
+use crate::targets::{BadTargets, Failure, Target, Tried};
 
 /// Why a call to the controller did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The controller could not be reached (or the connection broke).
-    #[error("controller at {url} is unreachable: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    /// No controller could be reached (or each connection broke, or each
+    /// answered 503): every one tried, and why it failed.
+    #[error("{} unreachable: {tried}", if tried.0.len() > 1 { "every controller" } else { "controller" })]
+    Unreachable { tried: Tried },
+    /// A call that is not idempotent may have reached a controller that then
+    /// failed (a timeout, a broken connection, a 503); it is not replayed on
+    /// another, which could apply it twice.
+    #[error(
+        "controller {controller} failed after the call may have reached it ({reason}); \
+         not replayed on another controller because the call is not idempotent: check whether it took effect{}",
+        if tried.0.is_empty() { String::new() } else { format!(" (tried before: {tried})") }
+    )]
+    NotReplayed { controller: String, reason: String, tried: Tried },
     /// The controller refused; the body names the field and the reason.
     #[error("{}", .body.error.message)]
     Refused { status: u16, body: ErrorBody },
@@ -38,6 +51,9 @@ pub enum ClientError {
     /// The client's own credentials cannot be used.
     #[error("credentials: {what}: {reason}")]
     Credentials { what: String, reason: String },
+    /// The list of controllers cannot be used.
+    #[error(transparent)]
+    BadUrl(#[from] BadTargets),
 }
 
 impl ClientError {
@@ -52,6 +68,10 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(ErrorCode::NotFound)
     }
+
+    fn unreachable(controller: String, reason: String) -> Self {
+        ClientError::Unreachable { tried: Tried(vec![Failure { controller, reason }]) }
+    }
 }
 
 /// Connection attempts give up after this long.
@@ -62,61 +82,112 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
-/// A client of one controller. Cheap to clone.
+/// One controller and the HTTP client that reaches it.
+struct Node {
+    target: Target,
+    label: String,
+    http: reqwest::Client,
+}
+
+/// How one attempt on one controller failed.
+enum Failed {
+    /// The call did not reach the controller (no connection): any call may
+    /// go to the next one.
+    NotReached(String),
+    /// The call may have reached it (timeout, broken connection, 503):
+    /// only an idempotent call goes to the next one.
+    MaybeReached(String, Option<(u16, ErrorBody)>),
+    /// The controller answered: that is the answer.
+    Answered(ClientError),
+}
+
+/// A client of the fabric's controllers (one, or several sharing a store).
+/// Cheap to clone; clones share which controller they stick to.
+///
+/// A call goes to the controller that answered last; on a connection error,
+/// a timeout or a 503 it moves to the next in the list and sticks there.
+/// GET, PUT and DELETE are idempotent and are retried on the next
+/// controller whatever happened; POST and PATCH go on to the next one only
+/// when the connection was never made, unless the caller marked its calls
+/// idempotent ([`Self::with_attempts`]).
 #[derive(Clone)]
 pub struct ControllerClient {
-    base: String,
-    http: reqwest::Client,
+    nodes: Arc<Vec<Node>>,
+    current: Arc<AtomicUsize>,
     attempts: u32,
+    idempotent: bool,
     timeout: Option<Duration>,
 }
 
 impl ControllerClient {
-    /// A client of the controller at `base` (`http://host:port`): one
-    /// attempt per call, connections give up after 3 s, requests after 15 s.
+    /// A client of the controllers at `base` (`http://host:port`, or
+    /// several separated by commas): one attempt per call, connections give
+    /// up after 3 s, requests after 15 s.
     pub fn new(base: &str) -> Self {
-        Self::with_credentials(base, &Credentials::default()).expect("no credential files to read")
+        Self::with_credentials(base, &Credentials::default()).unwrap_or_else(|_| {
+            // A list that does not parse fails at each call, as one bad URL always did.
+            let target = Target { base: base.trim_end_matches('/').to_string(), pin: None };
+            Self::of_nodes(vec![Node { label: target.label(), target, http: reqwest::Client::new() }])
+        })
     }
 
-    /// A client of the controller at `base` that proves who it is with
-    /// `creds`: the CA verifies an `https://` controller, the certificate
-    /// and key are presented (mutual TLS), the token is sent as a bearer
-    /// token. Fails when a file cannot be read or is not PEM.
+    /// A client of the controllers at `base` (one URL, several separated by
+    /// commas, or a name that resolves to several addresses: see
+    /// [`crate::targets::parse`]) that proves who it is with `creds`: the CA
+    /// verifies an `https://` controller, the certificate and key are
+    /// presented (mutual TLS), the token is sent as a bearer token. Fails
+    /// when a file cannot be read or is not PEM, or a URL is not one.
     pub fn with_credentials(base: &str, creds: &Credentials) -> Result<Self, ClientError> {
-        let bad = |what: &Path, reason: String| ClientError::Credentials { what: what.display().to_string(), reason };
-        let read = |p: &Path| std::fs::read(p).map_err(|e| bad(p, e.to_string()));
-        let mut b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).use_rustls_tls().tls_built_in_root_certs(false);
-        if let Some(ca) = &creds.ca {
-            let pem = read(ca)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(ca, e.to_string()))? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        match (&creds.cert, &creds.key) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read(cert)?;
-                pem.push(b'\n');
-                pem.extend(read(key)?);
-                b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad(cert, e.to_string()))?);
-            }
-            (None, None) => {}
-            (Some(p), None) | (None, Some(p)) => return Err(bad(p, "a client certificate and its key go together".into())),
-        }
-        if let Some(token) = &creds.token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ClientError::Credentials { what: "token".into(), reason: "not a printable string".into() })?;
-            value.set_sensitive(true);
-            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]));
-        }
-        let http = b.build().map_err(|e| ClientError::Credentials { what: "TLS".into(), reason: e.to_string() })?;
-        Ok(ControllerClient { base: base.trim_end_matches('/').to_string(), http, attempts: 1, timeout: Some(REQUEST_TIMEOUT) })
+        Self::with_targets(crate::targets::parse(base)?, creds)
     }
 
-    /// Makes up to `attempts` attempts of a call while the controller cannot
-    /// be reached (pausing 0.1 s, doubling up to 2 s). Only for callers whose
-    /// every request is idempotent, as the agent's are (endpoints are named).
+    /// A client of the controllers `targets`, tried in order (for a caller
+    /// that found them itself; [`Self::with_credentials`] parses a list).
+    /// A target pinned to an address is reached there, and TLS verifies
+    /// the URL's name.
+    pub fn with_targets(targets: Vec<Target>, creds: &Credentials) -> Result<Self, ClientError> {
+        if targets.is_empty() {
+            return Err(BadTargets { url: String::new(), reason: "no controller URL given".into() }.into());
+        }
+        let mut nodes = Vec::new();
+        for target in targets {
+            // One HTTP client per controller (a builder cannot be copied).
+            let mut b = http_builder(creds)?;
+            if let Some((name, addr)) = &target.pin {
+                b = b.resolve(name, *addr);
+            }
+            let http = b.build().map_err(|e| ClientError::Credentials { what: "TLS".into(), reason: e.to_string() })?;
+            nodes.push(Node { label: target.label(), target, http });
+        }
+        Ok(Self::of_nodes(nodes))
+    }
+
+    fn of_nodes(nodes: Vec<Node>) -> Self {
+        ControllerClient {
+            nodes: Arc::new(nodes),
+            current: Default::default(),
+            attempts: 1,
+            idempotent: false,
+            timeout: Some(REQUEST_TIMEOUT),
+        }
+    }
+
+    /// Makes up to `attempts` rounds of a call over the controllers while
+    /// none can be reached (pausing 0.1 s, doubling up to 2 s), and marks
+    /// every call idempotent (retried on the next controller even when it
+    /// may have reached one). Only for callers whose every request is
+    /// idempotent, as the agent's are (endpoints are named).
     pub fn with_attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
+        self.idempotent |= attempts > 1;
+        self
+    }
+
+    /// Marks every call of this client idempotent (a retried POST makes
+    /// nothing twice: named creates), so each may go on to the next
+    /// controller whatever happened to it on the last.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 
@@ -127,11 +198,29 @@ impl ControllerClient {
         self
     }
 
+    /// The controller calls go to now (the one that answered last).
     pub fn url(&self) -> &str {
-        &self.base
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].label
     }
 
-    /// Sends one call, retrying while the controller is unreachable; returns
+    /// Every controller of the list, as errors name them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.label.clone()).collect()
+    }
+
+    /// Moves from controller `from` (an index of [`Self::urls`]) to the
+    /// next, unless another call already moved: for a caller whose stream
+    /// from `from` broke.
+    pub fn move_on(&self, from: usize) {
+        let n = self.nodes.len();
+        let _ = self.current.compare_exchange(from % n, (from + 1) % n, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    fn stick(&self, i: usize) {
+        self.current.store(i, Ordering::Relaxed);
+    }
+
+    /// Sends one call, moving over the controllers as the type says; returns
     /// the decoded answer and whether it was `201 Created`.
     async fn call<T: DeserializeOwned>(
         &self,
@@ -139,50 +228,86 @@ impl ControllerClient {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(T, bool), ClientError> {
+        let idempotent = self.idempotent || !matches!(method, Method::POST | Method::PATCH);
+        self.over_nodes(idempotent, |node| self.call_once(node, method.clone(), path, body)).await
+    }
+
+    /// Runs `attempt` on the controllers in turn, from the current one,
+    /// until one answers; [`Self::with_attempts`] rounds.
+    async fn over_nodes<'a, T, F, Fut>(&'a self, idempotent: bool, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failed>>,
+    {
+        let n = self.nodes.len();
+        let mut tried = Vec::new();
         let mut pause = FIRST_RETRY_PAUSE;
-        let mut attempt = 1;
-        loop {
-            match self.call_once(method.clone(), path, body).await {
-                Err(ClientError::Unreachable { .. }) if attempt < self.attempts => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
-                    attempt += 1;
+        for round in 1..=self.attempts {
+            let start = self.current.load(Ordering::Relaxed);
+            for k in 0..n {
+                let i = (start + k) % n;
+                let node = &self.nodes[i];
+                let failed = match attempt(node).await {
+                    Ok(v) => {
+                        self.stick(i);
+                        return Ok(v);
+                    }
+                    Err(Failed::Answered(e)) => {
+                        self.stick(i);
+                        return Err(e);
+                    }
+                    Err(f) => f,
+                };
+                self.move_on(i);
+                match failed {
+                    Failed::NotReached(reason) => tried.push(Failure { controller: node.label.clone(), reason }),
+                    Failed::MaybeReached(_, Some((status, body))) if n == 1 => {
+                        // One controller: its refusal is the answer, as always.
+                        return Err(ClientError::Refused { status, body });
+                    }
+                    Failed::MaybeReached(reason, _) if !idempotent => {
+                        return Err(ClientError::NotReplayed { controller: node.label.clone(), reason, tried: Tried(tried) });
+                    }
+                    Failed::MaybeReached(reason, _) => tried.push(Failure { controller: node.label.clone(), reason }),
+                    Failed::Answered(_) => unreachable!("handled above"),
                 }
-                other => return other,
+                if k + 1 < n {
+                    tracing::debug!(from = %node.label, to = %self.nodes[(i + 1) % n].label, "controller failed; trying the next");
+                }
+            }
+            if round < self.attempts {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
         }
+        Err(ClientError::Unreachable { tried: Tried(tried) })
     }
 
     async fn call_once<T: DeserializeOwned>(
         &self,
+        node: &Node,
         method: Method,
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
-    ) -> Result<(T, bool), ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+    ) -> Result<(T, bool), Failed> {
+        let mut req = node.http.request(method, format!("{}{path}", node.target.base));
         if let Some(b) = body {
             req = req.json(b);
         }
         if let Some(t) = self.timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|source| self.unreachable(source))?;
+        let resp = req.send().await.map_err(failed)?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|source| self.unreachable(source))?;
+        let bytes = resp.bytes().await.map_err(|e| Failed::MaybeReached(describe(&e), None))?;
         if (200..300).contains(&status) {
             let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
-            let value = serde_json::from_slice(bytes)
-                .map_err(|_| ClientError::BadResponse { status, body: String::from_utf8_lossy(bytes).into_owned() })?;
+            let value = serde_json::from_slice(bytes).map_err(|_| {
+                Failed::Answered(ClientError::BadResponse { status, body: String::from_utf8_lossy(bytes).into_owned() })
+            })?;
             return Ok((value, status == 201));
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(ClientError::Refused { status, body }),
-            Err(_) => Err(ClientError::BadResponse { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
-        }
-    }
-
-    fn unreachable(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Unreachable { url: self.base.clone(), source }
+        Err(refusal(status, &bytes))
     }
 
     /// `GET path` (`/v1/...`), decoded.
@@ -238,9 +363,44 @@ impl ControllerClient {
     }
 
     /// `PUT /v1/hosts/{name}/counters`: replaces the hit counters the
-    /// controller holds for `host`.
+    /// controllers hold for `host` (sent to each, see [`Self::report_to_each`]).
     pub async fn report_counters(&self, host: &str, report: &HostCounters) -> Result<(), ClientError> {
-        self.put::<serde_json::Value>(&format!("/v1/hosts/{}/counters", seg(host)), report).await.map(|_| ())
+        self.report_to_each(Method::PUT, &format!("/v1/hosts/{}/counters", seg(host)), report).await
+    }
+
+    /// `POST /v1/hosts/{name}/flows`: flow records of `host` (sent to each
+    /// controller, see [`Self::report_to_each`]).
+    pub async fn report_flows<T: Serialize + ?Sized>(&self, host: &str, report: &T) -> Result<(), ClientError> {
+        self.report_to_each(Method::POST, &format!("/v1/hosts/{}/flows", seg(host)), report).await
+    }
+
+    /// Sends a report of observations (which a controller keeps in memory,
+    /// not in the store) to every controller of the list at once, so that a
+    /// read on any of them shows it. Ok when one took it (one that missed
+    /// it catches up with a later report of counters, not of flow records
+    /// already sent); a refusal is the answer; every failure is listed when
+    /// none took it.
+    pub async fn report_to_each<T: Serialize + ?Sized>(&self, method: Method, path: &str, body: &T) -> Result<(), ClientError> {
+        if self.nodes.len() == 1 {
+            return self.call::<serde_json::Value>(method, path, Some(body)).await.map(|_| ());
+        }
+        let sends = self.nodes.iter().map(|node| self.call_once::<serde_json::Value>(node, method.clone(), path, Some(body)));
+        let results = futures::future::join_all(sends).await;
+        let (mut took, mut tried) = (false, Vec::new());
+        for (node, r) in self.nodes.iter().zip(results) {
+            match r {
+                Ok(_) => took = true,
+                Err(Failed::Answered(e)) => return Err(e),
+                Err(Failed::NotReached(reason) | Failed::MaybeReached(reason, _)) => {
+                    tried.push(Failure { controller: node.label.clone(), reason })
+                }
+            }
+        }
+        if took {
+            Ok(())
+        } else {
+            Err(ClientError::Unreachable { tried: Tried(tried) })
+        }
     }
 
     /// `GET /v1/snapshot`: every mirrored object at one revision.
@@ -252,7 +412,30 @@ impl ControllerClient {
     /// NDJSON line, for as long as the controller keeps the stream open
     /// (no request timeout; the controller sends progress when quiet).
     pub async fn watch(&self, after: u64) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>>, ClientError> {
-        self.ndjson(&format!("/v1/watch?after={after}")).await
+        Ok(self.ndjson_on(&format!("/v1/watch?after={after}"), REQUEST_TIMEOUT).await?.1)
+    }
+
+    /// [`Self::watch`] for a mirror that follows several controllers: on the
+    /// first that answers, with its index in [`Self::urls`]; the controller
+    /// refuses when its store is not of the snapshot's `cluster` (409) or
+    /// `epoch` (410), and sends progress after `progress` of quiet, so a
+    /// dead stream is noticed soon.
+    pub async fn watch_from(
+        &self,
+        after: u64,
+        of: &Snapshot,
+        progress: Duration,
+    ) -> Result<(usize, impl Stream<Item = Result<WatchEvent, ClientError>>), ClientError> {
+        let mut path = format!("/v1/watch?after={after}&progress_ms={}", progress.as_millis());
+        if let Some(c) = of.cluster {
+            path += &format!("&cluster={c}");
+        }
+        if let Some(e) = of.epoch {
+            path += &format!("&epoch={e}");
+        }
+        // A controller that does not answer within a few progress intervals
+        // is as dead as a silent stream.
+        self.ndjson_on(&path, progress * 4).await
     }
 
     /// `GET PATH` answered with one JSON value per line (NDJSON), for as
@@ -261,41 +444,62 @@ impl ControllerClient {
         &self,
         path: &str,
     ) -> Result<impl Stream<Item = Result<T, ClientError>>, ClientError> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|source| self.unreachable(source))?;
+        Ok(self.ndjson_on(path, REQUEST_TIMEOUT).await?.1)
+    }
+
+    /// [`Self::ndjson`], opened on the first controller that answers (its
+    /// status and headers) within `open_timeout`, with that controller's
+    /// index in [`Self::urls`] (to [`Self::move_on`] from when the stream
+    /// breaks).
+    pub async fn ndjson_on<T: DeserializeOwned + 'static>(
+        &self,
+        path: &str,
+        open_timeout: Duration,
+    ) -> Result<(usize, impl Stream<Item = Result<T, ClientError>>), ClientError> {
+        let (i, resp) = self
+            .over_nodes(true, |node| async move {
+                let i = self.nodes.iter().position(|n| std::ptr::eq(n, node)).unwrap_or(0);
+                let send = node.http.get(format!("{}{path}", node.target.base)).send();
+                let resp = tokio::time::timeout(open_timeout, send)
+                    .await
+                    .map_err(|_| Failed::MaybeReached(format!("no answer within {open_timeout:?}"), None))?
+                    .map_err(failed)?;
+                let status = resp.status().as_u16();
+                if !resp.status().is_success() {
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    return Err(refusal(status, &bytes));
+                }
+                Ok((i, resp))
+            })
+            .await?;
         let status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Refused { status, body },
-                Err(_) => ClientError::BadResponse { status, body: String::from_utf8_lossy(&bytes).into_owned() },
-            });
-        }
-        let base = self.base.clone();
+        let label = self.nodes[i].label.clone();
         let mut buf: Vec<u8> = Vec::new();
-        Ok(resp.bytes_stream().flat_map(move |chunk| {
-            let mut out: Vec<Result<T, ClientError>> = Vec::new();
-            match chunk {
-                Err(source) => out.push(Err(ClientError::Unreachable { url: base.clone(), source })),
-                Ok(bytes) => {
-                    buf.extend_from_slice(&bytes);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        let line = &line[..line.len() - 1];
-                        // Empty lines keep a quiet stream alive.
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        out.push(
-                            serde_json::from_slice(line).map_err(|_| ClientError::BadResponse {
+        Ok((
+            i,
+            resp.bytes_stream().flat_map(move |chunk| {
+                let mut out: Vec<Result<T, ClientError>> = Vec::new();
+                match chunk {
+                    Err(e) => out.push(Err(ClientError::unreachable(label.clone(), describe(&e)))),
+                    Ok(bytes) => {
+                        buf.extend_from_slice(&bytes);
+                        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=pos).collect();
+                            let line = &line[..line.len() - 1];
+                            // Empty lines keep a quiet stream alive.
+                            if line.iter().all(u8::is_ascii_whitespace) {
+                                continue;
+                            }
+                            out.push(serde_json::from_slice(line).map_err(|_| ClientError::BadResponse {
                                 status,
                                 body: String::from_utf8_lossy(line).into_owned(),
-                            }),
-                        );
+                            }));
+                        }
                     }
                 }
-            }
-            futures::stream::iter(out)
-        }))
+                futures::stream::iter(out)
+            }),
+        ))
     }
 
     /// `POST /v1/endpoints`; a create identical to an existing endpoint of
@@ -376,6 +580,81 @@ impl ControllerClient {
         }
         self.delete(&path).await
     }
+}
+
+/// The HTTP client every controller of the list shares the settings of.
+fn http_builder(creds: &Credentials) -> Result<reqwest::ClientBuilder, ClientError> {
+    let bad = |what: &Path, reason: String| ClientError::Credentials { what: what.display().to_string(), reason };
+    let read = |p: &Path| std::fs::read(p).map_err(|e| bad(p, e.to_string()));
+    let mut b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).use_rustls_tls().tls_built_in_root_certs(false);
+    if let Some(ca) = &creds.ca {
+        let pem = read(ca)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(ca, e.to_string()))? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    match (&creds.cert, &creds.key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad(cert, e.to_string()))?);
+        }
+        (None, None) => {}
+        (Some(p), None) | (None, Some(p)) => return Err(bad(p, "a client certificate and its key go together".into())),
+    }
+    if let Some(token) = &creds.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ClientError::Credentials { what: "token".into(), reason: "not a printable string".into() })?;
+        value.set_sensitive(true);
+        b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]));
+    }
+    Ok(b)
+}
+
+/// A request that got no answer: not sent when no connection was made.
+fn failed(e: reqwest::Error) -> Failed {
+    if e.is_connect() {
+        Failed::NotReached(describe(&e))
+    } else {
+        Failed::MaybeReached(describe(&e), None)
+    }
+}
+
+/// A reqwest error by its root cause (reqwest's own message repeats the
+/// URL, which the error names already): "connect: Connection refused (os
+/// error 111)", "connect: invalid peer certificate: ...", "timed out".
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    let text = if std::ptr::addr_eq(root, e as &dyn std::error::Error) { e.to_string() } else { root.to_string() };
+    if e.is_connect() {
+        format!("connect: {text}")
+    } else {
+        text
+    }
+}
+
+/// An answer other than 2xx: a 503 sends the call on to the next
+/// controller; any other is the answer.
+fn refusal(status: u16, bytes: &[u8]) -> Failed {
+    let decoded = serde_json::from_slice::<ErrorBody>(bytes);
+    if status == 503 {
+        let reason = match &decoded {
+            Ok(b) => format!("answered 503 {}: {}", b.error.code.as_str(), b.error.message),
+            Err(_) => format!("answered 503: {}", String::from_utf8_lossy(bytes)),
+        };
+        return Failed::MaybeReached(reason, decoded.ok().map(|b| (status, b)));
+    }
+    Failed::Answered(match decoded {
+        Ok(body) => ClientError::Refused { status, body },
+        Err(_) => ClientError::BadResponse { status, body: String::from_utf8_lossy(bytes).into_owned() },
+    })
 }
 
 /// Escapes one path segment or query value (names may hold `:`, which is

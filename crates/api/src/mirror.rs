@@ -10,11 +10,9 @@ use futures::{FutureExt, StreamExt};
 use tessera_model::watch::{Snapshot, WatchEvent};
 use tokio::sync::watch;
 
-use crate::controller::ControllerClient;
+use crate::controller::{ClientError, ControllerClient};
 use crate::saved::SnapshotFiles;
 
-/// A watch that shows nothing, not even progress, for this long is dead.
-const SILENCE: Duration = Duration::from_secs(15);
 /// The longest pause between two tries to reach the controller: a controller
 /// that comes back is followed again within about a second.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -98,6 +96,14 @@ pub struct MirrorState {
     /// Why the mirror keeps the state it has instead of the controller's
     /// (a store of another cluster, an intent emptied behind the host's back).
     pub holding: Option<String>,
+    /// The controller the mirror follows (or followed last).
+    pub controller: String,
+    /// How many times the watch moved to another controller after its own
+    /// broke.
+    pub failovers: u64,
+    /// How many snapshots the mirror took (one at start; another only when
+    /// a watch cannot continue from the last revision seen).
+    pub snapshots: u64,
 }
 
 /// How often a holding mirror looks at the controller again.
@@ -142,6 +148,13 @@ pub fn hold_reason(held: Option<&Snapshot>, next: &Snapshot, controller: &str) -
 /// Runs forever: publishes every new state on `tx` and how the mirror
 /// stands on `state`. A snapshot [`hold_reason`] refuses is not published;
 /// the mirror says why and looks again every [`HOLD_RETRY`].
+///
+/// With several controllers, a watch that breaks (the connection ends, or
+/// no event, not even progress, for [`SILENCE`]) continues on the next
+/// controller from the last revision seen: a new snapshot is taken only
+/// when that controller no longer holds the events after it (410
+/// `compacted`) or refuses the revision (a store of another cluster, a
+/// revision beyond its own).
 pub async fn run(
     client: ControllerClient,
     state_dir: PathBuf,
@@ -154,17 +167,28 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
     let saver = Saver::new(state_dir);
-    let set = |connected: bool, holding: Option<String>| state.send_replace(MirrorState { connected, holding });
+    let set = |connected: bool, holding: Option<String>, controller: Option<String>| {
+        state.send_modify(|s| {
+            s.connected = connected;
+            s.holding = holding;
+            if let Some(c) = controller {
+                s.controller = c;
+            }
+        })
+    };
     loop {
         let mut snap = match client.snapshot().await {
-            Ok(s) => s,
+            Ok(s) => {
+                state.send_modify(|st| st.snapshots += 1);
+                s
+            }
             Err(e) => {
                 if !reported_down {
                     tracing::warn!(controller = client.url(), error = %e, "controller unreachable; keeping the last known state");
                     reported_down = true;
                 }
                 let holding = state.borrow().holding.clone();
-                set(false, holding);
+                set(false, holding, None);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -180,53 +204,92 @@ pub async fn run(
             if state.borrow().holding.as_deref() != Some(why.as_str()) {
                 tracing::error!(reason = %why, "not applying the controller's intent");
             }
-            set(false, Some(why));
+            set(false, Some(why), None);
             tokio::time::sleep(HOLD_RETRY).await;
             continue;
         }
         if state.borrow().holding.is_some() {
             tracing::info!(controller = client.url(), "the controller's intent is acceptable again; applying it");
         }
-        set(true, None);
+        set(true, None, Some(client.url().to_string()));
         let published = Arc::new(snap.clone());
         tx.send_replace(Some(published.clone()));
         saver.save(published);
-        let stream = match client.watch(snap.revision).await {
+        follow(&client, &mut snap, &tx, &saver, &state).await;
+        set(false, None, None);
+    }
+}
+
+/// A watch that shows nothing for this long is dead: the controller sends
+/// progress every [`PROGRESS`] when quiet.
+const SILENCE: Duration = Duration::from_millis(1200);
+/// How often the mirror asks a quiet controller for progress (a timer per
+/// watcher at the controller, no store read): a dead stream is noticed
+/// within [`SILENCE`], under the 2 s a host may go without its controller.
+const PROGRESS: Duration = Duration::from_millis(300);
+
+/// Follows the watch after `snap` on whichever controller answers, moving
+/// to the next when one breaks, until a new snapshot is needed.
+async fn follow(
+    client: &ControllerClient,
+    snap: &mut Snapshot,
+    tx: &watch::Sender<Option<Arc<Snapshot>>>,
+    saver: &Saver,
+    state: &watch::Sender<MirrorState>,
+) {
+    let mut broke_on: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut reported_down = false;
+    loop {
+        let (index, stream) = match client.watch_from(snap.revision, snap, PROGRESS).await {
             Ok(s) => s,
-            Err(crate::controller::ClientError::Refused { status: 410, body }) => {
-                tracing::info!(reason = %body.error.message, "watch from a discarded revision; taking a new snapshot");
-                continue;
+            Err(ClientError::Refused { body, .. }) => {
+                tracing::info!(reason = %body.error.message, revision = snap.revision, "watch refused; taking a new snapshot");
+                return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "watch refused; retrying");
+                if !reported_down {
+                    tracing::warn!(error = %e, revision = snap.revision, "no controller takes the watch; keeping the last known state");
+                    reported_down = true;
+                }
+                state.send_modify(|s| s.connected = false);
                 tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
+        backoff = Duration::from_millis(100);
+        reported_down = false;
+        let now_on = client.urls()[index].clone();
+        if let Some(from) = broke_on.take() {
+            let moved = from != now_on;
+            if moved {
+                tracing::info!(from = %from, to = %now_on, revision = snap.revision, "watch failed over to another controller");
+            } else {
+                tracing::info!(controller = %now_on, revision = snap.revision, "watch continues");
+            }
+            state.send_modify(|s| s.failovers += u64::from(moved));
+        }
+        state.send_modify(|s| {
+            s.connected = true;
+            s.controller = now_on.clone();
+        });
         let mut stream = std::pin::pin!(stream);
-        loop {
+        let why = loop {
             let first = match tokio::time::timeout(SILENCE, stream.next()).await {
                 Ok(Some(Ok(ev))) => ev,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "watch broke; resyncing");
-                    break;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!("watch silent for {SILENCE:?}; resyncing");
-                    break;
-                }
+                Ok(Some(Err(e))) => break format!("broke: {e}"),
+                Ok(None) => break "ended".to_string(),
+                Err(_) => break format!("silent for {SILENCE:?}"),
             };
             // Apply everything already received before publishing once.
             let mut changed = false;
             let mut ev = Some(first);
-            let mut resync = false;
             while let Some(e) = ev.take() {
                 match &e {
                     WatchEvent::Error { code, message } => {
-                        tracing::info!(code, message, "watch ended by the controller; resyncing");
-                        resync = true;
-                        break;
+                        tracing::info!(code, message, "watch ended by the controller; taking a new snapshot");
+                        return;
                     }
                     WatchEvent::Progress { .. } => snap.apply(&e),
                     _ => {
@@ -244,11 +307,10 @@ pub async fn run(
                 tx.send_replace(Some(published.clone()));
                 saver.save(published);
             }
-            if resync {
-                break;
-            }
-        }
-        set(false, None);
+        };
+        tracing::warn!(controller = %now_on, revision = snap.revision, "watch {why}; continuing on the next controller");
+        client.move_on(index);
+        broke_on = Some(now_on);
     }
 }
 

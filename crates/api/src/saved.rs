@@ -41,6 +41,8 @@ struct Saved {
     revision: u64,
     #[serde(default)]
     cluster: Option<Uuid>,
+    #[serde(default)]
+    epoch: Option<Uuid>,
     networks: Vec<Network>,
     endpoints: Vec<Endpoint>,
     hosts: Vec<Host>,
@@ -109,6 +111,7 @@ impl SnapshotFiles {
         let main = Saved {
             revision: snap.revision,
             cluster: snap.cluster,
+            epoch: snap.epoch,
             networks: snap.networks.clone(),
             endpoints: snap.endpoints.clone(),
             hosts: snap.hosts.clone(),
@@ -158,6 +161,7 @@ pub fn load(state_dir: &Path) -> Option<Snapshot> {
         return Some(Snapshot {
             revision: saved.revision,
             cluster: saved.cluster,
+            epoch: saved.epoch,
             networks: saved.networks,
             endpoints: saved.endpoints,
             hosts: saved.hosts,

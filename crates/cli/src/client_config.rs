@@ -8,7 +8,7 @@
 //! token must not be readable by others (as ssh insists for its keys).
 //!
 //! ```toml
-//! controller = "https://172.16.0.1:8082"
+//! controller = "https://172.16.0.1:8082"   # or several: "https://c1:8082,https://c2:8082"
 //! ca = "/etc/tessera/pki/ca.pem"
 //! token = "…"            # or cert = "…" and key = "…"
 //! ```

@@ -16,14 +16,17 @@ pub mod exit {
     pub const REFUSED: u8 = 1;
     /// Bad command-line usage.
     pub const USAGE: u8 = 2;
-    /// The controller could not be reached.
+    /// No controller could be reached, or a call that is not idempotent
+    /// may have reached one that then failed (it was not replayed).
     pub const UNREACHABLE: u8 = 3;
 }
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Overlay networks for containers")]
 pub struct Cli {
-    /// The controller's URL.
+    /// The controller's URL; several controllers sharing one store as URLs
+    /// separated by commas (or one name that resolves to several
+    /// addresses): calls go on to the next when one is down.
     #[arg(long, global = true, env = "TESSERA_CONTROLLER", default_value = "http://127.0.0.1:8082")]
     controller: String,
     /// Print JSON instead of tables.
@@ -142,6 +145,9 @@ enum Command {
     /// Bearer tokens for people and automation (admin only).
     #[command(subcommand)]
     Token(commands::token::Cmd),
+    /// The controllers' store: `migrate` a stopped fabric between redb and etcd.
+    #[command(subcommand)]
+    Store(commands::store::Cmd),
     /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
     #[command(subcommand)]
     Cni(commands::cni::Cmd),
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
             Command::DockerPlugin(a) => commands::docker_plugin::run(&cli.controller, &credentials, a).await,
             Command::Pki(c) => commands::pki::run(&ctx, c),
             Command::Token(c) => commands::token::run(&ctx, c).await,
+            Command::Store(c) => commands::store::run(c).await,
             Command::Attach(a) => commands::agent::attach(&ctx, a).await,
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
@@ -216,7 +223,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = match e.downcast_ref::<tessera_api::ClientError>() {
-                Some(tessera_api::ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+                Some(tessera_api::ClientError::Unreachable { .. } | tessera_api::ClientError::NotReplayed { .. }) => {
+                    exit::UNREACHABLE
+                }
                 Some(_) => exit::REFUSED,
                 None => exit::REFUSED,
             };

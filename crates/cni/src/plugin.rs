@@ -223,7 +223,10 @@ async fn add(
 fn into_cni(e: AgentError, otherwise: Code) -> CniError {
     let status = e.status();
     let code = match (status, e.code()) {
-        (502..=504, _) | (_, Some(ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Conflict)) => Code::TryAgainLater,
+        (502..=504, _)
+        | (_, Some(ErrorCode::Unavailable | ErrorCode::StoreUnavailable | ErrorCode::Timeout | ErrorCode::Conflict)) => {
+            Code::TryAgainLater
+        }
         (_, Some(ErrorCode::InvalidArgument)) => Code::InvalidConfig,
         (404, _) if otherwise == Code::InvalidConfig => Code::InvalidConfig,
         _ => otherwise,

@@ -64,6 +64,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/policies/{id}/rules/{index}", put(set_rule).delete(delete_rule))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/watch", get(watch))
+        .route("/v1/controllers", get(list_controllers))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .merge(crate::api_services::routes())
@@ -139,7 +140,10 @@ async fn readyz(State(ctl): Ctl) -> Response {
         Err(e) => {
             let err = Error::Store(e);
             let mut body = err.body();
-            body.error.code = tessera_model::ErrorCode::Unavailable;
+            // An unreachable store cluster keeps its own code and reason.
+            if body.error.code != tessera_model::ErrorCode::StoreUnavailable {
+                body.error.code = tessera_model::ErrorCode::Unavailable;
+            }
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
@@ -552,6 +556,20 @@ async fn delete_policy(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Sta
 pub struct WatchParams {
     /// Stream changes after this revision (from a snapshot or a previous event).
     pub after: u64,
+    /// Send a progress event after this many milliseconds of quiet (100 to
+    /// 5,000; 5,000 by default): a watcher that wants to notice a dead
+    /// controller sooner asks for more often.
+    pub progress_ms: Option<u64>,
+    /// The cluster the watcher's revision belongs to (`Snapshot.cluster`):
+    /// a watch of a store of another cluster is refused with 409
+    /// `conflict` (take a snapshot), as a revision means nothing there.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub cluster: Option<uuid::Uuid>,
+    /// The snapshot's `epoch` that `after` belongs to, when resuming from a
+    /// saved revision: another store's (a migrated fabric) is refused with
+    /// 410. Without it the revision is taken as this store's.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub epoch: Option<uuid::Uuid>,
 }
 
 /// Every object agents mirror, consistent at one revision.
@@ -575,15 +593,26 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
 #[utoipa::path(get, path = "/v1/watch", params(WatchParams), responses(
     (status = 200, body = WatchEvent, content_type = "application/x-ndjson"),
     (status = 400, description = "after is beyond the current revision", body = ErrorBody),
+    (status = 409, description = "the store is of another cluster than `cluster`", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<WatchParams>) -> ApiResult<Response> {
-    crate::watch::check_start(ctl.store().as_ref(), p.after).await?;
+    crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster, p.epoch).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
-    let lines = ctl.watch_hub().watch(p.after, crate::watch::PROGRESS_EVERY, who.to_string()).map(move |line| {
+    let every = crate::watch::progress_every(p.progress_ms);
+    let lines = ctl.watch_hub().watch(p.after, every, who.to_string()).map(move |line| {
         let _open = &open;
         Ok::<_, std::convert::Infallible>(line)
     });
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response())
+}
+
+/// The controllers registered in the store (several may serve one store):
+/// each one's URL, version, the hosts whose leases it holds, whether it is
+/// alive (as the answering controller sees it) and which one leads.
+/// Administrators only.
+#[utoipa::path(get, path = "/v1/controllers", responses((status = 200, body = Vec<crate::service::Peer>), (status = 403, body = ErrorBody)))]
+async fn list_controllers(State(ctl): Ctl) -> ApiResult<Json<Vec<crate::service::Peer>>> {
+    Ok(Json(ctl.peers().await?))
 }
 
 /// The OpenAPI document, generated from the handlers and model types above.
@@ -631,6 +660,7 @@ async fn watch(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): 
         policy_counters,
         report_counters,
         renew_lease,
+        list_controllers,
         set_endpoint_ports,
         list_floating_ips,
         create_floating_ip,

@@ -39,6 +39,9 @@ pub enum Error {
     /// A watch from a revision whose events are discarded.
     #[error("the events after revision {requested} are discarded (the log starts after {compacted}); take a snapshot (the current revision is {revision}) and watch from its revision")]
     Compacted { requested: u64, compacted: u64, revision: u64 },
+    /// A watch from a revision of another store (the fabric was migrated).
+    #[error("revision {requested} of store epoch {epoch} is not this store's (the fabric was migrated to it): take a snapshot (the current revision is {revision}) and watch from its revision")]
+    Replaced { requested: u64, epoch: uuid::Uuid, revision: u64 },
 }
 
 impl Error {
@@ -55,12 +58,13 @@ impl Error {
             Error::Exhausted(_) => ErrorCode::Exhausted,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Store(StoreError::NoSpace { .. }) => ErrorCode::InsufficientStorage,
+            Error::Store(StoreError::Unavailable { .. }) => ErrorCode::StoreUnavailable,
             Error::Store(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Uninitialized => ErrorCode::Unavailable,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::Forbidden(_) => ErrorCode::PermissionDenied,
-            Error::Compacted { .. } => ErrorCode::Compacted,
+            Error::Compacted { .. } | Error::Replaced { .. } => ErrorCode::Compacted,
         }
     }
 
@@ -71,7 +75,9 @@ impl Error {
             Error::TooLarge { .. } => (Some("body".to_string()), None),
             Error::NotFound { field, .. } | Error::AlreadyExists { field, .. } => (field.clone(), None),
             Error::InUse { users, .. } => (None, Some(serde_json::json!({ "used_by": users }))),
-            Error::Compacted { revision, .. } => (Some("after".to_string()), Some(serde_json::json!({ "revision": revision }))),
+            Error::Compacted { revision, .. } | Error::Replaced { revision, .. } => {
+                (Some("after".to_string()), Some(serde_json::json!({ "revision": revision })))
+            }
             _ => (None, None),
         };
         ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), field, details } }

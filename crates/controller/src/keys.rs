@@ -13,9 +13,21 @@ use uuid::Uuid;
 pub const ROOT: &str = "/tessera/";
 /// The cluster ID, written once when the store is made (`--init`).
 pub const CLUSTER: &str = "/tessera/cluster";
+/// The store's epoch: a new UUID written by `tessera store migrate` into the
+/// store it fills, whose revisions are not the source's (see
+/// `Snapshot::epoch`). Absent in a store made with `--init`.
+pub const STORE_EPOCH: &str = "/tessera/store-epoch";
 /// Written by the readiness check after a failed write, to see whether the
 /// store takes writes again.
 pub const PROBE: &str = "/tessera/probe";
+/// Controllers' registrations, `controllers/<id>` (see `service::members`).
+pub const CONTROLLERS: &str = "/tessera/controllers/";
+/// The leader key: which controller does the work that runs once.
+pub const LEADER: &str = "/tessera/leader";
+
+pub fn controller(id: Uuid) -> String {
+    format!("{CONTROLLERS}{id}")
+}
 /// Bearer tokens, by the SHA-256 of their secret.
 pub const TOKENS: &str = "/tessera/tokens/";
 pub const PROJECTS: &str = "/tessera/projects/";

@@ -38,24 +38,39 @@ pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let reaper = tokio::spawn(reap_leases(controller.clone()));
-    let app = api::router(controller).into_make_service_with_connect_info::<tls::Peer>();
+    let duties = tokio::spawn(run_duties(controller.clone()));
+    let app = api::router(controller.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let served = match tls {
         Some(config) => axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(shutdown).await,
         None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(shutdown).await,
     };
-    reaper.abort();
+    duties.abort();
+    if let Err(e) = controller.resign().await {
+        tracing::warn!(error = %e, "cannot leave the controllers of the store; its registration expires");
+    }
     served
 }
 
-/// Ends the leases of gateways whose agents stopped renewing them.
-async fn reap_leases(controller: Arc<Controller>) {
+/// Keeps this controller registered, takes part in the election, and, as
+/// leader, ends the leases of gateways whose agents stopped renewing them
+/// ([`Controller::run_duties`]).
+async fn run_duties(controller: Arc<Controller>) {
     let mut tick = tokio::time::interval(service::REAP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tick.tick().await;
-        if let Err(e) = controller.reap_leases().await {
-            tracing::warn!(error = %e, "cannot end expired leases");
+        match controller.run_duties().await {
+            Ok(()) if failing => {
+                tracing::info!("controller duties run again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot run the controller's duties (registration, election, leases)");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

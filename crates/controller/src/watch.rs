@@ -10,8 +10,17 @@ use tessera_store::{Event, EventKind, KeyValue, Store, StoreError};
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// How often a quiet watch sends a progress event.
+/// How often a quiet watch sends a progress event, unless the watcher asks
+/// for more often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The most often a watcher may ask for progress.
+pub const PROGRESS_MIN: Duration = Duration::from_millis(100);
+
+/// The progress interval a watcher asked for (`progress_ms`), within
+/// [`PROGRESS_MIN`] and [`PROGRESS_EVERY`].
+pub fn progress_every(asked_ms: Option<u64>) -> Duration {
+    asked_ms.map_or(PROGRESS_EVERY, |ms| Duration::from_millis(ms).clamp(PROGRESS_MIN, PROGRESS_EVERY))
+}
 
 fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
     let de = |e: serde_json::Error| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() };
@@ -54,6 +63,10 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
             s.cluster = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
             continue;
         }
+        if kv.key == keys::STORE_EPOCH {
+            s.epoch = std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse().ok());
+            continue;
+        }
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
             Some(Object::Endpoint(e)) => s.endpoints.push(e),
@@ -72,10 +85,29 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
     Ok(s)
 }
 
-/// Whether a watch may start after revision `after`: refused when its
-/// events are discarded ([`Error::Compacted`], with the current revision)
-/// or when it is beyond the current revision (a revision of another store).
-pub async fn check_start(store: &dyn Store, after: u64) -> Result<()> {
+/// Whether a watch may start after revision `after`: refused when the
+/// store is of another cluster than `cluster` (when given: 409), when its
+/// events are discarded ([`Error::Compacted`], with the current revision),
+/// when `epoch` is given and is not the store's (a revision of the store
+/// this one was migrated from: [`Error::Replaced`]), or when it is beyond
+/// the current revision (a revision of another store).
+pub async fn check_start(store: &dyn Store, after: u64, cluster: Option<uuid::Uuid>, epoch: Option<uuid::Uuid>) -> Result<()> {
+    if let Some(theirs) = cluster {
+        let mine = store.get(keys::CLUSTER).await?.and_then(|kv| String::from_utf8(kv.value).ok());
+        if mine.as_deref().and_then(|m| m.parse::<uuid::Uuid>().ok()) != Some(theirs) {
+            return Err(Error::Conflict(format!(
+                "this controller's store is of cluster {}, not {theirs}: take a snapshot",
+                mine.as_deref().unwrap_or("(none)")
+            )));
+        }
+    }
+    if let Some(theirs) = epoch {
+        let mine = store.get(keys::STORE_EPOCH).await?.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
+        if mine != Some(theirs) {
+            let revision = store.revision().await?;
+            return Err(Error::Replaced { requested: after, epoch: theirs, revision });
+        }
+    }
     let revision = store.revision().await?;
     if after > revision {
         return Err(tessera_model::FieldError::new(

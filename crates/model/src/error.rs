@@ -54,6 +54,10 @@ pub enum ErrorCode {
     Internal,
     /// The server cannot serve now, for example its store is not open (HTTP 503).
     Unavailable,
+    /// The store's cluster cannot serve now: no quorum, every endpoint down,
+    /// or no answer in time (HTTP 503); the message says which and the
+    /// request may be retried. Nothing is known to be written.
+    StoreUnavailable,
     /// The agent: an attachment is not whole (CNI CHECK; HTTP 409).
     CheckFailed,
     /// The agent: the data plane did not program the change in time (HTTP 504).
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::CheckFailed => "check_failed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -101,7 +106,7 @@ impl ErrorCode {
                 409
             }
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::StoreUnavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InsufficientStorage => 507,

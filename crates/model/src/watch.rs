@@ -27,6 +27,14 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub cluster: Option<Uuid>,
+    /// The store the revisions belong to: absent for the store made with
+    /// `--init`, a new ID each time `tessera store migrate` fills a store.
+    /// A client that resumes a watch from a saved revision sends the epoch
+    /// it saved with it (`GET /v1/watch?after=R&epoch=E`): revisions of
+    /// another store are refused with 410, and the client takes a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub epoch: Option<Uuid>,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub hosts: Vec<Host>,
@@ -110,6 +118,9 @@ impl Snapshot {
         let mut head = format!("{{\"revision\":{}", self.revision);
         if let Some(c) = self.cluster {
             head.push_str(&format!(",\"cluster\":\"{c}\""));
+        }
+        if let Some(e) = self.epoch {
+            head.push_str(&format!(",\"epoch\":\"{e}\""));
         }
         let sections = ["networks", "endpoints", "hosts", "policies", "floating_ips", "services"];
         let len = |s: &Snapshot, i: usize| match i {
@@ -390,6 +401,7 @@ mod tests {
             .collect();
         s.revision = 42;
         s.cluster = Some(Uuid::from_u128(9));
+        s.epoch = Some(Uuid::from_u128(10));
         let whole: serde_json::Value = serde_json::to_value(&s).unwrap();
         for piece in [1, 100, 1 << 20] {
             let pieces: Vec<Vec<u8>> = Arc::new(s.clone()).json_pieces(piece).collect();

@@ -109,7 +109,7 @@ fn holds(view: &mut impl TxnView, compare: &Compare) -> Result<bool, StoreError>
 
 /// etcd's rules for one branch: keys are non-empty, a key is put at most
 /// once, and no put key is deleted by the same branch.
-fn validate(ops: &[Op]) -> Result<(), StoreError> {
+pub(crate) fn validate(ops: &[Op]) -> Result<(), StoreError> {
     let invalid = |key: &str, reason: &str| StoreError::InvalidTxn { key: key.to_owned(), reason: reason.to_owned() };
     let mut puts = BTreeSet::new();
     for op in ops {

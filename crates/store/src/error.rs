@@ -93,6 +93,20 @@ pub enum StoreError {
         op: &'static str,
     },
 
+    /// The store's servers cannot serve the request: every endpoint is down
+    /// or unreachable, the cluster has no quorum (no leader), or no answer
+    /// came within the store's timeout. Nothing is known to be written: as
+    /// for [`StoreError::Backend`], a [`Store::txn`](crate::Store::txn) that
+    /// failed this way may or may not have been applied. Retry once the
+    /// cluster is back; the store reconnects by itself.
+    #[error("the store is unavailable ({endpoints}): {reason}")]
+    Unavailable {
+        /// The endpoints the store talks to, comma-separated.
+        endpoints: String,
+        /// What failed: no leader, connection refused, timeout, ...
+        reason: String,
+    },
+
     /// A failure injected by a test through [`MemStore`](crate::MemStore).
     /// Real backends never return it.
     #[error("injected failure: {reason}")]
@@ -111,6 +125,12 @@ impl StoreError {
     /// An [`StoreError::Injected`] error with the given text.
     pub fn injected(reason: impl Into<String>) -> Self {
         StoreError::Injected { reason: reason.into() }
+    }
+
+    /// True for [`StoreError::Unavailable`]: the store's servers cannot
+    /// serve now; the same request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
     }
 
     /// True for [`StoreError::Compacted`]: the caller must re-list.

@@ -28,6 +28,9 @@
 //!
 //! * [`RedbStore`]: one crash-safe file (redb); every acknowledged write is
 //!   fsynced;
+//! * [`EtcdStore`]: an etcd v3 cluster, for a control plane on a
+//!   distributed engine (revisions, compares and watch map as documented on
+//!   the type);
 //! * [`MemStore`]: the in-memory fake, with error injection for tests.
 //!
 //! ```
@@ -56,12 +59,17 @@
 mod codec;
 mod engine;
 mod error;
+mod etcd_conv;
+mod etcd_events;
+mod etcd_store;
+mod etcd_txn;
 mod mem;
 mod redb_store;
 mod store;
 mod types;
 
 pub use error::{BoxError, StoreError};
+pub use etcd_store::{EtcdConfig, EtcdStore};
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 pub use store::{watch, watch_paged, Store, WATCH_PAGE};

@@ -2,32 +2,50 @@
 //!
 //! Each spec in [`specs`] is written once against `Arc<dyn Store>` and run
 //! against every backend by [`conformance_suite!`], so the test names read
-//! `mem_store::<spec>` and `redb_store::<spec>`. A property test then checks
-//! that both backends agree on arbitrary transaction sequences.
+//! `mem_store::<spec>`, `redb_store::<spec>` and `etcd_store::<spec>` (each
+//! etcd spec on a fresh single-member etcd 3.4 of its own, started by
+//! `tessera_testkit::etcd`; without etcd installed they fail saying so). A
+//! property test then checks that the embedded backends agree on arbitrary
+//! transaction sequences (`etcd_agrees.rs` does the same for etcd).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tessera_store::{MemStore, RedbStore, Store, StoreOptions};
+use tessera_store::{EtcdConfig, EtcdStore, MemStore, RedbStore, Store, StoreOptions};
+use tessera_testkit::etcd::EtcdCluster;
 
 /// A store under test, plus whatever must live as long as it.
 pub struct Backend {
     pub store: Arc<dyn Store>,
     _dir: Option<TempDir>,
+    _etcd: Option<EtcdCluster>,
 }
 
 /// Opens a fresh, empty store of one backend.
 pub type Opener = fn(StoreOptions) -> Backend;
 
 fn open_mem(options: StoreOptions) -> Backend {
-    Backend { store: Arc::new(MemStore::with_options(options)), _dir: None }
+    Backend { store: Arc::new(MemStore::with_options(options)), _dir: None, _etcd: None }
 }
 
 fn open_redb(options: StoreOptions) -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = RedbStore::open_with(&dir.path().join("store.redb"), options).expect("open redb store");
-    Backend { store: Arc::new(store), _dir: Some(dir) }
+    Backend { store: Arc::new(store), _dir: Some(dir), _etcd: None }
+}
+
+/// A fresh single-member etcd and a store on it. Called inside a
+/// multi-threaded tokio runtime (the specs'), or outside any runtime.
+fn open_etcd(options: StoreOptions) -> Backend {
+    let etcd = EtcdCluster::start(1);
+    let config = EtcdConfig { options, ..EtcdConfig::new(etcd.endpoints()) };
+    let connect = async { EtcdStore::connect(&config).await.unwrap_or_else(|e| panic!("connect to etcd: {e}\n{}", etcd.logs())) };
+    let store = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(connect)),
+        Err(_) => tokio::runtime::Runtime::new().expect("runtime").block_on(connect),
+    };
+    Backend { store: Arc::new(store), _dir: None, _etcd: Some(etcd) }
 }
 
 /// Upper bound for anything a test awaits, so a bug hangs no CI job.
@@ -48,6 +66,14 @@ macro_rules! conformance_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $spec() {
                     crate::specs::$spec(crate::open_redb).await;
+                }
+            )*
+        }
+        mod etcd_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $spec() {
+                    crate::specs::$spec(crate::open_etcd).await;
                 }
             )*
         }

@@ -10,6 +10,7 @@
 
 pub mod cni;
 pub mod docker;
+pub mod etcd;
 pub mod podman;
 pub mod vnf;
 

@@ -14,6 +14,7 @@ pub mod pki;
 pub mod policy;
 pub mod project;
 pub mod service;
+pub mod store;
 pub mod token;
 pub mod topology;
 

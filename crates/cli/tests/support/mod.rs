@@ -22,6 +22,9 @@ pub struct ControllerProcess {
     /// The fabric's certificates (`tessera pki init`).
     pub pki: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The etcd cluster of a fresh controller under `TESSERA_TEST_STORE=etcd`
+    /// (dropped after the controller: fields drop in order).
+    _etcd: Option<tessera_testkit::etcd::EtcdCluster>,
 }
 
 /// Who a test calls the controller as.
@@ -43,10 +46,20 @@ pub fn free_port() -> u16 {
 
 impl ControllerProcess {
     /// Starts a controller on a fresh data directory and waits until it is ready.
+    ///
+    /// With `TESSERA_TEST_STORE=etcd` in the environment, its store is a
+    /// fresh single-member etcd instead: the API tests then run on etcd.
     pub fn start() -> Self {
         let tmp = tempfile::tempdir().expect("temporary directory");
         let dir = tmp.path().to_path_buf();
-        let mut c = Self::start_on(&dir, free_port());
+        let mut c = if std::env::var("TESSERA_TEST_STORE").as_deref() == Ok("etcd") {
+            let etcd = tessera_testkit::etcd::EtcdCluster::start(1);
+            let mut c = Self::start_on_etcd(&dir, free_port(), &etcd.endpoints_arg(), &["--init"]);
+            c._etcd = Some(etcd);
+            c
+        } else {
+            Self::start_on(&dir, free_port())
+        };
         c._tmp = Some(tmp);
         c
     }
@@ -89,6 +102,20 @@ impl ControllerProcess {
         Self::spawn_on(data_dir, port, &[])
     }
 
+    /// Starts a controller over HTTPS on `port` with its store in etcd
+    /// (`--store etcd --etcd-endpoints ENDPOINTS`) and `extra` arguments;
+    /// `dir` (kept by the caller) holds its certificates, made there on
+    /// first use.
+    pub fn start_on_etcd(dir: &Path, port: u16, endpoints: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--store", "etcd", "--etcd-endpoints", endpoints];
+        args.extend_from_slice(extra);
+        if dir.join("pki").join("ca.pem").exists() {
+            Self::spawn(dir, port, &args, Some(dir.join("pki")))
+        } else {
+            Self::spawn_on(dir, port, &args)
+        }
+    }
+
     fn spawn_on(data_dir: &Path, port: u16, extra: &[&str]) -> Self {
         let pki = data_dir.join("pki");
         let made = Command::new(BIN).args(["pki", "init", "--dir"]).arg(&pki).output().expect("run tessera pki init");
@@ -101,7 +128,10 @@ impl ControllerProcess {
     /// is ready.
     fn spawn(data_dir: &Path, port: u16, extra: &[&str], pki: Option<PathBuf>) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.arg("controller").args(extra).arg("--data-dir").arg(data_dir).args(["--listen", &format!("127.0.0.1:{port}")]);
+        cmd.arg("controller").args(extra).args(["--listen", &format!("127.0.0.1:{port}")]);
+        if !extra.contains(&"--store") {
+            cmd.arg("--data-dir").arg(data_dir);
+        }
         if let Some(dir) = &pki {
             cmd.arg("--pki").arg(dir);
         }
@@ -119,6 +149,7 @@ impl ControllerProcess {
             data_dir: data_dir.to_path_buf(),
             pki: pki.unwrap_or_else(|| data_dir.join("no-pki")),
             _tmp: None,
+            _etcd: None,
         };
         c.wait_ready();
         c

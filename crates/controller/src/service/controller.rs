@@ -36,9 +36,10 @@ pub struct Controller {
     storage_fault: std::sync::Mutex<Option<String>>,
     /// Serialises the changes that choose a network's way out (floating IP
     /// associations, SNAT) inside this process: each checks that the
-    /// network uses one external network only.
+    /// network uses one external network only. Across controllers the
+    /// network's revision guards it (both write the network).
     pub(super) egress_lock: tokio::sync::Mutex<()>,
-    /// When each host last renewed its lease (see `leases`).
+    /// When each host last renewed its lease here (see `leases`).
     pub(super) leases: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// When this controller started: a lease recorded in the store is kept
     /// for one lease time after, for its agent to renew it here.
@@ -52,6 +53,13 @@ pub struct Controller {
     pub metrics: crate::metrics::ControllerMetrics,
     /// The snapshots and watch streams hosts mirror, shared between them.
     hub: Arc<crate::watch_hub::WatchHub>,
+    /// This controller among the controllers of the store (see `members`).
+    pub(super) id: Uuid,
+    pub(super) advertise_url: Option<String>,
+    pub(super) started_ms: u64,
+    pub(super) members: std::sync::Mutex<super::peers::Members>,
+    /// Serialises writes of this controller's registration.
+    pub(super) registrar: tokio::sync::Mutex<()>,
 }
 
 /// The result of a create: the object, and whether this request made it
@@ -77,6 +85,14 @@ impl Controller {
             port_traffic: Default::default(),
             metrics: Default::default(),
             flows: Default::default(),
+            id: Uuid::new_v4(),
+            advertise_url: None,
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            members: Default::default(),
+            registrar: Default::default(),
         }
     }
 

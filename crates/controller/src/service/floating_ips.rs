@@ -331,7 +331,14 @@ impl Controller {
             }
             fip.endpoint = Some(ep.id);
             fip.fixed_ip = Some(fixed);
-            txn = txn.then(put_str(index, &fip.id.to_string())).then(put(keys::floating_ip(fip.id), &fip));
+            // The network is written again, unchanged: two associations in
+            // one network (on two controllers, which share no lock) each
+            // checked its way out against the network's revision, so the
+            // second to commit is refused and checks again.
+            txn = txn
+                .then(put_str(index, &fip.id.to_string()))
+                .then(put(keys::floating_ip(fip.id), &fip))
+                .then(put(keys::network(net.id), &net));
             if self.commit(txn).await?.is_committed() {
                 tracing::info!(address = %fip.address, endpoint = %ep.name, %fixed, "floating IP associated");
                 return Ok(fip);

@@ -1,10 +1,14 @@
 //! Leases: how the fabric knows which gateway hosts are alive. The agent of
 //! a gateway renews its host's lease every half second; a lease not renewed
-//! for [`LEASE_TIME`] ends. The controller keeps the renewal times in
+//! for [`LEASE_TIME`] ends. Each controller keeps the renewal times in
 //! memory and writes only the changes (a host's `alive` turning on or off)
 //! to the store, so every agent sees them through its watch and moves the
-//! networks of a gateway that went away to the others.
+//! networks of a gateway that went away to the others. With several
+//! controllers, a host may renew on any: each names the hosts it holds in
+//! its registration, and the leader ends only leases no live controller
+//! holds (see `members`).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tessera_model::Host;
@@ -22,14 +26,8 @@ pub const LEASE_TIME: Duration = Duration::from_millis(1500);
 pub const REAP_EVERY: Duration = Duration::from_millis(200);
 
 impl Controller {
-    /// Renews the lease of `host` (which must be registered), recording it
-    /// as alive if it was not.
-    pub async fn renew_lease(&self, host: &str) -> Result<()> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), Instant::now());
-        self.set_alive(host, true).await
-    }
-
-    async fn set_alive(&self, host: &str, alive: bool) -> Result<()> {
+    /// Records `host` as alive or not; a no-op when it already is.
+    pub(super) async fn set_alive(&self, host: &str, alive: bool) -> Result<()> {
         for _ in 0..MAX_ATTEMPTS {
             let (mut h, rev) = self.get_json::<Host>(&keys::host(host)).await?.ok_or_else(|| Error::not_found("host", host))?;
             if h.alive == alive {
@@ -47,12 +45,15 @@ impl Controller {
         Err(Error::Conflict(format!("host {host}")))
     }
 
-    /// Ends the leases not renewed for [`LEASE_TIME`] (a lease recorded
-    /// before this controller started gets one lease time from the start).
-    pub async fn reap_leases(&self) -> Result<()> {
+    /// Ends the leases renewed neither here within [`LEASE_TIME`] nor at
+    /// another live controller (`held_elsewhere`: the hosts their
+    /// registrations name). A lease recorded before this controller started
+    /// gets one lease time from the start. Only the leader calls it (see
+    /// `members`).
+    pub async fn reap_leases(&self, held_elsewhere: &BTreeSet<String>) -> Result<()> {
         let now = Instant::now();
         let hosts: Vec<Host> = self.list_json(keys::HOSTS).await?;
-        for h in hosts.into_iter().filter(|h| h.alive) {
+        for h in hosts.into_iter().filter(|h| h.alive && !held_elsewhere.contains(&h.name)) {
             let last = self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(&h.name).copied().unwrap_or(self.started);
             if now.duration_since(last) > LEASE_TIME {
                 self.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&h.name);

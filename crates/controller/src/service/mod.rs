@@ -11,7 +11,7 @@
 //!
 //! One module per resource, each with its request validation at the top and
 //! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
-//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), `services` (templates, services, their instances and the chains of rules), and `cluster` (the store's identity). They share `controller` (the
+//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), `services` (templates, services, their instances and the chains of rules), `cluster` (the store's identity), and `members` (several controllers on one store: registration, election, leases across controllers; its pure decisions in `peers`). They share `controller` (the
 //! [`Controller`] value and its read, commit and allocation helpers) and
 //! `txn` (guarded transactions, retries and encoding). This file only
 //! declares the modules and re-exports their public types; none of them
@@ -25,7 +25,9 @@ mod flow_store;
 mod flows;
 mod hosts;
 mod leases;
+mod members;
 mod networks;
+mod peers;
 mod policies;
 mod ports;
 mod projects;
@@ -39,5 +41,7 @@ pub use endpoints::EndpointFilter;
 pub use flow_store::DEFAULT_FLOW_RECORDS;
 pub use flows::{visible, FlowFilter, TopBy, TopEntry, TopParams};
 pub use leases::{LEASE_TIME, REAP_EVERY};
+pub use members::Peer;
 pub use networks::{Allocation, NetworkIpam, SubnetUsage};
+pub use peers::{ControllerRecord, HEARTBEAT_EVERY, LEADER_TTL, REGISTRATION_TTL};
 pub use projects::{Project, ProjectCreate};

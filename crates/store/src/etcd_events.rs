@@ -1,0 +1,267 @@
+//! The event side of the etcd backend: reading the log
+//! ([`read_events`], for [`Store::events_since`](crate::Store::events_since)),
+//! following the latest revision ([`follow`], for
+//! [`Store::subscribe`](crate::Store::subscribe)), and the accounting that
+//! keeps at most `retain_events` events ([`RetainedLog`]).
+//!
+//! etcd keeps its history until it is compacted, and a watch from a
+//! revision replays it. A read of the log watches *every* key from the
+//! revision after `after` and keeps those under the prefix: every revision
+//! has at least one event, so seeing the head revision (read just before)
+//! proves the read complete, without waiting for events that may never
+//! come. A watch refused because its start is compacted is
+//! [`StoreError::Compacted`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchClient, WatchOptions};
+
+use crate::etcd_conv::{self, key_value, prefix_range, to_etcd, to_tessera};
+use crate::store::Page;
+use crate::{Event, StoreError};
+
+/// How a read of the log talks to etcd.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) watch: WatchClient,
+    pub(crate) endpoints: Arc<str>,
+    pub(crate) timeout: Duration,
+}
+
+impl Link {
+    fn error(&self, op: &'static str, err: etcd_client::Error) -> StoreError {
+        etcd_conv::error(op, &self.endpoints, err)
+    }
+
+    fn timed_out(&self, op: &'static str) -> StoreError {
+        etcd_conv::timed_out(op, &self.endpoints, self.timeout)
+    }
+}
+
+/// The events after Tessera revision `after` under `prefix`, up to the head
+/// revision `head` (Tessera's, read by the caller just before), a page of
+/// `limit` (see [`Store::events_since`](crate::Store::events_since)).
+pub(crate) async fn read_events(
+    link: &Link,
+    prefix: &str,
+    after: u64,
+    head: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut page = Page::new(limit);
+    if after >= head {
+        return Ok(page.events);
+    }
+    let (start, end) = prefix_range("");
+    let options = WatchOptions::new().with_range(end).with_start_revision(to_etcd(after + 1));
+    let mut watch = link.watch.clone();
+    let mut stream = match tokio::time::timeout(link.timeout, watch.watch(start, Some(options))).await {
+        Err(_) => return Err(link.timed_out("watch the event log")),
+        Ok(Err(e)) => return Err(link.error("watch the event log", e)),
+        Ok(Ok(stream)) => stream,
+    };
+    'read: loop {
+        let response = match tokio::time::timeout(link.timeout, stream.message()).await {
+            Err(_) => return Err(link.timed_out("read the event log")),
+            Ok(Err(e)) => return Err(link.error("read the event log", e)),
+            Ok(Ok(None)) => {
+                return Err(StoreError::backend("read the event log", "etcd ended the watch before the head revision"))
+            }
+            Ok(Ok(Some(response))) => response,
+        };
+        if response.compact_revision() > 0 {
+            return Err(compacted(after, response.compact_revision()));
+        }
+        if response.canceled() {
+            let reason = response.cancel_reason().to_owned();
+            return Err(StoreError::backend("read the event log", format!("etcd cancelled the watch: {reason}")));
+        }
+        let mut seen = 0;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = to_tessera(kv.mod_revision());
+            seen = seen.max(revision);
+            if revision > head {
+                break 'read;
+            }
+            if !kv.key().starts_with(prefix.as_bytes()) {
+                continue;
+            }
+            if !page.takes(revision) {
+                break 'read;
+            }
+            page.events.push(match event.event_type() {
+                EventType::Put => Event::put(key_value(kv)?),
+                EventType::Delete => Event::delete(etcd_conv::key(kv)?, revision),
+            });
+        }
+        if seen >= head {
+            break;
+        }
+    }
+    // Dropping the stream closes it; etcd cancels the watcher.
+    Ok(page.events)
+}
+
+/// [`StoreError::Compacted`] for a watch from after `after` that etcd
+/// refused: etcd discarded the events before its revision
+/// `compact_revision`, that is Tessera's revisions up to
+/// `compact_revision − 2`.
+pub(crate) fn compacted(after: u64, compact_revision: i64) -> StoreError {
+    StoreError::Compacted { requested: after, compacted: to_tessera(compact_revision).saturating_sub(1) }
+}
+
+/// The events each retained revision holds, as far as this process has
+/// seen them (its own writes and those [`follow`] reports), to keep at most
+/// `retain` events in etcd's history.
+///
+/// Revisions from before the store was opened are not counted: they go at
+/// the first compaction. etcd cannot compact its head revision, so the
+/// newest revision is always kept, even when it alone holds more than
+/// `retain` events.
+#[derive(Debug, Default)]
+pub(crate) struct RetainedLog {
+    counts: BTreeMap<u64, u64>,
+    total: u64,
+    /// Revisions up to this one are not counted (before the store was
+    /// opened, or discarded).
+    floor: u64,
+}
+
+impl RetainedLog {
+    /// A log that counts the revisions after `head`.
+    pub(crate) fn after(head: u64) -> Self {
+        RetainedLog { counts: BTreeMap::new(), total: 0, floor: head }
+    }
+
+    /// Records that `revision` made `events` events (again is a no-op).
+    pub(crate) fn record(&mut self, revision: u64, events: u64) {
+        if revision <= self.floor || events == 0 {
+            return;
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.counts.entry(revision) {
+            slot.insert(events);
+            self.total += events;
+        }
+    }
+
+    /// The new compaction point (Tessera's newest revision to discard) when
+    /// more than `retain + slack` events are retained, after which `retain`
+    /// or fewer remain; `None` if nothing is to be discarded.
+    pub(crate) fn compaction(&mut self, retain: u64, slack: u64) -> Option<u64> {
+        if self.total <= retain.saturating_add(slack) {
+            return None;
+        }
+        let mut point = None;
+        while self.total > retain && self.counts.len() > 1 {
+            let Some((revision, events)) = self.counts.pop_first() else { break };
+            self.total -= events;
+            point = Some(revision);
+        }
+        if let Some(point) = point {
+            self.floor = self.floor.max(point);
+        }
+        point
+    }
+}
+
+/// What [`follow`] updates.
+pub(crate) struct Followed {
+    pub(crate) revisions: tokio::sync::watch::Sender<u64>,
+    pub(crate) log: Arc<Mutex<RetainedLog>>,
+}
+
+impl Followed {
+    /// Publishes `revision` as the latest if it is newer than the last one.
+    pub(crate) fn advance(&self, revision: u64) {
+        self.revisions.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            if newer {
+                *latest = revision;
+            }
+            newer
+        });
+    }
+}
+
+/// Follows every change of the store from Tessera revision `from` on with
+/// one etcd watch, publishing the latest revision and counting each
+/// revision's events. Runs until aborted; a broken watch is opened again
+/// (after a pause) from the last revision seen, or from the head if that
+/// one was compacted meanwhile.
+///
+/// The watch itself is not bounded by the call timeout (it lasts); HTTP/2
+/// keep-alive pings find a dead connection. A failure is logged once until
+/// the watch works again.
+pub(crate) async fn follow(link: Link, mut kv: etcd_client::KvClient, followed: Arc<Followed>, from: u64) {
+    let mut last = from;
+    let mut failing = false;
+    loop {
+        let seen = last;
+        let result = follow_once(&link, &followed, &mut last).await;
+        if failing && last > seen {
+            tracing::info!(revision = last, "the etcd watch that follows the store's revision works again");
+            failing = false;
+        }
+        if let Err(e) = result {
+            if !failing {
+                tracing::warn!(error = %e, revision = last, "the etcd watch that follows the store's revision broke; opening it again");
+                failing = true;
+            } else {
+                tracing::debug!(error = %e, revision = last, "the etcd watch that follows the store's revision is still broken");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if e.is_compacted() {
+                if let Ok(Ok(head)) =
+                    tokio::time::timeout(link.timeout, kv.get(vec![0], Some(etcd_client::GetOptions::new().with_count_only())))
+                        .await
+                {
+                    last = etcd_conv::header_revision(head.header());
+                    followed.advance(last);
+                }
+            }
+        }
+    }
+}
+
+async fn follow_once(link: &Link, followed: &Followed, last: &mut u64) -> Result<(), StoreError> {
+    let (start, end) = prefix_range("");
+    let options = WatchOptions::new().with_range(end).with_start_revision(to_etcd(*last + 1)).with_progress_notify();
+    let mut watch = link.watch.clone();
+    let mut stream = match tokio::time::timeout(link.timeout, watch.watch(start, Some(options))).await {
+        Err(_) => return Err(link.timed_out("watch the store")),
+        Ok(Err(e)) => return Err(link.error("watch the store", e)),
+        Ok(Ok(stream)) => stream,
+    };
+    loop {
+        let response = match stream.message().await {
+            Err(e) => return Err(link.error("follow the store", e)),
+            Ok(None) => return Err(StoreError::backend("follow the store", "etcd ended the watch")),
+            Ok(Some(response)) => response,
+        };
+        if response.compact_revision() > 0 {
+            return Err(compacted(*last, response.compact_revision()));
+        }
+        if response.canceled() {
+            return Err(StoreError::backend("follow the store", response.cancel_reason().to_owned()));
+        }
+        let mut per_revision: BTreeMap<u64, u64> = BTreeMap::new();
+        for event in response.events() {
+            if let Some(kv) = event.kv() {
+                *per_revision.entry(to_tessera(kv.mod_revision())).or_default() += 1;
+            }
+        }
+        if let Some((&newest, _)) = per_revision.last_key_value() {
+            {
+                let mut log = followed.log.lock().unwrap_or_else(|p| p.into_inner());
+                for (&revision, &events) in &per_revision {
+                    log.record(revision, events);
+                }
+            }
+            *last = newest;
+            followed.advance(newest);
+        }
+    }
+}

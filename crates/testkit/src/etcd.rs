@@ -1,0 +1,256 @@
+//! A real etcd cluster on this machine, for the store's and the CLI's tests
+//! and the benchmarks: `N` members (1 or 3) of Debian's `etcd` 3.4 on
+//! loopback, each with free ports and a data directory of its own.
+//!
+//! [`EtcdCluster::start`] returns once every member answers `/health`; a
+//! member can be killed with SIGKILL ([`EtcdCluster::kill`]) and started
+//! again on its data ([`EtcdCluster::restart`]). Dropping the cluster kills
+//! every member, waits for it and removes the data directories, so no
+//! process or file is left behind.
+//!
+//! [`EtcdCluster::start_tls`] serves clients over TLS only, asking for a
+//! client certificate of the given CA (`--client-cert-auth`); `/health` is
+//! then read on a plain metrics listener of each member.
+//!
+//! The members take big transactions and requests (`--max-txn-ops`,
+//! `--max-request-bytes`), as Tessera's deployments must (see the README).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The program the members run (Debian's `etcd-server` package).
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// How long a cluster may take to become healthy.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A running etcd cluster; see the module docs.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    tls: Option<EtcdTls>,
+    dir: tempfile::TempDir,
+}
+
+/// The certificates of a cluster that serves clients over TLS (PEM files).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signs the members' certificate and the clients' ones.
+    pub ca: PathBuf,
+    /// The members' certificate (its SAN must name 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    /// Plain HTTP `/health` and `/metrics`.
+    metrics: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+    process: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// Starts `members` members and waits until every one is healthy.
+    ///
+    /// Panics, saying what is missing, when etcd is not installed (`apt-get
+    /// install etcd-server etcd-client`, which `./x setup` does) or when the
+    /// cluster does not become healthy in time (with the members' logs).
+    pub fn start(members: usize) -> EtcdCluster {
+        Self::start_with(members, None)
+    }
+
+    /// [`Self::start`], serving clients over TLS with `tls` and requiring a
+    /// client certificate of its CA.
+    pub fn start_tls(members: usize, tls: EtcdTls) -> EtcdCluster {
+        Self::start_with(members, Some(tls))
+    }
+
+    fn start_with(members: usize, tls: Option<EtcdTls>) -> EtcdCluster {
+        assert!(members > 0, "an etcd cluster has at least one member");
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: these tests need a real etcd 3.4 (`apt-get install etcd-server etcd-client`, or `./x setup`)"
+        );
+        let dir = tempfile::Builder::new().prefix("tessera-etcd-").tempdir().expect("temporary directory for etcd");
+        let members: Vec<Member> = (0..members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+                data: dir.path().join(format!("m{i}.etcd")),
+                log: dir.path().join(format!("m{i}.log")),
+                process: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { members, tls, dir };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// The members' client URLs (`http://127.0.0.1:PORT`, or `https://`
+    /// with TLS), in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("{}://{}", self.scheme(), m.client)).collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The client URLs joined by commas, as `--etcd-endpoints` takes them.
+    pub fn endpoints_arg(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    /// `etcd://host:port,...`: the cluster as `tessera store migrate` names it.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(","))
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it. Killing a dead member is Ok.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory (after [`Self::kill`])
+    /// and waits until it answers `/health`.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        let deadline = Instant::now() + STARTUP;
+        while !healthy(self.members[i].metrics) {
+            assert!(Instant::now() < deadline, "etcd member {i} is not healthy after a restart:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running member answers `/health` with true.
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + STARTUP;
+        for m in self.members.iter().filter(|m| m.process.is_some()) {
+            while !healthy(m.metrics) {
+                assert!(Instant::now() < deadline, "the etcd cluster is not healthy in time:\n{}", self.logs());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The tail of every member's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            out.push_str(&format!("--- etcd {} ({}):\n", m.name, m.log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The directory that holds the members' data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
+        let scheme = self.scheme();
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("etcd log file");
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data)
+            .arg("--listen-client-urls")
+            .arg(format!("{scheme}://{}", m.client))
+            .arg("--advertise-client-urls")
+            .arg(format!("{scheme}://{}", m.client))
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(self.dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--max-txn-ops", "100000", "--max-request-bytes", "33554432"])
+            .args(["--snapshot-count", "100000", "--log-level", "warn", "--logger", "zap"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+        self.members[i].process = Some(child);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        // The temporary directory (data and logs) goes with `self.dir`.
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port");
+    listener.local_addr().expect("its address")
+}
+
+/// `GET /health` on a member's metrics listener answers
+/// `{"health":"true"}` (a member with a leader that serves reads).
+fn healthy(metrics: SocketAddr) -> bool {
+    let client = metrics;
+    let Ok(mut stream) = TcpStream::connect_timeout(&client, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(format!("GET /health HTTP/1.0\r\nHost: {client}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
