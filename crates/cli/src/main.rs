@@ -167,7 +167,9 @@ fn main() -> ExitCode {
     };
     // Servers log their work; the demo and the CLI only warn, their output is for people.
     let default_level = match cli.command {
-        Command::Controller(_) | Command::Agent(_) | Command::DockerPlugin(_) => "info",
+        Command::Controller(commands::controller::Args { action: None, .. }) | Command::Agent(_) | Command::DockerPlugin(_) => {
+            "info"
+        }
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -192,7 +194,10 @@ fn main() -> ExitCode {
     let ctx = commands::Ctx { client, json: cli.json };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Controller(a) => commands::controller::run(a).await,
+            Command::Controller(a) => match a.action {
+                Some(commands::controller::Action::Status) => commands::controller_status::run(&ctx).await,
+                None => commands::controller::run(a).await,
+            },
             Command::Network(c) => commands::network::run(&ctx, c).await,
             Command::Topology(a) => commands::topology::run(&ctx, a).await,
             Command::FloatingIp(c) => commands::floating_ip::run(&ctx, c).await,

@@ -186,3 +186,53 @@ fn flow_records_a_host_reports_are_read_on_every_controller_of_its_list() {
         assert_eq!(flows.as_array().map(Vec::len), Some(1), "controller {}: {flows}", c.url);
     }
 }
+
+#[test]
+fn controller_status_shows_the_store_the_controllers_and_the_hosts_watching() {
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &["--init"]);
+    let c2 = ControllerProcess::start_on_etcd(dir.path(), free_port(), &etcd.endpoints_arg(), &[]);
+    let admin = Api::new(&c1);
+    assert_eq!(admin.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
+    let host = Api::as_caller(&c1, &Caller::Host("h1".into()));
+    let creds = Credentials::from_pki(&c1.pki, "hosts/h1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let (snap_tx, _snap_rx) = tokio::sync::watch::channel(None);
+    let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
+    let client = ControllerClient::with_credentials(&c1.url, &creds).unwrap();
+    rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
+    rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected));
+    assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.30.0.0/22"}]})).0, 201);
+
+    // Both controllers registered (each rewrites its record every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = c1.cli_json(&["controller", "status"]);
+        if s["controllers"].as_array().is_some_and(|c| c.len() == 2) || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status["store"]["name"].as_str().unwrap().starts_with("etcd "), "{status}");
+    assert_eq!(status["store"]["ready"], true, "{status}");
+    assert!(status["store"]["revision"].as_u64().unwrap() > 0, "{status}");
+    let controllers = status["controllers"].as_array().unwrap();
+    assert_eq!(controllers.len(), 2, "{status}");
+    assert_eq!(controllers.iter().filter(|c| c["leader"] == true).count(), 1, "one leads: {status}");
+    let watchers = status["watch"]["watchers"].as_array().unwrap();
+    let h1 = watchers.iter().find(|w| w["who"] == "host h1").unwrap_or_else(|| panic!("h1 watches c1: {status}"));
+    assert!(h1["revision"].as_u64().unwrap() > 0, "{status}");
+    assert!(h1["lag"].as_u64().unwrap() < 10, "h1 keeps up: {status}");
+
+    let (code, out, err) = c1.cli(&["controller", "status"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in ["store      etcd ", "ready", "CONTROLLER", "LEADER", "host h1", "LAG"] {
+        assert!(out.contains(needle), "the table shows {needle}:\n{out}");
+    }
+    // Hosts do not read it.
+    let (s, body) = host.get("/v1/status");
+    assert_eq!(s, 403, "{body}");
+    drop(c2);
+}

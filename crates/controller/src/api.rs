@@ -69,6 +69,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .merge(crate::api_services::routes())
         .merge(crate::api_flows::routes())
+        .merge(crate::api_status::routes())
         .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
@@ -683,7 +684,8 @@ async fn list_controllers(State(ctl): Ctl) -> ApiResult<Json<Vec<crate::service:
         crate::api_flows::list_flows,
         crate::api_flows::follow_flows,
         crate::api_flows::top_flows,
-        crate::api_flows::report_flows
+        crate::api_flows::report_flows,
+        crate::api_status::status
     ),
     components(schemas(ErrorBody, tessera_model::RuleSpec, tessera_model::Rule))
 )]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod api_flows;
 pub mod api_services;
+pub mod api_status;
 pub mod auth;
 pub mod conn;
 pub mod error;

@@ -20,6 +20,15 @@ pub enum StoreKind {
     Etcd,
 }
 
+/// What `tessera controller` does besides serving.
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// A running controller's status: its store (revision, ready), the
+    /// controllers sharing it (alive, leader) and the hosts watching it,
+    /// with how far behind each is.
+    Status,
+}
+
 /// The store options shared by `tessera controller` and the commands that
 /// open a store.
 #[derive(clap::Args)]
@@ -130,7 +139,7 @@ impl StoreArgs {
                 }
                 let store =
                     RedbStore::open_with(&path, options).with_context(|| format!("cannot open store {}", path.display()))?;
-                Ok(Opened { store: Arc::new(store), name: path.display().to_string() })
+                Ok(Opened { store: Arc::new(store), name: format!("redb {}", path.display()) })
             }
             StoreKind::Etcd => {
                 let config = self.etcd_config(options);
@@ -142,7 +151,10 @@ impl StoreArgs {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub action: Option<Action>,
     #[command(flatten)]
     store: StoreArgs,
     /// Address to serve the API on.
@@ -209,7 +221,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     args.store.check()?;
     let tls = tls_files.as_ref().map(tessera_controller::tls::server_config).transpose()?;
     let Opened { store, name } = args.store.open(StoreOptions { retain_events: args.retain_events }, args.init).await?;
-    let controller = Arc::new(Controller::new(store).with_advertise_url(args.advertise_url.clone()));
+    let controller =
+        Arc::new(Controller::new(store).with_advertise_url(args.advertise_url.clone()).with_store_name(name.clone()));
     controller.set_flow_records(args.flow_records as usize);
     let cluster = controller.bootstrap(args.init).await.with_context(|| format!("cannot serve the store {name}"))?;
     let listener =

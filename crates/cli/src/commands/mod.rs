@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cni;
 pub mod controller;
+pub mod controller_status;
 pub mod demo;
 pub mod docker_plugin;
 pub mod endpoint;

@@ -53,6 +53,8 @@ pub struct Controller {
     pub metrics: crate::metrics::ControllerMetrics,
     /// The snapshots and watch streams hosts mirror, shared between them.
     hub: Arc<crate::watch_hub::WatchHub>,
+    /// Which store this is, for people (`redb PATH`, `etcd ENDPOINTS`).
+    store_name: String,
     /// This controller among the controllers of the store (see `members`).
     pub(super) id: Uuid,
     pub(super) advertise_url: Option<String>,
@@ -74,6 +76,7 @@ impl Controller {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Controller {
             hub: crate::watch_hub::WatchHub::new(store.clone()),
+            store_name: "a store".into(),
             store,
             ipam_locks: Default::default(),
             counters: Default::default(),
@@ -98,6 +101,16 @@ impl Controller {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Names the store for `GET /v1/status` (`redb PATH`, `etcd ENDPOINTS`).
+    pub fn with_store_name(mut self, name: impl Into<String>) -> Self {
+        self.store_name = name.into();
+        self
+    }
+
+    pub fn store_name(&self) -> &str {
+        &self.store_name
     }
 
     /// The snapshots and watch streams of the objects hosts mirror.
