@@ -24,6 +24,9 @@ pub struct Controller {
     /// concurrent requests do not race for the same free address (the store's
     /// compares still guard against other controllers).
     ipam_locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Addresses endpoint creates picked and have not yet settled (see
+    /// `claims`): concurrent creates in one network do not wait for each other.
+    pub(super) claims: super::claims::AddressClaims,
     /// The last hit-counter report of each host. Counters are observations,
     /// not intent: they live in memory only (a restarted controller shows
     /// zeros until the agents report again, within seconds).
@@ -79,6 +82,7 @@ impl Controller {
             store_name: "a store".into(),
             store,
             ipam_locks: Default::default(),
+            claims: Default::default(),
             counters: Default::default(),
             chunks: Default::default(),
             storage_fault: Default::default(),
@@ -172,16 +176,45 @@ impl Controller {
         locks.entry(network).or_default().clone()
     }
 
-    /// Picks the lowest free address in the first subnet of `family` that has one.
+    /// Picks the lowest free address in the first subnet of `family` that
+    /// has one (and that no concurrent endpoint create claimed).
     pub(super) async fn allocate_in(&self, network: Uuid, family: &[(usize, &tessera_model::Subnet)]) -> Result<(usize, IpAddr)> {
+        self.pick_in(network, family, None).await
+    }
+
+    /// [`Controller::allocate_in`], claiming the address into `held` so
+    /// that concurrent creates pick others without waiting.
+    pub(super) async fn claim_in(
+        &self,
+        network: Uuid,
+        family: &[(usize, &tessera_model::Subnet)],
+        held: &mut super::claims::Claimed<'_>,
+    ) -> Result<(usize, IpAddr)> {
+        self.pick_in(network, family, Some(held)).await
+    }
+
+    async fn pick_in(
+        &self,
+        network: Uuid,
+        family: &[(usize, &tessera_model::Subnet)],
+        mut held: Option<&mut super::claims::Claimed<'_>>,
+    ) -> Result<(usize, IpAddr)> {
         let mut full = Vec::new();
         for (i, subnet) in family {
             let plan: SubnetLayout =
                 subnet.layout().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
             let prefix = keys::allocations_of(network, *i);
-            let taken = self.store.range(&prefix).await?.kvs;
-            let allocated = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
-            match plan.next_free(allocated) {
+            let taken = self.store.range_keys(&prefix).await?.kvs;
+            let stored = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
+            let next = |claimed: &std::collections::BTreeSet<IpAddr>| {
+                let all: std::collections::BTreeSet<IpAddr> = stored.clone().chain(claimed.iter().copied()).collect();
+                plan.next_free(all)
+            };
+            let picked = match held.as_deref_mut() {
+                Some(held) => self.claims.claim(network, held, next),
+                None => self.claims.claim(network, &mut super::claims::Claimed::new(&self.claims, network), next),
+            };
+            match picked {
                 Ok(a) => return Ok((*i, a)),
                 Err(tessera_ipam::IpamError::Exhausted { .. }) => full.push(subnet.cidr.to_string()),
                 Err(e) => return Err(Error::Corrupt { key: prefix, reason: e.to_string() }),

@@ -135,9 +135,11 @@ impl Controller {
         }
         let adopt = validate_adoption(&req.owner, &net, &statics)?;
 
-        let lock = self.ipam_lock(net.id);
-        let _guard = lock.lock().await;
+        // No lock: concurrent creates claim different addresses (`claims`)
+        // and the transaction's compares decide.
+        let mut held = super::claims::Claimed::new(&self.claims, net.id);
         for _ in 0..MAX_ATTEMPTS {
+            held.release();
             if let Some(kv) = self.store.get(&keys::endpoint_name(net.id, &name)).await? {
                 let id = uuid_of(&kv)?;
                 if let Some((existing, _)) = self.get_json::<Endpoint>(&keys::endpoint(id)).await? {
@@ -167,7 +169,7 @@ impl Controller {
                 if family.is_empty() {
                     continue;
                 }
-                ips.push(self.allocate_in(net.id, &family).await?);
+                ips.push(self.claim_in(net.id, &family, &mut held).await?);
             }
             let endpoint = Endpoint {
                 id,

@@ -17,6 +17,7 @@
 //! declares the modules and re-exports their public types; none of them
 //! refers to it.
 
+mod claims;
 mod cluster;
 mod controller;
 mod endpoints;
