@@ -44,7 +44,7 @@ fn txn() -> impl Strategy<Value = Txn> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
     #[test]
     fn etcd_agrees_with_the_fake_on_any_sequence_of_transactions(txns in proptest::collection::vec(txn(), 1..20), retain in 1..12u64) {
         let etcd = EtcdCluster::start(1);
