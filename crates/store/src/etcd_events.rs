@@ -5,12 +5,18 @@
 //! keeps at most `retain_events` events ([`RetainedLog`]).
 //!
 //! etcd keeps its history until it is compacted, and a watch from a
-//! revision replays it. A read of the log watches *every* key from the
-//! revision after `after` and keeps those under the prefix: every revision
-//! has at least one event, so seeing the head revision (read just before)
-//! proves the read complete, without waiting for events that may never
-//! come. A watch refused because its start is compacted is
-//! [`StoreError::Compacted`].
+//! revision replays it. A read of the log watches *every* key and keeps
+//! those under the prefix: every revision has at least one event, so
+//! seeing the head revision (read just before) proves the read complete,
+//! without waiting for events that may never come.
+//!
+//! Compaction: etcd's compaction at its revision `R` discards the events
+//! before `R` *and* the deletions at `R`, and still lets a watch start at
+//! `R`. So Tessera's compaction point `c` is etcd's compaction at
+//! `to_etcd(c)` (its events are discarded anyway), and a read of the
+//! events after `after` watches from `to_etcd(after)`, one revision early,
+//! dropping that revision's events: etcd refuses exactly when `after < c`,
+//! which is [`StoreError::Compacted`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -55,7 +61,8 @@ pub(crate) async fn read_events(
         return Ok(page.events);
     }
     let (start, end) = prefix_range("");
-    let options = WatchOptions::new().with_range(end).with_start_revision(to_etcd(after + 1));
+    // From `after` itself, so that etcd refuses when `after` is compacted.
+    let options = WatchOptions::new().with_range(end).with_start_revision(to_etcd(after));
     let mut watch = link.watch.clone();
     let mut stream = match tokio::time::timeout(link.timeout, watch.watch(start, Some(options))).await {
         Err(_) => return Err(link.timed_out("watch the event log")),
@@ -86,7 +93,7 @@ pub(crate) async fn read_events(
             if revision > head {
                 break 'read;
             }
-            if !kv.key().starts_with(prefix.as_bytes()) {
+            if revision <= after || !kv.key().starts_with(prefix.as_bytes()) {
                 continue;
             }
             if !page.takes(revision) {
@@ -105,12 +112,11 @@ pub(crate) async fn read_events(
     Ok(page.events)
 }
 
-/// [`StoreError::Compacted`] for a watch from after `after` that etcd
-/// refused: etcd discarded the events before its revision
-/// `compact_revision`, that is Tessera's revisions up to
-/// `compact_revision − 2`.
+/// [`StoreError::Compacted`] for a watch from `after` that etcd refused:
+/// etcd was compacted at its revision `compact_revision`, Tessera's
+/// compaction point `to_tessera(compact_revision)` (see the module docs).
 pub(crate) fn compacted(after: u64, compact_revision: i64) -> StoreError {
-    StoreError::Compacted { requested: after, compacted: to_tessera(compact_revision).saturating_sub(1) }
+    StoreError::Compacted { requested: after, compacted: to_tessera(compact_revision) }
 }
 
 /// The events each retained revision holds, as far as this process has
@@ -118,9 +124,7 @@ pub(crate) fn compacted(after: u64, compact_revision: i64) -> StoreError {
 /// `retain` events in etcd's history.
 ///
 /// Revisions from before the store was opened are not counted: they go at
-/// the first compaction. etcd cannot compact its head revision, so the
-/// newest revision is always kept, even when it alone holds more than
-/// `retain` events.
+/// the first compaction.
 #[derive(Debug, Default)]
 pub(crate) struct RetainedLog {
     counts: BTreeMap<u64, u64>,
@@ -155,7 +159,7 @@ impl RetainedLog {
             return None;
         }
         let mut point = None;
-        while self.total > retain && self.counts.len() > 1 {
+        while self.total > retain {
             let Some((revision, events)) = self.counts.pop_first() else { break };
             self.total -= events;
             point = Some(revision);

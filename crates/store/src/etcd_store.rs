@@ -82,9 +82,10 @@ impl EtcdConfig {
 /// * **Retention**: after a write, when the events this process has seen
 ///   (its writes and the others', through its watch) exceed
 ///   `retain_events` by more than a sixteenth, the store compacts etcd so
-///   that `retain_events` or fewer remain, discarding whole revisions; the
-///   newest revision always stays (etcd cannot compact its head), and the
-///   history from before the store was opened goes at the first compaction.
+///   that `retain_events` or fewer remain, discarding whole revisions (etcd
+///   compacted at its revision `r` is Tessera's compaction point `r − 1`);
+///   the history from before the store was opened goes at the first
+///   compaction.
 ///   With several controllers each compacts from what it has seen.
 /// * **Unavailability**: every call is bounded by [`EtcdConfig::timeout`];
 ///   no leader (the client asks etcd to refuse at once without one),
@@ -186,10 +187,10 @@ impl EtcdStore {
         let _one_at_a_time = self.inner.compacting.lock().await;
         let point = self.inner.followed.log.lock().unwrap_or_else(|p| p.into_inner()).compaction(retain, retain / 16);
         let Some(point) = point else { return };
-        // etcd keeps the events from its compaction revision on: compacting
-        // at etcd's `point + 2` discards Tessera's revisions up to `point`.
+        // Compacting etcd at `to_etcd(point)` discards Tessera's revisions
+        // up to `point` (see `etcd_events`).
         let mut kv = self.inner.kv.clone();
-        match self.call("compact the event log", kv.compact(to_etcd(point) + 1, None)).await {
+        match self.call("compact the event log", kv.compact(to_etcd(point), None)).await {
             Ok(_) => tracing::debug!(revision = point, "compacted the etcd history"),
             // Another controller compacted further: nothing to do.
             Err(StoreError::Backend { source, .. }) if source.to_string().contains("compacted") => {}
