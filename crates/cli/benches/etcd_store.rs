@@ -2,8 +2,8 @@
 //! endpoint creates per second through the HTTPS API of a real controller
 //! process, with its store in a 3-member etcd cluster on this machine
 //! (`tessera_testkit::etcd`), ÷ the same with the store in redb, in the same
-//! run, with the same concurrency (goal ≥ 0.5): all on one network (where a
-//! controller serialises address allocation), then spread over 8 networks.
+//! run, with the same concurrency (goal ≥ 0.5): all on one network, then
+//! spread over 8 networks.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
