@@ -149,8 +149,9 @@ async fn observe_routes_and_rules(
     Ok(())
 }
 
-/// Permanent neighbour entries of owned VXLAN devices and proxy entries of
-/// owned bridges, of one address family, into `obs`.
+/// Permanent neighbour entries of owned VXLAN devices (remote endpoints)
+/// and bridges (local endpoints), and proxy entries of owned bridges, of
+/// one address family, into `obs`.
 async fn observe_neighbours(
     h: &Handle,
     family: AddressFamily,
@@ -167,7 +168,8 @@ async fn observe_neighbours(
         .await
         .map_err(kernel_err("observe", "neighbours"))?;
     for n in neighs {
-        if n.header.state != NeighbourState::Permanent || !owned.is_vxlan(n.header.ifindex) {
+        let owned_dev = owned.is_vxlan(n.header.ifindex) || owned.is_bridge(n.header.ifindex);
+        if n.header.state != NeighbourState::Permanent || !owned_dev {
             continue;
         }
         let (ip, mac) = neigh_ip_mac(&n);

@@ -226,7 +226,9 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                 out.push(KernelOp::FdbInstall(e.clone()));
             }
         }
-        for n in want.neighbours.iter().filter(|n| n.dev == tx) {
+        // Remote endpoints behind the tunnel, and local ones on the bridge
+        // (the host knows their addresses: no resolution that can fail).
+        for n in want.neighbours.iter().filter(|n| n.dev == tx || n.dev == tb) {
             if missing(&n.dev, observed.neighbours.contains(n)) {
                 out.push(KernelOp::NeighInstall(n.clone()));
             }

@@ -155,6 +155,10 @@ impl Want {
                     w.elements.insert(NftElement::SvcMac { port: port.clone(), mac: ep.mac });
                 }
                 for ip in &ep.ips {
+                    // The host knows its endpoints' addresses: no resolution,
+                    // and an entry that failed while the endpoint was not
+                    // there yet (traffic that came first) is replaced at once.
+                    w.neighbours.insert(NeighEntry { dev: tb.clone(), ip: ip.addr(), mac: ep.mac });
                     // Isolated ports: the bridge answers NS for local endpoints too.
                     if ip.addr().is_ipv6() {
                         w.proxy_neighbours.insert(ProxyNeighEntry { dev: tb.clone(), ip: ip.addr() });
