@@ -33,6 +33,29 @@ async fn until(
     started.elapsed()
 }
 
+/// A host's mirror of the intent, run here as the agent runs it.
+struct Mirror {
+    rt: tokio::runtime::Runtime,
+    _state_dir: tempfile::TempDir,
+    snap: tokio::sync::watch::Receiver<Option<std::sync::Arc<tessera_model::watch::Snapshot>>>,
+    state: tokio::sync::watch::Receiver<MirrorState>,
+}
+
+impl Mirror {
+    /// Starts mirroring through `controllers` (a `--controller` list) as
+    /// `creds`; returns once connected to `first`.
+    fn start(controllers: &str, creds: &Credentials, first: &str) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        let (snap_tx, snap) = tokio::sync::watch::channel(None);
+        let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
+        let client = ControllerClient::with_credentials(controllers, creds).unwrap();
+        rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
+        rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected && s.controller == first));
+        Mirror { rt, _state_dir: state_dir, snap, state }
+    }
+}
+
 #[test]
 fn a_watch_continues_on_the_other_controller_within_2s_of_a_kill_9_and_misses_no_change() {
     let etcd = EtcdCluster::start(1);
@@ -55,13 +78,7 @@ fn a_watch_continues_on_the_other_controller_within_2s_of_a_kill_9_and_misses_no
     Api::as_caller(&c1, &Caller::Host("h1".into())); // issues the host's certificate
     let creds = Credentials::from_pki(&c1.pki, "hosts/h1");
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let state_dir = tempfile::tempdir().unwrap();
-    let (snap_tx, snap_rx) = tokio::sync::watch::channel(None);
-    let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
-    let client = ControllerClient::with_credentials(&format!("{},{}", c1.url, c2.url), &creds).unwrap();
-    rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
-    rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected && s.controller == c1.url));
+    let Mirror { rt, _state_dir, snap: snap_rx, mut state } = Mirror::start(&format!("{},{}", c1.url, c2.url), &creds, &c1.url);
 
     // Both controllers registered; one leads.
     let (s, peers) = admin.get("/v1/controllers");
@@ -137,13 +154,7 @@ fn a_watch_leaves_a_controller_that_stopped_answering_within_2s() {
     assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.30.0.0/22"}]})).0, 201);
     Api::as_caller(&c1, &Caller::Host("h1".into()));
     let creds = Credentials::from_pki(&c1.pki, "hosts/h1");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let state_dir = tempfile::tempdir().unwrap();
-    let (snap_tx, snap_rx) = tokio::sync::watch::channel(None);
-    let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
-    let client = ControllerClient::with_credentials(&format!("{},{}", c1.url, c2.url), &creds).unwrap();
-    rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
-    rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected && s.controller == c1.url));
+    let Mirror { rt, _state_dir, snap: snap_rx, mut state } = Mirror::start(&format!("{},{}", c1.url, c2.url), &creds, &c1.url);
 
     // SIGSTOP: the connection stays open and nothing comes (a hung or
     // partitioned controller); SIGCONT before the process is dropped.
@@ -197,13 +208,7 @@ fn controller_status_shows_the_store_the_controllers_and_the_hosts_watching() {
     assert_eq!(admin.put("/v1/hosts/h1", json!({"underlay_ip": "10.99.0.1"})).0, 200);
     let host = Api::as_caller(&c1, &Caller::Host("h1".into()));
     let creds = Credentials::from_pki(&c1.pki, "hosts/h1");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let state_dir = tempfile::tempdir().unwrap();
-    let (snap_tx, _snap_rx) = tokio::sync::watch::channel(None);
-    let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
-    let client = ControllerClient::with_credentials(&c1.url, &creds).unwrap();
-    rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
-    rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected));
+    let _mirror = Mirror::start(&c1.url, &creds, &c1.url);
     assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.30.0.0/22"}]})).0, 201);
 
     // Both controllers registered (each rewrites its record every 2 s).
