@@ -15,20 +15,7 @@ use support::{free_port, ControllerProcess};
 /// Runs the CLI with `controllers` as `--controller` and the
 /// administrator's credentials of `c`.
 fn cli(c: &ControllerProcess, controllers: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(support::BIN)
-        .args(args)
-        .env("TESSERA_CONTROLLER", controllers)
-        .env("TESSERA_CA", c.pki.join("ca.pem"))
-        .env("TESSERA_CERT", c.pki.join("admin.pem"))
-        .env("TESSERA_KEY", c.pki.join("admin-key.pem"))
-        .env("TESSERA_LOG", "warn")
-        .output()
-        .expect("run tessera CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.cli_via(controllers, args)
 }
 
 /// A controller that answers every request 503 `unavailable` (its store is

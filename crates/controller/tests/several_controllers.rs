@@ -162,19 +162,18 @@ async fn a_host_renewing_on_one_controller_is_not_reaped_by_the_other() {
     assert!(stopped.elapsed() >= LEASE_TIME, "not before the lease time: {:?}", stopped.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_address_mac_or_name() {
+/// Two controllers over one slow store, a host and a network, and the
+/// endpoints `names` created there, split between the controllers in turn,
+/// all at once; the first controller and what each create made.
+async fn creates_split_between_two_controllers(names: Vec<String>) -> (Arc<Controller>, Vec<tessera_model::Endpoint>) {
     let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
     host(&a, "h1", "10.99.0.1").await;
     a.create_network(serde_json::from_value(json!({"name": "net", "subnets": [{"cidr": "10.20.0.0/22"}]})).unwrap())
         .await
         .unwrap();
     let mut tasks = Vec::new();
-    for i in 0..500 {
+    for (i, name) in names.into_iter().enumerate() {
         let ctl = if i % 2 == 0 { a.clone() } else { b.clone() };
-        // Every name twice, once on each controller: one create makes it,
-        // the other returns the same endpoint.
-        let name = format!("ep{}", i / 2);
         tasks.push(tokio::spawn(async move {
             let req = serde_json::from_value(json!({"network": "net", "host": "h1", "name": name})).unwrap();
             ctl.create_endpoint(req).await.map(|c| c.object)
@@ -184,6 +183,14 @@ async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_addres
     for t in tasks {
         made.push(t.await.unwrap().expect("every create succeeds"));
     }
+    (a, made)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_address_mac_or_name() {
+    // Every name twice, once on each controller: one create makes it,
+    // the other returns the same endpoint.
+    let (a, made) = creates_split_between_two_controllers((0..500).map(|i| format!("ep{}", i / 2)).collect()).await;
     let ids: HashSet<_> = made.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), 250, "one endpoint per name");
     let listed = a.list_endpoints(&Default::default()).await.unwrap();
@@ -196,22 +203,7 @@ async fn endpoint_creates_split_between_two_controllers_give_no_duplicate_addres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_endpoint_creates_split_between_two_controllers_get_distinct_addresses() {
-    let (a, b) = two_controllers_on(Arc::new(SlowStore(MemStore::new()))).await;
-    host(&a, "h1", "10.99.0.1").await;
-    a.create_network(serde_json::from_value(json!({"name": "net", "subnets": [{"cidr": "10.20.0.0/22"}]})).unwrap())
-        .await
-        .unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..500 {
-        let ctl = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let req = serde_json::from_value(json!({"network": "net", "host": "h1", "name": format!("ep{i}")})).unwrap();
-            ctl.create_endpoint(req).await.map(|c| c.object)
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap().expect("every create succeeds");
-    }
+    let (a, _) = creates_split_between_two_controllers((0..500).map(|i| format!("ep{i}")).collect()).await;
     let listed = a.list_endpoints(&Default::default()).await.unwrap();
     let addrs: HashSet<_> = listed.iter().flat_map(|e| e.ips.iter().map(|n| n.addr())).collect();
     let macs: HashSet<_> = listed.iter().map(|e| e.mac).collect();

@@ -222,13 +222,13 @@ impl ControllerProcess {
         panic!("controller at {} did not become ready within 20 s", self.url);
     }
 
-    /// Sends SIGKILL and reaps the process.
     /// The controller's process ID.
     #[allow(dead_code)] // used by the benchmarks only
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -238,9 +238,16 @@ impl ControllerProcess {
 
     /// Runs the CLI against this controller; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_via(&self.url, args)
+    }
+
+    /// Runs the CLI with `controllers` as its controller list (several
+    /// URLs, dead ones among them) and this controller's administrator
+    /// credentials; returns (exit code, stdout, stderr).
+    pub fn cli_via(&self, controllers: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(args)
-            .env("TESSERA_CONTROLLER", &self.url)
+            .env("TESSERA_CONTROLLER", controllers)
             .env("TESSERA_CA", self.pki.join("ca.pem"))
             .env("TESSERA_CERT", self.pki.join("admin.pem"))
             .env("TESSERA_KEY", self.pki.join("admin-key.pem"))
