@@ -211,11 +211,14 @@ fn controller_status_shows_the_store_the_controllers_and_the_hosts_watching() {
     let _mirror = Mirror::start(&c1.url, &creds, &c1.url);
     assert_eq!(admin.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.30.0.0/22"}]})).0, 201);
 
-    // Both controllers registered (each rewrites its record every 2 s).
+    // Both controllers registered (each rewrites its record every 2 s) and
+    // the host's mirror has taken its snapshot and opened its watch.
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         let s = c1.cli_json(&["controller", "status"]);
-        if s["controllers"].as_array().is_some_and(|c| c.len() == 2) || Instant::now() > deadline {
+        let both = s["controllers"].as_array().is_some_and(|c| c.len() == 2);
+        let watching = s["watch"]["watchers"].as_array().is_some_and(|w| w.iter().any(|w| w["who"] == "host h1"));
+        if (both && watching) || Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(200));
