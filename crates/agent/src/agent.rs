@@ -45,6 +45,8 @@ pub struct Agent {
     pub(crate) dp: Arc<dyn Dataplane>,
     pub(crate) snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     pub(crate) mirror: watch::Receiver<tessera_api::mirror::MirrorState>,
+    /// The endpoints this host needs mirrored, as the last reconcile found.
+    pub(crate) scope: watch::Sender<tessera_api::scope::Scope>,
     pub(crate) progress: watch::Sender<Progress>,
     pub(crate) kick: Notify,
     pub(crate) intents: std::sync::Mutex<IntentCompiler>,

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use tessera_api::scope::Scope;
 use tessera_dataplane::desired::{
     DesiredHost, DesiredNetwork, DesiredSubnet, LocalEndpoint, PairPolicy, PairWatch, PairZone, RemoteEndpoint,
 };
@@ -153,6 +154,36 @@ pub struct HostIntent {
     /// What of the intent this host cannot program as a whole (no
     /// conntrack zone left for a network or a pair of networks).
     pub errors: Vec<String>,
+    /// The endpoints this host needs mirrored ([`scope_of`]).
+    pub scope: Scope,
+}
+
+/// The endpoints host `me` needs from the controller: those of the
+/// networks it programs (`present`: with a local endpoint, imported by
+/// one, or behind it as a gateway) and of every service's networks (its
+/// chains' instances). A gateway host receives every endpoint: it finds
+/// the networks behind it from their endpoints' floating IPs.
+pub fn scope_of(snap: &Snapshot, me: &str, present: &BTreeSet<Uuid>) -> Scope {
+    if snap.hosts.iter().any(|h| h.name == me && !h.gateways.is_empty()) {
+        return Scope::Everything;
+    }
+    let mut ids = present.clone();
+    ids.extend(snap.services.iter().flat_map(|s| [s.left, s.right]));
+    Scope::of(ids)
+}
+
+/// [`scope_of`] `me` for a snapshot not compiled yet (the one a previous
+/// run saved, before the mirror asks the controller for the current one).
+pub fn scope(snap: &Snapshot, me: &str) -> Scope {
+    let topology = tessera_policy::Topology::compute(&snap.networks, &snap.policies);
+    let local: BTreeSet<Uuid> = snap
+        .endpoints
+        .iter()
+        .filter(|e| e.host == me && e.owner.netns.as_ref().is_some_and(|n| !n.is_empty()))
+        .map(|e| e.network)
+        .collect();
+    let present = local.iter().flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
+    scope_of(snap, me, &present)
 }
 
 /// Computes the desired data plane of `me` from `snap`.
@@ -196,6 +227,7 @@ pub fn host_intent_cached(
     let external = crate::egress::external_plan(snap, &me.name);
     let present_ids: BTreeSet<Uuid> =
         local_ids.iter().chain(external.present.iter()).flat_map(|l| std::iter::once(*l).chain(topology.imports(*l))).collect();
+    let scope = scope_of(snap, &me.name, &present_ids);
     let mut skipped = Skipped::default();
     let mut veths: BTreeMap<String, Uuid> = BTreeMap::new();
     let mut networks: Vec<DesiredNetwork> = Vec::new();
@@ -351,7 +383,7 @@ pub fn host_intent_cached(
         steering,
     };
     cache.retain_used();
-    HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors }
+    HostIntent { desired, skipped, leak_warnings: topology.warnings.clone(), errors, scope }
 }
 
 /// [`host_intent_cached`] across reconciles: the agent keeps one, so that a
@@ -574,6 +606,35 @@ mod tests {
         assert_eq!(d.networks[0].imports, vec![Vni::new(4097).unwrap()]);
         assert_eq!(n2.imports, vec![Vni::new(4096).unwrap()]);
         d.validate().unwrap();
+    }
+
+    /// `s` as a controller sends it to a host that asks for `scope`.
+    fn scoped(s: &Snapshot, scope: &Scope, host: &str) -> Snapshot {
+        let mut out = s.clone();
+        if let Scope::Networks(ids) = scope {
+            out.endpoints.retain(|e| ids.contains(&e.network) || e.host == host);
+        }
+        out
+    }
+
+    #[test]
+    fn a_host_asks_for_the_networks_it_programs_and_programs_the_same_from_them() {
+        let h = |name: &str| HostIdentity { name: name.into(), ..me() };
+        let ids = |v: &[u128]| Scope::Networks(v.iter().map(|i| Uuid::from_u128(*i)).collect());
+        assert_eq!(host_intent(&snap(), &me()).scope, ids(&[1]));
+        assert_eq!(host_intent(&connected(), &me()).scope, ids(&[1, 2]), "a network it imports");
+        assert_eq!(host_intent(&connected(), &h("h3")).scope, ids(&[3]));
+        for s in [snap(), connected()] {
+            for name in ["h1", "h2", "h3"] {
+                let whole = host_intent(&s, &h(name));
+                assert_eq!(scope(&s, name), whole.scope, "before compiling, {name}");
+                let part = host_intent(&scoped(&s, &whole.scope, name), &h(name));
+                assert_eq!(part.desired, whole.desired, "{name} programs the same from its scope");
+            }
+        }
+        let mut gateway = snap();
+        gateway.hosts[0].gateways = vec![tessera_model::HostGateway { network: Uuid::from_u128(3), interface: "up0".into() }];
+        assert_eq!(host_intent(&gateway, &me()).scope, Scope::Everything, "a gateway host needs every endpoint");
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     if saved.is_some() {
         tracing::info!("starting from the intent saved by the previous run");
     }
+    // The mirror first asks for what the saved intent needs (a fresh host:
+    // its own endpoints); each reconcile then says what the host needs.
+    let scope = saved.as_deref().map_or_else(tessera_api::scope::Scope::own, |s| desired::scope(s, &me.name));
+    let (scope_tx, scope_rx) = watch::channel(scope);
     let (snap_tx, snap_rx) = watch::channel(saved);
     let (conn_tx, conn_rx) = watch::channel(mirror::MirrorState::default());
     let agent = Arc::new(Agent {
@@ -124,6 +128,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         dp,
         snapshot: snap_rx,
         mirror: conn_rx,
+        scope: scope_tx,
         progress: watch::channel(Progress::default()).0,
         kick: Notify::new(),
         intents: std::sync::Mutex::new(IntentCompiler::new()),
@@ -172,7 +177,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     if config.flows {
         tokio::spawn(flows::run(agent.clone(), client.clone()));
     }
-    tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx));
+    tokio::spawn(mirror::run(client, config.state_dir.clone(), snap_tx, conn_tx, scope_rx));
     tokio::spawn(agent.clone().reconcile_loop());
     if let Some(socket) = config.docker_socket.clone() {
         tokio::spawn(runner::run(agent.clone(), socket));

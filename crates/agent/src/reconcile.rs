@@ -65,6 +65,15 @@ impl Agent {
         let _enter = span.enter();
         let started = std::time::Instant::now();
         let (intent, leak_warnings) = self.intents.lock().unwrap_or_else(|p| p.into_inner()).compile(snap, &self.me);
+        // The mirror asks for other networks' endpoints when this host
+        // needs them (a first endpoint in a network, a new connection).
+        self.scope.send_if_modified(|held| {
+            let changed = *held != intent.scope;
+            if changed {
+                *held = intent.scope.clone();
+            }
+            changed
+        });
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "desired state computed");
         for w in leak_warnings.iter().flatten() {
             tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");

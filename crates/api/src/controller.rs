@@ -408,6 +408,15 @@ impl ControllerClient {
         self.get("/v1/snapshot").await
     }
 
+    /// `GET /v1/snapshot?networks=...`: the snapshot with the endpoints of
+    /// `scope` only (and the calling host's own).
+    pub async fn snapshot_of(&self, scope: &crate::scope::Scope) -> Result<Snapshot, ClientError> {
+        match scope.query() {
+            Some(q) => self.get(&format!("/v1/snapshot?{q}")).await,
+            None => self.snapshot().await,
+        }
+    }
+
     /// `GET /v1/watch?after=REV`: the changes after `after`, one event per
     /// NDJSON line, for as long as the controller keeps the stream open
     /// (no request timeout; the controller sends progress when quiet).
@@ -415,7 +424,8 @@ impl ControllerClient {
         Ok(self.ndjson_on(&format!("/v1/watch?after={after}"), REQUEST_TIMEOUT).await?.1)
     }
 
-    /// [`Self::watch`] for a mirror that follows several controllers: on the
+    /// [`Self::watch`] for a mirror that follows several controllers, of the
+    /// endpoints of `scope` (that of the snapshot `of`): on the
     /// first that answers, with its index in [`Self::urls`]; the controller
     /// refuses when its store is not of the snapshot's `cluster` (409) or
     /// `epoch` (410), and sends progress after `progress` of quiet, so a
@@ -424,9 +434,13 @@ impl ControllerClient {
         &self,
         after: u64,
         of: &Snapshot,
+        scope: &crate::scope::Scope,
         progress: Duration,
     ) -> Result<(usize, impl Stream<Item = Result<WatchEvent, ClientError>>), ClientError> {
         let mut path = format!("/v1/watch?after={after}&progress_ms={}", progress.as_millis());
+        if let Some(q) = scope.query() {
+            path += &format!("&{q}");
+        }
         if let Some(c) = of.cluster {
             path += &format!("&cluster={c}");
         }

@@ -26,6 +26,7 @@ pub mod local;
 pub mod mirror;
 pub mod ports;
 pub mod saved;
+pub mod scope;
 pub mod targets;
 pub mod uds;
 

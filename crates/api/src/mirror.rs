@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::controller::{ClientError, ControllerClient};
 use crate::saved::SnapshotFiles;
+use crate::scope::Scope;
 
 /// The longest pause between two tries to reach the controller: a controller
 /// that comes back is followed again within about a second.
@@ -101,9 +102,12 @@ pub struct MirrorState {
     /// How many times the watch moved to another controller after its own
     /// broke.
     pub failovers: u64,
-    /// How many snapshots the mirror took (one at start; another only when
-    /// a watch cannot continue from the last revision seen).
+    /// How many snapshots the mirror took (one at start; another when a
+    /// watch cannot continue from the last revision seen, or when the host
+    /// needs other networks' endpoints).
     pub snapshots: u64,
+    /// The scope of the snapshot the mirror follows.
+    pub scope: Scope,
 }
 
 /// How often a holding mirror looks at the controller again.
@@ -149,6 +153,11 @@ pub fn hold_reason(held: Option<&Snapshot>, next: &Snapshot, controller: &str) -
 /// stands on `state`. A snapshot [`hold_reason`] refuses is not published;
 /// the mirror says why and looks again every [`HOLD_RETRY`].
 ///
+/// The mirror holds the endpoints of the latest `scope` the host asked for
+/// (its own always): when the host needs endpoints the snapshot it
+/// follows lacks, it takes a new snapshot of the wider scope at once; when
+/// it needs fewer for [`NARROW_AFTER`], a new snapshot of the narrower one.
+///
 /// With several controllers, a watch that breaks (the connection ends, or
 /// no event, not even progress, for [`SILENCE`]) continues on the next
 /// controller from the last revision seen: a new snapshot is taken only
@@ -160,6 +169,7 @@ pub async fn run(
     state_dir: PathBuf,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     state: watch::Sender<MirrorState>,
+    mut scope: watch::Receiver<Scope>,
 ) {
     // The mirror paces its own tries: one attempt per call, so a controller
     // that comes back is seen at the next try, not after a caller's retries.
@@ -177,7 +187,8 @@ pub async fn run(
         })
     };
     loop {
-        let mut snap = match client.snapshot().await {
+        let wanted = scope.borrow_and_update().clone();
+        let mut snap = match client.snapshot_of(&wanted).await {
             Ok(s) => {
                 state.send_modify(|st| st.snapshots += 1);
                 s
@@ -212,10 +223,11 @@ pub async fn run(
             tracing::info!(controller = client.url(), "the controller's intent is acceptable again; applying it");
         }
         set(true, None, Some(client.url().to_string()));
+        state.send_modify(|s| s.scope = wanted.clone());
         let published = Arc::new(snap.clone());
         tx.send_replace(Some(published.clone()));
         saver.save(published);
-        follow(&client, &mut snap, &tx, &saver, &state).await;
+        follow(&client, &mut snap, &wanted, &mut scope, &tx, &saver, &state).await;
         set(false, None, None);
     }
 }
@@ -228,11 +240,29 @@ const SILENCE: Duration = Duration::from_millis(1200);
 /// within [`SILENCE`], under the 2 s a host may go without its controller.
 const PROGRESS: Duration = Duration::from_millis(300);
 
-/// Follows the watch after `snap` on whichever controller answers, moving
-/// to the next when one breaks, until a new snapshot is needed.
+/// How long a host must need fewer networks' endpoints than its mirror
+/// holds before the mirror takes a snapshot of the narrower scope.
+pub const NARROW_AFTER: Duration = Duration::from_secs(10);
+
+/// What a change of the scope the host asks for calls for.
+fn rescope(held: &Scope, wanted: &Scope) -> Option<&'static str> {
+    if !held.covers(wanted) {
+        Some("wider")
+    } else if held != wanted {
+        Some("narrower")
+    } else {
+        None
+    }
+}
+
+/// Follows the watch after `snap` (of scope `held`) on whichever
+/// controller answers, moving to the next when one breaks, until a new
+/// snapshot is needed (or the host needs another scope).
 async fn follow(
     client: &ControllerClient,
     snap: &mut Snapshot,
+    held: &Scope,
+    scope: &mut watch::Receiver<Scope>,
     tx: &watch::Sender<Option<Arc<Snapshot>>>,
     saver: &Saver,
     state: &watch::Sender<MirrorState>,
@@ -240,8 +270,10 @@ async fn follow(
     let mut broke_on: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
+    let mut scope_open = true;
+    let mut narrow_at: Option<tokio::time::Instant> = None;
     loop {
-        let (index, stream) = match client.watch_from(snap.revision, snap, PROGRESS).await {
+        let (index, stream) = match client.watch_from(snap.revision, snap, held, PROGRESS).await {
             Ok(s) => s,
             Err(ClientError::Refused { body, .. }) => {
                 tracing::info!(reason = %body.error.message, revision = snap.revision, "watch refused; taking a new snapshot");
@@ -276,7 +308,30 @@ async fn follow(
         });
         let mut stream = std::pin::pin!(stream);
         let why = loop {
-            let first = match tokio::time::timeout(SILENCE, stream.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(SILENCE, stream.next()) => next,
+                changed = scope.changed(), if scope_open => {
+                    if changed.is_err() {
+                        scope_open = false;
+                        continue;
+                    }
+                    let wanted = scope.borrow_and_update().clone();
+                    match rescope(held, &wanted) {
+                        Some("wider") => {
+                            tracing::debug!(revision = snap.revision, "the host needs more endpoints; taking a new snapshot");
+                            return;
+                        }
+                        Some(_) => narrow_at = narrow_at.or(Some(tokio::time::Instant::now() + NARROW_AFTER)),
+                        None => narrow_at = None,
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(narrow_at.unwrap_or_else(tokio::time::Instant::now)), if narrow_at.is_some() => {
+                    tracing::debug!(revision = snap.revision, "the host needs fewer endpoints; taking a new snapshot");
+                    return;
+                }
+            };
+            let first = match next {
                 Ok(Some(Ok(ev))) => ev,
                 Ok(Some(Err(e))) => break format!("broke: {e}"),
                 Ok(None) => break "ended".to_string(),
@@ -327,6 +382,16 @@ mod tests {
         }))
         .unwrap();
         Snapshot { cluster: cluster.map(uuid::Uuid::from_u128), networks: vec![net; networks], ..Default::default() }
+    }
+
+    #[test]
+    fn a_wider_scope_is_taken_at_once_and_a_narrower_one_later() {
+        let nets = |ids: &[u128]| Scope::Networks(ids.iter().map(|i| uuid::Uuid::from_u128(*i)).collect());
+        assert_eq!(rescope(&nets(&[1]), &nets(&[1, 2])), Some("wider"));
+        assert_eq!(rescope(&nets(&[1]), &Scope::Everything), Some("wider"));
+        assert_eq!(rescope(&nets(&[1, 2]), &nets(&[1])), Some("narrower"));
+        assert_eq!(rescope(&Scope::Everything, &nets(&[1])), Some("narrower"));
+        assert_eq!(rescope(&nets(&[1]), &nets(&[1])), None);
     }
 
     #[test]

@@ -50,7 +50,13 @@ impl Mirror {
         let (snap_tx, snap) = tokio::sync::watch::channel(None);
         let (state_tx, mut state) = tokio::sync::watch::channel(MirrorState::default());
         let client = ControllerClient::with_credentials(controllers, creds).unwrap();
-        rt.spawn(tessera_api::mirror::run(client, state_dir.path().to_path_buf(), snap_tx, state_tx));
+        rt.spawn(tessera_api::mirror::run(
+            client,
+            state_dir.path().to_path_buf(),
+            snap_tx,
+            state_tx,
+            tokio::sync::watch::channel(tessera_api::scope::Scope::Everything).1,
+        ));
         rt.block_on(until(&mut state, Duration::from_secs(10), |s| s.connected && s.controller == first));
         Mirror { rt, _state_dir: state_dir, snap, state }
     }

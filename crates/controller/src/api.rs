@@ -571,14 +571,42 @@ pub struct WatchParams {
     /// 410. Without it the revision is taken as this store's.
     #[param(value_type = Option<String>, format = Uuid)]
     pub epoch: Option<uuid::Uuid>,
+    /// Only the endpoints of these networks (comma-separated IDs, at most
+    /// 1,024) and the calling host's own; every other object is sent
+    /// whole. Absent: every endpoint. A host asks for the networks it
+    /// programs and takes a new snapshot when it needs more.
+    pub networks: Option<String>,
 }
 
-/// Every object agents mirror, consistent at one revision.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SnapshotParams {
+    /// As `networks` of `GET /v1/watch`.
+    pub networks: Option<String>,
+}
+
+/// The scope a request asks for, with the calling host's own endpoints.
+fn scope_of(networks: Option<&str>, who: &Principal) -> ApiResult<crate::watch::Scope> {
+    let host = match who {
+        Principal::Host(h) => Some(h.as_str()),
+        _ => None,
+    };
+    Ok(crate::watch::Scope::parse(networks, host)?)
+}
+
+/// Every object agents mirror, consistent at one revision (with
+/// `networks`: only those networks' endpoints and the calling host's own).
 ///
-/// Encoded once per revision and shared by the hosts that ask for it at
-/// that revision.
-#[utoipa::path(get, path = "/v1/snapshot", responses((status = 200, body = Snapshot)))]
-async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
+/// Read once per revision and shared by the hosts that ask for it at that
+/// revision; the whole snapshot is also encoded once.
+#[utoipa::path(get, path = "/v1/snapshot", params(SnapshotParams), responses((status = 200, body = Snapshot),
+    (status = 400, description = "a bad network ID in networks", body = ErrorBody)))]
+async fn snapshot(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<SnapshotParams>) -> ApiResult<Response> {
+    if p.networks.is_some() {
+        let scope = scope_of(p.networks.as_deref(), &who)?;
+        let pieces = ctl.watch_hub().scoped_snapshot(scope).await?;
+        let body = axum::body::Body::from_stream(futures::stream::iter(pieces.map(Ok::<_, std::convert::Infallible>)));
+        return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     let shared = ctl.watch_hub().snapshot_pieces().await?;
     let pieces = futures::stream::iter((0..shared.len()).map(move |i| Ok::<_, std::convert::Infallible>(shared[i].clone())));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(pieces)).into_response())
@@ -597,10 +625,11 @@ async fn snapshot(State(ctl): Ctl) -> ApiResult<Response> {
     (status = 409, description = "the store is of another cluster than `cluster`", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<WatchParams>) -> ApiResult<Response> {
+    let scope = scope_of(p.networks.as_deref(), &who)?;
     crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster, p.epoch).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
     let every = crate::watch::progress_every(p.progress_ms);
-    let lines = ctl.watch_hub().watch(p.after, every, who.to_string()).map(move |line| {
+    let lines = ctl.watch_hub().watch(p.after, every, who.to_string(), scope).map(move |line| {
         let _open = &open;
         Ok::<_, std::convert::Infallible>(line)
     });

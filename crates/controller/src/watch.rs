@@ -1,11 +1,15 @@
 //! Snapshots and watches of the objects agents mirror, translated from the
 //! store's key-value events.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use tessera_model::watch::{Object, ObjectRef, Snapshot, WatchEvent};
+use tessera_model::FieldError;
 use tessera_store::{Event, EventKind, KeyValue, Store, StoreError};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::keys;
@@ -20,6 +24,75 @@ pub const PROGRESS_MIN: Duration = Duration::from_millis(100);
 /// [`PROGRESS_MIN`] and [`PROGRESS_EVERY`].
 pub fn progress_every(asked_ms: Option<u64>) -> Duration {
     asked_ms.map_or(PROGRESS_EVERY, |ms| Duration::from_millis(ms).clamp(PROGRESS_MIN, PROGRESS_EVERY))
+}
+
+/// The most networks a scoped snapshot or watch may name (their IDs fit in
+/// a request line); a host that needs more asks for everything.
+pub const MAX_SCOPE_NETWORKS: usize = 1024;
+
+/// Which endpoints a snapshot or watch carries: those of the networks it
+/// names and those of the calling host, or every one. Every other object
+/// (networks, hosts, policies, floating IPs, services) goes to every
+/// watcher: a host compiles the fabric's topology from them.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `None`: every endpoint.
+    networks: Option<HashSet<Uuid>>,
+    /// The calling host, whose own endpoints it always receives.
+    host: Option<Arc<str>>,
+}
+
+impl Scope {
+    /// The scope a request asks for: `networks` is the comma-separated
+    /// network IDs of the `networks` parameter (absent: everything; empty:
+    /// only the host's own endpoints), `host` the calling host, if a host
+    /// calls.
+    pub fn parse(networks: Option<&str>, host: Option<&str>) -> Result<Scope> {
+        let Some(list) = networks else { return Ok(Scope::default()) };
+        let mut ids = HashSet::new();
+        for (i, part) in list.split(',').filter(|p| !p.is_empty()).enumerate() {
+            if i >= MAX_SCOPE_NETWORKS {
+                return Err(FieldError::new(
+                    "networks",
+                    format!("names more than {MAX_SCOPE_NETWORKS} networks: leave it out to receive every endpoint"),
+                )
+                .into());
+            }
+            let id =
+                part.parse::<Uuid>().map_err(|e| FieldError::new("networks", format!("{part:?} is not a network ID: {e}")))?;
+            ids.insert(id);
+        }
+        Ok(Scope { networks: Some(ids), host: host.map(Arc::from) })
+    }
+
+    /// How many networks the scope names (`None`: every network).
+    pub fn networks(&self) -> Option<usize> {
+        self.networks.as_ref().map(HashSet::len)
+    }
+
+    /// Whether an endpoint of `network` on `host` is in the scope.
+    pub fn keeps(&self, network: Uuid, host: &str) -> bool {
+        match &self.networks {
+            None => true,
+            Some(ids) => ids.contains(&network) || self.host.as_deref() == Some(host),
+        }
+    }
+
+    /// Whether a line for `audience` is sent to a watcher of this scope.
+    pub(crate) fn admits(&self, audience: &Audience) -> bool {
+        match audience {
+            Audience::All => true,
+            Audience::Endpoint { network, host } => self.keeps(*network, host),
+        }
+    }
+}
+
+/// Who a watch line is for: every watcher, or those whose scope holds an
+/// endpoint of `network` on `host`.
+#[derive(Debug, Clone)]
+pub(crate) enum Audience {
+    All,
+    Endpoint { network: Uuid, host: Arc<str> },
 }
 
 fn object_of(kv: &KeyValue) -> Result<Option<Object>> {
@@ -138,18 +211,28 @@ pub(crate) fn is_error(line: &Bytes) -> bool {
     line.starts_with(ERROR_LINE)
 }
 
-/// The line of a store event: `None` for a key agents do not mirror, an
-/// error line (`Err`) for a value that does not decode.
-pub(crate) fn line_of(ev: &Event) -> std::result::Result<Option<Bytes>, Bytes> {
-    let out = match ev.kind {
+/// The line of a store event and who it is for: `None` for a key agents do
+/// not mirror, an error line (`Err`) for a value that does not decode. A
+/// deleted endpoint's line is for everyone (the event no longer says its
+/// network); the hub narrows it when it knows the endpoint.
+pub(crate) fn line_of(ev: &Event) -> std::result::Result<Option<(Bytes, Audience)>, Bytes> {
+    let (event, audience) = match ev.kind {
         EventKind::Put => match object_of(&ev.kv) {
-            Ok(Some(object)) => Some(WatchEvent::Put { revision: ev.revision, object: Box::new(object) }),
-            Ok(None) => None,
+            Ok(Some(object)) => {
+                let audience = match &object {
+                    Object::Endpoint(e) => Audience::Endpoint { network: e.network, host: Arc::from(e.host.as_str()) },
+                    _ => Audience::All,
+                };
+                (Some(WatchEvent::Put { revision: ev.revision, object: Box::new(object) }), audience)
+            }
+            Ok(None) => (None, Audience::All),
             Err(e) => return Err(encode(&WatchEvent::Error { code: "internal".into(), message: e.to_string() })),
         },
-        EventKind::Delete => ref_of(&ev.kv.key).map(|object| WatchEvent::Delete { revision: ev.revision, object }),
+        EventKind::Delete => {
+            (ref_of(&ev.kv.key).map(|object| WatchEvent::Delete { revision: ev.revision, object }), Audience::All)
+        }
     };
-    Ok(out.as_ref().map(encode))
+    Ok(event.as_ref().map(|e| (encode(e), audience)))
 }
 
 #[cfg(test)]
@@ -161,5 +244,30 @@ mod tests {
         let line = encode(&WatchEvent::Error { code: "internal".into(), message: "x".into() });
         assert!(is_error(&line), "{line:?}");
         assert!(!is_error(&encode(&WatchEvent::Progress { revision: 1 })));
+    }
+
+    #[test]
+    fn a_scope_keeps_its_networks_endpoints_and_its_hosts_own() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let scope = Scope::parse(Some(&format!("{a}")), Some("h1")).unwrap();
+        assert!(scope.keeps(a, "h2"));
+        assert!(!scope.keeps(b, "h2"));
+        assert!(scope.keeps(b, "h1"), "a host's own endpoints");
+        assert!(scope.admits(&Audience::All));
+        assert_eq!(scope.networks(), Some(1));
+        let everything = Scope::parse(None, Some("h1")).unwrap();
+        assert!(everything.keeps(b, "h2"));
+        assert_eq!(everything.networks(), None);
+        let own = Scope::parse(Some(""), Some("h1")).unwrap();
+        assert!(!own.keeps(a, "h2") && own.keeps(a, "h1"));
+    }
+
+    #[test]
+    fn a_bad_scope_is_refused_naming_the_field() {
+        let e = Scope::parse(Some("x"), None).unwrap_err().to_string();
+        assert!(e.contains("networks") && e.contains("\"x\""), "{e}");
+        let many: Vec<String> = (0..=MAX_SCOPE_NETWORKS as u128).map(|i| Uuid::from_u128(i).to_string()).collect();
+        let e = Scope::parse(Some(&many.join(",")), None).unwrap_err().to_string();
+        assert!(e.contains("more than 1024"), "{e}");
     }
 }

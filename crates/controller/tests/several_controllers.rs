@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tessera_controller::service::{LEADER_TTL, LEASE_TIME};
+use tessera_controller::watch::Scope;
 use tessera_controller::Controller;
 use tessera_store::{Event, KeyValue, MemStore, RangeResult, Store, StoreError, Txn, TxnResult};
 
@@ -218,7 +219,7 @@ async fn a_watch_sends_progress_on_time_while_only_keys_no_agent_mirrors_change(
     let ctl = Arc::new(Controller::new(store.clone()));
     ctl.bootstrap(true).await.unwrap();
     let after = store.revision().await.unwrap();
-    let mut watch = Box::pin(ctl.watch_hub().watch(after, Duration::from_millis(300), "test".into()));
+    let mut watch = Box::pin(ctl.watch_hub().watch(after, Duration::from_millis(300), "test".into(), Scope::default()));
     let _duties = Duties::start(&ctl);
     let writer = tokio::spawn(async move {
         loop {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tessera_controller::keys;
+use tessera_controller::watch::Scope;
 use tessera_controller::watch_hub::WatchHub;
 use tessera_model::watch::{Object, WatchEvent};
 use tessera_model::Host;
@@ -58,13 +59,13 @@ async fn watchers_from_before_and_after_the_hub_started_get_every_change_once_in
     let hub = WatchHub::new(store.clone());
     // The hub starts at revision 100: this watcher reads 1..=100 from the
     // store's log, then the ring.
-    let mut from_zero = Box::pin(hub.watch(0, EVERY, "test".into()));
-    let mut from_fifty = Box::pin(hub.watch(50, EVERY, "test".into()));
+    let mut from_zero = Box::pin(hub.watch(0, EVERY, "test".into(), Scope::default()));
+    let mut from_fifty = Box::pin(hub.watch(50, EVERY, "test".into(), Scope::default()));
     let early = take(&mut from_zero, 100).await;
     let expected: Vec<(u64, String)> = (0..100).map(|i| (i + 1, format!("early{i}"))).collect();
     assert_eq!(names(&early), expected);
     assert_eq!(names(&take(&mut from_fifty, 50).await), expected[50..].to_vec());
-    let mut from_now = Box::pin(hub.watch(100, EVERY, "test".into()));
+    let mut from_now = Box::pin(hub.watch(100, EVERY, "test".into(), Scope::default()));
     for i in 0..300 {
         put_host(&store, &format!("late{i}")).await;
     }
@@ -81,7 +82,7 @@ async fn a_quiet_watch_sends_progress_at_the_current_revision() {
     // A change agents do not mirror moves the revision too.
     store.txn(Txn::new().then(Op::put(format!("{}other", keys::ROOT), b"x".to_vec()))).await.unwrap();
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(2, EVERY, "test".into()));
+    let mut stream = Box::pin(hub.watch(2, EVERY, "test".into(), Scope::default()));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     let ev: WatchEvent = serde_json::from_slice(piece.strip_suffix(b"\n").unwrap()).unwrap();
     assert_eq!(ev, WatchEvent::Progress { revision: 2 });
@@ -94,7 +95,7 @@ async fn a_watcher_behind_the_log_is_told_compacted_and_its_stream_ends() {
         put_host(&store, &format!("h{i}")).await;
     }
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into()));
+    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into(), Scope::default()));
     let piece = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap();
     match serde_json::from_slice::<WatchEvent>(piece.strip_suffix(b"\n").unwrap()).unwrap() {
         WatchEvent::Error { code, .. } => assert_eq!(code, "compacted"),
@@ -125,7 +126,7 @@ async fn progress_comes_on_time_while_changes_no_agent_mirrors_keep_coming() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     put_host(&store, "a").await;
     let hub = WatchHub::new(store.clone());
-    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into()));
+    let mut stream = Box::pin(hub.watch(1, EVERY, "test".into(), Scope::default()));
     let every = EVERY;
     let writer = {
         let store = store.clone();
@@ -154,8 +155,8 @@ async fn open_watches_are_listed_with_how_far_behind_they_are() {
         put_host(&store, &format!("h{i}")).await;
     }
     let hub = WatchHub::new(store.clone());
-    let mut reading = Box::pin(hub.watch(0, EVERY, "host h1".into()));
-    let idle = Box::pin(hub.watch(0, EVERY, "host h2".into()));
+    let mut reading = Box::pin(hub.watch(0, EVERY, "host h1".into(), Scope::default()));
+    let idle = Box::pin(hub.watch(0, EVERY, "host h2".into(), Scope::default()));
     take(&mut reading, 10).await;
     let listed = hub.watchers();
     assert_eq!(listed.len(), 2);

@@ -115,6 +115,16 @@ impl Snapshot {
     /// `piece` bytes, each made when it is asked for: a large snapshot is
     /// sent without its whole JSON in memory.
     pub fn json_pieces(self: Arc<Self>, piece: usize) -> impl Iterator<Item = Vec<u8>> + Send {
+        self.json_pieces_where(piece, |_| true)
+    }
+
+    /// [`Self::json_pieces`] of the snapshot with only the endpoints `keep`
+    /// admits (a host's scoped snapshot), without copying the rest.
+    pub fn json_pieces_where(
+        self: Arc<Self>,
+        piece: usize,
+        keep: impl Fn(&Endpoint) -> bool + Send + 'static,
+    ) -> impl Iterator<Item = Vec<u8>> + Send {
         let mut head = format!("{{\"revision\":{}", self.revision);
         if let Some(c) = self.cluster {
             head.push_str(&format!(",\"cluster\":\"{c}\""));
@@ -134,6 +144,8 @@ impl Snapshot {
         // (section, index in it); `None` once done.
         let mut at = Some((0usize, 0usize));
         let mut pending = head.into_bytes();
+        // Whether the open section has an element yet (for the commas).
+        let mut written_in_section = false;
         std::iter::from_fn(move || {
             let (mut sec, mut i) = at?;
             while pending.len() < piece {
@@ -144,11 +156,17 @@ impl Snapshot {
                 }
                 if i == 0 {
                     pending.extend_from_slice(format!(",\"{}\":[", sections[sec]).as_bytes());
+                    written_in_section = false;
                 }
                 if i < len(&self, sec) {
-                    if i > 0 {
+                    if sec == 1 && !keep(&self.endpoints[i]) {
+                        i += 1;
+                        continue;
+                    }
+                    if written_in_section {
                         pending.push(b',');
                     }
+                    written_in_section = true;
                     let written = match sec {
                         0 => serde_json::to_writer(&mut pending, &self.networks[i]),
                         1 => serde_json::to_writer(&mut pending, &self.endpoints[i]),
@@ -421,6 +439,39 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&empty).unwrap(),
             serde_json::to_value(Snapshot::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn a_scoped_snapshot_in_pieces_holds_only_the_endpoints_kept() {
+        let ep = |n: u128, network: u128| crate::Endpoint {
+            id: Uuid::from_u128(n),
+            name: format!("e{n}"),
+            network: Uuid::from_u128(network),
+            host: "h1".into(),
+            mac: crate::MacAddr::local_from([0, 0, 0, 0, 0, n as u8]),
+            ips: vec![format!("10.0.0.{n}/24").parse().unwrap()],
+            owner: Default::default(),
+            status: crate::EndpointStatus::Pending,
+            status_message: None,
+            ports: vec![],
+            health: None,
+        };
+        let s = Snapshot { revision: 3, endpoints: (1..=6).map(|n| ep(n, n % 2)).collect(), ..Default::default() };
+        for piece in [1, 64, 1 << 20] {
+            for wanted in [0u128, 1] {
+                let joined = Arc::new(s.clone())
+                    .json_pieces_where(piece, move |e| e.network == Uuid::from_u128(wanted))
+                    .collect::<Vec<_>>()
+                    .concat();
+                let back: Snapshot = serde_json::from_slice(&joined).unwrap_or_else(|e| panic!("{e}: {joined:?}"));
+                let ids: Vec<u128> = back.endpoints.iter().map(|e| e.id.as_u128()).collect();
+                let expected: Vec<u128> = (1..=6).filter(|n| n % 2 == wanted).collect();
+                assert_eq!(ids, expected, "pieces of {piece} bytes");
+                assert_eq!(back.revision, 3);
+            }
+            let none = Arc::new(s.clone()).json_pieces_where(piece, |_| false).collect::<Vec<_>>().concat();
+            assert!(serde_json::from_slice::<Snapshot>(&none).unwrap().endpoints.is_empty());
+        }
     }
 
     #[test]
