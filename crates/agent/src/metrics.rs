@@ -20,6 +20,11 @@ pub struct AgentMetrics {
     pub connected: IntGauge,
     /// Times the mirror's watch moved to another controller.
     pub failovers: IntCounter,
+    /// Snapshots the mirror took.
+    snapshots: IntCounter,
+    /// Endpoints the mirror holds, and the networks of its scope.
+    mirror_endpoints: IntGauge,
+    scope_networks: IntGauge,
     pub revision: IntGauge,
     traffic: IntCounterVec,
     pub flows_active: IntGauge,
@@ -70,6 +75,16 @@ impl AgentMetrics {
                 "Times the agent's watch moved to another controller after its own broke",
             )
             .expect("valid metric"),
+            snapshots: IntCounter::new(
+                "tessera_agent_mirror_snapshots_total",
+                "Snapshots the agent's mirror took (at start, after a watch could not resume, when the host needed other networks)",
+            )
+            .expect("valid metric"),
+            mirror_endpoints: gauge("tessera_agent_mirror_endpoints", "Endpoints the agent mirrors (those of its scope)"),
+            scope_networks: gauge(
+                "tessera_agent_mirror_scope_networks",
+                "Networks whose endpoints the agent mirrors besides its own (-1: every network's)",
+            ),
             revision: gauge("tessera_agent_intent_revision", "The controller revision the agent's intent is at"),
             traffic: counter_vec(
                 "tessera_agent_network_traffic_total",
@@ -105,6 +120,9 @@ impl AgentMetrics {
             Box::new(m.failures.clone()),
             Box::new(m.connected.clone()),
             Box::new(m.failovers.clone()),
+            Box::new(m.snapshots.clone()),
+            Box::new(m.mirror_endpoints.clone()),
+            Box::new(m.scope_networks.clone()),
             Box::new(m.revision.clone()),
             Box::new(m.traffic.clone()),
             Box::new(m.flows_active.clone()),
@@ -140,11 +158,24 @@ fn set_counter(c: &IntCounter, value: u64) {
 impl AgentMetrics {
     /// The metrics as Prometheus' text format, with what is read when
     /// scraped: the interfaces (`vifs`), the DHCP server's totals (requests,
-    /// acks, naks, ignored) and how the mirror stands (connected, failovers).
-    pub fn text(&self, vifs: &[VifEntry], dhcp: [u64; 4], mirror: &tessera_api::mirror::MirrorState) -> String {
+    /// acks, naks, ignored), how the mirror stands (connected, failovers,
+    /// snapshots, scope) and how many endpoints it holds.
+    pub fn text(
+        &self,
+        vifs: &[VifEntry],
+        dhcp: [u64; 4],
+        mirror: &tessera_api::mirror::MirrorState,
+        mirrored_endpoints: usize,
+    ) -> String {
         let m = self;
         m.connected.set(i64::from(mirror.connected));
         set_counter(&m.failovers, mirror.failovers);
+        set_counter(&m.snapshots, mirror.snapshots);
+        m.mirror_endpoints.set(mirrored_endpoints as i64);
+        m.scope_networks.set(match &mirror.scope {
+            tessera_api::scope::Scope::Everything => -1,
+            tessera_api::scope::Scope::Networks(ids) => ids.len() as i64,
+        });
         for v in vifs {
             let device = match v.kind {
                 VifKind::Bridge => "bridge",
@@ -187,10 +218,15 @@ mod tests {
     fn the_mirror_s_connection_and_failovers_are_reported() {
         let m = AgentMetrics::new();
         let mirror = MirrorState { connected: true, failovers: 2, ..Default::default() };
-        let text = m.text(&[], [0; 4], &mirror);
+        let text = m.text(&[], [0; 4], &mirror, 7);
         assert!(text.contains("tessera_agent_controller_connected 1"), "{text}");
         assert!(text.contains("tessera_agent_controller_failovers_total 2"), "{text}");
-        let text = m.text(&[], [0; 4], &MirrorState { failovers: 3, ..mirror });
+        assert!(text.contains("tessera_agent_mirror_endpoints 7"), "{text}");
+        assert!(text.contains("tessera_agent_mirror_scope_networks -1"), "{text}");
+        let scope = tessera_api::scope::Scope::own();
+        let text = m.text(&[], [0; 4], &MirrorState { failovers: 3, snapshots: 2, scope, ..mirror }, 1);
         assert!(text.contains("tessera_agent_controller_failovers_total 3"), "{text}");
+        assert!(text.contains("tessera_agent_mirror_snapshots_total 2"), "{text}");
+        assert!(text.contains("tessera_agent_mirror_scope_networks 0"), "{text}");
     }
 }

@@ -16,7 +16,8 @@ async fn text(agent: &Agent) -> String {
         t
     });
     let mirror = agent.mirror.borrow().clone();
-    agent.metrics.text(&vifs, dhcp, &mirror)
+    let endpoints = agent.snapshot.borrow().as_ref().map_or(0, |s| s.endpoints.len());
+    agent.metrics.text(&vifs, dhcp, &mirror, endpoints)
 }
 
 /// Serves `/metrics` on `listener` until the agent stops.

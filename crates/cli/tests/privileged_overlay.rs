@@ -308,3 +308,42 @@ fn privileged_two_hundred_endpoints_across_three_hosts_all_reachable() {
         }
     }
 }
+
+/// The watcher of `host` in `tessera controller status --json`: how many
+/// networks' endpoints it asked for (`None`: every network's).
+fn scope_networks(c: &Cluster, host: &str) -> Option<Option<u64>> {
+    let status = c.cli_json(&["controller", "status"]).ok()?;
+    let who = format!("host {host}");
+    let w = status["watch"]["watchers"].as_array()?.iter().find(|w| w["who"] == who.as_str())?.clone();
+    Some(w["networks"].as_u64())
+}
+
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn privileged_a_host_mirrors_only_its_networks_endpoints_and_widens_when_it_joins_another() {
+    let (mut c, _dir) = cluster(&["h1", "h2", "h3"]);
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.7.0.0/24"]).unwrap();
+    c.cli_ok(&["network", "add", "red", "--subnet", "10.8.0.0/24"]).unwrap();
+    for (host, name) in [("h1", "b1"), ("h2", "b2"), ("h3", "r3"), ("h1", "r1")] {
+        c.container(host, name).unwrap();
+    }
+    c.attach("b1", "blue", &[]).unwrap();
+    c.attach("b2", "blue", &[]).unwrap();
+    let r3 = addresses(&c.attach("r3", "red", &[]).unwrap());
+    // Each host asks for the one network it has endpoints in.
+    for h in ["h1", "h2", "h3"] {
+        until(&format!("{h} to watch one network's endpoints"), || scope_networks(&c, h) == Some(Some(1)));
+    }
+    // h1's first red endpoint: it takes red's endpoints too, and reaches r3.
+    c.attach("r1", "red", &[]).unwrap();
+    until("h1 to watch two networks' endpoints", || scope_networks(&c, "h1") == Some(Some(2)));
+    assert!(c.ping("r1", &r3[0], 3).unwrap() >= 2, "r1 reaches r3 on h3:\n{}", c.logs_tail(30));
+    assert_eq!(scope_networks(&c, "h3"), Some(Some(1)), "h3 still needs red only");
+}

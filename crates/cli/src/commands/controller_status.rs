@@ -62,9 +62,10 @@ fn render(s: &Value) -> String {
     let watchers = watch["watchers"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!("\n{} watching\n", watchers.len()));
     if !watchers.is_empty() {
-        let mut t = Table::new(&["WHO", "REVISION", "LAG", "SINCE"]);
+        let mut t = Table::new(&["WHO", "REVISION", "LAG", "ENDPOINTS OF", "SINCE"]);
         for w in &watchers {
-            t.row(vec![text(&w["who"]), text(&w["revision"]), text(&w["lag"]), ago(now_ms, &w["since_ms"])]);
+            let scope = w["networks"].as_u64().map_or("every network".to_string(), |n| format!("{n} networks and its own"));
+            t.row(vec![text(&w["who"]), text(&w["revision"]), text(&w["lag"]), scope, ago(now_ms, &w["since_ms"])]);
         }
         out.push_str(&t.render());
     }
