@@ -6,6 +6,13 @@
 //! benchmarks use it; everything it starts is stopped and every namespace it
 //! made is removed when it is dropped.
 //!
+//! By default one controller runs on the first host with the embedded redb
+//! store; with [`ControlPlane::Etcd`] a controller runs on each of several
+//! hosts, all sharing one etcd cluster, and agents fail over between them.
+//! The etcd cluster must be running before [`Cluster::run`]: start it
+//! between [`Cluster::build`] and [`Cluster::run`] (the test kit's
+//! `start_cluster_on_etcd` runs it in the underlay namespace).
+//!
 //! It drives the `tessera` binary as a person would (its CLI, its JSON), so
 //! its errors are `anyhow`'s: they end in a demo's or a test's message.
 
@@ -13,15 +20,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub use crate::control_plane::{controller_url, ControlPlane, CONTROLLER_PORT};
 use crate::fabric::{Container, Fabric, FabricSpec, DEFAULT_UNDERLAY};
 use crate::netns::{exec_in, spawn_in, Netns};
-
-/// The controller's port inside the fabric.
-pub const CONTROLLER_PORT: u16 = 8082;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -35,6 +41,8 @@ pub struct ClusterSpec {
     pub bin: PathBuf,
     /// Where stores, sockets and logs go; created if missing.
     pub run_dir: PathBuf,
+    /// The controllers and their store (one on redb by default).
+    pub control_plane: ControlPlane,
 }
 
 impl ClusterSpec {
@@ -45,19 +53,25 @@ impl ClusterSpec {
             underlay: DEFAULT_UNDERLAY,
             bin: bin.into(),
             run_dir: run_dir.into(),
+            control_plane: ControlPlane::Redb,
         }
     }
 }
 
-/// A fabric running the controller and one agent per host.
+/// A fabric running the controllers and one agent per host.
 pub struct Cluster {
     pub fabric: Fabric,
     spec: ClusterSpec,
-    /// The controller's URL, reachable from every host namespace.
+    /// The (first) controller's URL, reachable from every host namespace.
     pub url: String,
+    /// Every controller's URL, in the order agents try them, comma-separated
+    /// (`--controller`); [`Cluster::url`] alone with one controller.
+    pub urls: String,
     /// The fabric's certificates (`tessera pki init` and `issue-host`).
     pki: PathBuf,
-    controller: Option<Child>,
+    /// The running controllers by host. Behind a lock so that a test can
+    /// kill one while other threads use the cluster.
+    controllers: Mutex<BTreeMap<String, Child>>,
     agents: BTreeMap<String, Child>,
     /// Arguments the controller is started with besides the usual ones.
     controller_args: Vec<String>,
@@ -78,41 +92,71 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> any
 }
 
 impl Cluster {
-    /// Builds the fabric, starts the controller on the first host and an
-    /// agent on every host, and waits until every host is registered.
+    /// Builds the fabric, starts the controllers and an agent on every
+    /// host, and waits until every host is registered: [`Cluster::build`]
+    /// then [`Cluster::run`].
     pub fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::build(spec)?;
+        c.run()?;
+        Ok(c)
+    }
+
+    /// Builds the fabric and the certificates (the controllers' carries
+    /// every controller host's underlay address); starts nothing. What the
+    /// controllers need besides (an etcd cluster) can be started in the
+    /// fabric before [`Cluster::run`].
+    pub fn build(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         Fabric::preflight().context("this machine cannot run a Tessera fabric")?;
         std::fs::create_dir_all(&spec.run_dir).with_context(|| format!("cannot create {}", spec.run_dir.display()))?;
+        let controller_hosts = spec.control_plane.controller_hosts(&spec.hosts);
+        if controller_hosts.is_empty() {
+            bail!("a cluster needs at least one host to run a controller");
+        }
         let fabric =
             Fabric::build(FabricSpec { prefix: spec.prefix.clone(), hosts: spec.hosts.clone(), underlay: spec.underlay })?;
-        let first = fabric.hosts().first().context("a cluster needs at least one host")?;
-        let url = format!("https://{}:{CONTROLLER_PORT}", first.underlay_ip);
-        let controller_ip = first.underlay_ip.to_string();
+        let mut ips = Vec::new();
+        for h in &controller_hosts {
+            ips.push(
+                fabric.host(h).with_context(|| format!("the controller host {h} is not a host of the cluster"))?.underlay_ip,
+            );
+        }
+        let urls: Vec<String> = ips.iter().map(|ip| controller_url(*ip)).collect();
         let pki = spec.run_dir.join("pki");
-        let mut c = Cluster {
+        let c = Cluster {
             fabric,
             spec,
-            url,
+            url: urls[0].clone(),
+            urls: urls.join(","),
             pki,
-            controller: None,
+            controllers: Mutex::new(BTreeMap::new()),
             agents: BTreeMap::new(),
             agent_args: BTreeMap::new(),
             controller_args: Vec::new(),
             containers: BTreeMap::new(),
         };
-        c.pki_run(&["pki", "init", "--san", &controller_ip])?;
+        let mut init = vec!["pki".to_string(), "init".into()];
+        for ip in ips {
+            init.extend(["--san".into(), ip.to_string()]);
+        }
+        c.pki_run(&init.iter().map(String::as_str).collect::<Vec<_>>())?;
         for h in c.spec.hosts.clone() {
             c.pki_run(&["pki", "issue-host", &h])?;
         }
-        c.start_controller()?;
-        for h in c.spec.hosts.clone() {
-            c.start_agent(&h)?;
-        }
-        let n = c.spec.hosts.len();
-        wait_until("every host to register", Duration::from_secs(30), || {
-            c.cli_json(&["host", "list"]).ok().and_then(|v| v.as_array().map(|a| a.len())) == Some(n)
-        })?;
         Ok(c)
+    }
+
+    /// Starts the controllers, one after the other (the first makes the
+    /// fabric), then an agent on every host, and waits until every host is
+    /// registered.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        self.start_controller()?;
+        for h in self.spec.hosts.clone() {
+            self.start_agent(&h)?;
+        }
+        let n = self.spec.hosts.len();
+        wait_until("every host to register", Duration::from_secs(30), || {
+            self.cli_json(&["host", "list"]).ok().and_then(|v| v.as_array().map(|a| a.len())) == Some(n)
+        })
     }
 
     pub fn spec(&self) -> &ClusterSpec {
@@ -146,8 +190,17 @@ impl Cluster {
         ]
     }
 
+    /// The host of the (first) controller, where [`Cluster::cli`] runs.
     pub fn controller_host(&self) -> &str {
-        &self.spec.hosts[0]
+        match &self.spec.control_plane {
+            ControlPlane::Etcd { hosts, .. } => &hosts[0],
+            ControlPlane::Redb => &self.spec.hosts[0],
+        }
+    }
+
+    /// The hosts that run a controller, in the order agents try them.
+    pub fn controller_hosts(&self) -> Vec<String> {
+        self.spec.control_plane.controller_hosts(&self.spec.hosts)
     }
 
     pub fn underlay_ip(&self, host: &str) -> anyhow::Result<Ipv4Addr> {
@@ -181,39 +234,56 @@ impl Cluster {
         Ok(self.fabric.spawn(host, cmd)?)
     }
 
-    /// Starts (or restarts) the controller on its data directory and waits until it serves.
+    /// Starts (or restarts) every controller that is not running, in
+    /// order, each on its store, waiting until each serves.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let host = self.controller_host().to_string();
-        let ip = self.underlay_ip(&host)?;
-        let data = self.spec.run_dir.join("controller");
-        let mut args = vec![
-            "controller".into(),
-            "--init".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--listen".into(),
-            format!("{ip}:{CONTROLLER_PORT}"),
-            "--pki".into(),
-            self.pki.display().to_string(),
-        ];
+        for host in self.controller_hosts() {
+            if !self.controllers.get_mut().unwrap_or_else(PoisonError::into_inner).contains_key(&host) {
+                self.start_controller_on(&host)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) the controller of `host` and waits until it serves.
+    pub fn start_controller_on(&mut self, host: &str) -> anyhow::Result<()> {
+        self.kill_controller_on(host);
+        let ip = self.underlay_ip(host)?;
+        let plane = &self.spec.control_plane;
+        let mut args = plane.controller_args(host, ip, &self.spec.run_dir, &self.pki);
         args.extend(self.controller_args.iter().cloned());
-        let child = self.spawn_logged(&host, &args, &self.log("controller"))?;
-        self.controller = Some(child);
-        wait_until("the controller to serve", Duration::from_secs(30), || {
-            self.cli(&["host", "list"]).map(|o| o.status.success()).unwrap_or(false)
+        let child = self.spawn_logged(host, &args, &self.log(&plane.log_name(host)))?;
+        self.controllers.get_mut().unwrap_or_else(PoisonError::into_inner).insert(host.to_string(), child);
+        let url = controller_url(ip);
+        wait_until(&format!("the controller of {host} to serve"), Duration::from_secs(30), || {
+            self.cli_via(&url, &["host", "list"]).map(|o| o.status.success()).unwrap_or(false)
         })
     }
 
-    /// Arguments the controller is started with from its next start on.
+    /// Arguments the controllers are started with from their next start on.
     pub fn set_controller_args(&mut self, args: &[&str]) {
         self.controller_args = args.iter().map(|a| a.to_string()).collect();
     }
 
-    /// Sends SIGKILL to the controller and reaps it.
+    /// Sends SIGKILL to every controller and reaps them.
     pub fn kill_controller(&mut self) {
-        if let Some(mut c) = self.controller.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for host in self.controller_hosts() {
+            self.kill_controller_on(&host);
+        }
+    }
+
+    /// Sends SIGKILL to the controller of `host` and reaps it; returns
+    /// whether one was running. Takes `&self` so that a test can kill a
+    /// controller while other threads attach containers.
+    pub fn kill_controller_on(&self, host: &str) -> bool {
+        let child = self.controllers.lock().unwrap_or_else(PoisonError::into_inner).remove(host);
+        match child {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
         }
     }
 
@@ -224,7 +294,7 @@ impl Cluster {
         let ip = self.underlay_ip(host)?;
         let sock = self.agent_socket(host);
         let _ = std::fs::remove_file(&sock);
-        let mut args: Vec<String> = vec!["--controller".into(), self.url.clone()];
+        let mut args: Vec<String> = vec!["--controller".into(), self.urls.clone()];
         args.extend(self.credential_args(&format!("hosts/{host}")));
         args.extend([
             "agent".into(),
@@ -267,11 +337,16 @@ impl Cluster {
         }
     }
 
-    /// Runs the CLI with `--controller` and the administrator's certificate
-    /// inside the controller's host.
+    /// Runs the CLI with `--controller` (every controller) and the
+    /// administrator's certificate inside the first controller's host.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cli_via(&self.urls, args)
+    }
+
+    /// [`Cluster::cli`] with `controllers` as `--controller`.
+    pub fn cli_via(&self, controllers: &str, args: &[&str]) -> anyhow::Result<Output> {
         let creds = self.credential_args("admin");
-        let mut full = vec!["--controller", self.url.as_str()];
+        let mut full = vec!["--controller", controllers];
         full.extend(creds.iter().map(String::as_str));
         full.extend_from_slice(args);
         Ok(exec_in(self.host_netns(self.controller_host())?, &self.spec.bin, &full)?)
@@ -283,7 +358,7 @@ impl Cluster {
     /// parses its output, failing with stderr when it exits non-zero.
     pub fn cli_on(&self, host: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
         let creds = self.credential_args("admin");
-        let mut full = vec!["--controller", self.url.as_str(), "--json"];
+        let mut full = vec!["--controller", self.urls.as_str(), "--json"];
         full.extend(creds.iter().map(String::as_str));
         full.extend_from_slice(args);
         let out = self.tessera_on(host, &full, env)?;
@@ -354,10 +429,10 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
-    /// The last `lines` lines of every log (controller and agents), for failure messages.
+    /// The last `lines` lines of every log (controllers and agents), for failure messages.
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
-        let mut names = vec!["controller".to_string()];
+        let mut names: Vec<String> = self.controller_hosts().iter().map(|h| self.spec.control_plane.log_name(h)).collect();
         names.extend(self.spec.hosts.iter().map(|h| format!("agent-{h}")));
         for n in names {
             let text = std::fs::read_to_string(self.log(&n)).unwrap_or_default();
@@ -415,7 +490,10 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.kill_controller();
+        for (_, mut c) in std::mem::take(self.controllers.get_mut().unwrap_or_else(PoisonError::into_inner)) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -220,6 +220,32 @@ impl Fabric {
         self.underlay_netns.as_ref()
     }
 
+    /// `ip -n <prefix>-ul addr add IP/<len> dev ul0`: gives the underlay namespace an address
+    /// on the underlay, so a service that belongs to no host (an etcd cluster) can listen there
+    /// and be reached from every host. `ip` must lie in the underlay and be no host's address.
+    /// The address goes with the namespace at teardown.
+    pub fn underlay_address_add(&self, ip: Ipv4Addr) -> Result<(), FabricError> {
+        let ul =
+            self.underlay_netns.as_ref().ok_or_else(|| FabricError::NetnsNotFound { name: underlay_netns_name(&self.prefix) })?;
+        let invalid = |reason| FabricError::InvalidName { kind: "underlay address", name: ip.to_string(), reason };
+        if !self.underlay.contains(&ip) || ip == self.underlay.network() || ip == self.underlay.broadcast() {
+            return Err(invalid("not a host address of the underlay"));
+        }
+        if self.hosts.iter().any(|h| h.underlay_ip == ip) {
+            return Err(invalid("a host's address"));
+        }
+        let len = self.underlay.prefix_len();
+        with_netlink_in(ul, |handle| async move {
+            let bridge = link_index(&handle, ul.name(), UNDERLAY_BRIDGE).await?;
+            handle
+                .address()
+                .add(bridge, IpAddr::V4(ip), len)
+                .execute()
+                .await
+                .map_err(netlink_err(ul, format!("add address {ip}/{len} to {UNDERLAY_BRIDGE}")))
+        })?
+    }
+
     /// The hosts, in spec order.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts

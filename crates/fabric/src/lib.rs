@@ -15,12 +15,14 @@
 //!   [`Fabric::teardown_prefix`]).
 //! - [`Fabric::preflight`]: checks the machine first and says what is missing.
 //! - [`cluster::Cluster`]: a fabric with the real `tessera` controller and agents running in
-//!   it, for `tessera demo`, the multi-host tests and the benchmarks.
+//!   it, for `tessera demo`, the multi-host tests and the benchmarks; one controller on redb,
+//!   or several sharing an etcd cluster ([`cluster::ControlPlane`]).
 //!
 //! Nothing here shells out to `ip`; everything is system calls and netlink. Everything needs
 //! root (CAP_SYS_ADMIN and CAP_NET_ADMIN).
 
 pub mod cluster;
+mod control_plane;
 mod error;
 mod fabric;
 pub mod names;

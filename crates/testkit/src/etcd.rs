@@ -12,6 +12,11 @@
 //! client certificate of the given CA (`--client-cert-auth`); `/health` is
 //! then read on a plain metrics listener of each member.
 //!
+//! [`EtcdCluster::start_in`] runs the members inside a network namespace
+//! (a fabric's underlay, see [`crate::start_cluster_on_etcd`]) on one
+//! address of it, so that controllers in the fabric's hosts reach them; its
+//! health checks run in that namespace too.
+//!
 //! The members take big transactions and requests (`--max-txn-ops`,
 //! `--max-request-bytes`), as Tessera's deployments must (see the README).
 
@@ -20,6 +25,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tessera_fabric::{run_in, spawn_in, Netns};
 
 /// The program the members run (Debian's `etcd-server` package).
 pub const ETCD: &str = "/usr/bin/etcd";
@@ -32,6 +39,9 @@ const STARTUP: Duration = Duration::from_secs(30);
 pub struct EtcdCluster {
     members: Vec<Member>,
     tls: Option<EtcdTls>,
+    /// The namespace the members run in (not owned); `None` for the
+    /// caller's own (loopback).
+    netns: Option<Netns>,
     dir: tempfile::TempDir,
 }
 
@@ -65,34 +75,57 @@ impl EtcdCluster {
     /// install etcd-server etcd-client`, which `./x setup` does) or when the
     /// cluster does not become healthy in time (with the members' logs).
     pub fn start(members: usize) -> EtcdCluster {
-        Self::start_with(members, None)
+        Self::start_with(members, None, None)
     }
 
     /// [`Self::start`], serving clients over TLS with `tls` and requiring a
     /// client certificate of its CA.
     pub fn start_tls(members: usize, tls: EtcdTls) -> EtcdCluster {
-        Self::start_with(members, Some(tls))
+        Self::start_with(members, None, Some(tls))
     }
 
-    fn start_with(members: usize, tls: Option<EtcdTls>) -> EtcdCluster {
+    /// [`Self::start`] inside `netns`, every member listening on `ip` (an
+    /// address of that namespace) on the ports [`Self::endpoints_at`] names.
+    /// The namespace must outlive the members, or be torn down with them in
+    /// it: dropping the cluster then only reaps them.
+    pub fn start_in(netns: &Netns, ip: Ipv4Addr, members: usize) -> EtcdCluster {
+        let netns = Netns::open(netns.name()).unwrap_or_else(|e| panic!("cannot open the namespace for etcd: {e}"));
+        Self::start_with(members, Some((netns, ip)), None)
+    }
+
+    /// The client URLs of the members [`Self::start_in`] starts on `ip`,
+    /// comma-separated as `--etcd-endpoints` takes them: member `i` serves
+    /// clients on port `2379 + 2i` (and its peers on the next port).
+    pub fn endpoints_at(ip: Ipv4Addr, members: usize) -> String {
+        (0..members).map(|i| format!("http://{}", placed_port(ip, i, 0))).collect::<Vec<_>>().join(",")
+    }
+
+    fn start_with(members: usize, place: Option<(Netns, Ipv4Addr)>, tls: Option<EtcdTls>) -> EtcdCluster {
         assert!(members > 0, "an etcd cluster has at least one member");
         assert!(
             Path::new(ETCD).exists(),
             "{ETCD} is missing: these tests need a real etcd 3.4 (`apt-get install etcd-server etcd-client`, or `./x setup`)"
         );
         let dir = tempfile::Builder::new().prefix("tessera-etcd-").tempdir().expect("temporary directory for etcd");
+        // In a namespace of its own address every port is free; on loopback
+        // ask the kernel for free ones.
+        let port = |i: usize, which: u16| match &place {
+            Some((_, ip)) => placed_port(*ip, i, which),
+            None => free_port(),
+        };
         let members: Vec<Member> = (0..members)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
-                metrics: free_port(),
+                client: port(i, 0),
+                peer: port(i, 1),
+                metrics: port(i, 20),
                 data: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 process: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, tls, dir };
+        let netns = place.map(|(netns, _)| netns);
+        let mut cluster = EtcdCluster { members, tls, netns, dir };
         for i in 0..cluster.members.len() {
             cluster.spawn(i);
         }
@@ -138,7 +171,7 @@ impl EtcdCluster {
         self.kill(i);
         self.spawn(i);
         let deadline = Instant::now() + STARTUP;
-        while !healthy(self.members[i].metrics) {
+        while !self.healthy(self.members[i].metrics) {
             assert!(Instant::now() < deadline, "etcd member {i} is not healthy after a restart:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -148,7 +181,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + STARTUP;
         for m in self.members.iter().filter(|m| m.process.is_some()) {
-            while !healthy(m.metrics) {
+            while !self.healthy(m.metrics) {
                 assert!(Instant::now() < deadline, "the etcd cluster is not healthy in time:\n{}", self.logs());
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -175,6 +208,14 @@ impl EtcdCluster {
         self.dir.path()
     }
 
+    /// [`healthy`], asked from the members' namespace.
+    fn healthy(&self, metrics: SocketAddr) -> bool {
+        match &self.netns {
+            Some(netns) => run_in(netns, move || healthy(metrics)).unwrap_or(false),
+            None => healthy(metrics),
+        }
+    }
+
     fn spawn(&mut self, i: usize) {
         let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
         let scheme = self.scheme();
@@ -191,7 +232,7 @@ impl EtcdCluster {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
         }
-        let child = command
+        command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -217,9 +258,12 @@ impl EtcdCluster {
             .args(["--snapshot-count", "100000", "--log-level", "warn", "--logger", "zap"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+            .stderr(log);
+        let child = match &self.netns {
+            Some(netns) => spawn_in(netns, command),
+            None => command.spawn(),
+        }
+        .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
         self.members[i].process = Some(child);
     }
 }
@@ -231,6 +275,12 @@ impl Drop for EtcdCluster {
         }
         // The temporary directory (data and logs) goes with `self.dir`.
     }
+}
+
+/// The address of member `i` of a cluster placed on `ip`: its client port
+/// (`which` 0), peer port (1) or metrics port (20).
+fn placed_port(ip: Ipv4Addr, i: usize, which: u16) -> SocketAddr {
+    SocketAddr::from((ip, 2379 + 2 * i as u16 + which))
 }
 
 /// A loopback address with a port that was free a moment ago.

@@ -14,7 +14,9 @@ pub mod etcd;
 pub mod podman;
 pub mod vnf;
 
-pub use tessera_fabric::cluster::{addresses, ping_in, unmount_under, Cluster, ClusterSpec, CONTROLLER_PORT};
+pub use tessera_fabric::cluster::{
+    addresses, controller_url, ping_in, unmount_under, Cluster, ClusterSpec, ControlPlane, CONTROLLER_PORT,
+};
 pub use tessera_fabric::{exec_in, Container, Fabric, FabricSpec, Netns};
 
 /// One fabric at a time in a test binary: two cores run every host,
@@ -37,14 +39,59 @@ pub struct TestRun {
 /// after the fabric of any other test of this binary is gone. Panics with
 /// what is missing when this machine cannot run one.
 pub fn start_cluster(tag: &str, hosts: &[&str], bin: &str) -> (Cluster, TestRun) {
+    let (spec, run) = test_spec(tag, hosts, bin);
+    let c =
+        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
+    (c, run)
+}
+
+/// A unique spec for a test's fabric and its [`TestRun`], once the fabric
+/// of any other test of this binary is gone.
+fn test_spec(tag: &str, hosts: &[&str], bin: &str) -> (ClusterSpec, TestRun) {
     let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("temporary directory");
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let prefix = format!("{tag}{}-{n}", std::process::id() % 100_000);
-    let spec = ClusterSpec::new(&prefix, hosts, bin, dir.path());
-    let c =
-        Cluster::start(spec).unwrap_or_else(|e| panic!("cannot start a Tessera fabric (root, iproute2, nftables needed): {e:#}"));
-    (c, TestRun { dir, _one_at_a_time: lock })
+    (ClusterSpec::new(&prefix, hosts, bin, dir.path()), TestRun { dir, _one_at_a_time: lock })
+}
+
+/// [`start_cluster`] with a controller on each of `controllers` (hosts of
+/// `hosts`) instead of one, all on a real etcd cluster of `members` members
+/// that runs in the fabric's underlay namespace on the underlay's last
+/// address (10.99.0.254), where every host reaches it. Agents get every
+/// controller's URL and fail over between them. Keep the three values
+/// until the end of the test, in this order: the fabric goes first, then
+/// etcd (whose members the fabric's teardown has stopped), then the run.
+pub fn start_cluster_on_etcd(
+    tag: &str,
+    hosts: &[&str],
+    controllers: &[&str],
+    members: usize,
+    bin: &str,
+) -> (Cluster, etcd::EtcdCluster, TestRun) {
+    let (mut spec, run) = test_spec(tag, hosts, bin);
+    let ip = etcd_address(spec.underlay);
+    spec.control_plane = ControlPlane::Etcd {
+        hosts: controllers.iter().map(|h| h.to_string()).collect(),
+        endpoints: etcd::EtcdCluster::endpoints_at(ip, members),
+    };
+    let fail = |e: anyhow::Error| -> ! {
+        panic!("cannot start a Tessera fabric on etcd (root, iproute2, nftables, etcd needed): {e:#}")
+    };
+    let mut c = Cluster::build(spec).unwrap_or_else(|e| fail(e));
+    c.fabric.underlay_address_add(ip).unwrap_or_else(|e| fail(e.into()));
+    let ul = c.fabric.underlay_netns().unwrap_or_else(|| fail(anyhow::anyhow!("the fabric has no underlay namespace")));
+    let etcd = etcd::EtcdCluster::start_in(ul, ip, members);
+    if let Err(e) = c.run() {
+        fail(e.context(c.logs_tail(20)));
+    }
+    (c, etcd, run)
+}
+
+/// The address etcd gets on an underlay: its last host address.
+fn etcd_address(underlay: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
+    let last = u32::from(underlay.broadcast()) - 1;
+    std::net::Ipv4Addr::from(last)
 }
 
 /// A blocking HTTPS client builder for `c`'s controller that presents the
