@@ -9,6 +9,11 @@
 //! agent (the baseline, same run), with the ratio, and the controller's
 //! memory with 1,000 agents watching beside at rest. Goals: p99 ≤ 1 s with
 //! 1,000 agents, controller RSS ≤ 1 GB.
+//!
+//! Then scoped fan-out: 1,000 agents spread over 10 networks, each asking
+//! for its network's endpoints only (`networks=`), while 100 endpoints are
+//! created in one network: what the agents received in all, beside the
+//! same with every agent asking for everything (the baseline, same run).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -159,6 +164,91 @@ fn run(agents: usize) -> (Vec<f64>, f64, f64) {
     (latencies, watching, rest)
 }
 
+/// An agent that counts the endpoint lines and bytes it receives, with
+/// the snapshot and watch asked for with `query` (`networks=ID` or none).
+async fn counting_agent(client: reqwest::Client, url: String, query: String, churn: Arc<Churn>, me: usize) {
+    let snap: Snapshot =
+        client.get(format!("{url}/v1/snapshot?{query}")).send().await.expect("snapshot").json().await.expect("decode");
+    let resp = client.get(format!("{url}/v1/watch?after={}&{query}", snap.revision)).send().await.expect("watch");
+    assert_eq!(resp.status(), 200, "the watch opens");
+    churn.watching.fetch_add(1, Ordering::SeqCst);
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(Ok(piece)) = body.next().await {
+        churn.bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        buf.extend_from_slice(&piece);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            if let WatchEvent::Put { object, .. } = serde_json::from_slice(&line).expect("a watch line decodes") {
+                if matches!(object.as_ref(), Object::Endpoint(_)) {
+                    churn.endpoints[me].fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// What the agents of a churn run received.
+struct Churn {
+    watching: AtomicUsize,
+    bytes: AtomicU64,
+    endpoints: Vec<AtomicUsize>,
+}
+
+const NETWORKS: usize = 10;
+const CREATES: usize = 100;
+
+/// [`CREATES`] endpoint creates in one of [`NETWORKS`] networks with
+/// `agents` watching, scoped to one network each or not; the endpoint
+/// lines and the bytes they received in all.
+fn churn(agents: usize, scoped: bool) -> (usize, u64) {
+    let c = ControllerProcess::start();
+    let api = Api::new(&c);
+    let ids: Vec<String> = (0..NETWORKS)
+        .map(|i| {
+            let (s, b) = api.post("/v1/networks", json!({"name": format!("n{i}"), "subnets": [{"cidr": format!("10.{i}.0.0/16")}]}));
+            assert_eq!(s, 201, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let churn = Arc::new(Churn {
+        watching: AtomicUsize::new(0),
+        bytes: AtomicU64::new(0),
+        endpoints: (0..agents).map(|_| AtomicUsize::new(0)).collect(),
+    });
+    let client = c.async_http(&Caller::Admin);
+    let tasks: Vec<_> = (0..agents)
+        .map(|i| {
+            let query = if scoped { format!("networks={}", ids[i % NETWORKS]) } else { String::new() };
+            rt.spawn(counting_agent(client.clone(), c.url.clone(), query, churn.clone(), i))
+        })
+        .collect();
+    let started = Instant::now();
+    while churn.watching.load(Ordering::SeqCst) < agents {
+        assert!(started.elapsed() < PATIENCE, "{} of {agents} agents watch", churn.watching.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    churn.bytes.store(0, Ordering::SeqCst);
+    for i in 0..CREATES {
+        let (s, b) = api.post("/v1/endpoints", json!({"network": "n0", "host": "sim", "name": format!("e{i}")}));
+        assert_eq!(s, 201, "{b}");
+    }
+    let interested = |i: &usize| !scoped || i % NETWORKS == 0;
+    let t0 = Instant::now();
+    while (0..agents).filter(interested).any(|i| churn.endpoints[i].load(Ordering::SeqCst) < CREATES) {
+        assert!(t0.elapsed() < PATIENCE, "the interested agents did not see every create");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Give lines the agents should not get time to arrive, if any were sent.
+    std::thread::sleep(Duration::from_millis(500));
+    for t in tasks {
+        t.abort();
+    }
+    let lines = churn.endpoints.iter().map(|n| n.load(Ordering::SeqCst)).sum();
+    (lines, churn.bytes.load(Ordering::SeqCst))
+}
+
 fn main() {
     if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
@@ -175,5 +265,13 @@ fn main() {
     println!(
         "controller RSS with {agents} agents watching: {rss:.0} MB; at rest {rest:.0} MB; ratio {:.1} (goal ≤ 1024 MB)",
         rss / rest.max(0.001)
+    );
+    let (scoped_lines, scoped_bytes) = churn(agents, true);
+    let (all_lines, all_bytes) = churn(agents, false);
+    println!(
+        "{CREATES} endpoint creates in one of {NETWORKS} networks, {agents} agents: scoped (one network each) received {scoped_lines} endpoint lines, {:.1} MB; every agent asking for everything (baseline) {all_lines} lines, {:.1} MB; ratio {:.2}",
+        scoped_bytes as f64 / 1e6,
+        all_bytes as f64 / 1e6,
+        scoped_bytes as f64 / all_bytes.max(1) as f64
     );
 }
