@@ -211,6 +211,8 @@ fn churn(agents: usize, scoped: bool) -> (usize, u64) {
             b["id"].as_str().unwrap().to_string()
         })
         .collect();
+    let (s, b) = api.put("/v1/hosts/sim", json!({"underlay_ip": "10.99.0.9"}));
+    assert_eq!(s, 200, "{b}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let churn = Arc::new(Churn {
         watching: AtomicUsize::new(0),

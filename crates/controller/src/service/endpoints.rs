@@ -130,17 +130,21 @@ impl Controller {
             .into());
         }
         let statics = validate_static_ips(&req.ips, &net)?;
-        if self.store.get(&keys::host(&req.host)).await?.is_none() {
-            return Err(Error::NotFound { kind: "host", name: req.host.clone(), field: Some("host".into()) });
-        }
         let adopt = validate_adoption(&req.owner, &net, &statics)?;
 
         // No lock: concurrent creates claim different addresses (`claims`)
-        // and the transaction's compares decide.
+        // and the transaction's compares decide. The host's registration
+        // and the name are compares too (no read before): the name is read
+        // only once the transaction found it taken (a retried create).
         let mut held = super::claims::Claimed::new(&self.claims, net.id);
+        let mut name_taken = false;
         for _ in 0..MAX_ATTEMPTS {
             held.release();
-            if let Some(kv) = self.store.get(&keys::endpoint_name(net.id, &name)).await? {
+            let existing = match name_taken {
+                true => self.store.get(&keys::endpoint_name(net.id, &name)).await?,
+                false => None,
+            };
+            if let Some(kv) = existing {
                 let id = uuid_of(&kv)?;
                 if let Some((existing, _)) = self.get_json::<Endpoint>(&keys::endpoint(id)).await? {
                     let same = existing.host == req.host
@@ -189,6 +193,7 @@ impl Controller {
             };
             let mut txn = GuardedTxn::new()
                 .guard(Guard::NetworkMissing, Compare::Exists(keys::network(net.id)))
+                .guard(Guard::HostMissing, Compare::Exists(keys::host(&req.host)))
                 .guard(Guard::NameTaken, Compare::Absent(keys::endpoint_name(net.id, &name)))
                 .guard(Guard::MacTaken, Compare::Absent(keys::mac(mac)));
             for (i, a) in &ips {
@@ -230,8 +235,15 @@ impl Controller {
                         field: Some("owner.service.service".into()),
                     })
                 }
-                // Created concurrently: the loop returns it or reports the clash.
-                Outcome::Refused(Guard::NameTaken) => continue,
+                Outcome::Refused(Guard::HostMissing) => {
+                    return Err(Error::NotFound { kind: "host", name: req.host.clone(), field: Some("host".into()) })
+                }
+                // Created before (a retry) or concurrently: the loop returns
+                // it or reports the clash.
+                Outcome::Refused(Guard::NameTaken) => {
+                    name_taken = true;
+                    continue;
+                }
                 Outcome::Refused(Guard::MacTaken) if chosen_mac.is_some() => {
                     return Err(Error::AlreadyExists { what: format!("MAC {mac} is already in use"), field: Some("mac".into()) })
                 }

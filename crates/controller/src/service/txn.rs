@@ -39,6 +39,8 @@ pub(super) enum Guard {
     ProjectMissing,
     /// The network the object belongs to does not exist.
     NetworkMissing,
+    /// The host the object is on is not registered.
+    HostMissing,
     /// A policy the object attaches does not exist.
     PolicyMissing(Uuid),
     /// The project still holds networks.
