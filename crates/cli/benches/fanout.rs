@@ -206,7 +206,8 @@ fn churn(agents: usize, scoped: bool) -> (usize, u64) {
     let api = Api::new(&c);
     let ids: Vec<String> = (0..NETWORKS)
         .map(|i| {
-            let (s, b) = api.post("/v1/networks", json!({"name": format!("n{i}"), "subnets": [{"cidr": format!("10.{i}.0.0/16")}]}));
+            let (s, b) =
+                api.post("/v1/networks", json!({"name": format!("n{i}"), "subnets": [{"cidr": format!("10.{i}.0.0/16")}]}));
             assert_eq!(s, 201, "{b}");
             b["id"].as_str().unwrap().to_string()
         })
