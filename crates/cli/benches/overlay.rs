@@ -14,18 +14,20 @@
 //!    `--rr-client`);
 //! 3. endpoint attach → reachable from another host, 100 concurrent attaches
 //!    on h2 probed from a container on h1 (a TCP SYN answered by an RST proves
-//!    the path both ways; the prober is this binary, `--probe`). Two more
-//!    passes explain the figure: probing only once each call has returned, and
-//!    20 attaches one at a time;
+//!    the path both ways; the prober is this binary, `--probe`), each through
+//!    `tessera attach` (a process each) and, in a second pass, through the
+//!    agent's local API as the Docker and CNI plugins call it (one process).
+//!    Two more passes explain the figure: probing only once each call has
+//!    returned, and 20 attaches one at a time;
 //! 4. forwarding throughput with 1,000 endpoints of the network on the hosts
 //!    ÷ with 10: benchmarks 1 and 2 run with 10 endpoints, then the network is
-//!    filled up to 1,000 (counting the 220 of benchmark 3), split evenly
+//!    filled up to 1,000 (counting the 320 of benchmark 3), split evenly
 //!    between the hosts. The baseline is measured again as a control for the
 //!    machine's drift.
 //!
 //! Throughput and request/response runs alternate overlay and baseline and
 //! report the median of three. `--quick`: one run each, 2 s instead of 5, and
-//! 200 endpoints instead of 1,000 (so benchmark 4 compares the 230 that
+//! 200 endpoints instead of 1,000 (so benchmark 4 compares the 330 that
 //! benchmark 3 leaves with 10). `--keep-logs`: keep the run directory (the
 //! controller's and agents' logs). Needs root, iproute2, nftables and iperf3;
 //! fails with the reason when it cannot run.
@@ -51,6 +53,7 @@ const SUBNET: &str = "10.20.0.0/20";
 const PROBED_BASE: Ipv4Addr = Ipv4Addr::new(10, 20, 12, 0);
 const PROBED_AFTER_BASE: Ipv4Addr = Ipv4Addr::new(10, 20, 13, 0);
 const PROBED_SEQUENTIAL_BASE: Ipv4Addr = Ipv4Addr::new(10, 20, 14, 0);
+const PROBED_API_BASE: Ipv4Addr = Ipv4Addr::new(10, 20, 15, 0);
 /// Concurrent attaches of benchmark 3.
 const CONCURRENT_ATTACHES: usize = 100;
 /// Attaches one at a time, for comparison: the cost of one attach without contention.
@@ -139,6 +142,7 @@ struct Report {
     attach: AttachLatency,
     /// Probing only once each attach call has returned (see [`ProbeFrom`]).
     attach_after: AttachLatency,
+    attach_api: AttachLatency,
     /// [`SEQUENTIAL_ATTACHES`] attaches one at a time, probing after each call.
     attach_sequential: AttachLatency,
     fill_secs: f64,
@@ -204,10 +208,19 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
     eprintln!("== 2. cross-host TCP request/response");
     report.rr = measure_pair(plan, &overlay, &baseline, |p| rr(c, p, plan.secs))?;
     eprintln!("== 3. {CONCURRENT_ATTACHES} concurrent attaches on h2, probed from h1");
-    let pass =
-        AttachPass { prefix: "a", base: PROBED_BASE, count: CONCURRENT_ATTACHES, concurrent: true, from: ProbeFrom::AttachStart };
+    let pass = AttachPass {
+        prefix: "a",
+        base: PROBED_BASE,
+        count: CONCURRENT_ATTACHES,
+        concurrent: true,
+        from: ProbeFrom::AttachStart,
+        via: Via::Cli,
+    };
     report.attach = attach_to_reachable(c, pass)?;
     eprintln!("   probing from the attach start: {}", report.attach);
+    let api = AttachPass { prefix: "p", base: PROBED_API_BASE, via: Via::AgentApi, ..pass };
+    report.attach_api = attach_to_reachable(c, api)?;
+    eprintln!("   through the agent's API, probing from the attach start: {}", report.attach_api);
     let pass = AttachPass { prefix: "r", base: PROBED_AFTER_BASE, from: ProbeFrom::AttachReturn, ..pass };
     report.attach_after = attach_to_reachable(c, pass)?;
     eprintln!("   probing once the attach returned: {}", report.attach_after);
@@ -529,6 +542,16 @@ struct AttachPass {
     /// All at once (released together by a barrier), or one after the other.
     concurrent: bool,
     from: ProbeFrom,
+    /// Through `tessera attach` (a process each), or the agent's local API
+    /// as the Docker and CNI plugins call it (one process, many requests).
+    via: Via,
+}
+
+/// How a pass attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Cli,
+    AgentApi,
 }
 
 impl std::fmt::Display for AttachLatency {
@@ -544,7 +567,7 @@ impl std::fmt::Display for AttachLatency {
 /// Attaches `pass.count` new containers on h2 while a prober in `c1` on h1 sends SYNs to each
 /// from `pass.from` on.
 fn attach_to_reachable(c: &mut Cluster, pass: AttachPass) -> Result<AttachLatency> {
-    let AttachPass { prefix, base, count, concurrent, from } = pass;
+    let AttachPass { prefix, base, count, concurrent, from, .. } = pass;
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
     for n in &names {
         c.container("h2", n)?;
@@ -572,14 +595,30 @@ fn attach_to_reachable(c: &mut Cluster, pass: AttachPass) -> Result<AttachLatenc
     let probe =
         |i: usize, addr: &str| -> Result<()> { Ok(writeln!(probe_in.lock().unwrap_or_else(|e| e.into_inner()), "{i} {addr}")?) };
     let barrier = Barrier::new(if concurrent { names.len() } else { 1 });
+    let rt = tokio::runtime::Runtime::new()?;
+    let agent = tessera_api::agent_client::AgentClient::new(c.agent_socket("h2"));
     let one = |i: usize, n: &String| -> Result<(Instant, Duration)> {
         let addr = Ipv4Addr::from(u32::from(base) + 1 + i as u32).to_string();
+        let netns = c.netns_of(n)?.path().display().to_string();
         barrier.wait();
         let start = Instant::now();
         if from == ProbeFrom::AttachStart {
             probe(i, &addr)?;
         }
-        c.attach(n, NETWORK, &["--ip", &addr])?;
+        match pass.via {
+            Via::Cli => {
+                c.attach(n, NETWORK, &["--ip", &addr])?;
+            }
+            Via::AgentApi => {
+                let req = tessera_api::agent::AttachRequest {
+                    network: NETWORK.into(),
+                    netns,
+                    ips: vec![addr.clone()],
+                    ..Default::default()
+                };
+                rt.block_on(agent.attach(&req)).map_err(|e| anyhow::anyhow!("attach {n} through the agent's API: {e}"))?;
+            }
+        }
         let call = start.elapsed();
         if from == ProbeFrom::AttachReturn {
             probe(i, &addr)?;
@@ -775,6 +814,12 @@ impl Report {
             &format!("p99 {:.0} ms; goal p99 ≤ 100", p(&a.reach, 0.99)),
         );
         lat_row("   attach call alone (ms)", &a.call, &format!("p99 {:.0} ms", p(&a.call, 0.99)));
+        let api = &self.attach_api;
+        lat_row(
+            "   → reachable, through the agent's API (ms)",
+            &api.reach,
+            &format!("p99 {:.0} ms (the call: p50 {:.0}, p99 {:.0})", p(&api.reach, 0.99), p(&api.call, 0.5), p(&api.call, 0.99)),
+        );
         lat_row(
             "   → reachable, probing after the call (ms)",
             &b.reach,
@@ -834,6 +879,7 @@ impl Report {
         }
         println!("  3. {CONCURRENT_ATTACHES} concurrent, probing from the attach start: {a}");
         println!("  3. {CONCURRENT_ATTACHES} concurrent, probing after the call:        {b}");
+        println!("  3. {CONCURRENT_ATTACHES} concurrent through the agent's API:        {}", self.attach_api);
         println!("  3. {SEQUENTIAL_ATTACHES} one at a time, probing after the call:     {}", self.attach_sequential);
         tput(&format!("4. {n:>4} endpoints"), &self.tput_many);
         println!("  4. attaching up to {n} endpoints ({FILL_WORKERS} at a time) and converging took {:.1} s", self.fill_secs);
