@@ -82,14 +82,17 @@ impl Drops {
             return None;
         }
         self.names.refresh(snap);
-        let (src, dst, rule, reason) = match r.kind {
+        // The destination's network where the drop says it, for a
+        // destination whose endpoint this host does not mirror (one of a
+        // network it is not connected to).
+        let (src, dst, rule, reason, dst_net) = match r.kind {
             DropKind::Spoof => {
                 let port = p.port.as_deref()?;
                 let sender = snap.endpoints.iter().find(|e| e.host == me && host_veth_name(e.id) == port)?;
                 let mac = r.src_mac.map(|m| format!(" (MAC {})", tessera_model::MacAddr(m))).unwrap_or_default();
                 let reason = format!("the source {}{mac} is not endpoint {}'s (port {port})", r.src, sender.name);
                 let dst = endpoint_at(snap, r.dst, vni_of(snap, sender));
-                (Some(sender), dst, None, reason)
+                (Some(sender), dst, None, reason, None)
             }
             DropKind::Isolation => {
                 let s = Vni::new(p.indev.as_deref()?.strip_prefix("tb")?.parse().ok()?).ok()?;
@@ -99,8 +102,9 @@ impl Drops {
                     Some(d) => format!("no policy joins {} and {}: they are isolated", self.names.network(s), d.fq_name),
                     None => format!("{} has no route to {}", self.names.network(s), r.dst),
                 };
+                let dst_net = dst.map(|d| d.fq_name.to_string());
                 let dst = dst.and_then(|d| endpoint_at(snap, r.dst, Some(d.vni)));
-                (src, dst, None, reason)
+                (src, dst, None, reason, dst_net)
             }
             DropKind::Deny(s) | DropKind::Reject(s) => {
                 let s = Vni::new(s).ok()?;
@@ -120,7 +124,8 @@ impl Drops {
                     }
                     _ => format!("{done} by the policies {between}"),
                 };
-                (endpoint_at(snap, r.src, Some(s)), endpoint_at(snap, r.dst, d), rule, reason)
+                let dst_net = d.map(|d| self.names.network(d));
+                (endpoint_at(snap, r.src, Some(s)), endpoint_at(snap, r.dst, d), rule, reason, dst_net)
             }
         };
         let network = |e: &Endpoint| snap.networks.iter().find(|n| n.id == e.network).map(|n| n.fq_name.to_string());
@@ -133,7 +138,7 @@ impl Drops {
             dst: r.dst,
             dport: r.dport,
             src_network: src.and_then(network),
-            dst_network: dst.and_then(network),
+            dst_network: dst.and_then(network).or(dst_net),
             src_endpoint: src.map(|e| e.name.clone()),
             dst_endpoint: dst.map(|e| e.name.clone()),
             verdict,
