@@ -1,7 +1,7 @@
 //! Overlay benchmarks (issue 3): Tessera's kernel data plane across two hosts
 //! ÷ the same hosts routed without an overlay, measured in the same run.
 //!
-//! The fabric is the test kit's: hosts h1 and h2 as network namespaces on an
+//! The fabric is the test kit's: hosts h1, h2 and h3 as network namespaces on an
 //! underlay bridge, the real controller and one agent per host. Benchmarks:
 //!
 //! 1. single-stream TCP throughput (iperf3) between a container on h1 and one
@@ -13,7 +13,8 @@
 //!    this binary, re-executed inside the containers (`--rr-server`,
 //!    `--rr-client`);
 //! 3. endpoint attach → reachable from another host, 100 concurrent attaches
-//!    on h2 probed from a container on h1 (a TCP SYN answered by an RST proves
+//!    spread over h1, h2 and h3, each probed from a container on another host
+//!    (a TCP SYN answered by an RST proves
 //!    the path both ways; the prober is this binary, `--probe`), each through
 //!    `tessera attach` (a process each) and, in a second pass, through the
 //!    agent's local API as the Docker and CNI plugins call it (one process).
@@ -115,7 +116,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir().context("temporary directory")?;
     let prefix = format!("tbn{}", std::process::id() % 100_000);
-    let spec = ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path());
+    let spec = ClusterSpec::new(&prefix, &["h1", "h2", "h3"], env!("CARGO_BIN_EXE_tessera"), dir.path());
     let mut cluster = Cluster::start(spec).context("cannot start a Tessera fabric (root, iproute2, nftables needed)")?;
     eprintln!("fabric {prefix} up in {:.1?}; plan {plan:?}", started.elapsed());
     let result = run(&mut cluster, plan);
@@ -207,7 +208,7 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
     report.tput = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
     eprintln!("== 2. cross-host TCP request/response");
     report.rr = measure_pair(plan, &overlay, &baseline, |p| rr(c, p, plan.secs))?;
-    eprintln!("== 3. {CONCURRENT_ATTACHES} concurrent attaches on h2, probed from h1");
+    eprintln!("== 3. {CONCURRENT_ATTACHES} concurrent attaches across h1, h2 and h3, each probed from another host");
     let pass = AttachPass {
         prefix: "a",
         base: PROBED_BASE,
@@ -215,6 +216,7 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
         concurrent: true,
         from: ProbeFrom::AttachStart,
         via: Via::Cli,
+        hosts: &["h1", "h2", "h3"],
     };
     report.attach = attach_to_reachable(c, pass)?;
     eprintln!("   probing from the attach start: {}", report.attach);
@@ -224,7 +226,14 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
     let pass = AttachPass { prefix: "r", base: PROBED_AFTER_BASE, from: ProbeFrom::AttachReturn, ..pass };
     report.attach_after = attach_to_reachable(c, pass)?;
     eprintln!("   probing once the attach returned: {}", report.attach_after);
-    let pass = AttachPass { prefix: "q", base: PROBED_SEQUENTIAL_BASE, count: SEQUENTIAL_ATTACHES, concurrent: false, ..pass };
+    let pass = AttachPass {
+        prefix: "q",
+        base: PROBED_SEQUENTIAL_BASE,
+        count: SEQUENTIAL_ATTACHES,
+        concurrent: false,
+        hosts: &["h2"],
+        ..pass
+    };
     report.attach_sequential = attach_to_reachable(c, pass)?;
     eprintln!("   {SEQUENTIAL_ATTACHES} attaches one at a time: {}", report.attach_sequential);
 
@@ -525,13 +534,13 @@ enum ProbeFrom {
 /// Latencies of one pass of concurrent attaches, in ms, in container order.
 #[derive(Debug, Default)]
 struct AttachLatency {
-    /// From the start of the attach call until the prober on h1 got an answer.
+    /// From the start of the attach call until the prober on another host got an answer.
     reach: Vec<f64>,
     /// The attach call alone (`tessera attach` on h2, until the agent has programmed it).
     call: Vec<f64>,
 }
 
-/// One pass of attaches on h2 probed from h1.
+/// One pass of attaches, each probed from another host.
 #[derive(Debug, Clone, Copy)]
 struct AttachPass {
     /// Containers are named `<prefix><i>` and get the static address `base + 1 + i`, so that
@@ -545,6 +554,9 @@ struct AttachPass {
     /// Through `tessera attach` (a process each), or the agent's local API
     /// as the Docker and CNI plugins call it (one process, many requests).
     via: Via,
+    /// The hosts the containers are spread over, in turn. Those on h1 are
+    /// probed from `c2` on h2, the others from `c1` on h1.
+    hosts: &'static [&'static str],
 }
 
 /// How a pass attaches.
@@ -564,39 +576,55 @@ impl std::fmt::Display for AttachLatency {
     }
 }
 
-/// Attaches `pass.count` new containers on h2 while a prober in `c1` on h1 sends SYNs to each
-/// from `pass.from` on.
+/// Attaches `pass.count` new containers spread over `pass.hosts` while a
+/// prober on another host (in `c1` on h1, or `c2` on h2 for those on h1)
+/// sends SYNs to each from `pass.from` on.
 fn attach_to_reachable(c: &mut Cluster, pass: AttachPass) -> Result<AttachLatency> {
-    let AttachPass { prefix, base, count, concurrent, from, .. } = pass;
+    let AttachPass { prefix, base, count, concurrent, from, hosts, .. } = pass;
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
-    for n in &names {
-        c.container("h2", n)?;
+    let host_of = |i: usize| hosts[i % hosts.len()];
+    for (i, n) in names.iter().enumerate() {
+        c.container(host_of(i), n)?;
     }
     let c = &*c;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--probe", &PROBE_PORT.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut prober = c.fabric.spawn_in_netns(c.netns_of("c1")?, cmd)?;
-    let (Some(probe_in), Some(probe_out)) = (prober.stdin.take(), prober.stdout.take()) else {
-        reap(prober, Duration::ZERO);
-        bail!("prober without pipes");
-    };
+    let prober_of = |host: &str| if host == "h1" { "c2" } else { "c1" };
     let (reached_tx, reached_rx) = mpsc::channel::<(usize, bool, Instant)>();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(probe_out).lines().map_while(Result::ok) {
-            let now = Instant::now();
-            if let Some((id, verdict)) = line.split_once(' ') {
-                if let Ok(id) = id.parse() {
-                    let _ = reached_tx.send((id, verdict == "ok", now));
+    let mut probers: BTreeMap<&str, (Child, std::sync::Mutex<std::process::ChildStdin>, thread::JoinHandle<()>)> =
+        BTreeMap::new();
+    for host in hosts {
+        let from = prober_of(host);
+        if probers.contains_key(from) {
+            continue;
+        }
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["--probe", &PROBE_PORT.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut prober = c.fabric.spawn_in_netns(c.netns_of(from)?, cmd)?;
+        let (Some(probe_in), Some(probe_out)) = (prober.stdin.take(), prober.stdout.take()) else {
+            reap(prober, Duration::ZERO);
+            bail!("prober without pipes");
+        };
+        let reached_tx = reached_tx.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(probe_out).lines().map_while(Result::ok) {
+                let now = Instant::now();
+                if let Some((id, verdict)) = line.split_once(' ') {
+                    if let Ok(id) = id.parse() {
+                        let _ = reached_tx.send((id, verdict == "ok", now));
+                    }
                 }
             }
-        }
-    });
-    let probe_in = std::sync::Mutex::new(probe_in);
-    let probe =
-        |i: usize, addr: &str| -> Result<()> { Ok(writeln!(probe_in.lock().unwrap_or_else(|e| e.into_inner()), "{i} {addr}")?) };
+        });
+        probers.insert(from, (prober, std::sync::Mutex::new(probe_in), reader));
+    }
+    drop(reached_tx);
+    let probe = |i: usize, addr: &str| -> Result<()> {
+        let (_, input, _) = &probers[prober_of(host_of(i))];
+        Ok(writeln!(input.lock().unwrap_or_else(|e| e.into_inner()), "{i} {addr}")?)
+    };
     let barrier = Barrier::new(if concurrent { names.len() } else { 1 });
     let rt = tokio::runtime::Runtime::new()?;
-    let agent = tessera_api::agent_client::AgentClient::new(c.agent_socket("h2"));
+    let agents: BTreeMap<&str, tessera_api::agent_client::AgentClient> =
+        hosts.iter().map(|h| (*h, tessera_api::agent_client::AgentClient::new(c.agent_socket(h)))).collect();
     let one = |i: usize, n: &String| -> Result<(Instant, Duration)> {
         let addr = Ipv4Addr::from(u32::from(base) + 1 + i as u32).to_string();
         let netns = c.netns_of(n)?.path().display().to_string();
@@ -616,7 +644,8 @@ fn attach_to_reachable(c: &mut Cluster, pass: AttachPass) -> Result<AttachLatenc
                     ips: vec![addr.clone()],
                     ..Default::default()
                 };
-                rt.block_on(agent.attach(&req)).map_err(|e| anyhow::anyhow!("attach {n} through the agent's API: {e}"))?;
+                rt.block_on(agents[host_of(i)].attach(&req))
+                    .map_err(|e| anyhow::anyhow!("attach {n} through the agent's API: {e}"))?;
             }
         }
         let call = start.elapsed();
@@ -641,14 +670,16 @@ fn attach_to_reachable(c: &mut Cluster, pass: AttachPass) -> Result<AttachLatenc
             reached.insert(id, (ok, at));
         }
     }
-    drop(probe_in);
-    reap(prober, Duration::ZERO);
-    let _ = reader.join();
+    for (_, (prober, input, reader)) in probers {
+        drop(input);
+        reap(prober, Duration::ZERO);
+        let _ = reader.join();
+    }
     let calls = calls?;
     let failed: Vec<&String> =
         names.iter().enumerate().filter(|(i, _)| reached.get(i).is_none_or(|r| !r.0)).map(|(_, n)| n).collect();
     if !failed.is_empty() {
-        bail!("endpoints never reachable from h1: {failed:?}");
+        bail!("endpoints never reachable from another host: {failed:?}");
     }
     Ok(AttachLatency {
         reach: calls.iter().zip(reached.values()).map(|((start, _), (_, at))| ms(at.duration_since(*start))).collect(),
@@ -668,9 +699,10 @@ fn ms(d: Duration) -> f64 {
 fn fill(c: &mut Cluster, total: usize) -> Result<()> {
     let eps = c.cli_json(&["endpoint", "list"])?;
     let per_host = |h: &str| eps.as_array().map_or(0, |a| a.iter().filter(|e| e["host"] == h).count());
-    let (on_h1, on_h2) = (per_host("h1"), per_host("h2"));
-    // As even a split as the endpoints already there allow.
-    let need = total.saturating_sub(on_h1 + on_h2);
+    let (on_h1, on_h2, on_h3) = (per_host("h1"), per_host("h2"), per_host("h3"));
+    // As even a split as the endpoints already there allow (h3 holds only
+    // benchmark 3's).
+    let need = total.saturating_sub(on_h1 + on_h2 + on_h3);
     let add_h1 = (total / 2).saturating_sub(on_h1).min(need);
     let (want_h1, want_h2) = (on_h1 + add_h1, on_h2 + need - add_h1);
     let mut names = Vec::new();
@@ -713,7 +745,7 @@ fn fill(c: &mut Cluster, total: usize) -> Result<()> {
     })?;
     // Converged when each host has a route over VXLAN for every endpoint of the other.
     let deadline = Instant::now() + Duration::from_secs(120);
-    for (host, remote) in [("h1", want_h2), ("h2", want_h1)] {
+    for (host, remote) in [("h1", want_h2 + on_h3), ("h2", want_h1 + on_h3)] {
         loop {
             let routes = ip(c.host_netns(host)?, &["-4", "route", "show", "table", "all"])?;
             let n = routes.lines().filter(|l| l.contains(" dev tx")).count();
