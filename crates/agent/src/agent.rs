@@ -37,6 +37,9 @@ pub(crate) struct Progress {
     /// Local endpoints of the intent that cannot be programmed, and why.
     pub(crate) skipped: BTreeMap<Uuid, String>,
     pub(crate) last_error: Option<String>,
+    /// The last reconcile's intent held every endpoint the host needs (its
+    /// mirror's scope covered the networks it programs).
+    pub(crate) complete: bool,
 }
 
 pub struct Agent {
@@ -130,6 +133,12 @@ impl Agent {
             }
         }
         tracing::info!(endpoint = %ep.name, network = %req.network, netns = %req.netns, "attaching");
+        // A first endpoint in a network: the mirror asks for the network's
+        // endpoints now, not after the reconcile that finds it needs them.
+        self.scope.send_if_modified(|s| match s {
+            tessera_api::scope::Scope::Networks(ids) => ids.insert(ep.network),
+            tessera_api::scope::Scope::Everything => false,
+        });
         // A new endpoint reaches the mirror through the watch, and that change
         // reconciles; a kick now would only reconcile the old intent first.
         // Kick when the mirror already holds it (a retried attach) unprogrammed.
@@ -137,8 +146,12 @@ impl Agent {
         if mirrored && !self.progress.borrow().programmed.contains(&ep.id) {
             self.kick.notify_one();
         }
+        // Programmed, and with the network's other endpoints (and those of
+        // the networks it reaches) known, so it reaches them at once; a
+        // host whose controller went away meanwhile answers with what it has.
+        let mirror = self.mirror.clone();
         self.wait(
-            |p| p.programmed.contains(&ep.id),
+            |p| p.programmed.contains(&ep.id) && (p.complete || !mirror.borrow().connected),
             &format!("endpoint {} to be programmed", ep.name),
             |p| p.skipped.get(&ep.id).map(|why| format!("endpoint {} cannot be programmed: {why}", ep.name)),
         )

@@ -484,6 +484,7 @@ mod tests {
             hosts: vec![host("h1", "10.99.0.1"), host("h2", "10.99.0.2"), host("h3", "10.99.0.3")],
             policies: vec![],
             pending: Default::default(),
+            scope: None,
         }
     }
 

@@ -65,6 +65,13 @@ impl Agent {
         let _enter = span.enter();
         let started = std::time::Instant::now();
         let (intent, leak_warnings) = self.intents.lock().unwrap_or_else(|p| p.into_inner()).compile(snap, &self.me);
+        // Whether the snapshot holds the endpoints of every network this
+        // host programs (else the mirror is taking one that does).
+        let complete = match (&snap.scope, &intent.scope) {
+            (None, _) => true,
+            (Some(_), tessera_api::scope::Scope::Everything) => false,
+            (Some(held), tessera_api::scope::Scope::Networks(needed)) => needed.is_subset(held),
+        };
         // The mirror asks for other networks' endpoints when this host
         // needs them (a first endpoint in a network, a new connection).
         self.scope.send_if_modified(|held| {
@@ -140,6 +147,7 @@ impl Agent {
             p.present = present;
             p.skipped = skipped.0.iter().cloned().collect();
             p.last_error = last_error;
+            p.complete = complete;
         });
         result.map_or(0, |r| r.applied.iter().filter(|a| a.is_nft()).count())
     }

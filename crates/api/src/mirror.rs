@@ -189,8 +189,12 @@ pub async fn run(
     loop {
         let wanted = scope.borrow_and_update().clone();
         let mut snap = match client.snapshot_of(&wanted).await {
-            Ok(s) => {
+            Ok(mut s) => {
                 state.send_modify(|st| st.snapshots += 1);
+                s.scope = match &wanted {
+                    Scope::Everything => None,
+                    Scope::Networks(ids) => Some(ids.clone()),
+                };
                 s
             }
             Err(e) => {

@@ -7,8 +7,10 @@
 //! - `*Install` and `*Add` replace an existing object of the same key where the
 //!   kernel allows it, so retrying is safe;
 //! - `*Uninstall`, `*Delete` of an object that is already gone succeed;
-//! - actions run in the order given, and a failed action does not stop the
-//!   ones after it.
+//! - actions run in the order given (an applier may configure containers'
+//!   interfaces, `ContainerIfaceConfigure` without an own table, after the
+//!   other actions and side by side: each needs only its own `VethAdd`), and
+//!   a failed action does not stop the ones after it.
 
 use std::fmt;
 use std::net::IpAddr;

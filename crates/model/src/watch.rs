@@ -49,6 +49,11 @@ pub struct Snapshot {
     #[serde(skip)]
     #[schema(ignore)]
     pub pending: Pending,
+    /// The networks whose endpoints a mirror asked for (it holds those and
+    /// its host's own); `None`: every network's. Set by the mirror, not sent.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub scope: Option<std::collections::BTreeSet<Uuid>>,
 }
 
 /// Chunks not (yet) in an assembled policy, and headers waiting for chunks.

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use rtnetlink::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -131,6 +132,9 @@ impl Dataplane for LinuxDataplane {
     }
 }
 
+/// How many containers' interfaces are configured at a time.
+const CONFIGURE_BESIDE: usize = 8;
+
 fn worker(
     netns: Option<PathBuf>,
     ready: oneshot::Sender<Result<(), DataplaneError>>,
@@ -218,8 +222,10 @@ impl Kernel {
     }
 
     /// Applies the plan: the nftables block (one transaction) runs beside
-    /// the netlink actions, which run in the plan's order; conntrack zone
-    /// flushes come after both. Nothing in the
+    /// the netlink actions, which run in the plan's order (but for the
+    /// configurations of containers' interfaces, which come after the
+    /// others, up to [`CONFIGURE_BESIDE`] at a time: each runs on a thread
+    /// in its container's namespace); conntrack zone flushes come after both. Nothing in the
     /// kernel orders the two: set and map elements name interfaces by name,
     /// whether they exist yet or not, and the bridge table drops what a port
     /// sends until the port's elements are in (so a port up before them is
@@ -235,7 +241,16 @@ impl Kernel {
         };
         let netlink = async {
             let mut out = Vec::new();
+            // Configurations of interfaces in their containers, each in a
+            // namespace of its own (none routed by a table of its own,
+            // which ties it to the others of its namespace): after the
+            // other netlink actions, side by side.
+            let mut beside = Vec::new();
             for action in actions.iter().filter(|a| !a.is_nft() && !a.is_conntrack()) {
+                if matches!(action, KernelOp::ContainerIfaceConfigure { own_table: None, .. }) {
+                    beside.push(action);
+                    continue;
+                }
                 let span = tracing::debug_span!("action", op = action.op());
                 let mut result = self.apply_one(action).instrument(span).await;
                 if action.is_removal() {
@@ -247,6 +262,12 @@ impl Kernel {
                 }
                 out.push((action, result));
             }
+            let configured = futures::stream::iter(beside.into_iter().map(|action| async move {
+                let span = tracing::debug_span!("action", op = action.op());
+                (action, self.apply_one(action).instrument(span).await)
+            }))
+            .buffer_unordered(CONFIGURE_BESIDE);
+            out.extend(configured.collect::<Vec<_>>().await);
             out
         };
         let (nft_results, netlink_results) = futures::join!(nft, netlink);
