@@ -327,7 +327,7 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-fn privileged_a_host_mirrors_only_its_networks_endpoints_and_widens_when_it_joins_another() {
+fn privileged_a_host_mirrors_only_its_networks_endpoints_widening_and_narrowing_as_it_joins_and_leaves() {
     let (mut c, _dir) = cluster(&["h1", "h2", "h3"]);
     c.cli_ok(&["network", "add", "blue", "--subnet", "10.7.0.0/24"]).unwrap();
     c.cli_ok(&["network", "add", "red", "--subnet", "10.8.0.0/24"]).unwrap();
@@ -335,7 +335,7 @@ fn privileged_a_host_mirrors_only_its_networks_endpoints_and_widens_when_it_join
         c.container(host, name).unwrap();
     }
     c.attach("b1", "blue", &[]).unwrap();
-    c.attach("b2", "blue", &[]).unwrap();
+    let b2 = addresses(&c.attach("b2", "blue", &[]).unwrap());
     let r3 = addresses(&c.attach("r3", "red", &[]).unwrap());
     // Each host asks for the one network it has endpoints in.
     for h in ["h1", "h2", "h3"] {
@@ -346,4 +346,12 @@ fn privileged_a_host_mirrors_only_its_networks_endpoints_and_widens_when_it_join
     until("h1 to watch two networks' endpoints", || scope_networks(&c, "h1") == Some(Some(2)));
     assert!(c.ping("r1", &r3[0], 3).unwrap() >= 2, "r1 reaches r3 on h3:\n{}", c.logs_tail(30));
     assert_eq!(scope_networks(&c, "h3"), Some(Some(1)), "h3 still needs red only");
+    // Once h1 holds no red endpoint for a while, it asks for blue's only.
+    c.detach("r1", None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scope_networks(&c, "h1") != Some(Some(1)) {
+        assert!(Instant::now() < deadline, "h1 still watches {:?} networks' endpoints", scope_networks(&c, "h1"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.ping("b1", &b2[0], 2).unwrap(), 2, "blue is still reached");
 }
