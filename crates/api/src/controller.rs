@@ -117,6 +117,9 @@ pub struct ControllerClient {
     attempts: u32,
     idempotent: bool,
     timeout: Option<Duration>,
+    /// The host whose own endpoints a scoped snapshot or watch includes,
+    /// named for credentials that are not the host's (an administrator's).
+    scope_host: Option<String>,
 }
 
 impl ControllerClient {
@@ -169,7 +172,26 @@ impl ControllerClient {
             attempts: 1,
             idempotent: false,
             timeout: Some(REQUEST_TIMEOUT),
+            scope_host: None,
         }
+    }
+
+    /// Names `host` in scoped snapshots and watches (`host=`): with a
+    /// host's credentials the controller takes that host anyway (and
+    /// refuses another), with an administrator's it includes that host's
+    /// own endpoints.
+    pub fn with_scope_host(mut self, host: &str) -> Self {
+        self.scope_host = Some(host.to_string());
+        self
+    }
+
+    /// The query of a scoped snapshot or watch, with the host when named.
+    fn scope_query(&self, scope: &crate::scope::Scope) -> Option<String> {
+        let q = scope.query()?;
+        Some(match &self.scope_host {
+            Some(h) => format!("{q}&host={h}"),
+            None => q,
+        })
     }
 
     /// Makes up to `attempts` rounds of a call over the controllers while
@@ -411,7 +433,7 @@ impl ControllerClient {
     /// `GET /v1/snapshot?networks=...`: the snapshot with the endpoints of
     /// `scope` only (and the calling host's own).
     pub async fn snapshot_of(&self, scope: &crate::scope::Scope) -> Result<Snapshot, ClientError> {
-        match scope.query() {
+        match self.scope_query(scope) {
             Some(q) => self.get(&format!("/v1/snapshot?{q}")).await,
             None => self.snapshot().await,
         }
@@ -438,7 +460,7 @@ impl ControllerClient {
         progress: Duration,
     ) -> Result<(usize, impl Stream<Item = Result<WatchEvent, ClientError>>), ClientError> {
         let mut path = format!("/v1/watch?after={after}&progress_ms={}", progress.as_millis());
-        if let Some(q) = scope.query() {
+        if let Some(q) = self.scope_query(scope) {
             path += &format!("&{q}");
         }
         if let Some(c) = of.cluster {

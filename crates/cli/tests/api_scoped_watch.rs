@@ -55,6 +55,13 @@ fn a_host_receives_only_its_networks_endpoints_and_its_own() {
     let (_, of_b) = h1.get(&format!("/v1/snapshot?networks={}", ids["b"]));
     assert_eq!(names(&of_b), set(&["a-h1", "b-h2"]), "its own endpoint in a, b's in b");
     assert_error(&h1.get("/v1/snapshot?networks=nope"), 400, "invalid_argument", Some("networks"));
+    // An administrator's credentials name the host (a plugin run with them);
+    // a host's name only itself.
+    let (_, named) = admin.get("/v1/snapshot?networks=&host=h2");
+    assert_eq!(names(&named), set(&["a-h2", "b-h2"]));
+    let (_, itself) = h1.get("/v1/snapshot?networks=&host=h1");
+    assert_eq!(names(&itself), set(&["a-h1"]));
+    assert_error(&h1.get("/v1/snapshot?networks=&host=h2"), 400, "invalid_argument", Some("host"));
     assert_error(&h1.get("/v1/watch?after=1&networks=nope"), 400, "invalid_argument", Some("networks"));
 
     // A watch scoped to network a, from the snapshot's revision.

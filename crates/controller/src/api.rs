@@ -576,19 +576,33 @@ pub struct WatchParams {
     /// whole. Absent: every endpoint. A host asks for the networks it
     /// programs and takes a new snapshot when it needs more.
     pub networks: Option<String>,
+    /// With `networks`: the host whose own endpoints come too. A host's
+    /// credentials stand for their host (another is refused); an
+    /// administrator's name one (a plugin run with them).
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct SnapshotParams {
     /// As `networks` of `GET /v1/watch`.
     pub networks: Option<String>,
+    /// As `host` of `GET /v1/watch`.
+    pub host: Option<String>,
 }
 
-/// The scope a request asks for, with the calling host's own endpoints.
-fn scope_of(networks: Option<&str>, who: &Principal) -> ApiResult<crate::watch::Scope> {
-    let host = match who {
-        Principal::Host(h) => Some(h.as_str()),
-        _ => None,
+/// The scope a request asks for, with the calling host's own endpoints
+/// (or, for an administrator, those of the host it names).
+fn scope_of(networks: Option<&str>, host: Option<&str>, who: &Principal) -> ApiResult<crate::watch::Scope> {
+    let host = match (who, host) {
+        (Principal::Host(me), Some(other)) if other != me => {
+            return Err(crate::error::Error::from(tessera_model::FieldError::new(
+                "host",
+                format!("host {me}'s credentials receive its own endpoints, not host {other}'s"),
+            ))
+            .into())
+        }
+        (Principal::Host(me), _) => Some(me.as_str()),
+        (_, named) => named,
     };
     Ok(crate::watch::Scope::parse(networks, host)?)
 }
@@ -602,7 +616,7 @@ fn scope_of(networks: Option<&str>, who: &Principal) -> ApiResult<crate::watch::
     (status = 400, description = "a bad network ID in networks", body = ErrorBody)))]
 async fn snapshot(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<SnapshotParams>) -> ApiResult<Response> {
     if p.networks.is_some() {
-        let scope = scope_of(p.networks.as_deref(), &who)?;
+        let scope = scope_of(p.networks.as_deref(), p.host.as_deref(), &who)?;
         let pieces = ctl.watch_hub().scoped_snapshot(scope).await?;
         let body = axum::body::Body::from_stream(futures::stream::iter(pieces.map(Ok::<_, std::convert::Infallible>)));
         return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
@@ -625,7 +639,7 @@ async fn snapshot(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p
     (status = 409, description = "the store is of another cluster than `cluster`", body = ErrorBody),
     (status = 410, description = "the events after this revision are discarded", body = ErrorBody)))]
 async fn watch(State(ctl): Ctl, Extension(who): Extension<Principal>, Query(p): Query<WatchParams>) -> ApiResult<Response> {
-    let scope = scope_of(p.networks.as_deref(), &who)?;
+    let scope = scope_of(p.networks.as_deref(), p.host.as_deref(), &who)?;
     crate::watch::check_start(ctl.store().as_ref(), p.after, p.cluster, p.epoch).await?;
     let open = crate::metrics::WatcherGuard::new(&ctl.metrics.watchers);
     let every = crate::watch::progress_every(p.progress_ms);

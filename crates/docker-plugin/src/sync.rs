@@ -41,11 +41,11 @@ pub async fn run(plugin: Arc<Plugin>) {
     }
     let (tx, mut rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
     let (connected_tx, connected) = watch::channel(mirror::MirrorState::default());
-    // The plugin reads networks and its host's endpoints; it may run with
-    // an administrator's credentials, for which "the host's own" means
-    // nothing to the controller, so it mirrors every endpoint.
-    let (_scope, everything) = watch::channel(tessera_api::scope::Scope::Everything);
-    tokio::spawn(mirror::run(plugin.ctl.clone(), state_dir, tx, connected_tx, everything));
+    // The plugin reads networks and its host's endpoints only: it names its
+    // host, for credentials that are not the host's (an administrator's).
+    let (_scope, own) = watch::channel(tessera_api::scope::Scope::own());
+    let client = plugin.ctl.clone().with_scope_host(&plugin.cfg.host);
+    tokio::spawn(mirror::run(client, state_dir, tx, connected_tx, own));
 
     let mut last_key = None;
     let mut last_cleanup: Option<Instant> = None;
