@@ -248,12 +248,21 @@ const PROGRESS: Duration = Duration::from_millis(300);
 /// holds before the mirror takes a snapshot of the narrower scope.
 pub const NARROW_AFTER: Duration = Duration::from_secs(10);
 
+/// A scope the host asks for that is not the one the mirror holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rescope {
+    /// It needs endpoints the mirror lacks: a new snapshot at once.
+    Wider,
+    /// It needs fewer: a new snapshot after [`NARROW_AFTER`].
+    Narrower,
+}
+
 /// What a change of the scope the host asks for calls for.
-fn rescope(held: &Scope, wanted: &Scope) -> Option<&'static str> {
+fn rescope(held: &Scope, wanted: &Scope) -> Option<Rescope> {
     if !held.covers(wanted) {
-        Some("wider")
+        Some(Rescope::Wider)
     } else if held != wanted {
-        Some("narrower")
+        Some(Rescope::Narrower)
     } else {
         None
     }
@@ -321,11 +330,13 @@ async fn follow(
                     }
                     let wanted = scope.borrow_and_update().clone();
                     match rescope(held, &wanted) {
-                        Some("wider") => {
+                        Some(Rescope::Wider) => {
                             tracing::debug!(revision = snap.revision, "the host needs more endpoints; taking a new snapshot");
                             return;
                         }
-                        Some(_) => narrow_at = narrow_at.or(Some(tokio::time::Instant::now() + NARROW_AFTER)),
+                        Some(Rescope::Narrower) => {
+                            narrow_at = narrow_at.or(Some(tokio::time::Instant::now() + NARROW_AFTER))
+                        }
                         None => narrow_at = None,
                     }
                     continue;
@@ -391,10 +402,10 @@ mod tests {
     #[test]
     fn a_wider_scope_is_taken_at_once_and_a_narrower_one_later() {
         let nets = |ids: &[u128]| Scope::Networks(ids.iter().map(|i| uuid::Uuid::from_u128(*i)).collect());
-        assert_eq!(rescope(&nets(&[1]), &nets(&[1, 2])), Some("wider"));
-        assert_eq!(rescope(&nets(&[1]), &Scope::Everything), Some("wider"));
-        assert_eq!(rescope(&nets(&[1, 2]), &nets(&[1])), Some("narrower"));
-        assert_eq!(rescope(&Scope::Everything, &nets(&[1])), Some("narrower"));
+        assert_eq!(rescope(&nets(&[1]), &nets(&[1, 2])), Some(Rescope::Wider));
+        assert_eq!(rescope(&nets(&[1]), &Scope::Everything), Some(Rescope::Wider));
+        assert_eq!(rescope(&nets(&[1, 2]), &nets(&[1])), Some(Rescope::Narrower));
+        assert_eq!(rescope(&Scope::Everything, &nets(&[1])), Some(Rescope::Narrower));
         assert_eq!(rescope(&nets(&[1]), &nets(&[1])), None);
     }
 

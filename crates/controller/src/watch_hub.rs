@@ -451,12 +451,9 @@ async fn read_log(hub: Weak<WatchHub>, store: Arc<dyn Store>) {
     match hub.upgrade() {
         Some(h) => {
             let mut map = h.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-            for kv in &known {
-                if let Ok(Some((_, Audience::Endpoint { network, host }))) = line_of(&Event::put(kv.clone())) {
-                    if let Some(id) = kv.key.strip_prefix(keys::ENDPOINTS).and_then(|id| id.parse().ok()) {
-                        map.insert(id, (network, host));
-                    }
-                }
+            // A value that does not decode is left out: its deletion goes to everyone.
+            for e in known.iter().filter_map(|kv| serde_json::from_slice::<tessera_model::Endpoint>(&kv.value).ok()) {
+                map.insert(e.id, (e.network, Arc::from(e.host.as_str())));
             }
             drop(map);
             let mut ring = h.ring();
