@@ -46,6 +46,8 @@ pub struct Agent {
     pub(crate) me: HostIdentity,
     pub(crate) client: ControllerClient,
     pub(crate) dp: Arc<dyn Dataplane>,
+    /// Plans a change of intent against what the kernel is known to hold.
+    pub(crate) reconciler: tessera_dataplane::Reconciler,
     pub(crate) snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     pub(crate) mirror: watch::Receiver<tessera_api::mirror::MirrorState>,
     /// The endpoints this host needs mirrored, as the last reconcile found.

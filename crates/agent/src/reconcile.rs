@@ -1,12 +1,16 @@
 //! The reconcile loop: on every change of the mirrored intent, when kicked
 //! and every [`RESYNC_EVERY`], compute this host's desired data plane
 //! (pure, [`crate::desired`]), reconcile the kernel to it, and report
-//! endpoint status and progress.
+//! endpoint status and progress. A change of intent is planned against what
+//! the kernel is known to hold (an attach waits for no netlink dump); a
+//! kick, the periodic resync and any failed action observe the kernel again
+//! ([`tessera_dataplane::Reconciler`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_dataplane::Look;
 use tessera_model::watch::Snapshot;
 use tessera_model::{EndpointStatus, EndpointStatusUpdate};
 use uuid::Uuid;
@@ -15,7 +19,7 @@ use crate::agent::Agent;
 use crate::desired;
 
 /// The kernel is compared with the intent at least this often.
-const RESYNC_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const RESYNC_EVERY: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// Reconciles whenever the intent changes, when kicked, and periodically.
@@ -26,10 +30,11 @@ impl Agent {
         let mut rx = self.snapshot.clone();
         let mut tampered = self.dp.nft_changes();
         let mut restoring = false;
+        let mut look = Look::Kernel;
         loop {
             let snap = rx.borrow_and_update().clone();
             if let Some(snap) = snap {
-                let restored = self.reconcile_once(&snap).await;
+                let restored = self.reconcile_once(&snap, look).await;
                 if restoring && restored > 0 {
                     tracing::warn!(
                         nft_changes = restored,
@@ -44,23 +49,25 @@ impl Agent {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = self.kick.notified() => {}
+            look = tokio::select! {
+                _ = rx.changed() => Look::Known,
+                _ = self.kick.notified() => Look::Kernel,
                 ok = nft_changed => {
                     if ok {
                         restoring = true;
                     } else {
                         tampered = None;
                     }
+                    // The nftables state is always read again.
+                    Look::Known
                 }
-                _ = tokio::time::sleep(RESYNC_EVERY) => {}
-            }
+                _ = tokio::time::sleep(RESYNC_EVERY) => Look::Kernel,
+            };
         }
     }
 
     /// Reconciles once; how many nftables actions it applied.
-    async fn reconcile_once(&self, snap: &Snapshot) -> usize {
+    async fn reconcile_once(&self, snap: &Snapshot, look: Look) -> usize {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
         let started = std::time::Instant::now();
@@ -99,7 +106,7 @@ impl Agent {
         }
         let present: BTreeSet<Uuid> = desired.networks.iter().flat_map(|n| n.local.iter().map(|l| l.id)).collect();
         let started = std::time::Instant::now();
-        let result = tessera_dataplane::reconcile(self.dp.as_ref(), &desired).await;
+        let result = self.reconciler.reconcile(self.dp.as_ref(), &desired, look).await;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         // Endpoints the kernel refused are reported failed with the reason
         // (and tried again at the next reconcile).

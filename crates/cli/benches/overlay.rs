@@ -84,14 +84,17 @@ struct Plan {
     runs: usize,
     secs: u64,
     endpoints: usize,
+    /// Only the attach passes (`--attach-only`): for work on attach latency.
+    attach_only: bool,
 }
 
 impl Plan {
     fn from_args(args: &[String]) -> Plan {
+        let attach_only = args.iter().any(|a| a == "--attach-only");
         if args.iter().any(|a| a == "--quick") {
-            Plan { runs: 1, secs: 2, endpoints: 200 }
+            Plan { runs: 1, secs: 2, endpoints: 200, attach_only }
         } else {
-            Plan { runs: 3, secs: 5, endpoints: 1_000 }
+            Plan { runs: 3, secs: 5, endpoints: 1_000, attach_only }
         }
     }
 }
@@ -204,10 +207,12 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
     }
 
     eprintln!("agents (their CPU is sampled during each iperf3 run): pids {:?}", agent_pids(c));
-    eprintln!("== 1. cross-host TCP throughput, {FEW_ENDPOINTS} endpoints");
-    report.tput = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
-    eprintln!("== 2. cross-host TCP request/response");
-    report.rr = measure_pair(plan, &overlay, &baseline, |p| rr(c, p, plan.secs))?;
+    if !plan.attach_only {
+        eprintln!("== 1. cross-host TCP throughput, {FEW_ENDPOINTS} endpoints");
+        report.tput = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
+        eprintln!("== 2. cross-host TCP request/response");
+        report.rr = measure_pair(plan, &overlay, &baseline, |p| rr(c, p, plan.secs))?;
+    }
     eprintln!("== 3. {CONCURRENT_ATTACHES} concurrent attaches across h1, h2 and h3, each probed from another host");
     let pass = AttachPass {
         prefix: "a",
@@ -236,6 +241,9 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
     };
     report.attach_sequential = attach_to_reachable(c, pass)?;
     eprintln!("   {SEQUENTIAL_ATTACHES} attaches one at a time: {}", report.attach_sequential);
+    if plan.attach_only {
+        return Ok(report);
+    }
 
     eprintln!("== 4. scaling the network to {} endpoints", plan.endpoints);
     let t = Instant::now();
@@ -819,22 +827,24 @@ impl Report {
         let row = |name: &str, o: String, b: String, ratio: f64, goal: &str| {
             println!("{name:<48} {o:>14} {b:>14} {ratio:>8.2}  {goal}");
         };
-        row("1. TCP throughput, 1 stream (Gbit/s)", format!("{t_o:.2}"), format!("{t_b:.2}"), t_o / t_b, "≥ 0.70");
-        row("2. TCP_RR rate (transactions/s)", format!("{r_o:.0}"), format!("{r_b:.0}"), r_o / r_b, "≥ 0.85");
-        row(
-            "   TCP_RR p99 latency (µs; ratio tessera÷base)",
-            format!("{l_o:.1}"),
-            format!("{l_b:.1}"),
-            l_o / l_b,
-            "≤ 1.18 (= 1/0.85)",
-        );
-        row(
-            "   TCP_RR p50 latency (µs)",
-            format!("{:.1}", p50(&self.rr.overlay)),
-            format!("{:.1}", p50(&self.rr.baseline)),
-            p50(&self.rr.overlay) / p50(&self.rr.baseline),
-            "",
-        );
+        if !plan.attach_only {
+            row("1. TCP throughput, 1 stream (Gbit/s)", format!("{t_o:.2}"), format!("{t_b:.2}"), t_o / t_b, "≥ 0.70");
+            row("2. TCP_RR rate (transactions/s)", format!("{r_o:.0}"), format!("{r_b:.0}"), r_o / r_b, "≥ 0.85");
+            row(
+                "   TCP_RR p99 latency (µs; ratio tessera÷base)",
+                format!("{l_o:.1}"),
+                format!("{l_b:.1}"),
+                l_o / l_b,
+                "≤ 1.18 (= 1/0.85)",
+            );
+            row(
+                "   TCP_RR p50 latency (µs)",
+                format!("{:.1}", p50(&self.rr.overlay)),
+                format!("{:.1}", p50(&self.rr.baseline)),
+                p50(&self.rr.overlay) / p50(&self.rr.baseline),
+                "",
+            );
+        }
         let p = |v: &[f64], q: f64| percentile(v, q);
         let (a, b) = (&self.attach, &self.attach_after);
         let lat_row = |name: &str, v: &[f64], goal: &str| {
@@ -863,29 +873,31 @@ impl Report {
             &q.reach,
             &format!("p99 {:.0} ms (the call: p50 {:.0}, p99 {:.0})", p(&q.reach, 0.99), p(&q.call, 0.5), p(&q.call, 0.99)),
         );
-        row(
-            &format!("4. TCP throughput, {n} ÷ {FEW_ENDPOINTS} endpoints (Gbit/s)"),
-            format!("{m_o:.2}"),
-            format!("{t_o:.2}"),
-            m_o / t_o,
-            "≥ 0.95",
-        );
-        row(
-            &format!("   control: baseline path, {n} ÷ {FEW_ENDPOINTS} endpoints"),
-            format!("{m_b:.2}"),
-            format!("{t_b:.2}"),
-            m_b / t_b,
-            "",
-        );
-        // The machine drifts between the two measurements (the control shows by how much); this
-        // compares the overlay with the baseline measured beside it at each size instead.
-        row(
-            &format!("   tessera÷baseline at {n} (col 1) and at {FEW_ENDPOINTS} (col 2)"),
-            format!("{:.2}", m_o / m_b),
-            format!("{:.2}", t_o / t_b),
-            (m_o / m_b) / (t_o / t_b),
-            "drift-corrected 4.",
-        );
+        if !plan.attach_only {
+            row(
+                &format!("4. TCP throughput, {n} ÷ {FEW_ENDPOINTS} endpoints (Gbit/s)"),
+                format!("{m_o:.2}"),
+                format!("{t_o:.2}"),
+                m_o / t_o,
+                "≥ 0.95",
+            );
+            row(
+                &format!("   control: baseline path, {n} ÷ {FEW_ENDPOINTS} endpoints"),
+                format!("{m_b:.2}"),
+                format!("{t_b:.2}"),
+                m_b / t_b,
+                "",
+            );
+            // The machine drifts between the two measurements (the control shows by how much); this
+            // compares the overlay with the baseline measured beside it at each size instead.
+            row(
+                &format!("   tessera÷baseline at {n} (col 1) and at {FEW_ENDPOINTS} (col 2)"),
+                format!("{:.2}", m_o / m_b),
+                format!("{:.2}", t_o / t_b),
+                (m_o / m_b) / (t_o / t_b),
+                "drift-corrected 4.",
+            );
+        }
         println!();
         println!("Runs (in order; tessera / baseline):");
         let tput = |name: &str, p: &Pair<Iperf>| {

@@ -3,13 +3,11 @@
 //! plan, apply.
 
 use async_trait::async_trait;
-use tracing::Instrument;
 
 use crate::desired::DesiredHost;
 use crate::error::DataplaneError;
-use crate::observed::Observed;
+use crate::observed::{NftState, Observed};
 use crate::op::KernelOp;
-use crate::plan::plan;
 use crate::policy::RuleCounter;
 use crate::vif::VifEntry;
 
@@ -64,6 +62,13 @@ pub trait Dataplane: Send + Sync {
     /// Reads the Tessera-owned part of the kernel state.
     async fn observe(&self) -> Result<Observed, DataplaneError>;
 
+    /// The nftables part of [`Dataplane::observe`] alone (a data plane
+    /// that carries it forward from its own transactions gives it at no
+    /// cost).
+    async fn observe_nft(&self) -> Result<NftState, DataplaneError> {
+        Ok(self.observe().await?.nft)
+    }
+
     /// Carries out `actions` in order. A failed action is reported in
     /// [`ApplyReport::failures`] and does not stop the actions after it;
     /// removing what is already gone succeeds. All nftables actions run as
@@ -93,42 +98,8 @@ pub trait Dataplane: Send + Sync {
 
 /// Validates `desired`, observes, plans and applies. Returns the apply report
 /// (which lists any failed action); `Err` when the desired state is invalid or
-/// the kernel could not be observed.
+/// the kernel could not be observed. (A [`crate::Reconciler`] that is kept
+/// also plans against what it knows the kernel holds.)
 pub async fn reconcile(dp: &dyn Dataplane, desired: &DesiredHost) -> Result<ApplyReport, DataplaneError> {
-    let span = tracing::info_span!("reconcile", underlay = %desired.underlay_ip, networks = desired.networks.len());
-    async move {
-        let t0 = std::time::Instant::now();
-        desired.validate()?;
-        let observed = dp.observe().await?;
-        let t1 = std::time::Instant::now();
-        let actions = plan(desired, &observed);
-        // The data plane updates its own copy of what it observed as it
-        // applies: it must not have to copy what this one still shares.
-        drop(observed);
-        let t2 = std::time::Instant::now();
-        let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
-        if actions.is_empty() {
-            tracing::debug!(observe_ms = ms(t0, t1), plan_ms = ms(t1, t2), "data plane converged");
-            return Ok(ApplyReport::default());
-        }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let mut ops: std::collections::BTreeMap<&str, usize> = Default::default();
-            for a in &actions {
-                *ops.entry(a.op()).or_default() += 1;
-            }
-            tracing::debug!(?ops, "applying");
-        }
-        let report = dp.apply(&actions).await?;
-        tracing::info!(
-            planned = actions.len(),
-            failed = report.failures.len(),
-            observe_ms = ms(t0, t1),
-            plan_ms = ms(t1, t2),
-            apply_ms = ms(t2, std::time::Instant::now()),
-            "data plane plan applied"
-        );
-        Ok(report)
-    }
-    .instrument(span)
-    .await
+    crate::Reconciler::new(std::time::Duration::ZERO).reconcile(dp, desired, crate::Look::Kernel).await
 }

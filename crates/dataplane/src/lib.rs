@@ -60,7 +60,8 @@
 //!
 //! Modules: [`names`], [`desired`], [`observed`], [`op`], [`mod@plan`],
 //! [`policy`] and [`nft`] are pure; [`mod@dataplane`] holds the [`Dataplane`]
-//! trait and [`reconcile`], [`error`] its error; [`linux`] talks to the kernel
+//! trait and [`reconcile`], [`Reconciler`] plans against what it knows the
+//! kernel holds (`follow` carries actions out on it), [`error`] its error; [`linux`] talks to the kernel
 //! (netlink, `nft`, `conntrack`, `/proc/sys`, with [`nfnetlink`] and
 //! [`conntrack`]); [`handover`] moves a staged interface to the host's
 //! namespace for a runtime (Docker's `Join`); [`fake`] is the recording
@@ -73,6 +74,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod error;
 pub mod fake;
+mod follow;
 pub mod handover;
 pub mod linux;
 pub mod names;
@@ -84,6 +86,7 @@ pub mod observed;
 pub mod op;
 pub mod plan;
 pub mod policy;
+mod reconciler;
 pub mod vif;
 
 pub use dataplane::{reconcile, ApplyReport, Dataplane, KernelOpFailure};
@@ -98,5 +101,6 @@ pub use observed::Observed;
 pub use op::KernelOp;
 pub use plan::plan;
 pub use policy::RuleCounter;
+pub use reconciler::{Look, Reconciler};
 /// The policy compiler whose programs [`DesiredHost::policies`] holds.
 pub use vif::{VifEntry, VifKind};

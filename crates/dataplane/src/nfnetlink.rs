@@ -1,7 +1,9 @@
 //! nfnetlink, the netfilter side of netlink, spoken directly for the
-//! requests on the path of a policy change: policy map element changes as
-//! one nftables transaction (a batch of `NFT_MSG_NEWSETELEM` and
-//! `NFT_MSG_DELSETELEM` messages), and conntrack zone flushes.
+//! requests on the path of a policy change or an attach: policy map element
+//! changes and endpoints' source elements (the bridge table's `ep4`, `ep6`,
+//! `epmac` and `svcmac`) as one nftables transaction (a batch of
+//! `NFT_MSG_NEWSETELEM` and `NFT_MSG_DELSETELEM` messages), and conntrack
+//! zone flushes.
 //!
 //! An `nft -f` process costs 15–30 ms per transaction however small it is:
 //! starting the process, reading the ruleset's tables, chains and sets, and
@@ -27,7 +29,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use tessera_policy::Family;
 
 use crate::names::{DIGESTS, POLICY_TABLE};
-use crate::observed::{ElementVerdict, MapElement};
+use crate::observed::{ElementVerdict, MapElement, NftElement};
 use crate::op::KernelOp;
 use crate::policy::{key_ranges, map_family, map_fields, map_is_interval, ElementCounter};
 
@@ -47,6 +49,11 @@ const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
+/// The bridge table of endpoints' sources (`bridge tessera`).
+const BRIDGE_TABLE: &str = "tessera";
+/// `IFNAMSIZ`: an `ifname` key is the name, zero-padded to this.
+const IFNAMSIZ: usize = 16;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -397,6 +404,28 @@ fn map_element(map: &str, e: &MapElement, with_data: bool) -> Result<Element, Un
     Ok(Element { key, key_end: interval.then_some(end), data: with_data.then(|| Data::Verdict(e.verdict.clone())) })
 }
 
+/// An endpoint port's element of the bridge table (`ep4`, `ep6`, `epmac`,
+/// `svcmac`), and its set: `ifname . ether_addr [. ipv4_addr | ipv6_addr]`,
+/// each field padded to 4 bytes. `None` for other elements (and a name too
+/// long for an interface).
+fn port_element(e: &NftElement) -> Option<(&'static str, Element)> {
+    let (port, mac, ip) = match e {
+        NftElement::Ep4 { port, mac, ip } => (port, mac, Some(ip.octets().to_vec())),
+        NftElement::Ep6 { port, mac, ip } => (port, mac, Some(ip.octets().to_vec())),
+        NftElement::EpMac { port, mac } | NftElement::SvcMac { port, mac } => (port, mac, None),
+        _ => return None,
+    };
+    if port.len() >= IFNAMSIZ || port.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut key = port.as_bytes().to_vec();
+    key.resize(IFNAMSIZ, 0);
+    key.extend_from_slice(&mac.0);
+    key.resize(IFNAMSIZ + 8, 0);
+    key.extend(ip.unwrap_or_default());
+    Some((e.location().2, Element { key, key_end: None, data: None }))
+}
+
 /// One `digests` entry (128-bit key and value, typed `ipv6_addr`).
 fn digest_element((k, v): (u128, u128), with_data: bool) -> Element {
     Element { key: k.to_be_bytes().to_vec(), key_end: None, data: with_data.then(|| Data::Value(v.to_be_bytes().to_vec())) }
@@ -406,15 +435,20 @@ impl Messages {
     /// `NEWSETELEM` or `DELSETELEM` messages for `elements` of `set` in the
     /// policy table, each asking for an acknowledgement.
     fn set_elements(&mut self, add: bool, set: &str, elements: &[Element], seq: &mut u32) {
+        self.table_set_elements(add, (NFPROTO_INET, POLICY_TABLE), set, elements, seq)
+    }
+
+    /// [`Messages::set_elements`] of `set` in `table` of `family`.
+    fn table_set_elements(&mut self, add: bool, (family, table): (u8, &str), set: &str, elements: &[Element], seq: &mut u32) {
         let (kind, flags) = if add {
             (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
         } else {
             (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
         };
         for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
-            self.begin((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, *seq, NFPROTO_INET, 0);
+            self.begin((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, *seq, family, 0);
             *seq += 1;
-            self.attr_str(NFTA_SET_ELEM_LIST_TABLE, POLICY_TABLE);
+            self.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             self.attr_str(NFTA_SET_ELEM_LIST_SET, set);
             self.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
             for e in chunk {
@@ -453,7 +487,8 @@ impl Messages {
 
 /// The nftables transaction of `block` as one batch, when every action in
 /// it changes elements of the policy table's maps (rule verdicts and
-/// matches, and the digests that record them) and it is small enough: the
+/// matches, and the digests that record them) or endpoints' source elements
+/// of the bridge table, and it is small enough: the
 /// same changes, in the same order, as [`crate::nft::script`] would write.
 /// Sequence numbers start at `seq`.
 pub fn element_batch(block: &[&KernelOp], seq: u32) -> Result<Messages, Unsupported> {
@@ -477,6 +512,11 @@ pub fn element_batch(block: &[&KernelOp], seq: u32) -> Result<Messages, Unsuppor
                 let ads: Vec<Element> = adds.iter().map(|d| digest_element(*d, true)).collect();
                 m.set_elements(false, DIGESTS, &dels, &mut seq);
                 m.set_elements(true, DIGESTS, &ads, &mut seq);
+            }
+            KernelOp::NftSetElementAdd(e) | KernelOp::NftSetElementDelete(e) => {
+                let (set, element) = port_element(e).ok_or(Unsupported::KernelOp(action.op()))?;
+                let add = matches!(action, KernelOp::NftSetElementAdd(_));
+                m.table_set_elements(add, (NFPROTO_BRIDGE, BRIDGE_TABLE), set, &[element], &mut seq);
             }
             other => return Err(Unsupported::KernelOp(other.op())),
         }

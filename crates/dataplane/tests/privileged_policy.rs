@@ -577,6 +577,50 @@ fn privileged_element_batches_change_the_kernel_as_nft_does() {
 }
 
 #[test]
+fn privileged_endpoint_source_elements_sent_as_a_batch_are_those_nft_adds() {
+    use tessera_dataplane::nfnetlink::{element_batch, NetfilterSocket};
+    use tessera_dataplane::observed::NftElement;
+    use tessera_dataplane::KernelOp;
+    use tessera_model::MacAddr;
+
+    let mut f = Fabric::new();
+    let (by_batch, by_nft) = (f.netns("b"), f.netns("n"));
+    for ns in [&by_batch, &by_nft] {
+        nft_script(&f, ns, &tessera_dataplane::nft::skeleton_script());
+    }
+    let mac = MacAddr([0x02, 0x42, 0x0a, 0x00, 0x00, 0x07]);
+    let (port, svc) = ("tv0123456789abc".to_string(), "tv7".to_string());
+    let elements = [
+        NftElement::Ep4 { port: port.clone(), mac, ip: "10.0.0.7".parse().unwrap() },
+        NftElement::Ep6 { port: port.clone(), mac, ip: "fd00::7".parse().unwrap() },
+        NftElement::EpMac { port: port.clone(), mac },
+        NftElement::SvcMac { port: svc, mac },
+    ];
+    let bridge_table = |ns: &str| -> Vec<String> {
+        let out = f.exec_ok(ns, "nft", &["-j", "list", "table", "bridge", "tessera"]);
+        let doc: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+        let sets = doc["nftables"].as_array().expect("nftables array").iter().filter(|o| o.get("set").is_some());
+        sets.map(|o| o.to_string()).collect()
+    };
+    let mut socket = {
+        let ns = by_batch.clone();
+        support::intent::in_netns(&ns, || NetfilterSocket::open().expect("netfilter socket"))
+    };
+    let adds: Vec<KernelOp> = elements.iter().cloned().map(KernelOp::NftSetElementAdd).collect();
+    let deletes: Vec<KernelOp> = elements[..2].iter().cloned().map(KernelOp::NftSetElementDelete).collect();
+    for (step, actions) in [("adds", &adds), ("deletes", &deletes)] {
+        let block: Vec<&KernelOp> = actions.iter().collect();
+        let batch = element_batch(&block, socket.next_seq()).expect("element changes only");
+        socket.transact(&batch).unwrap_or_else(|e| panic!("{step} batch: {e}"));
+        nft_script(&f, &by_nft, &tessera_dataplane::nft::script(&block, &|_| false));
+        let (batched, added) = (bridge_table(&by_batch), bridge_table(&by_nft));
+        assert_eq!(batched, added, "after the {step}");
+        let elements_listed = batched.iter().filter(|s| s.contains("\"elem\"")).count();
+        assert_eq!(elements_listed, if step == "adds" { 4 } else { 2 }, "sets with elements after the {step}: {batched:?}");
+    }
+}
+
+#[test]
 fn privileged_counters_dumped_through_netlink_are_those_nft_lists() {
     use tessera_dataplane::nfnetlink::NetfilterSocket;
     use tessera_dataplane::policy::ElementCounter;

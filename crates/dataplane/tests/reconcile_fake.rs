@@ -1,11 +1,13 @@
-//! `reconcile` against the fake data plane: observe, plan, apply, report.
+//! `reconcile` against the fake data plane: observe, plan, apply, report;
+//! a kept `Reconciler` plans changes against what it knows the kernel holds.
 
 use std::path::PathBuf;
 
 use tessera_dataplane::fake::Call;
 use tessera_dataplane::observed::RuleSelector;
 use tessera_dataplane::{
-    reconcile, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, KernelOp, LocalEndpoint, RemoteEndpoint,
+    reconcile, DataplaneError, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, KernelOp, LocalEndpoint, Look,
+    Reconciler, RemoteEndpoint,
 };
 use tessera_model::Vni;
 
@@ -160,4 +162,67 @@ async fn steering_converges_and_goes_without_a_trace() {
     assert!(!k.routes.iter().any(|r| tessera_dataplane::names::is_steer_table(r.table)), "{:#?}", k.routes);
     assert!(!k.nft.elements.iter().any(|e| matches!(e, tessera_dataplane::observed::NftElement::SvcMac { .. })));
     assert!(reconcile(&fake, &desired()).await.unwrap().is_noop());
+}
+
+/// `desired()` with one more remote endpoint.
+fn desired_with_another_remote() -> DesiredHost {
+    let mut d = desired();
+    d.networks[0].remote.push(RemoteEndpoint { ip: "10.7.0.4".parse().unwrap(), host_underlay: "10.99.0.3".parse().unwrap() });
+    d
+}
+
+fn observed(fake: &FakeDataplane) -> usize {
+    fake.calls().iter().filter(|c| **c == Call::Observe).count()
+}
+
+#[tokio::test]
+async fn a_kept_reconciler_plans_a_change_against_what_it_knows_the_kernel_holds() {
+    let fake = FakeDataplane::new();
+    let r = Reconciler::new(std::time::Duration::from_secs(60));
+    assert!(r.reconcile(&fake, &desired(), Look::Known).await.unwrap().is_ok());
+    assert_eq!(observed(&fake), 1, "knowing nothing, it observes");
+    let change = r.reconcile(&fake, &desired_with_another_remote(), Look::Known).await.unwrap();
+    assert!(change.is_ok() && !change.is_noop());
+    assert_eq!(observed(&fake), 1, "a change of intent plans against what is known");
+    assert_eq!(fake.calls().iter().filter(|c| **c == Call::ObserveNft).count(), 1, "the nftables state is read");
+    // What it knew is what the kernel holds: observing plans nothing more.
+    let full = r.reconcile(&fake, &desired_with_another_remote(), Look::Kernel).await.unwrap();
+    assert!(full.is_noop(), "{:?}", full.applied);
+    assert_eq!(observed(&fake), 2);
+}
+
+#[tokio::test]
+async fn after_a_failed_action_or_once_too_old_the_reconciler_observes_again() {
+    let fake = FakeDataplane::new();
+    let r = Reconciler::new(std::time::Duration::from_secs(60));
+    fake.fail_action_once(|a| matches!(a, KernelOp::FdbInstall(_)), ENOMEM);
+    assert!(!r.reconcile(&fake, &desired(), Look::Known).await.unwrap().is_ok());
+    let retried = r.reconcile(&fake, &desired(), Look::Known).await.unwrap();
+    assert_eq!(observed(&fake), 2, "a failed action: what it knew is dropped");
+    assert_eq!(retried.applied.len(), 1, "only what failed: {:?}", retried.applied);
+
+    let never = Reconciler::new(std::time::Duration::ZERO);
+    let fake = FakeDataplane::new();
+    never.reconcile(&fake, &desired(), Look::Known).await.unwrap();
+    never.reconcile(&fake, &desired_with_another_remote(), Look::Known).await.unwrap();
+    assert_eq!(observed(&fake), 2, "knowledge older than the limit is not used");
+}
+
+#[tokio::test]
+async fn a_change_behind_the_reconcilers_back_is_repaired_when_it_observes() {
+    let fake = FakeDataplane::new();
+    let r = Reconciler::new(std::time::Duration::from_secs(60));
+    r.reconcile(&fake, &desired(), Look::Known).await.unwrap();
+    let veth = fake.kernel().links.keys().find(|n| n.starts_with("tv")).cloned().expect("the endpoint's veth");
+    // Deleted by hand.
+    use tessera_dataplane::Dataplane;
+    fake.apply(&[KernelOp::LinkDelete { name: veth.clone() }]).await.unwrap();
+    let known = r.reconcile(&fake, &desired(), Look::Known).await.unwrap();
+    assert!(known.is_noop(), "what is known still holds the veth");
+    let observed = r.reconcile(&fake, &desired(), Look::Kernel).await.unwrap();
+    assert!(
+        observed.applied.iter().any(|a| matches!(a, KernelOp::VethAdd { name, .. } if *name == veth)),
+        "{:?}",
+        observed.applied
+    );
 }

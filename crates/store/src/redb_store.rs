@@ -21,18 +21,30 @@ const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 const FORMAT: u64 = 1;
 
+/// The most transactions committed together (see [`RedbStore`]).
+pub const GROUP_COMMIT_MAX: usize = 256;
+
+/// A transaction waiting for the committer, and where its outcome goes.
+type Waiting = (Txn, tokio::sync::oneshot::Sender<Result<TxnResult, StoreError>>);
+
 /// A [`Store`] kept in one redb file. Cheap to clone: clones share the open
 /// database, which is closed when the last clone is dropped.
 ///
 /// # Durability and concurrency
 ///
-/// Each [`Store::txn`] that changes something is one redb write transaction
-/// committed with [`redb::Durability::Immediate`] (fsync) before `txn`
+/// Each [`Store::txn`] that changes something is committed in a redb write
+/// transaction with [`redb::Durability::Immediate`] (fsync) before `txn`
 /// returns, so an acknowledged write survives `kill -9` or power loss; a
-/// transaction that changes nothing is aborted and costs no fsync. redb
-/// serializes writers; reads run in MVCC read transactions concurrently with
-/// writes. All redb calls block, so they run on
-/// [`tokio::task::spawn_blocking`].
+/// write transaction that changes nothing is aborted and costs no fsync.
+/// redb serializes writers, so transactions that arrive while one commits
+/// wait, and are then committed together (group commit, up to
+/// [`GROUP_COMMIT_MAX`]): one after the other in one write transaction, each
+/// with its own revision and seeing the changes of those before it, and one
+/// fsync for all. A transaction refused as invalid leaves the others of its
+/// group alone; any other failure commits none of the group, which is then
+/// committed one transaction at a time, so each gets its own outcome.
+/// Reads run in MVCC read transactions concurrently with writes. All redb
+/// calls block, so they run on [`tokio::task::spawn_blocking`].
 ///
 /// Only one process may open the file (redb locks it); a second open fails
 /// with [`StoreError::AlreadyOpen`]. A file left by a killed process is
@@ -73,6 +85,8 @@ struct Inner {
     path: PathBuf,
     retain_events: u64,
     revisions: tokio::sync::watch::Sender<u64>,
+    /// Transactions waiting to be committed, and whether a committer runs.
+    queue: std::sync::Mutex<(Vec<Waiting>, bool)>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -108,6 +122,7 @@ impl RedbStore {
                 path: path.to_owned(),
                 retain_events: options.retain_events,
                 revisions: tokio::sync::watch::channel(revision).0,
+                queue: Default::default(),
             }),
         })
     }
@@ -224,48 +239,115 @@ impl Inner {
         Ok(())
     }
 
-    fn txn(&self, db: &Database, txn: &Txn) -> Result<TxnResult, StoreError> {
+    /// Commits `txns` in one write transaction, in order (see [`RedbStore`]):
+    /// each one's outcome; `Err` when none of them could be committed.
+    fn txns(&self, db: &Database, txns: &[&Txn]) -> Result<Vec<Result<TxnResult, StoreError>>, StoreError> {
         let mut write = db.begin_write().map_err(backend("begin write transaction"))?;
         write.set_durability(Durability::Immediate).map_err(backend("set durability"))?;
-        let applied = {
-            let meta = write.open_table(META).map_err(backend("open table meta"))?;
-            let current = read_meta(&meta, META_REVISION)?;
+        let mut results = Vec::with_capacity(txns.len());
+        let (before, after) = {
+            let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
+            let before = read_meta(&meta, META_REVISION)?;
             let mut kv = write.open_table(KV).map_err(backend("open table kv"))?;
-            engine::execute(&mut KvView(&mut kv), txn, current)?
+            let mut events = write.open_table(EVENTS).map_err(backend("open table events"))?;
+            let mut current = before;
+            for txn in txns {
+                // An invalid transaction is refused before it reads or
+                // writes anything; any other error may leave this one half
+                // applied, so the whole write transaction is dropped.
+                let applied = match engine::execute(&mut KvView(&mut kv), txn, current) {
+                    Err(e @ StoreError::InvalidTxn { .. }) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                    other => other?,
+                };
+                if !applied.events.is_empty() {
+                    current = applied.result.revision;
+                    for (index, event) in applied.events.iter().enumerate() {
+                        let index = u32::try_from(index).map_err(|_| StoreError::InvalidTxn {
+                            key: event.kv.key.clone(),
+                            reason: "more than 2^32 changes in one transaction".into(),
+                        })?;
+                        events
+                            .insert((current, index), codec::encode_event(event).as_slice())
+                            .map_err(backend("append event"))?;
+                    }
+                }
+                results.push(Ok(applied.result));
+            }
+            if current != before {
+                meta.insert(META_REVISION, current).map_err(backend("write meta"))?;
+                if let Some(compacted) = engine::compact(&mut EventsLog(&mut events), self.retain_events)? {
+                    let previous = read_meta(&meta, META_COMPACTED)?;
+                    meta.insert(META_COMPACTED, previous.max(compacted)).map_err(backend("write meta"))?;
+                }
+            }
+            (before, current)
         };
-        if applied.events.is_empty() {
+        if after == before {
             // Nothing changed: no revision, nothing to make durable.
             write.abort().map_err(backend("abort write transaction"))?;
-            return Ok(applied.result);
-        }
-        {
-            let revision = applied.result.revision;
-            let mut events = write.open_table(EVENTS).map_err(backend("open table events"))?;
-            for (index, event) in applied.events.iter().enumerate() {
-                let index = u32::try_from(index).map_err(|_| StoreError::InvalidTxn {
-                    key: event.kv.key.clone(),
-                    reason: "more than 2^32 changes in one transaction".into(),
-                })?;
-                events.insert((revision, index), codec::encode_event(event).as_slice()).map_err(backend("append event"))?;
-            }
-            let mut meta = write.open_table(META).map_err(backend("open table meta"))?;
-            meta.insert(META_REVISION, revision).map_err(backend("write meta"))?;
-            if let Some(compacted) = engine::compact(&mut EventsLog(&mut events), self.retain_events)? {
-                let previous = read_meta(&meta, META_COMPACTED)?;
-                meta.insert(META_COMPACTED, previous.max(compacted)).map_err(backend("write meta"))?;
-            }
+            return Ok(results);
         }
         write.commit().map_err(backend("commit write transaction"))?;
-
-        let revision = applied.result.revision;
         // Commits are serialized but their notifications may race: keep the
         // published revision monotonic.
         self.revisions.send_if_modified(|latest| {
-            let newer = revision > *latest;
-            *latest = (*latest).max(revision);
+            let newer = after > *latest;
+            *latest = (*latest).max(after);
             newer
         });
-        Ok(applied.result)
+        Ok(results)
+    }
+
+    /// Commits what waits in the queue, a group at a time, until it is
+    /// empty (see [`RedbStore`]).
+    fn commit_waiting(&self) {
+        /// Ends a committer's turn that panicked: the transactions left
+        /// waiting get an error, not a wait forever, and the next one starts
+        /// a committer again.
+        struct Turn<'a>(&'a Inner);
+        impl Drop for Turn<'_> {
+            fn drop(&mut self) {
+                if !std::thread::panicking() {
+                    return;
+                }
+                let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.0.clear();
+                q.1 = false;
+            }
+        }
+        let _turn = Turn(self);
+        loop {
+            let group: Vec<Waiting> = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                let n = q.0.len().min(GROUP_COMMIT_MAX);
+                q.0.drain(..n).collect()
+            };
+            let txns: Vec<&Txn> = group.iter().map(|(t, _)| t).collect();
+            match self.with_db("commit a transaction", |db| self.txns(db, &txns)) {
+                Ok(results) => {
+                    for ((_, reply), result) in group.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) if group.len() == 1 => {
+                    let _ = group.into_iter().next().map(|(_, reply)| reply.send(Err(e)));
+                }
+                // One at a time: each its own outcome.
+                Err(_) => {
+                    for (txn, reply) in group {
+                        let result = self.with_db("commit a transaction", |db| self.txns(db, &[&txn]));
+                        let _ = reply.send(result.and_then(|mut r| r.pop().expect("one outcome per transaction")));
+                    }
+                }
+            }
+        }
     }
 
     fn get(&self, db: &Database, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -407,7 +489,17 @@ impl Store for RedbStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        self.blocking("txn", move |inner| inner.with_db("commit a transaction", |db| inner.txn(db, &txn))).await
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.0.push((txn, reply));
+            !std::mem::replace(&mut q.1, true)
+        };
+        if start {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || inner.commit_waiting());
+        }
+        outcome.await.map_err(|_| StoreError::backend("txn", "the committer stopped before this transaction's turn"))?
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {

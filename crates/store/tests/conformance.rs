@@ -114,6 +114,7 @@ conformance_suite!(
     a_watcher_of_a_quiet_prefix_is_not_compacted_away,
     watch_sees_every_write_of_concurrent_writers_once_in_order,
     list_then_watch_misses_nothing_and_repeats_nothing,
+    concurrent_compare_and_swaps_each_see_the_writes_committed_before_them,
 );
 
 mod specs {
@@ -636,6 +637,49 @@ mod specs {
             assert!(keys.windows(2).all(|w| w[0] < w[1]), "each writer's puts in its order");
             assert_eq!(keys.len() as u64, PUTS);
         }
+    }
+
+    /// Many writers at once (a backend may commit them together): a create
+    /// guarded by absence succeeds once, a counter advanced by compare and
+    /// swap loses no increment, and an invalid transaction among them is
+    /// refused without failing the others.
+    pub async fn concurrent_compare_and_swaps_each_see_the_writes_committed_before_them(open: Opener) {
+        const WRITERS: u64 = 32;
+        const INCREMENTS: u64 = 10;
+        let (_b, store) = self::open(open);
+        put(&store, "counter", "0").await;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let claim = Txn::new().when(Compare::absent("owner")).then(Op::put("owner", w.to_string()));
+                    let claimed = store.txn(claim).await.unwrap().succeeded;
+                    let invalid = Txn::new().then(Op::put(format!("x{w}"), "1")).then(Op::delete(format!("x{w}")));
+                    assert!(matches!(store.txn(invalid).await, Err(StoreError::InvalidTxn { .. })));
+                    let mut done = 0;
+                    while done < INCREMENTS {
+                        let kv = store.get("counter").await.unwrap().unwrap();
+                        let n: u64 = String::from_utf8(kv.value.clone()).unwrap().parse().unwrap();
+                        let swap = Txn::new()
+                            .when(Compare::mod_revision("counter", kv.mod_revision))
+                            .then(Op::put("counter", (n + 1).to_string()));
+                        if store.txn(swap).await.unwrap().succeeded {
+                            done += 1;
+                        }
+                    }
+                    claimed
+                })
+            })
+            .collect();
+        let mut claims = 0;
+        for w in writers {
+            claims += usize::from(w.await.unwrap());
+        }
+        assert_eq!(claims, 1, "exactly one create of an absent key succeeds");
+        let counter = store.get("counter").await.unwrap().unwrap();
+        assert_eq!(String::from_utf8(counter.value).unwrap(), (WRITERS * INCREMENTS).to_string(), "no increment lost");
+        assert_eq!(store.revision().await.unwrap(), 1 + 1 + WRITERS * INCREMENTS, "one revision per change");
+        assert!(store.range("x").await.unwrap().kvs.is_empty(), "nothing of an invalid transaction");
     }
 
     pub async fn list_then_watch_misses_nothing_and_repeats_nothing(open: Opener) {

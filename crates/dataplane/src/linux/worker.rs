@@ -24,13 +24,14 @@ use crate::desired::DesiredHost;
 use crate::error::DataplaneError;
 use crate::names::POLICY_TABLE;
 use crate::nfnetlink::{policy_counters, NetfilterSocket};
-use crate::observed::Observed;
+use crate::observed::{NftState, Observed};
 use crate::op::KernelOp;
 use crate::policy::{rule_counters, RuleCounter};
 use crate::vif::VifEntry;
 
 enum Request {
     Observe(oneshot::Sender<Result<Observed, DataplaneError>>),
+    ObserveNft(oneshot::Sender<Result<NftState, DataplaneError>>),
     Apply(Vec<KernelOp>, oneshot::Sender<ApplyReport>),
     Interfaces(oneshot::Sender<Result<Vec<VifEntry>, DataplaneError>>),
     LinkWithAddress(IpAddr, oneshot::Sender<Result<Option<(String, u32)>, DataplaneError>>),
@@ -90,6 +91,10 @@ impl LinuxDataplane {
 impl Dataplane for LinuxDataplane {
     async fn observe(&self) -> Result<Observed, DataplaneError> {
         self.call(Request::Observe).await?
+    }
+
+    async fn observe_nft(&self) -> Result<NftState, DataplaneError> {
+        self.call(Request::ObserveNft).await?
     }
 
     async fn apply(&self, actions: &[KernelOp]) -> Result<ApplyReport, DataplaneError> {
@@ -172,6 +177,9 @@ fn worker(
             match req {
                 Request::Observe(reply) => {
                     let _ = reply.send(kernel.observe().await);
+                }
+                Request::ObserveNft(reply) => {
+                    let _ = reply.send(kernel.nft.observe().await);
                 }
                 Request::Apply(actions, reply) => {
                     let _ = reply.send(kernel.apply(&actions).await);
