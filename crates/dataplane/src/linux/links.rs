@@ -182,8 +182,7 @@ pub(super) async fn apply(h: &Handle, action: &KernelOp) -> Result<(), Dataplane
             link_set(h, op, name, |l| l.alias(LINK_MARK.to_string())).await
         }
         KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => {
-            veth_add(h, op, name, bridge, *mtu, netns, (peer_ifname.as_str(), *peer_mac)).await?;
-            link_set(h, op, name, |l| l.alias(LINK_MARK.to_string())).await
+            veth_add(h, op, name, bridge, *mtu, netns, (peer_ifname.as_str(), *peer_mac)).await
         }
         KernelOp::LinkSetUp { name } => link_set(h, op, name, |l| l.up()).await,
         KernelOp::LinkSetAlias { name, alias } => link_set(h, op, name, |l| l.alias(alias.clone())).await,
@@ -303,8 +302,11 @@ async fn veth_add(
     let result = h.link().add(msg).execute().await.map_err(kernel_err(op, name));
     drop(ns);
     result?;
+    // Isolated, and marked Tessera's, in one request.
     let index = need_index(h, op, name).await?;
-    bridge_port_isolate(h, index).await.map_err(kernel_err(op, name))
+    let mut port = LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true)).build();
+    port.attributes.push(LinkAttribute::IfAlias(LINK_MARK.to_string()));
+    h.link().change(port).execute().await.map_err(kernel_err(op, name))
 }
 
 /// `ip link set dev INDEX type bridge_slave isolated on`

@@ -140,6 +140,31 @@ impl Dataplane for LinuxDataplane {
 /// How many containers' interfaces are configured at a time.
 const CONFIGURE_BESIDE: usize = 8;
 
+/// How many requests of one run of independent actions (see
+/// [`independent`]) are in flight on the netlink socket at a time.
+const IN_FLIGHT: usize = 16;
+
+/// Whether consecutive actions of `action`'s kind are independent of each
+/// other, so that they may be carried out side by side: each makes or
+/// removes its own object on links that exist before the run (entries of
+/// remote endpoints, endpoints' veths). Not routes through a gateway (the
+/// kernel checks the gateway against the table's other routes), nor links
+/// that others of the run stand on.
+fn independent(action: &KernelOp) -> bool {
+    match action {
+        KernelOp::VethAdd { .. }
+        | KernelOp::NeighInstall(_)
+        | KernelOp::NeighUninstall(_)
+        | KernelOp::FdbInstall(_)
+        | KernelOp::FdbUninstall(_)
+        | KernelOp::ProxyNeighInstall(_)
+        | KernelOp::ProxyNeighUninstall(_)
+        | KernelOp::RouteUninstall(_) => true,
+        KernelOp::RouteInstall(r) => !matches!(r.target, crate::observed::RouteTarget::Via { .. }),
+        _ => false,
+    }
+}
+
 fn worker(
     netns: Option<PathBuf>,
     ready: oneshot::Sender<Result<(), DataplaneError>>,
@@ -233,18 +258,23 @@ impl Kernel {
     /// the netlink actions, which run in the plan's order (but for the
     /// configurations of containers' interfaces, which come after the
     /// others, up to [`CONFIGURE_BESIDE`] at a time: each runs on a thread
-    /// in its container's namespace); conntrack zone flushes come after both. Nothing in the
+    /// in its container's namespace; and a run of consecutive actions of one
+    /// [`independent`] kind, whose requests are in flight together, up to
+    /// [`IN_FLIGHT`]); conntrack zone flushes come after both. Nothing in the
     /// kernel orders the two: set and map elements name interfaces by name,
     /// whether they exist yet or not, and the bridge table drops what a port
     /// sends until the port's elements are in (so a port up before them is
     /// closed, not open).
     async fn apply(&self, actions: &[KernelOp]) -> ApplyReport {
         let block: Vec<&KernelOp> = actions.iter().filter(|a| a.is_nft()).collect();
+        let started = std::time::Instant::now();
+        let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1e3;
         let nft = async {
             if block.is_empty() {
-                Vec::new()
+                (Vec::new(), 0.0)
             } else {
-                self.nft.apply(&self.netfilter, &block).await
+                let done = self.nft.apply(&self.netfilter, &block).await;
+                (done, ms(started))
             }
         };
         let netlink = async {
@@ -253,32 +283,32 @@ impl Kernel {
             // namespace of its own (none routed by a table of its own,
             // which ties it to the others of its namespace): after the
             // other netlink actions, side by side.
-            let mut beside = Vec::new();
-            for action in actions.iter().filter(|a| !a.is_nft() && !a.is_conntrack()) {
-                if matches!(action, KernelOp::ContainerIfaceConfigure { own_table: None, .. }) {
-                    beside.push(action);
-                    continue;
-                }
-                let span = tracing::debug_span!("action", op = action.op());
-                let mut result = self.apply_one(action).instrument(span).await;
-                if action.is_removal() {
-                    if let Err(e) = &result {
-                        if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) {
-                            result = Ok(());
-                        }
-                    }
-                }
-                out.push((action, result));
+            let (beside, in_order): (Vec<&KernelOp>, Vec<&KernelOp>) = actions
+                .iter()
+                .filter(|a| !a.is_nft() && !a.is_conntrack())
+                .partition(|a| matches!(a, KernelOp::ContainerIfaceConfigure { own_table: None, .. }));
+            let mut rest = &in_order[..];
+            while let Some(first) = rest.first() {
+                let run = match independent(first) {
+                    true => rest.iter().take_while(|a| a.op() == first.op() && independent(a)).count(),
+                    false => 1,
+                };
+                let (now, later) = rest.split_at(run);
+                rest = later;
+                let done = futures::stream::iter(now.iter().map(|a| async move { (*a, self.apply_tolerant(a).await) }));
+                out.extend(done.buffered(IN_FLIGHT).collect::<Vec<_>>().await);
             }
+            let in_order_ms = ms(started);
             let configured = futures::stream::iter(beside.into_iter().map(|action| async move {
                 let span = tracing::debug_span!("action", op = action.op());
                 (action, self.apply_one(action).instrument(span).await)
             }))
             .buffer_unordered(CONFIGURE_BESIDE);
             out.extend(configured.collect::<Vec<_>>().await);
-            out
+            (out, in_order_ms, ms(started))
         };
-        let (nft_results, netlink_results) = futures::join!(nft, netlink);
+        let ((nft_results, nft_ms), (netlink_results, in_order_ms, netlink_ms)) = futures::join!(nft, netlink);
+        tracing::debug!(nft_ms, in_order_ms, netlink_ms, "applied (ms from the start of the apply)");
         let mut report = ApplyReport::default();
         for (action, result) in nft_results.into_iter().chain(netlink_results) {
             record(&mut report, action, result);
@@ -301,6 +331,16 @@ impl Kernel {
             record(&mut report, action, result);
         }
         report
+    }
+
+    /// [`Kernel::apply_one`], where removing what is already gone succeeds.
+    async fn apply_tolerant(&self, action: &KernelOp) -> Result<(), DataplaneError> {
+        let span = tracing::debug_span!("action", op = action.op());
+        let result = self.apply_one(action).instrument(span).await;
+        match result {
+            Err(e) if action.is_removal() && matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Carries out one action that is not part of the nftables transaction,
