@@ -18,9 +18,10 @@ use crate::uds::{self, UdsError};
 /// Why a call to the agent did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// Nothing answers on the socket.
-    #[error("the Tessera agent is unreachable at {}: {source}; is it running? (tessera agent --socket {0})", .socket.display())]
-    Unreachable { socket: PathBuf, source: UdsError },
+    /// Nothing answers on the socket. (The cause is part of the message,
+    /// not a source, so an error chain does not repeat it.)
+    #[error("the Tessera agent is unreachable at {}: {cause}; is it running? (tessera agent --socket {0})", .socket.display())]
+    Unreachable { socket: PathBuf, cause: UdsError },
     /// The agent refused; the body names the field and the reason.
     #[error("{}", .body.error.message)]
     Refused { status: u16, body: ErrorBody },
@@ -89,7 +90,7 @@ impl AgentClient {
                     pause *= 2;
                     attempt += 1;
                 }
-                Err(source) => return Err(AgentError::Unreachable { socket: self.socket.clone(), source }),
+                Err(cause) => return Err(AgentError::Unreachable { socket: self.socket.clone(), cause }),
             }
         };
         let status = status.as_u16();

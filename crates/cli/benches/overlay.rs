@@ -912,8 +912,11 @@ impl Report {
                 );
             }
         };
-        tput(&format!("1. {FEW_ENDPOINTS:>4} endpoints"), &self.tput);
-        for (label, runs) in [("tessera", &self.rr.overlay), ("baseline", &self.rr.baseline)] {
+        let all = !plan.attach_only;
+        if all {
+            tput(&format!("1. {FEW_ENDPOINTS:>4} endpoints"), &self.tput);
+        }
+        for (label, runs) in [("tessera", &self.rr.overlay), ("baseline", &self.rr.baseline)].into_iter().filter(|_| all) {
             println!(
                 "  2. TCP_RR        {label:<8}: tx/s {}; p50 µs {}; p99 µs {}",
                 list(runs.iter().map(|r| r.rate), 0),
@@ -925,8 +928,10 @@ impl Report {
         println!("  3. {CONCURRENT_ATTACHES} concurrent, probing after the call:        {b}");
         println!("  3. {CONCURRENT_ATTACHES} concurrent through the agent's API:        {}", self.attach_api);
         println!("  3. {SEQUENTIAL_ATTACHES} one at a time, probing after the call:     {}", self.attach_sequential);
-        tput(&format!("4. {n:>4} endpoints"), &self.tput_many);
-        println!("  4. attaching up to {n} endpoints ({FILL_WORKERS} at a time) and converging took {:.1} s", self.fill_secs);
+        if all {
+            tput(&format!("4. {n:>4} endpoints"), &self.tput_many);
+            println!("  4. attaching up to {n} endpoints ({FILL_WORKERS} at a time) and converging took {:.1} s", self.fill_secs);
+        }
         println!();
         println!("total run time {:.0} s", elapsed.as_secs_f64());
     }
