@@ -3,7 +3,7 @@
 //! guarantees are documented on the type, so they appear in the public docs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -24,8 +24,11 @@ const FORMAT: u64 = 1;
 /// The most transactions committed together (see [`RedbStore`]).
 pub const GROUP_COMMIT_MAX: usize = 256;
 
+/// Where a transaction's outcome goes.
+type Reply = tokio::sync::oneshot::Sender<Result<TxnResult, StoreError>>;
+
 /// A transaction waiting for the committer, and where its outcome goes.
-type Waiting = (Txn, tokio::sync::oneshot::Sender<Result<TxnResult, StoreError>>);
+type Waiting = (Txn, Reply);
 
 /// A [`Store`] kept in one redb file. Cheap to clone: clones share the open
 /// database, which is closed when the last clone is dropped.
@@ -301,52 +304,23 @@ impl Inner {
         Ok(results)
     }
 
-    /// Commits what waits in the queue, a group at a time, until it is
-    /// empty (see [`RedbStore`]).
-    fn commit_waiting(&self) {
-        /// Ends a committer's turn that panicked: the transactions left
-        /// waiting get an error, not a wait forever, and the next one starts
-        /// a committer again.
-        struct Turn<'a>(&'a Inner);
-        impl Drop for Turn<'_> {
-            fn drop(&mut self) {
-                if !std::thread::panicking() {
-                    return;
-                }
-                let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
-                q.0.clear();
-                q.1 = false;
+    /// Commits one group; each transaction's outcome with where it goes.
+    fn commit_group(&self, group: Vec<Waiting>) -> Vec<(Reply, Result<TxnResult, StoreError>)> {
+        let txns: Vec<&Txn> = group.iter().map(|(t, _)| t).collect();
+        match self.with_db("commit a transaction", |db| self.txns(db, &txns)) {
+            Ok(results) => group.into_iter().map(|(_, reply)| reply).zip(results).collect(),
+            Err(e) if group.len() == 1 => {
+                let reply = group.into_iter().next().map(|(_, reply)| reply).expect("a group of one");
+                vec![(reply, Err(e))]
             }
-        }
-        let _turn = Turn(self);
-        loop {
-            let group: Vec<Waiting> = {
-                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.0.is_empty() {
-                    q.1 = false;
-                    return;
-                }
-                let n = q.0.len().min(GROUP_COMMIT_MAX);
-                q.0.drain(..n).collect()
-            };
-            let txns: Vec<&Txn> = group.iter().map(|(t, _)| t).collect();
-            match self.with_db("commit a transaction", |db| self.txns(db, &txns)) {
-                Ok(results) => {
-                    for ((_, reply), result) in group.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Err(e) if group.len() == 1 => {
-                    let _ = group.into_iter().next().map(|(_, reply)| reply.send(Err(e)));
-                }
-                // One at a time: each its own outcome.
-                Err(_) => {
-                    for (txn, reply) in group {
-                        let result = self.with_db("commit a transaction", |db| self.txns(db, &[&txn]));
-                        let _ = reply.send(result.and_then(|mut r| r.pop().expect("one outcome per transaction")));
-                    }
-                }
-            }
+            // One at a time: each its own outcome.
+            Err(_) => group
+                .into_iter()
+                .map(|(txn, reply)| {
+                    let result = self.with_db("commit a transaction", |db| self.txns(db, &[&txn]));
+                    (reply, result.and_then(|mut r| r.pop().expect("one outcome per transaction")))
+                })
+                .collect(),
         }
     }
 
@@ -471,6 +445,44 @@ impl EventLog for EventsLog<'_, '_> {
     }
 }
 
+/// Commits what waits in the queue, a group at a time, until it is empty
+/// (see [`RedbStore`]). It holds the store only while it commits, never
+/// while it answers: a caller that drops the store once its transaction
+/// returned may open the file again at once.
+fn commit_waiting(store: Weak<Inner>) {
+    /// Ends a committer's turn that panicked: the transactions left
+    /// waiting get an error, not a wait forever, and the next one starts a
+    /// committer again.
+    struct Turn<'a>(&'a Weak<Inner>);
+    impl Drop for Turn<'_> {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade().filter(|_| std::thread::panicking()) {
+                let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.0.clear();
+                q.1 = false;
+            }
+        }
+    }
+    let _turn = Turn(&store);
+    // Gone: nobody waits (a waiting caller holds the store).
+    while let Some(inner) = store.upgrade() {
+        let group: Vec<Waiting> = {
+            let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.0.is_empty() {
+                q.1 = false;
+                return;
+            }
+            let n = q.0.len().min(GROUP_COMMIT_MAX);
+            q.0.drain(..n).collect()
+        };
+        let outcomes = inner.commit_group(group);
+        drop(inner);
+        for (reply, outcome) in outcomes {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -496,8 +508,8 @@ impl Store for RedbStore {
             !std::mem::replace(&mut q.1, true)
         };
         if start {
-            let inner = Arc::clone(&self.inner);
-            tokio::task::spawn_blocking(move || inner.commit_waiting());
+            let store = Arc::downgrade(&self.inner);
+            tokio::task::spawn_blocking(move || commit_waiting(store));
         }
         outcome.await.map_err(|_| StoreError::backend("txn", "the committer stopped before this transaction's turn"))?
     }
