@@ -126,6 +126,25 @@ fn endpoint_references_must_exist() {
 }
 
 #[test]
+fn a_create_after_its_network_was_made_again_under_its_name_lands_in_the_new_one() {
+    let c = ControllerProcess::start();
+    let api = Api::new(&c);
+    setup(&api, &["10.0.0.0/24"]);
+    let (s, first) = ep(&api, json!({"network": "net", "host": "h1"}));
+    assert_eq!(s, 201, "{first}");
+    let (s, b) = api.delete(&format!("/v1/endpoints/{}", first["id"].as_str().unwrap()));
+    assert_eq!(s, 204, "{b}");
+    let (s, b) = api.delete("/v1/networks/net");
+    assert_eq!(s, 204, "{b}");
+    assert_error(&ep(&api, json!({"network": "net", "host": "h1"})), 404, "not_found", Some("network"));
+    let (s, b) = api.post("/v1/networks", json!({"name": "net", "subnets": [{"cidr": "10.7.0.0/24"}]}));
+    assert_eq!(s, 201, "{b}");
+    let (s, second) = ep(&api, json!({"network": "net", "host": "h1"}));
+    assert_eq!(s, 201, "{second}");
+    assert_eq!((second["network"].clone(), second["ips"].clone()), (b["id"].clone(), json!(["10.7.0.2/24"])));
+}
+
+#[test]
 fn chosen_mac_must_be_unique() {
     let c = ControllerProcess::start();
     let api = Api::new(&c);

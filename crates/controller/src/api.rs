@@ -286,11 +286,17 @@ async fn create_endpoint(
     Body(req): Body<EndpointCreate>,
 ) -> ApiResult<Response> {
     require_host(&who, &req.host, "create an endpoint")?;
-    if let (Some(p), Ok(net)) = (listing_scope(&who), ctl.get_network(&req.network).await) {
-        if !net.usable_by(p) {
-            let why =
-                format!("attach to network {}: it is project {}'s and not shared with {p}", net.fq_name, net.fq_name.project());
-            return Err(forbidden(&who, &why).into());
+    // Only a project's caller is checked (and pays for reading the network).
+    if let Some(p) = listing_scope(&who) {
+        if let Ok(net) = ctl.get_network(&req.network).await {
+            if !net.usable_by(p) {
+                let why = format!(
+                    "attach to network {}: it is project {}'s and not shared with {p}",
+                    net.fq_name,
+                    net.fq_name.project()
+                );
+                return Err(forbidden(&who, &why).into());
+            }
         }
     }
     Ok(created(ctl.create_endpoint(req).await?))

@@ -25,6 +25,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchClient, WatchOptions};
 
 use crate::etcd_conv::{self, key_value, prefix_range, to_etcd, to_tessera};
+use crate::etcd_recent::{Recent, RecentEvents};
 use crate::store::Page;
 use crate::{Event, StoreError};
 
@@ -171,13 +172,76 @@ impl RetainedLog {
     }
 }
 
+/// How long a read of the recent events waits for the watch to deliver the
+/// revisions this process knows of, before it reads etcd instead.
+const RECENT_WAIT: Duration = Duration::from_secs(1);
+
 /// What [`follow`] updates.
 pub(crate) struct Followed {
     pub(crate) revisions: tokio::sync::watch::Sender<u64>,
     pub(crate) log: Arc<Mutex<RetainedLog>>,
+    /// The events the watch delivered, and the revision up to which it
+    /// delivered all of them.
+    pub(crate) recent: Mutex<RecentEvents>,
+    pub(crate) recent_head: tokio::sync::watch::Sender<u64>,
 }
 
 impl Followed {
+    /// What [`follow`] updates, for a store whose revision is `head`.
+    pub(crate) fn new(head: u64) -> Self {
+        Followed {
+            revisions: tokio::sync::watch::channel(head).0,
+            log: Arc::new(Mutex::new(RetainedLog::after(head))),
+            recent: Mutex::new(RecentEvents::after(head)),
+            recent_head: tokio::sync::watch::channel(head).0,
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEvents> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The events after `after` under `prefix` from those the watch
+    /// delivered, once it delivered every revision this process knows of
+    /// (its own writes included); `None` when the ring does not reach back
+    /// to `after` or the watch is late: the caller reads etcd.
+    pub(crate) async fn recent_since(&self, prefix: &str, after: u64, limit: usize) -> Option<Vec<Event>> {
+        let known = *self.revisions.borrow();
+        if after >= known && after >= self.recent().head() {
+            return Some(Vec::new());
+        }
+        let mut delivered = self.recent_head.subscribe();
+        if !matches!(tokio::time::timeout(RECENT_WAIT, delivered.wait_for(|head| *head >= known)).await, Ok(Ok(_))) {
+            return None;
+        }
+        match self.recent().since(prefix, after, limit) {
+            Recent::Page(events) => Some(events),
+            Recent::Before => None,
+        }
+    }
+
+    /// Forgets the recent events up to the compaction point `point`.
+    pub(crate) fn compacted(&self, point: u64) {
+        self.recent().forget_through(point);
+    }
+
+    /// Records what one response of the watch delivered.
+    fn delivered(&self, events: Vec<Event>, newest: u64) {
+        let head = {
+            let mut recent = self.recent();
+            recent.push(events, newest);
+            recent.head()
+        };
+        self.recent_head.send_if_modified(|h| std::mem::replace(h, head) != head);
+    }
+
+    /// Starts the recent events again after `head` (the watch jumped over
+    /// a compacted part of the log).
+    fn restarted(&self, head: u64) {
+        self.recent().restart(head);
+        self.recent_head.send_if_modified(|h| std::mem::replace(h, head) != head);
+    }
+
     /// Publishes `revision` as the latest if it is newer than the last one.
     pub(crate) fn advance(&self, revision: u64) {
         self.revisions.send_if_modified(|latest| {
@@ -223,6 +287,7 @@ pub(crate) async fn follow(link: Link, mut kv: etcd_client::KvClient, followed: 
                         .await
                 {
                     last = etcd_conv::header_revision(head.header());
+                    followed.restarted(last);
                     followed.advance(last);
                 }
             }
@@ -252,9 +317,18 @@ async fn follow_once(link: &Link, followed: &Followed, last: &mut u64) -> Result
             return Err(StoreError::backend("follow the store", response.cancel_reason().to_owned()));
         }
         let mut per_revision: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut events = Vec::with_capacity(response.events().len());
         for event in response.events() {
             if let Some(kv) = event.kv() {
-                *per_revision.entry(to_tessera(kv.mod_revision())).or_default() += 1;
+                let revision = to_tessera(kv.mod_revision());
+                *per_revision.entry(revision).or_default() += 1;
+                // A key that is not UTF-8 is not Tessera's (the cluster may
+                // be shared): counted for retention, not kept.
+                let Ok(key) = etcd_conv::key(kv) else { continue };
+                events.push(match event.event_type() {
+                    EventType::Put => Event::put(key_value(kv)?),
+                    EventType::Delete => Event::delete(key, revision),
+                });
             }
         }
         if let Some((&newest, _)) = per_revision.last_key_value() {
@@ -265,6 +339,7 @@ async fn follow_once(link: &Link, followed: &Followed, last: &mut u64) -> Result
                 }
             }
             *last = newest;
+            followed.delivered(events, newest);
             followed.advance(newest);
         }
     }

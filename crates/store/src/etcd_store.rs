@@ -3,14 +3,14 @@
 //! maps onto etcd's is documented on the type.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
 use crate::engine;
 use crate::etcd_conv::{self, header_revision, key_value, prefix_range, to_etcd};
-use crate::etcd_events::{self, Followed, Link, RetainedLog};
+use crate::etcd_events::{self, Followed, Link};
 use crate::etcd_txn;
 use crate::{KeyValue, RangeResult, Store, StoreError, StoreOptions, Txn, TxnResult};
 
@@ -74,11 +74,19 @@ impl EtcdConfig {
 ///   as every backend.
 /// * **Reads** are linearizable: `get`, `range` and `revision` need a
 ///   quorum, like writes; without one they fail with
-///   [`StoreError::Unavailable`] rather than answer stale data.
+///   [`StoreError::Unavailable`] rather than answer stale data. Only
+///   `range_keys_relaxed` is etcd's serializable read, answered by the
+///   member the call reaches.
 /// * **Events** are etcd's history, read with a watch from a revision;
 ///   a watch refused because its start was compacted is
 ///   [`StoreError::Compacted`]. [`Store::subscribe`] is fed by one watch of
-///   every key, opened again after a failure.
+///   every key, opened again after a failure, which also keeps the recent
+///   events in memory (`etcd_recent`): a read of the events after a
+///   revision it still holds is answered from there, once the watch
+///   delivered every revision this process knows of (its own writes
+///   included), without a call to etcd. A revision another controller
+///   committed is thus in `events_since` when this process's watch
+///   delivered it, as in a watch.
 /// * **Retention**: after a write, when the events this process has seen
 ///   (its writes and the others', through its watch) exceed
 ///   `retain_events` by more than a sixteenth, the store compacts etcd so
@@ -149,10 +157,7 @@ impl EtcdStore {
         let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
         let link = Link { watch, endpoints, timeout: config.timeout };
         let head = read_head(&kv, &link).await?;
-        let followed = Arc::new(Followed {
-            revisions: tokio::sync::watch::channel(head).0,
-            log: Arc::new(Mutex::new(RetainedLog::after(head))),
-        });
+        let followed = Arc::new(Followed::new(head));
         let follower = tokio::spawn(etcd_events::follow(link.clone(), kv.clone(), Arc::clone(&followed), head));
         Ok(EtcdStore {
             inner: Arc::new(Inner {
@@ -191,7 +196,10 @@ impl EtcdStore {
         // up to `point` (see `etcd_events`).
         let mut kv = self.inner.kv.clone();
         match self.call("compact the event log", kv.compact(to_etcd(point), None)).await {
-            Ok(_) => tracing::debug!(revision = point, "compacted the etcd history"),
+            Ok(_) => {
+                self.inner.followed.compacted(point);
+                tracing::debug!(revision = point, "compacted the etcd history")
+            }
             // Another controller compacted further: nothing to do.
             Err(StoreError::Backend { source, .. }) if source.to_string().contains("compacted") => {}
             Err(e) => tracing::warn!(error = %e, revision = point, "cannot compact the etcd history"),
@@ -269,6 +277,15 @@ impl Store for EtcdStore {
         Ok(RangeResult { kvs, revision: header_revision(response.header()) })
     }
 
+    async fn range_keys_relaxed(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let (start, end) = prefix_range(prefix);
+        let mut kv = self.inner.kv.clone();
+        let options = GetOptions::new().with_range(end).with_keys_only().with_serializable();
+        let response = self.call("range keys", kv.get(start, Some(options))).await?;
+        let kvs = response.kvs().iter().map(key_value).collect::<Result<_, _>>()?;
+        Ok(RangeResult { kvs, revision: header_revision(response.header()) })
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         engine::validate(&txn.success)?;
         engine::validate(&txn.failure)?;
@@ -299,6 +316,9 @@ impl Store for EtcdStore {
     }
 
     async fn events_since(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<crate::Event>, StoreError> {
+        if let Some(events) = self.inner.followed.recent_since(prefix, after, limit).await {
+            return Ok(events);
+        }
         let head = read_head(&self.inner.kv, &self.inner.link).await?;
         etcd_events::read_events(&self.inner.link, prefix, after, head, limit).await
     }

@@ -42,6 +42,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(r)
     }
 
+    /// [`Store::range_keys`] that may answer from a replica a little behind
+    /// the latest revision (etcd's serializable read, served by the member
+    /// the call reaches, without a quorum): for a caller whose transaction
+    /// compares what it read, so that a stale answer only makes it try
+    /// again. A backend without replicas answers as [`Store::range_keys`].
+    async fn range_keys_relaxed(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        self.range_keys(prefix).await
+    }
+
     /// Evaluates `txn` atomically (see [`Txn`]).
     ///
     /// A transaction that changes something gets revision `current + 1`,

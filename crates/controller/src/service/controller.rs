@@ -27,6 +27,11 @@ pub struct Controller {
     /// Addresses endpoint creates picked and have not yet settled (see
     /// `claims`): concurrent creates in one network do not wait for each other.
     pub(super) claims: super::claims::AddressClaims,
+    /// The addresses allocated in each subnet, followed from the log
+    /// (see `allocations`).
+    pub(super) allocations: super::allocations::KnownAllocations,
+    /// Networks as endpoint creates found them (see `seen_networks`).
+    pub(super) seen_networks: super::seen_networks::SeenNetworks,
     /// The last hit-counter report of each host. Counters are observations,
     /// not intent: they live in memory only (a restarted controller shows
     /// zeros until the agents report again, within seconds).
@@ -83,6 +88,8 @@ impl Controller {
             store,
             ipam_locks: Default::default(),
             claims: Default::default(),
+            seen_networks: Default::default(),
+            allocations: Default::default(),
             counters: Default::default(),
             chunks: Default::default(),
             storage_fault: Default::default(),
@@ -204,10 +211,9 @@ impl Controller {
             let plan: SubnetLayout =
                 subnet.layout().map_err(|e| Error::Corrupt { key: keys::network(network), reason: e.to_string() })?;
             let prefix = keys::allocations_of(network, *i);
-            let taken = self.store.range_keys(&prefix).await?.kvs;
-            let stored = taken.iter().filter_map(|kv| tessera_ipam::parse_sort_key(&kv.key[prefix.len()..]));
+            let taken = self.allocations.taken(self.store.as_ref(), &prefix).await?;
             let next = |claimed: &std::collections::BTreeSet<IpAddr>| {
-                let all: std::collections::BTreeSet<IpAddr> = stored.clone().chain(claimed.iter().copied()).collect();
+                let all: std::collections::BTreeSet<IpAddr> = taken.iter().chain(claimed).copied().collect();
                 plan.next_free(all)
             };
             let picked = match held.as_deref_mut() {

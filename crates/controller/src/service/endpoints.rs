@@ -118,10 +118,29 @@ impl Controller {
     /// the same host, owner and requested addresses returns it unchanged.
     pub async fn create_endpoint(&self, req: EndpointCreate) -> Result<Created<Endpoint>> {
         let (name, chosen_mac) = validate_create(&req)?;
+        if let Some(net) = self.seen_networks.get(&req.network) {
+            match self.create_endpoint_in(&req, net, name.clone(), chosen_mac).await {
+                // Deleted since (perhaps made again under its name): look again.
+                Err(Error::NotFound { kind: "network", .. }) => self.seen_networks.forget(&req.network),
+                done => return done,
+            }
+        }
         let (net, _) = self.find_network(&req.network).await.map_err(|e| match e {
             Error::NotFound { kind, name, .. } => Error::NotFound { kind, name, field: Some("network".into()) },
             other => other,
         })?;
+        self.seen_networks.remember(&req.network, &net);
+        self.create_endpoint_in(&req, net, name, chosen_mac).await
+    }
+
+    /// [`Self::create_endpoint`] in `net`, the network the request names.
+    async fn create_endpoint_in(
+        &self,
+        req: &EndpointCreate,
+        net: Network,
+        name: String,
+        chosen_mac: Option<MacAddr>,
+    ) -> Result<Created<Endpoint>> {
         if net.external {
             return Err(FieldError::new(
                 "network",

@@ -11,12 +11,13 @@
 //!
 //! One module per resource, each with its request validation at the top and
 //! its `impl Controller` block below: `projects`, `networks`, `endpoints`,
-//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `floating_ips` (and SNAT), `services` (templates, services, their instances and the chains of rules), `cluster` (the store's identity), and `members` (several controllers on one store: registration, election, leases across controllers; its pure decisions in `peers`). They share `controller` (the
+//! `hosts` (and their gateways' `leases`), `policies`, `reservations`, `seen_networks` and `allocations` (what address picks know of networks and their allocations), `floating_ips` (and SNAT), `services` (templates, services, their instances and the chains of rules), `cluster` (the store's identity), and `members` (several controllers on one store: registration, election, leases across controllers; its pure decisions in `peers`). They share `controller` (the
 //! [`Controller`] value and its read, commit and allocation helpers) and
 //! `txn` (guarded transactions, retries and encoding). This file only
 //! declares the modules and re-exports their public types; none of them
 //! refers to it.
 
+mod allocations;
 mod claims;
 mod cluster;
 mod controller;
@@ -33,6 +34,7 @@ mod policies;
 mod ports;
 mod projects;
 mod reservations;
+mod seen_networks;
 mod services;
 mod tokens;
 mod txn;
