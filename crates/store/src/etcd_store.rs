@@ -11,7 +11,8 @@ use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 use crate::engine;
 use crate::etcd_conv::{self, header_revision, key_value, prefix_range, to_etcd};
 use crate::etcd_events::{self, Followed, Link};
-use crate::etcd_txn;
+use crate::etcd_group::{self, Waiting};
+use crate::etcd_txn::{self, Plan};
 use crate::{KeyValue, RangeResult, Store, StoreError, StoreOptions, Txn, TxnResult};
 
 /// Largest gRPC message the store reads from etcd (a range of a whole
@@ -65,7 +66,9 @@ impl EtcdConfig {
 ///   store is at 1, Tessera's at 0), in every result, event, key-value and
 ///   compare. etcd, like Tessera, creates no revision for a transaction
 ///   that changes nothing.
-/// * **Transactions** are one etcd transaction each. Compares map one to one
+/// * **Transactions** are one etcd transaction each, or, when several wait
+///   together and touch nothing another writes, one etcd transaction for
+///   the group, which then share one revision (`etcd_group`). Compares map one to one
 ///   (`PrefixEmpty` is `version == 0` over the prefix's range). etcd does
 ///   not say which compare failed, so the failure branch first reads every
 ///   compared key, atomically with the evaluation, and
@@ -115,6 +118,9 @@ struct Inner {
     followed: Arc<Followed>,
     /// Serialises compactions of this process.
     compacting: tokio::sync::Mutex<()>,
+    /// The transactions waiting to be committed in groups, and whether a
+    /// committer runs (see `etcd_group`).
+    queue: std::sync::Mutex<(Vec<Waiting>, bool)>,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -166,6 +172,7 @@ impl EtcdStore {
                 retain_events: config.options.retain_events,
                 followed,
                 compacting: tokio::sync::Mutex::new(()),
+                queue: Default::default(),
                 follower,
             }),
         })
@@ -183,6 +190,97 @@ impl EtcdStore {
         fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
         bounded(&self.inner.link, op, fut).await
+    }
+
+    /// Commits one transaction as one etcd transaction.
+    async fn commit_alone(&self, txn: &Txn, plan: &Plan) -> Result<TxnResult, StoreError> {
+        let mut kv = self.inner.kv.clone();
+        let response = self.call("commit a transaction", kv.txn(plan.txn())).await?;
+        let revision = header_revision(response.header());
+        let responses = response.op_responses();
+        let (failed, events) = if response.succeeded() {
+            (Vec::new(), etcd_txn::events_of(&responses, 0))
+        } else {
+            let failed = etcd_txn::failed_compares(txn, plan, &responses)?;
+            if failed.is_empty() {
+                return Err(StoreError::backend("commit a transaction", "etcd took the failure branch but every compare held"));
+            }
+            (failed, etcd_txn::events_of(&responses, plan.reads()))
+        };
+        self.committed(revision, events).await;
+        Ok(TxnResult { succeeded: failed.is_empty(), revision, failed })
+    }
+
+    /// Commits `group` as one etcd transaction (see `etcd_group`) and
+    /// answers each of its transactions.
+    async fn commit_group(&self, mut group: Vec<Waiting>) {
+        loop {
+            if group.len() == 1 {
+                let w = group.remove(0);
+                let result = self.commit_alone(&w.txn, &w.plan).await;
+                let _ = w.reply.send(result);
+                return;
+            }
+            let mut kv = self.inner.kv.clone();
+            let response = match self.call("commit a transaction", kv.txn(etcd_group::joined(&group))).await {
+                Ok(response) => response,
+                Err(e) => {
+                    for w in group {
+                        let _ = w.reply.send(Err(etcd_group::shared(&e)));
+                    }
+                    return;
+                }
+            };
+            let revision = header_revision(response.header());
+            let responses = response.op_responses();
+            if response.succeeded() {
+                self.committed(revision, etcd_txn::events_of(&responses, 0)).await;
+                for w in group {
+                    let _ = w.reply.send(Ok(TxnResult { succeeded: true, revision, failed: Vec::new() }));
+                }
+                return;
+            }
+            // Each transaction's reads, in the group's order: those whose
+            // compares failed are answered, the others go again.
+            let size = group.len();
+            let mut again = Vec::new();
+            let mut at = 0;
+            for w in group {
+                let reads = responses.get(at..at + w.plan.reads()).unwrap_or(&[]);
+                at += w.plan.reads();
+                match etcd_txn::failed_compares(&w.txn, &w.plan, reads) {
+                    Ok(failed) if failed.is_empty() => again.push(w),
+                    Ok(failed) => {
+                        let _ = w.reply.send(Ok(TxnResult { succeeded: false, revision, failed }));
+                    }
+                    Err(e) => {
+                        let _ = w.reply.send(Err(e));
+                    }
+                }
+            }
+            if again.len() == size {
+                // etcd failed the group but every compare held: one at a time.
+                for w in again {
+                    let result = self.commit_alone(&w.txn, &w.plan).await;
+                    let _ = w.reply.send(result);
+                }
+                return;
+            }
+            group = again;
+            if group.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Accounts for a committed revision that made `events` events, and
+    /// publishes it, before its transactions are answered.
+    async fn committed(&self, revision: u64, events: u64) {
+        if events > 0 {
+            self.inner.followed.log.lock().unwrap_or_else(|p| p.into_inner()).record(revision, events);
+            self.inner.followed.advance(revision);
+            self.compact_if_due().await;
+        }
     }
 
     /// Discards the history beyond `retain_events` (see the type's docs).
@@ -204,6 +302,22 @@ impl EtcdStore {
             Err(StoreError::Backend { source, .. }) if source.to_string().contains("compacted") => {}
             Err(e) => tracing::warn!(error = %e, revision = point, "cannot compact the etcd history"),
         }
+    }
+}
+
+/// Commits what waits in `store`'s queue, in groups, until it is empty.
+async fn commit_waiting(store: EtcdStore) {
+    loop {
+        let waiting = {
+            let mut queue = store.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.0.is_empty() {
+                queue.1 = false;
+                return;
+            }
+            std::mem::take(&mut queue.0)
+        };
+        let groups = etcd_group::partition(waiting);
+        futures::future::join_all(groups.into_iter().map(|g| store.commit_group(g))).await;
     }
 }
 
@@ -290,25 +404,20 @@ impl Store for EtcdStore {
         engine::validate(&txn.success)?;
         engine::validate(&txn.failure)?;
         let plan = etcd_txn::plan(&txn);
-        let mut kv = self.inner.kv.clone();
-        let response = self.call("commit a transaction", kv.txn(plan.txn.clone())).await?;
-        let revision = header_revision(response.header());
-        let responses = response.op_responses();
-        let (failed, events) = if response.succeeded() {
-            (Vec::new(), etcd_txn::events_of(&responses, 0))
-        } else {
-            let failed = etcd_txn::failed_compares(&txn, &plan, &responses)?;
-            if failed.is_empty() {
-                return Err(StoreError::backend("commit a transaction", "etcd took the failure branch but every compare held"));
-            }
-            (failed, etcd_txn::events_of(&responses, plan.reads()))
+        let Some(footprint) = etcd_group::groupable(&txn, &plan) else {
+            return self.commit_alone(&txn, &plan).await;
         };
-        if events > 0 {
-            self.inner.followed.log.lock().unwrap_or_else(|p| p.into_inner()).record(revision, events);
-            self.inner.followed.advance(revision);
-            self.compact_if_due().await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let waiting = Waiting { txn, plan, footprint, reply };
+        let start = {
+            let mut queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.0.push(waiting);
+            !std::mem::replace(&mut queue.1, true)
+        };
+        if start {
+            tokio::spawn(commit_waiting(self.clone()));
         }
-        Ok(TxnResult { succeeded: failed.is_empty(), revision, failed })
+        answer.await.unwrap_or_else(|_| Err(StoreError::backend("commit a transaction", "the committer stopped")))
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {

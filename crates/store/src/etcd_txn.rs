@@ -19,10 +19,15 @@ use etcd_client::{Compare as EtcdCompare, CompareOp, DeleteOptions, GetOptions, 
 use crate::etcd_conv::{key_value, prefix_range, to_etcd};
 use crate::{Compare, KeyValue, Op, StoreError, Txn};
 
-/// An etcd transaction built from a Tessera one, and what is needed to read
+/// An etcd transaction built from a Tessera one, in parts (so that several
+/// can be joined into one, see `etcd_group`), and what is needed to read
 /// its answer.
 pub(crate) struct Plan {
-    pub(crate) txn: etcd_client::Txn,
+    pub(crate) compares: Vec<EtcdCompare>,
+    pub(crate) success: Vec<TxnOp>,
+    /// The reads that open the failure branch, one per compare not decided
+    /// here, then the transaction's own failure ops.
+    pub(crate) failure: Vec<TxnOp>,
     /// Per compare: decided here (`Some`), or read in the failure branch.
     constants: Vec<Option<bool>>,
     /// How many reads open the failure branch.
@@ -54,8 +59,20 @@ pub(crate) fn plan(txn: &Txn) -> Plan {
     let reads_len = reads.len();
     let success: Vec<TxnOp> = txn.success.iter().map(op).collect();
     let failure: Vec<TxnOp> = reads.into_iter().chain(txn.failure.iter().map(op)).collect();
-    let etcd = etcd_client::Txn::new().when(compares).and_then(success).or_else(failure);
-    Plan { txn: etcd, constants, reads: reads_len }
+    Plan { compares, success, failure, constants, reads: reads_len }
+}
+
+impl Plan {
+    /// The one etcd transaction of this plan alone.
+    pub(crate) fn txn(&self) -> etcd_client::Txn {
+        etcd_client::Txn::new().when(self.compares.clone()).and_then(self.success.clone()).or_else(self.failure.clone())
+    }
+
+    /// Whether a compare decided here does not hold (the transaction fails
+    /// whatever etcd holds).
+    pub(crate) fn fails_anyway(&self) -> bool {
+        self.constants.contains(&Some(false))
+    }
 }
 
 /// A compare on the empty key, which never exists: decided without etcd.

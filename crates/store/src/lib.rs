@@ -61,6 +61,7 @@ mod engine;
 mod error;
 mod etcd_conv;
 mod etcd_events;
+mod etcd_group;
 mod etcd_recent;
 mod etcd_store;
 mod etcd_txn;

@@ -56,7 +56,12 @@ pub trait Store: Send + Sync + 'static {
     /// A transaction that changes something gets revision `current + 1`,
     /// shared by all its changes; one that changes nothing (no ops, deletes
     /// of missing keys, ...) creates no revision and no event, and reports
-    /// the current revision. When `txn` returns `Ok`, the change is durable
+    /// the current revision. Transactions committed concurrently may share
+    /// one revision when none of them touches a key another writes (the
+    /// etcd backend commits them as one etcd transaction): each is still
+    /// applied whole and sees none of the others' changes, and a caller
+    /// that waits for one before it sends the next gets a new revision for
+    /// each. When `txn` returns `Ok`, the change is durable
     /// (for durable backends) and visible to every later read.
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError>;
 
