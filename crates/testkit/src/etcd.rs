@@ -284,9 +284,27 @@ fn placed_port(ip: Ipv4Addr, i: usize, which: u16) -> SocketAddr {
 }
 
 /// A loopback address with a port that was free a moment ago.
+/// A free loopback port below the kernel's range of ephemeral ports: a
+/// member restarted on its ports must find them free, and a port of that
+/// range may meanwhile be the source port of one of the many connections
+/// the other members and the clients open to the dead member.
 fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port");
-    listener.local_addr().expect("its address")
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, lowest_ephemeral.max(10_001));
+    // Spread over the range from a per-process, per-call start.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(NEXT.fetch_add(104_729, std::sync::atomic::Ordering::Relaxed));
+    let span = u32::from(high - low);
+    for attempt in 0..span {
+        let port = low + u16::try_from((seed.wrapping_add(attempt)) % span).unwrap_or(0);
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            return listener.local_addr().expect("its address");
+        }
+    }
+    panic!("no free loopback port between {low} and {high}")
 }
 
 /// `GET /health` on a member's metrics listener answers
