@@ -45,6 +45,11 @@ pub struct Cli {
     /// A bearer token (`tessera token create`).
     #[arg(long, global = true, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How log lines are written to standard error: `text` for people
+    /// (coloured only on a terminal), `json` (one object per line) for log
+    /// shippers. Which lines: `TESSERA_LOG` (`info`, `warn,tessera_agent=debug`, ...).
+    #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// A configuration file with `controller`, `ca`, `cert`, `key` or
     /// `token` (TOML); flags and the environment win over it. Without it,
     /// `~/.config/tessera/client.toml` when it exists.
@@ -52,6 +57,25 @@ pub struct Cli {
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// See `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to standard error at `TESSERA_LOG`'s levels (else `default_level`),
+/// in `format`: colour escapes only when standard error is a terminal.
+fn init_logging(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 impl Cli {
@@ -172,10 +196,7 @@ fn main() -> ExitCode {
         }
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| default_level.into()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, default_level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,72 @@
+//! Log lines as an operator's tools read them: a controller writing to a
+//! file (not a terminal) writes no colour escapes, `--log-format json`
+//! writes one JSON object per line, and an unknown format is refused
+//! naming the flag.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::BIN;
+
+/// Runs a controller with its standard error in a file until it logged
+/// that it serves; returns what it logged.
+fn controller_log(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("controller.log");
+    let mut child: Child = Command::new(BIN)
+        .args(["controller", "--insecure-loopback", "--listen", "127.0.0.1:0", "--init", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env_remove("TESSERA_LOG")
+        .env_remove("TESSERA_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run tessera controller");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("controller serving") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("controller serving"), "the controller did not start:\n{text}");
+    text
+}
+
+#[test]
+fn a_log_written_to_a_file_holds_no_colour_escapes() {
+    let text = controller_log(&[]);
+    assert!(!text.contains('\u{1b}'), "escape codes in a log file:\n{text:?}");
+    assert!(text.lines().any(|l| l.contains(" INFO ") && l.contains("controller serving")), "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_target_and_fields() {
+    let text = controller_log(&["--log-format", "json"]);
+    let mut serving = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string() && v["target"].is_string(), "{line}");
+        let message = v["fields"]["message"].as_str().unwrap_or_else(|| panic!("no message: {line}"));
+        if message == "controller serving" {
+            serving = true;
+            assert_eq!(v["level"], "INFO");
+            assert!(v["fields"]["listen"].as_str().is_some_and(|l| l.starts_with("127.0.0.1:")), "{line}");
+        }
+    }
+    assert!(serving, "{text}");
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_naming_the_flag() {
+    let out = Command::new(BIN).args(["--log-format", "xml", "network", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log-format") && err.contains("xml") && err.contains("json"), "{err}");
+}
