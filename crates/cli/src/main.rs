@@ -175,6 +175,11 @@ enum Command {
     /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
     #[command(subcommand)]
     Cni(commands::cni::Cmd),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell) for this CLI.
+    Completions(commands::docs::CompletionsArgs),
+    /// Write the manual pages of every command (`tessera.1`, `tessera-network-add.1`, ...) into a directory.
+    #[command(name = "man-pages")]
+    ManPages(commands::docs::ManPagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -197,6 +202,12 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
+    // What documents the CLI needs neither a runtime nor a controller.
+    match &cli.command {
+        Command::Completions(a) => return report(commands::docs::completions(Cli::command(), a)),
+        Command::ManPages(a) => return report(commands::docs::man_pages(Cli::command(), a)),
+        _ => {}
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -242,8 +253,14 @@ fn main() -> ExitCode {
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
             Command::Status(a) => commands::agent::status(&ctx, a).await,
             Command::Cni(c) => commands::cni::run(&ctx, c).await,
+            Command::Completions(_) | Command::ManPages(_) => Ok(()),
         }
     });
+    report(result)
+}
+
+/// The exit code of a command's `result`, its error printed.
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod controller_status;
 pub mod demo;
 pub mod docker_plugin;
+pub mod docs;
 pub mod endpoint;
 pub mod floating_ip;
 pub mod flow;
