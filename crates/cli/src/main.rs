@@ -3,6 +3,7 @@
 
 mod client_config;
 mod commands;
+mod config_file;
 mod table;
 
 use std::process::ExitCode;
@@ -55,6 +56,11 @@ pub struct Cli {
     /// `~/.config/tessera/client.toml` when it exists.
     #[arg(long, global = true, env = "TESSERA_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// The hosts' configuration file: any flag of any command by its long
+    /// name, a section per command (`[agent]`); flags and the environment
+    /// win over it. Without it, /etc/tessera/tessera.toml when it exists.
+    #[arg(long, global = true, env = "TESSERA_CONFIG_FILE")]
+    config_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,28 +87,34 @@ fn init_logging(format: LogFormat, default_level: &str) {
 impl Cli {
     /// The command line, then the configuration file for what neither a
     /// flag nor the environment gave.
-    fn parse_with_config() -> anyhow::Result<Cli> {
-        let matches = Cli::command().get_matches();
+    fn parse_with_config() -> anyhow::Result<(Cli, Option<config_file::ConfigFile>)> {
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let file = config_file::load(&argv)?;
+        let mut command = config_file::with_env(Cli::command());
+        if let Some(f) = &file {
+            command = f.apply(command)?;
+        }
+        let matches = command.try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let given = |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
-        let Some(path) = client_config::config_path(cli.config.as_deref()) else { return Ok(cli) };
-        let file = client_config::load(&path)?;
+        let Some(path) = client_config::config_path(cli.config.as_deref()) else { return Ok((cli, file)) };
+        let client = client_config::load(&path)?;
         if !given("controller") {
-            if let Some(c) = file.controller {
+            if let Some(c) = client.controller {
                 cli.controller = c;
             }
         }
-        if !given("ca") && file.ca.is_some() {
-            cli.ca = file.ca;
+        if !given("ca") && client.ca.is_some() {
+            cli.ca = client.ca;
         }
         // A certificate or a token from the command line or the
         // environment stands alone: the file does not add the other.
         if !given("cert") && !given("key") && !given("token") {
-            cli.cert = cli.cert.or(file.cert);
-            cli.key = cli.key.or(file.key);
-            cli.token = cli.token.or(file.token);
+            cli.cert = cli.cert.or(client.cert);
+            cli.key = cli.key.or(client.key);
+            cli.token = cli.token.or(client.token);
         }
-        Ok(cli)
+        Ok((cli, file))
     }
 
     fn credentials(&self) -> tessera_api::auth::Credentials {
@@ -175,6 +187,9 @@ enum Command {
     /// The CNI plugin: install it for a runtime (the runtime then runs `tessera` with CNI_COMMAND set).
     #[command(subcommand)]
     Cni(commands::cni::Cmd),
+    /// The configuration: `show` what each flag of a command is set to, and where that comes from.
+    #[command(subcommand)]
+    Config(commands::config::Cmd),
     /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell) for this CLI.
     Completions(commands::docs::CompletionsArgs),
     /// Write the manual pages of every command (`tessera.1`, `tessera-network-add.1`, ...) into a directory.
@@ -187,8 +202,8 @@ fn main() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
         return tessera_cni::plugin::plugin_main();
     }
-    let cli = match Cli::parse_with_config() {
-        Ok(cli) => cli,
+    let (cli, file) = match Cli::parse_with_config() {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(exit::USAGE);
@@ -206,6 +221,9 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Completions(a) => return report(commands::docs::completions(Cli::command(), a)),
         Command::ManPages(a) => return report(commands::docs::man_pages(Cli::command(), a)),
+        Command::Config(c) => {
+            return report(commands::config::run(&config_file::with_env(Cli::command()), file.as_ref(), c, cli.json))
+        }
         _ => {}
     }
     let rt = match tokio::runtime::Runtime::new() {
@@ -253,7 +271,7 @@ fn main() -> ExitCode {
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
             Command::Status(a) => commands::agent::status(&ctx, a).await,
             Command::Cni(c) => commands::cni::run(&ctx, c).await,
-            Command::Completions(_) | Command::ManPages(_) => Ok(()),
+            Command::Completions(_) | Command::ManPages(_) | Command::Config(_) => Ok(()),
         }
     });
     report(result)

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod config;
 pub mod controller;
 pub mod controller_status;
 pub mod demo;
