@@ -175,6 +175,8 @@ enum Command {
     Vif(commands::agent::VifCmd),
     /// This host's agent: its controller, whether it holds its data plane (and why), its last error.
     Status(commands::agent::StatusArgs),
+    /// Check what this host needs for Tessera (kernel features, underlay MTU, agent, controller, other hosts), each failure with its fix.
+    Doctor(commands::doctor::Args),
     /// The fabric's certificates: a CA, the controller's, an admin's, one per host.
     #[command(subcommand)]
     Pki(commands::pki::Cmd),
@@ -270,6 +272,7 @@ fn main() -> ExitCode {
             Command::Detach(a) => commands::agent::detach(&ctx, a).await,
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
             Command::Status(a) => commands::agent::status(&ctx, a).await,
+            Command::Doctor(a) => commands::doctor::run(&ctx, a).await,
             Command::Cni(c) => commands::cni::run(&ctx, c).await,
             Command::Completions(_) | Command::ManPages(_) | Command::Config(_) => Ok(()),
         }

@@ -8,6 +8,7 @@ pub mod controller_status;
 pub mod demo;
 pub mod docker_plugin;
 pub mod docs;
+pub mod doctor;
 pub mod endpoint;
 pub mod floating_ip;
 pub mod flow;

@@ -1,0 +1,339 @@
+//! `tessera doctor`: what a host needs for Tessera, checked one by one,
+//! each failure with its fix. The kernel's features are proved in a
+//! throw-away namespace (a veth pair, a bridge, a VXLAN device, an
+//! nftables table that sets conntrack zones, a policy-routing rule), so the
+//! host itself is never changed; then the underlay's MTU, the agent, the
+//! controller and the other hosts' VTEPs.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::Serialize;
+use tessera_api::AgentClient;
+use tessera_fabric::{exec_in, with_netlink_in, Fabric, Netns};
+
+use super::Ctx;
+use crate::table::Table;
+
+/// VXLAN over IPv4 adds this much to every packet.
+const VXLAN_OVERHEAD: u32 = 50;
+/// The smallest MTU IPv6 allows: the overlay's must not be below it.
+const IPV6_MIN_MTU: u32 = 1280;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The agent's local socket.
+    #[arg(long, default_value = tessera_api::agent::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// The host's underlay address (default: the running agent's).
+    #[arg(long)]
+    underlay_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Outcome {
+    Ok,
+    Warn,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    check: &'static str,
+    result: Outcome,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+impl Check {
+    fn ok(check: &'static str, detail: impl Into<String>) -> Check {
+        Check { check, result: Outcome::Ok, detail: detail.into(), fix: None }
+    }
+
+    fn bad(check: &'static str, result: Outcome, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check { check, result, detail: detail.into(), fix: Some(fix.into()) }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let mut checks = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        checks.push(Check::ok("privileges", "running as root"));
+        checks.extend(tokio::task::spawn_blocking(kernel_checks).await?);
+    } else {
+        checks.push(Check::bad(
+            "privileges",
+            Outcome::Skipped,
+            "not root: the kernel's features are not probed",
+            "run `sudo tessera doctor` (the agent runs as root)",
+        ));
+    }
+    let status = AgentClient::new(args.socket.clone()).status().await;
+    let underlay = args.underlay_ip.or(status.as_ref().ok().map(|s| s.underlay_ip));
+    checks.push(match underlay {
+        Some(ip) => mtu_check(ip),
+        None => {
+            Check::bad("underlay MTU", Outcome::Skipped, "no underlay address known", "give --underlay-ip, or start the agent")
+        }
+    });
+    checks.push(match &status {
+        Ok(s) if s.holding.is_some() => Check::bad(
+            "agent",
+            Outcome::Warn,
+            format!("host {}: holding its data plane: {}", s.host, s.holding.as_deref().unwrap_or_default()),
+            "see `tessera status`; the agent resumes once the controller serves this fabric's intent",
+        ),
+        Ok(s) if !s.controller_connected => Check::bad(
+            "agent",
+            Outcome::Fail,
+            format!("host {}: not connected to its controller {}", s.host, s.controller),
+            "check the agent's --controller and certificate, and that a controller runs",
+        ),
+        Ok(s) => match &s.last_error {
+            Some(e) => Check::bad(
+                "agent",
+                Outcome::Warn,
+                format!("host {}: {} reconciles, last error: {e}", s.host, s.reconciles),
+                "see the agent's log for the object and the action",
+            ),
+            None => Check::ok(
+                "agent",
+                format!("host {}: connected, revision {}, {} reconciles, no error", s.host, s.revision, s.reconciles),
+            ),
+        },
+        Err(e) => Check::bad(
+            "agent",
+            Outcome::Fail,
+            format!("no agent answers on {}: {e}", args.socket.display()),
+            "start it: `systemctl start tessera-agent` (or `tessera agent --host NAME ...`)",
+        ),
+    });
+    // `/readyz` answers 200 with a line of text when the controller serves.
+    let ready = match ctx.client.get::<serde_json::Value>("/readyz").await {
+        Ok(_) => Ok("ready".to_owned()),
+        Err(tessera_api::ClientError::BadResponse { status: 200, body }) => Ok(body.trim().to_owned()),
+        Err(e) => Err(e),
+    };
+    checks.push(match &ready {
+        Ok(line) => Check::ok("controller", format!("reachable: {line}")),
+        Err(e) => Check::bad(
+            "controller",
+            Outcome::Fail,
+            format!("{e}"),
+            "check --controller (or `controller` in the configuration file), the CA and the certificate, and that the controller runs",
+        ),
+    });
+    if ready.is_ok() {
+        checks.push(vtep_check(ctx, underlay).await);
+    }
+    report(ctx, &checks)
+}
+
+fn report(ctx: &Ctx, checks: &[Check]) -> anyhow::Result<()> {
+    ctx.print(&checks, || {
+        let mut t = Table::new(&["CHECK", "RESULT", "DETAIL", "FIX"]);
+        for c in checks {
+            let result = serde_json::to_value(c.result).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            t.row(vec![c.check.into(), result, one_line(&c.detail), c.fix.clone().unwrap_or_default()]);
+        }
+        t.render()
+    })?;
+    let failed: Vec<&str> = checks.iter().filter(|c| c.result == Outcome::Fail).map(|c| c.check).collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `text` on one line of at most 160 characters, for the table (the JSON
+/// keeps it whole).
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(160) {
+        Some((at, _)) => format!("{}…", &flat[..at]),
+        None => flat,
+    }
+}
+
+/// The kernel's features, proved in a throw-away namespace.
+fn kernel_checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(match Fabric::preflight() {
+        Ok(()) => Check::ok("kernel: veth, bridge, forwarding", "a veth pair and a bridge work, forwarding can be turned on"),
+        Err(e) => Check::bad(
+            "kernel: veth, bridge, forwarding",
+            Outcome::Fail,
+            e.to_string(),
+            "load the modules: `modprobe veth bridge`",
+        ),
+    });
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let name = format!("tessera-doctor-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
+    let probe = match Netns::create(&name) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(Check::bad("kernel: namespaces", Outcome::Fail, e.to_string(), "the kernel needs network namespaces"));
+            return out;
+        }
+    };
+    out.push(vxlan_check(&probe));
+    out.push(nft_check(&probe));
+    out.push(rule_check(&probe));
+    if let Err(e) = probe.delete() {
+        out.push(Check::bad("cleanup", Outcome::Warn, e.to_string(), format!("ip netns delete {name}")));
+    }
+    out
+}
+
+fn vxlan_check(probe: &Netns) -> Check {
+    let made = with_netlink_in(probe, |handle| async move {
+        handle.link().add(rtnetlink::LinkVxlan::new("probe-vx", 42).port(4789).build()).execute().await
+    });
+    match made {
+        Ok(Ok(())) => Check::ok("kernel: vxlan", "a VXLAN device can be made"),
+        Ok(Err(e)) => Check::bad(
+            "kernel: vxlan",
+            Outcome::Fail,
+            format!("cannot make a VXLAN device: {e}"),
+            "load the module: `modprobe vxlan` (Tessera's tunnels between hosts are VXLAN)",
+        ),
+        Err(e) => Check::bad("kernel: vxlan", Outcome::Fail, e.to_string(), "the kernel needs network namespaces"),
+    }
+}
+
+fn nft_check(probe: &Netns) -> Check {
+    let ruleset =
+        "table inet tessera_doctor {\n  chain pre {\n    type filter hook prerouting priority -300;\n    ct zone set 7\n  }\n}\n";
+    match nft_in(probe, ruleset) {
+        Ok(out) if out.status.success() => {
+            Check::ok("kernel: nftables, conntrack zones", "a table that sets conntrack zones loads")
+        }
+        Ok(out) => Check::bad(
+            "kernel: nftables, conntrack zones",
+            Outcome::Fail,
+            format!("nft refused a table that sets conntrack zones: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            "load the modules: `modprobe nf_tables nf_conntrack nft_ct`",
+        ),
+        Err(e) => Check::bad(
+            "kernel: nftables, conntrack zones",
+            Outcome::Fail,
+            format!("cannot run nft: {e}"),
+            "install nftables: `apt-get install nftables`",
+        ),
+    }
+}
+
+/// `nft -f -` with `ruleset` on its standard input, inside `probe`.
+fn nft_in(probe: &Netns, ruleset: &str) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = tessera_fabric::spawn_in(probe, cmd)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ruleset.as_bytes())?;
+    }
+    child.wait_with_output()
+}
+
+fn rule_check(probe: &Netns) -> Check {
+    match exec_in(probe, "ip", ["rule", "add", "pref", "100", "lookup", "100"]) {
+        Ok(out) if out.status.success() => Check::ok("kernel: ip rule", "policy routing rules can be added"),
+        Ok(out) => Check::bad(
+            "kernel: ip rule",
+            Outcome::Fail,
+            format!("cannot add a routing rule: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            "the kernel needs CONFIG_IP_MULTIPLE_TABLES (policy routing)",
+        ),
+        Err(e) => Check::bad("kernel: ip rule", Outcome::Fail, format!("cannot run ip: {e}"), "install iproute2"),
+    }
+}
+
+/// The MTU of the interface that holds `underlay`: the overlay's is 50
+/// bytes less, and must carry IPv6 (1280).
+fn mtu_check(underlay: IpAddr) -> Check {
+    let out = match Command::new("ip").args(["-j", "addr", "show"]).output() {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            return Check::bad(
+                "underlay MTU",
+                Outcome::Fail,
+                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                "install iproute2",
+            )
+        }
+        Err(e) => return Check::bad("underlay MTU", Outcome::Fail, format!("cannot run ip: {e}"), "install iproute2"),
+    };
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&out).unwrap_or_default();
+    let holder = links.iter().find(|l| {
+        l["addr_info"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["local"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(underlay)))
+    });
+    let Some(link) = holder else {
+        return Check::bad(
+            "underlay MTU",
+            Outcome::Fail,
+            format!("no interface of this host holds the underlay address {underlay}"),
+            "give the agent this host's own address (--underlay-ip), or add it to the underlay interface",
+        );
+    };
+    let ifname = link["ifname"].as_str().unwrap_or("?");
+    let mtu = link["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(0);
+    let overlay = mtu.saturating_sub(VXLAN_OVERHEAD);
+    if overlay < IPV6_MIN_MTU {
+        return Check::bad(
+            "underlay MTU",
+            Outcome::Fail,
+            format!("{ifname} has MTU {mtu}: the overlay's would be {overlay}, below IPv6's minimum {IPV6_MIN_MTU}"),
+            format!("raise it: `ip link set {ifname} mtu 1500` (at least {})", IPV6_MIN_MTU + VXLAN_OVERHEAD),
+        );
+    }
+    Check::ok("underlay MTU", format!("{ifname} ({underlay}) has MTU {mtu}: the overlay's is {overlay}"))
+}
+
+/// Every other host's underlay address answers a ping from here.
+async fn vtep_check(ctx: &Ctx, underlay: Option<IpAddr>) -> Check {
+    let hosts: Vec<tessera_model::Host> = match ctx.client.get("/v1/hosts").await {
+        Ok(h) => h,
+        Err(e) => {
+            return Check::bad(
+                "other hosts' VTEPs",
+                Outcome::Skipped,
+                format!("cannot list the hosts: {e}"),
+                "run with an administrator's credentials",
+            )
+        }
+    };
+    let others: Vec<IpAddr> = hosts.iter().map(|h| h.underlay_ip).filter(|ip| Some(*ip) != underlay).collect();
+    if others.is_empty() {
+        return Check::ok("other hosts' VTEPs", "no other host");
+    }
+    let mut silent = Vec::new();
+    for ip in &others {
+        let answered = tokio::process::Command::new("ping")
+            .args(["-c", "1", "-W", "1", &ip.to_string()])
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success());
+        if !answered {
+            silent.push(ip.to_string());
+        }
+    }
+    if silent.is_empty() {
+        Check::ok("other hosts' VTEPs", format!("{} host(s) answer on the underlay", others.len()))
+    } else {
+        Check::bad(
+            "other hosts' VTEPs",
+            Outcome::Warn,
+            format!("{} of {} host(s) do not answer a ping on the underlay: {}", silent.len(), others.len(), silent.join(", ")),
+            "check the underlay's routes and firewalls (ICMP, and UDP 4789 for VXLAN)",
+        )
+    }
+}
