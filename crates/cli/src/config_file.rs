@@ -3,7 +3,8 @@
 //! settable in one place, by its long name, and by the environment.
 //!
 //! ```toml
-//! controller = "https://10.0.0.1:8082"   # a flag every command takes
+//! [global]                               # the flags every command takes
+//! controller = "https://10.0.0.1:8082"
 //! ca = "/etc/tessera/pki/ca.pem"
 //! log-format = "json"
 //!
@@ -32,6 +33,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+
+/// The section of the flags every command takes (they may also be
+/// top-level keys).
+const GLOBAL: &str = "global";
 
 /// The file read when none is named, if it exists.
 pub const DEFAULT_PATH: &str = "/etc/tessera/tessera.toml";
@@ -168,6 +173,15 @@ impl ConfigFile {
         let mut out = Settings::new();
         for (key, value) in &self.table {
             match value {
+                // The flags every command takes, also in a section of their
+                // own (where `controller`, the URL, does not clash with the
+                // `[controller]` section).
+                toml::Value::Table(section) if key == GLOBAL => {
+                    for (flag, value) in section {
+                        let values = self.check(cli, None, flag, value)?;
+                        out.entry(None).or_default().insert(flag.clone(), values);
+                    }
+                }
                 toml::Value::Table(section) => {
                     let Some(sub) = cli.get_subcommands().find(|s| s.get_name() == key) else {
                         bail!(
