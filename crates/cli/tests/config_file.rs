@@ -9,8 +9,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 use support::BIN;
@@ -43,32 +42,6 @@ fn entry<'a>(rows: &'a [Value], key: &str) -> &'a Value {
     rows.iter().find(|r| r["key"] == key).unwrap_or_else(|| panic!("no {key} in {rows:?}"))
 }
 
-/// Runs a controller with `args` until it logged that it serves; its log.
-fn controller_log(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("TESSERA_LOG")
-        .env_remove("TESSERA_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("controller serving") || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(text.contains("controller serving"), "the controller did not start:\n{text}");
-    text
-}
-
 #[test]
 fn a_controller_runs_from_the_file_alone_and_a_flag_wins_over_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,13 +56,13 @@ fn a_controller_runs_from_the_file_alone_and_a_flag_wins_over_it() {
         0o644,
     );
     let config = config.to_str().unwrap();
-    let log = controller_log(&["--config-file", config, "controller"]);
+    let log = support::controller_log(&["--config-file", config, "controller"]);
     let serving: Value =
         log.lines().find(|l| l.contains("controller serving")).map(|l| serde_json::from_str(l).unwrap()).unwrap();
     assert!(serving["fields"]["store"].as_str().unwrap().contains(data.to_str().unwrap()), "{serving}");
     assert!(data.join("tessera.redb").exists(), "the store is where the file says");
     // The flag wins: text, not JSON.
-    let log = controller_log(&["--config-file", config, "--log-format", "text", "controller"]);
+    let log = support::controller_log(&["--config-file", config, "--log-format", "text", "controller"]);
     assert!(log.lines().any(|l| l.contains(" INFO ") && l.contains("controller serving")), "{log}");
 }
 

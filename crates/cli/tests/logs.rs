@@ -5,38 +5,24 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use support::BIN;
 
-/// Runs a controller with its standard error in a file until it logged
-/// that it serves; returns what it logged.
+/// A controller with its log in a file (not a terminal), until it serves.
 fn controller_log(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("controller.log");
-    let mut child: Child = Command::new(BIN)
-        .args(["controller", "--insecure-loopback", "--listen", "127.0.0.1:0", "--init", "--data-dir"])
-        .arg(dir.path())
-        .args(extra)
-        .env_remove("TESSERA_LOG")
-        .env_remove("TESSERA_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("run tessera controller");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("controller serving") || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(text.contains("controller serving"), "the controller did not start:\n{text}");
-    text
+    let mut args = vec![
+        "controller",
+        "--insecure-loopback",
+        "--listen",
+        "127.0.0.1:0",
+        "--init",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    support::controller_log(&args)
 }
 
 #[test]

@@ -700,44 +700,33 @@ mod specs {
             put(&store, &format!("k/{w:02}"), "old").await;
         }
         let before = store.revision().await.unwrap();
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    let key = format!("k/{w:02}");
-                    let create = Txn::new()
-                        .when(Compare::exists("shared"))
-                        .when(Compare::absent(key.clone()))
-                        .then(Op::put(key.clone(), "new"))
-                        .then(Op::put(format!("index/{w:02}"), key));
-                    (w, store.txn(create).await.unwrap())
+        // All at once: each creates k/NN if "shared" exists and k/NN does not.
+        let creates = |store: &Arc<dyn Store>| {
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let store = Arc::clone(store);
+                    tokio::spawn(async move {
+                        let key = format!("k/{w:02}");
+                        let create = Txn::new()
+                            .when(Compare::exists("shared"))
+                            .when(Compare::absent(key.clone()))
+                            .then(Op::put(key.clone(), "new"))
+                            .then(Op::put(format!("index/{w:02}"), key));
+                        (w, store.txn(create).await.unwrap())
+                    })
                 })
-            })
-            .collect();
-        // Every transaction compares "shared", which none writes: absent,
-        // so all fail first; then it is made and they go again.
-        for w in writers {
-            let (w, result) = w.await.unwrap();
+                .collect();
+            futures::future::join_all(tasks)
+        };
+        // "shared", which none writes, is absent: all fail first.
+        for answer in creates(&store).await {
+            let (w, result) = answer.unwrap();
             let failed: &[usize] = if w % 2 == 0 { &[0, 1] } else { &[0] };
             assert!(!result.succeeded && result.failed == failed, "k/{w:02}: {result:?}");
         }
         put(&store, "shared", "x").await;
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    let key = format!("k/{w:02}");
-                    let create = Txn::new()
-                        .when(Compare::exists("shared"))
-                        .when(Compare::absent(key.clone()))
-                        .then(Op::put(key.clone(), "new"))
-                        .then(Op::put(format!("index/{w:02}"), key));
-                    (w, store.txn(create).await.unwrap())
-                })
-            })
-            .collect();
-        for w in writers {
-            let (w, result) = w.await.unwrap();
+        for answer in creates(&store).await {
+            let (w, result) = answer.unwrap();
             if w % 2 == 0 {
                 assert!(!result.succeeded && result.failed == [1], "k/{w:02} existed: {result:?}");
             } else {

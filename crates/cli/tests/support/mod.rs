@@ -354,3 +354,33 @@ pub fn assert_error(resp: &(u16, Value), status: u16, code: &str, field: Option<
     }
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
 }
+
+/// Runs `tessera ARGS` (a controller) with its standard error in a file,
+/// without `TESSERA_LOG` or `TESSERA_LOG_FORMAT` from the caller, until it
+/// logged that it serves (at most 20 s); returns what it logged. Panics
+/// with the log when it did not start.
+pub fn controller_log(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("controller.log");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("TESSERA_LOG")
+        .env_remove("TESSERA_LOG_FORMAT")
+        .env_remove("TESSERA_CONFIG_FILE")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run tessera controller");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("controller serving") || Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            break std::fs::read_to_string(&log).unwrap_or(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("controller serving"), "the controller did not start:\n{text}");
+    text
+}
