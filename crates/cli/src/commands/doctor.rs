@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use tessera_api::AgentClient;
-use tessera_fabric::{exec_in, with_netlink_in, Fabric, Netns};
+use tessera_fabric::{with_netlink_in, Fabric, Netns};
 
 use super::Ctx;
 use crate::table::Table;
@@ -77,7 +77,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let status = AgentClient::new(args.socket.clone()).status().await;
     let underlay = args.underlay_ip.or(status.as_ref().ok().map(|s| s.underlay_ip));
     checks.push(match underlay {
-        Some(ip) => mtu_check(ip),
+        Some(ip) => mtu_check(ip).await,
         None => {
             Check::bad("underlay MTU", Outcome::Skipped, "no underlay address known", "give --underlay-ip, or start the agent")
         }
@@ -242,50 +242,76 @@ fn nft_in(probe: &Netns, ruleset: &str) -> std::io::Result<std::process::Output>
     child.wait_with_output()
 }
 
+/// `ip rule add pref 100 lookup 65636` inside `probe` (a table above 255,
+/// as the networks' VRFs use).
 fn rule_check(probe: &Netns) -> Check {
-    match exec_in(probe, "ip", ["rule", "add", "pref", "100", "lookup", "100"]) {
-        Ok(out) if out.status.success() => Check::ok("kernel: ip rule", "policy routing rules can be added"),
-        Ok(out) => Check::bad(
+    use rtnetlink::packet_route::rule::RuleAction;
+    let added = with_netlink_in(probe, |handle| async move {
+        handle.rule().add().v4().priority(100).table_id(65_636).action(RuleAction::ToTable).execute().await
+    });
+    match added {
+        Ok(Ok(())) => Check::ok("kernel: ip rule", "policy routing rules can be added"),
+        Ok(Err(e)) => Check::bad(
             "kernel: ip rule",
             Outcome::Fail,
-            format!("cannot add a routing rule: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!("cannot add a routing rule: {e}"),
             "the kernel needs CONFIG_IP_MULTIPLE_TABLES (policy routing)",
         ),
-        Err(e) => Check::bad("kernel: ip rule", Outcome::Fail, format!("cannot run ip: {e}"), "install iproute2"),
+        Err(e) => Check::bad("kernel: ip rule", Outcome::Fail, e.to_string(), "the kernel needs network namespaces"),
     }
+}
+
+/// The name and MTU of the link that holds `addr` in this namespace, from
+/// an address and a link dump (`ip addr show`).
+async fn link_holding(addr: IpAddr) -> Result<Option<(String, u32)>, String> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
+    let task = tokio::spawn(connection);
+    let found = async {
+        let addrs: Vec<_> =
+            handle.address().get().execute().try_collect().await.map_err(|e| format!("cannot list addresses: {e}"))?;
+        let index = addrs.iter().find_map(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr))
+                .then_some(m.header.index)
+        });
+        let Some(index) = index else { return Ok(None) };
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| format!("cannot read link {index}: {e}"))?;
+        let attrs = links.first().map(|l| l.attributes.as_slice()).unwrap_or_default();
+        let name = attrs.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None });
+        let mtu = attrs.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None });
+        Ok(Some((name.unwrap_or_else(|| format!("#{index}")), mtu.unwrap_or(0))))
+    }
+    .await;
+    task.abort();
+    found
 }
 
 /// The MTU of the interface that holds `underlay`: the overlay's is 50
 /// bytes less, and must carry IPv6 (1280).
-fn mtu_check(underlay: IpAddr) -> Check {
-    let out = match Command::new("ip").args(["-j", "addr", "show"]).output() {
-        Ok(o) if o.status.success() => o.stdout,
-        Ok(o) => {
+async fn mtu_check(underlay: IpAddr) -> Check {
+    let (ifname, mtu) = match link_holding(underlay).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
             return Check::bad(
                 "underlay MTU",
                 Outcome::Fail,
-                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                "install iproute2",
+                format!("no interface of this host holds the underlay address {underlay}"),
+                "give the agent this host's own address (--underlay-ip), or add it to the underlay interface",
             )
         }
-        Err(e) => return Check::bad("underlay MTU", Outcome::Fail, format!("cannot run ip: {e}"), "install iproute2"),
+        Err(e) => return Check::bad("underlay MTU", Outcome::Fail, e, "run where netlink is available"),
     };
-    let links: Vec<serde_json::Value> = serde_json::from_slice(&out).unwrap_or_default();
-    let holder = links.iter().find(|l| {
-        l["addr_info"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|i| i["local"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(underlay)))
-    });
-    let Some(link) = holder else {
-        return Check::bad(
-            "underlay MTU",
-            Outcome::Fail,
-            format!("no interface of this host holds the underlay address {underlay}"),
-            "give the agent this host's own address (--underlay-ip), or add it to the underlay interface",
-        );
-    };
-    let ifname = link["ifname"].as_str().unwrap_or("?");
-    let mtu = link["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(0);
     let overlay = mtu.saturating_sub(VXLAN_OVERHEAD);
     if overlay < IPV6_MIN_MTU {
         return Check::bad(
