@@ -11,7 +11,6 @@
 //! the agent's RSS with 1,000 endpoints and 50,000 rules ≤ 150 MB.
 //! `--endpoints N` for another count. Needs root, iproute2 and nftables.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -157,28 +156,8 @@ fn fill(c: &mut Cluster, total: usize) -> Result<()> {
     for n in &names {
         c.container("h1", n)?;
     }
-    let c = &*c;
-    let next = AtomicUsize::new(0);
     let t = Instant::now();
-    thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    while let Some(n) = names.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        let mut attempt = 0;
-                        while let Err(e) = c.attach(n, NETWORK, &[]) {
-                            attempt += 1;
-                            if attempt == 3 {
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("attach worker panicked"))))
-    })?;
+    c.attach_all(&names, NETWORK, WORKERS)?;
     eprintln!("{} endpoints attached on h1 in {:.1?}", names.len(), t.elapsed());
     Ok(())
 }

@@ -37,7 +37,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -722,35 +721,8 @@ fn fill(c: &mut Cluster, total: usize) -> Result<()> {
         }
     }
     eprintln!("   {} containers made; attaching with {FILL_WORKERS} workers", names.len());
-    let c = &*c;
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
     let t = Instant::now();
-    thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..FILL_WORKERS)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    while let Some(n) = names.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        // The agent answers 504 when programming takes over its timeout; attach is idempotent.
-                        let mut attempt = 0;
-                        while let Err(e) = c.attach(n, NETWORK, &[]) {
-                            attempt += 1;
-                            if attempt == 3 {
-                                return Err(e);
-                            }
-                            eprintln!("   attach {n} failed, retrying: {e:#}");
-                        }
-                        let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-                        if d % 100 == 0 || d == names.len() {
-                            eprintln!("   {d}/{} attached in {:.1?}", names.len(), t.elapsed());
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("attach worker panicked"))))
-    })?;
+    c.attach_all(&names, NETWORK, FILL_WORKERS)?;
     // Converged when each host has a route over VXLAN for every endpoint of the other.
     let deadline = Instant::now() + Duration::from_secs(120);
     for (host, remote) in [("h1", want_h2 + on_h3), ("h2", want_h1 + on_h3)] {

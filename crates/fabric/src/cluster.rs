@@ -413,6 +413,41 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Attaches `containers` to `network`, `workers` at a time, each
+    /// tried up to three times (the agent answers 504 when programming
+    /// takes longer than its timeout; an attach is idempotent); reports
+    /// progress on stderr every 100.
+    pub fn attach_all(&self, containers: &[String], network: &str, workers: usize) -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let t = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let workers: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        while let Some(n) = containers.get(next.fetch_add(1, Ordering::SeqCst)) {
+                            let mut attempt = 0;
+                            while let Err(e) = self.attach(n, network, &[]) {
+                                attempt += 1;
+                                if attempt == 3 {
+                                    return Err(e);
+                                }
+                                eprintln!("   attach {n} failed, retrying: {e:#}");
+                            }
+                            let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+                            if d % 100 == 0 || d == containers.len() {
+                                eprintln!("   {d}/{} attached in {:.1?}", containers.len(), t.elapsed());
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("attach worker panicked"))))
+        })
+    }
+
     /// `tessera detach --netns <container> [--network NETWORK]`; returns the detached endpoints.
     pub fn detach(&self, container: &str, network: Option<&str>) -> anyhow::Result<serde_json::Value> {
         let host = self.host_of(container)?;
