@@ -219,13 +219,13 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
-    // What documents the CLI needs neither a runtime nor a controller.
+    // What documents the CLI needs neither a runtime nor a controller; the
+    // definition with every flag's variable, as parsing used it.
+    let definition = || config_file::with_env(Cli::command());
     match &cli.command {
-        Command::Completions(a) => return report(commands::docs::completions(Cli::command(), a)),
-        Command::ManPages(a) => return report(commands::docs::man_pages(Cli::command(), a)),
-        Command::Config(c) => {
-            return report(commands::config::run(&config_file::with_env(Cli::command()), file.as_ref(), c, cli.json))
-        }
+        Command::Completions(a) => return report(commands::docs::completions(definition(), a)),
+        Command::ManPages(a) => return report(commands::docs::man_pages(definition(), a)),
+        Command::Config(c) => return report(commands::config::run(&definition(), file.as_ref(), c, cli.json)),
         _ => {}
     }
     let rt = match tokio::runtime::Runtime::new() {

@@ -100,10 +100,7 @@ pub(crate) async fn read_events(
             if !page.takes(revision) {
                 break 'read;
             }
-            page.events.push(match event.event_type() {
-                EventType::Put => Event::put(key_value(kv)?),
-                EventType::Delete => Event::delete(etcd_conv::key(kv)?, revision),
-            });
+            page.events.push(tessera_event(event.event_type(), kv, etcd_conv::key(kv)?, revision)?);
         }
         if seen >= head {
             break;
@@ -111,6 +108,15 @@ pub(crate) async fn read_events(
     }
     // Dropping the stream closes it; etcd cancels the watcher.
     Ok(page.events)
+}
+
+/// An etcd event of `kv` (whose key is `key`) at Tessera revision
+/// `revision` as Tessera's.
+fn tessera_event(kind: EventType, kv: &etcd_client::KeyValue, key: String, revision: u64) -> Result<Event, StoreError> {
+    Ok(match kind {
+        EventType::Put => Event::put(key_value(kv)?),
+        EventType::Delete => Event::delete(key, revision),
+    })
 }
 
 /// [`StoreError::Compacted`] for a watch from `after` that etcd refused:
@@ -232,6 +238,10 @@ impl Followed {
             recent.push(events, newest);
             recent.head()
         };
+        self.publish_recent_head(head);
+    }
+
+    fn publish_recent_head(&self, head: u64) {
         self.recent_head.send_if_modified(|h| std::mem::replace(h, head) != head);
     }
 
@@ -239,7 +249,7 @@ impl Followed {
     /// a compacted part of the log).
     fn restarted(&self, head: u64) {
         self.recent().restart(head);
-        self.recent_head.send_if_modified(|h| std::mem::replace(h, head) != head);
+        self.publish_recent_head(head);
     }
 
     /// Publishes `revision` as the latest if it is newer than the last one.
@@ -325,10 +335,7 @@ async fn follow_once(link: &Link, followed: &Followed, last: &mut u64) -> Result
                 // A key that is not UTF-8 is not Tessera's (the cluster may
                 // be shared): counted for retention, not kept.
                 let Ok(key) = etcd_conv::key(kv) else { continue };
-                events.push(match event.event_type() {
-                    EventType::Put => Event::put(key_value(kv)?),
-                    EventType::Delete => Event::delete(key, revision),
-                });
+                events.push(tessera_event(event.event_type(), kv, key, revision)?);
             }
         }
         if let Some((&newest, _)) = per_revision.last_key_value() {

@@ -192,6 +192,20 @@ impl EtcdStore {
         bounded(&self.inner.link, op, fut).await
     }
 
+    /// Every key under `prefix`, read with the options `with` adds.
+    async fn range_with(
+        &self,
+        op: &'static str,
+        prefix: &str,
+        with: impl FnOnce(GetOptions) -> GetOptions,
+    ) -> Result<RangeResult, StoreError> {
+        let (start, end) = prefix_range(prefix);
+        let mut kv = self.inner.kv.clone();
+        let response = self.call(op, kv.get(start, Some(with(GetOptions::new().with_range(end))))).await?;
+        let kvs = response.kvs().iter().map(key_value).collect::<Result<_, _>>()?;
+        Ok(RangeResult { kvs, revision: header_revision(response.header()) })
+    }
+
     /// Commits one transaction as one etcd transaction.
     async fn commit_alone(&self, txn: &Txn, plan: &Plan) -> Result<TxnResult, StoreError> {
         let mut kv = self.inner.kv.clone();
@@ -375,29 +389,15 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let (start, end) = prefix_range(prefix);
-        let mut kv = self.inner.kv.clone();
-        let response = self.call("range", kv.get(start, Some(GetOptions::new().with_range(end)))).await?;
-        let kvs = response.kvs().iter().map(key_value).collect::<Result<_, _>>()?;
-        Ok(RangeResult { kvs, revision: header_revision(response.header()) })
+        self.range_with("range", prefix, |o| o).await
     }
 
     async fn range_keys(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let (start, end) = prefix_range(prefix);
-        let mut kv = self.inner.kv.clone();
-        let options = GetOptions::new().with_range(end).with_keys_only();
-        let response = self.call("range keys", kv.get(start, Some(options))).await?;
-        let kvs = response.kvs().iter().map(key_value).collect::<Result<_, _>>()?;
-        Ok(RangeResult { kvs, revision: header_revision(response.header()) })
+        self.range_with("range keys", prefix, GetOptions::with_keys_only).await
     }
 
     async fn range_keys_relaxed(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let (start, end) = prefix_range(prefix);
-        let mut kv = self.inner.kv.clone();
-        let options = GetOptions::new().with_range(end).with_keys_only().with_serializable();
-        let response = self.call("range keys", kv.get(start, Some(options))).await?;
-        let kvs = response.kvs().iter().map(key_value).collect::<Result<_, _>>()?;
-        Ok(RangeResult { kvs, revision: header_revision(response.header()) })
+        self.range_with("range keys", prefix, |o| o.with_keys_only().with_serializable()).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
