@@ -215,6 +215,11 @@ impl ConfigFile {
             Some(s) => format!("{}: [{s}] {flag}", self.path.display()),
             None => format!("{}: {flag}", self.path.display()),
         };
+        // The file is chosen before it is read: naming another one here
+        // would be accepted and do nothing.
+        if flag == "config-file" {
+            bail!("{at}: a configuration file cannot name another (give --config-file or TESSERA_CONFIG_FILE)");
+        }
         let arg = command
             .get_arguments()
             .find(|a| settable(a) && a.get_long() == Some(flag) && (section.is_none() || !a.is_global_set()))
