@@ -96,7 +96,7 @@ fn mistakes_in_the_file_are_refused_naming_the_file_the_section_and_the_key() {
         ("[controller]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n", "[controller] listen: takes one value"),
         ("log-format = \"xml\"\n", "log-format: invalid value 'xml'"),
         ("not toml", "is not valid TOML"),
-        ("[global]\nconfig-file = \"/etc/other.toml\"\n", "[global] config-file: a configuration file cannot name another"),
+        ("[global]\nconfig-file = \"/etc/other.toml\"\n", "config-file: a configuration file cannot name another"),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let config = file(dir.path(), &format!("c{i}.toml"), text, 0o644);
