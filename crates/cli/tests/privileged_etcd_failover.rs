@@ -12,7 +12,7 @@
 //! controller. Needs root and etcd; fails with the reason when it cannot run.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,14 @@ use tessera_testkit::{addresses, controller_url, Cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// Containers made for the stream of attaches (it stops earlier).
-const STREAM_MAX: usize = 60;
+/// Containers made for the stream of attaches (it stops earlier): one
+/// attach begins every `STREAM_PACE` at most, so the stream outlasts the
+/// failover and the 2.5 s after it however fast attaches are.
+const STREAM_MAX: usize = 100;
+const STREAM_PACE: Duration = Duration::from_millis(50);
+
+/// The controller is killed once this many attaches of the stream are done.
+const KILL_AFTER: usize = 20;
 
 /// The continuous ping: one packet every 10 ms for 15 s, longer than the
 /// whole stretch from before the first attach of the stream to after its
@@ -147,6 +153,7 @@ fn privileged_agents_continue_on_the_other_controller_within_2s_of_a_kill_9_and_
     std::thread::sleep(Duration::from_millis(500));
 
     let stop = AtomicBool::new(false);
+    let done = AtomicUsize::new(0);
     let errors = Mutex::new(Vec::new());
     let started = Instant::now();
     let (made, killed_at, moved_after) = std::thread::scope(|s| {
@@ -157,13 +164,21 @@ fn privileged_agents_continue_on_the_other_controller_within_2s_of_a_kill_9_and_
                     break;
                 }
                 let container = format!("s{i}");
+                if let Some(wait) = (STREAM_PACE * i as u32).checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
                 let began = started.elapsed();
                 let (tries, ip) = attach_retrying(&c, &container, "blue", &errors);
                 made.push(Attached { container, host: stream_host(i).to_string(), began, done: started.elapsed(), tries, ip });
+                done.fetch_add(1, Ordering::Relaxed);
             }
             made
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::Relaxed) < KILL_AFTER {
+            assert!(Instant::now() < deadline, "{KILL_AFTER} attaches before the kill\n{}", c.logs_tail(30));
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let killed_at = started.elapsed();
         assert!(c.kill_controller_on(&victim.0), "the controller of {} was running", victim.0);
         let killed = Instant::now();
