@@ -177,6 +177,8 @@ enum Command {
     Status(commands::agent::StatusArgs),
     /// Check what this host needs for Tessera (kernel features, underlay MTU, agent, controller, other hosts), each failure with its fix.
     Doctor(commands::doctor::Args),
+    /// Remove everything Tessera made in this host's kernel (links, routing rules and routes, nftables tables), once the agent is stopped.
+    Purge(commands::purge::Args),
     /// The fabric's certificates: a CA, the controller's, an admin's, one per host.
     #[command(subcommand)]
     Pki(commands::pki::Cmd),
@@ -273,6 +275,7 @@ fn main() -> ExitCode {
             Command::Vif(c) => commands::agent::vif(&ctx, c).await,
             Command::Status(a) => commands::agent::status(&ctx, a).await,
             Command::Doctor(a) => commands::doctor::run(&ctx, a).await,
+            Command::Purge(a) => commands::purge::run(&ctx, a).await,
             Command::Cni(c) => commands::cni::run(&ctx, c).await,
             Command::Completions(_) | Command::ManPages(_) | Command::Config(_) => Ok(()),
         }

@@ -34,6 +34,9 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// A purge could not take everything away.
+    #[error("purge: {0}")]
+    Purge(String),
     /// The thread that owns the data plane's sockets has stopped.
     #[error("the data plane worker thread has stopped")]
     WorkerGone,

@@ -17,6 +17,7 @@ pub mod network;
 pub mod pki;
 pub mod policy;
 pub mod project;
+pub mod purge;
 pub mod service;
 pub mod store;
 pub mod token;

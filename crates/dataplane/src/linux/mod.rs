@@ -33,6 +33,7 @@ mod neigh;
 mod netns;
 mod nftables;
 mod observe;
+mod purge;
 mod routes;
 mod tamper;
 mod vif;
@@ -40,4 +41,5 @@ mod worker;
 
 pub use ct_watch::{conntrack_events, CtMessage};
 pub use drop_watch::{refused_packets, RefusedPacket};
+pub use purge::{purge, Purge, NFT_TABLES};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};

@@ -451,6 +451,15 @@ pub(super) async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneE
     }
 }
 
+/// `nft delete table FAMILY NAME`; a table that is not there is no error.
+pub(super) async fn nft_delete_table(family: &str, name: &str) -> Result<(), DataplaneError> {
+    match nft_run(&["delete", "table", family, name], None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("No such file or directory") => Ok(()),
+        Err(message) => Err(DataplaneError::Nft { op: "delete table", message }),
+    }
+}
+
 /// `action` without the deletions of what `now` no longer holds (`None`:
 /// nothing left of it).
 fn without_absent(action: &KernelOp, now: &NftState) -> Option<KernelOp> {
