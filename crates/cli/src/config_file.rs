@@ -134,19 +134,28 @@ pub fn with_env(mut cli: clap::Command) -> clap::Command {
     }
     let commands: Vec<String> = cli.get_subcommands().map(|s| s.get_name().to_owned()).collect();
     for name in commands {
-        cli = cli.mut_subcommand(name.clone(), |mut sub| {
-            let own: Vec<(clap::Id, String)> = sub
-                .get_arguments()
-                .filter(|a| settable(a) && !a.is_global_set() && a.get_env().is_none())
-                .filter_map(|a| Some((a.get_id().clone(), env_name(Some(&name), a)?)))
-                .collect();
-            for (id, env) in own {
-                sub = sub.mut_arg(id, |a| a.env(env));
-            }
-            sub
-        });
+        cli = cli.mut_subcommand(name.clone(), |sub| command_env(sub, &name));
     }
     cli
+}
+
+/// Gives every settable flag of `sub` (a command's) and of its own
+/// commands the variable named after `command`: `tessera controller init
+/// --data-dir` reads what `tessera controller --data-dir` reads.
+fn command_env(mut sub: clap::Command, command: &str) -> clap::Command {
+    let own: Vec<(clap::Id, String)> = sub
+        .get_arguments()
+        .filter(|a| settable(a) && !a.is_global_set() && a.get_env().is_none())
+        .filter_map(|a| Some((a.get_id().clone(), env_name(Some(command), a)?)))
+        .collect();
+    for (id, env) in own {
+        sub = sub.mut_arg(id, |a| a.env(env));
+    }
+    let nested: Vec<String> = sub.get_subcommands().map(|s| s.get_name().to_owned()).collect();
+    for name in nested {
+        sub = sub.mut_subcommand(name, |s| command_env(s, command));
+    }
+    sub
 }
 
 /// A flag's value as the file gives it, as the strings a command line
@@ -263,10 +272,27 @@ impl ConfigFile {
         for (section, flags) in self.settings(&cli)? {
             for (flag, values) in flags {
                 let id = id_of(&cli, section.as_deref(), &flag);
-                let set = move |a: clap::Arg| a.default_values(values);
+                // A required flag the file sets is no longer required on
+                // the command line (clap checks presence before defaults).
+                let set = move |a: clap::Arg| a.default_values(values.clone()).required(false);
                 cli = match &section {
                     None => cli.mut_arg(id, set),
-                    Some(s) => cli.mut_subcommand(s.clone(), |sub| sub.mut_arg(id, set)),
+                    // A command's section also sets its own commands' flag
+                    // of that name (`[controller] data-dir` for
+                    // `tessera controller init`).
+                    Some(s) => cli.mut_subcommand(s.clone(), |mut sub| {
+                        let nested: Vec<(String, clap::Id)> = sub
+                            .get_subcommands()
+                            .filter_map(|n| {
+                                let arg = n.get_arguments().find(|a| a.get_long() == Some(flag.as_str()))?;
+                                Some((n.get_name().to_owned(), arg.get_id().clone()))
+                            })
+                            .collect();
+                        for (name, nested_id) in nested {
+                            sub = sub.mut_subcommand(name, |n| n.mut_arg(nested_id, set.clone()));
+                        }
+                        sub.mut_arg(id, set)
+                    }),
                 };
             }
         }

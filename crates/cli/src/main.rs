@@ -237,7 +237,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let credentials = cli.credentials();
+    // Commands that never call a controller do not need the credentials
+    // to exist (`pki init` makes them).
+    let local = matches!(
+        cli.command,
+        Command::Pki(_)
+            | Command::Purge(_)
+            | Command::Store(_)
+            | Command::Demo(_)
+            | Command::Controller(commands::controller::Args { action: None | Some(commands::controller::Action::Init(_)), .. })
+    );
+    let credentials = if local { tessera_api::auth::Credentials::default() } else { cli.credentials() };
     let client = match tessera_api::ControllerClient::with_credentials(&cli.controller, &credentials) {
         Ok(c) => c.without_timeout(),
         Err(e) => {
@@ -250,6 +260,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Controller(a) => match a.action {
                 Some(commands::controller::Action::Status) => commands::controller_status::run(&ctx).await,
+                Some(commands::controller::Action::Init(store)) => commands::controller::init(*store).await,
                 None => commands::controller::run(a).await,
             },
             Command::Network(c) => commands::network::run(&ctx, c).await,

@@ -123,3 +123,34 @@ fn a_file_others_may_write_or_a_token_others_may_read_is_refused() {
     let rows = show(&token, None, &[]);
     assert_eq!(entry(&rows, "token")["value"], "(set)", "a token is never printed");
 }
+
+#[test]
+fn required_flags_come_from_the_file_and_a_commands_section_reaches_its_own_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = file(
+        dir.path(),
+        "tessera.toml",
+        &format!("[controller]\ndata-dir = \"{}\"\n[agent]\nhost = \"h1\"\nunderlay-ip = \"192.0.2.77\"\n", data.display()),
+        0o644,
+    );
+    let config = config.to_str().unwrap();
+    // The agent's --host and --underlay-ip are required; the file gives
+    // them, so the agent gets as far as looking for its underlay address.
+    let out = tessera(&["--config-file", config, "agent", "--state-dir", dir.path().join("agent").to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("required arguments"), "{stderr}");
+    assert!(stderr.contains("192.0.2.77"), "{stderr}");
+    // `tessera controller init` makes the fabric where [controller] says,
+    // once; a second run finds it.
+    let first = tessera(&["--config-file", config, "controller", "init"], &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(data.join("tessera.redb").exists(), "the store is where the file says");
+    let again = tessera(&["--config-file", config, "controller", "init"], &[]);
+    assert_eq!(again.stdout, first.stdout, "the same fabric");
+    // A flag of `init` wins over the file.
+    let other = dir.path().join("other");
+    let out = tessera(&["--config-file", config, "controller", "init", "--data-dir", other.to_str().unwrap()], &[]);
+    assert!(out.status.success() && other.join("tessera.redb").exists(), "{}", String::from_utf8_lossy(&out.stderr));
+}

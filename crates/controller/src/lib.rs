@@ -27,6 +27,9 @@ use std::sync::Arc;
 pub use error::{Error, ErrorBody};
 pub use service::Controller;
 
+/// How long a stopping controller lets requests finish.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves the API on `listener` until `shutdown` resolves: over TLS, where
 /// callers present a client certificate or a bearer token, or, with `tls`
 /// `None`, in plain HTTP, where every caller acts as an administrator (only
@@ -41,9 +44,36 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let duties = tokio::spawn(run_duties(controller.clone()));
     let app = api::router(controller.clone()).into_make_service_with_connect_info::<tls::Peer>();
-    let served = match tls {
-        Some(config) => axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(shutdown).await,
-        None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(shutdown).await,
+    // Told to stop, the controller accepts nothing new and lets requests
+    // finish for SHUTDOWN_GRACE; watches never finish by themselves, so it
+    // then ends them (their agents continue on another controller).
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let mut graceful = stop.clone();
+    let signal = async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    };
+    let serving = async {
+        match tls {
+            Some(config) => {
+                axum::serve(tls::TlsListener::new(listener, config, limits)?, app).with_graceful_shutdown(signal).await
+            }
+            None => axum::serve(conn::PlainListener::new(listener, limits), app).with_graceful_shutdown(signal).await,
+        }
+    };
+    let grace_over = async {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "connections still open (watches) ended");
+            Ok(())
+        }
     };
     duties.abort();
     if let Err(e) = controller.resign().await {

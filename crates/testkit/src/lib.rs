@@ -111,3 +111,41 @@ pub fn admin_http(c: &Cluster) -> anyhow::Result<reqwest::blocking::ClientBuilde
         .add_root_certificate(ca)
         .identity(reqwest::Identity::from_pem(&pem)?))
 }
+
+/// What of Tessera's is left in the kernel of `netns`, as lines a person
+/// reads (empty: nothing): links named as Tessera names them (`tb`, `tx`,
+/// `tv` and digits), routing rules at Tessera's priorities, routes in its
+/// tables (numbers from 0x10000), nftables tables named `tessera*`.
+pub fn leftovers(netns: &Netns) -> anyhow::Result<Vec<String>> {
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<String> {
+        let out = exec_in(netns, program, args)?;
+        anyhow::ensure!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut left = Vec::new();
+    for line in run("ip", &["-o", "link"])?.lines() {
+        let name = line.split(": ").nth(1).unwrap_or_default().split('@').next().unwrap_or_default();
+        let numbered = |p: &str| name.strip_prefix(p).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        if numbered("tb") || numbered("tx") || numbered("tv") {
+            left.push(format!("link {name}"));
+        }
+    }
+    let rules = run("ip", &["rule"])? + &run("ip", &["-6", "rule"])?;
+    for r in rules.lines() {
+        let pref: u32 = r.split(':').next().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+        if (995..=1002).contains(&pref) {
+            left.push(format!("rule {r}"));
+        }
+    }
+    let routes = run("ip", &["route", "show", "table", "all"])? + &run("ip", &["-6", "route", "show", "table", "all"])?;
+    for r in routes.lines() {
+        let table = r.split_whitespace().skip_while(|w| *w != "table").nth(1).and_then(|t| t.parse::<u32>().ok());
+        if table.is_some_and(|t| t >= 0x10000) {
+            left.push(format!("route {r}"));
+        }
+    }
+    for t in run("nft", &["list", "tables"])?.lines().filter(|t| t.contains(" tessera")) {
+        left.push(format!("nftables {t}"));
+    }
+    Ok(left)
+}

@@ -27,6 +27,10 @@ pub enum Action {
     /// controllers sharing it (alive, leader) and the hosts watching it,
     /// with how far behind each is.
     Status,
+    /// Make a new fabric in the store (--data-dir, or etcd) and exit; a
+    /// store that already holds one is left as it is. Run once before the
+    /// first start (a service then starts without --init).
+    Init(Box<StoreArgs>),
 }
 
 /// The store options shared by `tessera controller` and the commands that
@@ -201,6 +205,17 @@ pub struct Args {
     /// Flow records kept (in memory) per host; the oldest go first.
     #[arg(long, default_value_t = tessera_controller::service::DEFAULT_FLOW_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     flow_records: u64,
+}
+
+/// `tessera controller init`: the store opened with `--init`, the fabric
+/// made in it when it has none, and nothing served.
+pub async fn init(store: StoreArgs) -> anyhow::Result<()> {
+    store.check()?;
+    let Opened { store, name } = store.open(StoreOptions::default(), true).await?;
+    let controller = Controller::new(store).with_store_name(name.clone());
+    let cluster = controller.bootstrap(true).await.with_context(|| format!("cannot make a fabric in the store {name}"))?;
+    println!("fabric {cluster} in {name}");
+    Ok(())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
