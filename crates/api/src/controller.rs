@@ -101,6 +101,33 @@ enum Failed {
     Answered(ClientError),
 }
 
+/// A reading of a controller's clock ([`ControllerClient::clock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClockReading {
+    pub before: std::time::SystemTime,
+    pub after: std::time::SystemTime,
+    /// The answer's `Date`; `None` when it had none.
+    pub date: Option<std::time::SystemTime>,
+}
+
+impl ClockReading {
+    /// How far the controller's clock is ahead (positive) or behind
+    /// (negative) of this host's, in seconds, beyond what the reading can
+    /// tell apart (`Date` is in whole seconds): 0 when they may agree.
+    pub fn skew_secs(&self) -> Option<f64> {
+        let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let (earliest, latest) = (secs(self.date?), secs(self.date?) + 1.0);
+        let (before, after) = (secs(self.before), secs(self.after));
+        Some(if earliest > after {
+            earliest - after
+        } else if latest < before {
+            latest - before
+        } else {
+            0.0
+        })
+    }
+}
+
 /// A client of the fabric's controllers (one, or several sharing a store).
 /// Cheap to clone; clones share which controller they stick to.
 ///
@@ -330,6 +357,24 @@ impl ControllerClient {
             return Ok((value, status == 201));
         }
         Err(refusal(status, &bytes))
+    }
+
+    /// The controller's clock: the `Date` of its answer to `GET /readyz`
+    /// (whole seconds), with this host's time just before the call and
+    /// just after the answer.
+    pub async fn clock(&self) -> Result<ClockReading, ClientError> {
+        self.over_nodes(true, |node| async move {
+            let before = std::time::SystemTime::now();
+            let resp = node.http.get(format!("{}/readyz", node.target.base)).send().await.map_err(failed)?;
+            let after = std::time::SystemTime::now();
+            let date = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|d| httpdate::parse_http_date(d).ok());
+            Ok(ClockReading { before, after, date })
+        })
+        .await
     }
 
     /// `GET path` (`/v1/...`), decoded.

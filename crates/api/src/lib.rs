@@ -31,6 +31,6 @@ pub mod targets;
 pub mod uds;
 
 pub use agent_client::{AgentClient, AgentError};
-pub use controller::{ClientError, ControllerClient};
+pub use controller::{ClientError, ClockReading, ControllerClient};
 pub use error::{ErrorBody, ErrorDetail};
 pub use tessera_model as model;

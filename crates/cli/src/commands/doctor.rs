@@ -3,7 +3,7 @@
 //! throw-away namespace (a veth pair, a bridge, a VXLAN device, an
 //! nftables table that sets conntrack zones, a policy-routing rule), so the
 //! host itself is never changed; then the underlay's MTU, the agent, the
-//! controller and the other hosts' VTEPs.
+//! controller (and the clocks' difference with it) and the other hosts' VTEPs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -130,6 +130,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         ),
     });
     if ready.is_ok() {
+        checks.push(clock_check(ctx.client.clock().await));
         checks.push(vtep_check(ctx, underlay).await);
     }
     report(ctx, &checks)
@@ -192,18 +193,59 @@ fn kernel_checks() -> Vec<Check> {
 }
 
 fn vxlan_check(probe: &Netns) -> Check {
-    let made = with_netlink_in(probe, |handle| async move {
-        handle.link().add(rtnetlink::LinkVxlan::new("probe-vx", 42).port(4789).build()).execute().await
-    });
-    match made {
-        Ok(Ok(())) => Check::ok("kernel: vxlan", "a VXLAN device can be made"),
+    let vxlan = rtnetlink::LinkVxlan::new("probe-vx", 42).port(4789).build();
+    link_kind_check(probe, "kernel: vxlan", "vxlan", vxlan, "Tessera's tunnels between hosts are VXLAN")
+}
+
+/// Whether the kernel makes a `kind` device (`link`, in `probe`): the
+/// module to load when it does not.
+fn link_kind_check(
+    probe: &Netns,
+    check: &'static str,
+    kind: &str,
+    link: rtnetlink::packet_route::link::LinkMessage,
+    why: &str,
+) -> Check {
+    match with_netlink_in(probe, |handle| async move { handle.link().add(link).execute().await }) {
+        Ok(Ok(())) => Check::ok(check, format!("a {kind} device can be made")),
         Ok(Err(e)) => Check::bad(
-            "kernel: vxlan",
+            check,
             Outcome::Fail,
-            format!("cannot make a VXLAN device: {e}"),
-            "load the module: `modprobe vxlan` (Tessera's tunnels between hosts are VXLAN)",
+            format!("cannot make a {kind} device: {e}"),
+            format!("load the module: `modprobe {kind}` ({why})"),
         ),
-        Err(e) => Check::bad("kernel: vxlan", Outcome::Fail, e.to_string(), "the kernel needs network namespaces"),
+        Err(e) => Check::bad(check, Outcome::Fail, e.to_string(), "the kernel needs network namespaces"),
+    }
+}
+
+/// Past this, the clocks' difference is worth a warning (logs and flow
+/// records of two hosts no longer line up).
+const CLOCK_WARN_SECS: f64 = 2.0;
+/// Past this, a failure: certificates valid from "now" look not yet valid
+/// on the slow side, and leases end early or late.
+const CLOCK_FAIL_SECS: f64 = 300.0;
+
+fn clock_check(reading: Result<tessera_api::ClockReading, tessera_api::ClientError>) -> Check {
+    const CHECK: &str = "clock";
+    const FIX: &str = "synchronise the clocks of the hosts and the controllers (systemd-timesyncd, chrony or ntpd)";
+    let reading = match reading {
+        Ok(r) => r,
+        Err(e) => return Check::bad(CHECK, Outcome::Warn, format!("cannot read the controller's clock: {e}"), FIX),
+    };
+    let Some(skew) = reading.skew_secs() else {
+        return Check {
+            check: CHECK,
+            result: Outcome::Skipped,
+            detail: "the controller's answer carries no Date".into(),
+            fix: None,
+        };
+    };
+    let side = if skew > 0.0 { "ahead of" } else { "behind" };
+    let detail = format!("the controller's clock is {:.1} s {side} this host's", skew.abs());
+    match skew.abs() {
+        s if s > CLOCK_FAIL_SECS => Check::bad(CHECK, Outcome::Fail, detail, FIX),
+        s if s > CLOCK_WARN_SECS => Check::bad(CHECK, Outcome::Warn, detail, FIX),
+        _ => Check::ok(CHECK, "within a second of the controller's"),
     }
 }
 
@@ -361,5 +403,49 @@ async fn vtep_check(ctx: &Ctx, underlay: Option<IpAddr>) -> Check {
             format!("{} of {} host(s) do not answer a ping on the underlay: {}", silent.len(), others.len(), silent.join(", ")),
             "check the underlay's routes and firewalls (ICMP, and UDP 4789 for VXLAN)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This kernel has no `vrf` device (Tessera's VRFs are routing tables):
+    /// the probe reports the module to load, as it would for a kernel
+    /// without `vxlan`.
+    #[test]
+    fn privileged_a_device_kind_the_kernel_lacks_is_reported_with_the_module_to_load() {
+        let probe = Netns::create(&format!("tessera-doctor-test-{}", std::process::id())).expect("root");
+        let vrf = rtnetlink::LinkVrf::new("probe-vrf", 7).build();
+        let check = link_kind_check(&probe, "kernel: vrf", "vrf", vrf, "test");
+        probe.delete().unwrap();
+        assert_eq!(check.result, Outcome::Fail, "{check:?}");
+        assert!(check.detail.starts_with("cannot make a vrf device: "), "{check:?}");
+        assert_eq!(check.fix.as_deref(), Some("load the module: `modprobe vrf` (test)"));
+        // The same probe makes a VXLAN device.
+        let probe = Netns::create(&format!("tessera-doctor-test-{}", std::process::id())).expect("root");
+        let check = vxlan_check(&probe);
+        probe.delete().unwrap();
+        assert_eq!(check.result, Outcome::Ok, "{check:?}");
+    }
+
+    #[test]
+    fn clock_skew_is_told_beyond_the_seconds_a_date_can_tell_apart() {
+        let t = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(s);
+        let reading = |date: u64| tessera_api::ClockReading { before: t(1_000_000), after: t(1_000_200), date: Some(t(date)) };
+        // Date 1000 s covers [1000, 1001): the call ran at 1000.0–1000.2.
+        assert_eq!(reading(1_000_000).skew_secs(), Some(0.0));
+        assert_eq!(reading(999_000).skew_secs(), Some(0.0));
+        assert_eq!(clock_check(Ok(reading(1_000_000))).result, Outcome::Ok);
+        let ahead = reading(1_010_000);
+        assert!((ahead.skew_secs().unwrap() - 9.8).abs() < 1e-6);
+        let check = clock_check(Ok(ahead));
+        assert_eq!(check.result, Outcome::Warn);
+        assert_eq!(check.detail, "the controller's clock is 9.8 s ahead of this host's");
+        let behind = clock_check(Ok(reading(600_000)));
+        assert_eq!(behind.result, Outcome::Fail);
+        assert!(behind.detail.ends_with("399.0 s behind this host's"), "{behind:?}");
+        let none = tessera_api::ClockReading { date: None, ..reading(0) };
+        assert_eq!(clock_check(Ok(none)).result, Outcome::Skipped);
     }
 }
