@@ -516,7 +516,7 @@ impl ControllerClient {
         }
         // A controller that does not answer within a few progress intervals
         // is as dead as a silent stream.
-        self.ndjson_on(&path, progress * 4).await
+        self.ndjson_with(&path, progress * 4, WatchEvent::decode_line).await
     }
 
     /// `GET PATH` answered with one JSON value per line (NDJSON), for as
@@ -536,6 +536,16 @@ impl ControllerClient {
         &self,
         path: &str,
         open_timeout: Duration,
+    ) -> Result<(usize, impl Stream<Item = Result<T, ClientError>>), ClientError> {
+        self.ndjson_with(path, open_timeout, |line| serde_json::from_slice(line)).await
+    }
+
+    /// [`Self::ndjson_on`] with each line decoded by `decode`.
+    async fn ndjson_with<T: 'static>(
+        &self,
+        path: &str,
+        open_timeout: Duration,
+        decode: fn(&[u8]) -> serde_json::Result<T>,
     ) -> Result<(usize, impl Stream<Item = Result<T, ClientError>>), ClientError> {
         let (i, resp) = self
             .over_nodes(true, |node| async move {
@@ -571,7 +581,7 @@ impl ControllerClient {
                             if line.iter().all(u8::is_ascii_whitespace) {
                                 continue;
                             }
-                            out.push(serde_json::from_slice(line).map_err(|_| ClientError::BadResponse {
+                            out.push(decode(line).map_err(|_| ClientError::BadResponse {
                                 status,
                                 body: String::from_utf8_lossy(line).into_owned(),
                             }));
@@ -684,13 +694,17 @@ fn http_builder(creds: &Credentials) -> Result<reqwest::ClientBuilder, ClientErr
         (None, None) => {}
         (Some(p), None) | (None, Some(p)) => return Err(bad(p, "a client certificate and its key go together".into())),
     }
+    let mut headers = reqwest::header::HeaderMap::from_iter([(
+        reqwest::header::HeaderName::from_static(crate::version::HEADER),
+        reqwest::header::HeaderValue::from_static(crate::version::VERSION),
+    )]);
     if let Some(token) = &creds.token {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| ClientError::Credentials { what: "token".into(), reason: "not a printable string".into() })?;
         value.set_sensitive(true);
-        b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]));
+        headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    Ok(b)
+    Ok(b.default_headers(headers))
 }
 
 /// A request that got no answer: not sent when no connection was made.

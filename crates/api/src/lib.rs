@@ -29,6 +29,7 @@ pub mod saved;
 pub mod scope;
 pub mod targets;
 pub mod uds;
+pub mod version;
 
 pub use agent_client::{AgentClient, AgentError};
 pub use controller::{ClientError, ClockReading, ControllerClient};

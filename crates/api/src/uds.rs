@@ -29,7 +29,11 @@ pub async fn request(socket: &Path, method: Method, uri: &str, body: Option<Vec<
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = Request::builder().method(method).uri(uri).header("host", "localhost");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost")
+        .header(crate::version::HEADER, crate::version::VERSION);
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }

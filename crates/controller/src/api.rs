@@ -75,6 +75,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(tessera_api::version::layer))
         .with_state(ctl)
 }
 

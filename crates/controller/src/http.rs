@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tessera_api::version::CallerVersion;
 use tessera_model::FieldError;
 
 use crate::error::{ApiError, Error};
@@ -38,23 +39,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for Bo
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = req.extensions().get::<CallerVersion>().copied();
         let bytes = Bytes::from_request(req, state).await.map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError(Error::TooLarge { limit: MAX_BODY_BYTES }),
             _ => ApiError(FieldError::new("body", e.body_text()).into()),
         })?;
         if bytes.len() > DECODE_ASIDE_BYTES {
-            return tokio::task::spawn_blocking(move || decode(&bytes))
+            return tokio::task::spawn_blocking(move || decode(&bytes, caller))
                 .await
                 .map_err(|e| ApiError(FieldError::new("body", format!("cannot decode: {e}")).into()))?;
         }
-        decode(&bytes)
+        decode(&bytes, caller)
     }
 }
 
-/// The request body as `T`, or an error naming the field path at fault.
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Body<T>, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+/// The request body as `T`, or an error naming the field path at fault
+/// (from a newer caller, fields `T` does not know are dropped instead).
+fn decode<T: DeserializeOwned>(bytes: &[u8], caller: Option<CallerVersion>) -> Result<Body<T>, ApiError> {
+    tessera_api::version::decode(bytes, caller).map(Body).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path == "?" { "body".to_string() } else { path };
         ApiError(FieldError::new(field, e.into_inner().to_string()).into())

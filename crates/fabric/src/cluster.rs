@@ -78,6 +78,9 @@ pub struct Cluster {
     /// Arguments an agent is started with besides the usual ones.
     agent_args: BTreeMap<String, Vec<String>>,
     containers: BTreeMap<String, Container>,
+    /// Other `tessera` binaries for some processes, by log name
+    /// (`controller`, `agent-h1`): an earlier version beside this one.
+    bins: BTreeMap<String, PathBuf>,
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -133,6 +136,7 @@ impl Cluster {
             agent_args: BTreeMap::new(),
             controller_args: Vec::new(),
             containers: BTreeMap::new(),
+            bins: BTreeMap::new(),
         };
         let mut init = vec!["pki".to_string(), "init".into()];
         for ip in ips {
@@ -225,7 +229,8 @@ impl Cluster {
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open {}", log.display()))?;
-        let mut cmd = Command::new(&self.spec.bin);
+        let name = log.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut cmd = Command::new(self.bins.get(&name).unwrap_or(&self.spec.bin));
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -258,6 +263,12 @@ impl Cluster {
         wait_until(&format!("the controller of {host} to serve"), Duration::from_secs(30), || {
             self.cli_via(&url, &["host", "list"]).map(|o| o.status.success()).unwrap_or(false)
         })
+    }
+
+    /// Runs the process logged as `name` (`controller`, `agent-h1`) from
+    /// `bin` instead of the cluster's binary, from its next start on.
+    pub fn set_bin(&mut self, name: &str, bin: impl Into<PathBuf>) {
+        self.bins.insert(name.to_string(), bin.into());
     }
 
     /// Arguments the controllers are started with from their next start on.

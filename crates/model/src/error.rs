@@ -73,6 +73,9 @@ pub enum ErrorCode {
     /// A watch from a revision whose events are discarded (HTTP 410): take a
     /// new snapshot (`details.revision` is the current revision).
     Compacted,
+    /// The caller's version is outside the server's window (HTTP 400): the
+    /// message names both.
+    VersionSkew,
 }
 
 impl ErrorCode {
@@ -94,13 +97,14 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Compacted => "compacted",
+            ErrorCode::VersionSkew => "version_skew",
         }
     }
 
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidArgument => 400,
+            ErrorCode::InvalidArgument | ErrorCode::VersionSkew => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Exhausted | ErrorCode::Conflict | ErrorCode::CheckFailed => {
                 409
