@@ -102,6 +102,20 @@ fn named_path(argv: &[OsString]) -> Option<PathBuf> {
     None
 }
 
+/// Takes away Tessera's variables that are set but empty: an empty
+/// variable is as if unset, so that it never hides the file's value (a
+/// managed Docker plugin passes every variable it declares, set or not).
+/// Called first thing, before any thread is started.
+pub fn drop_empty_variables() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| v.is_empty() && k.to_str().is_some_and(|k| k.starts_with("TESSERA_") || k == "DOCKER_HOST"))
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        std::env::remove_var(k);
+    }
+}
+
 /// The variable of `arg`: its own, else the one named after it.
 fn env_name(command: Option<&str>, arg: &clap::Arg) -> Option<String> {
     let long = arg.get_long()?;

@@ -88,6 +88,7 @@ impl Cli {
     /// The command line, then the configuration file for what neither a
     /// flag nor the environment gave.
     fn parse_with_config() -> anyhow::Result<(Cli, Option<config_file::ConfigFile>)> {
+        config_file::drop_empty_variables();
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let file = config_file::load(&argv)?;
         let mut command = config_file::with_env(Cli::command());

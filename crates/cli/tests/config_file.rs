@@ -154,3 +154,15 @@ fn required_flags_come_from_the_file_and_a_commands_section_reaches_its_own_comm
     let out = tessera(&["--config-file", config, "controller", "init", "--data-dir", other.to_str().unwrap()], &[]);
     assert!(out.status.success() && other.join("tessera.redb").exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn an_empty_variable_is_as_if_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file(dir.path(), "tessera.toml", "[docker-plugin]\nhost = \"h7\"\n", 0o644);
+    let rows = show(&config, Some("docker-plugin"), &[("TESSERA_DOCKER_PLUGIN_HOST", ""), ("DOCKER_HOST", "")]);
+    assert_eq!(entry(&rows, "host")["value"], "h7", "{rows:?}");
+    assert!(entry(&rows, "host")["source"].as_str().unwrap().starts_with("file "), "{rows:?}");
+    assert_eq!(entry(&rows, "docker-host")["source"], "default", "{rows:?}");
+    let globals = show(&config, None, &[("TESSERA_CONTROLLER", "")]);
+    assert_ne!(entry(&globals, "controller")["source"], "environment TESSERA_CONTROLLER", "{globals:?}");
+}

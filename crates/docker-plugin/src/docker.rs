@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tessera_api::uds;
 
-use crate::protocol::{EngineIpam, EngineNetworkCreate, PLUGIN_NAME};
+use crate::protocol::{EngineIpam, EngineNetworkCreate};
 use crate::reconcile::DockerNetwork;
 use crate::spec::DockerSubnet;
 
@@ -159,13 +159,14 @@ impl Docker {
         }
     }
 
-    /// Every network of the tessera driver, with its endpoints.
-    pub async fn tessera_networks(&self) -> Result<Vec<DockerNetwork>, DockerError> {
-        let filter = query_escape(&format!(r#"{{"driver":{{"{PLUGIN_NAME}":true}}}}"#));
+    /// Every network of the driver `driver` (Tessera's name in this
+    /// dockerd), with its endpoints.
+    pub async fn tessera_networks(&self, driver: &str) -> Result<Vec<DockerNetwork>, DockerError> {
+        let filter = query_escape(&format!(r#"{{"driver":{{"{driver}":true}}}}"#));
         let bytes = self.call(Method::GET, &format!("/networks?filters={filter}"), None, "network ls").await?;
         let listed: Vec<EngineNetwork> = Self::parse(&bytes, "network ls")?;
         let mut out = Vec::new();
-        for n in listed.into_iter().filter(|n| n.driver == PLUGIN_NAME) {
+        for n in listed.into_iter().filter(|n| n.driver == driver) {
             // The list leaves the endpoints out; inspect each network.
             if let Some(full) = self.network(&n.id).await? {
                 out.push(full);

@@ -66,7 +66,7 @@ pub async fn run(plugin: Arc<Plugin>) {
         if !forced && !cleanup && last_key.as_ref() == Some(&key) {
             continue;
         }
-        let docker = match plugin.docker.tessera_networks().await {
+        let docker = match plugin.docker.tessera_networks(&plugin.cfg.driver).await {
             Ok(d) => {
                 if docker_down {
                     tracing::info!("Docker reachable again");

@@ -296,7 +296,14 @@ pub struct DockerHost {
     /// The host's certificate, which its plugin presents to the controller.
     credentials: Vec<String>,
     agent_socket: PathBuf,
+    /// The plugin is Docker's managed plugin [`MANAGED_PLUGIN`], not a process of ours.
+    managed: bool,
 }
+
+/// The name a managed plugin is created under, and the driver name dockerd
+/// knows it by (`docker network create -d tessera:latest`).
+pub const MANAGED_PLUGIN: &str = "tessera";
+pub const MANAGED_DRIVER: &str = "tessera:latest";
 
 impl DockerHost {
     /// Starts the plugin, then dockerd, on `host`, with everything under `dir`.
@@ -318,6 +325,7 @@ impl DockerHost {
             controller: c.url.clone(),
             credentials: c.credential_args(&format!("hosts/{host}")),
             agent_socket: c.agent_socket(host),
+            managed: false,
         };
         h.start_plugin()?;
         let options = DockerdOptions {
@@ -326,6 +334,55 @@ impl DockerHost {
             live_restore: true,
         };
         h.dockerd = Some(Dockerd::start_with(netns, &dir.join("docker"), options)?);
+        Ok(h)
+    }
+
+    /// Starts dockerd on `host` and, in it, Tessera as Docker's managed
+    /// plugin made from `plugin_dir` (`./x docker-plugin`: a root file
+    /// system and config.json): `docker plugin create`, `set` (the host,
+    /// the controller, the certificates, the agent's socket, this dockerd's
+    /// socket), `enable`. `/run/tessera` must be on a shared mount
+    /// ([`SharedRunTessera`]).
+    pub fn start_managed(c: &crate::Cluster, host: &str, dir: &Path, plugin_dir: &Path) -> anyhow::Result<DockerHost> {
+        std::fs::create_dir_all(dir)?;
+        let netns = c.host_netns(host)?;
+        let mut h = DockerHost {
+            dockerd: None,
+            plugin: None,
+            host: host.to_string(),
+            netns: netns.name().to_string(),
+            dir: dir.to_path_buf(),
+            bin: c.spec().bin.clone(),
+            controller: c.url.clone(),
+            credentials: Vec::new(),
+            agent_socket: c.agent_socket(host),
+            managed: true,
+        };
+        let options = DockerdOptions { plugins_dir: None, authorization_plugins: Vec::new(), live_restore: true };
+        h.dockerd = Some(Dockerd::start_with(netns, &dir.join("docker"), options)?);
+        let plugin_dir = plugin_dir.display().to_string();
+        h.docker_ok(&["plugin", "create", MANAGED_PLUGIN, &plugin_dir])?;
+        let agent_dir = h.agent_socket.parent().context("the agent's socket has a directory")?.display().to_string();
+        let name = h.agent_socket.file_name().context("the agent's socket has a name")?.to_string_lossy().into_owned();
+        let settings = [
+            format!("TESSERA_DOCKER_PLUGIN_HOST={host}"),
+            format!("TESSERA_CONTROLLER={}", c.url),
+            "TESSERA_CA=/etc/tessera/ca.pem".to_string(),
+            format!("TESSERA_CERT=/etc/tessera/hosts/{host}.pem"),
+            format!("TESSERA_KEY=/etc/tessera/hosts/{host}-key.pem"),
+            format!("TESSERA_AGENT_SOCKET=/run/tessera-agent/{name}"),
+            format!("TESSERA_DOCKER_PLUGIN_STAGING_DIR={}", h.plugin_staging_dir().display()),
+            format!("TESSERA_DOCKER_PLUGIN_ADDRESS_HOLD={ADDRESS_HOLD_SECS}"),
+            format!("TESSERA_DOCKER_PLUGIN_DRIVER_NAME={MANAGED_DRIVER}"),
+            "TESSERA_LOG=info,tessera_docker_plugin=debug".to_string(),
+            format!("etc.source={}", c.pki_dir().display()),
+            format!("agent.source={agent_dir}"),
+            format!("docker-socket.source={}", h.dockerd().socket().display()),
+        ];
+        let mut args = vec!["plugin", "set", MANAGED_PLUGIN];
+        args.extend(settings.iter().map(String::as_str));
+        h.docker_ok(&args)?;
+        h.docker_ok(&["plugin", "enable", MANAGED_PLUGIN])?;
         Ok(h)
     }
 
@@ -432,7 +489,8 @@ impl DockerHost {
         self.dockerd().docker_ok(args)
     }
 
-    /// The last lines of the plugin's and dockerd's logs, for failure messages.
+    /// The last lines of the plugin's and dockerd's logs, for failure
+    /// messages (a managed plugin's lines are in dockerd's).
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for (name, path) in [("plugin", self.plugin_log()), ("dockerd", self.dir.join("docker").join("dockerd.log"))] {
@@ -446,6 +504,16 @@ impl DockerHost {
 
 impl Drop for DockerHost {
     fn drop(&mut self) {
+        if self.managed {
+            // Containers first, while the plugin serves their leaving; then the plugin.
+            if let Ok(ids) = self.docker_ok(&["ps", "-aq"]) {
+                for id in ids.split_whitespace() {
+                    let _ = self.docker(&["rm", "-f", id]);
+                }
+            }
+            let _ = self.docker(&["plugin", "disable", "-f", MANAGED_PLUGIN]);
+            let _ = self.docker(&["plugin", "rm", "-f", MANAGED_PLUGIN]);
+        }
         // dockerd first, while the plugin still serves its containers' leaving.
         drop(self.dockerd.take());
         self.kill_plugin();
@@ -454,5 +522,38 @@ impl Drop for DockerHost {
         let _ = std::fs::remove_dir_all(self.plugin_staging_dir());
         unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `/run/tessera` bind-mounted onto itself with shared propagation while
+/// this lives, as a managed plugin's `rshared` mount of it needs (systemd
+/// hosts have `/` shared; this machine's is private). Unmounted on drop.
+pub struct SharedRunTessera {
+    made: bool,
+}
+
+impl SharedRunTessera {
+    pub fn new() -> anyhow::Result<SharedRunTessera> {
+        let dir = Path::new("/run/tessera");
+        std::fs::create_dir_all(dir)?;
+        let propagation = Command::new("findmnt").args(["-n", "-o", "PROPAGATION", "--mountpoint", "/run/tessera"]).output()?;
+        if String::from_utf8_lossy(&propagation.stdout).trim() == "shared" {
+            return Ok(SharedRunTessera { made: false });
+        }
+        for args in [&["--bind", "/run/tessera", "/run/tessera"][..], &["--make-shared", "/run/tessera"][..]] {
+            let out = Command::new("mount").args(args).output()?;
+            if !out.status.success() {
+                bail!("mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(SharedRunTessera { made: true })
+    }
+}
+
+impl Drop for SharedRunTessera {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = Command::new("umount").args(["-l", "/run/tessera"]).status();
+        }
     }
 }

@@ -33,6 +33,12 @@ pub struct Args {
     /// host in its subnet, so that a restarted container keeps its address.
     #[arg(long, default_value_t = 30)]
     address_hold: u64,
+    /// The driver name dockerd knows the plugin by: `tessera` when it finds
+    /// the plugin's socket, the name and tag a managed plugin was installed
+    /// under (`tessera:latest`) otherwise. Networks made in this dockerd for
+    /// networks made elsewhere are of this driver.
+    #[arg(long, default_value = tessera_docker_plugin::protocol::PLUGIN_NAME)]
+    driver_name: String,
 }
 
 pub async fn run(controller: &str, credentials: &tessera_api::auth::Credentials, a: Args) -> anyhow::Result<()> {
@@ -50,6 +56,7 @@ pub async fn run(controller: &str, credentials: &tessera_api::auth::Credentials,
         state_dir: a.state_dir,
         staging_dir: a.staging_dir,
         address_hold: std::time::Duration::from_secs(a.address_hold),
+        driver: a.driver_name,
     };
     tessera_docker_plugin::run(cfg, super::controller::shutdown_signal()).await
 }

@@ -23,6 +23,8 @@ pub struct Fabric {
     pub d1: DockerHost,
     pub d2: DockerHost,
     pub c: Cluster,
+    /// For a managed plugin: `/run/tessera` shared while the plugins run.
+    _shared: Option<tessera_testkit::docker::SharedRunTessera>,
     _dir: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
 }
@@ -48,7 +50,27 @@ impl Fabric {
         };
         let d1 = start("h1");
         let d2 = start("h2");
-        Fabric { d1, d2, c, _dir: dir, _turn: turn }
+        Fabric { d1, d2, c, _shared: None, _dir: dir, _turn: turn }
+    }
+
+    /// Tessera as Docker's managed plugin, made from `plugin_dir`
+    /// (`./x docker-plugin`), in each host's dockerd.
+    pub fn start_managed(plugin_dir: &std::path::Path) -> Fabric {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = tessera_testkit::docker::SharedRunTessera::new().expect("/run/tessera on a shared mount");
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("tdm{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
+        let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
+            .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
+        let start = |h: &str| {
+            let d = DockerHost::start_managed(&c, h, &dir.path().join(format!("docker-{h}")), plugin_dir)
+                .unwrap_or_else(|e| panic!("cannot start dockerd with Tessera's managed plugin on {h}: {e:#}"));
+            d.dockerd().import_busybox().unwrap_or_else(|e| panic!("cannot import busybox on {h}: {e:#}"));
+            d
+        };
+        let d1 = start("h1");
+        let d2 = start("h2");
+        Fabric { d1, d2, c, _shared: Some(shared), _dir: dir, _turn: turn }
     }
 
     pub fn logs(&self) -> String {
@@ -222,7 +244,12 @@ pub fn assert_agree(f: &Fabric, network: &str) {
 
 /// `docker network create -d tessera --ipam-driver tessera ARGS... NAME`.
 pub fn create_network(d: &DockerHost, name: &str, args: &[&str]) -> String {
-    let mut all = vec!["network", "create", "-d", "tessera", "--ipam-driver", "tessera"];
+    create_network_of(d, "tessera", name, args)
+}
+
+/// `docker network create -d DRIVER --ipam-driver DRIVER ARGS NAME`.
+pub fn create_network_of(d: &DockerHost, driver: &str, name: &str, args: &[&str]) -> String {
+    let mut all = vec!["network", "create", "-d", driver, "--ipam-driver", driver];
     all.extend_from_slice(args);
     all.push(name);
     ok(d, &all)

@@ -87,7 +87,13 @@ impl Plugin {
                 }
                 reconcile::SyncStep::CreateDockerNetwork { request, .. } => {
                     tracing::info!(network = %request.name, "creating the network in this host's Docker");
-                    self.docker.create_network(request).await.map(|_| ()).map_err(Into::into)
+                    // Of the driver this dockerd knows Tessera by.
+                    let mut request = request.clone();
+                    request.driver = self.cfg.driver.clone();
+                    if let Some(ipam) = &mut request.ipam {
+                        ipam.driver = self.cfg.driver.clone();
+                    }
+                    self.docker.create_network(&request).await.map(|_| ()).map_err(Into::into)
                 }
                 reconcile::SyncStep::DeleteDockerNetwork { docker_id, name } => {
                     // The snapshot may lag behind the controller: ask it before removing anything.

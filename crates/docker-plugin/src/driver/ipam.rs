@@ -33,7 +33,7 @@ impl Plugin {
         if let Some(n) = self.state().pools.network_of(pool) {
             return Ok(n.to_string());
         }
-        let docker = self.docker.tessera_networks().await?;
+        let docker = self.docker.tessera_networks(&self.cfg.driver).await?;
         let networks = self.ctl.networks().await?;
         self.bind_all(&docker, &networks).await;
         self.state()

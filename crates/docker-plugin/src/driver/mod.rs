@@ -85,6 +85,11 @@ pub struct Config {
     /// this host asking for one in its subnet (a restarted container gets its
     /// address back); zero releases at once.
     pub address_hold: Duration,
+    /// The driver name dockerd knows the plugin by: `tessera` for the
+    /// plugin on its socket, a managed plugin's name and tag
+    /// (`tessera:latest`) otherwise; the networks it makes in dockerd and
+    /// finds there are of this driver.
+    pub driver: String,
 }
 
 /// Why a call failed; its text is what `docker` prints.
@@ -377,6 +382,7 @@ pub(crate) fn unconnected_plugin() -> Plugin {
         state_dir: "/nonexistent".into(),
         staging_dir: "/run/tessera/nonexistent".into(),
         address_hold: Duration::from_secs(30),
+        driver: PLUGIN_NAME.into(),
     })
     .expect("no credential files to read")
 }
