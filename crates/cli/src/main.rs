@@ -51,6 +51,11 @@ pub struct Cli {
     /// shippers. Which lines: `TESSERA_LOG` (`info`, `warn,tessera_agent=debug`, ...).
     #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Which log lines: a level, and levels per module (`info`,
+    /// `warn,tessera_agent=debug`); the servers log `info` by default, the
+    /// CLI and the demo `warn`.
+    #[arg(long, global = true, env = "TESSERA_LOG", value_parser = parse_log_filter)]
+    log: Option<String>,
     /// A configuration file with `controller`, `ca`, `cert`, `key` or
     /// `token` (TOML); flags and the environment win over it. Without it,
     /// `~/.config/tessera/client.toml` when it exists.
@@ -72,11 +77,16 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to standard error at `TESSERA_LOG`'s levels (else `default_level`),
-/// in `format`: colour escapes only when standard error is a terminal.
-fn init_logging(format: LogFormat, default_level: &str) {
+/// `--log`: a filter `tracing` reads (`info`, `warn,tessera_agent=debug`).
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_string()).map_err(|e| format!("not a log filter: {e}"))
+}
+
+/// Logs to standard error at `levels` (`--log`, else `default_level`), in
+/// `format`: colour escapes only when standard error is a terminal.
+fn init_logging(format: LogFormat, levels: Option<&str>, default_level: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| default_level.into());
+    let filter = tracing_subscriber::EnvFilter::new(levels.unwrap_or(default_level));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
@@ -221,7 +231,7 @@ fn main() -> ExitCode {
         }
         _ => "warn",
     };
-    init_logging(cli.log_format, default_level);
+    init_logging(cli.log_format, cli.log.as_deref(), default_level);
     // What documents the CLI needs neither a runtime nor a controller; the
     // definition with every flag's variable, as parsing used it.
     let definition = || config_file::with_env(Cli::command());

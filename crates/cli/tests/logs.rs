@@ -1,7 +1,8 @@
 //! Log lines as an operator's tools read them: a controller writing to a
 //! file (not a terminal) writes no colour escapes, `--log-format json`
-//! writes one JSON object per line, and an unknown format is refused
-//! naming the flag.
+//! writes one JSON object per line, an unknown format is refused naming
+//! the flag, and `--log` (`TESSERA_LOG`, `log` in the file) sets levels
+//! per module.
 
 mod support;
 
@@ -55,4 +56,17 @@ fn an_unknown_log_format_is_refused_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--log-format") && err.contains("xml") && err.contains("json"), "{err}");
+}
+
+#[test]
+fn levels_per_module_come_from_the_log_setting_and_a_bad_filter_is_refused() {
+    // A new store: the controller's service says so at INFO.
+    let all = controller_log(&[]);
+    assert!(all.contains("cluster made"), "{all}");
+    let quiet = controller_log(&["--log", "info,tessera_controller=warn"]);
+    assert!(!quiet.contains("cluster made"), "tessera_controller's INFO lines are off: {quiet}");
+    let out = Command::new(BIN).args(["--log", "info,=bogus=", "network", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log") && err.contains("not a log filter"), "{err}");
 }
