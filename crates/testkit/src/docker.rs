@@ -313,20 +313,8 @@ impl DockerHost {
 
     /// [`DockerHost::start`], with dockerd using the plugin as its authz hook or not.
     pub fn start_with(c: &crate::Cluster, host: &str, dir: &Path, authz: bool) -> anyhow::Result<DockerHost> {
-        std::fs::create_dir_all(dir)?;
+        let mut h = Self::new(c, host, dir, false)?;
         let netns = c.host_netns(host)?;
-        let mut h = DockerHost {
-            dockerd: None,
-            plugin: None,
-            host: host.to_string(),
-            netns: netns.name().to_string(),
-            dir: dir.to_path_buf(),
-            bin: c.spec().bin.clone(),
-            controller: c.url.clone(),
-            credentials: c.credential_args(&format!("hosts/{host}")),
-            agent_socket: c.agent_socket(host),
-            managed: false,
-        };
         h.start_plugin()?;
         let options = DockerdOptions {
             plugins_dir: Some(h.plugins_dir()),
@@ -344,20 +332,8 @@ impl DockerHost {
     /// socket), `enable`. `/run/tessera` must be on a shared mount
     /// ([`SharedRunTessera`]).
     pub fn start_managed(c: &crate::Cluster, host: &str, dir: &Path, plugin_dir: &Path) -> anyhow::Result<DockerHost> {
-        std::fs::create_dir_all(dir)?;
+        let mut h = Self::new(c, host, dir, true)?;
         let netns = c.host_netns(host)?;
-        let mut h = DockerHost {
-            dockerd: None,
-            plugin: None,
-            host: host.to_string(),
-            netns: netns.name().to_string(),
-            dir: dir.to_path_buf(),
-            bin: c.spec().bin.clone(),
-            controller: c.url.clone(),
-            credentials: Vec::new(),
-            agent_socket: c.agent_socket(host),
-            managed: true,
-        };
         let options = DockerdOptions { plugins_dir: None, authorization_plugins: Vec::new(), live_restore: true };
         h.dockerd = Some(Dockerd::start_with(netns, &dir.join("docker"), options)?);
         let plugin_dir = plugin_dir.display().to_string();
@@ -384,6 +360,23 @@ impl DockerHost {
         h.docker_ok(&args)?;
         h.docker_ok(&["plugin", "enable", MANAGED_PLUGIN])?;
         Ok(h)
+    }
+
+    /// Nothing started yet: `host`'s in `c`, everything under `dir`.
+    fn new(c: &crate::Cluster, host: &str, dir: &Path, managed: bool) -> anyhow::Result<DockerHost> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DockerHost {
+            dockerd: None,
+            plugin: None,
+            host: host.to_string(),
+            netns: c.host_netns(host)?.name().to_string(),
+            dir: dir.to_path_buf(),
+            bin: c.spec().bin.clone(),
+            controller: c.url.clone(),
+            credentials: if managed { Vec::new() } else { c.credential_args(&format!("hosts/{host}")) },
+            agent_socket: c.agent_socket(host),
+            managed,
+        })
     }
 
     pub fn host(&self) -> &str {

@@ -37,40 +37,42 @@ impl Fabric {
 
     /// With or without the authz hook.
     pub fn start_with(authz: bool) -> Fabric {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = format!("tdp{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
-        let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
-            .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
-        let start = |h: &str| {
-            let d = DockerHost::start_with(&c, h, &dir.path().join(format!("docker-{h}")), authz)
-                .unwrap_or_else(|e| panic!("cannot start dockerd and the plugin on {h} (apt-get install docker.io): {e:#}"));
-            d.dockerd().import_busybox().unwrap_or_else(|e| panic!("cannot import busybox on {h}: {e:#}"));
-            d
-        };
-        let d1 = start("h1");
-        let d2 = start("h2");
-        Fabric { d1, d2, c, _shared: None, _dir: dir, _turn: turn }
+        Self::start_docker("tdp", None, |c, h, dir| {
+            DockerHost::start_with(c, h, dir, authz)
+                .unwrap_or_else(|e| panic!("cannot start dockerd and the plugin on {h} (apt-get install docker.io): {e:#}"))
+        })
     }
 
     /// Tessera as Docker's managed plugin, made from `plugin_dir`
     /// (`./x docker-plugin`), in each host's dockerd.
     pub fn start_managed(plugin_dir: &std::path::Path) -> Fabric {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let shared = tessera_testkit::docker::SharedRunTessera::new().expect("/run/tessera on a shared mount");
+        Self::start_docker("tdm", Some(shared), |c, h, dir| {
+            DockerHost::start_managed(c, h, dir, plugin_dir)
+                .unwrap_or_else(|e| panic!("cannot start dockerd with Tessera's managed plugin on {h}: {e:#}"))
+        })
+    }
+
+    /// The cluster (namespaces `TAG<pid>-<n>-*`), then Docker on each host
+    /// as `start` makes it, busybox imported.
+    fn start_docker(
+        tag: &str,
+        shared: Option<tessera_testkit::docker::SharedRunTessera>,
+        start: impl Fn(&Cluster, &str, &std::path::Path) -> DockerHost,
+    ) -> Fabric {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let prefix = format!("tdm{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
+        let prefix = format!("{tag}{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
         let c = Cluster::start(ClusterSpec::new(&prefix, &["h1", "h2"], env!("CARGO_BIN_EXE_tessera"), dir.path().join("run")))
             .unwrap_or_else(|e| panic!("cannot start a Tessera fabric: {e:#}"));
-        let start = |h: &str| {
-            let d = DockerHost::start_managed(&c, h, &dir.path().join(format!("docker-{h}")), plugin_dir)
-                .unwrap_or_else(|e| panic!("cannot start dockerd with Tessera's managed plugin on {h}: {e:#}"));
+        let host = |h: &str| {
+            let d = start(&c, h, &dir.path().join(format!("docker-{h}")));
             d.dockerd().import_busybox().unwrap_or_else(|e| panic!("cannot import busybox on {h}: {e:#}"));
             d
         };
-        let d1 = start("h1");
-        let d2 = start("h2");
-        Fabric { d1, d2, c, _shared: Some(shared), _dir: dir, _turn: turn }
+        let d1 = host("h1");
+        let d2 = host("h2");
+        Fabric { d1, d2, c, _shared: shared, _dir: dir, _turn: turn }
     }
 
     pub fn logs(&self) -> String {
