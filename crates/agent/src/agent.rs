@@ -268,6 +268,21 @@ impl Agent {
 
     pub fn status(&self) -> AgentStatus {
         let p = self.progress.borrow().clone();
+        let mut local_networks = Vec::new();
+        if let Some(snap) = self.snapshot.borrow().as_ref() {
+            for n in &snap.networks {
+                let mine: Vec<_> = snap.endpoints.iter().filter(|e| e.network == n.id && e.host == self.me.name).collect();
+                if !mine.is_empty() {
+                    local_networks.push(tessera_api::agent::LocalNetwork {
+                        name: n.fq_name.to_string(),
+                        vni: n.vni.get(),
+                        endpoints: mine.len(),
+                        programmed: mine.iter().filter(|e| p.present.contains(&e.id)).count(),
+                    });
+                }
+            }
+        }
+        local_networks.sort_by(|a, b| a.name.cmp(&b.name));
         AgentStatus {
             host: self.me.name.clone(),
             underlay_ip: self.me.underlay_ip,
@@ -279,6 +294,7 @@ impl Agent {
             local_endpoints: p.present.len(),
             reconciles: p.reconciles,
             last_error: p.last_error,
+            local_networks,
         }
     }
 }

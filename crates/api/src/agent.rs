@@ -111,6 +111,22 @@ pub struct AgentStatus {
     pub local_endpoints: usize,
     pub reconciles: u64,
     pub last_error: Option<String>,
+    /// The networks with endpoints on this host, and how many of those
+    /// the data plane holds (absent from agents before 0.2).
+    #[serde(default)]
+    pub local_networks: Vec<LocalNetwork>,
+}
+
+/// A network with endpoints on the host ([`AgentStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNetwork {
+    /// `domain:project:name`.
+    pub name: String,
+    pub vni: u32,
+    /// This host's endpoints of the network in the intent.
+    pub endpoints: usize,
+    /// Of those, the ones the data plane holds.
+    pub programmed: usize,
 }
 
 /// `POST /v1/check`: is this attachment whole?

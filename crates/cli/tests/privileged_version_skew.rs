@@ -6,6 +6,7 @@
 //! previous release's controller. Each way, containers on both hosts attach
 //! and ping each other, and a policy change reaches both. A caller outside
 //! the window (another major version) is refused with `version_skew`.
+//! `tessera status` lists the networks of the host's endpoints.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,4 +147,12 @@ fn privileged_the_previous_release_and_this_one_work_together_both_ways() {
     let status = c.tessera_on("h1", &["--json", "status", "--socket", &c.agent_socket("h1").display().to_string()], &[]).unwrap();
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["controller_connected"], true, "{status}");
+    // The networks of h1's endpoints, at a glance: its one endpoint,
+    // programmed.
+    let local = status["local_networks"].as_array().unwrap();
+    let net = local.iter().find(|n| n["name"] == "default-domain:admin:older-controller").unwrap_or_else(|| panic!("{status}"));
+    assert_eq!((net["endpoints"].as_u64(), net["programmed"].as_u64()), (Some(1), Some(1)), "{status}");
+    let text = c.tessera_on("h1", &["status", "--socket", &c.agent_socket("h1").display().to_string()], &[]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("NETWORK") && text.contains("default-domain:admin:older-controller"), "{text}");
 }

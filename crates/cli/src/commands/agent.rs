@@ -293,6 +293,14 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<()> {
         if let Some(e) = &s.last_error {
             out.push_str(&format!("last error:      {e}\n"));
         }
+        if !s.local_networks.is_empty() {
+            let mut t = Table::new(&["NETWORK", "VNI", "ENDPOINTS", "PROGRAMMED"]);
+            for n in &s.local_networks {
+                t.row(vec![n.name.clone(), n.vni.to_string(), n.endpoints.to_string(), n.programmed.to_string()]);
+            }
+            out.push('\n');
+            out.push_str(&t.render());
+        }
         out
     })
 }
