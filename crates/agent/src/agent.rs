@@ -270,15 +270,17 @@ impl Agent {
         let p = self.progress.borrow().clone();
         let mut local_networks = Vec::new();
         if let Some(snap) = self.snapshot.borrow().as_ref() {
-            for n in &snap.networks {
-                let mine: Vec<_> = snap.endpoints.iter().filter(|e| e.network == n.id && e.host == self.me.name).collect();
-                if !mine.is_empty() {
-                    local_networks.push(tessera_api::agent::LocalNetwork {
-                        name: n.fq_name.to_string(),
-                        vni: n.vni.get(),
-                        endpoints: mine.len(),
-                        programmed: mine.iter().filter(|e| p.present.contains(&e.id)).count(),
-                    });
+            // This host's endpoints by network: (in the intent, programmed).
+            let mut counts: std::collections::BTreeMap<Uuid, (usize, usize)> = Default::default();
+            for e in snap.endpoints.iter().filter(|e| e.host == self.me.name) {
+                let c = counts.entry(e.network).or_default();
+                c.0 += 1;
+                c.1 += usize::from(p.present.contains(&e.id));
+            }
+            for n in snap.networks.iter() {
+                if let Some(&(endpoints, programmed)) = counts.get(&n.id) {
+                    let name = n.fq_name.to_string();
+                    local_networks.push(tessera_api::agent::LocalNetwork { name, vni: n.vni.get(), endpoints, programmed });
                 }
             }
         }

@@ -98,7 +98,11 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     caller: Option<CallerVersion>,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
-    let strict = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Nothing but whitespace after the value.
+    let strict = serde_path_to_error::deserialize(&mut de).and_then(|v| {
+        de.end().map(|()| v).map_err(|e| serde_path_to_error::Error::new(serde_path_to_error::Track::new().path(), e))
+    });
     let newer = caller.is_some_and(|c| c.0.newer_than(Version::ours()));
     let Err(first) = strict else { return strict };
     if !newer || unknown_field(&first).is_none() {
@@ -113,7 +117,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(
             return Err(error);
         }
         tracing::debug!(field = %path, caller = %caller.map(|c| c.0.to_string()).unwrap_or_default(), "a field of a newer caller ignored");
-        match serde_path_to_error::deserialize(value.clone()) {
+        match serde_path_to_error::deserialize(&value) {
             Ok(v) => return Ok(v),
             Err(e) => error = e,
         }
@@ -200,5 +204,8 @@ mod tests {
         let bad = br#"{"name":"x","new":1,"inner":{"a":"one"},"list":[]}"#;
         let e = decode::<Outer>(bad, Some(newer)).unwrap_err();
         assert_eq!(e.path().to_string(), "inner.a", "{e}");
+        // So is anything after the value.
+        assert!(decode::<Inner>(br#"{"a":1} {"a":2}"#, None).is_err());
+        assert_eq!(decode::<Inner>(b" {\"a\":1}\n", None).unwrap(), Inner { a: 1 });
     }
 }

@@ -53,12 +53,9 @@ fn removals(observed: &Observed) -> Vec<KernelOp> {
     rules.chain(routes).chain(links).collect()
 }
 
-/// What Tessera has in the kernel of this thread's network namespace, and,
-/// when `remove`, takes it all away and checks that nothing is left.
-pub async fn purge(remove: bool) -> Result<Purge, DataplaneError> {
-    let dp = LinuxDataplane::new().await?;
-    let observed = dp.observe().await?;
-    let ops = removals(&observed);
+/// What Tessera has in the kernel `dp` sees, and the removals that take it away.
+async fn inventory(dp: &LinuxDataplane) -> Result<(Purge, Vec<KernelOp>), DataplaneError> {
+    let ops = removals(&dp.observe().await?);
     let mut found = Purge::default();
     for op in &ops {
         match op {
@@ -73,6 +70,14 @@ pub async fn purge(remove: bool) -> Result<Purge, DataplaneError> {
             found.nft_tables.push(format!("{family} {name}"));
         }
     }
+    Ok((found, ops))
+}
+
+/// What Tessera has in the kernel of this thread's network namespace, and,
+/// when `remove`, takes it all away and checks that nothing is left.
+pub async fn purge(remove: bool) -> Result<Purge, DataplaneError> {
+    let dp = LinuxDataplane::new().await?;
+    let (found, ops) = inventory(&dp).await?;
     if !remove {
         return Ok(found);
     }
@@ -85,7 +90,7 @@ pub async fn purge(remove: bool) -> Result<Purge, DataplaneError> {
     }
     // Nothing of it may be left: a link made meanwhile (an agent that was
     // not stopped) would be.
-    let left = Box::pin(purge(false)).await?;
+    let (left, _) = inventory(&dp).await?;
     if !left.is_empty() {
         return Err(DataplaneError::Purge(format!(
             "still present after removal (is an agent running?): links {:?}, rules {:?}, routes {:?}, nftables {:?}",
