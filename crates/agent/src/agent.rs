@@ -59,6 +59,8 @@ pub struct Agent {
     pub(crate) dhcp: Arc<crate::dhcp::DhcpCounters>,
     pub(crate) follower: crate::follow::Follower,
     pub(crate) metrics: crate::metrics::AgentMetrics,
+    /// The eBPF fast path, when it runs (`--dataplane`).
+    pub(crate) fastpath: Option<Arc<tessera_dataplane::linux::fastpath::FastPath>>,
 }
 
 impl Agent {

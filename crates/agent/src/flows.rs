@@ -366,7 +366,10 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     })
                     .await;
                     match table {
-                        Ok(Ok(entries)) => {
+                        Ok(Ok(mut entries)) => {
+                            if let Some(fp) = &agent.fastpath {
+                                fp.add_counts(&mut entries);
+                            }
                             let changed = rec.table(&me, &entries);
                             // The flood's flows that ended were never reported: alike
                             // ones are made one now; those running are reported.
@@ -435,7 +438,7 @@ mod tests {
             sport: 40_000 + id as u16,
             dport: 80,
         };
-        CtEvent { kind: CtEventKind::New, id, zone: 5, tuple, orig: (1, 60), reply: (0, 0), start_ns: None, tcp_state }
+        CtEvent { kind: CtEventKind::New, id, zone: 5, tuple, orig: (1, 60), reply: (0, 0), start_ns: None, tcp_state, status: 0 }
     }
 
     fn made(rec: &mut Recorder, ev: &CtEvent) -> Vec<FlowRecord> {

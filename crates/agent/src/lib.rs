@@ -77,6 +77,50 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Record flows (conntrack) and report them to the controller.
     pub flows: bool,
+    /// The data plane asked for; `None`: the eBPF fast path where it can
+    /// run, the kernel path otherwise.
+    pub dataplane: Option<DataplaneKind>,
+}
+
+/// Which data plane carries the traffic of established flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneKind {
+    /// Bridges, routing tables, nftables and VXLAN devices only.
+    Kernel,
+    /// The kernel path, and the TC-eBPF fast path for the packets of flows
+    /// it allowed.
+    Ebpf,
+}
+
+/// Starts the eBPF fast path unless the kernel path is asked for; when it
+/// cannot run, the kernel path alone, with the reason logged (an error
+/// when `--dataplane ebpf` asked for it).
+async fn start_fastpath(
+    choice: Option<DataplaneKind>,
+    me: &HostIdentity,
+) -> anyhow::Result<Option<Arc<tessera_dataplane::linux::fastpath::FastPath>>> {
+    if choice == Some(DataplaneKind::Kernel) {
+        tracing::info!("data plane: kernel path (--dataplane kernel)");
+        return Ok(None);
+    }
+    let started = match me.underlay_ip {
+        IpAddr::V4(underlay) => {
+            let mtu = tessera_dataplane::desired::overlay_mtu(me.underlay_ip, me.underlay_mtu);
+            tessera_dataplane::linux::fastpath::FastPath::start(underlay, mtu).await.map_err(|e| e.to_string())
+        }
+        IpAddr::V6(_) => Err("the underlay is IPv6; the fast path tunnels over IPv4 only".to_string()),
+    };
+    match started {
+        Ok(fp) => {
+            tracing::info!("data plane: eBPF fast path for established flows, kernel path for the rest");
+            Ok(Some(fp))
+        }
+        Err(e) if choice == Some(DataplaneKind::Ebpf) => anyhow::bail!("--dataplane ebpf: {e}"),
+        Err(e) => {
+            tracing::warn!(reason = %e, "data plane: kernel path only; the eBPF fast path cannot run here");
+            Ok(None)
+        }
+    }
 }
 
 /// Finds the interface that holds `ip` and its MTU, in this namespace.
@@ -111,6 +155,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         Ok(_) => {}
     }
     let dp: Arc<dyn Dataplane> = Arc::new(tessera_dataplane::linux::LinuxDataplane::new().await?);
+    let fastpath = start_fastpath(config.dataplane, &me).await?;
 
     let saved = mirror::load_saved(&config.state_dir).map(Arc::new);
     if saved.is_some() {
@@ -137,6 +182,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         dhcp: Arc::new(dhcp::DhcpCounters::default()),
         follower: follow::Follower::new(config.docker_socket.clone()),
         metrics: metrics::AgentMetrics::new(),
+        fastpath,
     });
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_dataplane::Look;
+use tessera_dataplane::{DesiredHost, Look};
 use tessera_model::watch::Snapshot;
 use tessera_model::{EndpointStatus, EndpointStatusUpdate};
 use uuid::Uuid;
@@ -107,6 +107,9 @@ impl Agent {
         let present: BTreeSet<Uuid> = desired.networks.iter().flat_map(|n| n.local.iter().map(|l| l.id)).collect();
         let started = std::time::Instant::now();
         let result = self.reconciler.reconcile(self.dp.as_ref(), &desired, look).await;
+        if let (Some(fp), Ok(report)) = (&self.fastpath, &result) {
+            fast_path(fp, &desired, report);
+        }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         // Endpoints the kernel refused are reported failed with the reason
         // (and tried again at the next reconcile).
@@ -214,5 +217,27 @@ fn refuse_host_namespaces(desired: &mut tessera_dataplane::DesiredHost, skipped:
             }
             None => true,
         });
+    }
+}
+
+/// After a reconcile: the flows of flushed zones leave the fast path, and
+/// its maps follow the desired state.
+fn fast_path(fp: &tessera_dataplane::linux::fastpath::FastPath, desired: &DesiredHost, report: &tessera_dataplane::ApplyReport) {
+    let flushed: Vec<u16> = report
+        .applied
+        .iter()
+        .filter_map(|a| match a {
+            tessera_dataplane::KernelOp::ConntrackZoneFlush { zone } => Some(*zone),
+            _ => None,
+        })
+        .collect();
+    fp.zones_flushed(&flushed);
+    match tessera_dataplane::fastpath::tables(desired) {
+        Ok(t) => {
+            if let Err(e) = fp.sync(&t) {
+                tracing::warn!(error = %e, "the fast path's maps are not up to date");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no fast path for this host"),
     }
 }

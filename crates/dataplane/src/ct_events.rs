@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// `NFNLGRP_CONNTRACK_NEW`.
 pub const GROUP_NEW: u32 = 1;
+/// `NFNLGRP_CONNTRACK_UPDATE`: a connection's state or status changed
+/// (its events are read as [`CtEventKind::New`]).
+pub const GROUP_UPDATE: u32 = 2;
 /// `NFNLGRP_CONNTRACK_DESTROY`.
 pub const GROUP_DESTROY: u32 = 3;
 
@@ -19,6 +22,7 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
@@ -76,7 +80,22 @@ pub struct CtEvent {
     /// A TCP connection's state (`TCP_CONNTRACK_*`).
     #[serde(default)]
     pub tcp_state: Option<u8>,
+    /// The connection's status bits (`IPS_*`, see [`status`]).
+    #[serde(default)]
+    pub status: u32,
 }
+
+/// Bits of a connection's status.
+pub mod status {
+    /// Traffic was seen both ways and the entry will not be dropped early.
+    pub const ASSURED: u32 = 1 << 2;
+    /// Its source or destination is translated.
+    pub const SRC_NAT: u32 = 1 << 4;
+    pub const DST_NAT: u32 = 1 << 5;
+}
+
+/// `TCP_CONNTRACK_ESTABLISHED`.
+pub const TCP_ESTABLISHED: u8 = 3;
 
 /// `TCP_CONNTRACK_TIME_WAIT` and `TCP_CONNTRACK_CLOSE`: the connection is
 /// over (its entry lingers a while).
@@ -190,11 +209,13 @@ pub fn parse(mut buf: &[u8]) -> Vec<CtEvent> {
 /// netfilter header): an event's or a dump's.
 pub fn entry(kind: CtEventKind, body: &[u8]) -> Option<CtEvent> {
     let (mut id, mut zone, mut t, mut orig, mut reply, mut start_ns, mut tcp_state) = (None, 0, None, (0, 0), (0, 0), None, None);
+    let mut status = 0;
     for (k, v) in attrs(body) {
         match k {
             CTA_TUPLE_ORIG => t = tuple(v),
             CTA_ID if v.len() == 4 => id = Some(be(v) as u32),
             CTA_ZONE if v.len() == 2 => zone = be(v) as u16,
+            CTA_STATUS if v.len() == 4 => status = be(v) as u32,
             CTA_COUNTERS_ORIG => orig = counters(v),
             CTA_COUNTERS_REPLY => reply = counters(v),
             CTA_TIMESTAMP => start_ns = attrs(v).find(|(k, _)| *k == CTA_TIMESTAMP_START).map(|(_, v)| be(v)),
@@ -207,7 +228,7 @@ pub fn entry(kind: CtEventKind, body: &[u8]) -> Option<CtEvent> {
             _ => {}
         }
     }
-    Some(CtEvent { kind, id: id?, zone, tuple: t?, orig, reply, start_ns, tcp_state })
+    Some(CtEvent { kind, id: id?, zone, tuple: t?, orig, reply, start_ns, tcp_state, status })
 }
 
 #[cfg(test)]
@@ -243,6 +264,7 @@ mod tests {
             nla(CTA_COUNTERS_REPLY | 0x8000, &counters(8, 5000)),
             nla(CTA_ID, &77u32.to_be_bytes()),
             nla(CTA_ZONE, &5u16.to_be_bytes()),
+            nla(CTA_STATUS, &(status::ASSURED | status::DST_NAT).to_be_bytes()),
         ]
         .concat();
         let mut msg = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
@@ -267,6 +289,7 @@ mod tests {
                 reply: (8, 5000),
                 start_ns: None,
                 tcp_state: None,
+                status: status::ASSURED | status::DST_NAT,
             }]
         );
         assert!(parse(&msg[..20]).is_empty(), "a cut message is skipped");

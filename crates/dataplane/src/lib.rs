@@ -74,6 +74,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod error;
 pub mod fake;
+pub mod fastpath;
 mod follow;
 pub mod handover;
 pub mod linux;

@@ -46,6 +46,18 @@ pub struct AgentArgs {
     /// Record no flows (conntrack accounting and events stay as they are).
     #[arg(long)]
     no_flows: bool,
+    /// The data plane: `ebpf` adds the TC-eBPF fast path for the packets
+    /// of established flows to the kernel path, `kernel` is the kernel path
+    /// alone. Default: ebpf where this host can run it, kernel otherwise
+    /// (the reason is logged).
+    #[arg(long, value_enum)]
+    dataplane: Option<DataplaneArg>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DataplaneArg {
+    Kernel,
+    Ebpf,
 }
 
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
@@ -75,6 +87,10 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         docker_socket: Some(a.docker_socket),
         metrics_listen: a.metrics_listen,
         flows: !a.no_flows,
+        dataplane: a.dataplane.map(|d| match d {
+            DataplaneArg::Kernel => tessera_agent::DataplaneKind::Kernel,
+            DataplaneArg::Ebpf => tessera_agent::DataplaneKind::Ebpf,
+        }),
     };
     tessera_agent::run(config, super::controller::shutdown_signal()).await
 }

@@ -40,15 +40,23 @@ pub enum CtMessage {
     Lost,
 }
 
-/// Subscribes to the namespace's conntrack events; they arrive on the
-/// receiver, a batch at a time, until it is dropped.
+/// Subscribes to the namespace's conntrack events of new connections; they
+/// arrive on the receiver, a batch at a time, until it is dropped.
 pub fn conntrack_events() -> std::io::Result<mpsc::Receiver<CtMessage>> {
+    conntrack_events_of(&[GROUP_NEW])
+}
+
+/// Subscribes to the namespace's conntrack events of `groups`
+/// (`ct_events::GROUP_*`), as [`conntrack_events`].
+pub fn conntrack_events_of(groups: &[u32]) -> std::io::Result<mpsc::Receiver<CtMessage>> {
     use nix::sys::socket::{setsockopt, sockopt};
     std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")?;
     std::fs::write("/proc/sys/net/netfilter/nf_conntrack_timestamp", "1")?;
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
-    socket.add_membership(GROUP_NEW)?;
+    for group in groups {
+        socket.add_membership(*group)?;
+    }
     // Beyond `net.core.rmem_max` (the agent has CAP_NET_ADMIN); the capped
     // size otherwise.
     if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {

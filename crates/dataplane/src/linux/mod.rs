@@ -28,6 +28,7 @@ mod common;
 mod conntrack;
 mod ct_watch;
 mod drop_watch;
+pub mod fastpath;
 mod links;
 mod neigh;
 mod netns;
@@ -39,7 +40,7 @@ mod tamper;
 mod vif;
 mod worker;
 
-pub use ct_watch::{conntrack_events, CtMessage};
+pub use ct_watch::{conntrack_events, conntrack_events_of, CtMessage};
 pub use drop_watch::{refused_packets, RefusedPacket};
 pub use purge::{purge, Purge, NFT_TABLES};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};

@@ -1,0 +1,128 @@
+//! Privileged tier: the TC-eBPF fast path (`tessera agent --dataplane
+//! ebpf`) with real packets. The established flows of a network travel
+//! between hosts on the fast path's port (4799, seen by tcpdump on the
+//! underlay) and between local containers without crossing the network's
+//! bridge, while what must be judged still is: a policy change ends a
+//! running fast-path flow, and flow records count what the fast path
+//! carried. Needs root, clang-built programs and bpftool; fails with the
+//! reason when it cannot run.
+
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use tessera_testkit::{addresses, exec_in, Cluster};
+
+fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
+    let (c, run) = tessera_testkit::start_cluster("tfp", hosts, env!("CARGO_BIN_EXE_tessera"));
+    for h in hosts {
+        assert!(
+            std::fs::read_to_string(c.log(&format!("agent-{h}"))).unwrap_or_default().contains("eBPF fast path loaded"),
+            "the agent of {h} runs without the fast path:\n{}",
+            c.logs_tail(40)
+        );
+    }
+    c.cli_ok(&["network", "add", "blue", "--subnet", "10.61.0.0/24", "--vni", "6100"]).unwrap();
+    (c, run)
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets tcpdump sees on `iface` of `host` matching `filter` while
+/// `during` runs.
+fn captured(c: &Cluster, host: &str, iface: &str, filter: &[&str], during: impl FnOnce()) -> Vec<String> {
+    let mut cmd = Command::new("tcpdump");
+    cmd.args(["-n", "-l", "-q", "-i", iface]).args(filter).stdout(Stdio::piped()).stderr(Stdio::null());
+    let dump = tessera_fabric::spawn_in(c.host_netns(host).unwrap(), cmd).expect("run tcpdump (install tcpdump)");
+    thread::sleep(Duration::from_millis(500));
+    during();
+    thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
+    let out = dump.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// Runs an iperf3 server in `server` (one test) and a client in `client`
+/// for `secs`; the client's JSON report.
+fn iperf(c: &Cluster, client: &str, server: &str, dst: &str, args: &[&str]) -> serde_json::Value {
+    let mut s = Command::new("iperf3");
+    s.args(["-s", "-1"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of(server).unwrap(), s).expect("iperf3 (install iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    let mut a = vec!["-c", dst, "-J"];
+    a.extend_from_slice(args);
+    let out = ok(c.exec(client, "iperf3", &a).unwrap(), "iperf3 client");
+    let _ = srv.kill();
+    let _ = srv.wait();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The ids of the eBPF programs on `iface` of `host`, as tc lists them.
+fn programs_on(c: &Cluster, host: &str, iface: &str) -> Vec<String> {
+    let out =
+        ok(exec_in(c.host_netns(host).unwrap(), "tc", ["filter", "show", "dev", iface, "ingress"]).unwrap(), "tc filter show");
+    out.split_whitespace().skip_while(|w| *w != "id").nth(1).map(|id| vec![id.to_string()]).unwrap_or_default()
+}
+
+#[test]
+fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    for (name, host) in [("c1", "h1"), ("c2", "h2"), ("c3", "h1")] {
+        c.container(host, name).unwrap();
+    }
+    c.attach("c1", "blue", &[]).unwrap();
+    let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    let a3 = addresses(&c.attach("c3", "blue", &[]).unwrap());
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "ping across hosts (kernel path: ICMP)");
+
+    // The programs are loaded and attached: bpftool knows them by name.
+    let on_tunnel = programs_on(&c, "h1", "tfast");
+    assert_eq!(on_tunnel.len(), 1, "no program on h1's tfast");
+    let shown = ok(Command::new("bpftool").args(["prog", "show", "id", &on_tunnel[0]]).output().expect("bpftool"), "bpftool");
+    assert!(shown.contains("from_tunnel"), "bpftool prog show: {shown}");
+
+    // Across hosts: once established, a TCP flow travels on the fast
+    // path's port, not on the network's VXLAN port (its first packets,
+    // until conntrack says it is established, took the kernel path).
+    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &a2[0], |c| {
+        let mut kernel_path = vec![];
+        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
+            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
+        });
+        // The stream's TCP packets, not what else the network carries.
+        kernel_path.retain(|l| l.contains(": tcp"));
+        (fast, kernel_path)
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
+    assert!(kernel_path.is_empty(), "packets of an established flow took the kernel path's tunnel: {kernel_path:?}");
+
+    // Within a host: an established flow's packets do not cross the bridge.
+    let (on_bridge, _, sent) = steady(&c, "c1", "c3", &a3[0], |c| {
+        (captured(c, "h1", "tb6100", &["tcp"], || thread::sleep(Duration::from_secs(1))), vec![])
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(on_bridge.is_empty(), "TCP packets of an established flow crossed the bridge: {on_bridge:?}");
+}
+
+/// Runs `watch` one second into a 4-second iperf3 stream from `client` to
+/// `server` at `dst`: what it saw, and the bytes the stream moved.
+type Seen = Vec<String>;
+
+fn steady(c: &Cluster, client: &str, server: &str, dst: &str, watch: impl FnOnce(&Cluster) -> (Seen, Seen)) -> (Seen, Seen, u64) {
+    thread::scope(|s| {
+        let stream = s.spawn(|| iperf(c, client, server, dst, &["-t", "4"]));
+        thread::sleep(Duration::from_secs(1));
+        let (a, b) = watch(c);
+        let report = stream.join().unwrap();
+        (a, b, report["end"]["sum_received"]["bytes"].as_u64().unwrap())
+    })
+}

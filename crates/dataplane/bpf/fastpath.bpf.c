@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// Tessera's TC-eBPF fast path (`tessera agent --dataplane ebpf`).
+//
+// Two programs, both at TC ingress (clsact, direct action):
+//
+// - `from_container`, on the host side of every endpoint's veth (`tv...`):
+//   a packet of a flow the kernel path already allowed (the agent reflects
+//   conntrack's established flows into `ts_flows`), from the port's own MAC
+//   and address, to an endpoint of the same network, is sent straight to
+//   the destination: into a local container's namespace with
+//   `bpf_redirect_peer`, or to the destination host through the
+//   metadata-mode VXLAN device with `bpf_skb_set_tunnel_key`. Everything
+//   else (new flows, TCP SYN, FIN and RST, spoofed sources, other
+//   protocols, IPv6, fragments, destinations outside the network) goes on
+//   through the kernel path, which judges it.
+// - `from_tunnel`, on the metadata-mode VXLAN device (`tfast`): a packet of
+//   a flow this host's kernel path also allowed (both ends judge) goes
+//   straight into the local container; anything else is handed to the
+//   network's own VXLAN device (`tx<vni>`) as if it had arrived there, so
+//   the kernel path judges it exactly as before.
+//
+// Counters: every packet sent by the fast path adds to its flow's entry
+// (packets and IP bytes, as conntrack counts them), so flow records and
+// per-endpoint byte counts stay exact.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+// Keys and values, laid out exactly as `tessera_dataplane::fastpath` writes
+// them (all addresses in network byte order).
+
+// An endpoint's address on the host side of its veth: anti-spoofing and the
+// packet's network.
+struct src_key {
+	__u32 ifindex;
+	__u32 addr;
+};
+struct src_val {
+	__u8 mac[6];
+	__u16 pad;
+	__u32 vni;
+};
+
+// An endpoint of a network: local (`ifindex` of its host veth) or on the
+// host with underlay address `underlay`.
+struct dst_key {
+	__u32 vni;
+	__u32 addr;
+};
+struct dst_val {
+	__u32 ifindex;
+	__u32 underlay;
+	// The endpoint's MAC (local) or the remote host's VTEP MAC.
+	__u8 mac[6];
+	__u16 pad;
+};
+
+// One direction of an allowed flow.
+struct flow_key {
+	__u32 vni;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+struct flow_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
+// This host: the metadata-mode VXLAN device, its underlay address and the
+// MAC of its VXLAN devices.
+struct config {
+	__u32 md_ifindex;
+	__u32 underlay;
+	__u8 vtep_mac[6];
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct src_key);
+	__type(value, struct src_val);
+} ts_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct dst_key);
+	__type(value, struct dst_val);
+} ts_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} ts_flows SEC(".maps");
+
+// VNI -> ifindex of the network's VXLAN device `tx<vni>` on this host.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} ts_tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} ts_config SEC(".maps");
+
+#define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
+#define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
+#define TCP_FLAGS_OFF 13
+#define TCP_SYN 0x02
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
+
+// The gateway MAC of network `vni` (its bridge's): 0e:01:VNI:01, as
+// `tessera_dataplane::desired::bridge_mac`.
+static __always_inline void bridge_mac(__u32 vni, __u8 mac[6])
+{
+	mac[0] = 0x0e;
+	mac[1] = 0x01;
+	mac[2] = (vni >> 16) & 0xff;
+	mac[3] = (vni >> 8) & 0xff;
+	mac[4] = vni & 0xff;
+	mac[5] = 0x01;
+}
+
+// The flow of an IPv4 packet the fast path may carry, with `vni` and the
+// packet's IP header; 0 when the packet must take the kernel path.
+static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct flow_key *key, struct iphdr **ip_out)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
+		return 0;
+	__u16 *ports = (void *)(ip + 1);
+	if ((void *)(ports + 2) > end)
+		return 0;
+	if (ip->protocol == IPPROTO_TCP) {
+		__u8 *flags = (__u8 *)(ip + 1) + TCP_FLAGS_OFF;
+		if ((void *)(flags + 1) > end || (*flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+			return 0;
+	} else if (ip->protocol != IPPROTO_UDP) {
+		return 0;
+	}
+	key->vni = vni;
+	key->saddr = ip->saddr;
+	key->daddr = ip->daddr;
+	key->sport = ports[0];
+	key->dport = ports[1];
+	key->proto = ip->protocol;
+	*ip_out = ip;
+	return 1;
+}
+
+// Counts the packet on its flow and decrements the TTL, as routing does.
+static __always_inline int forward(struct __sk_buff *skb, struct flow_val *flow, struct iphdr *ip)
+{
+	__sync_fetch_and_add(&flow->packets, 1);
+	__sync_fetch_and_add(&flow->bytes, skb->len - ETH_HLEN);
+	// The 16-bit word of TTL and protocol, as it is in the packet.
+	__u16 old = *(__u16 *)&ip->ttl;
+	__u8 word[2] = { ip->ttl - 1, ip->protocol };
+	__u16 new = *(__u16 *)word;
+	if (bpf_skb_store_bytes(skb, IP_TTL_OFF, word, 1, 0) < 0)
+		return -1;
+	return bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 2);
+}
+
+static __always_inline int same_mac(const __u8 a[6], const __u8 b[6])
+{
+	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
+}
+
+static __always_inline int set_macs(struct __sk_buff *skb, const __u8 dst[6], const __u8 src[6])
+{
+	if (bpf_skb_store_bytes(skb, 0, dst, 6, 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, 6, src, 6, 0);
+}
+
+SEC("classifier")
+int from_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	struct src_key sk = { .ifindex = skb->ifindex, .addr = ip->saddr };
+	struct src_val *src = bpf_map_lookup_elem(&ts_src, &sk);
+	if (!src || !same_mac(src->mac, eth->h_source))
+		return TC_ACT_OK;
+	__u32 vni = src->vni;
+	struct flow_key fk = {};
+	if (!parse_flow(skb, vni, &fk, &ip))
+		return TC_ACT_OK;
+	struct flow_val *flow = bpf_map_lookup_elem(&ts_flows, &fk);
+	if (!flow)
+		return TC_ACT_OK;
+	struct dst_key dk = { .vni = vni, .addr = fk.daddr };
+	struct dst_val *dst = bpf_map_lookup_elem(&ts_dst, &dk);
+	if (!dst)
+		return TC_ACT_OK;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
+	if (!cfg || (!dst->ifindex && !cfg->md_ifindex))
+		return TC_ACT_OK;
+	if (forward(skb, flow, ip) < 0)
+		return TC_ACT_SHOT;
+	if (dst->ifindex) {
+		__u8 gw[6];
+		bridge_mac(vni, gw);
+		if (set_macs(skb, dst->mac, gw) < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect_peer(dst->ifindex, 0);
+	}
+	struct bpf_tunnel_key key = {};
+	key.tunnel_id = vni;
+	key.remote_ipv4 = bpf_ntohl(dst->underlay);
+	key.local_ipv4 = bpf_ntohl(cfg->underlay);
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return TC_ACT_SHOT;
+	if (set_macs(skb, dst->mac, cfg->vtep_mac) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->md_ifindex, 0);
+}
+
+SEC("classifier")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return TC_ACT_SHOT;
+	__u32 vni = key.tunnel_id;
+	__u32 *tunnel = bpf_map_lookup_elem(&ts_tunnels, &vni);
+	if (!tunnel)
+		return TC_ACT_SHOT;
+	__u32 tunnel_ifindex = *tunnel;
+	struct iphdr *ip;
+	struct flow_key fk = {};
+	if (parse_flow(skb, vni, &fk, &ip)) {
+		struct flow_val *flow = bpf_map_lookup_elem(&ts_flows, &fk);
+		struct dst_key dk = { .vni = vni, .addr = fk.daddr };
+		struct dst_val *dst = flow ? bpf_map_lookup_elem(&ts_dst, &dk) : 0;
+		if (flow && dst && dst->ifindex) {
+			if (forward(skb, flow, ip) < 0)
+				return TC_ACT_SHOT;
+			__u8 gw[6];
+			bridge_mac(vni, gw);
+			if (set_macs(skb, dst->mac, gw) < 0)
+				return TC_ACT_SHOT;
+			return bpf_redirect_peer(dst->ifindex, 0);
+		}
+	}
+	// The kernel path: as if it had come out of the network's own tunnel.
+	return bpf_redirect(tunnel_ifindex, BPF_F_INGRESS);
+}

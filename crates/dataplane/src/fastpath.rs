@@ -1,0 +1,280 @@
+//! The TC-eBPF fast path's tables as values (`tessera agent --dataplane
+//! ebpf`): what a host's desired state puts in the programs' maps, the bytes
+//! each entry is in the kernel (the layout of `bpf/fastpath.bpf.c`), which
+//! conntrack entries admit a flow, and the difference between the entries
+//! wanted and those held. Pure; `linux::fastpath` loads the programs and
+//! carries the differences out.
+//!
+//! What the fast path carries: IPv4 TCP and UDP packets of a flow the
+//! kernel path allowed (an assured, untranslated conntrack entry in the
+//! network's own zone; TCP only while established), from an endpoint's own
+//! MAC and address, to an endpoint of the same network. Everything else
+//! takes the kernel path, which judges it: new flows, flows between
+//! networks (pair zones), translated flows (floating IPs, SNAT, published
+//! ports), service instances' ports and networks with service chains,
+//! IPv6, ICMP, DHCP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use tessera_model::{MacAddr, Vni};
+
+use crate::ct_events::{status, CtEvent, CtEventKind, TCP_ESTABLISHED};
+use crate::desired::{host_veth_name, vtep_mac, vxlan_name, DesiredHost};
+
+/// The UDP port of the metadata-mode VXLAN device: fast-path packets
+/// travel between hosts there (a metadata-mode device cannot share 4789
+/// with the networks' own devices). The host guard accepts it from the
+/// fabric's VTEPs only, as 4789.
+pub const FASTPATH_PORT: u16 = 4799;
+
+/// The metadata-mode VXLAN device.
+pub const MD_DEVICE: &str = "tfast";
+
+/// The programs, by their names in the object.
+pub const FROM_CONTAINER: &str = "from_container";
+pub const FROM_TUNNEL: &str = "from_tunnel";
+
+/// The maps, by their names in the object.
+pub mod maps {
+    pub const SRC: &str = "ts_src";
+    pub const DST: &str = "ts_dst";
+    pub const FLOWS: &str = "ts_flows";
+    pub const TUNNELS: &str = "ts_tunnels";
+    pub const CONFIG: &str = "ts_config";
+}
+
+/// An address a local endpoint may send from, on its host port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Source {
+    pub port: String,
+    pub addr: Ipv4Addr,
+    pub mac: MacAddr,
+    pub vni: Vni,
+}
+
+/// Where an endpoint of a network is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    /// On this host, behind its host port.
+    Local { port: String, mac: MacAddr },
+    /// On the host at this underlay address.
+    Remote { underlay: Ipv4Addr },
+}
+
+/// One direction of a flow within network `vni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    pub vni: Vni,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+}
+
+impl FlowKey {
+    pub fn reversed(self) -> FlowKey {
+        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..self }
+    }
+}
+
+/// What the fast path's maps should hold on a host, by interface names
+/// (the kernel's indexes are looked up when the entries are written).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub sources: BTreeSet<Source>,
+    pub destinations: BTreeMap<(Vni, Ipv4Addr), Place>,
+    /// Each network's own VXLAN device.
+    pub tunnels: BTreeMap<Vni, String>,
+    /// The conntrack zone of each network whose flows may take the fast path.
+    pub zones: BTreeMap<u16, Vni>,
+    /// Host ports that get the program.
+    pub ports: BTreeSet<String>,
+    /// Networks whose traffic keeps the kernel path, and why.
+    pub kernel_only: BTreeMap<Vni, &'static str>,
+}
+
+/// Why a host cannot use the fast path at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    #[error("the underlay address {0} is IPv6; the fast path tunnels over IPv4 only")]
+    Ipv6Underlay(IpAddr),
+}
+
+/// The fast path's tables for `desired`.
+pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
+    if desired.underlay_ip.is_ipv6() {
+        return Err(Unsupported::Ipv6Underlay(desired.underlay_ip));
+    }
+    let steered: BTreeSet<Vni> = desired.steering.iter().map(|s| s.vni).collect();
+    let mut t = Tables::default();
+    for net in &desired.networks {
+        // The network's tunnel takes what arrives for it, fast or not.
+        t.tunnels.insert(net.vni, vxlan_name(net.vni));
+        if steered.contains(&net.vni) {
+            t.kernel_only.insert(net.vni, "service chains steer its traffic");
+            continue;
+        }
+        t.zones.insert(net.zone, net.vni);
+        for ep in net.local.iter().filter(|ep| !ep.service) {
+            let port = host_veth_name(ep.id);
+            t.ports.insert(port.clone());
+            for addr in ep.ips.iter().filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            }) {
+                t.sources.insert(Source { port: port.clone(), addr, mac: ep.mac, vni: net.vni });
+                t.destinations.insert((net.vni, addr), Place::Local { port: port.clone(), mac: ep.mac });
+            }
+        }
+        for r in &net.remote {
+            if let (IpAddr::V4(addr), IpAddr::V4(underlay)) = (r.ip, r.host_underlay) {
+                t.destinations.entry((net.vni, addr)).or_insert(Place::Remote { underlay });
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// What a conntrack event means for the fast path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The flow is allowed and established: both directions may take the
+    /// fast path.
+    Admit([FlowKey; 2]),
+    /// The flow ended or is closing: both directions take the kernel path.
+    Remove([FlowKey; 2]),
+    /// Not a flow the fast path carries.
+    Ignore,
+}
+
+/// Whether the connection of `event` may take the fast path, given the
+/// zones of the networks that may (`Tables::zones`).
+pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vni>) -> Admission {
+    let Some(&vni) = zones.get(&event.zone) else { return Admission::Ignore };
+    let t = &event.tuple;
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { return Admission::Ignore };
+    if t.protocol != 6 && t.protocol != 17 {
+        return Admission::Ignore;
+    }
+    let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+    let both = [key, key.reversed()];
+    if event.kind == CtEventKind::Destroy {
+        return Admission::Remove(both);
+    }
+    let translated = event.status & (status::SRC_NAT | status::DST_NAT) != 0;
+    let established = t.protocol == 17 || event.tcp_state == Some(TCP_ESTABLISHED);
+    if event.status & status::ASSURED != 0 && established && !translated {
+        Admission::Admit(both)
+    } else {
+        Admission::Remove(both)
+    }
+}
+
+/// Adds what the fast path carried (`counts`, by direction) to the
+/// conntrack entries it carried them for: the kernel's counters see only
+/// the packets of the kernel path.
+pub fn add_counts(entries: &mut [CtEvent], zones: &BTreeMap<u16, Vni>, counts: &std::collections::HashMap<FlowKey, (u64, u64)>) {
+    if counts.is_empty() {
+        return;
+    }
+    for ev in entries {
+        let Some(&vni) = zones.get(&ev.zone) else { continue };
+        let t = &ev.tuple;
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { continue };
+        let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+        for (side, k) in [(&mut ev.orig, key), (&mut ev.reply, key.reversed())] {
+            if let Some((p, b)) = counts.get(&k) {
+                *side = (side.0 + p, side.1 + b);
+            }
+        }
+    }
+}
+
+/// The bytes of the maps' keys and values, as `bpf/fastpath.bpf.c` lays
+/// them out (addresses and ports in network order, other numbers in the
+/// host's).
+pub mod bytes {
+    use super::*;
+
+    pub fn src_key(ifindex: u32, addr: Ipv4Addr) -> [u8; 8] {
+        let mut b = [0; 8];
+        b[..4].copy_from_slice(&ifindex.to_ne_bytes());
+        b[4..].copy_from_slice(&addr.octets());
+        b
+    }
+
+    pub fn src_value(mac: MacAddr, vni: Vni) -> [u8; 12] {
+        let mut b = [0; 12];
+        b[..6].copy_from_slice(&mac.0);
+        b[8..].copy_from_slice(&vni.get().to_ne_bytes());
+        b
+    }
+
+    pub fn dst_key(vni: Vni, addr: Ipv4Addr) -> [u8; 8] {
+        let mut b = [0; 8];
+        b[..4].copy_from_slice(&vni.get().to_ne_bytes());
+        b[4..].copy_from_slice(&addr.octets());
+        b
+    }
+
+    /// A local endpoint: its host port's index and its MAC; a remote one:
+    /// index 0, its host's underlay address and VTEP MAC.
+    pub fn dst_value(ifindex: u32, underlay: Ipv4Addr, mac: MacAddr) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..4].copy_from_slice(&ifindex.to_ne_bytes());
+        b[4..8].copy_from_slice(&underlay.octets());
+        b[8..14].copy_from_slice(&mac.0);
+        b
+    }
+
+    pub fn flow_key(k: &FlowKey) -> [u8; 20] {
+        let mut b = [0; 20];
+        b[..4].copy_from_slice(&k.vni.get().to_ne_bytes());
+        b[4..8].copy_from_slice(&k.src.octets());
+        b[8..12].copy_from_slice(&k.dst.octets());
+        b[12..14].copy_from_slice(&k.sport.to_be_bytes());
+        b[14..16].copy_from_slice(&k.dport.to_be_bytes());
+        b[16] = k.protocol;
+        b
+    }
+
+    pub fn parse_flow_key(b: &[u8; 20]) -> Option<FlowKey> {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Some(FlowKey {
+            vni: Vni::new(u32::from_ne_bytes(word(0))).ok()?,
+            src: Ipv4Addr::from(word(4)),
+            dst: Ipv4Addr::from(word(8)),
+            sport: u16::from_be_bytes([b[12], b[13]]),
+            dport: u16::from_be_bytes([b[14], b[15]]),
+            protocol: b[16],
+        })
+    }
+
+    /// A new flow's counters: nothing carried yet.
+    pub const FLOW_ZERO: [u8; 16] = [0; 16];
+
+    /// Packets and bytes a flow's value holds.
+    pub fn flow_counts(b: &[u8; 16]) -> (u64, u64) {
+        let half = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        (half(0), half(8))
+    }
+
+    pub fn config(md_ifindex: u32, underlay: Ipv4Addr) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..4].copy_from_slice(&md_ifindex.to_ne_bytes());
+        b[4..8].copy_from_slice(&underlay.octets());
+        b[8..14].copy_from_slice(&vtep_mac(IpAddr::V4(underlay)).0);
+        b
+    }
+}
+
+/// A remote endpoint's destination value: its host's VTEP MAC is the inner
+/// destination MAC, as the kernel path's neighbour entry makes it.
+pub fn remote_mac(underlay: Ipv4Addr) -> MacAddr {
+    vtep_mac(IpAddr::V4(underlay))
+}
+
+#[cfg(test)]
+mod tests;

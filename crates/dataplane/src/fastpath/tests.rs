@@ -1,0 +1,183 @@
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::*;
+use crate::ct_events::FiveTuple;
+use crate::desired::{DesiredNetwork, DesiredSteer, LocalEndpoint, RemoteEndpoint};
+
+fn vni(v: u32) -> Vni {
+    Vni::new(v).unwrap()
+}
+
+fn endpoint(n: u8, ips: &[&str], service: bool) -> LocalEndpoint {
+    LocalEndpoint {
+        id: Uuid::from_u128(u128::from(n) << 96),
+        mac: MacAddr([2, 0, 0, 0, 0, n]),
+        ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+        netns: PathBuf::from("/run/netns/c"),
+        ifname: "eth0".into(),
+        dhcp: false,
+        own_table: false,
+        service,
+    }
+}
+
+fn network(v: u32, zone: u16, local: Vec<LocalEndpoint>, remote: &[(&str, &str)]) -> DesiredNetwork {
+    DesiredNetwork {
+        vni: vni(v),
+        zone,
+        subnets: vec![],
+        local,
+        remote: remote
+            .iter()
+            .map(|(ip, host)| RemoteEndpoint { ip: ip.parse().unwrap(), host_underlay: host.parse().unwrap() })
+            .collect(),
+        imports: vec![],
+        egress: None,
+        domain: None,
+    }
+}
+
+fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
+    DesiredHost {
+        underlay_ip: "10.99.0.1".parse().unwrap(),
+        underlay_ifname: "eth0".into(),
+        underlay_mtu: 1500,
+        peers: vec![],
+        networks,
+        pair_zones: vec![],
+        policies: vec![],
+        watches: vec![],
+        uplinks: vec![],
+        published: vec![],
+        steering: vec![],
+    }
+}
+
+#[test]
+fn endpoints_become_sources_and_destinations_of_their_network() {
+    let d = host(vec![network(
+        100,
+        1,
+        vec![endpoint(1, &["10.0.0.2/24", "2001:db8::2/64"], false), endpoint(2, &["10.0.0.9/24"], true)],
+        &[("10.0.0.3", "10.99.0.2"), ("2001:db8::3", "10.99.0.2")],
+    )]);
+    let t = tables(&d).unwrap();
+    let port = host_veth_name(Uuid::from_u128(1 << 96));
+    assert_eq!(
+        t.sources.iter().cloned().collect::<Vec<_>>(),
+        vec![Source { port: port.clone(), addr: "10.0.0.2".parse().unwrap(), mac: MacAddr([2, 0, 0, 0, 0, 1]), vni: vni(100) }],
+        "IPv4 addresses of endpoints only; a service instance's port is not a source"
+    );
+    assert_eq!(
+        t.destinations.iter().map(|((v, a), p)| (v.get(), a.to_string(), p.clone())).collect::<Vec<_>>(),
+        vec![
+            (100, "10.0.0.2".into(), Place::Local { port: port.clone(), mac: MacAddr([2, 0, 0, 0, 0, 1]) }),
+            (100, "10.0.0.3".into(), Place::Remote { underlay: "10.99.0.2".parse().unwrap() }),
+        ]
+    );
+    assert_eq!(t.ports.iter().cloned().collect::<Vec<_>>(), vec![port]);
+    assert_eq!(t.tunnels.get(&vni(100)).map(String::as_str), Some("tx100"));
+    assert_eq!(t.zones.get(&1), Some(&vni(100)));
+}
+
+#[test]
+fn a_network_with_service_chains_keeps_the_kernel_path() {
+    let mut d = host(vec![network(100, 1, vec![endpoint(1, &["10.0.0.2/24"], false)], &[]), network(200, 2, vec![], &[])]);
+    d.steering.push(DesiredSteer {
+        vni: vni(100),
+        label: "fw left".into(),
+        src: vec![],
+        dst: vec![],
+        protocol: None,
+        src_ports: vec![],
+        dst_ports: vec![],
+        reverse: false,
+        skip_ports: vec![],
+        targets: vec![],
+    });
+    let t = tables(&d).unwrap();
+    assert!(t.sources.is_empty() && t.destinations.is_empty() && t.ports.is_empty());
+    assert!(!t.zones.contains_key(&1), "its flows are never admitted");
+    assert_eq!(t.zones.get(&2), Some(&vni(200)));
+    assert!(t.kernel_only.contains_key(&vni(100)));
+    assert!(t.tunnels.contains_key(&vni(100)), "what arrives for it still reaches its tunnel");
+}
+
+#[test]
+fn an_ipv6_underlay_is_refused_with_its_reason() {
+    let mut d = host(vec![]);
+    d.underlay_ip = "2001:db8:99::1".parse().unwrap();
+    assert!(tables(&d).unwrap_err().to_string().contains("IPv6"));
+}
+
+fn event(kind: CtEventKind, zone: u16, protocol: u8, tcp_state: Option<u8>, status: u32) -> CtEvent {
+    CtEvent {
+        kind,
+        id: 1,
+        zone,
+        tuple: FiveTuple {
+            protocol,
+            src: "10.0.0.2".parse().unwrap(),
+            dst: "10.0.0.3".parse().unwrap(),
+            sport: 40000,
+            dport: 5201,
+        },
+        orig: (0, 0),
+        reply: (0, 0),
+        start_ns: None,
+        tcp_state,
+        status,
+    }
+}
+
+#[test]
+fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
+    let zones = BTreeMap::from([(7, vni(100))]);
+    let key = FlowKey {
+        vni: vni(100),
+        src: "10.0.0.2".parse().unwrap(),
+        dst: "10.0.0.3".parse().unwrap(),
+        sport: 40000,
+        dport: 5201,
+        protocol: 6,
+    };
+    let both = [key, key.reversed()];
+    let tcp = |state, st| admission(&event(CtEventKind::New, 7, 6, Some(state), st), &zones);
+    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED), Admission::Admit(both));
+    assert_eq!(tcp(TCP_ESTABLISHED, 0), Admission::Remove(both), "not assured yet");
+    assert_eq!(tcp(2, status::ASSURED), Admission::Remove(both), "SYN_RECV");
+    assert_eq!(tcp(5, status::ASSURED), Admission::Remove(both), "closing");
+    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED | status::DST_NAT), Admission::Remove(both), "translated");
+    assert_eq!(admission(&event(CtEventKind::Destroy, 7, 6, None, status::ASSURED), &zones), Admission::Remove(both));
+    let udp = admission(&event(CtEventKind::New, 7, 17, None, status::ASSURED), &zones);
+    assert!(matches!(udp, Admission::Admit([k, _]) if k.protocol == 17));
+    assert_eq!(admission(&event(CtEventKind::New, 8, 6, Some(3), status::ASSURED), &zones), Admission::Ignore, "other zone");
+    assert_eq!(admission(&event(CtEventKind::New, 7, 1, None, status::ASSURED), &zones), Admission::Ignore, "ICMP");
+}
+
+#[test]
+fn keys_and_values_have_the_programs_layout() {
+    let key = FlowKey {
+        vni: vni(0x0001_0203),
+        src: "10.0.0.2".parse().unwrap(),
+        dst: "10.0.0.3".parse().unwrap(),
+        sport: 0x1234,
+        dport: 80,
+        protocol: 6,
+    };
+    let b = bytes::flow_key(&key);
+    assert_eq!(&b[4..8], &[10, 0, 0, 2]);
+    assert_eq!(&b[12..17], &[0x12, 0x34, 0, 80, 6]);
+    assert_eq!(bytes::parse_flow_key(&b), Some(key));
+    let v = bytes::dst_value(7, "10.99.0.2".parse().unwrap(), remote_mac("10.99.0.2".parse().unwrap()));
+    assert_eq!(&v[4..8], &[10, 99, 0, 2]);
+    assert_eq!(&v[8..14], &[0x0e, 0, 10, 99, 0, 2]);
+    let c = bytes::config(3, "10.99.0.1".parse().unwrap());
+    assert_eq!(&c[8..14], &[0x0e, 0, 10, 99, 0, 1]);
+    let mut counts = [0u8; 16];
+    counts[..8].copy_from_slice(&5u64.to_ne_bytes());
+    counts[8..].copy_from_slice(&700u64.to_ne_bytes());
+    assert_eq!(bytes::flow_counts(&counts), (5, 700));
+}

@@ -1,0 +1,405 @@
+//! The TC-eBPF fast path of the calling process's network namespace
+//! (`tessera agent --dataplane ebpf`): the programs of `bpf/fastpath.bpf.c`
+//! (built by clang at build time, loaded with aya), the metadata-mode VXLAN
+//! device they tunnel through ([`MD_DEVICE`]), and their maps, kept equal to
+//! the [`Tables`] of the host's desired state.
+//!
+//! Flows enter the fast path when conntrack says the kernel path allowed
+//! them: a reader of the namespace's conntrack update and destroy events
+//! admits and removes them ([`admission`]), and a dump of the table every
+//! [`RESYNC_EVERY`] puts right what events were lost. A change that may
+//! refuse flows flushes their conntrack zone; the agent also tells the fast
+//! path ([`FastPath::zones_flushed`]), which drops the zone's flows at once,
+//! so their next packets meet the kernel path's new rules.
+//!
+//! Programs are attached with netlink (cls_bpf, direct action) and stay
+//! attached when the agent stops: the fast path goes on carrying what it
+//! carried. A new agent replaces them (and their maps) and admits the
+//! running flows again from a dump of conntrack; until then their packets
+//! take the kernel path. A packet is never dropped for want of a fast-path
+//! entry: whatever the maps lack goes through the kernel path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap as BpfHash, MapData};
+use aya::programs::tc::{self, NlOptions, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::Ebpf;
+use tessera_model::Vni;
+
+use crate::ct_events::{CtEvent, GROUP_DESTROY, GROUP_UPDATE};
+use crate::fastpath::{
+    admission, bytes, maps, remote_mac, Admission, FlowKey, Place, Tables, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, MD_DEVICE,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+
+/// How often the flows are compared with a dump of conntrack.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// How long the counts of a flow that left the fast path are kept for the
+/// flow records after its connection ended.
+const RETIRED_KEEP: Duration = Duration::from_secs(30);
+/// The tc priority of Tessera's filters.
+const PRIORITY: u16 = 1;
+
+/// Why the fast path cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0}: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("{0}: {1}")]
+    Kernel(String, String),
+}
+
+type Flows = BpfHash<MapData, [u8; 20], [u8; 16]>;
+
+struct State {
+    ebpf: Ebpf,
+    src: BpfHash<MapData, [u8; 8], [u8; 12]>,
+    dst: BpfHash<MapData, [u8; 8], [u8; 16]>,
+    flows: Flows,
+    tunnels: BpfHash<MapData, u32, u32>,
+    held_src: BTreeMap<[u8; 8], [u8; 12]>,
+    held_dst: BTreeMap<[u8; 8], [u8; 16]>,
+    held_tunnels: BTreeMap<u32, u32>,
+    /// Host ports with the program, and the index it was attached at.
+    attached: BTreeMap<String, u32>,
+    zones: BTreeMap<u16, Vni>,
+    /// Counts of flows that left the fast path, kept for flow records.
+    retired: HashMap<FlowKey, ((u64, u64), Instant)>,
+    kernel_only: BTreeMap<Vni, &'static str>,
+}
+
+/// The fast path of this namespace.
+pub struct FastPath {
+    state: Mutex<State>,
+    md_ifindex: u32,
+}
+
+/// What [`FastPath::status`] reports of a host port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortPath {
+    /// The program runs on it.
+    Fast,
+    /// It takes the kernel path, and why.
+    Kernel(String),
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+impl FastPath {
+    /// Loads the programs, makes the metadata-mode VXLAN device (MTU `mtu`)
+    /// and starts admitting flows. Runs in the calling thread's namespace.
+    pub async fn start(underlay: Ipv4Addr, mtu: u32) -> Result<Arc<FastPath>, FastPathError> {
+        let md_ifindex = md_device(mtu).await?;
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for name in [FROM_CONTAINER, FROM_TUNNEL] {
+            program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
+        }
+        attach(&mut ebpf, FROM_TUNNEL, MD_DEVICE)?;
+        let mut config: Array<MapData, [u8; 16]> = take(&mut ebpf, maps::CONFIG)?;
+        config.set(0, bytes::config(md_ifindex, underlay), 0).map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
+        let state = State {
+            src: take(&mut ebpf, maps::SRC)?,
+            dst: take(&mut ebpf, maps::DST)?,
+            flows: take(&mut ebpf, maps::FLOWS)?,
+            tunnels: take(&mut ebpf, maps::TUNNELS)?,
+            ebpf,
+            held_src: BTreeMap::new(),
+            held_dst: BTreeMap::new(),
+            held_tunnels: BTreeMap::new(),
+            attached: BTreeMap::new(),
+            zones: BTreeMap::new(),
+            retired: HashMap::new(),
+            kernel_only: BTreeMap::new(),
+        };
+        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex });
+        let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
+            .map_err(|e| FastPathError::Kernel("conntrack events".into(), e.to_string()))?;
+        tokio::spawn(fp.clone().admit(events));
+        tracing::info!(device = MD_DEVICE, port = FASTPATH_PORT, "eBPF fast path loaded");
+        Ok(fp)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the maps and the programs' ports what `tables` says: ports not
+    /// made yet are left for the next call.
+    pub fn sync(&self, tables: &Tables) -> Result<(), FastPathError> {
+        let mut s = self.state();
+        let s = &mut *s;
+        let mut ports = BTreeMap::new();
+        for port in &tables.ports {
+            let Some(index) = ifindex(port) else { continue };
+            if s.attached.get(port) != Some(&index) {
+                attach(&mut s.ebpf, FROM_CONTAINER, port)?;
+            }
+            ports.insert(port.clone(), index);
+        }
+        s.attached = ports;
+        let src: BTreeMap<_, _> = tables
+            .sources
+            .iter()
+            .filter_map(|e| Some((bytes::src_key(*s.attached.get(&e.port)?, e.addr), bytes::src_value(e.mac, e.vni))))
+            .collect();
+        let dst: BTreeMap<_, _> = tables
+            .destinations
+            .iter()
+            .filter_map(|((vni, addr), place)| {
+                let value = match place {
+                    Place::Local { port, mac } => bytes::dst_value(*s.attached.get(port)?, Ipv4Addr::UNSPECIFIED, *mac),
+                    Place::Remote { underlay } => bytes::dst_value(0, *underlay, remote_mac(*underlay)),
+                };
+                Some((bytes::dst_key(*vni, *addr), value))
+            })
+            .collect();
+        let tunnels: BTreeMap<u32, u32> =
+            tables.tunnels.iter().filter_map(|(vni, dev)| Some((vni.get(), ifindex(dev)?))).collect();
+        converge(&mut s.src, &mut s.held_src, src).map_err(|e| FastPathError::Map(maps::SRC, e))?;
+        converge(&mut s.dst, &mut s.held_dst, dst).map_err(|e| FastPathError::Map(maps::DST, e))?;
+        converge(&mut s.tunnels, &mut s.held_tunnels, tunnels).map_err(|e| FastPathError::Map(maps::TUNNELS, e))?;
+        let gone: Vec<Vni> = s.zones.values().filter(|v| !tables.zones.values().any(|w| w == *v)).copied().collect();
+        s.zones = tables.zones.clone();
+        s.kernel_only = tables.kernel_only.clone();
+        s.drop_flows(|k| gone.contains(&k.vni));
+        Ok(())
+    }
+
+    /// Conntrack zones `zones` were flushed: their flows leave the fast path
+    /// now, and come back when the kernel path allows them again.
+    pub fn zones_flushed(&self, zones: &[u16]) {
+        let mut s = self.state();
+        let vnis: Vec<Vni> = zones.iter().filter_map(|z| s.zones.get(z)).copied().collect();
+        if !vnis.is_empty() {
+            s.drop_flows(|k| vnis.contains(&k.vni));
+        }
+    }
+
+    /// Packets and bytes the fast path carried of each direction of each
+    /// flow it carries or carried lately.
+    pub fn flow_counts(&self) -> HashMap<FlowKey, (u64, u64)> {
+        let s = self.state();
+        let mut out: HashMap<FlowKey, (u64, u64)> = s.retired.iter().map(|(k, (c, _))| (*k, *c)).collect();
+        for (k, v) in s.flows.iter().filter_map(Result::ok) {
+            if let Some(key) = bytes::parse_flow_key(&k) {
+                let (p, b) = bytes::flow_counts(&v);
+                let e = out.entry(key).or_default();
+                *e = (e.0 + p, e.1 + b);
+            }
+        }
+        out
+    }
+
+    /// Adds what the fast path carried to the conntrack entries of its
+    /// flows ([`crate::fastpath::add_counts`]).
+    pub fn add_counts(&self, entries: &mut [CtEvent]) {
+        let counts = self.flow_counts();
+        let zones = self.state().zones.clone();
+        crate::fastpath::add_counts(entries, &zones, &counts);
+    }
+
+    /// How many flows (one direction each) the fast path holds.
+    pub fn flows(&self) -> usize {
+        self.state().flows.keys().count()
+    }
+
+    /// Which path a host port's packets take, and why.
+    pub fn port_path(&self, port: &str, vni: Option<Vni>) -> PortPath {
+        let s = self.state();
+        if let Some(why) = vni.and_then(|v| s.kernel_only.get(&v)) {
+            return PortPath::Kernel((*why).to_string());
+        }
+        if s.attached.contains_key(port) {
+            PortPath::Fast
+        } else {
+            PortPath::Kernel("not a port of the fast path (a service instance's, or not made yet)".into())
+        }
+    }
+
+    /// The index of the metadata-mode device.
+    pub fn device_index(&self) -> u32 {
+        self.md_ifindex
+    }
+
+    async fn admit(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<super::CtMessage>) {
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = events.recv() => match m {
+                    Some(super::CtMessage::Events(batch)) => self.state().apply(&batch),
+                    Some(super::CtMessage::Lost) => resync.reset_immediately(),
+                    None => {
+                        tracing::warn!("conntrack events ended; flows enter the fast path only at each resync");
+                        std::future::pending::<()>().await;
+                    }
+                },
+                _ = resync.tick() => {
+                    let table = tokio::task::spawn_blocking(|| {
+                        let mut socket = crate::nfnetlink::NetfilterSocket::open()?;
+                        crate::nfnetlink::conntrack_table(&mut socket)
+                    })
+                    .await;
+                    match table {
+                        Ok(Ok(entries)) => self.state().resync(&entries),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "dumping conntrack for the fast path failed"),
+                        Err(e) => tracing::warn!(error = %e, "dumping conntrack for the fast path failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn apply(&mut self, events: &[CtEvent]) {
+        for ev in events {
+            match admission(ev, &self.zones) {
+                Admission::Admit(keys) => {
+                    for k in keys {
+                        let key = bytes::flow_key(&k);
+                        if self.flows.get(&key, 0).is_err() {
+                            let _ = self.flows.insert(key, bytes::FLOW_ZERO, 0);
+                        }
+                    }
+                }
+                Admission::Remove(keys) => {
+                    for k in keys {
+                        self.retire(k);
+                    }
+                }
+                Admission::Ignore => {}
+            }
+        }
+    }
+
+    /// Makes the flows those of the admitted connections in `entries`.
+    fn resync(&mut self, entries: &[CtEvent]) {
+        let mut admitted = std::collections::HashSet::new();
+        for ev in entries {
+            if let Admission::Admit(keys) = admission(ev, &self.zones) {
+                admitted.extend(keys);
+            }
+        }
+        self.drop_flows(|k| !admitted.contains(k));
+        for k in admitted {
+            let key = bytes::flow_key(&k);
+            if self.flows.get(&key, 0).is_err() {
+                let _ = self.flows.insert(key, bytes::FLOW_ZERO, 0);
+            }
+        }
+        let now = Instant::now();
+        self.retired.retain(|_, (_, at)| now.duration_since(*at) < RETIRED_KEEP);
+    }
+
+    /// Takes a flow off the fast path, keeping what it carried.
+    fn retire(&mut self, k: FlowKey) {
+        let key = bytes::flow_key(&k);
+        if let Ok(v) = self.flows.get(&key, 0) {
+            let _ = self.flows.remove(&key);
+            let (p, b) = bytes::flow_counts(&v);
+            let e = self.retired.entry(k).or_insert(((0, 0), Instant::now()));
+            e.0 = (e.0 .0 + p, e.0 .1 + b);
+            e.1 = Instant::now();
+        }
+    }
+
+    fn drop_flows(&mut self, doomed: impl Fn(&FlowKey) -> bool) {
+        let keys: Vec<FlowKey> =
+            self.flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).filter(|k| doomed(k)).collect();
+        for k in keys {
+            self.retire(k);
+        }
+    }
+}
+
+/// Writes the differences between `held` (what `map` holds) and `want`.
+fn converge<K, V>(map: &mut BpfHash<MapData, K, V>, held: &mut BTreeMap<K, V>, want: BTreeMap<K, V>) -> Result<(), String>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    for k in held.keys().filter(|k| !want.contains_key(*k)) {
+        map.remove(k).map_err(|e| e.to_string())?;
+    }
+    for (k, v) in want.iter().filter(|(k, v)| held.get(*k) != Some(*v)) {
+        map.insert(k, v, 0).map_err(|e| e.to_string())?;
+    }
+    *held = want;
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, FastPathError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| FastPathError::Kernel(name.into(), "not in the object".into()))?
+        .try_into()
+        .map_err(|e| FastPathError::Program(name, e))
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FastPathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| FastPathError::Map(name, "not in the object".into()))?;
+    T::try_from(map).map_err(|e| FastPathError::Map(name, e.to_string()))
+}
+
+/// Attaches program `name` at the ingress of `dev`, replacing a filter of
+/// the same name (an earlier agent's). The attachment outlives the agent.
+fn attach(ebpf: &mut Ebpf, name: &'static str, dev: &str) -> Result<(), FastPathError> {
+    let kernel = |e: tc::TcError| FastPathError::Kernel(format!("tc on {dev}"), e.to_string());
+    match tc::qdisc_add_clsact(dev) {
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        r => r.map_err(kernel)?,
+    }
+    match tc::qdisc_detach_program(dev, TcAttachType::Ingress, name) {
+        Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        r => r.map_err(kernel)?,
+    }
+    let prog = program(ebpf, name)?;
+    let options = TcAttachOptions::Netlink(NlOptions { priority: PRIORITY, ..Default::default() });
+    let id = prog.attach_with_options(dev, TcAttachType::Ingress, options).map_err(|e| FastPathError::Program(name, e))?;
+    let link = prog.take_link(id).map_err(|e| FastPathError::Program(name, e))?;
+    // Dropping the link would detach it: it stays until the device goes or
+    // the next agent replaces it.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Makes the metadata-mode VXLAN device (`ip link add tfast type vxlan
+/// external dstport 4799 nolearning`, alias `tessera`, up) unless it is
+/// there; its index.
+async fn md_device(mtu: u32) -> Result<u32, FastPathError> {
+    let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {MD_DEVICE}"), e.to_string());
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
+    tokio::spawn(conn);
+    if ifindex(MD_DEVICE).is_none() {
+        let msg = rtnetlink::LinkVxlan::new(MD_DEVICE, 0)
+            .port(FASTPATH_PORT)
+            .learning(false)
+            .collect_metadata(true)
+            .mtu(mtu)
+            .up()
+            .build();
+        handle.link().add(msg).execute().await.map_err(kernel)?;
+    }
+    let index = ifindex(MD_DEVICE).ok_or_else(|| FastPathError::Kernel(MD_DEVICE.into(), "not made".into()))?;
+    let set = rtnetlink::LinkUnspec::new_with_index(index)
+        .mtu(mtu)
+        .up()
+        .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::IfAlias(crate::names::LINK_MARK.into()))
+        .build();
+    handle.link().set(set).execute().await.map_err(kernel)?;
+    Ok(index)
+}
