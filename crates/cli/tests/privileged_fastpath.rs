@@ -14,8 +14,11 @@ use std::time::Duration;
 use tessera_testkit::{addresses, exec_in, Cluster};
 
 fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
-    let (c, run) = tessera_testkit::start_cluster("tfp", hosts, env!("CARGO_BIN_EXE_tessera"));
+    let (mut c, run) = tessera_testkit::start_cluster("tfp", hosts, env!("CARGO_BIN_EXE_tessera"));
     for h in hosts {
+        c.set_agent_args(h, &["--dataplane", "ebpf"]);
+        c.stop_agent(h);
+        c.start_agent(h).unwrap();
         assert!(
             std::fs::read_to_string(c.log(&format!("agent-{h}"))).unwrap_or_default().contains("eBPF fast path loaded"),
             "the agent of {h} runs without the fast path:\n{}",
@@ -111,6 +114,48 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     });
     assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
     assert!(on_bridge.is_empty(), "TCP packets of an established flow crossed the bridge: {on_bridge:?}");
+
+    // Nothing is left once the hosts are gone: the programs go with the
+    // devices they are attached to, and their maps with them.
+    drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Command::new("bpftool").args(["prog", "show", "id", &on_tunnel[0]]).output().unwrap().status.success() {
+        assert!(std::time::Instant::now() < deadline, "program {} is still loaded after the hosts went", on_tunnel[0]);
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn privileged_flow_records_count_what_the_fast_path_carried() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    c.attach("c1", "blue", &[]).unwrap();
+    let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    let mut s = Command::new("iperf3");
+    s.args(["-s", "-1", "-p", "5301"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), s).expect("iperf3 (install iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    let out = ok(c.exec("c1", "iperf3", &["-c", &a2[0], "-p", "5301", "-t", "2", "-J"]).unwrap(), "iperf3 client");
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sent = v["end"]["sum_sent"]["bytes"].as_f64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let flows = c.cli_json(&["flow", "list", "--port", "5301"]).unwrap();
+        let all = flows.as_array().unwrap();
+        let data = all.iter().max_by_key(|f| f["bytes"].as_u64().unwrap_or(0));
+        let ratio = data.map_or(0.0, |d| d["bytes"].as_f64().unwrap() / sent);
+        if all.len() == 2 && all.iter().all(|f| f["end_ms"].is_u64()) && (0.98..=1.02).contains(&ratio) {
+            eprintln!("iperf3 sent {sent} bytes; the record counts {ratio:.4} of them");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream's records are not whole, ended and exact (iperf3 sent {sent}, ratio {ratio:.4}): {flows}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// Runs `watch` one second into a 4-second iperf3 stream from `client` to
@@ -125,4 +170,46 @@ fn steady(c: &Cluster, client: &str, server: &str, dst: &str, watch: impl FnOnce
         let report = stream.join().unwrap();
         (a, b, report["end"]["sum_received"]["bytes"].as_u64().unwrap())
     })
+}
+
+#[test]
+fn privileged_a_policy_change_ends_a_running_fast_path_flow() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    c.attach("c1", "blue", &[]).unwrap();
+    let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    c.cli_ok(&["policy", "add", "open", "--rule", "pass any any any <> any any"]).unwrap();
+    c.cli_ok(&["network", "update", "blue", "--policy", "open"]).unwrap();
+
+    // A stream whose data connection leaves c1 from port 40000 (iperf3's
+    // control connection uses another port and stays allowed).
+    thread::scope(|s| {
+        let stream = s.spawn(|| iperf(&c, "c1", "c2", &a2[0], &["-t", "5", "--cport", "40000"]));
+        thread::sleep(Duration::from_secs(1));
+        let fast = captured(&c, "h1", "eth0", &["udp", "port", "4799"], || thread::sleep(Duration::from_millis(500)));
+        assert!(fast.len() > 100, "the stream is not on the fast path: {} packets on 4799", fast.len());
+
+        c.cli_ok(&[
+            "policy",
+            "update",
+            "open",
+            "--rule",
+            "deny tcp any 40000 <> any any",
+            "--rule",
+            "pass any any any <> any any",
+        ])
+        .unwrap();
+        thread::sleep(Duration::from_millis(300));
+        let mut cmd = Command::new("tcpdump");
+        cmd.args(["-n", "-l", "-q", "-i", "eth0", "tcp", "port", "40000"]).stdout(Stdio::piped()).stderr(Stdio::null());
+        let dump = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), cmd).unwrap();
+        thread::sleep(Duration::from_secs(1));
+        let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
+        let out = dump.wait_with_output().unwrap();
+        let reached: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        assert!(reached.is_empty(), "packets of the refused flow still reached c2: {reached:?}");
+        let _ = stream.join();
+    });
 }

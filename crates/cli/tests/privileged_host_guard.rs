@@ -79,39 +79,47 @@ fn privileged_vxlan_from_an_address_outside_the_fabric_reaches_no_container() {
     let h1_vtep_mac = format!("0e:00:{a:02x}:{b:02x}:{cc:02x}:{d:02x}");
     let bridge = tessera_fabric::UNDERLAY_BRIDGE;
     run(ul, &["ip", "addr", "add", &format!("{intruder}/{}", c.fabric.underlay().prefix_len()), "dev", bridge]);
-    run(
-        ul,
-        &[
-            "ip",
-            "link",
-            "add",
-            "evil",
-            "type",
-            "vxlan",
-            "id",
-            "6100",
-            "local",
-            &intruder,
-            "remote",
-            &h1.to_string(),
-            "dstport",
-            "4789",
-            "dev",
-            bridge,
-        ],
-    );
-    run(ul, &["ip", "addr", "add", "10.61.0.250/32", "dev", "evil"]);
-    run(ul, &["ip", "link", "set", "evil", "up"]);
-    run(ul, &["ip", "route", "add", &format!("{}/32", a1[0]), "dev", "evil"]);
-    run(ul, &["ip", "neigh", "replace", &a1[0], "lladdr", &h1_vtep_mac, "dev", "evil", "nud", "permanent"]);
+    // On the networks' VXLAN port and on the fast path's (whose packets a
+    // host hands to the network's tunnel when it does not carry their flow).
+    for port in ["4789", "4799"] {
+        run(
+            ul,
+            &[
+                "ip",
+                "link",
+                "add",
+                "evil",
+                "type",
+                "vxlan",
+                "id",
+                "6100",
+                "local",
+                &intruder,
+                "remote",
+                &h1.to_string(),
+                "dstport",
+                port,
+                "dev",
+                bridge,
+            ],
+        );
+        run(ul, &["ip", "addr", "add", "10.61.0.250/32", "dev", "evil"]);
+        run(ul, &["ip", "link", "set", "evil", "up"]);
+        run(ul, &["ip", "route", "add", &format!("{}/32", a1[0]), "dev", "evil"]);
+        run(ul, &["ip", "neigh", "replace", &a1[0], "lladdr", &h1_vtep_mac, "dev", "evil", "nud", "permanent"]);
 
-    let before = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
-    let dump = watch_icmp(&c, "c1");
-    let _ = exec_in(ul, "ping", ["-c", "3", "-i", "0.2", "-W", "1", &a1[0]]);
-    let got = captured(dump);
-    assert_eq!(got, None, "a packet injected on the underlay reached c1");
-    let after = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
-    assert!(after >= before + 3, "h1 did not see (and drop) the intruder's VXLAN: {before} then {after} packets counted");
+        let before = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
+        let dump = watch_icmp(&c, "c1");
+        let _ = exec_in(ul, "ping", ["-c", "3", "-i", "0.2", "-W", "1", &a1[0]]);
+        let got = captured(dump);
+        assert_eq!(got, None, "a packet injected on the underlay (port {port}) reached c1");
+        let after = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
+        assert!(
+            after >= before + 3,
+            "h1 did not see (and drop) the intruder's VXLAN on port {port}: {before} then {after} packets counted"
+        );
+        run(ul, &["ip", "link", "del", "evil"]);
+    }
 
     // The fabric's own traffic is untouched.
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "c1 still reaches c2 across hosts");

@@ -78,6 +78,10 @@ struct flow_key {
 struct flow_val {
 	__u64 packets;
 	__u64 bytes;
+	// Set by the first FIN or RST: the connection is closing, and its
+	// remaining packets take the kernel path, so conntrack sees its end.
+	__u32 closing;
+	__u32 pad;
 };
 
 // This host: the metadata-mode VXLAN device, its underlay address and the
@@ -144,9 +148,11 @@ static __always_inline void bridge_mac(__u32 vni, __u8 mac[6])
 	mac[5] = 0x01;
 }
 
-// The flow of an IPv4 packet the fast path may carry, with `vni` and the
-// packet's IP header; 0 when the packet must take the kernel path.
-static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct flow_key *key, struct iphdr **ip_out)
+// The flow of an IPv4 TCP or UDP packet, with `vni`, the packet's IP header
+// and whether it is a TCP SYN (kernel path), FIN or RST (the connection
+// ends); 0 when the packet must take the kernel path.
+static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct flow_key *key, struct iphdr **ip_out,
+				      __u8 *tcp_flags)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -161,8 +167,9 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct f
 		return 0;
 	if (ip->protocol == IPPROTO_TCP) {
 		__u8 *flags = (__u8 *)(ip + 1) + TCP_FLAGS_OFF;
-		if ((void *)(flags + 1) > end || (*flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+		if ((void *)(flags + 1) > end || (*flags & TCP_SYN))
 			return 0;
+		*tcp_flags = *flags;
 	} else if (ip->protocol != IPPROTO_UDP) {
 		return 0;
 	}
@@ -174,6 +181,32 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct f
 	key->proto = ip->protocol;
 	*ip_out = ip;
 	return 1;
+}
+
+// The flow's entry when the fast path carries the packet: none for a flow
+// it does not carry or one that is closing. A FIN or RST marks both
+// directions closing and goes the kernel path.
+static __always_inline struct flow_val *carried(struct flow_key *fk, __u8 tcp_flags)
+{
+	struct flow_val *flow = bpf_map_lookup_elem(&ts_flows, fk);
+	if (!flow || flow->closing)
+		return 0;
+	if (tcp_flags & (TCP_FIN | TCP_RST)) {
+		flow->closing = 1;
+		struct flow_key back = {
+			.vni = fk->vni,
+			.saddr = fk->daddr,
+			.daddr = fk->saddr,
+			.sport = fk->dport,
+			.dport = fk->sport,
+			.proto = fk->proto,
+		};
+		struct flow_val *reply = bpf_map_lookup_elem(&ts_flows, &back);
+		if (reply)
+			reply->closing = 1;
+		return 0;
+	}
+	return flow;
 }
 
 // Counts the packet on its flow and decrements the TTL, as routing does.
@@ -217,9 +250,10 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 vni = src->vni;
 	struct flow_key fk = {};
-	if (!parse_flow(skb, vni, &fk, &ip))
+	__u8 tcp_flags = 0;
+	if (!parse_flow(skb, vni, &fk, &ip, &tcp_flags))
 		return TC_ACT_OK;
-	struct flow_val *flow = bpf_map_lookup_elem(&ts_flows, &fk);
+	struct flow_val *flow = carried(&fk, tcp_flags);
 	if (!flow)
 		return TC_ACT_OK;
 	struct dst_key dk = { .vni = vni, .addr = fk.daddr };
@@ -264,8 +298,9 @@ int from_tunnel(struct __sk_buff *skb)
 	__u32 tunnel_ifindex = *tunnel;
 	struct iphdr *ip;
 	struct flow_key fk = {};
-	if (parse_flow(skb, vni, &fk, &ip)) {
-		struct flow_val *flow = bpf_map_lookup_elem(&ts_flows, &fk);
+	__u8 tcp_flags = 0;
+	if (parse_flow(skb, vni, &fk, &ip, &tcp_flags)) {
+		struct flow_val *flow = carried(&fk, tcp_flags);
 		struct dst_key dk = { .vni = vni, .addr = fk.daddr };
 		struct dst_val *dst = flow ? bpf_map_lookup_elem(&ts_dst, &dk) : 0;
 		if (flow && dst && dst->ifindex) {

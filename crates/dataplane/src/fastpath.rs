@@ -252,11 +252,11 @@ pub mod bytes {
         })
     }
 
-    /// A new flow's counters: nothing carried yet.
-    pub const FLOW_ZERO: [u8; 16] = [0; 16];
+    /// A new flow's value: nothing carried yet, not closing.
+    pub const FLOW_ZERO: [u8; 24] = [0; 24];
 
     /// Packets and bytes a flow's value holds.
-    pub fn flow_counts(b: &[u8; 16]) -> (u64, u64) {
+    pub fn flow_counts(b: &[u8; 24]) -> (u64, u64) {
         let half = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
         (half(0), half(8))
     }

@@ -47,11 +47,11 @@ pub struct AgentArgs {
     #[arg(long)]
     no_flows: bool,
     /// The data plane: `ebpf` adds the TC-eBPF fast path for the packets
-    /// of established flows to the kernel path, `kernel` is the kernel path
-    /// alone. Default: ebpf where this host can run it, kernel otherwise
-    /// (the reason is logged).
-    #[arg(long, value_enum)]
-    dataplane: Option<DataplaneArg>,
+    /// of established flows within a network to the kernel path (refused
+    /// with the reason when this host cannot run it); `kernel` is the
+    /// kernel path alone.
+    #[arg(long, value_enum, default_value = "kernel")]
+    dataplane: DataplaneArg,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -87,7 +87,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         docker_socket: Some(a.docker_socket),
         metrics_listen: a.metrics_listen,
         flows: !a.no_flows,
-        dataplane: a.dataplane.map(|d| match d {
+        dataplane: Some(match a.dataplane {
             DataplaneArg::Kernel => tessera_agent::DataplaneKind::Kernel,
             DataplaneArg::Ebpf => tessera_agent::DataplaneKind::Ebpf,
         }),

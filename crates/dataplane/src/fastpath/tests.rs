@@ -176,8 +176,8 @@ fn keys_and_values_have_the_programs_layout() {
     assert_eq!(&v[8..14], &[0x0e, 0, 10, 99, 0, 2]);
     let c = bytes::config(3, "10.99.0.1".parse().unwrap());
     assert_eq!(&c[8..14], &[0x0e, 0, 10, 99, 0, 1]);
-    let mut counts = [0u8; 16];
+    let mut counts = [0u8; 24];
     counts[..8].copy_from_slice(&5u64.to_ne_bytes());
-    counts[8..].copy_from_slice(&700u64.to_ne_bytes());
+    counts[8..16].copy_from_slice(&700u64.to_ne_bytes());
     assert_eq!(bytes::flow_counts(&counts), (5, 700));
 }

@@ -42,6 +42,8 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How long the counts of a flow that left the fast path are kept for the
 /// flow records after its connection ended.
 const RETIRED_KEEP: Duration = Duration::from_secs(30);
+/// Conntrack's liberal TCP window tracking (of the namespace).
+const TCP_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 /// The tc priority of Tessera's filters.
 const PRIORITY: u16 = 1;
 
@@ -58,7 +60,7 @@ pub enum FastPathError {
     Kernel(String, String),
 }
 
-type Flows = BpfHash<MapData, [u8; 20], [u8; 16]>;
+type Flows = BpfHash<MapData, [u8; 20], [u8; 24]>;
 
 struct State {
     ebpf: Ebpf,
@@ -101,6 +103,11 @@ impl FastPath {
     /// and starts admitting flows. Runs in the calling thread's namespace.
     pub async fn start(underlay: Ipv4Addr, mtu: u32) -> Result<Arc<FastPath>, FastPathError> {
         let md_ifindex = md_device(mtu).await?;
+        // Conntrack does not see the packets the fast path carries, so its
+        // TCP window tracking would find the connection's end out of window
+        // and never see it close: it checks only resets, as it does for a
+        // connection picked up mid-stream.
+        std::fs::write(TCP_LIBERAL, "1").map_err(|e| FastPathError::Kernel(TCP_LIBERAL.into(), e.to_string()))?;
         let mut ebpf = Ebpf::load(OBJECT)?;
         for name in [FROM_CONTAINER, FROM_TUNNEL] {
             program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
@@ -402,4 +409,20 @@ async fn md_device(mtu: u32) -> Result<u32, FastPathError> {
         .build();
     handle.link().set(set).execute().await.map_err(kernel)?;
     Ok(index)
+}
+
+/// Whether this namespace has the fast path's device, marked as Tessera's
+/// (what `tessera purge` removes; its programs and maps go with it and with
+/// the endpoints' veths).
+pub async fn md_device_present() -> Result<bool, FastPathError> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let Some(index) = ifindex(MD_DEVICE) else { return Ok(false) };
+    let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {MD_DEVICE}"), e.to_string());
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
+    tokio::spawn(conn);
+    let link = handle.link().get().match_index(index).execute().try_next().await.map_err(kernel)?;
+    Ok(link.is_some_and(|l| {
+        l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(alias) if alias == crate::names::LINK_MARK))
+    }))
 }

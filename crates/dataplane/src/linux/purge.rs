@@ -1,6 +1,7 @@
 //! Taking away everything Tessera made in a host's kernel: its links
 //! (bridges, VXLAN devices, endpoints' host veths, whose container ends go
-//! with them), its routing rules and the routes of its tables, and its
+//! with them, and the fast path's device, whose eBPF programs and maps go
+//! with it), its routing rules and the routes of its tables, and its
 //! nftables tables. `tessera purge` and a package's removal use it once the
 //! agent is stopped; what it removes is what [`Dataplane::observe`] calls
 //! Tessera's, so nothing else of the host is touched.
@@ -55,7 +56,12 @@ fn removals(observed: &Observed) -> Vec<KernelOp> {
 
 /// What Tessera has in the kernel `dp` sees, and the removals that take it away.
 async fn inventory(dp: &LinuxDataplane) -> Result<(Purge, Vec<KernelOp>), DataplaneError> {
-    let ops = removals(&dp.observe().await?);
+    let mut ops = removals(&dp.observe().await?);
+    // The fast path's device, last: its programs and maps go with it and
+    // with the host veths.
+    if super::fastpath::md_device_present().await.map_err(|e| DataplaneError::Purge(e.to_string()))? {
+        ops.push(KernelOp::LinkDelete { name: crate::fastpath::MD_DEVICE.to_string() });
+    }
     let mut found = Purge::default();
     for op in &ops {
         match op {

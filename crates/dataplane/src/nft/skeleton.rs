@@ -123,8 +123,8 @@ table inet tessera {{
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
-        udp dport {vxlan} ip saddr != @vteps4 counter drop comment "VXLAN from a host outside the fabric"
-        udp dport {vxlan} ip6 saddr != @vteps6 counter drop comment "VXLAN from a host outside the fabric"
+        udp dport {{ {vxlan}, {fast} }} ip saddr != @vteps4 counter drop comment "VXLAN from a host outside the fabric"
+        udp dport {{ {vxlan}, {fast} }} ip6 saddr != @vteps6 counter drop comment "VXLAN from a host outside the fabric"
         iifname "tb*" jump from_overlay
         iifname "tx*" jump from_overlay
     }}
@@ -270,6 +270,7 @@ table inet {p} {{
         published = crate::names::PUBLISHED_MARK,
         slice_rules = slice_rules(),
         vxlan = crate::desired::VXLAN_PORT,
+        fast = crate::fastpath::FASTPATH_PORT,
         verified = crate::names::VERIFIED_MARK,
         probe = crate::names::PROBE_MARK,
         vrf_lo = crate::names::TABLE_BASE + tessera_model::Vni::MIN,
