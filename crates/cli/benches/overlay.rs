@@ -29,7 +29,8 @@
 //! Throughput and request/response runs alternate overlay and baseline and
 //! report the median of three. `--quick`: one run each, 2 s instead of 5, and
 //! 200 endpoints instead of 1,000 (so benchmark 4 compares the 330 that
-//! benchmark 3 leaves with 10). `--keep-logs`: keep the run directory (the
+//! benchmark 3 leaves with 10). `--dataplane kernel|ebpf`: the agents' data
+//! plane (the agent's default otherwise). `--keep-logs`: keep the run directory (the
 //! controller's and agents' logs). Needs root, iproute2, nftables and iperf3;
 //! fails with the reason when it cannot run.
 
@@ -119,7 +120,16 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let prefix = format!("tbn{}", std::process::id() % 100_000);
     let spec = ClusterSpec::new(&prefix, &["h1", "h2", "h3"], env!("CARGO_BIN_EXE_tessera"), dir.path());
-    let mut cluster = Cluster::start(spec).context("cannot start a Tessera fabric (root, iproute2, nftables needed)")?;
+    let mut cluster = Cluster::build(spec).context("cannot start a Tessera fabric (root, iproute2, nftables needed)")?;
+    if let Some(dataplane) =
+        args.iter().position(|a| a == "--dataplane").map(|i| args.get(i + 1).context("--dataplane kernel|ebpf"))
+    {
+        let dataplane = dataplane?;
+        for h in ["h1", "h2", "h3"] {
+            cluster.set_agent_args(h, &["--dataplane", dataplane]);
+        }
+    }
+    cluster.run().context("cannot start Tessera in the fabric")?;
     eprintln!("fabric {prefix} up in {:.1?}; plan {plan:?}", started.elapsed());
     let result = run(&mut cluster, plan);
     if result.is_err() {
