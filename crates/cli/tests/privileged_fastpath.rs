@@ -42,9 +42,15 @@ fn ok(out: Output, what: &str) -> String {
 /// Packets tcpdump sees on `iface` of `host` matching `filter` while
 /// `during` runs.
 fn captured(c: &Cluster, host: &str, iface: &str, filter: &[&str], during: impl FnOnce()) -> Vec<String> {
+    captured_in(c.host_netns(host).unwrap(), iface, filter, during)
+}
+
+/// Packets tcpdump sees on `iface` of namespace `ns` matching `filter`
+/// while `during` runs.
+fn captured_in(ns: &tessera_testkit::Netns, iface: &str, filter: &[&str], during: impl FnOnce()) -> Vec<String> {
     let mut cmd = Command::new("tcpdump");
     cmd.args(["-n", "-l", "-q", "-i", iface]).args(filter).stdout(Stdio::piped()).stderr(Stdio::null());
-    let dump = tessera_fabric::spawn_in(c.host_netns(host).unwrap(), cmd).expect("run tcpdump (install tcpdump)");
+    let dump = tessera_fabric::spawn_in(ns, cmd).expect("run tcpdump (install tcpdump)");
     thread::sleep(Duration::from_millis(500));
     during();
     thread::sleep(Duration::from_millis(300));
@@ -125,13 +131,19 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     }
 }
 
-#[test]
-fn privileged_flow_records_count_what_the_fast_path_carried() {
-    let (mut c, _dir) = cluster(&["h1", "h2"]);
+/// c1 on h1 and c2 on h2 in network blue; c2's addresses.
+fn two_hosts() -> (Cluster, tessera_testkit::TestRun, Vec<String>) {
+    let (mut c, dir) = cluster(&["h1", "h2"]);
     c.container("h1", "c1").unwrap();
     c.container("h2", "c2").unwrap();
     c.attach("c1", "blue", &[]).unwrap();
     let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    (c, dir, a2)
+}
+
+#[test]
+fn privileged_flow_records_count_what_the_fast_path_carried() {
+    let (c, _dir, a2) = two_hosts();
     let mut s = Command::new("iperf3");
     s.args(["-s", "-1", "-p", "5301"]).stdout(Stdio::null()).stderr(Stdio::null());
     let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), s).expect("iperf3 (install iperf3)");
@@ -174,11 +186,7 @@ fn steady(c: &Cluster, client: &str, server: &str, dst: &str, watch: impl FnOnce
 
 #[test]
 fn privileged_a_policy_change_ends_a_running_fast_path_flow() {
-    let (mut c, _dir) = cluster(&["h1", "h2"]);
-    c.container("h1", "c1").unwrap();
-    c.container("h2", "c2").unwrap();
-    c.attach("c1", "blue", &[]).unwrap();
-    let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    let (c, _dir, a2) = two_hosts();
     c.cli_ok(&["policy", "add", "open", "--rule", "pass any any any <> any any"]).unwrap();
     c.cli_ok(&["network", "update", "blue", "--policy", "open"]).unwrap();
 
@@ -201,14 +209,9 @@ fn privileged_a_policy_change_ends_a_running_fast_path_flow() {
         ])
         .unwrap();
         thread::sleep(Duration::from_millis(300));
-        let mut cmd = Command::new("tcpdump");
-        cmd.args(["-n", "-l", "-q", "-i", "eth0", "tcp", "port", "40000"]).stdout(Stdio::piped()).stderr(Stdio::null());
-        let dump = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), cmd).unwrap();
-        thread::sleep(Duration::from_secs(1));
-        let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
-        let out = dump.wait_with_output().unwrap();
-        let reached: Vec<String> =
-            String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        let reached = captured_in(c.netns_of("c2").unwrap(), "eth0", &["tcp", "port", "40000"], || {
+            thread::sleep(Duration::from_secs(1));
+        });
         assert!(reached.is_empty(), "packets of the refused flow still reached c2: {reached:?}");
         let _ = stream.join();
     });
