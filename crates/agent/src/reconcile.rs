@@ -108,7 +108,7 @@ impl Agent {
         let started = std::time::Instant::now();
         let result = self.reconciler.reconcile(self.dp.as_ref(), &desired, look).await;
         if let (Some(fp), Ok(report)) = (&self.fastpath, &result) {
-            fast_path(fp, &desired, report);
+            fast_path(fp, &desired, report).await;
         }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         // Endpoints the kernel refused are reported failed with the reason
@@ -222,7 +222,11 @@ fn refuse_host_namespaces(desired: &mut tessera_dataplane::DesiredHost, skipped:
 
 /// After a reconcile: the flows of flushed zones leave the fast path, and
 /// its maps follow the desired state.
-fn fast_path(fp: &tessera_dataplane::linux::fastpath::FastPath, desired: &DesiredHost, report: &tessera_dataplane::ApplyReport) {
+async fn fast_path(
+    fp: &tessera_dataplane::linux::fastpath::FastPath,
+    desired: &DesiredHost,
+    report: &tessera_dataplane::ApplyReport,
+) {
     let flushed: Vec<u16> = report
         .applied
         .iter()
@@ -234,7 +238,7 @@ fn fast_path(fp: &tessera_dataplane::linux::fastpath::FastPath, desired: &Desire
     fp.zones_flushed(&flushed);
     match tessera_dataplane::fastpath::tables(desired) {
         Ok(t) => {
-            if let Err(e) = fp.sync(&t) {
+            if let Err(e) = fp.sync(&t).await {
                 tracing::warn!(error = %e, "the fast path's maps are not up to date");
             }
         }

@@ -29,6 +29,10 @@ pub use crate::control_plane::{controller_url, ControlPlane, CONTROLLER_PORT};
 use crate::fabric::{Container, Fabric, FabricSpec, DEFAULT_UNDERLAY};
 use crate::netns::{exec_in, spawn_in, Netns};
 
+/// The variable that gives every agent of a cluster `--dataplane VALUE`
+/// (`kernel` or `ebpf`): how the tests run on one data plane or the other.
+pub const DATAPLANE_ENV: &str = "TESSERA_TEST_DATAPLANE";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -298,7 +302,8 @@ impl Cluster {
         }
     }
 
-    /// Starts (or restarts) the agent of `host` and waits until its socket answers.
+    /// Starts (or restarts) the agent of `host` and waits until its socket
+    /// answers; with `--dataplane` from [`DATAPLANE_ENV`] when it is set.
     pub fn start_agent(&mut self, host: &str) -> anyhow::Result<()> {
         let dir = self.spec.run_dir.join(host);
         std::fs::create_dir_all(&dir)?;
@@ -318,7 +323,15 @@ impl Cluster {
             "--state-dir".into(),
             dir.display().to_string(),
         ]);
-        args.extend(self.agent_args.get(host).cloned().unwrap_or_default());
+        let extra = self.agent_args.get(host).cloned().unwrap_or_default();
+        // The data plane the tests ask for, unless this agent's own
+        // arguments choose one.
+        if let Ok(dataplane) = std::env::var(DATAPLANE_ENV) {
+            if !dataplane.is_empty() && !extra.iter().any(|a| a == "--dataplane") {
+                args.extend(["--dataplane".into(), dataplane]);
+            }
+        }
+        args.extend(extra);
         let child = self.spawn_logged(host, &args, &self.log(&format!("agent-{host}")))?;
         self.agents.insert(host.to_string(), child);
         wait_until(&format!("the agent of {host} to listen"), Duration::from_secs(30), || {

@@ -49,9 +49,10 @@ pub struct AgentArgs {
     /// The data plane: `ebpf` adds the TC-eBPF fast path for the packets
     /// of established flows within a network to the kernel path (refused
     /// with the reason when this host cannot run it); `kernel` is the
-    /// kernel path alone.
-    #[arg(long, value_enum, default_value = "kernel")]
-    dataplane: DataplaneArg,
+    /// kernel path alone. Default: ebpf where this host can run it, kernel
+    /// otherwise (the reason is logged).
+    #[arg(long, value_enum)]
+    dataplane: Option<DataplaneArg>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -87,7 +88,7 @@ pub async fn run_agent(controller: &str, credentials: &Credentials, a: AgentArgs
         docker_socket: Some(a.docker_socket),
         metrics_listen: a.metrics_listen,
         flows: !a.no_flows,
-        dataplane: Some(match a.dataplane {
+        dataplane: a.dataplane.map(|d| match d {
             DataplaneArg::Kernel => tessera_agent::DataplaneKind::Kernel,
             DataplaneArg::Ebpf => tessera_agent::DataplaneKind::Ebpf,
         }),

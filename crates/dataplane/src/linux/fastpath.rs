@@ -12,9 +12,12 @@
 //! path ([`FastPath::zones_flushed`]), which drops the zone's flows at once,
 //! so their next packets meet the kernel path's new rules.
 //!
-//! Programs are attached with netlink (cls_bpf, direct action) and stay
-//! attached when the agent stops: the fast path goes on carrying what it
-//! carried. A new agent replaces them (and their maps) and admits the
+//! `from_tunnel` is attached to the metadata-mode device with netlink
+//! (cls_bpf, direct action) and stays attached when the agent stops: what
+//! arrives from other hosts' fast paths is still delivered. `from_container`
+//! is attached to host ports with tcx links, which coexist with the
+//! queueing disciplines others put there and go with the agent (the ports'
+//! packets then take the kernel path until it is back). A new agent replaces them (and their maps) and admits the
 //! running flows again from a dump of conntrack; until then their packets
 //! take the kernel path. A packet is never dropped for want of a fast-path
 //! entry: whatever the maps lack goes through the kernel path.
@@ -25,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHash, MapData};
-use aya::programs::tc::{self, NlOptions, TcAttachOptions};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use tessera_model::Vni;
 
@@ -37,6 +40,8 @@ use crate::fastpath::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
+/// How often the ports' queueing disciplines are checked between syncs.
+pub const PORTS_EVERY: Duration = Duration::from_secs(1);
 /// How often the flows are compared with a dump of conntrack.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How long the counts of a flow that left the fast path are kept for the
@@ -71,8 +76,12 @@ struct State {
     held_src: BTreeMap<[u8; 8], [u8; 12]>,
     held_dst: BTreeMap<[u8; 8], [u8; 16]>,
     held_tunnels: BTreeMap<u32, u32>,
-    /// Host ports with the program, and the index it was attached at.
-    attached: BTreeMap<String, u32>,
+    /// Host ports with the program: the index it was attached at, and its
+    /// link (tcx: it coexists with the qdiscs of others, and goes with the
+    /// agent).
+    attached: BTreeMap<String, (u32, SchedClassifierLinkId)>,
+    /// The tables of the last sync, for the checks in between.
+    last: Option<Tables>,
     zones: BTreeMap<u16, Vni>,
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
@@ -83,6 +92,7 @@ struct State {
 pub struct FastPath {
     state: Mutex<State>,
     md_ifindex: u32,
+    netlink: rtnetlink::Handle,
 }
 
 /// What [`FastPath::status`] reports of a host port.
@@ -125,11 +135,15 @@ impl FastPath {
             held_dst: BTreeMap::new(),
             held_tunnels: BTreeMap::new(),
             attached: BTreeMap::new(),
+            last: None,
             zones: BTreeMap::new(),
             retired: HashMap::new(),
             kernel_only: BTreeMap::new(),
         };
-        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex });
+        let (conn, netlink, _) =
+            rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
+        tokio::spawn(conn);
+        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex, netlink });
         let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
             .map_err(|e| FastPathError::Kernel("conntrack events".into(), e.to_string()))?;
         tokio::spawn(fp.clone().admit(events));
@@ -142,30 +156,44 @@ impl FastPath {
     }
 
     /// Makes the maps and the programs' ports what `tables` says: ports not
-    /// made yet are left for the next call.
-    pub fn sync(&self, tables: &Tables) -> Result<(), FastPathError> {
+    /// made yet are left for the next call, and so are ports with queueing
+    /// disciplines of their own (rate limits such as CNI's `bandwidth`
+    /// plugin sets, which the fast path would bypass): they keep the kernel
+    /// path.
+    pub async fn sync(&self, tables: &Tables) -> Result<(), FastPathError> {
+        let shaped = self.shaped_ports().await?;
         let mut s = self.state();
         let s = &mut *s;
         let mut ports = BTreeMap::new();
         for port in &tables.ports {
-            let Some(index) = ifindex(port) else { continue };
-            if s.attached.get(port) != Some(&index) {
-                attach(&mut s.ebpf, FROM_CONTAINER, port)?;
-            }
-            ports.insert(port.clone(), index);
+            let Some(index) = ifindex(port).filter(|i| !shaped.contains(i)) else { continue };
+            let link = match s.attached.remove(port) {
+                Some((at, link)) if at == index => link,
+                Some((_, link)) => {
+                    let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
+                    attach_port(&mut s.ebpf, port)?
+                }
+                None => attach_port(&mut s.ebpf, port)?,
+            };
+            ports.insert(port.clone(), (index, link));
         }
-        s.attached = ports;
+        for (_, (_, link)) in std::mem::replace(&mut s.attached, ports) {
+            // A port gone (its link went with it) or now shaped.
+            let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
+        }
+        s.last = Some(tables.clone());
+        let attached: BTreeMap<&String, u32> = s.attached.iter().map(|(p, (i, _))| (p, *i)).collect();
         let src: BTreeMap<_, _> = tables
             .sources
             .iter()
-            .filter_map(|e| Some((bytes::src_key(*s.attached.get(&e.port)?, e.addr), bytes::src_value(e.mac, e.vni))))
+            .filter_map(|e| Some((bytes::src_key(*attached.get(&e.port)?, e.addr), bytes::src_value(e.mac, e.vni))))
             .collect();
         let dst: BTreeMap<_, _> = tables
             .destinations
             .iter()
             .filter_map(|((vni, addr), place)| {
                 let value = match place {
-                    Place::Local { port, mac } => bytes::dst_value(*s.attached.get(port)?, Ipv4Addr::UNSPECIFIED, *mac),
+                    Place::Local { port, mac } => bytes::dst_value(*attached.get(port)?, Ipv4Addr::UNSPECIFIED, *mac),
                     Place::Remote { underlay } => bytes::dst_value(0, *underlay, remote_mac(*underlay)),
                 };
                 Some((bytes::dst_key(*vni, *addr), value))
@@ -181,6 +209,36 @@ impl FastPath {
         s.kernel_only = tables.kernel_only.clone();
         s.drop_flows(|k| gone.contains(&k.vni));
         Ok(())
+    }
+
+    /// The sync of the last tables again: a port that got a queueing
+    /// discipline since leaves the fast path.
+    async fn sync_again(&self) {
+        let last = self.state().last.clone();
+        if let Some(t) = last {
+            if let Err(e) = self.sync(&t).await {
+                tracing::warn!(error = %e, "the fast path's maps are not up to date");
+            }
+        }
+    }
+
+    /// The indexes of links with a queueing discipline other than the
+    /// default (`noqueue`).
+    async fn shaped_ports(&self) -> Result<std::collections::BTreeSet<u32>, FastPathError> {
+        use futures::TryStreamExt;
+        use rtnetlink::packet_route::tc::TcAttribute;
+        let mut shaped = std::collections::BTreeSet::new();
+        let mut dump = self.netlink.qdisc().get().execute();
+        while let Some(q) = dump.try_next().await.map_err(|e| FastPathError::Kernel("qdisc list".into(), e.to_string()))? {
+            let kind = q.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some(k.as_str()),
+                _ => None,
+            });
+            if kind.is_some_and(|k| k != "noqueue") {
+                shaped.insert(q.header.index as u32);
+            }
+        }
+        Ok(shaped)
     }
 
     /// Conntrack zones `zones` were flushed: their flows leave the fast path
@@ -242,8 +300,11 @@ impl FastPath {
     async fn admit(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<super::CtMessage>) {
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ports = tokio::time::interval(PORTS_EVERY);
+        ports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = ports.tick() => self.sync_again().await,
                 m = events.recv() => match m {
                     Some(super::CtMessage::Events(batch)) => self.state().apply(&batch),
                     Some(super::CtMessage::Lost) => resync.reset_immediately(),
@@ -360,6 +421,14 @@ where
 {
     let map = ebpf.take_map(name).ok_or_else(|| FastPathError::Map(name, "not in the object".into()))?;
     T::try_from(map).map_err(|e| FastPathError::Map(name, e.to_string()))
+}
+
+/// Attaches `from_container` at the tcx ingress of host port `dev`.
+fn attach_port(ebpf: &mut Ebpf, dev: &str) -> Result<SchedClassifierLinkId, FastPathError> {
+    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+    program(ebpf, FROM_CONTAINER)?
+        .attach_with_options(dev, TcAttachType::Ingress, options)
+        .map_err(|e| FastPathError::Program(FROM_CONTAINER, e))
 }
 
 /// Attaches program `name` at the ingress of `dev`, replacing a filter of
