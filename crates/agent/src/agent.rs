@@ -61,6 +61,8 @@ pub struct Agent {
     pub(crate) metrics: crate::metrics::AgentMetrics,
     /// The eBPF fast path, when it runs (`--dataplane`).
     pub(crate) fastpath: Option<Arc<tessera_dataplane::linux::fastpath::FastPath>>,
+    /// Without it: why.
+    pub(crate) kernel_only: tessera_api::agent::Dataplane,
 }
 
 impl Agent {
@@ -250,6 +252,16 @@ impl Agent {
                 }
             }
         }
+        // An endpoint's port says which path its established flows take.
+        for v in vifs.iter_mut().filter(|v| v.kind == tessera_model::vif::VifKind::Endpoint) {
+            v.path = Some(match &self.fastpath {
+                Some(fp) => match fp.port_path(&v.name, v.vni) {
+                    tessera_dataplane::linux::fastpath::PortPath::Fast => "ebpf".to_string(),
+                    tessera_dataplane::linux::fastpath::PortPath::Kernel(why) => format!("kernel: {why}"),
+                },
+                None => "kernel: the agent runs the kernel path only".to_string(),
+            });
+        }
         // A service instance's port says whose it is.
         if let Some(snap) = self.snapshot.borrow().clone() {
             for e in snap.endpoints.iter().filter(|e| e.host == self.me.name) {
@@ -299,6 +311,10 @@ impl Agent {
             reconciles: p.reconciles,
             last_error: p.last_error,
             local_networks,
+            dataplane: Some(match &self.fastpath {
+                Some(fp) => tessera_api::agent::Dataplane::Ebpf { flows: fp.flows() },
+                None => self.kernel_only.clone(),
+            }),
         }
     }
 }

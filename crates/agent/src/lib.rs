@@ -98,10 +98,11 @@ pub enum DataplaneKind {
 async fn start_fastpath(
     choice: Option<DataplaneKind>,
     me: &HostIdentity,
-) -> anyhow::Result<Option<Arc<tessera_dataplane::linux::fastpath::FastPath>>> {
+) -> anyhow::Result<Result<Arc<tessera_dataplane::linux::fastpath::FastPath>, tessera_api::agent::Dataplane>> {
+    use tessera_api::agent::Dataplane as Why;
     if choice == Some(DataplaneKind::Kernel) {
         tracing::info!("data plane: kernel path (--dataplane kernel)");
-        return Ok(None);
+        return Ok(Err(Why::Kernel { reason: "--dataplane kernel".into(), chosen: true }));
     }
     let started = match me.underlay_ip {
         IpAddr::V4(underlay) => {
@@ -113,12 +114,12 @@ async fn start_fastpath(
     match started {
         Ok(fp) => {
             tracing::info!("data plane: eBPF fast path for established flows, kernel path for the rest");
-            Ok(Some(fp))
+            Ok(Ok(fp))
         }
         Err(e) if choice == Some(DataplaneKind::Ebpf) => anyhow::bail!("--dataplane ebpf: {e}"),
         Err(e) => {
             tracing::warn!(reason = %e, "data plane: kernel path only; the eBPF fast path cannot run here");
-            Ok(None)
+            Ok(Err(Why::Kernel { reason: e, chosen: false }))
         }
     }
 }
@@ -155,7 +156,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         Ok(_) => {}
     }
     let dp: Arc<dyn Dataplane> = Arc::new(tessera_dataplane::linux::LinuxDataplane::new().await?);
-    let fastpath = start_fastpath(config.dataplane, &me).await?;
+    let (fastpath, kernel_only) = match start_fastpath(config.dataplane, &me).await? {
+        Ok(fp) => (Some(fp), tessera_api::agent::Dataplane::Ebpf { flows: 0 }),
+        Err(why) => (None, why),
+    };
 
     let saved = mirror::load_saved(&config.state_dir).map(Arc::new);
     if saved.is_some() {
@@ -183,6 +187,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         follower: follow::Follower::new(config.docker_socket.clone()),
         metrics: metrics::AgentMetrics::new(),
         fastpath,
+        kernel_only,
     });
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;

@@ -115,6 +115,21 @@ pub struct AgentStatus {
     /// the data plane holds (absent from agents before 0.2).
     #[serde(default)]
     pub local_networks: Vec<LocalNetwork>,
+    /// The data plane: `ebpf` (with the flows the fast path carries), or
+    /// `kernel` and why (absent from agents before 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<Dataplane>,
+}
+
+/// Which data plane an agent runs ([`AgentStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Dataplane {
+    /// The fast path beside the kernel path; `flows`: the flow directions
+    /// it carries now.
+    Ebpf { flows: usize },
+    /// The kernel path alone, and why.
+    Kernel { reason: String, chosen: bool },
 }
 
 /// A network with endpoints on the host ([`AgentStatus`]).

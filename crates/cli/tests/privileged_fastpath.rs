@@ -92,6 +92,14 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     let a3 = addresses(&c.attach("c3", "blue", &[]).unwrap());
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "ping across hosts (kernel path: ICMP)");
 
+    // Each endpoint's port says its established flows take the fast path.
+    let socket = c.agent_socket("h1").display().to_string();
+    let vifs = c.tessera_on("h1", &["--json", "vif", "list", "--socket", &socket], &[]).unwrap();
+    let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
+    let paths: Vec<&str> =
+        vifs.as_array().unwrap().iter().filter(|v| v["kind"] == "endpoint").filter_map(|v| v["path"].as_str()).collect();
+    assert_eq!(paths, ["ebpf", "ebpf"], "{vifs}");
+
     // The programs are loaded and attached: bpftool knows them by name.
     let on_tunnel = programs_on(&c, "h1", "tfast");
     assert_eq!(on_tunnel.len(), 1, "no program on h1's tfast");
@@ -215,4 +223,54 @@ fn privileged_a_policy_change_ends_a_running_fast_path_flow() {
         assert!(reached.is_empty(), "packets of the refused flow still reached c2: {reached:?}");
         let _ = stream.join();
     });
+}
+
+#[test]
+fn privileged_an_agent_restart_keeps_the_fast_path_and_its_counts() {
+    let (mut c, _dir, a2) = two_hosts();
+    let mut s = Command::new("iperf3");
+    s.args(["-s", "-1", "-p", "5302"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut srv = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), s).expect("iperf3 (install iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    let mut client = Command::new("iperf3");
+    client.args(["-c", &a2[0], "-p", "5302", "-t", "5", "-J"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let client = c.fabric.spawn_in_netns(c.netns_of("c1").unwrap(), client).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    // kill -9: the programs stay attached to the devices, and arriving
+    // packets still reach c1 on the fast path while no agent runs.
+    c.kill_agent("h1");
+    let h1 = c.underlay_ip("h1").unwrap().to_string();
+    let arriving = captured(&c, "h1", "eth0", &["udp", "dst", "port", "4799", "and", "dst", "host", &h1], || {
+        thread::sleep(Duration::from_millis(500))
+    });
+    assert!(arriving.len() > 10, "nothing arrived on the fast path while h1's agent was away: {arriving:?}");
+    c.start_agent("h1").unwrap();
+    let log = std::fs::read_to_string(c.log("agent-h1")).unwrap_or_default();
+    assert!(log.contains("carries on with the earlier agent's maps"), "the new agent started afresh:\n{}", c.logs_tail(30));
+    // Once it runs again, the stream's packets leave h1 on the fast path too.
+    thread::sleep(Duration::from_millis(1500));
+    let leaving = captured(&c, "h1", "eth0", &["udp", "dst", "port", "4799", "and", "src", "host", &h1], || {
+        thread::sleep(Duration::from_millis(500))
+    });
+    assert!(leaving.len() > 10, "the stream does not leave h1 on the fast path after the restart: {leaving:?}");
+    let out = client.wait_with_output().unwrap();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J output");
+    let sent = v["end"]["sum_sent"]["bytes"].as_f64().unwrap();
+    // What the fast path carried before the restart is still counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let flows = c.cli_json(&["flow", "list", "--port", "5302"]).unwrap();
+        let all = flows.as_array().unwrap();
+        let data = all.iter().max_by_key(|f| f["bytes"].as_u64().unwrap_or(0));
+        let ratio = data.map_or(0.0, |d| d["bytes"].as_f64().unwrap() / sent);
+        if all.iter().all(|f| f["end_ms"].is_u64()) && (0.98..=1.02).contains(&ratio) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the restart the stream's record is not whole (iperf3 sent {sent}, ratio {ratio:.4}): {flows}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -42,6 +42,7 @@ pub mod maps {
     pub const FLOWS: &str = "ts_flows";
     pub const TUNNELS: &str = "ts_tunnels";
     pub const CONFIG: &str = "ts_config";
+    pub const ALL: [&str; 5] = [SRC, DST, FLOWS, TUNNELS, CONFIG];
 }
 
 /// An address a local endpoint may send from, on its host port.

@@ -84,4 +84,8 @@ pub struct VifEntry {
     /// On a service instance's port: `SERVICE/INSTANCE ROLE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// On an endpoint's port: the path its established flows take,
+    /// `ebpf`, or `kernel` with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }

@@ -250,6 +250,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
             "TX ERR/DROP",
             "DHCP REQ/ACK/NAK/IGN",
             "SERVICE",
+            "PATH",
         ]);
         for v in &vifs {
             t.row(vec![
@@ -268,6 +269,7 @@ pub async fn vif(ctx: &Ctx, cmd: VifCmd) -> anyhow::Result<()> {
                 format!("{}/{}", v.tx_errors, v.tx_dropped),
                 v.dhcp.map(|d| format!("{}/{}/{}/{}", d.requests, d.acks, d.naks, d.ignored)).unwrap_or_else(|| "-".into()),
                 v.service.clone().unwrap_or_else(|| "-".into()),
+                v.path.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         let mut out = t.render();
@@ -309,6 +311,15 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<()> {
         }
         if let Some(e) = &s.last_error {
             out.push_str(&format!("last error:      {e}\n"));
+        }
+        match &s.dataplane {
+            Some(tessera_api::agent::Dataplane::Ebpf { flows }) => {
+                out.push_str(&format!("data plane:      ebpf fast path ({flows} flow directions on it) and kernel path\n"))
+            }
+            Some(tessera_api::agent::Dataplane::Kernel { reason, .. }) => {
+                out.push_str(&format!("data plane:      kernel path ({reason})\n"))
+            }
+            None => {}
         }
         if !s.local_networks.is_empty() {
             let mut t = Table::new(&["NETWORK", "VNI", "ENDPOINTS", "PROGRAMMED"]);

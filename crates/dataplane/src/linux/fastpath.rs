@@ -82,6 +82,8 @@ struct State {
     attached: BTreeMap<String, (u32, SchedClassifierLinkId)>,
     /// The tables of the last sync, for the checks in between.
     last: Option<Tables>,
+    /// Host ports left on the kernel path for their queueing disciplines.
+    shaped: std::collections::BTreeSet<String>,
     zones: BTreeMap<u16, Vni>,
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
@@ -93,6 +95,9 @@ pub struct FastPath {
     state: Mutex<State>,
     md_ifindex: u32,
     netlink: rtnetlink::Handle,
+    /// Told when the first tables arrive: flows are admitted from a dump of
+    /// conntrack then (which networks' zones they are in is known).
+    first_tables: tokio::sync::Notify,
 }
 
 /// What [`FastPath::status`] reports of a host port.
@@ -112,38 +117,53 @@ impl FastPath {
     /// Loads the programs, makes the metadata-mode VXLAN device (MTU `mtu`)
     /// and starts admitting flows. Runs in the calling thread's namespace.
     pub async fn start(underlay: Ipv4Addr, mtu: u32) -> Result<Arc<FastPath>, FastPathError> {
+        let (conn, netlink, _) =
+            rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
+        tokio::spawn(conn);
         let md_ifindex = md_device(mtu).await?;
         // Conntrack does not see the packets the fast path carries, so its
         // TCP window tracking would find the connection's end out of window
         // and never see it close: it checks only resets, as it does for a
         // connection picked up mid-stream.
         std::fs::write(TCP_LIBERAL, "1").map_err(|e| FastPathError::Kernel(TCP_LIBERAL.into(), e.to_string()))?;
-        let mut ebpf = Ebpf::load(OBJECT)?;
-        for name in [FROM_CONTAINER, FROM_TUNNEL] {
-            program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
+        let earlier = filters(&netlink, md_ifindex, FROM_TUNNEL).await?;
+        let mut ebpf = load(earlier_maps(&earlier))?;
+        // The new program runs beside the earlier one, then alone: what
+        // arrives meanwhile meets one or the other, with the same maps.
+        let priority = if earlier.iter().any(|f| f.header.info >> 16 == u32::from(PRIORITY)) { PRIORITY + 1 } else { PRIORITY };
+        attach(&mut ebpf, FROM_TUNNEL, MD_DEVICE, priority)?;
+        for f in earlier {
+            delete_filter(&netlink, f).await?;
         }
-        attach(&mut ebpf, FROM_TUNNEL, MD_DEVICE)?;
         let mut config: Array<MapData, [u8; 16]> = take(&mut ebpf, maps::CONFIG)?;
         config.set(0, bytes::config(md_ifindex, underlay), 0).map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
+        let src: BpfHash<MapData, [u8; 8], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
+        let dst: BpfHash<MapData, [u8; 8], [u8; 16]> = take(&mut ebpf, maps::DST)?;
+        let tunnels: BpfHash<MapData, u32, u32> = take(&mut ebpf, maps::TUNNELS)?;
+        // What an earlier agent's maps hold, so that what the host no
+        // longer wants is removed.
+        let (held_src, held_dst, held_tunnels) = (
+            src.iter().filter_map(Result::ok).collect(),
+            dst.iter().filter_map(Result::ok).collect(),
+            tunnels.iter().filter_map(Result::ok).collect(),
+        );
         let state = State {
-            src: take(&mut ebpf, maps::SRC)?,
-            dst: take(&mut ebpf, maps::DST)?,
+            src,
+            dst,
             flows: take(&mut ebpf, maps::FLOWS)?,
-            tunnels: take(&mut ebpf, maps::TUNNELS)?,
+            tunnels,
             ebpf,
-            held_src: BTreeMap::new(),
-            held_dst: BTreeMap::new(),
-            held_tunnels: BTreeMap::new(),
+            held_src,
+            held_dst,
+            held_tunnels,
             attached: BTreeMap::new(),
             last: None,
+            shaped: Default::default(),
             zones: BTreeMap::new(),
             retired: HashMap::new(),
             kernel_only: BTreeMap::new(),
         };
-        let (conn, netlink, _) =
-            rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
-        tokio::spawn(conn);
-        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex, netlink });
+        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex, netlink, first_tables: tokio::sync::Notify::new() });
         let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
             .map_err(|e| FastPathError::Kernel("conntrack events".into(), e.to_string()))?;
         tokio::spawn(fp.clone().admit(events));
@@ -165,8 +185,16 @@ impl FastPath {
         let mut s = self.state();
         let s = &mut *s;
         let mut ports = BTreeMap::new();
+        s.shaped.clear();
         for port in &tables.ports {
-            let Some(index) = ifindex(port).filter(|i| !shaped.contains(i)) else { continue };
+            let Some(index) = ifindex(port) else { continue };
+            if shaped.contains(&index) {
+                s.shaped.insert(port.clone());
+                if let Some((_, link)) = s.attached.remove(port) {
+                    let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
+                }
+                continue;
+            }
             let link = match s.attached.remove(port) {
                 Some((at, link)) if at == index => link,
                 Some((_, link)) => {
@@ -181,7 +209,9 @@ impl FastPath {
             // A port gone (its link went with it) or now shaped.
             let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
         }
-        s.last = Some(tables.clone());
+        if s.last.replace(tables.clone()).is_none() {
+            self.first_tables.notify_one();
+        }
         let attached: BTreeMap<&String, u32> = s.attached.iter().map(|(p, (i, _))| (p, *i)).collect();
         let src: BTreeMap<_, _> = tables
             .sources
@@ -287,6 +317,8 @@ impl FastPath {
         }
         if s.attached.contains_key(port) {
             PortPath::Fast
+        } else if s.shaped.contains(port) {
+            PortPath::Kernel("the port has queueing disciplines (rate limits) the fast path would bypass".into())
         } else {
             PortPath::Kernel("not a port of the fast path (a service instance's, or not made yet)".into())
         }
@@ -304,6 +336,7 @@ impl FastPath {
         ports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = self.first_tables.notified() => resync.reset_immediately(),
                 _ = ports.tick() => self.sync_again().await,
                 m = events.recv() => match m {
                     Some(super::CtMessage::Events(batch)) => self.state().apply(&batch),
@@ -352,8 +385,12 @@ impl State {
         }
     }
 
-    /// Makes the flows those of the admitted connections in `entries`.
+    /// Makes the flows those of the admitted connections in `entries`;
+    /// nothing before the first tables (which zones are whose unknown).
     fn resync(&mut self, entries: &[CtEvent]) {
+        if self.last.is_none() {
+            return;
+        }
         let mut admitted = std::collections::HashSet::new();
         for ev in entries {
             if let Admission::Admit(keys) = admission(ev, &self.zones) {
@@ -431,26 +468,158 @@ fn attach_port(ebpf: &mut Ebpf, dev: &str) -> Result<SchedClassifierLinkId, Fast
         .map_err(|e| FastPathError::Program(FROM_CONTAINER, e))
 }
 
-/// Attaches program `name` at the ingress of `dev`, replacing a filter of
-/// the same name (an earlier agent's). The attachment outlives the agent.
-fn attach(ebpf: &mut Ebpf, name: &'static str, dev: &str) -> Result<(), FastPathError> {
+/// Attaches program `name` at the ingress of `dev` with netlink, at
+/// `priority`; the attachment outlives the agent.
+fn attach(ebpf: &mut Ebpf, name: &'static str, dev: &str, priority: u16) -> Result<(), FastPathError> {
     let kernel = |e: tc::TcError| FastPathError::Kernel(format!("tc on {dev}"), e.to_string());
     match tc::qdisc_add_clsact(dev) {
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
         r => r.map_err(kernel)?,
     }
-    match tc::qdisc_detach_program(dev, TcAttachType::Ingress, name) {
-        Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        r => r.map_err(kernel)?,
-    }
     let prog = program(ebpf, name)?;
-    let options = TcAttachOptions::Netlink(NlOptions { priority: PRIORITY, ..Default::default() });
+    let options = TcAttachOptions::Netlink(NlOptions { priority, ..Default::default() });
     let id = prog.attach_with_options(dev, TcAttachType::Ingress, options).map_err(|e| FastPathError::Program(name, e))?;
     let link = prog.take_link(id).map_err(|e| FastPathError::Program(name, e))?;
     // Dropping the link would detach it: it stays until the device goes or
     // the next agent replaces it.
     std::mem::forget(link);
     Ok(())
+}
+
+/// The ingress filters of program `name` on the link at `index`.
+async fn filters(
+    netlink: &rtnetlink::Handle,
+    index: u32,
+    name: &str,
+) -> Result<Vec<rtnetlink::packet_route::tc::TcMessage>, FastPathError> {
+    use futures::TryStreamExt;
+    let mut out = Vec::new();
+    let mut dump = netlink.clone().traffic_filter(index as i32).get().ingress().execute();
+    while let Some(f) = dump.try_next().await.map_err(|e| FastPathError::Kernel("tc filter list".into(), e.to_string()))? {
+        if bpf_option(&f, |o| matches!(o, TcFilterBpfOption::ProgName(n) if n == name)).is_some() {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+use rtnetlink::packet_route::tc::TcFilterBpfOption;
+
+fn bpf_option<'a>(
+    f: &'a rtnetlink::packet_route::tc::TcMessage,
+    pick: impl Fn(&TcFilterBpfOption) -> bool,
+) -> Option<&'a TcFilterBpfOption> {
+    use rtnetlink::packet_route::tc::{TcAttribute, TcOption};
+    f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+            TcOption::Bpf(b) if pick(b) => Some(b),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+async fn delete_filter(netlink: &rtnetlink::Handle, f: rtnetlink::packet_route::tc::TcMessage) -> Result<(), FastPathError> {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use rtnetlink::packet_route::tc::TcMessage;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let mut msg = TcMessage::with_index(f.header.index);
+    msg.header = f.header;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let kernel = |e: String| FastPathError::Kernel("tc filter del".into(), e);
+    let mut answers = netlink.clone().request(req).map_err(|e| kernel(e.to_string()))?;
+    while let Some(answer) = answers.next().await {
+        if let NetlinkPayload::Error(e) = answer.payload {
+            if e.code.is_some() {
+                return Err(kernel(e.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The maps of the program of the earlier agent's filter, by name.
+fn earlier_maps(earlier: &[rtnetlink::packet_route::tc::TcMessage]) -> Vec<(String, MapData)> {
+    let ids: Vec<u32> = earlier
+        .iter()
+        .filter_map(|f| match bpf_option(f, |o| matches!(o, TcFilterBpfOption::ProgId(_))) {
+            Some(TcFilterBpfOption::ProgId(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let Some(info) = aya::programs::loaded_programs().filter_map(Result::ok).find(|p| ids.contains(&p.id())) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for id in info.map_ids().ok().flatten().unwrap_or_default() {
+        let Ok(data) = MapData::from_id(id) else { continue };
+        if let Some(name) = data.info().ok().and_then(|i| i.name_as_str().map(str::to_string)) {
+            if maps::ALL.contains(&name.as_str()) {
+                out.push((name, data));
+            }
+        }
+    }
+    out
+}
+
+/// Loads the programs, with the earlier agent's maps when there are any
+/// (and they fit these programs), so that its flows, entries and counts
+/// carry on; with new maps otherwise.
+fn load(earlier: Vec<(String, MapData)>) -> Result<Ebpf, FastPathError> {
+    let programs = |mut ebpf: Ebpf| -> Result<Ebpf, FastPathError> {
+        for name in [FROM_CONTAINER, FROM_TUNNEL] {
+            program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
+        }
+        Ok(ebpf)
+    };
+    if !earlier.is_empty() {
+        let reused = BpfMount::new().and_then(|mount| {
+            let mut paths = Vec::new();
+            for (name, data) in &earlier {
+                let path = mount.0.join(name);
+                data.pin(&path).map_err(|e| FastPathError::Map("pin", e.to_string()))?;
+                paths.push((name.as_str(), path));
+            }
+            let mut loader = aya::EbpfLoader::new();
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+            programs(loader.load(OBJECT)?)
+        });
+        match reused {
+            Ok(ebpf) => {
+                tracing::info!(maps = earlier.len(), "the fast path carries on with the earlier agent's maps");
+                return Ok(ebpf);
+            }
+            Err(e) => tracing::warn!(error = %e, "the earlier agent's maps do not fit; the fast path starts afresh"),
+        }
+    }
+    programs(Ebpf::load(OBJECT)?)
+}
+
+/// A bpf file system of the agent's own, mounted while the earlier maps
+/// are handed to the new programs (by pinning them there), unmounted (and
+/// its pins gone) when dropped.
+struct BpfMount(std::path::PathBuf);
+
+impl BpfMount {
+    fn new() -> Result<BpfMount, FastPathError> {
+        let dir = std::env::temp_dir().join(format!("tessera-bpf-{}", std::process::id()));
+        let kernel = |e: String| FastPathError::Kernel(format!("bpf file system at {}", dir.display()), e);
+        std::fs::create_dir_all(&dir).map_err(|e| kernel(e.to_string()))?;
+        nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| kernel(e.to_string()))?;
+        Ok(BpfMount(dir))
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// Makes the metadata-mode VXLAN device (`ip link add tfast type vxlan

@@ -61,6 +61,7 @@ pub(super) async fn interfaces(h: &Handle) -> Result<Vec<VifEntry>, DataplaneErr
             translations: Vec::new(),
             dhcp: None,
             service: None,
+            path: None,
         });
     }
     // A gateway's uplinks, with what they translate.
