@@ -505,10 +505,10 @@ async fn filters(
 
 use rtnetlink::packet_route::tc::TcFilterBpfOption;
 
-fn bpf_option<'a>(
-    f: &'a rtnetlink::packet_route::tc::TcMessage,
+fn bpf_option(
+    f: &rtnetlink::packet_route::tc::TcMessage,
     pick: impl Fn(&TcFilterBpfOption) -> bool,
-) -> Option<&'a TcFilterBpfOption> {
+) -> Option<&TcFilterBpfOption> {
     use rtnetlink::packet_route::tc::{TcAttribute, TcOption};
     f.attributes.iter().find_map(|a| match a {
         TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
