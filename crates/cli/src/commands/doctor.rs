@@ -409,6 +409,25 @@ async fn vtep_check(ctx: &Ctx, underlay: Option<IpAddr>) -> Check {
     }
 }
 
+/// Which data plane the agent runs, and why it runs the kernel path alone
+/// when it could not start the fast path.
+fn dataplane_check(s: &tessera_api::agent::AgentStatus) -> Check {
+    use tessera_api::agent::Dataplane;
+    match &s.dataplane {
+        Some(Dataplane::Ebpf { flows }) => {
+            Check::ok("data plane", format!("eBPF fast path for established flows ({flows} flow directions now), kernel path for the rest"))
+        }
+        Some(Dataplane::Kernel { reason, chosen: true }) => Check::ok("data plane", format!("kernel path ({reason})")),
+        Some(Dataplane::Kernel { reason, chosen: false }) => Check::bad(
+            "data plane",
+            Outcome::Warn,
+            format!("kernel path only: the eBPF fast path cannot run: {reason}"),
+            "the fast path needs BPF with tcx (Linux 6.6 or later) and an IPv4 underlay; `--dataplane kernel` says the kernel path is meant",
+        ),
+        None => Check::bad("data plane", Outcome::Skipped, "the agent does not say (older than 0.2)", "upgrade the agent"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,24 +469,5 @@ mod tests {
         assert!(behind.detail.ends_with("399.0 s behind this host's"), "{behind:?}");
         let none = tessera_api::ClockReading { date: None, ..reading(0) };
         assert_eq!(clock_check(Ok(none)).result, Outcome::Skipped);
-    }
-}
-
-/// Which data plane the agent runs, and why it runs the kernel path alone
-/// when it could not start the fast path.
-fn dataplane_check(s: &tessera_api::agent::AgentStatus) -> Check {
-    use tessera_api::agent::Dataplane;
-    match &s.dataplane {
-        Some(Dataplane::Ebpf { flows }) => {
-            Check::ok("data plane", format!("eBPF fast path for established flows ({flows} flow directions now), kernel path for the rest"))
-        }
-        Some(Dataplane::Kernel { reason, chosen: true }) => Check::ok("data plane", format!("kernel path ({reason})")),
-        Some(Dataplane::Kernel { reason, chosen: false }) => Check::bad(
-            "data plane",
-            Outcome::Warn,
-            format!("kernel path only: the eBPF fast path cannot run: {reason}"),
-            "the fast path needs BPF with tcx (Linux 6.6 or later) and an IPv4 underlay; `--dataplane kernel` says the kernel path is meant",
-        ),
-        None => Check::bad("data plane", Outcome::Skipped, "the agent does not say (older than 0.2)", "upgrade the agent"),
     }
 }
