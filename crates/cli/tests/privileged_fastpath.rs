@@ -62,11 +62,16 @@ fn captured_in(ns: &tessera_testkit::Netns, iface: &str, filter: &[&str], during
 /// Runs an iperf3 server in `server` (one test) and a client in `client`
 /// for `secs`; the client's JSON report.
 fn iperf(c: &Cluster, client: &str, server: &str, dst: &str, args: &[&str]) -> serde_json::Value {
+    iperf_on(c, client, server, dst, "5201", args)
+}
+
+/// [`iperf`] on server port `port`.
+fn iperf_on(c: &Cluster, client: &str, server: &str, dst: &str, port: &str, args: &[&str]) -> serde_json::Value {
     let mut s = Command::new("iperf3");
-    s.args(["-s", "-1"]).stdout(Stdio::null()).stderr(Stdio::null());
+    s.args(["-s", "-1", "-p", port]).stdout(Stdio::null()).stderr(Stdio::null());
     let mut srv = c.fabric.spawn_in_netns(c.netns_of(server).unwrap(), s).expect("iperf3 (install iperf3)");
     thread::sleep(Duration::from_millis(300));
-    let mut a = vec!["-c", dst, "-J"];
+    let mut a = vec!["-c", dst, "-J", "-p", port];
     a.extend_from_slice(args);
     let out = ok(c.exec(client, "iperf3", &a).unwrap(), "iperf3 client");
     let _ = srv.kill();
@@ -273,4 +278,73 @@ fn privileged_an_agent_restart_keeps_the_fast_path_and_its_counts() {
         );
         thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The lines tcpdump prints in `container`'s `eth0` for `filter` while
+/// `during` runs.
+fn seen_by(c: &Cluster, container: &str, filter: &[&str], during: impl FnOnce()) -> Vec<String> {
+    captured_in(c.netns_of(container).unwrap(), "eth0", filter, during)
+}
+
+#[test]
+fn privileged_overlapping_networks_stay_apart_on_the_fast_path() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["project", "add", "default-domain:other"]).unwrap();
+    c.cli_ok(&["network", "add", "blue", "--project", "default-domain:other", "--subnet", "10.61.0.0/24", "--vni", "6200"])
+        .unwrap();
+    for (name, host) in [("a1", "h1"), ("a2", "h2"), ("b1", "h1"), ("b2", "h2")] {
+        c.container(host, name).unwrap();
+    }
+    let a1 = addresses(&c.attach("a1", "blue", &[]).unwrap());
+    let a2 = addresses(&c.attach("a2", "blue", &[]).unwrap());
+    let b1 = addresses(&c.attach("b1", "default-domain:other:blue", &[]).unwrap());
+    let b2 = addresses(&c.attach("b2", "default-domain:other:blue", &[]).unwrap());
+    assert_eq!((&a1, &a2), (&b1, &b2), "the same addresses in both projects");
+    // Two streams at once between the same addresses and ports, one in each
+    // network: each arrives whole, and b2 sees nothing of a1's.
+    let (mut ra, mut rb) = (serde_json::Value::Null, serde_json::Value::Null);
+    let seen = seen_by(&c, "b2", &["tcp", "port", "5202"], || {
+        thread::scope(|s| {
+            let a = s.spawn(|| iperf_on(&c, "a1", "a2", &a2[0], "5202", &["-t", "3"]));
+            let b = s.spawn(|| iperf_on(&c, "b1", "b2", &b2[0], "5203", &["-t", "3"]));
+            ra = a.join().unwrap();
+            rb = b.join().unwrap();
+        })
+    });
+    for (r, what) in [(&ra, "blue"), (&rb, "other:blue")] {
+        let got = r["end"]["sum_received"]["bytes"].as_u64().unwrap();
+        assert!(got > 10_000_000, "the stream in {what} moved {got} bytes");
+    }
+    assert!(seen.is_empty(), "b2 saw packets of the other project's stream: {:?}", &seen[..seen.len().min(5)]);
+}
+
+#[test]
+fn privileged_a_spoofed_packet_of_a_fast_path_flow_is_dropped() {
+    let (mut c, _dir, a2) = two_hosts();
+    c.container("h1", "c3").unwrap();
+    c.attach("c3", "blue", &[]).unwrap();
+    let shown = ok(c.exec("c1", "ip", &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap(), "ip addr");
+    let a1 = shown.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).unwrap().to_string();
+    // A UDP flow c1:7000 -> c2:7001 that the fast path carries (conntrack
+    // calls a UDP flow assured once it has lasted 2 s with answers).
+    let listen = format!("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{}', 7001));\nwhile True:\n d,a=s.recvfrom(2000); s.sendto(d,a)", a2[0]);
+    let mut echo = Command::new("python3");
+    echo.args(["-c", &listen]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut echo = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), echo).expect("python3");
+    thread::sleep(Duration::from_millis(300));
+    let send = |from_ip: &str, payload: &str, count: u32| {
+        format!("import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{from_ip}', 7000))\nfor i in range({count}):\n s.sendto(b'{payload}', ('{}', 7001)); time.sleep(0.05)", a2[0])
+    };
+    let fast = captured(&c, "h1", "eth0", &["udp", "port", "4799"], || {
+        ok(c.exec("c1", "python3", &["-c", &send(&a1, "genuine", 80)]).unwrap(), "c1's datagrams");
+    });
+    assert!(!fast.is_empty(), "c1's flow did not take the fast path");
+    // c3 gives itself c1's address and sends datagrams of c1's flow.
+    ok(c.exec("c3", "ip", &["addr", "add", &format!("{a1}/32"), "dev", "eth0"]).unwrap(), "ip addr add");
+    let seen = seen_by(&c, "c2", &["udp", "port", "7001"], || {
+        let _ = c.exec("c3", "python3", &["-c", &send(&a1, "forged", 20)]);
+    });
+    let _ = echo.kill();
+    let _ = echo.wait();
+    assert!(seen.is_empty(), "c2 received datagrams c3 forged with c1's address: {seen:?}");
 }
