@@ -348,3 +348,43 @@ fn privileged_a_spoofed_packet_of_a_fast_path_flow_is_dropped() {
     let _ = echo.wait();
     assert!(seen.is_empty(), "c2 received datagrams c3 forged with c1's address: {seen:?}");
 }
+
+#[test]
+fn privileged_flows_between_networks_a_policy_connects_take_the_fast_path() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "green", "--subnet", "10.62.0.0/24", "--vni", "6300"]).unwrap();
+    c.cli_ok(&["policy", "add", "blue-green", "--rule", "pass any blue any <> green any"]).unwrap();
+    for n in ["blue", "green"] {
+        c.cli_ok(&["network", "update", n, "--policy", "blue-green"]).unwrap();
+    }
+    for (name, host) in [("c1", "h1"), ("c2", "h2"), ("c3", "h1")] {
+        c.container(host, name).unwrap();
+    }
+    c.attach("c1", "blue", &[]).unwrap();
+    let g2 = addresses(&c.attach("c2", "green", &[]).unwrap());
+    let g3 = addresses(&c.attach("c3", "green", &[]).unwrap());
+    assert_eq!(c.ping("c1", &g2[0], 2).unwrap(), 2, "blue reaches green across hosts");
+
+    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &g2[0], |c| {
+        let mut kernel_path = vec![];
+        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
+            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
+        });
+        kernel_path.retain(|l| l.contains(": tcp"));
+        (fast, kernel_path)
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
+    assert!(kernel_path.is_empty(), "packets of an established flow between networks took the kernel path: {kernel_path:?}");
+
+    let (on_bridges, _, sent) = steady(&c, "c1", "c3", &g3[0], |c| {
+        let mut on_green = vec![];
+        let mut on_blue = captured(c, "h1", "tb6100", &["tcp"], || {
+            on_green = captured(c, "h1", "tb6300", &["tcp"], || thread::sleep(Duration::from_secs(1)));
+        });
+        on_blue.extend(on_green);
+        (on_blue, vec![])
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(on_bridges.is_empty(), "TCP packets between the networks crossed a bridge: {on_bridges:?}");
+}

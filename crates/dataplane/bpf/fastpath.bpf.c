@@ -51,8 +51,10 @@ struct src_val {
 	__u32 vni;
 };
 
-// An endpoint of a network: local (`ifindex` of its host veth) or on the
-// host with underlay address `underlay`.
+// An endpoint a network reaches (its own, or one of a network whose routes
+// it imports): local (`ifindex` of its host veth) or on the host with
+// underlay address `underlay`; `vni` is the endpoint's own network, whose
+// gateway MAC it sees and whose VNI the tunnel carries.
 struct dst_key {
 	__u32 vni;
 	__u32 addr;
@@ -63,6 +65,7 @@ struct dst_val {
 	// The endpoint's MAC (local) or the remote host's VTEP MAC.
 	__u8 mac[6];
 	__u16 pad;
+	__u32 vni;
 };
 
 // One direction of an allowed flow.
@@ -268,13 +271,13 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (dst->ifindex) {
 		__u8 gw[6];
-		bridge_mac(vni, gw);
+		bridge_mac(dst->vni, gw);
 		if (set_macs(skb, dst->mac, gw) < 0)
 			return TC_ACT_SHOT;
 		return bpf_redirect_peer(dst->ifindex, 0);
 	}
 	struct bpf_tunnel_key key = {};
-	key.tunnel_id = vni;
+	key.tunnel_id = dst->vni;
 	key.remote_ipv4 = bpf_ntohl(dst->underlay);
 	key.local_ipv4 = bpf_ntohl(cfg->underlay);
 	key.tunnel_ttl = 64;
@@ -307,7 +310,7 @@ int from_tunnel(struct __sk_buff *skb)
 			if (forward(skb, flow, ip) < 0)
 				return TC_ACT_SHOT;
 			__u8 gw[6];
-			bridge_mac(vni, gw);
+			bridge_mac(dst->vni, gw);
 			if (set_macs(skb, dst->mac, gw) < 0)
 				return TC_ACT_SHOT;
 			return bpf_redirect_peer(dst->ifindex, 0);

@@ -54,9 +54,16 @@ pub struct Source {
     pub vni: Vni,
 }
 
-/// Where an endpoint of a network is.
+/// Where an endpoint a network reaches is: its own network `vni` (the
+/// network itself, or one whose routes it imports), and its host.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Place {
+pub struct Place {
+    pub vni: Vni,
+    pub at: At,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum At {
     /// On this host, behind its host port.
     Local { port: String, mac: MacAddr },
     /// On the host at this underlay address.
@@ -88,8 +95,10 @@ pub struct Tables {
     pub destinations: BTreeMap<(Vni, Ipv4Addr), Place>,
     /// Each network's own VXLAN device.
     pub tunnels: BTreeMap<Vni, String>,
-    /// The conntrack zone of each network whose flows may take the fast path.
-    pub zones: BTreeMap<u16, Vni>,
+    /// The conntrack zones whose flows may take the fast path: a network's
+    /// own, or the zone two networks that import each other share (flows
+    /// between them), with its networks.
+    pub zones: BTreeMap<u16, Vec<Vni>>,
     /// Host ports that get the program.
     pub ports: BTreeSet<String>,
     /// Networks whose traffic keeps the kernel path, and why.
@@ -110,6 +119,8 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
     }
     let steered: BTreeSet<Vni> = desired.steering.iter().map(|s| s.vni).collect();
     let mut t = Tables::default();
+    // Each network's endpoints, where they are.
+    let mut reached: BTreeMap<Vni, Vec<(Ipv4Addr, At)>> = BTreeMap::new();
     for net in &desired.networks {
         // The network's tunnel takes what arrives for it, fast or not.
         t.tunnels.insert(net.vni, vxlan_name(net.vni));
@@ -117,7 +128,8 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
             t.kernel_only.insert(net.vni, "service chains steer its traffic");
             continue;
         }
-        t.zones.insert(net.zone, net.vni);
+        t.zones.insert(net.zone, vec![net.vni]);
+        let endpoints = reached.entry(net.vni).or_default();
         for ep in net.local.iter().filter(|ep| !ep.service) {
             let port = host_veth_name(ep.id);
             t.ports.insert(port.clone());
@@ -126,13 +138,25 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
                 IpAddr::V6(_) => None,
             }) {
                 t.sources.insert(Source { port: port.clone(), addr, mac: ep.mac, vni: net.vni });
-                t.destinations.insert((net.vni, addr), Place::Local { port: port.clone(), mac: ep.mac });
+                endpoints.push((addr, At::Local { port: port.clone(), mac: ep.mac }));
             }
         }
         for r in &net.remote {
             if let (IpAddr::V4(addr), IpAddr::V4(underlay)) = (r.ip, r.host_underlay) {
-                t.destinations.entry((net.vni, addr)).or_insert(Place::Remote { underlay });
+                endpoints.push((addr, At::Remote { underlay }));
             }
+        }
+    }
+    for net in desired.networks.iter().filter(|n| reached.contains_key(&n.vni)) {
+        for vni in std::iter::once(&net.vni).chain(&net.imports) {
+            for (addr, at) in reached.get(vni).into_iter().flatten() {
+                t.destinations.entry((net.vni, *addr)).or_insert(Place { vni: *vni, at: at.clone() });
+            }
+        }
+    }
+    for pz in &desired.pair_zones {
+        if reached.contains_key(&pz.a) && reached.contains_key(&pz.b) {
+            t.zones.insert(pz.zone, vec![pz.a, pz.b]);
         }
     }
     Ok(t)
@@ -143,24 +167,31 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
 pub enum Admission {
     /// The flow is allowed and established: both directions may take the
     /// fast path.
-    Admit([FlowKey; 2]),
+    Admit(Vec<FlowKey>),
     /// The flow ended or is closing: both directions take the kernel path.
-    Remove([FlowKey; 2]),
+    Remove(Vec<FlowKey>),
     /// Not a flow the fast path carries.
     Ignore,
 }
 
 /// Whether the connection of `event` may take the fast path, given the
-/// zones of the networks that may (`Tables::zones`).
-pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vni>) -> Admission {
-    let Some(&vni) = zones.get(&event.zone) else { return Admission::Ignore };
+/// zones whose flows may (`Tables::zones`). A flow between two networks
+/// is keyed under both (a host keys a packet by the network it enters
+/// from: a container's, or the tunnel's).
+pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vec<Vni>>) -> Admission {
+    let Some(vnis) = zones.get(&event.zone) else { return Admission::Ignore };
     let t = &event.tuple;
     let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { return Admission::Ignore };
     if t.protocol != 6 && t.protocol != 17 {
         return Admission::Ignore;
     }
-    let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
-    let both = [key, key.reversed()];
+    let both: Vec<FlowKey> = vnis
+        .iter()
+        .flat_map(|&vni| {
+            let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+            [key, key.reversed()]
+        })
+        .collect();
     if event.kind == CtEventKind::Destroy {
         return Admission::Remove(both);
     }
@@ -176,18 +207,24 @@ pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vni>) -> Admission {
 /// Adds what the fast path carried (`counts`, by direction) to the
 /// conntrack entries it carried them for: the kernel's counters see only
 /// the packets of the kernel path.
-pub fn add_counts(entries: &mut [CtEvent], zones: &BTreeMap<u16, Vni>, counts: &std::collections::HashMap<FlowKey, (u64, u64)>) {
+pub fn add_counts(
+    entries: &mut [CtEvent],
+    zones: &BTreeMap<u16, Vec<Vni>>,
+    counts: &std::collections::HashMap<FlowKey, (u64, u64)>,
+) {
     if counts.is_empty() {
         return;
     }
     for ev in entries {
-        let Some(&vni) = zones.get(&ev.zone) else { continue };
+        let Some(vnis) = zones.get(&ev.zone) else { continue };
         let t = &ev.tuple;
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { continue };
-        let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
-        for (side, k) in [(&mut ev.orig, key), (&mut ev.reply, key.reversed())] {
-            if let Some((p, b)) = counts.get(&k) {
-                *side = (side.0 + p, side.1 + b);
+        for &vni in vnis {
+            let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+            for (side, k) in [(&mut ev.orig, key), (&mut ev.reply, key.reversed())] {
+                if let Some((p, b)) = counts.get(&k) {
+                    *side = (side.0 + p, side.1 + b);
+                }
             }
         }
     }
@@ -221,12 +258,13 @@ pub mod bytes {
     }
 
     /// A local endpoint: its host port's index and its MAC; a remote one:
-    /// index 0, its host's underlay address and VTEP MAC.
-    pub fn dst_value(ifindex: u32, underlay: Ipv4Addr, mac: MacAddr) -> [u8; 16] {
-        let mut b = [0; 16];
+    /// index 0, its host's underlay address and VTEP MAC; and its network.
+    pub fn dst_value(ifindex: u32, underlay: Ipv4Addr, mac: MacAddr, vni: Vni) -> [u8; 20] {
+        let mut b = [0; 20];
         b[..4].copy_from_slice(&ifindex.to_ne_bytes());
         b[4..8].copy_from_slice(&underlay.octets());
         b[8..14].copy_from_slice(&mac.0);
+        b[16..].copy_from_slice(&vni.get().to_ne_bytes());
         b
     }
 

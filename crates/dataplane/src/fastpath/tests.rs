@@ -73,13 +73,38 @@ fn endpoints_become_sources_and_destinations_of_their_network() {
     assert_eq!(
         t.destinations.iter().map(|((v, a), p)| (v.get(), a.to_string(), p.clone())).collect::<Vec<_>>(),
         vec![
-            (100, "10.0.0.2".into(), Place::Local { port: port.clone(), mac: MacAddr([2, 0, 0, 0, 0, 1]) }),
-            (100, "10.0.0.3".into(), Place::Remote { underlay: "10.99.0.2".parse().unwrap() }),
+            (
+                100,
+                "10.0.0.2".into(),
+                Place { vni: vni(100), at: At::Local { port: port.clone(), mac: MacAddr([2, 0, 0, 0, 0, 1]) } }
+            ),
+            (100, "10.0.0.3".into(), Place { vni: vni(100), at: At::Remote { underlay: "10.99.0.2".parse().unwrap() } }),
         ]
     );
     assert_eq!(t.ports.iter().cloned().collect::<Vec<_>>(), vec![port]);
     assert_eq!(t.tunnels.get(&vni(100)).map(String::as_str), Some("tx100"));
-    assert_eq!(t.zones.get(&1), Some(&vni(100)));
+    assert_eq!(t.zones.get(&1), Some(&vec![vni(100)]));
+}
+
+#[test]
+fn an_imported_network_is_reached_in_its_own_vni_and_the_pair_zone_admits_both() {
+    let mut d = host(vec![
+        network(100, 1, vec![endpoint(1, &["10.0.0.2/24"], false)], &[]),
+        network(200, 2, vec![], &[("10.1.0.5", "10.99.0.2")]),
+    ]);
+    d.networks[0].imports = vec![vni(200)];
+    d.networks[1].imports = vec![vni(100)];
+    d.pair_zones.push(crate::desired::PairZone { a: vni(100), b: vni(200), zone: 9 });
+    let t = tables(&d).unwrap();
+    let remote = Place { vni: vni(200), at: At::Remote { underlay: "10.99.0.2".parse().unwrap() } };
+    assert_eq!(t.destinations.get(&(vni(100), "10.1.0.5".parse().unwrap())), Some(&remote), "through the import");
+    assert_eq!(t.destinations.get(&(vni(200), "10.1.0.5".parse().unwrap())), Some(&remote));
+    assert_eq!(t.destinations.get(&(vni(200), "10.0.0.2".parse().unwrap())).map(|p| p.vni), Some(vni(100)));
+    assert_eq!(t.zones.get(&9), Some(&vec![vni(100), vni(200)]));
+    let mut ev = event(CtEventKind::New, 9, 6, Some(TCP_ESTABLISHED), status::ASSURED);
+    ev.tuple.dst = "10.1.0.5".parse().unwrap();
+    let Admission::Admit(keys) = admission(&ev, &t.zones) else { panic!("not admitted") };
+    assert_eq!(keys.len(), 4, "each direction under each network: {keys:?}");
 }
 
 #[test]
@@ -100,7 +125,7 @@ fn a_network_with_service_chains_keeps_the_kernel_path() {
     let t = tables(&d).unwrap();
     assert!(t.sources.is_empty() && t.destinations.is_empty() && t.ports.is_empty());
     assert!(!t.zones.contains_key(&1), "its flows are never admitted");
-    assert_eq!(t.zones.get(&2), Some(&vni(200)));
+    assert_eq!(t.zones.get(&2), Some(&vec![vni(200)]));
     assert!(t.kernel_only.contains_key(&vni(100)));
     assert!(t.tunnels.contains_key(&vni(100)), "what arrives for it still reaches its tunnel");
 }
@@ -134,7 +159,7 @@ fn event(kind: CtEventKind, zone: u16, protocol: u8, tcp_state: Option<u8>, stat
 
 #[test]
 fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
-    let zones = BTreeMap::from([(7, vni(100))]);
+    let zones = BTreeMap::from([(7, vec![vni(100)])]);
     let key = FlowKey {
         vni: vni(100),
         src: "10.0.0.2".parse().unwrap(),
@@ -143,16 +168,16 @@ fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
         dport: 5201,
         protocol: 6,
     };
-    let both = [key, key.reversed()];
+    let both = vec![key, key.reversed()];
     let tcp = |state, st| admission(&event(CtEventKind::New, 7, 6, Some(state), st), &zones);
-    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED), Admission::Admit(both));
-    assert_eq!(tcp(TCP_ESTABLISHED, 0), Admission::Remove(both), "not assured yet");
-    assert_eq!(tcp(2, status::ASSURED), Admission::Remove(both), "SYN_RECV");
-    assert_eq!(tcp(5, status::ASSURED), Admission::Remove(both), "closing");
-    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED | status::DST_NAT), Admission::Remove(both), "translated");
+    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED), Admission::Admit(both.clone()));
+    assert_eq!(tcp(TCP_ESTABLISHED, 0), Admission::Remove(both.clone()), "not assured yet");
+    assert_eq!(tcp(2, status::ASSURED), Admission::Remove(both.clone()), "SYN_RECV");
+    assert_eq!(tcp(5, status::ASSURED), Admission::Remove(both.clone()), "closing");
+    assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED | status::DST_NAT), Admission::Remove(both.clone()), "translated");
     assert_eq!(admission(&event(CtEventKind::Destroy, 7, 6, None, status::ASSURED), &zones), Admission::Remove(both));
     let udp = admission(&event(CtEventKind::New, 7, 17, None, status::ASSURED), &zones);
-    assert!(matches!(udp, Admission::Admit([k, _]) if k.protocol == 17));
+    assert!(matches!(&udp, Admission::Admit(k) if k[0].protocol == 17));
     assert_eq!(admission(&event(CtEventKind::New, 8, 6, Some(3), status::ASSURED), &zones), Admission::Ignore, "other zone");
     assert_eq!(admission(&event(CtEventKind::New, 7, 1, None, status::ASSURED), &zones), Admission::Ignore, "ICMP");
 }
@@ -171,9 +196,10 @@ fn keys_and_values_have_the_programs_layout() {
     assert_eq!(&b[4..8], &[10, 0, 0, 2]);
     assert_eq!(&b[12..17], &[0x12, 0x34, 0, 80, 6]);
     assert_eq!(bytes::parse_flow_key(&b), Some(key));
-    let v = bytes::dst_value(7, "10.99.0.2".parse().unwrap(), remote_mac("10.99.0.2".parse().unwrap()));
+    let v = bytes::dst_value(7, "10.99.0.2".parse().unwrap(), remote_mac("10.99.0.2".parse().unwrap()), vni(200));
     assert_eq!(&v[4..8], &[10, 99, 0, 2]);
     assert_eq!(&v[8..14], &[0x0e, 0, 10, 99, 0, 2]);
+    assert_eq!(&v[16..], &200u32.to_ne_bytes());
     let c = bytes::config(3, "10.99.0.1".parse().unwrap());
     assert_eq!(&c[8..14], &[0x0e, 0, 10, 99, 0, 1]);
     let mut counts = [0u8; 24];

@@ -35,7 +35,7 @@ use tessera_model::Vni;
 
 use crate::ct_events::{CtEvent, GROUP_DESTROY, GROUP_UPDATE};
 use crate::fastpath::{
-    admission, bytes, maps, remote_mac, Admission, FlowKey, Place, Tables, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, MD_DEVICE,
+    admission, bytes, maps, remote_mac, Admission, At, FlowKey, Tables, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, MD_DEVICE,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
@@ -70,11 +70,11 @@ type Flows = BpfHash<MapData, [u8; 20], [u8; 24]>;
 struct State {
     ebpf: Ebpf,
     src: BpfHash<MapData, [u8; 8], [u8; 12]>,
-    dst: BpfHash<MapData, [u8; 8], [u8; 16]>,
+    dst: BpfHash<MapData, [u8; 8], [u8; 20]>,
     flows: Flows,
     tunnels: BpfHash<MapData, u32, u32>,
     held_src: BTreeMap<[u8; 8], [u8; 12]>,
-    held_dst: BTreeMap<[u8; 8], [u8; 16]>,
+    held_dst: BTreeMap<[u8; 8], [u8; 20]>,
     held_tunnels: BTreeMap<u32, u32>,
     /// Host ports with the program: the index it was attached at, and its
     /// link (tcx: it coexists with the qdiscs of others, and goes with the
@@ -84,7 +84,7 @@ struct State {
     last: Option<Tables>,
     /// Host ports left on the kernel path for their queueing disciplines.
     shaped: std::collections::BTreeSet<String>,
-    zones: BTreeMap<u16, Vni>,
+    zones: BTreeMap<u16, Vec<Vni>>,
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
     kernel_only: BTreeMap<Vni, &'static str>,
@@ -138,7 +138,7 @@ impl FastPath {
         let mut config: Array<MapData, [u8; 16]> = take(&mut ebpf, maps::CONFIG)?;
         config.set(0, bytes::config(md_ifindex, underlay), 0).map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
         let src: BpfHash<MapData, [u8; 8], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
-        let dst: BpfHash<MapData, [u8; 8], [u8; 16]> = take(&mut ebpf, maps::DST)?;
+        let dst: BpfHash<MapData, [u8; 8], [u8; 20]> = take(&mut ebpf, maps::DST)?;
         let tunnels: BpfHash<MapData, u32, u32> = take(&mut ebpf, maps::TUNNELS)?;
         // What an earlier agent's maps hold, so that what the host no
         // longer wants is removed.
@@ -222,9 +222,9 @@ impl FastPath {
             .destinations
             .iter()
             .filter_map(|((vni, addr), place)| {
-                let value = match place {
-                    Place::Local { port, mac } => bytes::dst_value(*attached.get(port)?, Ipv4Addr::UNSPECIFIED, *mac),
-                    Place::Remote { underlay } => bytes::dst_value(0, *underlay, remote_mac(*underlay)),
+                let value = match &place.at {
+                    At::Local { port, mac } => bytes::dst_value(*attached.get(port)?, Ipv4Addr::UNSPECIFIED, *mac, place.vni),
+                    At::Remote { underlay } => bytes::dst_value(0, *underlay, remote_mac(*underlay), place.vni),
                 };
                 Some((bytes::dst_key(*vni, *addr), value))
             })
@@ -234,7 +234,8 @@ impl FastPath {
         converge(&mut s.src, &mut s.held_src, src).map_err(|e| FastPathError::Map(maps::SRC, e))?;
         converge(&mut s.dst, &mut s.held_dst, dst).map_err(|e| FastPathError::Map(maps::DST, e))?;
         converge(&mut s.tunnels, &mut s.held_tunnels, tunnels).map_err(|e| FastPathError::Map(maps::TUNNELS, e))?;
-        let gone: Vec<Vni> = s.zones.values().filter(|v| !tables.zones.values().any(|w| w == *v)).copied().collect();
+        let fast: std::collections::BTreeSet<Vni> = tables.zones.values().flatten().copied().collect();
+        let gone: Vec<Vni> = s.zones.values().flatten().filter(|v| !fast.contains(v)).copied().collect();
         s.zones = tables.zones.clone();
         s.kernel_only = tables.kernel_only.clone();
         s.drop_flows(|k| gone.contains(&k.vni));
@@ -275,7 +276,7 @@ impl FastPath {
     /// now, and come back when the kernel path allows them again.
     pub fn zones_flushed(&self, zones: &[u16]) {
         let mut s = self.state();
-        let vnis: Vec<Vni> = zones.iter().filter_map(|z| s.zones.get(z)).copied().collect();
+        let vnis: Vec<Vni> = zones.iter().filter_map(|z| s.zones.get(z)).flatten().copied().collect();
         if !vnis.is_empty() {
             s.drop_flows(|k| vnis.contains(&k.vni));
         }
