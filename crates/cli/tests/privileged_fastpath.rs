@@ -388,3 +388,25 @@ fn privileged_flows_between_networks_a_policy_connects_take_the_fast_path() {
     assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
     assert!(on_bridges.is_empty(), "TCP packets between the networks crossed a bridge: {on_bridges:?}");
 }
+
+#[test]
+fn privileged_ipv6_flows_take_the_fast_path() {
+    let (mut c, _dir) = cluster(&["h1", "h2"]);
+    c.cli_ok(&["network", "add", "six", "--subnet", "fd61::/64", "--vni", "6400"]).unwrap();
+    c.container("h1", "c1").unwrap();
+    c.container("h2", "c2").unwrap();
+    c.attach("c1", "six", &[]).unwrap();
+    let a2 = addresses(&c.attach("c2", "six", &[]).unwrap());
+    assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "IPv6 across hosts (kernel path: ICMPv6)");
+    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &a2[0], |c| {
+        let mut kernel_path = vec![];
+        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
+            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
+        });
+        kernel_path.retain(|l| l.contains(": tcp"));
+        (fast, kernel_path)
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
+    assert!(kernel_path.is_empty(), "packets of an established IPv6 flow took the kernel path: {kernel_path:?}");
+}

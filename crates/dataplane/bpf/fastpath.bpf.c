@@ -5,14 +5,16 @@
 // Two programs, both at TC ingress (clsact, direct action):
 //
 // - `from_container`, on the host side of every endpoint's veth (`tv...`):
-//   a packet of a flow the kernel path already allowed (the agent reflects
-//   conntrack's established flows into `ts_flows`), from the port's own MAC
-//   and address, to an endpoint of the same network, is sent straight to
+//   an IPv4 or IPv6 packet of a flow the kernel path already allowed (the
+//   agent reflects conntrack's established flows into `ts_flows`), from the
+//   port's own MAC and address, to an endpoint the network reaches (its own
+//   or one of a network it imports), is sent straight to
 //   the destination: into a local container's namespace with
 //   `bpf_redirect_peer`, or to the destination host through the
 //   metadata-mode VXLAN device with `bpf_skb_set_tunnel_key`. Everything
 //   else (new flows, TCP SYN, FIN and RST, spoofed sources, other
-//   protocols, IPv6, fragments, destinations outside the network) goes on
+//   protocols, fragments, IPv4 options and IPv6 extension headers,
+//   destinations outside the network) goes on
 //   through the kernel path, which judges it.
 // - `from_tunnel`, on the metadata-mode VXLAN device (`tfast`): a packet of
 //   a flow this host's kernel path also allowed (both ends judge) goes
@@ -28,6 +30,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
@@ -37,13 +40,14 @@
 char LICENSE[] SEC("license") = "GPL";
 
 // Keys and values, laid out exactly as `tessera_dataplane::fastpath` writes
-// them (all addresses in network byte order).
+// them (all addresses in network byte order; an IPv4 address as the
+// IPv4-mapped IPv6 address ::ffff:a.b.c.d, in 16 bytes).
 
 // An endpoint's address on the host side of its veth: anti-spoofing and the
 // packet's network.
 struct src_key {
 	__u32 ifindex;
-	__u32 addr;
+	__u8 addr[16];
 };
 struct src_val {
 	__u8 mac[6];
@@ -57,7 +61,7 @@ struct src_val {
 // gateway MAC it sees and whose VNI the tunnel carries.
 struct dst_key {
 	__u32 vni;
-	__u32 addr;
+	__u8 addr[16];
 };
 struct dst_val {
 	__u32 ifindex;
@@ -71,8 +75,8 @@ struct dst_val {
 // One direction of an allowed flow.
 struct flow_key {
 	__u32 vni;
-	__u32 saddr;
-	__u32 daddr;
+	__u8 saddr[16];
+	__u8 daddr[16];
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
@@ -134,6 +138,7 @@ struct {
 
 #define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
 #define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
+#define IP6_HOPS_OFF (ETH_HLEN + __builtin_offsetof(struct ipv6hdr, hop_limit))
 #define TCP_FLAGS_OFF 13
 #define TCP_SYN 0x02
 #define TCP_FIN 0x01
@@ -151,38 +156,69 @@ static __always_inline void bridge_mac(__u32 vni, __u8 mac[6])
 	mac[5] = 0x01;
 }
 
-// The flow of an IPv4 TCP or UDP packet, with `vni`, the packet's IP header
-// and whether it is a TCP SYN (kernel path), FIN or RST (the connection
-// ends); 0 when the packet must take the kernel path.
-static __always_inline int parse_flow(struct __sk_buff *skb, __u32 vni, struct flow_key *key, struct iphdr **ip_out,
-				      __u8 *tcp_flags)
+// What the fast path needs of a packet.
+struct packet {
+	struct flow_key key;
+	// 4 or 6.
+	__u8 family;
+	__u8 tcp_flags;
+};
+
+static __always_inline void mapped(__u8 out[16], __u32 v4)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &v4, 4);
+}
+
+// The flow of an IPv4 or IPv6 TCP or UDP packet (under `vni`), and whether
+// it is a TCP FIN or RST (the connection ends); 0 when the packet must take
+// the kernel path (a TCP SYN among them).
+static __always_inline int parse(struct __sk_buff *skb, __u32 vni, struct packet *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
 		return 0;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
-		return 0;
-	__u16 *ports = (void *)(ip + 1);
-	if ((void *)(ports + 2) > end)
-		return 0;
-	if (ip->protocol == IPPROTO_TCP) {
-		__u8 *flags = (__u8 *)(ip + 1) + TCP_FLAGS_OFF;
-		if ((void *)(flags + 1) > end || (*flags & TCP_SYN))
+	__u16 *ports;
+	__u8 proto;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
 			return 0;
-		*tcp_flags = *flags;
-	} else if (ip->protocol != IPPROTO_UDP) {
+		mapped(p->key.saddr, ip->saddr);
+		mapped(p->key.daddr, ip->daddr);
+		proto = ip->protocol;
+		ports = (void *)(ip + 1);
+		p->family = 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end || ip6->hop_limit <= 1)
+			return 0;
+		__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+		proto = ip6->nexthdr;
+		ports = (void *)(ip6 + 1);
+		p->family = 6;
+	} else {
 		return 0;
 	}
-	key->vni = vni;
-	key->saddr = ip->saddr;
-	key->daddr = ip->daddr;
-	key->sport = ports[0];
-	key->dport = ports[1];
-	key->proto = ip->protocol;
-	*ip_out = ip;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	if (proto == IPPROTO_TCP) {
+		__u8 *flags = (__u8 *)ports + TCP_FLAGS_OFF;
+		if ((void *)(flags + 1) > end || (*flags & TCP_SYN))
+			return 0;
+		p->tcp_flags = *flags;
+	} else if (proto != IPPROTO_UDP) {
+		return 0;
+	}
+	p->key.vni = vni;
+	p->key.sport = ports[0];
+	p->key.dport = ports[1];
+	p->key.proto = proto;
 	return 1;
 }
 
@@ -198,12 +234,12 @@ static __always_inline struct flow_val *carried(struct flow_key *fk, __u8 tcp_fl
 		flow->closing = 1;
 		struct flow_key back = {
 			.vni = fk->vni,
-			.saddr = fk->daddr,
-			.daddr = fk->saddr,
 			.sport = fk->dport,
 			.dport = fk->sport,
 			.proto = fk->proto,
 		};
+		__builtin_memcpy(back.saddr, fk->daddr, 16);
+		__builtin_memcpy(back.daddr, fk->saddr, 16);
 		struct flow_val *reply = bpf_map_lookup_elem(&ts_flows, &back);
 		if (reply)
 			reply->closing = 1;
@@ -212,11 +248,24 @@ static __always_inline struct flow_val *carried(struct flow_key *fk, __u8 tcp_fl
 	return flow;
 }
 
-// Counts the packet on its flow and decrements the TTL, as routing does.
-static __always_inline int forward(struct __sk_buff *skb, struct flow_val *flow, struct iphdr *ip)
+// Counts the packet on its flow and decrements the TTL or hop limit, as
+// routing does.
+static __always_inline int forward(struct __sk_buff *skb, struct flow_val *flow, __u8 family)
 {
 	__sync_fetch_and_add(&flow->packets, 1);
 	__sync_fetch_and_add(&flow->bytes, skb->len - ETH_HLEN);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (family == 6) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		__u8 hops = ip6->hop_limit - 1;
+		return bpf_skb_store_bytes(skb, IP6_HOPS_OFF, &hops, 1, 0);
+	}
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end)
+		return -1;
 	// The 16-bit word of TTL and protocol, as it is in the packet.
 	__u16 old = *(__u16 *)&ip->ttl;
 	__u8 word[2] = { ip->ttl - 1, ip->protocol };
@@ -241,25 +290,23 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 dst[6], co
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
 {
+	struct packet p = {};
+	if (!parse(skb, 0, &p))
+		return TC_ACT_OK;
+	struct src_key sk = { .ifindex = skb->ifindex };
+	__builtin_memcpy(sk.addr, p.key.saddr, 16);
+	struct src_val *src = bpf_map_lookup_elem(&ts_src, &sk);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (!src || (void *)(eth + 1) > end || !same_mac(src->mac, eth->h_source))
 		return TC_ACT_OK;
-	struct src_key sk = { .ifindex = skb->ifindex, .addr = ip->saddr };
-	struct src_val *src = bpf_map_lookup_elem(&ts_src, &sk);
-	if (!src || !same_mac(src->mac, eth->h_source))
-		return TC_ACT_OK;
-	__u32 vni = src->vni;
-	struct flow_key fk = {};
-	__u8 tcp_flags = 0;
-	if (!parse_flow(skb, vni, &fk, &ip, &tcp_flags))
-		return TC_ACT_OK;
-	struct flow_val *flow = carried(&fk, tcp_flags);
+	p.key.vni = src->vni;
+	struct flow_val *flow = carried(&p.key, p.tcp_flags);
 	if (!flow)
 		return TC_ACT_OK;
-	struct dst_key dk = { .vni = vni, .addr = fk.daddr };
+	struct dst_key dk = { .vni = p.key.vni };
+	__builtin_memcpy(dk.addr, p.key.daddr, 16);
 	struct dst_val *dst = bpf_map_lookup_elem(&ts_dst, &dk);
 	if (!dst)
 		return TC_ACT_OK;
@@ -267,7 +314,7 @@ int from_container(struct __sk_buff *skb)
 	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
 	if (!cfg || (!dst->ifindex && !cfg->md_ifindex))
 		return TC_ACT_OK;
-	if (forward(skb, flow, ip) < 0)
+	if (forward(skb, flow, p.family) < 0)
 		return TC_ACT_SHOT;
 	if (dst->ifindex) {
 		__u8 gw[6];
@@ -299,15 +346,14 @@ int from_tunnel(struct __sk_buff *skb)
 	if (!tunnel)
 		return TC_ACT_SHOT;
 	__u32 tunnel_ifindex = *tunnel;
-	struct iphdr *ip;
-	struct flow_key fk = {};
-	__u8 tcp_flags = 0;
-	if (parse_flow(skb, vni, &fk, &ip, &tcp_flags)) {
-		struct flow_val *flow = carried(&fk, tcp_flags);
-		struct dst_key dk = { .vni = vni, .addr = fk.daddr };
+	struct packet p = {};
+	if (parse(skb, vni, &p)) {
+		struct flow_val *flow = carried(&p.key, p.tcp_flags);
+		struct dst_key dk = { .vni = vni };
+		__builtin_memcpy(dk.addr, p.key.daddr, 16);
 		struct dst_val *dst = flow ? bpf_map_lookup_elem(&ts_dst, &dk) : 0;
 		if (flow && dst && dst->ifindex) {
-			if (forward(skb, flow, ip) < 0)
+			if (forward(skb, flow, p.family) < 0)
 				return TC_ACT_SHOT;
 			__u8 gw[6];
 			bridge_mac(dst->vni, gw);

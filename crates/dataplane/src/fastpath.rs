@@ -5,14 +5,14 @@
 //! wanted and those held. Pure; `linux::fastpath` loads the programs and
 //! carries the differences out.
 //!
-//! What the fast path carries: IPv4 TCP and UDP packets of a flow the
-//! kernel path allowed (an assured, untranslated conntrack entry in the
-//! network's own zone; TCP only while established), from an endpoint's own
-//! MAC and address, to an endpoint of the same network. Everything else
-//! takes the kernel path, which judges it: new flows, flows between
-//! networks (pair zones), translated flows (floating IPs, SNAT, published
-//! ports), service instances' ports and networks with service chains,
-//! IPv6, ICMP, DHCP.
+//! What the fast path carries: IPv4 and IPv6 TCP and UDP packets of a
+//! flow the kernel path allowed (an assured, untranslated conntrack entry in
+//! the network's own zone, or the zone of two networks that import each
+//! other; TCP only while established), from an endpoint's own MAC and
+//! address, to an endpoint the network reaches. Everything else takes the
+//! kernel path, which judges it: new flows, translated flows (floating IPs,
+//! SNAT, published ports), service instances' ports and networks with
+//! service chains, ICMP, DHCP, neighbour discovery.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -49,7 +49,7 @@ pub mod maps {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Source {
     pub port: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub mac: MacAddr,
     pub vni: Vni,
 }
@@ -74,8 +74,8 @@ pub enum At {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
     pub vni: Vni,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -92,7 +92,7 @@ impl FlowKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tables {
     pub sources: BTreeSet<Source>,
-    pub destinations: BTreeMap<(Vni, Ipv4Addr), Place>,
+    pub destinations: BTreeMap<(Vni, IpAddr), Place>,
     /// Each network's own VXLAN device.
     pub tunnels: BTreeMap<Vni, String>,
     /// The conntrack zones whose flows may take the fast path: a network's
@@ -120,7 +120,7 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
     let steered: BTreeSet<Vni> = desired.steering.iter().map(|s| s.vni).collect();
     let mut t = Tables::default();
     // Each network's endpoints, where they are.
-    let mut reached: BTreeMap<Vni, Vec<(Ipv4Addr, At)>> = BTreeMap::new();
+    let mut reached: BTreeMap<Vni, Vec<(IpAddr, At)>> = BTreeMap::new();
     for net in &desired.networks {
         // The network's tunnel takes what arrives for it, fast or not.
         t.tunnels.insert(net.vni, vxlan_name(net.vni));
@@ -133,17 +133,14 @@ pub fn tables(desired: &DesiredHost) -> Result<Tables, Unsupported> {
         for ep in net.local.iter().filter(|ep| !ep.service) {
             let port = host_veth_name(ep.id);
             t.ports.insert(port.clone());
-            for addr in ep.ips.iter().filter_map(|n| match n.addr() {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            }) {
+            for addr in ep.ips.iter().map(|n| n.addr()) {
                 t.sources.insert(Source { port: port.clone(), addr, mac: ep.mac, vni: net.vni });
                 endpoints.push((addr, At::Local { port: port.clone(), mac: ep.mac }));
             }
         }
         for r in &net.remote {
-            if let (IpAddr::V4(addr), IpAddr::V4(underlay)) = (r.ip, r.host_underlay) {
-                endpoints.push((addr, At::Remote { underlay }));
+            if let IpAddr::V4(underlay) = r.host_underlay {
+                endpoints.push((r.ip, At::Remote { underlay }));
             }
         }
     }
@@ -181,7 +178,7 @@ pub enum Admission {
 pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vec<Vni>>) -> Admission {
     let Some(vnis) = zones.get(&event.zone) else { return Admission::Ignore };
     let t = &event.tuple;
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { return Admission::Ignore };
+    let (src, dst) = (t.src, t.dst);
     if t.protocol != 6 && t.protocol != 17 {
         return Admission::Ignore;
     }
@@ -218,7 +215,7 @@ pub fn add_counts(
     for ev in entries {
         let Some(vnis) = zones.get(&ev.zone) else { continue };
         let t = &ev.tuple;
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { continue };
+        let (src, dst) = (t.src, t.dst);
         for &vni in vnis {
             let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
             for (side, k) in [(&mut ev.orig, key), (&mut ev.reply, key.reversed())] {
@@ -236,10 +233,25 @@ pub fn add_counts(
 pub mod bytes {
     use super::*;
 
-    pub fn src_key(ifindex: u32, addr: Ipv4Addr) -> [u8; 8] {
-        let mut b = [0; 8];
+    /// An address in 16 bytes: IPv6 as it is, IPv4 mapped (`::ffff:a.b.c.d`).
+    pub fn addr(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
+    fn parse_addr(b: &[u8]) -> IpAddr {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&b[..16]);
+        let v6 = std::net::Ipv6Addr::from(o);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    }
+
+    pub fn src_key(ifindex: u32, a: IpAddr) -> [u8; 20] {
+        let mut b = [0; 20];
         b[..4].copy_from_slice(&ifindex.to_ne_bytes());
-        b[4..].copy_from_slice(&addr.octets());
+        b[4..].copy_from_slice(&addr(a));
         b
     }
 
@@ -250,10 +262,10 @@ pub mod bytes {
         b
     }
 
-    pub fn dst_key(vni: Vni, addr: Ipv4Addr) -> [u8; 8] {
-        let mut b = [0; 8];
+    pub fn dst_key(vni: Vni, a: IpAddr) -> [u8; 20] {
+        let mut b = [0; 20];
         b[..4].copy_from_slice(&vni.get().to_ne_bytes());
-        b[4..].copy_from_slice(&addr.octets());
+        b[4..].copy_from_slice(&addr(a));
         b
     }
 
@@ -268,26 +280,25 @@ pub mod bytes {
         b
     }
 
-    pub fn flow_key(k: &FlowKey) -> [u8; 20] {
-        let mut b = [0; 20];
+    pub fn flow_key(k: &FlowKey) -> [u8; 44] {
+        let mut b = [0; 44];
         b[..4].copy_from_slice(&k.vni.get().to_ne_bytes());
-        b[4..8].copy_from_slice(&k.src.octets());
-        b[8..12].copy_from_slice(&k.dst.octets());
-        b[12..14].copy_from_slice(&k.sport.to_be_bytes());
-        b[14..16].copy_from_slice(&k.dport.to_be_bytes());
-        b[16] = k.protocol;
+        b[4..20].copy_from_slice(&addr(k.src));
+        b[20..36].copy_from_slice(&addr(k.dst));
+        b[36..38].copy_from_slice(&k.sport.to_be_bytes());
+        b[38..40].copy_from_slice(&k.dport.to_be_bytes());
+        b[40] = k.protocol;
         b
     }
 
-    pub fn parse_flow_key(b: &[u8; 20]) -> Option<FlowKey> {
-        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+    pub fn parse_flow_key(b: &[u8; 44]) -> Option<FlowKey> {
         Some(FlowKey {
-            vni: Vni::new(u32::from_ne_bytes(word(0))).ok()?,
-            src: Ipv4Addr::from(word(4)),
-            dst: Ipv4Addr::from(word(8)),
-            sport: u16::from_be_bytes([b[12], b[13]]),
-            dport: u16::from_be_bytes([b[14], b[15]]),
-            protocol: b[16],
+            vni: Vni::new(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok()?,
+            src: parse_addr(&b[4..20]),
+            dst: parse_addr(&b[20..36]),
+            sport: u16::from_be_bytes([b[36], b[37]]),
+            dport: u16::from_be_bytes([b[38], b[39]]),
+            protocol: b[40],
         })
     }
 

@@ -67,18 +67,20 @@ fn endpoints_become_sources_and_destinations_of_their_network() {
     let port = host_veth_name(Uuid::from_u128(1 << 96));
     assert_eq!(
         t.sources.iter().cloned().collect::<Vec<_>>(),
-        vec![Source { port: port.clone(), addr: "10.0.0.2".parse().unwrap(), mac: MacAddr([2, 0, 0, 0, 0, 1]), vni: vni(100) }],
-        "IPv4 addresses of endpoints only; a service instance's port is not a source"
+        ["10.0.0.2", "2001:db8::2"]
+            .map(|a| Source { port: port.clone(), addr: a.parse().unwrap(), mac: MacAddr([2, 0, 0, 0, 0, 1]), vni: vni(100) })
+            .to_vec(),
+        "both families; a service instance's port is not a source"
     );
+    let local = Place { vni: vni(100), at: At::Local { port: port.clone(), mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
+    let remote = Place { vni: vni(100), at: At::Remote { underlay: "10.99.0.2".parse().unwrap() } };
     assert_eq!(
         t.destinations.iter().map(|((v, a), p)| (v.get(), a.to_string(), p.clone())).collect::<Vec<_>>(),
         vec![
-            (
-                100,
-                "10.0.0.2".into(),
-                Place { vni: vni(100), at: At::Local { port: port.clone(), mac: MacAddr([2, 0, 0, 0, 0, 1]) } }
-            ),
-            (100, "10.0.0.3".into(), Place { vni: vni(100), at: At::Remote { underlay: "10.99.0.2".parse().unwrap() } }),
+            (100, "10.0.0.2".into(), local.clone()),
+            (100, "10.0.0.3".into(), remote.clone()),
+            (100, "2001:db8::2".into(), local),
+            (100, "2001:db8::3".into(), remote),
         ]
     );
     assert_eq!(t.ports.iter().cloned().collect::<Vec<_>>(), vec![port]);
@@ -193,9 +195,11 @@ fn keys_and_values_have_the_programs_layout() {
         protocol: 6,
     };
     let b = bytes::flow_key(&key);
-    assert_eq!(&b[4..8], &[10, 0, 0, 2]);
-    assert_eq!(&b[12..17], &[0x12, 0x34, 0, 80, 6]);
+    assert_eq!(&b[4..20], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2], "IPv4 mapped");
+    assert_eq!(&b[36..41], &[0x12, 0x34, 0, 80, 6]);
     assert_eq!(bytes::parse_flow_key(&b), Some(key));
+    let v6 = FlowKey { src: "2001:db8::2".parse().unwrap(), dst: "2001:db8::3".parse().unwrap(), ..key };
+    assert_eq!(bytes::parse_flow_key(&bytes::flow_key(&v6)), Some(v6));
     let v = bytes::dst_value(7, "10.99.0.2".parse().unwrap(), remote_mac("10.99.0.2".parse().unwrap()), vni(200));
     assert_eq!(&v[4..8], &[10, 99, 0, 2]);
     assert_eq!(&v[8..14], &[0x0e, 0, 10, 99, 0, 2]);

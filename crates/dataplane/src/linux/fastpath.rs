@@ -65,16 +65,16 @@ pub enum FastPathError {
     Kernel(String, String),
 }
 
-type Flows = BpfHash<MapData, [u8; 20], [u8; 24]>;
+type Flows = BpfHash<MapData, [u8; 44], [u8; 24]>;
 
 struct State {
     ebpf: Ebpf,
-    src: BpfHash<MapData, [u8; 8], [u8; 12]>,
-    dst: BpfHash<MapData, [u8; 8], [u8; 20]>,
+    src: BpfHash<MapData, [u8; 20], [u8; 12]>,
+    dst: BpfHash<MapData, [u8; 20], [u8; 20]>,
     flows: Flows,
     tunnels: BpfHash<MapData, u32, u32>,
-    held_src: BTreeMap<[u8; 8], [u8; 12]>,
-    held_dst: BTreeMap<[u8; 8], [u8; 20]>,
+    held_src: BTreeMap<[u8; 20], [u8; 12]>,
+    held_dst: BTreeMap<[u8; 20], [u8; 20]>,
     held_tunnels: BTreeMap<u32, u32>,
     /// Host ports with the program: the index it was attached at, and its
     /// link (tcx: it coexists with the qdiscs of others, and goes with the
@@ -137,8 +137,8 @@ impl FastPath {
         }
         let mut config: Array<MapData, [u8; 16]> = take(&mut ebpf, maps::CONFIG)?;
         config.set(0, bytes::config(md_ifindex, underlay), 0).map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
-        let src: BpfHash<MapData, [u8; 8], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
-        let dst: BpfHash<MapData, [u8; 8], [u8; 20]> = take(&mut ebpf, maps::DST)?;
+        let src: BpfHash<MapData, [u8; 20], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
+        let dst: BpfHash<MapData, [u8; 20], [u8; 20]> = take(&mut ebpf, maps::DST)?;
         let tunnels: BpfHash<MapData, u32, u32> = take(&mut ebpf, maps::TUNNELS)?;
         // What an earlier agent's maps hold, so that what the host no
         // longer wants is removed.
