@@ -252,8 +252,14 @@ impl Agent {
                 }
             }
         }
-        // An endpoint's port says which path its established flows take.
+        // An endpoint's port says which path its established flows take,
+        // and counts what the fast path delivered through it.
+        let delivered = self.fastpath.as_ref().map(|fp| fp.delivered()).unwrap_or_default();
         for v in vifs.iter_mut().filter(|v| v.kind == tessera_model::vif::VifKind::Endpoint) {
+            if let Some((packets, bytes)) = delivered.get(&v.name) {
+                v.tx_packets += packets;
+                v.tx_bytes += bytes;
+            }
             v.path = Some(match &self.fastpath {
                 Some(fp) => match fp.port_path(&v.name, v.vni) {
                     tessera_dataplane::linux::fastpath::PortPath::Fast => "ebpf".to_string(),

@@ -92,6 +92,31 @@ pub enum DataplaneKind {
     Ebpf,
 }
 
+/// Keeps the fast path's maps and ports those of the last desired state
+/// reconciled, off the reconcile's path (an attach does not wait for it:
+/// until then, its packets take the kernel path).
+async fn fastpath_sync(
+    fp: Arc<tessera_dataplane::linux::fastpath::FastPath>,
+    mut states: watch::Receiver<Option<Arc<tessera_dataplane::DesiredHost>>>,
+) {
+    loop {
+        let desired = states.borrow_and_update().clone();
+        if let Some(d) = desired {
+            match tessera_dataplane::fastpath::tables(&d) {
+                Ok(t) => {
+                    if let Err(e) = fp.sync(&t).await {
+                        tracing::warn!(error = %e, "the fast path's maps are not up to date");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no fast path for this host"),
+            }
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Starts the eBPF fast path unless the kernel path is asked for; when it
 /// cannot run, the kernel path alone, with the reason logged (an error
 /// when `--dataplane ebpf` asked for it).
@@ -194,6 +219,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         tokio::spawn(metrics_http::serve(agent.clone(), listener));
     }
     tokio::spawn(agent.counters.clone().run(agent.dp.clone(), client.clone(), me.name.clone()));
+    if let Some(fp) = agent.fastpath.clone() {
+        tokio::spawn(fastpath_sync(fp, agent.counters.reconciled_states()));
+    }
     tokio::spawn(dhcp::run(agent.counters.reconciled_states(), agent.dhcp.clone()));
     tokio::spawn(health::run(agent.snapshot.clone(), agent.dp.clone(), client.clone(), me.name.clone()));
     tokio::spawn(dhcp::run6(agent.counters.reconciled_states(), agent.dp.clone(), agent.dhcp.clone()));

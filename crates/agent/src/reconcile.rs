@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_dataplane::{DesiredHost, Look};
+use tessera_dataplane::Look;
 use tessera_model::watch::Snapshot;
 use tessera_model::{EndpointStatus, EndpointStatusUpdate};
 use uuid::Uuid;
@@ -108,7 +108,7 @@ impl Agent {
         let started = std::time::Instant::now();
         let result = self.reconciler.reconcile(self.dp.as_ref(), &desired, look).await;
         if let (Some(fp), Ok(report)) = (&self.fastpath, &result) {
-            fast_path(fp, &desired, report).await;
+            fast_path(fp, report);
         }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
         // Endpoints the kernel refused are reported failed with the reason
@@ -220,13 +220,9 @@ fn refuse_host_namespaces(desired: &mut tessera_dataplane::DesiredHost, skipped:
     }
 }
 
-/// After a reconcile: the flows of flushed zones leave the fast path, and
-/// its maps follow the desired state.
-async fn fast_path(
-    fp: &tessera_dataplane::linux::fastpath::FastPath,
-    desired: &DesiredHost,
-    report: &tessera_dataplane::ApplyReport,
-) {
+/// After a reconcile: the flows of flushed zones leave the fast path (its
+/// maps follow the desired state in a task of their own, `fastpath_sync`).
+fn fast_path(fp: &tessera_dataplane::linux::fastpath::FastPath, report: &tessera_dataplane::ApplyReport) {
     let flushed: Vec<u16> = report
         .applied
         .iter()
@@ -236,12 +232,4 @@ async fn fast_path(
         })
         .collect();
     fp.zones_flushed(&flushed);
-    match tessera_dataplane::fastpath::tables(desired) {
-        Ok(t) => {
-            if let Err(e) = fp.sync(&t).await {
-                tracing::warn!(error = %e, "the fast path's maps are not up to date");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "no fast path for this host"),
-    }
 }

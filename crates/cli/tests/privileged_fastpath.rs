@@ -39,6 +39,26 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until every endpoint port of `hosts` takes the fast path (a new
+/// port does after a moment, see `SETTLE`).
+fn settled(c: &Cluster, hosts: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for h in hosts {
+        let socket = c.agent_socket(h).display().to_string();
+        loop {
+            let out = c.tessera_on(h, &["--json", "vif", "list", "--socket", &socket], &[]).unwrap();
+            let vifs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let ports: Vec<&serde_json::Value> =
+                vifs.as_array().into_iter().flatten().filter(|v| v["kind"] == "endpoint").collect();
+            if ports.iter().all(|v| v["path"] == "ebpf") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the ports of {h} do not take the fast path: {vifs}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// Packets tcpdump sees on `iface` of `host` matching `filter` while
 /// `during` runs.
 fn captured(c: &Cluster, host: &str, iface: &str, filter: &[&str], during: impl FnOnce()) -> Vec<String> {
@@ -94,8 +114,11 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     }
     c.attach("c1", "blue", &[]).unwrap();
     let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
-    let a3 = addresses(&c.attach("c3", "blue", &[]).unwrap());
+    let e3 = c.attach("c3", "blue", &[]).unwrap();
+    let a3 = addresses(&e3);
+    let port3 = format!("tv{}", &e3["id"].as_str().unwrap()[..8]);
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "ping across hosts (kernel path: ICMP)");
+    settled(&c, &["h1", "h2"]);
 
     // Each endpoint's port says its established flows take the fast path.
     let socket = c.agent_socket("h1").display().to_string();
@@ -133,6 +156,11 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     });
     assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
     assert!(on_bridge.is_empty(), "TCP packets of an established flow crossed the bridge: {on_bridge:?}");
+    // c3's port counts what the fast path delivered to c3.
+    let vifs = c.tessera_on("h1", &["--json", "vif", "list", "--socket", &socket], &[]).unwrap();
+    let vifs: serde_json::Value = serde_json::from_slice(&vifs.stdout).unwrap();
+    let counted = vifs.as_array().unwrap().iter().find(|v| v["name"] == port3.as_str()).map(|v| v["tx_bytes"].as_u64().unwrap());
+    assert!(counted.is_some_and(|b| b >= sent), "c3's port {port3} counts {counted:?} bytes sent to c3, iperf3 moved {sent}");
 
     // Nothing is left once the hosts are gone: the programs go with the
     // devices they are attached to, and their maps with them.
@@ -151,6 +179,7 @@ fn two_hosts() -> (Cluster, tessera_testkit::TestRun, Vec<String>) {
     c.container("h2", "c2").unwrap();
     c.attach("c1", "blue", &[]).unwrap();
     let a2 = addresses(&c.attach("c2", "blue", &[]).unwrap());
+    settled(&c, &["h1", "h2"]);
     (c, dir, a2)
 }
 
@@ -300,6 +329,7 @@ fn privileged_overlapping_networks_stay_apart_on_the_fast_path() {
     let b1 = addresses(&c.attach("b1", "default-domain:other:blue", &[]).unwrap());
     let b2 = addresses(&c.attach("b2", "default-domain:other:blue", &[]).unwrap());
     assert_eq!((&a1, &a2), (&b1, &b2), "the same addresses in both projects");
+    settled(&c, &["h1", "h2"]);
     // Two streams at once between the same addresses and ports, one in each
     // network: each arrives whole, and b2 sees nothing of a1's.
     let (mut ra, mut rb) = (serde_json::Value::Null, serde_json::Value::Null);
@@ -323,6 +353,7 @@ fn privileged_a_spoofed_packet_of_a_fast_path_flow_is_dropped() {
     let (mut c, _dir, a2) = two_hosts();
     c.container("h1", "c3").unwrap();
     c.attach("c3", "blue", &[]).unwrap();
+    settled(&c, &["h1"]);
     let shown = ok(c.exec("c1", "ip", &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap(), "ip addr");
     let a1 = shown.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).unwrap().to_string();
     // A UDP flow c1:7000 -> c2:7001 that the fast path carries (conntrack
@@ -364,6 +395,7 @@ fn privileged_flows_between_networks_a_policy_connects_take_the_fast_path() {
     let g2 = addresses(&c.attach("c2", "green", &[]).unwrap());
     let g3 = addresses(&c.attach("c3", "green", &[]).unwrap());
     assert_eq!(c.ping("c1", &g2[0], 2).unwrap(), 2, "blue reaches green across hosts");
+    settled(&c, &["h1", "h2"]);
 
     let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &g2[0], |c| {
         let mut kernel_path = vec![];
@@ -398,6 +430,7 @@ fn privileged_ipv6_flows_take_the_fast_path() {
     c.attach("c1", "six", &[]).unwrap();
     let a2 = addresses(&c.attach("c2", "six", &[]).unwrap());
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "IPv6 across hosts (kernel path: ICMPv6)");
+    settled(&c, &["h1", "h2"]);
     let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &a2[0], |c| {
         let mut kernel_path = vec![];
         let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {

@@ -121,6 +121,21 @@ struct {
 	__type(value, struct flow_val);
 } ts_flows SEC(".maps");
 
+// What the fast path delivered into the container behind a host port
+// (`bpf_redirect_peer` skips the port's own transmit, and so its link
+// counters): packets and bytes as the link counts them, by the port's
+// index. The agent makes an entry per port it attaches to.
+struct port_val {
+	__u64 packets;
+	__u64 bytes;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct port_val);
+} ts_ports SEC(".maps");
+
 // VNI -> ifindex of the network's VXLAN device `tx<vni>` on this host.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -280,6 +295,17 @@ static __always_inline int same_mac(const __u8 a[6], const __u8 b[6])
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
 }
 
+// Into the container behind host port `ifindex`, counted on the port.
+static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct port_val *port = bpf_map_lookup_elem(&ts_ports, &ifindex);
+	if (port) {
+		__sync_fetch_and_add(&port->packets, 1);
+		__sync_fetch_and_add(&port->bytes, skb->len);
+	}
+	return bpf_redirect_peer(ifindex, 0);
+}
+
 static __always_inline int set_macs(struct __sk_buff *skb, const __u8 dst[6], const __u8 src[6])
 {
 	if (bpf_skb_store_bytes(skb, 0, dst, 6, 0) < 0)
@@ -321,7 +347,7 @@ int from_container(struct __sk_buff *skb)
 		bridge_mac(dst->vni, gw);
 		if (set_macs(skb, dst->mac, gw) < 0)
 			return TC_ACT_SHOT;
-		return bpf_redirect_peer(dst->ifindex, 0);
+		return deliver(skb, dst->ifindex);
 	}
 	struct bpf_tunnel_key key = {};
 	key.tunnel_id = dst->vni;
@@ -359,7 +385,7 @@ int from_tunnel(struct __sk_buff *skb)
 			bridge_mac(dst->vni, gw);
 			if (set_macs(skb, dst->mac, gw) < 0)
 				return TC_ACT_SHOT;
-			return bpf_redirect_peer(dst->ifindex, 0);
+			return deliver(skb, dst->ifindex);
 		}
 	}
 	// The kernel path: as if it had come out of the network's own tunnel.

@@ -42,7 +42,8 @@ pub mod maps {
     pub const FLOWS: &str = "ts_flows";
     pub const TUNNELS: &str = "ts_tunnels";
     pub const CONFIG: &str = "ts_config";
-    pub const ALL: [&str; 5] = [SRC, DST, FLOWS, TUNNELS, CONFIG];
+    pub const PORTS: &str = "ts_ports";
+    pub const ALL: [&str; 6] = [SRC, DST, FLOWS, TUNNELS, CONFIG, PORTS];
 }
 
 /// An address a local endpoint may send from, on its host port.
@@ -103,6 +104,37 @@ pub struct Tables {
     pub ports: BTreeSet<String>,
     /// Networks whose traffic keeps the kernel path, and why.
     pub kernel_only: BTreeMap<Vni, &'static str>,
+}
+
+/// One line per entry, in the order of the maps: what the golden tests
+/// compare.
+impl std::fmt::Display for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.ports {
+            writeln!(f, "port {p}")?;
+        }
+        for s in &self.sources {
+            writeln!(f, "source {} {} {} vni {}", s.port, s.addr, s.mac, s.vni.get())?;
+        }
+        for ((vni, addr), place) in &self.destinations {
+            let at = match &place.at {
+                At::Local { port, mac } => format!("local {port} {mac}"),
+                At::Remote { underlay } => format!("remote {underlay}"),
+            };
+            writeln!(f, "destination vni {} {addr} -> vni {} {at}", vni.get(), place.vni.get())?;
+        }
+        for (vni, dev) in &self.tunnels {
+            writeln!(f, "tunnel vni {} {dev}", vni.get())?;
+        }
+        for (zone, vnis) in &self.zones {
+            let vnis: Vec<String> = vnis.iter().map(|v| v.get().to_string()).collect();
+            writeln!(f, "zone {zone} vni {}", vnis.join(", "))?;
+        }
+        for (vni, why) in &self.kernel_only {
+            writeln!(f, "kernel path vni {}: {why}", vni.get())?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a host cannot use the fast path at all.

@@ -39,6 +39,22 @@ fn network(v: u32, zone: u16, local: Vec<LocalEndpoint>, remote: &[(&str, &str)]
     }
 }
 
+/// A service chain that steers network `v`'s traffic.
+fn steer(v: u32) -> DesiredSteer {
+    DesiredSteer {
+        vni: vni(v),
+        label: "fw left".into(),
+        src: vec![],
+        dst: vec![],
+        protocol: None,
+        src_ports: vec![],
+        dst_ports: vec![],
+        reverse: false,
+        skip_ports: vec![],
+        targets: vec![],
+    }
+}
+
 fn host(networks: Vec<DesiredNetwork>) -> DesiredHost {
     DesiredHost {
         underlay_ip: "10.99.0.1".parse().unwrap(),
@@ -112,18 +128,7 @@ fn an_imported_network_is_reached_in_its_own_vni_and_the_pair_zone_admits_both()
 #[test]
 fn a_network_with_service_chains_keeps_the_kernel_path() {
     let mut d = host(vec![network(100, 1, vec![endpoint(1, &["10.0.0.2/24"], false)], &[]), network(200, 2, vec![], &[])]);
-    d.steering.push(DesiredSteer {
-        vni: vni(100),
-        label: "fw left".into(),
-        src: vec![],
-        dst: vec![],
-        protocol: None,
-        src_ports: vec![],
-        dst_ports: vec![],
-        reverse: false,
-        skip_ports: vec![],
-        targets: vec![],
-    });
+    d.steering.push(steer(100));
     let t = tables(&d).unwrap();
     assert!(t.sources.is_empty() && t.destinations.is_empty() && t.ports.is_empty());
     assert!(!t.zones.contains_key(&1), "its flows are never admitted");
@@ -210,4 +215,30 @@ fn keys_and_values_have_the_programs_layout() {
     counts[..8].copy_from_slice(&5u64.to_ne_bytes());
     counts[8..16].copy_from_slice(&700u64.to_ne_bytes());
     assert_eq!(bytes::flow_counts(&counts), (5, 700));
+}
+
+/// The tables of a host with a network of its own endpoints and remote
+/// ones, a network it imports (and shares a zone with), and a network a
+/// service chain steers; compared with `tests/golden/fastpath_tables.txt`
+/// (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn golden_tables() {
+    let mut d = host(vec![
+        network(100, 1, vec![endpoint(1, &["10.0.0.2/24", "2001:db8::2/64"], false)], &[("10.0.0.3", "10.99.0.2")]),
+        network(200, 2, vec![endpoint(2, &["10.1.0.2/24"], false)], &[("10.1.0.5", "10.99.0.3")]),
+        network(300, 3, vec![endpoint(3, &["10.2.0.2/24"], false)], &[]),
+    ]);
+    d.networks[0].imports = vec![vni(200)];
+    d.networks[1].imports = vec![vni(100)];
+    d.pair_zones.push(crate::desired::PairZone { a: vni(100), b: vni(200), zone: 9 });
+    d.steering.push(steer(300));
+    let actual = tables(&d).unwrap().to_string();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fastpath_tables.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    assert_eq!(actual, expected, "the fast path's tables differ from {}", path.display());
 }

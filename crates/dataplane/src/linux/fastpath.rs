@@ -40,6 +40,9 @@ use crate::fastpath::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
+/// How long a new host port takes the kernel path before the fast path
+/// takes it (when no queueing discipline of its own came meanwhile).
+pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often the ports' queueing disciplines are checked between syncs.
 pub const PORTS_EVERY: Duration = Duration::from_secs(1);
 /// How often the flows are compared with a dump of conntrack.
@@ -73,6 +76,8 @@ struct State {
     dst: BpfHash<MapData, [u8; 20], [u8; 20]>,
     flows: Flows,
     tunnels: BpfHash<MapData, u32, u32>,
+    /// What the fast path delivered behind each host port.
+    delivered: BpfHash<MapData, u32, [u8; 16]>,
     held_src: BTreeMap<[u8; 20], [u8; 12]>,
     held_dst: BTreeMap<[u8; 20], [u8; 20]>,
     held_tunnels: BTreeMap<u32, u32>,
@@ -84,6 +89,8 @@ struct State {
     last: Option<Tables>,
     /// Host ports left on the kernel path for their queueing disciplines.
     shaped: std::collections::BTreeSet<String>,
+    /// When each port not attached yet was first seen (by its index).
+    seen: BTreeMap<String, (u32, Instant)>,
     zones: BTreeMap<u16, Vec<Vni>>,
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
@@ -152,6 +159,7 @@ impl FastPath {
             dst,
             flows: take(&mut ebpf, maps::FLOWS)?,
             tunnels,
+            delivered: take(&mut ebpf, maps::PORTS)?,
             ebpf,
             held_src,
             held_dst,
@@ -159,6 +167,7 @@ impl FastPath {
             attached: BTreeMap::new(),
             last: None,
             shaped: Default::default(),
+            seen: BTreeMap::new(),
             zones: BTreeMap::new(),
             retired: HashMap::new(),
             kernel_only: BTreeMap::new(),
@@ -195,19 +204,44 @@ impl FastPath {
                 }
                 continue;
             }
-            let link = match s.attached.remove(port) {
-                Some((at, link)) if at == index => link,
+            match s.attached.remove(port) {
+                Some((at, link)) if at == index => {
+                    ports.insert(port.clone(), (index, link));
+                    continue;
+                }
                 Some((_, link)) => {
                     let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
-                    attach_port(&mut s.ebpf, port)?
                 }
-                None => attach_port(&mut s.ebpf, port)?,
-            };
-            ports.insert(port.clone(), (index, link));
+                None => {}
+            }
+            // A new port waits: a runtime's later plugins (CNI's
+            // `bandwidth`) add their queueing disciplines just after the
+            // attach, and the fast path must not bypass them meanwhile.
+            let first = s.seen.entry(port.clone()).or_insert((index, Instant::now()));
+            if first.0 != index {
+                *first = (index, Instant::now());
+            }
+            // Ports there when the agent starts were an earlier agent's.
+            if first.1.elapsed() < SETTLE && s.last.is_some() {
+                continue;
+            }
+            s.seen.remove(port);
+            ports.insert(port.clone(), (index, attach_port(&mut s.ebpf, port)?));
         }
+        s.seen.retain(|p, _| tables.ports.contains(p));
         for (_, (_, link)) in std::mem::replace(&mut s.attached, ports) {
             // A port gone (its link went with it) or now shaped.
             let _ = program(&mut s.ebpf, FROM_CONTAINER)?.detach(link);
+        }
+        // A counter per attached port: made when it is attached, kept (an
+        // earlier agent's) while it stays, removed with it.
+        let indexes: std::collections::BTreeSet<u32> = s.attached.values().map(|(i, _)| *i).collect();
+        let counted: Vec<u32> = s.delivered.keys().filter_map(Result::ok).collect();
+        for i in counted.iter().filter(|i| !indexes.contains(i)) {
+            let _ = s.delivered.remove(i);
+        }
+        for i in indexes.iter().filter(|i| !counted.contains(i)) {
+            s.delivered.insert(i, [0u8; 16], 0).map_err(|e| FastPathError::Map(maps::PORTS, e.to_string()))?;
         }
         if s.last.replace(tables.clone()).is_none() {
             self.first_tables.notify_one();
@@ -303,6 +337,20 @@ impl FastPath {
         let counts = self.flow_counts();
         let zones = self.state().zones.clone();
         crate::fastpath::add_counts(entries, &zones, &counts);
+    }
+
+    /// Packets and bytes the fast path delivered into the containers behind
+    /// host ports (their link counters do not see them), by port name.
+    pub fn delivered(&self) -> HashMap<String, (u64, u64)> {
+        let s = self.state();
+        s.attached
+            .iter()
+            .filter_map(|(port, (index, _))| {
+                let v = s.delivered.get(index, 0).ok()?;
+                let half = |i: usize| u64::from_ne_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+                Some((port.clone(), (half(0), half(8))))
+            })
+            .collect()
     }
 
     /// How many flows (one direction each) the fast path holds.

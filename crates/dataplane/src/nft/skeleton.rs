@@ -104,6 +104,7 @@ table inet tessera {{
     }}
     chain isolation {{
         type filter hook prerouting priority mangle; policy accept;
+        ct state new ct event set new,related,assured,destroy comment "no event per TCP state: flow records read new ones, the fast path assured and ended ones"
         iifname "tb*" ct state new meta nfproto ipv4 iifname . ip daddr != @reach4 {isolation_log}
         iifname "tb*" ct state new meta nfproto ipv6 iifname . ip6 daddr != @reach6 {isolation_log}
     }}
