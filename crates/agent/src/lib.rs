@@ -92,6 +92,9 @@ pub enum DataplaneKind {
     Ebpf,
 }
 
+/// The least time between two syncs of the fast path's maps.
+const FASTPATH_SYNC_PAUSE: Duration = Duration::from_millis(250);
+
 /// Keeps the fast path's maps and ports those of the last desired state
 /// reconciled, off the reconcile's path (an attach does not wait for it:
 /// until then, its packets take the kernel path).
@@ -100,6 +103,8 @@ async fn fastpath_sync(
     mut states: watch::Receiver<Option<Arc<tessera_dataplane::DesiredHost>>>,
 ) {
     loop {
+        // A burst of changes (attaches) is one sync.
+        tokio::time::sleep(FASTPATH_SYNC_PAUSE).await;
         let desired = states.borrow_and_update().clone();
         if let Some(d) = desired {
             match tessera_dataplane::fastpath::tables(&d) {

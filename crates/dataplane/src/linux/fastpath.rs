@@ -52,6 +52,8 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 const RETIRED_KEEP: Duration = Duration::from_secs(30);
 /// Conntrack's liberal TCP window tracking (of the namespace).
 const TCP_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+/// `BPF_NOEXIST`: an update that makes an entry only.
+const BPF_NOEXIST: u64 = 1;
 /// The tc priority of Tessera's filters.
 const PRIORITY: u16 = 1;
 
@@ -78,6 +80,8 @@ struct State {
     tunnels: BpfHash<MapData, u32, u32>,
     /// What the fast path delivered behind each host port.
     delivered: BpfHash<MapData, u32, [u8; 16]>,
+    /// The ports `delivered` has an entry of.
+    counted: std::collections::BTreeSet<u32>,
     held_src: BTreeMap<[u8; 20], [u8; 12]>,
     held_dst: BTreeMap<[u8; 20], [u8; 20]>,
     held_tunnels: BTreeMap<u32, u32>,
@@ -92,6 +96,8 @@ struct State {
     /// When each port not attached yet was first seen (by its index).
     seen: BTreeMap<String, (u32, Instant)>,
     zones: BTreeMap<u16, Vec<Vni>>,
+    /// The flows `flows` holds.
+    admitted: std::collections::HashSet<FlowKey>,
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
     kernel_only: BTreeMap<Vni, &'static str>,
@@ -147,6 +153,7 @@ impl FastPath {
         let src: BpfHash<MapData, [u8; 20], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
         let dst: BpfHash<MapData, [u8; 20], [u8; 20]> = take(&mut ebpf, maps::DST)?;
         let tunnels: BpfHash<MapData, u32, u32> = take(&mut ebpf, maps::TUNNELS)?;
+        let delivered: BpfHash<MapData, u32, [u8; 16]> = take(&mut ebpf, maps::PORTS)?;
         // What an earlier agent's maps hold, so that what the host no
         // longer wants is removed.
         let (held_src, held_dst, held_tunnels) = (
@@ -154,12 +161,15 @@ impl FastPath {
             dst.iter().filter_map(Result::ok).collect(),
             tunnels.iter().filter_map(Result::ok).collect(),
         );
+        let flows: Flows = take(&mut ebpf, maps::FLOWS)?;
+        let admitted = flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).collect();
         let state = State {
             src,
             dst,
-            flows: take(&mut ebpf, maps::FLOWS)?,
+            flows,
             tunnels,
-            delivered: take(&mut ebpf, maps::PORTS)?,
+            counted: delivered.keys().filter_map(Result::ok).collect(),
+            delivered,
             ebpf,
             held_src,
             held_dst,
@@ -169,6 +179,7 @@ impl FastPath {
             shaped: Default::default(),
             seen: BTreeMap::new(),
             zones: BTreeMap::new(),
+            admitted,
             retired: HashMap::new(),
             kernel_only: BTreeMap::new(),
         };
@@ -236,13 +247,13 @@ impl FastPath {
         // A counter per attached port: made when it is attached, kept (an
         // earlier agent's) while it stays, removed with it.
         let indexes: std::collections::BTreeSet<u32> = s.attached.values().map(|(i, _)| *i).collect();
-        let counted: Vec<u32> = s.delivered.keys().filter_map(Result::ok).collect();
-        for i in counted.iter().filter(|i| !indexes.contains(i)) {
+        for i in s.counted.difference(&indexes) {
             let _ = s.delivered.remove(i);
         }
-        for i in indexes.iter().filter(|i| !counted.contains(i)) {
+        for i in indexes.difference(&s.counted) {
             s.delivered.insert(i, [0u8; 16], 0).map_err(|e| FastPathError::Map(maps::PORTS, e.to_string()))?;
         }
+        s.counted = indexes;
         if s.last.replace(tables.clone()).is_none() {
             self.first_tables.notify_one();
         }
@@ -355,7 +366,7 @@ impl FastPath {
 
     /// How many flows (one direction each) the fast path holds.
     pub fn flows(&self) -> usize {
-        self.state().flows.keys().count()
+        self.state().admitted.len()
     }
 
     /// Which path a host port's packets take, and why.
@@ -413,24 +424,45 @@ impl FastPath {
 }
 
 impl State {
+    /// Applies a batch of events: per connection only its last event
+    /// counts (a short connection that became assured and ended within the
+    /// batch costs nothing), and only flows the map does not hold or holds
+    /// are written.
     fn apply(&mut self, events: &[CtEvent]) {
+        let mut last: HashMap<FlowKey, Admission> = HashMap::new();
         for ev in events {
             match admission(ev, &self.zones) {
-                Admission::Admit(keys) => {
-                    for k in keys {
-                        let key = bytes::flow_key(&k);
-                        if self.flows.get(&key, 0).is_err() {
-                            let _ = self.flows.insert(key, bytes::FLOW_ZERO, 0);
-                        }
+                Admission::Ignore => {}
+                a @ (Admission::Admit(_) | Admission::Remove(_)) => {
+                    let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
+                    if let Some(first) = keys.first() {
+                        last.insert(*first, a.clone());
                     }
                 }
-                Admission::Remove(keys) => {
-                    for k in keys {
-                        self.retire(k);
-                    }
-                }
+            }
+        }
+        for a in last.into_values() {
+            match a {
+                Admission::Admit(keys) => keys.into_iter().for_each(|k| self.admit(k)),
+                Admission::Remove(keys) => keys.into_iter().for_each(|k| self.retire(k)),
                 Admission::Ignore => {}
             }
+        }
+    }
+
+    fn admit(&mut self, k: FlowKey) {
+        if self.admitted.contains(&k) {
+            return;
+        }
+        // BPF_NOEXIST: an entry there (an earlier agent's) keeps its counts.
+        match self.flows.insert(bytes::flow_key(&k), bytes::FLOW_ZERO, BPF_NOEXIST) {
+            Ok(()) => {
+                self.admitted.insert(k);
+            }
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                self.admitted.insert(k);
+            }
+            Err(e) => tracing::debug!(error = %e, "a flow does not enter the fast path"),
         }
     }
 
@@ -446,12 +478,11 @@ impl State {
                 admitted.extend(keys);
             }
         }
+        // What the map really holds (an earlier agent's flows among them).
+        self.admitted = self.flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).collect();
         self.drop_flows(|k| !admitted.contains(k));
         for k in admitted {
-            let key = bytes::flow_key(&k);
-            if self.flows.get(&key, 0).is_err() {
-                let _ = self.flows.insert(key, bytes::FLOW_ZERO, 0);
-            }
+            self.admit(k);
         }
         let now = Instant::now();
         self.retired.retain(|_, (_, at)| now.duration_since(*at) < RETIRED_KEEP);
@@ -459,6 +490,9 @@ impl State {
 
     /// Takes a flow off the fast path, keeping what it carried.
     fn retire(&mut self, k: FlowKey) {
+        if !self.admitted.remove(&k) {
+            return;
+        }
         let key = bytes::flow_key(&k);
         if let Ok(v) = self.flows.get(&key, 0) {
             let _ = self.flows.remove(&key);
@@ -470,8 +504,7 @@ impl State {
     }
 
     fn drop_flows(&mut self, doomed: impl Fn(&FlowKey) -> bool) {
-        let keys: Vec<FlowKey> =
-            self.flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).filter(|k| doomed(k)).collect();
+        let keys: Vec<FlowKey> = self.admitted.iter().filter(|k| doomed(k)).copied().collect();
         for k in keys {
             self.retire(k);
         }
