@@ -36,6 +36,10 @@ pub(super) async fn interfaces(h: &Handle) -> Result<Vec<VifEntry>, DataplaneErr
                 });
                 (VifKind::Endpoint, vni)
             }
+            // The fast path's metadata-mode VXLAN device: every network's.
+            None if l.name == crate::fastpath::MD_DEVICE && l.alias.as_deref() == Some(crate::names::LINK_MARK) => {
+                (VifKind::Tunnel, None)
+            }
             None if l.kind.is_none() && !l.flags.contains(LinkFlags::Loopback) => (VifKind::Physical, None),
             None => (VifKind::Host, None),
         };
