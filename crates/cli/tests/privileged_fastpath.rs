@@ -137,18 +137,7 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     // Across hosts: once established, a TCP flow travels on the fast
     // path's port, not on the network's VXLAN port (its first packets,
     // until conntrack says it is established, took the kernel path).
-    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &a2[0], |c| {
-        let mut kernel_path = vec![];
-        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
-            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
-        });
-        // The stream's TCP packets, not what else the network carries.
-        kernel_path.retain(|l| l.contains(": tcp"));
-        (fast, kernel_path)
-    });
-    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
-    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
-    assert!(kernel_path.is_empty(), "packets of an established flow took the kernel path's tunnel: {kernel_path:?}");
+    across_hosts_on_the_fast_path(&c, "c2", &a2[0]);
 
     // Within a host: an established flow's packets do not cross the bridge.
     let (on_bridge, _, sent) = steady(&c, "c1", "c3", &a3[0], |c| {
@@ -210,6 +199,25 @@ fn privileged_flow_records_count_what_the_fast_path_carried() {
         );
         thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Once established, a TCP stream from c1 (on h1) to `server` at `dst` (on
+/// h2) travels on the fast path's port, not on the network's VXLAN port
+/// (its first packets, until conntrack says it is established, took the
+/// kernel path).
+fn across_hosts_on_the_fast_path(c: &Cluster, server: &str, dst: &str) {
+    let (fast, kernel_path, sent) = steady(c, "c1", server, dst, |c| {
+        let mut kernel_path = vec![];
+        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
+            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
+        });
+        // The stream's TCP packets, not what else the network carries.
+        kernel_path.retain(|l| l.contains(": tcp"));
+        (fast, kernel_path)
+    });
+    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
+    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
+    assert!(kernel_path.is_empty(), "packets of an established flow took the kernel path's tunnel: {kernel_path:?}");
 }
 
 /// Runs `watch` one second into a 4-second iperf3 stream from `client` to
@@ -397,17 +405,7 @@ fn privileged_flows_between_networks_a_policy_connects_take_the_fast_path() {
     assert_eq!(c.ping("c1", &g2[0], 2).unwrap(), 2, "blue reaches green across hosts");
     settled(&c, &["h1", "h2"]);
 
-    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &g2[0], |c| {
-        let mut kernel_path = vec![];
-        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
-            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
-        });
-        kernel_path.retain(|l| l.contains(": tcp"));
-        (fast, kernel_path)
-    });
-    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
-    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
-    assert!(kernel_path.is_empty(), "packets of an established flow between networks took the kernel path: {kernel_path:?}");
+    across_hosts_on_the_fast_path(&c, "c2", &g2[0]);
 
     let (on_bridges, _, sent) = steady(&c, "c1", "c3", &g3[0], |c| {
         let mut on_green = vec![];
@@ -431,15 +429,5 @@ fn privileged_ipv6_flows_take_the_fast_path() {
     let a2 = addresses(&c.attach("c2", "six", &[]).unwrap());
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "IPv6 across hosts (kernel path: ICMPv6)");
     settled(&c, &["h1", "h2"]);
-    let (fast, kernel_path, sent) = steady(&c, "c1", "c2", &a2[0], |c| {
-        let mut kernel_path = vec![];
-        let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
-            kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
-        });
-        kernel_path.retain(|l| l.contains(": tcp"));
-        (fast, kernel_path)
-    });
-    assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
-    assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
-    assert!(kernel_path.is_empty(), "packets of an established IPv6 flow took the kernel path: {kernel_path:?}");
+    across_hosts_on_the_fast_path(&c, "c2", &a2[0]);
 }
