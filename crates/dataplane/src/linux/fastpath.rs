@@ -133,7 +133,7 @@ impl FastPath {
         let (conn, netlink, _) =
             rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
         tokio::spawn(conn);
-        let md_ifindex = md_device(mtu).await?;
+        let md_ifindex = md_device(&netlink, mtu).await?;
         // Conntrack does not see the packets the fast path carries, so its
         // TCP window tracking would find the connection's end out of window
         // and never see it close: it checks only resets, as it does for a
@@ -688,11 +688,15 @@ struct BpfMount(std::path::PathBuf);
 
 impl BpfMount {
     fn new() -> Result<BpfMount, FastPathError> {
-        let dir = std::env::temp_dir().join(format!("tessera-bpf-{}", std::process::id()));
-        let kernel = |e: String| FastPathError::Kernel(format!("bpf file system at {}", dir.display()), e);
-        std::fs::create_dir_all(&dir).map_err(|e| kernel(e.to_string()))?;
-        nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| kernel(e.to_string()))?;
+        // A directory of its own, made anew (never one someone put there
+        // first: root mounts on it).
+        let template = std::env::temp_dir().join("tessera-bpf-XXXXXX");
+        let kernel = |e: String| FastPathError::Kernel(format!("bpf file system in {}", template.display()), e);
+        let dir = nix::unistd::mkdtemp(&template).map_err(|e| kernel(e.to_string()))?;
+        if let Err(e) = nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(kernel(e.to_string()));
+        }
         Ok(BpfMount(dir))
     }
 }
@@ -707,10 +711,8 @@ impl Drop for BpfMount {
 /// Makes the metadata-mode VXLAN device (`ip link add tfast type vxlan
 /// external dstport 4799 nolearning`, alias `tessera`, up) unless it is
 /// there; its index.
-async fn md_device(mtu: u32) -> Result<u32, FastPathError> {
+async fn md_device(handle: &rtnetlink::Handle, mtu: u32) -> Result<u32, FastPathError> {
     let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {MD_DEVICE}"), e.to_string());
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
-    tokio::spawn(conn);
     if ifindex(MD_DEVICE).is_none() {
         let msg = rtnetlink::LinkVxlan::new(MD_DEVICE, 0)
             .port(FASTPATH_PORT)
