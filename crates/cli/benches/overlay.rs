@@ -153,7 +153,7 @@ fn main() -> Result<()> {
     cluster.run().context("cannot start Tessera in the fabric")?;
     let dataplane = args.iter().position(|a| a == "--dataplane").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
     eprintln!("fabric {prefix} up in {:.1?}; plan {plan:?}", started.elapsed());
-    let result = run(&mut cluster, plan).map(|mut r| {
+    let result = run(&mut cluster, plan, &dataplane).map(|mut r| {
         r.dataplane = dataplane;
         r
     });
@@ -174,6 +174,8 @@ fn main() -> Result<()> {
 struct Report {
     mtu_overlay: u32,
     mtu_baseline: u32,
+    /// The paths of the ports of h1 and h2 when the measures began.
+    paths: String,
     tput: Pair<Iperf>,
     rr: Pair<Rr>,
     /// Probing from the start of each attach call (the benchmark's figure).
@@ -214,7 +216,7 @@ struct Side {
     server_addr: Ipv4Addr,
 }
 
-fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
+fn run(c: &mut Cluster, plan: Plan, dataplane: &str) -> Result<Report> {
     let mut report = Report::default();
     c.cli_ok(&["network", "add", NETWORK, "--subnet", SUBNET])?;
 
@@ -245,6 +247,7 @@ fn run(c: &mut Cluster, plan: Plan) -> Result<Report> {
         }
     }
 
+    report.paths = wait_for_fast_path(c, dataplane)?;
     eprintln!("agents (their CPU is sampled during each iperf3 run): pids {:?}", agent_pids(c));
     if !plan.attach_only {
         eprintln!("== 1. cross-host TCP throughput, {FEW_ENDPOINTS} endpoints");
@@ -411,6 +414,37 @@ fn baseline_connect(
     ip(n, &["neigh", "replace", BASE_NEXT_HOP, "lladdr", BASE_HOST_MAC, "dev", "eth0", "nud", "permanent"])?;
     ip(n, &["route", "add", "default", "via", BASE_NEXT_HOP])?;
     Ok(())
+}
+
+/// Waits until the endpoint ports of h1 and h2 (the measured pair's among
+/// them) take the fast path, as `tessera vif list` shows (a new port does
+/// after a moment), unless the agents run the kernel path; returns the ports'
+/// paths, counted. With `--dataplane ebpf`, a port still on the kernel path
+/// after 15 s is an error.
+fn wait_for_fast_path(c: &Cluster, dataplane: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut paths = BTreeMap::<String, usize>::new();
+        for host in ["h1", "h2"] {
+            let socket = c.agent_socket(host).display().to_string();
+            let out = c.tessera_on(host, &["--json", "vif", "list", "--socket", &socket], &[])?;
+            let vifs: serde_json::Value = serde_json::from_slice(&out.stdout).context("vif list --json")?;
+            for v in vifs.as_array().into_iter().flatten().filter(|v| v["kind"] == "endpoint") {
+                *paths.entry(v["path"].as_str().unwrap_or("unknown").to_string()).or_default() += 1;
+            }
+        }
+        let shown = paths.iter().map(|(path, n)| format!("{n} {path}")).collect::<Vec<_>>().join(", ");
+        if dataplane == "kernel" || paths.keys().all(|p| p == "ebpf") {
+            return Ok(shown);
+        }
+        if Instant::now() >= deadline {
+            if dataplane == "ebpf" {
+                bail!("the ports of h1 and h2 do not all take the fast path: {shown}");
+            }
+            return Ok(shown);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// MTU of `eth0` in `ns`.
@@ -885,6 +919,7 @@ impl Report {
             if self.dataplane.is_empty() { "the agent's default" } else { &self.dataplane },
             if fast { "eBPF fast path" } else { "kernel path" }
         );
+        println!("ports of h1 and h2: {}", self.paths);
         let goal = |ebpf: &'static str, kernel: &'static str| if fast { ebpf } else { kernel };
         println!("{:<48} {:>14} {:>14} {:>8}  goal", "benchmark", "tessera", "baseline", "ratio");
         let row = |name: &str, o: String, b: String, ratio: f64, goal: &str| {
