@@ -32,7 +32,9 @@
 //!    last) ÷ with a 10-rule one, at the size of benchmark 4.
 //!
 //! The goals printed are those of the data plane the agents run
-//! (`--dataplane`): the eBPF fast path's, or the kernel path's.
+//! (`--dataplane`): the eBPF fast path's, or the kernel path's. With the fast
+//! path, the measures begin once every port of h1 and h2 takes it (`tessera
+//! vif list` shows each port's path; a new port does after 2 s).
 //!
 //! Throughput and request/response runs alternate overlay and baseline and
 //! report the median of three. `--quick`: one run each, 2 s instead of 5, and
