@@ -29,7 +29,11 @@
 //! 5. new TCP connections per second (connect and reset, one at a time) ÷ the
 //!    baseline: the first packets of every connection take the kernel path;
 //! 6. throughput with a 50,000-rule policy on the network (the flow's rule
-//!    last) ÷ with a 10-rule one, at the size of benchmark 4.
+//!    last) ÷ with a 10-rule one, at the size of benchmark 4;
+//! 7. under that policy, a running stream (1 KiB a millisecond, established
+//!    for a second: on the fast path when the agents run it) refused by a
+//!    change of its rule to `deny`: from the request until the server's last
+//!    read, 30 changes (10 with `--quick`); goal p99 ≤ 50 ms.
 //!
 //! The goals printed are those of the data plane the agents run
 //! (`--dataplane`): the eBPF fast path's, or the kernel path's. With the fast
@@ -58,6 +62,8 @@ use tessera_testkit::{addresses, exec_in, Cluster, ClusterSpec, Netns};
 
 #[path = "common/connect.rs"]
 mod connect;
+#[path = "overlay/stream_end.rs"]
+mod stream_end;
 
 /// The network every overlay container joins.
 const NETWORK: &str = "bench";
@@ -193,6 +199,8 @@ struct Report {
     cps: Pair<f64>,
     tput_few_rules: Pair<Iperf>,
     tput_many_rules: Pair<Iperf>,
+    /// 7: how long a running stream lasted after the request that refused it, ms.
+    stream_end: Vec<f64>,
     /// The agents' `--dataplane` (empty: their default).
     dataplane: String,
 }
@@ -298,16 +306,21 @@ fn run(c: &mut Cluster, plan: Plan, dataplane: &str) -> Result<Report> {
     report.endpoints_many = endpoint_count(c)?;
     report.tput_many = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
     eprintln!("== 6. throughput under a {FEW_RULES}-rule and a {MANY_RULES}-rule policy");
-    policy(c, "few", FEW_RULES)?;
+    policy(c, "few", FEW_RULES, None)?;
     report.tput_few_rules = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
-    policy(c, "many", MANY_RULES)?;
+    policy(c, "many", MANY_RULES, Some("few"))?;
     report.tput_many_rules = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
+    eprintln!("== 7. a deny rule ends a running stream, under the {MANY_RULES}-rule policy");
+    let server = SocketAddr::from((c2, IPERF_PORT));
+    report.stream_end = stream_end::stream_end(c, "many", MANY_RULES - 1, NETWORK, server, 10 * plan.runs)?;
     Ok(report)
 }
 
 /// Attaches a policy of `n` rules to the network, iperf3's rule last (deny
-/// rules for other ports before it), and waits for the agents to enforce it.
-fn policy(c: &Cluster, name: &str, n: usize) -> Result<()> {
+/// rules for other ports before it), in place of the one `replaces` (a
+/// network's policies are an ordered list: the earlier one's pass would
+/// match first), and waits for the agents to enforce it.
+fn policy(c: &Cluster, name: &str, n: usize, replaces: Option<&str>) -> Result<()> {
     let mut rules: Vec<String> = (0..n - 1).map(|i| format!("deny tcp {NETWORK} any > {NETWORK} {}", 10_000 + i)).collect();
     rules.push(format!("pass tcp {NETWORK} any > {NETWORK} {IPERF_PORT}"));
     let builder = tessera_testkit::admin_http(c)?;
@@ -318,7 +331,10 @@ fn policy(c: &Cluster, name: &str, n: usize) -> Result<()> {
     if !resp.status().is_success() {
         bail!("policy {name}: {} {}", resp.status(), resp.text().unwrap_or_default());
     }
-    c.cli_ok(&["network", "update", NETWORK, "--policy", name])?;
+    match replaces {
+        Some(old) => c.cli_ok(&["network", "update", NETWORK, "--detach-policy", old, "--policy", name])?,
+        None => c.cli_ok(&["network", "update", NETWORK, "--policy", name])?,
+    };
     // The agents compile and install it (a second or two for 50,000 rules).
     thread::sleep(Duration::from_secs(if n > 1_000 { 10 } else { 2 }));
     Ok(())
@@ -1015,6 +1031,12 @@ impl Report {
                 (m_o / m_b) / (t_o / t_b),
                 "drift-corrected 4.",
             );
+            let v = &self.stream_end;
+            lat_row(
+                &format!("7. deny rule → a running stream stops (ms, {MANY_RULES} rules)"),
+                v,
+                &format!("p99 {:.0} ms; goal p99 ≤ 50 (max {:.0}, {} changes)", p(v, 0.99), p(v, 1.0), v.len()),
+            );
         }
         println!();
         println!("Runs (in order; tessera / baseline):");
@@ -1056,6 +1078,7 @@ impl Report {
             );
             tput(&format!("6. {FEW_RULES:>5} rules"), &self.tput_few_rules);
             tput(&format!("6. {MANY_RULES:>5} rules"), &self.tput_many_rules);
+            println!("  7. ms from the request to the stream's last byte: {}", list(self.stream_end.iter().copied(), 1));
         }
         println!();
         println!("total run time {:.0} s", elapsed.as_secs_f64());
