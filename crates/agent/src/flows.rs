@@ -314,7 +314,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
         tokio::select! {
             m = events.recv() => {
                 let Some(m) = m else { return };
-                let CtMessage::Events(evs) = m else {
+                let CtMessage::Events(evs, _) = m else {
                     agent.metrics.flows_lost.inc();
                     continue;
                 };

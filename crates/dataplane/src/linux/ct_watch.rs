@@ -32,11 +32,12 @@ pub const RECEIVE_BUFFER: usize = 8 << 20;
 /// stream is still wanted.
 const QUIET_CHECK: Duration = Duration::from_secs(1);
 
-/// What the stream carries: events, and how many were lost to a full socket
-/// buffer (a burst faster than they are read).
+/// What the stream carries: events, with the time the reading of the
+/// batch before them ended (each happened after it), and how many were lost
+/// to a full socket buffer (a burst faster than they are read).
 #[derive(Debug, Clone)]
 pub enum CtMessage {
-    Events(Vec<CtEvent>),
+    Events(Vec<CtEvent>, std::time::Instant),
     Lost,
 }
 
@@ -74,6 +75,7 @@ pub fn conntrack_events_of(groups: &[u32]) -> std::io::Result<mpsc::Receiver<CtM
 /// pauses [`BATCH_EVERY`].
 fn read_batches(socket: &Socket, tx: &mpsc::Sender<CtMessage>) {
     let mut buf: Vec<u8> = vec![0; 64 << 10];
+    let mut since = std::time::Instant::now();
     loop {
         let mut events = Vec::new();
         let mut lost = false;
@@ -91,12 +93,14 @@ fn read_batches(socket: &Socket, tx: &mpsc::Sender<CtMessage>) {
             // The first read waits; the rest take what is queued.
             flags = libc::MSG_DONTWAIT;
         }
+        let read = std::time::Instant::now();
         if lost && tx.blocking_send(CtMessage::Lost).is_err() {
             return;
         }
-        if !events.is_empty() && tx.blocking_send(CtMessage::Events(events)).is_err() {
+        if !events.is_empty() && tx.blocking_send(CtMessage::Events(events, since)).is_err() {
             return;
         }
+        since = read;
         if tx.is_closed() {
             return;
         }

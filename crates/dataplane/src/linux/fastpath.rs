@@ -101,6 +101,8 @@ struct State {
     /// Counts of flows that left the fast path, kept for flow records.
     retired: HashMap<FlowKey, ((u64, u64), Instant)>,
     kernel_only: BTreeMap<Vni, &'static str>,
+    /// When the zones of these networks were last flushed.
+    flushed_at: HashMap<Vni, Instant>,
 }
 
 /// The fast path of this namespace.
@@ -182,6 +184,7 @@ impl FastPath {
             admitted,
             retired: HashMap::new(),
             kernel_only: BTreeMap::new(),
+            flushed_at: HashMap::new(),
         };
         let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex, netlink, first_tables: tokio::sync::Notify::new() });
         let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
@@ -323,6 +326,10 @@ impl FastPath {
         let mut s = self.state();
         let vnis: Vec<Vni> = zones.iter().filter_map(|z| s.zones.get(z)).flatten().copied().collect();
         if !vnis.is_empty() {
+            let now = Instant::now();
+            // Events and dumps read before now may admit them again: not those.
+            s.flushed_at.retain(|_, at| now.duration_since(*at) < 2 * RESYNC_EVERY);
+            s.flushed_at.extend(vnis.iter().map(|v| (*v, now)));
             s.drop_flows(|k| vnis.contains(&k.vni));
         }
     }
@@ -399,7 +406,7 @@ impl FastPath {
                 _ = self.first_tables.notified() => resync.reset_immediately(),
                 _ = ports.tick() => self.sync_again().await,
                 m = events.recv() => match m {
-                    Some(super::CtMessage::Events(batch)) => self.state().apply(&batch),
+                    Some(super::CtMessage::Events(batch, since)) => self.state().apply(&batch, since),
                     Some(super::CtMessage::Lost) => resync.reset_immediately(),
                     None => {
                         tracing::warn!("conntrack events ended; flows enter the fast path only at each resync");
@@ -407,13 +414,14 @@ impl FastPath {
                     }
                 },
                 _ = resync.tick() => {
+                    let since = Instant::now();
                     let table = tokio::task::spawn_blocking(|| {
                         let mut socket = crate::nfnetlink::NetfilterSocket::open()?;
                         crate::nfnetlink::conntrack_table(&mut socket)
                     })
                     .await;
                     match table {
-                        Ok(Ok(entries)) => self.state().resync(&entries),
+                        Ok(Ok(entries)) => self.state().resync(&entries, since),
                         Ok(Err(e)) => tracing::warn!(error = %e, "dumping conntrack for the fast path failed"),
                         Err(e) => tracing::warn!(error = %e, "dumping conntrack for the fast path failed"),
                     }
@@ -428,10 +436,10 @@ impl State {
     /// counts (a short connection that became assured and ended within the
     /// batch costs nothing), and only flows the map does not hold or holds
     /// are written.
-    fn apply(&mut self, events: &[CtEvent]) {
+    fn apply(&mut self, events: &[CtEvent], since: Instant) {
         let mut last: HashMap<FlowKey, Admission> = HashMap::new();
         for ev in events {
-            match admission(ev, &self.zones) {
+            match self.fresh(admission(ev, &self.zones), since) {
                 Admission::Ignore => {}
                 a @ (Admission::Admit(_) | Admission::Remove(_)) => {
                     let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
@@ -447,6 +455,19 @@ impl State {
                 Admission::Remove(keys) => keys.into_iter().for_each(|k| self.retire(k)),
                 Admission::Ignore => {}
             }
+        }
+    }
+
+    /// `a`, or nothing when it admits a flow of a network whose zone was
+    /// flushed after `since` (when what it was read from began): conntrack
+    /// allowed the flow under the rules of before (the flush ended its
+    /// entry), and the flow comes back when conntrack allows it again.
+    fn fresh(&self, a: Admission, since: Instant) -> Admission {
+        match &a {
+            Admission::Admit(keys) if keys.iter().any(|k| self.flushed_at.get(&k.vni).is_some_and(|at| *at >= since)) => {
+                Admission::Ignore
+            }
+            _ => a,
         }
     }
 
@@ -468,13 +489,13 @@ impl State {
 
     /// Makes the flows those of the admitted connections in `entries`;
     /// nothing before the first tables (which zones are whose unknown).
-    fn resync(&mut self, entries: &[CtEvent]) {
+    fn resync(&mut self, entries: &[CtEvent], since: Instant) {
         if self.last.is_none() {
             return;
         }
         let mut admitted = std::collections::HashSet::new();
         for ev in entries {
-            if let Admission::Admit(keys) = admission(ev, &self.zones) {
+            if let Admission::Admit(keys) = self.fresh(admission(ev, &self.zones), since) {
                 admitted.extend(keys);
             }
         }
