@@ -113,6 +113,8 @@ pub struct FastPath {
     /// Told when the first tables arrive: flows are admitted from a dump of
     /// conntrack then (which networks' zones they are in is known).
     first_tables: tokio::sync::Notify,
+    /// Held by a sync.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 /// What [`FastPath::status`] reports of a host port.
@@ -186,7 +188,13 @@ impl FastPath {
             kernel_only: BTreeMap::new(),
             flushed_at: HashMap::new(),
         };
-        let fp = Arc::new(FastPath { state: Mutex::new(state), md_ifindex, netlink, first_tables: tokio::sync::Notify::new() });
+        let fp = Arc::new(FastPath {
+            state: Mutex::new(state),
+            md_ifindex,
+            netlink,
+            first_tables: tokio::sync::Notify::new(),
+            syncing: tokio::sync::Mutex::new(()),
+        });
         let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
             .map_err(|e| FastPathError::Kernel("conntrack events".into(), e.to_string()))?;
         tokio::spawn(fp.clone().admit(events));
@@ -204,6 +212,9 @@ impl FastPath {
     /// plugin sets, which the fast path would bypass): they keep the kernel
     /// path.
     pub async fn sync(&self, tables: &Tables) -> Result<(), FastPathError> {
+        // One at a time (the agent's and the check every second): two dumps
+        // at once on the one netlink socket fail (EBUSY).
+        let _one = self.syncing.lock().await;
         let shaped = self.shaped_ports().await?;
         let mut s = self.state();
         let s = &mut *s;
