@@ -283,10 +283,11 @@ pub enum ElementVerdict {
     Return,
     /// `drop`
     Drop,
-    /// `continue`: the rest of the lookup's rule runs, which rejects
-    /// (`… vmap @m goto rj<S>`). A reject element is not a `goto`: adding
-    /// one would make the kernel validate every jump of the table, every
-    /// element of every verdict map included.
+    /// `continue`: the rest of the lookup's rule runs, which refuses as
+    /// the map's tail says (`… vmap @m goto dn<S>`, or `goto rj<S>`). Such
+    /// an element is not a `goto`: adding one would make the kernel
+    /// validate every jump of the table, every element of every verdict map
+    /// included.
     Continue,
     /// `goto g…`: log, then decide.
     Goto(String),

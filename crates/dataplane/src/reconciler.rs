@@ -80,20 +80,23 @@ impl Reconciler {
         let t0 = Instant::now();
         desired.validate()?;
         let known = self.lock().take().filter(|k| k.observed_at.elapsed() < self.max_age);
+        let observed;
         let (mut state, observed_at, actions) = match (look, known) {
             (Look::Known, Some(mut k)) => {
                 k.state.nft = dp.observe_nft().await?;
+                observed = Instant::now();
                 let actions = plan(desired, &k.state);
                 (k.state, k.observed_at, actions)
             }
             (_, known) => {
-                let observed = dp.observe().await?;
-                let actions = plan(desired, &observed);
+                let state = dp.observe().await?;
+                observed = Instant::now();
+                let actions = plan(desired, &state);
                 if let Some(mut k) = known {
-                    k.state.nft = observed.nft.clone();
+                    k.state.nft = state.nft.clone();
                     log_difference(&plan(desired, &k.state), &actions);
                 }
-                (observed, t0, actions)
+                (state, t0, actions)
             }
         };
         // The data plane updates its own copy of the nftables state as it
@@ -119,7 +122,8 @@ impl Reconciler {
             planned = actions.len(),
             failed = report.failures.len(),
             looked,
-            observe_and_plan_ms = ms(t0, t1),
+            observe_ms = ms(t0, observed),
+            plan_ms = ms(observed, t1),
             apply_ms = ms(t1, Instant::now()),
             "data plane plan applied"
         );

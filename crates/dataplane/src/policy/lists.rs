@@ -51,12 +51,13 @@ pub const HASH_MIN: usize = 32;
 /// Most elements in one hash map.
 pub const MAX_HASH_ELEMENTS: usize = 65_536;
 
-fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry) -> ElementVerdict {
+fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry, tail: Tail) -> ElementVerdict {
     match &e.log {
-        None => match e.verdict {
-            Verdict::Pass => ElementVerdict::Return,
-            Verdict::Deny => ElementVerdict::Goto(deny_chain(s)),
-            Verdict::Reject => ElementVerdict::Continue,
+        None => match (e.verdict, tail) {
+            (Verdict::Pass, _) => ElementVerdict::Return,
+            (Verdict::Deny, Tail::Deny) | (Verdict::Reject, Tail::Reject) => ElementVerdict::Continue,
+            (Verdict::Deny, Tail::Reject) => ElementVerdict::Goto(deny_chain(s)),
+            (Verdict::Reject, Tail::Deny) => ElementVerdict::Goto(reject_chain(s)),
         },
         Some(prefix) => {
             let policy8 = &e.origin.policy.simple().to_string()[..8];
@@ -66,6 +67,45 @@ fn element_verdict(out: &mut PolicyObjects, s: Vni, d: Vni, i: usize, e: &Entry)
                 chain(ChainKind::Log, vec![log], &plain_verdict(e.verdict, s), None)
             });
             ElementVerdict::Goto(g)
+        }
+    }
+}
+
+/// What a map's lookup rule does after a `continue` element (its tail):
+/// refuse as a deny (`goto dn<S>`) or as a reject (`goto rj<S>`). Elements
+/// of that refusal are `continue`s, those of the other `goto`s: adding an
+/// element that jumps makes the kernel validate every jump of the table,
+/// every element of every verdict map included (10–20 ms at 50,000
+/// elements), so the tail is the refusal most of the map's entries make,
+/// deny when none refuses: turning a pass into that refusal (or back)
+/// adds no jump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tail {
+    Deny,
+    Reject,
+}
+
+impl Tail {
+    fn of<'e>(entries: impl Iterator<Item = &'e Entry>) -> Tail {
+        let (mut deny, mut reject) = (0usize, 0usize);
+        for e in entries.filter(|e| e.log.is_none()) {
+            match e.verdict {
+                Verdict::Deny => deny += 1,
+                Verdict::Reject => reject += 1,
+                Verdict::Pass => {}
+            }
+        }
+        if reject > deny {
+            Tail::Reject
+        } else {
+            Tail::Deny
+        }
+    }
+
+    fn chain(self, s: Vni) -> String {
+        match self {
+            Tail::Deny => deny_chain(s),
+            Tail::Reject => reject_chain(s),
         }
     }
 }
@@ -85,6 +125,7 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
         objects: PolicyObjects::default(),
         places: vec![(u32::MAX, u32::MAX); list.entries.len()],
         map_names: Vec::new(),
+        tails: Vec::new(),
     };
     let out = &mut lo.objects;
     let mut layers: BTreeMap<(u32, Family), Vec<(usize, &Entry)>> = BTreeMap::new();
@@ -135,8 +176,9 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
             let fields: String = key_fields.iter().map(|f| char::from(b'0' + *f as u8)).collect();
             let shards = group.len().div_ceil(MAX_HASH_ELEMENTS).max(1).next_power_of_two();
             let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
+            let tail = Tail::of(group.iter().map(|(_, e)| *e));
             for (k, e) in group {
-                let verdict = element_verdict(out, s, d, i, e);
+                let verdict = element_verdict(out, s, d, i, e, tail);
                 let shard = (e.key.stable_hash() % shards as u64) as usize;
                 lo.places[k] = ((lo.map_names.len() + shard) as u32, maps[shard].len() as u32);
                 maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
@@ -145,9 +187,10 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
             for (k, elements) in maps.into_iter().enumerate() {
                 let name = format!("h{s}_{d}_{i}_{layer}_{}_{:08x}{k}_{fields}", fam_digit(family), th.finish() as u32);
                 let digest = map_digest(elements.iter().map(|(e, _)| e));
-                let lookup = lookup_rule(s, &key, &name);
+                let lookup = lookup_rule(s, &key, &name, tail);
                 lookups.push(if matches.is_empty() { lookup } else { format!("{matches} {lookup}") });
                 lo.map_names.push(name.clone());
+                lo.tails.push(tail);
                 out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
             }
         }
@@ -159,8 +202,9 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
         let shards = shard_count(interval.len());
         let mut maps: Vec<Vec<(MapElement, RuleRef)>> = vec![Vec::new(); shards];
         let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(interval.len());
+        let tail = Tail::of(interval.iter().map(|(_, e)| *e));
         for (k, e) in interval {
-            let verdict = element_verdict(out, s, d, i, e);
+            let verdict = element_verdict(out, s, d, i, e, tail);
             let shard = (e.key.stable_hash() % shards as u64) as usize;
             placed.push((k, shard, maps[shard].len()));
             maps[shard].push((MapElement { key: e.key, verdict }, e.origin));
@@ -173,9 +217,10 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
             }
             let name = format!("m{s}_{d}_{i}_{layer}_{}_{k}_{order_name}", fam_digit(family));
             let digest = map_digest(elements.iter().map(|(e, _)| e));
-            lookups.push(lookup_rule(s, &key, &name));
+            lookups.push(lookup_rule(s, &key, &name, tail));
             slot_of[k] = lo.map_names.len() as u32;
             lo.map_names.push(name.clone());
+            lo.tails.push(tail);
             out.maps.insert(name, MapSpec { family, elements: std::sync::Arc::new(elements), digest });
         }
         for (k, shard, at) in placed {
@@ -187,9 +232,9 @@ pub(super) fn list_objects(s: Vni, d: Vni, i: usize, list: &tessera_policy::Rule
 }
 
 /// The rule of a list chain that looks `key` up in map `name`: a `continue`
-/// element (reject) runs on to `goto rj<S>`, a miss ends the rule.
-fn lookup_rule(s: Vni, key: &str, name: &str) -> String {
-    format!("{key} vmap @{name} goto {}", reject_chain(s))
+/// element runs on to the map's `tail`, a miss ends the rule.
+fn lookup_rule(s: Vni, key: &str, name: &str, tail: Tail) -> String {
+    format!("{key} vmap @{name} goto {}", tail.chain(s))
 }
 
 /// The objects of one rule list (its chain, maps and log chains), with
@@ -205,6 +250,8 @@ pub(super) struct ListObjects {
     /// among that map's elements.
     pub(super) places: Vec<(u32, u32)>,
     pub(super) map_names: Vec<String>,
+    /// Per map (as `map_names`): its lookup's [`Tail`].
+    pub(super) tails: Vec<Tail>,
 }
 
 impl ListObjects {
@@ -230,6 +277,7 @@ impl ListObjects {
             },
             places: self.places.clone(),
             map_names: self.map_names.clone(),
+            tails: self.tails.clone(),
         };
         let mut old_logs: BTreeSet<String> = BTreeSet::new();
         let mut new_logs: BTreeSet<String> = BTreeSet::new();
@@ -237,7 +285,8 @@ impl ListObjects {
             let (slot, at) = *self.places.get(k)?;
             let name = self.map_names.get(slot as usize)?;
             let e = list.entries.get(k)?;
-            let verdict = element_verdict(&mut next.objects, s, d, i, e);
+            let tail = *self.tails.get(slot as usize)?;
+            let verdict = element_verdict(&mut next.objects, s, d, i, e, tail);
             let spec = next.objects.maps.get_mut(name)?;
             let base_digest = self.objects.maps.get(name)?.digest;
             let slot = std::sync::Arc::make_mut(&mut spec.elements).get_mut(at as usize)?;

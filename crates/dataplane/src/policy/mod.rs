@@ -18,21 +18,23 @@
 //! - chain `p<S>_<D>`: `jump l<S>_<D>_0; jump l<S>_<D>_1; accept`;
 //! - chain `l<S>_<D>_<i>` (rule list `i`): for each layer (see
 //!   `tessera_policy::layer`), for each family, one lookup per map of the
-//!   layer, then the list's default verdict. Each lookup rule ends in `goto
-//!   rj<S>` (`… vmap @m goto rj<S>`), reached only when the element found
-//!   says `continue`: an element's verdict is `return` for pass (the next
-//!   list decides), `drop` for deny, `continue` for reject, or `goto g…` for
-//!   a rule marked `log`; a miss ends the rule. Reject elements are not
-//!   `goto`s because adding an element that jumps makes the kernel validate
-//!   every jump of the table, every element of every verdict map included
-//!   (10–40 ms at 50,000 elements, on every such change). The boxes of a
-//!   layer never overlap, so the maps of a layer can be looked up in any
-//!   order;
+//!   layer, then the list's default verdict. Each lookup rule ends in the
+//!   map's tail, `goto dn<S>` or `goto rj<S>` (`… vmap @m goto dn<S>`),
+//!   reached only when the element found says `continue`: an element's
+//!   verdict is `return` for pass (the next list decides), `continue` for
+//!   the refusal of the tail, `goto dn<S>` / `goto rj<S>` for the other, or
+//!   `goto g…` for a rule marked `log`; a miss ends the rule. The tail is the
+//!   refusal most of the map's entries make (deny when none refuses), so
+//!   that turning a pass into that refusal adds no element that jumps:
+//!   adding one makes the kernel validate every jump of the table, every
+//!   element of every verdict map included (10–20 ms at 50,000 elements, on
+//!   every such change). The boxes of a layer never overlap, so the maps of
+//!   a layer can be looked up in any order;
 //! - hash maps `h<S>_<D>_<i>_<layer>_<4|6>_<template><shard>_<fields>`: boxes
 //!   that are exact points in some fields and share the same ranges in the
 //!   others (a list of ports, of host addresses, of address and port pairs)
 //!   are looked up by their exact fields, behind plain matches on the shared
-//!   ranges (`meta nfproto ipv4 meta l4proto 6 th dport vmap @h… goto rj<S>`). A hash
+//!   ranges (`meta nfproto ipv4 meta l4proto 6 th dport vmap @h… goto dn<S>`). A hash
 //!   map's lookup, insertion and deletion cost the same whatever its size,
 //!   so a list of 50,000 port rules is one lookup and a one-rule change two
 //!   element operations;

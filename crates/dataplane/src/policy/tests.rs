@@ -178,10 +178,26 @@ fn a_list_of_port_rules_is_one_hash_lookup() {
     assert_eq!(map.elements.len(), 100);
     assert_eq!(map_type(name, Family::V4), "type inet_service : verdict; counter;");
     let list = &o.chains["l1_2_0"].rules;
-    assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name} goto rj1"));
+    assert_eq!(list[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name} goto dn1"));
     assert_eq!(list[1], "goto dn1", "a denied flow is logged (rate limited), then dropped");
     assert_eq!(o.chains["dn1"].rules.last().map(String::as_str), Some("drop"));
-    assert!(map.elements.iter().all(|(e, _)| e.verdict == ElementVerdict::Goto("dn1".into())));
+    // Deny elements run on to the lookup's `goto dn1`: none jumps.
+    assert!(map.elements.iter().all(|(e, _)| e.verdict == ElementVerdict::Continue));
+}
+
+#[test]
+fn a_map_refuses_as_most_of_its_entries_do() {
+    let mut rules: Vec<String> = (0..40).map(|p| format!("reject tcp any any > any {}", 1000 + p)).collect();
+    rules.push("deny tcp any any > any 2000".into());
+    rules.push("pass tcp any any > any 2001".into());
+    let o = policy_objects(&host_with(&rules));
+    assert_eq!(o.maps.len(), 1, "{:?}", o.maps.keys());
+    let (name, map) = o.maps.iter().next().unwrap();
+    assert_eq!(o.chains["l1_2_0"].rules[0], format!("meta nfproto ipv4 meta l4proto 6 th dport vmap @{name} goto rj1"));
+    let count = |v: ElementVerdict| map.elements.iter().filter(|(e, _)| e.verdict == v).count();
+    assert_eq!(count(ElementVerdict::Continue), 40, "the rejects run on to the lookup's goto rj1");
+    assert_eq!(count(ElementVerdict::Goto("dn1".into())), 1, "the one deny jumps");
+    assert_eq!(count(ElementVerdict::Return), 1);
 }
 
 #[test]
