@@ -14,8 +14,9 @@
 //! SNAT, published ports), service instances' ports and networks with
 //! service chains, ICMP, DHCP, neighbour discovery.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
 
 use tessera_model::{MacAddr, Vni};
 
@@ -201,6 +202,22 @@ pub enum Admission {
     Remove(Vec<FlowKey>),
     /// Not a flow the fast path carries.
     Ignore,
+}
+
+impl Admission {
+    /// This admission, or nothing when it admits a flow of a network whose
+    /// zone was flushed (`flushed_at`) at or after `since`, when what it
+    /// was read from began (an event batch, a dump): conntrack allowed the
+    /// flow under the rules of before (the flush ended its entry), and the
+    /// flow comes back when conntrack allows it again.
+    pub fn unless_flushed_since(self, flushed_at: &HashMap<Vni, Instant>, since: Instant) -> Admission {
+        match &self {
+            Admission::Admit(keys) if keys.iter().any(|k| flushed_at.get(&k.vni).is_some_and(|at| *at >= since)) => {
+                Admission::Ignore
+            }
+            _ => self,
+        }
+    }
 }
 
 /// Whether the connection of `event` may take the fast path, given the

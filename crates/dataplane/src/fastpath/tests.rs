@@ -190,6 +190,28 @@ fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
 }
 
 #[test]
+fn an_admission_read_before_a_flush_of_its_network_is_ignored() {
+    let key = FlowKey {
+        vni: vni(100),
+        src: "10.0.0.2".parse().unwrap(),
+        dst: "10.0.0.3".parse().unwrap(),
+        sport: 40000,
+        dport: 5201,
+        protocol: 6,
+    };
+    let admit = Admission::Admit(vec![key, key.reversed()]);
+    let read_from = std::time::Instant::now();
+    let flushed = HashMap::from([(vni(100), read_from + std::time::Duration::from_millis(5))]);
+    assert_eq!(admit.clone().unless_flushed_since(&flushed, read_from), Admission::Ignore, "read before the flush");
+    let later = read_from + std::time::Duration::from_millis(10);
+    assert_eq!(admit.clone().unless_flushed_since(&flushed, later), admit, "read after the flush");
+    let other = HashMap::from([(vni(200), later)]);
+    assert_eq!(admit.clone().unless_flushed_since(&other, read_from), admit, "another network was flushed");
+    let removal = Admission::Remove(vec![key]);
+    assert_eq!(removal.clone().unless_flushed_since(&flushed, read_from), removal, "removals always apply");
+}
+
+#[test]
 fn keys_and_values_have_the_programs_layout() {
     let key = FlowKey {
         vni: vni(0x0001_0203),

@@ -450,7 +450,7 @@ impl State {
     fn apply(&mut self, events: &[CtEvent], since: Instant) {
         let mut last: HashMap<FlowKey, Admission> = HashMap::new();
         for ev in events {
-            match self.fresh(admission(ev, &self.zones), since) {
+            match admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
                 Admission::Ignore => {}
                 a @ (Admission::Admit(_) | Admission::Remove(_)) => {
                     let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
@@ -466,19 +466,6 @@ impl State {
                 Admission::Remove(keys) => keys.into_iter().for_each(|k| self.retire(k)),
                 Admission::Ignore => {}
             }
-        }
-    }
-
-    /// `a`, or nothing when it admits a flow of a network whose zone was
-    /// flushed after `since` (when what it was read from began): conntrack
-    /// allowed the flow under the rules of before (the flush ended its
-    /// entry), and the flow comes back when conntrack allows it again.
-    fn fresh(&self, a: Admission, since: Instant) -> Admission {
-        match &a {
-            Admission::Admit(keys) if keys.iter().any(|k| self.flushed_at.get(&k.vni).is_some_and(|at| *at >= since)) => {
-                Admission::Ignore
-            }
-            _ => a,
         }
     }
 
@@ -506,7 +493,7 @@ impl State {
         }
         let mut admitted = std::collections::HashSet::new();
         for ev in entries {
-            if let Admission::Admit(keys) = self.fresh(admission(ev, &self.zones), since) {
+            if let Admission::Admit(keys) = admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
                 admitted.extend(keys);
             }
         }

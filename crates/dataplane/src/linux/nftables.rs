@@ -139,8 +139,7 @@ impl NftTables {
             }
         }
         if relist.last_start.is_none_or(|at| at.elapsed() >= NFT_RELIST_AFTER) {
-            relist.last_start = Some(Instant::now());
-            relist.running = Some((generation, tokio::spawn(nft_listings())));
+            relist.start(generation);
         }
         None
     }
@@ -157,8 +156,7 @@ impl NftTables {
         if !due || relist.running.as_ref().is_some_and(|(_, handle)| !handle.is_finished()) {
             return;
         }
-        relist.last_start = Some(Instant::now());
-        relist.running = Some((self.nft_generation.get(), tokio::spawn(nft_listings())));
+        relist.start(self.nft_generation.get());
     }
 
     /// The state of the three tables from their listings; the policy maps'
@@ -440,6 +438,14 @@ struct Relisting {
     running: Option<(u64, tokio::task::JoinHandle<Result<NftListings, DataplaneError>>)>,
     /// When the last one started.
     last_start: Option<Instant>,
+}
+
+impl Relisting {
+    /// Starts a listing at transaction generation `generation`.
+    fn start(&mut self, generation: u64) {
+        self.last_start = Some(Instant::now());
+        self.running = Some((generation, tokio::spawn(nft_listings())));
+    }
 }
 
 /// The listings the nftables state is read from (`None`: no such table).
