@@ -164,17 +164,22 @@ fn event(kind: CtEventKind, zone: u16, protocol: u8, tcp_state: Option<u8>, stat
     }
 }
 
-#[test]
-fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
-    let zones = BTreeMap::from([(7, vec![vni(100)])]);
-    let key = FlowKey {
+/// A TCP flow of network 100 from 10.0.0.2:40000 to 10.0.0.3:5201.
+fn iperf_flow() -> FlowKey {
+    FlowKey {
         vni: vni(100),
         src: "10.0.0.2".parse().unwrap(),
         dst: "10.0.0.3".parse().unwrap(),
         sport: 40000,
         dport: 5201,
         protocol: 6,
-    };
+    }
+}
+
+#[test]
+fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
+    let zones = BTreeMap::from([(7, vec![vni(100)])]);
+    let key = iperf_flow();
     let both = vec![key, key.reversed()];
     let tcp = |state, st| admission(&event(CtEventKind::New, 7, 6, Some(state), st), &zones);
     assert_eq!(tcp(TCP_ESTABLISHED, status::ASSURED), Admission::Admit(both.clone()));
@@ -191,14 +196,7 @@ fn assured_untranslated_flows_of_a_fast_network_are_admitted_both_ways() {
 
 #[test]
 fn an_admission_read_before_a_flush_of_its_network_is_ignored() {
-    let key = FlowKey {
-        vni: vni(100),
-        src: "10.0.0.2".parse().unwrap(),
-        dst: "10.0.0.3".parse().unwrap(),
-        sport: 40000,
-        dport: 5201,
-        protocol: 6,
-    };
+    let key = iperf_flow();
     let admit = Admission::Admit(vec![key, key.reversed()]);
     let read_from = std::time::Instant::now();
     let flushed = HashMap::from([(vni(100), read_from + std::time::Duration::from_millis(5))]);
