@@ -17,11 +17,18 @@ use crate::error::DataplaneError;
 /// nothing waits on (a dump of 50,000 counters costs the kernel a few
 /// hundred milliseconds) yields to the data plane, the agent and the
 /// controller. Best effort: a failure leaves the priority as it was.
-#[allow(unsafe_code)]
 pub(super) fn lowest_cpu_priority() {
+    lowest_cpu_priority_of(0);
+}
+
+/// Gives thread or process `who` (0: the calling thread) the lowest CPU
+/// priority. Best effort, as [`lowest_cpu_priority`].
+#[allow(unsafe_code)]
+pub(super) fn lowest_cpu_priority_of(who: u32) {
     // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with
-    // who 0 changes the nice value of the calling thread only.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    // who 0 changes the nice value of the calling thread only, and with a
+    // process ID that of that process (a child that exited: ESRCH).
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, 19) };
 }
 
 /// Enters the network namespace at `path`, for the calling thread only.

@@ -124,7 +124,7 @@ impl NftTables {
     /// changes, listings keep being overtaken: one is tried that often, and
     /// [`NftTables::observe`] lists in the foreground when they all are).
     /// The listing's `nft` processes run beside the data plane's other work,
-    /// so a change does not wait for them.
+    /// at the lowest CPU priority, so a change does not wait for them.
     fn relisted(&self) -> Option<NftState> {
         let mut relist = self.relisting.borrow_mut();
         let generation = self.nft_generation.get();
@@ -185,7 +185,7 @@ impl NftTables {
 
     /// Lists the three tables (no carrying forward).
     async fn list_state(&self) -> Result<NftState, DataplaneError> {
-        self.state_of(&nft_listings().await?)
+        self.state_of(&nft_listings(Urgency::Now).await?)
     }
 
     /// Applies a plan's nftables actions as one `nft -f -` transaction. When
@@ -413,6 +413,21 @@ impl NftTables {
 /// Runs `nft ARGS`, feeding `input` on standard input; returns standard
 /// output, or standard error as the error.
 async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
+    nft_run_as(args, input, Urgency::Now).await
+}
+
+/// Whether an `nft` process is in the path of a change, or runs in the
+/// background at the lowest CPU priority (its few milliseconds of CPU then
+/// yield to the planning and applying of a change, on this host's agent and
+/// on any other sharing the machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    Now,
+    Background,
+}
+
+/// [`nft_run`], with the `nft` process run as `urgency` says.
+async fn nft_run_as(args: &[&str], input: Option<&str>, urgency: Urgency) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(NFT);
     cmd.args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -420,6 +435,9 @@ async fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
         .stderr(Stdio::piped());
     cmd.kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {NFT}: {e}"))?;
+    if let (Urgency::Background, Some(pid)) = (urgency, child.id()) {
+        super::netns::lowest_cpu_priority_of(pid);
+    }
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(input.as_bytes()).await.map_err(|e| format!("writing to {NFT}: {e}"))?;
     }
@@ -444,7 +462,7 @@ impl Relisting {
     /// Starts a listing at transaction generation `generation`.
     fn start(&mut self, generation: u64) {
         self.last_start = Some(Instant::now());
-        self.running = Some((generation, tokio::spawn(nft_listings())));
+        self.running = Some((generation, tokio::spawn(nft_listings(Urgency::Background))));
     }
 }
 
@@ -460,20 +478,25 @@ struct NftListings {
 /// Lists the three tables: `inet tessera` and `bridge tessera` in full; of
 /// `inet tessera_policy`, the `digests` map, the chains and the maps
 /// (tersely). Five small listings, each an `nft` process, side by side.
-async fn nft_listings() -> Result<NftListings, DataplaneError> {
+async fn nft_listings(urgency: Urgency) -> Result<NftListings, DataplaneError> {
     let (inet, bridge, digests, chains, maps) = futures::try_join!(
-        nft_list(&["-j", "list", "table", "inet", "tessera"]),
-        nft_list(&["-j", "list", "table", "bridge", "tessera"]),
-        nft_list(&["-j", "list", "map", "inet", POLICY_TABLE, DIGESTS]),
-        nft_list(&["-j", "list", "chains", "inet"]),
-        nft_list(&["-j", "-t", "list", "maps", "inet"]),
+        nft_list_as(&["-j", "list", "table", "inet", "tessera"], urgency),
+        nft_list_as(&["-j", "list", "table", "bridge", "tessera"], urgency),
+        nft_list_as(&["-j", "list", "map", "inet", POLICY_TABLE, DIGESTS], urgency),
+        nft_list_as(&["-j", "list", "chains", "inet"], urgency),
+        nft_list_as(&["-j", "-t", "list", "maps", "inet"], urgency),
     )?;
     Ok(NftListings { inet, bridge, digests, chains, maps })
 }
 
 /// `nft ARGS` for a listing; `None` when the table or map does not exist.
 pub(super) async fn nft_list(args: &[&str]) -> Result<Option<String>, DataplaneError> {
-    match nft_run(args, None).await {
+    nft_list_as(args, Urgency::Now).await
+}
+
+/// [`nft_list`], with the `nft` process run as `urgency` says.
+async fn nft_list_as(args: &[&str], urgency: Urgency) -> Result<Option<String>, DataplaneError> {
+    match nft_run_as(args, None, urgency).await {
         Ok(out) => Ok(Some(out)),
         Err(e) if e.contains("No such file or directory") => Ok(None),
         Err(message) => Err(DataplaneError::Nft { op: "list", message }),

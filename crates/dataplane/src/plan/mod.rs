@@ -164,6 +164,9 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     let mut networks: Vec<&DesiredNetwork> = desired.networks.iter().collect();
     networks.sort_by_key(|n| n.vni);
     let mtu = desired.overlay_mtu();
+    // With the skeleton in place, the anti-spoofing elements tell which MAC
+    // and addresses each port was given.
+    let (have_ports, want_ports) = (port_elements(&observed.nft.elements), port_elements(&want.elements));
     for net in networks {
         let tb = bridge_name(net.vni);
         let tx = vxlan_name(net.vni);
@@ -264,10 +267,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                         out.push(KernelOp::BridgePortIsolate { name: name.clone() });
                     }
                     let complete = link.alias.as_deref() == Some(veth_mark(ep.id).as_str());
-                    // With the skeleton in place, the anti-spoofing elements
-                    // tell which MAC and addresses the port was given.
-                    let elements_differ =
-                        skeleton_ok && port_elements(&observed.nft.elements, &name) != port_elements(&want.elements, &name);
+                    let elements_differ = skeleton_ok && have_ports.get(name.as_str()) != want_ports.get(name.as_str());
                     if !complete || mtu_wrong || elements_differ {
                         out.push(configure());
                     }
@@ -726,6 +726,13 @@ fn gateways(net: &DesiredNetwork, ep: &LocalEndpoint) -> Vec<IpAddr> {
     out
 }
 
-fn port_elements<'a>(elements: &'a BTreeSet<NftElement>, port: &str) -> BTreeSet<&'a NftElement> {
-    elements.iter().filter(|e| e.port() == Some(port)).collect()
+/// The elements of `elements` that name a bridge port, by port.
+fn port_elements(elements: &BTreeSet<NftElement>) -> BTreeMap<&str, Vec<&NftElement>> {
+    let mut out: BTreeMap<&str, Vec<&NftElement>> = BTreeMap::new();
+    for e in elements {
+        if let Some(port) = e.port() {
+            out.entry(port).or_default().push(e);
+        }
+    }
+    out
 }

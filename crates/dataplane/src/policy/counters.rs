@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tessera_policy::RuleRef;
 
 use super::keys::{key_ranges, map_fields};
-use super::programs::policy_objects;
+use super::programs::list_objects_read;
 use crate::desired::DesiredHost;
 
 /// One rule's hit counter: packets and bytes of the new flows it decided
@@ -37,10 +37,10 @@ pub struct ElementCounter {
 /// rules without hits are reported with zeros.
 #[allow(clippy::type_complexity)] // a local map keyed by (map name, element key)
 pub fn rule_counters(desired: &DesiredHost, counters: &[ElementCounter]) -> Vec<RuleCounter> {
-    let objects = policy_objects(desired);
+    let lists = list_objects_read(desired);
     let mut origin: BTreeMap<(&str, Vec<(u128, u128)>), RuleRef> = BTreeMap::new();
     let mut sums: BTreeMap<RuleRef, (u64, u64)> = BTreeMap::new();
-    for (name, map) in &objects.maps {
+    for (name, map) in lists.iter().flat_map(|l| &l.objects.maps) {
         let fields = map_fields(name);
         for (e, r) in map.elements.iter() {
             origin.insert((name.as_str(), key_ranges(&e.key, &fields)), *r);

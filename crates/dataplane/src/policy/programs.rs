@@ -161,6 +161,23 @@ pub fn policy_objects_except(desired: &DesiredHost, kept: &BTreeSet<String>) -> 
     out
 }
 
+/// The objects of every rule list of `desired`, as the memo holds them
+/// or built now, for readers other than the planner (the counters): the
+/// memo is neither changed nor held while a list is built, so a reader of
+/// an older desired state never evicts the objects the next plan patches
+/// from, nor keeps the planner waiting.
+pub(super) fn list_objects_read(desired: &DesiredHost) -> Vec<std::sync::Arc<ListObjects>> {
+    let mut out = Vec::new();
+    for prog in desired.policies.iter().filter(|p| !p.lists.is_empty()) {
+        for (i, list) in prog.lists.iter().enumerate() {
+            let lname = list_chain(prog.src, prog.dst, i);
+            let held = MEMO.lock().unwrap_or_else(|p| p.into_inner()).held(&lname, list.fingerprint);
+            out.push(held.unwrap_or_else(|| std::sync::Arc::new(list_objects(prog.src, prog.dst, i, list))));
+        }
+    }
+    out
+}
+
 /// The objects of the rule lists planned lately, by list chain name:
 /// [`list_objects`] is a pure function of the list, so a list planned
 /// again (a plan that does not change it, or a second host of a test) is
@@ -180,11 +197,18 @@ static MEMO: std::sync::LazyLock<std::sync::Mutex<Memo>> = std::sync::LazyLock::
 pub(super) const MEMO_ROUNDS: u64 = 8;
 
 impl Memo {
+    /// The objects held for `lname` when they are those of the list with
+    /// `fingerprint`.
+    fn held(&self, lname: &str, fingerprint: u64) -> Option<std::sync::Arc<ListObjects>> {
+        let (_, o) = self.lists.get(lname)?;
+        (o.fingerprint == fingerprint && fingerprint != 0).then(|| o.clone())
+    }
+
     fn objects(&mut self, lname: &str, s: Vni, d: Vni, i: usize, list: &tessera_policy::RuleList) -> std::sync::Arc<ListObjects> {
-        let held = self.lists.get(lname).map(|(_, o)| o.clone());
-        let objects = match held {
-            Some(o) if o.fingerprint == list.fingerprint && list.fingerprint != 0 => o,
-            held => {
+        let objects = match self.held(lname, list.fingerprint) {
+            Some(o) => o,
+            None => {
+                let held = self.lists.get(lname).map(|(_, o)| o.clone());
                 let patched = match (held, list.patch.base()) {
                     (Some(o), Some((base, changed))) if o.fingerprint == base && o.places.len() == list.entries.len() => {
                         o.patched(s, d, i, list, changed)

@@ -123,6 +123,23 @@ fn a_list_held_unchanged_through_many_plans_is_still_patched() {
     assert_eq!(patched.deltas.values().map(|d| d.adds.len()).sum::<usize>(), 1, "derived from the held objects");
 }
 
+#[test]
+fn counting_the_rules_of_an_older_state_leaves_the_planner_its_base() {
+    let mut rules: Vec<String> = (0..50).map(|i| format!("deny tcp any any > any {}", 4000 + i)).collect();
+    let mut cache = tessera_policy::ListCache::new();
+    let older = host_cached(&rules, (905, 906), &mut cache);
+    policy_objects(&older);
+    rules[3] = "pass tcp any any > any 4003".into();
+    let newer = host_cached(&rules, (905, 906), &mut cache);
+    policy_objects(&newer);
+    // The counters still read with the state reconciled before.
+    let counted = super::rule_counters(&older, &[]);
+    assert_eq!(counted.len(), 50, "every rule of the older state is counted");
+    rules[4] = "pass tcp any any > any 4004".into();
+    let patched = policy_objects(&host_cached(&rules, (905, 906), &mut cache));
+    assert_eq!(patched.deltas.values().map(|d| d.adds.len()).sum::<usize>(), 1, "derived from the newer objects");
+}
+
 fn host_with(rules: &[String]) -> DesiredHost {
     host_cached(rules, (1, 2), &mut tessera_policy::ListCache::new())
 }
