@@ -205,7 +205,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         me: me.clone(),
         client: client.clone(),
         dp,
-        reconciler: tessera_dataplane::Reconciler::new(reconcile::RESYNC_EVERY),
+        reconciler: tessera_dataplane::Reconciler::new(reconcile::KNOWN_FOR),
         snapshot: snap_rx,
         mirror: conn_rx,
         scope: scope_tx,

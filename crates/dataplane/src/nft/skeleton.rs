@@ -91,6 +91,12 @@ table inet tessera {{
         typeof ct zone : ip6 saddr
     }}
 {pub_maps}
+    set vteps4 {{
+        type ipv4_addr
+    }}
+    set vteps6 {{
+        type ipv6_addr
+    }}
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
         iifname @uplinks jump from_uplink
@@ -101,6 +107,8 @@ table inet tessera {{
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
         iifname "tx*" meta mark set meta mark | {verified:#x}
+        udp dport {{ {vxlan}, {fast} }} ip saddr @vteps4 notrack comment "the fabric's tunnels: their flows are tracked inside, in their networks' zones"
+        udp dport {{ {vxlan}, {fast} }} ip6 saddr @vteps6 notrack
     }}
     chain isolation {{
         type filter hook prerouting priority mangle; policy accept;
@@ -116,12 +124,6 @@ table inet tessera {{
     }}
     chain to_published {{
 {pub_rules}    }}
-    set vteps4 {{
-        type ipv4_addr
-    }}
-    set vteps6 {{
-        type ipv6_addr
-    }}
     chain input {{
         type filter hook input priority filter; policy accept;
         udp dport {{ {vxlan}, {fast} }} ip saddr != @vteps4 counter drop comment "VXLAN from a host outside the fabric"
@@ -195,6 +197,8 @@ table inet tessera {{
         oifname @uplinks jump to_outside
     }}
     chain to_outside {{
+        udp dport {{ {vxlan}, {fast} }} ip daddr @vteps4 accept comment "the fabric's tunnels (not tracked)"
+        udp dport {{ {vxlan}, {fast} }} ip6 daddr @vteps6 accept
         ct state invalid,untracked counter drop comment "towards the outside, not tracked"
         ct zone 0 accept
         ip saddr @extout4
@@ -209,6 +213,8 @@ table inet tessera {{
         oifname "tb*" icmp type redirect drop
         oifname "tb*" icmpv6 type nd-redirect drop
         ct zone set oifname map @zones comment "{v}"
+        udp dport {{ {vxlan}, {fast} }} ip daddr @vteps4 notrack comment "the fabric's tunnels"
+        udp dport {{ {vxlan}, {fast} }} ip6 daddr @vteps6 notrack
     }}
 }}
 table bridge tessera {{}}
