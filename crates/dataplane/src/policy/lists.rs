@@ -255,30 +255,23 @@ pub(super) struct ListObjects {
 }
 
 impl ListObjects {
-    /// These objects (of the list `base` they were built for) for `list`,
-    /// which differs from `base` only in the verdicts and log prefixes of
-    /// the entries `changed`: the maps holding them get new verdicts, new
-    /// digests and a [`MapDelta`]; log chains follow.
+    /// These objects (of the list `base` they were built for) made those of
+    /// `list`, which differs from `base` only in the verdicts and log
+    /// prefixes of the entries `changed`: the maps holding them get new
+    /// verdicts, new digests and a [`MapDelta`]; log chains follow. A map's
+    /// elements are changed in place when nothing else holds them (the
+    /// planner's memo hands its own objects over), copied otherwise.
     pub(super) fn patched(
-        &self,
+        mut self,
         s: Vni,
         d: Vni,
         i: usize,
         list: &tessera_policy::RuleList,
         changed: &[usize],
     ) -> Option<ListObjects> {
-        let mut next = ListObjects {
-            fingerprint: list.fingerprint,
-            patched_from: Some(self.fingerprint),
-            objects: PolicyObjects {
-                chains: self.objects.chains.clone(),
-                maps: self.objects.maps.clone(),
-                deltas: BTreeMap::new(),
-            },
-            places: self.places.clone(),
-            map_names: self.map_names.clone(),
-            tails: self.tails.clone(),
-        };
+        self.patched_from = Some(self.fingerprint);
+        self.fingerprint = list.fingerprint;
+        self.objects.deltas = BTreeMap::new();
         let mut old_logs: BTreeSet<String> = BTreeSet::new();
         let mut new_logs: BTreeSet<String> = BTreeSet::new();
         for &k in changed {
@@ -286,9 +279,10 @@ impl ListObjects {
             let name = self.map_names.get(slot as usize)?;
             let e = list.entries.get(k)?;
             let tail = *self.tails.get(slot as usize)?;
-            let verdict = element_verdict(&mut next.objects, s, d, i, e, tail);
-            let spec = next.objects.maps.get_mut(name)?;
-            let base_digest = self.objects.maps.get(name)?.digest;
+            let verdict = element_verdict(&mut self.objects, s, d, i, e, tail);
+            let spec = self.objects.maps.get_mut(name)?;
+            // The map's digest before this patch changed it: the base's.
+            let base_digest = spec.digest;
             let slot = std::sync::Arc::make_mut(&mut spec.elements).get_mut(at as usize)?;
             let old = slot.0.clone();
             if let ElementVerdict::Goto(g) = &old.verdict {
@@ -300,13 +294,13 @@ impl ListObjects {
             slot.0.verdict = verdict;
             let new = slot.0.clone();
             spec.digest = spec.digest.wrapping_sub(element_hash(&old)).wrapping_add(element_hash(&new));
-            let delta = next.objects.deltas.entry(name.clone()).or_insert_with(|| MapDelta { base_digest, ..Default::default() });
+            let delta = self.objects.deltas.entry(name.clone()).or_insert_with(|| MapDelta { base_digest, ..Default::default() });
             delta.deletes.push(old);
             delta.adds.push(new);
         }
         for g in old_logs.difference(&new_logs).filter(|g| ChainKind::of(g) == Some(ChainKind::Log)) {
-            next.objects.chains.remove(g);
+            self.objects.chains.remove(g);
         }
-        Some(next)
+        Some(self)
     }
 }

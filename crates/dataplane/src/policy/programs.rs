@@ -208,10 +208,13 @@ impl Memo {
         let objects = match self.held(lname, list.fingerprint) {
             Some(o) => o,
             None => {
-                let held = self.lists.get(lname).map(|(_, o)| o.clone());
+                // The held objects are handed over to be patched: changed in
+                // place unless a reader still holds them.
+                let held = self.lists.remove(lname).map(|(_, o)| o);
                 let patched = match (held, list.patch.base()) {
                     (Some(o), Some((base, changed))) if o.fingerprint == base && o.places.len() == list.entries.len() => {
-                        o.patched(s, d, i, list, changed)
+                        let owned = std::sync::Arc::try_unwrap(o).unwrap_or_else(|shared| (*shared).clone());
+                        owned.patched(s, d, i, list, changed)
                     }
                     _ => None,
                 };
