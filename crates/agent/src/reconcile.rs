@@ -83,6 +83,7 @@ impl Agent {
         let span = tracing::info_span!("reconcile", revision = snap.revision);
         let _enter = span.enter();
         let started = std::time::Instant::now();
+        let cpu = tessera_dataplane::linux::thread_cpu_time();
         let (intent, leak_warnings) = self.intents.lock().unwrap_or_else(|p| p.into_inner()).compile(snap, &self.me);
         // Whether the snapshot holds the endpoints of every network this
         // host programs (else the mirror is taking one that does).
@@ -100,7 +101,11 @@ impl Agent {
             }
             changed
         });
-        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "desired state computed");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            cpu_ms = tessera_dataplane::linux::thread_cpu_time().saturating_sub(cpu).as_secs_f64() * 1e3,
+            "desired state computed"
+        );
         for w in leak_warnings.iter().flatten() {
             tracing::warn!(importer = %w.importer, exporter = %w.exporter, "{w}");
         }

@@ -134,7 +134,6 @@ impl Attribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use tessera_dataplane::desired::PairPolicy;
     use tessera_policy::flow::FlowBox;
     use tessera_policy::{Entry, Family, RuleList};
@@ -147,7 +146,7 @@ mod tests {
     }
 
     fn list(entries: Vec<Entry>, default: Verdict) -> RuleList {
-        RuleList { default, entries: Arc::new(entries), fingerprint: 0, patch: Default::default() }
+        RuleList { default, entries: entries.into(), fingerprint: 0, patch: Default::default() }
     }
 
     fn flow(dport: u16) -> Flow {

@@ -80,17 +80,17 @@ impl Reconciler {
         let t0 = Instant::now();
         desired.validate()?;
         let known = self.lock().take().filter(|k| k.observed_at.elapsed() < self.max_age);
-        let observed;
+        let (observed, cpu0);
         let (mut state, observed_at, actions) = match (look, known) {
             (Look::Known, Some(mut k)) => {
                 k.state.nft = dp.observe_nft().await?;
-                observed = Instant::now();
+                (observed, cpu0) = (Instant::now(), crate::linux::thread_cpu_time());
                 let actions = plan(desired, &k.state);
                 (k.state, k.observed_at, actions)
             }
             (_, known) => {
                 let state = dp.observe().await?;
-                observed = Instant::now();
+                (observed, cpu0) = (Instant::now(), crate::linux::thread_cpu_time());
                 let actions = plan(desired, &state);
                 if let Some(mut k) = known {
                     k.state.nft = state.nft.clone();
@@ -104,9 +104,11 @@ impl Reconciler {
         state.nft = NftState::default();
         let looked = if observed_at == t0 { "kernel" } else { "known" };
         let t1 = Instant::now();
+        // Planning runs on this thread (awaiting the observation may have moved the task).
+        let cpu_ms = (crate::linux::thread_cpu_time().saturating_sub(cpu0)).as_secs_f64() * 1e3;
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         if actions.is_empty() {
-            tracing::debug!(looked, observe_ms = ms(t0, t1), "data plane converged");
+            tracing::debug!(looked, observe_ms = ms(t0, t1), cpu_ms, "data plane converged");
             *self.lock() = Some(Known { state, observed_at });
             return Ok(ApplyReport::default());
         }
@@ -124,6 +126,7 @@ impl Reconciler {
             looked,
             observe_ms = ms(t0, observed),
             plan_ms = ms(observed, t1),
+            cpu_ms,
             apply_ms = ms(t1, Instant::now()),
             "data plane plan applied"
         );

@@ -43,6 +43,7 @@
 //! disjoint rules is one lookup, whatever their verdicts.
 #![forbid(unsafe_code)]
 
+pub mod entries;
 pub mod flow;
 pub mod layer;
 pub mod program;

@@ -84,9 +84,10 @@ pub struct RuleList {
     /// The verdict when no entry matches.
     pub default: Verdict,
     /// In rule order (the order of the policies, then of their rules).
-    /// Shared: a copy of a 50,000-entry list (the cache hands one out per
-    /// plan) costs nothing.
-    pub entries: std::sync::Arc<Vec<Entry>>,
+    /// In shared chunks: a copy of a 50,000-rule list (the cache hands one
+    /// out per plan) copies pointers, and a patch copies the chunks it
+    /// changes.
+    pub entries: crate::entries::Entries,
     /// A hash of everything the list is compiled from
     /// ([`list_fingerprint`]): equal fingerprints, equal lists. A data plane
     /// uses it to leave alone what did not change, a [`ListCache`] to
@@ -280,7 +281,7 @@ fn patch_list(
 ) -> RuleList {
     let pos: HashMap<Uuid, usize> = list.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
     let order = |e: &Entry| (pos.get(&e.origin.policy).copied().unwrap_or(usize::MAX), e.origin.rule);
-    let mut entries: Vec<Entry> = base.entries.as_ref().clone();
+    let mut entries = base.entries.clone();
     let mut touched = Vec::new();
     for &(p, i) in changed {
         let policy = list[p];
@@ -288,21 +289,18 @@ fn patch_list(
         let verdict = Verdict::from(rule.action);
         let log = rule.log.then(|| log_prefix(policy, i, src, dst, verdict));
         let from = entries.partition_point(|e| order(e) < (p, i));
-        for (k, e) in entries.iter_mut().enumerate().skip(from) {
-            if order(e) != (p, i) {
+        for k in from..entries.len() {
+            // Looked at before it is changed: a chunk is copied only for an entry of the rule.
+            if entries.get(k).is_none_or(|e| order(e) != (p, i)) {
                 break;
             }
+            let Some(e) = entries.get_mut(k) else { break };
             e.verdict = verdict;
             e.log = log.clone();
             touched.push(k);
         }
     }
-    RuleList {
-        default: base.default,
-        entries: std::sync::Arc::new(entries),
-        fingerprint,
-        patch: Patch(Some(std::sync::Arc::new((base_fingerprint, touched)))),
-    }
+    RuleList { default: base.default, entries, fingerprint, patch: Patch(Some(std::sync::Arc::new((base_fingerprint, touched)))) }
 }
 
 impl ListCache {
@@ -440,7 +438,7 @@ fn compile_list_fingerprinted(list: &[&Policy], src: &Network, dst: &Network, de
         let log = rule.log.then(|| log_prefix(policy, i as usize, src, dst, verdict));
         entries.push(Entry { key, verdict, origin: RuleRef { policy: policy.id, rule: i as usize }, log, layer });
     }
-    RuleList { default, entries: std::sync::Arc::new(entries), fingerprint, patch: Patch::default() }
+    RuleList { default, entries: entries.into(), fingerprint, patch: Patch::default() }
 }
 
 /// The default verdict of the lists of flows from `src` to `dst`: pass

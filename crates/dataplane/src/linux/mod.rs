@@ -44,3 +44,10 @@ pub use ct_watch::{conntrack_events, conntrack_events_of, CtMessage};
 pub use drop_watch::{refused_packets, RefusedPacket};
 pub use purge::{purge, Purge, NFT_TABLES};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};
+
+/// The CPU time the calling thread has used: beside the wall time of a
+/// step, it tells work from waiting (for a lock, a core, the kernel).
+pub fn thread_cpu_time() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from)
+}

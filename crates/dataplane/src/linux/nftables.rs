@@ -134,8 +134,8 @@ impl NftTables {
                 return None;
             }
             let listed = handle.now_or_never().and_then(Result::ok).and_then(Result::ok);
-            if let Some(state) = listed.filter(|_| started == generation).and_then(|l| self.state_of(&l).ok()) {
-                return Some(state);
+            if let Some(state) = listed.filter(|_| started == generation) {
+                return Some(self.with_cached_elements(state));
             }
         }
         if relist.last_start.is_none_or(|at| at.elapsed() >= NFT_RELIST_AFTER) {
@@ -159,33 +159,20 @@ impl NftTables {
         relist.start(self.nft_generation.get());
     }
 
-    /// The state of the three tables from their listings; the policy maps'
-    /// elements from the cache where their digests agree.
-    fn state_of(&self, l: &NftListings) -> Result<NftState, DataplaneError> {
-        let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
-        let listing = match &l.digests {
-            None => None,
-            Some(digests) => Some(
-                parse_policy_listing(
-                    l.chains.as_deref().unwrap_or_default(),
-                    l.maps.as_deref().unwrap_or_default(),
-                    Some(digests),
-                )
-                .map_err(nft_err)?,
-            ),
-        };
-        let mut state = parse_tables(l.inet.as_deref(), l.bridge.as_deref(), listing.as_ref()).map_err(nft_err)?;
+    /// `state` (parsed from listings) with the policy maps' elements from
+    /// the cache where their digests agree.
+    fn with_cached_elements(&self, mut state: NftState) -> NftState {
         let mut cache = self.policy_cache.borrow_mut();
         cache.retain(|name, c| state.policy.maps.get(name).is_some_and(|m| m.digest == Some(c.digest)));
         for (name, m) in state.policy.maps.iter_mut() {
             m.elements = cache.get(name).map(|c| c.elements.clone());
         }
-        Ok(state)
+        state
     }
 
     /// Lists the three tables (no carrying forward).
     async fn list_state(&self) -> Result<NftState, DataplaneError> {
-        self.state_of(&nft_listings(Urgency::Now).await?)
+        Ok(self.with_cached_elements(parse_listings(&nft_listings(Urgency::Now).await?)?))
     }
 
     /// Applies a plan's nftables actions as one `nft -f -` transaction. When
@@ -453,7 +440,7 @@ async fn nft_run_as(args: &[&str], input: Option<&str>, urgency: Urgency) -> Res
 #[derive(Default)]
 struct Relisting {
     /// The one running, and the transaction generation it started at.
-    running: Option<(u64, tokio::task::JoinHandle<Result<NftListings, DataplaneError>>)>,
+    running: Option<(u64, tokio::task::JoinHandle<Result<NftState, DataplaneError>>)>,
     /// When the last one started.
     last_start: Option<Instant>,
 }
@@ -462,8 +449,40 @@ impl Relisting {
     /// Starts a listing at transaction generation `generation`.
     fn start(&mut self, generation: u64) {
         self.last_start = Some(Instant::now());
-        self.running = Some((generation, tokio::spawn(nft_listings(Urgency::Background))));
+        self.running = Some((generation, tokio::spawn(background_state())));
     }
+}
+
+/// The three tables as a background listing reads them: the `nft`
+/// processes and the parsing of their output (thousands of elements, 5-20
+/// ms on a busy host) run at the lowest CPU priority, beside the data
+/// plane's thread, whose next observation picks the state up.
+async fn background_state() -> Result<NftState, DataplaneError> {
+    let listings = nft_listings(Urgency::Background).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_err = |e: &dyn std::fmt::Display| DataplaneError::Nft { op: "list", message: format!("parsing thread: {e}") };
+    std::thread::Builder::new()
+        .name("tessera-nft-parse".into())
+        .spawn(move || {
+            super::netns::lowest_cpu_priority();
+            let _ = tx.send(parse_listings(&listings));
+        })
+        .map_err(|e| thread_err(&e))?;
+    rx.await.map_err(|e| thread_err(&e))?
+}
+
+/// The state of the three tables from their listings (the policy maps'
+/// elements not filled in: see [`NftTables::with_cached_elements`]).
+fn parse_listings(l: &NftListings) -> Result<NftState, DataplaneError> {
+    let nft_err = |message: String| DataplaneError::Nft { op: "list", message };
+    let listing = match &l.digests {
+        None => None,
+        Some(digests) => Some(
+            parse_policy_listing(l.chains.as_deref().unwrap_or_default(), l.maps.as_deref().unwrap_or_default(), Some(digests))
+                .map_err(nft_err)?,
+        ),
+    };
+    parse_tables(l.inet.as_deref(), l.bridge.as_deref(), listing.as_ref()).map_err(nft_err)
 }
 
 /// The listings the nftables state is read from (`None`: no such table).
