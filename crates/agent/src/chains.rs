@@ -254,12 +254,12 @@ mod tests {
                 .unwrap();
         Snapshot {
             networks: vec![net(1, 100, "10.1.0.0/24", vec![policy]), net(2, 200, "10.2.0.0/24", vec![policy])],
-            endpoints: vec![
+            endpoints: std::sync::Arc::new(vec![
                 port(11, 1, "h3", "10.1.0.10/24", "a", InterfaceRole::Left, true),
                 port(12, 2, "h3", "10.2.0.10/24", "a", InterfaceRole::Right, true),
                 port(21, 1, "h2", "10.1.0.20/24", "b", InterfaceRole::Left, b_healthy),
                 port(22, 2, "h2", "10.2.0.20/24", "b", InterfaceRole::Right, true),
-            ],
+            ]),
             policies: vec![Policy {
                 id: policy,
                 fq_name: "default-domain:admin:p".parse().unwrap(),
@@ -315,7 +315,9 @@ mod tests {
         assert_eq!(steers[0].targets.len(), 1, "b's left is unhealthy: b is out of both directions");
         assert_eq!(steers[1].targets.len(), 1);
         let mut none = snapshot(true, FailMode::Closed);
-        none.endpoints.iter_mut().for_each(|e| e.health = Some(Health { healthy: false, message: None }));
+        std::sync::Arc::make_mut(&mut none.endpoints)
+            .iter_mut()
+            .for_each(|e| e.health = Some(Health { healthy: false, message: None }));
         let closed = steering(&none, &[desired(100), desired(200)], "h1");
         assert_eq!(closed.len(), 2);
         assert!(closed.iter().all(|s| s.targets.is_empty()), "closed: dropped");

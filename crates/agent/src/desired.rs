@@ -212,7 +212,7 @@ pub fn host_intent_cached(
 ) -> HostIntent {
     let underlay: HashMap<&str, IpAddr> = snap.hosts.iter().map(|h| (h.name.as_str(), h.underlay_ip)).collect();
     let mut by_network: BTreeMap<Uuid, Vec<&Endpoint>> = BTreeMap::new();
-    for e in &snap.endpoints {
+    for e in snap.endpoints.iter() {
         by_network.entry(e.network).or_default().push(e);
     }
     let compiler = Compiler::new(&snap.networks, &snap.policies);
@@ -475,12 +475,12 @@ mod tests {
             cluster: None,
             epoch: None,
             networks: vec![net(1, 4096, "192.168.10.0/24"), net(2, 4097, "192.168.20.0/24"), net(3, 4098, "10.0.0.0/24")],
-            endpoints: vec![
+            endpoints: std::sync::Arc::new(vec![
                 ep(11, 1, "h1", "192.168.10.2/24"),
                 ep(12, 1, "h2", "192.168.10.3/24"),
                 ep(21, 2, "h2", "192.168.20.2/24"),
                 ep(31, 3, "h3", "10.0.0.2/24"),
-            ],
+            ]),
             hosts: vec![host("h1", "10.99.0.1"), host("h2", "10.99.0.2"), host("h3", "10.99.0.3")],
             policies: vec![],
             pending: Default::default(),
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn endpoint_without_netns_is_skipped_with_a_reason() {
         let mut s = snap();
-        s.endpoints[0].owner.netns = None;
+        std::sync::Arc::make_mut(&mut s.endpoints)[0].owner.netns = None;
         let (d, skipped) = desired_host(&s, &me());
         assert!(d.networks.is_empty());
         assert_eq!(skipped.0.len(), 1);
@@ -538,7 +538,7 @@ mod tests {
         bad.owner.ifname = Some("../../x y".into());
         let mut host_ns = ep(14, 1, "h1", "192.168.10.5/24");
         host_ns.owner.netns = Some("/proc/1/ns/net".into());
-        s.endpoints.extend([bad, host_ns]);
+        std::sync::Arc::make_mut(&mut s.endpoints).extend([bad, host_ns]);
         let (d, skipped) = desired_host(&s, &me());
         d.validate().expect("what is left is programmable");
         let local: Vec<u128> = d.networks[0].local.iter().map(|l| l.id.as_u128()).collect();
@@ -553,7 +553,7 @@ mod tests {
         let mut s = snap();
         let mut twin = ep(11, 1, "h1", "192.168.10.9/24");
         twin.id = Uuid::from_u128(11 | (7 << 64));
-        s.endpoints.push(twin);
+        std::sync::Arc::make_mut(&mut s.endpoints).push(twin);
         let (d, skipped) = desired_host(&s, &me());
         d.validate().expect("what is left is programmable");
         assert_eq!(d.networks[0].local.len(), 1);
@@ -613,7 +613,7 @@ mod tests {
     fn scoped(s: &Snapshot, scope: &Scope, host: &str) -> Snapshot {
         let mut out = s.clone();
         if let Scope::Networks(ids) = scope {
-            out.endpoints.retain(|e| ids.contains(&e.network) || e.host == host);
+            std::sync::Arc::make_mut(&mut out.endpoints).retain(|e| ids.contains(&e.network) || e.host == host);
         }
         out
     }

@@ -58,7 +58,7 @@ pub fn external_plan(snap: &Snapshot, me: &str) -> ExternalPlan {
         .map(|h| h.gateways.iter().map(|g| (g.network, g.interface.clone())).collect())
         .unwrap_or_default();
     let mut endpoints_of: BTreeMap<Uuid, BTreeSet<Uuid>> = BTreeMap::new();
-    for e in &snap.endpoints {
+    for e in snap.endpoints.iter() {
         endpoints_of.entry(e.network).or_default().insert(e.id);
     }
     let empty = BTreeSet::new();

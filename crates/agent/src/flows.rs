@@ -91,7 +91,7 @@ impl Context {
         }
         let names: HashMap<Uuid, String> = snap.networks.iter().map(|n| (n.id, n.fq_name.to_string())).collect();
         self.endpoints.clear();
-        for e in &snap.endpoints {
+        for e in snap.endpoints.iter() {
             let net = names.get(&e.network).cloned().unwrap_or_default();
             for ip in &e.ips {
                 self.endpoints.entry(ip.addr()).or_default().push((e.name.clone(), net.clone(), e.network, e.host.clone()));

@@ -44,7 +44,7 @@ struct Saved {
     #[serde(default)]
     epoch: Option<Uuid>,
     networks: Vec<Network>,
-    endpoints: Vec<Endpoint>,
+    endpoints: std::sync::Arc<Vec<Endpoint>>,
     hosts: Vec<Host>,
     policies: Vec<SavedPolicy>,
     #[serde(default)]

@@ -142,7 +142,7 @@ pub async fn snapshot(store: &dyn Store) -> Result<Snapshot> {
         }
         match object_of(kv)? {
             Some(Object::Network(n)) => s.networks.push(n),
-            Some(Object::Endpoint(e)) => s.endpoints.push(e),
+            Some(Object::Endpoint(e)) => std::sync::Arc::make_mut(&mut s.endpoints).push(e),
             Some(Object::Host(h)) => s.hosts.push(h),
             Some(Object::Policy(p)) => headers.push(p),
             Some(Object::PolicyRules(c)) => chunks.entry(c.policy).or_default().push(c),

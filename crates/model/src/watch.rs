@@ -36,7 +36,11 @@ pub struct Snapshot {
     #[schema(value_type = Option<String>, format = Uuid)]
     pub epoch: Option<Uuid>,
     pub networks: Vec<Network>,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared between copies (a mirror hands out a copy at every change,
+    /// and a fabric's endpoints are most of a snapshot): changed in place
+    /// by `Arc::make_mut`, which copies them only while a copy shares them.
+    #[schema(value_type = Vec<Endpoint>)]
+    pub endpoints: std::sync::Arc<Vec<Endpoint>>,
     pub hosts: Vec<Host>,
     #[serde(with = "chunked")]
     #[schema(value_type = Vec<ChunkedPolicy>)]
@@ -284,7 +288,7 @@ impl Snapshot {
                 self.revision = *revision;
                 match object.as_ref() {
                     Object::Network(n) => upsert(&mut self.networks, n.clone(), |x| x.id == n.id),
-                    Object::Endpoint(e) => upsert(&mut self.endpoints, e.clone(), |x| x.id == e.id),
+                    Object::Endpoint(e) => upsert(std::sync::Arc::make_mut(&mut self.endpoints), e.clone(), |x| x.id == e.id),
                     Object::Host(h) => upsert(&mut self.hosts, h.clone(), |x| x.name == h.name),
                     Object::Policy(h) => self.put_header(h.clone()),
                     Object::PolicyRules(c) => self.put_chunk(c),
@@ -297,7 +301,7 @@ impl Snapshot {
                 let id = object.id.as_str();
                 match object.kind.as_str() {
                     "network" => self.networks.retain(|x| x.id.to_string() != id),
-                    "endpoint" => self.endpoints.retain(|x| x.id.to_string() != id),
+                    "endpoint" => std::sync::Arc::make_mut(&mut self.endpoints).retain(|x| x.id.to_string() != id),
                     "host" => self.hosts.retain(|x| x.name != id),
                     "floating_ip" => self.floating_ips.retain(|x| x.id.to_string() != id),
                     "service" => self.services.retain(|x| x.id.to_string() != id),
@@ -497,7 +501,11 @@ mod tests {
             ports: vec![],
             health: None,
         };
-        let s = Snapshot { revision: 3, endpoints: (1..=6).map(|n| ep(n, n % 2)).collect(), ..Default::default() };
+        let s = Snapshot {
+            revision: 3,
+            endpoints: std::sync::Arc::new((1..=6).map(|n| ep(n, n % 2)).collect()),
+            ..Default::default()
+        };
         for piece in [1, 64, 1 << 20] {
             for wanted in [0u128, 1] {
                 let joined = Arc::new(s.clone())
