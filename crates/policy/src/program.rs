@@ -78,6 +78,9 @@ pub struct Entry {
     pub layer: u32,
 }
 
+/// A list's entries, in shared chunks ([`crate::entries`]).
+pub type Entries = crate::entries::Chunks<Entry>;
+
 /// One policy list specialised to a pair of networks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleList {
@@ -87,7 +90,7 @@ pub struct RuleList {
     /// In shared chunks: a copy of a 50,000-rule list (the cache hands one
     /// out per plan) copies pointers, and a patch copies the chunks it
     /// changes.
-    pub entries: crate::entries::Entries,
+    pub entries: Entries,
     /// A hash of everything the list is compiled from
     /// ([`list_fingerprint`]): equal fingerprints, equal lists. A data plane
     /// uses it to leave alone what did not change, a [`ListCache`] to
