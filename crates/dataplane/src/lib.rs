@@ -100,7 +100,7 @@ pub use fake::FakeDataplane;
 pub use linux::LinuxDataplane;
 pub use observed::Observed;
 pub use op::KernelOp;
-pub use plan::plan;
+pub use plan::{plan, plan_with, PlanMemo};
 pub use policy::RuleCounter;
 pub use reconciler::{Look, Reconciler};
 /// The policy compiler whose programs [`DesiredHost::policies`] holds.

@@ -29,7 +29,7 @@ use crate::desired::DesiredHost;
 use crate::error::DataplaneError;
 use crate::observed::{NftState, Observed};
 use crate::op::KernelOp;
-use crate::plan::plan;
+use crate::plan::{plan_with, PlanMemo};
 
 /// What a reconcile plans against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub enum Look {
 /// reconciles (see the module's documentation).
 pub struct Reconciler {
     known: Mutex<Option<Known>>,
+    /// The kernel objects of the last desired state planned: a change of
+    /// policy alone does not compute those of 1,000 endpoints again.
+    memo: Mutex<PlanMemo>,
     max_age: Duration,
 }
 
@@ -59,7 +62,7 @@ impl Reconciler {
     /// A reconciler that knows nothing yet and observes again once what it
     /// knows is `max_age` old (`Duration::ZERO`: at every reconcile).
     pub fn new(max_age: Duration) -> Self {
-        Reconciler { known: Mutex::new(None), max_age }
+        Reconciler { known: Mutex::new(None), memo: Mutex::default(), max_age }
     }
 
     /// Validates `desired`, plans against the kernel (observed or known, see
@@ -85,16 +88,17 @@ impl Reconciler {
             (Look::Known, Some(mut k)) => {
                 k.state.nft = dp.observe_nft().await?;
                 (observed, cpu0) = (Instant::now(), crate::linux::thread_cpu_time());
-                let actions = plan(desired, &k.state);
+                let actions = plan_with(desired, &k.state, &mut self.memo());
                 (k.state, k.observed_at, actions)
             }
             (_, known) => {
                 let state = dp.observe().await?;
                 (observed, cpu0) = (Instant::now(), crate::linux::thread_cpu_time());
-                let actions = plan(desired, &state);
+                let mut memo = self.memo();
+                let actions = plan_with(desired, &state, &mut memo);
                 if let Some(mut k) = known {
                     k.state.nft = state.nft.clone();
-                    log_difference(&plan(desired, &k.state), &actions);
+                    log_difference(&plan_with(desired, &k.state, &mut memo), &actions);
                 }
                 (state, t0, actions)
             }
@@ -142,6 +146,10 @@ impl Reconciler {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Known>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, PlanMemo> {
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

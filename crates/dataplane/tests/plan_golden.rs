@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use tessera_dataplane::{
-    plan, reconcile, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, LocalEndpoint, Observed, RemoteEndpoint,
+    plan, plan_with, reconcile, DesiredHost, DesiredNetwork, DesiredSubnet, FakeDataplane, LocalEndpoint, Observed, PlanMemo,
+    RemoteEndpoint,
 };
 use tessera_model::{MacAddr, Vni};
 use uuid::Uuid;
@@ -95,7 +96,22 @@ fn converged(desired: &DesiredHost) -> Observed {
 
 fn check(case: &str, from: &DesiredHost, to: &DesiredHost) {
     to.validate().unwrap();
-    let actual: String = plan(to, &converged(from)).iter().map(|a| format!("{a}\n")).collect();
+    let kernel = converged(from);
+    // A planner that kept what `from` implied plans `to` the same.
+    let mut memo = PlanMemo::default();
+    plan_with(from, &kernel, &mut memo);
+    assert_eq!(plan_with(to, &kernel, &mut memo), plan(to, &kernel), "{case}: the plan with a memo of the state before");
+    check_against(case, to, &kernel);
+}
+
+/// The plan from `kernel` to `desired` is the one in the case's file, and
+/// a planner that kept what `desired` implies plans the same.
+fn check_against(case: &str, desired: &DesiredHost, kernel: &Observed) {
+    let planned = plan(desired, kernel);
+    let mut memo = PlanMemo::default();
+    plan_with(desired, kernel, &mut memo);
+    assert_eq!(plan_with(desired, kernel, &mut memo), planned, "{case}: the plan with a memo of the same state");
+    let actual: String = planned.iter().map(|a| format!("{a}\n")).collect();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{case}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).unwrap();
@@ -277,17 +293,6 @@ fn vxlan_device_with_wrong_local_address_is_made_again_with_its_entries() {
         v.local = Some("10.99.0.9".parse().unwrap());
     }
     check_against("vxlan_recreated", &desired, &kernel);
-}
-
-fn check_against(case: &str, desired: &DesiredHost, kernel: &Observed) {
-    let actual: String = plan(desired, kernel).iter().map(|a| format!("{a}\n")).collect();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{case}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(actual, expected, "plan for {case} differs from {}", path.display());
 }
 
 // ---- policies: route leaks, pair zones, programs ----

@@ -1,7 +1,7 @@
 //! What the files of the Linux data plane share: errno values, netlink
 //! errors as [`DataplaneError`]s, a link's index by name (`ip link show
-//! NAME`), and the netfilter netlink socket that policy element changes and
-//! conntrack zone flushes share.
+//! NAME`, or many names through one socket), and the netfilter netlink
+//! socket that policy element changes and conntrack zone flushes share.
 
 use std::cell::RefCell;
 use std::io;
@@ -89,5 +89,56 @@ impl Netfilter {
             *slot = None;
         }
         result
+    }
+}
+
+/// Links' indexes by name through one socket (`SIOCGIFINDEX`): glibc's
+/// `if_nametoindex` opens and closes a socket for every name, which costs
+/// more than the lookup, and the fast path looks all its ports up every
+/// second.
+pub(super) struct LinkIndexes(std::os::fd::OwnedFd);
+
+impl LinkIndexes {
+    /// Looks up links in the calling thread's network namespace.
+    pub(super) fn open() -> io::Result<Self> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        Ok(LinkIndexes(socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?))
+    }
+
+    /// The index of link `name`, if there is one.
+    #[allow(unsafe_code)]
+    pub(super) fn get(&self, name: &str) -> Option<u32> {
+        use std::os::fd::AsRawFd;
+        if name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
+            return None;
+        }
+        // SAFETY: `ifreq` holds only integers, byte arrays and a pointer,
+        // for all of which all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, b) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *d = *b as libc::c_char;
+        }
+        // SAFETY: `req` is a valid `ifreq` that lives across the call, its
+        // name NUL-terminated (shorter than IFNAMSIZ, the rest zero);
+        // SIOCGIFINDEX reads the name and writes only the index, in place.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
+        // SAFETY: every member of the union is plain integers, valid for
+        // any bytes; on success the kernel wrote the index.
+        let index = unsafe { req.ifr_ifru.ifru_ifindex };
+        (rc == 0).then_some(index).and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkIndexes;
+
+    #[test]
+    fn link_indexes_are_those_the_kernel_gives() {
+        let links = LinkIndexes::open().unwrap();
+        assert_eq!(links.get("lo"), nix::net::if_::if_nametoindex("lo").ok());
+        assert_eq!(links.get("no-such-link0"), None);
+        assert_eq!(links.get("a-name-longer-than-ifnamsiz"), None);
+        assert_eq!(links.get("lo\0x"), None);
     }
 }

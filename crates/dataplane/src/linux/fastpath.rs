@@ -130,6 +130,10 @@ fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
 
+fn link_indexes() -> Result<super::common::LinkIndexes, FastPathError> {
+    super::common::LinkIndexes::open().map_err(|e| FastPathError::Kernel("socket".into(), e.to_string()))
+}
+
 impl FastPath {
     /// Loads the programs, makes the metadata-mode VXLAN device (MTU `mtu`)
     /// and starts admitting flows. Runs in the calling thread's namespace.
@@ -220,8 +224,9 @@ impl FastPath {
         let s = &mut *s;
         let mut ports = BTreeMap::new();
         s.shaped.clear();
+        let links = link_indexes()?;
         for port in &tables.ports {
-            let Some(index) = ifindex(port) else { continue };
+            let Some(index) = links.get(port) else { continue };
             if shaped.contains(&index) {
                 s.shaped.insert(port.clone());
                 if let Some((_, link)) = s.attached.remove(port) {
@@ -289,7 +294,7 @@ impl FastPath {
             })
             .collect();
         let tunnels: BTreeMap<u32, u32> =
-            tables.tunnels.iter().filter_map(|(vni, dev)| Some((vni.get(), ifindex(dev)?))).collect();
+            tables.tunnels.iter().filter_map(|(vni, dev)| Some((vni.get(), links.get(dev)?))).collect();
         converge(&mut s.src, &mut s.held_src, src).map_err(|e| FastPathError::Map(maps::SRC, e))?;
         converge(&mut s.dst, &mut s.held_dst, dst).map_err(|e| FastPathError::Map(maps::DST, e))?;
         converge(&mut s.tunnels, &mut s.held_tunnels, tunnels).map_err(|e| FastPathError::Map(maps::TUNNELS, e))?;
@@ -426,7 +431,8 @@ impl FastPath {
                 },
                 _ = resync.tick() => {
                     let since = Instant::now();
-                    let table = tokio::task::spawn_blocking(|| {
+                    // At the lowest CPU priority, as the flow records' dump.
+                    let table = super::in_background("tessera-ct-resync", || {
                         let mut socket = crate::nfnetlink::NetfilterSocket::open()?;
                         crate::nfnetlink::conntrack_table(&mut socket)
                     })

@@ -31,6 +31,21 @@ pub(super) fn lowest_cpu_priority_of(who: u32) {
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, 19) };
 }
 
+/// Runs `f` on a thread of its own at the lowest CPU priority (in the
+/// calling thread's network namespace, which a new thread inherits): for
+/// periodic work nothing urgent waits on, such as a dump of a conntrack
+/// table that short connections have filled (100,000 entries cost the
+/// kernel and the parser a few hundred milliseconds), so that it yields
+/// to a change being applied.
+pub async fn in_background<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        lowest_cpu_priority();
+        let _ = tx.send(f());
+    })?;
+    rx.await.map_err(|_| io::Error::other(format!("thread {name} ended without an answer")))
+}
+
 /// Enters the network namespace at `path`, for the calling thread only.
 pub(super) fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
     let netns_err = |source: io::Error| DataplaneError::Netns { path: path.to_path_buf(), source };

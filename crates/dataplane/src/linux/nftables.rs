@@ -459,16 +459,9 @@ impl Relisting {
 /// plane's thread, whose next observation picks the state up.
 async fn background_state() -> Result<NftState, DataplaneError> {
     let listings = nft_listings(Urgency::Background).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread_err = |e: &dyn std::fmt::Display| DataplaneError::Nft { op: "list", message: format!("parsing thread: {e}") };
-    std::thread::Builder::new()
-        .name("tessera-nft-parse".into())
-        .spawn(move || {
-            super::netns::lowest_cpu_priority();
-            let _ = tx.send(parse_listings(&listings));
-        })
-        .map_err(|e| thread_err(&e))?;
-    rx.await.map_err(|e| thread_err(&e))?
+    super::netns::in_background("tessera-nft-parse", move || parse_listings(&listings))
+        .await
+        .map_err(|e| DataplaneError::Nft { op: "list", message: format!("parsing thread: {e}") })?
 }
 
 /// The state of the three tables from their listings (the policy maps'

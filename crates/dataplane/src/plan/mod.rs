@@ -44,6 +44,7 @@ use crate::op::KernelOp;
 
 mod want;
 use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects};
+pub use want::PlanMemo;
 use want::Want;
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
@@ -51,7 +52,14 @@ use want::Want;
 /// `desired` should have passed [`DesiredHost::validate`]; the planner does
 /// not check it again.
 pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
-    let want = Want::of(desired);
+    plan_with(desired, observed, &mut PlanMemo::default())
+}
+
+/// [`plan`], with the kernel objects of the desired state taken from `memo`
+/// when they are those of the last desired state it planned, and kept there
+/// for the next. The plan is the same as [`plan`]'s.
+pub fn plan_with(desired: &DesiredHost, observed: &Observed, memo: &mut PlanMemo) -> Vec<KernelOp> {
+    let want = memo.want(desired);
     let mut out = Vec::new();
 
     // 1. Host-wide parameters.
@@ -105,8 +113,8 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     // 3. Teardown. Links named like Tessera's but without its mark are
     // never deleted, nor is anything on them: they are adopted (marked) when
     // wanted as they are, and left alone otherwise.
-    let left_alone = links_left_alone(&want, observed);
-    let doomed = doomed_links(&want, observed, &left_alone);
+    let left_alone = links_left_alone(want, observed);
+    let doomed = doomed_links(want, observed, &left_alone);
     let on_doomed = |dev: &str| doomed.contains(dev) || left_alone.contains(dev);
     for r in observed.rules.difference(&want.rules) {
         let on_left_alone = matches!(&r.selector,
@@ -166,7 +174,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
     let mtu = desired.overlay_mtu();
     // With the skeleton in place, the anti-spoofing elements tell which MAC
     // and addresses each port was given.
-    let (have_ports, want_ports) = (port_elements(&observed.nft.elements), port_elements(&want.elements));
+    let have_ports = port_elements(&observed.nft.elements);
     for net in networks {
         let tb = bridge_name(net.vni);
         let tx = vxlan_name(net.vni);
@@ -244,7 +252,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
 
         // Endpoints.
         let mut endpoints: Vec<&LocalEndpoint> = net.local.iter().collect();
-        endpoints.sort_by_key(|e| host_veth_name(e.id));
+        endpoints.sort_by_cached_key(|e| host_veth_name(e.id));
         for ep in endpoints {
             let name = host_veth_name(ep.id);
             let configure = || configure_op(desired, net, ep, mtu);
@@ -267,7 +275,7 @@ pub fn plan(desired: &DesiredHost, observed: &Observed) -> Vec<KernelOp> {
                         out.push(KernelOp::BridgePortIsolate { name: name.clone() });
                     }
                     let complete = link.alias.as_deref() == Some(veth_mark(ep.id).as_str());
-                    let elements_differ = skeleton_ok && have_ports.get(name.as_str()) != want_ports.get(name.as_str());
+                    let elements_differ = skeleton_ok && !same_elements(have_ports.get(name.as_str()), want.ports.get(&name));
                     if !complete || mtu_wrong || elements_differ {
                         out.push(configure());
                     }
@@ -727,6 +735,12 @@ fn gateways(net: &DesiredNetwork, ep: &LocalEndpoint) -> Vec<IpAddr> {
 }
 
 /// The elements of `elements` that name a bridge port, by port.
+/// Whether a port holds the elements it should (both in element order).
+fn same_elements(have: Option<&Vec<&NftElement>>, want: Option<&Vec<NftElement>>) -> bool {
+    let (have, want) = (have.map_or(&[][..], Vec::as_slice), want.map_or(&[][..], Vec::as_slice));
+    have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h == w)
+}
+
 fn port_elements(elements: &BTreeSet<NftElement>) -> BTreeMap<&str, Vec<&NftElement>> {
     let mut out: BTreeMap<&str, Vec<&NftElement>> = BTreeMap::new();
     for e in elements {

@@ -1,7 +1,8 @@
 //! What a desired state asks of the kernel, keyed like
 //! [`Observed`](crate::observed::Observed): every
 //! link, address, route, rule, neighbour, FDB and proxy entry and nftables
-//! element, computed once per plan.
+//! element, computed once per plan, or kept from the last plan
+//! ([`PlanMemo`]) when the parts of the desired state it reads did not change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,8 +10,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::desired::{
-    bridge_mac, bridge_name, host_veth_name, table_id, vtep_mac, vtep_next_hop, vxlan_name, DesiredHost, EgressVia, ExternalKind,
-    VXLAN_PORT,
+    bridge_mac, bridge_name, host_veth_name, table_id, vtep_mac, vtep_next_hop, vxlan_name, DesiredHost, DesiredNetwork,
+    DesiredPublished, DesiredSteer, DesiredUplink, EgressVia, ExternalKind, PairZone, VXLAN_PORT,
 };
 use crate::names::{
     steer_mark, steer_table, veth_mark, GATEWAY_TABLE, LINK_MARK, MAIN_TABLE, PUBLISHED_PRIORITY, RULE_PRIORITY, SNAT_SLICES,
@@ -31,6 +32,69 @@ pub(super) struct Want {
     pub(super) fdb: BTreeSet<FdbEntry>,
     pub(super) proxy_neighbours: BTreeSet<ProxyNeighEntry>,
     pub(super) elements: BTreeSet<NftElement>,
+    /// The anti-spoofing elements of each endpoint port, in `elements`' order.
+    pub(super) ports: BTreeMap<String, Vec<NftElement>>,
+}
+
+/// What the planner keeps from one plan to the next: the kernel objects
+/// the last desired state implied, and the parts of that state they were
+/// computed from (everything but its policies and watches). A change of
+/// policy alone, the usual change on a host with many endpoints, does not
+/// compute them again.
+#[derive(Default)]
+pub struct PlanMemo {
+    last: Option<(WantInputs, Want)>,
+}
+
+impl PlanMemo {
+    /// The kernel objects `desired` implies.
+    pub(super) fn want(&mut self, desired: &DesiredHost) -> &Want {
+        if !self.last.as_ref().is_some_and(|(inputs, _)| inputs.same(desired)) {
+            self.last = Some((WantInputs::of(desired), Want::of(desired)));
+        }
+        &self.last.as_ref().expect("set above").1
+    }
+}
+
+/// The parts of a desired state [`Want::of`] reads.
+struct WantInputs {
+    underlay_ip: IpAddr,
+    underlay_ifname: String,
+    underlay_mtu: u32,
+    peers: Vec<IpAddr>,
+    networks: Vec<DesiredNetwork>,
+    pair_zones: Vec<PairZone>,
+    uplinks: Vec<DesiredUplink>,
+    published: Vec<DesiredPublished>,
+    steering: Vec<DesiredSteer>,
+}
+
+impl WantInputs {
+    fn of(d: &DesiredHost) -> Self {
+        WantInputs {
+            underlay_ip: d.underlay_ip,
+            underlay_ifname: d.underlay_ifname.clone(),
+            underlay_mtu: d.underlay_mtu,
+            peers: d.peers.clone(),
+            networks: d.networks.clone(),
+            pair_zones: d.pair_zones.clone(),
+            uplinks: d.uplinks.clone(),
+            published: d.published.clone(),
+            steering: d.steering.clone(),
+        }
+    }
+
+    fn same(&self, d: &DesiredHost) -> bool {
+        self.underlay_ip == d.underlay_ip
+            && self.underlay_ifname == d.underlay_ifname
+            && self.underlay_mtu == d.underlay_mtu
+            && self.peers == d.peers
+            && self.pair_zones == d.pair_zones
+            && self.uplinks == d.uplinks
+            && self.published == d.published
+            && self.steering == d.steering
+            && self.networks == d.networks
+    }
 }
 
 impl Want {
@@ -45,6 +109,7 @@ impl Want {
             fdb: BTreeSet::new(),
             proxy_neighbours: BTreeSet::new(),
             elements: BTreeSet::new(),
+            ports: BTreeMap::new(),
         };
         // The hosts VXLAN is accepted from: the fabric's, and whichever holds
         // a remote endpoint (its host is one of the fabric's by construction).
@@ -285,6 +350,11 @@ impl Want {
                         w.elements.insert(NftElement::PairZone { ifname, net: sub.cidr.trunc(), zone: pz.zone });
                     }
                 }
+            }
+        }
+        for e in &w.elements {
+            if let Some(port) = e.port() {
+                w.ports.entry(port.to_string()).or_default().push(e.clone());
             }
         }
         w
