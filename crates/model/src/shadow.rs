@@ -114,9 +114,23 @@ fn parts(rule: &Rule) -> Vec<Part<'_>> {
 
 /// The smallest range holding every port of `ports` (all ports when empty).
 fn hull(ports: &[PortRange]) -> (u16, u16) {
-    match (ports.iter().map(|r| r.start).min(), ports.iter().map(|r| r.end).max()) {
-        (Some(lo), Some(hi)) => (lo, hi),
-        _ => (0, u16::MAX),
+    ports
+        .iter()
+        .fold(None, |acc: Option<(u16, u16)>, r| Some(acc.map_or((r.start, r.end), |(lo, hi)| (lo.min(r.start), hi.max(r.end)))))
+        .unwrap_or((0, u16::MAX))
+}
+
+/// A rule's source and destination port hulls, computed once for a rule
+/// compared with many.
+#[derive(Clone, Copy)]
+struct Hulls {
+    src: (u16, u16),
+    dst: (u16, u16),
+}
+
+impl Hulls {
+    fn of(rule: &Rule) -> Self {
+        Hulls { src: hull(&rule.src_ports), dst: hull(&rule.dst_ports) }
     }
 }
 
@@ -124,21 +138,29 @@ fn hull(ports: &[PortRange]) -> (u16, u16) {
 /// allocation: the protocols nest, and `inner`'s forward direction fits one
 /// direction of `outer` by endpoints and by the hulls of the port lists.
 /// Most pairs of rules fail it, and the full check is left for the others.
+#[cfg(test)]
 fn may_cover(outer: &Rule, inner: &Rule) -> bool {
+    may_cover_with(outer, Hulls::of(outer), inner, Hulls::of(inner))
+}
+
+/// [`may_cover`] with the rules' hulls given.
+fn may_cover_with(outer: &Rule, o: Hulls, inner: &Rule, i: Hulls) -> bool {
     let fits = |o: (u16, u16), i: (u16, u16)| o.0 <= i.0 && i.1 <= o.1;
-    let (isp, idp) = (hull(&inner.src_ports), hull(&inner.dst_ports));
-    let (osp, odp) = (hull(&outer.src_ports), hull(&outer.dst_ports));
     // Cheapest first: numbers, then endpoints (network names are strings).
-    let forward =
-        fits(osp, isp) && fits(odp, idp) && endpoint_within(&inner.src, &outer.src) && endpoint_within(&inner.dst, &outer.dst);
+    let forward = || {
+        fits(o.src, i.src)
+            && fits(o.dst, i.dst)
+            && endpoint_within(&inner.src, &outer.src)
+            && endpoint_within(&inner.dst, &outer.dst)
+    };
     let backward = || {
         outer.direction == Direction::Both
-            && fits(odp, isp)
-            && fits(osp, idp)
+            && fits(o.dst, i.src)
+            && fits(o.src, i.dst)
             && endpoint_within(&inner.src, &outer.dst)
             && endpoint_within(&inner.dst, &outer.src)
     };
-    protocol_within(inner.protocol, outer.protocol) && (forward || backward())
+    protocol_within(inner.protocol, outer.protocol) && (forward() || backward())
 }
 
 fn protocol_within(inner: Protocol, outer: Protocol) -> bool {
@@ -191,11 +213,14 @@ pub fn warnings_about<'a>(rules: impl IntoIterator<Item = &'a Rule>, i: usize) -
     let mine = parts(rule);
     let within = |inner: &[Part], outer: &[Part]| inner.iter().all(|p| outer.iter().any(|x| part_within(p, x)));
     let mut out = Vec::new();
-    if let Some(j) = rules[..i].iter().position(|r| may_cover(r, rule) && within(&mine, &parts(r))) {
+    // 50,000 rules are compared with this one on every one-rule change:
+    // its hulls are computed once.
+    let h = Hulls::of(rule);
+    if let Some(j) = rules[..i].iter().position(|r| may_cover_with(r, Hulls::of(r), rule, h) && within(&mine, &parts(r))) {
         out.push(ShadowedRule { rule: i, by: j }.into());
     }
     for (k, r) in rules.iter().enumerate().skip(i + 1) {
-        if may_cover(rule, r) && within(&parts(r), &mine) {
+        if may_cover_with(rule, h, r, Hulls::of(r)) && within(&parts(r), &mine) {
             out.push(ShadowedRule { rule: k, by: i }.into());
         }
     }
