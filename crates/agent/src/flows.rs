@@ -360,10 +360,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     let desired = reconciled.borrow().clone();
                     rec.ctx.refresh(&snap, &desired);
                     let s = socket.clone();
-                    // At the lowest CPU priority: a table that short
-                    // connections filled costs a few hundred milliseconds,
-                    // which must not delay a change being applied.
-                    let table = tessera_dataplane::linux::in_background("tessera-flow-dump", move || {
+                    let table = tokio::task::spawn_blocking(move || {
                         let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
                         tessera_dataplane::nfnetlink::conntrack_table(&mut s)
                     })

@@ -431,8 +431,7 @@ impl FastPath {
                 },
                 _ = resync.tick() => {
                     let since = Instant::now();
-                    // At the lowest CPU priority, as the flow records' dump.
-                    let table = super::in_background("tessera-ct-resync", || {
+                    let table = tokio::task::spawn_blocking(|| {
                         let mut socket = crate::nfnetlink::NetfilterSocket::open()?;
                         crate::nfnetlink::conntrack_table(&mut socket)
                     })

@@ -32,12 +32,12 @@ pub(super) fn lowest_cpu_priority_of(who: u32) {
 }
 
 /// Runs `f` on a thread of its own at the lowest CPU priority (in the
-/// calling thread's network namespace, which a new thread inherits): for
-/// periodic work nothing urgent waits on, such as a dump of a conntrack
-/// table that short connections have filled (100,000 entries cost the
-/// kernel and the parser a few hundred milliseconds), so that it yields
-/// to a change being applied.
-pub async fn in_background<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+/// calling thread's network namespace, which a new thread inherits), for
+/// work nothing waits on soon, such as parsing a background listing: it
+/// yields to a change being applied. Not for work that must finish under
+/// load: beside busy threads of normal priority it gets a few percent of
+/// a core.
+pub(super) async fn in_background<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(name.into()).spawn(move || {
         lowest_cpu_priority();
