@@ -45,7 +45,7 @@ use crate::op::KernelOp;
 mod want;
 use crate::policy::{list_chain, pair_chain, policy_objects_except, ChainKind, PolicyObjects};
 pub use want::PlanMemo;
-use want::Want;
+use want::{port_elements, Want};
 
 /// Computes the actions that take the kernel from `observed` to `desired`.
 ///
@@ -734,19 +734,8 @@ fn gateways(net: &DesiredNetwork, ep: &LocalEndpoint) -> Vec<IpAddr> {
     out
 }
 
-/// The elements of `elements` that name a bridge port, by port.
 /// Whether a port holds the elements it should (both in element order).
 fn same_elements(have: Option<&Vec<&NftElement>>, want: Option<&Vec<NftElement>>) -> bool {
     let (have, want) = (have.map_or(&[][..], Vec::as_slice), want.map_or(&[][..], Vec::as_slice));
     have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h == w)
-}
-
-fn port_elements(elements: &BTreeSet<NftElement>) -> BTreeMap<&str, Vec<&NftElement>> {
-    let mut out: BTreeMap<&str, Vec<&NftElement>> = BTreeMap::new();
-    for e in elements {
-        if let Some(port) = e.port() {
-            out.entry(port).or_default().push(e);
-        }
-    }
-    out
 }

@@ -352,13 +352,23 @@ impl Want {
                 }
             }
         }
-        for e in &w.elements {
-            if let Some(port) = e.port() {
-                w.ports.entry(port.to_string()).or_default().push(e.clone());
-            }
-        }
+        w.ports = port_elements(&w.elements)
+            .into_iter()
+            .map(|(port, elements)| (port.to_string(), elements.into_iter().cloned().collect()))
+            .collect();
         w
     }
+}
+
+/// The elements of `elements` that name a bridge port, by port.
+pub(super) fn port_elements(elements: &BTreeSet<NftElement>) -> BTreeMap<&str, Vec<&NftElement>> {
+    let mut out: BTreeMap<&str, Vec<&NftElement>> = BTreeMap::new();
+    for e in elements {
+        if let Some(port) = e.port() {
+            out.entry(port).or_default().push(e);
+        }
+    }
+    out
 }
 
 /// Where a new flow from a network's bridge may go: the prefixes its table
