@@ -117,6 +117,13 @@ struct Recorder {
     active: HashMap<u64, FlowRecord>,
     ended: HashMap<u64, u64>,
     found: HashSet<u64>,
+    /// When this agent began to follow events (ms since the epoch).
+    since_ms: u64,
+    /// The records a dump made of connections older than [`Self::since_ms`]:
+    /// an agent before this one may have reported them, so each keeps a
+    /// record of its own, never made one with short flows alike (its end
+    /// completes the record the controller holds).
+    inherited: Vec<u64>,
 }
 
 /// The TCP flags a connection's state implies.
@@ -249,6 +256,9 @@ impl Recorder {
                 None if room => {
                     let start = ev.start_ns.map_or_else(now_ms, |ns| ns / 1_000_000);
                     if let Some(r) = self.make(me, ev, start) {
+                        if ev.start_ns.is_none() || start < self.since_ms {
+                            self.inherited.push(r.id);
+                        }
                         self.active.insert(key, r.clone());
                         self.found.insert(key);
                         if closed {
@@ -299,7 +309,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
     let client = client.with_attempts(1);
     let me = agent.me.name.clone();
     let reconciled = agent.counters.reconciled_states();
-    let mut rec = Recorder::default();
+    let mut rec = Recorder { since_ms: now_ms(), ..Recorder::default() };
     let mut pending: Vec<FlowRecord> = Vec::new();
     // Records of new flows since the last report, and in a flood the new
     // flows that wait for the next dump.
@@ -360,7 +370,10 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                     let desired = reconciled.borrow().clone();
                     rec.ctx.refresh(&snap, &desired);
                     let s = socket.clone();
-                    let table = tokio::task::spawn_blocking(move || {
+                    // Below normal CPU priority: a table that short connections
+                    // filled costs a few hundred milliseconds, which must not
+                    // delay a change being applied.
+                    let table = tessera_dataplane::linux::below_normal("tessera-flow-dump", move || {
                         let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
                         tessera_dataplane::nfnetlink::conntrack_table(&mut s)
                     })
@@ -371,6 +384,7 @@ pub async fn run(agent: Arc<Agent>, client: ControllerClient) {
                                 fp.add_counts(&mut entries);
                             }
                             let changed = rec.table(&me, &entries);
+                            reported.extend(rec.inherited.drain(..));
                             // The flood's flows that ended were never reported: alike
                             // ones are made one now; those running are reported.
                             let (ended, changed): (Vec<_>, Vec<_>) =
@@ -451,6 +465,20 @@ mod tests {
         let mut rec = Recorder::default();
         rec.ctx.zones.insert(5, vec![Uuid::nil()]);
         rec
+    }
+
+    #[test]
+    fn connections_a_restarted_agent_finds_keep_their_own_records() {
+        let mut rec = Recorder { since_ms: 10_000, ..recorder() };
+        let older = |id, state| CtEvent { start_ns: Some(9_000_000_000), ..connection(id, state) };
+        let newer = CtEvent { start_ns: Some(11_000_000_000), ..connection(3, Some(7)) };
+        // Two alike connections that ended before the agent's first dump,
+        // and one that began after the agent did.
+        let ended = rec.table("h1", &[older(1, Some(7)), older(2, Some(7)), newer]);
+        assert_eq!(ended.len(), 3);
+        assert_eq!(rec.inherited, vec![ended[0].id, ended[1].id]);
+        let kept = tessera_model::flow::aggregate(ended, |id| rec.inherited.contains(&id));
+        assert_eq!(kept.len(), 3, "{kept:?}");
     }
 
     #[test]
