@@ -431,7 +431,8 @@ impl FastPath {
                 },
                 _ = resync.tick() => {
                     let since = Instant::now();
-                    let table = tokio::task::spawn_blocking(|| {
+                    // Below normal CPU priority, as the flow records' dump.
+                    let table = super::below_normal("tessera-ct-resync", || {
                         let mut socket = crate::nfnetlink::NetfilterSocket::open()?;
                         crate::nfnetlink::conntrack_table(&mut socket)
                     })

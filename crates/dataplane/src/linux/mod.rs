@@ -42,6 +42,7 @@ mod worker;
 
 pub use ct_watch::{conntrack_events, conntrack_events_of, CtMessage};
 pub use drop_watch::{refused_packets, RefusedPacket};
+pub use netns::below_normal;
 pub use purge::{purge, Purge, NFT_TABLES};
 pub use worker::{link_exists, link_with_address, LinuxDataplane};
 

@@ -1,7 +1,8 @@
 //! Threads in a network namespace: entering a namespace, the
 //! single-threaded runtime and netlink connection of a thread that lives in
 //! one, running work in another namespace on a thread of its own, and giving
-//! a thread that nothing waits on the lowest CPU priority.
+//! a thread that nothing waits on the lowest CPU priority (or, for periodic
+//! work that must keep up, one below normal).
 
 use std::fs::File;
 use std::future::Future;
@@ -25,11 +26,22 @@ pub(super) fn lowest_cpu_priority() {
 /// priority. Best effort, as [`lowest_cpu_priority`].
 #[allow(unsafe_code)]
 pub(super) fn lowest_cpu_priority_of(who: u32) {
+    nice(who, 19);
+}
+
+/// Sets the nice value of thread or process `who` (0: the calling thread).
+/// Best effort.
+#[allow(unsafe_code)]
+fn nice(who: u32, value: i32) {
     // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with
     // who 0 changes the nice value of the calling thread only, and with a
     // process ID that of that process (a child that exited: ESRCH).
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, 19) };
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, value) };
 }
+
+/// The nice value of [`below_normal`]'s threads: beside a busy thread of
+/// normal priority such a thread gets about a tenth of the core.
+const BELOW_NORMAL_NICE: i32 = 10;
 
 /// Runs `f` on a thread of its own at the lowest CPU priority (in the
 /// calling thread's network namespace, which a new thread inherits), for
@@ -38,9 +50,22 @@ pub(super) fn lowest_cpu_priority_of(who: u32) {
 /// load: beside busy threads of normal priority it gets a few percent of
 /// a core.
 pub(super) async fn in_background<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    on_thread_at(name, 19, f).await
+}
+
+/// Runs `f` on a thread of its own below normal CPU priority (nice 10;
+/// in the calling thread's network namespace), for periodic work that
+/// must keep up under load but not delay a change being applied: a dump
+/// of a conntrack table that short connections have filled (100,000
+/// entries cost the kernel and the parser a few hundred milliseconds).
+pub async fn below_normal<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    on_thread_at(name, BELOW_NORMAL_NICE, f).await
+}
+
+async fn on_thread_at<T: Send + 'static>(name: &str, value: i32, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(name.into()).spawn(move || {
-        lowest_cpu_priority();
+        nice(0, value);
         let _ = tx.send(f());
     })?;
     rx.await.map_err(|_| io::Error::other(format!("thread {name} ended without an answer")))
