@@ -360,6 +360,11 @@ pub mod bytes {
         (half(0), half(8))
     }
 
+    /// Whether the program marked the flow closing (its first FIN or RST).
+    pub fn flow_closing(b: &[u8; 24]) -> bool {
+        b[16..20] != [0; 4]
+    }
+
     pub fn config(md_ifindex: u32, underlay: Ipv4Addr) -> [u8; 16] {
         let mut b = [0; 16];
         b[..4].copy_from_slice(&md_ifindex.to_ne_bytes());

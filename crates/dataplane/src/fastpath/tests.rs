@@ -235,6 +235,10 @@ fn keys_and_values_have_the_programs_layout() {
     counts[..8].copy_from_slice(&5u64.to_ne_bytes());
     counts[8..16].copy_from_slice(&700u64.to_ne_bytes());
     assert_eq!(bytes::flow_counts(&counts), (5, 700));
+    assert!(!bytes::flow_closing(&counts));
+    counts[16..20].copy_from_slice(&1u32.to_ne_bytes());
+    assert!(bytes::flow_closing(&counts), "the program's `closing`");
+    assert_eq!(bytes::flow_counts(&counts), (5, 700));
 }
 
 /// The tables of a host with a network of its own endpoints and remote

@@ -48,7 +48,8 @@ pub const PORTS_EVERY: Duration = Duration::from_secs(1);
 /// How often the flows are compared with a dump of conntrack.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How long the counts of a flow that left the fast path are kept for the
-/// flow records after its connection ended.
+/// flow records after its connection ended (or, for one that left while
+/// closing, after a resync last found its entry).
 const RETIRED_KEEP: Duration = Duration::from_secs(30);
 /// Conntrack's liberal TCP window tracking (of the namespace).
 const TCP_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
@@ -351,26 +352,45 @@ impl FastPath {
     }
 
     /// Packets and bytes the fast path carried of each direction of each
-    /// flow it carries or carried lately.
+    /// flow it carries or carried lately. Flows the program marked closing
+    /// leave the map on the way (their packets take the kernel path already;
+    /// their counts stay while their connection's entry does), not two
+    /// minutes after a FIN, when conntrack forgets them.
     pub fn flow_counts(&self) -> HashMap<FlowKey, (u64, u64)> {
-        let s = self.state();
+        let mut s = self.state();
         let mut out: HashMap<FlowKey, (u64, u64)> = s.retired.iter().map(|(k, (c, _))| (*k, *c)).collect();
+        let mut closing = Vec::new();
         for (k, v) in s.flows.iter().filter_map(Result::ok) {
             if let Some(key) = bytes::parse_flow_key(&k) {
                 let (p, b) = bytes::flow_counts(&v);
                 let e = out.entry(key).or_default();
                 *e = (e.0 + p, e.1 + b);
+                if bytes::flow_closing(&v) {
+                    closing.push(key);
+                }
             }
         }
+        closing.into_iter().for_each(|k| s.retire(k));
         out
     }
 
     /// Adds what the fast path carried to the conntrack entries of its
-    /// flows ([`crate::fastpath::add_counts`]).
+    /// flows ([`crate::fastpath::add_counts`]); the flows of connections
+    /// the entries show closed leave the fast path (an RST or FIN that took
+    /// the kernel path, by this host's tunnel device, passed no program).
     pub fn add_counts(&self, entries: &mut [CtEvent]) {
         let counts = self.flow_counts();
-        let zones = self.state().zones.clone();
-        crate::fastpath::add_counts(entries, &zones, &counts);
+        let mut s = self.state();
+        crate::fastpath::add_counts(entries, &s.zones, &counts);
+        let closed = entries.iter().filter(|e| e.tcp_state.is_some_and(crate::ct_events::tcp_closed));
+        let keys: Vec<FlowKey> = closed
+            .filter_map(|e| match admission(e, &s.zones) {
+                Admission::Remove(keys) => Some(keys),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        keys.into_iter().for_each(|k| s.retire(k));
     }
 
     /// Packets and bytes the fast path delivered into the containers behind
@@ -497,10 +517,12 @@ impl State {
         if self.last.is_none() {
             return;
         }
-        let mut admitted = std::collections::HashSet::new();
+        let (mut admitted, mut live) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         for ev in entries {
-            if let Admission::Admit(keys) = admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
-                admitted.extend(keys);
+            match admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
+                Admission::Admit(keys) => admitted.extend(keys),
+                Admission::Remove(keys) => live.extend(keys),
+                Admission::Ignore => {}
             }
         }
         // What the map really holds (an earlier agent's flows among them).
@@ -509,7 +531,9 @@ impl State {
         for k in admitted {
             self.admit(k);
         }
+        // The counts of a flow retired while closing stay while its entry does.
         let now = Instant::now();
+        self.retired.iter_mut().filter(|(k, _)| live.contains(*k)).for_each(|(_, (_, at))| *at = now);
         self.retired.retain(|_, (_, at)| now.duration_since(*at) < RETIRED_KEEP);
     }
 
