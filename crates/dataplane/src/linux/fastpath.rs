@@ -351,46 +351,24 @@ impl FastPath {
         }
     }
 
-    /// Packets and bytes the fast path carried of each direction of each
-    /// flow it carries or carried lately. Flows the program marked closing
-    /// leave the map on the way (their packets take the kernel path already;
-    /// their counts stay while their connection's entry does), not two
-    /// minutes after a FIN, when conntrack forgets them.
-    pub fn flow_counts(&self) -> HashMap<FlowKey, (u64, u64)> {
-        let mut s = self.state();
-        let mut out: HashMap<FlowKey, (u64, u64)> = s.retired.iter().map(|(k, (c, _))| (*k, *c)).collect();
-        let mut closing = Vec::new();
-        for (k, v) in s.flows.iter().filter_map(Result::ok) {
-            if let Some(key) = bytes::parse_flow_key(&k) {
-                let (p, b) = bytes::flow_counts(&v);
-                let e = out.entry(key).or_default();
-                *e = (e.0 + p, e.1 + b);
-                if bytes::flow_closing(&v) {
-                    closing.push(key);
-                }
-            }
-        }
-        closing.into_iter().for_each(|k| s.retire(k));
-        out
-    }
-
     /// Adds what the fast path carried to the conntrack entries of its
-    /// flows ([`crate::fastpath::add_counts`]); the flows of connections
-    /// the entries show closed leave the fast path (an RST or FIN that took
-    /// the kernel path, by this host's tunnel device, passed no program).
+    /// flows ([`crate::fastpath::add_counts`]), and takes closed connections
+    /// off it, keeping their counts while their entry lives: those the
+    /// program marked closing and those the entries show closed (an RST or
+    /// FIN by the kernel path, through the network's VXLAN device, passed no
+    /// program of this host). Not two minutes after a FIN, when conntrack
+    /// forgets them.
     pub fn add_counts(&self, entries: &mut [CtEvent]) {
-        let counts = self.flow_counts();
         let mut s = self.state();
+        let (counts, closing) = s.flow_counts();
         crate::fastpath::add_counts(entries, &s.zones, &counts);
         let closed = entries.iter().filter(|e| e.tcp_state.is_some_and(crate::ct_events::tcp_closed));
-        let keys: Vec<FlowKey> = closed
-            .filter_map(|e| match admission(e, &s.zones) {
-                Admission::Remove(keys) => Some(keys),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        keys.into_iter().for_each(|k| s.retire(k));
+        let closed = closed.filter_map(|e| match admission(e, &s.zones) {
+            Admission::Remove(keys) => Some(keys),
+            _ => None,
+        });
+        let doomed: Vec<FlowKey> = closing.into_iter().chain(closed.flatten()).collect();
+        doomed.into_iter().for_each(|k| s.retire(k));
     }
 
     /// Packets and bytes the fast path delivered into the containers behind
@@ -469,6 +447,25 @@ impl FastPath {
 }
 
 impl State {
+    /// Packets and bytes the fast path carried of each direction of each
+    /// flow it carries or carried lately, and the flows the program marked
+    /// closing (its packets take the kernel path already).
+    fn flow_counts(&self) -> (HashMap<FlowKey, (u64, u64)>, Vec<FlowKey>) {
+        let mut out: HashMap<FlowKey, (u64, u64)> = self.retired.iter().map(|(k, (c, _))| (*k, *c)).collect();
+        let mut closing = Vec::new();
+        for (k, v) in self.flows.iter().filter_map(Result::ok) {
+            if let Some(key) = bytes::parse_flow_key(&k) {
+                let (p, b) = bytes::flow_counts(&v);
+                let e = out.entry(key).or_default();
+                *e = (e.0 + p, e.1 + b);
+                if bytes::flow_closing(&v) {
+                    closing.push(key);
+                }
+            }
+        }
+        (out, closing)
+    }
+
     /// Applies a batch of events: per connection only its last event
     /// counts (a short connection that became assured and ended within the
     /// batch costs nothing), and only flows the map does not hold or holds

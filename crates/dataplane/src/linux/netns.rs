@@ -24,9 +24,8 @@ pub(super) fn lowest_cpu_priority() {
 
 /// Gives thread or process `who` (0: the calling thread) the lowest CPU
 /// priority. Best effort, as [`lowest_cpu_priority`].
-#[allow(unsafe_code)]
 pub(super) fn lowest_cpu_priority_of(who: u32) {
-    nice(who, 19);
+    nice(who, LOWEST_NICE);
 }
 
 /// Sets the nice value of thread or process `who` (0: the calling thread).
@@ -39,6 +38,9 @@ fn nice(who: u32, value: i32) {
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, value) };
 }
 
+/// The lowest CPU priority's nice value.
+const LOWEST_NICE: i32 = 19;
+
 /// The nice value of [`below_normal`]'s threads: beside a busy thread of
 /// normal priority such a thread gets about a tenth of the core.
 const BELOW_NORMAL_NICE: i32 = 10;
@@ -50,7 +52,7 @@ const BELOW_NORMAL_NICE: i32 = 10;
 /// load: beside busy threads of normal priority it gets a few percent of
 /// a core.
 pub(super) async fn in_background<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    on_thread_at(name, 19, f).await
+    on_thread_at(name, LOWEST_NICE, f).await
 }
 
 /// Runs `f` on a thread of its own below normal CPU priority (nice 10;
