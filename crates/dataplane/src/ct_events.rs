@@ -74,7 +74,8 @@ pub struct CtEvent {
     /// `Destroy`, with accounting on).
     pub orig: (u64, u64),
     pub reply: (u64, u64),
-    /// When the kernel made it (ns since boot), where it says.
+    /// When the kernel confirmed it (ns since the Unix epoch, wall-clock
+    /// time), where it says (timestamps on; dumps and destroy events).
     #[serde(default)]
     pub start_ns: Option<u64>,
     /// A TCP connection's state (`TCP_CONNTRACK_*`).

@@ -250,14 +250,59 @@ pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vec<Vni>>) -> Admission 
     }
 }
 
+/// The connection a flow of the fast path is of, as far as it is known:
+/// conntrack's id (the next connection of a five-tuple often gets the id of
+/// the one before: the kernel reuses its memory) and when conntrack
+/// confirmed it (ns of wall-clock time; only dumps and destroy events say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub id: Option<u32>,
+    pub start_ns: Option<u64>,
+}
+
+impl Owner {
+    /// The connection of `ev`.
+    pub fn of(ev: &CtEvent) -> Owner {
+        Owner { id: Some(ev.id), start_ns: ev.start_ns }
+    }
+
+    /// Whether `other` may be the same connection: nothing known of both
+    /// differs.
+    pub fn may_be(&self, other: &Owner) -> bool {
+        let differ = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a != b);
+        !differ(self.id.map(u64::from), other.id.map(u64::from)) && !differ(self.start_ns, other.start_ns)
+    }
+
+    /// This, with what `other` (the same connection) knows besides.
+    pub fn with(self, other: &Owner) -> Owner {
+        Owner { id: self.id.or(other.id), start_ns: self.start_ns.or(other.start_ns) }
+    }
+}
+
+/// What the fast path carried of one direction of a flow for one
+/// connection: in its map still, or retired (taken off it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Packets and bytes.
+    pub counts: (u64, u64),
+    pub owner: Owner,
+    /// When retired counts were retired (ns of wall-clock time, as
+    /// conntrack's timestamps): a connection confirmed later is another's.
+    pub retired_ns: Option<u64>,
+}
+
+impl Carried {
+    /// Whether these are counts of the connection of `ev`.
+    pub fn of(&self, ev: &CtEvent) -> bool {
+        let later = matches!((self.retired_ns, ev.start_ns), (Some(retired), Some(start)) if start > retired);
+        self.owner.may_be(&Owner::of(ev)) && !later
+    }
+}
+
 /// Adds what the fast path carried (`counts`, by direction) to the
 /// conntrack entries it carried them for: the kernel's counters see only
 /// the packets of the kernel path.
-pub fn add_counts(
-    entries: &mut [CtEvent],
-    zones: &BTreeMap<u16, Vec<Vni>>,
-    counts: &std::collections::HashMap<FlowKey, (u64, u64)>,
-) {
+pub fn add_counts(entries: &mut [CtEvent], zones: &BTreeMap<u16, Vec<Vni>>, counts: &HashMap<FlowKey, Vec<Carried>>) {
     if counts.is_empty() {
         return;
     }
@@ -265,14 +310,16 @@ pub fn add_counts(
         let Some(vnis) = zones.get(&ev.zone) else { continue };
         let t = &ev.tuple;
         let (src, dst) = (t.src, t.dst);
+        let (mut orig, mut reply) = (ev.orig, ev.reply);
         for &vni in vnis {
             let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
-            for (side, k) in [(&mut ev.orig, key), (&mut ev.reply, key.reversed())] {
-                if let Some((p, b)) = counts.get(&k) {
-                    *side = (side.0 + p, side.1 + b);
+            for (side, k) in [(&mut orig, key), (&mut reply, key.reversed())] {
+                for c in counts.get(&k).into_iter().flatten().filter(|c| c.of(ev)) {
+                    *side = (side.0 + c.counts.0, side.1 + c.counts.1);
                 }
             }
         }
+        (ev.orig, ev.reply) = (orig, reply);
     }
 }
 

@@ -266,3 +266,49 @@ fn golden_tables() {
         .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
     assert_eq!(actual, expected, "the fast path's tables differ from {}", path.display());
 }
+
+#[test]
+fn counts_carried_are_added_to_their_connection_both_ways() {
+    let zones = BTreeMap::from([(7, vec![vni(100)])]);
+    let key = iperf_flow();
+    let live = |counts, id| Carried { counts, owner: Owner { id, start_ns: None }, retired_ns: None };
+    let counts = HashMap::from([(key, vec![live((10, 15_000), Some(1))]), (key.reversed(), vec![live((5, 300), None)])]);
+    let mut entries = vec![CtEvent { orig: (3, 180), reply: (2, 120), ..event(CtEventKind::New, 7, 6, Some(3), 0) }];
+    add_counts(&mut entries, &zones, &counts);
+    assert_eq!((entries[0].orig, entries[0].reply), ((13, 15_180), (7, 420)), "an earlier agent's entry (no id) counts too");
+    let mut other_zone = vec![event(CtEventKind::New, 8, 6, Some(3), 0)];
+    add_counts(&mut other_zone, &zones, &counts);
+    assert_eq!(other_zone[0].orig, (0, 0));
+}
+
+#[test]
+fn a_connection_that_reuses_a_five_tuple_gets_none_of_its_predecessors_counts() {
+    let zones = BTreeMap::from([(7, vec![vni(100)])]);
+    let key = iperf_flow();
+    // Connection 1 (confirmed at 40,000) was retired at 50,000; its
+    // successor has its id (the kernel reused its memory), and the fast
+    // path knows only that of what it carries.
+    let first = Owner { id: Some(1), start_ns: Some(40_000) };
+    let retired = Carried { counts: (100, 1_000_000), owner: first, retired_ns: Some(50_000) };
+    let late = Carried { counts: (7, 700), owner: Owner { id: Some(1), start_ns: None }, retired_ns: Some(65_000) };
+    let live = Carried { counts: (4, 400), owner: Owner { id: Some(1), start_ns: Some(45_000) }, retired_ns: None };
+    let connection = |id, start_ns| CtEvent { id, start_ns, ..event(CtEventKind::New, 7, 6, Some(3), 0) };
+    let mut entries = vec![connection(1, Some(40_000))];
+    add_counts(&mut entries, &zones, &HashMap::from([(key, vec![retired])]));
+    assert_eq!(entries[0].orig, (100, 1_000_000), "the retired connection's own entry");
+    let counts = HashMap::from([(key, vec![retired, late, live])]);
+    let mut entries = vec![connection(1, Some(45_000)), connection(1, Some(70_000))];
+    add_counts(&mut entries, &zones, &counts);
+    assert_eq!(entries[0].orig, (11, 1_100), "the next: what it carries, and what was retired after it began");
+    assert_eq!(entries[1].orig, (0, 0), "confirmed after every retirement, and not the live one");
+}
+
+#[test]
+fn owners_are_told_apart_only_by_what_is_known_of_both() {
+    let known = Owner { id: Some(1), start_ns: Some(10) };
+    assert!(known.may_be(&Owner { id: Some(1), start_ns: None }));
+    assert!(known.may_be(&Owner::default()));
+    assert!(!known.may_be(&Owner { id: Some(1), start_ns: Some(11) }), "the id again, another connection");
+    assert!(!known.may_be(&Owner { id: Some(2), start_ns: None }));
+    assert_eq!(Owner { id: Some(1), start_ns: None }.with(&known), known);
+}

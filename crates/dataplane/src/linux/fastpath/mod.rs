@@ -28,17 +28,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHash, MapData};
-use aya::programs::tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::tc::SchedClassifierLinkId;
 use aya::Ebpf;
 use tessera_model::Vni;
 
 use crate::ct_events::{CtEvent, GROUP_DESTROY, GROUP_UPDATE};
 use crate::fastpath::{
-    admission, bytes, maps, remote_mac, Admission, At, FlowKey, Tables, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, MD_DEVICE,
+    admission, bytes, maps, remote_mac, Admission, At, Carried, FlowKey, Owner, Tables, FASTPATH_PORT, FROM_CONTAINER,
+    FROM_TUNNEL, MD_DEVICE,
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+mod load;
+
+use load::{attach, attach_port, delete_filter, earlier_maps, filters, load, md_device, program, take};
+pub use load::{md_device_present, FastPathError};
 
 /// How long a new host port takes the kernel path before the fast path
 /// takes it (when no queueing discipline of its own came meanwhile).
@@ -51,25 +54,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// flow records after its connection ended (or, for one that left while
 /// closing, after a resync last found its entry).
 const RETIRED_KEEP: Duration = Duration::from_secs(30);
+/// How many times a flow's counts are kept apart; the oldest go first.
+const RETIRED_PER_FLOW: usize = 8;
 /// Conntrack's liberal TCP window tracking (of the namespace).
 const TCP_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 /// `BPF_NOEXIST`: an update that makes an entry only.
 const BPF_NOEXIST: u64 = 1;
 /// The tc priority of Tessera's filters.
 const PRIORITY: u16 = 1;
-
-/// Why the fast path cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum FastPathError {
-    #[error("loading the eBPF programs: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("eBPF program {0}: {1}")]
-    Program(&'static str, aya::programs::ProgramError),
-    #[error("eBPF map {0}: {1}")]
-    Map(&'static str, String),
-    #[error("{0}: {1}")]
-    Kernel(String, String),
-}
 
 type Flows = BpfHash<MapData, [u8; 44], [u8; 24]>;
 
@@ -97,10 +89,14 @@ struct State {
     /// When each port not attached yet was first seen (by its index).
     seen: BTreeMap<String, (u32, Instant)>,
     zones: BTreeMap<u16, Vec<Vni>>,
-    /// The flows `flows` holds.
-    admitted: std::collections::HashSet<FlowKey>,
-    /// Counts of flows that left the fast path, kept for flow records.
-    retired: HashMap<FlowKey, ((u64, u64), Instant)>,
+    /// The flows `flows` holds, with the connection each was admitted for
+    /// (nothing known of an earlier agent's).
+    admitted: HashMap<FlowKey, Owner>,
+    /// Counts of flows that left the fast path, kept for flow records, each
+    /// time apart (the next connection of a five-tuple may have the id of
+    /// the one before), and when each was retired or last found in
+    /// conntrack.
+    retired: HashMap<FlowKey, Vec<(Carried, Instant)>>,
     kernel_only: BTreeMap<Vni, &'static str>,
     /// When the zones of these networks were last flushed.
     flushed_at: HashMap<Vni, Instant>,
@@ -125,10 +121,6 @@ pub enum PortPath {
     Fast,
     /// It takes the kernel path, and why.
     Kernel(String),
-}
-
-fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name).ok()
 }
 
 fn link_indexes() -> Result<super::common::LinkIndexes, FastPathError> {
@@ -171,7 +163,12 @@ impl FastPath {
             tunnels.iter().filter_map(Result::ok).collect(),
         );
         let flows: Flows = take(&mut ebpf, maps::FLOWS)?;
-        let admitted = flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).collect();
+        let admitted = flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| bytes::parse_flow_key(&k))
+            .map(|k| (k, Owner::default()))
+            .collect();
         let state = State {
             src,
             dst,
@@ -360,6 +357,7 @@ impl FastPath {
     /// forgets them.
     pub fn add_counts(&self, entries: &mut [CtEvent]) {
         let mut s = self.state();
+        s.learn(entries);
         let (counts, closing) = s.flow_counts();
         crate::fastpath::add_counts(entries, &s.zones, &counts);
         let closed = entries.iter().filter(|e| e.tcp_state.is_some_and(crate::ct_events::tcp_closed));
@@ -368,7 +366,7 @@ impl FastPath {
             _ => None,
         });
         let doomed: Vec<FlowKey> = closing.into_iter().chain(closed.flatten()).collect();
-        doomed.into_iter().for_each(|k| s.retire(k));
+        doomed.into_iter().for_each(|k| s.retire(k, None));
     }
 
     /// Packets and bytes the fast path delivered into the containers behind
@@ -447,17 +445,19 @@ impl FastPath {
 }
 
 impl State {
-    /// Packets and bytes the fast path carried of each direction of each
-    /// flow it carries or carried lately, and the flows the program marked
-    /// closing (its packets take the kernel path already).
-    fn flow_counts(&self) -> (HashMap<FlowKey, (u64, u64)>, Vec<FlowKey>) {
-        let mut out: HashMap<FlowKey, (u64, u64)> = self.retired.iter().map(|(k, (c, _))| (*k, *c)).collect();
+    /// What the fast path carried of each direction of each flow it
+    /// carries or carried lately, and the flows the program marked closing
+    /// (its packets take the kernel path already).
+    fn flow_counts(&self) -> (HashMap<FlowKey, Vec<Carried>>, Vec<FlowKey>) {
+        let mut out: HashMap<FlowKey, Vec<Carried>> = HashMap::new();
+        for (k, retired) in &self.retired {
+            out.entry(*k).or_default().extend(retired.iter().map(|(c, _)| *c));
+        }
         let mut closing = Vec::new();
         for (k, v) in self.flows.iter().filter_map(Result::ok) {
             if let Some(key) = bytes::parse_flow_key(&k) {
-                let (p, b) = bytes::flow_counts(&v);
-                let e = out.entry(key).or_default();
-                *e = (e.0 + p, e.1 + b);
+                let owner = self.admitted.get(&key).copied().unwrap_or_default();
+                out.entry(key).or_default().push(Carried { counts: bytes::flow_counts(&v), owner, retired_ns: None });
                 if bytes::flow_closing(&v) {
                     closing.push(key);
                 }
@@ -469,40 +469,78 @@ impl State {
     /// Applies a batch of events: per connection only its last event
     /// counts (a short connection that became assured and ended within the
     /// batch costs nothing), and only flows the map does not hold or holds
-    /// are written.
+    /// are written. A flow removed and admitted again within the batch (a
+    /// connection ended and the next of its five-tuple began) is retired
+    /// first: the next one's counts start from nothing.
     fn apply(&mut self, events: &[CtEvent], since: Instant) {
-        let mut last: HashMap<FlowKey, Admission> = HashMap::new();
+        let mut last: HashMap<FlowKey, (Admission, Owner, Option<Owner>)> = HashMap::new();
         for ev in events {
-            match admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
-                Admission::Ignore => {}
-                a @ (Admission::Admit(_) | Admission::Remove(_)) => {
-                    let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
-                    if let Some(first) = keys.first() {
-                        last.insert(*first, a.clone());
+            let a = admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since);
+            let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
+            let Some(first) = keys.first().copied() else { continue };
+            let removed = last.remove(&first).and_then(|(before, owner, removed)| match before {
+                Admission::Remove(_) => Some(owner),
+                _ => removed,
+            });
+            last.insert(first, (a, Owner::of(ev), removed));
+        }
+        for (a, owner, removed) in last.into_values() {
+            match a {
+                Admission::Admit(keys) => {
+                    for k in keys {
+                        if removed.is_some() {
+                            self.retire(k, removed);
+                        }
+                        self.admit(k, owner);
                     }
                 }
-            }
-        }
-        for a in last.into_values() {
-            match a {
-                Admission::Admit(keys) => keys.into_iter().for_each(|k| self.admit(k)),
-                Admission::Remove(keys) => keys.into_iter().for_each(|k| self.retire(k)),
+                Admission::Remove(keys) => keys.into_iter().for_each(|k| self.retire(k, Some(owner))),
                 Admission::Ignore => {}
             }
         }
     }
 
-    fn admit(&mut self, k: FlowKey) {
-        if self.admitted.contains(&k) {
-            return;
+    /// Learns when the connections of the fast path's flows began, from a
+    /// dump of conntrack (`entries`). A flow whose entry now is a later
+    /// connection's (the next of its five-tuple, with its id) is retired,
+    /// and that connection's admitted in its place.
+    fn learn(&mut self, entries: &[CtEvent]) {
+        for ev in entries.iter().filter(|ev| ev.start_ns.is_some()) {
+            let a = admission(ev, &self.zones);
+            let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
+            let now = Owner::of(ev);
+            for k in keys {
+                let Some(held) = self.admitted.get_mut(k) else { continue };
+                if held.may_be(&now) {
+                    *held = held.with(&now);
+                } else if held.id == now.id {
+                    self.retire(*k, None);
+                    if matches!(a, Admission::Admit(_)) {
+                        self.admit(*k, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts flow `k` of connection `owner` on the fast path; a flow of
+    /// another connection there (its end unseen) is retired first.
+    fn admit(&mut self, k: FlowKey, owner: Owner) {
+        match self.admitted.get_mut(&k) {
+            Some(held) if held.may_be(&owner) => {
+                *held = held.with(&owner);
+                return;
+            }
+            Some(_) => self.retire(k, None),
+            None => {}
         }
         // BPF_NOEXIST: an entry there (an earlier agent's) keeps its counts.
         match self.flows.insert(bytes::flow_key(&k), bytes::FLOW_ZERO, BPF_NOEXIST) {
             Ok(()) => {
-                self.admitted.insert(k);
+                self.admitted.insert(k, owner);
             }
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                self.admitted.insert(k);
+                self.admitted.insert(k, owner);
             }
             Err(e) => tracing::debug!(error = %e, "a flow does not enter the fast path"),
         }
@@ -514,47 +552,64 @@ impl State {
         if self.last.is_none() {
             return;
         }
-        let (mut admitted, mut live) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let (mut admitted, mut live) = (HashMap::new(), std::collections::HashSet::new());
         for ev in entries {
             match admission(ev, &self.zones).unless_flushed_since(&self.flushed_at, since) {
-                Admission::Admit(keys) => admitted.extend(keys),
+                Admission::Admit(keys) => admitted.extend(keys.into_iter().map(|k| (k, Owner::of(ev)))),
                 Admission::Remove(keys) => live.extend(keys),
                 Admission::Ignore => {}
             }
         }
         // What the map really holds (an earlier agent's flows among them).
-        self.admitted = self.flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k)).collect();
-        self.drop_flows(|k| !admitted.contains(k));
-        for k in admitted {
-            self.admit(k);
+        let owners = std::mem::take(&mut self.admitted);
+        let held = self.flows.keys().filter_map(Result::ok).filter_map(|k| bytes::parse_flow_key(&k));
+        self.admitted = held.map(|k| (k, owners.get(&k).copied().unwrap_or_default())).collect();
+        self.drop_flows(|k| !admitted.contains_key(k));
+        for (k, owner) in admitted {
+            self.admit(k, owner);
         }
         // The counts of a flow retired while closing stay while its entry does.
         let now = Instant::now();
-        self.retired.iter_mut().filter(|(k, _)| live.contains(*k)).for_each(|(_, (_, at))| *at = now);
-        self.retired.retain(|_, (_, at)| now.duration_since(*at) < RETIRED_KEEP);
+        for (k, retired) in &mut self.retired {
+            if live.contains(k) {
+                retired.iter_mut().for_each(|(_, at)| *at = now);
+            }
+            retired.retain(|(_, at)| now.duration_since(*at) < RETIRED_KEEP);
+        }
+        self.retired.retain(|_, retired| !retired.is_empty());
     }
 
-    /// Takes a flow off the fast path, keeping what it carried.
-    fn retire(&mut self, k: FlowKey) {
-        if !self.admitted.remove(&k) {
-            return;
+    /// Takes a flow off the fast path, keeping what it carried (beside what
+    /// it or other connections of its five-tuple carried before); `ended`,
+    /// the connection whose end (or removal) retires it, says more of its
+    /// owner where it may be the same.
+    fn retire(&mut self, k: FlowKey, ended: Option<Owner>) {
+        let Some(mut owner) = self.admitted.remove(&k) else { return };
+        if let Some(ended) = ended.filter(|e| owner.may_be(e)) {
+            owner = owner.with(&ended);
         }
         let key = bytes::flow_key(&k);
         if let Ok(v) = self.flows.get(&key, 0) {
             let _ = self.flows.remove(&key);
-            let (p, b) = bytes::flow_counts(&v);
-            let e = self.retired.entry(k).or_insert(((0, 0), Instant::now()));
-            e.0 = (e.0 .0 + p, e.0 .1 + b);
-            e.1 = Instant::now();
+            let retired = self.retired.entry(k).or_default();
+            if retired.len() == RETIRED_PER_FLOW {
+                retired.remove(0);
+            }
+            retired.push((Carried { counts: bytes::flow_counts(&v), owner, retired_ns: Some(wall_ns()) }, Instant::now()));
         }
     }
 
     fn drop_flows(&mut self, doomed: impl Fn(&FlowKey) -> bool) {
-        let keys: Vec<FlowKey> = self.admitted.iter().filter(|k| doomed(k)).copied().collect();
+        let keys: Vec<FlowKey> = self.admitted.keys().filter(|k| doomed(k)).copied().collect();
         for k in keys {
-            self.retire(k);
+            self.retire(k, None);
         }
     }
+}
+
+/// Now, in ns of wall-clock time (as conntrack's timestamps).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Writes the differences between `held` (what `map` holds) and `want`.
@@ -571,226 +626,4 @@ where
     }
     *held = want;
     Ok(())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, FastPathError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| FastPathError::Kernel(name.into(), "not in the object".into()))?
-        .try_into()
-        .map_err(|e| FastPathError::Program(name, e))
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FastPathError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or_else(|| FastPathError::Map(name, "not in the object".into()))?;
-    T::try_from(map).map_err(|e| FastPathError::Map(name, e.to_string()))
-}
-
-/// Attaches `from_container` at the tcx ingress of host port `dev`.
-fn attach_port(ebpf: &mut Ebpf, dev: &str) -> Result<SchedClassifierLinkId, FastPathError> {
-    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    program(ebpf, FROM_CONTAINER)?
-        .attach_with_options(dev, TcAttachType::Ingress, options)
-        .map_err(|e| FastPathError::Program(FROM_CONTAINER, e))
-}
-
-/// Attaches program `name` at the ingress of `dev` with netlink, at
-/// `priority`; the attachment outlives the agent.
-fn attach(ebpf: &mut Ebpf, name: &'static str, dev: &str, priority: u16) -> Result<(), FastPathError> {
-    let kernel = |e: tc::TcError| FastPathError::Kernel(format!("tc on {dev}"), e.to_string());
-    match tc::qdisc_add_clsact(dev) {
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        r => r.map_err(kernel)?,
-    }
-    let prog = program(ebpf, name)?;
-    let options = TcAttachOptions::Netlink(NlOptions { priority, ..Default::default() });
-    let id = prog.attach_with_options(dev, TcAttachType::Ingress, options).map_err(|e| FastPathError::Program(name, e))?;
-    let link = prog.take_link(id).map_err(|e| FastPathError::Program(name, e))?;
-    // Dropping the link would detach it: it stays until the device goes or
-    // the next agent replaces it.
-    std::mem::forget(link);
-    Ok(())
-}
-
-/// The ingress filters of program `name` on the link at `index`.
-async fn filters(
-    netlink: &rtnetlink::Handle,
-    index: u32,
-    name: &str,
-) -> Result<Vec<rtnetlink::packet_route::tc::TcMessage>, FastPathError> {
-    use futures::TryStreamExt;
-    let mut out = Vec::new();
-    let mut dump = netlink.clone().traffic_filter(index as i32).get().ingress().execute();
-    while let Some(f) = dump.try_next().await.map_err(|e| FastPathError::Kernel("tc filter list".into(), e.to_string()))? {
-        if bpf_option(&f, |o| matches!(o, TcFilterBpfOption::ProgName(n) if n == name)).is_some() {
-            out.push(f);
-        }
-    }
-    Ok(out)
-}
-
-use rtnetlink::packet_route::tc::TcFilterBpfOption;
-
-fn bpf_option(
-    f: &rtnetlink::packet_route::tc::TcMessage,
-    pick: impl Fn(&TcFilterBpfOption) -> bool,
-) -> Option<&TcFilterBpfOption> {
-    use rtnetlink::packet_route::tc::{TcAttribute, TcOption};
-    f.attributes.iter().find_map(|a| match a {
-        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
-            TcOption::Bpf(b) if pick(b) => Some(b),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
-async fn delete_filter(netlink: &rtnetlink::Handle, f: rtnetlink::packet_route::tc::TcMessage) -> Result<(), FastPathError> {
-    use futures::StreamExt;
-    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
-    use rtnetlink::packet_route::tc::TcMessage;
-    use rtnetlink::packet_route::RouteNetlinkMessage;
-    let mut msg = TcMessage::with_index(f.header.index);
-    msg.header = f.header;
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(msg));
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    let kernel = |e: String| FastPathError::Kernel("tc filter del".into(), e);
-    let mut answers = netlink.clone().request(req).map_err(|e| kernel(e.to_string()))?;
-    while let Some(answer) = answers.next().await {
-        if let NetlinkPayload::Error(e) = answer.payload {
-            if e.code.is_some() {
-                return Err(kernel(e.to_string()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The maps of the program of the earlier agent's filter, by name.
-fn earlier_maps(earlier: &[rtnetlink::packet_route::tc::TcMessage]) -> Vec<(String, MapData)> {
-    let ids: Vec<u32> = earlier
-        .iter()
-        .filter_map(|f| match bpf_option(f, |o| matches!(o, TcFilterBpfOption::ProgId(_))) {
-            Some(TcFilterBpfOption::ProgId(id)) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    let Some(info) = aya::programs::loaded_programs().filter_map(Result::ok).find(|p| ids.contains(&p.id())) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for id in info.map_ids().ok().flatten().unwrap_or_default() {
-        let Ok(data) = MapData::from_id(id) else { continue };
-        if let Some(name) = data.info().ok().and_then(|i| i.name_as_str().map(str::to_string)) {
-            if maps::ALL.contains(&name.as_str()) {
-                out.push((name, data));
-            }
-        }
-    }
-    out
-}
-
-/// Loads the programs, with the earlier agent's maps when there are any
-/// (and they fit these programs), so that its flows, entries and counts
-/// carry on; with new maps otherwise.
-fn load(earlier: Vec<(String, MapData)>) -> Result<Ebpf, FastPathError> {
-    let programs = |mut ebpf: Ebpf| -> Result<Ebpf, FastPathError> {
-        for name in [FROM_CONTAINER, FROM_TUNNEL] {
-            program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
-        }
-        Ok(ebpf)
-    };
-    if !earlier.is_empty() {
-        let reused = BpfMount::new().and_then(|mount| {
-            let mut paths = Vec::new();
-            for (name, data) in &earlier {
-                let path = mount.0.join(name);
-                data.pin(&path).map_err(|e| FastPathError::Map("pin", e.to_string()))?;
-                paths.push((name.as_str(), path));
-            }
-            let mut loader = aya::EbpfLoader::new();
-            for (name, path) in &paths {
-                loader.map_pin_path(name, path.as_path());
-            }
-            programs(loader.load(OBJECT)?)
-        });
-        match reused {
-            Ok(ebpf) => {
-                tracing::info!(maps = earlier.len(), "the fast path carries on with the earlier agent's maps");
-                return Ok(ebpf);
-            }
-            Err(e) => tracing::warn!(error = %e, "the earlier agent's maps do not fit; the fast path starts afresh"),
-        }
-    }
-    programs(Ebpf::load(OBJECT)?)
-}
-
-/// A bpf file system of the agent's own, mounted while the earlier maps
-/// are handed to the new programs (by pinning them there), unmounted (and
-/// its pins gone) when dropped.
-struct BpfMount(std::path::PathBuf);
-
-impl BpfMount {
-    fn new() -> Result<BpfMount, FastPathError> {
-        // A directory of its own, made anew (never one someone put there
-        // first: root mounts on it).
-        let template = std::env::temp_dir().join("tessera-bpf-XXXXXX");
-        let kernel = |e: String| FastPathError::Kernel(format!("bpf file system in {}", template.display()), e);
-        let dir = nix::unistd::mkdtemp(&template).map_err(|e| kernel(e.to_string()))?;
-        if let Err(e) = nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>) {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(kernel(e.to_string()));
-        }
-        Ok(BpfMount(dir))
-    }
-}
-
-impl Drop for BpfMount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Makes the metadata-mode VXLAN device (`ip link add tfast type vxlan
-/// external dstport 4799 nolearning`, alias `tessera`, up) unless it is
-/// there; its index.
-async fn md_device(handle: &rtnetlink::Handle, mtu: u32) -> Result<u32, FastPathError> {
-    let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {MD_DEVICE}"), e.to_string());
-    if ifindex(MD_DEVICE).is_none() {
-        let msg = rtnetlink::LinkVxlan::new(MD_DEVICE, 0)
-            .port(FASTPATH_PORT)
-            .learning(false)
-            .collect_metadata(true)
-            .mtu(mtu)
-            .up()
-            .build();
-        handle.link().add(msg).execute().await.map_err(kernel)?;
-    }
-    let index = ifindex(MD_DEVICE).ok_or_else(|| FastPathError::Kernel(MD_DEVICE.into(), "not made".into()))?;
-    let set = rtnetlink::LinkUnspec::new_with_index(index)
-        .mtu(mtu)
-        .up()
-        .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::IfAlias(crate::names::LINK_MARK.into()))
-        .build();
-    handle.link().set(set).execute().await.map_err(kernel)?;
-    Ok(index)
-}
-
-/// Whether this namespace has the fast path's device, marked as Tessera's
-/// (what `tessera purge` removes; its programs and maps go with it and with
-/// the endpoints' veths).
-pub async fn md_device_present() -> Result<bool, FastPathError> {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let Some(index) = ifindex(MD_DEVICE) else { return Ok(false) };
-    let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {MD_DEVICE}"), e.to_string());
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
-    tokio::spawn(conn);
-    let link = handle.link().get().match_index(index).execute().try_next().await.map_err(kernel)?;
-    Ok(link.is_some_and(|l| {
-        l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(alias) if alias == crate::names::LINK_MARK))
-    }))
 }
