@@ -503,22 +503,30 @@ impl State {
     /// Learns when the connections of the fast path's flows began, from a
     /// dump of conntrack (`entries`). A flow whose entry now is a later
     /// connection's (the next of its five-tuple, with its id) is retired,
-    /// and that connection's admitted in its place.
+    /// and that connection's admitted in its place when it may be.
     fn learn(&mut self, entries: &[CtEvent]) {
+        let mut later = Vec::new();
+        if self.admitted.is_empty() {
+            return;
+        }
         for ev in entries.iter().filter(|ev| ev.start_ns.is_some()) {
-            let a = admission(ev, &self.zones);
-            let (Admission::Admit(keys) | Admission::Remove(keys)) = &a else { continue };
-            let now = Owner::of(ev);
-            for k in keys {
-                let Some(held) = self.admitted.get_mut(k) else { continue };
-                if held.may_be(&now) {
-                    *held = held.with(&now);
-                } else if held.id == now.id {
-                    self.retire(*k, None);
-                    if matches!(a, Admission::Admit(_)) {
-                        self.admit(*k, now);
+            let Some(vnis) = self.zones.get(&ev.zone) else { continue };
+            let (t, now) = (&ev.tuple, Owner::of(ev));
+            for &vni in vnis {
+                let key = FlowKey { vni, src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+                for k in [key, key.reversed()] {
+                    match self.admitted.get_mut(&k) {
+                        Some(held) if held.may_be(&now) => *held = held.with(&now),
+                        Some(held) if held.id == now.id => later.push((k, ev)),
+                        _ => {}
                     }
                 }
+            }
+        }
+        for (k, ev) in later {
+            self.retire(k, None);
+            if matches!(admission(ev, &self.zones), Admission::Admit(_)) {
+                self.admit(k, Owner::of(ev));
             }
         }
     }
