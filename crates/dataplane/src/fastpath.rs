@@ -84,6 +84,11 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The original direction of connection `t`, keyed under network `vni`.
+    pub fn of(vni: Vni, t: &crate::ct_events::FiveTuple) -> FlowKey {
+        FlowKey { vni, src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, protocol: t.protocol }
+    }
+
     pub fn reversed(self) -> FlowKey {
         FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..self }
     }
@@ -227,14 +232,13 @@ impl Admission {
 pub fn admission(event: &CtEvent, zones: &BTreeMap<u16, Vec<Vni>>) -> Admission {
     let Some(vnis) = zones.get(&event.zone) else { return Admission::Ignore };
     let t = &event.tuple;
-    let (src, dst) = (t.src, t.dst);
     if t.protocol != 6 && t.protocol != 17 {
         return Admission::Ignore;
     }
     let both: Vec<FlowKey> = vnis
         .iter()
         .flat_map(|&vni| {
-            let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+            let key = FlowKey::of(vni, t);
             [key, key.reversed()]
         })
         .collect();
@@ -269,8 +273,10 @@ impl Owner {
     /// Whether `other` may be the same connection: nothing known of both
     /// differs.
     pub fn may_be(&self, other: &Owner) -> bool {
-        let differ = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a != b);
-        !differ(self.id.map(u64::from), other.id.map(u64::from)) && !differ(self.start_ns, other.start_ns)
+        fn differ<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+            a.zip(b).is_some_and(|(a, b)| a != b)
+        }
+        !differ(self.id, other.id) && !differ(self.start_ns, other.start_ns)
     }
 
     /// This, with what `other` (the same connection) knows besides.
@@ -308,11 +314,9 @@ pub fn add_counts(entries: &mut [CtEvent], zones: &BTreeMap<u16, Vec<Vni>>, coun
     }
     for ev in entries {
         let Some(vnis) = zones.get(&ev.zone) else { continue };
-        let t = &ev.tuple;
-        let (src, dst) = (t.src, t.dst);
         let (mut orig, mut reply) = (ev.orig, ev.reply);
         for &vni in vnis {
-            let key = FlowKey { vni, src, dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+            let key = FlowKey::of(vni, &ev.tuple);
             for (side, k) in [(&mut orig, key), (&mut reply, key.reversed())] {
                 for c in counts.get(&k).into_iter().flatten().filter(|c| c.of(ev)) {
                     *side = (side.0 + c.counts.0, side.1 + c.counts.1);

@@ -505,15 +505,14 @@ impl State {
     /// connection's (the next of its five-tuple, with its id) is retired,
     /// and that connection's admitted in its place when it may be.
     fn learn(&mut self, entries: &[CtEvent]) {
-        let mut later = Vec::new();
         if self.admitted.is_empty() {
             return;
         }
+        let mut later = Vec::new();
         for ev in entries.iter().filter(|ev| ev.start_ns.is_some()) {
             let Some(vnis) = self.zones.get(&ev.zone) else { continue };
-            let (t, now) = (&ev.tuple, Owner::of(ev));
-            for &vni in vnis {
-                let key = FlowKey { vni, src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, protocol: t.protocol };
+            let now = Owner::of(ev);
+            for key in vnis.iter().map(|&vni| FlowKey::of(vni, &ev.tuple)) {
                 for k in [key, key.reversed()] {
                     match self.admitted.get_mut(&k) {
                         Some(held) if held.may_be(&now) => *held = held.with(&now),
@@ -524,9 +523,10 @@ impl State {
             }
         }
         for (k, ev) in later {
-            self.retire(k, None);
-            if matches!(admission(ev, &self.zones), Admission::Admit(_)) {
-                self.admit(k, Owner::of(ev));
+            // Admitting a connection retires the flow another one left.
+            match admission(ev, &self.zones) {
+                Admission::Admit(_) => self.admit(k, Owner::of(ev)),
+                _ => self.retire(k, None),
             }
         }
     }
