@@ -137,7 +137,9 @@ async fn start_fastpath(
     let started = match me.underlay_ip {
         IpAddr::V4(underlay) => {
             let mtu = tessera_dataplane::desired::overlay_mtu(me.underlay_ip, me.underlay_mtu);
-            tessera_dataplane::linux::fastpath::FastPath::start(underlay, mtu).await.map_err(|e| e.to_string())
+            tessera_dataplane::linux::fastpath::FastPath::start(underlay, &me.underlay_ifname, mtu)
+                .await
+                .map_err(|e| e.to_string())
         }
         IpAddr::V6(_) => Err("the underlay is IPv6; the fast path tunnels over IPv4 only".to_string()),
     };

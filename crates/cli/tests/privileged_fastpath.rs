@@ -1,9 +1,11 @@
 //! Privileged tier: the TC-eBPF fast path (`tessera agent --dataplane
 //! ebpf`) with real packets. The established flows of a network travel
 //! between hosts on the fast path's port (4799, seen by tcpdump on the
-//! underlay) and between local containers without crossing the network's
-//! bridge, while what must be judged still is: a policy change ends a
-//! running fast-path flow, and flow records count what the fast path
+//! underlay; the receiving host takes them off its underlay device without
+//! its metadata-mode device) and between local containers without crossing
+//! the network's bridge, while what must be judged still is: a policy
+//! change ends a running fast-path flow, a datagram from outside the fabric
+//! meets the host's guard, and flow records count what the fast path
 //! carried (each connection its own, when one reuses another's
 //! five-tuple). Needs root, clang-built programs and bpftool; fails with
 //! the reason when it cannot run.
@@ -14,6 +16,8 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use tessera_dataplane::fastpath::FASTPATH_PORT;
+use tessera_testkit::intruder::{guard_drops, Intruder};
 use tessera_testkit::{addresses, exec_in, Cluster};
 
 fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
@@ -293,13 +297,17 @@ fn records_until(c: &Cluster, port: &str, done: impl Fn(&[(u64, bool)]) -> bool)
 /// Once established, a TCP stream from c1 (on h1) to `server` at `dst` (on
 /// h2) travels on the fast path's port, not on the network's VXLAN port
 /// (its first packets, until conntrack says it is established, took the
-/// kernel path).
+/// kernel path). `server` is on h2, which takes the stream's datagrams off
+/// the underlay itself: they do not cross its metadata-mode device.
 fn across_hosts_on_the_fast_path(c: &Cluster, server: &str, dst: &str) {
+    let mut through_device = 0;
     let (fast, kernel_path, sent) = steady(c, "c1", server, dst, |c| {
         let mut kernel_path = vec![];
+        let before = received_by(c, "h2", "tfast");
         let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
             kernel_path = captured(c, "h1", "eth0", &["udp", "port", "4789"], || thread::sleep(Duration::from_secs(1)));
         });
+        through_device = received_by(c, "h2", "tfast") - before;
         // The stream's TCP packets, not what else the network carries.
         kernel_path.retain(|l| l.contains(": tcp"));
         (fast, kernel_path)
@@ -307,6 +315,18 @@ fn across_hosts_on_the_fast_path(c: &Cluster, server: &str, dst: &str) {
     assert!(sent > 10_000_000, "iperf3 moved {sent} bytes");
     assert!(fast.len() > 100, "only {} packets on the fast path's port (and {kernel_path:?} on 4789)", fast.len());
     assert!(kernel_path.is_empty(), "packets of an established flow took the kernel path's tunnel: {kernel_path:?}");
+    assert!(
+        through_device < 10,
+        "{through_device} packets crossed h2's tfast while {} arrived on the fast path's port",
+        fast.len()
+    );
+}
+
+/// The packets device `dev` of `host` received.
+fn received_by(c: &Cluster, host: &str, dev: &str) -> u64 {
+    let out = ok(exec_in(c.host_netns(host).unwrap(), "ip", ["-j", "-s", "link", "show", dev]).unwrap(), "ip -s link");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_else(|| panic!("no receive counter of {dev}: {out}"))
 }
 
 /// Runs `watch` one second into a 4-second iperf3 stream from `client` to
@@ -461,30 +481,65 @@ fn privileged_a_spoofed_packet_of_a_fast_path_flow_is_dropped() {
     c.container("h1", "c3").unwrap();
     c.attach("c3", "blue", &[]).unwrap();
     settled(&c, &["h1"]);
-    let shown = ok(c.exec("c1", "ip", &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap(), "ip addr");
-    let a1 = shown.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).unwrap().to_string();
-    // A UDP flow c1:7000 -> c2:7001 that the fast path carries (conntrack
-    // calls a UDP flow assured once it has lasted 2 s with answers).
-    let listen = format!("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{}', 7001));\nwhile True:\n d,a=s.recvfrom(2000); s.sendto(d,a)", a2[0]);
-    let mut echo = Command::new("python3");
-    echo.args(["-c", &listen]).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut echo = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), echo).expect("python3");
-    thread::sleep(Duration::from_millis(300));
-    let send = |from_ip: &str, payload: &str, count: u32| {
-        format!("import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{from_ip}', 7000))\nfor i in range({count}):\n s.sendto(b'{payload}', ('{}', 7001)); time.sleep(0.05)", a2[0])
-    };
-    let fast = captured(&c, "h1", "eth0", &["udp", "port", "4799"], || {
-        ok(c.exec("c1", "python3", &["-c", &send(&a1, "genuine", 80)]).unwrap(), "c1's datagrams");
-    });
-    assert!(!fast.is_empty(), "c1's flow did not take the fast path");
+    let a1 = first_v4(&c, "c1");
+    let mut echo = udp_flow_on_the_fast_path(&c, &a1, &a2[0]);
     // c3 gives itself c1's address and sends datagrams of c1's flow.
     ok(c.exec("c3", "ip", &["addr", "add", &format!("{a1}/32"), "dev", "eth0"]).unwrap(), "ip addr add");
     let seen = seen_by(&c, "c2", &["udp", "port", "7001"], || {
-        let _ = c.exec("c3", "python3", &["-c", &send(&a1, "forged", 20)]);
+        let _ = c.exec("c3", "python3", &["-c", &udp_send(&a1, &a2[0], "forged", 20)]);
     });
     let _ = echo.kill();
     let _ = echo.wait();
     assert!(seen.is_empty(), "c2 received datagrams c3 forged with c1's address: {seen:?}");
+}
+
+/// A Python program that sends `count` datagrams `payload` from `from`:7000
+/// to `to`:7001, one every 50 ms.
+fn udp_send(from: &str, to: &str, payload: &str, count: u32) -> String {
+    format!("import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{from}', 7000))\nfor i in range({count}):\n s.sendto(b'{payload}', ('{to}', 7001)); time.sleep(0.05)")
+}
+
+/// A UDP flow from c1 at `a1`:7000 to c2 at `a2`:7001 that the fast path
+/// carries (conntrack calls a UDP flow assured once it has lasted 2 s with
+/// answers); c2's echo server, to be killed by the caller.
+fn udp_flow_on_the_fast_path(c: &Cluster, a1: &str, a2: &str) -> std::process::Child {
+    let listen = format!("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{a2}', 7001));\nwhile True:\n d,a=s.recvfrom(2000); s.sendto(d,a)");
+    let mut echo = Command::new("python3");
+    echo.args(["-c", &listen]).stdout(Stdio::null()).stderr(Stdio::null());
+    let echo = c.fabric.spawn_in_netns(c.netns_of("c2").unwrap(), echo).expect("python3");
+    thread::sleep(Duration::from_millis(300));
+    let fast = captured(c, "h1", "eth0", &["udp", "port", "4799"], || {
+        ok(c.exec("c1", "python3", &["-c", &udp_send(a1, a2, "genuine", 80)]).unwrap(), "c1's datagrams");
+    });
+    assert!(!fast.is_empty(), "c1's flow did not take the fast path");
+    echo
+}
+
+/// The IPv4 address of `container`.
+fn first_v4(c: &Cluster, container: &str) -> String {
+    let shown = ok(c.exec(container, "ip", &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap(), "ip addr");
+    shown.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).unwrap().to_string()
+}
+
+#[test]
+fn privileged_a_fast_path_datagram_from_outside_the_fabric_reaches_no_container() {
+    let (c, _dir, a2) = two_hosts();
+    let a1 = first_v4(&c, "c1");
+    let mut echo = udp_flow_on_the_fast_path(&c, &a1, &a2[0]);
+    // An intruder on the underlay sends datagrams of that very flow to h2 on
+    // the fast path's port, as h1 would: h2 takes off the underlay only what
+    // comes from the host of the inner packet's source, so these meet the
+    // host's guard.
+    let intruder = Intruder::new(&c, "h2", FASTPATH_PORT, 6100, &a1, &[&a2[0]]);
+    let before = guard_drops(&c, "h2");
+    let seen = seen_by(&c, "c2", &["udp", "port", "7001"], || {
+        ok(intruder.exec("python3", &["-c", &udp_send(&a1, &a2[0], "forged", 20)]), "the intruder's datagrams");
+    });
+    let dropped = guard_drops(&c, "h2") - before;
+    let _ = echo.kill();
+    let _ = echo.wait();
+    assert!(seen.is_empty(), "c2 received datagrams an intruder sent on the fast path's port: {seen:?}");
+    assert!(dropped >= 20, "h2's guard dropped {dropped} of the intruder's 20 datagrams");
 }
 
 #[test]

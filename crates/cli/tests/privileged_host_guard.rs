@@ -8,33 +8,11 @@
 use std::thread;
 use std::time::Duration;
 
-use tessera_testkit::{addresses, exec_in, Cluster, CONTROLLER_PORT};
+use tessera_testkit::intruder::{guard_drops, Intruder};
+use tessera_testkit::{addresses, exec_in, nft_counted, Cluster, CONTROLLER_PORT};
 
 fn cluster(hosts: &[&str]) -> (Cluster, tessera_testkit::TestRun) {
     tessera_testkit::start_cluster("thg", hosts, env!("CARGO_BIN_EXE_tessera"))
-}
-
-fn run(ns: &tessera_testkit::Netns, args: &[&str]) {
-    let out = exec_in(ns, args[0], &args[1..]).unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-    assert!(out.status.success(), "{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-/// The packets counted by the rules of `chain` of `inet tessera` on `host`
-/// whose comment contains `comment`.
-fn dropped(c: &Cluster, host: &str, chain: &str, comment: &str) -> u64 {
-    let out = exec_in(c.host_netns(host).unwrap(), "nft", ["-j", "list", "chain", "inet", "tessera", chain]).expect("nft");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut n = 0;
-    for obj in v["nftables"].as_array().into_iter().flatten() {
-        let rule = &obj["rule"];
-        if !rule["comment"].as_str().is_some_and(|c| c.contains(comment)) {
-            continue;
-        }
-        for e in rule["expr"].as_array().into_iter().flatten() {
-            n += e["counter"]["packets"].as_u64().unwrap_or(0);
-        }
-    }
-    n
 }
 
 /// Starts tcpdump for ICMP on the container's `eth0`; the caller sends, then
@@ -68,57 +46,21 @@ fn privileged_vxlan_from_an_address_outside_the_fabric_reaches_no_container() {
     // An intruder on the underlay (the underlay's own namespace, with an
     // address no host registered) speaks VXLAN with the network's VNI to h1,
     // addressed exactly as a host would (h1's VTEP MAC), from an address of
-    // the network's subnet.
-    let h1 = c.underlay_ip("h1").unwrap();
-    let ul = c.fabric.underlay_netns().expect("the fabric's underlay namespace");
-    let intruder = {
-        let o = c.fabric.underlay().addr().octets();
-        format!("{}.{}.{}.250", o[0], o[1], o[2])
-    };
-    let [a, b, cc, d] = h1.octets();
-    let h1_vtep_mac = format!("0e:00:{a:02x}:{b:02x}:{cc:02x}:{d:02x}");
-    let bridge = tessera_fabric::UNDERLAY_BRIDGE;
-    run(ul, &["ip", "addr", "add", &format!("{intruder}/{}", c.fabric.underlay().prefix_len()), "dev", bridge]);
-    // On the networks' VXLAN port and on the fast path's (whose packets a
-    // host hands to the network's tunnel when it does not carry their flow).
-    for port in ["4789", "4799"] {
-        run(
-            ul,
-            &[
-                "ip",
-                "link",
-                "add",
-                "evil",
-                "type",
-                "vxlan",
-                "id",
-                "6100",
-                "local",
-                &intruder,
-                "remote",
-                &h1.to_string(),
-                "dstport",
-                port,
-                "dev",
-                bridge,
-            ],
-        );
-        run(ul, &["ip", "addr", "add", "10.61.0.250/32", "dev", "evil"]);
-        run(ul, &["ip", "link", "set", "evil", "up"]);
-        run(ul, &["ip", "route", "add", &format!("{}/32", a1[0]), "dev", "evil"]);
-        run(ul, &["ip", "neigh", "replace", &a1[0], "lladdr", &h1_vtep_mac, "dev", "evil", "nud", "permanent"]);
-
-        let before = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
+    // the network's subnet: on the networks' VXLAN port and on the fast
+    // path's (whose packets a host hands to the network's tunnel when it
+    // does not carry their flow).
+    for port in [4789, 4799] {
+        let intruder = Intruder::new(&c, "h1", port, 6100, "10.61.0.250", &[&a1[0]]);
+        let before = guard_drops(&c, "h1");
         let dump = watch_icmp(&c, "c1");
-        let _ = exec_in(ul, "ping", ["-c", "3", "-i", "0.2", "-W", "1", &a1[0]]);
+        let _ = intruder.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", &a1[0]]);
         let got = captured(dump);
         assert_eq!(got, None, "a packet injected on the underlay (port {port}) reached c1");
-        let after = dropped(&c, "h1", "input", "VXLAN from a host outside the fabric");
+        let after = guard_drops(&c, "h1");
         assert!(
             after >= before + 3,
             "h1 did not see (and drop) the intruder's VXLAN on port {port}: {before} then {after} packets counted"
         );
-        run(ul, &["ip", "link", "del", "evil"]);
     }
 
     // The fabric's own traffic is untouched.
@@ -150,20 +92,20 @@ fn privileged_a_container_cannot_reach_its_host_but_its_network_works() {
     let from_host = exec_in(c.host_netns(&controller_host).unwrap(), "bash", ["-c", &probe]).unwrap();
     assert!(from_host.status.success(), "the controller is not listening on {host_ip}:{CONTROLLER_PORT}");
     // ... but not to a container of that host, nor to one of another host.
-    let before = dropped(&c, &controller_host, "from_overlay", "towards the host itself");
+    let before = nft_counted(&c, &controller_host, "from_overlay", "towards the host itself");
     assert!(!tcp_connects(&c, "near", &host_ip, CONTROLLER_PORT), "a container reached the controller on its host");
     assert!(!tcp_connects(&c, "far", &host_ip, CONTROLLER_PORT), "a container reached the controller on another host");
     assert!(
         !tcp_connects(&c, "near", "10.62.0.1", CONTROLLER_PORT),
         "a container reached the controller through its gateway address"
     );
-    let after = dropped(&c, &controller_host, "from_overlay", "towards the host itself");
+    let after = nft_counted(&c, &controller_host, "from_overlay", "towards the host itself");
     assert!(after > before, "the host's guard counted nothing: {before} then {after}");
     assert_eq!(c.ping("near", &host_ip, 1).unwrap(), 0, "a container pinged its host's underlay address");
-    let before = dropped(&c, &controller_host, "from_overlay", "towards the host itself");
+    let before = nft_counted(&c, &controller_host, "from_overlay", "towards the host itself");
     assert_eq!(c.ping("near", "10.62.0.1", 1).unwrap(), 0, "a container pinged its gateway address");
     assert!(
-        dropped(&c, &controller_host, "from_overlay", "towards the host itself") > before,
+        nft_counted(&c, &controller_host, "from_overlay", "towards the host itself") > before,
         "the guard did not count the ping"
     );
 

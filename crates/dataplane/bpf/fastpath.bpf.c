@@ -2,7 +2,7 @@
 //
 // Tessera's TC-eBPF fast path (`tessera agent --dataplane ebpf`).
 //
-// Two programs, both at TC ingress (clsact, direct action):
+// Three programs, all at TC ingress (direct action):
 //
 // - `from_container`, on the host side of every endpoint's veth (`tv...`):
 //   an IPv4 or IPv6 packet of a flow the kernel path already allowed (the
@@ -21,6 +21,12 @@
 //   straight into the local container; anything else is handed to the
 //   network's own VXLAN device (`tx<vni>`) as if it had arrived there, so
 //   the kernel path judges it exactly as before.
+// - `from_underlay`, on the device that holds the host's underlay address:
+//   a datagram on the fast path's port from the host of its inner packet's
+//   source, of a flow this host's kernel path also allowed, to a local
+//   endpoint, is decapsulated there and goes straight into the container
+//   (the host's input path, the UDP socket, `tfast` and its GRO cell never
+//   see it); anything else goes on through the host's stack to `tfast`.
 //
 // Counters: every packet sent by the fast path adds to its flow's entry
 // (packets and IP bytes, as conntrack counts them), so flow records and
@@ -158,6 +164,16 @@ struct {
 #define TCP_SYN 0x02
 #define TCP_FIN 0x01
 #define TCP_RST 0x04
+// The fast path's tunnel port (`tessera_dataplane::fastpath::FASTPATH_PORT`).
+#define FASTPATH_PORT 4799
+// VXLAN's flags word with the VNI-present flag, as the kernel sends it.
+#define VXLAN_FLAGS 0x08000000
+// A fast-path datagram's headers before the inner packet's Ethernet header:
+// outer Ethernet, IPv4 without options, UDP and VXLAN.
+#define OUTER_LEN (ETH_HLEN + 20 + 8 + 8)
+// `BPF_F_ADJ_ROOM_DECAP_L3_IPV6` (Linux 6.3; older headers lack it, and
+// older kernels refuse it, leaving the packet as it was).
+#define ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
 // The gateway MAC of network `vni` (its bridge's): 0e:01:VNI:01, as
 // `tessera_dataplane::desired::bridge_mac`.
@@ -187,14 +203,15 @@ static __always_inline void mapped(__u8 out[16], __u32 v4)
 	__builtin_memcpy(out + 12, &v4, 4);
 }
 
-// The flow of an IPv4 or IPv6 TCP or UDP packet (under `vni`), and whether
-// it is a TCP FIN or RST (the connection ends); 0 when the packet must take
-// the kernel path (a TCP SYN among them).
-static __always_inline int parse(struct __sk_buff *skb, __u32 vni, struct packet *p)
+// The flow of the IPv4 or IPv6 TCP or UDP packet whose Ethernet header is
+// `off` bytes into the packet (under `vni`), and whether it is a TCP FIN or
+// RST (the connection ends); 0 when the packet must take the kernel path (a
+// TCP SYN among them).
+static __always_inline int parse(struct __sk_buff *skb, __u32 off, __u32 vni, struct packet *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	struct ethhdr *eth = data + off;
 	if ((void *)(eth + 1) > end)
 		return 0;
 	__u16 *ports;
@@ -313,11 +330,24 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 dst[6], co
 	return bpf_skb_store_bytes(skb, 6, src, 6, 0);
 }
 
+// Into local endpoint `dst` from its gateway, counted on `flow`, its TTL or
+// hop limit decremented.
+static __always_inline int to_local(struct __sk_buff *skb, struct flow_val *flow, __u8 family, const struct dst_val *dst)
+{
+	if (forward(skb, flow, family) < 0)
+		return TC_ACT_SHOT;
+	__u8 gw[6];
+	bridge_mac(dst->vni, gw);
+	if (set_macs(skb, dst->mac, gw) < 0)
+		return TC_ACT_SHOT;
+	return deliver(skb, dst->ifindex);
+}
+
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
 {
 	struct packet p = {};
-	if (!parse(skb, 0, &p))
+	if (!parse(skb, 0, 0, &p))
 		return TC_ACT_OK;
 	struct src_key sk = { .ifindex = skb->ifindex };
 	__builtin_memcpy(sk.addr, p.key.saddr, 16);
@@ -340,15 +370,10 @@ int from_container(struct __sk_buff *skb)
 	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
 	if (!cfg || (!dst->ifindex && !cfg->md_ifindex))
 		return TC_ACT_OK;
+	if (dst->ifindex)
+		return to_local(skb, flow, p.family, dst);
 	if (forward(skb, flow, p.family) < 0)
 		return TC_ACT_SHOT;
-	if (dst->ifindex) {
-		__u8 gw[6];
-		bridge_mac(dst->vni, gw);
-		if (set_macs(skb, dst->mac, gw) < 0)
-			return TC_ACT_SHOT;
-		return deliver(skb, dst->ifindex);
-	}
 	struct bpf_tunnel_key key = {};
 	key.tunnel_id = dst->vni;
 	key.remote_ipv4 = bpf_ntohl(dst->underlay);
@@ -373,21 +398,93 @@ int from_tunnel(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	__u32 tunnel_ifindex = *tunnel;
 	struct packet p = {};
-	if (parse(skb, vni, &p)) {
+	if (parse(skb, 0, vni, &p)) {
 		struct flow_val *flow = carried(&p.key, p.tcp_flags);
 		struct dst_key dk = { .vni = vni };
 		__builtin_memcpy(dk.addr, p.key.daddr, 16);
 		struct dst_val *dst = flow ? bpf_map_lookup_elem(&ts_dst, &dk) : 0;
-		if (flow && dst && dst->ifindex) {
-			if (forward(skb, flow, p.family) < 0)
-				return TC_ACT_SHOT;
-			__u8 gw[6];
-			bridge_mac(dst->vni, gw);
-			if (set_macs(skb, dst->mac, gw) < 0)
-				return TC_ACT_SHOT;
-			return deliver(skb, dst->ifindex);
-		}
+		if (flow && dst && dst->ifindex)
+			return to_local(skb, flow, p.family, dst);
 	}
 	// The kernel path: as if it had come out of the network's own tunnel.
 	return bpf_redirect(tunnel_ifindex, BPF_F_INGRESS);
+}
+
+struct vxlan {
+	__be32 flags;
+	__be32 vni;
+};
+
+// The VNI of a fast-path datagram from another host of the fabric to this
+// one, or 0 (it goes on through the host's stack). Only what the kernel
+// path would take the same way is taken: no IPv4 options or fragments, no
+// ECN congestion mark (the kernel copies it to the inner header), a zero UDP
+// checksum (the fast path sends none), lengths that fill the packet, the
+// headers in the packet's linear part.
+static __always_inline __u32 fast_datagram(struct __sk_buff *skb, const struct config *cfg, __be32 *from)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	struct vxlan *vx = (void *)(udp + 1);
+	if ((void *)(vx + 1) > end || skb->pkt_type != 0 || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	if (ip->ihl != 5 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3fff)) || (ip->tos & 3) == 3)
+		return 0;
+	if (ip->daddr != cfg->underlay || bpf_ntohs(ip->tot_len) != skb->len - ETH_HLEN)
+		return 0;
+	if (udp->dest != bpf_htons(FASTPATH_PORT) || udp->check || bpf_ntohs(udp->len) != skb->len - ETH_HLEN - 20)
+		return 0;
+	if (vx->flags != bpf_htonl(VXLAN_FLAGS) || (vx->vni & bpf_htonl(0xff)))
+		return 0;
+	*from = ip->saddr;
+	return bpf_ntohl(vx->vni) >> 8;
+}
+
+// On the device that holds this host's underlay address (tcx ingress): a
+// fast-path datagram from the host of its inner packet's source endpoint,
+// of a flow this host's kernel path allowed too, to a local endpoint, is
+// decapsulated here and goes straight into the container. This spares it
+// the host's input path, the UDP socket, the metadata-mode device and its
+// GRO cell, and `from_tunnel`. Anything else goes on through the host's
+// stack as before: the metadata-mode device and `from_tunnel` take it.
+SEC("classifier")
+int from_underlay(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
+	__be32 from = 0;
+	__u32 vni = cfg ? fast_datagram(skb, cfg, &from) : 0;
+	if (!vni || !bpf_map_lookup_elem(&ts_tunnels, &vni))
+		return TC_ACT_OK;
+	struct packet p = {};
+	if (!parse(skb, OUTER_LEN, vni, &p))
+		return TC_ACT_OK;
+	// The source is a remote endpoint this network reaches, and the
+	// datagram comes from its host.
+	struct dst_key sk = { .vni = vni };
+	__builtin_memcpy(sk.addr, p.key.saddr, 16);
+	struct dst_val *src = bpf_map_lookup_elem(&ts_dst, &sk);
+	if (!src || src->ifindex || src->underlay != from)
+		return TC_ACT_OK;
+	struct dst_key dk = { .vni = vni };
+	__builtin_memcpy(dk.addr, p.key.daddr, 16);
+	struct dst_val *dst = bpf_map_lookup_elem(&ts_dst, &dk);
+	if (!dst || !dst->ifindex)
+		return TC_ACT_OK;
+	struct flow_val *flow = carried(&p.key, p.tcp_flags);
+	if (!flow)
+		return TC_ACT_OK;
+	// What is left: the outer Ethernet header (rewritten below) before the
+	// inner packet. The GSO size stays the inner packet's; an IPv6 packet
+	// changes the packet's protocol. A refusal leaves the packet as it was.
+	__u64 l3 = p.family == 6 ? ADJ_ROOM_DECAP_L3_IPV6 : 0;
+	if (bpf_skb_adjust_room(skb, -OUTER_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | l3) < 0)
+		return TC_ACT_OK;
+	__be16 proto = bpf_htons(p.family == 6 ? ETH_P_IPV6 : ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 12, &proto, 2, 0) < 0)
+		return TC_ACT_SHOT;
+	return to_local(skb, flow, p.family, dst);
 }

@@ -35,6 +35,7 @@ pub const MD_DEVICE: &str = "tfast";
 /// The programs, by their names in the object.
 pub const FROM_CONTAINER: &str = "from_container";
 pub const FROM_TUNNEL: &str = "from_tunnel";
+pub const FROM_UNDERLAY: &str = "from_underlay";
 
 /// The maps, by their names in the object.
 pub mod maps {

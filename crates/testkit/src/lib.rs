@@ -5,12 +5,14 @@
 //! shared with `tessera demo`, and re-exported here. The test kit adds the
 //! real runtimes: [`docker`] (a dockerd per host namespace, the busybox image,
 //! the plugin), [`podman`] (Debian's Podman with CNI per host) and [`cni`]
-//! (runs plugins and chains exactly as a runtime does).
+//! (runs plugins and chains exactly as a runtime does), and an [`intruder`]
+//! on the underlay.
 #![forbid(unsafe_code)]
 
 pub mod cni;
 pub mod docker;
 pub mod etcd;
+pub mod intruder;
 pub mod podman;
 pub mod vnf;
 
@@ -148,4 +150,20 @@ pub fn leftovers(netns: &Netns) -> anyhow::Result<Vec<String>> {
         left.push(format!("nftables {t}"));
     }
     Ok(left)
+}
+
+/// The packets counted by the rules of `chain` of `inet tessera` on `host`
+/// whose comment contains `comment`.
+pub fn nft_counted(c: &Cluster, host: &str, chain: &str, comment: &str) -> u64 {
+    let ns = c.host_netns(host).unwrap_or_else(|e| panic!("the namespace of {host}: {e}"));
+    let out = exec_in(ns, "nft", ["-j", "list", "chain", "inet", "tessera", chain]).expect("nft");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut n = 0;
+    for obj in v["nftables"].as_array().into_iter().flatten() {
+        let rule = &obj["rule"];
+        if rule["comment"].as_str().is_some_and(|c| c.contains(comment)) {
+            n += rule["expr"].as_array().into_iter().flatten().filter_map(|e| e["counter"]["packets"].as_u64()).sum::<u64>();
+        }
+    }
+    n
 }

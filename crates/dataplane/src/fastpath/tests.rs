@@ -312,3 +312,10 @@ fn owners_are_told_apart_only_by_what_is_known_of_both() {
     assert!(!known.may_be(&Owner { id: Some(2), start_ns: None }));
     assert_eq!(Owner { id: Some(1), start_ns: None }.with(&known), known);
 }
+
+#[test]
+fn the_programs_take_the_fast_path_port_this_crate_tunnels_on() {
+    let source = include_str!("../../bpf/fastpath.bpf.c");
+    let define = format!("\n#define FASTPATH_PORT {FASTPATH_PORT}\n");
+    assert!(source.contains(&define), "bpf/fastpath.bpf.c must define FASTPATH_PORT as {FASTPATH_PORT}");
+}

@@ -6,7 +6,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use rtnetlink::packet_route::tc::TcFilterBpfOption;
 
-use crate::fastpath::{maps, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, MD_DEVICE};
+use crate::fastpath::{maps, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY, MD_DEVICE};
 
 /// Why the fast path cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +42,11 @@ where
     T::try_from(map).map_err(|e| FastPathError::Map(name, e.to_string()))
 }
 
-/// Attaches `from_container` at the tcx ingress of host port `dev`.
-pub(super) fn attach_port(ebpf: &mut Ebpf, dev: &str) -> Result<SchedClassifierLinkId, FastPathError> {
+/// Attaches program `name` at the tcx ingress of `dev`: the link goes with
+/// the agent, and coexists with the queueing disciplines of others.
+pub(super) fn attach_tcx(ebpf: &mut Ebpf, name: &'static str, dev: &str) -> Result<SchedClassifierLinkId, FastPathError> {
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    program(ebpf, FROM_CONTAINER)?
-        .attach_with_options(dev, TcAttachType::Ingress, options)
-        .map_err(|e| FastPathError::Program(FROM_CONTAINER, e))
+    program(ebpf, name)?.attach_with_options(dev, TcAttachType::Ingress, options).map_err(|e| FastPathError::Program(name, e))
 }
 
 /// Attaches program `name` at the ingress of `dev` with netlink, at
@@ -152,7 +151,7 @@ pub(super) fn earlier_maps(earlier: &[rtnetlink::packet_route::tc::TcMessage]) -
 /// carry on; with new maps otherwise.
 pub(super) fn load(earlier: Vec<(String, MapData)>) -> Result<Ebpf, FastPathError> {
     let programs = |mut ebpf: Ebpf| -> Result<Ebpf, FastPathError> {
-        for name in [FROM_CONTAINER, FROM_TUNNEL] {
+        for name in [FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY] {
             program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
         }
         Ok(ebpf)
@@ -248,4 +247,19 @@ pub async fn md_device_present() -> Result<bool, FastPathError> {
     Ok(link.is_some_and(|l| {
         l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(alias) if alias == crate::names::LINK_MARK))
     }))
+}
+
+/// Attaches `from_underlay` to `dev`, the device that holds the underlay
+/// address, when it is an Ethernet device (the program reads an Ethernet
+/// header before the tunnel's).
+pub(super) async fn attach_underlay(ebpf: &mut Ebpf, handle: &rtnetlink::Handle, dev: &str) -> Result<(), FastPathError> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkLayerType;
+    let kernel = |e: rtnetlink::Error| FastPathError::Kernel(format!("link {dev}"), e.to_string());
+    let link = handle.link().get().match_name(dev.to_string()).execute().try_next().await.map_err(kernel)?;
+    match link.map(|l| l.header.link_layer_type) {
+        Some(LinkLayerType::Ether) => attach_tcx(ebpf, FROM_UNDERLAY, dev).map(drop),
+        Some(other) => Err(FastPathError::Kernel(dev.into(), format!("not an Ethernet device ({other:?})"))),
+        None => Err(FastPathError::Kernel(dev.into(), "no such device".into())),
+    }
 }

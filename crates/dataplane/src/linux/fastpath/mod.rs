@@ -12,6 +12,12 @@
 //! path ([`FastPath::zones_flushed`]), which drops the zone's flows at once,
 //! so their next packets meet the kernel path's new rules.
 //!
+//! `from_underlay` is attached (with a tcx link, which goes with the agent)
+//! to the device that holds the underlay address: it decapsulates the
+//! datagrams of carried flows itself and delivers them, sparing them the
+//! host's stack; what it leaves, and everything while no agent runs, takes
+//! the metadata-mode device and `from_tunnel`.
+//!
 //! `from_tunnel` is attached to the metadata-mode device with netlink
 //! (cls_bpf, direct action) and stays attached when the agent stops: what
 //! arrives from other hosts' fast paths is still delivered. `from_container`
@@ -40,7 +46,7 @@ use crate::fastpath::{
 
 mod load;
 
-use load::{attach, attach_port, delete_filter, earlier_maps, filters, load, md_device, program, take};
+use load::{attach, attach_tcx, attach_underlay, delete_filter, earlier_maps, filters, load, md_device, program, take};
 pub use load::{md_device_present, FastPathError};
 
 /// How long a new host port takes the kernel path before the fast path
@@ -129,8 +135,11 @@ fn link_indexes() -> Result<super::common::LinkIndexes, FastPathError> {
 
 impl FastPath {
     /// Loads the programs, makes the metadata-mode VXLAN device (MTU `mtu`)
-    /// and starts admitting flows. Runs in the calling thread's namespace.
-    pub async fn start(underlay: Ipv4Addr, mtu: u32) -> Result<Arc<FastPath>, FastPathError> {
+    /// and starts admitting flows; `from_underlay` goes on `underlay_dev`,
+    /// the device that holds the host's underlay address `underlay` (when it
+    /// cannot, the tunnel's datagrams take the host's stack, with the reason
+    /// logged). Runs in the calling thread's namespace.
+    pub async fn start(underlay: Ipv4Addr, underlay_dev: &str, mtu: u32) -> Result<Arc<FastPath>, FastPathError> {
         let (conn, netlink, _) =
             rtnetlink::new_connection().map_err(|e| FastPathError::Kernel("netlink".into(), e.to_string()))?;
         tokio::spawn(conn);
@@ -163,6 +172,11 @@ impl FastPath {
             tunnels.iter().filter_map(Result::ok).collect(),
         );
         let flows: Flows = take(&mut ebpf, maps::FLOWS)?;
+        // Last, once the maps say where this host's tunnel ends.
+        match attach_underlay(&mut ebpf, &netlink, underlay_dev).await {
+            Ok(_) => tracing::info!(device = underlay_dev, "the fast path decapsulates its tunnel's datagrams on the underlay"),
+            Err(e) => tracing::warn!(device = underlay_dev, error = %e, "the fast path's tunnel datagrams take the host's stack"),
+        }
         let admitted = flows
             .keys()
             .filter_map(Result::ok)
@@ -254,7 +268,7 @@ impl FastPath {
                 continue;
             }
             s.seen.remove(port);
-            ports.insert(port.clone(), (index, attach_port(&mut s.ebpf, port)?));
+            ports.insert(port.clone(), (index, attach_tcx(&mut s.ebpf, FROM_CONTAINER, port)?));
         }
         s.seen.retain(|p, _| tables.ports.contains(p));
         for (_, (_, link)) in std::mem::replace(&mut s.attached, ports) {
