@@ -168,8 +168,10 @@ struct {
 #define FASTPATH_PORT 4799
 // VXLAN's flags word with the VNI-present flag, as the kernel sends it.
 #define VXLAN_FLAGS 0x08000000
-// A fast-path datagram's headers before the inner packet's Ethernet header:
-// outer Ethernet, IPv4 without options, UDP and VXLAN.
+// Where a fast-path datagram's inner Ethernet header begins: after the
+// outer Ethernet, IPv4 (without options), UDP and VXLAN headers. It is also
+// what decapsulation removes after the outer Ethernet header (IPv4, UDP,
+// VXLAN and the inner Ethernet header), as both Ethernet headers are as long.
 #define OUTER_LEN (ETH_HLEN + 20 + 8 + 8)
 // `BPF_F_ADJ_ROOM_DECAP_L3_IPV6` (Linux 6.3; older headers lack it, and
 // older kernels refuse it, leaving the packet as it was).
@@ -478,7 +480,7 @@ int from_underlay(struct __sk_buff *skb)
 	if (!flow)
 		return TC_ACT_OK;
 	// What is left: the outer Ethernet header (rewritten below) before the
-	// inner packet. The GSO size stays the inner packet's; an IPv6 packet
+	// inner IP packet. The GSO size stays the inner packet's; an IPv6 packet
 	// changes the packet's protocol. A refusal leaves the packet as it was.
 	__u64 l3 = p.family == 6 ? ADJ_ROOM_DECAP_L3_IPV6 : 0;
 	if (bpf_skb_adjust_room(skb, -OUTER_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | l3) < 0)
