@@ -43,7 +43,8 @@
 //! Throughput and request/response runs alternate overlay and baseline and
 //! report the median of three. `--quick`: one run each, 2 s instead of 5, and
 //! 200 endpoints instead of 1,000 (so benchmark 4 compares the 330 that
-//! benchmark 3 leaves with 10). `--dataplane kernel|ebpf`: the agents' data
+//! benchmark 3 leaves with 10). `--attach-only`, `--connections-only`: benchmark 3 or 5
+//! alone. `--dataplane kernel|ebpf`: the agents' data
 //! plane (the agent's default otherwise). `--keep-logs`: keep the run directory (the
 //! controller's and agents' logs). Needs root, iproute2, nftables and iperf3;
 //! fails with the reason when it cannot run.
@@ -109,15 +110,18 @@ struct Plan {
     endpoints: usize,
     /// Only the attach passes (`--attach-only`): for work on attach latency.
     attach_only: bool,
+    /// Only benchmark 5 (`--connections-only`): for work on the cost of new connections.
+    connections_only: bool,
 }
 
 impl Plan {
     fn from_args(args: &[String]) -> Plan {
         let attach_only = args.iter().any(|a| a == "--attach-only");
+        let connections_only = args.iter().any(|a| a == "--connections-only");
         if args.iter().any(|a| a == "--quick") {
-            Plan { runs: 1, secs: 2, endpoints: 200, attach_only }
+            Plan { runs: 1, secs: 2, endpoints: 200, attach_only, connections_only }
         } else {
-            Plan { runs: 3, secs: 5, endpoints: 1_000, attach_only }
+            Plan { runs: 3, secs: 5, endpoints: 1_000, attach_only, connections_only }
         }
     }
 }
@@ -259,13 +263,18 @@ fn run(c: &mut Cluster, plan: Plan, dataplane: &str) -> Result<Report> {
 
     report.paths = wait_for_fast_path(c, dataplane)?;
     eprintln!("agents (their CPU is sampled during each iperf3 run): pids {:?}", agent_pids(c));
-    if !plan.attach_only {
+    if !plan.attach_only && !plan.connections_only {
         eprintln!("== 1. cross-host TCP throughput, {FEW_ENDPOINTS} endpoints");
         report.tput = measure_pair(plan, &overlay, &baseline, |p| iperf(c, p, plan.secs))?;
         eprintln!("== 2. cross-host TCP request/response");
         report.rr = measure_pair(plan, &overlay, &baseline, |p| rr(c, p, plan.secs))?;
+    }
+    if !plan.attach_only {
         eprintln!("== 5. new TCP connections per second");
         report.cps = measure_pair(plan, &overlay, &baseline, |p| connections(c, p, plan.secs))?;
+    }
+    if plan.connections_only {
+        return Ok(report);
     }
     eprintln!("== 3. {CONCURRENT_ATTACHES} concurrent attaches across h1, h2 and h3, each probed from another host");
     let pass = AttachPass {
@@ -943,6 +952,17 @@ impl Report {
         let row = |name: &str, o: String, b: String, ratio: f64, goal: &str| {
             println!("{name:<48} {o:>14} {b:>14} {ratio:>8.2}  {goal}");
         };
+        let (c_o, c_b) = (median(self.cps.overlay.iter().copied()), median(self.cps.baseline.iter().copied()));
+        let cps_runs = || {
+            let (o, b) = (list(self.cps.overlay.iter().copied(), 0), list(self.cps.baseline.iter().copied(), 0));
+            println!("  5. connections/s tessera: {o}; baseline: {b}");
+        };
+        if plan.connections_only {
+            row("5. new TCP connections per second", format!("{c_o:.0}"), format!("{c_b:.0}"), c_o / c_b, goal("≥ 0.90", ""));
+            cps_runs();
+            println!("total run time {:.0} s", elapsed.as_secs_f64());
+            return;
+        }
         if !plan.attach_only {
             row(
                 "1. TCP throughput, 1 stream (Gbit/s)",
@@ -1003,7 +1023,6 @@ impl Report {
                 m_o / t_o,
                 "≥ 0.95",
             );
-            let (c_o, c_b) = (median(self.cps.overlay.iter().copied()), median(self.cps.baseline.iter().copied()));
             row("5. new TCP connections per second", format!("{c_o:.0}"), format!("{c_b:.0}"), c_o / c_b, goal("≥ 0.90", ""));
             let (f_o, f_b) = (gbps(&self.tput_few_rules.overlay), gbps(&self.tput_few_rules.baseline));
             let (g_o, g_b) = (gbps(&self.tput_many_rules.overlay), gbps(&self.tput_many_rules.baseline));
@@ -1071,11 +1090,7 @@ impl Report {
         if all {
             tput(&format!("4. {n:>4} endpoints"), &self.tput_many);
             println!("  4. attaching up to {n} endpoints ({FILL_WORKERS} at a time) and converging took {:.1} s", self.fill_secs);
-            println!(
-                "  5. connections/s tessera: {}; baseline: {}",
-                list(self.cps.overlay.iter().copied(), 0),
-                list(self.cps.baseline.iter().copied(), 0)
-            );
+            cps_runs();
             tput(&format!("6. {FEW_RULES:>5} rules"), &self.tput_few_rules);
             tput(&format!("6. {MANY_RULES:>5} rules"), &self.tput_many_rules);
             println!("  7. ms from the request to the stream's last byte: {}", list(self.stream_end.iter().copied(), 1));
