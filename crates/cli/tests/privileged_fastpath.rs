@@ -5,7 +5,8 @@
 //! its metadata-mode device) and between local containers without crossing
 //! the network's bridge, while what must be judged still is: a policy
 //! change ends a running fast-path flow, a datagram from outside the fabric
-//! meets the host's guard, and flow records count what the fast path
+//! meets the host's guard (on either port: a host also takes the kernel
+//! path's handshakes and pings off its underlay), and flow records count what the fast path
 //! carried (each connection its own, when one reuses another's
 //! five-tuple). Needs root, clang-built programs and bpftool; fails with
 //! the reason when it cannot run.
@@ -16,6 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use tessera_dataplane::desired::VXLAN_PORT;
 use tessera_dataplane::fastpath::FASTPATH_PORT;
 use tessera_testkit::intruder::{guard_drops, Intruder};
 use tessera_testkit::{addresses, exec_in, Cluster};
@@ -584,4 +586,44 @@ fn privileged_ipv6_flows_take_the_fast_path() {
     assert_eq!(c.ping("c1", &a2[0], 2).unwrap(), 2, "IPv6 across hosts (kernel path: ICMPv6)");
     settled(&c, &["h1", "h2"]);
     across_hosts_on_the_fast_path(&c, "c2", &a2[0]);
+}
+
+/// The UDP datagrams the host's own stack received (`Udp: InDatagrams` of
+/// its namespace).
+fn udp_received(c: &Cluster, host: &str) -> u64 {
+    let snmp = ok(exec_in(c.host_netns(host).unwrap(), "cat", ["/proc/net/snmp"]).unwrap(), "/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap_or_default(), udp.next().unwrap_or_default());
+    let at = names.split_whitespace().position(|n| n == "InDatagrams").expect("Udp: InDatagrams in /proc/net/snmp");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("Udp counters: {values}"))
+}
+
+#[test]
+fn privileged_a_host_takes_what_the_kernel_path_must_judge_off_its_underlay_and_judges_it() {
+    let (c, _dir, a2) = two_hosts();
+    let a1 = first_v4(&c, "c1");
+    // Pings (ICMP never takes the fast path) cross the network's own tunnel,
+    // and h2 takes them off its underlay device: its UDP socket, and so
+    // `vxlan_rcv`, sees none of them, and c2 still answers every one.
+    let before = udp_received(&c, "h2");
+    let mut answered = 0;
+    let tunnel = captured(&c, "h1", "eth0", &["udp", "port", &VXLAN_PORT.to_string()], || {
+        answered = c.ping("c1", &a2[0], 10).unwrap();
+    });
+    let received = udp_received(&c, "h2") - before;
+    assert_eq!(answered, 10, "c2 answered {answered} of c1's 10 pings");
+    assert!(tunnel.len() >= 20, "only {} datagrams crossed the network's tunnel: {tunnel:?}", tunnel.len());
+    assert!(received < 5, "h2's UDP socket received {received} datagrams while 10 pings crossed to c2");
+
+    // An intruder on the underlay sends h2 pings from c1's address on the
+    // networks' port, as h1 would: h2 takes off its underlay only what comes
+    // from the host of the inner packet's source, so these meet its guard.
+    let intruder = Intruder::new(&c, "h2", VXLAN_PORT, 6100, &a1, &[&a2[0]]);
+    let before = guard_drops(&c, "h2");
+    let seen = seen_by(&c, "c2", &["icmp"], || {
+        let _ = intruder.exec("ping", &["-c", "5", "-i", "0.2", "-W", "1", &a2[0]]);
+    });
+    let dropped = guard_drops(&c, "h2") - before;
+    assert!(seen.is_empty(), "c2 received pings an intruder sent on the networks' port: {seen:?}");
+    assert!(dropped >= 5, "h2's guard dropped {dropped} of the intruder's 5 pings");
 }

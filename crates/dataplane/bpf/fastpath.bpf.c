@@ -26,7 +26,12 @@
 //   source, of a flow this host's kernel path also allowed, to a local
 //   endpoint, is decapsulated there and goes straight into the container
 //   (the host's input path, the UDP socket, `tfast` and its GRO cell never
-//   see it); anything else goes on through the host's stack to `tfast`.
+//   see it); one on the networks' own port from the host of its inner
+//   packet's source, of ICMP or a TCP segment without data (a new
+//   connection's handshake), is decapsulated there and handed to the
+//   network's VXLAN device, where the kernel path takes it as before (the
+//   host's input path, the UDP socket and `vxlan_rcv` never see it);
+//   anything else goes on through the host's stack.
 //
 // Counters: every packet sent by the fast path adds to its flow's entry
 // (packets and IP bytes, as conntrack counts them), so flow records and
@@ -166,6 +171,8 @@ struct {
 #define TCP_RST 0x04
 // The fast path's tunnel port (`tessera_dataplane::fastpath::FASTPATH_PORT`).
 #define FASTPATH_PORT 4799
+// The networks' own VXLAN port (`tessera_dataplane::desired::VXLAN_PORT`).
+#define VXLAN_PORT 4789
 // VXLAN's flags word with the VNI-present flag, as the kernel sends it.
 #define VXLAN_FLAGS 0x08000000
 // Where a fast-path datagram's inner Ethernet header begins: after the
@@ -417,13 +424,14 @@ struct vxlan {
 	__be32 vni;
 };
 
-// The VNI of a fast-path datagram from another host of the fabric to this
-// one, or 0 (it goes on through the host's stack). Only what the kernel
-// path would take the same way is taken: no IPv4 options or fragments, no
-// ECN congestion mark (the kernel copies it to the inner header), a zero UDP
-// checksum (the fast path sends none), lengths that fill the packet, the
-// headers in the packet's linear part.
-static __always_inline __u32 fast_datagram(struct __sk_buff *skb, const struct config *cfg, __be32 *from)
+// The VNI of a VXLAN datagram from another host of the fabric to this one,
+// on the fast path's port or the networks' own, or 0 (it goes on through the
+// host's stack). Only what the kernel would take the same way is taken: no
+// IPv4 options or fragments, no ECN congestion mark (the kernel copies it to
+// the inner header), a zero UDP checksum (the fast path and the networks'
+// devices send none), lengths that fill the packet, the headers in the
+// packet's linear part.
+static __always_inline __u32 datagram(struct __sk_buff *skb, const struct config *cfg, __u16 *port, __be32 *from)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -437,7 +445,8 @@ static __always_inline __u32 fast_datagram(struct __sk_buff *skb, const struct c
 		return 0;
 	if (ip->daddr != cfg->underlay || bpf_ntohs(ip->tot_len) != skb->len - ETH_HLEN)
 		return 0;
-	if (udp->dest != bpf_htons(FASTPATH_PORT) || udp->check || bpf_ntohs(udp->len) != skb->len - ETH_HLEN - 20)
+	*port = bpf_ntohs(udp->dest);
+	if ((*port != FASTPATH_PORT && *port != VXLAN_PORT) || udp->check || bpf_ntohs(udp->len) != skb->len - ETH_HLEN - 20)
 		return 0;
 	if (vx->flags != bpf_htonl(VXLAN_FLAGS) || (vx->vni & bpf_htonl(0xff)))
 		return 0;
@@ -445,31 +454,128 @@ static __always_inline __u32 fast_datagram(struct __sk_buff *skb, const struct c
 	return bpf_ntohl(vx->vni) >> 8;
 }
 
-// On the device that holds this host's underlay address (tcx ingress): a
-// fast-path datagram from the host of its inner packet's source endpoint,
-// of a flow this host's kernel path allowed too, to a local endpoint, is
-// decapsulated here and goes straight into the container. This spares it
-// the host's input path, the UDP socket, the metadata-mode device and its
-// GRO cell, and `from_tunnel`. Anything else goes on through the host's
-// stack as before: the metadata-mode device and `from_tunnel` take it.
+// Whether the inner IPv4 or IPv6 packet's source is an endpoint network
+// `vni` reaches on the host with underlay address `from`.
+static __always_inline int from_its_host(__u32 vni, const __u8 saddr[16], __be32 from)
+{
+	struct dst_key sk = { .vni = vni };
+	__builtin_memcpy(sk.addr, saddr, 16);
+	struct dst_val *src = bpf_map_lookup_elem(&ts_dst, &sk);
+	return src && !src->ifindex && src->underlay == from;
+}
+
+// Removes the outer IPv4, UDP and VXLAN headers and the inner Ethernet
+// header, and gives the outer Ethernet header the inner packet's protocol.
+// The GSO size stays the inner packet's; an IPv6 packet changes the packet's
+// protocol. A refusal (-1) leaves the packet as it was; -2: it is damaged.
+static __always_inline int decapsulate(struct __sk_buff *skb, __u8 family)
+{
+	__u64 l3 = family == 6 ? ADJ_ROOM_DECAP_L3_IPV6 : 0;
+	if (bpf_skb_adjust_room(skb, -OUTER_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | l3) < 0)
+		return -1;
+	__be16 proto = bpf_htons(family == 6 ? ETH_P_IPV6 : ETH_P_IP);
+	return bpf_skb_store_bytes(skb, 12, &proto, 2, 0) < 0 ? -2 : 0;
+}
+
+// Whether a TCP segment whose header is at `tcp` carries no data (`len`:
+// the IP payload's length) and is no reset: a handshake's segment, a bare
+// acknowledgement, a FIN alone.
+static __always_inline int no_data(struct tcphdr *tcp, void *end, __u16 len)
+{
+	if ((void *)(tcp + 1) > end)
+		return 0;
+	return !tcp->rst && len == tcp->doff * 4;
+}
+
+// Whether the inner packet at `eth` is one `to_tunnel` takes: ICMP, or TCP
+// without data (see `no_data`), from the IPv4 or IPv6 source it gives.
+// Datagrams the host's stack takes go on to the network's device through
+// its GRO cell, another queue than the one these join, so a packet that
+// comes after them may arrive first: for these that changes nothing (a
+// bare acknowledgement before earlier data, a FIN before the data it
+// follows, which TCP holds until the data comes). A reset could end a
+// connection before its last data arrived; it keeps the stack.
+static __always_inline int setup_packet(struct ethhdr *eth, void *end, __u8 saddr[16], __u8 *family)
+{
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+			return 0;
+		mapped(saddr, ip->saddr);
+		*family = 4;
+		if (ip->protocol == IPPROTO_ICMP)
+			return 1;
+		return ip->protocol == IPPROTO_TCP && no_data((void *)(ip + 1), end, bpf_ntohs(ip->tot_len) - 20);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		__builtin_memcpy(saddr, &ip6->saddr, 16);
+		*family = 6;
+		if (ip6->nexthdr == IPPROTO_ICMPV6)
+			return 1;
+		return ip6->nexthdr == IPPROTO_TCP && no_data((void *)(ip6 + 1), end, bpf_ntohs(ip6->payload_len));
+	}
+	return 0;
+}
+
+// A datagram of network `vni`'s own tunnel, not a GSO packet, whose inner
+// packet `setup_packet` takes and comes from an endpoint on the datagram's
+// source host: decapsulated here and handed to the network's VXLAN device
+// `tunnel` as if that device had received it, so the kernel path judges it
+// there exactly as before, without the host's input path, the UDP socket
+// and `vxlan_rcv`. A new connection's handshake takes this way.
+static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 vni, __be32 from, __u32 tunnel)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data + OUTER_LEN;
+	__u8 saddr[16];
+	__u8 family = 0;
+	if (skb->gso_size || !setup_packet(eth, end, saddr, &family) || !from_its_host(vni, saddr, from))
+		return TC_ACT_OK;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	// The inner frame's MACs, which the network's device would see.
+	__u8 macs[12];
+	__builtin_memcpy(macs, eth, 12);
+	int r = decapsulate(skb, family);
+	if (r == -1)
+		return TC_ACT_OK;
+	if (r < 0 || bpf_skb_store_bytes(skb, 0, macs, 12, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(tunnel, BPF_F_INGRESS);
+}
+
+// On the device that holds this host's underlay address (tcx ingress), for
+// datagrams from the other hosts of the fabric:
+// - on the fast path's port: one from the host of its inner packet's source
+//   endpoint, of a flow this host's kernel path allowed too, to a local
+//   endpoint, is decapsulated here and goes straight into the container.
+//   This spares it the host's input path, the UDP socket, the metadata-mode
+//   device and its GRO cell, and `from_tunnel`;
+// - on the networks' own port: see `to_tunnel`.
+// Anything else goes on through the host's stack as before: the
+// metadata-mode device and `from_tunnel`, or the network's VXLAN device,
+// take it.
 SEC("classifier")
 int from_underlay(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
 	__be32 from = 0;
-	__u32 vni = cfg ? fast_datagram(skb, cfg, &from) : 0;
-	if (!vni || !bpf_map_lookup_elem(&ts_tunnels, &vni))
+	__u16 port = 0;
+	__u32 vni = cfg ? datagram(skb, cfg, &port, &from) : 0;
+	__u32 *tunnel = vni ? bpf_map_lookup_elem(&ts_tunnels, &vni) : 0;
+	if (!tunnel)
 		return TC_ACT_OK;
+	if (port == VXLAN_PORT)
+		return to_tunnel(skb, vni, from, *tunnel);
 	struct packet p = {};
-	if (!parse(skb, OUTER_LEN, vni, &p))
-		return TC_ACT_OK;
-	// The source is a remote endpoint this network reaches, and the
-	// datagram comes from its host.
-	struct dst_key sk = { .vni = vni };
-	__builtin_memcpy(sk.addr, p.key.saddr, 16);
-	struct dst_val *src = bpf_map_lookup_elem(&ts_dst, &sk);
-	if (!src || src->ifindex || src->underlay != from)
+	if (!parse(skb, OUTER_LEN, vni, &p) || !from_its_host(vni, p.key.saddr, from))
 		return TC_ACT_OK;
 	struct dst_key dk = { .vni = vni };
 	__builtin_memcpy(dk.addr, p.key.daddr, 16);
@@ -479,14 +585,10 @@ int from_underlay(struct __sk_buff *skb)
 	struct flow_val *flow = carried(&p.key, p.tcp_flags);
 	if (!flow)
 		return TC_ACT_OK;
-	// What is left: the outer Ethernet header (rewritten below) before the
-	// inner IP packet. The GSO size stays the inner packet's; an IPv6 packet
-	// changes the packet's protocol. A refusal leaves the packet as it was.
-	__u64 l3 = p.family == 6 ? ADJ_ROOM_DECAP_L3_IPV6 : 0;
-	if (bpf_skb_adjust_room(skb, -OUTER_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | l3) < 0)
+	int r = decapsulate(skb, p.family);
+	if (r == -1)
 		return TC_ACT_OK;
-	__be16 proto = bpf_htons(p.family == 6 ? ETH_P_IPV6 : ETH_P_IP);
-	if (bpf_skb_store_bytes(skb, 12, &proto, 2, 0) < 0)
+	if (r < 0)
 		return TC_ACT_SHOT;
 	return to_local(skb, flow, p.family, dst);
 }

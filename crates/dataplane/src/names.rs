@@ -109,7 +109,7 @@ impl fmt::Display for SysctlKey {
 /// Version marker of the skeleton, kept as the comment of a rule of each
 /// table. Change it whenever [`crate::nft::skeleton_script`] changes: agents
 /// then replace the tables.
-pub const SKELETON_VERSION: &str = "tessera-v10";
+pub const SKELETON_VERSION: &str = "tessera-v11";
 
 /// The packet mark bit nftables sets on what it lets in from a port (after
 /// anti-spoofing) or a tunnel; the `ip rule`s that select a network's table

@@ -85,7 +85,8 @@ pub enum KernelOp {
     /// `ip link add NAME address MAC mtu MTU up type bridge mcast_snooping 0`
     LinkAddBridge { name: String, mac: MacAddr, mtu: u32 },
     /// `ip link add NAME address MAC mtu MTU up type vxlan id VNI local LOCAL
-    /// dev UNDERLAY dstport PORT nolearning`
+    /// dev UNDERLAY dstport PORT nolearning noudpcsum` (over IPv6, with UDP
+    /// checksums: IPv6 requires them)
     LinkAddVxlan { name: String, vni: Vni, local: IpAddr, underlay: String, port: u16, mac: MacAddr, mtu: u32 },
     /// `ip link add NAME mtu MTU master BRIDGE up type veth peer name IFNAME
     /// address MAC mtu MTU netns NETNS; ip link set NAME type bridge_slave
@@ -392,7 +393,8 @@ impl fmt::Display for KernelOp {
             }
             KernelOp::LinkAddVxlan { name, vni, local, underlay, port, mac, mtu } => write!(
                 f,
-                "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning; ip link set {name} alias {LINK_MARK}"
+                "ip link add {name} address {mac} mtu {mtu} up type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning{}; ip link set {name} alias {LINK_MARK}",
+                if local.is_ipv4() { " noudpcsum" } else { "" }
             ),
             KernelOp::VethAdd { name, bridge, mtu, netns, peer_ifname, peer_mac } => write!(
                 f,

@@ -196,7 +196,7 @@ fn outdated_nft_skeleton_is_replaced_with_all_elements() {
     let mut kernel = converged(&desired);
     kernel.nft.skeleton = Some("tessera-v0".into());
     let actual: Vec<String> = plan(&desired, &kernel).iter().map(|a| a.to_string()).collect();
-    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v10 # inet tessera, bridge tessera, inet tessera_policy");
+    assert_eq!(actual[0], "nft -f tessera-skeleton-tessera-v11 # inet tessera, bridge tessera, inet tessera_policy");
     assert_eq!(
         actual.len(),
         1 + 2 + 1 + 2 + 3 + 6,

@@ -314,8 +314,10 @@ fn owners_are_told_apart_only_by_what_is_known_of_both() {
 }
 
 #[test]
-fn the_programs_take_the_fast_path_port_this_crate_tunnels_on() {
+fn the_programs_take_the_ports_this_crate_tunnels_on() {
     let source = include_str!("../../bpf/fastpath.bpf.c");
     let define = format!("\n#define FASTPATH_PORT {FASTPATH_PORT}\n");
     assert!(source.contains(&define), "bpf/fastpath.bpf.c must define FASTPATH_PORT as {FASTPATH_PORT}");
+    let define = format!("\n#define VXLAN_PORT {}\n", crate::desired::VXLAN_PORT);
+    assert!(source.contains(&define), "bpf/fastpath.bpf.c must define VXLAN_PORT as the networks' port");
 }

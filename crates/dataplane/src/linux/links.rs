@@ -268,11 +268,14 @@ fn bridge_message(name: &str, mac: MacAddr, mtu: u32) -> LinkMessage {
 }
 
 /// `ip link add NAME address MAC mtu MTU up type vxlan id VNI local LOCAL
-/// dev DEV dstport PORT nolearning`
+/// dev DEV dstport PORT nolearning noudpcsum`: over IPv4 without UDP
+/// checksums, as RFC 7348 recommends (the inner packet carries its own, and
+/// the fast path's program on the receiving host's underlay decapsulates
+/// only datagrams without one; IPv6 requires them).
 fn vxlan_message(name: &str, vni: Vni, local: IpAddr, dev: u32, port: u16, mac: MacAddr, mtu: u32) -> LinkMessage {
     let b = LinkVxlan::new(name, vni.get()).dev(dev).port(port).learning(false);
     let b = match local {
-        IpAddr::V4(v4) => b.local(v4),
+        IpAddr::V4(v4) => b.local(v4).udp_csum(false),
         IpAddr::V6(v6) => b.local6(v6),
     };
     b.mtu(mtu).address(mac.0.to_vec()).up().build()

@@ -490,7 +490,7 @@ mod tests {
       {"map": {"family": "inet", "name": "fipout4", "table": "tessera", "type": ["integer", "ipv4_addr"], "handle": 34, "map": "ipv4_addr", "elem": [[{"concat": [5, "10.0.0.2"]}, "203.0.113.10"]]}},
       {"map": {"family": "inet", "name": "snat6", "table": "tessera", "type": "integer", "handle": 37, "map": "ipv6_addr", "elem": [[5, "2001:db8::3"]]}},
       {"chain": {"family": "inet", "table": "tessera", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v10", "expr": []}}]}"#;
+      {"rule": {"family": "inet", "table": "tessera", "chain": "output", "handle": 4, "comment": "tessera-v11", "expr": []}}]}"#;
 
     const BRIDGE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"table": {"family": "bridge", "name": "tessera", "handle": 4}},
@@ -502,7 +502,7 @@ mod tests {
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
       {"set": {"family": "bridge", "name": "svcmac", "table": "tessera", "type": ["ifname", "ether_addr"], "handle": 5,
                "elem": [{"concat": ["tv12345678", "02:00:00:00:00:01"]}]}},
-      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v10", "expr": []}}]}"#;
+      {"rule": {"family": "bridge", "table": "tessera", "chain": "prerouting", "handle": 9, "comment": "tessera-v11", "expr": []}}]}"#;
 
     const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
       {"chain": {"family": "inet", "table": "tessera_policy", "name": "dispatch", "handle": 1}},

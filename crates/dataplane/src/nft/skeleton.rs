@@ -100,6 +100,8 @@ table inet tessera {{
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
         iifname @uplinks jump from_uplink
+        udp dport {{ {vxlan}, {fast} }} ip saddr @vteps4 notrack accept comment "the fabric's tunnels: their flows are tracked inside, in their networks' zones; nothing below is for them"
+        udp dport {{ {vxlan}, {fast} }} ip6 saddr @vteps6 notrack accept
         iifname != "tb*" iifname != "tx*" meta l4proto {{ tcp, udp }} fib daddr type local jump to_published
         iifname "tb*" ct zone set iifname . ip daddr map @pz4
         iifname "tx*" ct zone set iifname . ip saddr map @pz4
@@ -107,8 +109,6 @@ table inet tessera {{
         iifname "tx*" ct zone set iifname . ip6 saddr map @pz6
         ct zone set iifname map @zones
         iifname "tx*" meta mark set meta mark | {verified:#x}
-        udp dport {{ {vxlan}, {fast} }} ip saddr @vteps4 notrack comment "the fabric's tunnels: their flows are tracked inside, in their networks' zones"
-        udp dport {{ {vxlan}, {fast} }} ip6 saddr @vteps6 notrack
     }}
     chain isolation {{
         type filter hook prerouting priority mangle; policy accept;
@@ -209,12 +209,12 @@ table inet tessera {{
     }}
     chain output {{
         type filter hook output priority raw; policy accept;
+        udp dport {{ {vxlan}, {fast} }} ip daddr @vteps4 notrack accept comment "the fabric's tunnels; nothing below is for them"
+        udp dport {{ {vxlan}, {fast} }} ip6 daddr @vteps6 notrack accept
         meta l4proto {{ tcp, udp }} fib daddr type local jump to_published
         oifname "tb*" icmp type redirect drop
         oifname "tb*" icmpv6 type nd-redirect drop
         ct zone set oifname map @zones comment "{v}"
-        udp dport {{ {vxlan}, {fast} }} ip daddr @vteps4 notrack comment "the fabric's tunnels"
-        udp dport {{ {vxlan}, {fast} }} ip6 daddr @vteps6 notrack
     }}
 }}
 table bridge tessera {{}}
