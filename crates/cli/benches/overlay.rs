@@ -115,14 +115,17 @@ struct Plan {
 }
 
 impl Plan {
-    fn from_args(args: &[String]) -> Plan {
+    fn from_args(args: &[String]) -> Result<Plan> {
         let attach_only = args.iter().any(|a| a == "--attach-only");
         let connections_only = args.iter().any(|a| a == "--connections-only");
-        if args.iter().any(|a| a == "--quick") {
+        if attach_only && connections_only {
+            bail!("--attach-only and --connections-only each select one benchmark: give one of them");
+        }
+        Ok(if args.iter().any(|a| a == "--quick") {
             Plan { runs: 1, secs: 2, endpoints: 200, attach_only, connections_only }
         } else {
             Plan { runs: 3, secs: 5, endpoints: 1_000, attach_only, connections_only }
-        }
+        })
     }
 }
 
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--list") {
         return Ok(()); // `cargo test --benches` asks benches to list tests; there are none.
     }
-    let plan = Plan::from_args(&args);
+    let plan = Plan::from_args(&args)?;
     let started = Instant::now();
     let dir = tempfile::tempdir().context("temporary directory")?;
     let prefix = format!("tbn{}", std::process::id() % 100_000);
