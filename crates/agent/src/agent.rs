@@ -318,7 +318,18 @@ impl Agent {
             last_error: p.last_error,
             local_networks,
             dataplane: Some(match &self.fastpath {
-                Some(fp) => tessera_api::agent::Dataplane::Ebpf { flows: fp.flows() },
+                Some(fp) => {
+                    use tessera_dataplane::linux::fastpath::Decapsulation;
+                    let underlay = match fp.decapsulation() {
+                        Decapsulation::Program(device) => {
+                            tessera_api::agent::Decapsulation { device: device.clone(), stack: None }
+                        }
+                        Decapsulation::Stack(device, why) => {
+                            tessera_api::agent::Decapsulation { device: device.clone(), stack: Some(why.clone()) }
+                        }
+                    };
+                    tessera_api::agent::Dataplane::Ebpf { flows: fp.flows(), underlay: Some(underlay) }
+                }
                 None => self.kernel_only.clone(),
             }),
         }

@@ -189,7 +189,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     }
     let dp: Arc<dyn Dataplane> = Arc::new(tessera_dataplane::linux::LinuxDataplane::new().await?);
     let (fastpath, kernel_only) = match start_fastpath(config.dataplane, &me).await? {
-        Ok(fp) => (Some(fp), tessera_api::agent::Dataplane::Ebpf { flows: 0 }),
+        Ok(fp) => (Some(fp), tessera_api::agent::Dataplane::Ebpf { flows: 0, underlay: None }),
         Err(why) => (None, why),
     };
 

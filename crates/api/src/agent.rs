@@ -126,10 +126,27 @@ pub struct AgentStatus {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Dataplane {
     /// The fast path beside the kernel path; `flows`: the flow directions
-    /// it carries now.
-    Ebpf { flows: usize },
+    /// it carries now; `underlay`: who takes its datagrams from other
+    /// hosts off the underlay (absent from earlier agents).
+    Ebpf {
+        flows: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        underlay: Option<Decapsulation>,
+    },
     /// The kernel path alone, and why.
     Kernel { reason: String, chosen: bool },
+}
+
+/// Who takes the fast path's datagrams from other hosts off the underlay
+/// ([`Dataplane::Ebpf`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decapsulation {
+    /// The device that holds the host's underlay address.
+    pub device: String,
+    /// Why the host's stack decapsulates them instead of a program on
+    /// `device` (`None`: the program does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
 }
 
 /// A network with endpoints on the host ([`AgentStatus`]).

@@ -136,6 +136,15 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
     let paths: Vec<&str> =
         vifs.as_array().unwrap().iter().filter(|v| v["kind"] == "endpoint").filter_map(|v| v["path"].as_str()).collect();
     assert_eq!(paths, ["ebpf", "ebpf"], "{vifs}");
+    // Other hosts' datagrams are decapsulated by the program on the
+    // underlay device, and the status and doctor say so.
+    let status = ok(c.tessera_on("h1", &["--json", "status", "--socket", &socket], &[]).unwrap(), "status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let underlay = &status["dataplane"]["underlay"];
+    assert_eq!(underlay["device"], tessera_fabric::HOST_IFNAME, "{status}");
+    assert!(underlay.get("stack").is_none(), "the host's stack decapsulates: {status}");
+    let shown = ok(c.tessera_on("h1", &["status", "--socket", &socket], &[]).unwrap(), "status");
+    assert!(shown.contains(&format!("decapsulation:   a program on {}", tessera_fabric::HOST_IFNAME)), "{shown}");
 
     // The programs are loaded and attached: bpftool knows them by name.
     let on_tunnel = programs_on(&c, "h1", "tfast");

@@ -313,8 +313,17 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<()> {
             out.push_str(&format!("last error:      {e}\n"));
         }
         match &s.dataplane {
-            Some(tessera_api::agent::Dataplane::Ebpf { flows }) => {
-                out.push_str(&format!("data plane:      ebpf fast path ({flows} flow directions on it) and kernel path\n"))
+            Some(tessera_api::agent::Dataplane::Ebpf { flows, underlay }) => {
+                out.push_str(&format!("data plane:      ebpf fast path ({flows} flow directions on it) and kernel path\n"));
+                match underlay {
+                    Some(tessera_api::agent::Decapsulation { device, stack: None }) => {
+                        out.push_str(&format!("decapsulation:   a program on {device}\n"))
+                    }
+                    Some(tessera_api::agent::Decapsulation { device, stack: Some(why) }) => {
+                        out.push_str(&format!("decapsulation:   the host's stack ({device}: {why})\n"))
+                    }
+                    None => {}
+                }
             }
             Some(tessera_api::agent::Dataplane::Kernel { reason, .. }) => {
                 out.push_str(&format!("data plane:      kernel path ({reason})\n"))

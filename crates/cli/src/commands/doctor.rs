@@ -414,8 +414,20 @@ async fn vtep_check(ctx: &Ctx, underlay: Option<IpAddr>) -> Check {
 fn dataplane_check(s: &tessera_api::agent::AgentStatus) -> Check {
     use tessera_api::agent::Dataplane;
     match &s.dataplane {
-        Some(Dataplane::Ebpf { flows }) => {
-            Check::ok("data plane", format!("eBPF fast path for established flows ({flows} flow directions now), kernel path for the rest"))
+        Some(Dataplane::Ebpf { flows, underlay }) => {
+            let what = format!("eBPF fast path for established flows ({flows} flow directions now), kernel path for the rest");
+            match underlay {
+                Some(tessera_api::agent::Decapsulation { device, stack: Some(why) }) => Check::bad(
+                    "data plane",
+                    Outcome::Warn,
+                    format!("{what}; other hosts' datagrams take the host's stack on {device}: {why}"),
+                    "the fast path decapsulates on the device that holds the underlay address when it is an Ethernet device; restart the agent once it is (a replaced device is found at the agent's start)",
+                ),
+                Some(tessera_api::agent::Decapsulation { device, stack: None }) => {
+                    Check::ok("data plane", format!("{what}; other hosts' datagrams decapsulated by a program on {device}"))
+                }
+                None => Check::ok("data plane", what),
+            }
         }
         Some(Dataplane::Kernel { reason, chosen: true }) => Check::ok("data plane", format!("kernel path ({reason})")),
         Some(Dataplane::Kernel { reason, chosen: false }) => Check::bad(
@@ -469,5 +481,32 @@ mod tests {
         assert!(behind.detail.ends_with("399.0 s behind this host's"), "{behind:?}");
         let none = tessera_api::ClockReading { date: None, ..reading(0) };
         assert_eq!(clock_check(Ok(none)).result, Outcome::Skipped);
+    }
+
+    #[test]
+    fn the_data_plane_check_says_who_decapsulates_other_hosts_datagrams() {
+        use tessera_api::agent::{AgentStatus, Dataplane, Decapsulation};
+        let status = |underlay| AgentStatus {
+            host: "h1".into(),
+            underlay_ip: "10.99.0.1".parse().unwrap(),
+            controller: "https://c".into(),
+            controller_connected: true,
+            holding: None,
+            revision: 1,
+            networks: 0,
+            local_endpoints: 0,
+            reconciles: 1,
+            last_error: None,
+            local_networks: Vec::new(),
+            dataplane: Some(Dataplane::Ebpf { flows: 2, underlay }),
+        };
+        let program = dataplane_check(&status(Some(Decapsulation { device: "eth0".into(), stack: None })));
+        assert_eq!(program.result, Outcome::Ok);
+        assert!(program.detail.ends_with("other hosts' datagrams decapsulated by a program on eth0"), "{program:?}");
+        let why = "eth0 is not an Ethernet device".to_string();
+        let stack = dataplane_check(&status(Some(Decapsulation { device: "eth0".into(), stack: Some(why) })));
+        assert_eq!(stack.result, Outcome::Warn);
+        assert!(stack.detail.ends_with("take the host's stack on eth0: eth0 is not an Ethernet device"), "{stack:?}");
+        assert_eq!(dataplane_check(&status(None)).result, Outcome::Ok, "an earlier agent says nothing of it");
     }
 }

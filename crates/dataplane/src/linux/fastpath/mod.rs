@@ -118,6 +118,18 @@ pub struct FastPath {
     first_tables: tokio::sync::Notify,
     /// Held by a sync.
     syncing: tokio::sync::Mutex<()>,
+    decapsulation: Decapsulation,
+}
+
+/// Who takes the datagrams other hosts' fast paths send this host off the
+/// underlay ([`FastPath::decapsulation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decapsulation {
+    /// `from_underlay` on this device.
+    Program(String),
+    /// The host's stack (to the metadata-mode device): the device, and why
+    /// the program is not on it.
+    Stack(String, String),
 }
 
 /// What [`FastPath::status`] reports of a host port.
@@ -173,10 +185,16 @@ impl FastPath {
         );
         let flows: Flows = take(&mut ebpf, maps::FLOWS)?;
         // Last, once the maps say where this host's tunnel ends.
-        match attach_underlay(&mut ebpf, &netlink, underlay_dev).await {
-            Ok(_) => tracing::info!(device = underlay_dev, "the fast path decapsulates its tunnel's datagrams on the underlay"),
-            Err(e) => tracing::warn!(device = underlay_dev, error = %e, "the fast path's tunnel datagrams take the host's stack"),
-        }
+        let decapsulation = match attach_underlay(&mut ebpf, &netlink, underlay_dev).await {
+            Ok(_) => {
+                tracing::info!(device = underlay_dev, "the fast path decapsulates its tunnel's datagrams on the underlay");
+                Decapsulation::Program(underlay_dev.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(device = underlay_dev, error = %e, "the fast path's tunnel datagrams take the host's stack");
+                Decapsulation::Stack(underlay_dev.to_string(), e.to_string())
+            }
+        };
         let admitted = flows
             .keys()
             .filter_map(Result::ok)
@@ -210,6 +228,7 @@ impl FastPath {
             netlink,
             first_tables: tokio::sync::Notify::new(),
             syncing: tokio::sync::Mutex::new(()),
+            decapsulation,
         });
         let events = super::conntrack_events_of(&[GROUP_UPDATE, GROUP_DESTROY])
             .map_err(|e| FastPathError::Kernel("conntrack events".into(), e.to_string()))?;
@@ -420,6 +439,12 @@ impl FastPath {
     /// The index of the metadata-mode device.
     pub fn device_index(&self) -> u32 {
         self.md_ifindex
+    }
+
+    /// Who takes other hosts' datagrams off the underlay: the program, or
+    /// the host's stack and why (decided when the fast path started).
+    pub fn decapsulation(&self) -> &Decapsulation {
+        &self.decapsulation
     }
 
     async fn admit(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<super::CtMessage>) {
