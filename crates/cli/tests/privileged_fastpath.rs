@@ -137,7 +137,7 @@ fn privileged_fast_path_carries_established_flows_across_and_within_hosts() {
         vifs.as_array().unwrap().iter().filter(|v| v["kind"] == "endpoint").filter_map(|v| v["path"].as_str()).collect();
     assert_eq!(paths, ["ebpf", "ebpf"], "{vifs}");
     // Other hosts' datagrams are decapsulated by the program on the
-    // underlay device, and the status and doctor say so.
+    // underlay device, and the agent's status says so.
     let status = ok(c.tessera_on("h1", &["--json", "status", "--socket", &socket], &[]).unwrap(), "status");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let underlay = &status["dataplane"]["underlay"];
