@@ -6,7 +6,8 @@
 //! the network's bridge, while what must be judged still is: a policy
 //! change ends a running fast-path flow, a datagram from outside the fabric
 //! meets the host's guard (on either port: a host also takes the kernel
-//! path's handshakes and pings off its underlay), and flow records count what the fast path
+//! path's handshakes and pings off its underlay, and encapsulates them
+//! itself at its networks' VXLAN devices), and flow records count what the fast path
 //! carried (each connection its own, when one reuses another's
 //! five-tuple). Needs root, clang-built programs and bpftool; fails with
 //! the reason when it cannot run.
@@ -335,9 +336,14 @@ fn across_hosts_on_the_fast_path(c: &Cluster, server: &str, dst: &str) {
 
 /// The packets device `dev` of `host` received.
 fn received_by(c: &Cluster, host: &str, dev: &str) -> u64 {
+    packets_of(c, host, dev, "rx")
+}
+
+/// The packets device `dev` of `host` received (`rx`) or sent (`tx`).
+fn packets_of(c: &Cluster, host: &str, dev: &str, way: &str) -> u64 {
     let out = ok(exec_in(c.host_netns(host).unwrap(), "ip", ["-j", "-s", "link", "show", dev]).unwrap(), "ip -s link");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_else(|| panic!("no receive counter of {dev}: {out}"))
+    v[0]["stats64"][way]["packets"].as_u64().unwrap_or_else(|| panic!("no {way} counter of {dev}: {out}"))
 }
 
 /// Runs `watch` one second into a 4-second iperf3 stream from `client` to
@@ -611,18 +617,24 @@ fn udp_received(c: &Cluster, host: &str) -> u64 {
 fn privileged_a_host_takes_what_the_kernel_path_must_judge_off_its_underlay_and_judges_it() {
     let (c, _dir, a2) = two_hosts();
     let a1 = first_v4(&c, "c1");
-    // Pings (ICMP never takes the fast path) cross the network's own tunnel,
-    // and h2 takes them off its underlay device: its UDP socket, and so
-    // `vxlan_rcv`, sees none of them, and c2 still answers every one.
-    let before = udp_received(&c, "h2");
+    // Pings (ICMP never takes the fast path) cross the network's own tunnel:
+    // h1's program on the network's VXLAN device encapsulates them (the
+    // device sends none itself), h2 takes them off its underlay device (its
+    // UDP socket, and so `vxlan_rcv`, sees none of them), and c2 still
+    // answers every one.
+    let (before, sent_before) = (udp_received(&c, "h2"), packets_of(&c, "h1", "tx6100", "tx"));
     let mut answered = 0;
     let tunnel = captured(&c, "h1", "eth0", &["udp", "port", &VXLAN_PORT.to_string()], || {
         answered = c.ping("c1", &a2[0], 10).unwrap();
     });
-    let received = udp_received(&c, "h2") - before;
+    let (received, sent) = (udp_received(&c, "h2") - before, packets_of(&c, "h1", "tx6100", "tx") - sent_before);
     assert_eq!(answered, 10, "c2 answered {answered} of c1's 10 pings");
     assert!(tunnel.len() >= 20, "only {} datagrams crossed the network's tunnel: {tunnel:?}", tunnel.len());
     assert!(received < 5, "h2's UDP socket received {received} datagrams while 10 pings crossed to c2");
+    // h2's program took h1's datagrams only as the device would have sent
+    // them (h1's underlay address, the network's VNI, a zero checksum,
+    // lengths that fill the packet): the UDP socket saw none of them.
+    assert!(sent < 5, "h1's tx6100 sent {sent} packets itself while 10 pings crossed to c2");
 
     // An intruder on the underlay sends h2 pings from c1's address on the
     // networks' port, as h1 would: h2 takes off its underlay only what comes

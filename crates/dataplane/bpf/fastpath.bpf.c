@@ -2,7 +2,7 @@
 //
 // Tessera's TC-eBPF fast path (`tessera agent --dataplane ebpf`).
 //
-// Three programs, all at TC ingress (direct action):
+// Four programs, three at TC ingress and one at egress (direct action):
 //
 // - `from_container`, on the host side of every endpoint's veth (`tv...`):
 //   an IPv4 or IPv6 packet of a flow the kernel path already allowed (the
@@ -32,6 +32,16 @@
 //   network's VXLAN device, where the kernel path takes it as before (the
 //   host's input path, the UDP socket and `vxlan_rcv` never see it);
 //   anything else goes on through the host's stack.
+// - `to_underlay`, at the egress of each network's VXLAN device
+//   (`tx<vni>`): a packet the kernel path sends to another host (it passed
+//   this host's rules), not a GSO one, for an endpoint whose host is the
+//   one the device's forwarding entry for the frame's destination MAC
+//   names, is encapsulated as the device would (the same VNI, addresses,
+//   port range, TTL, ECN and zero UDP checksum) and sent on the underlay
+//   device with `bpf_redirect_neigh`, sparing it `vxlan_xmit`'s route
+//   lookup and the host's output hooks for the datagram. A new
+//   connection's handshake takes this way. GSO packets (a kernel-path
+//   stream's), and anything else, go on through the device.
 //
 // Counters: every packet sent by the fast path adds to its flow's entry
 // (packets and IP bytes, as conntrack counts them), so flow records and
@@ -108,7 +118,10 @@ struct config {
 	__u32 md_ifindex;
 	__u32 underlay;
 	__u8 vtep_mac[6];
-	__u16 pad;
+	// The length of the underlay address's prefix: the other hosts in it
+	// are its neighbours (0 when unknown).
+	__u8 underlay_prefix;
+	__u8 pad;
 };
 
 struct {
@@ -154,6 +167,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } ts_tunnels SEC(".maps");
+
+// The ifindex of a network's VXLAN device `tx<vni>` -> what `to_underlay`
+// encapsulates its packets with.
+struct encap_val {
+	__u32 vni;
+	// The device the network's VXLAN devices send through.
+	__u32 underlay_ifindex;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct encap_val);
+} ts_encap SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -591,4 +618,118 @@ int from_underlay(struct __sk_buff *skb)
 	if (r < 0)
 		return TC_ACT_SHOT;
 	return to_local(skb, flow, p.family, dst);
+}
+
+// The source port of a datagram of a flow with hash `hash`, in the local
+// port range, as the kernel's `udp_flow_src_port` picks it.
+#define SRC_PORT_MIN 32768
+#define SRC_PORT_MAX 60999
+static __always_inline __be16 source_port(__u32 hash)
+{
+	hash ^= hash << 16;
+	return bpf_htons((__u16)((((__u64)hash * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) + SRC_PORT_MIN));
+}
+
+// The outer header's ECN bits for an inner packet with ECN bits `ecn`:
+// copied, a congestion mark as ECT(0) (`INET_ECN_encapsulate`).
+static __always_inline __u8 outer_ecn(__u8 ecn)
+{
+	ecn &= 3;
+	return ecn == 3 ? 2 : ecn;
+}
+
+// The outer headers `to_underlay` writes after the outer Ethernet header.
+struct outer {
+	struct iphdr ip;
+	struct udphdr udp;
+	struct vxlan vx;
+} __attribute__((packed, aligned(4)));
+
+// At the egress of a network's VXLAN device: see the top of this file.
+SEC("classifier")
+int to_underlay(struct __sk_buff *skb)
+{
+	if (skb->gso_size)
+		return TC_ACT_OK;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&ts_config, &zero);
+	__u32 ifindex = skb->ifindex;
+	struct encap_val *enc = bpf_map_lookup_elem(&ts_encap, &ifindex);
+	if (!cfg || !enc)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct dst_key dk = { .vni = enc->vni };
+	__u8 ecn;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return TC_ACT_OK;
+		mapped(dk.addr, ip->daddr);
+		ecn = ip->tos;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return TC_ACT_OK;
+		__builtin_memcpy(dk.addr, &ip6->daddr, 16);
+		ecn = ip6->flow_lbl[0] >> 4;
+	} else {
+		return TC_ACT_OK;
+	}
+	// The device sends the frame to the host its forwarding entry for the
+	// destination MAC names; the frame is taken only when that MAC is the
+	// VTEP MAC of the destination endpoint's host (a next hop elsewhere, a
+	// service instance's host among them, leaves it to the device).
+	struct dst_val *dst = bpf_map_lookup_elem(&ts_dst, &dk);
+	if (!dst || dst->ifindex || !same_mac(dst->mac, eth->h_dest))
+		return TC_ACT_OK;
+	__u32 len = skb->len;
+	__u32 mtu = 0;
+	if (bpf_check_mtu(skb, enc->underlay_ifindex, &mtu, sizeof(struct outer) + ETH_HLEN, 0))
+		return TC_ACT_OK;
+	__u8 inner[ETH_HLEN];
+	__builtin_memcpy(inner, eth, ETH_HLEN);
+	struct outer h = {};
+	h.ip.version = 4;
+	h.ip.ihl = 5;
+	h.ip.tos = outer_ecn(ecn);
+	h.ip.tot_len = bpf_htons(len + sizeof(h));
+	h.ip.id = bpf_get_prandom_u32();
+	h.ip.ttl = 64;
+	h.ip.protocol = IPPROTO_UDP;
+	h.ip.saddr = cfg->underlay;
+	h.ip.daddr = dst->underlay;
+	__u32 sum = bpf_csum_diff(0, 0, (__be32 *)(void *)&h, sizeof(h.ip), 0);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	h.ip.check = ~sum;
+	h.udp.source = source_port(bpf_get_hash_recalc(skb));
+	h.udp.dest = bpf_htons(VXLAN_PORT);
+	h.udp.len = bpf_htons(len + sizeof(h.udp) + sizeof(h.vx));
+	h.vx.flags = bpf_htonl(VXLAN_FLAGS);
+	h.vx.vni = bpf_htonl(enc->vni << 8);
+	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+		      BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+	// Room for the outer IPv4, UDP and VXLAN headers and the inner
+	// Ethernet header, after the Ethernet header (which becomes the outer).
+	if (bpf_skb_adjust_room(skb, sizeof(h) + ETH_HLEN, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return TC_ACT_OK;
+	__u16 ipv4 = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(h), inner, ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 12, &ipv4, 2, 0) < 0)
+		return TC_ACT_SHOT;
+	// To the other host through the underlay device (the network's device
+	// is bound to it): straight to its neighbour entry when it is in the
+	// underlay address's prefix, by a route lookup otherwise.
+	__u8 prefix = cfg->underlay_prefix;
+	if (prefix && prefix < 32 && !((dst->underlay ^ cfg->underlay) & bpf_htonl(~0U << (32 - prefix)))) {
+		// AF_INET.
+		struct bpf_redir_neigh nh = { .nh_family = 2, .ipv4_nh = dst->underlay };
+		return bpf_redirect_neigh(enc->underlay_ifindex, &nh, sizeof(nh), 0);
+	}
+	return bpf_redirect_neigh(enc->underlay_ifindex, 0, 0, 0);
 }

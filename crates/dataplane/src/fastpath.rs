@@ -36,6 +36,7 @@ pub const MD_DEVICE: &str = "tfast";
 pub const FROM_CONTAINER: &str = "from_container";
 pub const FROM_TUNNEL: &str = "from_tunnel";
 pub const FROM_UNDERLAY: &str = "from_underlay";
+pub const TO_UNDERLAY: &str = "to_underlay";
 
 /// The maps, by their names in the object.
 pub mod maps {
@@ -45,6 +46,8 @@ pub mod maps {
     pub const TUNNELS: &str = "ts_tunnels";
     pub const CONFIG: &str = "ts_config";
     pub const PORTS: &str = "ts_ports";
+    /// Rebuilt by each agent (not among [`ALL`], which an agent takes over).
+    pub const ENCAP: &str = "ts_encap";
     pub const ALL: [&str; 6] = [SRC, DST, FLOWS, TUNNELS, CONFIG, PORTS];
 }
 
@@ -417,11 +420,22 @@ pub mod bytes {
         b[16..20] != [0; 4]
     }
 
-    pub fn config(md_ifindex: u32, underlay: Ipv4Addr) -> [u8; 16] {
+    /// What `to_underlay` encapsulates the packets of a network's VXLAN
+    /// device with: its VNI, and the device its datagrams leave by.
+    pub fn encap_value(vni: Vni, underlay_ifindex: u32) -> [u8; 8] {
+        let mut b = [0; 8];
+        b[..4].copy_from_slice(&vni.get().to_ne_bytes());
+        b[4..].copy_from_slice(&underlay_ifindex.to_ne_bytes());
+        b
+    }
+
+    /// `prefix`: the length of the underlay address's prefix (0: unknown).
+    pub fn config(md_ifindex: u32, underlay: Ipv4Addr, prefix: u8) -> [u8; 16] {
         let mut b = [0; 16];
         b[..4].copy_from_slice(&md_ifindex.to_ne_bytes());
         b[4..8].copy_from_slice(&underlay.octets());
         b[8..14].copy_from_slice(&vtep_mac(IpAddr::V4(underlay)).0);
+        b[14] = prefix;
         b
     }
 }

@@ -229,8 +229,11 @@ fn keys_and_values_have_the_programs_layout() {
     assert_eq!(&v[4..8], &[10, 99, 0, 2]);
     assert_eq!(&v[8..14], &[0x0e, 0, 10, 99, 0, 2]);
     assert_eq!(&v[16..], &200u32.to_ne_bytes());
-    let c = bytes::config(3, "10.99.0.1".parse().unwrap());
+    let c = bytes::config(3, "10.99.0.1".parse().unwrap(), 24);
     assert_eq!(&c[8..14], &[0x0e, 0, 10, 99, 0, 1]);
+    assert_eq!(c[14], 24, "the underlay prefix");
+    let e = bytes::encap_value(vni(200), 9);
+    assert_eq!((&e[..4], &e[4..]), (&200u32.to_ne_bytes()[..], &9u32.to_ne_bytes()[..]));
     let mut counts = [0u8; 24];
     counts[..8].copy_from_slice(&5u64.to_ne_bytes());
     counts[8..16].copy_from_slice(&700u64.to_ne_bytes());

@@ -6,7 +6,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use rtnetlink::packet_route::tc::TcFilterBpfOption;
 
-use crate::fastpath::{maps, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY, MD_DEVICE};
+use crate::fastpath::{maps, FASTPATH_PORT, FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY, MD_DEVICE, TO_UNDERLAY};
 
 /// Why the fast path cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +42,13 @@ where
     T::try_from(map).map_err(|e| FastPathError::Map(name, e.to_string()))
 }
 
-/// Attaches program `name` at the tcx ingress of `dev`: the link goes with
-/// the agent, and coexists with the queueing disciplines of others.
+/// Attaches program `name` at the tcx ingress of `dev` (egress for
+/// [`TO_UNDERLAY`]): the link goes with the agent, and coexists with the
+/// queueing disciplines of others.
 pub(super) fn attach_tcx(ebpf: &mut Ebpf, name: &'static str, dev: &str) -> Result<SchedClassifierLinkId, FastPathError> {
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    program(ebpf, name)?.attach_with_options(dev, TcAttachType::Ingress, options).map_err(|e| FastPathError::Program(name, e))
+    let at = if name == TO_UNDERLAY { TcAttachType::Egress } else { TcAttachType::Ingress };
+    program(ebpf, name)?.attach_with_options(dev, at, options).map_err(|e| FastPathError::Program(name, e))
 }
 
 /// Attaches program `name` at the ingress of `dev` with netlink, at
@@ -151,7 +153,7 @@ pub(super) fn earlier_maps(earlier: &[rtnetlink::packet_route::tc::TcMessage]) -
 /// carry on; with new maps otherwise.
 pub(super) fn load(earlier: Vec<(String, MapData)>) -> Result<Ebpf, FastPathError> {
     let programs = |mut ebpf: Ebpf| -> Result<Ebpf, FastPathError> {
-        for name in [FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY] {
+        for name in [FROM_CONTAINER, FROM_TUNNEL, FROM_UNDERLAY, TO_UNDERLAY] {
             program(&mut ebpf, name)?.load().map_err(|e| FastPathError::Program(name, e))?;
         }
         Ok(ebpf)

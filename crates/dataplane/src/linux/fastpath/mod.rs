@@ -16,7 +16,12 @@
 //! to the device that holds the underlay address: it decapsulates the
 //! datagrams of carried flows itself and delivers them, sparing them the
 //! host's stack; what it leaves, and everything while no agent runs, takes
-//! the metadata-mode device and `from_tunnel`.
+//! the metadata-mode device and `from_tunnel`. `to_underlay` is attached
+//! (tcx, egress) to each network's VXLAN device but one with queueing
+//! disciplines of its own, when `from_underlay` is on the underlay device
+//! (an Ethernet one): it encapsulates the kernel path's packets to other
+//! hosts, but GSO ones, as the device would, and sends them on the underlay
+//! device; while no agent runs the devices do it.
 //!
 //! `from_tunnel` is attached to the metadata-mode device with netlink
 //! (cls_bpf, direct action) and stays attached when the agent stops: what
@@ -41,7 +46,7 @@ use tessera_model::Vni;
 use crate::ct_events::{CtEvent, GROUP_DESTROY, GROUP_UPDATE};
 use crate::fastpath::{
     admission, bytes, maps, remote_mac, Admission, At, Carried, FlowKey, Owner, Tables, FASTPATH_PORT, FROM_CONTAINER,
-    FROM_TUNNEL, MD_DEVICE,
+    FROM_TUNNEL, MD_DEVICE, TO_UNDERLAY,
 };
 
 mod load;
@@ -81,6 +86,13 @@ struct State {
     delivered: BpfHash<MapData, u32, [u8; 16]>,
     /// The ports `delivered` has an entry of.
     counted: std::collections::BTreeSet<u32>,
+    /// What `to_underlay` encapsulates each network's VXLAN device's packets
+    /// with, by the device's index.
+    encap: BpfHash<MapData, u32, [u8; 8]>,
+    held_encap: BTreeMap<u32, [u8; 8]>,
+    /// The networks' VXLAN devices with `to_underlay` (at their tcx egress),
+    /// as `attached`.
+    encapsulating: BTreeMap<String, (u32, SchedClassifierLinkId)>,
     held_src: BTreeMap<[u8; 20], [u8; 12]>,
     held_dst: BTreeMap<[u8; 20], [u8; 20]>,
     held_tunnels: BTreeMap<u32, u32>,
@@ -171,7 +183,15 @@ impl FastPath {
             delete_filter(&netlink, f).await?;
         }
         let mut config: Array<MapData, [u8; 16]> = take(&mut ebpf, maps::CONFIG)?;
-        config.set(0, bytes::config(md_ifindex, underlay), 0).map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
+        // Whose neighbours the other hosts in the underlay prefix are.
+        let prefix = super::links::addresses(&netlink)
+            .await
+            .ok()
+            .and_then(|a| a.into_iter().find(|(_, net, _)| net.addr() == std::net::IpAddr::V4(underlay)))
+            .map_or(0, |(_, net, _)| net.prefix_len());
+        config
+            .set(0, bytes::config(md_ifindex, underlay, prefix), 0)
+            .map_err(|e| FastPathError::Map(maps::CONFIG, e.to_string()))?;
         let src: BpfHash<MapData, [u8; 20], [u8; 12]> = take(&mut ebpf, maps::SRC)?;
         let dst: BpfHash<MapData, [u8; 20], [u8; 20]> = take(&mut ebpf, maps::DST)?;
         let tunnels: BpfHash<MapData, u32, u32> = take(&mut ebpf, maps::TUNNELS)?;
@@ -184,6 +204,7 @@ impl FastPath {
             tunnels.iter().filter_map(Result::ok).collect(),
         );
         let flows: Flows = take(&mut ebpf, maps::FLOWS)?;
+        let encap: BpfHash<MapData, u32, [u8; 8]> = take(&mut ebpf, maps::ENCAP)?;
         // Last, once the maps say where this host's tunnel ends.
         let decapsulation = match attach_underlay(&mut ebpf, &netlink, underlay_dev).await {
             Ok(_) => {
@@ -207,6 +228,9 @@ impl FastPath {
             flows,
             tunnels,
             counted: delivered.keys().filter_map(Result::ok).collect(),
+            encap,
+            held_encap: BTreeMap::new(),
+            encapsulating: BTreeMap::new(),
             delivered,
             ebpf,
             held_src,
@@ -304,6 +328,40 @@ impl FastPath {
             s.delivered.insert(i, [0u8; 16], 0).map_err(|e| FastPathError::Map(maps::PORTS, e.to_string()))?;
         }
         s.counted = indexes;
+        // `to_underlay` on each network's VXLAN device, but one with
+        // queueing disciplines of its own (which it would bypass).
+        let mut encapsulating = BTreeMap::new();
+        for dev in tables.tunnels.values() {
+            let Some(index) = links.get(dev).filter(|i| !shaped.contains(i)) else { continue };
+            let link = match s.encapsulating.remove(dev) {
+                Some((at, link)) if at == index => link,
+                earlier => {
+                    if let Some((_, link)) = earlier {
+                        let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
+                    }
+                    attach_tcx(&mut s.ebpf, TO_UNDERLAY, dev)?
+                }
+            };
+            encapsulating.insert(dev.clone(), (index, link));
+        }
+        for (_, (_, link)) in std::mem::replace(&mut s.encapsulating, encapsulating) {
+            let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
+        }
+        // Only onto an Ethernet underlay device, which `from_underlay`'s
+        // attachment showed it is.
+        let underlay = match &self.decapsulation {
+            Decapsulation::Program(dev) => links.get(dev),
+            Decapsulation::Stack(..) => None,
+        };
+        let encap: BTreeMap<u32, [u8; 8]> = match underlay {
+            Some(underlay) => tables
+                .tunnels
+                .iter()
+                .filter_map(|(vni, dev)| Some((s.encapsulating.get(dev)?.0, bytes::encap_value(*vni, underlay))))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        converge(&mut s.encap, &mut s.held_encap, encap).map_err(|e| FastPathError::Map(maps::ENCAP, e))?;
         if s.last.replace(tables.clone()).is_none() {
             self.first_tables.notify_one();
         }
