@@ -328,40 +328,6 @@ impl FastPath {
             s.delivered.insert(i, [0u8; 16], 0).map_err(|e| FastPathError::Map(maps::PORTS, e.to_string()))?;
         }
         s.counted = indexes;
-        // `to_underlay` on each network's VXLAN device, but one with
-        // queueing disciplines of its own (which it would bypass).
-        let mut encapsulating = BTreeMap::new();
-        for dev in tables.tunnels.values() {
-            let Some(index) = links.get(dev).filter(|i| !shaped.contains(i)) else { continue };
-            let link = match s.encapsulating.remove(dev) {
-                Some((at, link)) if at == index => link,
-                earlier => {
-                    if let Some((_, link)) = earlier {
-                        let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
-                    }
-                    attach_tcx(&mut s.ebpf, TO_UNDERLAY, dev)?
-                }
-            };
-            encapsulating.insert(dev.clone(), (index, link));
-        }
-        for (_, (_, link)) in std::mem::replace(&mut s.encapsulating, encapsulating) {
-            let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
-        }
-        // Only onto an Ethernet underlay device, which `from_underlay`'s
-        // attachment showed it is.
-        let underlay = match &self.decapsulation {
-            Decapsulation::Program(dev) => links.get(dev),
-            Decapsulation::Stack(..) => None,
-        };
-        let encap: BTreeMap<u32, [u8; 8]> = match underlay {
-            Some(underlay) => tables
-                .tunnels
-                .iter()
-                .filter_map(|(vni, dev)| Some((s.encapsulating.get(dev)?.0, bytes::encap_value(*vni, underlay))))
-                .collect(),
-            None => BTreeMap::new(),
-        };
-        converge(&mut s.encap, &mut s.held_encap, encap).map_err(|e| FastPathError::Map(maps::ENCAP, e))?;
         if s.last.replace(tables.clone()).is_none() {
             self.first_tables.notify_one();
         }
@@ -387,12 +353,57 @@ impl FastPath {
         converge(&mut s.src, &mut s.held_src, src).map_err(|e| FastPathError::Map(maps::SRC, e))?;
         converge(&mut s.dst, &mut s.held_dst, dst).map_err(|e| FastPathError::Map(maps::DST, e))?;
         converge(&mut s.tunnels, &mut s.held_tunnels, tunnels).map_err(|e| FastPathError::Map(maps::TUNNELS, e))?;
+        self.encapsulate(s, tables, &links, &shaped)?;
         let fast: std::collections::BTreeSet<Vni> = tables.zones.values().flatten().copied().collect();
         let gone: Vec<Vni> = s.zones.values().flatten().filter(|v| !fast.contains(v)).copied().collect();
         s.zones = tables.zones.clone();
         s.kernel_only = tables.kernel_only.clone();
         s.drop_flows(|k| gone.contains(&k.vni));
         Ok(())
+    }
+
+    /// Puts `to_underlay` on each network's VXLAN device, but one with
+    /// queueing disciplines of its own (which it would bypass), and its
+    /// entry in `ts_encap`; only onto an Ethernet underlay device, which
+    /// `from_underlay`'s attachment showed it is. A device it cannot be
+    /// attached to keeps doing the work itself.
+    fn encapsulate(
+        &self,
+        s: &mut State,
+        tables: &Tables,
+        links: &super::common::LinkIndexes,
+        shaped: &std::collections::BTreeSet<u32>,
+    ) -> Result<(), FastPathError> {
+        let underlay = match &self.decapsulation {
+            Decapsulation::Program(dev) => links.get(dev),
+            Decapsulation::Stack(..) => None,
+        };
+        let mut encapsulating = BTreeMap::new();
+        let mut encap = BTreeMap::new();
+        for (vni, dev) in tables.tunnels.iter().filter(|_| underlay.is_some()) {
+            let Some(index) = links.get(dev).filter(|i| !shaped.contains(i)) else { continue };
+            let link = match s.encapsulating.remove(dev) {
+                Some((at, link)) if at == index => link,
+                earlier => {
+                    if let Some((_, link)) = earlier {
+                        let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
+                    }
+                    match attach_tcx(&mut s.ebpf, TO_UNDERLAY, dev) {
+                        Ok(link) => link,
+                        Err(e) => {
+                            tracing::warn!(device = %dev, error = %e, "the network's VXLAN device encapsulates by itself");
+                            continue;
+                        }
+                    }
+                }
+            };
+            encapsulating.insert(dev.clone(), (index, link));
+            encap.extend(underlay.map(|u| (index, bytes::encap_value(*vni, u))));
+        }
+        for (_, (_, link)) in std::mem::replace(&mut s.encapsulating, encapsulating) {
+            let _ = program(&mut s.ebpf, TO_UNDERLAY)?.detach(link);
+        }
+        converge(&mut s.encap, &mut s.held_encap, encap).map_err(|e| FastPathError::Map(maps::ENCAP, e))
     }
 
     /// The sync of the last tables again: a port that got a queueing
